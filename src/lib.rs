@@ -1,0 +1,13 @@
+//! p2ppi-hub: a presence hub speaking MS-P2PPI over mutually-authenticated TLS.
+//!
+//! The crate is layered as DESIGN 4 draws it:
+//! - [`wire`]: the codec, pure and fuzzed;
+//! - [`objects`] and [`session`]: the published objects list and the sans-I/O state machine
+//!   of spec 3.1, shared by the hub and the peer library;
+//! - [`tls`] and [`certs`]: rustls configurations, PeerNames and meshes, certificate issuing;
+//! - [`hub`]: the server (actix actors behind a plain handle);
+//! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
+
+pub mod objects;
+pub mod session;
+pub mod wire;

@@ -8,6 +8,8 @@
 //! - [`hub`]: the server (actix actors behind a plain handle);
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
 
+pub mod certs;
 pub mod objects;
 pub mod session;
+pub mod tls;
 pub mod wire;

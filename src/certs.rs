@@ -1,0 +1,415 @@
+//! Certificate issuing with rcgen: the development CA, the hub certificate and peer
+//! certificates (ECDSA P-256).
+//!
+//! Layout of a data directory: `ca.pem`, `ca.key` (mode 0600), `hub.pem`, `hub.key`,
+//! `peers/NAME.pem`, `peers/NAME.key`. The hub certificate covers `localhost`, `127.0.0.1`
+//! and `::1`. A peer certificate carries `CN=NAME` and, with a mesh, `OU=MESH` (DESIGN 2.5),
+//! and is valid for TLS client authentication only.
+//!
+//! [`CertAuthority`] also works in memory, so tests and the bench harness can issue many
+//! certificates without touching disk.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use thiserror::Error;
+use time::{Duration, OffsetDateTime};
+
+use crate::tls::{CertIdentity, Identity, PeerName};
+
+/// Certificate issuing failures.
+#[derive(Debug, Error)]
+pub enum CertError {
+    /// rcgen failed.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The CA files are missing.
+    #[error("no CA in {0}: run `p2ppi-hub certs init` first")]
+    NoCa(PathBuf),
+    /// The file to write exists already.
+    #[error("{0} exists already (use --force to replace it)")]
+    Exists(PathBuf),
+    /// A name that cannot be a file name.
+    #[error("invalid peer name {0:?}: use letters, digits, '.', '_' and '-' (at most 64)")]
+    BadName(String),
+    /// A certificate issued here does not parse back.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// What a peer certificate is made for (issue-time options).
+#[derive(Debug, Clone)]
+pub struct PeerCertOptions {
+    /// The mesh (subject OU); `None` puts the peer in mesh `default`.
+    pub mesh: Option<String>,
+    /// Validity, from one hour ago.
+    pub valid_for: Duration,
+    /// Extended key usages; client authentication by default.
+    pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    /// Moves the whole validity window into the past by this much (tests of expiry).
+    pub backdate: Duration,
+}
+
+impl Default for PeerCertOptions {
+    fn default() -> Self {
+        Self {
+            mesh: None,
+            valid_for: Duration::days(365),
+            extended_key_usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            backdate: Duration::ZERO,
+        }
+    }
+}
+
+/// A certificate and its key, in PEM.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The PKCS#8 private key, PEM.
+    pub key_pem: String,
+    /// The certificate's PeerName.
+    pub peer_name: PeerName,
+}
+
+impl IssuedCert {
+    /// The certificate and key as a TLS identity.
+    ///
+    /// # Errors
+    /// Never for certificates issued here; the type allows for foreign PEM.
+    pub fn identity(&self) -> Result<Identity, CertError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |e: rustls_pki_types::pem::Error| {
+            CertError::Tls(crate::tls::TlsError::BadCertificate(e.to_string()))
+        };
+        Ok(Identity {
+            chain: vec![CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(bad)?],
+            key: PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(bad)?,
+        })
+    }
+}
+
+/// A certificate authority that issues hub and peer certificates.
+pub struct CertAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+impl CertAuthority {
+    /// A new self-signed CA, valid for ten years.
+    ///
+    /// # Errors
+    /// [`CertError::Generate`] if rcgen fails.
+    pub fn generate(common_name: &str) -> Result<Self, CertError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(common_name, None);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA from its certificate and key PEM.
+    ///
+    /// # Errors
+    /// [`CertError::Generate`] when either does not parse.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Self {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
+    /// Loads the CA of a data directory.
+    ///
+    /// # Errors
+    /// [`CertError::NoCa`] when `ca.pem` or `ca.key` is missing.
+    pub fn load(data_dir: &Path) -> Result<Self, CertError> {
+        let (cert, key) = (data_dir.join("ca.pem"), data_dir.join("ca.key"));
+        if !cert.exists() || !key.exists() {
+            return Err(CertError::NoCa(data_dir.to_owned()));
+        }
+        Self::from_pem(&read(&cert)?, &read(&key)?)
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA key, PKCS#8 PEM.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// Issues the hub's server certificate for `localhost`, `127.0.0.1`, `::1` and any
+    /// `extra_names`.
+    ///
+    /// # Errors
+    /// [`CertError::Generate`] when a name is invalid or signing fails.
+    pub fn issue_hub(&self, extra_names: &[String]) -> Result<IssuedCert, CertError> {
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+        names.extend(extra_names.iter().cloned());
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name = dn("p2ppi-hub", None);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(825);
+        self.sign(params)
+    }
+
+    /// Issues a peer certificate with `CN=name` and the options' mesh as OU.
+    ///
+    /// # Errors
+    /// [`CertError::Generate`] when signing fails.
+    pub fn issue_peer(
+        &self,
+        name: &str,
+        options: &PeerCertOptions,
+    ) -> Result<IssuedCert, CertError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(name, options.mesh.as_deref());
+        if let Ok(san) = name.to_owned().try_into() {
+            params.subject_alt_names = vec![SanType::DnsName(san)];
+        }
+        params.extended_key_usages = options.extended_key_usages.clone();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let start = OffsetDateTime::now_utc() - Duration::hours(1) - options.backdate;
+        params.not_before = start;
+        params.not_after = start + options.valid_for;
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<IssuedCert, CertError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let peer_name = CertIdentity::from_der(cert.der())?.peer_name;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            peer_name,
+        })
+    }
+}
+
+fn dn(common_name: &str, organizational_unit: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if let Some(ou) = organizational_unit {
+        dn.push(DnType::OrganizationalUnitName, ou);
+    }
+    dn
+}
+
+/// Paths of a data directory's files.
+#[derive(Debug, Clone)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    /// The CA bundle.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.0.join("ca.pem")
+    }
+    /// The hub certificate.
+    pub fn hub_cert(&self) -> PathBuf {
+        self.0.join("hub.pem")
+    }
+    /// The hub key.
+    pub fn hub_key(&self) -> PathBuf {
+        self.0.join("hub.key")
+    }
+    /// A peer's certificate.
+    pub fn peer_cert(&self, name: &str) -> PathBuf {
+        self.0.join("peers").join(format!("{name}.pem"))
+    }
+    /// A peer's key.
+    pub fn peer_key(&self, name: &str) -> PathBuf {
+        self.0.join("peers").join(format!("{name}.key"))
+    }
+}
+
+/// What `certs init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// A new CA and hub certificate were written.
+    Created,
+    /// The directory already had a CA; nothing was changed.
+    AlreadyInitialized,
+}
+
+/// Creates `ca.pem`, `ca.key`, `hub.pem` and `hub.key` in `data_dir` unless a CA is there.
+///
+/// # Errors
+/// [`CertError`] when generating or writing fails.
+pub fn init(data_dir: &Path, hub_names: &[String]) -> Result<InitOutcome, CertError> {
+    let dir = DataDir(data_dir.to_owned());
+    if dir.ca_cert().exists() {
+        return Ok(InitOutcome::AlreadyInitialized);
+    }
+    create_dir(data_dir)?;
+    let ca = CertAuthority::generate("p2ppi-hub development CA")?;
+    let hub = ca.issue_hub(hub_names)?;
+    write_secret(&data_dir.join("ca.key"), &ca.key_pem())?;
+    write_secret(&dir.hub_key(), &hub.key_pem)?;
+    write_public(&dir.hub_cert(), &hub.cert_pem)?;
+    // Written last: its presence means the directory is complete.
+    write_public(&dir.ca_cert(), ca.cert_pem())?;
+    Ok(InitOutcome::Created)
+}
+
+/// Issues `peers/NAME.pem` and `peers/NAME.key` with the data directory's CA.
+///
+/// # Errors
+/// [`CertError::BadName`], [`CertError::NoCa`], [`CertError::Exists`] (without `force`), or
+/// a generation/write failure.
+pub fn issue(
+    data_dir: &Path,
+    name: &str,
+    options: &PeerCertOptions,
+    force: bool,
+) -> Result<IssuedCert, CertError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with('.');
+    if !valid {
+        return Err(CertError::BadName(name.to_owned()));
+    }
+    let dir = DataDir(data_dir.to_owned());
+    let ca = CertAuthority::load(data_dir)?;
+    let (cert_path, key_path) = (dir.peer_cert(name), dir.peer_key(name));
+    if !force && cert_path.exists() {
+        return Err(CertError::Exists(cert_path));
+    }
+    let issued = ca.issue_peer(name, options)?;
+    create_dir(&data_dir.join("peers"))?;
+    write_secret(&key_path, &issued.key_pem)?;
+    write_public(&cert_path, &issued.cert_pem)?;
+    Ok(issued)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+    move |source| CertError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn read(path: &Path) -> Result<String, CertError> {
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+fn create_dir(path: &Path) -> Result<(), CertError> {
+    fs::create_dir_all(path).map_err(io_err(path))
+}
+
+fn write_public(path: &Path, contents: &str) -> Result<(), CertError> {
+    fs::write(path, contents).map_err(io_err(path))
+}
+
+fn write_secret(path: &Path, contents: &str) -> Result<(), CertError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io_err(path))?;
+    file.write_all(contents.as_bytes()).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_issue_writes_the_layout_and_a_matching_peer_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(init(dir.path(), &[]).unwrap(), InitOutcome::Created);
+        assert_eq!(
+            init(dir.path(), &[]).unwrap(),
+            InitOutcome::AlreadyInitialized
+        );
+        let opts = PeerCertOptions {
+            mesh: Some("blue".into()),
+            ..Default::default()
+        };
+        let issued = issue(dir.path(), "alice", &opts, false).unwrap();
+        let dd = DataDir(dir.path().to_owned());
+        for p in [
+            dd.ca_cert(),
+            dd.hub_cert(),
+            dd.hub_key(),
+            dd.peer_cert("alice"),
+            dd.peer_key("alice"),
+        ] {
+            assert!(p.exists(), "{p:?}");
+        }
+        let identity = Identity::load(&dd.peer_cert("alice"), &dd.peer_key("alice")).unwrap();
+        let cert = identity.cert_identity().unwrap();
+        assert_eq!(cert.peer_name, issued.peer_name);
+        assert_eq!(cert.mesh(), "blue");
+        assert_eq!(cert.common_name.as_deref(), Some("alice"));
+        assert!(matches!(
+            issue(dir.path(), "alice", &opts, false),
+            Err(CertError::Exists(_))
+        ));
+        assert!(matches!(
+            issue(dir.path(), "../x", &opts, false),
+            Err(CertError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn peer_name_is_sha1_of_the_spki() {
+        let ca = CertAuthority::generate("t").unwrap();
+        let issued = ca.issue_peer("p", &PeerCertOptions::default()).unwrap();
+        let key = KeyPair::from_pem(&issued.key_pem).unwrap();
+        use rcgen::PublicKeyData;
+        let spki = key.subject_public_key_info();
+        assert_eq!(issued.peer_name, PeerName::from_spki_der(&spki));
+        assert_eq!(issued.peer_name.as_str().len(), 40);
+        let id = issued.identity().unwrap().cert_identity().unwrap();
+        assert_eq!(id.mesh(), crate::tls::DEFAULT_MESH);
+    }
+
+    #[test]
+    fn issue_without_ca_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            issue(dir.path(), "bob", &PeerCertOptions::default(), false),
+            Err(CertError::NoCa(_))
+        ));
+    }
+}

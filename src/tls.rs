@@ -1,0 +1,307 @@
+//! TLS configuration and peer identity (DESIGN 2.5): the one place that builds rustls
+//! configs.
+//!
+//! - TLS 1.2 and 1.3 only, with the ring provider. The spec's TLS 1.0 is deliberately not
+//!   offered (RFC 8996; rustls does not implement it).
+//! - The hub requires a client certificate chaining to its CA bundle; every CA certificate in
+//!   the bundle file is a trust anchor. Peers verify the hub's certificate the same way.
+//! - A node's [`PeerName`] is the lowercase hex SHA-1 of its certificate's DER
+//!   SubjectPublicKeyInfo (MS-PNRP 1.3.1.1's reading); its mesh is the subject's OU.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha1::{Digest, Sha1};
+use thiserror::Error;
+
+/// The mesh of a certificate without an OU.
+pub const DEFAULT_MESH: &str = "default";
+
+/// A node's PeerName: 40 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct PeerName(String);
+
+impl PeerName {
+    /// The PeerName of a DER SubjectPublicKeyInfo.
+    pub fn from_spki_der(spki: &[u8]) -> Self {
+        let digest = Sha1::digest(spki);
+        let mut hex = String::with_capacity(40);
+        for byte in digest.iter() {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        Self(hex)
+    }
+
+    /// Parses a PeerName written as 40 hex digits (either case).
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Self(s.to_ascii_lowercase()))
+    }
+
+    /// The 40 hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the hub learns about a peer from its (verified) certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertIdentity {
+    /// The PeerName.
+    pub peer_name: PeerName,
+    /// The subject's first OU, if any.
+    pub organizational_unit: Option<String>,
+    /// The subject's CN, if any (for logs).
+    pub common_name: Option<String>,
+}
+
+impl CertIdentity {
+    /// Reads the identity from a DER certificate.
+    ///
+    /// # Errors
+    /// [`TlsError::BadCertificate`] when the DER does not parse.
+    pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let subject = cert.subject();
+        let organizational_unit = subject
+            .iter_organizational_unit()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_owned);
+        let common_name = subject
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_owned);
+        Ok(Self {
+            peer_name: PeerName::from_spki_der(cert.tbs_certificate.subject_pki.raw),
+            organizational_unit,
+            common_name,
+        })
+    }
+
+    /// The mesh: the OU, or [`DEFAULT_MESH`].
+    pub fn mesh(&self) -> &str {
+        self.organizational_unit.as_deref().unwrap_or(DEFAULT_MESH)
+    }
+}
+
+/// TLS set-up failures.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or held nothing usable.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A certificate that does not parse.
+    #[error("certificate does not parse: {0}")]
+    BadCertificate(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// The client verifier could not be built (for example an empty CA bundle).
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+}
+
+/// The crypto provider every config uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate in a PEM file.
+///
+/// # Errors
+/// [`TlsError::File`] when the file is missing, unreadable or holds no certificate.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_err = |reason: String| TlsError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(pem_reason(&e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(pem_reason(&e)))?;
+    if certs.is_empty() {
+        return Err(file_err("holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key in a PEM file.
+///
+/// # Errors
+/// [`TlsError::File`] when the file is missing, unreadable or holds no key.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+        path: path.to_owned(),
+        reason: pem_reason(&e),
+    })
+}
+
+fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            "file not found".into()
+        }
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            "holds no PEM item of the expected kind".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A certificate chain and its key, as loaded or issued.
+#[derive(Debug)]
+pub struct Identity {
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    /// Loads a chain and key from PEM files.
+    ///
+    /// # Errors
+    /// As [`load_certs`] and [`load_key`].
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            chain: load_certs(cert)?,
+            key: load_key(key)?,
+        })
+    }
+
+    /// The identity (PeerName, OU) of the leaf certificate.
+    ///
+    /// # Errors
+    /// [`TlsError::BadCertificate`] when the leaf does not parse.
+    pub fn cert_identity(&self) -> Result<CertIdentity, TlsError> {
+        let leaf = self
+            .chain
+            .first()
+            .ok_or_else(|| TlsError::BadCertificate("empty chain".into()))?;
+        CertIdentity::from_der(leaf)
+    }
+}
+
+fn root_store(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots.add(cert.clone())?;
+    }
+    Ok(Arc::new(roots))
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The hub's server config: TLS 1.2/1.3, client certificate required and verified against
+/// every certificate of `ca`.
+///
+/// # Errors
+/// [`TlsError`] when the CA bundle is empty or the key does not match.
+pub fn server_config(
+    ca: &[CertificateDer<'static>],
+    identity: Identity,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(ca)?, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?;
+    Ok(Arc::new(config))
+}
+
+/// A peer's client config: TLS 1.2/1.3, the hub verified against `ca`, `identity`
+/// presented as the client certificate.
+///
+/// # Errors
+/// [`TlsError`] when the CA bundle is empty or the key does not match.
+pub fn client_config(
+    ca: &[CertificateDer<'static>],
+    identity: Identity,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(root_store(ca)?, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    Ok(Arc::new(config))
+}
+
+/// A short label for why a TLS handshake failed (metrics `reason` label values).
+pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as E};
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::TimedOut => "timeout",
+            std::io::ErrorKind::ConnectionReset => "reset",
+            _ => "io",
+        };
+    };
+    match tls {
+        E::NoCertificatesPresented => "no_client_cert",
+        E::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "bad_key_usage"
+            }
+            CertificateError::Revoked => "revoked",
+            _ => "bad_certificate",
+        },
+        E::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered
+            | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled
+            | rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+        ) => "protocol_version",
+        E::PeerIncompatible(_) => "incompatible",
+        E::AlertReceived(_) => "alert_received",
+        E::InvalidMessage(_)
+        | E::InappropriateHandshakeMessage { .. }
+        | E::InappropriateMessage { .. } => "bad_handshake",
+        _ => "tls_other",
+    }
+}

@@ -9,7 +9,11 @@
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
 
 pub mod certs;
+pub mod config;
+pub mod hub;
+pub mod metrics;
 pub mod objects;
+pub mod peer;
 pub mod session;
 pub mod tls;
 pub mod wire;

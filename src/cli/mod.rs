@@ -1,0 +1,183 @@
+//! Command-line interface: argument definitions and the subcommands.
+
+mod peer;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use p2ppi_hub::certs::{self, InitOutcome, PeerCertOptions};
+use p2ppi_hub::config::{self, Config, LogFormat};
+
+/// A presence hub speaking MS-P2PPI over mutually-authenticated TLS.
+#[derive(Debug, Parser)]
+#[command(name = "p2ppi-hub", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub (with no arguments: development CA in ./p2ppi-data, P2PPI on
+    /// 127.0.0.1:7350, admin and metrics on 127.0.0.1:9350).
+    Serve(ServeArgs),
+    /// Create the development CA and hub certificate, or issue peer certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Connect to a hub as a peer: keep objects set, watch, get, invite.
+    Peer(peer::PeerArgs),
+    /// Check a configuration file and print the effective configuration.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print the default configuration, with a comment for every setting.
+    PrintDefaultConfig,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Data directory: certificates and persisted hub objects.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// P2PPI listen address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin API and metrics listen address.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create ca.pem, ca.key, hub.pem and hub.key (keeps an existing CA).
+    Init {
+        /// Data directory.
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Extra DNS names or IP addresses for the hub certificate.
+        #[arg(long = "hub-name")]
+        hub_names: Vec<String>,
+    },
+    /// Issue peers/NAME.pem and peers/NAME.key; prints the PeerName last.
+    Issue {
+        /// The peer's name (file name and certificate CN).
+        name: String,
+        /// The peer's mesh (certificate OU); mesh "default" without it.
+        #[arg(long)]
+        mesh: Option<String>,
+        /// Data directory holding the CA.
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Replace an existing certificate of that name.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever failed, for [`sentence`].
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Certs { command } => certs_command(command),
+        Command::Peer(args) => peer::run(args),
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file), std::env::vars())?;
+            println!(
+                "{}",
+                toml::to_string(&config).context("rendering the configuration")?
+            );
+            eprintln!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrintDefaultConfig => {
+            print!("{}", config::default_config_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn certs_command(command: CertsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CertsCommand::Init {
+            data_dir,
+            hub_names,
+        } => {
+            match certs::init(&data_dir, &hub_names)? {
+                InitOutcome::Created => println!(
+                    "created a development CA and hub certificate in {}",
+                    data_dir.display()
+                ),
+                InitOutcome::AlreadyInitialized => {
+                    println!("{} already has a CA; nothing changed", data_dir.display())
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::Issue {
+            name,
+            mesh,
+            data_dir,
+            days,
+            force,
+        } => {
+            let options = PeerCertOptions {
+                mesh,
+                valid_for: time::Duration::days(days),
+                ..Default::default()
+            };
+            let issued = certs::issue(&data_dir, &name, &options, force)?;
+            let dir = certs::DataDir(data_dir);
+            println!("certificate: {}", dir.peer_cert(&name).display());
+            println!("key: {}", dir.peer_key(&name).display());
+            println!("{}", issued.peer_name);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// An error chain as one sentence: "outer: inner: root".
+pub fn sentence(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// The command a new user runs to connect a first peer, for a data directory.
+pub(crate) fn first_peer_hint(data_dir: &Path, listen: SocketAddr) -> String {
+    let dd = if data_dir == Path::new(config::DEFAULT_DATA_DIR) {
+        String::new()
+    } else {
+        format!(" --data-dir {}", data_dir.display())
+    };
+    let hub = if listen.to_string() == config::DEFAULT_LISTEN {
+        String::new()
+    } else {
+        format!(" --hub {listen}")
+    };
+    format!("p2ppi-hub certs issue alice{dd} && p2ppi-hub peer --name alice{dd}{hub} --watch")
+}

@@ -1,0 +1,203 @@
+//! `p2ppi-hub peer`: the peer library as a command.
+//!
+//! Modes: keep objects set while connected (the default), `--watch` (subscribe and print
+//! every objects report as one JSON line), `--get` (retrieve once, print, exit).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use serde_json::json;
+
+use p2ppi_hub::config;
+use p2ppi_hub::objects::names;
+use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
+use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::wire::Object;
+
+#[derive(Debug, Args)]
+pub(crate) struct PeerArgs {
+    /// The hub's address.
+    #[arg(long, default_value = config::DEFAULT_LISTEN)]
+    hub: String,
+    /// Connect as the peer NAME issued with `certs issue NAME` in the data directory.
+    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    name: Option<String>,
+    /// Data directory holding ca.pem and peers/ (with --name).
+    #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// This peer's certificate (PEM), instead of --name.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// This peer's private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// CA bundle to verify the hub with (default: the data directory's ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Keep the object NAME=VALUE set while connected (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_object)]
+    set: Vec<Object>,
+    /// Keep this RICH_PRESENCE text set while connected.
+    #[arg(long)]
+    presence: Option<String>,
+    /// Subscribe and print every objects report as a JSON line.
+    #[arg(long, conflicts_with = "get")]
+    watch: bool,
+    /// Retrieve the hub's objects once, print them as a JSON line, and exit.
+    #[arg(long)]
+    get: bool,
+    /// How long --get waits for the RESPONSE, in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+}
+
+fn parse_object(s: &str) -> Result<Object, String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok(Object::new(name, value)),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}
+
+fn peer_config(args: &PeerArgs) -> anyhow::Result<PeerConfig> {
+    let ca = args
+        .ca
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("ca.pem"));
+    let config = match (&args.name, &args.cert, &args.key) {
+        (Some(name), None, None) => {
+            let dir = p2ppi_hub::certs::DataDir(args.data_dir.clone());
+            PeerConfig::from_files(&args.hub, &dir.peer_cert(name), &dir.peer_key(name), &ca)
+        }
+        (None, Some(cert), Some(key)) => PeerConfig::from_files(&args.hub, cert, key, &ca),
+        _ => bail!("say who to connect as: --name NAME, or --cert FILE --key FILE"),
+    };
+    Ok(config.context("loading the peer's certificates")?)
+}
+
+/// One JSON line for an event, as `--watch` prints it.
+pub(crate) fn event_json(event: &PeerEvent) -> Option<serde_json::Value> {
+    match event {
+        PeerEvent::Objects { source, objects } => Some(json!({
+            "event": "objects",
+            "source": source.as_str(),
+            "objects": objects,
+        })),
+        PeerEvent::Message { mime_type, value } => Some(json!({
+            "event": "message",
+            "mime_type": mime_type,
+            "value": value,
+        })),
+        PeerEvent::Closed { .. } => None,
+    }
+}
+
+fn print_line(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
+    let config = peer_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let (peer, mut events) = peer::connect(config).await?;
+        let mut objects = args.set.clone();
+        if let Some(text) = &args.presence {
+            objects.push(Object::new(names::RICH_PRESENCE, text.clone()));
+        }
+        for object in objects {
+            peer.set(object).await?;
+        }
+        if args.get {
+            peer.retrieve().await?;
+            return get_once(&peer, &mut events, Duration::from_secs(args.timeout)).await;
+        }
+        if args.watch {
+            peer.subscribe().await?;
+        } else {
+            eprintln!(
+                "connected to {} as {}; Ctrl-C to leave",
+                args.hub,
+                peer.peer_name()
+            );
+        }
+        stay(&peer, &mut events, args.watch).await
+    })
+}
+
+async fn get_once(
+    peer: &Peer,
+    events: &mut PeerEvents,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let wait = async {
+        while let Some(event) = events.next().await {
+            match &event {
+                PeerEvent::Objects {
+                    source: ObjectsSource::Response,
+                    ..
+                } => {
+                    if let Some(line) = event_json(&event) {
+                        print_line(&line);
+                    }
+                    return Ok(());
+                }
+                PeerEvent::Closed { error, .. } => {
+                    bail!(
+                        "the hub closed the connection before answering{}",
+                        error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                    )
+                }
+                _ => {}
+            }
+        }
+        bail!("the connection ended before the hub answered")
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(result) => result?,
+        Err(_) => bail!(
+            "the hub did not answer the REQUEST within {}s",
+            timeout.as_secs()
+        ),
+    }
+    let _ = peer.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stay(peer: &Peer, events: &mut PeerEvents, print: bool) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            event = events.next() => match event {
+                Some(PeerEvent::Closed { clean: true, .. }) => {
+                    eprintln!("the hub closed the connection (TLS close_notify)");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Some(PeerEvent::Closed { clean: false, error }) => {
+                    bail!("connection to the hub lost: {}", error.unwrap_or_else(|| "unknown error".into()))
+                }
+                Some(event) => {
+                    if print {
+                        if let Some(line) = event_json(&event) {
+                            print_line(&line);
+                        }
+                    }
+                }
+                None => bail!("connection to the hub lost"),
+            }
+        }
+    }
+    let _ = peer.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,96 @@
+//! `p2ppi-hub serve`: configuration, logging, the development CA on first start, the hub,
+//! and shutdown on SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tracing_subscriber::EnvFilter;
+
+use p2ppi_hub::certs::{self, InitOutcome};
+use p2ppi_hub::config::{Config, LogFormat};
+use p2ppi_hub::hub::Hub;
+
+use super::ServeArgs;
+
+/// Builds the effective configuration: file, environment, then flags.
+fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(dir) = &args.data_dir {
+        config.hub.data_dir = dir.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.hub.listen = listen;
+    }
+    if let Some(listen) = args.admin_listen {
+        config.admin.listen = listen;
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = effective_config(&args)?;
+    init_logging(&config);
+    let data_dir = config.hub.data_dir.clone();
+    let uses_data_dir_certs =
+        config.tls.ca.is_none() && config.tls.cert.is_none() && config.tls.key.is_none();
+    if uses_data_dir_certs {
+        let outcome = certs::init(&data_dir, &[])
+            .with_context(|| format!("creating the development CA in {}", data_dir.display()))?;
+        if outcome == InitOutcome::Created {
+            println!(
+                "created a development CA and hub certificate in {}",
+                data_dir.display()
+            );
+        }
+    }
+    let grace = config.shutdown.grace;
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let hub = Hub::start(config).context("starting the hub")?;
+        let handle = hub.handle();
+        let listen = handle.local_addr();
+        println!(
+            "P2PPI listening on {listen} (mutual TLS; CA {})",
+            handle.config().ca_path().display()
+        );
+        println!(
+            "connect a first peer: {}",
+            super::first_peer_hint(&data_dir, listen)
+        );
+        let _ = std::io::stdout().flush();
+        let signal = wait_for_signal().await?;
+        tracing::info!(signal, "shutting down");
+        let clean = hub.shutdown(grace).await;
+        if !clean {
+            tracing::warn!("shutdown grace period ended with connections still open");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,590 @@
+//! Hub configuration: one TOML file, every setting and limit of DESIGN 7 with a named
+//! default.
+//!
+//! Precedence, lowest first: the defaults below, the TOML file (`--config`), environment
+//! variables `P2PPI_<SECTION>__<KEY>` (for example `P2PPI_LIMITS__MAX_SESSIONS=5000`), then
+//! command-line flags. Unknown keys are rejected with their name (`deny_unknown_fields`).
+//! Durations are written the human way: `"10s"`, `"5m"`, `"250ms"`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::wire::{Object, MESSAGE_SIZE_LIMIT};
+
+/// The embedded default P2PPI listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7350";
+/// The embedded default admin/metrics listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9350";
+/// The embedded default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./p2ppi-data";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "P2PPI_";
+
+/// Configuration errors, each naming what is wrong.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys or wrong types.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file or environment variable.
+        origin: String,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// A value outside its allowed range.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// P2PPI listener and process settings.
+    pub hub: HubSection,
+    /// Certificate files.
+    pub tls: TlsSection,
+    /// Admin HTTP API and metrics.
+    pub admin: AdminSection,
+    /// Connection and session limits.
+    pub limits: Limits,
+    /// Relay of peers' objects, messages and invitations.
+    pub relay: RelaySection,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownSection,
+    /// Logging.
+    pub log: LogSection,
+    /// Mesh overrides: PeerName (40 hex) → mesh, winning over the certificate's OU.
+    pub meshes: BTreeMap<String, String>,
+    /// Hub objects to publish at start (before persisted ones are restored).
+    pub objects: Vec<Object>,
+}
+
+/// `[hub]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSection {
+    /// Where P2PPI is served.
+    pub listen: SocketAddr,
+    /// Data directory: certificates and persisted hub objects.
+    pub data_dir: PathBuf,
+    /// Session worker threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+impl Default for HubSection {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            data_dir: DEFAULT_DATA_DIR.into(),
+            workers: 0,
+        }
+    }
+}
+
+/// `[tls]`: paths default to the data directory's `ca.pem`, `hub.pem`, `hub.key`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// CA bundle: every certificate in it is trusted for client certificates.
+    pub ca: Option<PathBuf>,
+    /// The hub's certificate chain.
+    pub cert: Option<PathBuf>,
+    /// The hub's private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Where the admin API and `/metrics` are served.
+    pub listen: SocketAddr,
+    /// Bearer token; required to bind to a non-loopback address.
+    pub token: Option<String>,
+    /// Largest accepted request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+            token: None,
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[limits]`: DESIGN 7.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most sessions held at once; further connections are closed at accept.
+    pub max_sessions: usize,
+    /// Most TLS handshakes in progress at once; further connections are closed at accept.
+    pub max_handshakes: usize,
+    /// A handshake not finished within this is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// TCP keepalive idle time (P2PPI has no timers: dead peers are found by keepalive).
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// Most messages queued for one session before it is a slow consumer.
+    pub outbound_queue_messages: usize,
+    /// Most bytes queued for one session before it is a slow consumer.
+    pub outbound_queue_bytes: usize,
+    /// A write that makes no progress for this long disconnects a slow consumer.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Sustained inbound messages per second per session (token bucket rate).
+    pub inbound_messages_per_sec: u32,
+    /// Inbound burst allowance per session (token bucket size).
+    pub inbound_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 100_000,
+            max_handshakes: 4_096,
+            handshake_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
+            outbound_queue_messages: 4_096,
+            outbound_queue_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+            inbound_messages_per_sec: 100,
+            inbound_burst: 200,
+        }
+    }
+}
+
+/// `[relay]`: DESIGN 5.2 and 5.3.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySection {
+    /// Largest encoded view of a mesh (a NOTIFY/RESPONSE must fit one message).
+    pub max_view_bytes: usize,
+    /// Largest relayed object (encoded STRUCTURE_NAME_VALUE), bytes.
+    pub max_object_bytes: usize,
+    /// Most objects relayed per peer.
+    pub max_objects_per_peer: usize,
+    /// Replace `to=` by `from=<sender>` on forwarded messages.
+    pub stamp_sender: bool,
+    /// How long an invitation's route back to its inviter is remembered.
+    #[serde(with = "humantime_serde")]
+    pub invitation_ttl: Duration,
+    /// Most invitations remembered at once.
+    pub max_invitations: usize,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            max_view_bytes: MESSAGE_SIZE_LIMIT - 1,
+            max_object_bytes: 8 * 1024,
+            max_objects_per_peer: 32,
+            stamp_sender: true,
+            invitation_ttl: Duration::from_secs(300),
+            max_invitations: 65_536,
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// Longest a graceful shutdown may take before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Text or JSON.
+    pub format: LogFormat,
+    /// Filter when `RUST_LOG` is unset.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hub: HubSection::default(),
+            tls: TlsSection::default(),
+            admin: AdminSection::default(),
+            limits: Limits::default(),
+            relay: RelaySection::default(),
+            shutdown: ShutdownSection::default(),
+            log: LogSection::default(),
+            meshes: BTreeMap::new(),
+            objects: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file, applies `P2PPI_…` environment overrides from `env`, and checks
+    /// the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, key or variable at fault.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        origin: path.display().to_string(),
+                        message: e.message().to_owned(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let origin = path.map_or("defaults".to_owned(), |p| p.display().to_string());
+        // Check the file alone first so its errors name the file.
+        Self::from_table(table.clone(), &origin)?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            // A value is TOML if it parses as one (numbers, booleans, arrays), else a string.
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(key, parsed);
+                }
+                _ => {
+                    return Err(ConfigError::Parse {
+                        origin: name,
+                        message: "does not name a [section]".into(),
+                    })
+                }
+            }
+            Self::from_table(table.clone(), &name)?;
+        }
+        Self::from_table(table, &origin)
+    }
+
+    fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: origin.to_owned(),
+                message: e.message().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that types cannot express.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.relay.max_view_bytes >= MESSAGE_SIZE_LIMIT {
+            return invalid(
+                "relay.max_view_bytes",
+                "must be below 65520 (one P2PPI message)",
+            );
+        }
+        if self.limits.outbound_queue_messages == 0
+            || self.limits.outbound_queue_bytes < MESSAGE_SIZE_LIMIT
+        {
+            return invalid(
+                "limits.outbound_queue_bytes",
+                "must hold at least one largest message (65520 bytes), and messages at least 1",
+            );
+        }
+        if self.limits.max_handshakes == 0 || self.limits.max_sessions == 0 {
+            return invalid("limits.max_sessions", "limits must be at least 1");
+        }
+        if self.limits.handshake_timeout.is_zero() || self.limits.write_timeout.is_zero() {
+            return invalid("limits.write_timeout", "timeouts must be above zero");
+        }
+        if self.limits.inbound_messages_per_sec == 0 || self.limits.inbound_burst == 0 {
+            return invalid("limits.inbound_messages_per_sec", "must be at least 1");
+        }
+        for (peer, _) in &self.meshes {
+            if crate::tls::PeerName::parse(peer).is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "meshes",
+                    reason: format!("{peer:?} is not a 40-hex-digit PeerName"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// CA bundle path (configured, or `<data-dir>/ca.pem`).
+    pub fn ca_path(&self) -> PathBuf {
+        self.tls
+            .ca
+            .clone()
+            .unwrap_or_else(|| self.hub.data_dir.join("ca.pem"))
+    }
+
+    /// Hub certificate path (configured, or `<data-dir>/hub.pem`).
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls
+            .cert
+            .clone()
+            .unwrap_or_else(|| self.hub.data_dir.join("hub.pem"))
+    }
+
+    /// Hub key path (configured, or `<data-dir>/hub.key`).
+    pub fn key_path(&self) -> PathBuf {
+        self.tls
+            .key
+            .clone()
+            .unwrap_or_else(|| self.hub.data_dir.join("hub.key"))
+    }
+
+    /// The mesh of a peer: the config override for its PeerName, else its certificate's.
+    pub fn mesh_for<'a>(&'a self, peer: &crate::tls::PeerName, cert_mesh: &'a str) -> &'a str {
+        self.meshes
+            .get(peer.as_str())
+            .map_or(cert_mesh, String::as_str)
+    }
+}
+
+/// The default configuration as commented TOML (`p2ppi-hub print-default-config`).
+pub fn default_config_toml() -> String {
+    let d = Config::default();
+    let l = &d.limits;
+    let r = &d.relay;
+    let dur = |d: Duration| humantime::format_duration(d).to_string();
+    format!(
+        r#"# p2ppi-hub configuration. Every key is optional; shown are the defaults.
+# Environment overrides: P2PPI_<SECTION>__<KEY>, e.g. P2PPI_LIMITS__MAX_SESSIONS=5000.
+# Command-line flags override both.
+
+[hub]
+# Where peers connect (P2PPI over mutually-authenticated TLS).
+listen = "{listen}"
+# Certificates (ca.pem, hub.pem, hub.key, peers/) and persisted hub objects.
+data_dir = "{data_dir}"
+# Session worker threads; 0 = one per CPU core.
+workers = {workers}
+
+[tls]
+# Defaults: <data_dir>/ca.pem, <data_dir>/hub.pem, <data_dir>/hub.key.
+# Every CA certificate in the bundle is trusted for client certificates.
+# ca = "/etc/p2ppi-hub/ca.pem"
+# cert = "/etc/p2ppi-hub/hub.pem"
+# key = "/etc/p2ppi-hub/hub.key"
+
+[admin]
+# Admin HTTP API and /metrics. Binding beyond loopback requires a token.
+listen = "{admin_listen}"
+# token = "change-me"
+# Largest accepted request body.
+max_body_bytes = {max_body}
+
+[limits]
+# Sessions held at once; connections beyond are closed at accept and counted.
+max_sessions = {max_sessions}
+# TLS handshakes in progress at once; beyond are closed at accept and counted.
+max_handshakes = {max_handshakes}
+# A handshake not finished by then is dropped (slowloris protection).
+handshake_timeout = "{handshake_timeout}"
+# TCP keepalive idle time: P2PPI has no timers, keepalive finds dead peers.
+tcp_keepalive = "{tcp_keepalive}"
+# Outbound queue per session; a session over either bound is a slow consumer.
+outbound_queue_messages = {q_msgs}
+outbound_queue_bytes = {q_bytes}
+# A write making no progress this long disconnects the slow consumer.
+write_timeout = "{write_timeout}"
+# Inbound messages per session: sustained rate and burst (token bucket).
+inbound_messages_per_sec = {rate}
+inbound_burst = {burst}
+
+[relay]
+# Largest encoded view of one mesh; must stay below 65520 (one message).
+max_view_bytes = {view}
+# Largest relayed object (encoded name and value).
+max_object_bytes = {object}
+# Objects relayed per peer.
+max_objects_per_peer = {per_peer}
+# Replace to= with from=<sender PeerName> on forwarded messages.
+stamp_sender = {stamp}
+# How long an invitation's way back to its inviter is remembered, and how many.
+invitation_ttl = "{ttl}"
+max_invitations = {max_inv}
+
+[shutdown]
+# Longest a graceful shutdown (SIGTERM/SIGINT) may take.
+grace = "{grace}"
+
+[log]
+# "text" or "json"; RUST_LOG overrides level.
+format = "text"
+level = "{level}"
+
+# Mesh overrides: PeerName = "mesh" (wins over the certificate's OU).
+[meshes]
+# 3f2a...40 hex digits... = "blue"
+
+# Hub objects published at start:
+# [[objects]]
+# name = "1d6ccc02-3ec4-453b-b986-470b610cb958"
+# value = "hub online"
+"#,
+        listen = d.hub.listen,
+        data_dir = d.hub.data_dir.display(),
+        workers = d.hub.workers,
+        admin_listen = d.admin.listen,
+        max_body = d.admin.max_body_bytes,
+        max_sessions = l.max_sessions,
+        max_handshakes = l.max_handshakes,
+        handshake_timeout = dur(l.handshake_timeout),
+        tcp_keepalive = dur(l.tcp_keepalive),
+        q_msgs = l.outbound_queue_messages,
+        q_bytes = l.outbound_queue_bytes,
+        write_timeout = dur(l.write_timeout),
+        rate = l.inbound_messages_per_sec,
+        burst = l.inbound_burst,
+        view = r.max_view_bytes,
+        object = r.max_object_bytes,
+        per_peer = r.max_objects_per_peer,
+        stamp = r.stamp_sender,
+        ttl = dur(r.invitation_ttl),
+        max_inv = r.max_invitations,
+        grace = dur(d.shutdown.grace),
+        level = d.log.level,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_text_parses_to_the_defaults() {
+        let table: toml::Table = default_config_toml().parse().unwrap();
+        let parsed: Config = table.try_into().unwrap();
+        assert_eq!(
+            toml::to_string(&parsed).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[limits]\nmax_sesions = 3\n").unwrap();
+        let err = Config::load(Some(&path), []).unwrap_err().to_string();
+        assert!(err.contains("max_sesions"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_parses_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_sessions = 3\n[[objects]]\nname = \"a\"\nvalue = \"b\"\n",
+        )
+        .unwrap();
+        let env = [
+            ("P2PPI_LIMITS__MAX_SESSIONS".to_owned(), "7".to_owned()),
+            ("P2PPI_LIMITS__WRITE_TIMEOUT".to_owned(), "3s".to_owned()),
+            ("P2PPI_ADMIN__TOKEN".to_owned(), "secret".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.limits.max_sessions, 7);
+        assert_eq!(c.limits.write_timeout, Duration::from_secs(3));
+        assert_eq!(c.admin.token.as_deref(), Some("secret"));
+        assert_eq!(c.objects, vec![Object::new("a", "b")]);
+        let bad = [("P2PPI_LIMITS__NOPE".to_owned(), "1".to_owned())];
+        let err = Config::load(Some(&path), bad).unwrap_err().to_string();
+        assert!(
+            err.contains("P2PPI_LIMITS__NOPE") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut c = Config::default();
+        c.relay.max_view_bytes = 70_000;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.meshes.insert("not-a-peer-name".into(), "x".into());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,614 @@
+//! The hub server (DESIGN 4): accept loop, shards, sessions and the registry, behind a
+//! plain [`HubHandle`].
+//!
+//! Threads: the hub runs its own actix `System` on a dedicated thread (the accept loop and
+//! the [`registry::Registry`] live there) plus one worker arbiter per core, each with one
+//! [`shard::Shard`]. The accept loop never handshakes: it checks the session and handshake
+//! limits, sets TCP options and hands the socket to the next shard, which handshakes it in
+//! its own task under the handshake timeout and then starts a [`session::Session`] on its
+//! thread.
+//!
+//! Nothing of actix leaks out: [`Hub::start`] returns once the listener is bound, and the
+//! handle's methods are plain async functions usable from any runtime.
+
+pub mod outbound;
+pub mod registry;
+pub mod session;
+pub mod shard;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use serde::Serialize;
+use socket2::{SockRef, TcpKeepalive};
+use thiserror::Error;
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::metrics;
+use crate::session::SessionMachine;
+use crate::tls::{self, PeerName, TlsError};
+use crate::wire::{Message, Object};
+use registry::{ApplyOp, ListObjects, Registry};
+pub use registry::{HubError, ObjectOp, OpOutcome, PersistHook};
+use session::{Close, Deliver, Session};
+use shard::{Accept, CloseAll, Delivery, Fanout, Shard};
+
+/// Why the hub could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The configured objects do not fit one message.
+    #[error("configured objects: {0}")]
+    Objects(HubError),
+    /// A thread could not be started.
+    #[error("cannot start the hub's threads: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The three flags and the facts of a session, mirrored for the admin API. The session
+/// actor owns the flags; it stores them here after every event.
+pub struct SessionFlags {
+    peer_name: PeerName,
+    mesh: Arc<str>,
+    remote: SocketAddr,
+    common_name: Option<String>,
+    since: SystemTime,
+    neighbor_subscribed: AtomicBool,
+    local_subscribed: AtomicBool,
+    response_pending: AtomicBool,
+    relayed_objects: AtomicUsize,
+}
+
+impl SessionFlags {
+    fn new(
+        peer_name: PeerName,
+        mesh: Arc<str>,
+        remote: SocketAddr,
+        common_name: Option<String>,
+        since: SystemTime,
+    ) -> Self {
+        Self {
+            peer_name,
+            mesh,
+            remote,
+            common_name,
+            since,
+            neighbor_subscribed: AtomicBool::new(false),
+            local_subscribed: AtomicBool::new(false),
+            response_pending: AtomicBool::new(false),
+            relayed_objects: AtomicUsize::new(0),
+        }
+    }
+
+    fn store(&self, machine: &SessionMachine) {
+        self.neighbor_subscribed
+            .store(machine.neighbor_subscribed(), Ordering::Relaxed);
+        self.local_subscribed
+            .store(machine.local_subscribed(), Ordering::Relaxed);
+        self.response_pending
+            .store(machine.response_pending(), Ordering::Relaxed);
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            peer_name: self.peer_name.clone(),
+            mesh: self.mesh.to_string(),
+            remote_address: self.remote,
+            common_name: self.common_name.clone(),
+            neighbor_subscribed: self.neighbor_subscribed.load(Ordering::Relaxed),
+            local_subscribed: self.local_subscribed.load(Ordering::Relaxed),
+            response_pending: self.response_pending.load(Ordering::Relaxed),
+            connected_since: humantime::format_rfc3339_seconds(self.since).to_string(),
+            relayed_objects: self.relayed_objects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of one session (admin API `GET /v1/sessions`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// The peer's PeerName.
+    pub peer_name: PeerName,
+    /// Its mesh.
+    pub mesh: String,
+    /// Its remote address.
+    pub remote_address: SocketAddr,
+    /// Its certificate's CN.
+    pub common_name: Option<String>,
+    /// The peer is subscribed to the hub.
+    pub neighbor_subscribed: bool,
+    /// The hub is subscribed to the peer.
+    pub local_subscribed: bool,
+    /// The hub awaits a RESPONSE from the peer.
+    pub response_pending: bool,
+    /// When the session started (RFC 3339).
+    pub connected_since: String,
+    /// How many of its objects the hub relays.
+    pub relayed_objects: usize,
+}
+
+/// One entry of the PeerName index.
+pub struct SessionEntry {
+    id: shard::SessionId,
+    addr: Addr<Session>,
+    flags: Arc<SessionFlags>,
+}
+
+/// State every thread of the hub reads.
+pub struct HubShared {
+    config: Arc<Config>,
+    index: DashMap<PeerName, SessionEntry>,
+    sessions: AtomicUsize,
+    connections: AtomicUsize,
+    next_session_id: AtomicU64,
+    accepting: AtomicBool,
+}
+
+impl HubShared {
+    fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+}
+
+/// Counts one open connection until dropped.
+pub struct ConnectionGuard(Arc<HubShared>);
+
+impl ConnectionGuard {
+    fn new(shared: Arc<HubShared>) -> Self {
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A cloneable handle to a running hub.
+#[derive(Clone)]
+pub struct HubHandle {
+    local_addr: SocketAddr,
+    registry: Addr<Registry>,
+    shared: Arc<HubShared>,
+}
+
+impl HubHandle {
+    /// Where the hub listens for P2PPI.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The configuration the hub runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Applies an operation to the hub's objects (DESIGN 3.1) and fans it out.
+    ///
+    /// # Errors
+    /// [`HubError`] as the operation says.
+    pub async fn apply(&self, op: ObjectOp) -> Result<OpOutcome, HubError> {
+        self.registry
+            .send(ApplyOp(op))
+            .await
+            .map_err(|_| HubError::Stopped)?
+    }
+
+    /// Publishes a hub object.
+    ///
+    /// # Errors
+    /// [`HubError::TooLarge`] when the list would not fit one message.
+    pub async fn publish(&self, object: Object) -> Result<OpOutcome, HubError> {
+        self.apply(ObjectOp::Publish(object)).await
+    }
+
+    /// Updates a hub object.
+    ///
+    /// # Errors
+    /// [`HubError::NotFound`] when no object has the name.
+    pub async fn update(&self, object: Object) -> Result<OpOutcome, HubError> {
+        self.apply(ObjectOp::Update(object)).await
+    }
+
+    /// Deletes hub objects by name, or one by name and value.
+    ///
+    /// # Errors
+    /// [`HubError::NotFound`] when nothing matched.
+    pub async fn delete(&self, name: &str, value: Option<&str>) -> Result<OpOutcome, HubError> {
+        self.apply(ObjectOp::Delete {
+            name: name.into(),
+            value: value.map(Into::into),
+        })
+        .await
+    }
+
+    /// Sets a hub object (update if the name exists, else publish).
+    ///
+    /// # Errors
+    /// [`HubError::TooLarge`] when the list would not fit one message.
+    pub async fn set(&self, object: Object) -> Result<OpOutcome, HubError> {
+        self.apply(ObjectOp::Set(object)).await
+    }
+
+    /// The hub's objects.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`] when the hub is not running.
+    pub async fn list(&self) -> Result<Vec<Object>, HubError> {
+        self.registry
+            .send(ListObjects)
+            .await
+            .map_err(|_| HubError::Stopped)
+    }
+
+    /// The open sessions, sorted by PeerName.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let mut list: Vec<SessionInfo> = self
+            .shared
+            .index
+            .iter()
+            .map(|entry| entry.value().flags.info())
+            .collect();
+        list.sort_by(|a, b| a.peer_name.cmp(&b.peer_name));
+        list
+    }
+
+    /// The session of a peer, if connected.
+    pub fn session(&self, peer: &PeerName) -> Option<SessionInfo> {
+        self.shared.index.get(peer).map(|e| e.flags.info())
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Ends a peer's session (with close_notify). Returns whether it was connected.
+    pub fn disconnect(&self, peer: &PeerName, reason: &'static str) -> bool {
+        // Clone the address out: no DashMap reference is held past this line.
+        let addr = self.shared.index.get(peer).map(|e| e.addr.clone());
+        match addr {
+            Some(addr) => {
+                addr.do_send(Close { reason });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends an APPLICATION_DEFINED_MESSAGE from the hub to a connected peer.
+    ///
+    /// # Errors
+    /// [`SendError`] when the peer is not connected, its queue is full, or the message is
+    /// too large.
+    pub async fn send_message(
+        &self,
+        peer: &PeerName,
+        mime_type: &str,
+        value: &str,
+    ) -> Result<(), SendError> {
+        let message = Message::ApplicationDefined {
+            mime_type: mime_type.into(),
+            value: value.into(),
+        };
+        let bytes = message.to_bytes(0).map_err(|_| SendError::TooLarge)?;
+        let addr = self
+            .shared
+            .index
+            .get(peer)
+            .map(|e| e.addr.clone())
+            .ok_or(SendError::NotConnected)?;
+        match addr.send(Deliver(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SendError::QueueFull),
+            Err(_) => Err(SendError::NotConnected),
+        }
+    }
+}
+
+/// Why the hub could not send a message to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SendError {
+    /// No session with that PeerName.
+    #[error("the peer is not connected")]
+    NotConnected,
+    /// The peer's outbound queue is full (it is being disconnected as a slow consumer).
+    #[error("the peer's outbound queue is full")]
+    QueueFull,
+    /// The message does not fit one P2PPI message.
+    #[error("the message is too large for one P2PPI message")]
+    TooLarge,
+}
+
+/// A running hub; dropping it stops the hub without waiting.
+pub struct Hub {
+    handle: HubHandle,
+    stop: Option<oneshot::Sender<Duration>>,
+    done: Option<oneshot::Receiver<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Options beyond the configuration file.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Objects to publish at start, after the config's (restored persisted objects).
+    pub restored_objects: Option<Vec<Object>>,
+    /// Called with the new list before each change to the hub's objects is applied.
+    pub persist: Option<Box<dyn FnOnce() -> PersistHook + Send>>,
+}
+
+impl Hub {
+    /// Loads certificates, binds the listener and starts the hub's threads.
+    ///
+    /// # Errors
+    /// [`StartError`] naming what failed.
+    pub fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with(config, StartOptions::default())
+    }
+
+    /// [`Hub::start`] with [`StartOptions`].
+    ///
+    /// # Errors
+    /// [`StartError`] naming what failed.
+    pub fn start_with(config: Config, options: StartOptions) -> Result<Self, StartError> {
+        metrics::install();
+        let ca = tls::load_certs(&config.ca_path())?;
+        let identity = tls::Identity::load(&config.cert_path(), &config.key_path())?;
+        let server_config = tls::server_config(&ca, identity)?;
+        let listen = config.hub.listen;
+        let listener = std::net::TcpListener::bind(listen).map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let workers = match config.hub.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let shared = Arc::new(HubShared {
+            config: Arc::new(config),
+            index: DashMap::new(),
+            sessions: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            next_session_id: AtomicU64::new(1),
+            accepting: AtomicBool::new(true),
+        });
+        let (init_tx, init_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("p2ppi-hub".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                system.block_on(run_system(
+                    thread_shared,
+                    listener,
+                    server_config,
+                    workers,
+                    options,
+                    init_tx,
+                    stop_rx,
+                ));
+                let _ = done_tx.send(());
+            })
+            .map_err(StartError::Thread)?;
+        let registry = match init_rx.recv() {
+            Ok(Ok(registry)) => registry,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(StartError::Objects(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(StartError::Thread(std::io::Error::other(
+                    "hub thread exited",
+                )));
+            }
+        };
+        info!(%local_addr, workers, "P2PPI listening");
+        Ok(Self {
+            handle: HubHandle {
+                local_addr,
+                registry,
+                shared,
+            },
+            stop: Some(stop_tx),
+            done: Some(done_rx),
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for driving the hub.
+    pub fn handle(&self) -> HubHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the hub gracefully: no new connections, every session closed with TLS
+    /// close_notify after its queue is flushed, all within `grace`. Returns whether every
+    /// connection closed in time.
+    pub async fn shutdown(mut self, grace: Duration) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.handle.shared.connections.load(Ordering::Acquire) == 0
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(Duration::ZERO);
+        }
+    }
+}
+
+async fn run_system(
+    shared: Arc<HubShared>,
+    listener: std::net::TcpListener,
+    server_config: Arc<rustls::ServerConfig>,
+    workers: usize,
+    options: StartOptions,
+    init: std::sync::mpsc::Sender<Result<Addr<Registry>, HubError>>,
+    stop: oneshot::Receiver<Duration>,
+) {
+    let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+    let shards: Vec<Addr<Shard>> = arbiters
+        .iter()
+        .map(|arbiter| {
+            let (shared, acceptor) = (shared.clone(), acceptor.clone());
+            Shard::start_in_arbiter(&arbiter.handle(), move |_| Shard::new(shared, acceptor))
+        })
+        .collect();
+    let mut objects = shared.config.objects.clone();
+    objects.extend(options.restored_objects.unwrap_or_default());
+    let persist = options.persist.map(|make| make());
+    let registry = match Registry::new(
+        objects,
+        shards.clone(),
+        shared.config.relay.max_view_bytes,
+        persist,
+    ) {
+        Ok(registry) => registry,
+        Err(e) => {
+            let _ = init.send(Err(e));
+            stop_arbiters(arbiters);
+            return;
+        }
+    };
+    let base = registry.base_view();
+    for shard in &shards {
+        shard.do_send(Fanout {
+            base: Some(base.clone()),
+            meshes: Vec::new(),
+            delivery: Delivery::Silent,
+        });
+    }
+    let registry = registry.start();
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(error = %e, "listener registration failed");
+            stop_arbiters(arbiters);
+            return;
+        }
+    };
+    let accept = actix_rt::spawn(accept_loop(listener, shards.clone(), shared.clone()));
+    let _ = init.send(Ok(registry));
+
+    let grace = stop.await.unwrap_or(Duration::ZERO);
+    shared.accepting.store(false, Ordering::Release);
+    accept.abort();
+    for shard in &shards {
+        shard.do_send(CloseAll);
+    }
+    let deadline = Instant::now() + grace;
+    while shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = shared.connections.load(Ordering::Acquire);
+    if left > 0 && !grace.is_zero() {
+        warn!(
+            left,
+            "connections still open at the end of the shutdown grace period"
+        );
+    }
+    stop_arbiters(arbiters);
+    System::current().stop();
+}
+
+fn stop_arbiters(arbiters: Vec<Arbiter>) {
+    for arbiter in &arbiters {
+        arbiter.stop();
+    }
+    for arbiter in arbiters {
+        let _ = arbiter.join();
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shards: Vec<Addr<Shard>>,
+    shared: Arc<HubShared>,
+) {
+    let limits = shared.config.limits.clone();
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let keepalive = TcpKeepalive::new()
+        .with_time(limits.tcp_keepalive)
+        .with_interval(
+            limits
+                .tcp_keepalive
+                .div_f32(4.0)
+                .max(Duration::from_secs(1)),
+        );
+    let mut next = 0usize;
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shared.sessions.load(Ordering::Relaxed) >= limits.max_sessions {
+            metrics::count_reason(metrics::CONNECTIONS_REJECTED, "max_sessions");
+            continue;
+        }
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            metrics::count_reason(metrics::CONNECTIONS_REJECTED, "max_handshakes");
+            continue;
+        };
+        let sock = SockRef::from(&stream);
+        let _ = sock.set_tcp_nodelay(true);
+        let _ = sock.set_tcp_keepalive(&keepalive);
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(_) => continue,
+        };
+        let guard = ConnectionGuard::new(shared.clone());
+        shards[next % shards.len()].do_send(Accept {
+            stream,
+            remote,
+            permit,
+            guard,
+        });
+        next = next.wrapping_add(1);
+    }
+}

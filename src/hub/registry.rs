@@ -1,0 +1,215 @@
+//! The registry actor: the hub's published objects and the views built from them.
+//!
+//! Every change to the hub's objects follows DESIGN 3.1 on one [`PublishedObjects`] list,
+//! is checked to still fit one message before it is applied (DESIGN 5.1: refused, never
+//! truncated), and is broadcast once to every shard as a [`Fanout`] holding bytes encoded
+//! once. Mesh views (hub objects followed by a mesh's relayed objects) are rebuilt here
+//! too, so each change is encoded once per mesh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use thiserror::Error;
+
+use super::shard::{Delivery, Fanout, Shard};
+use super::view::{notify_only, View};
+use crate::metrics;
+use crate::objects::{Change, ObjectError, PublishedObjects};
+use crate::wire::{EncodeError, Object};
+
+/// Errors of hub object operations.
+#[derive(Debug, Clone, Error)]
+pub enum HubError {
+    /// The spec's "report an error": nothing matched (admin API: 404).
+    #[error(transparent)]
+    NotFound(#[from] ObjectError),
+    /// The change would make a NOTIFY or RESPONSE too large (admin API: 413).
+    #[error("the change would make the objects list {len} bytes, above the {max}-byte limit of one message")]
+    TooLarge {
+        /// Encoded size the list would have.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The change could not be made durable (admin API: 500); it was not applied.
+    #[error("could not persist the change: {0}")]
+    Persist(String),
+    /// The hub is not running.
+    #[error("the hub is not running")]
+    Stopped,
+}
+
+/// An operation on the hub's objects (DESIGN 3.1).
+#[derive(Debug, Clone)]
+pub enum ObjectOp {
+    /// Append unless the identical object is present.
+    Publish(Object),
+    /// Replace every object of the name.
+    Update(Object),
+    /// Remove every object of the name, or the one with the value.
+    Delete {
+        /// The name.
+        name: String,
+        /// The value, to delete one object only.
+        value: Option<String>,
+    },
+    /// Update if the name exists, else publish.
+    Set(Object),
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpOutcome {
+    /// Whether the list changed (false: publishing an object already present).
+    pub changed: bool,
+}
+
+/// Applies an [`ObjectOp`].
+#[derive(Message)]
+#[rtype(result = "Result<OpOutcome, HubError>")]
+pub struct ApplyOp(pub ObjectOp);
+
+/// Returns the hub's objects.
+#[derive(Message)]
+#[rtype(result = "Vec<Object>")]
+pub struct ListObjects;
+
+/// Called with the new list before a change is applied; an error refuses the change.
+pub type PersistHook = Box<dyn FnMut(&[Object]) -> Result<(), String>>;
+
+/// The registry actor.
+pub struct Registry {
+    objects: PublishedObjects,
+    base: Arc<View>,
+    mesh_views: HashMap<Arc<str>, Arc<View>>,
+    shards: Vec<Addr<Shard>>,
+    max_view_bytes: usize,
+    persist: Option<PersistHook>,
+}
+
+impl Registry {
+    /// A registry holding `objects`, broadcasting to `shards`.
+    ///
+    /// # Errors
+    /// [`HubError::TooLarge`] when the objects do not fit one message.
+    pub fn new(
+        objects: Vec<Object>,
+        shards: Vec<Addr<Shard>>,
+        max_view_bytes: usize,
+        persist: Option<PersistHook>,
+    ) -> Result<Self, HubError> {
+        let mut list = PublishedObjects::new();
+        for object in objects {
+            list.publish(object);
+        }
+        let base = Arc::new(build_view(list.as_slice().to_vec(), max_view_bytes)?);
+        metrics::hub_objects(list.len());
+        Ok(Self {
+            objects: list,
+            base,
+            mesh_views: HashMap::new(),
+            shards,
+            max_view_bytes,
+            persist,
+        })
+    }
+
+    /// The base view, for shards to start with.
+    pub fn base_view(&self) -> Arc<View> {
+        self.base.clone()
+    }
+
+    fn broadcast(&self, fanout: Fanout) {
+        let fanout = Arc::new(fanout);
+        for shard in &self.shards {
+            shard.do_send(fanout.clone());
+        }
+    }
+
+    fn apply(&mut self, op: ObjectOp) -> Result<OpOutcome, HubError> {
+        let mut next = self.objects.clone();
+        let change = match op {
+            ObjectOp::Publish(object) => next.publish(object),
+            ObjectOp::Update(object) => next.update(object)?,
+            ObjectOp::Delete { name, value } => next.delete(&name, value.as_deref())?,
+            ObjectOp::Set(object) => next.set(object),
+        };
+        if change == Change::None {
+            return Ok(OpOutcome { changed: false });
+        }
+        // Build every view the change touches before anything is applied: a change that
+        // does not fit is refused whole.
+        let base = Arc::new(build_view(next.as_slice().to_vec(), self.max_view_bytes)?);
+        let mut meshes = Vec::with_capacity(self.mesh_views.len());
+        for (mesh, view) in &self.mesh_views {
+            let relayed = &view.objects[self.objects.len()..];
+            let objects = next.as_slice().iter().chain(relayed).cloned().collect();
+            meshes.push((
+                mesh.clone(),
+                Arc::new(build_view(objects, self.max_view_bytes)?),
+            ));
+        }
+        let delivery = match &change {
+            Change::Added(object) => Delivery::Only(notify_only(object).map_err(too_large)?),
+            _ => Delivery::Complete,
+        };
+        if let Some(persist) = self.persist.as_mut() {
+            persist(next.as_slice()).map_err(HubError::Persist)?;
+        }
+        self.objects = next;
+        self.base = base.clone();
+        for (mesh, view) in &meshes {
+            self.mesh_views.insert(mesh.clone(), view.clone());
+        }
+        metrics::hub_objects(self.objects.len());
+        self.broadcast(Fanout {
+            base: Some(base),
+            meshes: meshes.into_iter().map(|(m, v)| (m, Some(v))).collect(),
+            delivery,
+        });
+        Ok(OpOutcome { changed: true })
+    }
+}
+
+fn too_large(e: EncodeError) -> HubError {
+    match e {
+        EncodeError::TooLarge { len, limit } => HubError::TooLarge {
+            len,
+            max: limit - 1,
+        },
+        EncodeError::Io(e) => HubError::Persist(e.to_string()),
+    }
+}
+
+/// Builds a view, refusing one above `max_view_bytes`.
+pub(crate) fn build_view(objects: Vec<Object>, max_view_bytes: usize) -> Result<View, HubError> {
+    let view = View::new(objects).map_err(too_large)?;
+    if view.encoded_len() > max_view_bytes {
+        return Err(HubError::TooLarge {
+            len: view.encoded_len(),
+            max: max_view_bytes,
+        });
+    }
+    Ok(view)
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+impl Handler<ApplyOp> for Registry {
+    type Result = Result<OpOutcome, HubError>;
+
+    fn handle(&mut self, msg: ApplyOp, _: &mut Self::Context) -> Self::Result {
+        self.apply(msg.0)
+    }
+}
+
+impl Handler<ListObjects> for Registry {
+    type Result = Vec<Object>;
+
+    fn handle(&mut self, _: ListObjects, _: &mut Self::Context) -> Self::Result {
+        self.objects.as_slice().to_vec()
+    }
+}

@@ -1,0 +1,277 @@
+//! The one place that names metrics (DESIGN 6): `p2ppi_` prefix, base units, counters end
+//! in `_total`, no per-peer labels, every metric described with its unit.
+//!
+//! [`install`] sets the process-wide Prometheus recorder once (with a thread running its
+//! upkeep) and describes every metric; [`hub`] gives cached handles for the hot paths so a
+//! delivery costs an atomic add, not a registry lookup.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::wire::MessageType;
+
+/// Open P2PPI sessions (gauge).
+pub const SESSIONS: &str = "p2ppi_sessions";
+/// Sessions whose peer is subscribed to the hub (gauge).
+pub const SESSIONS_SUBSCRIBED: &str = "p2ppi_sessions_subscribed";
+/// Completed TLS handshakes.
+pub const HANDSHAKES: &str = "p2ppi_handshakes_total";
+/// Failed TLS handshakes, by `reason`.
+pub const HANDSHAKE_FAILURES: &str = "p2ppi_handshake_failures_total";
+/// Connections closed at accept by a limit, by `reason`.
+pub const CONNECTIONS_REJECTED: &str = "p2ppi_connections_rejected_total";
+/// Sessions ended, by `reason`.
+pub const SESSIONS_CLOSED: &str = "p2ppi_sessions_closed_total";
+/// Messages received, by `type`.
+pub const MESSAGES_RECEIVED: &str = "p2ppi_messages_received_total";
+/// Messages sent, by `type`.
+pub const MESSAGES_SENT: &str = "p2ppi_messages_sent_total";
+/// Messages silently dropped, by `reason`.
+pub const MESSAGES_DROPPED: &str = "p2ppi_messages_dropped_total";
+/// Protocol errors that closed a connection, by `reason`.
+pub const PROTOCOL_ERRORS: &str = "p2ppi_protocol_errors_total";
+/// Bytes of P2PPI messages received.
+pub const RECEIVED_BYTES: &str = "p2ppi_received_bytes_total";
+/// Bytes of P2PPI messages sent.
+pub const SENT_BYTES: &str = "p2ppi_sent_bytes_total";
+/// Hub objects published (gauge).
+pub const HUB_OBJECTS: &str = "p2ppi_hub_objects";
+/// Relayed peer objects in all meshes (gauge).
+pub const RELAYED_OBJECTS: &str = "p2ppi_relayed_objects";
+/// Time to hand one change to every subscribed session of a shard (histogram, seconds).
+pub const FANOUT_DURATION: &str = "p2ppi_notify_fanout_duration_seconds";
+/// Sessions one change was queued for, per shard (histogram).
+pub const FANOUT_RECIPIENTS: &str = "p2ppi_notify_fanout_recipients";
+/// Slow consumers disconnected, by `reason`.
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "p2ppi_slow_consumer_disconnects_total";
+/// Peer objects not relayed, by `reason`.
+pub const RELAY_REJECTED: &str = "p2ppi_relay_rejected_total";
+/// Application messages forwarded to another peer.
+pub const MESSAGES_ROUTED: &str = "p2ppi_messages_routed_total";
+/// Invitations forwarded to their target.
+pub const INVITATIONS_ROUTED: &str = "p2ppi_invitations_routed_total";
+/// Invitations refused by the hub itself, by `reason`.
+pub const INVITATIONS_REFUSED: &str = "p2ppi_invitations_refused_total";
+/// Application messages addressed to the hub itself.
+pub const HUB_MESSAGES: &str = "p2ppi_hub_messages_total";
+/// Admin API requests refused by a limit or check, by `reason`.
+pub const ADMIN_REJECTED: &str = "p2ppi_admin_rejected_total";
+/// Build information (gauge, always 1), with `version`.
+pub const BUILD_INFO: &str = "p2ppi_build_info";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HUB: OnceLock<HubMetrics> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and describes every metric.
+/// Returns the handle that renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(FANOUT_DURATION.into()),
+                    &[
+                        0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+                        1.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(FANOUT_RECIPIENTS.into()),
+                        &[0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0],
+                    )
+                })
+                .expect("bucket lists are non-empty");
+            let handle = match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (embedding application): render nothing
+                // of ours rather than fail.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn metrics upkeep thread");
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(SESSIONS, Unit::Count, "Open P2PPI sessions.");
+    describe_gauge!(
+        SESSIONS_SUBSCRIBED,
+        Unit::Count,
+        "Sessions whose peer is subscribed to the hub."
+    );
+    describe_counter!(
+        HANDSHAKES,
+        Unit::Count,
+        "Completed mutually-authenticated TLS handshakes."
+    );
+    describe_counter!(
+        HANDSHAKE_FAILURES,
+        Unit::Count,
+        "Failed TLS handshakes, by reason."
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        Unit::Count,
+        "Connections closed at accept by a limit, by reason."
+    );
+    describe_counter!(SESSIONS_CLOSED, Unit::Count, "Sessions ended, by reason.");
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        Unit::Count,
+        "P2PPI messages received, by type."
+    );
+    describe_counter!(MESSAGES_SENT, Unit::Count, "P2PPI messages sent, by type.");
+    describe_counter!(
+        MESSAGES_DROPPED,
+        Unit::Count,
+        "P2PPI messages silently dropped, by reason."
+    );
+    describe_counter!(
+        PROTOCOL_ERRORS,
+        Unit::Count,
+        "Protocol errors that closed a connection, by reason."
+    );
+    describe_counter!(
+        RECEIVED_BYTES,
+        Unit::Bytes,
+        "Bytes of P2PPI messages received."
+    );
+    describe_counter!(SENT_BYTES, Unit::Bytes, "Bytes of P2PPI messages sent.");
+    describe_gauge!(HUB_OBJECTS, Unit::Count, "Hub objects published.");
+    describe_gauge!(
+        RELAYED_OBJECTS,
+        Unit::Count,
+        "Peer objects relayed, all meshes."
+    );
+    describe_histogram!(
+        FANOUT_DURATION,
+        Unit::Seconds,
+        "Time to queue one change for every subscribed session of a shard."
+    );
+    describe_histogram!(
+        FANOUT_RECIPIENTS,
+        Unit::Count,
+        "Sessions one change was queued for, per shard."
+    );
+    describe_counter!(
+        SLOW_CONSUMER_DISCONNECTS,
+        Unit::Count,
+        "Slow consumers disconnected, by reason."
+    );
+    describe_counter!(
+        RELAY_REJECTED,
+        Unit::Count,
+        "Peer objects not relayed, by reason."
+    );
+    describe_counter!(
+        MESSAGES_ROUTED,
+        Unit::Count,
+        "Application messages forwarded to another peer."
+    );
+    describe_counter!(
+        INVITATIONS_ROUTED,
+        Unit::Count,
+        "Invitations forwarded to their target."
+    );
+    describe_counter!(
+        INVITATIONS_REFUSED,
+        Unit::Count,
+        "Invitations refused by the hub itself, by reason."
+    );
+    describe_counter!(
+        HUB_MESSAGES,
+        Unit::Count,
+        "Application messages addressed to the hub itself."
+    );
+    describe_counter!(
+        ADMIN_REJECTED,
+        Unit::Count,
+        "Admin API requests refused, by reason."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        Unit::Count,
+        "Build information; the value is always 1."
+    );
+}
+
+/// Cached handles for the per-message paths.
+pub struct HubMetrics {
+    received: [Counter; 6],
+    sent: [Counter; 6],
+    /// Bytes received.
+    pub received_bytes: Counter,
+    /// Bytes sent.
+    pub sent_bytes: Counter,
+    /// Open sessions.
+    pub sessions: Gauge,
+    /// Subscribed sessions.
+    pub sessions_subscribed: Gauge,
+    /// Fan-out duration per shard.
+    pub fanout_duration: Histogram,
+    /// Fan-out recipients per shard.
+    pub fanout_recipients: Histogram,
+}
+
+impl HubMetrics {
+    /// The received counter for a message type.
+    pub fn received(&self, t: MessageType) -> &Counter {
+        &self.received[t as usize - 1]
+    }
+
+    /// The sent counter for a raw type byte (encoded messages carry it at offset 11).
+    pub fn sent_raw(&self, raw_type: u8) -> Option<&Counter> {
+        self.sent.get((raw_type as usize).wrapping_sub(1))
+    }
+}
+
+/// The hub's cached handles; installs the recorder first if needed.
+pub fn hub() -> &'static HubMetrics {
+    HUB.get_or_init(|| {
+        install();
+        let by_type = |name: &'static str| {
+            MessageType::ALL.map(|t| metrics::counter!(name, "type" => t.label()))
+        };
+        HubMetrics {
+            received: by_type(MESSAGES_RECEIVED),
+            sent: by_type(MESSAGES_SENT),
+            received_bytes: metrics::counter!(RECEIVED_BYTES),
+            sent_bytes: metrics::counter!(SENT_BYTES),
+            sessions: metrics::gauge!(SESSIONS),
+            sessions_subscribed: metrics::gauge!(SESSIONS_SUBSCRIBED),
+            fanout_duration: metrics::histogram!(FANOUT_DURATION),
+            fanout_recipients: metrics::histogram!(FANOUT_RECIPIENTS),
+        }
+    })
+}
+
+/// Counts one event of a labelled counter (`reason` label).
+pub fn count_reason(name: &'static str, reason: &'static str) {
+    metrics::counter!(name, "reason" => reason).increment(1);
+}
+
+/// Counts one event of an unlabelled counter.
+pub fn counter_inc(name: &'static str) {
+    metrics::counter!(name).increment(1);
+}
+
+/// Sets the hub objects gauge.
+pub fn hub_objects(count: usize) {
+    metrics::gauge!(HUB_OBJECTS).set(count as f64);
+}

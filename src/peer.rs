@@ -1,0 +1,497 @@
+//! The peer library: connect to a hub (or any P2PPI node) over mutual TLS and speak the
+//! protocol through a [`LocalNode`], the same state machine the hub runs.
+//!
+//! [`connect`] returns a [`Peer`] (a cheap handle whose methods are the spec's higher-layer
+//! events: publish, update, delete, set, subscribe, unsubscribe, retrieve, application
+//! messages) and [`PeerEvents`] (what the node reports: objects lists, messages, the end of
+//! the connection). One task per connection owns the socket and the node; handles talk to
+//! it over a channel. Events are bounded: a consumer that stops reading them stops the
+//! task reading the socket, which is TCP back-pressure toward the hub, not unbounded
+//! memory. The CLI, the tests and the bench harness are all built on this module.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{SinkExt, Stream, StreamExt};
+use rustls_pki_types::{CertificateDer, ServerName};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+use crate::certs::DataDir;
+use crate::session::{LocalNode, ObjectsSource, Received, Report, StateError};
+use crate::tls::{self, Identity, PeerName, TlsError};
+use crate::wire::{FrameError, Message, Object, P2ppiCodec};
+
+/// Errors of the peer library, each a clear sentence.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The hub's address did not resolve.
+    #[error("cannot resolve hub address {addr}: {reason}")]
+    Resolve {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TCP connection failed.
+    #[error("cannot connect to the hub at {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS handshake with the hub at {addr} failed: {source}")]
+    Handshake {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Connecting took longer than the timeout.
+    #[error("connecting to the hub at {0} timed out")]
+    Timeout(String),
+    /// The spec's "report an error" for a higher-layer request.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A message could not be encoded (too large).
+    #[error("message not sent: {0}")]
+    Encode(String),
+    /// The connection is closed.
+    #[error("the connection to the hub is closed")]
+    Closed,
+}
+
+/// Where and as whom to connect.
+#[derive(Clone)]
+pub struct PeerConfig {
+    /// The hub's address, `host:port`.
+    pub hub: String,
+    /// The name to verify the hub's certificate for; the host part of `hub` by default.
+    pub server_name: Option<String>,
+    /// Trusted CA certificates for the hub's certificate.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// This peer's certificate and key.
+    pub identity: Identity,
+    /// Limit on TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+}
+
+impl PeerConfig {
+    /// A config from PEM files.
+    ///
+    /// # Errors
+    /// [`PeerError::Tls`] when a file is missing or holds nothing usable.
+    pub fn from_files(hub: &str, cert: &Path, key: &Path, ca: &Path) -> Result<Self, PeerError> {
+        Ok(Self {
+            hub: hub.to_owned(),
+            server_name: None,
+            ca: tls::load_certs(ca)?,
+            identity: Identity::load(cert, key)?,
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// A config for the peer `name` issued in a data directory (`certs issue NAME`).
+    ///
+    /// # Errors
+    /// [`PeerError::Tls`] when its files are missing.
+    pub fn from_data_dir(hub: &str, data_dir: &Path, name: &str) -> Result<Self, PeerError> {
+        let dir = DataDir(data_dir.to_owned());
+        Self::from_files(
+            hub,
+            &dir.peer_cert(name),
+            &dir.peer_key(name),
+            &dir.ca_cert(),
+        )
+    }
+
+    /// This peer's PeerName, from its certificate.
+    ///
+    /// # Errors
+    /// [`PeerError::Tls`] when the certificate does not parse.
+    pub fn peer_name(&self) -> Result<PeerName, PeerError> {
+        Ok(self.identity.cert_identity()?.peer_name)
+    }
+
+    fn server_name(&self) -> Result<ServerName<'static>, PeerError> {
+        let host = match &self.server_name {
+            Some(name) => name.clone(),
+            None => host_of(&self.hub).to_owned(),
+        };
+        ServerName::try_from(host.clone()).map_err(|e| PeerError::Resolve {
+            addr: self.hub.clone(),
+            reason: format!("{host:?} is not a valid server name: {e}"),
+        })
+    }
+}
+
+fn host_of(addr: &str) -> &str {
+    match addr.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    }
+}
+
+/// Opens the TCP connection and completes the TLS handshake, without speaking P2PPI:
+/// for tools that write raw bytes (tests, the bench harness).
+///
+/// # Errors
+/// [`PeerError`] naming the step that failed.
+pub async fn connect_tls(config: &PeerConfig) -> Result<TlsStream<TcpStream>, PeerError> {
+    connect_tls_from(config, None).await
+}
+
+/// [`connect_tls`] from a chosen local address (the bench harness spreads its peers over
+/// several loopback addresses to pass one address's port range).
+///
+/// # Errors
+/// [`PeerError`] naming the step that failed.
+pub async fn connect_tls_from(
+    config: &PeerConfig,
+    local: Option<std::net::IpAddr>,
+) -> Result<TlsStream<TcpStream>, PeerError> {
+    let client = tls::client_config(&config.ca, config.identity.clone())?;
+    connect_with(config, client, local).await
+}
+
+/// [`connect_tls_from`] with a prepared rustls client config (shared by many peers).
+///
+/// # Errors
+/// [`PeerError`] naming the step that failed.
+pub async fn connect_with(
+    config: &PeerConfig,
+    client: Arc<rustls::ClientConfig>,
+    local: Option<std::net::IpAddr>,
+) -> Result<TlsStream<TcpStream>, PeerError> {
+    let addr = config.hub.clone();
+    let server_name = config.server_name()?;
+    let attempt = async {
+        let target: SocketAddr = tokio::net::lookup_host(&addr)
+            .await
+            .map_err(|e| PeerError::Resolve {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?
+            .next()
+            .ok_or_else(|| PeerError::Resolve {
+                addr: addr.clone(),
+                reason: "no address found".into(),
+            })?;
+        let tcp = match local {
+            Some(ip) => {
+                let socket = if target.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }
+                .and_then(|s| s.bind(SocketAddr::new(ip, 0)).map(|_| s))
+                .map_err(|source| PeerError::Connect {
+                    addr: addr.clone(),
+                    source,
+                })?;
+                socket.connect(target).await
+            }
+            None => TcpStream::connect(target).await,
+        }
+        .map_err(|source| PeerError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(client)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|source| PeerError::Handshake {
+                addr: addr.clone(),
+                source,
+            })
+    };
+    tokio::time::timeout(config.connect_timeout, attempt)
+        .await
+        .map_err(|_| PeerError::Timeout(config.hub.clone()))?
+}
+
+/// What a peer's node reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A list of the hub's objects (spec 3.1.5.5 / 3.1.5.6).
+    Objects {
+        /// NOTIFY or RESPONSE.
+        source: ObjectsSource,
+        /// The objects.
+        objects: Vec<Object>,
+    },
+    /// An application-defined message (spec 3.1.5.7).
+    Message {
+        /// MIME type.
+        mime_type: String,
+        /// Value.
+        value: String,
+    },
+    /// The connection ended. `clean` when the hub sent TLS close_notify.
+    Closed {
+        /// Whether the hub closed it cleanly.
+        clean: bool,
+        /// What went wrong otherwise.
+        error: Option<String>,
+    },
+}
+
+enum Command {
+    Publish(Object),
+    Update(Object),
+    Delete(String, Option<String>),
+    Set(Object),
+    Subscribe,
+    Unsubscribe,
+    Retrieve,
+    Send(String, String),
+    Close,
+}
+
+type Reply = oneshot::Sender<Result<(), PeerError>>;
+
+/// A connected peer. Cloning gives another handle to the same connection.
+#[derive(Clone)]
+pub struct Peer {
+    commands: mpsc::Sender<(Command, Reply)>,
+    peer_name: PeerName,
+}
+
+/// The events of a connection, in order.
+pub struct PeerEvents {
+    rx: mpsc::Receiver<PeerEvent>,
+}
+
+impl PeerEvents {
+    /// The next event; `None` after the connection task ended and every event was read.
+    pub async fn next(&mut self) -> Option<PeerEvent> {
+        self.rx.recv().await
+    }
+}
+
+impl Stream for PeerEvents {
+    type Item = PeerEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PeerEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Capacity of the events channel.
+pub const EVENT_BUFFER: usize = 256;
+
+/// Connects and starts the connection task.
+///
+/// # Errors
+/// [`PeerError`] naming the step that failed.
+pub async fn connect(config: PeerConfig) -> Result<(Peer, PeerEvents), PeerError> {
+    let peer_name = config.peer_name()?;
+    let stream = connect_tls(&config).await?;
+    Ok(start(stream, peer_name))
+}
+
+/// Starts the connection task on an established TLS stream.
+pub fn start<S>(stream: S, peer_name: PeerName) -> (Peer, PeerEvents)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
+    tokio::spawn(run(
+        Framed::new(stream, P2ppiCodec::new()),
+        cmd_rx,
+        event_tx,
+    ));
+    (
+        Peer {
+            commands: cmd_tx,
+            peer_name,
+        },
+        PeerEvents { rx: event_rx },
+    )
+}
+
+impl Peer {
+    /// This peer's PeerName.
+    pub fn peer_name(&self) -> &PeerName {
+        &self.peer_name
+    }
+
+    async fn call(&self, command: Command) -> Result<(), PeerError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send((command, tx))
+            .await
+            .map_err(|_| PeerError::Closed)?;
+        rx.await.map_err(|_| PeerError::Closed)?
+    }
+
+    /// Publishes an object (spec 3.1.4.2.1).
+    ///
+    /// # Errors
+    /// [`PeerError::Closed`] when the connection ended.
+    pub async fn publish(&self, object: Object) -> Result<(), PeerError> {
+        self.call(Command::Publish(object)).await
+    }
+
+    /// Updates an object (spec 3.1.4.2.3).
+    ///
+    /// # Errors
+    /// [`PeerError::State`] when no object has the name.
+    pub async fn update(&self, object: Object) -> Result<(), PeerError> {
+        self.call(Command::Update(object)).await
+    }
+
+    /// Deletes objects by name, or one by name and value (spec 3.1.4.2.2).
+    ///
+    /// # Errors
+    /// [`PeerError::State`] when nothing matched.
+    pub async fn delete(&self, name: &str, value: Option<&str>) -> Result<(), PeerError> {
+        self.call(Command::Delete(name.into(), value.map(Into::into)))
+            .await
+    }
+
+    /// Sets an object: update if the name exists, else publish (DESIGN 3.1).
+    ///
+    /// # Errors
+    /// [`PeerError::Closed`] when the connection ended.
+    pub async fn set(&self, object: Object) -> Result<(), PeerError> {
+        self.call(Command::Set(object)).await
+    }
+
+    /// Subscribes to the hub's objects (spec 3.1.4.3): the lists arrive as events.
+    ///
+    /// # Errors
+    /// [`PeerError::Closed`] when the connection ended.
+    pub async fn subscribe(&self) -> Result<(), PeerError> {
+        self.call(Command::Subscribe).await
+    }
+
+    /// Unsubscribes (spec 3.1.4.4).
+    ///
+    /// # Errors
+    /// [`PeerError::State`] when not subscribed.
+    pub async fn unsubscribe(&self) -> Result<(), PeerError> {
+        self.call(Command::Unsubscribe).await
+    }
+
+    /// Retrieves the hub's objects once (spec 3.1.4.5): the RESPONSE arrives as an event.
+    ///
+    /// # Errors
+    /// [`PeerError::Closed`] when the connection ended.
+    pub async fn retrieve(&self) -> Result<(), PeerError> {
+        self.call(Command::Retrieve).await
+    }
+
+    /// Sends an application-defined message (spec 3.1.4.6).
+    ///
+    /// # Errors
+    /// [`PeerError::Encode`] when it does not fit one message.
+    pub async fn send_message(&self, mime_type: &str, value: &str) -> Result<(), PeerError> {
+        self.call(Command::Send(mime_type.into(), value.into()))
+            .await
+    }
+
+    /// Closes the connection with TLS close_notify.
+    ///
+    /// # Errors
+    /// [`PeerError::Closed`] when it was closed already.
+    pub async fn close(&self) -> Result<(), PeerError> {
+        self.call(Command::Close).await
+    }
+}
+
+/// Applies a command to the node: the message to send, if any.
+fn apply(node: &mut LocalNode, command: Command) -> Result<Option<Message>, PeerError> {
+    Ok(match command {
+        Command::Publish(object) => node.publish(object),
+        Command::Update(object) => node.update(object)?,
+        Command::Delete(name, value) => node.delete(&name, value.as_deref())?,
+        Command::Set(object) => node.set(object),
+        Command::Subscribe => Some(node.machine.subscribe()),
+        Command::Unsubscribe => Some(node.machine.unsubscribe()?),
+        Command::Retrieve => Some(node.machine.retrieve()),
+        Command::Send(mime_type, value) => Some(node.machine.application_message(mime_type, value)),
+        Command::Close => None,
+    })
+}
+
+async fn run<S>(
+    mut framed: Framed<S, P2ppiCodec>,
+    mut commands: mpsc::Receiver<(Command, Reply)>,
+    events: mpsc::Sender<PeerEvent>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut node = LocalNode::new();
+    let closed = loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some((command, reply)) = command else {
+                    // Every handle is gone: leave cleanly.
+                    let _ = framed.get_mut().shutdown().await;
+                    return;
+                };
+                if matches!(command, Command::Close) {
+                    let result = framed.get_mut().shutdown().await.map_err(|_| PeerError::Closed);
+                    let _ = reply.send(result);
+                    return;
+                }
+                let result = match apply(&mut node, command) {
+                    Ok(Some(message)) => framed
+                        .send(&message)
+                        .await
+                        .map_err(|e| PeerError::Encode(e.to_string())),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            item = framed.next() => {
+                let inbound = match item {
+                    None => break PeerEvent::Closed { clean: true, error: None },
+                    Some(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        break PeerEvent::Closed { clean: false, error: Some("the hub closed the connection without TLS close_notify".into()) }
+                    }
+                    Some(Err(e)) => break PeerEvent::Closed { clean: false, error: Some(e.to_string()) },
+                    Some(Ok(inbound)) => inbound,
+                };
+                let (reply, received) = node.on_receive(inbound);
+                if let Some(reply) = reply {
+                    if let Err(e) = framed.send(&reply).await {
+                        break PeerEvent::Closed { clean: false, error: Some(e.to_string()) };
+                    }
+                }
+                let event = match received {
+                    Received::Report(Report::Objects { source, objects }) => PeerEvent::Objects { source, objects },
+                    Received::Report(Report::ApplicationMessage { mime_type, value }) => PeerEvent::Message { mime_type, value },
+                    _ => continue,
+                };
+                if events.send(event).await.is_err() {
+                    // Nobody listens any more; keep serving commands.
+                }
+            }
+        }
+    };
+    let _ = events.send(closed).await;
+    // Answer commands that arrive after the end.
+    commands.close();
+    while let Some((_, reply)) = commands.recv().await {
+        let _ = reply.send(Err(PeerError::Closed));
+    }
+}

@@ -55,7 +55,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// P2PPI listener and process settings.
@@ -256,22 +256,6 @@ impl Default for LogSection {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            hub: HubSection::default(),
-            tls: TlsSection::default(),
-            admin: AdminSection::default(),
-            limits: Limits::default(),
-            relay: RelaySection::default(),
-            shutdown: ShutdownSection::default(),
-            log: LogSection::default(),
-            meshes: BTreeMap::new(),
-            objects: Vec::new(),
-        }
-    }
-}
-
 impl Config {
     /// Reads a TOML file, applies `P2PPI_…` environment overrides from `env`, and checks
     /// the result.
@@ -377,7 +361,7 @@ impl Config {
         if self.limits.inbound_messages_per_sec == 0 || self.limits.inbound_burst == 0 {
             return invalid("limits.inbound_messages_per_sec", "must be at least 1");
         }
-        for (peer, _) in &self.meshes {
+        for peer in self.meshes.keys() {
             if crate::tls::PeerName::parse(peer).is_none() {
                 return Err(ConfigError::Invalid {
                     key: "meshes",

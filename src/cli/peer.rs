@@ -75,7 +75,7 @@ fn peer_config(args: &PeerArgs) -> anyhow::Result<PeerConfig> {
         (None, Some(cert), Some(key)) => PeerConfig::from_files(&args.hub, cert, key, &ca),
         _ => bail!("say who to connect as: --name NAME, or --cert FILE --key FILE"),
     };
-    Ok(config.context("loading the peer's certificates")?)
+    config.context("loading the peer's certificates")
 }
 
 /// One JSON line for an event, as `--watch` prints it.

@@ -517,6 +517,7 @@ async fn run_system(
             base: Some(base.clone()),
             meshes: Vec::new(),
             delivery: Delivery::Silent,
+            applied: None,
         });
     }
     let registry = registry.start();

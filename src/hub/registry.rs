@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use thiserror::Error;
 
-use super::shard::{Delivery, Fanout, Shard};
+use super::shard::{Applied, Delivery, Fanout, Shard};
 use super::view::{notify_only, View};
 use crate::metrics;
 use crate::objects::{Change, ObjectError, PublishedObjects};
@@ -120,14 +121,18 @@ impl Registry {
         self.base.clone()
     }
 
-    fn broadcast(&self, fanout: Fanout) {
+    /// Sends a change to every shard; the result completes once all applied it.
+    fn broadcast(&self, mut fanout: Fanout) -> Arc<Applied> {
+        let applied = Applied::new(self.shards.len());
+        fanout.applied = Some(applied.clone());
         let fanout = Arc::new(fanout);
         for shard in &self.shards {
             shard.do_send(fanout.clone());
         }
+        applied
     }
 
-    fn apply(&mut self, op: ObjectOp) -> Result<OpOutcome, HubError> {
+    fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Option<Arc<Applied>>), HubError> {
         let mut next = self.objects.clone();
         let change = match op {
             ObjectOp::Publish(object) => next.publish(object),
@@ -136,7 +141,7 @@ impl Registry {
             ObjectOp::Set(object) => next.set(object),
         };
         if change == Change::None {
-            return Ok(OpOutcome { changed: false });
+            return Ok((OpOutcome { changed: false }, None));
         }
         // Build every view the change touches before anything is applied: a change that
         // does not fit is refused whole.
@@ -163,12 +168,13 @@ impl Registry {
             self.mesh_views.insert(mesh.clone(), view.clone());
         }
         metrics::hub_objects(self.objects.len());
-        self.broadcast(Fanout {
+        let applied = self.broadcast(Fanout {
             base: Some(base),
             meshes: meshes.into_iter().map(|(m, v)| (m, Some(v))).collect(),
             delivery,
+            applied: None,
         });
-        Ok(OpOutcome { changed: true })
+        Ok((OpOutcome { changed: true }, Some(applied)))
     }
 }
 
@@ -198,11 +204,21 @@ impl Actor for Registry {
     type Context = Context<Self>;
 }
 
+/// How long a change's originator waits for the shards (only reached at shutdown).
+const APPLIED_WAIT: Duration = Duration::from_secs(5);
+
 impl Handler<ApplyOp> for Registry {
-    type Result = Result<OpOutcome, HubError>;
+    type Result = ResponseFuture<Result<OpOutcome, HubError>>;
 
     fn handle(&mut self, msg: ApplyOp, _: &mut Self::Context) -> Self::Result {
-        self.apply(msg.0)
+        let result = self.apply(msg.0);
+        Box::pin(async move {
+            let (outcome, applied) = result?;
+            if let Some(applied) = applied {
+                applied.wait(APPLIED_WAIT).await;
+            }
+            Ok(outcome)
+        })
     }
 }
 

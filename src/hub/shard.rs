@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,6 +45,40 @@ pub enum Delivery {
     Silent,
 }
 
+/// Counts shards that have applied a change, so its originator can answer only once every
+/// shard serves the new view (read-your-writes: a REQUEST after a 2xx sees the change).
+#[derive(Debug)]
+pub struct Applied {
+    remaining: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Applied {
+    /// A counter awaiting `shards` shards.
+    pub fn new(shards: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(shards),
+            done: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn arrive(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits until every shard applied the change, or `limit` passed (shutdown).
+    pub async fn wait(&self, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            while self.remaining.load(Ordering::Acquire) > 0 {
+                self.done.notified().await;
+            }
+        })
+        .await;
+    }
+}
+
 /// A change broadcast by the registry to every shard.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -55,6 +90,8 @@ pub struct Fanout {
     pub meshes: Vec<(Arc<str>, Option<Arc<View>>)>,
     /// What subscribers reached by this change are sent.
     pub delivery: Delivery,
+    /// Counted down by each shard once applied.
+    pub applied: Option<Arc<Applied>>,
 }
 
 /// A TCP connection for this shard to handshake and serve.
@@ -151,6 +188,10 @@ impl ShardCore {
                 Some(view) => inner.views.insert(mesh.clone(), view.clone()),
                 None => inner.views.remove(mesh),
             };
+        }
+        if let Some(applied) = &fanout.applied {
+            // The views are in place: a REQUEST from now on sees the change.
+            applied.arrive();
         }
         if matches!(fanout.delivery, Delivery::Silent) {
             return;

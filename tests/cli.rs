@@ -1,0 +1,309 @@
+//! The real `p2ppi-hub` binary, run as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2ppi-hub");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run p2ppi-hub")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A running child whose stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(args: &[&str], cwd: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn p2ppi-hub");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn line(&self, what: &str) -> String {
+        self.lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no stdout line for {what}"))
+    }
+
+    fn line_containing(&self, needle: &str) -> String {
+        loop {
+            let line = self.line(needle);
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status, err);
+            }
+            assert!(start.elapsed() < DEADLINE, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listen_addr(line: &str) -> String {
+    line.split_whitespace()
+        .nth(3)
+        .expect("address in the listening line")
+        .to_owned()
+}
+
+#[test]
+fn certs_init_and_issue_write_files_and_print_the_peer_name_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let init = run(&["certs", "init", "--data-dir", d], dir.path());
+    assert!(init.status.success(), "{}", stderr(&init));
+    let issue = run(
+        &["certs", "issue", "alice", "--mesh", "blue", "--data-dir", d],
+        dir.path(),
+    );
+    assert!(issue.status.success(), "{}", stderr(&issue));
+    let out = stdout(&issue);
+    let last = out.lines().last().unwrap();
+    assert_eq!(last.len(), 40);
+    assert!(last
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "hub.pem",
+        "hub.key",
+        "peers/alice.pem",
+        "peers/alice.key",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    let again = run(&["certs", "issue", "alice", "--data-dir", d], dir.path());
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("exists already"));
+}
+
+#[test]
+fn serve_with_config_then_get_watch_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(run(&["certs", "init", "--data-dir", d], dir.path())
+        .status
+        .success());
+    assert!(
+        run(&["certs", "issue", "alice", "--data-dir", d], dir.path())
+            .status
+            .success()
+    );
+    assert!(run(&["certs", "issue", "bob", "--data-dir", d], dir.path())
+        .status
+        .success());
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        "[[objects]]\nname = \"1d6ccc02-3ec4-453b-b986-470b610cb958\"\nvalue = \"hub \\\"online\\\"\"\n",
+    )
+    .unwrap();
+    let hub = Running::spawn(
+        &[
+            "serve",
+            "--data-dir",
+            d,
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    let addr = listen_addr(&hub.line_containing("P2PPI listening on"));
+    assert!(hub
+        .line_containing("connect a first peer")
+        .contains("p2ppi-hub peer --name alice"));
+
+    let get = run(
+        &[
+            "peer",
+            "--name",
+            "bob",
+            "--data-dir",
+            d,
+            "--hub",
+            &addr,
+            "--get",
+        ],
+        dir.path(),
+    );
+    assert!(get.status.success(), "{}", stderr(&get));
+    let line: serde_json::Value = serde_json::from_str(stdout(&get).trim()).unwrap();
+    assert_eq!(
+        line,
+        serde_json::json!({"event": "objects", "source": "response", "objects": [
+            {"name": "1d6ccc02-3ec4-453b-b986-470b610cb958", "value": "hub \"online\""}
+        ]})
+    );
+
+    let watch = Running::spawn(
+        &[
+            "peer",
+            "--name",
+            "alice",
+            "--data-dir",
+            d,
+            "--hub",
+            &addr,
+            "--watch",
+        ],
+        dir.path(),
+    );
+    let first: serde_json::Value = serde_json::from_str(&watch.line("initial NOTIFY")).unwrap();
+    assert_eq!(first["source"], "notify");
+    assert_eq!(first["objects"].as_array().unwrap().len(), 1);
+
+    hub.signal("-TERM");
+    let (status, _) = hub.wait();
+    assert!(status.success(), "serve exits 0 on SIGTERM");
+    let (status, err) = watch.wait();
+    assert!(status.success(), "watcher saw a clean close: {err}");
+    assert!(err.contains("close_notify"), "{err}");
+}
+
+#[test]
+fn peer_failures_exit_non_zero_with_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(run(&["certs", "init", "--data-dir", d], dir.path())
+        .status
+        .success());
+    let missing = run(
+        &["peer", "--name", "ghost", "--data-dir", d, "--get"],
+        dir.path(),
+    );
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("ghost.pem") && err.contains("not found"),
+        "{err}"
+    );
+
+    assert!(
+        run(&["certs", "issue", "alice", "--data-dir", d], dir.path())
+            .status
+            .success()
+    );
+    // A port nothing listens on.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = run(
+        &[
+            "peer",
+            "--name",
+            "alice",
+            "--data-dir",
+            d,
+            "--hub",
+            &unused.to_string(),
+            "--get",
+        ],
+        dir.path(),
+    );
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot connect to the hub"), "{err}");
+}
+
+#[test]
+fn serve_with_no_arguments_uses_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Running::spawn(&["serve"], dir.path());
+    assert!(hub.line("first line").contains("created a development CA"));
+    let listening = hub.line_containing("P2PPI listening on");
+    assert_eq!(listen_addr(&listening), "127.0.0.1:7350");
+    assert!(dir.path().join("p2ppi-data/ca.pem").exists());
+    assert!(run(&["certs", "issue", "alice"], dir.path())
+        .status
+        .success());
+    let get = run(&["peer", "--name", "alice", "--get"], dir.path());
+    assert!(get.status.success(), "{}", stderr(&get));
+    hub.signal("-INT");
+    let (status, _) = hub.wait();
+    assert!(status.success());
+}
+
+#[test]
+fn print_default_config_passes_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["print-default-config"], dir.path());
+    assert!(out.status.success());
+    let file = dir.path().join("default.toml");
+    std::fs::write(&file, stdout(&out)).unwrap();
+    let check = run(&["check-config", file.to_str().unwrap()], dir.path());
+    assert!(check.status.success(), "{}", stderr(&check));
+    std::fs::write(&file, "[limits]\nbogus = 1\n").unwrap();
+    let bad = run(&["check-config", file.to_str().unwrap()], dir.path());
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("bogus"), "{}", stderr(&bad));
+}

@@ -1,0 +1,197 @@
+//! Helpers for integration tests: a PKI in a temp directory, a hub on port 0, peers
+//! through the library, and raw TLS connections that speak bytes.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use p2ppi_hub::certs::{self, CertAuthority, IssuedCert, PeerCertOptions};
+use p2ppi_hub::config::Config;
+use p2ppi_hub::hub::{Hub, HubHandle};
+use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
+use p2ppi_hub::wire::{Frame, Inbound, Message, P2ppiCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::codec::Decoder;
+
+/// How long any test waits for an event before failing.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A data directory with a CA and hub certificate, and the CA loaded for issuing.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: CertAuthority,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs::init(dir.path(), &[]).expect("certs init");
+        let ca = CertAuthority::load(dir.path()).expect("load CA");
+        Self { dir, ca }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    /// A hub config on port 0 using this PKI.
+    pub fn config(&self) -> Config {
+        let mut config = Config::default();
+        config.hub.data_dir = self.path();
+        config.hub.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        config.hub.workers = 2;
+        config
+    }
+
+    pub fn issue(&self, name: &str, mesh: Option<&str>) -> IssuedCert {
+        let options = PeerCertOptions {
+            mesh: mesh.map(Into::into),
+            ..Default::default()
+        };
+        self.ca.issue_peer(name, &options).expect("issue")
+    }
+
+    pub fn peer_config(&self, hub: &HubHandle, cert: &IssuedCert) -> PeerConfig {
+        PeerConfig {
+            hub: hub.local_addr().to_string(),
+            server_name: None,
+            ca: p2ppi_hub::tls::load_certs(&self.path().join("ca.pem")).unwrap(),
+            identity: cert.identity().unwrap(),
+            connect_timeout: DEADLINE,
+        }
+    }
+}
+
+/// Starts a hub with `config`.
+pub fn start_hub(config: Config) -> Hub {
+    Hub::start(config).expect("hub starts")
+}
+
+/// Connects a library peer.
+pub async fn connect(
+    pki: &Pki,
+    hub: &HubHandle,
+    name: &str,
+    mesh: Option<&str>,
+) -> (Peer, PeerEvents) {
+    let cert = pki.issue(name, mesh);
+    peer::connect(pki.peer_config(hub, &cert))
+        .await
+        .expect("peer connects")
+}
+
+/// Waits for the next event matching `pred`, failing at the deadline.
+pub async fn expect_event(
+    events: &mut PeerEvents,
+    what: &str,
+    mut pred: impl FnMut(&PeerEvent) -> bool,
+) -> PeerEvent {
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(event) = events.next().await {
+            if pred(&event) {
+                return Some(event);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("events ended while waiting for {what}"),
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Waits until `cond` holds, polling, failing at the deadline.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TLS connection that writes raw bytes and reads decoded messages.
+pub struct Raw {
+    pub stream: TlsStream<TcpStream>,
+    buf: BytesMut,
+    codec: P2ppiCodec,
+}
+
+/// What reading a raw connection produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawRead {
+    Frame(Frame),
+    /// The hub ended the connection (EOF or error).
+    Closed,
+}
+
+impl Raw {
+    pub async fn connect(pki: &Pki, hub: &HubHandle, name: &str) -> Self {
+        let cert = pki.issue(name, None);
+        Self::connect_as(pki, hub, &cert).await
+    }
+
+    pub async fn connect_as(pki: &Pki, hub: &HubHandle, cert: &IssuedCert) -> Self {
+        let stream = peer::connect_tls(&pki.peer_config(hub, cert))
+            .await
+            .expect("raw connect");
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            codec: P2ppiCodec::new(),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+        self.stream.flush().await.expect("flush");
+    }
+
+    pub async fn send(&mut self, message: &Message, id: u32) {
+        let bytes = message.to_bytes(id).unwrap();
+        self.write(&bytes).await;
+    }
+
+    /// The next message, or `Closed`; fails at the deadline.
+    pub async fn read(&mut self) -> RawRead {
+        let result = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.codec.decode(&mut self.buf) {
+                    Ok(Some(Inbound::Message(frame))) => return RawRead::Frame(frame),
+                    Ok(Some(Inbound::Dropped { reason, .. })) => {
+                        panic!("hub sent a malformed message: {reason}")
+                    }
+                    Ok(None) => {}
+                    Err(e) => panic!("hub sent bad framing: {e}"),
+                }
+                let mut chunk = [0u8; 16384];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return RawRead::Closed,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        result.expect("timed out reading from the hub")
+    }
+
+    pub async fn read_frame(&mut self) -> Frame {
+        match self.read().await {
+            RawRead::Frame(frame) => frame,
+            RawRead::Closed => panic!("the hub closed the connection"),
+        }
+    }
+
+    /// Sends a REQUEST and returns the next message (which must be the RESPONSE if nothing
+    /// else was queued): proves the session is alive and nothing else was sent before.
+    pub async fn request(&mut self, id: u32) -> Frame {
+        self.send(&Message::Request, id).await;
+        self.read_frame().await
+    }
+}

@@ -9,6 +9,19 @@
 //! ([`SessionMachine::on_local_change`]), and the caller supplies the list. The peer
 //! library pairs one machine with one [`PublishedObjects`] in [`LocalNode`]. Both the
 //! hub's session actors and the peer library run these rules; P2PPI is symmetric.
+//!
+//! ```
+//! use p2ppi_hub::session::LocalNode;
+//! use p2ppi_hub::wire::{Frame, Inbound, Message, Object};
+//!
+//! let mut node = LocalNode::new();
+//! // Spec 4.4: publishing without a subscriber sends nothing.
+//! assert_eq!(node.publish(Object::new("1d6ccc02-3ec4-453b-b986-470b610cb958", "available")), None);
+//! // Spec 4.5: a SUBSCRIBE is answered with the complete list.
+//! let subscribe = Inbound::Message(Frame { id: 1, message: Message::Subscribe });
+//! let (reply, _) = node.on_receive(subscribe);
+//! assert!(matches!(reply, Some(Message::Notify(list)) if list.len() == 1));
+//! ```
 
 use thiserror::Error;
 

@@ -6,6 +6,20 @@
 //! `bytes → P2ppiCodec (framing, DESIGN 2.4) → Message::decode_body → Field::decode`, and the
 //! reverse for sending. The receive rules come out typed: [`FrameError`] closes the
 //! connection, [`Inbound::Dropped`] is a silent drop.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use p2ppi_hub::wire::{Frame, Inbound, Message, Object, P2ppiCodec};
+//! use tokio_util::codec::{Decoder, Encoder};
+//!
+//! let mut codec = P2ppiCodec::new();
+//! let mut buf = BytesMut::new();
+//! let notify = Message::Notify(vec![Object::new("1d6ccc02-3ec4-453b-b986-470b610cb958", "available")]);
+//! codec.encode(&notify, &mut buf).unwrap();
+//! assert_eq!(&buf[..4], &[0x53, 0x50, 0x00, 0x53]); // "SP", then the length (83)
+//! let decoded = codec.decode(&mut buf).unwrap();
+//! assert_eq!(decoded, Some(Inbound::Message(Frame { id: 1, message: notify })));
+//! ```
 
 mod codec;
 mod error;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
 use p2ppi_hub::certs::{self, CertAuthority, IssuedCert, PeerCertOptions};
 use p2ppi_hub::config::Config;
 use p2ppi_hub::hub::{Hub, HubHandle};

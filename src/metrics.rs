@@ -275,3 +275,8 @@ pub fn counter_inc(name: &'static str) {
 pub fn hub_objects(count: usize) {
     metrics::gauge!(HUB_OBJECTS).set(count as f64);
 }
+
+/// Sets the relayed objects gauge.
+pub fn relayed_objects(count: usize) {
+    metrics::gauge!(RELAYED_OBJECTS).set(count as f64);
+}

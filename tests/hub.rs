@@ -113,7 +113,7 @@ impl CertAuthorityPair {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_gets_the_full_list_once_and_ids_count_from_one() {
+async fn subscribe_gets_the_full_list_once_and_ids_count_in_wire_order() {
     let pki = Pki::new();
     let hub = start_hub(seeded(&pki));
     let mut raw = Raw::connect(&pki, &hub.handle(), "alice").await;
@@ -122,14 +122,14 @@ async fn subscribe_gets_the_full_list_once_and_ids_count_from_one() {
     assert_eq!(
         notify,
         Frame {
-            id: 1,
+            id: 2,
             message: Message::Notify(vec![o(names::RICH_PRESENCE, "hub online"), o("a", "1")])
         }
     );
     // A second SUBSCRIBE is dropped (spec 3.1.5.2): the next message is the RESPONSE.
     raw.send(&Message::Subscribe, 2).await;
     let response = raw.request(3).await;
-    assert_eq!(response.id, 2);
+    assert_eq!(response.id, 3);
     assert!(matches!(response.message, Message::Response(ref l) if l.len() == 2));
 }
 
@@ -147,7 +147,7 @@ async fn request_gets_a_response_without_subscribing() {
     // Not subscribed: a change sends nothing, so the next message is the next RESPONSE.
     h.publish(o("b", "2")).await.unwrap();
     let next = raw.request(2).await;
-    assert_eq!(next.id, 2);
+    assert_eq!(next.id, 3);
     assert!(matches!(next.message, Message::Response(ref l) if l.len() == 3));
 }
 
@@ -289,7 +289,7 @@ async fn malformed_input_closes_or_drops_and_others_keep_being_served() {
     dropper.write(&bad_l_bit).await;
     let response = dropper.request(4).await;
     assert_eq!(
-        response.id, 1,
+        response.id, 2,
         "dropped messages got no reply, and the trailing SUBSCRIBE did not subscribe"
     );
     assert!(matches!(response.message, Message::Response(_)));
@@ -341,7 +341,7 @@ async fn messages_split_into_bytes_or_packed_together_both_work() {
         packed.extend_from_slice(&Message::Request.to_bytes(id).unwrap());
     }
     raw.write(&packed).await;
-    for expected in 2..=101u32 {
+    for expected in 3..=102u32 {
         let frame = raw.read_frame().await;
         assert_eq!(frame.id, expected);
     }

@@ -11,6 +11,7 @@
 //! Nothing of actix leaks out: [`Hub::start`] returns once the listener is bound, and the
 //! handle's methods are plain async functions usable from any runtime.
 
+pub mod invitations;
 pub mod outbound;
 pub mod registry;
 pub mod session;
@@ -106,6 +107,10 @@ impl SessionFlags {
             .store(machine.response_pending(), Ordering::Relaxed);
     }
 
+    fn set_relayed(&self, count: usize) {
+        self.relayed_objects.store(count, Ordering::Relaxed);
+    }
+
     fn info(&self) -> SessionInfo {
         SessionInfo {
             peer_name: self.peer_name.clone(),
@@ -151,10 +156,30 @@ pub struct SessionEntry {
     flags: Arc<SessionFlags>,
 }
 
+/// An application message addressed to the hub itself (no `to=`), kept for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubMessage {
+    /// The sender.
+    pub from: PeerName,
+    /// The sender's mesh.
+    pub mesh: String,
+    /// The MIME type.
+    pub mime_type: String,
+    /// The value.
+    pub value: String,
+    /// When it arrived (RFC 3339).
+    pub received_at: String,
+}
+
+/// How many hub messages are kept.
+pub const HUB_MESSAGES_KEPT: usize = 100;
+
 /// State every thread of the hub reads.
 pub struct HubShared {
     config: Arc<Config>,
     index: DashMap<PeerName, SessionEntry>,
+    invitations: invitations::Invitations,
+    hub_messages: std::sync::Mutex<std::collections::VecDeque<HubMessage>>,
     sessions: AtomicUsize,
     connections: AtomicUsize,
     next_session_id: AtomicU64,
@@ -164,6 +189,21 @@ pub struct HubShared {
 impl HubShared {
     fn accepting(&self) -> bool {
         self.accepting.load(Ordering::Acquire)
+    }
+
+    fn record_hub_message(&self, message: HubMessage) {
+        let mut kept = self.hub_messages.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() == HUB_MESSAGES_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(message);
+    }
+
+    /// The address and mesh of a connected peer (no DashMap reference is kept).
+    fn lookup(&self, peer: &PeerName) -> Option<(Addr<Session>, Arc<str>)> {
+        self.index
+            .get(peer)
+            .map(|e| (e.addr.clone(), e.flags.mesh.clone()))
     }
 }
 
@@ -270,6 +310,16 @@ impl HubHandle {
             .collect();
         list.sort_by(|a, b| a.peer_name.cmp(&b.peer_name));
         list
+    }
+
+    /// The latest application messages addressed to the hub itself, oldest first.
+    pub fn hub_messages(&self) -> Vec<HubMessage> {
+        let kept = self
+            .shared
+            .hub_messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        kept.iter().cloned().collect()
     }
 
     /// The session of a peer, if connected.
@@ -393,9 +443,15 @@ impl Hub {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let invitations = invitations::Invitations::new(
+            config.relay.max_invitations,
+            config.relay.invitation_ttl,
+        );
         let shared = Arc::new(HubShared {
             config: Arc::new(config),
             index: DashMap::new(),
+            invitations,
+            hub_messages: std::sync::Mutex::new(std::collections::VecDeque::new()),
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             next_session_id: AtomicU64::new(1),
@@ -488,11 +544,18 @@ async fn run_system(
 ) {
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+    // The registry's address exists before the registry, so shards (and their sessions)
+    // can be given it.
+    let registry_context = Context::<Registry>::new();
+    let registry_addr = registry_context.address();
     let shards: Vec<Addr<Shard>> = arbiters
         .iter()
         .map(|arbiter| {
-            let (shared, acceptor) = (shared.clone(), acceptor.clone());
-            Shard::start_in_arbiter(&arbiter.handle(), move |_| Shard::new(shared, acceptor))
+            let (shared, acceptor, registry) =
+                (shared.clone(), acceptor.clone(), registry_addr.clone());
+            Shard::start_in_arbiter(&arbiter.handle(), move |_| {
+                Shard::new(shared, acceptor, registry)
+            })
         })
         .collect();
     let mut objects = shared.config.objects.clone();
@@ -520,7 +583,19 @@ async fn run_system(
             applied: None,
         });
     }
-    let registry = registry.start();
+    let registry = registry_context.run(registry);
+    let sweeper = {
+        let shared = shared.clone();
+        let period = (shared.config.relay.invitation_ttl / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                shared.invitations.sweep();
+            }
+        })
+    };
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -535,6 +610,7 @@ async fn run_system(
     let grace = stop.await.unwrap_or(Duration::ZERO);
     shared.accepting.store(false, Ordering::Release);
     accept.abort();
+    sweeper.abort();
     for shard in &shards {
         shard.do_send(CloseAll);
     }

@@ -13,11 +13,18 @@ use std::time::Duration;
 use actix::prelude::*;
 use thiserror::Error;
 
-use super::shard::{Applied, Delivery, Fanout, Shard};
+use tracing::warn;
+
+use super::shard::{Applied, Delivery, Fanout, SessionId, Shard};
 use super::view::{notify_only, View};
+use super::SessionFlags;
 use crate::metrics;
 use crate::objects::{Change, ObjectError, PublishedObjects};
-use crate::wire::{EncodeError, Object};
+use crate::relay::RejectReason;
+use crate::tls::PeerName;
+use crate::wire::{
+    name_value_list_len, object_field_len, EncodeError, Object, MESSAGE_SIZE_LIMIT, MIN_MESSAGE_LEN,
+};
 
 /// Errors of hub object operations.
 #[derive(Debug, Clone, Error)]
@@ -79,11 +86,46 @@ pub struct ListObjects;
 /// Called with the new list before a change is applied; an error refuses the change.
 pub type PersistHook = Box<dyn FnMut(&[Object]) -> Result<(), String>>;
 
+/// Sets the objects the hub relays for one peer (already filtered and renamed
+/// `<peer-name>/<object-name>`); the registry applies the view cap.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RelaySet {
+    /// The peer.
+    pub peer: PeerName,
+    /// Its mesh.
+    pub mesh: Arc<str>,
+    /// The session sending this (a newer session of the same peer wins).
+    pub session: SessionId,
+    /// The objects to relay, in the peer's order.
+    pub objects: Vec<Object>,
+    /// Where to record how many were relayed.
+    pub flags: Arc<SessionFlags>,
+}
+
+/// Removes a peer's relayed objects (its session ended).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RelayRemove {
+    /// The peer.
+    pub peer: PeerName,
+    /// The session that ended; ignored if a newer one owns the peer's objects.
+    pub session: SessionId,
+}
+
+struct Owner {
+    mesh: Arc<str>,
+    session: SessionId,
+}
+
 /// The registry actor.
 pub struct Registry {
     objects: PublishedObjects,
     base: Arc<View>,
+    /// Relayed objects per mesh, in order, named `<peer-name>/<object-name>`.
+    relayed: HashMap<Arc<str>, Vec<Object>>,
     mesh_views: HashMap<Arc<str>, Arc<View>>,
+    owners: HashMap<PeerName, Owner>,
     shards: Vec<Addr<Shard>>,
     max_view_bytes: usize,
     persist: Option<PersistHook>,
@@ -109,7 +151,9 @@ impl Registry {
         Ok(Self {
             objects: list,
             base,
+            relayed: HashMap::new(),
             mesh_views: HashMap::new(),
+            owners: HashMap::new(),
             shards,
             max_view_bytes,
             persist,
@@ -175,6 +219,143 @@ impl Registry {
             applied: None,
         });
         Ok((OpOutcome { changed: true }, Some(applied)))
+    }
+}
+
+impl Registry {
+    fn relayed_total(&self) -> usize {
+        self.relayed.values().map(Vec::len).sum()
+    }
+
+    /// Replaces `peer`'s objects in `mesh` by `objects` (fitted to the view cap), and fans
+    /// the change out. Returns how many objects are relayed.
+    fn set_relayed(&mut self, peer: &PeerName, mesh: &Arc<str>, mut objects: Vec<Object>) -> usize {
+        let prefix = format!("{peer}/");
+        let relayed = self.relayed.entry(mesh.clone()).or_default();
+        let old: Vec<Object> = relayed
+            .iter()
+            .filter(|o| o.name.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let position = relayed
+            .iter()
+            .position(|o| o.name.starts_with(&prefix))
+            .unwrap_or(relayed.len());
+        let mut others = relayed.clone();
+        others.retain(|o| !o.name.starts_with(&prefix));
+        // The view must fit one message: refuse the peer's last objects until it does.
+        let fixed = MIN_MESSAGE_LEN
+            + name_value_list_len(self.objects.as_slice().iter().chain(others.iter()));
+        let mut size = fixed + objects.iter().map(object_field_len).sum::<usize>();
+        while size > self.max_view_bytes {
+            let Some(dropped) = objects.pop() else { break };
+            size -= object_field_len(&dropped);
+            metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
+            warn!(peer = %peer, %mesh, name = %dropped.name, "not relayed: the mesh view would exceed relay.max_view_bytes");
+        }
+        if old == objects {
+            return objects.len();
+        }
+        let delivery = match objects.split_last() {
+            Some((added, rest)) if rest == old.as_slice() => {
+                notify_only(added).map_or(Delivery::Complete, Delivery::Only)
+            }
+            _ => Delivery::Complete,
+        };
+        let count = objects.len();
+        let position = position.min(others.len());
+        others.splice(position..position, objects);
+        *relayed = others;
+        self.publish_mesh(mesh, delivery);
+        count
+    }
+
+    /// Rebuilds a mesh's view from its relayed objects and fans it out.
+    fn publish_mesh(&mut self, mesh: &Arc<str>, delivery: Delivery) {
+        let relayed = self.relayed.get(mesh).cloned().unwrap_or_default();
+        let view = if relayed.is_empty() {
+            self.relayed.remove(mesh);
+            self.mesh_views.remove(mesh);
+            None
+        } else {
+            let objects = self
+                .objects
+                .as_slice()
+                .iter()
+                .chain(relayed.iter())
+                .cloned()
+                .collect();
+            // The cap was applied to the relayed objects, so this fits.
+            match build_view(objects, MESSAGE_SIZE_LIMIT - 1) {
+                Ok(view) => {
+                    let view = Arc::new(view);
+                    self.mesh_views.insert(mesh.clone(), view.clone());
+                    Some(view)
+                }
+                Err(e) => {
+                    warn!(%mesh, error = %e, "mesh view not rebuilt");
+                    return;
+                }
+            }
+        };
+        metrics::relayed_objects(self.relayed_total());
+        self.broadcast(Fanout {
+            base: None,
+            meshes: vec![(mesh.clone(), view)],
+            delivery,
+            applied: None,
+        });
+    }
+
+    fn remove_relayed(&mut self, peer: &PeerName, mesh: &Arc<str>) {
+        let prefix = format!("{peer}/");
+        let Some(relayed) = self.relayed.get_mut(mesh) else {
+            return;
+        };
+        let before = relayed.len();
+        relayed.retain(|o| !o.name.starts_with(&prefix));
+        if relayed.len() != before {
+            self.publish_mesh(mesh, Delivery::Complete);
+        }
+    }
+}
+
+impl Handler<RelaySet> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RelaySet, _: &mut Self::Context) {
+        if let Some(owner) = self.owners.get(&msg.peer) {
+            if owner.session > msg.session {
+                return; // a stale session of a peer that has reconnected
+            }
+            if owner.mesh != msg.mesh {
+                let old_mesh = owner.mesh.clone();
+                self.remove_relayed(&msg.peer, &old_mesh);
+            }
+        }
+        self.owners.insert(
+            msg.peer.clone(),
+            Owner {
+                mesh: msg.mesh.clone(),
+                session: msg.session,
+            },
+        );
+        let count = self.set_relayed(&msg.peer, &msg.mesh, msg.objects);
+        msg.flags.set_relayed(count);
+    }
+}
+
+impl Handler<RelayRemove> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RelayRemove, _: &mut Self::Context) {
+        let owned =
+            matches!(self.owners.get(&msg.peer), Some(owner) if owner.session == msg.session);
+        if owned {
+            if let Some(owner) = self.owners.remove(&msg.peer) {
+                self.remove_relayed(&msg.peer, &owner.mesh);
+            }
+        }
     }
 }
 

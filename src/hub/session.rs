@@ -6,11 +6,19 @@
 //! the connection (DESIGN 2.4 rules 1–2); malformed or unknown messages are dropped and
 //! counted (rules 3–4); everything else follows spec 3.1.5.
 //!
+//! Relay (DESIGN 5.2): right after the handshake the session subscribes to its peer and
+//! keeps an exact [`PeerCopy`] of the peer's objects, reconciling with REQUEST → RESPONSE;
+//! what may be relayed goes to the registry, which republishes it in the peer's mesh.
+//! Routing (DESIGN 5.3): messages with `to=` are forwarded within the mesh, invitations
+//! are remembered so their acknowledgements find the inviter, and invitations that cannot
+//! be delivered are refused by the hub itself.
+//!
 //! Lifecycle: started → registered in the hub-wide index by PeerName (a newer connection
 //! with the same PeerName supersedes an older one) and in its shard → … → stopped →
-//! unsubscribed and unregistered, queue closed (the writer flushes it and sends TLS
-//! close_notify).
+//! unsubscribed and unregistered, relayed objects withdrawn, queue closed (the writer
+//! flushes it and sends TLS close_notify).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -28,12 +36,16 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
+use super::registry::{Registry, RelayRemove, RelaySet};
 use super::shard::{SessionId, ShardCore};
-use super::{ConnectionGuard, HubShared, SessionEntry, SessionFlags};
+use super::{ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
 use crate::metrics;
-use crate::session::{Received, Report, SessionMachine};
+use crate::relay::{relayable, PeerCopy, RelayCaps, Step};
+use crate::route::{self, Target};
+use crate::session::{ObjectsSource, Received, Report, SessionMachine};
 use crate::tls::{CertIdentity, PeerName};
-use crate::wire::{FrameError, Inbound, MessageType};
+use crate::wire::{FrameError, Inbound, Message, MessageType, Object};
+use crate::xml::{AppInvite, InvitationAck, APPINVITE};
 
 /// Ends a session with a reason (admin, shutdown, superseded).
 #[derive(Message)]
@@ -91,9 +103,12 @@ pub struct Session {
     peer: PeerName,
     mesh: Arc<str>,
     machine: SessionMachine,
+    copy: PeerCopy,
+    rejected: HashSet<Object>,
     out: Rc<Outbound>,
     shard: Rc<ShardCore>,
     shared: Arc<HubShared>,
+    registry: Addr<Registry>,
     flags: Arc<SessionFlags>,
     rate: TokenBucket,
     close_reason: &'static str,
@@ -107,6 +122,7 @@ pub(crate) fn start(
     identity: CertIdentity,
     shard: Rc<ShardCore>,
     shared: Arc<HubShared>,
+    registry: Addr<Registry>,
     guard: ConnectionGuard,
 ) {
     let limits = shared.config.limits.clone();
@@ -148,14 +164,22 @@ pub(crate) fn start(
             peer: identity.peer_name,
             mesh,
             machine: SessionMachine::new(),
+            copy: PeerCopy::new(),
+            rejected: HashSet::new(),
             rate: TokenBucket::new(limits.inbound_messages_per_sec, limits.inbound_burst),
             out,
             shard,
             shared,
+            registry,
             close_reason: "peer_closed",
             span,
         }
     });
+}
+
+/// Encodes a message with ID 0 (the writer stamps the real one).
+fn encoded(message: &Message) -> Option<Bytes> {
+    message.to_bytes(0).ok()
 }
 
 impl Session {
@@ -164,14 +188,17 @@ impl Session {
         let _ = self.out.push(bytes);
     }
 
-    fn sync_flags(&self) {
-        self.flags.store(&self.machine);
+    fn send(&self, message: &Message) {
+        if let Some(bytes) = encoded(message) {
+            self.push(bytes);
+        }
     }
 
     fn on_inbound(&mut self, inbound: Inbound) {
-        let m = metrics::hub();
         if let Inbound::Message(frame) = &inbound {
-            m.received(frame.message.message_type()).increment(1);
+            metrics::hub()
+                .received(frame.message.message_type())
+                .increment(1);
         }
         if !self.rate.take() {
             metrics::count_reason(metrics::MESSAGES_DROPPED, "rate_limited");
@@ -195,14 +222,15 @@ impl Session {
                     self.shard.unsubscribe(&self.mesh, self.id);
                 }
             }
-            Received::Report(Report::ApplicationMessage { mime_type, value }) => {
-                metrics::counter_inc(metrics::HUB_MESSAGES);
-                info!(parent: &self.span, %mime_type, len = value.len(), "application message for the hub");
-                debug!(parent: &self.span, %value, "application message value");
+            Received::Report(Report::Objects { source, objects }) => {
+                let step = match source {
+                    ObjectsSource::Notify => self.copy.on_notify(objects),
+                    ObjectsSource::Response => self.copy.on_response(objects),
+                };
+                self.relay(step);
             }
-            Received::Report(Report::Objects { .. }) => {
-                // The hub has not subscribed to peers here, so the machine never reports
-                // objects; kept exhaustive for the relay.
+            Received::Report(Report::ApplicationMessage { mime_type, value }) => {
+                self.route(mime_type, value);
             }
             Received::Ignored(why) => {
                 metrics::count_reason(metrics::MESSAGES_DROPPED, why.reason());
@@ -213,7 +241,178 @@ impl Session {
                 debug!(parent: &self.span, %reason, "message dropped");
             }
         }
-        self.sync_flags();
+        self.flags.store(&self.machine);
+    }
+
+    /// Acts on a change of the hub's copy of the peer's objects.
+    fn relay(&mut self, step: Step) {
+        if step.send_request {
+            let request = self.machine.retrieve();
+            self.send(&request);
+        }
+        if !step.changed {
+            return;
+        }
+        let relay = &self.shared.config.relay;
+        let caps = RelayCaps {
+            max_object_bytes: relay.max_object_bytes,
+            max_objects_per_peer: relay.max_objects_per_peer,
+        };
+        let (accepted, rejected) = relayable(&self.peer, self.copy.objects(), caps);
+        let mut now_rejected = HashSet::with_capacity(rejected.len());
+        for (object, reason) in rejected {
+            if !self.rejected.contains(&object) {
+                metrics::count_reason(metrics::RELAY_REJECTED, reason.label());
+                warn!(parent: &self.span, name = %object.name, reason = reason.label(), "object not relayed");
+            }
+            now_rejected.insert(object);
+        }
+        self.rejected = now_rejected;
+        self.registry.do_send(RelaySet {
+            peer: self.peer.clone(),
+            mesh: self.mesh.clone(),
+            session: self.id,
+            objects: accepted,
+            flags: self.flags.clone(),
+        });
+    }
+
+    /// Routes an application message (DESIGN 5.3).
+    fn route(&mut self, mime_type: String, value: String) {
+        let invite = (route::essence(&mime_type) == APPINVITE)
+            .then(|| AppInvite::parse(&value).ok())
+            .flatten();
+        // An acknowledgement of an invitation the hub routed goes back to the inviter.
+        if let Some(AppInvite::Ack(ack)) = &invite {
+            if let Some(inviter) = self.shared.invitations.take(&ack.invitation_id, &self.peer) {
+                if self.forward(&inviter, &mime_type, value).is_ok() {
+                    metrics::counter_inc(metrics::MESSAGES_ROUTED);
+                }
+                return;
+            }
+        }
+        let request = match invite {
+            Some(AppInvite::Request(request)) => Some(request),
+            _ => None,
+        };
+        let target = match route::target(&mime_type) {
+            Target::Hub => {
+                self.for_hub(mime_type, value);
+                return;
+            }
+            Target::Invalid(to) => {
+                debug!(parent: &self.span, %to, "message to an unknown addressee");
+                return self.unroutable(
+                    request.map(|r| r.invitation_id),
+                    "unknown",
+                    "the invited peer name is not a PeerName",
+                );
+            }
+            Target::Peer(target) => target,
+        };
+        let Some((addr, mesh)) = self.shared.lookup(&target) else {
+            return self.unroutable(
+                request.map(|r| r.invitation_id),
+                "not_connected",
+                "the invited peer is not connected",
+            );
+        };
+        if mesh != self.mesh {
+            // Reported like an absent peer: meshes do not learn of each other.
+            return self.unroutable(
+                request.map(|r| r.invitation_id),
+                "other_mesh",
+                "the invited peer is not connected",
+            );
+        }
+        if let Some(request) = &request {
+            if self
+                .shared
+                .invitations
+                .insert(request.invitation_id, self.peer.clone(), target.clone())
+                .is_err()
+            {
+                return self.unroutable(
+                    Some(request.invitation_id),
+                    "table_full",
+                    "the hub is busy; try again later",
+                );
+            }
+        }
+        match self.deliver(&addr, &mime_type, value) {
+            Ok(()) => {
+                metrics::counter_inc(metrics::MESSAGES_ROUTED);
+                if request.is_some() {
+                    metrics::counter_inc(metrics::INVITATIONS_ROUTED);
+                }
+            }
+            Err(()) => {
+                if let Some(request) = &request {
+                    let _ = self
+                        .shared
+                        .invitations
+                        .take(&request.invitation_id, &target);
+                }
+                self.unroutable(
+                    request.map(|r| r.invitation_id),
+                    "target_busy",
+                    "the invited peer is busy",
+                );
+            }
+        }
+    }
+
+    /// Forwards to a connected peer by PeerName.
+    fn forward(&self, to: &PeerName, mime_type: &str, value: String) -> Result<(), ()> {
+        let Some((addr, _)) = self.shared.lookup(to) else {
+            metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable");
+            return Err(());
+        };
+        self.deliver(&addr, mime_type, value)
+    }
+
+    fn deliver(&self, addr: &Addr<Session>, mime_type: &str, value: String) -> Result<(), ()> {
+        let mime_type = if self.shared.config.relay.stamp_sender {
+            route::stamped(mime_type, &self.peer)
+        } else {
+            mime_type.to_owned()
+        };
+        let Some(bytes) = encoded(&Message::ApplicationDefined { mime_type, value }) else {
+            metrics::count_reason(metrics::MESSAGES_DROPPED, "too_large");
+            return Err(());
+        };
+        addr.try_send(Deliver(bytes)).map_err(|_| {
+            metrics::count_reason(metrics::MESSAGES_DROPPED, "target_busy");
+        })
+    }
+
+    /// A message that cannot be delivered: an invitation is refused by the hub itself
+    /// (RESPONSE 2 with the reason); anything else is dropped and counted.
+    fn unroutable(&self, invitation: Option<uuid::Uuid>, reason: &'static str, info: &str) {
+        match invitation {
+            Some(id) => {
+                metrics::count_reason(metrics::INVITATIONS_REFUSED, reason);
+                let ack = InvitationAck::new(id, false, info);
+                self.send(&Message::ApplicationDefined {
+                    mime_type: APPINVITE.into(),
+                    value: ack.to_xml(),
+                });
+            }
+            None => metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable"),
+        }
+    }
+
+    fn for_hub(&self, mime_type: String, value: String) {
+        metrics::counter_inc(metrics::HUB_MESSAGES);
+        info!(parent: &self.span, %mime_type, len = value.len(), "application message for the hub");
+        debug!(parent: &self.span, %value, "application message value");
+        self.shared.record_hub_message(HubMessage {
+            from: self.peer.clone(),
+            mesh: self.mesh.to_string(),
+            mime_type,
+            value,
+            received_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        });
     }
 }
 
@@ -234,6 +433,10 @@ impl Actor for Session {
         self.shard.add_session(self.id, ctx.address());
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         metrics::hub().sessions.increment(1.0);
+        // DESIGN 5.2: the hub subscribes to every peer, whose objects then arrive by NOTIFY.
+        let subscribe = self.machine.subscribe();
+        self.send(&subscribe);
+        self.flags.store(&self.machine);
         info!(parent: &self.span, "session started");
     }
 
@@ -244,10 +447,13 @@ impl Actor for Session {
             .index
             .remove_if(&self.peer, |_, entry| entry.id == self.id);
         self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.registry.do_send(RelayRemove {
+            peer: self.peer.clone(),
+            session: self.id,
+        });
         self.out.close();
         self.machine.disconnected();
-        let m = metrics::hub();
-        m.sessions.decrement(1.0);
+        metrics::hub().sessions.decrement(1.0);
         metrics::count_reason(metrics::SESSIONS_CLOSED, self.close_reason);
         info!(parent: &self.span, reason = self.close_reason, "session ended");
     }

@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use super::outbound::Outbound;
+use super::registry::Registry;
 use super::session::{self, Close, Session};
 use super::view::View;
 use super::{ConnectionGuard, HubShared};
@@ -235,15 +236,17 @@ pub struct Shard {
     core: Rc<ShardCore>,
     shared: Arc<HubShared>,
     acceptor: TlsAcceptor,
+    registry: Addr<Registry>,
 }
 
 impl Shard {
     /// A shard serving connections with `acceptor`.
-    pub fn new(shared: Arc<HubShared>, acceptor: TlsAcceptor) -> Self {
+    pub fn new(shared: Arc<HubShared>, acceptor: TlsAcceptor, registry: Addr<Registry>) -> Self {
         Self {
             core: Rc::default(),
             shared,
             acceptor,
+            registry,
         }
     }
 }
@@ -288,6 +291,7 @@ impl Handler<Accept> for Shard {
         let acceptor = self.acceptor.clone();
         let core = self.core.clone();
         let shared = self.shared.clone();
+        let registry = self.registry.clone();
         // The handshake runs as its own task on this arbiter: a silent client delays
         // nobody, and is dropped at the handshake timeout.
         actix_rt::spawn(async move {
@@ -340,7 +344,7 @@ impl Handler<Accept> for Shard {
                 metrics::count_reason(metrics::CONNECTIONS_REJECTED, "shutting_down");
                 return;
             }
-            session::start(tls, remote, identity, core, shared, guard);
+            session::start(tls, remote, identity, core, shared, registry, guard);
         });
     }
 }

@@ -140,11 +140,21 @@ impl Raw {
         let stream = peer::connect_tls(&pki.peer_config(hub, cert))
             .await
             .expect("raw connect");
-        Self {
+        let mut raw = Self {
             stream,
             buf: BytesMut::new(),
             codec: P2ppiCodec::new(),
-        }
+        };
+        // DESIGN 5.2: the hub subscribes to every peer first.
+        assert_eq!(
+            raw.read_frame().await,
+            Frame {
+                id: 1,
+                message: Message::Subscribe
+            },
+            "the hub's first message is its SUBSCRIBE"
+        );
+        raw
     }
 
     pub async fn write(&mut self, bytes: &[u8]) {

@@ -1,0 +1,464 @@
+//! Relay logic (DESIGN 5.2), sans I/O: the hub's exact copy of one peer's objects, and
+//! what of it may be republished.
+//!
+//! **Keeping the copy exact.** The hub subscribes to every peer. The first NOTIFY after a
+//! SUBSCRIBE is the peer's complete list (spec 3.1.5.2). Later NOTIFYs are ambiguous on
+//! their face: the new object alone after a publish (3.1.4.2.1), or the entire list after
+//! an update or delete (3.1.4.2.2–3). [`read_notify`] settles every case the spec allows
+//! except one: a single new object when every object in the copy has that object's name
+//! (a presence going from "available" to "away" is an update; a second CAPABILITY is a
+//! publish). That change is held back, not guessed, so no subscriber ever sees a view the
+//! peer never had. After every NOTIFY the hub reconciles with REQUEST → RESPONSE, the
+//! authoritative list, coalesced to one REQUEST outstanding: NOTIFYs that arrive while it
+//! is outstanding were sent before the RESPONSE and are therefore already in it.
+//!
+//! **What is relayed.** [`relayable`] applies the per-object and per-peer caps, checks
+//! well-known values (GUIDs, base64) and refuses CONTACT_DATA that names another PeerName
+//! (anti-spoofing), returning the accepted objects renamed `<peer-name>/<object-name>`.
+
+use base64::Engine as _;
+
+use crate::objects::names;
+use crate::tls::PeerName;
+use crate::wire::{object_field_len, Object};
+use crate::xml::{parse_guid, ContactData};
+
+/// How a NOTIFY from a peer reads against the hub's exact copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyReading {
+    /// The NOTIFY holds the peer's entire list.
+    Entire,
+    /// The NOTIFY holds one newly published object.
+    Added(Object),
+    /// Either a publish or an update; only a RESPONSE can tell.
+    Ambiguous,
+}
+
+/// Reads a NOTIFY against an exact copy of the peer's list.
+pub fn read_notify(copy: &[Object], notify: &[Object]) -> NotifyReading {
+    let [object] = notify else {
+        // A publish notifies exactly one object.
+        return NotifyReading::Entire;
+    };
+    if copy.contains(object) || copy.is_empty() {
+        // Publishing a present object sends nothing, so this is the entire list; and from
+        // an empty copy both readings agree.
+        return NotifyReading::Entire;
+    }
+    if copy.iter().any(|o| o.name != object.name) {
+        // One update or delete cannot leave exactly this new object while other names
+        // remain.
+        return NotifyReading::Added(object.clone());
+    }
+    NotifyReading::Ambiguous
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyState {
+    /// SUBSCRIBE sent; the next NOTIFY is the complete list.
+    AwaitingInitial,
+    /// The copy is exact.
+    Exact,
+    /// A change was held back; the copy is exact again at the next RESPONSE.
+    Uncertain,
+}
+
+/// What the session must do after a message from its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Step {
+    /// The copy changed: republish it.
+    pub changed: bool,
+    /// Send a REQUEST to reconcile.
+    pub send_request: bool,
+}
+
+/// The hub's copy of one peer's published objects list.
+#[derive(Debug, Clone)]
+pub struct PeerCopy {
+    objects: Vec<Object>,
+    state: CopyState,
+    request_outstanding: bool,
+}
+
+impl Default for PeerCopy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PeerCopy {
+    /// A copy awaiting the complete list that answers the hub's SUBSCRIBE.
+    pub fn new() -> Self {
+        Self {
+            objects: Vec::new(),
+            state: CopyState::AwaitingInitial,
+            request_outstanding: false,
+        }
+    }
+
+    /// The objects as the hub knows them.
+    pub fn objects(&self) -> &[Object] {
+        &self.objects
+    }
+
+    /// Whether a reconciling REQUEST is outstanding.
+    pub fn request_outstanding(&self) -> bool {
+        self.request_outstanding
+    }
+
+    fn replace(&mut self, objects: Vec<Object>) -> bool {
+        let changed = self.objects != objects;
+        self.objects = objects;
+        changed
+    }
+
+    /// A NOTIFY from the peer (reported only while the hub is subscribed).
+    pub fn on_notify(&mut self, notify: Vec<Object>) -> Step {
+        let changed = match self.state {
+            CopyState::AwaitingInitial => {
+                self.state = CopyState::Exact;
+                return Step {
+                    changed: self.replace(notify),
+                    send_request: false,
+                };
+            }
+            CopyState::Uncertain => false,
+            CopyState::Exact => match read_notify(&self.objects, &notify) {
+                NotifyReading::Entire => self.replace(notify),
+                NotifyReading::Added(object) => {
+                    self.objects.push(object);
+                    true
+                }
+                NotifyReading::Ambiguous => {
+                    self.state = CopyState::Uncertain;
+                    false
+                }
+            },
+        };
+        let send_request = !self.request_outstanding;
+        self.request_outstanding = true;
+        Step {
+            changed,
+            send_request,
+        }
+    }
+
+    /// The RESPONSE to the hub's REQUEST: the authoritative list.
+    pub fn on_response(&mut self, objects: Vec<Object>) -> Step {
+        self.request_outstanding = false;
+        self.state = CopyState::Exact;
+        Step {
+            changed: self.replace(objects),
+            send_request: false,
+        }
+    }
+}
+
+/// Why a peer's object is not relayed (`p2ppi_relay_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Larger than `relay.max_object_bytes`.
+    ObjectTooLarge,
+    /// Beyond `relay.max_objects_per_peer`.
+    TooManyObjects,
+    /// A well-known object whose value is malformed (GUID, base64, XML).
+    InvalidValue,
+    /// CONTACT_DATA naming a PeerName other than the sender's.
+    SpoofedContact,
+    /// The mesh's view would exceed `relay.max_view_bytes`.
+    ViewFull,
+}
+
+impl RejectReason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ObjectTooLarge => "object_too_large",
+            Self::TooManyObjects => "too_many_objects",
+            Self::InvalidValue => "invalid_value",
+            Self::SpoofedContact => "spoofed_contact",
+            Self::ViewFull => "view_full",
+        }
+    }
+}
+
+/// The per-peer relay caps.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayCaps {
+    /// Largest encoded relayed object.
+    pub max_object_bytes: usize,
+    /// Most objects relayed per peer.
+    pub max_objects_per_peer: usize,
+}
+
+/// The name a relayed object gets: `<peer-name>/<object-name>`.
+pub fn relayed_name(peer: &PeerName, name: &str) -> String {
+    format!("{peer}/{name}")
+}
+
+fn check_value(peer: &PeerName, object: &Object) -> Result<(), RejectReason> {
+    match object.name.as_str() {
+        names::CAPABILITY | names::ENDPOINT_ID => parse_guid(&object.value)
+            .map(|_| ())
+            .ok_or(RejectReason::InvalidValue),
+        names::USER_PICTURE => {
+            let compact: String = object
+                .value
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .map(|_| ())
+                .map_err(|_| RejectReason::InvalidValue)
+        }
+        names::CONTACT_DATA => {
+            let contact =
+                ContactData::parse(&object.value).map_err(|_| RejectReason::InvalidValue)?;
+            if !contact.peer_name.eq_ignore_ascii_case(peer.as_str()) {
+                return Err(RejectReason::SpoofedContact);
+            }
+            match contact.credentials_peer_name() {
+                Ok(Some(named)) if &named != peer => Err(RejectReason::SpoofedContact),
+                Ok(_) => Ok(()),
+                Err(_) => Err(RejectReason::InvalidValue),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Splits a peer's objects into those relayed (renamed) and those refused, with why.
+pub fn relayable(
+    peer: &PeerName,
+    objects: &[Object],
+    caps: RelayCaps,
+) -> (Vec<Object>, Vec<(Object, RejectReason)>) {
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for object in objects {
+        let renamed = Object::new(relayed_name(peer, &object.name), object.value.clone());
+        let verdict = if object_field_len(&renamed) > caps.max_object_bytes {
+            Err(RejectReason::ObjectTooLarge)
+        } else {
+            check_value(peer, object).and_then(|()| {
+                if accepted.len() >= caps.max_objects_per_peer {
+                    Err(RejectReason::TooManyObjects)
+                } else {
+                    Ok(())
+                }
+            })
+        };
+        match verdict {
+            Ok(()) => accepted.push(renamed),
+            Err(reason) => rejected.push((object.clone(), reason)),
+        }
+    }
+    (accepted, rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::ContactData;
+
+    fn o(n: &str, v: &str) -> Object {
+        Object::new(n, v)
+    }
+
+    #[test]
+    fn notify_readings() {
+        let copy = vec![o("p", "available"), o("cap", "1")];
+        assert_eq!(read_notify(&copy, &[]), NotifyReading::Entire);
+        assert_eq!(
+            read_notify(&copy, &[o("p", "x"), o("cap", "1")]),
+            NotifyReading::Entire
+        );
+        assert_eq!(
+            read_notify(&copy, &[o("cap", "1")]),
+            NotifyReading::Entire,
+            "after deleting p"
+        );
+        assert_eq!(
+            read_notify(&copy, &[o("cap", "2")]),
+            NotifyReading::Added(o("cap", "2"))
+        );
+        assert_eq!(read_notify(&[], &[o("a", "1")]), NotifyReading::Entire);
+        assert_eq!(
+            read_notify(&[o("p", "available")], &[o("p", "away")]),
+            NotifyReading::Ambiguous
+        );
+    }
+
+    #[test]
+    fn first_notify_is_the_complete_list_without_a_request() {
+        let mut copy = PeerCopy::new();
+        let step = copy.on_notify(vec![o("p", "a")]);
+        assert_eq!(
+            step,
+            Step {
+                changed: true,
+                send_request: false
+            }
+        );
+        assert_eq!(copy.objects(), &[o("p", "a")]);
+    }
+
+    #[test]
+    fn ambiguous_change_is_held_until_the_response() {
+        let mut copy = PeerCopy::new();
+        copy.on_notify(vec![o("p", "a")]);
+        let step = copy.on_notify(vec![o("p", "b")]);
+        assert_eq!(
+            step,
+            Step {
+                changed: false,
+                send_request: true
+            }
+        );
+        assert_eq!(copy.objects(), &[o("p", "a")], "nothing guessed");
+        // More NOTIFYs while the REQUEST is outstanding: no second REQUEST.
+        assert_eq!(
+            copy.on_notify(vec![o("p", "c")]),
+            Step {
+                changed: false,
+                send_request: false
+            }
+        );
+        assert_eq!(
+            copy.on_response(vec![o("p", "c")]),
+            Step {
+                changed: true,
+                send_request: false
+            }
+        );
+        assert_eq!(copy.objects(), &[o("p", "c")]);
+    }
+
+    #[test]
+    fn unambiguous_changes_apply_at_once_and_still_reconcile() {
+        let mut copy = PeerCopy::new();
+        copy.on_notify(vec![o("p", "a")]);
+        assert_eq!(
+            copy.on_notify(vec![o("cap", "1")]),
+            Step {
+                changed: true,
+                send_request: true
+            }
+        );
+        assert_eq!(copy.objects(), &[o("p", "a"), o("cap", "1")]);
+        assert_eq!(
+            copy.on_notify(vec![o("cap", "1")]),
+            Step {
+                changed: true,
+                send_request: false
+            }
+        );
+        assert_eq!(copy.objects(), &[o("cap", "1")]);
+        // The RESPONSE agrees: nothing to republish.
+        assert_eq!(
+            copy.on_response(vec![o("cap", "1")]),
+            Step {
+                changed: false,
+                send_request: false
+            }
+        );
+        assert!(!copy.request_outstanding());
+    }
+
+    #[test]
+    fn a_burst_ends_exact_with_few_requests() {
+        // A peer flips presence 100 times; the hub sees the NOTIFYs in bursts of 10 with a
+        // RESPONSE (reflecting everything sent before it) after each burst.
+        let mut copy = PeerCopy::new();
+        copy.on_notify(vec![o("p", "0")]);
+        let mut requests = 0;
+        for burst in 0..10 {
+            for i in 1..=10 {
+                let v = (burst * 10 + i).to_string();
+                if copy.on_notify(vec![o("p", &v)]).send_request {
+                    requests += 1;
+                }
+            }
+            copy.on_response(vec![o("p", &((burst + 1) * 10).to_string())]);
+        }
+        assert_eq!(copy.objects(), &[o("p", "100")]);
+        assert_eq!(requests, 10);
+    }
+
+    fn peer() -> PeerName {
+        PeerName::parse(&"ab".repeat(20)).unwrap()
+    }
+
+    #[test]
+    fn relayable_renames_and_applies_caps() {
+        let caps = RelayCaps {
+            max_object_bytes: 200,
+            max_objects_per_peer: 2,
+        };
+        let objects = vec![
+            o("a", "1"),
+            o("big", &"x".repeat(300)),
+            o("b", "2"),
+            o("c", "3"),
+        ];
+        let (ok, rejected) = relayable(&peer(), &objects, caps);
+        assert_eq!(
+            ok,
+            vec![
+                o(&format!("{}/a", peer()), "1"),
+                o(&format!("{}/b", peer()), "2")
+            ]
+        );
+        assert_eq!(
+            rejected
+                .iter()
+                .map(|(o, r)| (o.name.as_str(), *r))
+                .collect::<Vec<_>>(),
+            vec![
+                ("big", RejectReason::ObjectTooLarge),
+                ("c", RejectReason::TooManyObjects)
+            ]
+        );
+    }
+
+    #[test]
+    fn well_known_values_are_checked() {
+        let caps = RelayCaps {
+            max_object_bytes: 4096,
+            max_objects_per_peer: 32,
+        };
+        let me = peer();
+        let other = PeerName::parse(&"cd".repeat(20)).unwrap();
+        let own = ContactData {
+            peer_name: me.to_string(),
+            ..Default::default()
+        }
+        .to_xml();
+        let spoof = ContactData {
+            peer_name: other.to_string(),
+            ..Default::default()
+        }
+        .to_xml();
+        let objects = vec![
+            o(names::CAPABILITY, "not-a-guid"),
+            o(names::CAPABILITY, "422d4780-5b0e-4355-b1f6-388abdd8d74b"),
+            o(names::USER_PICTURE, "!!!"),
+            o(names::CONTACT_DATA, &own),
+            o(names::CONTACT_DATA, &spoof),
+            o(names::CONTACT_DATA, "<CONTACT><PeerName>"),
+        ];
+        let (ok, rejected) = relayable(&me, &objects, caps);
+        assert_eq!(ok.len(), 2);
+        let reasons: Vec<_> = rejected.iter().map(|(_, r)| *r).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                RejectReason::InvalidValue,
+                RejectReason::InvalidValue,
+                RejectReason::SpoofedContact,
+                RejectReason::InvalidValue
+            ]
+        );
+    }
+}

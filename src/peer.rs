@@ -27,9 +27,12 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
 use crate::certs::DataDir;
+use crate::route;
 use crate::session::{LocalNode, ObjectsSource, Received, Report, StateError};
 use crate::tls::{self, Identity, PeerName, TlsError};
 use crate::wire::{FrameError, Message, Object, P2ppiCodec};
+use crate::xml::{AppInvite, Invitation, InvitationAck, APPINVITE};
+use uuid::Uuid;
 
 /// Errors of the peer library, each a clear sentence.
 #[derive(Debug, Error)]
@@ -235,12 +238,28 @@ pub enum PeerEvent {
         /// The objects.
         objects: Vec<Object>,
     },
-    /// An application-defined message (spec 3.1.5.7).
+    /// An application-defined message (spec 3.1.5.7) that is not an invitation.
     Message {
+        /// The sender, when the hub stamped `from=`.
+        from: Option<PeerName>,
         /// MIME type.
         mime_type: String,
         /// Value.
         value: String,
+    },
+    /// An invitation (spec 2.2.5.1).
+    Invitation {
+        /// The inviter, when the hub stamped `from=`.
+        from: Option<PeerName>,
+        /// The invitation.
+        invitation: Invitation,
+    },
+    /// An invitation acknowledgement (spec 2.2.5.2).
+    InvitationAck {
+        /// Who answered (`from=`); `None` when the hub itself refused the invitation.
+        from: Option<PeerName>,
+        /// The acknowledgement.
+        ack: InvitationAck,
     },
     /// The connection ended. `clean` when the hub sent TLS close_notify.
     Closed {
@@ -407,12 +426,79 @@ impl Peer {
             .await
     }
 
+    /// Sends an application-defined message addressed to another peer (`to=`), which the
+    /// hub forwards within the mesh.
+    ///
+    /// # Errors
+    /// [`PeerError::Encode`] when it does not fit one message.
+    pub async fn send_to(
+        &self,
+        to: &PeerName,
+        mime_type: &str,
+        value: &str,
+    ) -> Result<(), PeerError> {
+        self.send_message(&route::addressed(mime_type, to), value)
+            .await
+    }
+
+    /// Invites another peer to start an application (spec 2.2.5.1); the acknowledgement
+    /// arrives as a [`PeerEvent::InvitationAck`] with the returned INVITATIONID.
+    ///
+    /// # Errors
+    /// [`PeerError::Closed`] when the connection ended.
+    pub async fn invite(
+        &self,
+        to: &PeerName,
+        app_id: Uuid,
+        message: &str,
+        nickname: &str,
+    ) -> Result<Uuid, PeerError> {
+        let invitation = Invitation::new(app_id, message, nickname);
+        self.send_to(to, APPINVITE, &invitation.to_xml()).await?;
+        Ok(invitation.invitation_id)
+    }
+
+    /// Answers an invitation (spec 2.2.5.2). The hub routes it back to the inviter by its
+    /// INVITATIONID.
+    ///
+    /// # Errors
+    /// [`PeerError::Closed`] when the connection ended.
+    pub async fn acknowledge(
+        &self,
+        invitation_id: Uuid,
+        accepted: bool,
+        extended_info: &str,
+    ) -> Result<(), PeerError> {
+        let ack = InvitationAck::new(invitation_id, accepted, extended_info);
+        self.send_message(APPINVITE, &ack.to_xml()).await
+    }
+
     /// Closes the connection with TLS close_notify.
     ///
     /// # Errors
     /// [`PeerError::Closed`] when it was closed already.
     pub async fn close(&self) -> Result<(), PeerError> {
         self.call(Command::Close).await
+    }
+}
+
+/// Turns an application message into an event: invitations and acknowledgements parsed,
+/// anything else as a message.
+fn classify(mime_type: String, value: String) -> PeerEvent {
+    let from = route::sender(&mime_type);
+    if route::essence(&mime_type) == APPINVITE {
+        match AppInvite::parse(&value) {
+            Ok(AppInvite::Request(invitation)) => {
+                return PeerEvent::Invitation { from, invitation }
+            }
+            Ok(AppInvite::Ack(ack)) => return PeerEvent::InvitationAck { from, ack },
+            Err(_) => {}
+        }
+    }
+    PeerEvent::Message {
+        from,
+        mime_type,
+        value,
     }
 }
 
@@ -479,7 +565,7 @@ async fn run<S>(
                 }
                 let event = match received {
                     Received::Report(Report::Objects { source, objects }) => PeerEvent::Objects { source, objects },
-                    Received::Report(Report::ApplicationMessage { mime_type, value }) => PeerEvent::Message { mime_type, value },
+                    Received::Report(Report::ApplicationMessage { mime_type, value }) => classify(mime_type, value),
                     _ => continue,
                 };
                 if events.send(event).await.is_err() {

@@ -241,7 +241,7 @@ pub fn relayable(
         let verdict = if object_field_len(&renamed) > caps.max_object_bytes {
             Err(RejectReason::ObjectTooLarge)
         } else {
-            check_value(peer, object).and_then(|()| {
+            check_value(peer, object).and({
                 if accepted.len() >= caps.max_objects_per_peer {
                     Err(RejectReason::TooManyObjects)
                 } else {

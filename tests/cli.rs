@@ -307,3 +307,105 @@ fn print_default_config_passes_check_config() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("bogus"), "{}", stderr(&bad));
 }
+
+#[test]
+fn peer_invites_are_accepted_declined_or_refused_by_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(run(&["certs", "init", "--data-dir", d], dir.path())
+        .status
+        .success());
+    let name_of = |name: &str| {
+        let out = run(&["certs", "issue", name, "--data-dir", d], dir.path());
+        assert!(out.status.success());
+        stdout(&out).lines().last().unwrap().to_owned()
+    };
+    let (_alice, bob, carol) = (name_of("alice"), name_of("bob"), name_of("carol"));
+    let hub = Running::spawn(
+        &[
+            "serve",
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    let addr = listen_addr(&hub.line_containing("P2PPI listening on"));
+    let bob_run = Running::spawn(
+        &[
+            "peer",
+            "--name",
+            "bob",
+            "--data-dir",
+            d,
+            "--hub",
+            &addr,
+            "--watch",
+            "--accept-invites",
+        ],
+        dir.path(),
+    );
+    bob_run.line("bob's initial NOTIFY");
+    let carol_run = Running::spawn(
+        &[
+            "peer",
+            "--name",
+            "carol",
+            "--data-dir",
+            d,
+            "--hub",
+            &addr,
+            "--watch",
+            "--decline-invites",
+        ],
+        dir.path(),
+    );
+    carol_run.line("carol's initial NOTIFY");
+    let app = "422d4780-5b0e-4355-b1f6-388abdd8d74b";
+    let invite = |to: &str| {
+        run(
+            &[
+                "peer",
+                "--name",
+                "alice",
+                "--data-dir",
+                d,
+                "--hub",
+                &addr,
+                "--invite",
+                to,
+                "--app",
+                app,
+                "--message",
+                "chess?",
+            ],
+            dir.path(),
+        )
+    };
+
+    let accepted = invite(&bob);
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    let ack: serde_json::Value = serde_json::from_str(stdout(&accepted).trim()).unwrap();
+    assert_eq!(ack["event"], "invitation_ack");
+    assert_eq!(ack["accepted"], true);
+    assert_eq!(ack["from"], bob.as_str());
+    let seen: serde_json::Value =
+        serde_json::from_str(&bob_run.line_containing("\"invitation\"")).unwrap();
+    assert_eq!(seen["message"], "chess?");
+    assert_eq!(seen["app_id"], app);
+
+    let declined = invite(&carol);
+    assert_eq!(declined.status.code(), Some(3), "{}", stderr(&declined));
+
+    let absent = invite(&"0".repeat(40));
+    assert_eq!(absent.status.code(), Some(3));
+    let ack: serde_json::Value = serde_json::from_str(stdout(&absent).trim()).unwrap();
+    assert_eq!(
+        ack["from"],
+        serde_json::Value::Null,
+        "refused by the hub itself"
+    );
+}

@@ -16,7 +16,9 @@ use p2ppi_hub::config;
 use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
 use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::tls::PeerName;
 use p2ppi_hub::wire::Object;
+use p2ppi_hub::xml::parse_guid;
 
 #[derive(Debug, Args)]
 pub(crate) struct PeerArgs {
@@ -50,10 +52,34 @@ pub(crate) struct PeerArgs {
     /// Retrieve the hub's objects once, print them as a JSON line, and exit.
     #[arg(long)]
     get: bool,
-    /// How long --get waits for the RESPONSE, in seconds.
+    /// How long --get and --invite wait for their answer, in seconds.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Invite the peer with this PeerName; exits 0 when accepted, 3 when refused, 4 when
+    /// no answer came within --timeout.
+    #[arg(long, value_name = "PEER-NAME", requires = "app", conflicts_with_all = ["get", "watch"])]
+    invite: Option<String>,
+    /// The application GUID of the invitation (APPID).
+    #[arg(long, value_name = "GUID")]
+    app: Option<String>,
+    /// The invitation's message.
+    #[arg(long, default_value = "")]
+    message: String,
+    /// The nickname sent with invitations (default: the certificate's CN).
+    #[arg(long)]
+    nickname: Option<String>,
+    /// Accept every invitation received.
+    #[arg(long, conflicts_with = "decline_invites")]
+    accept_invites: bool,
+    /// Decline every invitation received.
+    #[arg(long)]
+    decline_invites: bool,
 }
+
+/// Exit code of `--invite` when the invitation was refused.
+const EXIT_REFUSED: u8 = 3;
+/// Exit code of `--invite` when no answer came in time.
+const EXIT_TIMEOUT: u8 = 4;
 
 fn parse_object(s: &str) -> Result<Object, String> {
     match s.split_once('=') {
@@ -86,10 +112,31 @@ pub(crate) fn event_json(event: &PeerEvent) -> Option<serde_json::Value> {
             "source": source.as_str(),
             "objects": objects,
         })),
-        PeerEvent::Message { mime_type, value } => Some(json!({
+        PeerEvent::Message {
+            from,
+            mime_type,
+            value,
+        } => Some(json!({
             "event": "message",
+            "from": from,
             "mime_type": mime_type,
             "value": value,
+        })),
+        PeerEvent::Invitation { from, invitation } => Some(json!({
+            "event": "invitation",
+            "from": from,
+            "invitation_id": invitation.invitation_id,
+            "app_id": invitation.app_id,
+            "message": invitation.message,
+            "sender_nickname": invitation.sender_nickname,
+        })),
+        PeerEvent::InvitationAck { from, ack } => Some(json!({
+            "event": "invitation_ack",
+            "from": from,
+            "invitation_id": ack.invitation_id,
+            "response": ack.response(),
+            "accepted": ack.accepted,
+            "extended_info": ack.extended_info,
         })),
         PeerEvent::Closed { .. } => None,
     }
@@ -103,6 +150,11 @@ fn print_line(value: &serde_json::Value) {
 
 pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
     let config = peer_config(&args)?;
+    let nickname = config
+        .identity
+        .cert_identity()
+        .ok()
+        .and_then(|c| c.common_name);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -116,9 +168,25 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
         for object in objects {
             peer.set(object).await?;
         }
+        let timeout = Duration::from_secs(args.timeout);
         if args.get {
             peer.retrieve().await?;
-            return get_once(&peer, &mut events, Duration::from_secs(args.timeout)).await;
+            return get_once(&peer, &mut events, timeout).await;
+        }
+        if let Some(target) = &args.invite {
+            let target = PeerName::parse(target).with_context(|| {
+                format!("--invite {target:?} is not a PeerName (40 hex digits)")
+            })?;
+            let app = args.app.as_deref().unwrap_or_default();
+            let app_id = parse_guid(app).with_context(|| format!("--app {app:?} is not a GUID"))?;
+            let nickname = match &args.nickname {
+                Some(n) => n.clone(),
+                None => nickname.unwrap_or_else(|| "p2ppi-hub".into()),
+            };
+            let id = peer
+                .invite(&target, app_id, &args.message, &nickname)
+                .await?;
+            return await_ack(&peer, &mut events, id, timeout).await;
         }
         if args.watch {
             peer.subscribe().await?;
@@ -129,8 +197,55 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
                 peer.peer_name()
             );
         }
-        stay(&peer, &mut events, args.watch).await
+        let answer = match (args.accept_invites, args.decline_invites) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
+        stay(&peer, &mut events, args.watch, answer).await
     })
+}
+
+async fn await_ack(
+    peer: &Peer,
+    events: &mut PeerEvents,
+    id: uuid::Uuid,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let wait = async {
+        while let Some(event) = events.next().await {
+            match &event {
+                PeerEvent::InvitationAck { ack, .. } if ack.invitation_id == id => {
+                    if let Some(line) = event_json(&event) {
+                        print_line(&line);
+                    }
+                    return Ok(ack.accepted);
+                }
+                PeerEvent::Closed { error, .. } => {
+                    bail!(
+                        "the hub closed the connection before the invitation was answered{}",
+                        error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                    )
+                }
+                _ => {}
+            }
+        }
+        bail!("the connection ended before the invitation was answered")
+    };
+    let code = match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => {
+            eprintln!("the invitation was refused");
+            ExitCode::from(EXIT_REFUSED)
+        }
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            eprintln!("no answer to the invitation within {}s", timeout.as_secs());
+            ExitCode::from(EXIT_TIMEOUT)
+        }
+    };
+    let _ = peer.close().await;
+    Ok(code)
 }
 
 async fn get_once(
@@ -172,7 +287,12 @@ async fn get_once(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stay(peer: &Peer, events: &mut PeerEvents, print: bool) -> anyhow::Result<ExitCode> {
+async fn stay(
+    peer: &Peer,
+    events: &mut PeerEvents,
+    print: bool,
+    answer: Option<bool>,
+) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     loop {
@@ -192,6 +312,10 @@ async fn stay(peer: &Peer, events: &mut PeerEvents, print: bool) -> anyhow::Resu
                         if let Some(line) = event_json(&event) {
                             print_line(&line);
                         }
+                    }
+                    if let (PeerEvent::Invitation { invitation, .. }, Some(accept)) = (&event, answer) {
+                        let info = if accept { "accepted" } else { "declined" };
+                        peer.acknowledge(invitation.invitation_id, accept, info).await?;
                     }
                 }
                 None => bail!("connection to the hub lost"),

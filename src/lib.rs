@@ -8,12 +8,14 @@
 //! - [`hub`]: the server (actix actors behind a plain handle);
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
 
+pub mod admin;
 pub mod certs;
 pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod objects;
 pub mod peer;
+pub mod persist;
 pub mod relay;
 pub mod route;
 pub mod session;

@@ -9,6 +9,10 @@ use tracing_subscriber::EnvFilter;
 
 use p2ppi_hub::certs::{self, InitOutcome};
 use p2ppi_hub::config::{Config, LogFormat};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use p2ppi_hub::admin::{self, AdminState};
 use p2ppi_hub::hub::Hub;
 
 use super::ServeArgs;
@@ -29,6 +33,12 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         config.log.format = format;
     }
     config.validate()?;
+    if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
+        anyhow::bail!(
+            "refusing to serve the admin API on {} without admin.token: set a token (or P2PPI_ADMIN__TOKEN) or bind to loopback",
+            config.admin.listen
+        );
+    }
     Ok(config)
 }
 
@@ -61,26 +71,44 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let grace = config.shutdown.grace;
+    let admin = config.admin.clone();
     let system = actix_rt::System::new();
     system.block_on(async move {
+        let prometheus = p2ppi_hub::metrics::install();
         let hub = Hub::start(config).context("starting the hub")?;
         let handle = hub.handle();
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = AdminState {
+            hub: handle.clone(),
+            prometheus,
+            token: admin.token.clone(),
+            ready: ready.clone(),
+        };
+        let (server, admin_addr) = admin::server(state, admin.listen, admin.max_body_bytes)
+            .with_context(|| format!("cannot serve the admin API on {}", admin.listen))?;
+        let admin_server = server.handle();
+        actix_rt::spawn(server);
         let listen = handle.local_addr();
         println!(
             "P2PPI listening on {listen} (mutual TLS; CA {})",
             handle.config().ca_path().display()
         );
+        println!("admin API and metrics on http://{admin_addr}");
         println!(
             "connect a first peer: {}",
             super::first_peer_hint(&data_dir, listen)
         );
         let _ = std::io::stdout().flush();
         let signal = wait_for_signal().await?;
-        tracing::info!(signal, "shutting down");
+        // Not ready first, so load balancers stop sending; then drain with close_notify.
+        ready.store(false, Ordering::Release);
+        tracing::info!(signal, grace = ?grace, "shutting down");
         let clean = hub.shutdown(grace).await;
         if !clean {
             tracing::warn!("shutdown grace period ended with connections still open");
         }
+        admin_server.stop(true).await;
+        tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }

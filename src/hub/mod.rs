@@ -33,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::metrics;
+use crate::persist::ObjectStore;
 use crate::session::SessionMachine;
 use crate::tls::{self, PeerName, TlsError};
 use crate::wire::{Message, Object};
@@ -61,6 +62,9 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("cannot start the hub's threads: {0}")]
     Thread(std::io::Error),
+    /// The persisted hub objects could not be read.
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
 }
 
 /// The three flags and the facts of a session, mirrored for the admin API. The session
@@ -397,30 +401,21 @@ pub struct Hub {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Options beyond the configuration file.
-#[derive(Default)]
-pub struct StartOptions {
-    /// Objects to publish at start, after the config's (restored persisted objects).
-    pub restored_objects: Option<Vec<Object>>,
-    /// Called with the new list before each change to the hub's objects is applied.
-    pub persist: Option<Box<dyn FnOnce() -> PersistHook + Send>>,
-}
-
 impl Hub {
-    /// Loads certificates, binds the listener and starts the hub's threads.
+    /// Loads certificates and the persisted hub objects, binds the listener and starts the
+    /// hub's threads. The hub's objects are those persisted in the data directory when
+    /// there are any, else the config's `[[objects]]`; every change is persisted before it
+    /// is acknowledged.
     ///
     /// # Errors
     /// [`StartError`] naming what failed.
     pub fn start(config: Config) -> Result<Self, StartError> {
-        Self::start_with(config, StartOptions::default())
-    }
-
-    /// [`Hub::start`] with [`StartOptions`].
-    ///
-    /// # Errors
-    /// [`StartError`] naming what failed.
-    pub fn start_with(config: Config, options: StartOptions) -> Result<Self, StartError> {
         metrics::install();
+        let store = ObjectStore::new(&config.hub.data_dir);
+        let objects = match store.load()? {
+            Some(persisted) => persisted,
+            None => config.objects.clone(),
+        };
         let ca = tls::load_certs(&config.ca_path())?;
         let identity = tls::Identity::load(&config.cert_path(), &config.key_path())?;
         let server_config = tls::server_config(&ca, identity)?;
@@ -470,7 +465,7 @@ impl Hub {
                     listener,
                     server_config,
                     workers,
-                    options,
+                    (objects, store),
                     init_tx,
                     stop_rx,
                 ));
@@ -538,7 +533,7 @@ async fn run_system(
     listener: std::net::TcpListener,
     server_config: Arc<rustls::ServerConfig>,
     workers: usize,
-    options: StartOptions,
+    (objects, store): (Vec<Object>, ObjectStore),
     init: std::sync::mpsc::Sender<Result<Addr<Registry>, HubError>>,
     stop: oneshot::Receiver<Duration>,
 ) {
@@ -558,14 +553,13 @@ async fn run_system(
             })
         })
         .collect();
-    let mut objects = shared.config.objects.clone();
-    objects.extend(options.restored_objects.unwrap_or_default());
-    let persist = options.persist.map(|make| make());
+    let persist: PersistHook =
+        Box::new(move |objects: &[Object]| store.save(objects).map_err(|e| e.to_string()));
     let registry = match Registry::new(
         objects,
         shards.clone(),
         shared.config.relay.max_view_bytes,
-        persist,
+        Some(persist),
     ) {
         Ok(registry) => registry,
         Err(e) => {

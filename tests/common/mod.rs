@@ -2,6 +2,8 @@
 //! through the library, and raw TLS connections that speak bytes.
 #![allow(dead_code)]
 
+pub mod bin;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,0 +1,342 @@
+//! The admin HTTP API (DESIGN 6), on actix-web.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 while serving, 503 once shutdown began |
+//! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /v1/objects` | the hub's objects |
+//! | `POST /v1/objects` `{"name","value"}` | publish: 201, or 200 when the identical object was present |
+//! | `PUT /v1/objects/{name}` `{"value"}` | update: 200, 404 when no object has the name |
+//! | `DELETE /v1/objects/{name}[?value=]` | delete: 204, 404 when nothing matched |
+//! | `GET /v1/sessions` | open sessions: PeerName, mesh, address, the three flags, since, relayed objects |
+//! | `DELETE /v1/sessions/{peer-name}` | disconnect (close_notify): 204, 404 |
+//! | `POST /v1/sessions/{peer-name}/messages` `{"mime_type","value"}` | send an APPLICATION_DEFINED_MESSAGE: 202 |
+//! | `GET /v1/messages` | the latest messages peers addressed to the hub |
+//!
+//! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
+//! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change too large for one
+//! message), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`
+//! and `/readyz` needs `Authorization: Bearer <token>`. Object changes are acknowledged
+//! only once persisted and served by every worker.
+
+use std::future::{ready, Ready};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::error::JsonPayloadError;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, FromRequest, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::hub::{HubError, HubHandle, SendError};
+use crate::metrics;
+use crate::tls::PeerName;
+use crate::wire::Object;
+
+/// What the admin server serves from.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The hub.
+    pub hub: HubHandle,
+    /// Renders `/metrics`.
+    pub prometheus: PrometheusHandle,
+    /// Bearer token required on `/v1/*` and `/metrics`, if set.
+    pub token: Option<String>,
+    /// False once shutdown began (`/readyz` → 503).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// An error answered as `{"error": …}`.
+#[derive(Debug)]
+pub struct AdminError {
+    status: StatusCode,
+    message: String,
+}
+
+impl AdminError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({ "error": self.message }))
+    }
+}
+
+impl From<HubError> for AdminError {
+    fn from(e: HubError) -> Self {
+        let status = match &e {
+            HubError::NotFound(_) => StatusCode::NOT_FOUND,
+            HubError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HubError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+/// Proof that the request carries the admin token (or that none is configured).
+struct Authorized;
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl FromRequest for Authorized {
+    type Error = AdminError;
+    type Future = Ready<std::result::Result<Self, AdminError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let Some(state) = req.app_data::<web::Data<AdminState>>() else {
+            return ready(Err(AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "admin state missing",
+            )));
+        };
+        let Some(token) = &state.token else {
+            return ready(Ok(Authorized));
+        };
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {
+                ready(Ok(Authorized))
+            }
+            _ => {
+                metrics::count_reason(metrics::ADMIN_REJECTED, "unauthorized");
+                ready(Err(AdminError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token",
+                )))
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewObject {
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewValue {
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutgoingMessage {
+    mime_type: String,
+    value: String,
+}
+
+type Result<T> = std::result::Result<T, AdminError>;
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
+    if state.ready.load(Ordering::Acquire) {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "shutting down"}))
+    }
+}
+
+async fn metrics_text(_: Authorized, state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.prometheus.render())
+}
+
+async fn list_objects(_: Authorized, state: web::Data<AdminState>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.hub.list().await?))
+}
+
+async fn publish_object(
+    _: Authorized,
+    state: web::Data<AdminState>,
+    body: web::Json<NewObject>,
+) -> Result<HttpResponse> {
+    let NewObject { name, value } = body.into_inner();
+    let object = Object::new(name, value);
+    let outcome = state.hub.publish(object.clone()).await?;
+    let status = if outcome.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(object))
+}
+
+async fn update_object(
+    _: Authorized,
+    state: web::Data<AdminState>,
+    name: web::Path<String>,
+    body: web::Json<NewValue>,
+) -> Result<HttpResponse> {
+    let object = Object::new(name.into_inner(), body.into_inner().value);
+    state.hub.update(object.clone()).await?;
+    Ok(HttpResponse::Ok().json(object))
+}
+
+async fn delete_object(
+    _: Authorized,
+    state: web::Data<AdminState>,
+    name: web::Path<String>,
+    query: web::Query<DeleteQuery>,
+) -> Result<HttpResponse> {
+    state.hub.delete(&name, query.value.as_deref()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn list_sessions(_: Authorized, state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.hub.sessions())
+}
+
+fn peer_name(raw: &str) -> Result<PeerName> {
+    PeerName::parse(raw).ok_or_else(|| {
+        metrics::count_reason(metrics::ADMIN_REJECTED, "bad_request");
+        AdminError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{raw:?} is not a PeerName (40 hex digits)"),
+        )
+    })
+}
+
+async fn disconnect_session(
+    _: Authorized,
+    state: web::Data<AdminState>,
+    peer: web::Path<String>,
+) -> Result<HttpResponse> {
+    let peer = peer_name(&peer)?;
+    if state.hub.disconnect(&peer, "admin") {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(AdminError::new(
+            StatusCode::NOT_FOUND,
+            format!("no session for {peer}"),
+        ))
+    }
+}
+
+async fn send_message(
+    _: Authorized,
+    state: web::Data<AdminState>,
+    peer: web::Path<String>,
+    body: web::Json<OutgoingMessage>,
+) -> Result<HttpResponse> {
+    let peer = peer_name(&peer)?;
+    let OutgoingMessage { mime_type, value } = body.into_inner();
+    match state.hub.send_message(&peer, &mime_type, &value).await {
+        Ok(()) => Ok(HttpResponse::Accepted().json(json!({"status": "queued"}))),
+        Err(e @ SendError::NotConnected) => {
+            Err(AdminError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ SendError::TooLarge) => Err(AdminError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            e.to_string(),
+        )),
+        Err(e @ SendError::QueueFull) => Err(AdminError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn hub_messages(_: Authorized, state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.hub.hub_messages())
+}
+
+async fn not_found() -> Result<HttpResponse> {
+    Err(AdminError::new(StatusCode::NOT_FOUND, "no such route"))
+}
+
+fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let (status, reason) = match &err {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        }
+        _ => (StatusCode::BAD_REQUEST, "bad_request"),
+    };
+    metrics::count_reason(metrics::ADMIN_REJECTED, reason);
+    AdminError::new(status, err.to_string()).into()
+}
+
+fn query_error(err: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    metrics::count_reason(metrics::ADMIN_REJECTED, "bad_request");
+    AdminError::new(StatusCode::BAD_REQUEST, err.to_string()).into()
+}
+
+/// Binds the admin server and returns it (not yet polled) with its bound address.
+///
+/// # Errors
+/// The bind error.
+pub fn server(
+    state: AdminState,
+    listen: SocketAddr,
+    max_body_bytes: usize,
+) -> std::io::Result<(Server, SocketAddr)> {
+    let data = web::Data::new(state);
+    let http = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(max_body_bytes)
+                    .content_type_required(false)
+                    .error_handler(json_error),
+            )
+            .app_data(web::QueryConfig::default().error_handler(query_error))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_text))
+            .route("/v1/objects", web::get().to(list_objects))
+            .route("/v1/objects", web::post().to(publish_object))
+            .route("/v1/objects/{name}", web::put().to(update_object))
+            .route("/v1/objects/{name}", web::delete().to(delete_object))
+            .route("/v1/sessions", web::get().to(list_sessions))
+            .route("/v1/sessions/{peer}", web::delete().to(disconnect_session))
+            .route("/v1/sessions/{peer}/messages", web::post().to(send_message))
+            .route("/v1/messages", web::get().to(hub_messages))
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(listen)?;
+    let addr = http.addrs().first().copied().unwrap_or(listen);
+    Ok((http.run(), addr))
+}

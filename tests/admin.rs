@@ -1,0 +1,586 @@
+//! The admin API, metrics, persistence and shutdown of the real binary, driven over HTTP
+//! while library peers watch what it causes.
+
+mod common;
+
+use std::path::Path;
+
+use common::bin::{listen_addr, run, stderr, Running};
+use common::expect_event;
+use p2ppi_hub::certs::{CertAuthority, PeerCertOptions};
+use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
+use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::wire::Object;
+use serde_json::{json, Value};
+
+/// A `p2ppi-hub serve` process on ports chosen by the OS.
+struct HubProcess {
+    running: Running,
+    p2ppi: String,
+    admin: String,
+    dir: std::path::PathBuf,
+}
+
+impl HubProcess {
+    fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let d = dir.to_str().unwrap();
+        let mut args = vec![
+            "serve",
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let running = Running::spawn_with_env(&args, dir, env);
+        let p2ppi = listen_addr(&running.line_containing("P2PPI listening on"));
+        let admin = running
+            .line_containing("admin API and metrics on")
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .to_owned();
+        Self {
+            running,
+            p2ppi,
+            admin,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn peer_config(&self, name: &str, mesh: Option<&str>) -> PeerConfig {
+        let ca = CertAuthority::load(&self.dir).unwrap();
+        let options = PeerCertOptions {
+            mesh: mesh.map(Into::into),
+            ..Default::default()
+        };
+        let cert = ca.issue_peer(name, &options).unwrap();
+        PeerConfig {
+            hub: self.p2ppi.clone(),
+            server_name: None,
+            ca: p2ppi_hub::tls::load_certs(&self.dir.join("ca.pem")).unwrap(),
+            identity: cert.identity().unwrap(),
+            connect_timeout: common::DEADLINE,
+        }
+    }
+
+    async fn peer(&self, name: &str) -> (Peer, PeerEvents) {
+        peer::connect(self.peer_config(name, None)).await.unwrap()
+    }
+
+    /// An HTTP call: (status, JSON body or Null).
+    async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.admin);
+        let (method, body, token) = (
+            method.to_owned(),
+            body.map(str::to_owned),
+            token.map(str::to_owned),
+        );
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut response = match (method.as_str(), body) {
+                ("GET", _) => with_auth(agent.get(&url), &auth).call(),
+                ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
+                ("POST", Some(b)) => with_auth(agent.post(&url), &auth)
+                    .content_type("application/json")
+                    .send(b),
+                ("PUT", Some(b)) => with_auth(agent.put(&url), &auth)
+                    .content_type("application/json")
+                    .send(b),
+                other => panic!("unsupported {other:?}"),
+            }
+            .expect("HTTP request");
+            let status = response.status().as_u16();
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.http("GET", path, None, None).await
+    }
+
+    async fn metrics(&self) -> String {
+        match self.get("/metrics").await {
+            (200, Value::String(text)) => text,
+            other => panic!("metrics: {other:?}"),
+        }
+    }
+}
+
+fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => req.header("Authorization", a),
+        None => req,
+    }
+}
+
+async fn next_notify(events: &mut PeerEvents) -> Vec<Object> {
+    match expect_event(events, "a NOTIFY", |e| {
+        matches!(
+            e,
+            PeerEvent::Objects {
+                source: ObjectsSource::Notify,
+                ..
+            }
+        )
+    })
+    .await
+    {
+        PeerEvent::Objects { objects, .. } => objects,
+        _ => unreachable!(),
+    }
+}
+
+fn o(n: &str, v: &str) -> Object {
+    Object::new(n, v)
+}
+
+/// The value of one sample line `name{labels} value` in a scrape.
+fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{scrape}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_routes_follow_design_3_1_and_fan_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[("P2PPI_ADMIN__MAX_BODY_BYTES", "2048")]);
+    let (watcher, mut events) = hub.peer("watcher").await;
+    watcher.subscribe().await.unwrap();
+    assert_eq!(next_notify(&mut events).await, vec![]);
+
+    let post = |body: Value| {
+        let body = body.to_string();
+        let hub = &hub;
+        async move { hub.http("POST", "/v1/objects", Some(&body), None).await }
+    };
+    assert_eq!(
+        post(json!({"name": "x", "value": "1"})).await,
+        (201, json!({"name": "x", "value": "1"}))
+    );
+    assert_eq!(next_notify(&mut events).await, vec![o("x", "1")]);
+    assert_eq!(
+        post(json!({"name": "x", "value": "1"})).await.0,
+        200,
+        "identical object: no change"
+    );
+    assert_eq!(post(json!({"name": "x", "value": "2"})).await.0, 201);
+    assert_eq!(
+        next_notify(&mut events).await,
+        vec![o("x", "2")],
+        "no NOTIFY came for the identical POST"
+    );
+
+    let (status, _) = hub
+        .http("PUT", "/v1/objects/x", Some(r#"{"value":"3"}"#), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        next_notify(&mut events).await,
+        vec![o("x", "3")],
+        "update: the entire list"
+    );
+    let (status, body) = hub
+        .http("PUT", "/v1/objects/nope", Some(r#"{"value":"3"}"#), None)
+        .await;
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("nope"));
+
+    assert_eq!(post(json!({"name": "y", "value": "a"})).await.0, 201);
+    assert_eq!(next_notify(&mut events).await, vec![o("y", "a")]);
+    assert_eq!(
+        hub.http("DELETE", "/v1/objects/y?value=b", None, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        hub.http("DELETE", "/v1/objects/nope", None, None).await.0,
+        404
+    );
+    assert_eq!(
+        hub.http("DELETE", "/v1/objects/y?value=a", None, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        next_notify(&mut events).await,
+        vec![o("x", "3")],
+        "delete: the entire list"
+    );
+    assert_eq!(
+        hub.get("/v1/objects").await,
+        (200, json!([{"name": "x", "value": "3"}]))
+    );
+
+    // Bad input.
+    let (status, body) = hub
+        .http("POST", "/v1/objects", Some("{not json"), None)
+        .await;
+    assert_eq!(status, 400);
+    assert!(body["error"].is_string());
+    assert_eq!(
+        hub.http(
+            "POST",
+            "/v1/objects",
+            Some(r#"{"name":"a","value":"b","x":1}"#),
+            None
+        )
+        .await
+        .0,
+        400
+    );
+    let big = json!({"name": "big", "value": "v".repeat(4000)}).to_string();
+    assert_eq!(
+        hub.http("POST", "/v1/objects", Some(&big), None).await.0,
+        413,
+        "body above admin.max_body_bytes"
+    );
+    assert_eq!(hub.get("/v1/nothing").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_too_large_for_one_message_is_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let body = |n: &str| json!({"name": n, "value": "v".repeat(40_000)}).to_string();
+    assert_eq!(
+        hub.http("POST", "/v1/objects", Some(&body("a")), None)
+            .await
+            .0,
+        201
+    );
+    let (status, err) = hub
+        .http("POST", "/v1/objects", Some(&body("b")), None)
+        .await;
+    assert_eq!(status, 413, "{err}");
+    assert_eq!(hub.get("/v1/objects").await.1.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_routes_list_send_and_disconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let (alice, mut events) = hub.peer("alice").await;
+    alice.subscribe().await.unwrap();
+    next_notify(&mut events).await;
+    let name = alice.peer_name().to_string();
+    let (status, sessions) = hub.get("/v1/sessions").await;
+    assert_eq!(status, 200);
+    let s = &sessions[0];
+    assert_eq!(s["peer_name"], name.as_str());
+    assert_eq!(s["mesh"], "default");
+    assert_eq!(
+        (
+            s["neighbor_subscribed"].as_bool(),
+            s["local_subscribed"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    assert!(s["remote_address"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+
+    let path = format!("/v1/sessions/{name}/messages");
+    let (status, _) = hub
+        .http(
+            "POST",
+            &path,
+            Some(r#"{"mime_type":"text/plain","value":"hello from ops"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    match expect_event(&mut events, "the admin's message", |e| {
+        matches!(e, PeerEvent::Message { .. })
+    })
+    .await
+    {
+        PeerEvent::Message {
+            mime_type, value, ..
+        } => assert_eq!(
+            (mime_type.as_str(), value.as_str()),
+            ("text/plain", "hello from ops")
+        ),
+        _ => unreachable!(),
+    }
+    assert_eq!(
+        hub.http("DELETE", &format!("/v1/sessions/{name}"), None, None)
+            .await
+            .0,
+        204
+    );
+    let closed = expect_event(&mut events, "the close", |e| {
+        matches!(e, PeerEvent::Closed { .. })
+    })
+    .await;
+    assert_eq!(
+        closed,
+        PeerEvent::Closed {
+            clean: true,
+            error: None
+        },
+        "closed with close_notify"
+    );
+    assert_eq!(
+        hub.http("DELETE", &format!("/v1/sessions/{name}"), None, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        hub.http(
+            "POST",
+            &path,
+            Some(r#"{"mime_type":"a/b","value":""}"#),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        hub.http("DELETE", "/v1/sessions/not-a-peer", None, None)
+            .await
+            .0,
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_required_and_non_loopback_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[("P2PPI_ADMIN__TOKEN", "s3cret")]);
+    assert_eq!(hub.get("/healthz").await.0, 200);
+    assert_eq!(hub.get("/readyz").await.0, 200);
+    let (status, body) = hub.get("/v1/objects").await;
+    assert_eq!(status, 401);
+    assert!(body["error"].is_string());
+    assert_eq!(hub.get("/metrics").await.0, 401);
+    assert_eq!(
+        hub.http("GET", "/v1/objects", None, Some("wrong")).await.0,
+        401
+    );
+    assert_eq!(
+        hub.http("GET", "/v1/objects", None, Some("s3cret")).await.0,
+        200
+    );
+
+    let other = tempfile::tempdir().unwrap();
+    let d = other.path().to_str().unwrap();
+    let refused = run(
+        &[
+            "serve",
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ],
+        other.path(),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("without admin.token"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_known_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    // Three peers; two subscribe; one sends a message of unknown type.
+    let mut watchers = Vec::new();
+    for name in ["w1", "w2"] {
+        let (peer, mut events) = hub.peer(name).await;
+        peer.subscribe().await.unwrap();
+        next_notify(&mut events).await;
+        watchers.push((peer, events));
+    }
+    let (idle, _idle_events) = hub.peer("idle").await;
+    let mut raw = peer::connect_tls(&hub.peer_config("raw", None))
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    raw.write_all(&[
+        0x53, 0x50, 0, 12, 0x01, 0x00, 0, 12, 1, 0, 0, 0x09, 0, 0, 0, 1,
+    ])
+    .await
+    .unwrap();
+    raw.flush().await.unwrap();
+    assert_eq!(
+        hub.http(
+            "POST",
+            "/v1/objects",
+            Some(r#"{"name":"n","value":"v"}"#),
+            None
+        )
+        .await
+        .0,
+        201
+    );
+    for (_, events) in watchers.iter_mut() {
+        next_notify(events).await;
+    }
+    idle.retrieve().await.unwrap();
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let scrape = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workload never showed in the metrics"
+        );
+        let scrape = hub.metrics().await;
+        if scrape.contains("p2ppi_messages_dropped_total{reason=\"unknown_type\"} 1")
+            && scrape.contains("p2ppi_messages_received_total{type=\"request\"} 1")
+        {
+            break scrape;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(sample(&scrape, "p2ppi_sessions"), 4.0);
+    assert_eq!(sample(&scrape, "p2ppi_sessions_subscribed"), 2.0);
+    assert_eq!(sample(&scrape, "p2ppi_handshakes_total"), 4.0);
+    assert_eq!(
+        sample(&scrape, "p2ppi_messages_received_total{type=\"subscribe\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&scrape, "p2ppi_messages_sent_total{type=\"subscribe\"}"),
+        4.0,
+        "the hub subscribes to every peer"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "p2ppi_messages_dropped_total{reason=\"unknown_type\"}"
+        ),
+        1.0
+    );
+    assert_eq!(sample(&scrape, "p2ppi_hub_objects"), 1.0);
+    // One publish reached the two subscribers: the recipient histogram sums to 2.
+    assert_eq!(sample(&scrape, "p2ppi_notify_fanout_recipients_sum"), 2.0);
+    assert!(sample(&scrape, "p2ppi_notify_fanout_duration_seconds_count") >= 1.0);
+    assert!(scrape.contains("# TYPE p2ppi_notify_fanout_duration_seconds histogram"));
+    assert!(scrape.contains("p2ppi_build_info{version=\""));
+    drop(raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restores_exactly_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(&config, "[[objects]]\nname = \"seed\"\nvalue = \"1\"\n").unwrap();
+    let c = config.to_str().unwrap().to_owned();
+    let hub = HubProcess::start(dir.path(), &["--config", &c], &[]);
+    assert_eq!(
+        hub.get("/v1/objects").await.1,
+        json!([{"name": "seed", "value": "1"}])
+    );
+    assert_eq!(
+        hub.http(
+            "POST",
+            "/v1/objects",
+            Some(r#"{"name":"a","value":"1"}"#),
+            None
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        hub.http("PUT", "/v1/objects/a", Some(r#"{"value":"2"}"#), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        hub.http("DELETE", "/v1/objects/seed", None, None).await.0,
+        204
+    );
+    // Killed without a chance to save anything more.
+    hub.running.signal("-KILL");
+    let _ = hub.running.wait();
+    let hub = HubProcess::start(dir.path(), &["--config", &c], &[]);
+    assert_eq!(
+        hub.get("/v1/objects").await.1,
+        json!([{"name": "a", "value": "2"}]),
+        "the deleted seed stays deleted"
+    );
+    hub.running.signal("-TERM");
+    let (status, _) = hub.running.wait();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_ready_off_closes_sessions_with_close_notify_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[("P2PPI_SHUTDOWN__GRACE", "\"3s\"")]);
+    let (alice, mut events) = hub.peer("alice").await;
+    // A REQUEST answered proves the session is established before the signal.
+    alice.retrieve().await.unwrap();
+    expect_event(&mut events, "the RESPONSE", |e| {
+        matches!(e, PeerEvent::Objects { .. })
+    })
+    .await;
+    assert_eq!(hub.get("/readyz").await.0, 200);
+    // A connection stuck before its handshake keeps the drain open for the grace period.
+    let _stalled = tokio::net::TcpStream::connect(&hub.p2ppi).await.unwrap();
+    hub.running.signal("-TERM");
+    let closed = expect_event(&mut events, "close_notify", |e| {
+        matches!(e, PeerEvent::Closed { .. })
+    })
+    .await;
+    assert_eq!(
+        closed,
+        PeerEvent::Closed {
+            clean: true,
+            error: None
+        }
+    );
+    let mut saw_503 = false;
+    for _ in 0..200 {
+        match hub.get("/readyz").await.0 {
+            503 => {
+                saw_503 = true;
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    assert!(saw_503, "/readyz turned 503 during the drain");
+    let (status, _) = tokio::task::spawn_blocking(move || hub.running.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod certs;
 pub mod config;
 pub mod hub;
+pub mod loadtest;
 pub mod metrics;
 pub mod objects;
 pub mod peer;

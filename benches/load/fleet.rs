@@ -1,0 +1,103 @@
+//! The harness's peers: certificates from the server's CA (one per peer, so each peer has
+//! its own PeerName), a rustls client config each, and connections spread over several
+//! loopback source addresses to pass the ~28k ephemeral ports of one address.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use p2ppi_hub::certs::{CertAuthority, PeerCertOptions};
+use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvents};
+use p2ppi_hub::tls::{self, PeerName};
+use rustls::ClientConfig;
+
+/// One peer's identity.
+pub struct Member {
+    pub peer_name: PeerName,
+    pub client: Arc<ClientConfig>,
+}
+
+/// Every peer's identity and where to connect.
+pub struct Fleet {
+    pub members: Vec<Member>,
+    pub base: PeerConfig,
+    pub sources: Vec<IpAddr>,
+}
+
+impl Fleet {
+    /// Issues `n` peer certificates with the CA in `data_dir`, on all cores.
+    pub fn issue(
+        data_dir: &Path,
+        addr: &str,
+        n: usize,
+        mesh: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem")).context("reading ca.pem")?;
+        let key_pem = std::fs::read_to_string(data_dir.join("ca.key")).context("reading ca.key")?;
+        let roots = tls::load_certs(&data_dir.join("ca.pem"))?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunk = n.div_ceil(threads).max(1);
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (ca_pem, key_pem, roots) = (ca_pem.clone(), key_pem.clone(), roots.clone());
+            let mesh = mesh.map(str::to_owned);
+            let range = (t * chunk)..((t + 1) * chunk).min(n);
+            handles.push(std::thread::spawn(
+                move || -> anyhow::Result<Vec<(Member, p2ppi_hub::tls::Identity)>> {
+                    let ca = CertAuthority::from_pem(&ca_pem, &key_pem)?;
+                    let options = PeerCertOptions {
+                        mesh,
+                        ..Default::default()
+                    };
+                    range
+                        .map(|i| {
+                            let issued = ca.issue_peer(&format!("load-{i}"), &options)?;
+                            let identity = issued.identity()?;
+                            let client = tls::client_config(&roots, identity.clone())?;
+                            Ok((
+                                Member {
+                                    peer_name: issued.peer_name,
+                                    client,
+                                },
+                                identity,
+                            ))
+                        })
+                        .collect()
+                },
+            ));
+        }
+        let mut members = Vec::with_capacity(n);
+        let mut first_identity = None;
+        for handle in handles {
+            for (member, identity) in handle.join().expect("issuing thread")? {
+                first_identity.get_or_insert(identity);
+                members.push(member);
+            }
+        }
+        let sources_needed = n.div_ceil(20_000).max(1);
+        let sources = (1..=sources_needed as u8)
+            .map(|i| IpAddr::from([127, 0, 0, i]))
+            .collect();
+        let base = PeerConfig {
+            hub: addr.to_owned(),
+            server_name: Some("localhost".into()),
+            ca: roots,
+            identity: first_identity.context("no peers")?,
+            connect_timeout: std::time::Duration::from_secs(60),
+        };
+        Ok(Self {
+            members,
+            base,
+            sources,
+        })
+    }
+
+    /// Connects member `i` through the peer library.
+    pub async fn connect(&self, i: usize) -> Result<(Peer, PeerEvents), peer::PeerError> {
+        let member = &self.members[i];
+        let source = self.sources[i % self.sources.len()];
+        let stream = peer::connect_with(&self.base, member.client.clone(), Some(source)).await?;
+        Ok(peer::start(stream, member.peer_name.clone()))
+    }
+}

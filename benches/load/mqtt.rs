@@ -1,0 +1,40 @@
+//! The Mosquitto side of the comparison: the same fan-out over MQTT 3.1.1 with mutual TLS
+//! from the same CA: every subscriber subscribes to one topic at QoS 0 and one publisher
+//! publishes the stamped payload at the same rate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+
+/// The topic every subscriber subscribes to.
+pub const TOPIC: &str = "p2ppi/bench/presence";
+
+/// An MQTT client over mutual TLS.
+pub fn client(id: &str, addr: &str, tls: Arc<rustls::ClientConfig>) -> (AsyncClient, EventLoop) {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    // The hub certificate is for "localhost" (and 127.0.0.1); rumqttc verifies the host.
+    let host = if host == "127.0.0.1" {
+        "localhost"
+    } else {
+        host
+    };
+    let mut options = MqttOptions::new(id, host, port.parse().expect("port"));
+    options.set_keep_alive(Duration::from_secs(60));
+    options.set_clean_session(true);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    AsyncClient::new(options, 64)
+}
+
+/// Polls until the CONNACK and SUBACK arrived; then the event loop yields publishes.
+pub async fn subscribe(client: &AsyncClient, eventloop: &mut EventLoop) -> anyhow::Result<()> {
+    client.subscribe(TOPIC, QoS::AtMostOnce).await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
+            return Ok(());
+        }
+    }
+}

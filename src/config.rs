@@ -140,8 +140,11 @@ impl Default for AdminSection {
 pub struct Limits {
     /// Most sessions held at once; further connections are closed at accept.
     pub max_sessions: usize,
-    /// Most TLS handshakes in progress at once; further connections are closed at accept.
+    /// Most TLS handshakes in progress at once; beyond it accepting pauses (connections
+    /// wait in the backlog) until a handshake ends or times out.
     pub max_handshakes: usize,
+    /// The listen socket's accept backlog (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// A handshake not finished within this is abandoned.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -165,7 +168,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_sessions: 100_000,
-            max_handshakes: 4_096,
+            max_handshakes: 16_384,
+            listen_backlog: 4_096,
             handshake_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
             outbound_queue_messages: 4_096,
@@ -440,8 +444,11 @@ max_body_bytes = {max_body}
 [limits]
 # Sessions held at once; connections beyond are closed at accept and counted.
 max_sessions = {max_sessions}
-# TLS handshakes in progress at once; beyond are closed at accept and counted.
+# TLS handshakes in progress at once; beyond it accepting pauses (counted) until one
+# ends or times out, so stalled clients delay a good peer at most handshake_timeout.
 max_handshakes = {max_handshakes}
+# Accept backlog of the listen socket (capped by net.core.somaxconn).
+listen_backlog = {backlog}
 # A handshake not finished by then is dropped (slowloris protection).
 handshake_timeout = "{handshake_timeout}"
 # TCP keepalive idle time: P2PPI has no timers, keepalive finds dead peers.
@@ -493,6 +500,7 @@ level = "{level}"
         max_body = d.admin.max_body_bytes,
         max_sessions = l.max_sessions,
         max_handshakes = l.max_handshakes,
+        backlog = l.listen_backlog,
         handshake_timeout = dur(l.handshake_timeout),
         tcp_keepalive = dur(l.tcp_keepalive),
         q_msgs = l.outbound_queue_messages,

@@ -25,6 +25,8 @@ pub const HANDSHAKES: &str = "p2ppi_handshakes_total";
 pub const HANDSHAKE_FAILURES: &str = "p2ppi_handshake_failures_total";
 /// Connections closed at accept by a limit, by `reason`.
 pub const CONNECTIONS_REJECTED: &str = "p2ppi_connections_rejected_total";
+/// Times every handshake slot was taken, so accepting paused until one was freed.
+pub const HANDSHAKE_SLOTS_EXHAUSTED: &str = "p2ppi_handshake_slots_exhausted_total";
 /// Sessions ended, by `reason`.
 pub const SESSIONS_CLOSED: &str = "p2ppi_sessions_closed_total";
 /// Messages received, by `type`.
@@ -129,6 +131,11 @@ fn describe() {
         CONNECTIONS_REJECTED,
         Unit::Count,
         "Connections closed at accept by a limit, by reason."
+    );
+    describe_counter!(
+        HANDSHAKE_SLOTS_EXHAUSTED,
+        Unit::Count,
+        "Times every handshake slot was taken and accepting paused until one was freed."
     );
     describe_counter!(SESSIONS_CLOSED, Unit::Count, "Sessions ended, by reason.");
     describe_counter!(

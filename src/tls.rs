@@ -295,7 +295,9 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
         E::PeerIncompatible(
             rustls::PeerIncompatible::Tls12NotOffered
             | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled
-            | rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+            | rustls::PeerIncompatible::SupportedVersionsExtensionRequired
+            // Only TLS 1.0/1.1 clients omit signature_algorithms (mandatory from 1.2 on).
+            | rustls::PeerIncompatible::SignatureAlgorithmsExtensionRequired,
         ) => "protocol_version",
         E::PeerIncompatible(_) => "incompatible",
         E::AlertReceived(_) => "alert_received",

@@ -3,134 +3,13 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::bin::{listen_addr, run, stderr, Running};
+use common::bin::{run, stderr};
 use common::expect_event;
-use p2ppi_hub::certs::{CertAuthority, PeerCertOptions};
-use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
+use common::hub_process::{sample, HubProcess};
+use p2ppi_hub::peer::{self, PeerEvent, PeerEvents};
 use p2ppi_hub::session::ObjectsSource;
 use p2ppi_hub::wire::Object;
 use serde_json::{json, Value};
-
-/// A `p2ppi-hub serve` process on ports chosen by the OS.
-struct HubProcess {
-    running: Running,
-    p2ppi: String,
-    admin: String,
-    dir: std::path::PathBuf,
-}
-
-impl HubProcess {
-    fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let d = dir.to_str().unwrap();
-        let mut args = vec![
-            "serve",
-            "--data-dir",
-            d,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        let running = Running::spawn_with_env(&args, dir, env);
-        let p2ppi = listen_addr(&running.line_containing("P2PPI listening on"));
-        let admin = running
-            .line_containing("admin API and metrics on")
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .to_owned();
-        Self {
-            running,
-            p2ppi,
-            admin,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn peer_config(&self, name: &str, mesh: Option<&str>) -> PeerConfig {
-        let ca = CertAuthority::load(&self.dir).unwrap();
-        let options = PeerCertOptions {
-            mesh: mesh.map(Into::into),
-            ..Default::default()
-        };
-        let cert = ca.issue_peer(name, &options).unwrap();
-        PeerConfig {
-            hub: self.p2ppi.clone(),
-            server_name: None,
-            ca: p2ppi_hub::tls::load_certs(&self.dir.join("ca.pem")).unwrap(),
-            identity: cert.identity().unwrap(),
-            connect_timeout: common::DEADLINE,
-        }
-    }
-
-    async fn peer(&self, name: &str) -> (Peer, PeerEvents) {
-        peer::connect(self.peer_config(name, None)).await.unwrap()
-    }
-
-    /// An HTTP call: (status, JSON body or Null).
-    async fn http(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        token: Option<&str>,
-    ) -> (u16, Value) {
-        let url = format!("http://{}{path}", self.admin);
-        let (method, body, token) = (
-            method.to_owned(),
-            body.map(str::to_owned),
-            token.map(str::to_owned),
-        );
-        tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let auth = token.map(|t| format!("Bearer {t}"));
-            let mut response = match (method.as_str(), body) {
-                ("GET", _) => with_auth(agent.get(&url), &auth).call(),
-                ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
-                ("POST", Some(b)) => with_auth(agent.post(&url), &auth)
-                    .content_type("application/json")
-                    .send(b),
-                ("PUT", Some(b)) => with_auth(agent.put(&url), &auth)
-                    .content_type("application/json")
-                    .send(b),
-                other => panic!("unsupported {other:?}"),
-            }
-            .expect("HTTP request");
-            let status = response.status().as_u16();
-            let text = response.body_mut().read_to_string().unwrap_or_default();
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            )
-        })
-        .await
-        .unwrap()
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.http("GET", path, None, None).await
-    }
-
-    async fn metrics(&self) -> String {
-        match self.get("/metrics").await {
-            (200, Value::String(text)) => text,
-            other => panic!("metrics: {other:?}"),
-        }
-    }
-}
-
-fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
-    match auth {
-        Some(a) => req.header("Authorization", a),
-        None => req,
-    }
-}
 
 async fn next_notify(events: &mut PeerEvents) -> Vec<Object> {
     match expect_event(events, "a NOTIFY", |e| {
@@ -151,20 +30,6 @@ async fn next_notify(events: &mut PeerEvents) -> Vec<Object> {
 
 fn o(n: &str, v: &str) -> Object {
     Object::new(n, v)
-}
-
-/// The value of one sample line `name{labels} value` in a scrape.
-fn sample(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{scrape}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -420,13 +420,8 @@ impl Hub {
         let identity = tls::Identity::load(&config.cert_path(), &config.key_path())?;
         let server_config = tls::server_config(&ca, identity)?;
         let listen = config.hub.listen;
-        let listener = std::net::TcpListener::bind(listen).map_err(|source| StartError::Bind {
-            addr: listen,
-            source,
-        })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| StartError::Bind {
+        let listener =
+            bind(listen, config.limits.listen_backlog).map_err(|source| StartError::Bind {
                 addr: listen,
                 source,
             })?;
@@ -623,6 +618,18 @@ async fn run_system(
     System::current().stop();
 }
 
+/// The P2PPI listener, with the configured accept backlog (std's is fixed at 128, too few
+/// for a reconnect storm of thousands of peers).
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 fn stop_arbiters(arbiters: Vec<Arbiter>) {
     for arbiter in &arbiters {
         arbiter.stop();
@@ -649,6 +656,19 @@ async fn accept_loop(
         );
     let mut next = 0usize;
     loop {
+        // A handshake slot first: when every slot is held (say by clients that never finish
+        // their handshake), stop accepting until the handshake timeout frees one, instead of
+        // refusing good peers. The waiting connections stay in the kernel's backlog.
+        let permit = match handshakes.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics::counter_inc(metrics::HANDSHAKE_SLOTS_EXHAUSTED);
+                match handshakes.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                }
+            }
+        };
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -662,10 +682,6 @@ async fn accept_loop(
             metrics::count_reason(metrics::CONNECTIONS_REJECTED, "max_sessions");
             continue;
         }
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            metrics::count_reason(metrics::CONNECTIONS_REJECTED, "max_handshakes");
-            continue;
-        };
         let sock = SockRef::from(&stream);
         let _ = sock.set_tcp_nodelay(true);
         let _ = sock.set_tcp_keepalive(&keepalive);

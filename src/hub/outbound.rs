@@ -70,6 +70,8 @@ struct State {
 pub struct Outbound {
     state: RefCell<State>,
     wake: Notify,
+    /// Signalled on overflow, so a writer blocked in a write ends at once.
+    overflowed: Notify,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -80,6 +82,7 @@ impl Outbound {
         Self {
             state: RefCell::default(),
             wake: Notify::new(),
+            overflowed: Notify::new(),
             max_messages,
             max_bytes,
         }
@@ -102,6 +105,7 @@ impl Outbound {
             state.bytes = 0;
             drop(state);
             self.wake.notify_one();
+            self.overflowed.notify_one();
             return Err(PushError::Overflow);
         }
         state.bytes += message.len();
@@ -177,17 +181,22 @@ where
             out.wake.notified().await;
             continue;
         }
-        match tokio::time::timeout(write_timeout, io.write_all(&buf)).await {
-            Ok(Ok(())) => sent_bytes.increment(buf.len() as u64),
-            Ok(Err(_)) => return Err(WriterFailure::Io),
-            Err(_) => return Err(WriterFailure::WriteTimeout),
-        }
-        if empty {
-            match tokio::time::timeout(write_timeout, io.flush()).await {
-                Ok(Ok(())) => {}
+        // A write blocked by a peer that stopped reading ends at the write timeout, or at
+        // once when the queue behind it overflows.
+        let write = async {
+            io.write_all(&buf).await?;
+            if empty {
+                io.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::select! {
+            result = tokio::time::timeout(write_timeout, write) => match result {
+                Ok(Ok(())) => sent_bytes.increment(buf.len() as u64),
                 Ok(Err(_)) => return Err(WriterFailure::Io),
                 Err(_) => return Err(WriterFailure::WriteTimeout),
-            }
+            },
+            _ = out.overflowed.notified() => return Err(WriterFailure::QueueFull),
         }
         buf.clear();
         if buf.capacity() > 2 * BATCH_BYTES {

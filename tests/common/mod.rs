@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod hub_process;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -142,6 +143,27 @@ impl Raw {
         let stream = peer::connect_tls(&pki.peer_config(hub, cert))
             .await
             .expect("raw connect");
+        Self::over(stream).await
+    }
+
+    /// A raw connection whose socket receive buffer is fixed at 4 KiB (no autotuning), so
+    /// a peer that stops reading backs up into the hub quickly.
+    pub async fn connect_small_buffer(pki: &Pki, hub: &HubHandle, name: &str) -> Self {
+        let cert = pki.issue(name, None);
+        let config = pki.peer_config(hub, &cert);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(hub.local_addr()).await.unwrap();
+        let client = p2ppi_hub::tls::client_config(&config.ca, config.identity.clone()).unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        Self::over(stream).await
+    }
+
+    async fn over(stream: TlsStream<TcpStream>) -> Self {
         let mut raw = Self {
             stream,
             buf: BytesMut::new(),

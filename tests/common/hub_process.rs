@@ -1,0 +1,141 @@
+//! A `p2ppi-hub serve` process driven over HTTP, with peers from its own CA.
+
+use std::path::Path;
+
+use super::bin::{listen_addr, Running};
+use p2ppi_hub::certs::{CertAuthority, PeerCertOptions};
+use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvents};
+use serde_json::Value;
+
+/// A `p2ppi-hub serve` process on ports chosen by the OS.
+pub struct HubProcess {
+    pub running: Running,
+    pub p2ppi: String,
+    pub admin: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl HubProcess {
+    pub fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let d = dir.to_str().unwrap();
+        let mut args = vec![
+            "serve",
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let running = Running::spawn_with_env(&args, dir, env);
+        let p2ppi = listen_addr(&running.line_containing("P2PPI listening on"));
+        let admin = running
+            .line_containing("admin API and metrics on")
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .to_owned();
+        Self {
+            running,
+            p2ppi,
+            admin,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn peer_config(&self, name: &str, mesh: Option<&str>) -> PeerConfig {
+        let ca = CertAuthority::load(&self.dir).unwrap();
+        let options = PeerCertOptions {
+            mesh: mesh.map(Into::into),
+            ..Default::default()
+        };
+        let cert = ca.issue_peer(name, &options).unwrap();
+        PeerConfig {
+            hub: self.p2ppi.clone(),
+            server_name: None,
+            ca: p2ppi_hub::tls::load_certs(&self.dir.join("ca.pem")).unwrap(),
+            identity: cert.identity().unwrap(),
+            connect_timeout: super::DEADLINE,
+        }
+    }
+
+    pub async fn peer(&self, name: &str) -> (Peer, PeerEvents) {
+        peer::connect(self.peer_config(name, None)).await.unwrap()
+    }
+
+    /// An HTTP call: (status, JSON body or Null).
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.admin);
+        let (method, body, token) = (
+            method.to_owned(),
+            body.map(str::to_owned),
+            token.map(str::to_owned),
+        );
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut response = match (method.as_str(), body) {
+                ("GET", _) => with_auth(agent.get(&url), &auth).call(),
+                ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
+                ("POST", Some(b)) => with_auth(agent.post(&url), &auth)
+                    .content_type("application/json")
+                    .send(b),
+                ("PUT", Some(b)) => with_auth(agent.put(&url), &auth)
+                    .content_type("application/json")
+                    .send(b),
+                other => panic!("unsupported {other:?}"),
+            }
+            .expect("HTTP request");
+            let status = response.status().as_u16();
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.http("GET", path, None, None).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        match self.get("/metrics").await {
+            (200, Value::String(text)) => text,
+            other => panic!("metrics: {other:?}"),
+        }
+    }
+}
+
+fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => req.header("Authorization", a),
+        None => req,
+    }
+}
+
+/// The value of one sample line `name{labels} value` in a scrape.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{scrape}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

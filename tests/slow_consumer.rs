@@ -1,0 +1,110 @@
+//! Slow consumers (its own test binary, so the process-wide metrics it reads count only
+//! its own hub): a subscriber that stops reading costs at most its queue bound, is
+//! disconnected (queue overflow, or no write progress within the write timeout), and the
+//! other subscribers' deliveries go on meanwhile.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use p2ppi_hub::hub::HubHandle;
+use p2ppi_hub::peer::PeerEvent;
+use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::wire::{Message, Object};
+
+/// The value of a counter series in a scrape (0 when absent).
+fn counter(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Publishes `n` updates of a `size`-byte object while a good subscriber reads them all;
+/// returns when the good subscriber has the last one.
+async fn drive(h: &HubHandle, good: &mut p2ppi_hub::peer::PeerEvents, n: usize, size: usize) {
+    h.publish(Object::new("big", "0")).await.unwrap();
+    for i in 1..=n {
+        let value = format!("{i}:{}", "x".repeat(size));
+        h.update(Object::new("big", value)).await.unwrap();
+    }
+    let last = format!("{n}:");
+    expect_event(good, "the last update", |e| {
+        matches!(e, PeerEvent::Objects { source: ObjectsSource::Notify, objects } if objects.iter().any(|o| o.value.starts_with(&last)))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumers_are_bounded_and_disconnected_while_others_go_on() {
+    let prometheus = p2ppi_hub::metrics::install();
+
+    // 1. Queue overflow: a 256 KiB queue, 200 updates of 40 KB each (8 MB).
+    let pki = Pki::new();
+    let mut config = pki.config();
+    config.limits.outbound_queue_bytes = 256 * 1024;
+    config.limits.write_timeout = Duration::from_secs(30);
+    let hub = start_hub(config);
+    let h = hub.handle();
+    let mut slow = Raw::connect_small_buffer(&pki, &h, "slow").await;
+    slow.send(&Message::Subscribe, 1).await;
+    slow.read_frame().await;
+    let (good, mut good_events) = connect(&pki, &h, "good", None).await;
+    good.subscribe().await.unwrap();
+    expect_event(&mut good_events, "initial", |_| true).await;
+    let before = counter(
+        &prometheus.render(),
+        "p2ppi_slow_consumer_disconnects_total{reason=\"queue_full\"}",
+    );
+    drive(&h, &mut good_events, 200, 40_000).await; // 8 MB
+    wait_until("the slow consumer is disconnected", || {
+        h.sessions().len() == 1
+    })
+    .await;
+    assert_eq!(
+        h.sessions()[0].peer_name,
+        *good.peer_name(),
+        "the good peer stays"
+    );
+    let after = counter(
+        &prometheus.render(),
+        "p2ppi_slow_consumer_disconnects_total{reason=\"queue_full\"}",
+    );
+    assert_eq!(after - before, 1.0);
+    drop(slow);
+
+    // 2. Write timeout: a queue big enough to never overflow, a 1 s write timeout.
+    let pki = Pki::new();
+    let mut config = pki.config();
+    config.limits.outbound_queue_bytes = 64 * 1024 * 1024;
+    config.limits.outbound_queue_messages = 100_000;
+    config.limits.write_timeout = Duration::from_secs(1);
+    let hub = start_hub(config);
+    let h = hub.handle();
+    let mut stalled = Raw::connect_small_buffer(&pki, &h, "stalled").await;
+    stalled.send(&Message::Subscribe, 1).await;
+    stalled.read_frame().await;
+    let (good, mut good_events) = connect(&pki, &h, "good", None).await;
+    good.subscribe().await.unwrap();
+    expect_event(&mut good_events, "initial", |_| true).await;
+    let before = counter(
+        &prometheus.render(),
+        "p2ppi_slow_consumer_disconnects_total{reason=\"write_timeout\"}",
+    );
+    // 12 MB: more than the hub's socket send buffer (at most 4 MB), so its write blocks.
+    drive(&h, &mut good_events, 300, 40_000).await;
+    wait_until("the stalled consumer times out", || h.sessions().len() == 1).await;
+    let after = counter(
+        &prometheus.render(),
+        "p2ppi_slow_consumer_disconnects_total{reason=\"write_timeout\"}",
+    );
+    assert_eq!(after - before, 1.0);
+    // The good peer is still served.
+    h.publish(Object::new("still", "here")).await.unwrap();
+    expect_event(&mut good_events, "a later NOTIFY", |e| {
+        matches!(e, PeerEvent::Objects { objects, .. } if objects == &vec![Object::new("still", "here")])
+    })
+    .await;
+    drop(stalled);
+}

@@ -143,6 +143,19 @@ impl PeerCopy {
         }
     }
 
+    /// A NOTIFY that was not processed (dropped by the inbound rate limit): the copy may be
+    /// stale, so it is held until the next RESPONSE, and a REQUEST goes out unless one is
+    /// outstanding.
+    pub fn on_lost_notify(&mut self) -> Step {
+        self.state = CopyState::Uncertain;
+        let send_request = !self.request_outstanding;
+        self.request_outstanding = true;
+        Step {
+            changed: false,
+            send_request,
+        }
+    }
+
     /// The RESPONSE to the hub's REQUEST: the authoritative list.
     pub fn on_response(&mut self, objects: Vec<Object>) -> Step {
         self.request_outstanding = false;
@@ -333,6 +346,30 @@ mod tests {
             }
         );
         assert_eq!(copy.objects(), &[o("p", "c")]);
+    }
+
+    #[test]
+    fn a_lost_notify_is_reconciled() {
+        let mut copy = PeerCopy::new();
+        copy.on_notify(vec![o("p", "a")]);
+        assert_eq!(
+            copy.on_lost_notify(),
+            Step {
+                changed: false,
+                send_request: true
+            }
+        );
+        assert_eq!(
+            copy.on_lost_notify(),
+            Step {
+                changed: false,
+                send_request: false
+            }
+        );
+        // NOTIFYs meanwhile are not guessed on a stale copy.
+        assert!(!copy.on_notify(vec![o("q", "1")]).changed);
+        assert!(copy.on_response(vec![o("p", "b")]).changed);
+        assert_eq!(copy.objects(), &[o("p", "b")]);
     }
 
     #[test]

@@ -495,3 +495,42 @@ async fn messages_are_forwarded_with_from_and_hub_messages_are_kept() {
         (alice.peer_name().clone(), "hello hub")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifies_lost_to_the_rate_limit_are_reconciled() {
+    let pki = Pki::new();
+    let mut config = pki.config();
+    config.limits.inbound_messages_per_sec = 1;
+    config.limits.inbound_burst = 5;
+    let hub = start_hub(config);
+    let h = hub.handle();
+    let (_carol, mut carol) = watcher(&pki, &h, "carol", None).await;
+    let cert = pki.issue("flooder", None);
+    let me = cert.peer_name.clone();
+    let mut raw = Raw::connect_as(&pki, &h, &cert).await;
+    raw.send(&Message::Notify(vec![o(names::RICH_PRESENCE, "v0")]), 1)
+        .await;
+    assert_eq!(
+        next_notify(&mut carol).await,
+        vec![r(&me, names::RICH_PRESENCE, "v0")]
+    );
+    // 50 changes at once: most exceed the rate and are dropped unseen.
+    let mut burst = Vec::new();
+    for i in 1..=50u32 {
+        let m = Message::Notify(vec![o(names::RICH_PRESENCE, &format!("v{i}"))]);
+        burst.extend_from_slice(&m.to_bytes(i + 1).unwrap());
+    }
+    raw.write(&burst).await;
+    // The hub asks for the list once; the RESPONSE is never rate limited.
+    let frame = raw.read_frame().await;
+    assert_eq!(frame.message, Message::Request);
+    raw.send(
+        &Message::Response(vec![o(names::RICH_PRESENCE, "v50")]),
+        100,
+    )
+    .await;
+    assert_eq!(
+        next_notify(&mut carol).await,
+        vec![r(&me, names::RICH_PRESENCE, "v50")]
+    );
+}

@@ -200,8 +200,18 @@ impl Session {
                 .received(frame.message.message_type())
                 .increment(1);
         }
-        if !self.rate.take() {
+        // RESPONSEs answer the hub's own REQUESTs (at most one outstanding), so they are
+        // never rate limited: dropping one would leave the relay waiting for it.
+        let is_response = matches!(&inbound, Inbound::Message(f) if f.message.message_type() == MessageType::Response);
+        if !is_response && !self.rate.take() {
             metrics::count_reason(metrics::MESSAGES_DROPPED, "rate_limited");
+            if matches!(&inbound, Inbound::Message(f) if f.message.message_type() == MessageType::Notify)
+                && self.machine.local_subscribed()
+            {
+                // The peer's objects changed and the hub did not look: ask again.
+                let step = self.copy.on_lost_notify();
+                self.relay(step);
+            }
             return;
         }
         let was_subscribed = self.machine.neighbor_subscribed();

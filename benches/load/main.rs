@@ -124,7 +124,16 @@ struct Counters {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    raise_fd_limit();
+    let limit = raise_fd_limit();
+    // Each peer is one descriptor here and one in the hub.
+    if (args.peers as u64) + 256 > limit {
+        eprintln!(
+            "warning: the file-descriptor limit is {limit} and cannot be raised here (no CAP_SYS_RESOURCE); \
+             about {} of {} peers can connect. Raise the hard limit (ulimit -Hn, LimitNOFILE) to run more.",
+            limit.saturating_sub(256),
+            args.peers
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .enable_all()
@@ -132,11 +141,14 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
-fn raise_fd_limit() {
+/// Raises the descriptor limit as far as allowed (the hub, started from here, inherits
+/// it) and returns it.
+fn raise_fd_limit() -> u64 {
     let want = 1_048_576;
     if rlimit::setrlimit(rlimit::Resource::NOFILE, want, want).is_err() {
         let _ = rlimit::increase_nofile_limit(want);
     }
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -254,7 +266,7 @@ async fn connect_subscribed(
             Ok(Err(e)) => {
                 errors += 1;
                 if errors <= 3 {
-                    bar.println(format!("connect error: {e}"));
+                    eprintln!("connect error: {e}");
                 }
             }
             Err(_) => errors += 1,
@@ -689,7 +701,7 @@ async fn mosquitto_fanout(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> a
             Ok(Err(e)) => {
                 errors += 1;
                 if errors <= 3 {
-                    bar.println(format!("connect error: {e}"));
+                    eprintln!("connect error: {e}");
                 }
             }
             Err(_) => errors += 1,

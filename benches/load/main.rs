@@ -115,6 +115,41 @@ struct Args {
     bench: bool,
 }
 
+/// The outcome of a delivery scenario (fanout, relay), before it becomes a report.
+struct Delivered {
+    peers: usize,
+    elapsed: Duration,
+    lost: u64,
+    errors: u64,
+}
+
+impl Delivered {
+    fn run(
+        self,
+        scenario: &str,
+        counters: &Counters,
+        latencies: &Mutex<Latencies>,
+        notes: Vec<String>,
+    ) -> Run {
+        let deliveries = counters.deliveries.load(Ordering::Relaxed);
+        let seconds = self.elapsed.as_secs_f64();
+        Run {
+            report: Report {
+                scenario: scenario.into(),
+                peers: self.peers,
+                duration_s: seconds,
+                deliveries,
+                deliveries_per_s: deliveries as f64 / seconds,
+                lost: self.lost,
+                errors: self.errors + counters.errors.load(Ordering::Relaxed),
+                ..Default::default()
+            },
+            latencies: latencies.lock().expect("latencies").clone(),
+            notes,
+        }
+    }
+}
+
 /// Shared counters of one run.
 #[derive(Default)]
 struct Counters {
@@ -470,25 +505,21 @@ async fn fanout(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::Res
     while let Some(Ok((_, tracker))) = consumers.join_next().await {
         lost += tracker.lost(sent);
     }
-    let deliveries = counters.deliveries.load(Ordering::Relaxed);
-    let latencies = latencies.lock().expect("latencies").clone();
-    Ok(Run {
-        report: Report {
-            scenario: "fanout".into(),
-            peers: n as usize,
-            duration_s: elapsed.as_secs_f64(),
-            deliveries,
-            deliveries_per_s: deliveries as f64 / elapsed.as_secs_f64(),
-            lost,
-            errors: errors + counters.errors.load(Ordering::Relaxed),
-            ..Default::default()
-        },
-        latencies,
-        notes: vec![format!(
+    let outcome = Delivered {
+        peers: n as usize,
+        elapsed,
+        lost,
+        errors,
+    };
+    Ok(outcome.run(
+        "fanout",
+        &counters,
+        &latencies,
+        vec![format!(
             "{sent} updates at {} /s, {} bytes each",
             args.rate, args.payload
         )],
-    })
+    ))
 }
 
 async fn relay(args: &Args, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
@@ -578,28 +609,24 @@ async fn relay(args: &Args, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
             inexact += 1;
         }
     }
-    let deliveries = counters.deliveries.load(Ordering::Relaxed);
-    let latencies = latencies.lock().expect("latencies").clone();
-    Ok(Run {
-        report: Report {
-            scenario: "relay".into(),
-            peers: n,
-            duration_s: elapsed.as_secs_f64(),
-            deliveries,
-            deliveries_per_s: deliveries as f64 / elapsed.as_secs_f64(),
-            lost,
-            errors: errors + counters.errors.load(Ordering::Relaxed) + inexact,
-            ..Default::default()
-        },
-        latencies,
-        notes: vec![
+    let outcome = Delivered {
+        peers: n,
+        elapsed,
+        lost,
+        errors: errors + inexact,
+    };
+    Ok(outcome.run(
+        "relay",
+        &counters,
+        &latencies,
+        vec![
             format!(
                 "{sent} presence changes at {} /s across {n} peers",
                 args.rate
             ),
             format!("final views exact: {}/{n}", n as u64 - inexact),
         ],
-    })
+    ))
 }
 
 async fn churn(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
@@ -775,25 +802,21 @@ async fn mosquitto_fanout(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> a
     while let Some(Ok(tracker)) = consumers.join_next().await {
         lost += tracker.lost(sent);
     }
-    let deliveries = counters.deliveries.load(Ordering::Relaxed);
-    let latencies = latencies.lock().expect("latencies").clone();
-    Ok(Run {
-        report: Report {
-            scenario: "fanout".into(),
-            peers: connected as usize,
-            duration_s: elapsed.as_secs_f64(),
-            deliveries,
-            deliveries_per_s: deliveries as f64 / elapsed.as_secs_f64(),
-            lost,
-            errors: errors + counters.errors.load(Ordering::Relaxed),
-            ..Default::default()
-        },
-        latencies,
-        notes: vec![format!(
+    let outcome = Delivered {
+        peers: connected as usize,
+        elapsed,
+        lost,
+        errors,
+    };
+    Ok(outcome.run(
+        "fanout",
+        &counters,
+        &latencies,
+        vec![format!(
             "{sent} QoS 0 publishes at {} /s, {} bytes each",
             args.rate, args.payload
         )],
-    })
+    ))
 }
 
 /// The hub's admin API, for `fanout`'s updates.

@@ -105,6 +105,10 @@ pub struct Session {
     machine: SessionMachine,
     copy: PeerCopy,
     rejected: HashSet<Object>,
+    /// The objects the registry should relay for this peer (latest state).
+    relayed: Vec<Object>,
+    relay_in_flight: bool,
+    relay_dirty: bool,
     out: Rc<Outbound>,
     shard: Rc<ShardCore>,
     shared: Arc<HubShared>,
@@ -166,6 +170,9 @@ pub(crate) fn start(
             machine: SessionMachine::new(),
             copy: PeerCopy::new(),
             rejected: HashSet::new(),
+            relayed: Vec::new(),
+            relay_in_flight: false,
+            relay_dirty: false,
             rate: TokenBucket::new(limits.inbound_messages_per_sec, limits.inbound_burst),
             out,
             shard,
@@ -194,7 +201,7 @@ impl Session {
         }
     }
 
-    fn on_inbound(&mut self, inbound: Inbound) {
+    fn on_inbound(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
         if let Inbound::Message(frame) = &inbound {
             metrics::hub()
                 .received(frame.message.message_type())
@@ -210,7 +217,7 @@ impl Session {
             {
                 // The peer's objects changed and the hub did not look: ask again.
                 let step = self.copy.on_lost_notify();
-                self.relay(step);
+                self.relay(step, ctx);
             }
             return;
         }
@@ -237,7 +244,7 @@ impl Session {
                     ObjectsSource::Notify => self.copy.on_notify(objects),
                     ObjectsSource::Response => self.copy.on_response(objects),
                 };
-                self.relay(step);
+                self.relay(step, ctx);
             }
             Received::Report(Report::ApplicationMessage { mime_type, value }) => {
                 self.route(mime_type, value);
@@ -255,7 +262,7 @@ impl Session {
     }
 
     /// Acts on a change of the hub's copy of the peer's objects.
-    fn relay(&mut self, step: Step) {
+    fn relay(&mut self, step: Step, ctx: &mut Context<Self>) {
         if step.send_request {
             let request = self.machine.retrieve();
             self.send(&request);
@@ -278,13 +285,35 @@ impl Session {
             now_rejected.insert(object);
         }
         self.rejected = now_rejected;
-        self.registry.do_send(RelaySet {
+        self.relayed = accepted;
+        self.relay_dirty = true;
+        self.send_relay(ctx);
+    }
+
+    /// Sends the accepted objects to the registry, one message in flight per session: a
+    /// burst of changes costs the registry one message per round trip, carrying the latest
+    /// state (bounded, and nothing is lost since the latest state wins).
+    fn send_relay(&mut self, ctx: &mut Context<Self>) {
+        if self.relay_in_flight || !self.relay_dirty {
+            return;
+        }
+        self.relay_dirty = false;
+        self.relay_in_flight = true;
+        let message = RelaySet {
             peer: self.peer.clone(),
             mesh: self.mesh.clone(),
             session: self.id,
-            objects: accepted,
+            objects: self.relayed.clone(),
             flags: self.flags.clone(),
-        });
+        };
+        self.registry
+            .send(message)
+            .into_actor(self)
+            .map(|_, session, ctx| {
+                session.relay_in_flight = false;
+                session.send_relay(ctx);
+            })
+            .spawn(ctx);
     }
 
     /// Routes an application message (DESIGN 5.3).
@@ -472,7 +501,7 @@ impl Actor for Session {
 impl StreamHandler<Result<Inbound, FrameError>> for Session {
     fn handle(&mut self, item: Result<Inbound, FrameError>, ctx: &mut Self::Context) {
         match item {
-            Ok(inbound) => self.on_inbound(inbound),
+            Ok(inbound) => self.on_inbound(inbound, ctx),
             Err(FrameError::Io(e)) => {
                 debug!(parent: &self.span, error = %e, "read failed");
                 self.close_reason = "io_error";

@@ -40,14 +40,16 @@ async fn drive(h: &HubHandle, good: &mut p2ppi_hub::peer::PeerEvents, n: usize, 
 async fn slow_consumers_are_bounded_and_disconnected_while_others_go_on() {
     let prometheus = p2ppi_hub::metrics::install();
 
-    // 1. Queue overflow: a 256 KiB queue, 200 updates of 40 KB each (8 MB).
+    // 1. Queue overflow: a 256 KiB queue; messages for the peer that cannot be coalesced
+    // (routed application messages of 40 KB) while it does not read.
     let pki = Pki::new();
     let mut config = pki.config();
     config.limits.outbound_queue_bytes = 256 * 1024;
     config.limits.write_timeout = Duration::from_secs(30);
     let hub = start_hub(config);
     let h = hub.handle();
-    let mut slow = Raw::connect_small_buffer(&pki, &h, "slow").await;
+    let slow_cert = pki.issue("slow", None);
+    let mut slow = Raw::connect_small_buffer_as(&pki, &h, &slow_cert).await;
     slow.send(&Message::Subscribe, 1).await;
     slow.read_frame().await;
     let (good, mut good_events) = connect(&pki, &h, "good", None).await;
@@ -57,7 +59,18 @@ async fn slow_consumers_are_bounded_and_disconnected_while_others_go_on() {
         &prometheus.render(),
         "p2ppi_slow_consumer_disconnects_total{reason=\"queue_full\"}",
     );
-    drive(&h, &mut good_events, 200, 40_000).await; // 8 MB
+    let big = "m".repeat(40_000);
+    let mut sent = 0;
+    while h
+        .send_message(&slow_cert.peer_name, "text/plain", &big)
+        .await
+        .is_ok()
+    {
+        sent += 1;
+        assert!(sent < 10_000, "the queue never filled");
+    }
+    // Meanwhile the good subscriber is served.
+    drive(&h, &mut good_events, 20, 1_000).await;
     wait_until("the slow consumer is disconnected", || {
         h.sessions().len() == 1
     })

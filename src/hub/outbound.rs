@@ -60,7 +60,8 @@ pub enum PushError {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Bytes>,
+    /// Encoded messages, each marked whether it is a NOTIFY holding an entire view.
+    queue: VecDeque<(Bytes, bool)>,
     bytes: usize,
     closing: bool,
     failed: Option<WriterFailure>,
@@ -94,8 +95,31 @@ impl Outbound {
     /// [`PushError::Overflow`] when the bound is exceeded (the writer then ends the
     /// connection), [`PushError::Closed`] when the session is ending.
     pub fn push(&self, message: Bytes) -> Result<(), PushError> {
+        self.push_inner(message, false)
+    }
+
+    /// Queues a NOTIFY holding an entire view. Under pressure (the queue more than half
+    /// full) it replaces an entire view queued last and not yet written, which it
+    /// supersedes: a burst of view changes (a mesh emptying at once) then costs a slow
+    /// reader one view, not one per change. Below half the bound nothing is coalesced.
+    ///
+    /// # Errors
+    /// As [`Outbound::push`].
+    pub fn push_view(&self, message: Bytes) -> Result<(), PushError> {
+        self.push_inner(message, true)
+    }
+
+    fn push_inner(&self, message: Bytes, is_view: bool) -> Result<(), PushError> {
         debug_assert!(message.len() >= MIN_MESSAGE_LEN);
         let mut state = self.state.borrow_mut();
+        if is_view && state.bytes > self.max_bytes / 2 {
+            let state = &mut *state;
+            if let Some((last, true)) = state.queue.back_mut() {
+                state.bytes = state.bytes - last.len() + message.len();
+                *last = message;
+                return Ok(());
+            }
+        }
         if state.closing || state.failed.is_some() {
             return Err(PushError::Closed);
         }
@@ -109,7 +133,7 @@ impl Outbound {
             return Err(PushError::Overflow);
         }
         state.bytes += message.len();
-        state.queue.push_back(message);
+        state.queue.push_back((message, is_view));
         drop(state);
         self.wake.notify_one();
         Ok(())
@@ -139,11 +163,11 @@ impl Outbound {
             return (true, state.closing, Some(failure));
         }
         let sent = metrics::hub();
-        while let Some(next) = state.queue.front() {
+        while let Some((next, _)) = state.queue.front() {
             if !buf.is_empty() && buf.len() + next.len() > BATCH_BYTES {
                 break;
             }
-            let message = state.queue.pop_front().expect("front exists");
+            let (message, _) = state.queue.pop_front().expect("front exists");
             state.bytes -= message.len();
             let at = buf.len();
             buf.extend_from_slice(&message);
@@ -231,6 +255,35 @@ mod tests {
         assert_eq!(out.push(msg.clone()), Ok(()));
         assert_eq!(out.push(msg.clone()), Ok(()));
         assert_eq!(out.push(msg), Err(PushError::Overflow));
+    }
+
+    #[test]
+    fn views_coalesce_only_under_pressure() {
+        // A view of n value bytes encodes to 43 + n bytes.
+        let view = |n: usize| {
+            Message::Notify(vec![crate::wire::Object::new("v", "x".repeat(n))])
+                .to_bytes(0)
+                .unwrap()
+        };
+        let out = Outbound::new(100, 2000);
+        // Below half the bound (1000 bytes): every view is queued.
+        for n in [100, 100, 200, 600] {
+            out.push_view(view(n)).unwrap();
+        }
+        assert_eq!(out.queued(), (4, 143 + 143 + 243 + 643));
+        // Past half: a new view replaces the last queued view.
+        out.push_view(view(10)).unwrap();
+        assert_eq!(
+            out.queued(),
+            (4, 143 + 143 + 243 + 53),
+            "replaced, not appended"
+        );
+        // A message that is not a view is never replaced, even under pressure.
+        out.push_view(view(600)).unwrap();
+        out.push(Message::Request.to_bytes(0).unwrap()).unwrap();
+        assert!(out.queued().1 > 1000);
+        out.push_view(view(10)).unwrap();
+        assert_eq!(out.queued().0, 7, "appended after the REQUEST");
     }
 
     #[tokio::test]

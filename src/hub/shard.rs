@@ -200,17 +200,21 @@ impl ShardCore {
         let inner = &*inner;
         let mut recipients = 0usize;
         let mut deliver = |mesh: &Arc<str>, subs: &HashMap<SessionId, Rc<Outbound>>| {
-            let bytes = match &fanout.delivery {
-                Delivery::Only(bytes) => bytes.clone(),
+            let (bytes, is_view) = match &fanout.delivery {
+                Delivery::Only(bytes) => (bytes.clone(), false),
                 Delivery::Complete => match inner.views.get(mesh).or(inner.base.as_ref()) {
-                    Some(view) => view.notify.clone(),
+                    Some(view) => (view.notify.clone(), true),
                     None => return,
                 },
                 Delivery::Silent => return,
             };
             for out in subs.values() {
                 // An overflow ends that session through its writer; others go on.
-                let _ = out.push(bytes.clone());
+                let _ = if is_view {
+                    out.push_view(bytes.clone())
+                } else {
+                    out.push(bytes.clone())
+                };
             }
             recipients += subs.len();
         };

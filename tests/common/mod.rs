@@ -149,8 +149,12 @@ impl Raw {
     /// A raw connection whose socket receive buffer is fixed at 4 KiB (no autotuning), so
     /// a peer that stops reading backs up into the hub quickly.
     pub async fn connect_small_buffer(pki: &Pki, hub: &HubHandle, name: &str) -> Self {
-        let cert = pki.issue(name, None);
-        let config = pki.peer_config(hub, &cert);
+        Self::connect_small_buffer_as(pki, hub, &pki.issue(name, None)).await
+    }
+
+    /// [`Raw::connect_small_buffer`] with a given certificate.
+    pub async fn connect_small_buffer_as(pki: &Pki, hub: &HubHandle, cert: &IssuedCert) -> Self {
+        let config = pki.peer_config(hub, cert);
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let tcp = socket.connect(hub.local_addr()).await.unwrap();

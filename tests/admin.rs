@@ -4,29 +4,11 @@
 mod common;
 
 use common::bin::{run, stderr};
-use common::expect_event;
 use common::hub_process::{sample, HubProcess};
-use p2ppi_hub::peer::{self, PeerEvent, PeerEvents};
-use p2ppi_hub::session::ObjectsSource;
+use common::{expect_event, next_notify};
+use p2ppi_hub::peer::{self, PeerEvent};
 use p2ppi_hub::wire::Object;
 use serde_json::{json, Value};
-
-async fn next_notify(events: &mut PeerEvents) -> Vec<Object> {
-    match expect_event(events, "a NOTIFY", |e| {
-        matches!(
-            e,
-            PeerEvent::Objects {
-                source: ObjectsSource::Notify,
-                ..
-            }
-        )
-    })
-    .await
-    {
-        PeerEvent::Objects { objects, .. } => objects,
-        _ => unreachable!(),
-    }
-}
 
 fn o(n: &str, v: &str) -> Object {
     Object::new(n, v)

@@ -21,24 +21,6 @@ fn r(peer: &PeerName, n: &str, v: &str) -> Object {
     Object::new(relayed_name(peer, n), v)
 }
 
-/// The next NOTIFY's objects (RESPONSEs and other events are skipped).
-async fn next_notify(events: &mut PeerEvents) -> Vec<Object> {
-    match expect_event(events, "a NOTIFY", |e| {
-        matches!(
-            e,
-            PeerEvent::Objects {
-                source: ObjectsSource::Notify,
-                ..
-            }
-        )
-    })
-    .await
-    {
-        PeerEvent::Objects { objects, .. } => objects,
-        _ => unreachable!(),
-    }
-}
-
 /// A watcher subscribed to the hub, its initial NOTIFY consumed.
 async fn watcher(
     pki: &Pki,

@@ -109,6 +109,24 @@ pub async fn expect_event(
     }
 }
 
+/// The next NOTIFY's objects (RESPONSEs and other events are skipped).
+pub async fn next_notify(events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object> {
+    match expect_event(events, "a NOTIFY", |e| {
+        matches!(
+            e,
+            PeerEvent::Objects {
+                source: p2ppi_hub::session::ObjectsSource::Notify,
+                ..
+            }
+        )
+    })
+    .await
+    {
+        PeerEvent::Objects { objects, .. } => objects,
+        _ => unreachable!(),
+    }
+}
+
 /// Waits until `cond` holds, polling, failing at the deadline.
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();

@@ -3,6 +3,7 @@
 mod common;
 
 use common::bin::*;
+use common::hub_process::HubProcess;
 
 #[test]
 fn certs_init_and_issue_write_files_and_print_the_peer_name_last() {
@@ -57,21 +58,9 @@ fn serve_with_config_then_get_watch_and_sigterm() {
         "[[objects]]\nname = \"1d6ccc02-3ec4-453b-b986-470b610cb958\"\nvalue = \"hub \\\"online\\\"\"\n",
     )
     .unwrap();
-    let hub = Running::spawn(
-        &[
-            "serve",
-            "--data-dir",
-            d,
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        dir.path(),
-    );
-    let addr = listen_addr(&hub.line_containing("P2PPI listening on"));
+    let hub = HubProcess::start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let addr = hub.p2ppi.clone();
+    let hub = hub.running;
     assert!(hub
         .line_containing("connect a first peer")
         .contains("p2ppi-hub peer --name alice"));
@@ -217,19 +206,8 @@ fn peer_invites_are_accepted_declined_or_refused_by_the_hub() {
         stdout(&out).lines().last().unwrap().to_owned()
     };
     let (_alice, bob, carol) = (name_of("alice"), name_of("bob"), name_of("carol"));
-    let hub = Running::spawn(
-        &[
-            "serve",
-            "--data-dir",
-            d,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        dir.path(),
-    );
-    let addr = listen_addr(&hub.line_containing("P2PPI listening on"));
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let addr = hub.p2ppi.clone();
     let bob_run = Running::spawn(
         &[
             "peer",

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod external;
 pub mod hub_process;
 
 use std::path::PathBuf;

@@ -186,7 +186,8 @@ impl Raw {
         Self::over(stream).await
     }
 
-    async fn over(stream: TlsStream<TcpStream>) -> Self {
+    /// A raw connection over an established TLS stream; reads the hub's first SUBSCRIBE.
+    pub async fn over(stream: TlsStream<TcpStream>) -> Self {
         let mut raw = Self {
             stream,
             buf: BytesMut::new(),

@@ -112,12 +112,16 @@ local function drop_msg(item, rule, what)
 end
 
 -- Strict UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF), as Rust's
--- std::str::from_utf8 checks it. Lua 5.2 has no utf8 library.
-local function valid_utf8(s)
+-- std::str::from_utf8 checks it; Lua 5.2 has no utf8 library. Returns whether `s` is valid
+-- and a copy fit to display, with U+FFFD for each byte that starts no valid sequence.
+local REPLACEMENT = "\239\191\189"
+
+local function utf8_scan(s)
     local i, n = 1, #s
+    local valid, out = true, {}
     while i <= n do
         local c = s:byte(i)
-        local need, lo, hi = 0, 0x80, 0xBF
+        local need, lo, hi = -1, 0x80, 0xBF
         if c < 0x80 then
             need = 0
         elseif c >= 0xC2 and c <= 0xDF then
@@ -128,19 +132,24 @@ local function valid_utf8(s)
         elseif c >= 0xF0 and c <= 0xF4 then
             need = 3
             if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
-        else
-            return false
         end
-        if i + need > n then return false end
-        for k = 1, need do
+        local ok = need >= 0 and i + need <= n
+        for k = 1, ok and need or 0 do
             local b = s:byte(i + k)
             local l, h = 0x80, 0xBF
             if k == 1 then l, h = lo, hi end
-            if b < l or b > h then return false end
+            if b < l or b > h then ok = false end
         end
-        i = i + need + 1
+        if ok then
+            table.insert(out, s:sub(i, i + need))
+            i = i + need + 1
+        else
+            valid = false
+            table.insert(out, REPLACEMENT)
+            i = i + 1
+        end
     end
-    return true
+    return valid, table.concat(out)
 end
 
 local function undecoded(tree, tvb, offset, limit)
@@ -171,9 +180,10 @@ local function dissect_string(tvb, tree, id, body, body_end)
     local text = ""
     if shown > 0 then
         local range = tvb(text_off, shown)
-        text = range:string(ENC_UTF_8)
+        local valid
+        valid, text = utf8_scan(range:raw())
         local item = tree:add(STRING_FIELDS[id], range, text)
-        if not valid_utf8(range:raw()) then
+        if not valid then
             drop_msg(item, 4, FIELD_NAMES[id] .. " is not valid UTF-8")
         end
     else
@@ -307,7 +317,7 @@ local BODIES = {
 }
 
 -- One whole message of `total` bytes at `offset`. Returns a short summary for the Info
--- column.
+-- column, and true when the receiver closes the connection on it.
 local function dissect_message(tvb, pinfo, root, offset, total)
     local tree = root:add(p2ppi, tvb(offset, total))
     local sep = tree:add(p2ppi, tvb(offset, SEPARATION_LEN), "Separation header")
@@ -319,7 +329,7 @@ local function dissect_message(tvb, pinfo, root, offset, total)
             total - SEPARATION_LEN))
         undecoded(tree, tvb, fields, limit)
         tree:append_text(", malformed (closes)")
-        return "malformed (closes)"
+        return "malformed (closes)", true
     end
     local hid, hlen = tvb(fields, 2):uint(), tvb(fields + 2, 2):uint()
     local header = tree:add(p2ppi, tvb(fields, HEADER_FIELD_LEN), FIELD_NAMES[hid] or "First field")
@@ -329,7 +339,7 @@ local function dissect_message(tvb, pinfo, root, offset, total)
         close_conn(header, 2, "the first field is not a MESSAGE_HEADER")
         undecoded(tree, tvb, fields + FIELD_HEADER_LEN, limit)
         tree:append_text(", malformed (closes)")
-        return "malformed (closes)"
+        return "malformed (closes)", true
     end
     local major, minor = tvb(fields + 4, 1):uint(), tvb(fields + 5, 1):uint()
     header:add(f.major, tvb(fields + 4, 1))
@@ -354,7 +364,7 @@ local function dissect_message(tvb, pinfo, root, offset, total)
     if closes then
         undecoded(tree, tvb, fields + HEADER_FIELD_LEN, limit)
         tree:append_text(", malformed (closes)")
-        return summary .. " malformed (closes)"
+        return summary .. " malformed (closes)", true
     end
     local body = fields + HEADER_FIELD_LEN
     if not MESSAGE_TYPES[mtype] then
@@ -434,8 +444,18 @@ local function dissect_stream(tvb, pinfo, root)
             offset = len
             break
         end
-        table.insert(summaries, (dissect_message(tvb, pinfo, root, offset, total)))
+        local summary, closes = dissect_message(tvb, pinfo, root, offset, total)
+        table.insert(summaries, summary)
         offset = offset + total
+        if closes then
+            -- The receiver has closed the connection: nothing after this is read.
+            if offset < len then
+                root:add(p2ppi, tvb(offset, len - offset),
+                    string.format("%d bytes after the closing message, never read", len - offset))
+            end
+            offset = len
+            break
+        end
     end
     if #summaries > 0 then
         pinfo.cols.info = table.concat(summaries, ", ")
@@ -508,3 +528,6 @@ end
 
 register_port()
 p2ppi:register_heuristic("tls", heuristic)
+-- Decode As (e.g. `-d tcp.port==7350,p2ppi`) for a stream already decrypted or never
+-- encrypted.
+DissectorTable.get("tcp.port"):add_for_decode_as(p2ppi)

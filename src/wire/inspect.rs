@@ -176,12 +176,15 @@ pub fn inspect(stream: &[u8]) -> Vec<Inspected> {
                 break;
             }
             Err(e) => {
-                let rule = close_rule(&e);
-                out.push(Inspected::at(offset, rest, Outcome::Close).failed(
-                    Outcome::Close,
-                    rule,
-                    e.to_string(),
-                ));
+                // Rule 1: no message starts here, so nothing after the separation header
+                // is read as one.
+                let entry = Inspected {
+                    message_type: None,
+                    type_name: None,
+                    message_id: None,
+                    ..Inspected::at(offset, rest, Outcome::Close)
+                };
+                out.push(entry.failed(Outcome::Close, close_rule(&e), e.to_string()));
                 break;
             }
         };

@@ -892,3 +892,82 @@ fn the_dissector_agrees_with_the_codec_on_malformed_input() {
         assert_eq!(got, want, "case {case:02x?}\n{layer}");
     }
 }
+
+/// `p2ppi-hub decode` with `input` on standard input.
+fn decode_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("decode")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run decode");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn decode_reads_raw_files_or_hex_and_reports_verdicts_in_its_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = Message::Notify(vec![Object::new(names::RICH_PRESENCE, "available")])
+        .to_bytes(7)
+        .unwrap();
+    let file = dir.path().join("notify.bin");
+    std::fs::write(&file, &notify).unwrap();
+    let out = run(&["decode", file.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line: Value = serde_json::from_str(common::bin::stdout(&out).trim()).unwrap();
+    assert_eq!(
+        line,
+        serde_json::json!({"offset": 0, "p2ppi.length": notify.len() - 4, "p2ppi.type": 2,
+            "type_name": "NOTIFY_MESSAGE", "p2ppi.message_id": 7, "p2ppi.entries": 1,
+            "p2ppi.name": [names::RICH_PRESENCE], "p2ppi.value": ["available"], "outcome": "ok"})
+    );
+
+    // Hex text in lines and either case, then a malformed message: exit status 2.
+    let mut hex = String::new();
+    for chunk in notify.chunks(5) {
+        for b in chunk {
+            hex.push_str(&format!("{b:02X}"));
+        }
+        hex.push_str(" \n");
+    }
+    hex.push_str(
+        &malformed_notify(8)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    );
+    let out = decode_stdin(&["--hex"], hex.as_bytes());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let lines: Vec<Value> = common::bin::stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["p2ppi.message_id"], 7);
+    assert_eq!(
+        (
+            &lines[1]["outcome"],
+            &lines[1]["rule"],
+            &lines[1]["p2ppi.message_id"]
+        ),
+        (
+            &serde_json::json!("drop"),
+            &serde_json::json!("2.4.4"),
+            &serde_json::json!(8)
+        )
+    );
+
+    // Not hex: one sentence, exit status 1.
+    let out = decode_stdin(&["--hex"], b"53 50 zz");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not hexadecimal text"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc};
 
-use common::bin::{run, stderr, BIN};
+use common::bin::{certs_for, run, stderr, BIN};
 use common::hub_process::HubProcess;
 use common::*;
 use p2ppi_hub::objects::names;
@@ -71,15 +71,7 @@ fn peer_get(dir: &Path, hub: &str, name: &str, keys: &Path) -> Output {
 #[test]
 fn the_hub_writes_a_key_log_only_when_its_config_file_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    assert!(run(&["certs", "init", "--data-dir", d], dir.path())
-        .status
-        .success());
-    assert!(
-        run(&["certs", "issue", "alice", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
+    certs_for(dir.path(), &["alice"]);
 
     // SSLKEYLOGFILE in the hub's environment: ignored by the hub.
     let from_env = dir.path().join("hub-env.keys");
@@ -382,17 +374,7 @@ fn followed_flows(program: &Path, capture: &Path, keys: &Path, hub_port: u16) ->
         }
     }
     [first, second].map(|hex| {
-        let mut child = Command::new(BIN)
-            .args(["decode", "--hex"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run decode");
-        let mut stdin = child.stdin.take().unwrap();
-        std::io::Write::write_all(&mut stdin, hex.as_bytes()).expect("write to decode");
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
+        let out = decode_stdin(&["--hex"], hex.as_bytes());
         let mut flow = Flow::default();
         for line in String::from_utf8(out.stdout).unwrap().lines() {
             flow.add(&serde_json::from_str(line).expect("decode prints JSON lines"));

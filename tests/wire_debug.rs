@@ -763,6 +763,15 @@ fn dissector_cases() -> Vec<Vec<u8>> {
             ],
         ),
         with_body(2, &[0x77, 0x77, 0, 4]),
+        // Structures nested 3000 deep where strings belong.
+        with_body(2, &{
+            let mut nested = vec![0x04, 0x01, 0x2E, 0xE6, 0, 1];
+            for level in 0..3000u16 {
+                nested.extend_from_slice(&[0x03, 0x01]);
+                nested.extend_from_slice(&(12_000 - 4 * level).to_be_bytes());
+            }
+            nested
+        }),
         // Ignored on receipt: reserved byte and non-L flag bits set.
         sp(&[0x01, 0x00, 0, 12, 1, 0, 0xEE, 5, 0, 0, 0, 3]),
     ]);

@@ -152,6 +152,18 @@ local function utf8_scan(s)
     return valid, table.concat(out)
 end
 
+-- A string for a tree label: quoted, with quotes, backslashes and control characters
+-- escaped so a label stays on one line.
+local function quote(s)
+    return '"' .. s:gsub('[%c"\\]', function(c)
+        if c == "\n" then return "\\n" end
+        if c == "\r" then return "\\r" end
+        if c == "\t" then return "\\t" end
+        if c == '"' or c == "\\" then return "\\" .. c end
+        return string.format("\\x%02x", c:byte())
+    end) .. '"'
+end
+
 local function undecoded(tree, tvb, offset, limit)
     if limit > offset then
         tree:add(f.undecoded, tvb(offset, limit - offset))
@@ -202,7 +214,7 @@ local function dissect_string(tvb, tree, id, body, body_end)
     if flags - (flags % 2) ~= 0 then
         flags_item:add_proto_expert_info(ex_ignored)
     end
-    tree:append_text(string.format(": %q", text))
+    tree:append_text(": " .. quote(text))
     return text
 end
 
@@ -218,7 +230,7 @@ local function dissect_sequence(tvb, tree, offset, limit, expected_list)
         local text
         offset, text = dissect_field(tvb, tree, offset, limit, expected)
         if not offset then return nil end
-        table.insert(texts, string.format("%q", text or "?"))
+        table.insert(texts, text and quote(text) or "?")
     end
     tree:append_text(": " .. table.concat(texts, " = "))
     return offset
@@ -244,7 +256,8 @@ dissect_field = function(tvb, parent, offset, limit, expected)
     local tree = parent:add(p2ppi, tvb(offset, span), name)
     tree:add(f.field_id, tvb(offset, 2))
     tree:add(f.field_length, tvb(offset + 2, 2))
-    if expected and id ~= expected then
+    local unexpected = expected and id ~= expected
+    if unexpected then
         drop_msg(tree, 4, string.format("expected %s, found %s", FIELD_NAMES[expected], name))
     end
     if not FIELD_NAMES[id] then
@@ -261,6 +274,12 @@ dissect_field = function(tvb, parent, offset, limit, expected)
         return nil
     end
     local body, body_end = offset + FIELD_HEADER_LEN, offset + flen
+    if unexpected and not STRING_FIELDS[id] then
+        -- A container where something else belongs is not opened: nesting stays bounded
+        -- (message, array, structure, string) whatever the input.
+        undecoded(tree, tvb, body, body_end)
+        return body_end
+    end
     if STRING_FIELDS[id] then
         return body_end, dissect_string(tvb, tree, id, body, body_end)
     elseif id == ID.STRUCTURE_NAME_VALUE then

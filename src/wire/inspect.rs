@@ -48,7 +48,7 @@ pub struct Inspected {
     #[serde(rename = "p2ppi.type", skip_serializing_if = "Option::is_none")]
     pub message_type: Option<u8>,
     /// The type's spec name (`NOTIFY_MESSAGE`), when the type is defined.
-    #[serde(rename = "type_name", skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub type_name: Option<&'static str>,
     /// The sender's message ID, when the message starts with a MESSAGE_HEADER.
     #[serde(rename = "p2ppi.message_id", skip_serializing_if = "Option::is_none")]

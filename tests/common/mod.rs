@@ -5,6 +5,7 @@
 pub mod bin;
 pub mod external;
 pub mod hub_process;
+pub mod wireshark;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -33,7 +33,7 @@ pub use field::{
     FIELD_HEADER_LEN, L_BIT, STRING_HEADER_LEN,
 };
 pub use message::{
-    encode_list_message, set_message_id, Frame, Message, MessageType, MAX_LENGTH,
+    encode_list_message, list_message_len, set_message_id, Frame, Message, MessageType, MAX_LENGTH,
     MESSAGE_ID_OFFSET, MESSAGE_SIZE_LIMIT, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN,
     SEPARATION_HEADER_LEN, SIGNATURE,
 };

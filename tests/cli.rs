@@ -194,6 +194,49 @@ fn print_default_config_passes_check_config() {
 }
 
 #[test]
+fn config_errors_name_the_key_path_and_the_line_or_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hub.toml");
+    let f = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        "# a hub\n[hub]\nworkers = 2\n\n[limits]\nmax_sessions = \"lots\"\n",
+    )
+    .unwrap();
+    let bad = run(&["check-config", f], dir.path());
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(
+        stderr(&bad).trim_end(),
+        format!("p2ppi-hub: {f} line 6: limits.max_sessions: invalid type: string \"lots\", expected usize")
+    );
+
+    std::fs::write(&file, "[relay]\nmax_view_bytes = 70000\n").unwrap();
+    let bad = run(&["check-config", f], dir.path());
+    assert_eq!(
+        stderr(&bad).trim_end(),
+        format!(
+            "p2ppi-hub: {f} line 2: relay.max_view_bytes: must be below 65520 (one P2PPI message)"
+        )
+    );
+
+    std::fs::write(&file, "[limits]\nmax_sessions = 5\n").unwrap();
+    let env = [("P2PPI_LIMITS__WRITE_TIMEOUT", "soon")];
+    let bad = run_with_env(&["check-config", f], dir.path(), &env);
+    assert_eq!(
+        stderr(&bad).trim_end(),
+        "p2ppi-hub: environment variable P2PPI_LIMITS__WRITE_TIMEOUT: limits.write_timeout: invalid value: string \"soon\", expected a duration"
+    );
+    // serve reports the same, before binding anything.
+    let bad = run_with_env(&["serve", "--config", f], dir.path(), &env);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("P2PPI_LIMITS__WRITE_TIMEOUT: limits.write_timeout"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
 fn peer_invites_are_accepted_declined_or_refused_by_the_hub() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();

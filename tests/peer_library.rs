@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use p2ppi_hub::peer::{PeerError, PeerEvent};
+use p2ppi_hub::peer::PeerError;
 use p2ppi_hub::relay::relayed_name;
-use p2ppi_hub::session::{ObjectsSource, StateError};
+use p2ppi_hub::session::StateError;
 use p2ppi_hub::wire::Object;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,19 +57,7 @@ async fn a_publish_that_would_overflow_one_message_is_refused_and_the_connection
         vec![relayed("d", "small")]
     );
     alice.retrieve().await.unwrap();
-    let response = expect_event(&mut alice_events, "a RESPONSE", |e| {
-        matches!(
-            e,
-            PeerEvent::Objects {
-                source: ObjectsSource::Response,
-                ..
-            }
-        )
-    })
-    .await;
-    let PeerEvent::Objects { objects, .. } = response else {
-        unreachable!()
-    };
+    let objects = next_response(&mut alice_events).await;
     assert_eq!(
         objects,
         vec![
@@ -93,14 +81,5 @@ async fn a_message_too_large_is_refused_with_its_size_and_the_connection_goes_on
         "{refused:?}"
     );
     alice.retrieve().await.unwrap();
-    expect_event(&mut events, "a RESPONSE", |e| {
-        matches!(
-            e,
-            PeerEvent::Objects {
-                source: ObjectsSource::Response,
-                ..
-            }
-        )
-    })
-    .await;
+    next_response(&mut events).await;
 }

@@ -65,13 +65,16 @@ impl Override {
     ///
     /// # Errors
     /// [`ConfigError::Setting`] when the value has no TOML form (a path that is not UTF-8).
+    ///
+    /// # Panics
+    /// When `key` has no `.`: flags name their key in the source.
     pub fn flag(
         flag: &'static str,
         key: &'static str,
         value: &impl Serialize,
     ) -> Result<Self, ConfigError> {
         let origin = Origin::Flag(flag);
-        let (section, key) = key.split_once('.').unwrap_or(("", key));
+        let (section, key) = key.split_once('.').expect("a flag's key is section.key");
         let value = toml::Value::try_from(value).map_err(|e| ConfigError::Setting {
             origin: origin.clone(),
             key: format!("{section}.{key}"),
@@ -181,17 +184,15 @@ impl ConfigFile {
     }
 
     fn syntax(&self, e: &toml::de::Error) -> ConfigError {
-        let start = e.span().map_or(0, |s| s.start);
+        let before = e
+            .span()
+            .and_then(|s| self.text.get(..s.start))
+            .unwrap_or("");
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         ConfigError::Syntax {
             path: self.path.clone(),
-            line: line_at(&self.text, start),
-            column: self.text[..start]
-                .rsplit('\n')
-                .next()
-                .unwrap_or("")
-                .chars()
-                .count()
-                + 1,
+            line: line_at(&self.text, before.len()),
+            column: before[line_start..].chars().count() + 1,
             message: e.message().trim_end().replace('\n', "; "),
         }
     }

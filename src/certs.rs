@@ -6,6 +6,9 @@
 //! and `::1`. A peer certificate carries `CN=NAME` and, with a mesh, `OU=MESH` (DESIGN 2.5),
 //! and is valid for TLS client authentication only.
 //!
+//! [`list_peer_certs`] reads the issued peer certificates back (name, PeerName, mesh,
+//! expiry), so a user can find a PeerName again.
+//!
 //! [`CertAuthority`] also works in memory, so tests and the bench harness can issue many
 //! certificates without touching disk.
 
@@ -45,7 +48,15 @@ pub enum CertError {
     /// A name that cannot be a file name.
     #[error("invalid peer name {0:?}: use letters, digits, '.', '_' and '-' (at most 64)")]
     BadName(String),
-    /// A certificate issued here does not parse back.
+    /// No certificate of that name in the data directory.
+    #[error("no peer certificate named {name:?}: {path} does not exist (`p2ppi-hub certs list` shows the issued ones)", path = path.display())]
+    NoSuchPeer {
+        /// The name asked for.
+        name: String,
+        /// Where its certificate would be.
+        path: PathBuf,
+    },
+    /// A certificate that does not parse.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -296,15 +307,7 @@ pub fn issue(
     options: &PeerCertOptions,
     force: bool,
 ) -> Result<IssuedCert, CertError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !name.starts_with('.');
-    if !valid {
-        return Err(CertError::BadName(name.to_owned()));
-    }
+    check_name(name)?;
     let dir = DataDir(data_dir.to_owned());
     let ca = CertAuthority::load(data_dir)?;
     let (cert_path, key_path) = (dir.peer_cert(name), dir.peer_key(name));
@@ -316,6 +319,99 @@ pub fn issue(
     write_secret(&key_path, &issued.key_pem)?;
     write_public(&cert_path, &issued.cert_pem)?;
     Ok(issued)
+}
+
+/// A peer name is a file name: letters, digits, `.`, `_`, `-`, not starting with a dot.
+fn check_name(name: &str) -> Result<(), CertError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with('.');
+    if valid {
+        Ok(())
+    } else {
+        Err(CertError::BadName(name.to_owned()))
+    }
+}
+
+/// A peer certificate issued in a data directory, as `certs list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertInfo {
+    /// Its name: the file name without `.pem` (`certs issue NAME`).
+    pub name: String,
+    /// The PeerName (SHA-1 of its public key).
+    pub peer_name: PeerName,
+    /// Its mesh: the subject OU, or `default`.
+    pub mesh: String,
+    /// The subject CN.
+    pub common_name: Option<String>,
+    /// The end of its validity.
+    pub not_after: OffsetDateTime,
+}
+
+impl PeerCertInfo {
+    /// Reads one PEM certificate file.
+    fn read(name: &str, path: &Path) -> Result<Self, CertError> {
+        let der = crate::tls::load_certs(path)?.swap_remove(0);
+        let identity = CertIdentity::from_der(&der)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| crate::tls::TlsError::BadCertificate(e.to_string()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            mesh: identity.mesh().to_owned(),
+            peer_name: identity.peer_name,
+            common_name: identity.common_name,
+            not_after: cert.validity().not_after.to_datetime(),
+        })
+    }
+}
+
+/// The peer certificate `peers/NAME.pem` of a data directory.
+///
+/// # Errors
+/// [`CertError::BadName`], [`CertError::NoSuchPeer`], or [`CertError::Tls`] when the file
+/// does not parse.
+pub fn peer_cert(data_dir: &Path, name: &str) -> Result<PeerCertInfo, CertError> {
+    check_name(name)?;
+    let path = DataDir(data_dir.to_owned()).peer_cert(name);
+    if !path.exists() {
+        return Err(CertError::NoSuchPeer {
+            name: name.to_owned(),
+            path,
+        });
+    }
+    PeerCertInfo::read(name, &path)
+}
+
+/// Every peer certificate of a data directory (`peers/*.pem`), by name. A file that does
+/// not parse is returned as its error in its place, so one bad file hides no other; a
+/// directory without `peers/` has none.
+///
+/// # Errors
+/// [`CertError::Io`] when `peers/` exists but cannot be read.
+pub fn list_peer_certs(data_dir: &Path) -> Result<Vec<Result<PeerCertInfo, CertError>>, CertError> {
+    let peers = data_dir.join("peers");
+    let entries = match fs::read_dir(&peers) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&peers)(e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_err(&peers))?.path();
+        let name = match (path.extension(), path.file_stem()) {
+            (Some(ext), Some(stem)) if ext == "pem" => stem.to_string_lossy().into_owned(),
+            _ => continue,
+        };
+        found.push((name, path));
+    }
+    found.sort();
+    Ok(found
+        .into_iter()
+        .map(|(name, path)| PeerCertInfo::read(&name, &path))
+        .collect())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
@@ -402,6 +498,50 @@ mod tests {
         assert_eq!(issued.peer_name.as_str().len(), 40);
         let id = issued.identity().unwrap().cert_identity().unwrap();
         assert_eq!(id.mesh(), crate::tls::DEFAULT_MESH);
+    }
+
+    #[test]
+    fn issued_certificates_are_listed_by_name_with_peer_name_mesh_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(list_peer_certs(dir.path()).unwrap().is_empty());
+        init(dir.path(), &[]).unwrap();
+        let blue = PeerCertOptions {
+            mesh: Some("blue".into()),
+            valid_for: Duration::days(30),
+            ..Default::default()
+        };
+        let bob = issue(dir.path(), "bob", &blue, false).unwrap();
+        let alice = issue(dir.path(), "alice", &PeerCertOptions::default(), false).unwrap();
+        fs::write(dir.path().join("peers/broken.pem"), "not a certificate").unwrap();
+        let listed = list_peer_certs(dir.path()).unwrap();
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        let a = listed[0].as_ref().unwrap();
+        assert_eq!(
+            (a.name.as_str(), &a.peer_name, a.mesh.as_str()),
+            ("alice", &alice.peer_name, "default")
+        );
+        let b = listed[1].as_ref().unwrap();
+        assert!(
+            matches!(&listed[2], Err(CertError::Tls(_))),
+            "broken.pem: {:?}",
+            listed[2]
+        );
+        assert_eq!((&b.peer_name, b.mesh.as_str()), (&bob.peer_name, "blue"));
+        assert_eq!(b.common_name.as_deref(), Some("bob"));
+        let left = b.not_after - OffsetDateTime::now_utc();
+        assert!(
+            left > Duration::days(29) && left < Duration::days(30),
+            "{left}"
+        );
+        assert_eq!(peer_cert(dir.path(), "bob").unwrap(), *b);
+        assert!(matches!(
+            peer_cert(dir.path(), "carol"),
+            Err(CertError::NoSuchPeer { .. })
+        ));
+        assert!(matches!(
+            peer_cert(dir.path(), "../ca"),
+            Err(CertError::BadName(_))
+        ));
     }
 
     #[test]

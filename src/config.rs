@@ -3,8 +3,10 @@
 //!
 //! Precedence, lowest first: the defaults below, the TOML file (`--config`), environment
 //! variables `P2PPI_<SECTION>__<KEY>` (for example `P2PPI_LIMITS__MAX_SESSIONS=5000`), then
-//! command-line flags. Unknown keys are rejected with their name (`deny_unknown_fields`).
-//! Durations are written the human way: `"10s"`, `"5m"`, `"250ms"`.
+//! command-line flags ([`Config::load_layers`]). Unknown keys are rejected
+//! (`deny_unknown_fields`). Every error names the key path and where the value came from:
+//! the file and line, the variable or the flag. Durations are written the human way:
+//! `"10s"`, `"5m"`, `"250ms"`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +18,10 @@ use thiserror::Error;
 
 use crate::wire::{Object, MESSAGE_SIZE_LIMIT};
 
+mod load;
+
+pub use load::{Origin, Override};
+
 /// The embedded default P2PPI listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7350";
 /// The embedded default admin/metrics listen address.
@@ -25,7 +31,7 @@ pub const DEFAULT_DATA_DIR: &str = "./p2ppi-data";
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "P2PPI_";
 
-/// Configuration errors, each naming what is wrong.
+/// Configuration errors, each naming the key and where its value came from.
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -36,22 +42,48 @@ pub enum ConfigError {
         /// The error.
         source: std::io::Error,
     },
-    /// The TOML does not parse or has unknown keys or wrong types.
-    #[error("{origin}: {message}")]
-    Parse {
-        /// The file or environment variable.
-        origin: String,
-        /// The parser's message (names the key).
+    /// The file is not TOML.
+    #[error("{} line {line}, column {column}: not valid TOML: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// An unknown key or a value of the wrong type.
+    #[error("{origin}: {key}: {message}")]
+    Setting {
+        /// The file line, variable or flag.
+        origin: Origin,
+        /// The key path, e.g. `limits.max_sessions`.
+        key: String,
+        /// The deserializer's message.
         message: String,
     },
     /// A value outside its allowed range.
-    #[error("invalid setting {key}: {reason}")]
+    #[error("{origin}: {key}: {reason}")]
     Invalid {
-        /// The key.
-        key: &'static str,
+        /// The file line, variable or flag that set the value.
+        origin: Origin,
+        /// The key path.
+        key: String,
         /// Why.
         reason: String,
     },
+}
+
+/// A value outside its allowed range, found by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{key}: {reason}")]
+pub struct InvalidSetting {
+    /// The key path, e.g. `limits.max_sessions`.
+    pub key: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// The whole configuration.
@@ -265,92 +297,14 @@ impl Default for LogSection {
 }
 
 impl Config {
-    /// Reads a TOML file, applies `P2PPI_…` environment overrides from `env`, and checks
-    /// the result.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the file, key or variable at fault.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut table = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse {
-                        origin: path.display().to_string(),
-                        message: e.message().to_owned(),
-                    })?
-            }
-            None => toml::Table::new(),
-        };
-        let origin = path.map_or("defaults".to_owned(), |p| p.display().to_string());
-        // Check the file alone first so its errors name the file.
-        Self::from_table(table.clone(), &origin)?;
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let Some((section, key)) = rest.split_once("__") else {
-                continue;
-            };
-            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-            if (section.as_str(), key.as_str()) == ("tls", "keylog") {
-                // Secrets are written only when the configuration file says so: an
-                // inherited environment must never turn the key log on.
-                return Err(ConfigError::Parse {
-                    origin: name,
-                    message: "tls.keylog can only be set in the configuration file".into(),
-                });
-            }
-            // A value is TOML if it parses as one (numbers, booleans, arrays), else a string.
-            let parsed = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(value));
-            let entry = table
-                .entry(section)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match entry {
-                toml::Value::Table(t) => {
-                    t.insert(key, parsed);
-                }
-                _ => {
-                    return Err(ConfigError::Parse {
-                        origin: name,
-                        message: "does not name a [section]".into(),
-                    })
-                }
-            }
-            Self::from_table(table.clone(), &name)?;
-        }
-        Self::from_table(table, &origin)
-    }
-
-    fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                origin: origin.to_owned(),
-                message: e.message().to_owned(),
-            })?;
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks ranges that types cannot express.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
+    /// [`InvalidSetting`] naming the key.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let invalid = |key: &str, reason: &str| {
+            Err(InvalidSetting {
+                key: key.to_owned(),
                 reason: reason.to_owned(),
             })
         };
@@ -360,29 +314,42 @@ impl Config {
                 "must be below 65520 (one P2PPI message)",
             );
         }
-        if self.limits.outbound_queue_messages == 0
-            || self.limits.outbound_queue_bytes < MESSAGE_SIZE_LIMIT
-        {
+        if self.limits.outbound_queue_bytes < MESSAGE_SIZE_LIMIT {
             return invalid(
                 "limits.outbound_queue_bytes",
-                "must hold at least one largest message (65520 bytes), and messages at least 1",
+                "must hold at least one largest message (65520 bytes)",
             );
         }
-        if self.limits.max_handshakes == 0 || self.limits.max_sessions == 0 {
-            return invalid("limits.max_sessions", "limits must be at least 1");
+        let l = &self.limits;
+        let zero = [
+            ("limits.max_sessions", l.max_sessions == 0),
+            ("limits.max_handshakes", l.max_handshakes == 0),
+            (
+                "limits.outbound_queue_messages",
+                l.outbound_queue_messages == 0,
+            ),
+            (
+                "limits.inbound_messages_per_sec",
+                l.inbound_messages_per_sec == 0,
+            ),
+            ("limits.inbound_burst", l.inbound_burst == 0),
+        ];
+        if let Some((key, _)) = zero.iter().find(|(_, zero)| *zero) {
+            return invalid(key, "must be at least 1");
         }
-        if self.limits.handshake_timeout.is_zero() || self.limits.write_timeout.is_zero() {
-            return invalid("limits.write_timeout", "timeouts must be above zero");
-        }
-        if self.limits.inbound_messages_per_sec == 0 || self.limits.inbound_burst == 0 {
-            return invalid("limits.inbound_messages_per_sec", "must be at least 1");
+        let no_time = [
+            ("limits.handshake_timeout", l.handshake_timeout.is_zero()),
+            ("limits.write_timeout", l.write_timeout.is_zero()),
+        ];
+        if let Some((key, _)) = no_time.iter().find(|(_, zero)| *zero) {
+            return invalid(key, "must be above zero");
         }
         for peer in self.meshes.keys() {
             if crate::tls::PeerName::parse(peer).is_none() {
-                return Err(ConfigError::Invalid {
-                    key: "meshes",
-                    reason: format!("{peer:?} is not a 40-hex-digit PeerName"),
-                });
+                return invalid(
+                    &format!("meshes.{peer}"),
+                    "the key is not a 40-hex-digit PeerName",
+                );
             }
         }
         Ok(())
@@ -629,9 +596,105 @@ mod tests {
     fn ranges_are_checked() {
         let mut c = Config::default();
         c.relay.max_view_bytes = 70_000;
-        assert!(c.validate().is_err());
+        assert_eq!(c.validate().unwrap_err().key, "relay.max_view_bytes");
+        let mut c = Config::default();
+        c.limits.max_handshakes = 0;
+        assert_eq!(c.validate().unwrap_err().key, "limits.max_handshakes");
         let mut c = Config::default();
         c.meshes.insert("not-a-peer-name".into(), "x".into());
-        assert!(c.validate().is_err());
+        assert_eq!(c.validate().unwrap_err().key, "meshes.not-a-peer-name");
+    }
+
+    fn load_file(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(Some(&path), env).map_err(|e| {
+            let text = e.to_string();
+            let (file, rest) = text.split_once("hub.toml").unwrap_or(("", &text));
+            assert!(file.is_empty() || file.ends_with('/'), "{text}");
+            rest.to_owned()
+        })
+    }
+
+    #[test]
+    fn file_errors_name_the_key_path_and_the_line() {
+        let cases = [
+            (
+                "# limits\n[limits]\nmax_sessions = \"x\"\n",
+                " line 3: limits.max_sessions: invalid type: string \"x\", expected usize",
+            ),
+            (
+                "[limits]\n\nwrite_timeout = \"3 parsecs\"\n",
+                " line 3: limits.write_timeout: invalid value: string \"3 parsecs\", expected a duration",
+            ),
+            (
+                "[[objects]]\nname = \"a\"\nvalue = \"b\"\n[[objects]]\nname = \"a\"\nvalue = 3\n",
+                " line 6: objects[1].value: invalid type: integer `3`, expected a string",
+            ),
+            (
+                "[hub]\nworkers = 2\n[relay]\nmax_view_bytes = 70000\n",
+                " line 4: relay.max_view_bytes: must be below 65520 (one P2PPI message)",
+            ),
+            (
+                "[meshes]\nabc = \"blue\"\n",
+                " line 2: meshes.abc: the key is not a 40-hex-digit PeerName",
+            ),
+            (
+                "[limits]\nmax_sessions = \n",
+                " line 2, column 16: not valid TOML: string values must be quoted, expected literal string",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(load_file(text, &[]).unwrap_err(), expected, "{text}");
+        }
+        let unknown = load_file("[limits]\n\nmax_sesions = 3\n", &[]).unwrap_err();
+        assert!(
+            unknown.starts_with(" line 3: limits.max_sesions: unknown field `max_sesions`"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable_and_the_key_path() {
+        let err = |name: &str, value: &str| {
+            Config::load(None, [(name.to_owned(), value.to_owned())])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("P2PPI_LIMITS__MAX_SESSIONS", "x"),
+            "environment variable P2PPI_LIMITS__MAX_SESSIONS: limits.max_sessions: invalid type: string \"x\", expected usize"
+        );
+        assert_eq!(
+            err("P2PPI_LIMITS__WRITE_TIMEOUT", "0s"),
+            "environment variable P2PPI_LIMITS__WRITE_TIMEOUT: limits.write_timeout: must be above zero"
+        );
+        // A range error is blamed on the last layer that set the key: here the variable,
+        // although the file also sets it.
+        let file = "[relay]\nmax_view_bytes = 1000\n";
+        assert_eq!(
+            load_file(file, &[("P2PPI_RELAY__MAX_VIEW_BYTES", "70000")]).unwrap_err(),
+            "environment variable P2PPI_RELAY__MAX_VIEW_BYTES: relay.max_view_bytes: must be below 65520 (one P2PPI message)",
+        );
+        // ... and a variable may repair a value the file has out of range.
+        let file = "[relay]\nmax_view_bytes = 70000\n";
+        let c = load_file(file, &[("P2PPI_RELAY__MAX_VIEW_BYTES", "1000")]).unwrap();
+        assert_eq!(c.relay.max_view_bytes, 1000);
+    }
+
+    #[test]
+    fn flags_override_the_environment_and_name_themselves() {
+        let env = Override::from_env([("P2PPI_HUB__LISTEN".to_owned(), "127.0.0.1:1".to_owned())]);
+        let listen: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let flag = Override::flag("--listen", "hub.listen", &listen).unwrap();
+        let c = Config::load_layers(None, env.into_iter().chain([flag])).unwrap();
+        assert_eq!(c.hub.listen, listen);
+        let bad = Override::flag("--listen", "hub.listen", &"nowhere").unwrap();
+        assert_eq!(
+            Config::load_layers(None, [bad]).unwrap_err().to_string(),
+            "flag --listen: hub.listen: invalid socket address syntax"
+        );
     }
 }

@@ -30,7 +30,7 @@ use crate::certs::DataDir;
 use crate::route;
 use crate::session::{LocalNode, ObjectsSource, Received, Report, StateError};
 use crate::tls::{self, Identity, PeerName, TlsError};
-use crate::wire::{FrameError, Message, Object, P2ppiCodec};
+use crate::wire::{EncodeError, FrameError, Message, Object, P2ppiCodec};
 use crate::xml::{AppInvite, Invitation, InvitationAck, APPINVITE};
 use uuid::Uuid;
 
@@ -70,12 +70,35 @@ pub enum PeerError {
     /// The spec's "report an error" for a higher-layer request.
     #[error(transparent)]
     State(#[from] StateError),
-    /// A message could not be encoded (too large).
-    #[error("message not sent: {0}")]
-    Encode(String),
+    /// A message too large for one P2PPI message (spec 2.2.1): not sent, and the
+    /// connection goes on.
+    #[error(
+        "message not sent: it would be {len} bytes, above the {max}-byte limit of one message"
+    )]
+    TooLarge {
+        /// Encoded size the message would have.
+        len: usize,
+        /// The largest message allowed.
+        max: usize,
+    },
+    /// Writing to the hub failed: the connection is lost.
+    #[error("writing to the hub failed: {0}")]
+    Io(#[source] std::io::Error),
     /// The connection is closed.
     #[error("the connection to the hub is closed")]
     Closed,
+}
+
+impl From<EncodeError> for PeerError {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::TooLarge { len, limit } => Self::TooLarge {
+                len,
+                max: limit - 1,
+            },
+            EncodeError::Io(e) => Self::Io(e),
+        }
+    }
 }
 
 /// Where and as whom to connect.
@@ -363,6 +386,8 @@ impl Peer {
     /// Publishes an object (spec 3.1.4.2.1).
     ///
     /// # Errors
+    /// [`PeerError::State`] ([`StateError::TooLarge`]) when the objects list would no
+    /// longer fit one message: nothing changed and the connection goes on;
     /// [`PeerError::Closed`] when the connection ended.
     pub async fn publish(&self, object: Object) -> Result<(), PeerError> {
         self.call(Command::Publish(object)).await
@@ -371,7 +396,8 @@ impl Peer {
     /// Updates an object (spec 3.1.4.2.3).
     ///
     /// # Errors
-    /// [`PeerError::State`] when no object has the name.
+    /// [`PeerError::State`] when no object has the name, or when the objects list would
+    /// no longer fit one message (nothing changed then).
     pub async fn update(&self, object: Object) -> Result<(), PeerError> {
         self.call(Command::Update(object)).await
     }
@@ -388,7 +414,9 @@ impl Peer {
     /// Sets an object: update if the name exists, else publish (DESIGN 3.1).
     ///
     /// # Errors
-    /// [`PeerError::Closed`] when the connection ended.
+    /// [`PeerError::State`] ([`StateError::TooLarge`]) when the objects list would no
+    /// longer fit one message: nothing changed; [`PeerError::Closed`] when the connection
+    /// ended.
     pub async fn set(&self, object: Object) -> Result<(), PeerError> {
         self.call(Command::Set(object)).await
     }
@@ -420,7 +448,7 @@ impl Peer {
     /// Sends an application-defined message (spec 3.1.4.6).
     ///
     /// # Errors
-    /// [`PeerError::Encode`] when it does not fit one message.
+    /// [`PeerError::TooLarge`] when it does not fit one message.
     pub async fn send_message(&self, mime_type: &str, value: &str) -> Result<(), PeerError> {
         self.call(Command::Send(mime_type.into(), value.into()))
             .await
@@ -430,7 +458,7 @@ impl Peer {
     /// hub forwards within the mesh.
     ///
     /// # Errors
-    /// [`PeerError::Encode`] when it does not fit one message.
+    /// [`PeerError::TooLarge`] when it does not fit one message.
     pub async fn send_to(
         &self,
         to: &PeerName,
@@ -505,10 +533,10 @@ fn classify(mime_type: String, value: String) -> PeerEvent {
 /// Applies a command to the node: the message to send, if any.
 fn apply(node: &mut LocalNode, command: Command) -> Result<Option<Message>, PeerError> {
     Ok(match command {
-        Command::Publish(object) => node.publish(object),
+        Command::Publish(object) => node.publish(object)?,
         Command::Update(object) => node.update(object)?,
         Command::Delete(name, value) => node.delete(&name, value.as_deref())?,
-        Command::Set(object) => node.set(object),
+        Command::Set(object) => node.set(object)?,
         Command::Subscribe => Some(node.machine.subscribe()),
         Command::Unsubscribe => Some(node.machine.unsubscribe()?),
         Command::Retrieve => Some(node.machine.retrieve()),
@@ -539,10 +567,7 @@ async fn run<S>(
                     return;
                 }
                 let result = match apply(&mut node, command) {
-                    Ok(Some(message)) => framed
-                        .send(&message)
-                        .await
-                        .map_err(|e| PeerError::Encode(e.to_string())),
+                    Ok(Some(message)) => framed.send(&message).await.map_err(PeerError::from),
                     Ok(None) => Ok(()),
                     Err(e) => Err(e),
                 };

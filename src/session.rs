@@ -16,7 +16,7 @@
 //!
 //! let mut node = LocalNode::new();
 //! // Spec 4.4: publishing without a subscriber sends nothing.
-//! assert_eq!(node.publish(Object::new("1d6ccc02-3ec4-453b-b986-470b610cb958", "available")), None);
+//! assert_eq!(node.publish(Object::new("1d6ccc02-3ec4-453b-b986-470b610cb958", "available")), Ok(None));
 //! // Spec 4.5: a SUBSCRIBE is answered with the complete list.
 //! let subscribe = Inbound::Message(Frame { id: 1, message: Message::Subscribe });
 //! let (reply, _) = node.on_receive(subscribe);
@@ -26,7 +26,9 @@
 use thiserror::Error;
 
 use crate::objects::{Change, ObjectError, PublishedObjects};
-use crate::wire::{DropReason, Frame, Inbound, Message, MessageType, Object};
+use crate::wire::{
+    list_message_len, DropReason, Frame, Inbound, Message, MessageType, Object, MESSAGE_SIZE_LIMIT,
+};
 
 /// Where a reported objects list came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +115,15 @@ pub enum StateError {
     /// An operation on the published objects list failed (3.1.4.2).
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// The change would make the list too large for one NOTIFY or RESPONSE (spec 2.2.1);
+    /// it was not applied.
+    #[error("the change would make the objects list {len} bytes, above the {max}-byte limit of one message")]
+    TooLarge {
+        /// Encoded size the list's message would have.
+        len: usize,
+        /// The largest message allowed.
+        max: usize,
+    },
 }
 
 /// The three flags of spec 3.1.1 for one connection.
@@ -289,18 +300,20 @@ impl LocalNode {
     }
 
     /// Publishes (spec 3.1.4.2.1); returns the NOTIFY to send, if any.
-    pub fn publish(&mut self, object: Object) -> Option<Message> {
-        let change = self.objects.publish(object);
-        self.notify_for(&change)
+    ///
+    /// # Errors
+    /// [`StateError::TooLarge`] when the list would no longer fit one message.
+    pub fn publish(&mut self, object: Object) -> Result<Option<Message>, StateError> {
+        self.change(|list| Ok(list.publish(object)))
     }
 
     /// Updates (spec 3.1.4.2.3).
     ///
     /// # Errors
-    /// [`StateError::Object`] when no object has the name.
+    /// [`StateError::Object`] when no object has the name; [`StateError::TooLarge`] when
+    /// the list would no longer fit one message.
     pub fn update(&mut self, object: Object) -> Result<Option<Message>, StateError> {
-        let change = self.objects.update(object)?;
-        Ok(self.notify_for(&change))
+        self.change(|list| list.update(object))
     }
 
     /// Deletes (spec 3.1.4.2.2).
@@ -312,14 +325,35 @@ impl LocalNode {
         name: &str,
         value: Option<&str>,
     ) -> Result<Option<Message>, StateError> {
-        let change = self.objects.delete(name, value)?;
-        Ok(self.notify_for(&change))
+        self.change(|list| list.delete(name, value))
     }
 
     /// Sets (DESIGN 3.1): update if the name exists, else publish.
-    pub fn set(&mut self, object: Object) -> Option<Message> {
-        let change = self.objects.set(object);
-        self.notify_for(&change)
+    ///
+    /// # Errors
+    /// [`StateError::TooLarge`] when the list would no longer fit one message.
+    pub fn set(&mut self, object: Object) -> Result<Option<Message>, StateError> {
+        self.change(|list| Ok(list.set(object)))
+    }
+
+    /// Applies `op` to a copy of the list and keeps the result only if its NOTIFY or
+    /// RESPONSE still fits one message: a change that does not fit is refused whole, so
+    /// every complete list this node is asked for can be sent.
+    fn change(
+        &mut self,
+        op: impl FnOnce(&mut PublishedObjects) -> Result<Change, ObjectError>,
+    ) -> Result<Option<Message>, StateError> {
+        let mut next = self.objects.clone();
+        let change = op(&mut next)?;
+        let len = list_message_len(next.as_slice());
+        if len >= MESSAGE_SIZE_LIMIT {
+            return Err(StateError::TooLarge {
+                len,
+                max: MESSAGE_SIZE_LIMIT - 1,
+            });
+        }
+        self.objects = next;
+        Ok(self.notify_for(&change))
     }
 
     fn notify_for(&self, change: &Change) -> Option<Message> {
@@ -345,7 +379,7 @@ mod tests {
     fn subscribed_node(objects: &[(&str, &str)]) -> LocalNode {
         let mut node = LocalNode::new();
         for (n, v) in objects {
-            assert_eq!(node.publish(o(n, v)), None);
+            assert_eq!(node.publish(o(n, v)), Ok(None));
         }
         let (reply, _) = node.on_receive(msg(Message::Subscribe));
         assert!(reply.is_some());
@@ -364,15 +398,19 @@ mod tests {
     #[test]
     fn spec_3_1_4_2_1_publish_notifies_the_new_object_only_when_subscribed() {
         let mut node = LocalNode::new();
-        assert_eq!(node.publish(o("a", "1")), None, "not subscribed: no NOTIFY");
+        assert_eq!(
+            node.publish(o("a", "1")),
+            Ok(None),
+            "not subscribed: no NOTIFY"
+        );
         let mut node = subscribed_node(&[("a", "1")]);
         assert_eq!(
             node.publish(o("b", "2")),
-            Some(Message::Notify(vec![o("b", "2")]))
+            Ok(Some(Message::Notify(vec![o("b", "2")])))
         );
         assert_eq!(
             node.publish(o("b", "2")),
-            None,
+            Ok(None),
             "already present: no NOTIFY"
         );
     }
@@ -386,7 +424,7 @@ mod tests {
         );
         assert!(matches!(node.delete("a", None), Err(StateError::Object(_))));
         let mut unsubscribed = LocalNode::new();
-        unsubscribed.publish(o("a", "1"));
+        unsubscribed.publish(o("a", "1")).unwrap();
         assert_eq!(unsubscribed.delete("a", None), Ok(None));
     }
 
@@ -402,8 +440,38 @@ mod tests {
             Err(StateError::Object(_))
         ));
         let mut unsubscribed = LocalNode::new();
-        unsubscribed.publish(o("a", "1"));
+        unsubscribed.publish(o("a", "1")).unwrap();
         assert_eq!(unsubscribed.update(o("a", "2")), Ok(None));
+    }
+
+    #[test]
+    fn a_change_that_would_not_fit_one_message_is_refused_and_changes_nothing() {
+        let mut node = subscribed_node(&[]);
+        let big = |c: char| c.to_string().repeat(30_000);
+        assert!(node.publish(o("a", &big('a'))).unwrap().is_some());
+        assert!(node.publish(o("b", &big('b'))).unwrap().is_some());
+        let before = node.objects.clone();
+        for refused in [
+            node.publish(o("c", &big('c'))),
+            node.set(o("c", &big('c'))),
+            node.update(o("a", &big('x').repeat(2))),
+        ] {
+            assert!(
+                matches!(refused, Err(StateError::TooLarge { len, max }) if len > max && max == 0xFFEF),
+                "{refused:?}"
+            );
+            assert_eq!(node.objects, before, "nothing changed");
+        }
+        // Every list the node may be asked for still encodes.
+        let (reply, _) = node.on_receive(msg(Message::Request));
+        assert!(reply.unwrap().to_bytes(1).is_ok());
+        assert_eq!(
+            node.update(o("a", "small")),
+            Ok(Some(Message::Notify(vec![
+                o("a", "small"),
+                o("b", &big('b'))
+            ])))
+        );
     }
 
     #[test]
@@ -471,7 +539,7 @@ mod tests {
     #[test]
     fn spec_3_1_5_3_request_is_answered_with_the_complete_list() {
         let mut node = LocalNode::new();
-        node.publish(o("a", "1"));
+        node.publish(o("a", "1")).unwrap();
         let (reply, _) = node.on_receive(msg(Message::Request));
         assert_eq!(reply, Some(Message::Response(vec![o("a", "1")])));
         assert!(
@@ -490,7 +558,7 @@ mod tests {
         assert!(!node.machine.neighbor_subscribed());
         assert_eq!(
             node.publish(o("a", "1")),
-            None,
+            Ok(None),
             "no NOTIFY after UNSUBSCRIBE"
         );
     }

@@ -38,6 +38,73 @@ fn certs_init_and_issue_write_files_and_print_the_peer_name_last() {
 }
 
 #[test]
+fn certs_list_shows_name_peer_name_mesh_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let empty = run(&["certs", "list", "--data-dir", d], dir.path());
+    assert!(empty.status.success());
+    assert_eq!(stdout(&empty), "");
+    assert!(stderr(&empty).contains("no peer certificates"));
+    assert!(run(&["certs", "init", "--data-dir", d], dir.path())
+        .status
+        .success());
+    let issue = |args: &[&str]| {
+        let out = run(
+            &[&["certs", "issue", "--data-dir", d], args].concat(),
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().last().unwrap().to_owned()
+    };
+    let bob = issue(&["bob", "--mesh", "blue", "--days", "30"]);
+    let alice = issue(&["alice"]);
+
+    let list = run(&["certs", "list", "--data-dir", d], dir.path());
+    assert!(list.status.success(), "{}", stderr(&list));
+    let out = stdout(&list);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[0], ["NAME", "PEER", "NAME", "MESH", "EXPIRES"]);
+    let in_days = |days: i64| (time::OffsetDateTime::now_utc() + time::Duration::days(days)).date();
+    // Issued an hour back-dated: the expiry is today + days, or the day before near midnight.
+    let expires = |row: &[&str], days: i64| {
+        [in_days(days), in_days(days) - time::Duration::days(1)]
+            .iter()
+            .any(|d| d.to_string() == row[3])
+    };
+    assert_eq!(&rows[1][..3], ["alice", alice.as_str(), "default"]);
+    assert!(expires(&rows[1], 365), "{out}");
+    assert_eq!(&rows[2][..3], ["bob", bob.as_str(), "blue"]);
+    assert!(expires(&rows[2], 30), "{out}");
+
+    let json = run(&["certs", "list", "--json", "--data-dir", d], dir.path());
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(listed[1]["name"], "bob");
+    assert_eq!(listed[1]["peer_name"], bob.as_str());
+    assert_eq!(listed[1]["mesh"], "blue");
+    assert_eq!(listed[1]["expired"], false);
+    let not_after = listed[1]["not_after"].as_str().unwrap();
+    assert!(
+        not_after.ends_with('Z') && not_after.len() == 20,
+        "{not_after}"
+    );
+
+    // A broken file is named on stderr and fails the command; the others are still listed.
+    std::fs::write(dir.path().join("peers/junk.pem"), "junk").unwrap();
+    let broken = run(&["certs", "list", "--data-dir", d], dir.path());
+    assert_eq!(broken.status.code(), Some(1));
+    assert_eq!(stdout(&broken).lines().count(), 3);
+    assert!(
+        stderr(&broken).contains("peers/junk.pem"),
+        "{}",
+        stderr(&broken)
+    );
+}
+
+#[test]
 fn serve_with_config_then_get_watch_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
@@ -194,6 +261,49 @@ fn print_default_config_passes_check_config() {
 }
 
 #[test]
+fn config_errors_name_the_key_path_and_the_line_or_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hub.toml");
+    let f = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        "# a hub\n[hub]\nworkers = 2\n\n[limits]\nmax_sessions = \"lots\"\n",
+    )
+    .unwrap();
+    let bad = run(&["check-config", f], dir.path());
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(
+        stderr(&bad).trim_end(),
+        format!("p2ppi-hub: {f} line 6: limits.max_sessions: invalid type: string \"lots\", expected usize")
+    );
+
+    std::fs::write(&file, "[relay]\nmax_view_bytes = 70000\n").unwrap();
+    let bad = run(&["check-config", f], dir.path());
+    assert_eq!(
+        stderr(&bad).trim_end(),
+        format!(
+            "p2ppi-hub: {f} line 2: relay.max_view_bytes: must be below 65520 (one P2PPI message)"
+        )
+    );
+
+    std::fs::write(&file, "[limits]\nmax_sessions = 5\n").unwrap();
+    let env = [("P2PPI_LIMITS__WRITE_TIMEOUT", "soon")];
+    let bad = run_with_env(&["check-config", f], dir.path(), &env);
+    assert_eq!(
+        stderr(&bad).trim_end(),
+        "p2ppi-hub: environment variable P2PPI_LIMITS__WRITE_TIMEOUT: limits.write_timeout: invalid value: string \"soon\", expected a duration"
+    );
+    // serve reports the same, before binding anything.
+    let bad = run_with_env(&["serve", "--config", f], dir.path(), &env);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("P2PPI_LIMITS__WRITE_TIMEOUT: limits.write_timeout"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
 fn peer_invites_are_accepted_declined_or_refused_by_the_hub() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
@@ -273,6 +383,21 @@ fn peer_invites_are_accepted_declined_or_refused_by_the_hub() {
 
     let declined = invite(&carol);
     assert_eq!(declined.status.code(), Some(3), "{}", stderr(&declined));
+
+    // A local certificate's name stands for its PeerName.
+    let by_name = invite("bob");
+    assert!(by_name.status.success(), "{}", stderr(&by_name));
+    let ack: serde_json::Value = serde_json::from_str(stdout(&by_name).trim()).unwrap();
+    assert_eq!(ack["from"], bob.as_str());
+    let unknown = invite("dave");
+    assert_eq!(unknown.status.code(), Some(1));
+    let err = stderr(&unknown);
+    assert!(
+        err.contains("--invite \"dave\" is neither a PeerName")
+            && err.contains("peers/dave.pem does not exist")
+            && err.contains("certs list"),
+        "{err}"
+    );
 
     let absent = invite(&"0".repeat(40));
     assert_eq!(absent.status.code(), Some(3));

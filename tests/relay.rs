@@ -37,20 +37,7 @@ async fn watcher(
 /// A RESPONSE to a fresh REQUEST: the view as the hub serves it now.
 async fn current_view(peer: &Peer, events: &mut PeerEvents) -> Vec<Object> {
     peer.retrieve().await.unwrap();
-    match expect_event(events, "a RESPONSE", |e| {
-        matches!(
-            e,
-            PeerEvent::Objects {
-                source: ObjectsSource::Response,
-                ..
-            }
-        )
-    })
-    .await
-    {
-        PeerEvent::Objects { objects, .. } => objects,
-        _ => unreachable!(),
-    }
+    next_response(events).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2ppi_hub::relay::PeerCopy;
-use p2ppi_hub::session::{LocalNode, Received};
+use p2ppi_hub::session::{LocalNode, Received, StateError};
 use p2ppi_hub::wire::{decode_message, Frame, Inbound, Message, Object};
 
 #[derive(Arbitrary, Debug)]
@@ -137,7 +137,11 @@ fuzz_target!(|events: Vec<Event>| {
             }
             Event::Publish(n, v) => {
                 let present = node.objects.contains(&n, &v);
-                let sent = node.publish(Object::new(n.clone(), v.clone()));
+                let objects = node.objects.clone();
+                let Ok(sent) = node.publish(Object::new(n.clone(), v.clone())) else {
+                    assert_eq!(node.objects, objects, "a refused change changes nothing");
+                    continue;
+                };
                 assert!(node.objects.contains(&n, &v));
                 let want = (node.machine.neighbor_subscribed() && !present)
                     .then(|| Message::Notify(vec![Object::new(n, v)]));
@@ -145,7 +149,12 @@ fuzz_target!(|events: Vec<Event>| {
             }
             Event::Update(n, v) => {
                 let had = node.objects.contains_name(&n);
+                let objects = node.objects.clone();
                 let result = node.update(Object::new(n.clone(), v.clone()));
+                if let Err(StateError::TooLarge { .. }) = result {
+                    assert_eq!(node.objects, objects, "a refused change changes nothing");
+                    continue;
+                }
                 assert_eq!(result.is_ok(), had);
                 if had {
                     assert_eq!(
@@ -169,8 +178,9 @@ fuzz_target!(|events: Vec<Event>| {
                     .any(|o| o.name == n && v.as_ref().is_none_or(|v| &o.value == v)));
             }
             Event::Set(n, v) => {
-                let _ = node.set(Object::new(n.clone(), v.clone()));
-                assert!(node.objects.contains(&n, &v));
+                if node.set(Object::new(n.clone(), v.clone())).is_ok() {
+                    assert!(node.objects.contains(&n, &v));
+                }
             }
             Event::Disconnect => {
                 node.machine.disconnected();

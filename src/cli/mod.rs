@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and the subcommands.
 
+mod certs;
 mod decode;
 mod peer;
 mod serve;
@@ -11,7 +12,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use p2ppi_hub::certs::{self, InitOutcome, PeerCertOptions};
 use p2ppi_hub::config::{self, Config, LogFormat};
 
 /// A presence hub speaking MS-P2PPI over mutually-authenticated TLS.
@@ -27,10 +27,10 @@ enum Command {
     /// Run the hub (with no arguments: development CA in ./p2ppi-data, P2PPI on
     /// 127.0.0.1:7350, admin and metrics on 127.0.0.1:9350).
     Serve(ServeArgs),
-    /// Create the development CA and hub certificate, or issue peer certificates.
+    /// Create the development CA and hub certificate, issue peer certificates, list them.
     Certs {
         #[command(subcommand)]
-        command: CertsCommand,
+        command: certs::CertsCommand,
     },
     /// Connect to a hub as a peer: keep objects set, watch, get, invite.
     Peer(peer::PeerArgs),
@@ -65,36 +65,6 @@ pub(crate) struct ServeArgs {
     log_format: Option<LogFormat>,
 }
 
-#[derive(Debug, Subcommand)]
-enum CertsCommand {
-    /// Create ca.pem, ca.key, hub.pem and hub.key (keeps an existing CA).
-    Init {
-        /// Data directory.
-        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        /// Extra DNS names or IP addresses for the hub certificate.
-        #[arg(long = "hub-name")]
-        hub_names: Vec<String>,
-    },
-    /// Issue peers/NAME.pem and peers/NAME.key; prints the PeerName last.
-    Issue {
-        /// The peer's name (file name and certificate CN).
-        name: String,
-        /// The peer's mesh (certificate OU); mesh "default" without it.
-        #[arg(long)]
-        mesh: Option<String>,
-        /// Data directory holding the CA.
-        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        /// Validity in days.
-        #[arg(long, default_value_t = 365)]
-        days: i64,
-        /// Replace an existing certificate of that name.
-        #[arg(long)]
-        force: bool,
-    },
-}
-
 /// Runs a parsed command line.
 ///
 /// # Errors
@@ -102,7 +72,7 @@ enum CertsCommand {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Certs { command } => certs_command(command),
+        Command::Certs { command } => certs::run(command),
         Command::Peer(args) => peer::run(args),
         Command::Decode(args) => decode::run(args),
         Command::CheckConfig { file } => {
@@ -123,45 +93,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::PrintDefaultConfig => {
             print!("{}", config::default_config_toml());
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-fn certs_command(command: CertsCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        CertsCommand::Init {
-            data_dir,
-            hub_names,
-        } => {
-            match certs::init(&data_dir, &hub_names)? {
-                InitOutcome::Created => println!(
-                    "created a development CA and hub certificate in {}",
-                    data_dir.display()
-                ),
-                InitOutcome::AlreadyInitialized => {
-                    println!("{} already has a CA; nothing changed", data_dir.display())
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        CertsCommand::Issue {
-            name,
-            mesh,
-            data_dir,
-            days,
-            force,
-        } => {
-            let options = PeerCertOptions {
-                mesh,
-                valid_for: time::Duration::days(days),
-                ..Default::default()
-            };
-            let issued = certs::issue(&data_dir, &name, &options, force)?;
-            let dir = certs::DataDir(data_dir);
-            println!("certificate: {}", dir.peer_cert(&name).display());
-            println!("key: {}", dir.peer_key(&name).display());
-            println!("{}", issued.peer_name);
             Ok(ExitCode::SUCCESS)
         }
     }

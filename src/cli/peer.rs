@@ -4,7 +4,7 @@
 //! every objects report as one JSON line), `--get` (retrieve once, print, exit).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::json;
 
+use p2ppi_hub::certs;
 use p2ppi_hub::config;
 use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
@@ -55,9 +56,10 @@ pub(crate) struct PeerArgs {
     /// How long --get and --invite wait for their answer, in seconds.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
-    /// Invite the peer with this PeerName; exits 0 when accepted, 3 when refused, 4 when
-    /// no answer came within --timeout.
-    #[arg(long, value_name = "PEER-NAME", requires = "app", conflicts_with_all = ["get", "watch"])]
+    /// Invite this peer: its PeerName, or the name of its certificate in the data directory
+    /// (`certs list`); exits 0 when accepted, 3 when refused, 4 when no answer came within
+    /// --timeout.
+    #[arg(long, value_name = "PEER", requires = "app", conflicts_with_all = ["get", "watch"])]
     invite: Option<String>,
     /// The application GUID of the invitation (APPID).
     #[arg(long, value_name = "GUID")]
@@ -148,8 +150,24 @@ fn print_line(value: &serde_json::Value) {
     let _ = out.flush();
 }
 
+/// The peer to invite: a PeerName, or the name of a certificate issued in the data directory.
+fn invitee(target: &str, data_dir: &Path) -> anyhow::Result<PeerName> {
+    if let Some(peer) = PeerName::parse(target) {
+        return Ok(peer);
+    }
+    let cert = certs::peer_cert(data_dir, target).with_context(|| {
+        format!("--invite {target:?} is neither a PeerName (40 hex digits) nor a local certificate")
+    })?;
+    Ok(cert.peer_name)
+}
+
 pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
     let config = peer_config(&args)?;
+    let invite = args
+        .invite
+        .as_deref()
+        .map(|target| invitee(target, &args.data_dir))
+        .transpose()?;
     let nickname = config
         .identity
         .cert_identity()
@@ -173,10 +191,7 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
             peer.retrieve().await?;
             return get_once(&peer, &mut events, timeout).await;
         }
-        if let Some(target) = &args.invite {
-            let target = PeerName::parse(target).with_context(|| {
-                format!("--invite {target:?} is not a PeerName (40 hex digits)")
-            })?;
+        if let Some(target) = &invite {
             let app = args.app.as_deref().unwrap_or_default();
             let app_id = parse_guid(app).with_context(|| format!("--app {app:?} is not a GUID"))?;
             let nickname = match &args.nickname {
@@ -184,7 +199,7 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
                 None => nickname.unwrap_or_else(|| "p2ppi-hub".into()),
             };
             let id = peer
-                .invite(&target, app_id, &args.message, &nickname)
+                .invite(target, app_id, &args.message, &nickname)
                 .await?;
             return await_ack(&peer, &mut events, id, timeout).await;
         }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use p2ppi_hub::certs::{self, InitOutcome};
-use p2ppi_hub::config::{Config, LogFormat};
+use p2ppi_hub::config::{Config, LogFormat, Override};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -19,20 +19,20 @@ use super::ServeArgs;
 
 /// Builds the effective configuration: file, environment, then flags.
 fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    let mut layers = Override::from_env(std::env::vars());
     if let Some(dir) = &args.data_dir {
-        config.hub.data_dir = dir.clone();
+        layers.push(Override::flag("--data-dir", "hub.data_dir", dir)?);
     }
-    if let Some(listen) = args.listen {
-        config.hub.listen = listen;
+    if let Some(listen) = &args.listen {
+        layers.push(Override::flag("--listen", "hub.listen", listen)?);
     }
-    if let Some(listen) = args.admin_listen {
-        config.admin.listen = listen;
+    if let Some(listen) = &args.admin_listen {
+        layers.push(Override::flag("--admin-listen", "admin.listen", listen)?);
     }
-    if let Some(format) = args.log_format {
-        config.log.format = format;
+    if let Some(format) = &args.log_format {
+        layers.push(Override::flag("--log-format", "log.format", format)?);
     }
-    config.validate()?;
+    let config = Config::load_layers(args.config.as_deref(), layers)?;
     if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
         anyhow::bail!(
             "refusing to serve the admin API on {} without admin.token: set a token (or P2PPI_ADMIN__TOKEN) or bind to loopback",

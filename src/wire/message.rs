@@ -134,14 +134,16 @@ impl Message {
 
     /// The encoded size, separation header included.
     pub fn encoded_len(&self) -> usize {
-        MIN_MESSAGE_LEN
-            + match self {
-                Self::ApplicationDefined { mime_type, value } => {
-                    FIELD_HEADER_LEN + string_field_len(mime_type) + string_field_len(value)
-                }
-                Self::Notify(objects) | Self::Response(objects) => name_value_list_len(objects),
-                Self::Subscribe | Self::Unsubscribe | Self::Request => 0,
+        match self {
+            Self::ApplicationDefined { mime_type, value } => {
+                MIN_MESSAGE_LEN
+                    + FIELD_HEADER_LEN
+                    + string_field_len(mime_type)
+                    + string_field_len(value)
             }
+            Self::Notify(objects) | Self::Response(objects) => list_message_len(objects),
+            Self::Subscribe | Self::Unsubscribe | Self::Request => MIN_MESSAGE_LEN,
+        }
     }
 
     /// Appends the encoded message, with message ID `id`, to `dst`.
@@ -249,11 +251,17 @@ where
         MessageType::Notify | MessageType::Response
     ));
     let objects = objects.into_iter();
-    let len = check_size(MIN_MESSAGE_LEN + name_value_list_len(objects.clone()))?;
+    let len = check_size(list_message_len(objects.clone()))?;
     dst.reserve(len);
     put_headers(dst, len, message_type, id);
     encode_name_value_list(objects, dst);
     Ok(())
+}
+
+/// The encoded size of a NOTIFY or RESPONSE holding `objects`, separation header included:
+/// it must stay below [`MESSAGE_SIZE_LIMIT`] to be sent.
+pub fn list_message_len<'a>(objects: impl IntoIterator<Item = &'a Object>) -> usize {
+    MIN_MESSAGE_LEN + name_value_list_len(objects)
 }
 
 /// Overwrites the message ID of an encoded message (bytes 12..16). A fan-out encodes a

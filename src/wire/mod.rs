@@ -35,7 +35,7 @@ pub use field::{
 };
 pub use inspect::{inspect, Inspected, Outcome};
 pub use message::{
-    encode_list_message, set_message_id, Frame, Message, MessageType, MAX_LENGTH,
+    encode_list_message, list_message_len, set_message_id, Frame, Message, MessageType, MAX_LENGTH,
     MESSAGE_ID_OFFSET, MESSAGE_SIZE_LIMIT, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN,
     SEPARATION_HEADER_LEN, SIGNATURE,
 };

@@ -10,9 +10,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_p2ppi-hub");
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn run(args: &[&str], cwd: &Path) -> Output {
+    run_with_env(args, cwd, &[])
+}
+
+pub fn run_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .args(args)
         .current_dir(cwd)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .output()
         .expect("run p2ppi-hub")

@@ -15,6 +15,7 @@ use p2ppi_hub::certs::{self, CertAuthority, IssuedCert, PeerCertOptions};
 use p2ppi_hub::config::Config;
 use p2ppi_hub::hub::{Hub, HubHandle};
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
+use p2ppi_hub::session::ObjectsSource;
 use p2ppi_hub::wire::{Frame, Inbound, Message, P2ppiCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -113,17 +114,26 @@ pub async fn expect_event(
 
 /// The next NOTIFY's objects (RESPONSEs and other events are skipped).
 pub async fn next_notify(events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object> {
-    match expect_event(events, "a NOTIFY", |e| {
-        matches!(
-            e,
-            PeerEvent::Objects {
-                source: p2ppi_hub::session::ObjectsSource::Notify,
-                ..
-            }
-        )
-    })
-    .await
-    {
+    next_objects(events, ObjectsSource::Notify).await
+}
+
+/// The next RESPONSE's objects (NOTIFYs and other events are skipped).
+pub async fn next_response(events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object> {
+    next_objects(events, ObjectsSource::Response).await
+}
+
+async fn next_objects(
+    events: &mut PeerEvents,
+    wanted: ObjectsSource,
+) -> Vec<p2ppi_hub::wire::Object> {
+    let what = format!("a {}", wanted.as_str().to_uppercase());
+    let event = expect_event(
+        events,
+        &what,
+        |e| matches!(e, PeerEvent::Objects { source, .. } if *source == wanted),
+    )
+    .await;
+    match event {
         PeerEvent::Objects { objects, .. } => objects,
         _ => unreachable!(),
     }

@@ -12,7 +12,9 @@
 //! piles up memory: once it is more than `admin.event_queue` events behind, the stream
 //! sends a last `dropped` event and ends (counted in
 //! `p2ppi_admin_event_streams_dropped_total{reason="lagged"}`); the page then reconnects and
-//! starts again from a snapshot. Streams end when the hub shuts down.
+//! starts again from a snapshot. Streams end when the hub shuts down. A client that went
+//! away is noticed when its stream next writes, at the latest with the next heartbeat: its
+//! slot is free again then.
 //!
 //! The token travels in the `Authorization` header like on every other route: the page
 //! reads the stream with `fetch` (EventSource cannot send headers), so the token never

@@ -225,7 +225,9 @@
     const t = Date.parse(rfc3339);
     if (Number.isNaN(t)) return rfc3339;
     const date = new Date(t);
-    return date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+    const time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' });
+    if (date.toDateString() === new Date().toDateString()) return time;
+    return date.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + time;
   }
 
   function renderHeader() {
@@ -278,7 +280,7 @@
     const name = el('td', { class: 'name' },
       el('div', { class: 'primary', text: label(row) }),
       row.nickname && row.nickname !== label(row) ? el('div', { class: 'secondary', text: row.nickname }) : null,
-      row.common_name && row.common_name !== label(row)
+      row.common_name && row.common_name !== label(row) && row.common_name !== row.nickname
         ? el('div', { class: 'secondary', text: 'CN ' + row.common_name }) : null);
     const caps = el('div', { class: 'caps' });
     for (const cap of row.capabilities) {

@@ -133,6 +133,14 @@ fn cell(peer: &str, class: &str) -> String {
     format!("return {};", cell_text(peer, class))
 }
 
+/// Types `token` into the login form and submits it.
+async fn log_in(client: &Client, token: &str) {
+    let input = client.find(Locator::Id("token-input")).await.unwrap();
+    input.send_keys(token).await.unwrap();
+    let submit = client.find(Locator::Css("#login-form button")).await;
+    submit.unwrap().click().await.unwrap();
+}
+
 struct Joined {
     peer: Peer,
     events: PeerEvents,
@@ -184,14 +192,11 @@ async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let hub = HubProcess::start(
-        dir.path(),
-        &[],
-        &[
-            ("P2PPI_ADMIN__TOKEN", TOKEN),
-            ("P2PPI_ADMIN__EVENT_HEARTBEAT", "2s"),
-        ],
-    );
+    let env = [
+        ("P2PPI_ADMIN__TOKEN", TOKEN),
+        ("P2PPI_ADMIN__EVENT_HEARTBEAT", "2s"),
+    ];
+    let hub = HubProcess::start(dir.path(), &[], &env);
     let publish = format!(
         r#"{{"name":"{}","value":"relay node eu-west-1"}}"#,
         names::RICH_PRESENCE
@@ -246,15 +251,7 @@ async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
     );
 
     // A wrong token is refused and the form stays.
-    let input = client.find(Locator::Id("token-input")).await.unwrap();
-    input.send_keys("wrong").await.unwrap();
-    client
-        .find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&client, "wrong").await;
     until(
         &client,
         "the wrong token is refused",
@@ -272,15 +269,7 @@ async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
     );
 
     // The right token: the peers and their presence.
-    let input = client.find(Locator::Id("token-input")).await.unwrap();
-    input.send_keys(TOKEN).await.unwrap();
-    client
-        .find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&client, TOKEN).await;
     for (joined, presence) in [
         (&alice, "available"),
         (&bob, "in a meeting until 3"),
@@ -473,6 +462,38 @@ async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
         .await,
         json!([TITLE, "undefined", 42])
     );
+
+    // A lost stream: the hub restarts on the same admin address. The page reconnects by
+    // itself (same document, token from the tab's storage) and resynchronises from the new
+    // hub's snapshot: the old peers are gone, the new one is there.
+    drop((alice, bob, carol, mallory));
+    hub.running.signal("-TERM");
+    let admin = hub.admin.clone();
+    let (status, stderr) = hub.running.wait();
+    assert!(
+        status.success(),
+        "the hub stops cleanly with a page attached: {stderr}"
+    );
+    until(
+        &client,
+        "the page notices the lost stream",
+        "return document.getElementById('status').textContent;",
+        |v| v != "live",
+    )
+    .await;
+    let hub = HubProcess::start_with_admin(dir.path(), &admin, &[], &env);
+    let dave = join(&hub, "dave", None, None, "back again").await;
+    until(
+        &client,
+        "the page resynchronises",
+        "return [...document.querySelectorAll('tr.peer')].map(r => r.dataset.peer);",
+        |v| *v == json!([dave.name]),
+    )
+    .await;
+    assert_eq!(
+        js(&client, &cell(&dave.name, "presence")).await,
+        "back again"
+    );
+    assert_eq!(js(&client, "return window.__sameDocument;").await, 42);
     client.close().await.unwrap();
-    drop(mallory);
 }

@@ -122,7 +122,10 @@ pub struct PeerView {
 }
 
 impl PeerView {
-    fn new(session_id: SessionId, session: SessionInfo, objects: &[Object]) -> Self {
+    fn new(session_id: SessionId, mut session: SessionInfo, objects: &[Object]) -> Self {
+        // The registry stores its count after it applied the objects; the row is built
+        // from the objects themselves, so say the same.
+        session.relayed_objects = objects.len();
         let last = |name: &str| {
             objects
                 .iter()
@@ -611,6 +614,91 @@ mod tests {
             sub.events.try_recv(),
             Err(broadcast::error::TryRecvError::Lagged(1))
         ));
+    }
+
+    fn session(events: &Events, id: SessionId, peer: &PeerName) -> Arc<SessionFlags> {
+        let flags = Arc::new(SessionFlags::new(
+            peer.clone(),
+            "blue".into(),
+            "127.0.0.1:4000".parse().unwrap(),
+            Some("bob-cn".into()),
+            SystemTime::now(),
+        ));
+        events.session_started(id, &flags);
+        flags
+    }
+
+    #[test]
+    fn a_row_takes_names_from_contact_data_and_names_known_capabilities() {
+        let events = Events::new(8, 10);
+        let peer = PeerName::parse(&"b".repeat(40)).unwrap();
+        session(&events, 7, &peer);
+        let contact = ContactData {
+            peer_name: peer.to_string(),
+            nick_name: Some("bobby".into()),
+            display_name: Some("Bob B".into()),
+            ..Default::default()
+        };
+        let relayed = |name: &str, value: &str| Object::new(format!("{peer}/{name}"), value);
+        events.objects_changed(
+            7,
+            &[
+                relayed(names::CONTACT_DATA, &contact.to_xml()),
+                relayed(names::CAPABILITY, names::ENDPOINT_ID),
+                relayed(names::CAPABILITY, "01234567-89ab-cdef-0123-456789abcdef"),
+                relayed(names::RICH_PRESENCE, "<b>hi</b>"),
+            ],
+        );
+        let peers = events.snapshot().peers;
+        let row = &peers[0];
+        assert_eq!(row.session.mesh, "blue");
+        assert_eq!(row.session.common_name.as_deref(), Some("bob-cn"));
+        assert_eq!(row.display_name.as_deref(), Some("Bob B"));
+        assert_eq!(row.nickname.as_deref(), Some("bobby"));
+        assert_eq!(row.presence.as_deref(), Some("<b>hi</b>"));
+        assert_eq!(row.capabilities[0].name, Some("ENDPOINT_ID"));
+        assert_eq!(row.capabilities[1].name, None);
+        assert_eq!(
+            row.objects[0].name,
+            names::CONTACT_DATA,
+            "the prefix is gone"
+        );
+        assert_eq!(row.objects[0].label, Some("CONTACT_DATA"));
+        assert_eq!(row.session.relayed_objects, 4);
+        assert_eq!(row.watch_list, None);
+    }
+
+    #[test]
+    fn the_end_of_a_superseded_session_leaves_the_newer_row() {
+        let events = Events::new(8, 10);
+        let peer = PeerName::parse(&"c".repeat(40)).unwrap();
+        session(&events, 1, &peer);
+        session(&events, 2, &peer);
+        let mut sub = events.subscribe();
+        events.session_ended(1, "superseded");
+        let Ok(event) = sub.events.try_recv() else {
+            panic!("an event")
+        };
+        assert!(matches!(&*event, HubEvent::SessionEnded(e) if e.session_id == 1));
+        let peers = events.snapshot().peers;
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].session_id, 2);
+    }
+
+    #[test]
+    fn flags_are_reported_only_when_they_change() {
+        use std::sync::atomic::Ordering;
+        let events = Events::new(8, 10);
+        let mut sub = events.subscribe();
+        let flags = session(&events, 3, &PeerName::parse(&"d".repeat(40)).unwrap());
+        assert_eq!(sub.events.try_recv().unwrap().name(), "session_started");
+        events.flags_changed(3);
+        assert!(sub.events.try_recv().is_err(), "nothing changed");
+        flags.neighbor_subscribed.store(true, Ordering::Relaxed);
+        events.flags_changed(3);
+        let event = sub.events.try_recv().unwrap();
+        assert_eq!(event.name(), "flags_changed");
+        assert!(event.to_json().contains(r#""neighbor_subscribed":true"#));
     }
 
     #[test]

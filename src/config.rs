@@ -110,6 +110,10 @@ pub struct TlsSection {
     pub cert: Option<PathBuf>,
     /// The hub's private key.
     pub key: Option<PathBuf>,
+    /// Debugging only: append every session's TLS secrets to this file (NSS key log format,
+    /// for Wireshark). Anyone who can read it can decrypt every captured session. Read only
+    /// from the configuration file, never from the environment.
+    pub keylog: Option<PathBuf>,
 }
 
 /// `[admin]`
@@ -306,6 +310,14 @@ impl Config {
                 continue;
             };
             let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            if (section.as_str(), key.as_str()) == ("tls", "keylog") {
+                // Secrets are written only when the configuration file says so: an
+                // inherited environment must never turn the key log on.
+                return Err(ConfigError::Parse {
+                    origin: name,
+                    message: "tls.keylog can only be set in the configuration file".into(),
+                });
+            }
             // A value is TOML if it parses as one (numbers, booleans, arrays), else a string.
             let parsed = format!("v = {value}")
                 .parse::<toml::Table>()
@@ -393,6 +405,16 @@ impl Config {
         Ok(())
     }
 
+    /// What an operator must be told about this configuration although it is valid: one
+    /// sentence each (printed by `check-config`, logged by the hub at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(path) = &self.tls.keylog {
+            warnings.push(keylog_warning(path));
+        }
+        warnings
+    }
+
     /// CA bundle path (configured, or `<data-dir>/ca.pem`).
     pub fn ca_path(&self) -> PathBuf {
         self.tls
@@ -425,6 +447,16 @@ impl Config {
     }
 }
 
+/// The warning for `tls.keylog`: the hub logs it at start, `check-config` prints it.
+pub fn keylog_warning(path: &Path) -> String {
+    format!(
+        "tls.keylog is set: the TLS secrets of every session are written to {}, which breaks \
+         the secrecy of every session (anyone who reads it decrypts captured traffic); \
+         use it only to debug, then remove it and delete the file",
+        path.display()
+    )
+}
+
 /// The default configuration as commented TOML (`p2ppi-hub print-default-config`).
 pub fn default_config_toml() -> String {
     let d = Config::default();
@@ -450,6 +482,10 @@ workers = {workers}
 # ca = "/etc/p2ppi-hub/ca.pem"
 # cert = "/etc/p2ppi-hub/hub.pem"
 # key = "/etc/p2ppi-hub/hub.key"
+# Debugging only: append every session's TLS secrets to this file (NSS key log format,
+# for Wireshark). It breaks the secrecy of every session; file only, never from the
+# environment.
+# keylog = "/tmp/p2ppi-hub.keys"
 
 [admin]
 # Admin HTTP API and /metrics. Binding beyond loopback requires a token.
@@ -588,11 +624,30 @@ mod tests {
         assert_eq!(c.limits.write_timeout, Duration::from_secs(3));
         assert_eq!(c.admin.token.as_deref(), Some("secret"));
         assert_eq!(c.objects, vec![Object::new("a", "b")]);
+        let keylog = [("P2PPI_TLS__KEYLOG".to_owned(), "/tmp/k".to_owned())];
+        let err = Config::load(Some(&path), keylog).unwrap_err().to_string();
+        assert!(
+            err.contains("P2PPI_TLS__KEYLOG") && err.contains("configuration file"),
+            "{err}"
+        );
         let bad = [("P2PPI_LIMITS__NOPE".to_owned(), "1".to_owned())];
         let err = Config::load(Some(&path), bad).unwrap_err().to_string();
         assert!(
             err.contains("P2PPI_LIMITS__NOPE") && err.contains("nope"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn keylog_is_warned_about() {
+        let mut c = Config::default();
+        assert!(c.warnings().is_empty());
+        c.tls.keylog = Some("/tmp/keys".into());
+        let warnings = c.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("/tmp/keys") && warnings[0].contains("secrecy of every session"),
+            "{warnings:?}"
         );
     }
 

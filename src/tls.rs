@@ -7,15 +7,22 @@
 //!   the bundle file is a trust anchor. Peers verify the hub's certificate the same way.
 //! - A node's [`PeerName`] is the lowercase hex SHA-1 of its certificate's DER
 //!   SubjectPublicKeyInfo (MS-PNRP 1.3.1.1's reading); its mesh is the subject's OU.
+//! - TLS secrets (NSS key log format, for Wireshark; DESIGN 6 "Wire debugging"): a peer's
+//!   client config honours `SSLKEYLOGFILE` as curl and browsers do. The hub's server config
+//!   never reads the environment: it writes secrets only to the file its configuration names
+//!   (`tls.keylog`, applied with [`with_key_log`]).
 
 use std::fmt;
+use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, KeyLog, KeyLogFile, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha1::{Digest, Sha1};
@@ -121,6 +128,14 @@ pub enum TlsError {
     /// The client verifier could not be built (for example an empty CA bundle).
     #[error("client certificate verifier: {0}")]
     Verifier(String),
+    /// The key log file could not be opened.
+    #[error("TLS key log {path}: {source}")]
+    KeyLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The crypto provider every config uses.
@@ -245,7 +260,8 @@ pub fn server_config(
 }
 
 /// A peer's client config: TLS 1.2/1.3, the hub verified against `ca`, `identity`
-/// presented as the client certificate.
+/// presented as the client certificate. When `SSLKEYLOGFILE` names a file, the session
+/// secrets are appended to it (NSS key log format), as curl and browsers do.
 ///
 /// # Errors
 /// [`TlsError`] when the CA bundle is empty or the key does not match.
@@ -257,11 +273,87 @@ pub fn client_config(
     let verifier = WebPkiServerVerifier::builder_with_provider(root_store(ca)?, provider.clone())
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)?
         .with_webpki_verifier(verifier)
         .with_client_auth_cert(identity.chain, identity.key)?;
+    // Reads SSLKEYLOGFILE; without it, logs nothing.
+    config.key_log = Arc::new(KeyLogFile::new());
     Ok(Arc::new(config))
+}
+
+/// `config` with every session's TLS secrets appended to `path` (the hub's `tls.keylog`).
+///
+/// Only the configuration names this file: unlike [`client_config`], the hub never looks at
+/// `SSLKEYLOGFILE`. The file is created owner-only (0600) and appended to.
+///
+/// # Errors
+/// [`TlsError::KeyLog`] when the file cannot be opened for appending.
+pub fn with_key_log(config: Arc<ServerConfig>, path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = Arc::unwrap_or_clone(config);
+    config.key_log = Arc::new(KeyLogTo::open(path)?);
+    Ok(Arc::new(config))
+}
+
+/// A [`KeyLog`] that appends NSS key log lines (`LABEL client-random secret`, hex) to one
+/// named file.
+#[derive(Debug)]
+pub struct KeyLogTo {
+    path: PathBuf,
+    file: Mutex<File>,
+    /// Whether the last write failed: a failing file is logged once per change of state.
+    failing: AtomicBool,
+}
+
+impl KeyLogTo {
+    /// Opens (creating owner-only, appending) the key log file.
+    ///
+    /// # Errors
+    /// [`TlsError::KeyLog`] when it cannot be opened.
+    pub fn open(path: &Path) -> Result<Self, TlsError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(path).map_err(|source| TlsError::KeyLog {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+            failing: AtomicBool::new(false),
+        })
+    }
+}
+
+impl KeyLog for KeyLogTo {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        use data_encoding::HEXLOWER;
+        let line = format!(
+            "{label} {} {}\n",
+            HEXLOWER.encode(client_random),
+            HEXLOWER.encode(secret)
+        );
+        // One write_all per line on an O_APPEND file: lines from concurrent handshakes do
+        // not interleave.
+        let result = match self.file.lock() {
+            Ok(mut file) => file.write_all(line.as_bytes()),
+            Err(_) => Err(std::io::Error::other("key log lock poisoned")),
+        };
+        match result {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %self.path.display(), "TLS key log writable again");
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot write the TLS key log");
+                }
+            }
+        }
+    }
 }
 
 /// A short label for why a TLS handshake failed (metrics `reason` label values).

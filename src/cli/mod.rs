@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and the subcommands.
 
+mod decode;
 mod peer;
 mod serve;
 
@@ -33,6 +34,9 @@ enum Command {
     },
     /// Connect to a hub as a peer: keep objects set, watch, get, invite.
     Peer(peer::PeerArgs),
+    /// Decode P2PPI bytes (raw, or hex with --hex) from FILE or stdin: one JSON line per
+    /// message, with the verdict the hub's codec gives it.
+    Decode(decode::DecodeArgs),
     /// Check a configuration file and print the effective configuration.
     CheckConfig {
         /// The TOML file.
@@ -100,13 +104,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Certs { command } => certs_command(command),
         Command::Peer(args) => peer::run(args),
+        Command::Decode(args) => decode::run(args),
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file), std::env::vars())?;
             println!(
                 "{}",
                 toml::to_string(&config).context("rendering the configuration")?
             );
-            eprintln!("{}: ok", file.display());
+            let warnings = config.warnings();
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            match warnings.len() {
+                0 => eprintln!("{}: ok", file.display()),
+                n => eprintln!("{}: ok, {n} warning(s)", file.display()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::PrintDefaultConfig => {

@@ -423,7 +423,11 @@ impl Hub {
         };
         let ca = tls::load_certs(&config.ca_path())?;
         let identity = tls::Identity::load(&config.cert_path(), &config.key_path())?;
-        let server_config = tls::server_config(&ca, identity)?;
+        let mut server_config = tls::server_config(&ca, identity)?;
+        if let Some(path) = &config.tls.keylog {
+            server_config = tls::with_key_log(server_config, path)?;
+            tracing::warn!("{}", crate::config::keylog_warning(path));
+        }
         let listen = config.hub.listen;
         let listener =
             bind(listen, config.limits.listen_backlog).map_err(|source| StartError::Bind {

@@ -24,6 +24,7 @@
 mod codec;
 mod error;
 mod field;
+mod inspect;
 mod message;
 
 pub use codec::{decode_message, whole_message_len, Inbound, MessageIds, P2ppiCodec};
@@ -32,6 +33,7 @@ pub use field::{
     name_value_list_len, object_field_len, string_field_len, Field, FieldId, MessageHeader,
     FIELD_HEADER_LEN, L_BIT, STRING_HEADER_LEN,
 };
+pub use inspect::{inspect, Inspected, Outcome};
 pub use message::{
     encode_list_message, set_message_id, Frame, Message, MessageType, MAX_LENGTH,
     MESSAGE_ID_OFFSET, MESSAGE_SIZE_LIMIT, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN,

@@ -18,6 +18,17 @@ pub fn run(args: &[&str], cwd: &Path) -> Output {
         .expect("run p2ppi-hub")
 }
 
+/// `certs init` then `certs issue NAME` for each peer, in data directory `dir`.
+pub fn certs_for(dir: &Path, peers: &[&str]) {
+    let d = dir.to_str().unwrap();
+    let init = run(&["certs", "init", "--data-dir", d], dir);
+    assert!(init.status.success(), "{}", stderr(&init));
+    for peer in peers {
+        let issue = run(&["certs", "issue", peer, "--data-dir", d], dir);
+        assert!(issue.status.success(), "{}", stderr(&issue));
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -5,6 +5,7 @@
 pub mod bin;
 pub mod external;
 pub mod hub_process;
+pub mod wireshark;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -186,7 +187,8 @@ impl Raw {
         Self::over(stream).await
     }
 
-    async fn over(stream: TlsStream<TcpStream>) -> Self {
+    /// A raw connection over an established TLS stream; reads the hub's first SUBSCRIBE.
+    pub async fn over(stream: TlsStream<TcpStream>) -> Self {
         let mut raw = Self {
             stream,
             buf: BytesMut::new(),

@@ -156,6 +156,7 @@ impl Feed {
                 Err(RecvError::Lagged(missed)) => {
                     self.ended = true;
                     metrics::count_reason(metrics::EVENT_STREAMS_DROPPED, "lagged");
+                    tracing::info!(missed, "presence page stream fell behind the hub; dropped");
                     let data = serde_json::json!({ "reason": "lagged", "missed": missed });
                     Some(frame("dropped", &data.to_string()))
                 }

@@ -445,6 +445,15 @@ impl Events {
 
     /// A session's flags may have changed; reported only when they did.
     pub fn flags_changed(&self, id: SessionId) {
+        // Called for every message a session receives: the common case (no change) takes
+        // only a shared lock.
+        let unchanged = self
+            .peers
+            .get(&id)
+            .is_none_or(|state| state.current_flags() == state.reported);
+        if unchanged {
+            return;
+        }
         let changed = match self.peers.get_mut(&id) {
             Some(mut state) => {
                 let now = state.current_flags();

@@ -497,3 +497,37 @@ async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
     assert_eq!(js(&client, "return window.__sameDocument;").await, 42);
     client.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_configured_the_page_is_live_at_once() {
+    let Some(chromium) = require("chromium", "chromium") else {
+        return;
+    };
+    let Some(chromedriver) = require("chromedriver", "chromium-driver") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let erin = join(&hub, "erin", None, Some(("erin", "Erin")), "around").await;
+    let driver = Driver::start(&chromedriver).await;
+    let profile = tempfile::tempdir().unwrap();
+    let client = driver.browser(&chromium, profile.path()).await;
+    client
+        .goto(&format!("http://{}/", hub.admin))
+        .await
+        .unwrap();
+    until(&client, "erin shows", &cell(&erin.name, "presence"), |v| {
+        v == "around"
+    })
+    .await;
+    assert_eq!(
+        js(
+            &client,
+            "return [document.getElementById('login').hidden, \
+             document.getElementById('logout').hidden, document.title];"
+        )
+        .await,
+        json!([true, true, TITLE])
+    );
+    client.close().await.unwrap();
+}

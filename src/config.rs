@@ -158,6 +158,14 @@ pub struct AdminSection {
     pub token: Option<String>,
     /// Largest accepted request body, bytes.
     pub max_body_bytes: usize,
+    /// Presence page: event streams (`GET /v1/events`) open at once; more are refused (503).
+    pub max_event_streams: usize,
+    /// Presence page: events a stream may fall behind before it is dropped (its page
+    /// reconnects and starts again from a snapshot).
+    pub event_queue: usize,
+    /// Presence page: a heartbeat on every event stream this often.
+    #[serde(with = "humantime_serde")]
+    pub event_heartbeat: Duration,
 }
 
 impl Default for AdminSection {
@@ -166,6 +174,9 @@ impl Default for AdminSection {
             listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
             token: None,
             max_body_bytes: 256 * 1024,
+            max_event_streams: 32,
+            event_queue: 1024,
+            event_heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -340,9 +351,16 @@ impl Config {
         let no_time = [
             ("limits.handshake_timeout", l.handshake_timeout.is_zero()),
             ("limits.write_timeout", l.write_timeout.is_zero()),
+            (
+                "admin.event_heartbeat",
+                self.admin.event_heartbeat.is_zero(),
+            ),
         ];
         if let Some((key, _)) = no_time.iter().find(|(_, zero)| *zero) {
             return invalid(key, "must be above zero");
+        }
+        if self.admin.event_queue == 0 {
+            return invalid("admin.event_queue", "must be at least 1");
         }
         for peer in self.meshes.keys() {
             if crate::tls::PeerName::parse(peer).is_none() {
@@ -443,6 +461,12 @@ listen = "{admin_listen}"
 # token = "change-me"
 # Largest accepted request body.
 max_body_bytes = {max_body}
+# Presence page (GET /): live event streams open at once (more get 503), events one
+# stream may fall behind before it is dropped (the page reconnects from a snapshot),
+# and how often each stream gets a heartbeat.
+max_event_streams = {event_streams}
+event_queue = {event_queue}
+event_heartbeat = "{event_heartbeat}"
 
 [limits]
 # Sessions held at once; connections beyond are closed at accept and counted.
@@ -501,6 +525,9 @@ level = "{level}"
         workers = d.hub.workers,
         admin_listen = d.admin.listen,
         max_body = d.admin.max_body_bytes,
+        event_streams = d.admin.max_event_streams,
+        event_queue = d.admin.event_queue,
+        event_heartbeat = dur(d.admin.event_heartbeat),
         max_sessions = l.max_sessions,
         max_handshakes = l.max_handshakes,
         backlog = l.listen_backlog,

@@ -63,6 +63,10 @@ pub const INVITATIONS_REFUSED: &str = "p2ppi_invitations_refused_total";
 pub const HUB_MESSAGES: &str = "p2ppi_hub_messages_total";
 /// Admin API requests refused by a limit or check, by `reason`.
 pub const ADMIN_REJECTED: &str = "p2ppi_admin_rejected_total";
+/// Open event streams of the presence page (`GET /v1/events`).
+pub const EVENT_STREAMS: &str = "p2ppi_admin_event_streams";
+/// Event streams the hub ended because their reader fell behind, by `reason`.
+pub const EVENT_STREAMS_DROPPED: &str = "p2ppi_admin_event_streams_dropped_total";
 /// Build information (gauge, always 1), with `version`.
 pub const BUILD_INFO: &str = "p2ppi_build_info";
 
@@ -210,6 +214,16 @@ fn describe() {
         ADMIN_REJECTED,
         Unit::Count,
         "Admin API requests refused, by reason."
+    );
+    describe_gauge!(
+        EVENT_STREAMS,
+        Unit::Count,
+        "Open event streams of the presence page."
+    );
+    describe_counter!(
+        EVENT_STREAMS_DROPPED,
+        Unit::Count,
+        "Event streams ended because their reader fell behind, by reason."
     );
     describe_gauge!(
         BUILD_INFO,

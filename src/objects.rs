@@ -24,6 +24,21 @@ pub mod names {
     pub const ENDPOINT_ID: &str = "2c5ebc42-2557-4217-85a5-eced263d471d";
     /// USER_PICTURE: base64 of a bitmap.
     pub const USER_PICTURE: &str = "dd15f41f-fc4e-4922-b035-4c06a754d01d";
+
+    /// The spec's name of a well-known GUID (case-insensitive), for people to read.
+    pub fn label(guid: &str) -> Option<&'static str> {
+        [
+            (RICH_PRESENCE, "RICH_PRESENCE"),
+            (CAPABILITY, "CAPABILITY"),
+            (APPLICATION_DEFINED_OBJECT, "APPLICATION_DEFINED_OBJECT"),
+            (CONTACT_DATA, "CONTACT_DATA"),
+            (ENDPOINT_ID, "ENDPOINT_ID"),
+            (USER_PICTURE, "USER_PICTURE"),
+        ]
+        .into_iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(guid))
+        .map(|(_, label)| label)
+    }
 }
 
 /// What an operation on the list means for a subscribed peer.

@@ -11,6 +11,7 @@
 //! Nothing of actix leaks out: [`Hub::start`] returns once the listener is bound, and the
 //! handle's methods are plain async functions usable from any runtime.
 
+pub mod events;
 pub mod invitations;
 pub mod outbound;
 pub mod registry;
@@ -183,7 +184,8 @@ pub struct HubShared {
     config: Arc<Config>,
     index: DashMap<PeerName, SessionEntry>,
     invitations: invitations::Invitations,
-    hub_messages: std::sync::Mutex<std::collections::VecDeque<HubMessage>>,
+    hub_messages: events::Recent<HubMessage>,
+    events: events::Events,
     sessions: AtomicUsize,
     connections: AtomicUsize,
     next_session_id: AtomicU64,
@@ -196,11 +198,8 @@ impl HubShared {
     }
 
     fn record_hub_message(&self, message: HubMessage) {
-        let mut kept = self.hub_messages.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() == HUB_MESSAGES_KEPT {
-            kept.pop_front();
-        }
-        kept.push_back(message);
+        self.events.hub_message(&message);
+        self.hub_messages.push(message);
     }
 
     /// The address and mesh of a connected peer (no DashMap reference is kept).
@@ -318,12 +317,18 @@ impl HubHandle {
 
     /// The latest application messages addressed to the hub itself, oldest first.
     pub fn hub_messages(&self) -> Vec<HubMessage> {
-        let kept = self
-            .shared
-            .hub_messages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        kept.iter().cloned().collect()
+        self.shared.hub_messages.to_vec()
+    }
+
+    /// Subscribes to the hub's live events and takes a snapshot to start from (the
+    /// presence page's feed).
+    pub fn events(&self) -> events::Subscription {
+        self.shared.events.subscribe()
+    }
+
+    /// The hub's version, uptime and session count.
+    pub fn status(&self) -> events::HubStatus {
+        self.shared.events.status()
     }
 
     /// The session of a peer, if connected.
@@ -441,11 +446,13 @@ impl Hub {
             config.relay.max_invitations,
             config.relay.invitation_ttl,
         );
+        let event_queue = config.admin.event_queue;
         let shared = Arc::new(HubShared {
             config: Arc::new(config),
             index: DashMap::new(),
             invitations,
-            hub_messages: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            hub_messages: events::Recent::new(HUB_MESSAGES_KEPT),
+            events: events::Events::new(event_queue, HUB_MESSAGES_KEPT),
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             next_session_id: AtomicU64::new(1),
@@ -552,8 +559,13 @@ async fn run_system(
             })
         })
         .collect();
-    let persist: PersistHook =
-        Box::new(move |objects: &[Object]| store.save(objects).map_err(|e| e.to_string()));
+    let events = shared.clone();
+    let persist: PersistHook = Box::new(move |objects: &[Object]| {
+        store.save(objects).map_err(|e| e.to_string())?;
+        // Persisting is the last step that may refuse a change: from here it is applied.
+        events.events.hub_objects_changed(objects);
+        Ok(())
+    });
     let registry = match Registry::new(
         objects,
         shards.clone(),
@@ -568,6 +580,7 @@ async fn run_system(
         }
     };
     let base = registry.base_view();
+    shared.events.hub_objects_changed(&base.objects);
     for shard in &shards {
         shard.do_send(Fanout {
             base: Some(base.clone()),
@@ -602,6 +615,7 @@ async fn run_system(
 
     let grace = stop.await.unwrap_or(Duration::ZERO);
     shared.accepting.store(false, Ordering::Release);
+    shared.events.close();
     accept.abort();
     sweeper.abort();
     for shard in &shards {

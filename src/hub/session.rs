@@ -259,6 +259,7 @@ impl Session {
             }
         }
         self.flags.store(&self.machine);
+        self.shared.events.flags_changed(self.id);
     }
 
     /// Acts on a change of the hub's copy of the peer's objects.
@@ -286,6 +287,7 @@ impl Session {
         }
         self.rejected = now_rejected;
         self.relayed = accepted;
+        self.shared.events.objects_changed(self.id, &self.relayed);
         self.relay_dirty = true;
         self.send_relay(ctx);
     }
@@ -326,6 +328,7 @@ impl Session {
             if let Some(inviter) = self.shared.invitations.take(&ack.invitation_id, &self.peer) {
                 if self.forward(&inviter, &mime_type, value).is_ok() {
                     metrics::counter_inc(metrics::MESSAGES_ROUTED);
+                    self.shared.events.answered(&self.peer, &inviter, ack);
                 }
                 return;
             }
@@ -381,6 +384,8 @@ impl Session {
         match self.deliver(&addr, &mime_type, value) {
             Ok(()) => {
                 metrics::counter_inc(metrics::MESSAGES_ROUTED);
+                let events = &self.shared.events;
+                events.routed(&self.peer, &target, &mime_type, request.as_ref());
                 if request.is_some() {
                     metrics::counter_inc(metrics::INVITATIONS_ROUTED);
                 }
@@ -428,6 +433,9 @@ impl Session {
     /// A message that cannot be delivered: an invitation is refused by the hub itself
     /// (RESPONSE 2 with the reason); anything else is dropped and counted.
     fn unroutable(&self, invitation: Option<uuid::Uuid>, reason: &'static str, info: &str) {
+        self.shared
+            .events
+            .undelivered(&self.peer, invitation, reason);
         match invitation {
             Some(id) => {
                 metrics::count_reason(metrics::INVITATIONS_REFUSED, reason);
@@ -476,6 +484,7 @@ impl Actor for Session {
         let subscribe = self.machine.subscribe();
         self.send(&subscribe);
         self.flags.store(&self.machine);
+        self.shared.events.session_started(self.id, &self.flags);
         info!(parent: &self.span, "session started");
     }
 
@@ -494,6 +503,7 @@ impl Actor for Session {
         self.machine.disconnected();
         metrics::hub().sessions.decrement(1.0);
         metrics::count_reason(metrics::SESSIONS_CLOSED, self.close_reason);
+        self.shared.events.session_ended(self.id, self.close_reason);
         info!(parent: &self.span, reason = self.close_reason, "session ended");
     }
 }

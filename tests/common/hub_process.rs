@@ -17,6 +17,11 @@ pub struct HubProcess {
 
 impl HubProcess {
     pub fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with_admin(dir, "127.0.0.1:0", extra, env)
+    }
+
+    /// Like [`HubProcess::start`], with the admin API on `admin` (to restart on one address).
+    pub fn start_with_admin(dir: &Path, admin: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let d = dir.to_str().unwrap();
         let mut args = vec![
             "serve",
@@ -25,7 +30,7 @@ impl HubProcess {
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",
-            "127.0.0.1:0",
+            admin,
         ];
         args.extend_from_slice(extra);
         let running = Running::spawn_with_env(&args, dir, env);

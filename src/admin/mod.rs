@@ -2,6 +2,8 @@
 //!
 //! | route | does |
 //! |---|---|
+//! | `GET /` | the presence page ([`page`]; served without the token, it holds no data) |
+//! | `GET /v1/events` | the page's live feed, server-sent events ([`events`]) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 once shutdown began |
 //! | `GET /metrics` | Prometheus text exposition |
@@ -16,9 +18,13 @@
 //!
 //! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
 //! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change too large for one
-//! message), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`
-//! and `/readyz` needs `Authorization: Bearer <token>`. Object changes are acknowledged
-//! only once persisted and served by every worker.
+//! message), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`,
+//! `/readyz` and the page's document at `/` (which holds no data) needs
+//! `Authorization: Bearer <token>`. Object changes are acknowledged only once persisted and
+//! served by every worker.
+
+pub mod events;
+pub mod page;
 
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
@@ -310,10 +316,14 @@ pub fn server(
     listen: SocketAddr,
     max_body_bytes: usize,
 ) -> std::io::Result<(Server, SocketAddr)> {
+    let streams = web::Data::new(events::EventStreams::new(
+        state.hub.config().admin.max_event_streams,
+    ));
     let data = web::Data::new(state);
     let http = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(streams.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(max_body_bytes)
@@ -321,6 +331,8 @@ pub fn server(
                     .error_handler(json_error),
             )
             .app_data(web::QueryConfig::default().error_handler(query_error))
+            .route("/", web::get().to(page::page))
+            .route("/v1/events", web::get().to(events::events))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::hub::registry::VIEW_OVERHEAD;
 use crate::wire::{Object, MESSAGE_SIZE_LIMIT};
 
 /// The embedded default P2PPI listen address.
@@ -88,6 +89,9 @@ pub struct HubSection {
     pub data_dir: PathBuf,
     /// Session worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// The hub's own objects' budget, bytes of encoded objects: reserved in every view, so
+    /// peers never fill a view so far that the operator's change is refused (DESIGN 5.2).
+    pub max_objects_bytes: usize,
 }
 
 impl Default for HubSection {
@@ -96,6 +100,7 @@ impl Default for HubSection {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             data_dir: DEFAULT_DATA_DIR.into(),
             workers: 0,
+            max_objects_bytes: 8 * 1024,
         }
     }
 }
@@ -365,6 +370,12 @@ impl Config {
         if self.limits.inbound_messages_per_sec == 0 || self.limits.inbound_burst == 0 {
             return invalid("limits.inbound_messages_per_sec", "must be at least 1");
         }
+        if self.hub.max_objects_bytes + VIEW_OVERHEAD > self.relay.max_view_bytes {
+            return invalid(
+                "hub.max_objects_bytes",
+                "must leave room in relay.max_view_bytes (which also holds 22 bytes of headers)",
+            );
+        }
         for peer in self.meshes.keys() {
             if crate::tls::PeerName::parse(peer).is_none() {
                 return Err(ConfigError::Invalid {
@@ -426,6 +437,9 @@ listen = "{listen}"
 data_dir = "{data_dir}"
 # Session worker threads; 0 = one per CPU core.
 workers = {workers}
+# The hub's own objects' budget (encoded bytes), reserved in every view: peers' relayed
+# objects fill the rest of relay.max_view_bytes, so they never lock out the operator.
+max_objects_bytes = {hub_objects}
 
 [tls]
 # Defaults: <data_dir>/ca.pem, <data_dir>/hub.pem, <data_dir>/hub.key.
@@ -496,6 +510,7 @@ level = "{level}"
         listen = d.hub.listen,
         data_dir = d.hub.data_dir.display(),
         workers = d.hub.workers,
+        hub_objects = d.hub.max_objects_bytes,
         admin_listen = d.admin.listen,
         max_body = d.admin.max_body_bytes,
         max_sessions = l.max_sessions,

@@ -114,10 +114,12 @@ async fn object_routes_follow_design_3_1_and_fan_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_too_large_for_one_message_is_413() {
+async fn a_change_beyond_the_hub_objects_budget_is_413() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProcess::start(dir.path(), &[], &[]);
-    let body = |n: &str| json!({"name": n, "value": "v".repeat(40_000)}).to_string();
+    // The default budget (hub.max_objects_bytes) is 8 KiB: one 5,000-byte object fits, two
+    // do not.
+    let body = |n: &str| json!({"name": n, "value": "v".repeat(5_000)}).to_string();
     assert_eq!(
         hub.http("POST", "/v1/objects", Some(&body("a")), None)
             .await

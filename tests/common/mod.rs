@@ -128,6 +128,25 @@ pub async fn next_notify(events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object
     }
 }
 
+/// The RESPONSE to a fresh REQUEST: the view as the hub serves it now.
+pub async fn current_view(peer: &Peer, events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object> {
+    peer.retrieve().await.unwrap();
+    match expect_event(events, "a RESPONSE", |e| {
+        matches!(
+            e,
+            PeerEvent::Objects {
+                source: p2ppi_hub::session::ObjectsSource::Response,
+                ..
+            }
+        )
+    })
+    .await
+    {
+        PeerEvent::Objects { objects, .. } => objects,
+        _ => unreachable!(),
+    }
+}
+
 /// Waits until `cond` holds, polling, failing at the deadline.
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();

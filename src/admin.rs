@@ -15,8 +15,8 @@
 //! | `GET /v1/messages` | the latest messages peers addressed to the hub |
 //!
 //! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
-//! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change too large for one
-//! message), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`
+//! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change that would take the
+//! hub's objects over `hub.max_objects_bytes`), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`
 //! and `/readyz` needs `Authorization: Bearer <token>`. Object changes are acknowledged
 //! only once persisted and served by every worker.
 

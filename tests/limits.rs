@@ -11,20 +11,11 @@ use p2ppi_hub::peer::{self, PeerEvent};
 use p2ppi_hub::wire::{Message, Object};
 use uuid::Uuid;
 
-/// A labelled counter's value in a scrape (0 when absent).
-fn counter(prometheus: &metrics_exporter_prometheus::PrometheusHandle, series: &str) -> f64 {
-    prometheus
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_sessions_are_closed_at_accept_until_one_leaves() {
     let prometheus = p2ppi_hub::metrics::install();
-    let series = "p2ppi_connections_rejected_total{reason=\"max_sessions\"}";
-    let before = counter(&prometheus, series);
+    let label = "p2ppi_connections_rejected_total{reason=\"max_sessions\"}";
+    let before = series(&prometheus.render(), label);
     let pki = Pki::new();
     let mut config = pki.config();
     config.limits.max_sessions = 2;
@@ -41,7 +32,7 @@ async fn connections_beyond_max_sessions_are_closed_at_accept_until_one_leaves()
             .is_err(),
         "a third session is refused"
     );
-    assert_eq!(counter(&prometheus, series) - before, 1.0);
+    assert_eq!(series(&prometheus.render(), label) - before, 1.0);
     assert_eq!(h.session_count(), 2);
     // One leaves: the next connection is served.
     bob.close().await.unwrap();
@@ -109,8 +100,8 @@ async fn an_acknowledgement_after_the_invitation_ttl_is_not_routed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_invitation_table_refuses_invitations_with_a_reason() {
     let prometheus = p2ppi_hub::metrics::install();
-    let series = "p2ppi_invitations_refused_total{reason=\"table_full\"}";
-    let before = counter(&prometheus, series);
+    let label = "p2ppi_invitations_refused_total{reason=\"table_full\"}";
+    let before = series(&prometheus.render(), label);
     let pki = Pki::new();
     let mut config = pki.config();
     config.relay.max_invitations = 1;
@@ -143,7 +134,7 @@ async fn a_full_invitation_table_refuses_invitations_with_a_reason() {
         }
         _ => unreachable!(),
     }
-    assert_eq!(counter(&prometheus, series) - before, 1.0);
+    assert_eq!(series(&prometheus.render(), label) - before, 1.0);
     // Answering the first frees its place: a third invitation goes through.
     bob.acknowledge(first, true, "ok").await.unwrap();
     expect_event(

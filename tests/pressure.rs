@@ -24,18 +24,6 @@ fn r(peer: &PeerName, n: &str, v: &str) -> Object {
     Object::new(relayed_name(peer, n), v)
 }
 
-/// A subscribed peer, its initial NOTIFY consumed.
-async fn watcher(
-    pki: &Pki,
-    hub: &p2ppi_hub::hub::HubHandle,
-    name: &str,
-) -> (Peer, PeerEvents, Vec<Object>) {
-    let (peer, mut events) = connect(pki, hub, name, None).await;
-    peer.subscribe().await.unwrap();
-    let initial = next_notify(&mut events).await;
-    (peer, events, initial)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_throttles_and_never_drops_a_message() {
     let pki = Pki::new();
@@ -78,8 +66,8 @@ async fn peers_filling_a_mesh_never_lock_the_operator_out() {
     config.hub.max_objects_bytes = 1000;
     let hub = start_hub(config);
     let h = hub.handle();
-    let (_carol, mut carol, _) = watcher(&pki, &h, "carol").await;
-    let (alice, mut alice_events, _) = watcher(&pki, &h, "alice").await;
+    let (_carol, mut carol) = watcher(&pki, &h, "carol", None).await;
+    let (alice, mut alice_events) = watcher(&pki, &h, "alice", None).await;
     let a = alice.peer_name().clone();
     // Relayed objects fill what the hub's budget leaves of one message.
     let room = 6000 - MIN_MESSAGE_LEN - 6 - 1000;
@@ -109,15 +97,6 @@ async fn peers_filling_a_mesh_never_lock_the_operator_out() {
     }
     // Beyond its own budget the hub refuses.
     assert!(h.publish(o("too-much", &"m".repeat(600))).await.is_err());
-}
-
-/// Sessions closed as superseded so far (only the race moves it in this test binary).
-fn superseded(prometheus: &metrics_exporter_prometheus::PrometheusHandle) -> u64 {
-    prometheus
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("p2ppi_sessions_closed_total{reason=\"superseded\"} "))
-        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
 }
 
 /// A racer: it answers the hub's SUBSCRIBE and REQUESTs with its one object and writes
@@ -191,7 +170,11 @@ async fn race(pki: &Pki, h: &HubHandle, carol: &Peer, carol_events: &mut PeerEve
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(h.session(&me).unwrap().relayed_objects, 1);
+    // The session records the count the registry answers, just after the fan-out.
+    wait_until("the relayed count is recorded", || {
+        h.session(&me).is_some_and(|s| s.relayed_objects == 1)
+    })
+    .await;
     // The survivor leaves; its objects go with it.
     h.disconnect(&me, "test");
     wait_until("the survivor is gone", || h.session_count() == 1).await;
@@ -206,11 +189,17 @@ async fn racing_connections_with_one_certificate_leave_one_relayed_session() {
     let pki = Pki::new();
     let hub = start_hub(pki.config());
     let h = hub.handle();
-    let (carol, mut carol_events, _) = watcher(&pki, &h, "carol").await;
+    let (carol, mut carol_events) = watcher(&pki, &h, "carol", None).await;
     for round in 0..6 {
         race(&pki, &h, &carol, &mut carol_events, &format!("twin{round}")).await;
     }
-    assert_eq!(superseded(&prometheus), 6 * 19);
+    assert_eq!(
+        series(
+            &prometheus.render(),
+            "p2ppi_sessions_closed_total{reason=\"superseded\"}"
+        ) as usize,
+        6 * 19
+    );
 }
 
 /// Applies one NOTIFY as a subscriber following the spec does: an object notified alone
@@ -228,7 +217,9 @@ async fn notifies_build_exactly_the_list_a_response_returns() {
     let pki = Pki::new();
     let hub = start_hub(pki.config());
     let h = hub.handle();
-    let (carol, mut carol_events, mut list) = watcher(&pki, &h, "carol").await;
+    let (carol, mut carol_events) = connect(&pki, &h, "carol", None).await;
+    carol.subscribe().await.unwrap();
+    let mut list = next_notify(&mut carol_events).await;
     let (alice, _a) = connect(&pki, &h, "alice", None).await;
     let (bob, _b) = connect(&pki, &h, "bob", None).await;
     h.publish(o("hub-1", "a")).await.unwrap();

@@ -36,7 +36,7 @@ use super::view::{notify_only, View};
 use crate::metrics;
 use crate::objects::{Change, ObjectError, PublishedObjects};
 use crate::tls::PeerName;
-use crate::wire::{name_value_list_len, object_field_len, EncodeError, Object, MIN_MESSAGE_LEN};
+use crate::wire::{object_field_len, EncodeError, Object, MIN_MESSAGE_LEN};
 
 /// Bytes of a NOTIFY or RESPONSE that holds no object (headers and the empty list).
 pub const VIEW_OVERHEAD: usize = MIN_MESSAGE_LEN + EMPTY_LIST_LEN;
@@ -438,12 +438,9 @@ fn check_budget(objects: &[Object], limits: ViewLimits) -> Result<(), HubError> 
     }
     // The budget is checked against relay.max_view_bytes at config load; a config built in
     // code is held to one message here.
-    let view = VIEW_OVERHEAD + len;
-    if view > limits.max_view_bytes {
-        return Err(HubError::TooLarge {
-            len: name_value_list_len(objects),
-            max: limits.max_view_bytes - VIEW_OVERHEAD,
-        });
+    let max = limits.max_view_bytes.saturating_sub(VIEW_OVERHEAD);
+    if len > max {
+        return Err(HubError::TooLarge { len, max });
     }
     Ok(())
 }
@@ -570,6 +567,11 @@ mod tests {
             }
             Delivery::Silent => {}
         }
+    }
+
+    #[test]
+    fn the_view_overhead_is_an_empty_list_message() {
+        assert_eq!(VIEW_OVERHEAD, View::new(&[]).unwrap().encoded_len());
     }
 
     #[test]

@@ -59,6 +59,14 @@ async fn the_rate_limit_throttles_and_never_drops_a_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_filling_a_mesh_never_lock_the_operator_out() {
+    // Only this test refuses objects for a full view in this test binary.
+    let prometheus = p2ppi_hub::metrics::install();
+    let view_full = || {
+        series(
+            &prometheus.render(),
+            "p2ppi_relay_rejected_total{reason=\"view_full\"}",
+        )
+    };
     let pki = Pki::new();
     let mut config = pki.config();
     config.relay.max_view_bytes = 6000;
@@ -66,7 +74,7 @@ async fn peers_filling_a_mesh_never_lock_the_operator_out() {
     config.hub.max_objects_bytes = 1000;
     let hub = start_hub(config);
     let h = hub.handle();
-    let (_carol, mut carol) = watcher(&pki, &h, "carol", None).await;
+    let (carol_peer, mut carol) = watcher(&pki, &h, "carol", None).await;
     let (alice, mut alice_events) = watcher(&pki, &h, "alice", None).await;
     let a = alice.peer_name().clone();
     // Relayed objects fill what the hub's budget leaves of one message.
@@ -97,6 +105,29 @@ async fn peers_filling_a_mesh_never_lock_the_operator_out() {
     }
     // Beyond its own budget the hub refuses.
     assert!(h.publish(o("too-much", &"m".repeat(600))).await.is_err());
+    // Bob's object waits for room, and is relayed when alice leaves.
+    let (bob, _b) = connect(&pki, &h, "bob", None).await;
+    let b = bob.peer_name().clone();
+    let hello = "b".repeat(200);
+    bob.publish(o("hello", &hello)).await.unwrap();
+    // Each refused object is counted once, however often its peer's list was resent.
+    wait_until("alice's 3 and bob's object are refused", || {
+        view_full() == 4.0
+    })
+    .await;
+    alice.close().await.unwrap();
+    let expected = vec![hub_object, r(&b, "hello", &hello)];
+    let got = expect_event(&mut carol, "bob's object in the view", |e| {
+        matches!(e, PeerEvent::Objects { source: ObjectsSource::Notify, objects } if objects.contains(&expected[1]))
+    })
+    .await;
+    assert!(matches!(got, PeerEvent::Objects { .. }));
+    assert_eq!(current_view(&carol_peer, &mut carol).await, expected);
+    wait_until("bob's count is recorded", || {
+        h.session(&b).is_some_and(|s| s.relayed_objects == 1)
+    })
+    .await;
+    assert_eq!(view_full(), 4.0);
 }
 
 /// A racer: it answers the hub's SUBSCRIBE and REQUESTs with its one object and writes

@@ -1,6 +1,6 @@
 //! The TLS handshake of one accepted connection, on the worker thread that will serve it,
 //! under `limits.handshake_timeout`; a handshaken connection with a usable client
-//! certificate becomes a [`session`](super::session). Failures are counted by reason.
+//! certificate becomes a [`session`]. Failures are counted by reason.
 
 use std::net::SocketAddr;
 use std::rc::Rc;

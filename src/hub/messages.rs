@@ -48,7 +48,15 @@ pub struct RelaySet {
     pub session: SessionId,
     /// The objects to relay, in the peer's order.
     pub objects: Vec<Object>,
+    /// Told the relayed count when it changes later without a `RelaySet` (objects refused
+    /// for a full view are relayed once room frees up).
+    pub counts: Recipient<RelayedCount>,
 }
+
+/// How many of a peer's objects the registry relays now.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct RelayedCount(pub usize);
 
 /// Removes a peer's relayed objects (its session ended).
 #[derive(Debug, Message)]

@@ -16,13 +16,15 @@
 //! **Budgets.** The hub's objects have their own budget; relayed objects fill what is left
 //! of one message (`relay.max_view_bytes` minus the message's overhead minus the hub's
 //! budget), so peers can never fill a view so far that the operator is refused. An object
-//! that does not fit is refused whole, counted once when it becomes refused and logged
-//! once per (peer, object) transition (DESIGN 6, Logs).
+//! that does not fit is refused whole (a peer's last objects first), counted once when it
+//! becomes refused and logged once per (peer, object) transition (DESIGN 6, Logs). Refused
+//! objects wait: when room frees up in their mesh (a peer leaves or shrinks) they are
+//! relayed, in PeerName order, and their session is told its new count.
 //!
 //! The logic is plain methods returning the [`Fanout`] to broadcast; the actor only
 //! broadcasts, so the views and their deliveries are unit-tested without TLS or shards.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ use actix::prelude::*;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::messages::{Applied, Delivery, Fanout, RelayRemove, RelaySet, SessionId};
+use super::messages::{Applied, Delivery, Fanout, RelayRemove, RelaySet, RelayedCount, SessionId};
 use super::relay::RejectReason;
 use super::view::{notify_only, View};
 use crate::metrics;
@@ -179,11 +181,14 @@ impl MeshView {
     }
 }
 
-/// Who owns a peer's relayed objects, and which of them the view cap refuses now.
+/// Who owns a peer's relayed objects, and those of its objects the view cap refuses now
+/// (the tail of its list, in its order): they are relayed as soon as room frees up.
 struct Owner {
     mesh: Arc<str>,
     session: SessionId,
-    view_full: HashSet<Object>,
+    refused: Vec<Object>,
+    /// Told the relayed count when it changes without a [`RelaySet`] (room freed up).
+    counts: Recipient<RelayedCount>,
 }
 
 /// The registry actor.
@@ -192,6 +197,8 @@ pub struct Registry {
     base: Arc<View>,
     meshes: HashMap<Arc<str>, MeshView>,
     owners: HashMap<PeerName, Owner>,
+    /// Per mesh, the peers with objects waiting for room.
+    waiting: HashMap<Arc<str>, BTreeSet<PeerName>>,
     shards: Vec<Recipient<Arc<Fanout>>>,
     limits: ViewLimits,
     persist: Option<PersistHook>,
@@ -234,6 +241,7 @@ impl Registry {
             base,
             meshes: HashMap::new(),
             owners: HashMap::new(),
+            waiting: HashMap::new(),
             shards,
             limits,
             persist,
@@ -308,52 +316,127 @@ impl Registry {
     }
 
     /// Sets a peer's relayed objects: answers how many are relayed, and the changes to
-    /// broadcast (at most two: leaving an old mesh, and the new one).
+    /// broadcast (leaving an old mesh, the new one, and peers of the mesh that were
+    /// waiting for room and now fit).
     fn relay_set(&mut self, msg: RelaySet) -> (usize, Vec<Fanout>) {
         let mut fanouts = Vec::new();
-        let mut view_full = HashSet::new();
+        let mut before = Vec::new();
         if let Some(owner) = self.owners.get_mut(&msg.peer) {
             if owner.session > msg.session {
                 return (0, fanouts); // a stale session of a peer that has reconnected
             }
             owner.session = msg.session;
+            before = std::mem::take(&mut owner.refused);
             if owner.mesh != msg.mesh {
                 let old_mesh = owner.mesh.clone();
+                self.set_waiting(&msg.peer, &old_mesh, false);
                 fanouts.extend(self.set_owned(&msg.peer, &old_mesh, &[]));
+                fanouts.extend(self.refit(&old_mesh));
             }
         }
-        if let Some(owner) = self.owners.get_mut(&msg.peer) {
-            view_full = std::mem::take(&mut owner.view_full);
+        let relayed_before = self.relayed_len(&msg.mesh);
+        let owner = Owner {
+            mesh: msg.mesh.clone(),
+            session: msg.session,
+            refused: Vec::new(),
+            counts: msg.counts,
+        };
+        let (count, fanout) = self.place(&msg.peer, owner, msg.objects, &before);
+        fanouts.extend(fanout);
+        if self.relayed_len(&msg.mesh) < relayed_before {
+            fanouts.extend(self.refit(&msg.mesh));
         }
-        let (relayed, refused) = self.fit(&msg.peer, &msg.mesh, msg.objects);
-        for object in refused.difference(&view_full) {
-            metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
-            warn!(peer = %msg.peer, mesh = %msg.mesh, name = %object.name, "not relayed: the mesh view is full (relay.max_view_bytes)");
-        }
-        for object in view_full.difference(&refused) {
-            info!(peer = %msg.peer, mesh = %msg.mesh, name = %object.name, "no longer refused for a full view");
-        }
-        let count = relayed.len();
-        fanouts.extend(self.set_owned(&msg.peer, &msg.mesh, &relayed));
-        self.owners.insert(
-            msg.peer,
-            Owner {
-                mesh: msg.mesh,
-                session: msg.session,
-                view_full: refused,
-            },
-        );
         (count, fanouts)
     }
 
+    /// Relays what of `objects` fits for `peer` and records the rest as refused, counting
+    /// and logging each object once when it becomes refused and when it is relayed again.
+    fn place(
+        &mut self,
+        peer: &PeerName,
+        mut owner: Owner,
+        objects: Vec<Object>,
+        before: &[Object],
+    ) -> (usize, Option<Fanout>) {
+        let mesh = owner.mesh.clone();
+        let (relayed, refused) = self.fit(peer, &mesh, objects);
+        for object in refused.iter().filter(|o| !before.contains(o)) {
+            metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
+            warn!(%peer, %mesh, name = %object.name, "not relayed: the mesh view is full (relay.max_view_bytes)");
+        }
+        for object in before.iter().filter(|o| relayed.contains(o)) {
+            info!(%peer, %mesh, name = %object.name, "relayed now that the mesh view has room");
+        }
+        let count = relayed.len();
+        let fanout = self.set_owned(peer, &mesh, &relayed);
+        self.set_waiting(peer, &mesh, !refused.is_empty());
+        owner.refused = refused;
+        self.owners.insert(peer.clone(), owner);
+        (count, fanout)
+    }
+
+    /// Relays what now fits of the objects waiting for room in `mesh`, peer by peer in
+    /// PeerName order; each peer whose count changed is told it.
+    fn refit(&mut self, mesh: &Arc<str>) -> Vec<Fanout> {
+        let waiting: Vec<PeerName> = self
+            .waiting
+            .get(mesh)
+            .map_or_else(Vec::new, |peers| peers.iter().cloned().collect());
+        let mut fanouts = Vec::new();
+        for peer in waiting {
+            let Some(mut owner) = self.owners.remove(&peer) else {
+                continue;
+            };
+            let before = std::mem::take(&mut owner.refused);
+            let mut wanted: Vec<Object> = self.meshes.get(mesh).map_or_else(Vec::new, |m| {
+                m.entries
+                    .iter()
+                    .filter(|e| e.owner.as_ref() == Some(&peer))
+                    .map(|e| e.object.clone())
+                    .collect()
+            });
+            let was = wanted.len();
+            wanted.extend(before.iter().cloned());
+            let counts = owner.counts.clone();
+            let (count, fanout) = self.place(&peer, owner, wanted, &before);
+            if count != was {
+                counts.do_send(RelayedCount(count));
+            }
+            fanouts.extend(fanout);
+        }
+        fanouts
+    }
+
+    /// Records whether `peer` has objects waiting for room in `mesh`.
+    fn set_waiting(&mut self, peer: &PeerName, mesh: &Arc<str>, waits: bool) {
+        if waits {
+            self.waiting
+                .entry(mesh.clone())
+                .or_default()
+                .insert(peer.clone());
+        } else if let Some(peers) = self.waiting.get_mut(mesh) {
+            peers.remove(peer);
+            if peers.is_empty() {
+                self.waiting.remove(mesh);
+            }
+        }
+    }
+
+    /// Encoded bytes of the relayed objects of `mesh`.
+    fn relayed_len(&self, mesh: &str) -> usize {
+        self.meshes
+            .get(mesh)
+            .map_or(0, |m| objects_len(m.relayed().map(|e| &e.object)))
+    }
+
     /// Splits a peer's objects into those that fit the relay room of `mesh` (beside the
-    /// other peers' objects) and those refused, refusing the peer's last objects first.
+    /// other peers' objects) and those refused (its last ones, in its order).
     fn fit(
         &self,
         peer: &PeerName,
         mesh: &str,
         mut objects: Vec<Object>,
-    ) -> (Vec<Object>, HashSet<Object>) {
+    ) -> (Vec<Object>, Vec<Object>) {
         let others = self.meshes.get(mesh).map_or(0, |m| {
             objects_len(
                 m.relayed()
@@ -363,12 +446,12 @@ impl Registry {
         });
         let room = self.limits.relay_room();
         let mut size = others + objects_len(&objects);
-        let mut refused = HashSet::new();
-        while size > room {
-            let Some(last) = objects.pop() else { break };
-            size -= object_field_len(&last);
-            refused.insert(last);
+        let mut cut = objects.len();
+        while size > room && cut > 0 {
+            cut -= 1;
+            size -= object_field_len(&objects[cut]);
         }
+        let refused = objects.split_off(cut);
         (objects, refused)
     }
 
@@ -415,15 +498,21 @@ impl Registry {
         })
     }
 
-    /// Withdraws a peer's relayed objects when the session that owns them ended.
-    fn relay_remove(&mut self, msg: RelayRemove) -> Option<Fanout> {
+    /// Withdraws a peer's relayed objects when the session that owns them ended; peers
+    /// waiting for room in its mesh may fit now.
+    fn relay_remove(&mut self, msg: RelayRemove) -> Vec<Fanout> {
         let owned =
             matches!(self.owners.get(&msg.peer), Some(owner) if owner.session == msg.session);
-        if !owned {
-            return None;
-        }
-        let owner = self.owners.remove(&msg.peer)?;
-        self.set_owned(&msg.peer, &owner.mesh, &[])
+        let Some(owner) = owned.then(|| self.owners.remove(&msg.peer)).flatten() else {
+            return Vec::new();
+        };
+        self.set_waiting(&msg.peer, &owner.mesh, false);
+        let mut fanouts: Vec<Fanout> = self
+            .set_owned(&msg.peer, &owner.mesh, &[])
+            .into_iter()
+            .collect();
+        fanouts.extend(self.refit(&owner.mesh));
+        fanouts
     }
 }
 
@@ -493,7 +582,7 @@ impl Handler<RelayRemove> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: RelayRemove, _: &mut Self::Context) {
-        if let Some(fanout) = self.relay_remove(msg) {
+        for fanout in self.relay_remove(msg) {
             self.broadcast(fanout);
         }
     }
@@ -523,18 +612,49 @@ mod tests {
         Registry::new(vec![o("hub", "1")], Vec::new(), LIMITS, None).unwrap()
     }
 
+    /// Stands in for a session: records the counts it is told.
+    #[derive(Default)]
+    struct Counts(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl Actor for Counts {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<RelayedCount> for Counts {
+        type Result = ();
+
+        fn handle(&mut self, msg: RelayedCount, _: &mut Self::Context) {
+            self.0.lock().unwrap().push(msg.0);
+        }
+    }
+
+    fn counts() -> Recipient<RelayedCount> {
+        Counts::default().start().recipient()
+    }
+
+    fn set_in(
+        reg: &mut Registry,
+        who: &PeerName,
+        mesh: &str,
+        session: SessionId,
+        objects: &[Object],
+    ) -> (usize, Vec<Fanout>) {
+        reg.relay_set(RelaySet {
+            peer: who.clone(),
+            mesh: mesh.into(),
+            session,
+            objects: objects.to_vec(),
+            counts: counts(),
+        })
+    }
+
     fn set(
         reg: &mut Registry,
         who: &PeerName,
         session: SessionId,
         objects: &[Object],
     ) -> (usize, Vec<Fanout>) {
-        reg.relay_set(RelaySet {
-            peer: who.clone(),
-            mesh: "m".into(),
-            session,
-            objects: objects.to_vec(),
-        })
+        set_in(reg, who, "m", session, objects)
     }
 
     /// The objects of an encoded NOTIFY or RESPONSE.
@@ -574,8 +694,8 @@ mod tests {
         assert_eq!(VIEW_OVERHEAD, View::new(&[]).unwrap().encoded_len());
     }
 
-    #[test]
-    fn appends_go_last_so_notifies_build_the_response() {
+    #[actix_rt::test]
+    async fn appends_go_last_so_notifies_build_the_response() {
         let mut reg = registry();
         let (a, b) = (peer("a"), peer("b"));
         let mut list = decode(&reg.base_view().notify);
@@ -607,8 +727,8 @@ mod tests {
         assert_eq!(list, mesh_view(&reg));
     }
 
-    #[test]
-    fn relayed_objects_fill_only_what_the_hub_budget_leaves() {
+    #[actix_rt::test]
+    async fn relayed_objects_fill_only_what_the_hub_budget_leaves() {
         let mut reg = registry();
         let a = peer("a");
         // Relay room: 2000 - 22 - 500 = 1478 bytes; each object below is 4+(8+42)+(8+200).
@@ -632,26 +752,38 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_refused_object_is_counted_once_per_change_of_state() {
+    #[actix_rt::test]
+    async fn refused_objects_wait_for_room_and_are_counted_once() {
         let mut reg = registry();
-        let a = peer("a");
-        let objects: Vec<Object> = (0..10)
-            .map(|i| o(&format!("{a}/{i}"), &"x".repeat(200)))
+        let (a, b) = (peer("a"), peer("b"));
+        let big = |who: &PeerName, i: usize| o(&format!("{who}/{i}"), &"x".repeat(200));
+        let of_a: Vec<Object> = (0..5).map(|i| big(&a, i)).collect();
+        let of_b: Vec<Object> = (0..5).map(|i| big(&b, i)).collect();
+        let fits = LIMITS.relay_room() / object_field_len(&of_a[0]);
+        assert_eq!(set(&mut reg, &a, 1, &of_a).0, 5.min(fits));
+        let (relayed_b, _) = set(&mut reg, &b, 2, &of_b);
+        assert_eq!(relayed_b, fits - 5);
+        let refused = reg.owners[&b].refused.clone();
+        assert_eq!(refused, of_b[relayed_b..].to_vec(), "the tail, in order");
+        // A retry refuses the same objects: the state did not change (nothing to count).
+        set(&mut reg, &b, 2, &of_b);
+        assert_eq!(reg.owners[&b].refused, refused);
+        // A leaves: B's waiting objects are relayed, appended (notified alone).
+        let fanouts = reg.relay_remove(RelayRemove {
+            peer: a.clone(),
+            session: 1,
+        });
+        assert_eq!(fanouts.len(), 2, "A's removal, then B's objects");
+        assert!(reg.owners[&b].refused.is_empty());
+        let relayed: Vec<Object> = reg.meshes["m"]
+            .relayed()
+            .map(|e| e.object.clone())
             .collect();
-        set(&mut reg, &a, 1, &objects);
-        let refused = reg.owners[&a].view_full.clone();
-        assert!(!refused.is_empty());
-        // A retry with the same objects refuses the same set: nothing new to count or log.
-        set(&mut reg, &a, 1, &objects);
-        assert_eq!(reg.owners[&a].view_full, refused);
-        // Making room relays them; the set empties.
-        set(&mut reg, &a, 1, &objects[..2]);
-        assert!(reg.owners[&a].view_full.is_empty());
+        assert_eq!(relayed, of_b);
     }
 
-    #[test]
-    fn a_stale_session_changes_nothing_and_removal_needs_the_owner() {
+    #[actix_rt::test]
+    async fn a_stale_session_changes_nothing_and_removal_needs_the_owner() {
         let mut reg = registry();
         let a = peer("a");
         set(&mut reg, &a, 5, &[o("x", "new")]);
@@ -662,31 +794,26 @@ mod tests {
                 peer: a.clone(),
                 session: 4
             })
-            .is_none());
+            .is_empty());
         assert_eq!(mesh_view(&reg), vec![o("hub", "1"), o("x", "new")]);
         let gone = reg
             .relay_remove(RelayRemove {
                 peer: a,
                 session: 5,
             })
-            .unwrap();
+            .remove(0);
         assert_eq!(gone.meshes.len(), 1);
         assert!(gone.meshes[0].1.is_none(), "the mesh sees the base view");
         assert_eq!(gone.delivery, Delivery::Complete);
         assert!(reg.meshes.is_empty());
     }
 
-    #[test]
-    fn moving_to_another_mesh_withdraws_from_the_first() {
+    #[actix_rt::test]
+    async fn moving_to_another_mesh_withdraws_from_the_first() {
         let mut reg = registry();
         let a = peer("a");
         set(&mut reg, &a, 1, &[o("x", "1")]);
-        let (_, fanouts) = reg.relay_set(RelaySet {
-            peer: a.clone(),
-            mesh: "other".into(),
-            session: 2,
-            objects: vec![o("x", "1")],
-        });
+        let (_, fanouts) = set_in(&mut reg, &a, "other", 2, &[o("x", "1")]);
         assert_eq!(fanouts.len(), 2);
         assert!(!reg.meshes.contains_key("m"));
         assert_eq!(

@@ -24,8 +24,8 @@ pub enum Routed {
     },
     /// An acknowledgement returned to its inviter.
     Returned,
-    /// No `to=`: for the hub itself.
-    ForHub,
+    /// No `to=`: for the hub itself, which keeps its value.
+    ForHub(String),
 }
 
 /// Why a message was not delivered (the `reason` label of the refusal and drop counters).
@@ -120,7 +120,7 @@ impl Sender<'_> {
             invitation: request,
         };
         let target = match addressing::target(mime_type) {
-            Target::Hub => return Ok(Routed::ForHub),
+            Target::Hub => return Ok(Routed::ForHub(value)),
             Target::Invalid(_) => return Err(fail(Undelivered::Unknown)),
             Target::Peer(target) => target,
         };

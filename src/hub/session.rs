@@ -40,7 +40,9 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use super::fanout::FanoutCore;
-use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, SessionId};
+use super::messages::{
+    Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayedCount, SessionId,
+};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
 use super::relay::{relayable, PeerCopy, RejectReason, RelayCaps, Step};
 use super::route::{Routed, Sender, Unroutable};
@@ -254,6 +256,7 @@ impl Session {
             mesh: self.mesh.clone(),
             session: self.id,
             objects: self.relayed.clone(),
+            counts: ctx.address().recipient(),
         };
         self.registry
             .set
@@ -277,8 +280,8 @@ impl Session {
             mesh: &self.mesh,
             shared: &self.shared,
         };
-        match sender.route(&mime_type, value.clone()) {
-            Ok(Routed::ForHub) => self.for_hub(mime_type, value),
+        match sender.route(&mime_type, value) {
+            Ok(Routed::ForHub(value)) => self.for_hub(mime_type, value),
             Ok(Routed::Returned) => metrics::counter_inc(metrics::MESSAGES_ROUTED),
             Ok(Routed::Forwarded { invitation }) => {
                 metrics::counter_inc(metrics::MESSAGES_ROUTED);
@@ -401,6 +404,14 @@ impl Handler<Deliver> for Session {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
         self.out.push(msg.0)
+    }
+}
+
+impl Handler<RelayedCount> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: RelayedCount, _: &mut Self::Context) {
+        self.flags.set_relayed(msg.0);
     }
 }
 

@@ -1,5 +1,5 @@
 //! A shard: the actor of one worker arbiter (thread). It hands each connection the
-//! listener gives it to [`handshake`](super::handshake) on this thread, applies each change
+//! listener gives it to [`handshake`] on this thread, applies each change
 //! the registry broadcasts to this thread's [`FanoutCore`], and closes this thread's
 //! sessions at shutdown.
 

@@ -87,7 +87,11 @@ impl From<HubError> for AdminError {
     fn from(e: HubError) -> Self {
         let status = match &e {
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
-            HubError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::TooLarge { .. } => {
+                // A limit that rejects is counted (DESIGN 7): hub.max_objects_bytes.
+                metrics::count_reason(metrics::ADMIN_REJECTED, "hub_objects_budget");
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             HubError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HubError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -593,5 +593,11 @@ mod tests {
         let mut c = Config::default();
         c.meshes.insert("not-a-peer-name".into(), "x".into());
         assert!(c.validate().is_err());
+        // The hub's budget must leave the view's headers room in one view.
+        let mut c = Config::default();
+        c.hub.max_objects_bytes = c.relay.max_view_bytes - 21;
+        assert!(c.validate().is_err());
+        c.hub.max_objects_bytes = c.relay.max_view_bytes - 22;
+        assert!(c.validate().is_ok());
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::hub::registry::VIEW_OVERHEAD;
 use crate::wire::{Object, MESSAGE_SIZE_LIMIT};
 
 mod load;
@@ -120,6 +121,9 @@ pub struct HubSection {
     pub data_dir: PathBuf,
     /// Session worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// The hub's own objects' budget, bytes of encoded objects: reserved in every view, so
+    /// peers never fill a view so far that the operator's change is refused (DESIGN 5.2).
+    pub max_objects_bytes: usize,
 }
 
 impl Default for HubSection {
@@ -128,6 +132,7 @@ impl Default for HubSection {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             data_dir: DEFAULT_DATA_DIR.into(),
             workers: 0,
+            max_objects_bytes: 8 * 1024,
         }
     }
 }
@@ -362,6 +367,12 @@ impl Config {
         if self.admin.event_queue == 0 {
             return invalid("admin.event_queue", "must be at least 1");
         }
+        if self.hub.max_objects_bytes + VIEW_OVERHEAD > self.relay.max_view_bytes {
+            return invalid(
+                "hub.max_objects_bytes",
+                "must leave room in relay.max_view_bytes (which also holds 22 bytes of headers)",
+            );
+        }
         for peer in self.meshes.keys() {
             if crate::tls::PeerName::parse(peer).is_none() {
                 return invalid(
@@ -443,6 +454,9 @@ listen = "{listen}"
 data_dir = "{data_dir}"
 # Session worker threads; 0 = one per CPU core.
 workers = {workers}
+# The hub's own objects' budget (encoded bytes), reserved in every view: peers' relayed
+# objects fill the rest of relay.max_view_bytes, so they never lock out the operator.
+max_objects_bytes = {hub_objects}
 
 [tls]
 # Defaults: <data_dir>/ca.pem, <data_dir>/hub.pem, <data_dir>/hub.key.
@@ -523,6 +537,7 @@ level = "{level}"
         listen = d.hub.listen,
         data_dir = d.hub.data_dir.display(),
         workers = d.hub.workers,
+        hub_objects = d.hub.max_objects_bytes,
         admin_listen = d.admin.listen,
         max_body = d.admin.max_body_bytes,
         event_streams = d.admin.max_event_streams,
@@ -630,6 +645,12 @@ mod tests {
         let mut c = Config::default();
         c.meshes.insert("not-a-peer-name".into(), "x".into());
         assert_eq!(c.validate().unwrap_err().key, "meshes.not-a-peer-name");
+        // The hub's budget must leave the view's headers room in one view.
+        let mut c = Config::default();
+        c.hub.max_objects_bytes = c.relay.max_view_bytes - 21;
+        assert_eq!(c.validate().unwrap_err().key, "hub.max_objects_bytes");
+        c.hub.max_objects_bytes = c.relay.max_view_bytes - 22;
+        assert!(c.validate().is_ok());
     }
 
     fn load_file(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
@@ -707,8 +728,8 @@ mod tests {
         );
         // ... and a variable may repair a value the file has out of range.
         let file = "[relay]\nmax_view_bytes = 70000\n";
-        let c = load_file(file, &[("P2PPI_RELAY__MAX_VIEW_BYTES", "1000")]).unwrap();
-        assert_eq!(c.relay.max_view_bytes, 1000);
+        let c = load_file(file, &[("P2PPI_RELAY__MAX_VIEW_BYTES", "20000")]).unwrap();
+        assert_eq!(c.relay.max_view_bytes, 20000);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! - [`objects`] and [`session`]: the published objects list and the sans-I/O state machine
 //!   of spec 3.1, shared by the hub and the peer library;
 //! - [`tls`] and [`certs`]: rustls configurations, PeerNames and meshes, certificate issuing;
+//! - [`addressing`]: the `to=`/`from=` addressing of application messages and invitations;
 //! - [`hub`]: the server (actix actors behind a plain handle);
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
 
+pub mod addressing;
 pub mod admin;
 pub mod certs;
 pub mod config;
@@ -17,8 +19,6 @@ pub mod metrics;
 pub mod objects;
 pub mod peer;
 pub mod persist;
-pub mod relay;
-pub mod route;
 pub mod session;
 pub mod tls;
 pub mod wire;

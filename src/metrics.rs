@@ -51,6 +51,9 @@ pub const FANOUT_DURATION: &str = "p2ppi_notify_fanout_duration_seconds";
 pub const FANOUT_RECIPIENTS: &str = "p2ppi_notify_fanout_recipients";
 /// Slow consumers disconnected, by `reason`.
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "p2ppi_slow_consumer_disconnects_total";
+/// Pauses of reading a session held back by the inbound rate limit (histogram, seconds;
+/// its sum is the time spent throttled).
+pub const INBOUND_THROTTLED: &str = "p2ppi_inbound_throttle_pause_seconds";
 /// Peer objects not relayed, by `reason`.
 pub const RELAY_REJECTED: &str = "p2ppi_relay_rejected_total";
 /// Application messages forwarded to another peer.
@@ -164,6 +167,11 @@ fn describe() {
         "Bytes of P2PPI messages received."
     );
     describe_counter!(SENT_BYTES, Unit::Bytes, "Bytes of P2PPI messages sent.");
+    describe_histogram!(
+        INBOUND_THROTTLED,
+        Unit::Seconds,
+        "Pauses in reading a session held back by the inbound rate limit; the sum is the time throttled."
+    );
     describe_gauge!(HUB_OBJECTS, Unit::Count, "Hub objects published.");
     describe_gauge!(
         RELAYED_OBJECTS,
@@ -290,6 +298,11 @@ pub fn count_reason(name: &'static str, reason: &'static str) {
 /// Counts one event of an unlabelled counter.
 pub fn counter_inc(name: &'static str) {
     metrics::counter!(name).increment(1);
+}
+
+/// Records one pause of reading a session held back by the inbound rate limit.
+pub fn inbound_throttled(pause: std::time::Duration) {
+    metrics::histogram!(INBOUND_THROTTLED).record(pause.as_secs_f64());
 }
 
 /// Sets the hub objects gauge.

@@ -26,8 +26,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
+use crate::addressing;
 use crate::certs::DataDir;
-use crate::route;
 use crate::session::{LocalNode, ObjectsSource, Received, Report, StateError};
 use crate::tls::{self, Identity, PeerName, TlsError};
 use crate::wire::{EncodeError, FrameError, Message, Object, P2ppiCodec};
@@ -465,7 +465,7 @@ impl Peer {
         mime_type: &str,
         value: &str,
     ) -> Result<(), PeerError> {
-        self.send_message(&route::addressed(mime_type, to), value)
+        self.send_message(&addressing::addressed(mime_type, to), value)
             .await
     }
 
@@ -513,20 +513,15 @@ impl Peer {
 /// Turns an application message into an event: invitations and acknowledgements parsed,
 /// anything else as a message.
 fn classify(mime_type: String, value: String) -> PeerEvent {
-    let from = route::sender(&mime_type);
-    if route::essence(&mime_type) == APPINVITE {
-        match AppInvite::parse(&value) {
-            Ok(AppInvite::Request(invitation)) => {
-                return PeerEvent::Invitation { from, invitation }
-            }
-            Ok(AppInvite::Ack(ack)) => return PeerEvent::InvitationAck { from, ack },
-            Err(_) => {}
-        }
-    }
-    PeerEvent::Message {
-        from,
-        mime_type,
-        value,
+    let from = addressing::sender(&mime_type);
+    match addressing::invitation(&mime_type, &value) {
+        Some(AppInvite::Request(invitation)) => PeerEvent::Invitation { from, invitation },
+        Some(AppInvite::Ack(ack)) => PeerEvent::InvitationAck { from, ack },
+        None => PeerEvent::Message {
+            from,
+            mime_type,
+            value,
+        },
     }
 }
 

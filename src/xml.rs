@@ -162,6 +162,17 @@ impl Document {
     }
 }
 
+/// Decodes base64 text as XML and object values carry it: standard alphabet, padded,
+/// with any whitespace (line breaks of wrapped text) ignored.
+///
+/// # Errors
+/// [`base64::DecodeError`] when the text is not base64.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine as _;
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(compact)
+}
+
 /// Parses a GUID as the spec's schema writes it (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`,
 /// either case, optionally in braces).
 pub fn parse_guid(s: &str) -> Option<Uuid> {
@@ -239,17 +250,13 @@ impl ContactData {
     /// # Errors
     /// [`XmlError::Invalid`] when Credentials is not base64 of a DER certificate.
     pub fn credentials_peer_name(&self) -> Result<Option<PeerName>, XmlError> {
-        use base64::Engine as _;
         let Some(b64) = &self.credentials else {
             return Ok(None);
         };
-        let compact: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(compact)
-            .map_err(|e| XmlError::Invalid {
-                element: "Credentials",
-                reason: e.to_string(),
-            })?;
+        let der = decode_base64(b64).map_err(|e| XmlError::Invalid {
+            element: "Credentials",
+            reason: e.to_string(),
+        })?;
         let identity = crate::tls::CertIdentity::from_der(&der).map_err(|e| XmlError::Invalid {
             element: "Credentials",
             reason: e.to_string(),

@@ -5,7 +5,7 @@ mod common;
 
 use common::bin::{run, stderr};
 use common::hub_process::{sample, HubProcess};
-use common::{expect_event, next_notify};
+use common::{expect_event, next_notify, series};
 use p2ppi_hub::peer::{self, PeerEvent};
 use p2ppi_hub::wire::Object;
 use serde_json::{json, Value};
@@ -114,10 +114,12 @@ async fn object_routes_follow_design_3_1_and_fan_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_too_large_for_one_message_is_413() {
+async fn a_change_beyond_the_hub_objects_budget_is_413() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProcess::start(dir.path(), &[], &[]);
-    let body = |n: &str| json!({"name": n, "value": "v".repeat(40_000)}).to_string();
+    // The default budget (hub.max_objects_bytes) is 8 KiB: one 5,000-byte object fits, two
+    // do not.
+    let body = |n: &str| json!({"name": n, "value": "v".repeat(5_000)}).to_string();
     assert_eq!(
         hub.http("POST", "/v1/objects", Some(&body("a")), None)
             .await
@@ -128,7 +130,16 @@ async fn a_change_too_large_for_one_message_is_413() {
         .http("POST", "/v1/objects", Some(&body("b")), None)
         .await;
     assert_eq!(status, 413, "{err}");
+    assert!(err.to_string().contains("hub.max_objects_bytes"), "{err}");
     assert_eq!(hub.get("/v1/objects").await.1.as_array().unwrap().len(), 1);
+    let scrape = hub.metrics().await;
+    assert_eq!(
+        series(
+            &scrape,
+            "p2ppi_admin_rejected_total{reason=\"hub_objects_budget\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

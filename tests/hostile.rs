@@ -538,18 +538,11 @@ async fn hostile_messages_table() {
     assert!(matches!(bystander.request(2).await.message, Message::Response(ref l) if l.len() == 1));
 }
 
-/// The rate-limit drop counter (only the flood test moves it in this test binary).
-fn rate_limited(prometheus: &metrics_exporter_prometheus::PrometheusHandle) -> u64 {
-    prometheus
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("p2ppi_messages_dropped_total{reason=\"rate_limited\"} "))
-        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_peer_is_rate_limited_without_hurting_others() {
-    const FLOOD: u64 = 5000;
+async fn a_flooding_peer_is_throttled_without_hurting_others() {
+    // 2000 REQUESTs (32 KB) fit the socket buffers, so the write completes while the hub
+    // reads them at the rate.
+    const FLOOD: usize = 2000;
     let prometheus = p2ppi_hub::metrics::install();
     let pki = Pki::new();
     let mut config = pki.config();
@@ -559,26 +552,26 @@ async fn a_flooding_peer_is_rate_limited_without_hurting_others() {
     let h = hub.handle();
     let mut flooder = Raw::connect(&pki, &h, "flooder").await;
     let started = std::time::Instant::now();
-    flooder.write(&request().repeat(FLOOD as usize)).await;
+    flooder.write(&request().repeat(FLOOD)).await;
     let mut good = Raw::connect(&pki, &h, "good").await;
     assert!(
         matches!(good.request(1).await.message, Message::Response(_)),
         "a good peer is served during the flood"
     );
-    // Every REQUEST is either answered or dropped and counted.
+    // For a second the flooder is answered in order, at no more than the bucket allows.
     let mut answered = 0u64;
-    while answered + rate_limited(&prometheus) < FLOOD {
+    while started.elapsed() < std::time::Duration::from_secs(1) {
         match tokio::time::timeout(std::time::Duration::from_millis(50), flooder.read()).await {
             Ok(RawRead::Frame(frame)) => {
                 answered += 1;
-                assert_eq!(u64::from(frame.id), answered + 1);
+                assert_eq!(
+                    u64::from(frame.id),
+                    answered + 1,
+                    "answered in order, none skipped"
+                );
             }
             Ok(RawRead::Closed) => panic!("the flooder was disconnected"),
-            Err(_) => assert!(
-                started.elapsed() < DEADLINE,
-                "{answered} answered, {} dropped",
-                rate_limited(&prometheus)
-            ),
+            Err(_) => {}
         }
     }
     let allowed = 100 + (50.0 * started.elapsed().as_secs_f64()).ceil() as u64;
@@ -586,13 +579,20 @@ async fn a_flooding_peer_is_rate_limited_without_hurting_others() {
         (100..=allowed).contains(&answered),
         "{answered} answered; the bucket allowed at most {allowed}"
     );
-    // The session is still up: after a refill its REQUEST is answered, next in line.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let after = flooder.request(9999).await;
     assert_eq!(
-        u64::from(after.id),
-        answered + 2,
-        "no RESPONSE was still pending"
+        series(
+            &prometheus.render(),
+            "p2ppi_messages_dropped_total{reason=\"rate_limited\"}"
+        ),
+        0.0,
+        "nothing is dropped"
+    );
+    assert!(
+        series(
+            &prometheus.render(),
+            "p2ppi_inbound_throttle_pause_seconds_sum"
+        ) > 0.0,
+        "the throttled time is counted"
     );
     assert_eq!(h.session_count(), 2);
 }

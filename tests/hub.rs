@@ -252,7 +252,9 @@ async fn publish_update_delete_fan_out_with_the_spec_contents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_changes_are_refused_not_truncated() {
     let pki = Pki::new();
-    let hub = start_hub(pki.config());
+    let mut config = pki.config();
+    config.hub.max_objects_bytes = 50_000;
+    let hub = start_hub(config);
     let h = hub.handle();
     h.publish(o("big", &"x".repeat(40_000))).await.unwrap();
     let err = h.publish(o("big2", &"y".repeat(40_000))).await.unwrap_err();

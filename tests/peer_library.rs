@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
+use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::peer::PeerError;
-use p2ppi_hub::relay::relayed_name;
 use p2ppi_hub::session::StateError;
 use p2ppi_hub::wire::Object;
 
@@ -14,6 +14,8 @@ async fn a_publish_that_would_overflow_one_message_is_refused_and_the_connection
     let mut config = pki.config();
     // Let the hub relay large objects, so the watcher shows exactly what alice holds.
     config.relay.max_object_bytes = 40_000;
+    // Two 30 KB objects need more of the view than the default hub-objects budget leaves.
+    config.hub.max_objects_bytes = 1024;
     let hub = start_hub(config);
     let h = hub.handle();
     let (carol, mut carol_events) = connect(&pki, &h, "carol", None).await;

@@ -13,14 +13,6 @@ use p2ppi_hub::peer::PeerEvent;
 use p2ppi_hub::session::ObjectsSource;
 use p2ppi_hub::wire::{Message, Object};
 
-/// The value of a counter series in a scrape (0 when absent).
-fn counter(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 /// Publishes `n` updates of a `size`-byte object while a good subscriber reads them all;
 /// returns when the good subscriber has the last one.
 async fn drive(h: &HubHandle, good: &mut p2ppi_hub::peer::PeerEvents, n: usize, size: usize) {
@@ -55,7 +47,7 @@ async fn slow_consumers_are_bounded_and_disconnected_while_others_go_on() {
     let (good, mut good_events) = connect(&pki, &h, "good", None).await;
     good.subscribe().await.unwrap();
     expect_event(&mut good_events, "initial", |_| true).await;
-    let before = counter(
+    let before = series(
         &prometheus.render(),
         "p2ppi_slow_consumer_disconnects_total{reason=\"queue_full\"}",
     );
@@ -80,7 +72,7 @@ async fn slow_consumers_are_bounded_and_disconnected_while_others_go_on() {
         *good.peer_name(),
         "the good peer stays"
     );
-    let after = counter(
+    let after = series(
         &prometheus.render(),
         "p2ppi_slow_consumer_disconnects_total{reason=\"queue_full\"}",
     );
@@ -93,6 +85,8 @@ async fn slow_consumers_are_bounded_and_disconnected_while_others_go_on() {
     config.limits.outbound_queue_bytes = 64 * 1024 * 1024;
     config.limits.outbound_queue_messages = 100_000;
     config.limits.write_timeout = Duration::from_secs(1);
+    // Hub objects of 40 KB: within their budget.
+    config.hub.max_objects_bytes = 48 * 1024;
     let hub = start_hub(config);
     let h = hub.handle();
     let mut stalled = Raw::connect_small_buffer(&pki, &h, "stalled").await;
@@ -101,14 +95,14 @@ async fn slow_consumers_are_bounded_and_disconnected_while_others_go_on() {
     let (good, mut good_events) = connect(&pki, &h, "good", None).await;
     good.subscribe().await.unwrap();
     expect_event(&mut good_events, "initial", |_| true).await;
-    let before = counter(
+    let before = series(
         &prometheus.render(),
         "p2ppi_slow_consumer_disconnects_total{reason=\"write_timeout\"}",
     );
     // 12 MB: more than the hub's socket send buffer (at most 4 MB), so its write blocks.
     drive(&h, &mut good_events, 300, 40_000).await;
     wait_until("the stalled consumer times out", || h.sessions().len() == 1).await;
-    let after = counter(
+    let after = series(
         &prometheus.render(),
         "p2ppi_slow_consumer_disconnects_total{reason=\"write_timeout\"}",
     );

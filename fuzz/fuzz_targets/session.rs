@@ -4,7 +4,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2ppi_hub::relay::PeerCopy;
+use p2ppi_hub::hub::relay::PeerCopy;
 use p2ppi_hub::session::{LocalNode, Received, StateError};
 use p2ppi_hub::wire::{decode_message, Frame, Inbound, Message, Object};
 

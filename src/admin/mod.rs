@@ -17,8 +17,8 @@
 //! | `GET /v1/messages` | the latest messages peers addressed to the hub |
 //!
 //! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
-//! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change too large for one
-//! message), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`,
+//! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change that would take the
+//! hub's objects over `hub.max_objects_bytes`), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`,
 //! `/readyz` and the page's document at `/` (which holds no data) needs
 //! `Authorization: Bearer <token>`. Object changes are acknowledged only once persisted and
 //! served by every worker.
@@ -93,7 +93,11 @@ impl From<HubError> for AdminError {
     fn from(e: HubError) -> Self {
         let status = match &e {
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
-            HubError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::TooLarge { .. } => {
+                // A limit that rejects is counted (DESIGN 7): hub.max_objects_bytes.
+                metrics::count_reason(metrics::ADMIN_REJECTED, "hub_objects_budget");
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             HubError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HubError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };

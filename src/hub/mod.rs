@@ -1,47 +1,55 @@
-//! The hub server (DESIGN 4): accept loop, shards, sessions and the registry, behind a
-//! plain [`HubHandle`].
+//! The hub server (DESIGN 4) behind a plain [`HubHandle`]. The modules follow a
+//! connection's data flow:
+//!
+//! [`accept`] → [`handshake`] → [`session`] (with [`throttle`], [`relay`], [`route`]) →
+//! [`registry`] → [`fanout`] → [`outbound`]; [`messages`] are what the actors exchange,
+//! [`shared`] is what every thread reads, [`shard`] is the actor of one worker thread.
 //!
 //! Threads: the hub runs its own actix `System` on a dedicated thread (the accept loop and
 //! the [`registry::Registry`] live there) plus one worker arbiter per core, each with one
-//! [`shard::Shard`]. The accept loop never handshakes: it checks the session and handshake
-//! limits, sets TCP options and hands the socket to the next shard, which handshakes it in
-//! its own task under the handshake timeout and then starts a [`session::Session`] on its
-//! thread.
+//! [`shard::Shard`], which handshakes the connections the accept loop hands it and runs
+//! their sessions and fan-out on its thread.
 //!
 //! Nothing of actix leaks out: [`Hub::start`] returns once the listener is bound, and the
 //! handle's methods are plain async functions usable from any runtime.
 
+pub mod accept;
 pub mod events;
+pub mod fanout;
+pub mod handshake;
 pub mod invitations;
+pub mod messages;
 pub mod outbound;
 pub mod registry;
+pub mod relay;
+pub mod route;
 pub mod session;
 pub mod shard;
+pub mod shared;
+pub mod throttle;
 pub mod view;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dashmap::DashMap;
-use serde::Serialize;
-use socket2::{SockRef, TcpKeepalive};
 use thiserror::Error;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::metrics;
 use crate::persist::ObjectStore;
-use crate::session::SessionMachine;
 use crate::tls::{self, PeerName, TlsError};
 use crate::wire::{Message, Object};
-use registry::{ApplyOp, ListObjects, Registry};
+use messages::{Close, Deliver, Delivery, Fanout, RegistryLink};
+use registry::{ApplyOp, ListObjects, Registry, ViewLimits};
 pub use registry::{HubError, ObjectOp, OpOutcome, PersistHook};
-use session::{Close, Deliver, Session};
-use shard::{Accept, CloseAll, Delivery, Fanout, Shard};
+use shard::{CloseAll, Shard};
+use shared::HubShared;
+pub use shared::{HubMessage, SessionInfo, HUB_MESSAGES_KEPT};
 
 /// Why the hub could not start.
 #[derive(Debug, Error)]
@@ -66,164 +74,6 @@ pub enum StartError {
     /// The persisted hub objects could not be read.
     #[error(transparent)]
     Persist(#[from] crate::persist::PersistError),
-}
-
-/// The three flags and the facts of a session, mirrored for the admin API. The session
-/// actor owns the flags; it stores them here after every event.
-pub struct SessionFlags {
-    peer_name: PeerName,
-    mesh: Arc<str>,
-    remote: SocketAddr,
-    common_name: Option<String>,
-    since: SystemTime,
-    neighbor_subscribed: AtomicBool,
-    local_subscribed: AtomicBool,
-    response_pending: AtomicBool,
-    relayed_objects: AtomicUsize,
-}
-
-impl SessionFlags {
-    fn new(
-        peer_name: PeerName,
-        mesh: Arc<str>,
-        remote: SocketAddr,
-        common_name: Option<String>,
-        since: SystemTime,
-    ) -> Self {
-        Self {
-            peer_name,
-            mesh,
-            remote,
-            common_name,
-            since,
-            neighbor_subscribed: AtomicBool::new(false),
-            local_subscribed: AtomicBool::new(false),
-            response_pending: AtomicBool::new(false),
-            relayed_objects: AtomicUsize::new(0),
-        }
-    }
-
-    fn store(&self, machine: &SessionMachine) {
-        self.neighbor_subscribed
-            .store(machine.neighbor_subscribed(), Ordering::Relaxed);
-        self.local_subscribed
-            .store(machine.local_subscribed(), Ordering::Relaxed);
-        self.response_pending
-            .store(machine.response_pending(), Ordering::Relaxed);
-    }
-
-    fn set_relayed(&self, count: usize) {
-        self.relayed_objects.store(count, Ordering::Relaxed);
-    }
-
-    fn info(&self) -> SessionInfo {
-        SessionInfo {
-            peer_name: self.peer_name.clone(),
-            mesh: self.mesh.to_string(),
-            remote_address: self.remote,
-            common_name: self.common_name.clone(),
-            neighbor_subscribed: self.neighbor_subscribed.load(Ordering::Relaxed),
-            local_subscribed: self.local_subscribed.load(Ordering::Relaxed),
-            response_pending: self.response_pending.load(Ordering::Relaxed),
-            connected_since: humantime::format_rfc3339_seconds(self.since).to_string(),
-            relayed_objects: self.relayed_objects.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// A snapshot of one session (admin API `GET /v1/sessions`).
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionInfo {
-    /// The peer's PeerName.
-    pub peer_name: PeerName,
-    /// Its mesh.
-    pub mesh: String,
-    /// Its remote address.
-    pub remote_address: SocketAddr,
-    /// Its certificate's CN.
-    pub common_name: Option<String>,
-    /// The peer is subscribed to the hub.
-    pub neighbor_subscribed: bool,
-    /// The hub is subscribed to the peer.
-    pub local_subscribed: bool,
-    /// The hub awaits a RESPONSE from the peer.
-    pub response_pending: bool,
-    /// When the session started (RFC 3339).
-    pub connected_since: String,
-    /// How many of its objects the hub relays.
-    pub relayed_objects: usize,
-}
-
-/// One entry of the PeerName index.
-pub struct SessionEntry {
-    id: shard::SessionId,
-    addr: Addr<Session>,
-    flags: Arc<SessionFlags>,
-}
-
-/// An application message addressed to the hub itself (no `to=`), kept for the admin API.
-#[derive(Debug, Clone, Serialize)]
-pub struct HubMessage {
-    /// The sender.
-    pub from: PeerName,
-    /// The sender's mesh.
-    pub mesh: String,
-    /// The MIME type.
-    pub mime_type: String,
-    /// The value.
-    pub value: String,
-    /// When it arrived (RFC 3339).
-    pub received_at: String,
-}
-
-/// How many hub messages are kept.
-pub const HUB_MESSAGES_KEPT: usize = 100;
-
-/// State every thread of the hub reads.
-pub struct HubShared {
-    config: Arc<Config>,
-    index: DashMap<PeerName, SessionEntry>,
-    invitations: invitations::Invitations,
-    hub_messages: events::Recent<HubMessage>,
-    events: events::Events,
-    sessions: AtomicUsize,
-    connections: AtomicUsize,
-    next_session_id: AtomicU64,
-    accepting: AtomicBool,
-}
-
-impl HubShared {
-    fn accepting(&self) -> bool {
-        self.accepting.load(Ordering::Acquire)
-    }
-
-    fn record_hub_message(&self, message: HubMessage) {
-        self.events.hub_message(&message);
-        self.hub_messages.push(message);
-    }
-
-    /// The address and mesh of a connected peer (no DashMap reference is kept).
-    fn lookup(&self, peer: &PeerName) -> Option<(Addr<Session>, Arc<str>)> {
-        self.index
-            .get(peer)
-            .map(|e| (e.addr.clone(), e.flags.mesh.clone()))
-    }
-}
-
-/// Counts one open connection until dropped.
-pub struct ConnectionGuard(Arc<HubShared>);
-
-impl ConnectionGuard {
-    fn new(shared: Arc<HubShared>) -> Self {
-        shared.connections.fetch_add(1, Ordering::AcqRel);
-        Self(shared)
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// A cloneable handle to a running hub.
@@ -305,12 +155,7 @@ impl HubHandle {
 
     /// The open sessions, sorted by PeerName.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        let mut list: Vec<SessionInfo> = self
-            .shared
-            .index
-            .iter()
-            .map(|entry| entry.value().flags.info())
-            .collect();
+        let mut list = self.shared.infos();
         list.sort_by(|a, b| a.peer_name.cmp(&b.peer_name));
         list
     }
@@ -333,7 +178,7 @@ impl HubHandle {
 
     /// The session of a peer, if connected.
     pub fn session(&self, peer: &PeerName) -> Option<SessionInfo> {
-        self.shared.index.get(peer).map(|e| e.flags.info())
+        self.shared.lookup(peer).map(|e| e.flags.info())
     }
 
     /// Number of open sessions.
@@ -343,11 +188,9 @@ impl HubHandle {
 
     /// Ends a peer's session (with close_notify). Returns whether it was connected.
     pub fn disconnect(&self, peer: &PeerName, reason: &'static str) -> bool {
-        // Clone the address out: no DashMap reference is held past this line.
-        let addr = self.shared.index.get(peer).map(|e| e.addr.clone());
-        match addr {
-            Some(addr) => {
-                addr.do_send(Close { reason });
+        match self.shared.lookup(peer) {
+            Some(entry) => {
+                entry.close.do_send(Close { reason });
                 true
             }
             None => false,
@@ -370,13 +213,8 @@ impl HubHandle {
             value: value.into(),
         };
         let bytes = message.to_bytes(0).map_err(|_| SendError::TooLarge)?;
-        let addr = self
-            .shared
-            .index
-            .get(peer)
-            .map(|e| e.addr.clone())
-            .ok_or(SendError::NotConnected)?;
-        match addr.send(Deliver(bytes)).await {
+        let entry = self.shared.lookup(peer).ok_or(SendError::NotConnected)?;
+        match entry.deliver.send(Deliver(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(SendError::QueueFull),
             Err(_) => Err(SendError::NotConnected),
@@ -426,14 +264,15 @@ impl Hub {
         let mut server_config = tls::server_config(&ca, identity)?;
         if let Some(path) = &config.tls.keylog {
             server_config = tls::with_key_log(server_config, path)?;
-            tracing::warn!("{}", crate::config::keylog_warning(path));
+            warn!("{}", crate::config::keylog_warning(path));
         }
         let listen = config.hub.listen;
-        let listener =
-            bind(listen, config.limits.listen_backlog).map_err(|source| StartError::Bind {
+        let listener = accept::bind(listen, config.limits.listen_backlog).map_err(|source| {
+            StartError::Bind {
                 addr: listen,
                 source,
-            })?;
+            }
+        })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: listen,
             source,
@@ -442,22 +281,7 @@ impl Hub {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let invitations = invitations::Invitations::new(
-            config.relay.max_invitations,
-            config.relay.invitation_ttl,
-        );
-        let event_queue = config.admin.event_queue;
-        let shared = Arc::new(HubShared {
-            config: Arc::new(config),
-            index: DashMap::new(),
-            invitations,
-            hub_messages: events::Recent::new(HUB_MESSAGES_KEPT),
-            events: events::Events::new(event_queue, HUB_MESSAGES_KEPT),
-            sessions: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-            next_session_id: AtomicU64::new(1),
-            accepting: AtomicBool::new(true),
-        });
+        let shared = Arc::new(HubShared::new(config));
         let (init_tx, init_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
         let (done_tx, done_rx) = oneshot::channel();
@@ -549,11 +373,14 @@ async fn run_system(
     // can be given it.
     let registry_context = Context::<Registry>::new();
     let registry_addr = registry_context.address();
+    let link = RegistryLink {
+        set: registry_addr.clone().recipient(),
+        remove: registry_addr.recipient(),
+    };
     let shards: Vec<Addr<Shard>> = arbiters
         .iter()
         .map(|arbiter| {
-            let (shared, acceptor, registry) =
-                (shared.clone(), acceptor.clone(), registry_addr.clone());
+            let (shared, acceptor, registry) = (shared.clone(), acceptor.clone(), link.clone());
             Shard::start_in_arbiter(&arbiter.handle(), move |_| {
                 Shard::new(shared, acceptor, registry)
             })
@@ -566,12 +393,14 @@ async fn run_system(
         events.events.hub_objects_changed(objects);
         Ok(())
     });
-    let registry = match Registry::new(
-        objects,
-        shards.clone(),
-        shared.config.relay.max_view_bytes,
-        Some(persist),
-    ) {
+    let limits = ViewLimits {
+        max_view_bytes: shared.config.relay.max_view_bytes,
+        max_objects_bytes: shared.config.hub.max_objects_bytes,
+    };
+    let recipients = shards.iter().map(|s| s.clone().recipient()).collect();
+    // The page's feed starts from the objects the registry accepts below.
+    let hub_objects = objects.clone();
+    let registry = match Registry::new(objects, recipients, limits, Some(persist)) {
         Ok(registry) => registry,
         Err(e) => {
             let _ = init.send(Err(e));
@@ -580,14 +409,15 @@ async fn run_system(
         }
     };
     let base = registry.base_view();
-    shared.events.hub_objects_changed(&base.objects);
+    shared.events.hub_objects_changed(&hub_objects);
+    let initial = Arc::new(Fanout {
+        base: Some(base),
+        meshes: Vec::new(),
+        delivery: Delivery::Silent,
+        applied: None,
+    });
     for shard in &shards {
-        shard.do_send(Fanout {
-            base: Some(base.clone()),
-            meshes: Vec::new(),
-            delivery: Delivery::Silent,
-            applied: None,
-        });
+        shard.do_send(initial.clone());
     }
     let registry = registry_context.run(registry);
     let sweeper = {
@@ -610,7 +440,11 @@ async fn run_system(
             return;
         }
     };
-    let accept = actix_rt::spawn(accept_loop(listener, shards.clone(), shared.clone()));
+    let accept = actix_rt::spawn(accept::accept_loop(
+        listener,
+        shards.clone(),
+        shared.clone(),
+    ));
     let _ = init.send(Ok(registry));
 
     let grace = stop.await.unwrap_or(Duration::ZERO);
@@ -636,84 +470,11 @@ async fn run_system(
     System::current().stop();
 }
 
-/// The P2PPI listener, with the configured accept backlog (std's is fixed at 128, too few
-/// for a reconnect storm of thousands of peers).
-fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
 fn stop_arbiters(arbiters: Vec<Arbiter>) {
     for arbiter in &arbiters {
         arbiter.stop();
     }
     for arbiter in arbiters {
         let _ = arbiter.join();
-    }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shards: Vec<Addr<Shard>>,
-    shared: Arc<HubShared>,
-) {
-    let limits = shared.config.limits.clone();
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
-    let keepalive = TcpKeepalive::new()
-        .with_time(limits.tcp_keepalive)
-        .with_interval(
-            limits
-                .tcp_keepalive
-                .div_f32(4.0)
-                .max(Duration::from_secs(1)),
-        );
-    let mut next = 0usize;
-    loop {
-        // A handshake slot first: when every slot is held (say by clients that never finish
-        // their handshake), stop accepting until the handshake timeout frees one, instead of
-        // refusing good peers. The waiting connections stay in the kernel's backlog.
-        let permit = match handshakes.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                metrics::counter_inc(metrics::HANDSHAKE_SLOTS_EXHAUSTED);
-                match handshakes.clone().acquire_owned().await {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                }
-            }
-        };
-        let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if shared.sessions.load(Ordering::Relaxed) >= limits.max_sessions {
-            metrics::count_reason(metrics::CONNECTIONS_REJECTED, "max_sessions");
-            continue;
-        }
-        let sock = SockRef::from(&stream);
-        let _ = sock.set_tcp_nodelay(true);
-        let _ = sock.set_tcp_keepalive(&keepalive);
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(_) => continue,
-        };
-        let guard = ConnectionGuard::new(shared.clone());
-        shards[next % shards.len()].do_send(Accept {
-            stream,
-            remote,
-            permit,
-            guard,
-        });
-        next = next.wrapping_add(1);
     }
 }

@@ -1,30 +1,49 @@
 //! The registry actor: the hub's published objects and the views built from them.
 //!
 //! Every change to the hub's objects follows DESIGN 3.1 on one [`PublishedObjects`] list,
-//! is checked to still fit one message before it is applied (DESIGN 5.1: refused, never
-//! truncated), and is broadcast once to every shard as a [`Fanout`] holding bytes encoded
-//! once. Mesh views (hub objects followed by a mesh's relayed objects) are rebuilt here
-//! too, so each change is encoded once per mesh.
+//! is checked against the hub's own budget (`hub.max_objects_bytes`) before it is applied
+//! (DESIGN 5.1: refused, never truncated), and is broadcast once to every shard as a
+//! [`Fanout`] holding bytes encoded once. Mesh views are kept here too, so each change is
+//! encoded once per mesh.
+//!
+//! **One list per mesh.** A mesh's view is one ordered list of entries, each owned by the
+//! hub or by one peer; it is the only copy of the relayed objects. The view is ordered by
+//! when each object entered it (DESIGN 5.2, "Order"): a change of one owner's objects fills
+//! that owner's places in the list in order, and objects beyond them go last. So an append
+//! by anyone (notified alone) lands last in every view it reaches, exactly where a
+//! subscriber following the spec appends it, and the same list is what a RESPONSE returns.
+//!
+//! **Budgets.** The hub's objects have their own budget; relayed objects fill what is left
+//! of one message (`relay.max_view_bytes` minus the message's overhead minus the hub's
+//! budget), so peers can never fill a view so far that the operator is refused. An object
+//! that does not fit is refused whole (a peer's last objects first), counted once when it
+//! becomes refused and logged once per (peer, object) transition (DESIGN 6, Logs). Refused
+//! objects wait: when room frees up in their mesh (a peer leaves or shrinks) they are
+//! relayed, in PeerName order, and their session is told its new count.
+//!
+//! The logic is plain methods returning the [`Fanout`] to broadcast; the actor only
+//! broadcasts, so the views and their deliveries are unit-tested without TLS or shards.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use thiserror::Error;
+use tracing::{info, warn};
 
-use tracing::warn;
-
-use super::shard::{Applied, Delivery, Fanout, SessionId, Shard};
+use super::messages::{Applied, Delivery, Fanout, RelayRemove, RelaySet, RelayedCount, SessionId};
+use super::relay::RejectReason;
 use super::view::{notify_only, View};
-use super::SessionFlags;
 use crate::metrics;
 use crate::objects::{Change, ObjectError, PublishedObjects};
-use crate::relay::RejectReason;
 use crate::tls::PeerName;
-use crate::wire::{
-    name_value_list_len, object_field_len, EncodeError, Object, MESSAGE_SIZE_LIMIT, MIN_MESSAGE_LEN,
-};
+use crate::wire::{object_field_len, EncodeError, Object, MIN_MESSAGE_LEN};
+
+/// Bytes of a NOTIFY or RESPONSE that holds no object (headers and the empty list).
+pub const VIEW_OVERHEAD: usize = MIN_MESSAGE_LEN + EMPTY_LIST_LEN;
+/// An ARRAY_NAME_VALUE_LIST field holding nothing: field header and entry count.
+const EMPTY_LIST_LEN: usize = 4 + 2;
 
 /// Errors of hub object operations.
 #[derive(Debug, Clone, Error)]
@@ -32,12 +51,12 @@ pub enum HubError {
     /// The spec's "report an error": nothing matched (admin API: 404).
     #[error(transparent)]
     NotFound(#[from] ObjectError),
-    /// The change would make a NOTIFY or RESPONSE too large (admin API: 413).
-    #[error("the change would make the objects list {len} bytes, above the {max}-byte limit of one message")]
+    /// The change would take the hub's objects over their budget (admin API: 413).
+    #[error("the change would make the hub's objects {len} bytes, above their {max}-byte budget (hub.max_objects_bytes)")]
     TooLarge {
-        /// Encoded size the list would have.
+        /// Encoded size the hub's objects would have.
         len: usize,
-        /// The limit.
+        /// The budget.
         max: usize,
     },
     /// The change could not be made durable (admin API: 500); it was not applied.
@@ -86,76 +105,145 @@ pub struct ListObjects;
 /// Called with the new list before a change is applied; an error refuses the change.
 pub type PersistHook = Box<dyn FnMut(&[Object]) -> Result<(), String>>;
 
-/// Sets the objects the hub relays for one peer (already filtered and renamed
-/// `<peer-name>/<object-name>`); the registry applies the view cap.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RelaySet {
-    /// The peer.
-    pub peer: PeerName,
-    /// Its mesh.
-    pub mesh: Arc<str>,
-    /// The session sending this (a newer session of the same peer wins).
-    pub session: SessionId,
-    /// The objects to relay, in the peer's order.
-    pub objects: Vec<Object>,
-    /// Where to record how many were relayed.
-    pub flags: Arc<SessionFlags>,
+/// The sizes a view is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewLimits {
+    /// Largest encoded view (`relay.max_view_bytes`).
+    pub max_view_bytes: usize,
+    /// The hub's own objects' budget, encoded objects (`hub.max_objects_bytes`).
+    pub max_objects_bytes: usize,
 }
 
-/// Removes a peer's relayed objects (its session ended).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RelayRemove {
-    /// The peer.
-    pub peer: PeerName,
-    /// The session that ended; ignored if a newer one owns the peer's objects.
-    pub session: SessionId,
+impl ViewLimits {
+    /// Bytes of encoded objects the relayed objects of one mesh may take.
+    pub fn relay_room(&self) -> usize {
+        self.max_view_bytes
+            .saturating_sub(VIEW_OVERHEAD + self.max_objects_bytes)
+    }
 }
 
+/// Encoded bytes of these objects inside a list.
+fn objects_len<'a>(objects: impl IntoIterator<Item = &'a Object>) -> usize {
+    objects.into_iter().map(object_field_len).sum()
+}
+
+/// One object of a mesh view and who owns it (`None`: the hub).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    owner: Option<PeerName>,
+    object: Object,
+}
+
+/// Replaces `owner`'s objects in `entries` by `objects`: they fill the owner's places in
+/// order, and those beyond go last (DESIGN 5.2, "Order").
+fn replace_owned(entries: &[Entry], owner: Option<&PeerName>, objects: &[Object]) -> Vec<Entry> {
+    let mut next = objects.iter();
+    let mut out = Vec::with_capacity(entries.len() + objects.len());
+    for entry in entries {
+        if entry.owner.as_ref() != owner {
+            out.push(entry.clone());
+        } else if let Some(object) = next.next() {
+            out.push(Entry {
+                owner: owner.cloned(),
+                object: object.clone(),
+            });
+        }
+    }
+    out.extend(next.map(|object| Entry {
+        owner: owner.cloned(),
+        object: object.clone(),
+    }));
+    out
+}
+
+/// What subscribers of a list going from `old` to `new` are sent: the new object alone
+/// when it was appended, else the entire list; `None` when nothing changed.
+fn delivery_between(old: &[Entry], new: &[Entry]) -> Option<Delivery> {
+    if old == new {
+        return None;
+    }
+    match new.split_last() {
+        Some((added, rest)) if rest == old => {
+            Some(notify_only(&added.object).map_or(Delivery::Complete, Delivery::Only))
+        }
+        _ => Some(Delivery::Complete),
+    }
+}
+
+/// The view of one mesh that holds relayed objects.
+struct MeshView {
+    entries: Vec<Entry>,
+}
+
+impl MeshView {
+    fn relayed(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.owner.is_some())
+    }
+}
+
+/// Who owns a peer's relayed objects, and those of its objects the view cap refuses now
+/// (the tail of its list, in its order): they are relayed as soon as room frees up.
 struct Owner {
     mesh: Arc<str>,
     session: SessionId,
+    refused: Vec<Object>,
+    /// Told the relayed count when it changes without a [`RelaySet`] (room freed up).
+    counts: Recipient<RelayedCount>,
 }
 
 /// The registry actor.
 pub struct Registry {
     objects: PublishedObjects,
     base: Arc<View>,
-    /// Relayed objects per mesh, in order, named `<peer-name>/<object-name>`.
-    relayed: HashMap<Arc<str>, Vec<Object>>,
-    mesh_views: HashMap<Arc<str>, Arc<View>>,
+    meshes: HashMap<Arc<str>, MeshView>,
     owners: HashMap<PeerName, Owner>,
-    shards: Vec<Addr<Shard>>,
-    max_view_bytes: usize,
+    /// Per mesh, the peers with objects waiting for room.
+    waiting: HashMap<Arc<str>, BTreeSet<PeerName>>,
+    shards: Vec<Recipient<Arc<Fanout>>>,
+    limits: ViewLimits,
     persist: Option<PersistHook>,
+}
+
+fn too_large(e: EncodeError) -> HubError {
+    match e {
+        EncodeError::TooLarge { len, limit } => HubError::TooLarge {
+            len,
+            max: limit - 1,
+        },
+        EncodeError::Io(e) => HubError::Persist(e.to_string()),
+    }
+}
+
+fn view_of(entries: &[Entry]) -> Result<View, EncodeError> {
+    View::new(entries.iter().map(|e| &e.object))
 }
 
 impl Registry {
     /// A registry holding `objects`, broadcasting to `shards`.
     ///
     /// # Errors
-    /// [`HubError::TooLarge`] when the objects do not fit one message.
+    /// [`HubError::TooLarge`] when the objects exceed the hub's budget.
     pub fn new(
         objects: Vec<Object>,
-        shards: Vec<Addr<Shard>>,
-        max_view_bytes: usize,
+        shards: Vec<Recipient<Arc<Fanout>>>,
+        limits: ViewLimits,
         persist: Option<PersistHook>,
     ) -> Result<Self, HubError> {
         let mut list = PublishedObjects::new();
         for object in objects {
             list.publish(object);
         }
-        let base = Arc::new(build_view(list.as_slice().to_vec(), max_view_bytes)?);
+        check_budget(list.as_slice(), limits)?;
+        let base = Arc::new(View::new(list.as_slice()).map_err(too_large)?);
         metrics::hub_objects(list.len());
         Ok(Self {
             objects: list,
             base,
-            relayed: HashMap::new(),
-            mesh_views: HashMap::new(),
+            meshes: HashMap::new(),
             owners: HashMap::new(),
+            waiting: HashMap::new(),
             shards,
-            max_view_bytes,
+            limits,
             persist,
         })
     }
@@ -176,7 +264,8 @@ impl Registry {
         applied
     }
 
-    fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Option<Arc<Applied>>), HubError> {
+    /// Applies an operation to the hub's objects; returns the change to broadcast.
+    fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Option<Fanout>), HubError> {
         let mut next = self.objects.clone();
         let change = match op {
             ObjectOp::Publish(object) => next.publish(object),
@@ -187,17 +276,15 @@ impl Registry {
         if change == Change::None {
             return Ok((OpOutcome { changed: false }, None));
         }
+        check_budget(next.as_slice(), self.limits)?;
         // Build every view the change touches before anything is applied: a change that
-        // does not fit is refused whole.
-        let base = Arc::new(build_view(next.as_slice().to_vec(), self.max_view_bytes)?);
-        let mut meshes = Vec::with_capacity(self.mesh_views.len());
-        for (mesh, view) in &self.mesh_views {
-            let relayed = &view.objects[self.objects.len()..];
-            let objects = next.as_slice().iter().chain(relayed).cloned().collect();
-            meshes.push((
-                mesh.clone(),
-                Arc::new(build_view(objects, self.max_view_bytes)?),
-            ));
+        // does not encode is refused whole.
+        let base = Arc::new(View::new(next.as_slice()).map_err(too_large)?);
+        let mut meshes = Vec::with_capacity(self.meshes.len());
+        for (mesh, current) in &self.meshes {
+            let entries = replace_owned(&current.entries, None, next.as_slice());
+            let view = Arc::new(view_of(&entries).map_err(too_large)?);
+            meshes.push((mesh.clone(), entries, view));
         }
         let delivery = match &change {
             Change::Added(object) => Delivery::Only(notify_only(object).map_err(too_large)?),
@@ -208,177 +295,243 @@ impl Registry {
         }
         self.objects = next;
         self.base = base.clone();
-        for (mesh, view) in &meshes {
-            self.mesh_views.insert(mesh.clone(), view.clone());
+        let mut changed = Vec::with_capacity(meshes.len());
+        for (mesh, entries, view) in meshes {
+            changed.push((mesh.clone(), Some(view.clone())));
+            self.meshes.insert(mesh, MeshView { entries });
         }
         metrics::hub_objects(self.objects.len());
-        let applied = self.broadcast(Fanout {
+        let fanout = Fanout {
             base: Some(base),
-            meshes: meshes.into_iter().map(|(m, v)| (m, Some(v))).collect(),
+            meshes: changed,
             delivery,
             applied: None,
-        });
-        Ok((OpOutcome { changed: true }, Some(applied)))
-    }
-}
-
-impl Registry {
-    fn relayed_total(&self) -> usize {
-        self.relayed.values().map(Vec::len).sum()
-    }
-
-    /// Replaces `peer`'s objects in `mesh` by `objects` (fitted to the view cap), and fans
-    /// the change out. Returns how many objects are relayed.
-    fn set_relayed(&mut self, peer: &PeerName, mesh: &Arc<str>, mut objects: Vec<Object>) -> usize {
-        let prefix = format!("{peer}/");
-        let relayed = self.relayed.entry(mesh.clone()).or_default();
-        let old: Vec<Object> = relayed
-            .iter()
-            .filter(|o| o.name.starts_with(&prefix))
-            .cloned()
-            .collect();
-        let position = relayed
-            .iter()
-            .position(|o| o.name.starts_with(&prefix))
-            .unwrap_or(relayed.len());
-        let mut others = relayed.clone();
-        others.retain(|o| !o.name.starts_with(&prefix));
-        // The view must fit one message: refuse the peer's last objects until it does.
-        let fixed = MIN_MESSAGE_LEN
-            + name_value_list_len(self.objects.as_slice().iter().chain(others.iter()));
-        let mut size = fixed + objects.iter().map(object_field_len).sum::<usize>();
-        while size > self.max_view_bytes {
-            let Some(dropped) = objects.pop() else { break };
-            size -= object_field_len(&dropped);
-            metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
-            warn!(peer = %peer, %mesh, name = %dropped.name, "not relayed: the mesh view would exceed relay.max_view_bytes");
-        }
-        if old == objects {
-            return objects.len();
-        }
-        let delivery = match objects.split_last() {
-            Some((added, rest)) if rest == old.as_slice() => {
-                notify_only(added).map_or(Delivery::Complete, Delivery::Only)
-            }
-            _ => Delivery::Complete,
         };
-        let count = objects.len();
-        let position = position.min(others.len());
-        others.splice(position..position, objects);
-        *relayed = others;
-        self.publish_mesh(mesh, delivery);
-        count
+        Ok((OpOutcome { changed: true }, Some(fanout)))
     }
 
-    /// Rebuilds a mesh's view from its relayed objects and fans it out.
-    fn publish_mesh(&mut self, mesh: &Arc<str>, delivery: Delivery) {
-        let relayed = self.relayed.get(mesh).cloned().unwrap_or_default();
-        let view = if relayed.is_empty() {
-            self.relayed.remove(mesh);
-            self.mesh_views.remove(mesh);
-            None
-        } else {
-            let objects = self
-                .objects
-                .as_slice()
-                .iter()
-                .chain(relayed.iter())
-                .cloned()
-                .collect();
-            // The cap was applied to the relayed objects, so this fits.
-            match build_view(objects, MESSAGE_SIZE_LIMIT - 1) {
+    /// Relayed objects in every mesh.
+    fn relayed_total(&self) -> usize {
+        self.meshes.values().map(|m| m.relayed().count()).sum()
+    }
+
+    /// Sets a peer's relayed objects: answers how many are relayed, and the changes to
+    /// broadcast (leaving an old mesh, the new one, and peers of the mesh that were
+    /// waiting for room and now fit).
+    fn relay_set(&mut self, msg: RelaySet) -> (usize, Vec<Fanout>) {
+        let mut fanouts = Vec::new();
+        let mut before = Vec::new();
+        if let Some(owner) = self.owners.get_mut(&msg.peer) {
+            if owner.session > msg.session {
+                return (0, fanouts); // a stale session of a peer that has reconnected
+            }
+            owner.session = msg.session;
+            before = std::mem::take(&mut owner.refused);
+            if owner.mesh != msg.mesh {
+                let old_mesh = owner.mesh.clone();
+                self.set_waiting(&msg.peer, &old_mesh, false);
+                fanouts.extend(self.set_owned(&msg.peer, &old_mesh, &[]));
+                fanouts.extend(self.refit(&old_mesh));
+            }
+        }
+        let relayed_before = self.relayed_len(&msg.mesh);
+        let owner = Owner {
+            mesh: msg.mesh.clone(),
+            session: msg.session,
+            refused: Vec::new(),
+            counts: msg.counts,
+        };
+        let (count, fanout) = self.place(&msg.peer, owner, msg.objects, &before);
+        fanouts.extend(fanout);
+        if self.relayed_len(&msg.mesh) < relayed_before {
+            fanouts.extend(self.refit(&msg.mesh));
+        }
+        (count, fanouts)
+    }
+
+    /// Relays what of `objects` fits for `peer` and records the rest as refused, counting
+    /// and logging each object once when it becomes refused and when it is relayed again.
+    fn place(
+        &mut self,
+        peer: &PeerName,
+        mut owner: Owner,
+        objects: Vec<Object>,
+        before: &[Object],
+    ) -> (usize, Option<Fanout>) {
+        let mesh = owner.mesh.clone();
+        let (relayed, refused) = self.fit(peer, &mesh, objects);
+        for object in refused.iter().filter(|o| !before.contains(o)) {
+            metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
+            warn!(%peer, %mesh, name = %object.name, "not relayed: the mesh view is full (relay.max_view_bytes)");
+        }
+        for object in before.iter().filter(|o| relayed.contains(o)) {
+            info!(%peer, %mesh, name = %object.name, "relayed now that the mesh view has room");
+        }
+        let count = relayed.len();
+        let fanout = self.set_owned(peer, &mesh, &relayed);
+        self.set_waiting(peer, &mesh, !refused.is_empty());
+        owner.refused = refused;
+        self.owners.insert(peer.clone(), owner);
+        (count, fanout)
+    }
+
+    /// Relays what now fits of the objects waiting for room in `mesh`, peer by peer in
+    /// PeerName order; each peer whose count changed is told it.
+    fn refit(&mut self, mesh: &Arc<str>) -> Vec<Fanout> {
+        let waiting: Vec<PeerName> = self
+            .waiting
+            .get(mesh)
+            .map_or_else(Vec::new, |peers| peers.iter().cloned().collect());
+        let mut fanouts = Vec::new();
+        for peer in waiting {
+            let Some(mut owner) = self.owners.remove(&peer) else {
+                continue;
+            };
+            let before = std::mem::take(&mut owner.refused);
+            let mut wanted: Vec<Object> = self.meshes.get(mesh).map_or_else(Vec::new, |m| {
+                m.entries
+                    .iter()
+                    .filter(|e| e.owner.as_ref() == Some(&peer))
+                    .map(|e| e.object.clone())
+                    .collect()
+            });
+            let was = wanted.len();
+            wanted.extend(before.iter().cloned());
+            let counts = owner.counts.clone();
+            let (count, fanout) = self.place(&peer, owner, wanted, &before);
+            if count != was {
+                counts.do_send(RelayedCount(count));
+            }
+            fanouts.extend(fanout);
+        }
+        fanouts
+    }
+
+    /// Records whether `peer` has objects waiting for room in `mesh`.
+    fn set_waiting(&mut self, peer: &PeerName, mesh: &Arc<str>, waits: bool) {
+        if waits {
+            self.waiting
+                .entry(mesh.clone())
+                .or_default()
+                .insert(peer.clone());
+        } else if let Some(peers) = self.waiting.get_mut(mesh) {
+            peers.remove(peer);
+            if peers.is_empty() {
+                self.waiting.remove(mesh);
+            }
+        }
+    }
+
+    /// Encoded bytes of the relayed objects of `mesh`.
+    fn relayed_len(&self, mesh: &str) -> usize {
+        self.meshes
+            .get(mesh)
+            .map_or(0, |m| objects_len(m.relayed().map(|e| &e.object)))
+    }
+
+    /// Splits a peer's objects into those that fit the relay room of `mesh` (beside the
+    /// other peers' objects) and those refused (its last ones, in its order).
+    fn fit(
+        &self,
+        peer: &PeerName,
+        mesh: &str,
+        mut objects: Vec<Object>,
+    ) -> (Vec<Object>, Vec<Object>) {
+        let others = self.meshes.get(mesh).map_or(0, |m| {
+            objects_len(
+                m.relayed()
+                    .filter(|e| e.owner.as_ref() != Some(peer))
+                    .map(|e| &e.object),
+            )
+        });
+        let room = self.limits.relay_room();
+        let mut size = others + objects_len(&objects);
+        let mut cut = objects.len();
+        while size > room && cut > 0 {
+            cut -= 1;
+            size -= object_field_len(&objects[cut]);
+        }
+        let refused = objects.split_off(cut);
+        (objects, refused)
+    }
+
+    /// Replaces what `peer` relays in `mesh`; the change to broadcast, if any.
+    fn set_owned(
+        &mut self,
+        peer: &PeerName,
+        mesh: &Arc<str>,
+        objects: &[Object],
+    ) -> Option<Fanout> {
+        let base_entries: Vec<Entry>;
+        let old: &[Entry] = match self.meshes.get(mesh) {
+            Some(current) => &current.entries,
+            None => {
+                base_entries = replace_owned(&[], None, self.objects.as_slice());
+                &base_entries
+            }
+        };
+        let entries = replace_owned(old, Some(peer), objects);
+        let delivery = delivery_between(old, &entries)?;
+        let view = if entries.iter().any(|e| e.owner.is_some()) {
+            // The relay room keeps every view within one message.
+            match view_of(&entries) {
                 Ok(view) => {
                     let view = Arc::new(view);
-                    self.mesh_views.insert(mesh.clone(), view.clone());
+                    self.meshes.insert(mesh.clone(), MeshView { entries });
                     Some(view)
                 }
                 Err(e) => {
                     warn!(%mesh, error = %e, "mesh view not rebuilt");
-                    return;
+                    return None;
                 }
             }
+        } else {
+            self.meshes.remove(mesh);
+            None
         };
         metrics::relayed_objects(self.relayed_total());
-        self.broadcast(Fanout {
+        Some(Fanout {
             base: None,
             meshes: vec![(mesh.clone(), view)],
             delivery,
             applied: None,
-        });
+        })
     }
 
-    fn remove_relayed(&mut self, peer: &PeerName, mesh: &Arc<str>) {
-        let prefix = format!("{peer}/");
-        let Some(relayed) = self.relayed.get_mut(mesh) else {
-            return;
-        };
-        let before = relayed.len();
-        relayed.retain(|o| !o.name.starts_with(&prefix));
-        if relayed.len() != before {
-            self.publish_mesh(mesh, Delivery::Complete);
-        }
-    }
-}
-
-impl Handler<RelaySet> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: RelaySet, _: &mut Self::Context) {
-        if let Some(owner) = self.owners.get(&msg.peer) {
-            if owner.session > msg.session {
-                return; // a stale session of a peer that has reconnected
-            }
-            if owner.mesh != msg.mesh {
-                let old_mesh = owner.mesh.clone();
-                self.remove_relayed(&msg.peer, &old_mesh);
-            }
-        }
-        self.owners.insert(
-            msg.peer.clone(),
-            Owner {
-                mesh: msg.mesh.clone(),
-                session: msg.session,
-            },
-        );
-        let count = self.set_relayed(&msg.peer, &msg.mesh, msg.objects);
-        msg.flags.set_relayed(count);
-    }
-}
-
-impl Handler<RelayRemove> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: RelayRemove, _: &mut Self::Context) {
+    /// Withdraws a peer's relayed objects when the session that owns them ended; peers
+    /// waiting for room in its mesh may fit now.
+    fn relay_remove(&mut self, msg: RelayRemove) -> Vec<Fanout> {
         let owned =
             matches!(self.owners.get(&msg.peer), Some(owner) if owner.session == msg.session);
-        if owned {
-            if let Some(owner) = self.owners.remove(&msg.peer) {
-                self.remove_relayed(&msg.peer, &owner.mesh);
-            }
-        }
+        let Some(owner) = owned.then(|| self.owners.remove(&msg.peer)).flatten() else {
+            return Vec::new();
+        };
+        self.set_waiting(&msg.peer, &owner.mesh, false);
+        let mut fanouts: Vec<Fanout> = self
+            .set_owned(&msg.peer, &owner.mesh, &[])
+            .into_iter()
+            .collect();
+        fanouts.extend(self.refit(&owner.mesh));
+        fanouts
     }
 }
 
-fn too_large(e: EncodeError) -> HubError {
-    match e {
-        EncodeError::TooLarge { len, limit } => HubError::TooLarge {
-            len,
-            max: limit - 1,
-        },
-        EncodeError::Io(e) => HubError::Persist(e.to_string()),
-    }
-}
-
-/// Builds a view, refusing one above `max_view_bytes`.
-pub(crate) fn build_view(objects: Vec<Object>, max_view_bytes: usize) -> Result<View, HubError> {
-    let view = View::new(objects).map_err(too_large)?;
-    if view.encoded_len() > max_view_bytes {
+/// Refuses hub objects above their budget.
+fn check_budget(objects: &[Object], limits: ViewLimits) -> Result<(), HubError> {
+    let len = objects_len(objects);
+    if len > limits.max_objects_bytes {
         return Err(HubError::TooLarge {
-            len: view.encoded_len(),
-            max: max_view_bytes,
+            len,
+            max: limits.max_objects_bytes,
         });
     }
-    Ok(view)
+    // The budget is checked against relay.max_view_bytes at config load; a config built in
+    // code is held to one message here.
+    let max = limits.max_view_bytes.saturating_sub(VIEW_OVERHEAD);
+    if len > max {
+        return Err(HubError::TooLarge { len, max });
+    }
+    Ok(())
 }
 
 impl Actor for Registry {
@@ -392,7 +545,9 @@ impl Handler<ApplyOp> for Registry {
     type Result = ResponseFuture<Result<OpOutcome, HubError>>;
 
     fn handle(&mut self, msg: ApplyOp, _: &mut Self::Context) -> Self::Result {
-        let result = self.apply(msg.0);
+        let result = self
+            .apply(msg.0)
+            .map(|(outcome, fanout)| (outcome, fanout.map(|f| self.broadcast(f))));
         Box::pin(async move {
             let (outcome, applied) = result?;
             if let Some(applied) = applied {
@@ -408,5 +563,262 @@ impl Handler<ListObjects> for Registry {
 
     fn handle(&mut self, _: ListObjects, _: &mut Self::Context) -> Self::Result {
         self.objects.as_slice().to_vec()
+    }
+}
+
+impl Handler<RelaySet> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: RelaySet, _: &mut Self::Context) -> usize {
+        let (count, fanouts) = self.relay_set(msg);
+        for fanout in fanouts {
+            self.broadcast(fanout);
+        }
+        count
+    }
+}
+
+impl Handler<RelayRemove> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RelayRemove, _: &mut Self::Context) {
+        for fanout in self.relay_remove(msg) {
+            self.broadcast(fanout);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Inbound, Message, P2ppiCodec};
+    use bytes::BytesMut;
+    use tokio_util::codec::Decoder;
+
+    const LIMITS: ViewLimits = ViewLimits {
+        max_view_bytes: 2000,
+        max_objects_bytes: 500,
+    };
+
+    fn o(n: &str, v: &str) -> Object {
+        Object::new(n, v)
+    }
+
+    fn peer(c: &str) -> PeerName {
+        PeerName::parse(&c.repeat(40)).unwrap()
+    }
+
+    fn registry() -> Registry {
+        Registry::new(vec![o("hub", "1")], Vec::new(), LIMITS, None).unwrap()
+    }
+
+    /// Stands in for a session: records the counts it is told.
+    #[derive(Default)]
+    struct Counts(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl Actor for Counts {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<RelayedCount> for Counts {
+        type Result = ();
+
+        fn handle(&mut self, msg: RelayedCount, _: &mut Self::Context) {
+            self.0.lock().unwrap().push(msg.0);
+        }
+    }
+
+    fn counts() -> Recipient<RelayedCount> {
+        Counts::default().start().recipient()
+    }
+
+    fn set_in(
+        reg: &mut Registry,
+        who: &PeerName,
+        mesh: &str,
+        session: SessionId,
+        objects: &[Object],
+    ) -> (usize, Vec<Fanout>) {
+        reg.relay_set(RelaySet {
+            peer: who.clone(),
+            mesh: mesh.into(),
+            session,
+            objects: objects.to_vec(),
+            counts: counts(),
+        })
+    }
+
+    fn set(
+        reg: &mut Registry,
+        who: &PeerName,
+        session: SessionId,
+        objects: &[Object],
+    ) -> (usize, Vec<Fanout>) {
+        set_in(reg, who, "m", session, objects)
+    }
+
+    /// The objects of an encoded NOTIFY or RESPONSE.
+    fn decode(bytes: &[u8]) -> Vec<Object> {
+        let mut buf = BytesMut::from(bytes);
+        match P2ppiCodec::new().decode(&mut buf).unwrap() {
+            Some(Inbound::Message(frame)) => match frame.message {
+                Message::Notify(objects) | Message::Response(objects) => objects,
+                other => panic!("not a list: {other:?}"),
+            },
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    fn mesh_view(reg: &Registry) -> Vec<Object> {
+        decode(&view_of(&reg.meshes["m"].entries).unwrap().response)
+    }
+
+    /// What a subscriber following the spec does with one fan-out.
+    fn follow(list: &mut Vec<Object>, fanout: &Fanout) {
+        match &fanout.delivery {
+            Delivery::Only(bytes) => list.extend(decode(bytes)),
+            Delivery::Complete => {
+                let view = fanout.meshes[0]
+                    .1
+                    .as_ref()
+                    .or(fanout.base.as_ref())
+                    .unwrap();
+                *list = decode(&view.notify);
+            }
+            Delivery::Silent => {}
+        }
+    }
+
+    #[test]
+    fn the_view_overhead_is_an_empty_list_message() {
+        assert_eq!(VIEW_OVERHEAD, View::new(&[]).unwrap().encoded_len());
+    }
+
+    #[actix_rt::test]
+    async fn appends_go_last_so_notifies_build_the_response() {
+        let mut reg = registry();
+        let (a, b) = (peer("a"), peer("b"));
+        let mut list = decode(&reg.base_view().notify);
+        let (_, f) = set(&mut reg, &a, 1, &[o("a1", "x")]);
+        follow(&mut list, &f[0]);
+        let (_, f) = set(&mut reg, &b, 2, &[o("b1", "y")]);
+        follow(&mut list, &f[0]);
+        let (_, f) = set(&mut reg, &a, 1, &[o("a1", "x"), o("a2", "z")]);
+        assert!(
+            matches!(f[0].delivery, Delivery::Only(_)),
+            "an append is notified alone"
+        );
+        follow(&mut list, &f[0]);
+        let (_, fanout) = reg.apply(ObjectOp::Publish(o("hub2", "2"))).unwrap();
+        let fanout = fanout.unwrap();
+        assert!(matches!(fanout.delivery, Delivery::Only(_)));
+        follow(&mut list, &fanout);
+        assert_eq!(list, mesh_view(&reg));
+        assert_eq!(
+            list.iter()
+                .map(|o| o.name.rsplit('/').next().unwrap())
+                .collect::<Vec<_>>(),
+            ["hub", "a1", "b1", "a2", "hub2"]
+        );
+        // An update is an entire list, in the same order as the view.
+        let (_, f) = set(&mut reg, &a, 1, &[o("a2", "z")]);
+        assert_eq!(f[0].delivery, Delivery::Complete);
+        follow(&mut list, &f[0]);
+        assert_eq!(list, mesh_view(&reg));
+    }
+
+    #[actix_rt::test]
+    async fn relayed_objects_fill_only_what_the_hub_budget_leaves() {
+        let mut reg = registry();
+        let a = peer("a");
+        // Relay room: 2000 - 22 - 500 = 1478 bytes; each object below is 4+(8+42)+(8+200).
+        let big = |i: usize| o(&format!("{i}"), &"x".repeat(200));
+        let objects: Vec<Object> = (0..10).map(big).collect();
+        let relayed_objects: Vec<Object> = objects
+            .iter()
+            .map(|x| Object::new(format!("{a}/{}", x.name), x.value.clone()))
+            .collect();
+        let size = object_field_len(&relayed_objects[0]);
+        let (count, _) = set(&mut reg, &a, 1, &relayed_objects);
+        assert_eq!(count, LIMITS.relay_room() / size);
+        // The operator still has the whole budget.
+        let (outcome, _) = reg
+            .apply(ObjectOp::Publish(o("notice", &"n".repeat(400))))
+            .unwrap();
+        assert!(outcome.changed);
+        assert!(matches!(
+            reg.apply(ObjectOp::Publish(o("more", &"n".repeat(100)))),
+            Err(HubError::TooLarge { max: 500, .. })
+        ));
+    }
+
+    #[actix_rt::test]
+    async fn refused_objects_wait_for_room_and_are_counted_once() {
+        let mut reg = registry();
+        let (a, b) = (peer("a"), peer("b"));
+        let big = |who: &PeerName, i: usize| o(&format!("{who}/{i}"), &"x".repeat(200));
+        let of_a: Vec<Object> = (0..5).map(|i| big(&a, i)).collect();
+        let of_b: Vec<Object> = (0..5).map(|i| big(&b, i)).collect();
+        let fits = LIMITS.relay_room() / object_field_len(&of_a[0]);
+        assert_eq!(set(&mut reg, &a, 1, &of_a).0, 5.min(fits));
+        let (relayed_b, _) = set(&mut reg, &b, 2, &of_b);
+        assert_eq!(relayed_b, fits - 5);
+        let refused = reg.owners[&b].refused.clone();
+        assert_eq!(refused, of_b[relayed_b..].to_vec(), "the tail, in order");
+        // A retry refuses the same objects: the state did not change (nothing to count).
+        set(&mut reg, &b, 2, &of_b);
+        assert_eq!(reg.owners[&b].refused, refused);
+        // A leaves: B's waiting objects are relayed, appended (notified alone).
+        let fanouts = reg.relay_remove(RelayRemove {
+            peer: a.clone(),
+            session: 1,
+        });
+        assert_eq!(fanouts.len(), 2, "A's removal, then B's objects");
+        assert!(reg.owners[&b].refused.is_empty());
+        let relayed: Vec<Object> = reg.meshes["m"]
+            .relayed()
+            .map(|e| e.object.clone())
+            .collect();
+        assert_eq!(relayed, of_b);
+    }
+
+    #[actix_rt::test]
+    async fn a_stale_session_changes_nothing_and_removal_needs_the_owner() {
+        let mut reg = registry();
+        let a = peer("a");
+        set(&mut reg, &a, 5, &[o("x", "new")]);
+        let (count, fanouts) = set(&mut reg, &a, 4, &[o("x", "old")]);
+        assert_eq!((count, fanouts.len()), (0, 0));
+        assert!(reg
+            .relay_remove(RelayRemove {
+                peer: a.clone(),
+                session: 4
+            })
+            .is_empty());
+        assert_eq!(mesh_view(&reg), vec![o("hub", "1"), o("x", "new")]);
+        let gone = reg
+            .relay_remove(RelayRemove {
+                peer: a,
+                session: 5,
+            })
+            .remove(0);
+        assert_eq!(gone.meshes.len(), 1);
+        assert!(gone.meshes[0].1.is_none(), "the mesh sees the base view");
+        assert_eq!(gone.delivery, Delivery::Complete);
+        assert!(reg.meshes.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn moving_to_another_mesh_withdraws_from_the_first() {
+        let mut reg = registry();
+        let a = peer("a");
+        set(&mut reg, &a, 1, &[o("x", "1")]);
+        let (_, fanouts) = set_in(&mut reg, &a, "other", 2, &[o("x", "1")]);
+        assert_eq!(fanouts.len(), 2);
+        assert!(!reg.meshes.contains_key("m"));
+        assert_eq!(
+            decode(&view_of(&reg.meshes["other"].entries).unwrap().response).len(),
+            2
+        );
     }
 }

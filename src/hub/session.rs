@@ -13,19 +13,23 @@
 //! are remembered so their acknowledgements find the inviter, and invitations that cannot
 //! be delivered are refused by the hub itself.
 //!
-//! Lifecycle: started → registered in the hub-wide index by PeerName (a newer connection
-//! with the same PeerName supersedes an older one) and in its shard → … → stopped →
-//! unsubscribed and unregistered, relayed objects withdrawn, queue closed (the writer
-//! flushes it and sends TLS close_notify).
+//! Inbound messages pass the [`Throttled`] rate limit, which pauses reading instead of
+//! dropping (DESIGN 7).
+//!
+//! Lifecycle: started → registered in the hub-wide index by PeerName (of two sessions of
+//! one PeerName the newer, by [`SessionId`], holds it and the older closes, whatever order
+//! they start in) and in its thread's fan-out → … → stopped → unsubscribed and
+//! unregistered, relayed objects withdrawn, queue closed (the writer flushes it and sends
+//! TLS close_notify).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -35,67 +39,25 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
+use super::fanout::FanoutCore;
+use super::messages::{
+    Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayedCount, SessionId,
+};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
-use super::registry::{Registry, RelayRemove, RelaySet};
-use super::shard::{SessionId, ShardCore};
-use super::{ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
+use super::relay::{relayable, PeerCopy, RejectReason, RelayCaps, Step};
+use super::route::{Routed, Sender, Undelivered, Unroutable};
+use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
+use super::throttle::Throttled;
 use crate::metrics;
-use crate::relay::{relayable, PeerCopy, RelayCaps, Step};
-use crate::route::{self, Target};
 use crate::session::{ObjectsSource, Received, Report, SessionMachine};
 use crate::tls::{CertIdentity, PeerName};
 use crate::wire::{FrameError, Inbound, Message, MessageType, Object};
-use crate::xml::{AppInvite, InvitationAck, APPINVITE};
-
-/// Ends a session with a reason (admin, shutdown, superseded).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Close {
-    /// Why, for logs and metrics.
-    pub reason: &'static str,
-}
-
-/// Queues an encoded message on the session's connection.
-#[derive(Message)]
-#[rtype(result = "Result<(), PushError>")]
-pub struct Deliver(pub Bytes);
+use crate::xml::{InvitationAck, APPINVITE};
 
 /// The writer task ended.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct WriterDone(Result<(), WriterFailure>);
-
-/// A token bucket for the inbound message rate.
-struct TokenBucket {
-    tokens: f64,
-    last: Instant,
-    rate: f64,
-    burst: f64,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            last: Instant::now(),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// One peer's session.
 pub struct Session {
@@ -104,17 +66,18 @@ pub struct Session {
     mesh: Arc<str>,
     machine: SessionMachine,
     copy: PeerCopy,
-    rejected: HashSet<Object>,
+    /// The peer's objects refused by a relay cap now, and why (counted and logged once
+    /// per change of state).
+    rejected: HashMap<Object, RejectReason>,
     /// The objects the registry should relay for this peer (latest state).
     relayed: Vec<Object>,
     relay_in_flight: bool,
     relay_dirty: bool,
     out: Rc<Outbound>,
-    shard: Rc<ShardCore>,
+    fanout: Rc<FanoutCore>,
     shared: Arc<HubShared>,
-    registry: Addr<Registry>,
+    registry: RegistryLink,
     flags: Arc<SessionFlags>,
-    rate: TokenBucket,
     close_reason: &'static str,
     span: tracing::Span,
 }
@@ -124,9 +87,9 @@ pub(crate) fn start(
     tls: TlsStream<TcpStream>,
     remote: SocketAddr,
     identity: CertIdentity,
-    shard: Rc<ShardCore>,
+    fanout: Rc<FanoutCore>,
     shared: Arc<HubShared>,
-    registry: Addr<Registry>,
+    registry: RegistryLink,
     guard: ConnectionGuard,
 ) {
     let limits = shared.config.limits.clone();
@@ -140,11 +103,18 @@ pub(crate) fn start(
         .mesh_for(&identity.peer_name, identity.mesh())
         .into();
     let (read_half, write_half) = tokio::io::split(tls);
+    // The id is taken here, once per session, and orders sessions of one PeerName in the
+    // index and in the registry alike.
+    let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("session", peer = %identity.peer_name, mesh = %mesh, %remote);
     Session::create(move |ctx| {
         ctx.set_mailbox_capacity(256);
-        ctx.add_stream(FramedRead::new(
-            CountingReader(read_half),
-            crate::wire::P2ppiCodec::new(),
+        let frames = FramedRead::new(CountingReader(read_half), crate::wire::P2ppiCodec::new());
+        ctx.add_stream(Throttled::new(
+            frames,
+            limits.inbound_messages_per_sec,
+            limits.inbound_burst,
+            span.clone(),
         ));
         let addr = ctx.address();
         let writer_out = out.clone();
@@ -153,9 +123,6 @@ pub(crate) fn start(
             drop(guard);
             addr.do_send(WriterDone(result));
         });
-        let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
-        let span =
-            tracing::info_span!("session", peer = %identity.peer_name, mesh = %mesh, %remote);
         Session {
             id,
             flags: Arc::new(SessionFlags::new(
@@ -169,13 +136,12 @@ pub(crate) fn start(
             mesh,
             machine: SessionMachine::new(),
             copy: PeerCopy::new(),
-            rejected: HashSet::new(),
+            rejected: HashMap::new(),
             relayed: Vec::new(),
             relay_in_flight: false,
             relay_dirty: false,
-            rate: TokenBucket::new(limits.inbound_messages_per_sec, limits.inbound_burst),
             out,
-            shard,
+            fanout,
             shared,
             registry,
             close_reason: "peer_closed",
@@ -207,36 +173,22 @@ impl Session {
                 .received(frame.message.message_type())
                 .increment(1);
         }
-        // RESPONSEs answer the hub's own REQUESTs (at most one outstanding), so they are
-        // never rate limited: dropping one would leave the relay waiting for it.
-        let is_response = matches!(&inbound, Inbound::Message(f) if f.message.message_type() == MessageType::Response);
-        if !is_response && !self.rate.take() {
-            metrics::count_reason(metrics::MESSAGES_DROPPED, "rate_limited");
-            if matches!(&inbound, Inbound::Message(f) if f.message.message_type() == MessageType::Notify)
-                && self.machine.local_subscribed()
-            {
-                // The peer's objects changed and the hub did not look: ask again.
-                let step = self.copy.on_lost_notify();
-                self.relay(step, ctx);
-            }
-            return;
-        }
         let was_subscribed = self.machine.neighbor_subscribed();
         match self.machine.on_receive(inbound) {
             Received::SendCompleteList(MessageType::Notify) => {
-                let view = self.shard.view(&self.mesh);
+                let view = self.fanout.view(&self.mesh);
                 self.push(view.notify.clone());
                 if !was_subscribed {
-                    self.shard.subscribe(&self.mesh, self.id, self.out.clone());
+                    self.fanout.subscribe(&self.mesh, self.id, self.out.clone());
                 }
             }
             Received::SendCompleteList(_) => {
-                let view = self.shard.view(&self.mesh);
+                let view = self.fanout.view(&self.mesh);
                 self.push(view.response.clone());
             }
             Received::Nothing => {
                 if was_subscribed && !self.machine.neighbor_subscribed() {
-                    self.shard.unsubscribe(&self.mesh, self.id);
+                    self.fanout.unsubscribe(&self.mesh, self.id);
                 }
             }
             Received::Report(Report::Objects { source, objects }) => {
@@ -277,13 +229,13 @@ impl Session {
             max_objects_per_peer: relay.max_objects_per_peer,
         };
         let (accepted, rejected) = relayable(&self.peer, self.copy.objects(), caps);
-        let mut now_rejected = HashSet::with_capacity(rejected.len());
+        let mut now_rejected = HashMap::with_capacity(rejected.len());
         for (object, reason) in rejected {
-            if !self.rejected.contains(&object) {
+            if self.rejected.get(&object) != Some(&reason) {
                 metrics::count_reason(metrics::RELAY_REJECTED, reason.label());
                 warn!(parent: &self.span, name = %object.name, reason = reason.label(), "object not relayed");
             }
-            now_rejected.insert(object);
+            now_rejected.insert(object, reason);
         }
         self.rejected = now_rejected;
         self.relayed = accepted;
@@ -306,146 +258,65 @@ impl Session {
             mesh: self.mesh.clone(),
             session: self.id,
             objects: self.relayed.clone(),
-            flags: self.flags.clone(),
+            counts: ctx.address().recipient(),
         };
         self.registry
+            .set
             .send(message)
             .into_actor(self)
-            .map(|_, session, ctx| {
+            .map(|relayed, session, ctx| {
+                if let Ok(count) = relayed {
+                    session.flags.set_relayed(count);
+                }
                 session.relay_in_flight = false;
                 session.send_relay(ctx);
             })
             .spawn(ctx);
     }
 
-    /// Routes an application message (DESIGN 5.3).
+    /// Routes an application message (DESIGN 5.3) and counts the outcome; an invitation
+    /// that cannot be delivered is refused by the hub itself (RESPONSE 2 with the reason).
     fn route(&mut self, mime_type: String, value: String) {
-        let invite = (route::essence(&mime_type) == APPINVITE)
-            .then(|| AppInvite::parse(&value).ok())
-            .flatten();
-        // An acknowledgement of an invitation the hub routed goes back to the inviter.
-        if let Some(AppInvite::Ack(ack)) = &invite {
-            if let Some(inviter) = self.shared.invitations.take(&ack.invitation_id, &self.peer) {
-                if self.forward(&inviter, &mime_type, value).is_ok() {
-                    metrics::counter_inc(metrics::MESSAGES_ROUTED);
-                    self.shared.events.answered(&self.peer, &inviter, ack);
-                }
-                return;
-            }
-        }
-        let request = match invite {
-            Some(AppInvite::Request(request)) => Some(request),
-            _ => None,
+        let sender = Sender {
+            peer: &self.peer,
+            mesh: &self.mesh,
+            shared: &self.shared,
         };
-        let target = match route::target(&mime_type) {
-            Target::Hub => {
-                self.for_hub(mime_type, value);
-                return;
-            }
-            Target::Invalid(to) => {
-                debug!(parent: &self.span, %to, "message to an unknown addressee");
-                return self.unroutable(
-                    request.map(|r| r.invitation_id),
-                    "unknown",
-                    "the invited peer name is not a PeerName",
-                );
-            }
-            Target::Peer(target) => target,
-        };
-        let Some((addr, mesh)) = self.shared.lookup(&target) else {
-            return self.unroutable(
-                request.map(|r| r.invitation_id),
-                "not_connected",
-                "the invited peer is not connected",
-            );
-        };
-        if mesh != self.mesh {
-            // Reported like an absent peer: meshes do not learn of each other.
-            return self.unroutable(
-                request.map(|r| r.invitation_id),
-                "other_mesh",
-                "the invited peer is not connected",
-            );
-        }
-        if let Some(request) = &request {
-            if self
-                .shared
-                .invitations
-                .insert(request.invitation_id, self.peer.clone(), target.clone())
-                .is_err()
-            {
-                return self.unroutable(
-                    Some(request.invitation_id),
-                    "table_full",
-                    "the hub is busy; try again later",
-                );
-            }
-        }
-        match self.deliver(&addr, &mime_type, value) {
-            Ok(()) => {
+        match sender.route(&mime_type, value) {
+            Ok(Routed::ForHub(value)) => self.for_hub(mime_type, value),
+            Ok(Routed::Returned) => metrics::counter_inc(metrics::MESSAGES_ROUTED),
+            Ok(Routed::Forwarded { invitation }) => {
                 metrics::counter_inc(metrics::MESSAGES_ROUTED);
-                let events = &self.shared.events;
-                events.routed(&self.peer, &target, &mime_type, request.as_ref());
-                if request.is_some() {
+                if invitation {
                     metrics::counter_inc(metrics::INVITATIONS_ROUTED);
                 }
             }
-            Err(()) => {
-                if let Some(request) = &request {
-                    let _ = self
-                        .shared
-                        .invitations
-                        .take(&request.invitation_id, &target);
-                }
-                self.unroutable(
-                    request.map(|r| r.invitation_id),
-                    "target_busy",
-                    "the invited peer is busy",
-                );
+            Err(Unroutable { reason, invitation }) => {
+                self.shared
+                    .events
+                    .undelivered(&self.peer, invitation, reason.label());
+                self.unroutable(reason, invitation);
             }
         }
     }
 
-    /// Forwards to a connected peer by PeerName.
-    fn forward(&self, to: &PeerName, mime_type: &str, value: String) -> Result<(), ()> {
-        let Some((addr, _)) = self.shared.lookup(to) else {
-            metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable");
-            return Err(());
-        };
-        self.deliver(&addr, mime_type, value)
-    }
-
-    fn deliver(&self, addr: &Addr<Session>, mime_type: &str, value: String) -> Result<(), ()> {
-        let mime_type = if self.shared.config.relay.stamp_sender {
-            route::stamped(mime_type, &self.peer)
-        } else {
-            mime_type.to_owned()
-        };
-        let Some(bytes) = encoded(&Message::ApplicationDefined { mime_type, value }) else {
-            metrics::count_reason(metrics::MESSAGES_DROPPED, "too_large");
-            return Err(());
-        };
-        addr.try_send(Deliver(bytes)).map_err(|_| {
-            metrics::count_reason(metrics::MESSAGES_DROPPED, "target_busy");
-        })
-    }
-
-    /// A message that cannot be delivered: an invitation is refused by the hub itself
+    /// A message that was not delivered: an invitation is refused by the hub itself
     /// (RESPONSE 2 with the reason); anything else is dropped and counted.
-    fn unroutable(&self, invitation: Option<uuid::Uuid>, reason: &'static str, info: &str) {
-        self.shared
-            .events
-            .undelivered(&self.peer, invitation, reason);
+    fn unroutable(&self, reason: Undelivered, invitation: Option<uuid::Uuid>) {
         match invitation {
             Some(id) => {
-                metrics::count_reason(metrics::INVITATIONS_REFUSED, reason);
-                let ack = InvitationAck::new(id, false, info);
+                metrics::count_reason(metrics::INVITATIONS_REFUSED, reason.label());
+                debug!(parent: &self.span, reason = reason.label(), "invitation refused by the hub");
+                let ack = InvitationAck::new(id, false, reason.explanation());
                 self.send(&Message::ApplicationDefined {
                     mime_type: APPINVITE.into(),
                     value: ack.to_xml(),
                 });
             }
-            None => metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable"),
+            None => {
+                metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable");
+                debug!(parent: &self.span, reason = reason.label(), "message not delivered");
+            }
         }
     }
 
@@ -467,19 +338,23 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let entry = SessionEntry {
-            id: self.id,
-            addr: ctx.address(),
-            flags: self.flags.clone(),
-        };
-        if let Some(old) = self.shared.index.insert(self.peer.clone(), entry) {
-            old.addr.do_send(Close {
-                reason: "superseded",
-            });
-        }
-        self.shard.add_session(self.id, ctx.address());
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         metrics::hub().sessions.increment(1.0);
+        let addr = ctx.address();
+        let entry = SessionEntry {
+            id: self.id,
+            close: addr.clone().recipient(),
+            deliver: addr.clone().recipient(),
+            flags: self.flags.clone(),
+        };
+        if self.shared.claim(&self.peer, entry) == Claim::Superseded {
+            // A newer connection of this PeerName started first: this one ends at once
+            // (its queue closes with close_notify).
+            self.close_reason = "superseded";
+            ctx.stop();
+            return;
+        }
+        self.fanout.add_session(self.id, addr.recipient());
         // DESIGN 5.2: the hub subscribes to every peer, whose objects then arrive by NOTIFY.
         let subscribe = self.machine.subscribe();
         self.send(&subscribe);
@@ -489,13 +364,11 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.shard.unsubscribe(&self.mesh, self.id);
-        self.shard.remove_session(self.id);
-        self.shared
-            .index
-            .remove_if(&self.peer, |_, entry| entry.id == self.id);
+        self.fanout.unsubscribe(&self.mesh, self.id);
+        self.fanout.remove_session(self.id);
+        self.shared.release(&self.peer, self.id);
         self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
-        self.registry.do_send(RelayRemove {
+        self.registry.remove.do_send(RelayRemove {
             peer: self.peer.clone(),
             session: self.id,
         });
@@ -545,6 +418,14 @@ impl Handler<Deliver> for Session {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
         self.out.push(msg.0)
+    }
+}
+
+impl Handler<RelayedCount> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: RelayedCount, _: &mut Self::Context) {
+        self.flags.set_relayed(msg.0);
     }
 }
 

@@ -9,11 +9,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::wire::{encode_list_message, EncodeError, MessageType, Object, MESSAGE_TYPE_OFFSET};
 
-/// A complete objects list and its two encodings.
+/// The two encodings of a complete objects list (the registry keeps the objects).
 #[derive(Debug)]
 pub struct View {
-    /// The objects, in order.
-    pub objects: Vec<Object>,
     /// NOTIFY_MESSAGE holding every object, message ID 0.
     pub notify: Bytes,
     /// RESPONSE_MESSAGE holding every object, message ID 0.
@@ -25,13 +23,16 @@ impl View {
     ///
     /// # Errors
     /// [`EncodeError::TooLarge`] when the list does not fit one message.
-    pub fn new(objects: Vec<Object>) -> Result<Self, EncodeError> {
+    pub fn new<'a, I>(objects: I) -> Result<Self, EncodeError>
+    where
+        I: IntoIterator<Item = &'a Object>,
+        I::IntoIter: Clone,
+    {
         let mut notify = BytesMut::new();
-        encode_list_message(MessageType::Notify, &objects, 0, &mut notify)?;
+        encode_list_message(MessageType::Notify, objects, 0, &mut notify)?;
         let mut response = notify.clone();
         response[MESSAGE_TYPE_OFFSET] = MessageType::Response as u8;
         Ok(Self {
-            objects,
             notify: notify.freeze(),
             response: response.freeze(),
         })

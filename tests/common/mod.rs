@@ -139,6 +139,34 @@ async fn next_objects(
     }
 }
 
+/// The RESPONSE to a fresh REQUEST: the view as the hub serves it now.
+pub async fn current_view(peer: &Peer, events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object> {
+    peer.retrieve().await.unwrap();
+    next_response(events).await
+}
+
+/// A series' value in a Prometheus scrape (0 when absent), e.g.
+/// `p2ppi_connections_rejected_total{reason="max_sessions"}`.
+pub fn series(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A peer subscribed to the hub, its initial NOTIFY consumed.
+pub async fn watcher(
+    pki: &Pki,
+    hub: &HubHandle,
+    name: &str,
+    mesh: Option<&str>,
+) -> (Peer, PeerEvents) {
+    let (peer, mut events) = connect(pki, hub, name, mesh).await;
+    peer.subscribe().await.unwrap();
+    next_notify(&mut events).await;
+    (peer, events)
+}
+
 /// Waits until `cond` holds, polling, failing at the deadline.
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();

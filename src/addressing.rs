@@ -1,5 +1,6 @@
-//! Addressing of application messages (DESIGN 5.3): the `to=` and `from=` parameters of
-//! an APPLICATION_DEFINED_MESSAGE's MIME type (RFC 2045 syntax, parsed with `mime`).
+//! Addressing of application messages (DESIGN 5.3), shared by the hub and the peer
+//! library: the `to=` and `from=` parameters of an APPLICATION_DEFINED_MESSAGE's MIME type
+//! (RFC 2045 syntax, parsed with `mime`), and the one reading of an invitation.
 //!
 //! `text/appinvite; to=<peer-name>` asks the hub to forward; the hub replaces `to=` (and
 //! any `from=` the sender wrote, which would be a spoof) with `from=<sender peer-name>`.
@@ -7,6 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::tls::PeerName;
+use crate::xml::{AppInvite, APPINVITE};
 
 /// Where a message is addressed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,15 @@ pub fn essence(mime_type: &str) -> String {
         },
         |m| m.essence_str().to_owned(),
     )
+}
+
+/// The invitation or acknowledgement a message carries (spec 2.2.5): a `text/appinvite`
+/// message whose value reads as one; `None` for anything else.
+pub fn invitation(mime_type: &str, value: &str) -> Option<AppInvite> {
+    if essence(mime_type) != APPINVITE {
+        return None;
+    }
+    AppInvite::parse(value).ok()
 }
 
 /// The addressee of a message.

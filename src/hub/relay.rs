@@ -16,12 +16,10 @@
 //! well-known values (GUIDs, base64) and refuses CONTACT_DATA that names another PeerName
 //! (anti-spoofing), returning the accepted objects renamed `<peer-name>/<object-name>`.
 
-use base64::Engine as _;
-
 use crate::objects::names;
 use crate::tls::PeerName;
 use crate::wire::{object_field_len, Object};
-use crate::xml::{parse_guid, ContactData};
+use crate::xml::{decode_base64, parse_guid, ContactData};
 
 /// How a NOTIFY from a peer reads against the hub's exact copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,19 +141,6 @@ impl PeerCopy {
         }
     }
 
-    /// A NOTIFY that was not processed (dropped by the inbound rate limit): the copy may be
-    /// stale, so it is held until the next RESPONSE, and a REQUEST goes out unless one is
-    /// outstanding.
-    pub fn on_lost_notify(&mut self) -> Step {
-        self.state = CopyState::Uncertain;
-        let send_request = !self.request_outstanding;
-        self.request_outstanding = true;
-        Step {
-            changed: false,
-            send_request,
-        }
-    }
-
     /// The RESPONSE to the hub's REQUEST: the authoritative list.
     pub fn on_response(&mut self, objects: Vec<Object>) -> Step {
         self.request_outstanding = false;
@@ -214,17 +199,9 @@ fn check_value(peer: &PeerName, object: &Object) -> Result<(), RejectReason> {
         names::CAPABILITY | names::ENDPOINT_ID => parse_guid(&object.value)
             .map(|_| ())
             .ok_or(RejectReason::InvalidValue),
-        names::USER_PICTURE => {
-            let compact: String = object
-                .value
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            base64::engine::general_purpose::STANDARD
-                .decode(compact)
-                .map(|_| ())
-                .map_err(|_| RejectReason::InvalidValue)
-        }
+        names::USER_PICTURE => decode_base64(&object.value)
+            .map(|_| ())
+            .map_err(|_| RejectReason::InvalidValue),
         names::CONTACT_DATA => {
             let contact =
                 ContactData::parse(&object.value).map_err(|_| RejectReason::InvalidValue)?;
@@ -346,30 +323,6 @@ mod tests {
             }
         );
         assert_eq!(copy.objects(), &[o("p", "c")]);
-    }
-
-    #[test]
-    fn a_lost_notify_is_reconciled() {
-        let mut copy = PeerCopy::new();
-        copy.on_notify(vec![o("p", "a")]);
-        assert_eq!(
-            copy.on_lost_notify(),
-            Step {
-                changed: false,
-                send_request: true
-            }
-        );
-        assert_eq!(
-            copy.on_lost_notify(),
-            Step {
-                changed: false,
-                send_request: false
-            }
-        );
-        // NOTIFYs meanwhile are not guessed on a stale copy.
-        assert!(!copy.on_notify(vec![o("q", "1")]).changed);
-        assert!(copy.on_response(vec![o("p", "b")]).changed);
-        assert_eq!(copy.objects(), &[o("p", "b")]);
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! Fan-out on one worker thread: the views its sessions read and the sessions subscribed
+//! to each, and the application of every change the registry broadcasts.
+//!
+//! One change costs one cross-thread hand-off per worker (DESIGN 4): the registry sends
+//! each worker's shard one [`Fanout`] holding bytes encoded once, and [`FanoutCore::apply`]
+//! pushes those same bytes onto each subscribed session's outbound queue on this thread.
+//!
+//! Consistency: sessions read the current view from [`FanoutCore`] and register as
+//! subscribers on the same thread that applies fan-outs, so a SUBSCRIBE's complete list and
+//! the NOTIFYs after it never miss or repeat a change.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::messages::{Close, Delivery, Fanout, SessionId};
+use super::outbound::Outbound;
+use super::view::View;
+use crate::metrics;
+
+#[derive(Default)]
+struct Inner {
+    base: Option<Arc<View>>,
+    views: HashMap<Arc<str>, Arc<View>>,
+    subscribers: HashMap<Arc<str>, HashMap<SessionId, Rc<Outbound>>>,
+    sessions: HashMap<SessionId, Recipient<Close>>,
+}
+
+/// The per-thread state shared by a shard and its sessions.
+#[derive(Default)]
+pub struct FanoutCore {
+    inner: RefCell<Inner>,
+}
+
+impl FanoutCore {
+    /// The complete view a session of `mesh` sees now.
+    pub fn view(&self, mesh: &str) -> Arc<View> {
+        let inner = self.inner.borrow();
+        inner
+            .views
+            .get(mesh)
+            .or(inner.base.as_ref())
+            .cloned()
+            .expect("the registry sets the base view before any session starts")
+    }
+
+    /// Registers a subscribed session for fan-out.
+    pub fn subscribe(&self, mesh: &Arc<str>, id: SessionId, out: Rc<Outbound>) {
+        let mut inner = self.inner.borrow_mut();
+        inner
+            .subscribers
+            .entry(mesh.clone())
+            .or_default()
+            .insert(id, out);
+        metrics::hub().sessions_subscribed.increment(1.0);
+    }
+
+    /// Removes a session from fan-out; returns whether it was subscribed.
+    pub fn unsubscribe(&self, mesh: &str, id: SessionId) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        let Some(subs) = inner.subscribers.get_mut(mesh) else {
+            return false;
+        };
+        let removed = subs.remove(&id).is_some();
+        if subs.is_empty() {
+            inner.subscribers.remove(mesh);
+        }
+        if removed {
+            metrics::hub().sessions_subscribed.decrement(1.0);
+        }
+        removed
+    }
+
+    /// Registers a running session.
+    pub fn add_session(&self, id: SessionId, close: Recipient<Close>) {
+        self.inner.borrow_mut().sessions.insert(id, close);
+    }
+
+    /// Forgets a session.
+    pub fn remove_session(&self, id: SessionId) {
+        self.inner.borrow_mut().sessions.remove(&id);
+    }
+
+    /// Closes every session of this thread (graceful shutdown).
+    pub fn close_all(&self) {
+        for close in self.inner.borrow().sessions.values() {
+            close.do_send(Close { reason: "shutdown" });
+        }
+    }
+
+    /// Applies a change: the new views first, then the NOTIFYs to the subscribers it
+    /// reaches.
+    pub fn apply(&self, fanout: &Fanout) {
+        let started = Instant::now();
+        let mut inner = self.inner.borrow_mut();
+        let base_changed = fanout.base.is_some();
+        if let Some(base) = &fanout.base {
+            inner.base = Some(base.clone());
+        }
+        for (mesh, view) in &fanout.meshes {
+            match view {
+                Some(view) => inner.views.insert(mesh.clone(), view.clone()),
+                None => inner.views.remove(mesh),
+            };
+        }
+        if let Some(applied) = &fanout.applied {
+            // The views are in place: a REQUEST from now on sees the change.
+            applied.arrive();
+        }
+        if matches!(fanout.delivery, Delivery::Silent) {
+            return;
+        }
+        let inner = &*inner;
+        let mut recipients = 0usize;
+        let mut deliver = |mesh: &Arc<str>, subs: &HashMap<SessionId, Rc<Outbound>>| {
+            let (bytes, is_view) = match &fanout.delivery {
+                Delivery::Only(bytes) => (bytes.clone(), false),
+                Delivery::Complete => match inner.views.get(mesh).or(inner.base.as_ref()) {
+                    Some(view) => (view.notify.clone(), true),
+                    None => return,
+                },
+                Delivery::Silent => return,
+            };
+            for out in subs.values() {
+                // An overflow ends that session through its writer; others go on.
+                let _ = if is_view {
+                    out.push_view(bytes.clone())
+                } else {
+                    out.push(bytes.clone())
+                };
+            }
+            recipients += subs.len();
+        };
+        if base_changed {
+            for (mesh, subs) in &inner.subscribers {
+                deliver(mesh, subs);
+            }
+        } else {
+            for (mesh, _) in &fanout.meshes {
+                if let Some(subs) = inner.subscribers.get(mesh) {
+                    deliver(mesh, subs);
+                }
+            }
+        }
+        let m = metrics::hub();
+        m.fanout_recipients.record(recipients as f64);
+        m.fanout_duration.record(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Object;
+
+    fn view(objects: &[Object]) -> Arc<View> {
+        Arc::new(View::new(objects).unwrap())
+    }
+
+    fn fanout(
+        base: Option<Arc<View>>,
+        meshes: Vec<(Arc<str>, Option<Arc<View>>)>,
+        delivery: Delivery,
+    ) -> Fanout {
+        Fanout {
+            base,
+            meshes,
+            delivery,
+            applied: None,
+        }
+    }
+
+    #[test]
+    fn a_change_reaches_the_subscribers_of_the_views_it_changed() {
+        let core = FanoutCore::default();
+        let base = view(&[Object::new("hub", "1")]);
+        core.apply(&fanout(Some(base.clone()), Vec::new(), Delivery::Silent));
+        let (m, n): (Arc<str>, Arc<str>) = ("m".into(), "n".into());
+        let queue = || Rc::new(Outbound::new(100, 1 << 20));
+        let (in_m, in_n) = (queue(), queue());
+        core.subscribe(&m, 1, in_m.clone());
+        core.subscribe(&n, 2, in_n.clone());
+        // A relayed object in mesh m: only m's subscriber hears of it; n still sees the base.
+        let mesh_view = view(&[Object::new("hub", "1"), Object::new("p/x", "2")]);
+        let only = crate::hub::view::notify_only(&Object::new("p/x", "2")).unwrap();
+        core.apply(&fanout(
+            None,
+            vec![(m.clone(), Some(mesh_view.clone()))],
+            Delivery::Only(only),
+        ));
+        assert_eq!(in_m.queued().0, 1);
+        assert_eq!(in_n.queued().0, 0);
+        assert_eq!(core.view("m").response, mesh_view.response);
+        assert_eq!(core.view("n").response, base.response);
+        // A change of the hub's objects reaches everyone, each with its own view.
+        core.apply(&fanout(
+            Some(view(&[])),
+            vec![(m.clone(), Some(view(&[Object::new("p/x", "2")])))],
+            Delivery::Complete,
+        ));
+        assert_eq!(in_m.queued().0, 2);
+        assert_eq!(in_n.queued().0, 1);
+        // The mesh empties: it falls back to the base view; an unsubscribed session hears
+        // nothing.
+        assert!(core.unsubscribe("n", 2));
+        core.apply(&fanout(None, vec![(m.clone(), None)], Delivery::Complete));
+        assert_eq!(core.view("m").response, core.view("n").response);
+        assert_eq!(in_m.queued().0, 3);
+        assert_eq!(in_n.queued().0, 1);
+    }
+}

@@ -1,0 +1,175 @@
+//! Routing of application messages (DESIGN 5.3), decided for one sender: forwarded to a
+//! peer of its mesh (`to=`), an acknowledgement returned to its inviter, or kept for the
+//! hub itself; or not delivered, with the reason ([`Undelivered`]) the session counts and,
+//! for an invitation, answers with a refusal.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::messages::Deliver;
+use super::shared::{HubShared, SessionEntry};
+use crate::addressing::{self, Target};
+use crate::tls::PeerName;
+use crate::wire::Message;
+use crate::xml::AppInvite;
+
+/// Where a message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// Forwarded to the peer it names; `invitation` when it was an invitation.
+    Forwarded {
+        /// Whether it was an invitation (now remembered for its acknowledgement).
+        invitation: bool,
+    },
+    /// An acknowledgement returned to its inviter.
+    Returned,
+    /// No `to=`: for the hub itself, which keeps its value.
+    ForHub(String),
+}
+
+/// Why a message was not delivered (the `reason` label of the refusal and drop counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undelivered {
+    /// `to=` is not a PeerName.
+    Unknown,
+    /// The addressee (or the inviter an acknowledgement returns to) is not connected.
+    NotConnected,
+    /// The addressee is in another mesh (reported like an absent peer).
+    OtherMesh,
+    /// The invitation table is full.
+    TableFull,
+    /// The addressee's queue refused the message.
+    TargetBusy,
+    /// The stamped message does not fit one P2PPI message.
+    TooLarge,
+}
+
+impl Undelivered {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::NotConnected => "not_connected",
+            Self::OtherMesh => "other_mesh",
+            Self::TableFull => "table_full",
+            Self::TargetBusy => "target_busy",
+            Self::TooLarge => "too_large",
+        }
+    }
+
+    /// What the hub's refusal of an invitation says (EXTENDEDINFO). Another mesh reads
+    /// like an absent peer: meshes do not learn of each other.
+    pub fn explanation(self) -> &'static str {
+        match self {
+            Self::Unknown => "the invited peer name is not a PeerName",
+            Self::NotConnected | Self::OtherMesh => "the invited peer is not connected",
+            Self::TableFull => "the hub is busy; try again later",
+            Self::TargetBusy | Self::TooLarge => "the invited peer is busy",
+        }
+    }
+}
+
+/// A message that was not delivered: why, and the invitation to refuse, if it was one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unroutable {
+    /// Why.
+    pub reason: Undelivered,
+    /// The INVITATIONID of an invitation request, which the hub refuses itself.
+    pub invitation: Option<Uuid>,
+}
+
+/// The sender of the messages being routed.
+pub struct Sender<'a> {
+    /// Its PeerName.
+    pub peer: &'a PeerName,
+    /// Its mesh.
+    pub mesh: &'a Arc<str>,
+    /// The hub's shared state (index, invitations, config).
+    pub shared: &'a HubShared,
+}
+
+impl Sender<'_> {
+    /// Routes one application message.
+    ///
+    /// # Errors
+    /// [`Unroutable`] when it was not delivered.
+    pub fn route(&self, mime_type: &str, value: String) -> Result<Routed, Unroutable> {
+        let invite = addressing::invitation(mime_type, &value);
+        // An acknowledgement of an invitation the hub routed goes back to the inviter.
+        if let Some(AppInvite::Ack(ack)) = &invite {
+            if let Some(inviter) = self.shared.invitations.take(&ack.invitation_id, self.peer) {
+                let fail = |reason| Unroutable {
+                    reason,
+                    invitation: None,
+                };
+                let entry = self
+                    .shared
+                    .lookup(&inviter)
+                    .ok_or(fail(Undelivered::NotConnected))?;
+                self.deliver(&entry, mime_type, value).map_err(fail)?;
+                self.shared.events.answered(self.peer, &inviter, ack);
+                return Ok(Routed::Returned);
+            }
+        }
+        let invitation = match &invite {
+            Some(AppInvite::Request(request)) => Some(request),
+            _ => None,
+        };
+        let request = invitation.map(|request| request.invitation_id);
+        let fail = |reason| Unroutable {
+            reason,
+            invitation: request,
+        };
+        let target = match addressing::target(mime_type) {
+            Target::Hub => return Ok(Routed::ForHub(value)),
+            Target::Invalid(_) => return Err(fail(Undelivered::Unknown)),
+            Target::Peer(target) => target,
+        };
+        let entry = self
+            .shared
+            .lookup(&target)
+            .ok_or(fail(Undelivered::NotConnected))?;
+        if entry.flags.mesh() != self.mesh {
+            return Err(fail(Undelivered::OtherMesh));
+        }
+        if let Some(id) = request {
+            self.shared
+                .invitations
+                .insert(id, self.peer.clone(), target.clone())
+                .map_err(|_| fail(Undelivered::TableFull))?;
+        }
+        if let Err(reason) = self.deliver(&entry, mime_type, value) {
+            if let Some(id) = &request {
+                // Not delivered: its acknowledgement will never come.
+                let _ = self.shared.invitations.take(id, &target);
+            }
+            return Err(fail(reason));
+        }
+        let events = &self.shared.events;
+        events.routed(self.peer, &target, mime_type, invitation);
+        Ok(Routed::Forwarded {
+            invitation: request.is_some(),
+        })
+    }
+
+    /// Queues the message, stamped with `from=` when configured, on `to`'s connection.
+    fn deliver(
+        &self,
+        to: &SessionEntry,
+        mime_type: &str,
+        value: String,
+    ) -> Result<(), Undelivered> {
+        let mime_type = if self.shared.config.relay.stamp_sender {
+            addressing::stamped(mime_type, self.peer)
+        } else {
+            mime_type.to_owned()
+        };
+        let bytes = Message::ApplicationDefined { mime_type, value }
+            .to_bytes(0)
+            .map_err(|_| Undelivered::TooLarge)?;
+        to.deliver
+            .try_send(Deliver(bytes))
+            .map_err(|_| Undelivered::TargetBusy)
+    }
+}

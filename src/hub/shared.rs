@@ -1,0 +1,320 @@
+//! State every thread of the hub reads: the configuration, the PeerName index of sessions
+//! (one session per PeerName, the newer wins), the invitation table, the messages kept for
+//! the admin API, and the counts of sessions and connections.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use serde::Serialize;
+
+use super::events::{Events, Recent};
+use super::invitations::Invitations;
+use super::messages::{Close, Deliver, SessionId};
+use crate::config::Config;
+use crate::session::SessionMachine;
+use crate::tls::PeerName;
+
+/// The three flags and the facts of a session, mirrored for the admin API. The session
+/// actor owns the flags; it stores them here after every event.
+pub struct SessionFlags {
+    pub(super) peer_name: PeerName,
+    pub(super) mesh: Arc<str>,
+    pub(super) remote: SocketAddr,
+    pub(super) common_name: Option<String>,
+    pub(super) since: SystemTime,
+    pub(super) neighbor_subscribed: AtomicBool,
+    pub(super) local_subscribed: AtomicBool,
+    pub(super) response_pending: AtomicBool,
+    pub(super) relayed_objects: AtomicUsize,
+}
+
+impl SessionFlags {
+    pub(crate) fn new(
+        peer_name: PeerName,
+        mesh: Arc<str>,
+        remote: SocketAddr,
+        common_name: Option<String>,
+        since: SystemTime,
+    ) -> Self {
+        Self {
+            peer_name,
+            mesh,
+            remote,
+            common_name,
+            since,
+            neighbor_subscribed: AtomicBool::new(false),
+            local_subscribed: AtomicBool::new(false),
+            response_pending: AtomicBool::new(false),
+            relayed_objects: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn store(&self, machine: &SessionMachine) {
+        self.neighbor_subscribed
+            .store(machine.neighbor_subscribed(), Ordering::Relaxed);
+        self.local_subscribed
+            .store(machine.local_subscribed(), Ordering::Relaxed);
+        self.response_pending
+            .store(machine.response_pending(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_relayed(&self, count: usize) {
+        self.relayed_objects.store(count, Ordering::Relaxed);
+    }
+
+    /// The session's mesh.
+    pub(crate) fn mesh(&self) -> &Arc<str> {
+        &self.mesh
+    }
+
+    pub(crate) fn info(&self) -> SessionInfo {
+        SessionInfo {
+            peer_name: self.peer_name.clone(),
+            mesh: self.mesh.to_string(),
+            remote_address: self.remote,
+            common_name: self.common_name.clone(),
+            neighbor_subscribed: self.neighbor_subscribed.load(Ordering::Relaxed),
+            local_subscribed: self.local_subscribed.load(Ordering::Relaxed),
+            response_pending: self.response_pending.load(Ordering::Relaxed),
+            connected_since: humantime::format_rfc3339_seconds(self.since).to_string(),
+            relayed_objects: self.relayed_objects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of one session (admin API `GET /v1/sessions`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// The peer's PeerName.
+    pub peer_name: PeerName,
+    /// Its mesh.
+    pub mesh: String,
+    /// Its remote address.
+    pub remote_address: SocketAddr,
+    /// Its certificate's CN.
+    pub common_name: Option<String>,
+    /// The peer is subscribed to the hub.
+    pub neighbor_subscribed: bool,
+    /// The hub is subscribed to the peer.
+    pub local_subscribed: bool,
+    /// The hub awaits a RESPONSE from the peer.
+    pub response_pending: bool,
+    /// When the session started (RFC 3339).
+    pub connected_since: String,
+    /// How many of its objects the hub relays.
+    pub relayed_objects: usize,
+}
+
+/// One entry of the PeerName index: how to reach a session.
+#[derive(Clone)]
+pub struct SessionEntry {
+    /// The session's id (the larger, the newer).
+    pub id: SessionId,
+    /// Ends it.
+    pub close: Recipient<Close>,
+    /// Queues a message on its connection.
+    pub deliver: Recipient<Deliver>,
+    /// Its flags and facts.
+    pub flags: Arc<SessionFlags>,
+}
+
+/// Whether a starting session holds its PeerName.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// It does; an older session of the PeerName, if any, was told to close.
+    Held,
+    /// A newer session of the PeerName holds it: this one is superseded.
+    Superseded,
+}
+
+/// An application message addressed to the hub itself (no `to=`), kept for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubMessage {
+    /// The sender.
+    pub from: PeerName,
+    /// The sender's mesh.
+    pub mesh: String,
+    /// The MIME type.
+    pub mime_type: String,
+    /// The value.
+    pub value: String,
+    /// When it arrived (RFC 3339).
+    pub received_at: String,
+}
+
+/// How many hub messages are kept.
+pub const HUB_MESSAGES_KEPT: usize = 100;
+
+/// State every thread of the hub reads.
+pub struct HubShared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) index: DashMap<PeerName, SessionEntry>,
+    pub(crate) invitations: Invitations,
+    pub(crate) hub_messages: Recent<HubMessage>,
+    pub(crate) events: Events,
+    pub(crate) sessions: AtomicUsize,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) next_session_id: AtomicU64,
+    pub(crate) accepting: AtomicBool,
+}
+
+impl HubShared {
+    /// The state of a hub about to start with `config`.
+    pub(crate) fn new(config: Config) -> Self {
+        let event_queue = config.admin.event_queue;
+        let invitations =
+            Invitations::new(config.relay.max_invitations, config.relay.invitation_ttl);
+        Self {
+            config: Arc::new(config),
+            index: DashMap::new(),
+            invitations,
+            hub_messages: Recent::new(HUB_MESSAGES_KEPT),
+            events: Events::new(event_queue, HUB_MESSAGES_KEPT),
+            sessions: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            next_session_id: AtomicU64::new(1),
+            accepting: AtomicBool::new(true),
+        }
+    }
+
+    pub(crate) fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn record_hub_message(&self, message: HubMessage) {
+        self.events.hub_message(&message);
+        self.hub_messages.push(message);
+    }
+
+    /// The session of a connected peer. The entry is cloned out: no DashMap reference
+    /// outlives this call (DESIGN 4).
+    pub fn lookup(&self, peer: &PeerName) -> Option<SessionEntry> {
+        self.index.get(peer).map(|e| e.value().clone())
+    }
+
+    /// Registers a starting session under its PeerName. Of two sessions of one PeerName
+    /// the newer (larger id) holds it, whatever order they start in: the registry orders
+    /// them the same way, so the session that stays is the one whose objects are relayed.
+    pub fn claim(&self, peer: &PeerName, entry: SessionEntry) -> Claim {
+        let superseded = match self.index.entry(peer.clone()) {
+            dashmap::Entry::Occupied(mut held) if held.get().id < entry.id => {
+                Some(held.insert(entry))
+            }
+            dashmap::Entry::Occupied(_) => return Claim::Superseded,
+            dashmap::Entry::Vacant(vacant) => {
+                vacant.insert(entry);
+                None
+            }
+        };
+        // Told after the index lock is released.
+        if let Some(old) = superseded {
+            old.close.do_send(Close {
+                reason: "superseded",
+            });
+        }
+        Claim::Held
+    }
+
+    /// Unregisters a session that ended, unless a newer one holds the PeerName.
+    pub fn release(&self, peer: &PeerName, id: SessionId) {
+        self.index.remove_if(peer, |_, entry| entry.id == id);
+    }
+
+    /// The sessions' facts, in no order.
+    pub fn infos(&self) -> Vec<SessionInfo> {
+        self.index.iter().map(|e| e.value().flags.info()).collect()
+    }
+}
+
+/// Counts one open connection until dropped.
+pub struct ConnectionGuard(Arc<HubShared>);
+
+impl ConnectionGuard {
+    pub(crate) fn new(shared: Arc<HubShared>) -> Self {
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::outbound::PushError;
+    use std::sync::Mutex;
+
+    /// Stands in for a session: records why it was told to close.
+    struct Probe(Arc<Mutex<Vec<&'static str>>>);
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Close> for Probe {
+        type Result = ();
+
+        fn handle(&mut self, msg: Close, _: &mut Self::Context) {
+            self.0.lock().unwrap().push(msg.reason);
+        }
+    }
+
+    impl Handler<Deliver> for Probe {
+        type Result = Result<(), PushError>;
+
+        fn handle(&mut self, _: Deliver, _: &mut Self::Context) -> Self::Result {
+            Ok(())
+        }
+    }
+
+    fn entry(id: SessionId, closed: &Arc<Mutex<Vec<&'static str>>>) -> SessionEntry {
+        let addr = Probe(closed.clone()).start();
+        SessionEntry {
+            id,
+            close: addr.clone().recipient(),
+            deliver: addr.recipient(),
+            flags: Arc::new(SessionFlags::new(
+                peer(),
+                "m".into(),
+                "127.0.0.1:1".parse().unwrap(),
+                None,
+                SystemTime::now(),
+            )),
+        }
+    }
+
+    fn peer() -> PeerName {
+        PeerName::parse(&"ab".repeat(20)).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn the_newer_session_holds_the_peer_name_whatever_the_start_order() {
+        let shared = HubShared::new(Config::default());
+        let (older, newer) = (Arc::default(), Arc::default());
+        // The newer session (id 7) starts first; the older (id 5) starts after it.
+        assert_eq!(shared.claim(&peer(), entry(7, &newer)), Claim::Held);
+        assert_eq!(shared.claim(&peer(), entry(5, &older)), Claim::Superseded);
+        assert_eq!(shared.lookup(&peer()).unwrap().id, 7);
+        // The older one ending leaves the newer registered.
+        shared.release(&peer(), 5);
+        assert_eq!(shared.lookup(&peer()).unwrap().id, 7);
+        // A newer one still (id 9) supersedes 7, which is told to close.
+        assert_eq!(shared.claim(&peer(), entry(9, &older)), Claim::Held);
+        let start = std::time::Instant::now();
+        while newer.lock().unwrap().is_empty() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            actix_rt::task::yield_now().await;
+        }
+        assert_eq!(*newer.lock().unwrap(), vec!["superseded"]);
+        shared.release(&peer(), 9);
+        assert!(shared.lookup(&peer()).is_none());
+    }
+}

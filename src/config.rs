@@ -250,6 +250,8 @@ pub struct RelaySection {
     pub invitation_ttl: Duration,
     /// Most invitations remembered at once.
     pub max_invitations: usize,
+    /// Most PeerNames one WATCH_LIST may name (DESIGN 5.4).
+    pub max_watch: usize,
 }
 
 impl Default for RelaySection {
@@ -261,6 +263,7 @@ impl Default for RelaySection {
             stamp_sender: true,
             invitation_ttl: Duration::from_secs(300),
             max_invitations: 65_536,
+            max_watch: 256,
         }
     }
 }
@@ -515,6 +518,8 @@ stamp_sender = {stamp}
 # How long an invitation's way back to its inviter is remembered, and how many.
 invitation_ttl = "{ttl}"
 max_invitations = {max_inv}
+# Most PeerNames one WATCH_LIST may name (a longer list is rejected, the previous stays).
+max_watch = {max_watch}
 
 [shutdown]
 # Longest a graceful shutdown (SIGTERM/SIGINT) may take.
@@ -559,6 +564,7 @@ level = "{level}"
         stamp = r.stamp_sender,
         ttl = dur(r.invitation_ttl),
         max_inv = r.max_invitations,
+        max_watch = r.max_watch,
         grace = dur(d.shutdown.grace),
         level = d.log.level,
     )

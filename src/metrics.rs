@@ -49,6 +49,10 @@ pub const RELAYED_OBJECTS: &str = "p2ppi_relayed_objects";
 pub const FANOUT_DURATION: &str = "p2ppi_notify_fanout_duration_seconds";
 /// Sessions one change was queued for, per shard (histogram).
 pub const FANOUT_RECIPIENTS: &str = "p2ppi_notify_fanout_recipients";
+/// Sessions whose WATCH_LIST is in force (gauge, DESIGN 5.4).
+pub const WATCH_SESSIONS: &str = "p2ppi_watch_list_sessions";
+/// Encoded size of a subscriber's own view each time it is rebuilt (histogram, bytes).
+pub const WATCH_VIEW_BYTES: &str = "p2ppi_watch_view_bytes";
 /// Slow consumers disconnected, by `reason`.
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "p2ppi_slow_consumer_disconnects_total";
 /// Pauses of reading a session held back by the inbound rate limit (histogram, seconds;
@@ -93,6 +97,14 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(FANOUT_RECIPIENTS.into()),
                         &[0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(WATCH_VIEW_BYTES.into()),
+                        &[
+                            64.0, 256.0, 1_024.0, 4_096.0, 16_384.0, 32_768.0, 49_152.0, 65_520.0,
+                        ],
                     )
                 })
                 .expect("bucket lists are non-empty");
@@ -187,6 +199,16 @@ fn describe() {
         FANOUT_RECIPIENTS,
         Unit::Count,
         "Sessions one change was queued for, per shard."
+    );
+    describe_gauge!(
+        WATCH_SESSIONS,
+        Unit::Count,
+        "Sessions whose WATCH_LIST is in force (their own view instead of the mesh's)."
+    );
+    describe_histogram!(
+        WATCH_VIEW_BYTES,
+        Unit::Bytes,
+        "Encoded size of a watch-list subscriber's view, each time it is rebuilt."
     );
     describe_counter!(
         SLOW_CONSUMER_DISCONNECTS,
@@ -308,6 +330,16 @@ pub fn inbound_throttled(pause: std::time::Duration) {
 /// Sets the hub objects gauge.
 pub fn hub_objects(count: usize) {
     metrics::gauge!(HUB_OBJECTS).set(count as f64);
+}
+
+/// Sets the watch-list sessions gauge.
+pub fn watch_sessions(count: usize) {
+    metrics::gauge!(WATCH_SESSIONS).set(count as f64);
+}
+
+/// Records the size of a rebuilt watch-list view.
+pub fn watch_view_bytes(len: usize) {
+    metrics::histogram!(WATCH_VIEW_BYTES).record(len as f64);
 }
 
 /// Sets the relayed objects gauge.

@@ -24,6 +24,9 @@ pub mod names {
     pub const ENDPOINT_ID: &str = "2c5ebc42-2557-4217-85a5-eced263d471d";
     /// USER_PICTURE: base64 of a bitmap.
     pub const USER_PICTURE: &str = "dd15f41f-fc4e-4922-b035-4c06a754d01d";
+    /// WATCH_LIST (this project's extension, DESIGN 5.4): the PeerNames whose presence a
+    /// peer wants from the hub.
+    pub const WATCH_LIST: &str = "5cba6328-81c2-48fe-b86b-7b4c2970eebd";
 
     /// The spec's name of a well-known GUID (case-insensitive), for people to read.
     pub fn label(guid: &str) -> Option<&'static str> {

@@ -421,6 +421,29 @@ impl Peer {
         self.call(Command::Set(object)).await
     }
 
+    /// Sets this peer's WATCH_LIST (DESIGN 5.4): the hub then shows it its own objects,
+    /// the hub's, and those of the listed peers online in its mesh, in list order.
+    ///
+    /// # Errors
+    /// As [`Peer::set`].
+    pub async fn set_watch_list(&self, peers: &[PeerName]) -> Result<(), PeerError> {
+        let value = peers
+            .iter()
+            .map(PeerName::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.set(Object::new(crate::objects::names::WATCH_LIST, value))
+            .await
+    }
+
+    /// Removes this peer's WATCH_LIST: the hub shows it its whole mesh again.
+    ///
+    /// # Errors
+    /// [`PeerError::State`] when no WATCH_LIST is published.
+    pub async fn clear_watch_list(&self) -> Result<(), PeerError> {
+        self.delete(crate::objects::names::WATCH_LIST, None).await
+    }
+
     /// Subscribes to the hub's objects (spec 3.1.4.3): the lists arrive as events.
     ///
     /// # Errors

@@ -12,6 +12,7 @@
 //! | `PUT /v1/objects/{name}` `{"value"}` | update: 200, 404 when no object has the name |
 //! | `DELETE /v1/objects/{name}[?value=]` | delete: 204, 404 when nothing matched |
 //! | `GET /v1/sessions` | open sessions: PeerName, mesh, address, the three flags, since, relayed objects |
+//! | `GET /v1/sessions/{peer-name}` | one session: the above, its WATCH_LIST (in force, applied/rejected and why), its view (objects, bytes, watched peers present and left out): 200, 404 |
 //! | `DELETE /v1/sessions/{peer-name}` | disconnect (close_notify): 204, 404 |
 //! | `POST /v1/sessions/{peer-name}/messages` `{"mime_type","value"}` | send an APPLICATION_DEFINED_MESSAGE: 202 |
 //! | `GET /v1/messages` | the latest messages peers addressed to the hub |
@@ -247,6 +248,21 @@ fn peer_name(raw: &str) -> Result<PeerName> {
     })
 }
 
+async fn session_detail(
+    _: Authorized,
+    state: web::Data<AdminState>,
+    peer: web::Path<String>,
+) -> Result<HttpResponse> {
+    let peer = peer_name(&peer)?;
+    match state.hub.session_detail(&peer).await? {
+        Some(detail) => Ok(HttpResponse::Ok().json(detail)),
+        None => Err(AdminError::new(
+            StatusCode::NOT_FOUND,
+            format!("no session for {peer}"),
+        )),
+    }
+}
+
 async fn disconnect_session(
     _: Authorized,
     state: web::Data<AdminState>,
@@ -345,6 +361,7 @@ pub fn server(
             .route("/v1/objects/{name}", web::put().to(update_object))
             .route("/v1/objects/{name}", web::delete().to(delete_object))
             .route("/v1/sessions", web::get().to(list_sessions))
+            .route("/v1/sessions/{peer}", web::get().to(session_detail))
             .route("/v1/sessions/{peer}", web::delete().to(disconnect_session))
             .route("/v1/sessions/{peer}/messages", web::post().to(send_message))
             .route("/v1/messages", web::get().to(hub_messages))

@@ -33,7 +33,7 @@ enum Command {
         command: certs::CertsCommand,
     },
     /// Connect to a hub as a peer: keep objects set, watch, get, invite.
-    Peer(peer::PeerArgs),
+    Peer(Box<peer::PeerArgs>),
     /// Decode P2PPI bytes (raw, or hex with --hex) from FILE or stdin: one JSON line per
     /// message, with the verdict the hub's codec gives it.
     Decode(decode::DecodeArgs),
@@ -73,7 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Certs { command } => certs::run(command),
-        Command::Peer(args) => peer::run(args),
+        Command::Peer(args) => peer::run(*args),
         Command::Decode(args) => decode::run(args),
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file), std::env::vars())?;

@@ -44,6 +44,10 @@ pub(crate) struct PeerArgs {
     /// Keep the object NAME=VALUE set while connected (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_object)]
     set: Vec<Object>,
+    /// See only these peers' presence (a WATCH_LIST, DESIGN 5.4): PeerNames or names of
+    /// certificates issued in the data directory, comma-separated.
+    #[arg(long, value_name = "PEER-NAME", value_delimiter = ',')]
+    watch_peers: Vec<String>,
     /// Keep this RICH_PRESENCE text set while connected.
     #[arg(long)]
     presence: Option<String>,
@@ -150,13 +154,14 @@ fn print_line(value: &serde_json::Value) {
     let _ = out.flush();
 }
 
-/// The peer to invite: a PeerName, or the name of a certificate issued in the data directory.
-fn invitee(target: &str, data_dir: &Path) -> anyhow::Result<PeerName> {
+/// A peer named on the command line (`flag`): a PeerName, or the name of a certificate
+/// issued in the data directory.
+fn named_peer(flag: &str, target: &str, data_dir: &Path) -> anyhow::Result<PeerName> {
     if let Some(peer) = PeerName::parse(target) {
         return Ok(peer);
     }
     let cert = certs::peer_cert(data_dir, target).with_context(|| {
-        format!("--invite {target:?} is neither a PeerName (40 hex digits) nor a local certificate")
+        format!("{flag} {target:?} is neither a PeerName (40 hex digits) nor a local certificate")
     })?;
     Ok(cert.peer_name)
 }
@@ -166,8 +171,14 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
     let invite = args
         .invite
         .as_deref()
-        .map(|target| invitee(target, &args.data_dir))
+        .map(|target| named_peer("--invite", target, &args.data_dir))
         .transpose()?;
+    let watch_peers = args
+        .watch_peers
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|target| named_peer("--watch-peers", target.trim(), &args.data_dir))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let nickname = config
         .identity
         .cert_identity()
@@ -185,6 +196,9 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
         }
         for object in objects {
             peer.set(object).await?;
+        }
+        if !args.watch_peers.is_empty() {
+            peer.set_watch_list(&watch_peers).await?;
         }
         let timeout = Duration::from_secs(args.timeout);
         if args.get {

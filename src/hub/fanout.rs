@@ -26,6 +26,8 @@ use crate::metrics;
 struct Inner {
     base: Option<Arc<View>>,
     views: HashMap<Arc<str>, Arc<View>>,
+    /// The own views of sessions whose WATCH_LIST is in force (DESIGN 5.4).
+    personal: HashMap<SessionId, Arc<View>>,
     subscribers: HashMap<Arc<str>, HashMap<SessionId, Rc<Outbound>>>,
     sessions: HashMap<SessionId, Recipient<Close>>,
 }
@@ -37,7 +39,7 @@ pub struct FanoutCore {
 }
 
 impl FanoutCore {
-    /// The complete view a session of `mesh` sees now.
+    /// The complete view a session of `mesh` without a WATCH_LIST sees now.
     pub fn view(&self, mesh: &str) -> Arc<View> {
         let inner = self.inner.borrow();
         inner
@@ -46,6 +48,15 @@ impl FanoutCore {
             .or(inner.base.as_ref())
             .cloned()
             .expect("the registry sets the base view before any session starts")
+    }
+
+    /// The complete view session `id` of `mesh` sees now: its own if its WATCH_LIST is in
+    /// force, else its mesh's.
+    pub fn view_for(&self, mesh: &str, id: SessionId) -> Arc<View> {
+        if let Some(view) = self.inner.borrow().personal.get(&id) {
+            return view.clone();
+        }
+        self.view(mesh)
     }
 
     /// Registers a subscribed session for fan-out.
@@ -82,7 +93,9 @@ impl FanoutCore {
 
     /// Forgets a session.
     pub fn remove_session(&self, id: SessionId) {
-        self.inner.borrow_mut().sessions.remove(&id);
+        let mut inner = self.inner.borrow_mut();
+        inner.sessions.remove(&id);
+        inner.personal.remove(&id);
     }
 
     /// Closes every session of this thread (graceful shutdown).
@@ -93,11 +106,10 @@ impl FanoutCore {
     }
 
     /// Applies a change: the new views first, then the NOTIFYs to the subscribers it
-    /// reaches.
+    /// reaches (mesh subscribers without a WATCH_LIST, then each own view that changed).
     pub fn apply(&self, fanout: &Fanout) {
         let started = Instant::now();
         let mut inner = self.inner.borrow_mut();
-        let base_changed = fanout.base.is_some();
         if let Some(base) = &fanout.base {
             inner.base = Some(base.clone());
         }
@@ -107,49 +119,80 @@ impl FanoutCore {
                 None => inner.views.remove(mesh),
             };
         }
+        for change in &fanout.personal {
+            if !inner.sessions.contains_key(&change.session) {
+                continue; // not of this thread, or ended
+            }
+            match &change.view {
+                Some(view) => inner.personal.insert(change.session, view.clone()),
+                None => inner.personal.remove(&change.session),
+            };
+        }
         if let Some(applied) = &fanout.applied {
             // The views are in place: a REQUEST from now on sees the change.
             applied.arrive();
         }
-        if matches!(fanout.delivery, Delivery::Silent) {
-            return;
-        }
         let inner = &*inner;
         let mut recipients = 0usize;
-        let mut deliver = |mesh: &Arc<str>, subs: &HashMap<SessionId, Rc<Outbound>>| {
-            let (bytes, is_view) = match &fanout.delivery {
-                Delivery::Only(bytes) => (bytes.clone(), false),
-                Delivery::Complete => match inner.views.get(mesh).or(inner.base.as_ref()) {
-                    Some(view) => (view.notify.clone(), true),
-                    None => return,
-                },
-                Delivery::Silent => return,
-            };
-            for out in subs.values() {
-                // An overflow ends that session through its writer; others go on.
-                let _ = if is_view {
-                    out.push_view(bytes.clone())
-                } else {
-                    out.push(bytes.clone())
-                };
-            }
-            recipients += subs.len();
-        };
-        if base_changed {
-            for (mesh, subs) in &inner.subscribers {
-                deliver(mesh, subs);
-            }
+        let meshes: Vec<&Arc<str>> = if fanout.base.is_some() {
+            inner.subscribers.keys().collect()
         } else {
-            for (mesh, _) in &fanout.meshes {
-                if let Some(subs) = inner.subscribers.get(mesh) {
-                    deliver(mesh, subs);
+            fanout.meshes.iter().map(|(mesh, _)| mesh).collect()
+        };
+        if !matches!(fanout.delivery, Delivery::Silent) {
+            for mesh in meshes {
+                let Some(subs) = inner.subscribers.get(mesh) else {
+                    continue;
+                };
+                let view = inner.views.get(mesh).or(inner.base.as_ref());
+                for (id, out) in subs {
+                    if !inner.personal.contains_key(id) {
+                        recipients += deliver(out, &fanout.delivery, view);
+                    }
                 }
+            }
+        }
+        for change in &fanout.personal {
+            let out = inner
+                .subscribers
+                .get(&change.mesh)
+                .and_then(|subs| subs.get(&change.session));
+            if let Some(out) = out {
+                let view = change
+                    .view
+                    .as_ref()
+                    .or_else(|| inner.views.get(&change.mesh))
+                    .or(inner.base.as_ref());
+                recipients += deliver(out, &change.delivery, view);
             }
         }
         let m = metrics::hub();
         m.fanout_recipients.record(recipients as f64);
         m.fanout_duration.record(started.elapsed().as_secs_f64());
     }
+}
+
+/// Queues what `delivery` sends on one subscriber's queue (`view`: its complete view);
+/// returns 1 if something was queued. An overflow ends that session through its writer.
+fn deliver(out: &Outbound, delivery: &Delivery, view: Option<&Arc<View>>) -> usize {
+    match delivery {
+        Delivery::Only(bytes) => {
+            let _ = out.push(bytes.clone());
+        }
+        Delivery::Each(each) => {
+            for bytes in each {
+                let _ = out.push(bytes.clone());
+            }
+        }
+        Delivery::Complete => match view {
+            Some(view) => {
+                let _ = out.push_view(view.notify.clone());
+            }
+            None => return 0,
+        },
+        Delivery::Silent => return 0,
+    }
+    1
 }
 
 #[cfg(test)]
@@ -170,6 +213,7 @@ mod tests {
             base,
             meshes,
             delivery,
+            personal: Vec::new(),
             applied: None,
         }
     }

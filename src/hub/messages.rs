@@ -48,6 +48,8 @@ pub struct RelaySet {
     pub session: SessionId,
     /// The objects to relay, in the peer's order.
     pub objects: Vec<Object>,
+    /// The watch list in force (DESIGN 5.4), in list order; `None`: the mesh view.
+    pub watch: Option<Vec<PeerName>>,
     /// Told the relayed count when it changes later without a `RelaySet` (objects refused
     /// for a full view are relayed once room frees up).
     pub counts: Recipient<RelayedCount>,
@@ -83,6 +85,9 @@ pub enum Delivery {
     /// The same encoded NOTIFY (the new object alone) to every subscriber reached: the
     /// object went last in each view it reached.
     Only(Bytes),
+    /// Several objects went last, in this order: one NOTIFY holding each (encoded once
+    /// for every subscriber reached).
+    Each(Vec<Bytes>),
     /// Each subscriber's complete view, as its mesh's `View::notify`.
     Complete,
     /// No NOTIFY (views replaced without a change a subscriber must hear of).
@@ -135,6 +140,22 @@ pub struct Fanout {
     pub meshes: Vec<(Arc<str>, Option<Arc<View>>)>,
     /// What subscribers reached by this change are sent.
     pub delivery: Delivery,
+    /// Changes of per-subscriber views (DESIGN 5.4), applied after the meshes.
+    pub personal: Vec<Personal>,
     /// Counted down by each shard once applied.
     pub applied: Option<Arc<Applied>>,
+}
+
+/// A change of one watch-list subscriber's own view (DESIGN 5.4).
+#[derive(Debug, Clone)]
+pub struct Personal {
+    /// The subscriber's mesh.
+    pub mesh: Arc<str>,
+    /// Its session.
+    pub session: SessionId,
+    /// Its view; `None`: it sees its mesh's view again (its WATCH_LIST was removed, or it
+    /// ended).
+    pub view: Option<Arc<View>>,
+    /// What it is sent.
+    pub delivery: Delivery,
 }

@@ -28,6 +28,7 @@ pub mod shard;
 pub mod shared;
 pub mod throttle;
 pub mod view;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -45,11 +46,12 @@ use crate::persist::ObjectStore;
 use crate::tls::{self, PeerName, TlsError};
 use crate::wire::{Message, Object};
 use messages::{Close, Deliver, Delivery, Fanout, RegistryLink};
-use registry::{ApplyOp, ListObjects, Registry, ViewLimits};
+pub use registry::ViewReport;
+use registry::{ApplyOp, ListObjects, QueryView, Registry, ViewLimits};
 pub use registry::{HubError, ObjectOp, OpOutcome, PersistHook};
 use shard::{CloseAll, Shard};
 use shared::HubShared;
-pub use shared::{HubMessage, SessionInfo, HUB_MESSAGES_KEPT};
+pub use shared::{HubMessage, SessionDetail, SessionInfo, WatchStatus, HUB_MESSAGES_KEPT};
 
 /// Why the hub could not start.
 #[derive(Debug, Error)]
@@ -179,6 +181,30 @@ impl HubHandle {
     /// The session of a peer, if connected.
     pub fn session(&self, peer: &PeerName) -> Option<SessionInfo> {
         self.shared.lookup(peer).map(|e| e.flags.info())
+    }
+
+    /// A peer's session in detail (admin `GET /v1/sessions/{peer-name}`): its facts, its
+    /// WATCH_LIST and what its view holds; `None` if not connected.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`] when the hub is not running.
+    pub async fn session_detail(&self, peer: &PeerName) -> Result<Option<SessionDetail>, HubError> {
+        let Some(entry) = self.shared.lookup(peer) else {
+            return Ok(None);
+        };
+        let view = self
+            .registry
+            .send(QueryView {
+                peer: peer.clone(),
+                mesh: entry.flags.mesh().clone(),
+            })
+            .await
+            .map_err(|_| HubError::Stopped)?;
+        Ok(Some(SessionDetail {
+            session: entry.flags.info(),
+            watch: entry.flags.watch(),
+            view,
+        }))
     }
 
     /// Number of open sessions.
@@ -414,6 +440,7 @@ async fn run_system(
         base: Some(base),
         meshes: Vec::new(),
         delivery: Delivery::Silent,
+        personal: Vec::new(),
         applied: None,
     });
     for shard in &shards {

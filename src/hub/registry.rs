@@ -24,15 +24,19 @@
 //! The logic is plain methods returning the [`Fanout`] to broadcast; the actor only
 //! broadcasts, so the views and their deliveries are unit-tested without TLS or shards.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use actix::prelude::*;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::messages::{Applied, Delivery, Fanout, RelayRemove, RelaySet, RelayedCount, SessionId};
+use super::messages::{
+    Applied, Delivery, Fanout, Personal, RelayRemove, RelaySet, RelayedCount, SessionId,
+};
 use super::relay::RejectReason;
 use super::view::{notify_only, View};
 use crate::metrics;
@@ -156,18 +160,67 @@ fn replace_owned(entries: &[Entry], owner: Option<&PeerName>, objects: &[Object]
     out
 }
 
-/// What subscribers of a list going from `old` to `new` are sent: the new object alone
-/// when it was appended, else the entire list; `None` when nothing changed.
-fn delivery_between(old: &[Entry], new: &[Entry]) -> Option<Delivery> {
+/// Encodes each appended object once per change, however many views it reaches.
+#[derive(Default)]
+struct Encoded(HashMap<Object, Bytes>);
+
+impl Encoded {
+    fn only(&mut self, object: &Object) -> Result<Bytes, EncodeError> {
+        if let Some(bytes) = self.0.get(object) {
+            return Ok(bytes.clone());
+        }
+        let bytes = notify_only(object)?;
+        self.0.insert(object.clone(), bytes.clone());
+        Ok(bytes)
+    }
+}
+
+/// What subscribers of a list going from `old` to `new` are sent: the new objects, each
+/// alone, when they were appended; else the entire list; `None` when nothing changed.
+fn delivery_between(old: &[Entry], new: &[Entry], encoded: &mut Encoded) -> Option<Delivery> {
     if old == new {
         return None;
     }
-    match new.split_last() {
-        Some((added, rest)) if rest == old => {
-            Some(notify_only(&added.object).map_or(Delivery::Complete, Delivery::Only))
-        }
-        _ => Some(Delivery::Complete),
+    if new.len() > old.len() && new[..old.len()] == *old {
+        let added: Result<Vec<Bytes>, _> = new[old.len()..]
+            .iter()
+            .map(|e| encoded.only(&e.object))
+            .collect();
+        return Some(match added {
+            Ok(mut added) if added.len() == 1 => Delivery::Only(added.remove(0)),
+            Ok(added) => Delivery::Each(added),
+            Err(_) => Delivery::Complete,
+        });
     }
+    Some(Delivery::Complete)
+}
+
+/// Fills the places of each owner in `wanted` with its objects in order; owners not in
+/// `wanted` leave; objects beyond an owner's places go last, in `wanted` order (DESIGN
+/// 5.2 "Order", 5.4).
+fn refill(old: &[Entry], wanted: &[(Option<&PeerName>, &[Object])]) -> Vec<Entry> {
+    let mut rest: HashMap<Option<&PeerName>, std::slice::Iter<'_, Object>> = wanted
+        .iter()
+        .map(|(o, objects)| (*o, objects.iter()))
+        .collect();
+    let mut out = Vec::with_capacity(old.len());
+    for entry in old {
+        if let Some(object) = rest.get_mut(&entry.owner.as_ref()).and_then(Iterator::next) {
+            out.push(Entry {
+                owner: entry.owner.clone(),
+                object: object.clone(),
+            });
+        }
+    }
+    for (owner, _) in wanted {
+        if let Some(objects) = rest.remove(owner) {
+            out.extend(objects.map(|object| Entry {
+                owner: owner.cloned(),
+                object: object.clone(),
+            }));
+        }
+    }
+    out
 }
 
 /// The view of one mesh that holds relayed objects.
@@ -186,9 +239,45 @@ impl MeshView {
 struct Owner {
     mesh: Arc<str>,
     session: SessionId,
+    /// Every object accepted for relay (what its watchers see, DESIGN 5.4).
+    accepted: Vec<Object>,
     refused: Vec<Object>,
     /// Told the relayed count when it changes without a [`RelaySet`] (room freed up).
     counts: Recipient<RelayedCount>,
+}
+
+/// A peer whose WATCH_LIST is in force, and its own view (DESIGN 5.4).
+struct Watcher {
+    list: Vec<PeerName>,
+    entries: Vec<Entry>,
+    view: Arc<View>,
+    /// Listed peers left out because the view would not fit one message.
+    left_out: Vec<PeerName>,
+}
+
+/// What `GET /v1/sessions/{peer-name}` shows of a peer's view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ViewReport {
+    /// Objects in the view the peer receives.
+    pub objects: usize,
+    /// Its encoded size as one NOTIFY, bytes.
+    pub bytes: usize,
+    /// Whether it is the peer's own view (a WATCH_LIST is in force) or its mesh's.
+    pub watching: bool,
+    /// Listed peers whose objects are in the view, in list order.
+    pub present: Vec<PeerName>,
+    /// Listed peers online in the mesh but left out: the view would not fit one message.
+    pub left_out: Vec<PeerName>,
+}
+
+/// Asks what a peer's view holds now.
+#[derive(Message)]
+#[rtype(result = "ViewReport")]
+pub struct QueryView {
+    /// The peer.
+    pub peer: PeerName,
+    /// Its session's mesh.
+    pub mesh: Arc<str>,
 }
 
 /// The registry actor.
@@ -199,6 +288,9 @@ pub struct Registry {
     owners: HashMap<PeerName, Owner>,
     /// Per mesh, the peers with objects waiting for room.
     waiting: HashMap<Arc<str>, BTreeSet<PeerName>>,
+    watchers: HashMap<PeerName, Watcher>,
+    /// The index watched → watchers (DESIGN 5.4): a change costs its watchers' views.
+    watched_by: HashMap<PeerName, HashSet<PeerName>>,
     shards: Vec<Recipient<Arc<Fanout>>>,
     limits: ViewLimits,
     persist: Option<PersistHook>,
@@ -242,6 +334,8 @@ impl Registry {
             meshes: HashMap::new(),
             owners: HashMap::new(),
             waiting: HashMap::new(),
+            watchers: HashMap::new(),
+            watched_by: HashMap::new(),
             shards,
             limits,
             persist,
@@ -301,10 +395,17 @@ impl Registry {
             self.meshes.insert(mesh, MeshView { entries });
         }
         metrics::hub_objects(self.objects.len());
+        let mut encoded = Encoded::default();
+        let watchers: Vec<PeerName> = self.watchers.keys().cloned().collect();
+        let personal = watchers
+            .iter()
+            .filter_map(|w| self.refresh_watcher(w, &mut encoded))
+            .collect();
         let fanout = Fanout {
             base: Some(base),
             meshes: changed,
             delivery,
+            personal,
             applied: None,
         };
         Ok((OpOutcome { changed: true }, Some(fanout)))
@@ -325,6 +426,12 @@ impl Registry {
             if owner.session > msg.session {
                 return (0, fanouts); // a stale session of a peer that has reconnected
             }
+            if owner.session < msg.session {
+                // A new session starts from its mesh's view: the old one's own view went
+                // with it.
+                self.forget_watcher(&msg.peer);
+            }
+            let owner = self.owners.get_mut(&msg.peer).expect("present above");
             owner.session = msg.session;
             before = std::mem::take(&mut owner.refused);
             if owner.mesh != msg.mesh {
@@ -338,6 +445,7 @@ impl Registry {
         let owner = Owner {
             mesh: msg.mesh.clone(),
             session: msg.session,
+            accepted: Vec::new(),
             refused: Vec::new(),
             counts: msg.counts,
         };
@@ -346,6 +454,15 @@ impl Registry {
         if self.relayed_len(&msg.mesh) < relayed_before {
             fanouts.extend(self.refit(&msg.mesh));
         }
+        let mut encoded = Encoded::default();
+        let mut personal = Vec::new();
+        if self.watchers.get(&msg.peer).map(|w| &w.list) == msg.watch.as_ref() {
+            personal.extend(self.refresh_watcher(&msg.peer, &mut encoded));
+        } else {
+            personal.extend(self.set_watch(&msg.peer, msg.watch, &mut encoded));
+        }
+        personal.extend(self.refresh_watchers_of(&msg.peer, &mut encoded));
+        fanouts.extend(personal_fanout(personal));
         (count, fanouts)
     }
 
@@ -359,6 +476,7 @@ impl Registry {
         before: &[Object],
     ) -> (usize, Option<Fanout>) {
         let mesh = owner.mesh.clone();
+        owner.accepted = objects.clone();
         let (relayed, refused) = self.fit(peer, &mesh, objects);
         for object in refused.iter().filter(|o| !before.contains(o)) {
             metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
@@ -471,7 +589,7 @@ impl Registry {
             }
         };
         let entries = replace_owned(old, Some(peer), objects);
-        let delivery = delivery_between(old, &entries)?;
+        let delivery = delivery_between(old, &entries, &mut Encoded::default())?;
         let view = if entries.iter().any(|e| e.owner.is_some()) {
             // The relay room keeps every view within one message.
             match view_of(&entries) {
@@ -494,6 +612,7 @@ impl Registry {
             base: None,
             meshes: vec![(mesh.clone(), view)],
             delivery,
+            personal: Vec::new(),
             applied: None,
         })
     }
@@ -512,8 +631,218 @@ impl Registry {
             .into_iter()
             .collect();
         fanouts.extend(self.refit(&owner.mesh));
+        self.forget_watcher(&msg.peer);
+        let personal = self.refresh_watchers_of(&msg.peer, &mut Encoded::default());
+        fanouts.extend(personal_fanout(personal));
         fanouts
     }
+
+    /// The entries of the view `mesh`'s subscribers without a WATCH_LIST see.
+    fn mesh_entries(&self, mesh: &str) -> Vec<Entry> {
+        match self.meshes.get(mesh) {
+            Some(view) => view.entries.clone(),
+            None => replace_owned(&[], None, self.objects.as_slice()),
+        }
+    }
+
+    /// The objects `peer` shows its watchers in `mesh`: none unless online there.
+    fn shown(&self, peer: &PeerName, mesh: &str) -> Option<&[Object]> {
+        self.owners
+            .get(peer)
+            .filter(|o| &*o.mesh == mesh)
+            .map(|o| o.accepted.as_slice())
+    }
+
+    /// Watcher `w`'s view built from `old` (DESIGN 5.4): the hub's objects, its echo, the
+    /// listed peers online in its mesh; peers new to the view go last, in list order, and
+    /// once one does not fit, it and every later-listed peer are left out whole.
+    fn watcher_entries(
+        &self,
+        w: &PeerName,
+        mesh: &str,
+        list: &[PeerName],
+        old: &[Entry],
+    ) -> (Vec<Entry>, Vec<PeerName>) {
+        let room = self.limits.max_view_bytes.saturating_sub(VIEW_OVERHEAD);
+        let mut size = objects_len(self.objects.as_slice());
+        let mut wanted: Vec<(Option<&PeerName>, &[Object])> = vec![(None, self.objects.as_slice())];
+        let mut left_out = Vec::new();
+        for peer in std::iter::once(w).chain(list) {
+            let Some(objects) = self.shown(peer, mesh) else {
+                continue;
+            };
+            let len = objects_len(objects);
+            if left_out.is_empty() && size + len <= room {
+                size += len;
+                wanted.push((Some(peer), objects));
+            } else {
+                left_out.push(peer.clone());
+            }
+        }
+        (refill(old, &wanted), left_out)
+    }
+
+    /// Rebuilds watcher `w`'s view; what its session is sent, if the view changed.
+    fn refresh_watcher(&mut self, w: &PeerName, encoded: &mut Encoded) -> Option<Personal> {
+        let owner = self.owners.get(w)?;
+        let (mesh, session) = (owner.mesh.clone(), owner.session);
+        let watcher = self.watchers.get(w)?;
+        let (entries, left_out) = self.watcher_entries(w, &mesh, &watcher.list, &watcher.entries);
+        let delivery = delivery_between(&watcher.entries, &entries, encoded);
+        let watcher = self.watchers.get_mut(w)?;
+        note_left_out(w, &mesh, watcher, left_out);
+        let delivery = delivery?;
+        let view = Arc::new(view_of(&entries).ok()?);
+        metrics::watch_view_bytes(view.encoded_len());
+        watcher.entries = entries;
+        watcher.view = view.clone();
+        Some(Personal {
+            mesh,
+            session,
+            view: Some(view),
+            delivery,
+        })
+    }
+
+    /// Rebuilds the views of `peer`'s watchers (the index watched → watchers).
+    fn refresh_watchers_of(&mut self, peer: &PeerName, encoded: &mut Encoded) -> Vec<Personal> {
+        let watchers: Vec<PeerName> = self
+            .watched_by
+            .get(peer)
+            .map_or_else(Vec::new, |w| w.iter().cloned().collect());
+        watchers
+            .iter()
+            .filter_map(|w| self.refresh_watcher(w, encoded))
+            .collect()
+    }
+
+    /// Puts a new watch list (or none) in force for `w`; what its session is sent.
+    fn set_watch(
+        &mut self,
+        w: &PeerName,
+        watch: Option<Vec<PeerName>>,
+        encoded: &mut Encoded,
+    ) -> Option<Personal> {
+        let owner = self.owners.get(w)?;
+        let (mesh, session) = (owner.mesh.clone(), owner.session);
+        if let Some(old) = self.watchers.get(w).map(|x| x.list.clone()) {
+            self.unindex(w, &old);
+        }
+        let Some(list) = watch else {
+            // Back to the mesh view.
+            let watcher = self.watchers.remove(w)?;
+            metrics::watch_sessions(self.watchers.len());
+            let delivery = delivery_between(&watcher.entries, &self.mesh_entries(&mesh), encoded)
+                .unwrap_or(Delivery::Silent);
+            return Some(Personal {
+                mesh,
+                session,
+                view: None,
+                delivery,
+            });
+        };
+        for peer in &list {
+            self.watched_by
+                .entry(peer.clone())
+                .or_default()
+                .insert(w.clone());
+        }
+        if let Some(watcher) = self.watchers.get_mut(w) {
+            // Dropped peers leave (the entire view), added ones go last (only them).
+            watcher.list = list;
+            return self.refresh_watcher(w, encoded);
+        }
+        // Newly applied: the listed peers enter in list order.
+        let seen = self.mesh_entries(&mesh);
+        let start = replace_owned(&[], None, self.objects.as_slice());
+        let (entries, left_out) = self.watcher_entries(w, &mesh, &list, &start);
+        let view = Arc::new(view_of(&entries).ok()?);
+        metrics::watch_view_bytes(view.encoded_len());
+        let delivery = delivery_between(&seen, &entries, encoded).unwrap_or(Delivery::Silent);
+        let mut watcher = Watcher {
+            list,
+            entries,
+            view: view.clone(),
+            left_out: Vec::new(),
+        };
+        note_left_out(w, &mesh, &mut watcher, left_out);
+        self.watchers.insert(w.clone(), watcher);
+        metrics::watch_sessions(self.watchers.len());
+        Some(Personal {
+            mesh,
+            session,
+            view: Some(view),
+            delivery,
+        })
+    }
+
+    /// Removes `w` from the index entries of the peers it listed.
+    fn unindex(&mut self, w: &PeerName, list: &[PeerName]) {
+        for peer in list {
+            if let Some(watchers) = self.watched_by.get_mut(peer) {
+                watchers.remove(w);
+                if watchers.is_empty() {
+                    self.watched_by.remove(peer);
+                }
+            }
+        }
+    }
+
+    /// Forgets `w`'s watch list (its session ended).
+    fn forget_watcher(&mut self, w: &PeerName) {
+        if let Some(watcher) = self.watchers.remove(w) {
+            self.unindex(w, &watcher.list);
+            metrics::watch_sessions(self.watchers.len());
+        }
+    }
+
+    /// What a peer's view holds now (admin API).
+    fn view_report(&self, peer: &PeerName, mesh: &str) -> ViewReport {
+        if let Some(watcher) = self.watchers.get(peer) {
+            let present = watcher
+                .list
+                .iter()
+                .filter(|p| watcher.entries.iter().any(|e| e.owner.as_ref() == Some(p)))
+                .cloned()
+                .collect();
+            return ViewReport {
+                objects: watcher.entries.len(),
+                bytes: watcher.view.encoded_len(),
+                watching: true,
+                present,
+                left_out: watcher.left_out.clone(),
+            };
+        }
+        let entries = self.mesh_entries(mesh);
+        ViewReport {
+            objects: entries.len(),
+            bytes: VIEW_OVERHEAD + objects_len(entries.iter().map(|e| &e.object)),
+            watching: false,
+            present: Vec::new(),
+            left_out: Vec::new(),
+        }
+    }
+}
+
+/// Counts and logs each listed peer newly left out of `w`'s view (once per change of
+/// state, DESIGN 6).
+fn note_left_out(w: &PeerName, mesh: &str, watcher: &mut Watcher, left_out: Vec<PeerName>) {
+    for peer in left_out.iter().filter(|p| !watcher.left_out.contains(p)) {
+        metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
+        warn!(watcher = %w, %mesh, %peer, "watched peer left out: the view would not fit one message (relay.max_view_bytes)");
+    }
+    watcher.left_out = left_out;
+}
+
+/// One fan-out carrying changes of per-subscriber views, if any.
+fn personal_fanout(personal: Vec<Personal>) -> Option<Fanout> {
+    (!personal.is_empty()).then(|| Fanout {
+        base: None,
+        meshes: Vec::new(),
+        delivery: Delivery::Silent,
+        personal,
+        applied: None,
+    })
 }
 
 /// Refuses hub objects above their budget.
@@ -575,6 +904,14 @@ impl Handler<RelaySet> for Registry {
             self.broadcast(fanout);
         }
         count
+    }
+}
+
+impl Handler<QueryView> for Registry {
+    type Result = MessageResult<QueryView>;
+
+    fn handle(&mut self, msg: QueryView, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.view_report(&msg.peer, &msg.mesh))
     }
 }
 
@@ -644,8 +981,62 @@ mod tests {
             mesh: mesh.into(),
             session,
             objects: objects.to_vec(),
+            watch: None,
             counts: counts(),
         })
+    }
+
+    fn watch(
+        reg: &mut Registry,
+        who: &PeerName,
+        session: SessionId,
+        objects: &[Object],
+        list: Option<&[&PeerName]>,
+    ) -> Vec<Fanout> {
+        reg.relay_set(RelaySet {
+            peer: who.clone(),
+            mesh: "m".into(),
+            session,
+            objects: objects.to_vec(),
+            watch: list.map(|l| l.iter().map(|p| (*p).clone()).collect()),
+            counts: counts(),
+        })
+        .1
+    }
+
+    /// What watcher session `id` is sent by these fan-outs, applied to the list it holds.
+    fn follow_own(list: &mut Vec<Object>, id: SessionId, fanouts: &[Fanout]) -> usize {
+        let mut notifies = 0;
+        for f in fanouts {
+            for p in f.personal.iter().filter(|p| p.session == id) {
+                match &p.delivery {
+                    Delivery::Only(bytes) => {
+                        list.extend(decode(bytes));
+                        notifies += 1;
+                    }
+                    Delivery::Each(each) => {
+                        for bytes in each {
+                            list.extend(decode(bytes));
+                            notifies += 1;
+                        }
+                    }
+                    Delivery::Complete => {
+                        *list = decode(&p.view.as_ref().unwrap().notify);
+                        notifies += 1;
+                    }
+                    Delivery::Silent => {}
+                }
+            }
+        }
+        notifies
+    }
+
+    fn own_view(reg: &Registry, w: &PeerName) -> Vec<Object> {
+        decode(&reg.watchers[w].view.notify)
+    }
+
+    fn names(list: &[Object]) -> Vec<&str> {
+        list.iter().map(|o| o.name.as_str()).collect()
     }
 
     fn set(
@@ -677,6 +1068,7 @@ mod tests {
     fn follow(list: &mut Vec<Object>, fanout: &Fanout) {
         match &fanout.delivery {
             Delivery::Only(bytes) => list.extend(decode(bytes)),
+            Delivery::Each(each) => each.iter().for_each(|b| list.extend(decode(b))),
             Delivery::Complete => {
                 let view = fanout.meshes[0]
                     .1
@@ -820,5 +1212,149 @@ mod tests {
             decode(&view_of(&reg.meshes["other"].entries).unwrap().response).len(),
             2
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_watcher_sees_hub_own_and_listed_peers_in_list_order() {
+        let mut reg = registry();
+        let (a, b, c, w) = (peer("a"), peer("b"), peer("c"), peer("e"));
+        set(&mut reg, &c, 1, &[o("c1", "x")]);
+        set(&mut reg, &b, 2, &[o("b1", "x")]);
+        set(&mut reg, &a, 3, &[o("a1", "x")]);
+        // W saw the mesh view, then its list applies: hub, echo, then a, b in list order
+        // (c is not listed; d is offline).
+        let mut list = mesh_view(&reg);
+        let f = watch(
+            &mut reg,
+            &w,
+            4,
+            &[o("w1", "x")],
+            Some(&[&a, &peer("d"), &b]),
+        );
+        follow_own(&mut list, 4, &f);
+        assert_eq!(names(&list), ["hub", "w1", "a1", "b1"]);
+        assert_eq!(list, own_view(&reg, &w));
+        // A new object of a watched peer: only it, the same bytes its watchers share.
+        let f = set(&mut reg, &b, 2, &[o("b1", "x"), o("b2", "y")]).1;
+        let p = &f.last().unwrap().personal;
+        assert!(matches!(p[0].delivery, Delivery::Only(_)));
+        follow_own(&mut list, 4, &f);
+        assert_eq!(names(&list), ["hub", "w1", "a1", "b1", "b2"]);
+        // An unwatched peer's change costs W nothing.
+        let f = set(&mut reg, &c, 1, &[o("c1", "changed")]).1;
+        assert_eq!(follow_own(&mut list, 4, &f), 0);
+        // An update of a watched peer: the entire view.
+        let f = set(&mut reg, &a, 3, &[o("a1", "new")]).1;
+        let p = &f.last().unwrap().personal;
+        assert_eq!(p[0].delivery, Delivery::Complete);
+        follow_own(&mut list, 4, &f);
+        assert_eq!(list, own_view(&reg, &w));
+        // Going offline: the entire view without it.
+        let f = reg.relay_remove(RelayRemove {
+            peer: a.clone(),
+            session: 3,
+        });
+        follow_own(&mut list, 4, &f);
+        assert_eq!(names(&list), ["hub", "w1", "b1", "b2"]);
+        // Coming back: it goes last.
+        let f = set(&mut reg, &a, 5, &[o("a1", "x")]).1;
+        follow_own(&mut list, 4, &f);
+        assert_eq!(names(&list), ["hub", "w1", "b1", "b2", "a1"]);
+        assert_eq!(list, own_view(&reg, &w));
+        // The mesh view is unaffected by W's list.
+        assert!(names(&mesh_view(&reg)).contains(&"c1"));
+    }
+
+    #[actix_rt::test]
+    async fn list_changes_notify_adds_alone_and_drops_as_the_entire_view() {
+        let mut reg = registry();
+        let (a, b, c, w) = (peer("a"), peer("b"), peer("c"), peer("e"));
+        set(&mut reg, &a, 1, &[o("a1", "x")]);
+        set(&mut reg, &b, 2, &[o("b1", "x"), o("b2", "x")]);
+        set(&mut reg, &c, 3, &[o("c1", "x")]);
+        let mut list = mesh_view(&reg);
+        let f = watch(&mut reg, &w, 4, &[], Some(&[&a]));
+        follow_own(&mut list, 4, &f);
+        // Adding b and c only: one NOTIFY per added object, nothing else.
+        let f = watch(&mut reg, &w, 4, &[], Some(&[&a, &c, &b]));
+        let p = &f.last().unwrap().personal[0];
+        assert!(matches!(&p.delivery, Delivery::Each(each) if each.len() == 3));
+        follow_own(&mut list, 4, &f);
+        assert_eq!(names(&list), ["hub", "a1", "c1", "b1", "b2"]);
+        // Dropping a: the entire view.
+        let f = watch(&mut reg, &w, 4, &[], Some(&[&c, &b]));
+        assert_eq!(f.last().unwrap().personal[0].delivery, Delivery::Complete);
+        follow_own(&mut list, 4, &f);
+        assert_eq!(names(&list), ["hub", "c1", "b1", "b2"]);
+        assert!(!reg.watched_by.contains_key(&a), "the index forgets a");
+        // Removing the list: back to the mesh view.
+        let f = watch(&mut reg, &w, 4, &[], None);
+        let back = &f.last().unwrap().personal[0];
+        assert!(back.view.is_none(), "its mesh's view again");
+        assert_eq!(back.delivery, Delivery::Complete);
+        list = mesh_view(&reg);
+        assert!(reg.watchers.is_empty());
+        assert_eq!(list, mesh_view(&reg));
+    }
+
+    #[actix_rt::test]
+    async fn other_meshes_are_absent_and_hub_changes_reach_watchers() {
+        let mut reg = registry();
+        let (a, w) = (peer("a"), peer("e"));
+        set_in(&mut reg, &a, "elsewhere", 1, &[o("a1", "x")]);
+        set(&mut reg, &w, 2, &[o("w1", "x")]);
+        let mut list = mesh_view_or_base(&reg);
+        let f = watch(&mut reg, &w, 2, &[o("w1", "x")], Some(&[&a]));
+        assert_eq!(follow_own(&mut list, 2, &f), 0, "nothing W does not have");
+        assert_eq!(names(&list), ["hub", "w1"]);
+        let (_, fanout) = reg.apply(ObjectOp::Publish(o("hub2", "2"))).unwrap();
+        let fanout = fanout.unwrap();
+        follow_own(&mut list, 2, std::slice::from_ref(&fanout));
+        assert_eq!(names(&list), ["hub", "w1", "hub2"]);
+    }
+
+    fn mesh_view_or_base(reg: &Registry) -> Vec<Object> {
+        decode(&view_of(&reg.mesh_entries("m")).unwrap().notify)
+    }
+
+    #[actix_rt::test]
+    async fn an_overflowing_view_leaves_later_listed_peers_out_whole() {
+        let mut reg = registry();
+        let w = peer("e");
+        // Room for objects: 2000 - 22 = 1978 bytes, 500 of them the hub's budget (hub
+        // holds 12). Each peer below relays two objects of 4+(8+43)+(8+150) = 213 bytes.
+        let peers: Vec<PeerName> = ["1", "2", "3", "4", "5"].iter().map(|c| peer(c)).collect();
+        for (i, p) in peers.iter().enumerate() {
+            let objects = [
+                o(&format!("{p}/x"), &"v".repeat(150)),
+                o(&format!("{p}/y"), &"v".repeat(150)),
+            ];
+            set(&mut reg, p, i as u64 + 1, &objects);
+        }
+        let list: Vec<&PeerName> = peers.iter().rev().collect();
+        watch(&mut reg, &w, 9, &[], Some(&list));
+        let report = reg.view_report(&w, "m");
+        assert_eq!(report.present.len(), 4, "{report:?}");
+        assert_eq!(report.left_out, vec![peers[0].clone()]);
+        assert_eq!(
+            report.present,
+            list[..4].iter().map(|p| (*p).clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(report.objects, 9);
+        assert!(report.bytes <= LIMITS.max_view_bytes);
+    }
+
+    #[actix_rt::test]
+    async fn watchers_watching_each_other_see_updates() {
+        let mut reg = registry();
+        let (a, b) = (peer("a"), peer("b"));
+        set(&mut reg, &a, 1, &[o("a1", "on")]);
+        set(&mut reg, &b, 2, &[o("b1", "on")]);
+        watch(&mut reg, &a, 1, &[o("a1", "on")], Some(&[&b]));
+        watch(&mut reg, &b, 2, &[o("b1", "on")], Some(&[&a]));
+        assert_eq!(names(&own_view(&reg, &a)), ["hub", "a1", "b1"]);
+        let f = watch(&mut reg, &a, 1, &[o("a1", "away")], Some(&[&b]));
+        assert_eq!(own_view(&reg, &b)[2], o("a1", "away"), "{f:?}");
+        assert_eq!(own_view(&reg, &a)[1], o("a1", "away"));
     }
 }

@@ -165,6 +165,8 @@ pub enum RejectReason {
     SpoofedContact,
     /// The mesh's view would exceed `relay.max_view_bytes`.
     ViewFull,
+    /// A WATCH_LIST that is not applied (DESIGN 5.4).
+    BadWatchList,
 }
 
 impl RejectReason {
@@ -176,6 +178,7 @@ impl RejectReason {
             Self::InvalidValue => "invalid_value",
             Self::SpoofedContact => "spoofed_contact",
             Self::ViewFull => "view_full",
+            Self::BadWatchList => "bad_watch_list",
         }
     }
 }

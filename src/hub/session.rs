@@ -48,6 +48,7 @@ use super::relay::{relayable, PeerCopy, RejectReason, RelayCaps, Step};
 use super::route::{Routed, Sender, Undelivered, Unroutable};
 use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
 use super::throttle::Throttled;
+use super::watch::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
 use crate::metrics;
 use crate::session::{ObjectsSource, Received, Report, SessionMachine};
 use crate::tls::{CertIdentity, PeerName};
@@ -71,6 +72,10 @@ pub struct Session {
     rejected: HashMap<Object, RejectReason>,
     /// The objects the registry should relay for this peer (latest state).
     relayed: Vec<Object>,
+    /// The WATCH_LIST in force (DESIGN 5.4); `None`: the mesh view.
+    watch: Option<Vec<PeerName>>,
+    /// Why the peer's current WATCH_LIST is refused (logged once per change of state).
+    watch_refused: Option<WatchError>,
     relay_in_flight: bool,
     relay_dirty: bool,
     out: Rc<Outbound>,
@@ -138,6 +143,8 @@ pub(crate) fn start(
             copy: PeerCopy::new(),
             rejected: HashMap::new(),
             relayed: Vec::new(),
+            watch: None,
+            watch_refused: None,
             relay_in_flight: false,
             relay_dirty: false,
             out,
@@ -176,14 +183,14 @@ impl Session {
         let was_subscribed = self.machine.neighbor_subscribed();
         match self.machine.on_receive(inbound) {
             Received::SendCompleteList(MessageType::Notify) => {
-                let view = self.fanout.view(&self.mesh);
+                let view = self.fanout.view_for(&self.mesh, self.id);
                 self.push(view.notify.clone());
                 if !was_subscribed {
                     self.fanout.subscribe(&self.mesh, self.id, self.out.clone());
                 }
             }
             Received::SendCompleteList(_) => {
-                let view = self.fanout.view(&self.mesh);
+                let view = self.fanout.view_for(&self.mesh, self.id);
                 self.push(view.response.clone());
             }
             Received::Nothing => {
@@ -228,7 +235,15 @@ impl Session {
             max_object_bytes: relay.max_object_bytes,
             max_objects_per_peer: relay.max_objects_per_peer,
         };
-        let (accepted, rejected) = relayable(&self.peer, self.copy.objects(), caps);
+        self.read_watch_list();
+        let objects: Vec<Object> = self
+            .copy
+            .objects()
+            .iter()
+            .filter(|o| o.name != WATCH_LIST)
+            .cloned()
+            .collect();
+        let (accepted, rejected) = relayable(&self.peer, &objects, caps);
         let mut now_rejected = HashMap::with_capacity(rejected.len());
         for (object, reason) in rejected {
             if self.rejected.get(&object) != Some(&reason) {
@@ -242,6 +257,38 @@ impl Session {
         self.shared.events.objects_changed(self.id, &self.relayed);
         self.relay_dirty = true;
         self.send_relay(ctx);
+    }
+
+    /// Reads the peer's WATCH_LIST (never relayed): a valid one is put in force, an
+    /// invalid one leaves the previous in force and is counted and logged once.
+    fn read_watch_list(&mut self) {
+        let max = self.shared.config.relay.max_watch;
+        let refused = match watch_directive(self.copy.objects(), &self.peer, max) {
+            WatchDirective::None => {
+                self.watch = None;
+                None
+            }
+            WatchDirective::List(list) => {
+                self.watch = Some(list);
+                None
+            }
+            WatchDirective::Invalid(e) => {
+                if self.watch_refused.as_ref() != Some(&e) {
+                    metrics::count_reason(
+                        metrics::RELAY_REJECTED,
+                        RejectReason::BadWatchList.label(),
+                    );
+                    warn!(parent: &self.span, error = %e, "WATCH_LIST not applied; the previous list stays in force");
+                }
+                Some(e)
+            }
+        };
+        if refused.is_none() && self.watch_refused.is_some() {
+            info!(parent: &self.span, "WATCH_LIST valid again and applied");
+        }
+        self.watch_refused = refused;
+        self.flags
+            .set_watch(self.watch.clone(), self.watch_refused.as_ref());
     }
 
     /// Sends the accepted objects to the registry, one message in flight per session: a
@@ -258,6 +305,7 @@ impl Session {
             mesh: self.mesh.clone(),
             session: self.id,
             objects: self.relayed.clone(),
+            watch: self.watch.clone(),
             counts: ctx.address().recipient(),
         };
         self.registry

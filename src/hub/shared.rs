@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use actix::prelude::*;
@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::events::{Events, Recent};
 use super::invitations::Invitations;
 use super::messages::{Close, Deliver, SessionId};
+use super::watch::WatchError;
 use crate::config::Config;
 use crate::session::SessionMachine;
 use crate::tls::PeerName;
@@ -30,6 +31,19 @@ pub struct SessionFlags {
     pub(super) local_subscribed: AtomicBool,
     pub(super) response_pending: AtomicBool,
     pub(super) relayed_objects: AtomicUsize,
+    pub(super) watch: Mutex<WatchStatus>,
+}
+
+/// A session's WATCH_LIST as the admin API shows it (DESIGN 5.4).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WatchStatus {
+    /// The list in force, in order; `None`: no WATCH_LIST, the mesh view.
+    pub list: Option<Vec<PeerName>>,
+    /// `"none"`, `"applied"`, or `"rejected"` (the peer's latest WATCH_LIST was refused;
+    /// `list` is the one still in force).
+    pub state: &'static str,
+    /// Why the latest WATCH_LIST was refused.
+    pub rejected_because: Option<String>,
 }
 
 impl SessionFlags {
@@ -50,7 +64,29 @@ impl SessionFlags {
             local_subscribed: AtomicBool::new(false),
             response_pending: AtomicBool::new(false),
             relayed_objects: AtomicUsize::new(0),
+            watch: Mutex::new(WatchStatus {
+                state: "none",
+                ..WatchStatus::default()
+            }),
         }
+    }
+
+    pub(crate) fn set_watch(&self, list: Option<Vec<PeerName>>, refused: Option<&WatchError>) {
+        let state = match (refused, &list) {
+            (Some(_), _) => "rejected",
+            (None, Some(_)) => "applied",
+            (None, None) => "none",
+        };
+        *self.watch.lock().unwrap_or_else(|e| e.into_inner()) = WatchStatus {
+            list,
+            state,
+            rejected_because: refused.map(ToString::to_string),
+        };
+    }
+
+    /// The session's WATCH_LIST state.
+    pub(crate) fn watch(&self) -> WatchStatus {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn store(&self, machine: &SessionMachine) {
@@ -107,6 +143,18 @@ pub struct SessionInfo {
     pub connected_since: String,
     /// How many of its objects the hub relays.
     pub relayed_objects: usize,
+}
+
+/// One session in detail (admin API `GET /v1/sessions/{peer-name}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionDetail {
+    /// What `GET /v1/sessions` shows of it.
+    #[serde(flatten)]
+    pub session: SessionInfo,
+    /// Its WATCH_LIST (DESIGN 5.4).
+    pub watch: WatchStatus,
+    /// What its view holds now.
+    pub view: super::registry::ViewReport,
 }
 
 /// One entry of the PeerName index: how to reach a session.
@@ -250,7 +298,6 @@ impl Drop for ConnectionGuard {
 mod tests {
     use super::*;
     use crate::hub::outbound::PushError;
-    use std::sync::Mutex;
 
     /// Stands in for a session: records why it was told to close.
     struct Probe(Arc<Mutex<Vec<&'static str>>>);

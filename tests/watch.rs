@@ -374,17 +374,26 @@ async fn fifteen_hundred_peers_in_one_mesh_each_watching_ten_see_exact_views() {
     for task in tasks {
         peers.push(task.await.unwrap());
     }
-    for (i, (peer, _)) in peers.iter().enumerate() {
-        let name = peer.peer_name().clone();
-        let want = lists[i].len();
-        // The list is applied once the hub's view of this peer holds its watched peers.
-        let mut d = detail(&h, &name).await;
-        let start = tokio::time::Instant::now();
-        while d.view.present.len() != want {
-            assert!(start.elapsed() < DEADLINE, "peer {i}: {:?}", d.view);
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            d = detail(&h, &name).await;
-        }
+    // Each list is applied once the hub's view of its peer holds all ten watched peers.
+    let applied: Vec<_> = peers
+        .iter()
+        .map(|(peer, _)| {
+            let (h, name) = (h.clone(), peer.peer_name().clone());
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
+                loop {
+                    let d = detail(&h, &name).await;
+                    if d.view.present.len() == WATCH {
+                        return;
+                    }
+                    assert!(start.elapsed() < DEADLINE, "{name}: {:?}", d.view);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    for task in applied {
+        task.await.unwrap();
     }
     for (i, (peer, _)) in peers.iter().enumerate() {
         if changed(i) {

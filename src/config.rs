@@ -252,6 +252,10 @@ pub struct RelaySection {
     pub max_invitations: usize,
     /// Most PeerNames one WATCH_LIST may name (DESIGN 5.4).
     pub max_watch: usize,
+    /// At most one entire mesh view per subscriber per this interval: changes within it
+    /// go out together at its end, in the latest view ("0s": every change at once).
+    #[serde(with = "humantime_serde")]
+    pub view_interval: Duration,
 }
 
 impl Default for RelaySection {
@@ -264,6 +268,7 @@ impl Default for RelaySection {
             invitation_ttl: Duration::from_secs(300),
             max_invitations: 65_536,
             max_watch: 256,
+            view_interval: Duration::from_millis(25),
         }
     }
 }
@@ -520,6 +525,9 @@ invitation_ttl = "{ttl}"
 max_invitations = {max_inv}
 # Most PeerNames one WATCH_LIST may name (a longer list is rejected, the previous stays).
 max_watch = {max_watch}
+# At most one entire mesh view per subscriber per interval; the changes within it are sent
+# together at its end, in the latest view (adds at most this much latency; "0s": off).
+view_interval = "{view_interval}"
 
 [shutdown]
 # Longest a graceful shutdown (SIGTERM/SIGINT) may take.
@@ -565,6 +573,7 @@ level = "{level}"
         ttl = dur(r.invitation_ttl),
         max_inv = r.max_invitations,
         max_watch = r.max_watch,
+        view_interval = dur(r.view_interval),
         grace = dur(d.shutdown.grace),
         level = d.log.level,
     )

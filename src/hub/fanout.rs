@@ -5,6 +5,12 @@
 //! each worker's shard one [`Fanout`] holding bytes encoded once, and [`FanoutCore::apply`]
 //! pushes those same bytes onto each subscribed session's outbound queue on this thread.
 //!
+//! Bursts (DESIGN 5.2): an entire mesh view goes out at once, then opens a window of
+//! `relay.view_interval`; further entire views of that mesh within the window are held and
+//! sent once at its end, in the view current then (never a stale one), and an append
+//! notified alone while one is held is carried by it. A burst of changes thus costs each
+//! subscriber at most one entire view per interval, at most one interval late.
+//!
 //! Consistency: sessions read the current view from [`FanoutCore`] and register as
 //! subscribers on the same thread that applies fan-outs, so a SUBSCRIBE's complete list and
 //! the NOTIFYs after it never miss or repeat a change.
@@ -13,6 +19,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -30,15 +37,59 @@ struct Inner {
     personal: HashMap<SessionId, Arc<View>>,
     subscribers: HashMap<Arc<str>, HashMap<SessionId, Rc<Outbound>>>,
     sessions: HashMap<SessionId, Recipient<Close>>,
+    /// Meshes whose burst window is open, and whether an entire view is held.
+    windows: HashMap<Arc<str>, bool>,
 }
 
 /// The per-thread state shared by a shard and its sessions.
 #[derive(Default)]
 pub struct FanoutCore {
     inner: RefCell<Inner>,
+    /// `relay.view_interval`; zero sends every entire view at once.
+    interval: Duration,
 }
 
 impl FanoutCore {
+    /// A core holding entire mesh views to one per `interval` per subscriber.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            inner: RefCell::default(),
+            interval,
+        }
+    }
+
+    /// The burst window.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Ends `mesh`'s burst window: sends the held entire view, if any (and opens a new
+    /// window: returns true), else closes it.
+    pub fn end_window(&self, mesh: &Arc<str>) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        match inner.windows.get(mesh) {
+            Some(true) => {
+                inner.windows.insert(mesh.clone(), false);
+                let inner = &*inner;
+                let view = inner.views.get(mesh).or(inner.base.as_ref());
+                let mut recipients = 0;
+                if let Some(subs) = inner.subscribers.get(mesh) {
+                    for (id, out) in subs {
+                        if !inner.personal.contains_key(id) {
+                            recipients += deliver(out, &Delivery::Complete, view);
+                        }
+                    }
+                }
+                metrics::hub().fanout_recipients.record(recipients as f64);
+                true
+            }
+            Some(false) => {
+                inner.windows.remove(mesh);
+                false
+            }
+            None => false,
+        }
+    }
     /// The complete view a session of `mesh` without a WATCH_LIST sees now.
     pub fn view(&self, mesh: &str) -> Arc<View> {
         let inner = self.inner.borrow();
@@ -107,7 +158,9 @@ impl FanoutCore {
 
     /// Applies a change: the new views first, then the NOTIFYs to the subscribers it
     /// reaches (mesh subscribers without a WATCH_LIST, then each own view that changed).
-    pub fn apply(&self, fanout: &Fanout) {
+    /// Returns the meshes whose burst window opened: end each after the interval.
+    pub fn apply(&self, fanout: &Fanout) -> Vec<Arc<str>> {
+        let mut opened = Vec::new();
         let started = Instant::now();
         let mut inner = self.inner.borrow_mut();
         if let Some(base) = &fanout.base {
@@ -132,18 +185,31 @@ impl FanoutCore {
             // The views are in place: a REQUEST from now on sees the change.
             applied.arrive();
         }
-        let inner = &*inner;
+        drop(inner);
+        let inner = self.inner.borrow();
         let mut recipients = 0usize;
         let meshes: Vec<&Arc<str>> = if fanout.base.is_some() {
             inner.subscribers.keys().collect()
         } else {
             fanout.meshes.iter().map(|(mesh, _)| mesh).collect()
         };
+        let mut held = Vec::new();
         if !matches!(fanout.delivery, Delivery::Silent) {
             for mesh in meshes {
                 let Some(subs) = inner.subscribers.get(mesh) else {
                     continue;
                 };
+                match (self.interval.is_zero(), inner.windows.get(mesh)) {
+                    (false, Some(true)) => continue, // the held view will carry it
+                    (false, Some(false)) if fanout.delivery == Delivery::Complete => {
+                        held.push(mesh.clone());
+                        continue;
+                    }
+                    (false, None) if fanout.delivery == Delivery::Complete => {
+                        opened.push(mesh.clone());
+                    }
+                    _ => {}
+                }
                 let view = inner.views.get(mesh).or(inner.base.as_ref());
                 for (id, out) in subs {
                     if !inner.personal.contains_key(id) {
@@ -169,6 +235,15 @@ impl FanoutCore {
         let m = metrics::hub();
         m.fanout_recipients.record(recipients as f64);
         m.fanout_duration.record(started.elapsed().as_secs_f64());
+        drop(inner);
+        let mut inner = self.inner.borrow_mut();
+        for mesh in held {
+            inner.windows.insert(mesh, true);
+        }
+        for mesh in &opened {
+            inner.windows.insert(mesh.clone(), false);
+        }
+        opened
     }
 }
 
@@ -255,5 +330,61 @@ mod tests {
         assert_eq!(core.view("m").response, core.view("n").response);
         assert_eq!(in_m.queued().0, 3);
         assert_eq!(in_n.queued().0, 1);
+    }
+
+    #[test]
+    fn a_burst_costs_one_entire_view_per_window_and_it_is_the_latest() {
+        let core = FanoutCore::new(Duration::from_millis(25));
+        core.apply(&fanout(Some(view(&[])), Vec::new(), Delivery::Silent));
+        let m: Arc<str> = "m".into();
+        let out = Rc::new(Outbound::new(100, 1 << 20));
+        core.subscribe(&m, 1, out.clone());
+        let v = |value: &str| view(&[Object::new("p/x", value)]);
+        // The first entire view goes at once and opens the window.
+        let opened = core.apply(&fanout(
+            None,
+            vec![(m.clone(), Some(v("1")))],
+            Delivery::Complete,
+        ));
+        assert_eq!(opened, vec![m.clone()]);
+        assert_eq!(out.queued().0, 1);
+        // Within the window: held; an append is carried by the held view.
+        for value in ["2", "3"] {
+            let opened = core.apply(&fanout(
+                None,
+                vec![(m.clone(), Some(v(value)))],
+                Delivery::Complete,
+            ));
+            assert!(opened.is_empty());
+        }
+        let only = crate::hub::view::notify_only(&Object::new("p/y", "4")).unwrap();
+        core.apply(&fanout(
+            None,
+            vec![(
+                m.clone(),
+                Some(view(&[Object::new("p/x", "3"), Object::new("p/y", "4")])),
+            )],
+            Delivery::Only(only),
+        ));
+        assert_eq!(out.queued().0, 1, "nothing more until the window ends");
+        // The window ends: one entire view, the latest; the next window has nothing held.
+        assert!(core.end_window(&m));
+        assert_eq!(out.queued().0, 2);
+        assert_eq!(
+            core.view("m").notify.len(),
+            view(&[Object::new("p/x", "3"), Object::new("p/y", "4")])
+                .notify
+                .len()
+        );
+        assert!(!core.end_window(&m));
+        assert_eq!(out.queued().0, 2);
+        // Closed: the next entire view goes at once again.
+        let opened = core.apply(&fanout(
+            None,
+            vec![(m.clone(), Some(v("5")))],
+            Delivery::Complete,
+        ));
+        assert_eq!(opened, vec![m]);
+        assert_eq!(out.queued().0, 3);
     }
 }

@@ -31,7 +31,7 @@ impl Shard {
     /// A shard serving connections with `acceptor`.
     pub fn new(shared: Arc<HubShared>, acceptor: TlsAcceptor, registry: RegistryLink) -> Self {
         Self {
-            core: Rc::default(),
+            core: Rc::new(FanoutCore::new(shared.config.relay.view_interval)),
             shared,
             acceptor,
             registry,
@@ -49,9 +49,20 @@ impl Actor for Shard {
 impl Handler<Arc<Fanout>> for Shard {
     type Result = ();
 
-    fn handle(&mut self, msg: Arc<Fanout>, _: &mut Self::Context) {
-        self.core.apply(&msg);
+    fn handle(&mut self, msg: Arc<Fanout>, ctx: &mut Self::Context) {
+        for mesh in self.core.apply(&msg) {
+            end_window_later(self.core.interval(), mesh, ctx);
+        }
     }
+}
+
+/// Ends a mesh's burst window after `interval`, again as long as views are held.
+fn end_window_later(interval: std::time::Duration, mesh: Arc<str>, ctx: &mut Context<Shard>) {
+    ctx.run_later(interval, move |shard, ctx| {
+        if shard.core.end_window(&mesh) {
+            end_window_later(interval, mesh, ctx);
+        }
+    });
 }
 
 impl Handler<CloseAll> for Shard {

@@ -6,10 +6,12 @@
 //!   of spec 3.1, shared by the hub and the peer library;
 //! - [`tls`] and [`certs`]: rustls configurations, PeerNames and meshes, certificate issuing;
 //! - [`hub`]: the server (actix actors behind a plain handle);
+//! - [`cluster`]: what several hubs share in Redis (DESIGN 8), not yet used by the hub;
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
 
 pub mod admin;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod loadtest;

@@ -37,6 +37,8 @@
 //! | `p2ppi:chan:inbox:<hub>` | an [`InboxMessage`]: messages, invitations and acknowledgements for that hub's peers; supersede notices |
 //! | `p2ppi:chan:hub-objects` | `{"version", "hub"}`: the hub objects changed |
 
+mod core;
+mod driver;
 mod keys;
 mod message;
 mod replica;

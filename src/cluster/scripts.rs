@@ -111,12 +111,25 @@ return {'ok', tostring(now + lease)}
     ))
 });
 
-/// No ARGV. The hubs whose lease has expired by Redis `TIME`.
+/// ARGV: this hub. `{ms until the next other hub's lease expires (or ''), expired hub, …}`
+/// by Redis `TIME`, so the reaper can wake exactly when a lease ends.
 pub(crate) static EXPIRED_HUBS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
         r#"
-return redis.call('ZRANGEBYSCORE', P .. 'hubs', '-inf', now_ms())
+local now = now_ms()
+local out = {''}
+for _, hub in ipairs(redis.call('ZRANGEBYSCORE', P .. 'hubs', '-inf', now)) do
+  out[#out + 1] = hub
+end
+local next = redis.call('ZRANGEBYSCORE', P .. 'hubs', '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+for i = 1, #next, 2 do
+  if next[i] ~= ARGV[1] then
+    out[1] = tostring(tonumber(next[i + 1]) - now)
+    break
+  end
+end
+return out
 "#
     ))
 });

@@ -116,16 +116,21 @@ impl Inner {
         self.token.lock().expect("token lock").clone()
     }
 
-    /// Runs a script that needs this hub's lease (`args` gets the current token); on
+    /// Runs a script that needs this hub's lease (ARGV: node, current token, then `rest`); on
     /// `lease-lost` recovers (re-register, re-assert) and tries once more, unless called
     /// from a recovery (`recover` false).
     pub(super) async fn with_lease(
         &self,
         op: &'static str,
         script: &Script,
-        args: impl Fn(&str) -> Vec<String>,
+        rest: &[String],
         recover: bool,
     ) -> Result<Vec<String>, ClusterError> {
+        let args = |token: &str| {
+            let mut args = vec![self.node.clone(), token.to_owned()];
+            args.extend_from_slice(rest);
+            args
+        };
         let token = self.token();
         let reply = self.script(op, script, &args(&token)).await?;
         if reply.first().map(String::as_str) != Some("lease-lost") {
@@ -166,15 +171,7 @@ impl Inner {
             .with_lease(
                 "set peer",
                 &scripts::SET_STATE,
-                |token| {
-                    vec![
-                        self.node.clone(),
-                        token.to_owned(),
-                        peer.as_str().to_owned(),
-                        mesh.clone(),
-                        json.clone(),
-                    ]
-                },
+                &[peer.as_str().to_owned(), mesh, json],
                 recover,
             )
             .await?;

@@ -327,15 +327,7 @@ impl ClusterStore {
             .with_lease(
                 "claim",
                 &scripts::CLAIM,
-                |token| {
-                    vec![
-                        self.inner.node.clone(),
-                        token.to_owned(),
-                        peer.as_str().to_owned(),
-                        mesh.to_owned(),
-                        notice.clone(),
-                    ]
-                },
+                &[peer.as_str().to_owned(), mesh.to_owned(), notice],
                 true,
             )
             .await?;

@@ -263,20 +263,26 @@ impl Inner {
         lost_token: &str,
         reason: &'static str,
     ) -> Result<(), ClusterError> {
-        let _guard = self.recovering.lock().await;
+        let guard = self.recovering.lock().await;
         if self.token() != lost_token {
             return Ok(()); // another task recovered meanwhile
         }
         metrics::count_reason(metrics::CLUSTER_LEASE_LOSSES, reason);
         tracing::warn!(node = %self.node, reason, "cluster: lease lost, re-registering");
         self.register().await?;
-        let peers = self.reassert().await?;
-        self.emit(ClusterEvent::Reasserted { peers }).await;
+        let events = self.reassert().await?;
+        // Never wait for the hub while holding the lock its own calls may need.
+        drop(guard);
+        for event in events {
+            self.emit(event).await;
+        }
         Ok(())
     }
 
-    /// Writes every pending departure and every local peer's state again.
-    pub(super) async fn reassert(&self) -> Result<usize, ClusterError> {
+    /// Writes every pending departure and every local peer's state again. Returns the
+    /// events to hand over once the recovery lock is released: a [`ClusterEvent::Superseded`]
+    /// for each peer another hub holds now, then [`ClusterEvent::Reasserted`].
+    pub(super) async fn reassert(&self) -> Result<Vec<ClusterEvent>, ClusterError> {
         let gone: Vec<PeerName> = self
             .pending_gone
             .lock()
@@ -295,17 +301,19 @@ impl Inner {
             .cloned()
             .collect();
         let count = peers.len();
+        let mut events = Vec::new();
         for peer in peers {
             match self.write_state(&peer, false).await {
                 Ok(_) => {}
                 Err(ClusterError::NotOwner { peer, owner }) => {
-                    self.emit(ClusterEvent::Superseded { peer, owner }).await;
+                    events.push(ClusterEvent::Superseded { peer, owner });
                 }
                 Err(e) => return Err(e),
             }
         }
         self.needs_recovery.store(false, Ordering::Release);
-        Ok(count)
+        events.push(ClusterEvent::Reasserted { peers: count });
+        Ok(events)
     }
 
     /// Renews the lease; a lost lease is recovered at once.
@@ -325,9 +333,12 @@ impl Inner {
         match reply.as_slice() {
             [ok, _] if ok == "ok" => {
                 if self.needs_recovery.load(Ordering::Acquire) {
-                    let _guard = self.recovering.lock().await;
-                    let peers = self.reassert().await?;
-                    self.emit(ClusterEvent::Reasserted { peers }).await;
+                    let guard = self.recovering.lock().await;
+                    let events = self.reassert().await?;
+                    drop(guard);
+                    for event in events {
+                        self.emit(event).await;
+                    }
                 }
                 Ok(())
             }

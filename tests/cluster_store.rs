@@ -395,8 +395,19 @@ async fn after_a_redis_restart_hubs_reassert_their_peers_and_resync() {
     b.until("b sees a's peer", &[(1, "on a")]).await;
     a.until("a sees b's peer", &[(2, "on b")]).await;
 
-    // Redis restarts empty: both hubs reconnect, re-register, re-assert, and reload.
-    server.restart();
+    // Redis dies; a change made meanwhile fails, but is remembered.
+    server.kill();
+    match a
+        .store
+        .set_peer(&peer(1), MESH, &presence("changed while down"))
+        .await
+    {
+        Err(ClusterError::Redis { .. }) => {}
+        other => panic!("a write without Redis fails: {other:?}"),
+    }
+    assert!(!a.store.redis_available());
+    // Redis comes back empty: both hubs reconnect, re-register, re-assert, and reload.
+    server.start_again();
     for hub in [&mut a, &mut b] {
         let (mut reasserted, mut reloaded) = (false, false);
         hub.expect("a re-assertion and a reload", |e| {
@@ -412,8 +423,11 @@ async fn after_a_redis_restart_hubs_reassert_their_peers_and_resync() {
         })
         .await;
     }
-    b.until("b's view is exact after the restart", &[(1, "on a")])
-        .await;
+    b.until(
+        "b's view is exact after the restart",
+        &[(1, "changed while down")],
+    )
+    .await;
     a.until("a's view is exact after the restart", &[(2, "on b")])
         .await;
     // Redis holds both peers again, and live changes flow.

@@ -34,8 +34,9 @@ use crate::wire::Object;
 
 /// Events buffered for the hub before the driver waits for it.
 const EVENT_QUEUE: usize = 4096;
-/// Reconnect attempts per reconnect round (the lease ticks start new rounds).
-const RECONNECT_RETRIES: usize = 6;
+/// Reconnect attempts per reconnect round. Calls made meanwhile wait for the round, so it
+/// is kept short (a few lease/3 periods at most); the lease ticks start new rounds.
+const RECONNECT_RETRIES: usize = 2;
 
 /// What the store needs to connect: the `[cluster]` section resolved for this hub.
 #[derive(Debug, Clone, PartialEq, Eq)]

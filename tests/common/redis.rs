@@ -48,6 +48,12 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Starts the server again on the same port after [`RedisServer::kill`] (empty).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.spawn();
+    }
+
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

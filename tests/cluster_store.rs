@@ -338,6 +338,34 @@ async fn an_expired_hub_is_reaped_and_its_peers_leave_the_mesh() {
         .collect();
     assert_eq!(hubs, vec!["b".to_owned()], "the dead hub is forgotten");
     assert!(b.store.redis_available());
+
+    // A hub that shuts down cleanly removes its peers and lease at once, not after its lease.
+    let mut c = Hub::join(&server, "c", LONG).await;
+    let d = Hub::join(&server, "d", LONG).await;
+    d.online(4, "on d").await;
+    c.until("c sees b's and d's peers", &[(3, "on b"), (4, "on d")])
+        .await;
+    d.store.leave().await.unwrap();
+    let hubs: Vec<String> = c
+        .store
+        .hubs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.node)
+        .collect();
+    assert!(!hubs.contains(&"d".to_owned()), "{hubs:?}");
+    let members: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg(format!("p2ppi:members:{MESH}"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut server.connection())
+        .unwrap();
+    assert!(
+        !members.contains(&peer(4).as_str().to_owned()),
+        "{members:?}"
+    );
+    c.until("d's peer leaves c's view", &[(3, "on b")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

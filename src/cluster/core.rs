@@ -21,6 +21,18 @@ use crate::metrics;
 use crate::tls::PeerName;
 use crate::wire::Object;
 
+/// Most peers one removal script handles.
+const REAP_BATCH: usize = 256;
+
+/// Whose peers [`Inner::remove_peers`] removes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Removal<'a> {
+    /// An expired hub's (the script re-checks the expiry).
+    Expired,
+    /// This hub's own, under its current lease token.
+    Own(&'a str),
+}
+
 /// State shared by the handles and the driver.
 pub(super) struct Inner {
     pub(super) node: String,
@@ -38,6 +50,8 @@ pub(super) struct Inner {
     pub(super) recovering: tokio::sync::Mutex<()>,
     /// Whether the last round trip worked.
     pub(super) redis_up: AtomicBool,
+    /// Set by a clean shutdown: the lease is given up and never renewed again.
+    pub(super) left: AtomicBool,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) events: mpsc::Sender<ClusterEvent>,
 }
@@ -241,19 +255,56 @@ impl Inner {
                 PeerName::parse(peer).is_none_or(|p| !local.contains_key(&p))
             })
         };
-        for (mesh, peers) in stale {
-            let mut args = vec![
-                self.node.clone(),
-                mesh,
-                self.node.clone(),
-                "own".to_owned(),
-                token.clone(),
-            ];
-            args.extend(peers);
-            self.script("purge stale peers", &scripts::REAP, &args)
-                .await?;
-        }
+        self.remove_peers(&self.node, Removal::Own(&token), stale)
+            .await?;
         Ok(())
+    }
+
+    /// Removes `hub`'s peers, grouped by mesh, in scripts of at most [`REAP_BATCH`] peers
+    /// (one script per mesh and batch, so Redis is never blocked long). Returns how many
+    /// were removed.
+    pub(super) async fn remove_peers(
+        &self,
+        hub: &str,
+        removal: Removal<'_>,
+        meshes: BTreeMap<String, Vec<String>>,
+    ) -> Result<u64, ClusterError> {
+        let (mode, token) = match removal {
+            Removal::Expired => ("expired", ""),
+            Removal::Own(token) => ("own", token),
+        };
+        let mut removed = 0;
+        for (mesh, peers) in meshes {
+            // An empty list still runs once: an expired hub that owns nothing is forgotten.
+            let batches: Vec<&[String]> = if peers.is_empty() {
+                vec![&[]]
+            } else {
+                peers.chunks(REAP_BATCH).collect()
+            };
+            for batch in batches {
+                let mut args = vec![
+                    hub.to_owned(),
+                    mesh.clone(),
+                    self.node.clone(),
+                    mode.to_owned(),
+                    token.to_owned(),
+                ];
+                args.extend_from_slice(batch);
+                let reply = self.script("remove peers", &scripts::REAP, &args).await?;
+                match reply.as_slice() {
+                    [ok, n] if ok == "ok" => removed += n.parse::<u64>().unwrap_or(0),
+                    // Alive again, or our own lease lost: nothing more to remove here.
+                    [_] => return Ok(removed),
+                    _ => {
+                        return Err(ClusterError::Reply {
+                            op: "remove peers",
+                            reply,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Re-registers (if the lease under `lost_token` is still the current one) and
@@ -318,6 +369,9 @@ impl Inner {
 
     /// Renews the lease; a lost lease is recovered at once.
     pub(super) async fn renew(&self) -> Result<(), ClusterError> {
+        if self.left.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let token = self.token();
         let reply = self
             .script(
@@ -385,26 +439,10 @@ impl Inner {
             let owned: Vec<(String, String)> = self
                 .command("owned peers", redis::cmd("HGETALL").arg(keys::owned(dead)))
                 .await?;
-            let mut removed = 0;
             let mut meshes = group_by_mesh(owned, |_| true);
             // A last call with no peers forgets the hub once it owns nothing.
             meshes.insert(String::new(), Vec::new());
-            for (mesh, peers) in meshes {
-                let mut args = vec![
-                    dead.clone(),
-                    mesh,
-                    self.node.clone(),
-                    "expired".to_owned(),
-                    String::new(),
-                ];
-                args.extend(peers);
-                let reply = self.script("reap", &scripts::REAP, &args).await?;
-                if let [ok, n] = reply.as_slice() {
-                    if ok == "ok" {
-                        removed += n.parse::<u64>().unwrap_or(0);
-                    }
-                }
-            }
+            let removed = self.remove_peers(dead, Removal::Expired, meshes).await?;
             if removed > 0 {
                 metrics::counter_add(metrics::CLUSTER_REAPED_PEERS, removed);
                 tracing::info!(hub = %dead, removed, "cluster: removed the peers of an expired hub");
@@ -440,7 +478,7 @@ impl Inner {
 }
 
 /// Groups (peer, mesh) pairs by mesh, keeping the peers `keep` accepts.
-fn group_by_mesh(
+pub(super) fn group_by_mesh(
     pairs: impl IntoIterator<Item = (String, String)>,
     keep: impl Fn(&str) -> bool,
 ) -> BTreeMap<String, Vec<String>> {

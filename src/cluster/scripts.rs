@@ -275,6 +275,21 @@ return {'ok', tostring(removed)}
     ))
 });
 
+/// ARGV: hub, token. Gives up the lease if this registration holds it (a clean shutdown,
+/// after the hub's peers were removed). `{ok}` or `{lease-lost}`.
+pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub, token = ARGV[1], ARGV[2]
+if redis.call('HGET', P .. 'lease:' .. hub, 'token') ~= token then return {'lease-lost'} end
+redis.call('DEL', P .. 'lease:' .. hub)
+redis.call('ZREM', P .. 'hubs', hub)
+return {'ok'}
+"#
+    ))
+});
+
 /// ARGV: sender's mesh, target peer, inbox message JSON. Publishes the message on the inbox
 /// of the hub that holds `peer` if the peer is in the sender's mesh: `{ok, hub}`,
 /// `{absent}` (unknown, or its hub is not listening) or `{other-mesh}`.

@@ -262,6 +262,7 @@ impl ClusterStore {
             needs_recovery: AtomicBool::new(false),
             recovering: tokio::sync::Mutex::new(()),
             redis_up: AtomicBool::new(true),
+            left: AtomicBool::new(false),
             commands,
             events,
         });
@@ -379,6 +380,33 @@ impl ClusterStore {
             .expect("local peers lock")
             .remove(peer);
         self.inner.write_gone(peer).await
+    }
+
+    /// A clean shutdown: removes every peer this hub holds (their departures are published
+    /// at once instead of after the lease) and gives up the lease. The store stays usable
+    /// only for dropping.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached (the lease then simply expires).
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let inner = &self.inner;
+        inner.left.store(true, Ordering::Release);
+        let token = inner.token();
+        let peers: Vec<(String, String)> = {
+            let mut local = inner.local.lock().expect("local peers lock");
+            local
+                .drain()
+                .map(|(peer, (mesh, _))| (peer.as_str().to_owned(), mesh))
+                .collect()
+        };
+        let meshes = super::core::group_by_mesh(peers, |_| true);
+        inner
+            .remove_peers(&inner.node, super::core::Removal::Own(&token), meshes)
+            .await?;
+        inner
+            .script("leave", &scripts::LEAVE, &[inner.node.clone(), token])
+            .await?;
+        Ok(())
     }
 
     /// A local session in `mesh` started: the first one subscribes to the mesh and loads its

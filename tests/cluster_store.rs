@@ -29,6 +29,27 @@ fn presence(text: &str) -> Vec<Object> {
     vec![Object::new("1d6ccc02-3ec4-453b-b986-470b610cb958", text)]
 }
 
+/// The members of [`MESH`] in Redis, in join order.
+fn members(server: &RedisServer) -> Vec<String> {
+    ::redis::cmd("ZRANGE")
+        .arg(format!("p2ppi:members:{MESH}"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut server.connection())
+        .unwrap()
+}
+
+/// The node names of the registered hubs.
+async fn hub_names(store: &ClusterStore) -> Vec<String> {
+    store
+        .hubs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.node)
+        .collect()
+}
+
 /// The remote part of [`MESH`] as a hub would hold it, built only from the store's events.
 #[derive(Default)]
 struct View {
@@ -328,14 +349,7 @@ async fn an_expired_hub_is_reaped_and_its_peers_leave_the_mesh() {
         RouteOutcome::Absent,
         "the dead hub's routes are gone"
     );
-    let hubs: Vec<String> = b
-        .store
-        .hubs()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|h| h.node)
-        .collect();
+    let hubs = hub_names(&b.store).await;
     assert_eq!(hubs, vec!["b".to_owned()], "the dead hub is forgotten");
     assert!(b.store.redis_available());
 
@@ -346,21 +360,9 @@ async fn an_expired_hub_is_reaped_and_its_peers_leave_the_mesh() {
     c.until("c sees b's and d's peers", &[(3, "on b"), (4, "on d")])
         .await;
     d.store.leave().await.unwrap();
-    let hubs: Vec<String> = c
-        .store
-        .hubs()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|h| h.node)
-        .collect();
+    let hubs = hub_names(&c.store).await;
     assert!(!hubs.contains(&"d".to_owned()), "{hubs:?}");
-    let members: Vec<String> = ::redis::cmd("ZRANGE")
-        .arg(format!("p2ppi:members:{MESH}"))
-        .arg(0)
-        .arg(-1)
-        .query(&mut server.connection())
-        .unwrap();
+    let members = members(&server);
     assert!(
         !members.contains(&peer(4).as_str().to_owned()),
         "{members:?}"
@@ -459,13 +461,7 @@ async fn after_a_redis_restart_hubs_reassert_their_peers_and_resync() {
     a.until("a's view is exact after the restart", &[(2, "on b")])
         .await;
     // Redis holds both peers again, and live changes flow.
-    let mut raw = server.connection();
-    let members: Vec<String> = ::redis::cmd("ZRANGE")
-        .arg(format!("p2ppi:members:{MESH}"))
-        .arg(0)
-        .arg(-1)
-        .query(&mut raw)
-        .unwrap();
+    let members = members(&server);
     assert_eq!(members.len(), 2, "{members:?}");
     a.set(1, "back").await;
     b.until("a live change after the restart", &[(1, "back")])

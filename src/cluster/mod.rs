@@ -30,6 +30,11 @@
 //!
 //! Variable parts (mesh, hub, peer-name) always come last, so no two names collide.
 //!
+//! A peer is a member of its mesh from its claim (with no objects) until its session ends,
+//! its hub dies, or a newer session elsewhere claims it: membership means "online in this
+//! mesh", which routing and watch lists need even for a peer that publishes nothing. A claim
+//! publishes the previous session's departure before the new member, as one hub would.
+//!
 //! # Channels
 //! | channel | message (JSON) |
 //! |---|---|

@@ -1,6 +1,6 @@
 //! The Mosquitto side of the comparison: the same fan-out over MQTT 3.1.1 with mutual TLS
 //! from the same CA: every subscriber subscribes to one topic at QoS 0 and one publisher
-//! publishes the stamped payload at the same rate.
+//! publishes the stamped payload at the same rate; receivers scan each payload for its stamp.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,30 @@ pub async fn subscribe(client: &AsyncClient, eventloop: &mut EventLoop) -> anyho
     loop {
         if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
             return Ok(());
+        }
+    }
+}
+
+/// Receives publishes until the connection fails, recording every stamp for receiver
+/// `slot`; a failure is recorded and returned.
+pub async fn receive(
+    slot: usize,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    receivers: Arc<crate::receive::Receivers>,
+) -> Result<(), String> {
+    let _client = client;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                receivers.record_bytes(slot, &publish.payload)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let e = e.to_string();
+                receivers.fail(slot, &e);
+                return Err(e);
+            }
         }
     }
 }

@@ -97,6 +97,11 @@ impl TokenBucket {
     }
 }
 
+/// Initial read buffer of a session. Peers mostly send small messages and then idle, so a
+/// small buffer (it grows for a large message) keeps idle sessions cheap; the codec's
+/// default of 8 KiB was most of an idle session's memory.
+const READ_BUFFER_BYTES: usize = 512;
+
 /// One peer's session.
 pub struct Session {
     id: SessionId,
@@ -142,9 +147,10 @@ pub(crate) fn start(
     let (read_half, write_half) = tokio::io::split(tls);
     Session::create(move |ctx| {
         ctx.set_mailbox_capacity(256);
-        ctx.add_stream(FramedRead::new(
+        ctx.add_stream(FramedRead::with_capacity(
             CountingReader(read_half),
             crate::wire::P2ppiCodec::new(),
+            READ_BUFFER_BYTES,
         ));
         let addr = ctx.address();
         let writer_out = out.clone();

@@ -26,7 +26,12 @@ pub fn client(id: &str, addr: &str, tls: Arc<rustls::ClientConfig>) -> (AsyncCli
     options.set_clean_session(true);
     options.set_max_packet_size(1 << 20, 1 << 20);
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    AsyncClient::new(options, 64)
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // As patient as the P2PPI peers (60 s): thousands connect at once.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_connection_timeout(60);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }
 
 /// Polls until the CONNACK and SUBACK arrived; then the event loop yields publishes.

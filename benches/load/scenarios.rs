@@ -111,16 +111,25 @@ async fn connect_all(
             }
         });
     }
-    let mut held = Vec::new();
+    gather(tasks, bar, errors).await
+}
+
+/// Collects every connecting task's outcome: the sessions, and each failure as an error.
+async fn gather<T: 'static>(
+    mut tasks: tokio::task::JoinSet<Result<T, String>>,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<T> {
+    let mut done = Vec::new();
     while let Some(result) = tasks.join_next().await {
         match result {
-            Ok(Ok(h)) => held.push(h),
+            Ok(Ok(t)) => done.push(t),
             Ok(Err(e)) => errors.add(format!("connect: {e}")),
             Err(e) => errors.add(format!("connect task: {e}")),
         }
         bar.inc(1);
     }
-    held
+    done
 }
 
 /// `connect`: subscribed sessions in `--sizes` bursts; handshake rate and server CPU per
@@ -182,22 +191,42 @@ pub async fn connect(
     let seconds = burst_time.as_secs_f64();
     Ok(Run {
         report: Report {
-            scenario: "connect".into(),
-            peers: connected,
-            duration_s: seconds,
-            handshakes_per_s: connected as f64 / seconds,
             hub_rss_per_session_bytes: rss_per_session(&points),
-            hub_cpu_s: server_cpu,
-            hub_cpu_us_per_handshake: micros_per(server_cpu, connected as u64),
-            harness_cpu_s: harness_cpu,
-            harness_bound: harness_bound(harness_cpu, seconds, harness_cores()),
-            errors: errors.count,
-            error_messages: errors.messages,
-            ..Default::default()
+            ..handshake_report(
+                "connect",
+                connected as u64,
+                seconds,
+                (server_cpu, harness_cpu),
+                errors,
+            )
         },
         latencies: Latencies::new(),
         notes,
     })
+}
+
+/// The report of a handshake scenario: `handshakes` in `seconds`, with the server's and
+/// the harness's CPU seconds over them.
+fn handshake_report(
+    scenario: &str,
+    handshakes: u64,
+    seconds: f64,
+    (server_cpu, harness_cpu): (f64, f64),
+    errors: Errors,
+) -> Report {
+    Report {
+        scenario: scenario.into(),
+        peers: handshakes as usize,
+        duration_s: seconds,
+        handshakes_per_s: handshakes as f64 / seconds,
+        hub_cpu_s: server_cpu,
+        hub_cpu_us_per_handshake: micros_per(server_cpu, handshakes),
+        harness_cpu_s: harness_cpu,
+        harness_bound: harness_bound(harness_cpu, seconds, harness_cores()),
+        errors: errors.count,
+        error_messages: errors.messages,
+        ..Default::default()
+    }
 }
 
 /// Reads the server's RSS every 250 ms until four readings agree within 0.5 % (at most
@@ -222,6 +251,35 @@ struct PhaseSetup<'a> {
     drain: Duration,
     quiet: Duration,
     send_errors: &'a SendErrors,
+}
+
+impl<'a> PhaseSetup<'a> {
+    /// The setup `args` ask for. A `--find-max` step stops draining after 1 s without a
+    /// new delivery (the next step must not wait out every failed one); otherwise the
+    /// drain waits its full length for stragglers.
+    fn new(
+        args: &Args,
+        server: &'a Server,
+        receivers: &'a Arc<Receivers>,
+        receiver_count: usize,
+        send_errors: &'a SendErrors,
+    ) -> Self {
+        let drain = Duration::from_secs_f64(args.drain);
+        Self {
+            server,
+            receivers,
+            receiver_count,
+            duration: Duration::from_secs_f64(args.duration),
+            payload: args.payload,
+            drain,
+            quiet: if args.find_max {
+                Duration::from_secs(1)
+            } else {
+                drain
+            },
+            send_errors,
+        }
+    }
 }
 
 /// One measured phase at `rate`: the timeline runs from a start 200 ms ahead, the server's
@@ -345,20 +403,7 @@ pub async fn fanout(
             }
         }
     }
-    let setup = PhaseSetup {
-        server,
-        receivers: &receivers,
-        receiver_count: n,
-        duration: Duration::from_secs_f64(args.duration),
-        payload: args.payload,
-        drain: Duration::from_secs_f64(args.drain),
-        quiet: if args.find_max {
-            Duration::from_secs(1)
-        } else {
-            Duration::from_secs_f64(args.drain)
-        },
-        send_errors: &publisher.errors,
-    };
+    let setup = PhaseSetup::new(args, server, &receivers, n, &publisher.errors);
     let phase = |id: u32, rate: f64| {
         let queue = publisher.queue.clone();
         measure_phase(
@@ -482,15 +527,7 @@ async fn connect_peers(
             Ok::<_, String>((i, peer, events))
         });
     }
-    let mut done = Vec::new();
-    while let Some(result) = tasks.join_next().await {
-        match result {
-            Ok(Ok(peer)) => done.push(peer),
-            Ok(Err(e)) => errors.add(format!("connect: {e}")),
-            Err(e) => errors.add(format!("connect task: {e}")),
-        }
-        bar.inc(1);
-    }
+    let mut done = gather(tasks, bar, errors).await;
     done.sort_by_key(|(i, _, _)| *i);
     done.into_iter().map(|(_, p, e)| (p, e)).collect()
 }
@@ -564,16 +601,7 @@ pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::
     tokio::time::sleep(Duration::from_secs(2)).await;
     let last = Arc::new(Mutex::new(vec![initial; n]));
     let send_errors = Arc::new(SendErrors::default());
-    let setup = PhaseSetup {
-        server,
-        receivers: &receivers,
-        receiver_count: n,
-        duration: Duration::from_secs_f64(args.duration),
-        payload: args.payload,
-        drain: Duration::from_secs_f64(args.drain),
-        quiet: Duration::from_secs_f64(args.drain),
-        send_errors: &send_errors,
-    };
+    let setup = PhaseSetup::new(args, server, &receivers, n, &send_errors);
     let send = {
         let (handles, last, errs) = (handles.clone(), last.clone(), send_errors.clone());
         let runtime = tokio::runtime::Handle::current();
@@ -714,17 +742,8 @@ pub async fn churn(
     let errors = std::mem::take(&mut *errors.lock().expect("errors"));
     Ok(Run {
         report: Report {
-            scenario: "churn".into(),
             peers: slots,
-            duration_s: elapsed,
-            handshakes_per_s: done as f64 / elapsed,
-            hub_cpu_s: server_cpu,
-            hub_cpu_us_per_handshake: micros_per(server_cpu, done),
-            harness_cpu_s: harness_cpu,
-            harness_bound: harness_bound(harness_cpu, elapsed, harness_cores()),
-            errors: errors.count,
-            error_messages: errors.messages,
-            ..Default::default()
+            ..handshake_report("churn", done, elapsed, (server_cpu, harness_cpu), errors)
         },
         latencies: Latencies::new(),
         notes,

@@ -105,6 +105,9 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     /// Logging.
     pub log: LogSection,
+    /// Several hubs as one relay on Redis (DESIGN 8); absent: this hub runs alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
     /// Mesh overrides: PeerName (40 hex) → mesh, winning over the certificate's OU.
     pub meshes: BTreeMap<String, String>,
     /// Hub objects to publish at start (before persisted ones are restored).
@@ -320,6 +323,114 @@ impl Default for LogSection {
     }
 }
 
+/// The default lease of a hub in the cluster.
+pub const DEFAULT_CLUSTER_LEASE: Duration = Duration::from_secs(10);
+/// Shortest accepted cluster lease: renewals run every lease/3, and one Redis round trip
+/// must fit comfortably in that.
+pub const MIN_CLUSTER_LEASE: Duration = Duration::from_secs(1);
+/// Longest accepted cluster lease: a dead hub's peers stay visible this long.
+pub const MAX_CLUSTER_LEASE: Duration = Duration::from_secs(3600);
+/// Longest accepted node name, bytes (it is part of Redis keys and channel names).
+pub const MAX_NODE_NAME_BYTES: usize = 200;
+
+/// `[cluster]`: DESIGN 8. Present only when the hub is one of several sharing one Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The Redis (or Valkey) every hub of the cluster shares: `redis://[user:password@]host:port/db`
+    /// or `unix:///path/to/socket`.
+    pub redis: String,
+    /// This hub's name in the cluster, unique among its hubs; default: host name and P2PPI
+    /// port (`host:7350`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How long this hub counts as alive without renewing (it renews every lease/3). A hub
+    /// that dies leaves every view within lease plus a second.
+    #[serde(default = "default_cluster_lease", with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+fn default_cluster_lease() -> Duration {
+    DEFAULT_CLUSTER_LEASE
+}
+
+impl ClusterSection {
+    /// This hub's node name: the configured one, else `<host name>:<P2PPI port>`.
+    pub fn node_name(&self, listen: SocketAddr) -> String {
+        match &self.node {
+            Some(node) => node.clone(),
+            None => format!(
+                "{}:{}",
+                gethostname::gethostname().to_string_lossy(),
+                listen.port()
+            ),
+        }
+    }
+
+    /// Checks the Redis address, the node name and the lease.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the key.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let invalid = |key: &str, reason: String| {
+            Err(InvalidSetting {
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        let scheme = self.redis.split_once("://").map(|(scheme, _)| scheme);
+        match scheme {
+            Some("redis" | "unix" | "redis+unix") => {}
+            Some("rediss" | "valkeys") => {
+                return invalid(
+                    "cluster.redis",
+                    "TLS to Redis is not built in: use redis:// on a private network or a \
+                     local TLS tunnel"
+                        .into(),
+                )
+            }
+            _ => {
+                return invalid(
+                    "cluster.redis",
+                    format!("{:?} is not a redis:// or unix:// address", self.redis),
+                )
+            }
+        }
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) {
+            return invalid("cluster.redis", format!("{:?}: {e}", self.redis));
+        }
+        if let Some(node) = &self.node {
+            if node.is_empty()
+                || node.len() > MAX_NODE_NAME_BYTES
+                || node.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return invalid(
+                    "cluster.node",
+                    format!(
+                        "{node:?}: must be 1 to {MAX_NODE_NAME_BYTES} bytes without spaces or \
+                         control characters"
+                    ),
+                );
+            }
+        }
+        if self.lease < MIN_CLUSTER_LEASE || self.lease > MAX_CLUSTER_LEASE {
+            return invalid(
+                "cluster.lease",
+                format!(
+                    "{} is outside 1s to 1h",
+                    humantime::format_duration(self.lease)
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why `serve` refuses a configuration with `[cluster]` in this build.
+pub const CLUSTER_NOT_AVAILABLE: &str = "[cluster] is set, but clustering is not available in \
+     this build yet (the shared Redis store exists, the hub does not use it): remove the \
+     [cluster] section to run this hub alone";
+
 impl Config {
     /// Checks ranges that types cannot express.
     ///
@@ -381,6 +492,9 @@ impl Config {
                 "must leave room in relay.max_view_bytes (which also holds 22 bytes of headers)",
             );
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         for peer in self.meshes.keys() {
             if crate::tls::PeerName::parse(peer).is_none() {
                 return invalid(
@@ -398,6 +512,9 @@ impl Config {
         let mut warnings = Vec::new();
         if let Some(path) = &self.tls.keylog {
             warnings.push(keylog_warning(path));
+        }
+        if self.cluster.is_some() {
+            warnings.push(CLUSTER_NOT_AVAILABLE.to_owned());
         }
         warnings
     }
@@ -538,6 +655,15 @@ grace = "{grace}"
 format = "text"
 level = "{level}"
 
+# Several hubs as one relay on one Redis or Valkey (standalone, not Redis Cluster).
+# Not available in this build yet: `serve` refuses to start while [cluster] is set.
+# [cluster]
+# redis = "redis://127.0.0.1:6379/0"
+# This hub's unique name in the cluster; default: host name and P2PPI port.
+# node = "hub-a:7350"
+# A hub that stops renewing (every lease/3) counts as dead after this.
+# lease = "{lease}"
+
 # Mesh overrides: PeerName = "mesh" (wins over the certificate's OU).
 [meshes]
 # 3f2a...40 hex digits... = "blue"
@@ -576,6 +702,7 @@ level = "{level}"
         view_interval = dur(r.view_interval),
         grace = dur(d.shutdown.grace),
         level = d.log.level,
+        lease = dur(DEFAULT_CLUSTER_LEASE),
     )
 }
 
@@ -647,6 +774,42 @@ mod tests {
             warnings[0].contains("/tmp/keys") && warnings[0].contains("secrecy of every session"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn cluster_section_is_parsed_validated_and_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[cluster]\nredis = \"redis://127.0.0.1:6390/2\"\n").unwrap();
+        let c = Config::load(Some(&path), []).unwrap();
+        let cluster = c.cluster.clone().unwrap();
+        assert_eq!(cluster.lease, DEFAULT_CLUSTER_LEASE);
+        let node = cluster.node_name("0.0.0.0:7350".parse().unwrap());
+        assert!(node.ends_with(":7350") && node.len() > 5, "{node}");
+        assert!(
+            c.warnings().iter().any(|w| w.contains("not available")),
+            "{:?}",
+            c.warnings()
+        );
+        let env = [("P2PPI_CLUSTER__LEASE".to_owned(), "3s".to_owned())];
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.cluster.unwrap().lease, Duration::from_secs(3));
+        for (text, key) in [
+            ("redis = \"http://x\"", "cluster.redis"),
+            ("redis = \"rediss://x:1\"", "cluster.redis"),
+            (
+                "redis = \"redis://x:1\"\nlease = \"100ms\"",
+                "cluster.lease",
+            ),
+            ("redis = \"redis://x:1\"\nnode = \"a b\"", "cluster.node"),
+        ] {
+            std::fs::write(&path, format!("[cluster]\n{text}\n")).unwrap();
+            let err = Config::load(Some(&path), []).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        std::fs::write(&path, "[cluster]\nlease = \"3s\"\n").unwrap();
+        let err = Config::load(Some(&path), []).unwrap_err().to_string();
+        assert!(err.contains("redis"), "{err}");
     }
 
     #[test]

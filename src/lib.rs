@@ -7,11 +7,13 @@
 //! - [`tls`] and [`certs`]: rustls configurations, PeerNames and meshes, certificate issuing;
 //! - [`addressing`]: the `to=`/`from=` addressing of application messages and invitations;
 //! - [`hub`]: the server (actix actors behind a plain handle);
+//! - [`cluster`]: what several hubs share in Redis (DESIGN 8), not yet used by the hub;
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
 
 pub mod addressing;
 pub mod admin;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod loadtest;

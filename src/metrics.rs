@@ -74,6 +74,22 @@ pub const ADMIN_REJECTED: &str = "p2ppi_admin_rejected_total";
 pub const EVENT_STREAMS: &str = "p2ppi_admin_event_streams";
 /// Event streams the hub ended because their reader fell behind, by `reason`.
 pub const EVENT_STREAMS_DROPPED: &str = "p2ppi_admin_event_streams_dropped_total";
+/// Redis round trips of the cluster store (DESIGN 8).
+pub const CLUSTER_REDIS_ROUND_TRIPS: &str = "p2ppi_cluster_redis_round_trips_total";
+/// Failed Redis round trips of the cluster store, by `kind`.
+pub const CLUSTER_REDIS_ERRORS: &str = "p2ppi_cluster_redis_errors_total";
+/// Whether the cluster store's Redis connection works (gauge, 0 or 1).
+pub const CLUSTER_REDIS_UP: &str = "p2ppi_cluster_redis_up";
+/// Mesh replicas reloaded from a Redis snapshot, by `cause`.
+pub const CLUSTER_RESYNCS: &str = "p2ppi_cluster_resyncs_total";
+/// Times this hub found its lease lost and re-registered, by `reason`.
+pub const CLUSTER_LEASE_LOSSES: &str = "p2ppi_cluster_lease_losses_total";
+/// Peers of other hubs in the meshes this hub replicates (gauge).
+pub const CLUSTER_PEERS: &str = "p2ppi_cluster_peers";
+/// Peers of expired hubs removed by this hub.
+pub const CLUSTER_REAPED_PEERS: &str = "p2ppi_cluster_reaped_peers_total";
+/// Cluster channel messages that did not decode, by `reason`.
+pub const CLUSTER_BAD_MESSAGES: &str = "p2ppi_cluster_bad_messages_total";
 /// Build information (gauge, always 1), with `version`.
 pub const BUILD_INFO: &str = "p2ppi_build_info";
 
@@ -245,6 +261,46 @@ fn describe() {
         Unit::Count,
         "Admin API requests refused, by reason."
     );
+    describe_counter!(
+        CLUSTER_REDIS_ROUND_TRIPS,
+        Unit::Count,
+        "Redis round trips of the cluster store."
+    );
+    describe_counter!(
+        CLUSTER_REDIS_ERRORS,
+        Unit::Count,
+        "Failed Redis round trips of the cluster store, by kind."
+    );
+    describe_gauge!(
+        CLUSTER_REDIS_UP,
+        Unit::Count,
+        "1 while the cluster store's Redis connection works, else 0."
+    );
+    describe_counter!(
+        CLUSTER_RESYNCS,
+        Unit::Count,
+        "Mesh replicas reloaded from a Redis snapshot, by cause."
+    );
+    describe_counter!(
+        CLUSTER_LEASE_LOSSES,
+        Unit::Count,
+        "Times this hub found its cluster lease lost and re-registered, by reason."
+    );
+    describe_gauge!(
+        CLUSTER_PEERS,
+        Unit::Count,
+        "Peers of other hubs in the meshes this hub replicates."
+    );
+    describe_counter!(
+        CLUSTER_REAPED_PEERS,
+        Unit::Count,
+        "Peers of expired hubs removed by this hub."
+    );
+    describe_counter!(
+        CLUSTER_BAD_MESSAGES,
+        Unit::Count,
+        "Cluster channel messages that did not decode, by reason."
+    );
     describe_gauge!(
         EVENT_STREAMS,
         Unit::Count,
@@ -345,4 +401,24 @@ pub fn watch_view_bytes(len: usize) {
 /// Sets the relayed objects gauge.
 pub fn relayed_objects(count: usize) {
     metrics::gauge!(RELAYED_OBJECTS).set(count as f64);
+}
+
+/// Counts one event of a counter labelled by `kind`.
+pub fn count_kind(name: &'static str, kind: &'static str) {
+    metrics::counter!(name, "kind" => kind).increment(1);
+}
+
+/// Counts one event of a counter labelled by `cause`.
+pub fn count_cause(name: &'static str, cause: &'static str) {
+    metrics::counter!(name, "cause" => cause).increment(1);
+}
+
+/// Adds `n` to an unlabelled counter.
+pub fn counter_add(name: &'static str, n: u64) {
+    metrics::counter!(name).increment(n);
+}
+
+/// Sets an unlabelled gauge.
+pub fn gauge_set(name: &'static str, value: f64) {
+    metrics::gauge!(name).set(value);
 }

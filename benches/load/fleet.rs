@@ -11,6 +11,8 @@ use p2ppi_hub::certs::{CertAuthority, PeerCertOptions};
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvents};
 use p2ppi_hub::tls::{self, PeerName};
 use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 /// One peer's identity.
 pub struct Member {
@@ -95,9 +97,14 @@ impl Fleet {
 
     /// Connects member `i` through the peer library.
     pub async fn connect(&self, i: usize) -> Result<(Peer, PeerEvents), peer::PeerError> {
+        let stream = self.connect_tls(i).await?;
+        Ok(peer::start(stream, self.members[i].peer_name.clone()))
+    }
+
+    /// Connects member `i` and completes the mutual-TLS handshake, without speaking P2PPI.
+    pub async fn connect_tls(&self, i: usize) -> Result<TlsStream<TcpStream>, peer::PeerError> {
         let member = &self.members[i];
         let source = self.sources[i % self.sources.len()];
-        let stream = peer::connect_with(&self.base, member.client.clone(), Some(source)).await?;
-        Ok(peer::start(stream, member.peer_name.clone()))
+        peer::connect_with(&self.base, member.client.clone(), Some(source)).await
     }
 }

@@ -1,6 +1,6 @@
 //! The Mosquitto side of the comparison: the same fan-out over MQTT 3.1.1 with mutual TLS
 //! from the same CA: every subscriber subscribes to one topic at QoS 0 and one publisher
-//! publishes the stamped payload at the same rate.
+//! publishes the stamped payload at the same rate; receivers scan each payload for its stamp.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,12 @@ pub fn client(id: &str, addr: &str, tls: Arc<rustls::ClientConfig>) -> (AsyncCli
     options.set_clean_session(true);
     options.set_max_packet_size(1 << 20, 1 << 20);
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    AsyncClient::new(options, 64)
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // As patient as the P2PPI peers (60 s): thousands connect at once.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_connection_timeout(60);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }
 
 /// Polls until the CONNACK and SUBACK arrived; then the event loop yields publishes.
@@ -35,6 +40,30 @@ pub async fn subscribe(client: &AsyncClient, eventloop: &mut EventLoop) -> anyho
     loop {
         if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
             return Ok(());
+        }
+    }
+}
+
+/// Receives publishes until the connection fails, recording every stamp for receiver
+/// `slot`; a failure is recorded and returned.
+pub async fn receive(
+    slot: usize,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    receivers: Arc<crate::receive::Receivers>,
+) -> Result<(), String> {
+    let _client = client;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                receivers.record_bytes(slot, &publish.payload)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let e = e.to_string();
+                receivers.fail(slot, &e);
+                return Err(e);
+            }
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The server under load: a release `p2ppi-hub` (or Mosquitto) started as a separate
-//! process so its RSS and CPU can be read from `/proc`, or a running hub given by address.
+//! The server under load: a release `p2ppi-hub`, Mosquitto or the floor started as a
+//! separate process so its RSS and CPU can be read from `/proc`, or a running hub given by
+//! address. With `--pin` each is started through `taskset -c 0` (it execs, so the pid is
+//! the server's).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -16,44 +18,97 @@ pub struct Server {
     pub addr: String,
     /// The admin API address (hub only).
     pub admin: Option<String>,
+    /// The change feed's address (floor only).
+    pub control: Option<String>,
+}
+
+/// A command for a server process, on core 0 when `pin`.
+fn command(program: &str, pin: bool) -> Command {
+    if pin {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0", program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Reads a child's stdout until `parse` found what it waits for; keeps draining after.
+fn wait_for_line<T>(
+    child: &mut Child,
+    what: &str,
+    mut parse: impl FnMut(&str) -> Option<T>,
+) -> anyhow::Result<T> {
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let found = loop {
+        let Some(Ok(line)) = lines.next() else {
+            bail!("{what} exited before listening");
+        };
+        if let Some(found) = parse(&line) {
+            break found;
+        }
+    };
+    // Keep draining stdout so the child never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(found)
 }
 
 impl Server {
     /// Starts `p2ppi-hub serve` on ports chosen by the OS.
-    pub fn start_hub(data_dir: &Path, extra_env: &[(&str, String)]) -> anyhow::Result<Self> {
+    pub fn start_hub(data_dir: &Path, pin: bool) -> anyhow::Result<Self> {
         let bin = env!("CARGO_BIN_EXE_p2ppi-hub");
-        let mut child = Command::new(bin)
+        let mut child = command(bin, pin)
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .env("P2PPI_LIMITS__MAX_SESSIONS", "1000000")
             .env("P2PPI_LIMITS__MAX_HANDSHAKES", "100000")
-            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {bin}"))?;
-        let stdout = child.stdout.take().context("hub stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut admin) = (None, None);
-        while addr.is_none() || admin.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                bail!("the hub exited before listening");
-            };
+        wait_for_line(&mut child, "the hub", |line| {
             if let Some(rest) = line.strip_prefix("P2PPI listening on ") {
                 addr = rest.split_whitespace().next().map(str::to_owned);
             }
             if let Some(rest) = line.strip_prefix("admin API and metrics on http://") {
                 admin = Some(rest.trim().to_owned());
             }
-        }
-        // Keep draining stdout so the hub never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
+            (addr.is_some() && admin.is_some()).then_some(())
+        })?;
         Ok(Self {
             child: Some(child),
             addr: addr.unwrap_or_default(),
             admin,
+            control: None,
+        })
+    }
+
+    /// Starts the floor: this harness binary again, in its hidden serving mode.
+    pub fn start_floor(data_dir: &Path, pin: bool) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the harness binary")?;
+        let exe = exe.to_str().context("harness path is not UTF-8")?;
+        let mut child = command(exe, pin)
+            .arg("--serve-floor")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the floor")?;
+        let (addr, control) = wait_for_line(&mut child, "the floor", |line| {
+            let rest = line.strip_prefix(crate::floor::READY)?;
+            let (addr, control) = rest.split_once(" control on ")?;
+            Some((addr.to_owned(), control.trim().to_owned()))
+        })?;
+        Ok(Self {
+            child: Some(child),
+            addr,
+            admin: None,
+            control: Some(control),
         })
     }
 
@@ -63,11 +118,12 @@ impl Server {
             child: None,
             addr: addr.to_owned(),
             admin,
+            control: None,
         }
     }
 
     /// Starts Mosquitto with mutual TLS from the same CA, on a free port.
-    pub fn start_mosquitto(data_dir: &Path) -> anyhow::Result<Self> {
+    pub fn start_mosquitto(data_dir: &Path, pin: bool) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -90,7 +146,7 @@ impl Server {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .context("mosquitto is not installed (apt-get install mosquitto)")?;
-        let child = Command::new(bin)
+        let child = command(bin, pin)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -109,10 +165,12 @@ impl Server {
             child: Some(child),
             addr,
             admin: None,
+            control: None,
         })
     }
 
-    fn pid(&self) -> Option<u32> {
+    /// The process id (`None` for an external hub), printed so it can be frozen by hand.
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
@@ -150,6 +208,14 @@ impl Server {
             let _ = child.wait();
         }
     }
+}
+
+/// CPU seconds this harness process has used so far.
+pub fn harness_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_cpu_seconds(&s, 100.0))
+        .unwrap_or(0.0)
 }
 
 fn is_root() -> bool {

@@ -60,6 +60,11 @@ use crate::xml::{InvitationAck, APPINVITE};
 #[rtype(result = "()")]
 struct WriterDone(Result<(), WriterFailure>);
 
+/// Initial read buffer of a session. Peers mostly send small messages and then idle, so a
+/// small buffer (it grows for a large message) keeps idle sessions cheap; the codec's
+/// default of 8 KiB was most of an idle session's memory.
+const READ_BUFFER_BYTES: usize = 512;
+
 /// One peer's session.
 pub struct Session {
     id: SessionId,
@@ -114,7 +119,11 @@ pub(crate) fn start(
     let span = tracing::info_span!("session", peer = %identity.peer_name, mesh = %mesh, %remote);
     Session::create(move |ctx| {
         ctx.set_mailbox_capacity(256);
-        let frames = FramedRead::new(CountingReader(read_half), crate::wire::P2ppiCodec::new());
+        let frames = FramedRead::with_capacity(
+            CountingReader(read_half),
+            crate::wire::P2ppiCodec::new(),
+            READ_BUFFER_BYTES,
+        );
         ctx.add_stream(Throttled::new(
             frames,
             limits.inbound_messages_per_sec,

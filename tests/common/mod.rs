@@ -5,6 +5,7 @@
 pub mod bin;
 pub mod external;
 pub mod hub_process;
+pub mod redis;
 pub mod wireshark;
 
 use std::path::PathBuf;
@@ -90,12 +91,14 @@ pub async fn connect(
         .expect("peer connects")
 }
 
-/// Waits for the next event matching `pred`, failing at the deadline.
-pub async fn expect_event(
-    events: &mut PeerEvents,
+/// Waits for the next event of a stream (a peer's, a cluster store's) matching `pred`,
+/// failing at the deadline.
+pub async fn expect_event<S: futures_util::Stream + Unpin>(
+    events: &mut S,
     what: &str,
-    mut pred: impl FnMut(&PeerEvent) -> bool,
-) -> PeerEvent {
+    mut pred: impl FnMut(&S::Item) -> bool,
+) -> S::Item {
+    use futures_util::StreamExt as _;
     let found = tokio::time::timeout(DEADLINE, async {
         while let Some(event) = events.next().await {
             if pred(&event) {

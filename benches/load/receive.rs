@@ -1,0 +1,283 @@
+//! The receiving side: raw subscribed P2PPI connections, and the per-phase accounting every
+//! receiver (raw, MQTT, or the peer library's in `relay`) records into.
+//!
+//! A raw subscriber writes one SUBSCRIBE, waits for the initial NOTIFY, and from then on
+//! only cuts the decrypted stream into messages and scans each for stamps
+//! ([`find_stamps`]): it never decodes objects, so the harness stays cheap next to the
+//! server it measures.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use p2ppi_hub::loadtest::{find_stamps, slowest_second, Latencies, Stamp, Tally, Totals, Window};
+use p2ppi_hub::wire::{whole_message_len, Message, MessageType, MESSAGE_TYPE_OFFSET};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::fleet::Fleet;
+
+/// Latency histograms per phase, sharded so receivers rarely contend.
+const LATENCY_SHARDS: usize = 32;
+
+/// How many error messages a run keeps as text.
+pub const KEPT_ERRORS: usize = 5;
+
+/// One measured phase: its window and what every receiver got.
+pub struct Phase {
+    /// The phase number carried in the stamps.
+    pub id: u32,
+    /// The measured window.
+    pub window: Window,
+    tallies: Vec<Mutex<Tally>>,
+    latencies: Vec<Mutex<Latencies>>,
+    delivered: AtomicU64,
+    per_second: Vec<AtomicU64>,
+    last_delivery_ns: AtomicU64,
+}
+
+impl Phase {
+    /// A phase for `receivers` receivers.
+    pub fn new(id: u32, window: Window, receivers: usize) -> Self {
+        Self {
+            id,
+            window,
+            tallies: (0..receivers).map(|_| Mutex::default()).collect(),
+            latencies: (0..LATENCY_SHARDS).map(|_| Mutex::default()).collect(),
+            delivered: AtomicU64::new(0),
+            per_second: (0..window.whole_seconds())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            last_delivery_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Receiver `receiver` got `stamp` at `now_ns`.
+    fn record(&self, receiver: usize, stamp: Stamp, now_ns: u64) {
+        if stamp.phase != self.id {
+            return;
+        }
+        let Some(tally) = self.tallies.get(receiver) else {
+            return;
+        };
+        let latency = tally.lock().expect("tally").record(
+            stamp.seq,
+            stamp.scheduled_ns,
+            now_ns,
+            &self.window,
+        );
+        if let Some(latency) = latency {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Some(second) = self.window.second_of(now_ns) {
+                self.per_second[second].fetch_add(1, Ordering::Relaxed);
+            }
+            self.last_delivery_ns.store(now_ns, Ordering::Relaxed);
+            self.latencies[receiver % LATENCY_SHARDS]
+                .lock()
+                .expect("latencies")
+                .record(latency);
+        }
+    }
+
+    /// Distinct deliveries so far (inside the window or after).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// When the last new delivery arrived (time-base nanoseconds).
+    pub fn last_delivery_ns(&self) -> u64 {
+        self.last_delivery_ns.load(Ordering::Relaxed)
+    }
+
+    /// Every receiver's tally, summed, for `sent` changes.
+    pub fn totals(&self, sent: u64) -> Totals {
+        let mut totals = Totals::default();
+        for tally in &self.tallies {
+            totals.add(&tally.lock().expect("tally"), sent);
+        }
+        totals
+    }
+
+    /// Deliveries in the window's slowest whole second.
+    pub fn slowest_second(&self) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .per_second
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        slowest_second(&counts)
+    }
+
+    /// All latencies recorded.
+    pub fn latencies(&self) -> Latencies {
+        let mut all = Latencies::new();
+        for shard in &self.latencies {
+            all.merge(&shard.lock().expect("latencies"));
+        }
+        all
+    }
+}
+
+/// What all receivers of a run share: the time base, the current phase, and failures.
+pub struct Receivers {
+    base: Instant,
+    current: RwLock<Option<Arc<Phase>>>,
+    failed: AtomicU64,
+    messages: Mutex<Vec<String>>,
+}
+
+impl Receivers {
+    /// Shared state with time base `base` (the stamps' zero).
+    pub fn new(base: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            base,
+            current: RwLock::new(None),
+            failed: AtomicU64::new(0),
+            messages: Mutex::default(),
+        })
+    }
+
+    /// Nanoseconds since the time base.
+    pub fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// The time base.
+    pub fn base(&self) -> Instant {
+        self.base
+    }
+
+    /// Makes `phase` the one stamps are recorded into.
+    pub fn start_phase(&self, phase: Arc<Phase>) {
+        *self.current.write().expect("phase") = Some(phase);
+    }
+
+    /// Records every stamp in `bytes` for `receiver`.
+    pub fn record_bytes(&self, receiver: usize, bytes: &[u8]) {
+        let mut stamps = find_stamps(bytes).peekable();
+        if stamps.peek().is_none() {
+            return;
+        }
+        let now = self.now_ns();
+        let Some(phase) = self.current.read().expect("phase").clone() else {
+            return;
+        };
+        for stamp in stamps {
+            phase.record(receiver, stamp, now);
+        }
+    }
+
+    /// A receiver failed: counted, and the first few kept as text.
+    pub fn fail(&self, receiver: usize, error: &str) {
+        let count = self.failed.fetch_add(1, Ordering::Relaxed);
+        if (count as usize) < KEPT_ERRORS {
+            self.messages
+                .lock()
+                .expect("messages")
+                .push(format!("receiver {receiver}: {error}"));
+        }
+    }
+
+    /// Receivers failed so far, and the kept messages.
+    pub fn failures(&self) -> (u64, Vec<String>) {
+        (
+            self.failed.load(Ordering::Relaxed),
+            self.messages.lock().expect("messages").clone(),
+        )
+    }
+}
+
+/// A subscribed raw P2PPI connection, its initial NOTIFY consumed.
+pub struct Subscriber {
+    /// The fleet member.
+    pub index: usize,
+    stream: TlsStream<TcpStream>,
+    buf: BytesMut,
+}
+
+/// Connects member `index`, subscribes, and waits for the initial NOTIFY.
+pub async fn subscribe(fleet: &Fleet, index: usize) -> Result<Subscriber, String> {
+    let mut stream = fleet.connect_tls(index).await.map_err(|e| e.to_string())?;
+    let request = Message::Subscribe.to_bytes(1).map_err(|e| e.to_string())?;
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| format!("writing SUBSCRIBE: {e}"))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| format!("writing SUBSCRIBE: {e}"))?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        while let Some(len) = whole_message_len(&buf).map_err(|e| e.to_string())? {
+            let kind = buf.get(MESSAGE_TYPE_OFFSET).copied();
+            buf.advance(len);
+            if kind == Some(MessageType::Notify as u8) {
+                return Ok(Subscriber { index, stream, buf });
+            }
+        }
+        let read = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("waiting for the initial NOTIFY: {e}"))?;
+        if read == 0 {
+            return Err("closed before the initial NOTIFY".into());
+        }
+    }
+}
+
+impl Subscriber {
+    /// Reads until the connection ends, recording every stamp; an end is a failure.
+    pub async fn receive(mut self, receivers: Arc<Receivers>) -> Result<(), String> {
+        let result = async {
+            loop {
+                while let Some(len) = whole_message_len(&self.buf).map_err(|e| e.to_string())? {
+                    receivers.record_bytes(self.index, &self.buf[..len]);
+                    self.buf.advance(len);
+                }
+                if self.buf.capacity() - self.buf.len() < 512 {
+                    self.buf.reserve(4096);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) => return Err("the server closed the connection".to_string()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("read: {e}")),
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &result {
+            receivers.fail(self.index, e);
+        }
+        result
+    }
+
+    /// Closes the connection cleanly (churn).
+    pub async fn close(mut self) -> Result<(), String> {
+        self.stream.shutdown().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Waits until `phase` has `expected` deliveries, nothing new arrived for `quiet`, or
+/// `limit` passed.
+pub async fn drain(
+    receivers: &Receivers,
+    phase: &Phase,
+    expected: u64,
+    quiet: Duration,
+    limit: Duration,
+) {
+    let start = Instant::now();
+    let quiet_ns = quiet.as_nanos() as u64;
+    while phase.delivered() < expected && start.elapsed() < limit {
+        let idle = receivers
+            .now_ns()
+            .saturating_sub(phase.last_delivery_ns().max(phase.window.end_ns));
+        if idle > quiet_ns {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

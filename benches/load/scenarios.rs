@@ -1,0 +1,751 @@
+//! The scenarios: `connect`, `fanout` (with `--find-max`), `relay` and `churn`, each against
+//! the server it is given, and the measured phase they share.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use p2ppi_hub::loadtest::{
+    harness_bound, micros_per, rss_per_session, settled, slope, stamp, step_held, Latencies,
+    RateSearch, Report, Schedule, Stamp, Window,
+};
+use p2ppi_hub::objects::names;
+use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
+use p2ppi_hub::hub::relay::relayed_name;
+use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::wire::Object;
+use rumqttc::{AsyncClient, EventLoop};
+use tokio::sync::{watch, Semaphore};
+
+use crate::fleet::Fleet;
+use crate::publish::{run_schedule, Publisher, SendErrors};
+use crate::receive::{self, Phase, Receivers, Subscriber, KEPT_ERRORS};
+use crate::target::{harness_cpu_seconds, Server};
+use crate::{mqtt, Args, Target, BENCH_OBJECT};
+
+/// One run's report, its latency distribution (for the plot) and notes for the table.
+pub struct Run {
+    pub report: Report,
+    pub latencies: Latencies,
+    pub notes: Vec<String>,
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Cores the harness may run on (its CPU affinity, after `--pin`).
+fn harness_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Errors of a run: counted, the first few kept as text.
+#[derive(Default)]
+struct Errors {
+    count: u64,
+    messages: Vec<String>,
+}
+
+impl Errors {
+    fn add(&mut self, message: String) {
+        self.count += 1;
+        if self.messages.len() < KEPT_ERRORS {
+            self.messages.push(message);
+        }
+    }
+
+    fn add_all(&mut self, count: u64, messages: Vec<String>) {
+        self.count += count;
+        for m in messages {
+            if self.messages.len() < KEPT_ERRORS {
+                self.messages.push(m);
+            }
+        }
+    }
+}
+
+/// A subscribed session the harness holds: a raw P2PPI one, or an MQTT one.
+enum Held {
+    Raw(Box<Subscriber>),
+    Mqtt(Box<(AsyncClient, EventLoop)>),
+}
+
+/// Connects and subscribes members `range` of `fleet` to `server`, `concurrency` at a
+/// time, in the order they completed.
+async fn connect_all(
+    fleet: &Arc<Fleet>,
+    server: &Server,
+    target: Target,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<Held> {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in range {
+        let (fleet, gate, addr) = (fleet.clone(), gate.clone(), server.addr.clone());
+        tasks.spawn(async move {
+            let _slot = gate.acquire_owned().await.expect("open semaphore");
+            match target {
+                Target::Mosquitto => {
+                    let (client, mut eventloop) =
+                        mqtt::client(&format!("sub-{i}"), &addr, fleet.members[i].client.clone());
+                    mqtt::subscribe(&client, &mut eventloop)
+                        .await
+                        .map(|()| Held::Mqtt(Box::new((client, eventloop))))
+                        .map_err(|e| e.to_string())
+                }
+                _ => receive::subscribe(&fleet, i)
+                    .await
+                    .map(|s| Held::Raw(Box::new(s))),
+            }
+        });
+    }
+    gather(tasks, bar, errors).await
+}
+
+/// Collects every connecting task's outcome: the sessions, and each failure as an error.
+async fn gather<T: 'static>(
+    mut tasks: tokio::task::JoinSet<Result<T, String>>,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<T> {
+    let mut done = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Ok(t)) => done.push(t),
+            Ok(Err(e)) => errors.add(format!("connect: {e}")),
+            Err(e) => errors.add(format!("connect task: {e}")),
+        }
+        bar.inc(1);
+    }
+    done
+}
+
+/// `connect`: subscribed sessions in `--sizes` bursts; handshake rate and server CPU per
+/// handshake over the bursts only; RSS per idle session fitted over the settled sizes.
+pub async fn connect(
+    args: &Args,
+    server: &Server,
+    fleet: &Arc<Fleet>,
+    target: Target,
+) -> anyhow::Result<Run> {
+    let n = fleet.members.len();
+    let sizes = args.sizes.max(p2ppi_hub::loadtest::MIN_RSS_POINTS);
+    let bar = progress(n as u64, "connecting");
+    let mut errors = Errors::default();
+    let mut held = Vec::new();
+    let (mut burst_time, mut server_cpu, mut harness_cpu) = (Duration::ZERO, 0.0, 0.0);
+    let mut points = Vec::new();
+    let mut notes = Vec::new();
+    for k in 0..sizes {
+        let range = (k * n / sizes)..((k + 1) * n / sizes);
+        let (cpu0, h0, t0) = (server.cpu_seconds(), harness_cpu_seconds(), Instant::now());
+        let more = connect_all(
+            fleet,
+            server,
+            target,
+            range,
+            args.concurrency,
+            &bar,
+            &mut errors,
+        )
+        .await;
+        burst_time += t0.elapsed();
+        server_cpu += server.cpu_seconds() - cpu0;
+        harness_cpu += harness_cpu_seconds() - h0;
+        held.extend(more);
+        let rss = settle_rss(server).await;
+        points.push((held.len() as f64, rss as f64));
+        notes.push(format!(
+            "RSS {:.1} MiB at {} sessions (settled)",
+            rss as f64 / 1048576.0,
+            held.len()
+        ));
+    }
+    bar.finish();
+    let connected = held.len();
+    notes.insert(
+        0,
+        format!(
+            "time to all connected: {:.2} s in {sizes} bursts",
+            burst_time.as_secs_f64()
+        ),
+    );
+    if args.hold > 0.0 {
+        eprintln!("holding {connected} sessions for {} s…", args.hold);
+        tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+        notes.push(format!("{connected} sessions held for {} s", args.hold));
+    }
+    drop(held);
+    let seconds = burst_time.as_secs_f64();
+    Ok(Run {
+        report: Report {
+            hub_rss_per_session_bytes: rss_per_session(&points),
+            ..handshake_report(
+                "connect",
+                connected as u64,
+                seconds,
+                (server_cpu, harness_cpu),
+                errors,
+            )
+        },
+        latencies: Latencies::new(),
+        notes,
+    })
+}
+
+/// The report of a handshake scenario: `handshakes` in `seconds`, with the server's and
+/// the harness's CPU seconds over them.
+fn handshake_report(
+    scenario: &str,
+    handshakes: u64,
+    seconds: f64,
+    (server_cpu, harness_cpu): (f64, f64),
+    errors: Errors,
+) -> Report {
+    Report {
+        scenario: scenario.into(),
+        peers: handshakes as usize,
+        duration_s: seconds,
+        handshakes_per_s: handshakes as f64 / seconds,
+        hub_cpu_s: server_cpu,
+        hub_cpu_us_per_handshake: micros_per(server_cpu, handshakes),
+        harness_cpu_s: harness_cpu,
+        harness_bound: harness_bound(harness_cpu, seconds, harness_cores()),
+        errors: errors.count,
+        error_messages: errors.messages,
+        ..Default::default()
+    }
+}
+
+/// Reads the server's RSS every 250 ms until four readings agree within 0.5 % (at most
+/// 15 s), and returns the last.
+async fn settle_rss(server: &Server) -> u64 {
+    let start = Instant::now();
+    let mut readings = vec![server.rss()];
+    while !settled(&readings, 4, 0.005) && start.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        readings.push(server.rss());
+    }
+    readings.last().copied().unwrap_or(0)
+}
+
+/// What a measured phase needs to know beyond its rate.
+struct PhaseSetup<'a> {
+    server: &'a Server,
+    receivers: &'a Arc<Receivers>,
+    receiver_count: usize,
+    duration: Duration,
+    payload: usize,
+    drain: Duration,
+    quiet: Duration,
+    send_errors: &'a SendErrors,
+}
+
+impl<'a> PhaseSetup<'a> {
+    /// The setup `args` ask for. A `--find-max` step stops draining after 1 s without a
+    /// new delivery (the next step must not wait out every failed one); otherwise the
+    /// drain waits its full length for stragglers.
+    fn new(
+        args: &Args,
+        server: &'a Server,
+        receivers: &'a Arc<Receivers>,
+        receiver_count: usize,
+        send_errors: &'a SendErrors,
+    ) -> Self {
+        let drain = Duration::from_secs_f64(args.drain);
+        Self {
+            server,
+            receivers,
+            receiver_count,
+            duration: Duration::from_secs_f64(args.duration),
+            payload: args.payload,
+            drain,
+            quiet: if args.find_max {
+                Duration::from_secs(1)
+            } else {
+                drain
+            },
+            send_errors,
+        }
+    }
+}
+
+/// One measured phase at `rate`: the timeline runs from a start 200 ms ahead, the server's
+/// and the harness's CPU are read at the window's edges, then late deliveries are awaited.
+async fn measure_phase(
+    setup: &PhaseSetup<'_>,
+    id: u32,
+    rate: f64,
+    send: impl FnMut(u64, String) + Send + 'static,
+    scenario: &str,
+) -> Run {
+    let schedule = Schedule {
+        rate,
+        duration: setup.duration,
+    };
+    let base = setup.receivers.base();
+    let start = Instant::now() + Duration::from_millis(200);
+    let window = Window::of(&schedule, (start - base).as_nanos() as u64);
+    let phase = Arc::new(Phase::new(id, window, setup.receiver_count));
+    setup.receivers.start_phase(phase.clone());
+    let (send_errors_before, _) = setup.send_errors.get();
+    eprintln!(
+        "phase {id}: {rate:.1} changes/s for {:.1} s to {} receivers…",
+        setup.duration.as_secs_f64(),
+        setup.receiver_count
+    );
+    tokio::time::sleep_until(start.into()).await;
+    let (cpu0, h0) = (setup.server.cpu_seconds(), harness_cpu_seconds());
+    let sent = run_schedule(schedule, id, base, start, setup.payload, send).await;
+    tokio::time::sleep_until((start + setup.duration).into()).await;
+    let (cpu1, h1) = (setup.server.cpu_seconds(), harness_cpu_seconds());
+    let expected = sent * setup.receiver_count as u64;
+    receive::drain(setup.receivers, &phase, expected, setup.quiet, setup.drain).await;
+    let totals = phase.totals(sent);
+    let latencies = phase.latencies();
+    let (send_errors, first) = setup.send_errors.get();
+    let seconds = window.seconds();
+    let (server_cpu, harness_cpu) = (cpu1 - cpu0, h1 - h0);
+    let mut errors = Errors::default();
+    if send_errors > send_errors_before {
+        errors.add_all(
+            send_errors - send_errors_before,
+            first.into_iter().collect(),
+        );
+    }
+    let report = Report {
+        scenario: scenario.into(),
+        peers: setup.receiver_count,
+        duration_s: seconds,
+        deliveries: totals.in_window,
+        deliveries_per_s: totals.in_window as f64 / seconds,
+        deliveries_per_s_min: phase.slowest_second().map(|d| d as f64),
+        offered_per_s: schedule.offered_per_s(setup.receiver_count),
+        lost: totals.lost,
+        latency_ms: latencies.summary(),
+        hub_cpu_s: server_cpu,
+        hub_cpu_us_per_delivery: micros_per(server_cpu, totals.in_window),
+        harness_cpu_s: harness_cpu,
+        harness_bound: harness_bound(harness_cpu, seconds, harness_cores()),
+        errors: errors.count,
+        error_messages: errors.messages,
+        ..Default::default()
+    };
+    let notes = vec![format!(
+        "{sent} changes at {rate:.1}/s ({} bytes) to {} receivers: {} delivered in the window, {} in all, {} lost",
+        setup.payload, setup.receiver_count, totals.in_window, totals.delivered, totals.lost
+    )];
+    Run {
+        report,
+        latencies,
+        notes,
+    }
+}
+
+/// `fanout`: every subscriber gets every change of one object; one phase at `--rate`, or
+/// the `--find-max` search.
+pub async fn fanout(
+    args: &Args,
+    server: &Server,
+    fleet: &Arc<Fleet>,
+    target: Target,
+) -> anyhow::Result<Run> {
+    let publisher = match target {
+        Target::Hub => {
+            let admin = server
+                .admin
+                .clone()
+                .context("fanout needs the hub's admin address (--admin)")?;
+            create_bench_object(&admin, args.payload).await?;
+            Publisher::hub(&admin)
+        }
+        Target::Floor => Publisher::floor(server.control.as_deref().context("floor control")?)?,
+        Target::Mosquitto => Publisher::mosquitto(&server.addr, fleet.members[0].client.clone()),
+    };
+    let bar = progress(fleet.members.len() as u64, "connecting");
+    let mut errors = Errors::default();
+    let held = connect_all(
+        fleet,
+        server,
+        target,
+        0..fleet.members.len(),
+        args.concurrency,
+        &bar,
+        &mut errors,
+    )
+    .await;
+    bar.finish();
+    let receivers = Receivers::new(Instant::now());
+    let mut tasks = tokio::task::JoinSet::new();
+    let n = held.len();
+    for (slot, h) in held.into_iter().enumerate() {
+        let receivers = receivers.clone();
+        match h {
+            Held::Raw(mut sub) => {
+                sub.index = slot;
+                tasks.spawn(sub.receive(receivers));
+            }
+            Held::Mqtt(mqtt) => {
+                let (client, eventloop) = *mqtt;
+                tasks.spawn(mqtt::receive(slot, client, eventloop, receivers));
+            }
+        }
+    }
+    let setup = PhaseSetup::new(args, server, &receivers, n, &publisher.errors);
+    let phase = |id: u32, rate: f64| {
+        let queue = publisher.queue.clone();
+        measure_phase(
+            &setup,
+            id,
+            rate,
+            move |_, value| queue.send(value),
+            "fanout",
+        )
+    };
+    let mut run = if args.find_max {
+        let mut search = RateSearch::new(args.rate, 0.05, args.steps);
+        let (mut best, mut last): (Option<Run>, Option<Run>) = (None, None);
+        let mut steps = Vec::new();
+        let mut id = 1;
+        while let Some(rate) = search.next_rate() {
+            let step = phase(id, rate).await;
+            let held = step_held(&step.report, args.p99);
+            let r = &step.report;
+            let line = format!(
+                "step {id}: {rate:.0} changes/s → p99 {:.1} ms, lost {}, errors {}, server CPU {:.2} s: {}",
+                r.latency_ms.p99,
+                r.lost,
+                r.errors,
+                r.hub_cpu_s,
+                if held { "held" } else { "failed" }
+            );
+            eprintln!("{line}");
+            steps.push(line);
+            search.record(rate, held);
+            if held {
+                best = Some(step);
+            } else {
+                last = Some(step);
+            }
+            id += 1;
+        }
+        let mut run = best.or(last).context("no --find-max step ran")?;
+        run.report.max_rate = Some(search.max_rate().unwrap_or(0.0));
+        run.notes.push(format!(
+            "--find-max (p99 ≤ {} ms, nothing lost); the figures above are the best step's",
+            args.p99
+        ));
+        run.notes.extend(steps);
+        run
+    } else {
+        phase(1, args.rate).await
+    };
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let (failed, messages) = receivers.failures();
+    errors.add_all(failed, messages);
+    run.report.errors += errors.count;
+    run.report.error_messages.extend(errors.messages);
+    Ok(run)
+}
+
+/// Creates (or resets) the hub object the fan-out changes.
+async fn create_bench_object(admin: &str, payload: usize) -> anyhow::Result<()> {
+    let url = format!("http://{admin}/v1/objects");
+    let value = stamp(
+        Stamp {
+            phase: 0,
+            seq: 0,
+            scheduled_ns: 0,
+        },
+        payload,
+    );
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let put = agent
+            .put(&format!("{url}/{BENCH_OBJECT}"))
+            .send_json(serde_json::json!({ "value": value }))?;
+        if put.status() == 404 {
+            let post = agent
+                .post(&url)
+                .send_json(serde_json::json!({ "name": BENCH_OBJECT, "value": value }))?;
+            if !post.status().is_success() {
+                bail!("POST {url} answered {}", post.status());
+            }
+        } else if !put.status().is_success() {
+            bail!("PUT answered {}", put.status());
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// Connects and subscribes peers through the peer library (relay publishes through them),
+/// initial NOTIFY consumed.
+async fn connect_peers(
+    fleet: &Arc<Fleet>,
+    concurrency: usize,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<(Peer, PeerEvents)> {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..fleet.members.len() {
+        let (fleet, gate) = (fleet.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _slot = gate.acquire_owned().await.expect("open semaphore");
+            let (peer, mut events) = fleet.connect(i).await.map_err(|e| e.to_string())?;
+            peer.subscribe().await.map_err(|e| e.to_string())?;
+            loop {
+                match events.next().await {
+                    Some(PeerEvent::Objects {
+                        source: ObjectsSource::Notify,
+                        ..
+                    }) => break,
+                    Some(PeerEvent::Closed { error, .. }) => {
+                        return Err(error.unwrap_or_else(|| "closed".into()))
+                    }
+                    None => return Err("closed".into()),
+                    Some(_) => {}
+                }
+            }
+            Ok::<_, String>((i, peer, events))
+        });
+    }
+    let mut done = gather(tasks, bar, errors).await;
+    done.sort_by_key(|(i, _, _)| *i);
+    done.into_iter().map(|(_, p, e)| (p, e)).collect()
+}
+
+/// Reads a peer's events until told to stop, recording every stamp in every object; an
+/// end of the connection is a failure.
+async fn consume(
+    slot: usize,
+    mut events: PeerEvents,
+    mut stop: watch::Receiver<bool>,
+    receivers: Arc<Receivers>,
+) -> PeerEvents {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            event = events.next() => match event {
+                Some(PeerEvent::Objects { objects, .. }) => {
+                    for object in &objects {
+                        receivers.record_bytes(slot, object.value.as_bytes());
+                    }
+                }
+                Some(PeerEvent::Closed { error, .. }) => {
+                    receivers.fail(slot, &error.unwrap_or_else(|| "closed".into()));
+                    break;
+                }
+                None => {
+                    receivers.fail(slot, "closed");
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    events
+}
+
+/// `relay`: peers publish presence changes (round robin, on the fixed timeline) and see
+/// each other's through the hub. Each change carries its own stamp and sequence, so a
+/// receiver counts a change only when that change's value arrives, and a later view
+/// repeating it counts nothing.
+pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
+    let bar = progress(fleet.members.len() as u64, "connecting");
+    let mut errors = Errors::default();
+    let peers = connect_peers(fleet, args.concurrency, &bar, &mut errors).await;
+    bar.finish();
+    let n = peers.len();
+    if n == 0 {
+        bail!("no peer connected");
+    }
+    let handles: Arc<Vec<Peer>> = Arc::new(peers.iter().map(|(p, _)| p.clone()).collect());
+    let receivers = Receivers::new(Instant::now());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut consumers = tokio::task::JoinSet::new();
+    for (slot, (_, events)) in peers.into_iter().enumerate() {
+        let fut = consume(slot, events, stop_rx.clone(), receivers.clone());
+        consumers.spawn(async move { (slot, fut.await) });
+    }
+    let initial = stamp(
+        Stamp {
+            phase: 0,
+            seq: 0,
+            scheduled_ns: 0,
+        },
+        args.payload,
+    );
+    for peer in handles.iter() {
+        peer.set(Object::new(names::RICH_PRESENCE, initial.clone()))
+            .await?;
+    }
+    // Let everyone's initial presence reach everyone before the window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = Arc::new(Mutex::new(vec![initial; n]));
+    let send_errors = Arc::new(SendErrors::default());
+    let setup = PhaseSetup::new(args, server, &receivers, n, &send_errors);
+    let send = {
+        let (handles, last, errs) = (handles.clone(), last.clone(), send_errors.clone());
+        let runtime = tokio::runtime::Handle::current();
+        move |seq: u64, value: String| {
+            let i = (seq as usize) % n;
+            last.lock().expect("last")[i] = value.clone();
+            let (peer, errs) = (handles[i].clone(), errs.clone());
+            runtime.spawn(async move {
+                if let Err(e) = peer.set(Object::new(names::RICH_PRESENCE, value)).await {
+                    errs.add(format!("change {seq}: {e}"));
+                }
+            });
+        }
+    };
+    let mut run = measure_phase(&setup, 1, args.rate, send, "relay").await;
+    let _ = stop_tx.send(true);
+    let mut returned = Vec::new();
+    while let Some(joined) = consumers.join_next().await {
+        match joined {
+            Ok(done) => returned.push(done),
+            Err(e) => errors.add(format!("receiver task: {e}")),
+        }
+    }
+    // Every final view must be exact: each peer's latest presence, once.
+    let last = last.lock().expect("last").clone();
+    let mut expected: Vec<Object> = fleet.members[..n]
+        .iter()
+        .zip(&last)
+        .map(|(m, v)| Object::new(relayed_name(&m.peer_name, names::RICH_PRESENCE), v.clone()))
+        .collect();
+    expected.sort();
+    let mut inexact = 0;
+    for (slot, mut events) in returned {
+        handles[slot].retrieve().await?;
+        let view = loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+                Ok(Some(PeerEvent::Objects {
+                    source: ObjectsSource::Response,
+                    mut objects,
+                })) => {
+                    objects.sort();
+                    break Some(objects);
+                }
+                Ok(Some(_)) => continue,
+                _ => break None,
+            }
+        };
+        if view.as_ref() != Some(&expected) {
+            inexact += 1;
+        }
+    }
+    if inexact > 0 {
+        errors.add(format!("{inexact} of {n} final views inexact"));
+        errors.count += inexact - 1;
+    }
+    let (failed, messages) = receivers.failures();
+    errors.add_all(failed, messages);
+    run.report.errors += errors.count;
+    run.report.error_messages.extend(errors.messages);
+    run.notes
+        .push(format!("final views exact: {}/{n}", n as u64 - inexact));
+    Ok(run)
+}
+
+/// `churn`: `--concurrency` peers connect, subscribe, get their NOTIFY and leave, over
+/// and over for `--duration`; server CPU per handshake, RSS over time.
+pub async fn churn(
+    args: &Args,
+    server: &Server,
+    fleet: &Arc<Fleet>,
+    target: Target,
+) -> anyhow::Result<Run> {
+    if target == Target::Mosquitto {
+        bail!("churn runs against p2ppi-hub or the floor");
+    }
+    let slots = fleet.members.len().min(args.concurrency);
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let completed = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Mutex::new(Errors::default()));
+    let mut tasks = tokio::task::JoinSet::new();
+    let (cpu0, h0) = (server.cpu_seconds(), harness_cpu_seconds());
+    for slot in 0..slots {
+        let (fleet, completed, errors) = (fleet.clone(), completed.clone(), errors.clone());
+        tasks.spawn(async move {
+            while Instant::now() < deadline {
+                let outcome = match receive::subscribe(&fleet, slot).await {
+                    Ok(sub) => sub.close().await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(()) => {
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => errors.lock().expect("errors").add(e),
+                }
+            }
+        });
+    }
+    let bar = progress(args.duration as u64, "churning");
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let sample_every = Duration::from_secs_f64((args.duration / 20.0).max(1.0));
+    while Instant::now() < deadline {
+        tokio::time::sleep(sample_every.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+        samples.push((
+            started.elapsed().as_secs_f64(),
+            server.rss(),
+            completed.load(Ordering::Relaxed),
+        ));
+        bar.set_position(started.elapsed().as_secs());
+    }
+    while tasks.join_next().await.is_some() {}
+    bar.finish();
+    let elapsed = started.elapsed().as_secs_f64();
+    let (server_cpu, harness_cpu) = (server.cpu_seconds() - cpu0, harness_cpu_seconds() - h0);
+    let done = completed.load(Ordering::Relaxed);
+    let mut notes = vec![format!("{slots} peers connecting and leaving continuously")];
+    // Drift after the first fifth (warm-up): a flat RSS fits a slope near zero.
+    let steady: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|(t, _, _)| *t >= elapsed / 5.0)
+        .map(|(t, rss, _)| (*t, *rss as f64))
+        .collect();
+    if let Some(drift) = slope(&steady) {
+        notes.push(format!(
+            "RSS drift after warm-up: {:+.1} KiB/min",
+            drift * 60.0 / 1024.0
+        ));
+    }
+    notes.push("RSS over time (s, MiB, sessions completed):".into());
+    for (t, rss, count) in &samples {
+        notes.push(format!(
+            "  {t:>7.1} {:>8.1} {count:>10}",
+            *rss as f64 / 1048576.0
+        ));
+    }
+    let errors = std::mem::take(&mut *errors.lock().expect("errors"));
+    Ok(Run {
+        report: Report {
+            peers: slots,
+            ..handshake_report("churn", done, elapsed, (server_cpu, harness_cpu), errors)
+        },
+        latencies: Latencies::new(),
+        notes,
+    })
+}

@@ -1,0 +1,528 @@
+//! The shared core of a [`ClusterStore`](super::ClusterStore): every Redis round trip
+//! (counted, errors by kind, availability logged once per change), the lease (register,
+//! renew, recover), re-assertion of the local peers, and reaping of expired hubs. Both the
+//! public handle and the driver task use it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use tokio::sync::mpsc;
+
+use super::keys;
+use super::replica::MeshSnapshot;
+use super::scripts;
+use super::store::{ClusterEvent, Command};
+use super::ClusterError;
+use crate::metrics;
+use crate::tls::PeerName;
+use crate::wire::Object;
+
+/// Most peers one removal script handles.
+const REAP_BATCH: usize = 256;
+
+/// Whose peers [`Inner::remove_peers`] removes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Removal<'a> {
+    /// An expired hub's (the script re-checks the expiry).
+    Expired,
+    /// This hub's own, under its current lease token.
+    Own(&'a str),
+}
+
+/// State shared by the handles and the driver.
+pub(super) struct Inner {
+    pub(super) node: String,
+    pub(super) lease: Duration,
+    pub(super) conn: ConnectionManager,
+    /// This registration's lease token.
+    pub(super) token: Mutex<String>,
+    /// The objects JSON last written for each local peer, and its mesh.
+    pub(super) local: Mutex<HashMap<PeerName, (String, String)>>,
+    /// Local peers whose departure could not be written yet.
+    pub(super) pending_gone: Mutex<HashSet<PeerName>>,
+    /// Set when Redis may have lost or missed writes; cleared by a successful re-assert.
+    pub(super) needs_recovery: AtomicBool,
+    /// Serializes recoveries.
+    pub(super) recovering: tokio::sync::Mutex<()>,
+    /// Whether the last round trip worked.
+    pub(super) redis_up: AtomicBool,
+    /// Set by a clean shutdown: the lease is given up and never renewed again.
+    pub(super) left: AtomicBool,
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+    pub(super) events: mpsc::Sender<ClusterEvent>,
+}
+
+impl Inner {
+    /// Records a failed round trip: counted by kind, logged once per change of state, and
+    /// the local state marked for re-assertion.
+    pub(super) fn failed(&self, op: &'static str, source: redis::RedisError) -> ClusterError {
+        metrics::counter_inc(metrics::CLUSTER_REDIS_ROUND_TRIPS);
+        metrics::count_kind(metrics::CLUSTER_REDIS_ERRORS, error_kind(&source));
+        if source.is_io_error() || source.is_timeout() || source.is_connection_dropped() {
+            self.needs_recovery.store(true, Ordering::Release);
+            if self.redis_up.swap(false, Ordering::AcqRel) {
+                metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 0.0);
+                tracing::warn!(op, error = %source, "cluster: Redis unreachable");
+            }
+        }
+        ClusterError::Redis { op, source }
+    }
+
+    /// The connection dropped (the client reconnects by itself): writes may have been lost.
+    pub(super) fn disconnected(&self) {
+        self.needs_recovery.store(true, Ordering::Release);
+        if self.redis_up.swap(false, Ordering::AcqRel) {
+            metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 0.0);
+            tracing::warn!("cluster: connection to Redis lost, reconnecting");
+        }
+    }
+
+    pub(super) fn succeeded(&self) {
+        metrics::counter_inc(metrics::CLUSTER_REDIS_ROUND_TRIPS);
+        if !self.redis_up.swap(true, Ordering::AcqRel) {
+            metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 1.0);
+            tracing::info!("cluster: Redis reachable again");
+        }
+    }
+
+    /// Runs a script; the reply is a flat array of strings.
+    pub(super) async fn script(
+        &self,
+        op: &'static str,
+        script: &Script,
+        args: &[String],
+    ) -> Result<Vec<String>, ClusterError> {
+        let mut invocation = script.prepare_invoke();
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut conn = self.conn.clone();
+        match invocation.invoke_async::<Vec<String>>(&mut conn).await {
+            Ok(reply) => {
+                self.succeeded();
+                Ok(reply)
+            }
+            Err(source) => Err(self.failed(op, source)),
+        }
+    }
+
+    /// Runs a plain command.
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, ClusterError> {
+        let mut conn = self.conn.clone();
+        match cmd.query_async::<T>(&mut conn).await {
+            Ok(reply) => {
+                self.succeeded();
+                Ok(reply)
+            }
+            Err(source) => Err(self.failed(op, source)),
+        }
+    }
+
+    pub(super) fn token(&self) -> String {
+        self.token.lock().expect("token lock").clone()
+    }
+
+    /// Runs a script that needs this hub's lease (ARGV: node, current token, then `rest`); on
+    /// `lease-lost` recovers (re-register, re-assert) and tries once more, unless called
+    /// from a recovery (`recover` false).
+    pub(super) async fn with_lease(
+        &self,
+        op: &'static str,
+        script: &Script,
+        rest: &[String],
+        recover: bool,
+    ) -> Result<Vec<String>, ClusterError> {
+        let args = |token: &str| {
+            let mut args = vec![self.node.clone(), token.to_owned()];
+            args.extend_from_slice(rest);
+            args
+        };
+        let token = self.token();
+        let reply = self.script(op, script, &args(&token)).await?;
+        if reply.first().map(String::as_str) != Some("lease-lost") {
+            return Ok(reply);
+        }
+        if !recover {
+            return Err(ClusterError::LeaseLost {
+                node: self.node.clone(),
+            });
+        }
+        // Boxed: a recovery re-asserts through here (without recovering again).
+        Box::pin(self.recover_from(&token, "expired")).await?;
+        let reply = self.script(op, script, &args(&self.token())).await?;
+        if reply.first().map(String::as_str) == Some("lease-lost") {
+            return Err(ClusterError::LeaseLost {
+                node: self.node.clone(),
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Writes a local peer's remembered state (`recover`: see [`Inner::with_lease`]).
+    pub(super) async fn write_state(
+        &self,
+        peer: &PeerName,
+        recover: bool,
+    ) -> Result<Option<u64>, ClusterError> {
+        let Some((mesh, json)) = self
+            .local
+            .lock()
+            .expect("local peers lock")
+            .get(peer)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let reply = self
+            .with_lease(
+                "set peer",
+                &scripts::SET_STATE,
+                &[peer.as_str().to_owned(), mesh, json],
+                recover,
+            )
+            .await?;
+        match reply.as_slice() {
+            [ok, seq] if ok == "ok" => match seq.parse() {
+                Ok(seq) => Ok(Some(seq)),
+                Err(_) => Err(ClusterError::Reply {
+                    op: "set peer",
+                    reply,
+                }),
+            },
+            [unchanged] if unchanged == "unchanged" => Ok(None),
+            [not_owner, owner] if not_owner == "not-owner" => {
+                self.local.lock().expect("local peers lock").remove(peer);
+                Err(ClusterError::NotOwner {
+                    peer: peer.clone(),
+                    owner: owner.clone(),
+                })
+            }
+            _ => Err(ClusterError::Reply {
+                op: "set peer",
+                reply,
+            }),
+        }
+    }
+
+    /// Writes a local peer's departure; remembered for later if Redis cannot be reached.
+    pub(super) async fn write_gone(&self, peer: &PeerName) -> Result<(), ClusterError> {
+        let result = self
+            .script(
+                "peer gone",
+                &scripts::GONE,
+                &[self.node.clone(), peer.as_str().to_owned()],
+            )
+            .await;
+        let mut pending = self.pending_gone.lock().expect("pending lock");
+        match result {
+            Ok(_) => {
+                pending.remove(peer);
+                Ok(())
+            }
+            Err(e) => {
+                pending.insert(peer.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the lease with a new token and removes the peers still routed to this node name
+    /// that this process does not hold (left by a previous process, or by this one before
+    /// it lost its lease).
+    pub(super) async fn register(&self) -> Result<(), ClusterError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let lease_ms = self.lease.as_millis().to_string();
+        let owned = self
+            .script(
+                "register",
+                &scripts::REGISTER,
+                &[self.node.clone(), token.clone(), lease_ms],
+            )
+            .await?;
+        *self.token.lock().expect("token lock") = token.clone();
+        let stale = {
+            let local = self.local.lock().expect("local peers lock");
+            let pairs = owned.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
+            group_by_mesh(pairs, |peer| {
+                PeerName::parse(peer).is_none_or(|p| !local.contains_key(&p))
+            })
+        };
+        self.remove_peers(&self.node, Removal::Own(&token), stale)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes `hub`'s peers, grouped by mesh, in scripts of at most [`REAP_BATCH`] peers
+    /// (one script per mesh and batch, so Redis is never blocked long). Returns how many
+    /// were removed.
+    pub(super) async fn remove_peers(
+        &self,
+        hub: &str,
+        removal: Removal<'_>,
+        meshes: BTreeMap<String, Vec<String>>,
+    ) -> Result<u64, ClusterError> {
+        let (mode, token) = match removal {
+            Removal::Expired => ("expired", ""),
+            Removal::Own(token) => ("own", token),
+        };
+        let mut removed = 0;
+        for (mesh, peers) in meshes {
+            // An empty list still runs once: an expired hub that owns nothing is forgotten.
+            let batches: Vec<&[String]> = if peers.is_empty() {
+                vec![&[]]
+            } else {
+                peers.chunks(REAP_BATCH).collect()
+            };
+            for batch in batches {
+                let mut args = vec![
+                    hub.to_owned(),
+                    mesh.clone(),
+                    self.node.clone(),
+                    mode.to_owned(),
+                    token.to_owned(),
+                ];
+                args.extend_from_slice(batch);
+                let reply = self.script("remove peers", &scripts::REAP, &args).await?;
+                match reply.as_slice() {
+                    [ok, n] if ok == "ok" => removed += n.parse::<u64>().unwrap_or(0),
+                    // Alive again, or our own lease lost: nothing more to remove here.
+                    [_] => return Ok(removed),
+                    _ => {
+                        return Err(ClusterError::Reply {
+                            op: "remove peers",
+                            reply,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Re-registers (if the lease under `lost_token` is still the current one) and
+    /// re-asserts every local peer.
+    pub(super) async fn recover_from(
+        &self,
+        lost_token: &str,
+        reason: &'static str,
+    ) -> Result<(), ClusterError> {
+        let guard = self.recovering.lock().await;
+        if self.token() != lost_token {
+            return Ok(()); // another task recovered meanwhile
+        }
+        metrics::count_reason(metrics::CLUSTER_LEASE_LOSSES, reason);
+        tracing::warn!(node = %self.node, reason, "cluster: lease lost, re-registering");
+        self.register().await?;
+        let events = self.reassert().await?;
+        // Never wait for the hub while holding the lock its own calls may need.
+        drop(guard);
+        for event in events {
+            self.emit(event).await;
+        }
+        Ok(())
+    }
+
+    /// Writes every pending departure and every local peer's state again. Returns the
+    /// events to hand over once the recovery lock is released: a [`ClusterEvent::Superseded`]
+    /// for each peer another hub holds now, then [`ClusterEvent::Reasserted`].
+    pub(super) async fn reassert(&self) -> Result<Vec<ClusterEvent>, ClusterError> {
+        let gone: Vec<PeerName> = self
+            .pending_gone
+            .lock()
+            .expect("pending lock")
+            .iter()
+            .cloned()
+            .collect();
+        for peer in gone {
+            self.write_gone(&peer).await?;
+        }
+        let peers: Vec<PeerName> = self
+            .local
+            .lock()
+            .expect("local peers lock")
+            .keys()
+            .cloned()
+            .collect();
+        let count = peers.len();
+        let mut events = Vec::new();
+        for peer in peers {
+            match self.write_state(&peer, false).await {
+                Ok(_) => {}
+                Err(ClusterError::NotOwner { peer, owner }) => {
+                    events.push(ClusterEvent::Superseded { peer, owner });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.needs_recovery.store(false, Ordering::Release);
+        events.push(ClusterEvent::Reasserted { peers: count });
+        Ok(events)
+    }
+
+    /// Renews the lease; a lost lease is recovered at once.
+    pub(super) async fn renew(&self) -> Result<(), ClusterError> {
+        if self.left.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let token = self.token();
+        let reply = self
+            .script(
+                "renew lease",
+                &scripts::RENEW,
+                &[
+                    self.node.clone(),
+                    token.clone(),
+                    self.lease.as_millis().to_string(),
+                ],
+            )
+            .await?;
+        match reply.as_slice() {
+            [ok, _] if ok == "ok" => {
+                if self.needs_recovery.load(Ordering::Acquire) {
+                    let guard = self.recovering.lock().await;
+                    let events = self.reassert().await?;
+                    drop(guard);
+                    for event in events {
+                        self.emit(event).await;
+                    }
+                }
+                Ok(())
+            }
+            [lost, reason] if lost == "lost" => {
+                let reason = match reason.as_str() {
+                    "taken" => {
+                        tracing::error!(
+                            node = %self.node,
+                            "cluster: another process registered with this node name; \
+                             each hub needs its own cluster.node"
+                        );
+                        "taken"
+                    }
+                    "gone" => "gone",
+                    _ => "expired",
+                };
+                self.recover_from(&token, reason).await
+            }
+            _ => Err(ClusterError::Reply {
+                op: "renew lease",
+                reply,
+            }),
+        }
+    }
+
+    /// Removes the peers of every expired hub (one script per mesh); returns how long until
+    /// the next other hub's lease ends, if one is registered.
+    pub(super) async fn reap(&self) -> Result<Option<Duration>, ClusterError> {
+        let reply = self
+            .script(
+                "expired hubs",
+                &scripts::EXPIRED_HUBS,
+                std::slice::from_ref(&self.node),
+            )
+            .await?;
+        let Some((next, expired)) = reply.split_first() else {
+            return Err(ClusterError::Reply {
+                op: "expired hubs",
+                reply,
+            });
+        };
+        let next = next.parse::<u64>().ok().map(Duration::from_millis);
+        for dead in expired.iter().filter(|h| **h != self.node) {
+            let owned: Vec<(String, String)> = self
+                .command("owned peers", redis::cmd("HGETALL").arg(keys::owned(dead)))
+                .await?;
+            let mut meshes = group_by_mesh(owned, |_| true);
+            // A last call with no peers forgets the hub once it owns nothing.
+            meshes.insert(String::new(), Vec::new());
+            let removed = self.remove_peers(dead, Removal::Expired, meshes).await?;
+            if removed > 0 {
+                metrics::counter_add(metrics::CLUSTER_REAPED_PEERS, removed);
+                tracing::info!(hub = %dead, removed, "cluster: removed the peers of an expired hub");
+            }
+        }
+        Ok(next)
+    }
+
+    pub(super) async fn hub_objects(&self) -> Result<(u64, Vec<Object>), ClusterError> {
+        let (version, json): (Option<u64>, Option<String>) = self
+            .command(
+                "hub objects",
+                redis::cmd("HMGET")
+                    .arg(keys::hub_objects())
+                    .arg("version")
+                    .arg("objects"),
+            )
+            .await?;
+        let objects = match json {
+            Some(json) => serde_json::from_str(&json).map_err(|_| ClusterError::Reply {
+                op: "hub objects",
+                reply: vec![json],
+            })?,
+            None => Vec::new(),
+        };
+        Ok((version.unwrap_or(0), objects))
+    }
+
+    pub(super) async fn emit(&self, event: ClusterEvent) {
+        // The hub may have stopped listening (shutting down): nothing to tell.
+        let _ = self.events.send(event).await;
+    }
+}
+
+/// Groups (peer, mesh) pairs by mesh, keeping the peers `keep` accepts.
+pub(super) fn group_by_mesh(
+    pairs: impl IntoIterator<Item = (String, String)>,
+    keep: impl Fn(&str) -> bool,
+) -> BTreeMap<String, Vec<String>> {
+    let mut meshes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (peer, mesh) in pairs {
+        if keep(&peer) {
+            meshes.entry(mesh).or_default().push(peer);
+        }
+    }
+    meshes
+}
+
+/// The metric label of a Redis error.
+fn error_kind(e: &redis::RedisError) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        "io"
+    } else if e.code().is_some() {
+        "server"
+    } else {
+        "client"
+    }
+}
+
+/// Parses a snapshot reply: epoch, seq, then peer, hub, objects triples.
+pub(super) fn parse_snapshot(reply: &[String]) -> Option<MeshSnapshot> {
+    let [epoch, seq, rest @ ..] = reply else {
+        return None;
+    };
+    let peers = rest
+        .chunks(3)
+        .map(|c| match c {
+            [peer, hub, objects] => Some((
+                PeerName::parse(peer)?,
+                hub.clone(),
+                serde_json::from_str(objects).ok()?,
+            )),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(MeshSnapshot {
+        epoch: epoch.clone(),
+        seq: seq.parse().ok()?,
+        peers,
+    })
+}

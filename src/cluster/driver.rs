@@ -1,0 +1,312 @@
+//! The driver task of a [`ClusterStore`](super::ClusterStore): owns the mesh replicas,
+//! reads the pub/sub pushes in order (changes, subscription confirmations, disconnections),
+//! renews the lease every lease/3, reaps expired hubs as soon as their lease ends, and
+//! hands the hub [`ClusterEvent`]s.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use redis::{PushInfo, PushKind};
+use tokio::sync::mpsc;
+
+use super::core::{parse_snapshot, Inner};
+use super::keys;
+use super::message::{HubObjectsNotice, InboxMessage, MeshMessage};
+use super::replica::{Applied, MeshReplica};
+use super::scripts;
+use super::store::{ClusterEvent, Command, ResyncCause};
+use crate::metrics;
+
+/// A mesh with local sessions.
+struct Mesh {
+    /// Local sessions in it.
+    sessions: usize,
+    /// Whether its channel subscription was confirmed (else the tick subscribes again).
+    subscribed: bool,
+    replica: MeshReplica,
+}
+
+/// The driver task: owns the replicas.
+pub(super) struct Driver {
+    inner: Arc<Inner>,
+    meshes: HashMap<String, Mesh>,
+}
+
+impl Driver {
+    pub(super) fn new(inner: Arc<Inner>) -> Self {
+        Self {
+            inner,
+            meshes: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let period = self.inner.lease / 3;
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The reaper wakes when the next other hub's lease ends (at least every lease/3),
+        // so a dead hub's peers leave within its lease plus a round trip.
+        let reap_at = tokio::time::sleep(period);
+        tokio::pin!(reap_at);
+        loop {
+            tokio::select! {
+                push = pushes.recv() => match push {
+                    Some(push) => self.on_push(push).await,
+                    None => return,
+                },
+                command = commands.recv() => match command {
+                    Some(Command::Watch(mesh)) => self.watch(mesh).await,
+                    Some(Command::Unwatch(mesh)) => self.unwatch(mesh).await,
+                    None => return,
+                },
+                _ = tick.tick() => self.on_tick().await,
+                () = &mut reap_at => {
+                    let next = match self.inner.reap().await {
+                        Ok(next) => next.map_or(period, |n| n.min(period)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cluster: reaping expired hubs failed");
+                            period
+                        }
+                    };
+                    // A few ms past the expiry, so the lease has surely ended by Redis TIME.
+                    let wake = next + std::time::Duration::from_millis(5);
+                    reap_at.as_mut().reset(tokio::time::Instant::now() + wake);
+                }
+            }
+        }
+    }
+
+    /// Renews the lease (recovering if it was lost), subscribes again where a subscription
+    /// failed, and reloads replicas that could not be reloaded earlier.
+    async fn on_tick(&mut self) {
+        // Errors are counted and logged where they happen; the next tick retries.
+        if let Err(e) = self.inner.renew().await {
+            tracing::debug!(error = %e, "cluster: lease renewal failed");
+            return;
+        }
+        let unsubscribed: Vec<String> = self
+            .meshes
+            .iter()
+            .filter(|(_, m)| !m.subscribed)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for mesh in unsubscribed {
+            self.subscribe(&mesh).await;
+        }
+        let unsynced: Vec<String> = self
+            .meshes
+            .iter()
+            .filter(|(_, m)| m.subscribed && !m.replica.is_synced())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for mesh in unsynced {
+            self.reload(&mesh, ResyncCause::Reconnect).await;
+        }
+    }
+
+    async fn watch(&mut self, mesh: String) {
+        if let Some(m) = self.meshes.get_mut(&mesh) {
+            m.sessions += 1;
+            return;
+        }
+        let replica = MeshReplica::new(self.inner.node.clone());
+        self.meshes.insert(
+            mesh.clone(),
+            Mesh {
+                sessions: 1,
+                subscribed: false,
+                replica,
+            },
+        );
+        self.subscribe(&mesh).await;
+    }
+
+    /// Subscribes to a mesh's channel, then loads its replica (the snapshot follows the
+    /// subscription, so no change falls between them).
+    async fn subscribe(&mut self, mesh: &str) {
+        let mut conn = self.inner.conn.clone();
+        match conn.subscribe(keys::mesh_channel(mesh)).await {
+            Ok(()) => {
+                self.inner.succeeded();
+                if let Some(m) = self.meshes.get_mut(mesh) {
+                    m.subscribed = true;
+                }
+                self.reload(mesh, ResyncCause::Subscribed).await;
+            }
+            // Counted and logged; the tick subscribes again.
+            Err(source) => drop(self.inner.failed("subscribe", source)),
+        }
+    }
+
+    async fn unwatch(&mut self, mesh: String) {
+        let Some(m) = self.meshes.get_mut(&mesh) else {
+            return;
+        };
+        m.sessions -= 1;
+        if m.sessions > 0 {
+            return;
+        }
+        self.meshes.remove(&mesh);
+        self.update_peers_gauge();
+        let mut conn = self.inner.conn.clone();
+        if let Err(source) = conn.unsubscribe(keys::mesh_channel(&mesh)).await {
+            drop(self.inner.failed("unsubscribe", source));
+        }
+    }
+
+    async fn on_push(&mut self, push: PushInfo) {
+        match push.kind {
+            PushKind::Disconnection => {
+                self.inner.disconnected();
+                // The client re-subscribes by itself; the confirmation (or, failing that,
+                // the tick) reloads each replica.
+                for m in self.meshes.values_mut() {
+                    m.replica.mark_unsynced();
+                    m.subscribed = false;
+                }
+            }
+            PushKind::Subscribe => {
+                let Some(channel) = push_string(&push.data, 0) else {
+                    return;
+                };
+                if let Some(mesh) = keys::mesh_of_channel(&channel) {
+                    let Some(m) = self.meshes.get_mut(mesh) else {
+                        return;
+                    };
+                    m.subscribed = true;
+                    if !m.replica.is_synced() {
+                        let mesh = mesh.to_owned();
+                        self.reload(&mesh, ResyncCause::Reconnect).await;
+                    }
+                } else if channel == keys::inbox_channel(&self.inner.node)
+                    && self.inner.needs_recovery.load(Ordering::Acquire)
+                {
+                    // Redis answers again: re-assert now rather than at the next tick.
+                    let _ = self.inner.renew().await;
+                }
+            }
+            PushKind::Message => {
+                let (Some(channel), Some(payload)) =
+                    (push_string(&push.data, 0), push_bytes(&push.data, 1))
+                else {
+                    return;
+                };
+                self.on_message(&channel, &payload).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_message(&mut self, channel: &str, payload: &[u8]) {
+        let bad = |e: super::message::DecodeError| {
+            metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, e.label());
+            tracing::debug!(
+                channel,
+                reason = e.label(),
+                "cluster: undecodable message dropped"
+            );
+        };
+        if let Some(mesh) = keys::mesh_of_channel(channel) {
+            let message = match MeshMessage::decode(payload) {
+                Ok(m) => m,
+                Err(e) => return bad(e),
+            };
+            let Some(replica) = self.meshes.get_mut(mesh).map(|m| &mut m.replica) else {
+                return;
+            };
+            let mesh = mesh.to_owned();
+            match replica.apply(&message) {
+                Applied::Change(change) => {
+                    let seq = replica.seq();
+                    self.update_peers_gauge();
+                    self.inner
+                        .emit(ClusterEvent::Mesh {
+                            mesh,
+                            seq,
+                            resync: None,
+                            changes: vec![change],
+                        })
+                        .await;
+                }
+                Applied::Gap { expected, got } => {
+                    tracing::info!(%mesh, expected, got, "cluster: message lost, reloading the mesh");
+                    self.reload(&mesh, ResyncCause::Gap).await;
+                }
+                Applied::NewEpoch => self.reload(&mesh, ResyncCause::Epoch).await,
+                Applied::Nothing | Applied::Stale | Applied::Unsynced => {}
+            }
+        } else if channel == keys::inbox_channel(&self.inner.node) {
+            match InboxMessage::decode(payload) {
+                Ok(message) => self.inner.emit(ClusterEvent::Inbox(message)).await,
+                Err(e) => bad(e),
+            }
+        } else if channel == keys::hub_objects_channel() {
+            let notice = match HubObjectsNotice::decode(payload) {
+                Ok(notice) => notice,
+                Err(e) => return bad(e),
+            };
+            // A later change may already be in Redis: hand over what is there now.
+            if let Ok((version, objects)) = self.inner.hub_objects().await {
+                tracing::debug!(
+                    announced = notice.version,
+                    version,
+                    "cluster: hub objects changed"
+                );
+                self.inner
+                    .emit(ClusterEvent::HubObjects { version, objects })
+                    .await;
+            }
+        }
+    }
+
+    /// Reloads a mesh from a snapshot and hands over the differences. On failure the
+    /// replica stays unsynced and the next tick tries again.
+    async fn reload(&mut self, mesh: &str, cause: ResyncCause) {
+        let reply = match self
+            .inner
+            .script("mesh snapshot", &scripts::SNAPSHOT, &[mesh.to_owned()])
+            .await
+        {
+            Ok(reply) => reply,
+            Err(_) => return,
+        };
+        let Some(snapshot) = parse_snapshot(&reply) else {
+            metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, "snapshot");
+            tracing::warn!(mesh, "cluster: undecodable mesh snapshot");
+            return;
+        };
+        let Some(replica) = self.meshes.get_mut(mesh).map(|m| &mut m.replica) else {
+            return;
+        };
+        let changes = replica.reload(snapshot);
+        let seq = replica.seq();
+        metrics::count_cause(metrics::CLUSTER_RESYNCS, cause.label());
+        self.update_peers_gauge();
+        self.inner
+            .emit(ClusterEvent::Mesh {
+                mesh: mesh.to_owned(),
+                seq,
+                resync: Some(cause),
+                changes,
+            })
+            .await;
+    }
+
+    fn update_peers_gauge(&self) {
+        let peers: usize = self.meshes.values().map(|m| m.replica.len()).sum();
+        metrics::gauge_set(metrics::CLUSTER_PEERS, peers as f64);
+    }
+}
+
+fn push_bytes(data: &[redis::Value], i: usize) -> Option<Vec<u8>> {
+    redis::from_redis_value_ref::<Vec<u8>>(data.get(i)?).ok()
+}
+
+fn push_string(data: &[redis::Value], i: usize) -> Option<String> {
+    redis::from_redis_value_ref::<String>(data.get(i)?).ok()
+}

@@ -1,0 +1,114 @@
+//! What the hubs of a cluster share in Redis (DESIGN 8): peers' relayed state and owners,
+//! mesh membership and sequence numbers, hub leases, the route table and the cluster-wide
+//! hub objects; the pub/sub channels that carry their changes; and a replica of each mesh
+//! that has local sessions.
+//!
+//! The hub does not use this module yet (`serve` refuses `[cluster]`); it is complete on its
+//! own and tested against a real `redis-server`.
+//!
+//! # Data flow
+//! A hub writes through [`ClusterStore`]: every change is one Lua script (state + sequence +
+//! PUBLISH), so Redis never holds a state that no message announced. A driver task reads the
+//! pub/sub pushes, applies them to [`MeshReplica`]s and hands [`ClusterEvent`]s to the hub.
+//! Pub/sub is at-most-once, so correctness never rests on it alone: a sequence gap, a new
+//! epoch, a reconnect or a Redis restart reloads the mesh from one consistent snapshot and
+//! hands over only the differences.
+//!
+//! # Key layout (standalone Redis or Valkey; the scripts compute key names, so Redis Cluster
+//! is not supported)
+//! | key | type | content |
+//! |---|---|---|
+//! | `p2ppi:peer:<peer-name>` | hash | `mesh`, `hub` (who wrote it), `objects` (JSON list of `{name, value}` in relay order) |
+//! | `p2ppi:members:<mesh>` | sorted set | peer-names with relayed state; score = the mesh sequence at which each joined (view order) |
+//! | `p2ppi:mesh:<mesh>` | hash | `seq` (bumped by every change), `epoch` (made from Redis `TIME` when the mesh's state is created: a new epoch means the sequence restarted) |
+//! | `p2ppi:meshes` | set | every mesh that has had state |
+//! | `p2ppi:routes` | hash | peer-name → owning hub: one session per PeerName cluster-wide |
+//! | `p2ppi:owned:<hub>` | hash | peer-name → mesh for every peer routed to that hub (what the reaper removes) |
+//! | `p2ppi:lease:<hub>` | hash | `token` (one per registration), `expires` and `since` (ms of Redis `TIME`) |
+//! | `p2ppi:hubs` | sorted set | hub → lease expiry (ms of Redis `TIME`) |
+//! | `p2ppi:hub-objects` | hash | `version`, `objects` (JSON list): the cluster-wide hub objects |
+//!
+//! Variable parts (mesh, hub, peer-name) always come last, so no two names collide.
+//!
+//! A peer is a member of its mesh from its claim (with no objects) until its session ends,
+//! its hub dies, or a newer session elsewhere claims it: membership means "online in this
+//! mesh", which routing and watch lists need even for a peer that publishes nothing. A claim
+//! publishes the previous session's departure before the new member, as one hub would.
+//!
+//! # Channels
+//! | channel | message (JSON) |
+//! |---|---|
+//! | `p2ppi:chan:mesh:<mesh>` | `{"hub", "epoch", "seq", "peer", "objects": [...] or null}`: a peer's new state or its departure |
+//! | `p2ppi:chan:inbox:<hub>` | an [`InboxMessage`]: messages, invitations and acknowledgements for that hub's peers; supersede notices |
+//! | `p2ppi:chan:hub-objects` | `{"version", "hub"}`: the hub objects changed |
+
+mod core;
+mod driver;
+mod keys;
+mod message;
+mod replica;
+mod scripts;
+mod store;
+
+pub use message::{InboxMessage, MeshMessage};
+pub use replica::{Applied, MeshReplica, MeshSnapshot, PeerChange};
+pub use store::{
+    ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore, HubLease, ResyncCause,
+    RouteOutcome, SetHubObjects,
+};
+
+use thiserror::Error;
+
+use crate::tls::PeerName;
+
+/// Errors of the cluster store, each naming the operation.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// The Redis address does not parse.
+    #[error("cluster.redis {url:?}: {source}")]
+    Address {
+        /// The configured address.
+        url: String,
+        /// The client's reason.
+        source: redis::RedisError,
+    },
+    /// A Redis round trip failed (connection, timeout, server error).
+    #[error("redis {op}: {source}")]
+    Redis {
+        /// What the store was doing.
+        op: &'static str,
+        /// The client's error.
+        source: redis::RedisError,
+    },
+    /// A script answered something this build does not understand.
+    #[error("redis {op}: unexpected reply {reply:?}")]
+    Reply {
+        /// What the store was doing.
+        op: &'static str,
+        /// The reply.
+        reply: Vec<String>,
+    },
+    /// This hub's lease was lost (expired, taken by another process with the same node
+    /// name, or lost with Redis's state); the store re-registers and re-asserts its peers.
+    #[error("cluster lease of node {node:?} lost")]
+    LeaseLost {
+        /// This hub's node name.
+        node: String,
+    },
+    /// Another hub holds this PeerName now (a newer connection): close the local session.
+    #[error("peer {peer} is owned by hub {owner:?} now")]
+    NotOwner {
+        /// The peer.
+        peer: PeerName,
+        /// The hub that holds it.
+        owner: String,
+    },
+    /// Objects could not be encoded (never expected: they are plain strings).
+    #[error("encoding {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The reason.
+        source: serde_json::Error,
+    },
+}

@@ -1,0 +1,363 @@
+//! A hub's replica of one mesh: the relayed objects of the mesh's peers held by *other* hubs,
+//! in join order, and the mesh sequence it reflects. Pure: no Redis, no I/O.
+//!
+//! Invariants: while synced, `seq` is the sequence number of the last change applied, and
+//! the next message must carry exactly `seq + 1` in the same epoch. Anything else is either
+//! stale (an older message read after a snapshot that already covers it) or a loss (a gap, or
+//! a new epoch after Redis lost its state): the replica then stops applying until
+//! [`MeshReplica::reload`] replaces it from a snapshot, which returns only the differences.
+//! Peers of this hub are not replicated (the hub knows them first-hand), but their changes
+//! still advance the sequence, and a change published by this hub about a peer the replica
+//! holds (a claim of a peer that moved here, a reap) removes it.
+
+use indexmap::IndexMap;
+
+use super::message::MeshMessage;
+use crate::tls::PeerName;
+use crate::wire::Object;
+
+/// A change of the remote part of a mesh, as the hub applies a local peer's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    /// The peer's relayed objects are now these (new peer: appended to the view).
+    Upsert {
+        /// The peer.
+        peer: PeerName,
+        /// Its relayed objects in order.
+        objects: Vec<Object>,
+    },
+    /// The peer left the mesh.
+    Gone {
+        /// The peer.
+        peer: PeerName,
+    },
+}
+
+/// What applying one channel message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The remote part of the mesh changed.
+    Change(PeerChange),
+    /// The sequence advanced without a remote change (this hub's own peer, or no difference).
+    Nothing,
+    /// Older than the replica (already covered by its snapshot): ignored.
+    Stale,
+    /// The replica awaits a reload: ignored (the snapshot will cover it).
+    Unsynced,
+    /// A message was lost: reload.
+    Gap {
+        /// The sequence number that should have come.
+        expected: u64,
+        /// The one that came.
+        got: u64,
+    },
+    /// The mesh's sequence restarted (Redis lost its state): reload.
+    NewEpoch,
+}
+
+/// A consistent snapshot of a mesh, as one script returns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshSnapshot {
+    /// The mesh's epoch.
+    pub epoch: String,
+    /// The mesh's sequence number.
+    pub seq: u64,
+    /// Every member in join order: PeerName, owning hub, relayed objects.
+    pub peers: Vec<(PeerName, String, Vec<Object>)>,
+}
+
+/// One mesh as this hub knows it from Redis.
+#[derive(Debug, Clone)]
+pub struct MeshReplica {
+    me: String,
+    epoch: String,
+    seq: u64,
+    synced: bool,
+    peers: IndexMap<PeerName, Vec<Object>>,
+}
+
+impl MeshReplica {
+    /// An empty replica for hub `me`, awaiting its first snapshot.
+    pub fn new(me: impl Into<String>) -> Self {
+        Self {
+            me: me.into(),
+            epoch: String::new(),
+            seq: 0,
+            synced: false,
+            peers: IndexMap::new(),
+        }
+    }
+
+    /// Applies one message of the mesh's channel.
+    pub fn apply(&mut self, message: &MeshMessage) -> Applied {
+        if !self.synced {
+            return Applied::Unsynced;
+        }
+        if message.epoch != self.epoch {
+            self.synced = false;
+            return Applied::NewEpoch;
+        }
+        if message.seq <= self.seq {
+            return Applied::Stale;
+        }
+        if message.seq != self.seq + 1 {
+            self.synced = false;
+            return Applied::Gap {
+                expected: self.seq + 1,
+                got: message.seq,
+            };
+        }
+        self.seq = message.seq;
+        let peer = message.peer.clone();
+        match &message.objects {
+            Some(objects) if message.hub != self.me => {
+                if self.peers.get(&peer) == Some(objects) {
+                    return Applied::Nothing;
+                }
+                self.peers.insert(peer.clone(), objects.clone());
+                Applied::Change(PeerChange::Upsert {
+                    peer,
+                    objects: objects.clone(),
+                })
+            }
+            // Gone, or this hub's own peer (which may have moved here from another hub).
+            _ => match self.peers.shift_remove(&peer) {
+                Some(_) => Applied::Change(PeerChange::Gone { peer }),
+                None => Applied::Nothing,
+            },
+        }
+    }
+
+    /// Replaces the replica with a snapshot and returns the differences: departures first
+    /// (in the old order), then new or changed peers (in join order).
+    pub fn reload(&mut self, snapshot: MeshSnapshot) -> Vec<PeerChange> {
+        let new: IndexMap<PeerName, Vec<Object>> = snapshot
+            .peers
+            .into_iter()
+            .filter(|(_, hub, _)| *hub != self.me)
+            .map(|(peer, _, objects)| (peer, objects))
+            .collect();
+        let changes = diff(&self.peers, &new);
+        self.peers = new;
+        self.epoch = snapshot.epoch;
+        self.seq = snapshot.seq;
+        self.synced = true;
+        changes
+    }
+
+    /// Stops applying until the next reload (the connection to Redis was lost).
+    pub fn mark_unsynced(&mut self) {
+        self.synced = false;
+    }
+
+    /// Whether the replica applies messages (it reflects a snapshot and every change since).
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The sequence number the replica reflects.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The remote peers and their relayed objects, in join order.
+    pub fn peers(&self) -> impl Iterator<Item = (&PeerName, &[Object])> {
+        self.peers.iter().map(|(p, o)| (p, o.as_slice()))
+    }
+
+    /// How many remote peers the replica holds.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether the replica holds no remote peer.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+/// The changes that turn `old` into `new`: departures (old order), then new or changed
+/// peers (new order). Unchanged peers yield nothing.
+pub fn diff(
+    old: &IndexMap<PeerName, Vec<Object>>,
+    new: &IndexMap<PeerName, Vec<Object>>,
+) -> Vec<PeerChange> {
+    let gone = old
+        .keys()
+        .filter(|peer| !new.contains_key(*peer))
+        .map(|peer| PeerChange::Gone { peer: peer.clone() });
+    let changed = new
+        .iter()
+        .filter(|(peer, objects)| old.get(*peer) != Some(*objects))
+        .map(|(peer, objects)| PeerChange::Upsert {
+            peer: peer.clone(),
+            objects: objects.clone(),
+        });
+    gone.chain(changed).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8) -> PeerName {
+        PeerName::parse(&format!("{n:02x}").repeat(20)).unwrap()
+    }
+
+    fn objects(v: &str) -> Vec<Object> {
+        vec![Object::new("presence", v)]
+    }
+
+    fn message(hub: &str, seq: u64, p: u8, objects: Option<Vec<Object>>) -> MeshMessage {
+        MeshMessage {
+            hub: hub.into(),
+            epoch: "e1".into(),
+            seq,
+            peer: peer(p),
+            objects,
+        }
+    }
+
+    fn snapshot(seq: u64, peers: &[(u8, &str, &str)]) -> MeshSnapshot {
+        MeshSnapshot {
+            epoch: "e1".into(),
+            seq,
+            peers: peers
+                .iter()
+                .map(|(p, hub, v)| (peer(*p), hub.to_string(), objects(v)))
+                .collect(),
+        }
+    }
+
+    fn synced(seq: u64, peers: &[(u8, &str, &str)]) -> MeshReplica {
+        let mut r = MeshReplica::new("me");
+        r.reload(snapshot(seq, peers));
+        r
+    }
+
+    #[test]
+    fn in_order_messages_apply_and_own_peers_only_advance_the_sequence() {
+        let mut r = synced(3, &[]);
+        assert_eq!(
+            r.apply(&message("b", 4, 1, Some(objects("x")))),
+            Applied::Change(PeerChange::Upsert {
+                peer: peer(1),
+                objects: objects("x")
+            })
+        );
+        assert_eq!(
+            r.apply(&message("me", 5, 2, Some(objects("y")))),
+            Applied::Nothing
+        );
+        assert_eq!(
+            r.apply(&message("b", 6, 1, Some(objects("x")))),
+            Applied::Nothing,
+            "the same state again is no change"
+        );
+        assert_eq!(
+            r.apply(&message("b", 7, 1, None)),
+            Applied::Change(PeerChange::Gone { peer: peer(1) })
+        );
+        assert_eq!(r.seq(), 7);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_peer_that_moves_to_this_hub_leaves_the_replica() {
+        let mut r = synced(1, &[(1, "b", "x")]);
+        assert_eq!(
+            r.apply(&message("me", 2, 1, None)),
+            Applied::Change(PeerChange::Gone { peer: peer(1) })
+        );
+    }
+
+    #[test]
+    fn stale_gaps_and_new_epochs_are_told_apart() {
+        let mut r = synced(5, &[(1, "b", "x")]);
+        assert_eq!(r.apply(&message("b", 5, 1, None)), Applied::Stale);
+        assert_eq!(r.len(), 1, "a stale message changes nothing");
+        assert_eq!(
+            r.apply(&message("b", 8, 1, None)),
+            Applied::Gap {
+                expected: 6,
+                got: 8
+            }
+        );
+        assert!(!r.is_synced());
+        assert_eq!(
+            r.apply(&message("b", 6, 1, None)),
+            Applied::Unsynced,
+            "nothing applies until the reload"
+        );
+        let mut r = synced(5, &[]);
+        let mut restarted = message("b", 1, 1, None);
+        restarted.epoch = "e2".into();
+        assert_eq!(r.apply(&restarted), Applied::NewEpoch);
+        assert!(!r.is_synced());
+    }
+
+    #[test]
+    fn a_reload_yields_only_the_differences() {
+        let mut r = synced(
+            10,
+            &[
+                (1, "b", "same"),
+                (2, "b", "old"),
+                (3, "c", "leaves"),
+                (9, "me", "own"),
+            ],
+        );
+        assert_eq!(r.len(), 3, "this hub's own peer is not replicated");
+        let changes = r.reload(snapshot(
+            14,
+            &[
+                (1, "b", "same"),
+                (2, "b", "new"),
+                (4, "c", "joined"),
+                (9, "me", "own changed"),
+            ],
+        ));
+        assert_eq!(
+            changes,
+            vec![
+                PeerChange::Gone { peer: peer(3) },
+                PeerChange::Upsert {
+                    peer: peer(2),
+                    objects: objects("new")
+                },
+                PeerChange::Upsert {
+                    peer: peer(4),
+                    objects: objects("joined")
+                },
+            ]
+        );
+        assert!(r.is_synced());
+        assert_eq!(r.seq(), 14);
+        let order: Vec<_> = r.peers().map(|(p, _)| p.clone()).collect();
+        assert_eq!(order, vec![peer(1), peer(2), peer(4)]);
+        assert_eq!(
+            r.reload(snapshot(
+                14,
+                &[(1, "b", "same"), (2, "b", "new"), (4, "c", "joined")]
+            )),
+            vec![],
+            "reloading an exact replica changes nothing"
+        );
+    }
+
+    #[test]
+    fn messages_after_a_reload_continue_from_its_sequence() {
+        let mut r = synced(2, &[]);
+        r.apply(&message("b", 5, 1, None));
+        assert!(!r.is_synced());
+        r.reload(snapshot(6, &[(1, "b", "x")]));
+        assert_eq!(r.apply(&message("b", 6, 1, None)), Applied::Stale);
+        assert_eq!(
+            r.apply(&message("b", 7, 1, Some(objects("y")))),
+            Applied::Change(PeerChange::Upsert {
+                peer: peer(1),
+                objects: objects("y")
+            })
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The Lua scripts: each cluster change is one script, so it is one atomic round trip that
+//! writes the state, bumps the mesh sequence and publishes the change together.
+//!
+//! Every script starts with the same prelude (key prefix, Redis `TIME` in milliseconds,
+//! lease check, sequence bump, publish, state removal). Replies are flat arrays of strings
+//! whose first element says what happened (`ok`, `lease-lost`, `not-owner`, …). Times come
+//! from Redis `TIME`, never from a hub's clock. `redis::Script` loads a script again by
+//! itself when Redis answers NOSCRIPT (after a restart).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared Lua helpers, prepended to every script.
+macro_rules! prelude {
+    () => {
+        r#"
+local P = 'p2ppi:'
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Is `hub`'s lease unexpired (and, when `token` is given, held by that registration)?
+local function lease_live(hub, token)
+  local l = redis.call('HMGET', P .. 'lease:' .. hub, 'token', 'expires')
+  if not l[2] then return false end
+  if token and l[1] ~= token then return false end
+  return tonumber(l[2]) > now_ms()
+end
+-- The mesh's epoch, created from TIME when the mesh's state is first created.
+local function epoch_of(mesh)
+  local k = P .. 'mesh:' .. mesh
+  local epoch = redis.call('HGET', k, 'epoch')
+  if not epoch then
+    local t = redis.call('TIME')
+    epoch = t[1] .. '.' .. t[2]
+    redis.call('HSET', k, 'epoch', epoch, 'seq', 0)
+    redis.call('SADD', P .. 'meshes', mesh)
+  end
+  return epoch
+end
+-- Bumps the mesh sequence and publishes one change; returns the new sequence number.
+local function publish(mesh, hub, peer, objects_json)
+  local epoch = epoch_of(mesh)
+  local seq = redis.call('HINCRBY', P .. 'mesh:' .. mesh, 'seq', 1)
+  redis.call('PUBLISH', P .. 'chan:mesh:' .. mesh,
+    '{"hub":' .. cjson.encode(hub) .. ',"epoch":' .. cjson.encode(epoch) ..
+    ',"seq":' .. seq .. ',"peer":' .. cjson.encode(peer) .. ',"objects":' .. objects_json .. '}')
+  return seq
+end
+-- Removes a peer's relayed state and membership and publishes its departure (as `by`).
+local function remove_state(peer, by)
+  local pk = P .. 'peer:' .. peer
+  local mesh = redis.call('HGET', pk, 'mesh')
+  if not mesh then return false end
+  redis.call('DEL', pk)
+  redis.call('ZREM', P .. 'members:' .. mesh, peer)
+  return publish(mesh, by, peer, 'null')
+end
+-- Writes a peer's relayed state as `hub` (moving it if its mesh changed) and publishes it;
+-- false if nothing changed.
+local function write_state(peer, mesh, hub, objects)
+  local pk = P .. 'peer:' .. peer
+  local st = redis.call('HMGET', pk, 'mesh', 'objects', 'hub')
+  if st[1] and st[1] ~= mesh then
+    remove_state(peer, hub)
+  elseif st[1] == mesh and st[2] == objects and st[3] == hub then
+    return false
+  end
+  redis.call('HSET', pk, 'mesh', mesh, 'hub', hub, 'objects', objects)
+  local seq = publish(mesh, hub, peer, objects)
+  redis.call('ZADD', P .. 'members:' .. mesh, 'NX', seq, peer)
+  return seq
+end
+"#
+    };
+}
+
+/// ARGV: hub, token, lease ms. Takes (or retakes) the hub's lease with a new token; returns
+/// the peers still routed to this node name (peer, mesh, peer, mesh, …) so the caller can
+/// remove those it no longer holds.
+pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub, token, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+redis.call('HSET', P .. 'lease:' .. hub, 'token', token, 'expires', now + lease, 'since', now)
+redis.call('ZADD', P .. 'hubs', now + lease, hub)
+return redis.call('HGETALL', P .. 'owned:' .. hub)
+"#
+    ))
+});
+
+/// ARGV: hub, token, lease ms. Renews the lease if this registration still holds it and it
+/// has not expired: `{ok, expires}`; else `{lost, gone|taken|expired}`.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub, token, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local l = redis.call('HMGET', P .. 'lease:' .. hub, 'token', 'expires')
+if not l[2] then return {'lost', 'gone'} end
+if l[1] ~= token then return {'lost', 'taken'} end
+local now = now_ms()
+if tonumber(l[2]) <= now then return {'lost', 'expired'} end
+redis.call('HSET', P .. 'lease:' .. hub, 'expires', now + lease)
+redis.call('ZADD', P .. 'hubs', now + lease, hub)
+return {'ok', tostring(now + lease)}
+"#
+    ))
+});
+
+/// ARGV: this hub. `{ms until the next other hub's lease expires (or ''), expired hub, …}`
+/// by Redis `TIME`, so the reaper can wake exactly when a lease ends.
+pub(crate) static EXPIRED_HUBS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+local out = {''}
+for _, hub in ipairs(redis.call('ZRANGEBYSCORE', P .. 'hubs', '-inf', now)) do
+  out[#out + 1] = hub
+end
+local next = redis.call('ZRANGEBYSCORE', P .. 'hubs', '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+for i = 1, #next, 2 do
+  if next[i] ~= ARGV[1] then
+    out[1] = tostring(tonumber(next[i + 1]) - now)
+    break
+  end
+end
+return out
+"#
+    ))
+});
+
+/// No ARGV. Every registered hub with its lease expiry and the milliseconds left, by Redis
+/// `TIME`: `{hub, expires, left, since, …}`.
+pub(crate) static HUBS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+local out = {}
+local hubs = redis.call('ZRANGE', P .. 'hubs', 0, -1, 'WITHSCORES')
+for i = 1, #hubs, 2 do
+  out[#out + 1] = hubs[i]
+  out[#out + 1] = hubs[i + 1]
+  out[#out + 1] = tostring(tonumber(hubs[i + 1]) - now)
+  out[#out + 1] = redis.call('HGET', P .. 'lease:' .. hubs[i], 'since') or ''
+end
+return out
+"#
+    ))
+});
+
+/// ARGV: hub, token, peer, mesh, supersede-notice JSON. A new session of `peer` on `hub`:
+/// routes the PeerName here, removes the previous session's relayed state (published as
+/// gone), tells the previous owner hub through its inbox, and makes the peer a member of
+/// `mesh` with no objects yet (published). `{ok, previous-hub or ''}`, or `{lease-lost}`.
+pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub, token, peer, mesh, notice = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not lease_live(hub, token) then return {'lease-lost'} end
+local prev = redis.call('HGET', P .. 'routes', peer)
+if prev and prev ~= hub then
+  redis.call('HDEL', P .. 'owned:' .. prev, peer)
+  redis.call('PUBLISH', P .. 'chan:inbox:' .. prev, notice)
+end
+remove_state(peer, hub)
+redis.call('HSET', P .. 'routes', peer, hub)
+redis.call('HSET', P .. 'owned:' .. hub, peer, mesh)
+write_state(peer, mesh, hub, '[]')
+return {'ok', prev or ''}
+"#
+    ))
+});
+
+/// ARGV: hub, token, peer, mesh, objects JSON. A peer's relayed state changed (or is
+/// re-asserted): write it, bump the mesh sequence, publish it. `{ok, seq}`, `{unchanged}`,
+/// `{not-owner, hub}` or `{lease-lost}`. A missing route (reaped, or Redis lost its state)
+/// is taken: this hub holds the session.
+pub(crate) static SET_STATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub, token, peer, mesh, objects = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not lease_live(hub, token) then return {'lease-lost'} end
+local route = redis.call('HGET', P .. 'routes', peer)
+if route and route ~= hub then return {'not-owner', route} end
+redis.call('HSET', P .. 'routes', peer, hub)
+redis.call('HSET', P .. 'owned:' .. hub, peer, mesh)
+local seq = write_state(peer, mesh, hub, objects)
+if not seq then return {'unchanged'} end
+return {'ok', tostring(seq)}
+"#
+    ))
+});
+
+/// ARGV: hub, peer. The peer's session on `hub` ended: unroute it and publish its
+/// departure, unless another hub owns it now. `{ok}` or `{not-owner, hub-or-''}`.
+pub(crate) static GONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub, peer = ARGV[1], ARGV[2]
+local route = redis.call('HGET', P .. 'routes', peer)
+if route ~= hub then return {'not-owner', route or ''} end
+redis.call('HDEL', P .. 'routes', peer)
+redis.call('HDEL', P .. 'owned:' .. hub, peer)
+remove_state(peer, hub)
+return {'ok'}
+"#
+    ))
+});
+
+/// ARGV: mesh. A consistent snapshot: `{epoch, seq, peer, hub, objects, …}` in join order.
+pub(crate) static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local mesh = ARGV[1]
+local out = {epoch_of(mesh), redis.call('HGET', P .. 'mesh:' .. mesh, 'seq') or '0'}
+for _, peer in ipairs(redis.call('ZRANGE', P .. 'members:' .. mesh, 0, -1)) do
+  local st = redis.call('HMGET', P .. 'peer:' .. peer, 'hub', 'objects')
+  if st[1] then
+    out[#out + 1] = peer
+    out[#out + 1] = st[1]
+    out[#out + 1] = st[2]
+  end
+end
+return out
+"#
+    ))
+});
+
+/// ARGV: dead hub, mesh, this hub, mode (`expired` | `own`), this hub's token, peers…
+/// Removes the listed peers of `dead` in `mesh` (each re-checked: still routed there, still
+/// in that mesh) and publishes their departure. Mode `expired` re-checks that `dead`'s
+/// lease has expired (`{alive}` otherwise) and forgets the hub once it owns nothing; mode
+/// `own` purges this hub's own stale peers after it re-registered (`{lease-lost}` if the
+/// token is no longer current). `{ok, removed}`.
+pub(crate) static REAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local dead, mesh, me, mode, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if mode == 'expired' then
+  if lease_live(dead, nil) then return {'alive'} end
+elseif not lease_live(dead, token) then
+  return {'lease-lost'}
+end
+local removed = 0
+for i = 6, #ARGV do
+  local peer = ARGV[i]
+  if redis.call('HGET', P .. 'owned:' .. dead, peer) == mesh then
+    redis.call('HDEL', P .. 'owned:' .. dead, peer)
+    if redis.call('HGET', P .. 'routes', peer) == dead then
+      redis.call('HDEL', P .. 'routes', peer)
+      if redis.call('HGET', P .. 'peer:' .. peer, 'hub') == dead then
+        remove_state(peer, me)
+        removed = removed + 1
+      end
+    end
+  end
+end
+if mode == 'expired' and redis.call('HLEN', P .. 'owned:' .. dead) == 0 then
+  redis.call('DEL', P .. 'lease:' .. dead)
+  redis.call('ZREM', P .. 'hubs', dead)
+end
+return {'ok', tostring(removed)}
+"#
+    ))
+});
+
+/// ARGV: hub, token. Gives up the lease if this registration holds it (a clean shutdown,
+/// after the hub's peers were removed). `{ok}` or `{lease-lost}`.
+pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub, token = ARGV[1], ARGV[2]
+if redis.call('HGET', P .. 'lease:' .. hub, 'token') ~= token then return {'lease-lost'} end
+redis.call('DEL', P .. 'lease:' .. hub)
+redis.call('ZREM', P .. 'hubs', hub)
+return {'ok'}
+"#
+    ))
+});
+
+/// ARGV: sender's mesh, target peer, inbox message JSON. Publishes the message on the inbox
+/// of the hub that holds `peer` if the peer is in the sender's mesh: `{ok, hub}`,
+/// `{absent}` (unknown, or its hub is not listening) or `{other-mesh}`.
+pub(crate) static ROUTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local mesh, peer, message = ARGV[1], ARGV[2], ARGV[3]
+local hub = redis.call('HGET', P .. 'routes', peer)
+if not hub then return {'absent'} end
+if redis.call('HGET', P .. 'owned:' .. hub, peer) ~= mesh then return {'other-mesh'} end
+if redis.call('PUBLISH', P .. 'chan:inbox:' .. hub, message) == 0 then return {'absent'} end
+return {'ok', hub}
+"#
+    ))
+});
+
+/// ARGV: expected version, objects JSON, this hub. Compare-and-set of the cluster-wide hub
+/// objects; announces the new version. `{ok, version}` or `{conflict, current-version}`.
+pub(crate) static SET_HUB_OBJECTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local expected, objects, hub = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local k = P .. 'hub-objects'
+local version = tonumber(redis.call('HGET', k, 'version') or '0')
+if version ~= expected then return {'conflict', tostring(version)} end
+version = version + 1
+redis.call('HSET', k, 'version', version, 'objects', objects)
+redis.call('PUBLISH', P .. 'chan:hub-objects',
+  '{"version":' .. version .. ',"hub":' .. cjson.encode(hub) .. '}')
+return {'ok', tostring(version)}
+"#
+    ))
+});

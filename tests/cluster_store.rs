@@ -1,0 +1,506 @@
+//! The cluster's Redis store (DESIGN 8) against a real `redis-server`: stores play hubs.
+//! Each test starts its own server on a free loopback port and skips (one line) when
+//! `redis-server` is not installed, unless CI requires it.
+
+mod common;
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use p2ppi_hub::cluster::{
+    ClusterError, ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore, InboxMessage,
+    PeerChange, ResyncCause, RouteOutcome, SetHubObjects,
+};
+use p2ppi_hub::tls::PeerName;
+use p2ppi_hub::wire::Object;
+
+use common::expect_event;
+use common::redis::RedisServer;
+
+const MESH: &str = "blue";
+const LONG: Duration = Duration::from_secs(10);
+const SHORT: Duration = Duration::from_secs(1);
+
+fn peer(n: u8) -> PeerName {
+    PeerName::parse(&format!("{n:02x}").repeat(20)).unwrap()
+}
+
+fn presence(text: &str) -> Vec<Object> {
+    vec![Object::new("1d6ccc02-3ec4-453b-b986-470b610cb958", text)]
+}
+
+/// The members of [`MESH`] in Redis, in join order.
+fn members(server: &RedisServer) -> Vec<String> {
+    ::redis::cmd("ZRANGE")
+        .arg(format!("p2ppi:members:{MESH}"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut server.connection())
+        .unwrap()
+}
+
+/// The node names of the registered hubs.
+async fn hub_names(store: &ClusterStore) -> Vec<String> {
+    store
+        .hubs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.node)
+        .collect()
+}
+
+/// The remote part of [`MESH`] as a hub would hold it, built only from the store's events.
+#[derive(Default)]
+struct View {
+    peers: IndexMap<PeerName, Vec<Object>>,
+    seq: u64,
+}
+
+impl View {
+    fn apply(&mut self, event: &ClusterEvent) {
+        let ClusterEvent::Mesh { seq, changes, .. } = event else {
+            return;
+        };
+        self.seq = *seq;
+        for change in changes {
+            match change {
+                PeerChange::Upsert { peer, objects } => {
+                    self.peers.insert(peer.clone(), objects.clone());
+                }
+                PeerChange::Gone { peer } => {
+                    self.peers.shift_remove(peer);
+                }
+            }
+        }
+    }
+}
+
+/// One store playing one hub, with the view it builds from its events.
+struct Hub {
+    store: ClusterStore,
+    events: ClusterEvents,
+    view: View,
+}
+
+impl Hub {
+    /// Connects as `node` and loads [`MESH`] (as when its first local session starts).
+    async fn join(server: &RedisServer, node: &str, lease: Duration) -> Self {
+        let settings = ClusterSettings {
+            redis: server.url(),
+            node: node.into(),
+            lease,
+        };
+        let (store, events) = ClusterStore::connect(&settings)
+            .await
+            .expect("store connects");
+        store.watch_mesh(MESH);
+        let mut hub = Self {
+            store,
+            events,
+            view: View::default(),
+        };
+        hub.expect("the initial load", |e| {
+            matches!(
+                e,
+                ClusterEvent::Mesh {
+                    resync: Some(ResyncCause::Subscribed),
+                    ..
+                }
+            )
+        })
+        .await;
+        hub
+    }
+
+    /// A local peer comes online with a presence.
+    async fn online(&self, n: u8, text: &str) {
+        self.store.claim(&peer(n), MESH).await.unwrap();
+        self.set(n, text).await;
+    }
+
+    async fn set(&self, n: u8, text: &str) {
+        self.store
+            .set_peer(&peer(n), MESH, &presence(text))
+            .await
+            .unwrap();
+    }
+
+    /// The next event matching `pred`; every event read is applied to the view.
+    async fn expect(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&ClusterEvent) -> bool,
+    ) -> ClusterEvent {
+        let view = &mut self.view;
+        expect_event(&mut self.events, what, |e| {
+            view.apply(e);
+            pred(e)
+        })
+        .await
+    }
+
+    /// Reads events until the view holds exactly `expected` (peer, presence) in order.
+    async fn until(&mut self, what: &str, expected: &[(u8, &str)]) {
+        let expected: IndexMap<_, _> = expected
+            .iter()
+            .map(|(n, text)| (peer(*n), presence(text)))
+            .collect();
+        if self.view.peers == expected {
+            return;
+        }
+        let view = &mut self.view;
+        expect_event(&mut self.events, what, |e| {
+            view.apply(e);
+            view.peers == expected
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_see_each_others_peers_with_increasing_sequence() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut a = Hub::join(&server, "a", LONG).await;
+    let mut b = Hub::join(&server, "b", LONG).await;
+
+    a.online(1, "here").await;
+    assert_eq!(
+        a.store
+            .set_peer(&peer(1), MESH, &presence("here"))
+            .await
+            .unwrap(),
+        None,
+        "the same state again publishes nothing"
+    );
+    b.online(2, "there").await;
+
+    // Each side sees only the other's peer, and every live change has a larger sequence.
+    let mut last = b.view.seq;
+    let here = PeerChange::Upsert {
+        peer: peer(1),
+        objects: presence("here"),
+    };
+    b.expect("b sees a's peer", |e| match e {
+        ClusterEvent::Mesh {
+            seq,
+            resync: None,
+            changes,
+            ..
+        } => {
+            assert!(*seq > last, "sequence {seq} after {last}");
+            last = *seq;
+            changes.contains(&here)
+        }
+        _ => false,
+    })
+    .await;
+    assert!(
+        !b.view.peers.contains_key(&peer(2)),
+        "b's own peer is not replicated"
+    );
+    a.until("a sees b's peer", &[(2, "there")]).await;
+
+    a.store.peer_gone(&peer(1)).await.unwrap();
+    b.until("a's peer is gone on b", &[]).await;
+    assert!(b.view.seq > last);
+
+    // Messages route to the owning hub, only within the mesh.
+    let message = InboxMessage::Deliver {
+        to: peer(2).as_str().into(),
+        from: peer(3).as_str().into(),
+        mime_type: "text/plain; from=x".into(),
+        text: "hello".into(),
+    };
+    let route = |mesh: &'static str, to: u8| {
+        let (store, message) = (a.store.clone(), message.clone());
+        async move { store.send_to(mesh, &peer(to), &message).await.unwrap() }
+    };
+    assert_eq!(
+        route(MESH, 2).await,
+        RouteOutcome::Delivered { hub: "b".into() }
+    );
+    let got = b
+        .expect("the message on b's inbox", |e| {
+            matches!(e, ClusterEvent::Inbox(_))
+        })
+        .await;
+    assert_eq!(got, ClusterEvent::Inbox(message.clone()));
+    assert_eq!(route("red", 2).await, RouteOutcome::OtherMesh);
+    assert_eq!(
+        route(MESH, 1).await,
+        RouteOutcome::Absent,
+        "a peer that left is absent"
+    );
+
+    // Cluster-wide hub objects: compare-and-set, announced to every hub.
+    assert_eq!(a.store.hub_objects().await.unwrap(), (0, vec![]));
+    assert_eq!(
+        a.store.set_hub_objects(0, &presence("hub")).await.unwrap(),
+        SetHubObjects::Set { version: 1 }
+    );
+    let changed = b
+        .expect("the hub objects on b", |e| {
+            matches!(e, ClusterEvent::HubObjects { .. })
+        })
+        .await;
+    assert_eq!(
+        changed,
+        ClusterEvent::HubObjects {
+            version: 1,
+            objects: presence("hub")
+        }
+    );
+    assert_eq!(
+        b.store.set_hub_objects(0, &[]).await.unwrap(),
+        SetHubObjects::Conflict { current: 1 },
+        "a stale version is refused"
+    );
+    let hubs = b.store.hubs().await.unwrap();
+    assert_eq!(hubs.len(), 2, "{hubs:?}");
+    assert!(hubs.iter().all(|h| h.expires_in_ms > 0), "{hubs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_message_is_a_gap_and_the_reload_yields_only_the_differences() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Hub::join(&server, "a", LONG).await;
+    let mut b = Hub::join(&server, "b", LONG).await;
+    for (n, text) in [(1, "one"), (2, "two"), (3, "three")] {
+        a.online(n, text).await;
+    }
+    b.until(
+        "b sees a's three peers",
+        &[(1, "one"), (2, "two"), (3, "three")],
+    )
+    .await;
+
+    // b misses two changes, as pub/sub may lose them.
+    b.store.unsubscribe_mesh_channel(MESH).await.unwrap();
+    a.set(1, "one, changed").await;
+    a.store.peer_gone(&peer(2)).await.unwrap();
+    b.store.resubscribe_mesh_channel(MESH).await.unwrap();
+    // The next change reveals the gap; the reload hands over what b missed, and only that.
+    a.store.claim(&peer(4), MESH).await.unwrap();
+    let reload = b
+        .expect("the reload after the gap", |e| {
+            matches!(
+                e,
+                ClusterEvent::Mesh {
+                    resync: Some(ResyncCause::Gap),
+                    ..
+                }
+            )
+        })
+        .await;
+    let ClusterEvent::Mesh { changes, .. } = reload else {
+        unreachable!()
+    };
+    assert_eq!(
+        changes,
+        vec![
+            PeerChange::Gone { peer: peer(2) },
+            PeerChange::Upsert {
+                peer: peer(1),
+                objects: presence("one, changed")
+            },
+            PeerChange::Upsert {
+                peer: peer(4),
+                objects: vec![]
+            },
+        ],
+        "only the differences: peer 3 untouched"
+    );
+    // Live changes continue after the reload.
+    a.set(4, "four").await;
+    b.until(
+        "b's view is exact again",
+        &[(1, "one, changed"), (3, "three"), (4, "four")],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_hub_is_reaped_and_its_peers_leave_the_mesh() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Hub::join(&server, "a", SHORT).await;
+    let mut b = Hub::join(&server, "b", SHORT).await;
+    a.online(1, "on a").await;
+    a.online(2, "on a").await;
+    b.online(3, "on b").await;
+    b.until("b sees a's peers", &[(1, "on a"), (2, "on a")])
+        .await;
+
+    // Hub a stops renewing (as if killed): b removes its peers once its lease expires.
+    drop(a);
+    b.until("a's peers leave b's view", &[]).await;
+    let notice = InboxMessage::Supersede {
+        peer: peer(1).as_str().into(),
+        by: "b".into(),
+    };
+    assert_eq!(
+        b.store.send_to(MESH, &peer(1), &notice).await.unwrap(),
+        RouteOutcome::Absent,
+        "the dead hub's routes are gone"
+    );
+    let hubs = hub_names(&b.store).await;
+    assert_eq!(hubs, vec!["b".to_owned()], "the dead hub is forgotten");
+    assert!(b.store.redis_available());
+
+    // A hub that shuts down cleanly removes its peers and lease at once, not after its lease.
+    let mut c = Hub::join(&server, "c", LONG).await;
+    let d = Hub::join(&server, "d", LONG).await;
+    d.online(4, "on d").await;
+    c.until("c sees b's and d's peers", &[(3, "on b"), (4, "on d")])
+        .await;
+    d.store.leave().await.unwrap();
+    let hubs = hub_names(&c.store).await;
+    assert!(!hubs.contains(&"d".to_owned()), "{hubs:?}");
+    let members = members(&server);
+    assert!(
+        !members.contains(&peer(4).as_str().to_owned()),
+        "{members:?}"
+    );
+    c.until("d's peer leaves c's view", &[(3, "on b")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_is_found_on_renew_and_the_peers_are_reasserted() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut a = Hub::join(&server, "a", SHORT).await;
+    let mut b = Hub::join(&server, "b", SHORT).await;
+    a.online(1, "on a").await;
+    b.until("b sees a's peer", &[(1, "on a")]).await;
+
+    // a's lease ends behind its back (as when it was paused longer than the lease).
+    let mut raw = server.connection();
+    let () = ::redis::pipe()
+        .cmd("HSET")
+        .arg("p2ppi:lease:a")
+        .arg("expires")
+        .arg(1)
+        .ignore()
+        .cmd("ZADD")
+        .arg("p2ppi:hubs")
+        .arg(1)
+        .arg("a")
+        .ignore()
+        .query(&mut raw)
+        .unwrap();
+    a.expect("a re-registers and re-asserts", |e| {
+        matches!(e, ClusterEvent::Reasserted { peers: 1 })
+    })
+    .await;
+    // Whether b reaped peer 1 meanwhile or not, its view ends exact.
+    a.set(1, "still on a").await;
+    b.until(
+        "b's view is exact after a re-asserted",
+        &[(1, "still on a")],
+    )
+    .await;
+    let hubs = b.store.hubs().await.unwrap();
+    assert!(
+        hubs.iter().any(|h| h.node == "a" && h.expires_in_ms > 0),
+        "a holds a live lease again: {hubs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_hubs_reassert_their_peers_and_resync() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let mut a = Hub::join(&server, "a", Duration::from_secs(2)).await;
+    let mut b = Hub::join(&server, "b", Duration::from_secs(2)).await;
+    a.online(1, "on a").await;
+    b.online(2, "on b").await;
+    b.until("b sees a's peer", &[(1, "on a")]).await;
+    a.until("a sees b's peer", &[(2, "on b")]).await;
+
+    // Redis dies; a change made meanwhile fails, but is remembered.
+    server.kill();
+    match a
+        .store
+        .set_peer(&peer(1), MESH, &presence("changed while down"))
+        .await
+    {
+        Err(ClusterError::Redis { .. }) => {}
+        other => panic!("a write without Redis fails: {other:?}"),
+    }
+    assert!(!a.store.redis_available());
+    // Redis comes back empty: both hubs reconnect, re-register, re-assert, and reload.
+    server.start_again();
+    for hub in [&mut a, &mut b] {
+        let (mut reasserted, mut reloaded) = (false, false);
+        hub.expect("a re-assertion and a reload", |e| {
+            reasserted |= matches!(e, ClusterEvent::Reasserted { peers: 1 });
+            reloaded |= matches!(
+                e,
+                ClusterEvent::Mesh {
+                    resync: Some(_),
+                    ..
+                }
+            );
+            reasserted && reloaded
+        })
+        .await;
+    }
+    b.until(
+        "b's view is exact after the restart",
+        &[(1, "changed while down")],
+    )
+    .await;
+    a.until("a's view is exact after the restart", &[(2, "on b")])
+        .await;
+    // Redis holds both peers again, and live changes flow.
+    let members = members(&server);
+    assert_eq!(members.len(), 2, "{members:?}");
+    a.set(1, "back").await;
+    b.until("a live change after the restart", &[(1, "back")])
+        .await;
+    assert!(a.store.redis_available() && b.store.redis_available());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_name_claimed_on_a_second_hub_reports_the_first_owner() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut a = Hub::join(&server, "a", LONG).await;
+    let b = Hub::join(&server, "b", LONG).await;
+    a.online(1, "old session").await;
+
+    // A newer connection of the same peer on b supersedes a's.
+    assert_eq!(
+        b.store.claim(&peer(1), MESH).await.unwrap(),
+        Some("a".into())
+    );
+    let notice = InboxMessage::Supersede {
+        peer: peer(1).as_str().into(),
+        by: "b".into(),
+    };
+    a.expect("a is told to close its session", |e| {
+        *e == ClusterEvent::Inbox(notice.clone())
+    })
+    .await;
+    match a.store.set_peer(&peer(1), MESH, &presence("stale")).await {
+        Err(ClusterError::NotOwner { owner, .. }) => assert_eq!(owner, "b"),
+        other => panic!("a may no longer write peer 1: {other:?}"),
+    }
+    // a closing its old session does not remove b's.
+    a.store.peer_gone(&peer(1)).await.unwrap();
+    b.set(1, "new session").await;
+    a.until("a sees the peer on b", &[(1, "new session")]).await;
+    assert_eq!(
+        a.store.send_to(MESH, &peer(1), &notice).await.unwrap(),
+        RouteOutcome::Delivered { hub: "b".into() }
+    );
+}

@@ -350,7 +350,7 @@ async fn fifteen_hundred_peers_in_one_mesh_each_watching_ten_see_exact_views() {
         })
         .collect();
     // A tenth of the peers change presence after the lists apply.
-    let changed = |i: usize| i % 10 == 0;
+    let changed = |i: usize| i.is_multiple_of(10);
     let expected = |i: usize| -> Vec<Object> {
         std::iter::once(&names[i])
             .chain(&lists[i])

@@ -442,3 +442,73 @@ async fn sigterm_turns_ready_off_closes_sessions_with_close_notify_and_exits_zer
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_watch_peers_sets_a_watch_list_the_session_route_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    for name in ["alice", "carol"] {
+        let issued = run(&["certs", "issue", name, "--data-dir", d], dir.path());
+        assert!(issued.status.success());
+    }
+    let config = peer::PeerConfig::from_data_dir(&hub.p2ppi, dir.path(), "alice").unwrap();
+    let (alice, _a) = peer::connect(config).await.unwrap();
+    alice
+        .set(o(p2ppi_hub::objects::names::RICH_PRESENCE, "here"))
+        .await
+        .unwrap();
+    let (bob, _b) = hub.peer("bob").await;
+    bob.set(o(p2ppi_hub::objects::names::RICH_PRESENCE, "also here"))
+        .await
+        .unwrap();
+    let carol = p2ppi_hub::certs::peer_cert(dir.path(), "carol")
+        .unwrap()
+        .peer_name
+        .to_string();
+    // alice by her local certificate's name: resolved to her PeerName.
+    let _peer = common::bin::Running::spawn(
+        &[
+            "peer",
+            "--name",
+            "carol",
+            "--data-dir",
+            d,
+            "--hub",
+            &hub.p2ppi,
+            "--watch-peers",
+            "alice",
+        ],
+        dir.path(),
+    );
+    let path = format!("/v1/sessions/{carol}");
+    let start = std::time::Instant::now();
+    let body = loop {
+        let (status, body) = hub.get(&path).await;
+        if status == 200
+            && body["view"]["present"]
+                .as_array()
+                .is_some_and(|p| p.len() == 1)
+        {
+            break body;
+        }
+        assert!(start.elapsed() < common::DEADLINE, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let a = alice.peer_name().to_string();
+    assert_eq!(body["watch"]["state"], "applied");
+    assert_eq!(body["watch"]["list"], json!([a]));
+    assert_eq!(body["view"]["present"], json!([a]));
+    assert_eq!(body["view"]["watching"], true);
+    assert_eq!(
+        body["view"]["objects"], 1,
+        "alice's presence only, not bob's"
+    );
+    assert!(body["view"]["bytes"].as_u64().unwrap() > 22);
+    assert_eq!(body["peer_name"], carol.as_str());
+    assert_eq!(
+        hub.get(&format!("/v1/sessions/{}", "0".repeat(40))).await.0,
+        404
+    );
+    assert_eq!(hub.get("/v1/sessions/nope").await.0, 400);
+}

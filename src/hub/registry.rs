@@ -752,13 +752,14 @@ impl Registry {
             watcher.list = list;
             return self.refresh_watcher(w, encoded);
         }
-        // Newly applied: the listed peers enter in list order.
-        let seen = self.mesh_entries(&mesh);
+        // Newly applied: the listed peers enter in list order, sent as the entire view (the
+        // subscriber's mesh view may be one held for its burst window, so no delta from it
+        // is safe).
         let start = replace_owned(&[], None, self.objects.as_slice());
         let (entries, left_out) = self.watcher_entries(w, &mesh, &list, &start);
         let view = Arc::new(view_of(&entries).ok()?);
         metrics::watch_view_bytes(view.encoded_len());
-        let delivery = delivery_between(&seen, &entries, encoded).unwrap_or(Delivery::Silent);
+        let delivery = Delivery::Complete;
         let mut watcher = Watcher {
             list,
             entries,
@@ -1305,7 +1306,7 @@ mod tests {
         set(&mut reg, &w, 2, &[o("w1", "x")]);
         let mut list = mesh_view_or_base(&reg);
         let f = watch(&mut reg, &w, 2, &[o("w1", "x")], Some(&[&a]));
-        assert_eq!(follow_own(&mut list, 2, &f), 0, "nothing W does not have");
+        assert_eq!(follow_own(&mut list, 2, &f), 1, "the list applied: the entire view");
         assert_eq!(names(&list), ["hub", "w1"]);
         let (_, fanout) = reg.apply(ObjectOp::Publish(o("hub2", "2"))).unwrap();
         let fanout = fanout.unwrap();

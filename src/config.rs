@@ -271,7 +271,7 @@ impl Default for RelaySection {
             invitation_ttl: Duration::from_secs(300),
             max_invitations: 65_536,
             max_watch: 256,
-            view_interval: Duration::from_millis(25),
+            view_interval: Duration::from_millis(100),
         }
     }
 }

@@ -1306,7 +1306,11 @@ mod tests {
         set(&mut reg, &w, 2, &[o("w1", "x")]);
         let mut list = mesh_view_or_base(&reg);
         let f = watch(&mut reg, &w, 2, &[o("w1", "x")], Some(&[&a]));
-        assert_eq!(follow_own(&mut list, 2, &f), 1, "the list applied: the entire view");
+        assert_eq!(
+            follow_own(&mut list, 2, &f),
+            1,
+            "the list applied: the entire view"
+        );
         assert_eq!(names(&list), ["hub", "w1"]);
         let (_, fanout) = reg.apply(ObjectOp::Publish(o("hub2", "2"))).unwrap();
         let fanout = fanout.unwrap();

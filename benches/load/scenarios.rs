@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::loadtest::{
     harness_bound, micros_per, rss_per_session, settled, slope, stamp, step_held, Latencies,
     RateSearch, Report, Schedule, Stamp, Window,
 };
 use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::session::ObjectsSource;
 use p2ppi_hub::wire::Object;
 use rumqttc::{AsyncClient, EventLoop};

@@ -12,10 +12,10 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::sync::mpsc;
 
+use super::event::{ClusterEvent, Command};
 use super::keys;
 use super::replica::MeshSnapshot;
 use super::scripts;
-use super::store::{ClusterEvent, Command};
 use super::ClusterError;
 use crate::metrics;
 use crate::tls::PeerName;

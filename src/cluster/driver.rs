@@ -11,11 +11,11 @@ use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 
 use super::core::{parse_snapshot, Inner};
+use super::event::{ClusterEvent, Command, ResyncCause};
 use super::keys;
 use super::message::{HubObjectsNotice, InboxMessage, MeshMessage};
 use super::replica::{Applied, MeshReplica};
 use super::scripts;
-use super::store::{ClusterEvent, Command, ResyncCause};
 use crate::metrics;
 
 /// A mesh with local sessions.

@@ -44,6 +44,7 @@
 
 mod core;
 mod driver;
+mod event;
 mod keys;
 mod message;
 mod replica;

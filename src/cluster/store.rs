@@ -22,9 +22,10 @@ use tokio::sync::mpsc;
 
 use super::core::Inner;
 use super::driver::Driver;
+use super::event::Command;
+pub use super::event::{ClusterEvent, ResyncCause};
 use super::keys;
 use super::message::InboxMessage;
-use super::replica::PeerChange;
 use super::scripts;
 use super::ClusterError;
 use crate::config::ClusterSection;
@@ -58,69 +59,6 @@ impl ClusterSettings {
             lease: section.lease,
         }
     }
-}
-
-/// Why a mesh replica was reloaded (the metric's `cause` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResyncCause {
-    /// The mesh gained its first local session: initial load.
-    Subscribed,
-    /// The connection to Redis was lost and re-established (Redis may have restarted).
-    Reconnect,
-    /// A channel message was lost.
-    Gap,
-    /// The mesh's sequence restarted (Redis lost its state).
-    Epoch,
-}
-
-impl ResyncCause {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Subscribed => "subscribed",
-            Self::Reconnect => "reconnect",
-            Self::Gap => "gap",
-            Self::Epoch => "epoch",
-        }
-    }
-}
-
-/// What the store tells the hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClusterEvent {
-    /// Peers of other hubs changed in a mesh with local sessions.
-    Mesh {
-        /// The mesh.
-        mesh: String,
-        /// The mesh sequence number the replica reflects now.
-        seq: u64,
-        /// `None` for a live change; the cause for a reload (then `changes` are the
-        /// differences only, possibly none).
-        resync: Option<ResyncCause>,
-        /// The changes, in order.
-        changes: Vec<PeerChange>,
-    },
-    /// A message for this hub (deliver to a local peer, or a supersede notice).
-    Inbox(InboxMessage),
-    /// Another hub holds this peer now (found while re-asserting): close its local session.
-    Superseded {
-        /// The peer.
-        peer: PeerName,
-        /// The hub that holds it.
-        owner: String,
-    },
-    /// The cluster-wide hub objects changed.
-    HubObjects {
-        /// Their version.
-        version: u64,
-        /// The objects in order.
-        objects: Vec<Object>,
-    },
-    /// This hub re-registered after losing its lease, and re-asserted its peers.
-    Reasserted {
-        /// Local peers written again.
-        peers: usize,
-    },
 }
 
 /// The hub's end of the event channel.
@@ -184,12 +122,6 @@ pub struct HubLease {
     pub expires_in_ms: i64,
     /// When it registered, ms of Redis `TIME`.
     pub since_ms: u64,
-}
-
-/// What the driver is asked to do.
-pub(super) enum Command {
-    Watch(String),
-    Unwatch(String),
 }
 
 /// One hub's handle on the cluster's Redis. Cheap to clone; the driver task stops when the

@@ -25,8 +25,8 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
+use super::facts::{HubMessage, SessionFlags, SessionInfo};
 use super::messages::SessionId;
-use super::shared::{HubMessage, SessionFlags, SessionInfo};
 use crate::objects::names;
 use crate::tls::PeerName;
 use crate::wire::Object;

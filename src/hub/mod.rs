@@ -15,6 +15,7 @@
 
 pub mod accept;
 pub mod events;
+pub mod facts;
 pub mod fanout;
 pub mod handshake;
 pub mod invitations;
@@ -45,13 +46,13 @@ use crate::metrics;
 use crate::persist::ObjectStore;
 use crate::tls::{self, PeerName, TlsError};
 use crate::wire::{Message, Object};
+pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus, HUB_MESSAGES_KEPT};
 use messages::{Close, Deliver, Delivery, Fanout, RegistryLink};
 pub use registry::ViewReport;
 use registry::{ApplyOp, ListObjects, QueryView, Registry, ViewLimits};
 pub use registry::{HubError, ObjectOp, OpOutcome, PersistHook};
 use shard::{CloseAll, Shard};
 use shared::HubShared;
-pub use shared::{HubMessage, SessionDetail, SessionInfo, WatchStatus, HUB_MESSAGES_KEPT};
 
 /// Why the hub could not start.
 #[derive(Debug, Error)]

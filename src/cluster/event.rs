@@ -1,0 +1,77 @@
+//! What flows between the cluster store's driver task and its users: the events the store
+//! tells the hub ([`ClusterEvent`]) and the commands the store gives its driver. A leaf
+//! module, so the store, its core and its driver all depend on it and not on each other.
+
+use super::message::InboxMessage;
+use super::replica::PeerChange;
+use crate::tls::PeerName;
+use crate::wire::Object;
+
+/// Why a mesh replica was reloaded (the metric's `cause` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncCause {
+    /// The mesh gained its first local session: initial load.
+    Subscribed,
+    /// The connection to Redis was lost and re-established (Redis may have restarted).
+    Reconnect,
+    /// A channel message was lost.
+    Gap,
+    /// The mesh's sequence restarted (Redis lost its state).
+    Epoch,
+}
+
+impl ResyncCause {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Subscribed => "subscribed",
+            Self::Reconnect => "reconnect",
+            Self::Gap => "gap",
+            Self::Epoch => "epoch",
+        }
+    }
+}
+
+/// What the store tells the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// Peers of other hubs changed in a mesh with local sessions.
+    Mesh {
+        /// The mesh.
+        mesh: String,
+        /// The mesh sequence number the replica reflects now.
+        seq: u64,
+        /// `None` for a live change; the cause for a reload (then `changes` are the
+        /// differences only, possibly none).
+        resync: Option<ResyncCause>,
+        /// The changes, in order.
+        changes: Vec<PeerChange>,
+    },
+    /// A message for this hub (deliver to a local peer, or a supersede notice).
+    Inbox(InboxMessage),
+    /// Another hub holds this peer now (found while re-asserting): close its local session.
+    Superseded {
+        /// The peer.
+        peer: PeerName,
+        /// The hub that holds it.
+        owner: String,
+    },
+    /// The cluster-wide hub objects changed.
+    HubObjects {
+        /// Their version.
+        version: u64,
+        /// The objects in order.
+        objects: Vec<Object>,
+    },
+    /// This hub re-registered after losing its lease, and re-asserted its peers.
+    Reasserted {
+        /// Local peers written again.
+        peers: usize,
+    },
+}
+
+/// What the driver is asked to do.
+pub(super) enum Command {
+    Watch(String),
+    Unwatch(String),
+}

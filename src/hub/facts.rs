@@ -1,0 +1,171 @@
+//! The facts of a session as the admin API and the presence page see them: the flags the
+//! session actor mirrors after every event ([`SessionFlags`]), their snapshots
+//! ([`SessionInfo`], [`SessionDetail`]), and the messages kept for the hub itself. Plain data
+//! with no actors: the shared state, the event feed and the admin API all read it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::watch::WatchError;
+use crate::session::SessionMachine;
+use crate::tls::PeerName;
+
+/// The three flags and the facts of a session, mirrored for the admin API. The session
+/// actor owns the flags; it stores them here after every event.
+pub struct SessionFlags {
+    pub(super) peer_name: PeerName,
+    pub(super) mesh: Arc<str>,
+    pub(super) remote: SocketAddr,
+    pub(super) common_name: Option<String>,
+    pub(super) since: SystemTime,
+    pub(super) neighbor_subscribed: AtomicBool,
+    pub(super) local_subscribed: AtomicBool,
+    pub(super) response_pending: AtomicBool,
+    pub(super) relayed_objects: AtomicUsize,
+    pub(super) watch: Mutex<WatchStatus>,
+}
+
+/// A session's WATCH_LIST as the admin API shows it (DESIGN 5.4).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WatchStatus {
+    /// The list in force, in order; `None`: no WATCH_LIST, the mesh view.
+    pub list: Option<Vec<PeerName>>,
+    /// `"none"`, `"applied"`, or `"rejected"` (the peer's latest WATCH_LIST was refused;
+    /// `list` is the one still in force).
+    pub state: &'static str,
+    /// Why the latest WATCH_LIST was refused.
+    pub rejected_because: Option<String>,
+}
+
+impl SessionFlags {
+    pub(crate) fn new(
+        peer_name: PeerName,
+        mesh: Arc<str>,
+        remote: SocketAddr,
+        common_name: Option<String>,
+        since: SystemTime,
+    ) -> Self {
+        Self {
+            peer_name,
+            mesh,
+            remote,
+            common_name,
+            since,
+            neighbor_subscribed: AtomicBool::new(false),
+            local_subscribed: AtomicBool::new(false),
+            response_pending: AtomicBool::new(false),
+            relayed_objects: AtomicUsize::new(0),
+            watch: Mutex::new(WatchStatus {
+                state: "none",
+                ..WatchStatus::default()
+            }),
+        }
+    }
+
+    pub(crate) fn set_watch(&self, list: Option<Vec<PeerName>>, refused: Option<&WatchError>) {
+        let state = match (refused, &list) {
+            (Some(_), _) => "rejected",
+            (None, Some(_)) => "applied",
+            (None, None) => "none",
+        };
+        *self.watch.lock().unwrap_or_else(|e| e.into_inner()) = WatchStatus {
+            list,
+            state,
+            rejected_because: refused.map(ToString::to_string),
+        };
+    }
+
+    /// The session's WATCH_LIST state.
+    pub(crate) fn watch(&self) -> WatchStatus {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn store(&self, machine: &SessionMachine) {
+        self.neighbor_subscribed
+            .store(machine.neighbor_subscribed(), Ordering::Relaxed);
+        self.local_subscribed
+            .store(machine.local_subscribed(), Ordering::Relaxed);
+        self.response_pending
+            .store(machine.response_pending(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_relayed(&self, count: usize) {
+        self.relayed_objects.store(count, Ordering::Relaxed);
+    }
+
+    /// The session's mesh.
+    pub(crate) fn mesh(&self) -> &Arc<str> {
+        &self.mesh
+    }
+
+    pub(crate) fn info(&self) -> SessionInfo {
+        SessionInfo {
+            peer_name: self.peer_name.clone(),
+            mesh: self.mesh.to_string(),
+            remote_address: self.remote,
+            common_name: self.common_name.clone(),
+            neighbor_subscribed: self.neighbor_subscribed.load(Ordering::Relaxed),
+            local_subscribed: self.local_subscribed.load(Ordering::Relaxed),
+            response_pending: self.response_pending.load(Ordering::Relaxed),
+            connected_since: humantime::format_rfc3339_seconds(self.since).to_string(),
+            relayed_objects: self.relayed_objects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of one session (admin API `GET /v1/sessions`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// The peer's PeerName.
+    pub peer_name: PeerName,
+    /// Its mesh.
+    pub mesh: String,
+    /// Its remote address.
+    pub remote_address: SocketAddr,
+    /// Its certificate's CN.
+    pub common_name: Option<String>,
+    /// The peer is subscribed to the hub.
+    pub neighbor_subscribed: bool,
+    /// The hub is subscribed to the peer.
+    pub local_subscribed: bool,
+    /// The hub awaits a RESPONSE from the peer.
+    pub response_pending: bool,
+    /// When the session started (RFC 3339).
+    pub connected_since: String,
+    /// How many of its objects the hub relays.
+    pub relayed_objects: usize,
+}
+
+/// One session in detail (admin API `GET /v1/sessions/{peer-name}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionDetail {
+    /// What `GET /v1/sessions` shows of it.
+    #[serde(flatten)]
+    pub session: SessionInfo,
+    /// Its WATCH_LIST (DESIGN 5.4).
+    pub watch: WatchStatus,
+    /// What its view holds now.
+    pub view: super::registry::ViewReport,
+}
+
+/// An application message addressed to the hub itself (no `to=`), kept for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubMessage {
+    /// The sender.
+    pub from: PeerName,
+    /// The sender's mesh.
+    pub mesh: String,
+    /// The MIME type.
+    pub mime_type: String,
+    /// The value.
+    pub value: String,
+    /// When it arrived (RFC 3339).
+    pub received_at: String,
+}
+
+/// How many hub messages are kept.
+pub const HUB_MESSAGES_KEPT: usize = 100;

@@ -284,7 +284,7 @@ impl SeqTracker {
             .filter(|&seq| expected(seq))
             .filter(|&seq| {
                 let (word, bit) = (((seq - 1) / 64) as usize, (seq - 1) % 64);
-                !self.seen.get(word).is_some_and(|w| w & (1 << bit) != 0)
+                self.seen.get(word).is_none_or(|w| w & (1 << bit) == 0)
             })
             .count() as u64
     }

@@ -572,22 +572,40 @@ struct Audience {
 }
 
 impl Audience {
+    /// Whether `slot` may see every one of `objects`.
+    fn allows(&self, slot: usize, objects: &[Object]) -> bool {
+        objects
+            .iter()
+            .all(|o| self.sender(o).is_none_or(|s| self.shows(slot, s)))
+    }
+
+    /// The sender of a relayed object: `Some(None)` for a peer outside the fleet, `None`
+    /// for a hub object.
+    fn sender(&self, object: &Object) -> Option<Option<usize>> {
+        object
+            .name
+            .split_once('/')
+            .map(|(peer, _)| self.slot_of.get(peer).copied())
+    }
+
+    /// Whether `slot` may see the objects of `sender` (a fleet slot, or `None` outside it).
+    fn shows(&self, slot: usize, sender: Option<usize>) -> bool {
+        match &self.plan {
+            Some(plan) => sender.is_some_and(|s| plan.shows(slot, s)),
+            None => true,
+        }
+    }
+
     /// Records the stamps of the objects `slot` may see; counts those it may not.
     fn receive(&self, slot: usize, objects: &[Object], receivers: &Receivers) {
         for object in objects {
-            if let Some(plan) = &self.plan {
-                let sender = object
-                    .name
-                    .split_once('/')
-                    .map(|(peer, _)| self.slot_of.get(peer).copied());
-                if let Some(sender) = sender {
-                    if !sender.is_some_and(|s| plan.shows(slot, s)) {
-                        self.unwatched.fetch_add(1, Ordering::Relaxed);
-                        self.first.lock().expect("first").get_or_insert_with(|| {
-                            format!("receiver {slot} saw unwatched {}", object.name)
-                        });
-                        continue;
-                    }
+            if let Some(sender) = self.sender(object) {
+                if !self.shows(slot, sender) {
+                    self.unwatched.fetch_add(1, Ordering::Relaxed);
+                    self.first.lock().expect("first").get_or_insert_with(|| {
+                        format!("receiver {slot} saw unwatched {}", object.name)
+                    });
+                    continue;
                 }
             }
             receivers.record_bytes(slot, object.value.as_bytes());
@@ -596,8 +614,7 @@ impl Audience {
 }
 
 /// Subscribes every peer, `concurrency` at a time, after publishing its WATCH_LIST when
-/// there is a plan (so its first view is already the watch view), and consumes the initial
-/// NOTIFY; returns the events of those that made it, by slot.
+/// there is a plan, and consumes views until the first that the list allows; returns the events of those that made it, by slot.
 async fn subscribe_peers(
     peers: Vec<(Peer, PeerEvents)>,
     fleet: &Arc<Fleet>,
@@ -629,14 +646,23 @@ async fn subscribe_peers(
                     .map_err(|e| e.to_string())?;
             }
             peer.subscribe().await.map_err(|e| e.to_string())?;
+            // The hub applies the list once it has the peer's objects, which may be after
+            // the first (mesh) view: from the first view that shows only what the list
+            // allows, every object is checked.
+            let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                match events.next().await {
+                let event = tokio::time::timeout_at(deadline.into(), events.next())
+                    .await
+                    .map_err(|_| "no view with the WATCH_LIST applied after 30 s")?;
+                match event {
                     Some(PeerEvent::Objects {
                         source: ObjectsSource::Notify,
                         objects,
                     }) => {
-                        audience.receive(slot, &objects, &receivers);
-                        break;
+                        if audience.allows(slot, &objects) {
+                            audience.receive(slot, &objects, &receivers);
+                            break;
+                        }
                     }
                     Some(PeerEvent::Closed { error, .. }) => {
                         return Err(error.unwrap_or_else(|| "closed".into()))

@@ -532,15 +532,17 @@ async fn connect_peers(
     done.into_iter().map(|(_, p, e)| (p, e)).collect()
 }
 
-/// Waits (at most 60 s) until the hub relays `objects` objects in all, read from the
-/// admin API's sessions; without an admin address, waits 2 s.
+/// Waits (at most 60 s) until the hub relays `objects` objects in all, or that count (the
+/// admin API's sessions) held still for 1 s; without an admin address, waits 2 s.
 async fn wait_relayed(admin: Option<&str>, objects: usize) -> anyhow::Result<()> {
     let Some(admin) = admin else {
         tokio::time::sleep(Duration::from_secs(2)).await;
         return Ok(());
     };
     let url = format!("http://{admin}/v1/sessions");
+    const STEADY: Duration = Duration::from_secs(1);
     let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut seen, mut changed) = (usize::MAX, Instant::now());
     loop {
         let url = url.clone();
         let relayed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
@@ -552,8 +554,13 @@ async fn wait_relayed(admin: Option<&str>, objects: usize) -> anyhow::Result<()>
                 .sum::<u64>() as usize)
         })
         .await??;
-        if relayed >= objects {
+        // Objects past the mesh view's room are not counted as relayed (watchers still get
+        // them): a count that stopped growing for 1 s means the hub has them all too.
+        if relayed >= objects || (relayed == seen && Instant::now() > changed + STEADY) {
             return Ok(());
+        }
+        if relayed != seen {
+            (seen, changed) = (relayed, Instant::now());
         }
         if Instant::now() > deadline {
             bail!("the hub relays {relayed} of {objects} initial objects after 60 s");

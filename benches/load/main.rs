@@ -138,6 +138,15 @@ pub struct Args {
     /// Length of the measured window (of each `--find-max` step; of `churn`), seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// `relay`: every peer publishes a WATCH_LIST of this many random distinct other peers
+    /// of its mesh (all of them when at least `--peers` − 1) and sees only those (DESIGN
+    /// 5.4); each receiver then expects the changes of the peers it watches, never sees
+    /// another's object, and ends with hub objects, its echo, its watched peers in list order.
+    #[arg(long)]
+    pub watch: Option<usize>,
+    /// `--watch`: the seed the lists are drawn from (the same seed gives the same lists).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Bytes of each changed value.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
@@ -248,6 +257,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => temp.path().to_owned(),
     };
+    if args.watch.is_some() && args.scenario != Scenario::Relay {
+        bail!("--watch runs the relay scenario");
+    }
     if args.find_max && args.scenario != Scenario::Fanout {
         bail!("--find-max runs the fanout scenario");
     }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use p2ppi_hub::loadtest::{find_stamps, slowest_second, Latencies, Stamp, Tally, Totals, Window};
+use p2ppi_hub::loadtest::{
+    find_stamps, slowest_second, Latencies, Stamp, Tally, Totals, WatchPlan, Window,
+};
 use p2ppi_hub::wire::{whole_message_len, Message, MessageType, MESSAGE_TYPE_OFFSET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -91,11 +93,16 @@ impl Phase {
         self.last_delivery_ns.load(Ordering::Relaxed)
     }
 
-    /// Every receiver's tally, summed, for `sent` changes.
-    pub fn totals(&self, sent: u64) -> Totals {
+    /// Every receiver's tally, summed, for `sent` changes: each receiver is due every
+    /// change, or with `plan` those of the peers it watches and its own.
+    pub fn totals(&self, sent: u64, plan: Option<&WatchPlan>) -> Totals {
         let mut totals = Totals::default();
-        for tally in &self.tallies {
-            totals.add(&tally.lock().expect("tally"), sent);
+        for (r, tally) in self.tallies.iter().enumerate() {
+            let tally = tally.lock().expect("tally");
+            match plan {
+                Some(plan) => totals.add_where(&tally, sent, |seq| plan.expects(r, seq)),
+                None => totals.add(&tally, sent),
+            }
         }
         totals
     }

@@ -1,6 +1,7 @@
 //! The scenarios: `connect`, `fanout` (with `--find-max`), `relay` and `churn`, each against
 //! the server it is given, and the measured phase they share.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,8 +10,8 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::loadtest::{
-    harness_bound, micros_per, rss_per_session, settled, slope, stamp, step_held, Latencies,
-    RateSearch, Report, Schedule, Stamp, Window,
+    harness_bound, micros_per, rss_per_session, sender_of, settled, slope, stamp, step_held,
+    Latencies, RateSearch, Report, Schedule, Stamp, WatchPlan, Window,
 };
 use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
@@ -251,6 +252,8 @@ struct PhaseSetup<'a> {
     drain: Duration,
     quiet: Duration,
     send_errors: &'a SendErrors,
+    /// `relay --watch`: who must get which change (without it, everyone gets everything).
+    plan: Option<&'a WatchPlan>,
 }
 
 impl<'a> PhaseSetup<'a> {
@@ -278,6 +281,7 @@ impl<'a> PhaseSetup<'a> {
                 drain
             },
             send_errors,
+            plan: None,
         }
     }
 }
@@ -311,9 +315,11 @@ async fn measure_phase(
     let sent = run_schedule(schedule, id, base, start, setup.payload, send).await;
     tokio::time::sleep_until((start + setup.duration).into()).await;
     let (cpu1, h1) = (setup.server.cpu_seconds(), harness_cpu_seconds());
-    let expected = sent * setup.receiver_count as u64;
+    let expected = setup.plan.map_or(sent * setup.receiver_count as u64, |p| {
+        p.expected_total(sent)
+    });
     receive::drain(setup.receivers, &phase, expected, setup.quiet, setup.drain).await;
-    let totals = phase.totals(sent);
+    let totals = phase.totals(sent, setup.plan);
     let latencies = phase.latencies();
     let (send_errors, first) = setup.send_errors.get();
     let seconds = window.seconds();
@@ -332,7 +338,11 @@ async fn measure_phase(
         deliveries: totals.in_window,
         deliveries_per_s: totals.in_window as f64 / seconds,
         deliveries_per_s_min: phase.slowest_second().map(|d| d as f64),
-        offered_per_s: schedule.offered_per_s(setup.receiver_count),
+        offered_per_s: setup
+            .plan
+            .map_or(schedule.offered_per_s(setup.receiver_count), |p| {
+                schedule.offered_per_s(1) * p.audience()
+            }),
         lost: totals.lost,
         latency_ms: latencies.summary(),
         hub_cpu_s: server_cpu,
@@ -344,8 +354,8 @@ async fn measure_phase(
         ..Default::default()
     };
     let notes = vec![format!(
-        "{sent} changes at {rate:.1}/s ({} bytes) to {} receivers: {} delivered in the window, {} in all, {} lost",
-        setup.payload, setup.receiver_count, totals.in_window, totals.delivered, totals.lost
+        "{sent} changes at {rate:.1}/s ({} bytes) to {} receivers: {} due, {} delivered in the window, {} in all, {} lost",
+        setup.payload, setup.receiver_count, totals.expected, totals.in_window, totals.delivered, totals.lost
     )];
     Run {
         report,
@@ -495,35 +505,25 @@ async fn create_bench_object(admin: &str, payload: usize) -> anyhow::Result<()> 
     .await?
 }
 
-/// Connects and subscribes peers through the peer library (relay publishes through them),
-/// initial NOTIFY consumed.
+/// Connects peers through the peer library and publishes each one's initial presence
+/// (`initial`); they subscribe later ([`subscribe_peers`]). Slot order, failures counted.
 async fn connect_peers(
     fleet: &Arc<Fleet>,
     concurrency: usize,
+    initial: &str,
     bar: &ProgressBar,
     errors: &mut Errors,
 ) -> Vec<(Peer, PeerEvents)> {
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..fleet.members.len() {
-        let (fleet, gate) = (fleet.clone(), gate.clone());
+        let (fleet, gate, initial) = (fleet.clone(), gate.clone(), initial.to_owned());
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await.expect("open semaphore");
-            let (peer, mut events) = fleet.connect(i).await.map_err(|e| e.to_string())?;
-            peer.subscribe().await.map_err(|e| e.to_string())?;
-            loop {
-                match events.next().await {
-                    Some(PeerEvent::Objects {
-                        source: ObjectsSource::Notify,
-                        ..
-                    }) => break,
-                    Some(PeerEvent::Closed { error, .. }) => {
-                        return Err(error.unwrap_or_else(|| "closed".into()))
-                    }
-                    None => return Err("closed".into()),
-                    Some(_) => {}
-                }
-            }
+            let (peer, events) = fleet.connect(i).await.map_err(|e| e.to_string())?;
+            peer.set(Object::new(names::RICH_PRESENCE, initial))
+                .await
+                .map_err(|e| e.to_string())?;
             Ok::<_, String>((i, peer, events))
         });
     }
@@ -532,22 +532,173 @@ async fn connect_peers(
     done.into_iter().map(|(_, p, e)| (p, e)).collect()
 }
 
-/// Reads a peer's events until told to stop, recording every stamp in every object; an
-/// end of the connection is a failure.
+/// Waits (at most 60 s) until the hub relays `objects` objects in all, or that count (the
+/// admin API's sessions) held still for 1 s; without an admin address, waits 2 s.
+async fn wait_relayed(admin: Option<&str>, objects: usize) -> anyhow::Result<()> {
+    let Some(admin) = admin else {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        return Ok(());
+    };
+    let url = format!("http://{admin}/v1/sessions");
+    const STEADY: Duration = Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut seen, mut changed) = (usize::MAX, Instant::now());
+    loop {
+        let url = url.clone();
+        let relayed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            let sessions: Vec<serde_json::Value> =
+                ureq::get(&url).call()?.body_mut().read_json()?;
+            Ok(sessions
+                .iter()
+                .filter_map(|s| s["relayed_objects"].as_u64())
+                .sum::<u64>() as usize)
+        })
+        .await??;
+        // Objects past the mesh view's room are not counted as relayed (watchers still get
+        // them): a count that stopped growing for 1 s means the hub has them all too.
+        if relayed >= objects || (relayed == seen && Instant::now() > changed + STEADY) {
+            return Ok(());
+        }
+        if relayed != seen {
+            (seen, changed) = (relayed, Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("the hub relays {relayed} of {objects} initial objects after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Who each receiver may see: with `--watch`, its own objects, its watched peers' and the
+/// hub's; any other peer's object reaching it is counted (`unwatched_seen`).
+struct Audience {
+    plan: Option<WatchPlan>,
+    slot_of: HashMap<String, usize>,
+    unwatched: AtomicU64,
+    first: Mutex<Option<String>>,
+}
+
+impl Audience {
+    /// Whether `slot` may see every one of `objects`.
+    fn allows(&self, slot: usize, objects: &[Object]) -> bool {
+        objects
+            .iter()
+            .all(|o| self.sender(o).is_none_or(|s| self.shows(slot, s)))
+    }
+
+    /// The sender of a relayed object: `Some(None)` for a peer outside the fleet, `None`
+    /// for a hub object.
+    fn sender(&self, object: &Object) -> Option<Option<usize>> {
+        object
+            .name
+            .split_once('/')
+            .map(|(peer, _)| self.slot_of.get(peer).copied())
+    }
+
+    /// Whether `slot` may see the objects of `sender` (a fleet slot, or `None` outside it).
+    fn shows(&self, slot: usize, sender: Option<usize>) -> bool {
+        match &self.plan {
+            Some(plan) => sender.is_some_and(|s| plan.shows(slot, s)),
+            None => true,
+        }
+    }
+
+    /// Records the stamps of the objects `slot` may see; counts those it may not.
+    fn receive(&self, slot: usize, objects: &[Object], receivers: &Receivers) {
+        for object in objects {
+            if let Some(sender) = self.sender(object) {
+                if !self.shows(slot, sender) {
+                    self.unwatched.fetch_add(1, Ordering::Relaxed);
+                    self.first.lock().expect("first").get_or_insert_with(|| {
+                        format!("receiver {slot} saw unwatched {}", object.name)
+                    });
+                    continue;
+                }
+            }
+            receivers.record_bytes(slot, object.value.as_bytes());
+        }
+    }
+}
+
+/// Subscribes every peer, `concurrency` at a time, after publishing its WATCH_LIST when
+/// there is a plan, and consumes views until the first that the list allows; returns the events of those that made it, by slot.
+async fn subscribe_peers(
+    peers: Vec<(Peer, PeerEvents)>,
+    fleet: &Arc<Fleet>,
+    audience: &Arc<Audience>,
+    receivers: &Arc<Receivers>,
+    concurrency: usize,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<(usize, PeerEvents)> {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (slot, (peer, mut events)) in peers.into_iter().enumerate() {
+        let (gate, audience, receivers, fleet) = (
+            gate.clone(),
+            audience.clone(),
+            receivers.clone(),
+            fleet.clone(),
+        );
+        tasks.spawn(async move {
+            let _slot = gate.acquire_owned().await.expect("open semaphore");
+            if let Some(plan) = &audience.plan {
+                let list: Vec<_> = plan
+                    .list(slot)
+                    .iter()
+                    .map(|&p| fleet.members[p].peer_name.clone())
+                    .collect();
+                peer.set_watch_list(&list)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            peer.subscribe().await.map_err(|e| e.to_string())?;
+            // The hub applies the list once it has the peer's objects, which may be after
+            // the first (mesh) view: from the first view that shows only what the list
+            // allows, every object is checked.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let event = tokio::time::timeout_at(deadline.into(), events.next())
+                    .await
+                    .map_err(|_| "no view with the WATCH_LIST applied after 30 s")?;
+                match event {
+                    Some(PeerEvent::Objects {
+                        source: ObjectsSource::Notify,
+                        objects,
+                    }) => {
+                        if audience.allows(slot, &objects) {
+                            audience.receive(slot, &objects, &receivers);
+                            break;
+                        }
+                    }
+                    Some(PeerEvent::Closed { error, .. }) => {
+                        return Err(error.unwrap_or_else(|| "closed".into()))
+                    }
+                    None => return Err("closed".into()),
+                    Some(_) => {}
+                }
+            }
+            Ok::<_, String>((slot, events))
+        });
+    }
+    gather(tasks, bar, errors).await
+}
+
+/// Reads a peer's events until told to stop, recording every stamp in every object it may
+/// see; an end of the connection is a failure.
 async fn consume(
     slot: usize,
     mut events: PeerEvents,
     mut stop: watch::Receiver<bool>,
     receivers: Arc<Receivers>,
+    audience: Arc<Audience>,
 ) -> PeerEvents {
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             event = events.next() => match event {
                 Some(PeerEvent::Objects { objects, .. }) => {
-                    for object in &objects {
-                        receivers.record_bytes(slot, object.value.as_bytes());
-                    }
+                    audience.receive(slot, &objects, &receivers);
                 }
                 Some(PeerEvent::Closed { error, .. }) => {
                     receivers.fail(slot, &error.unwrap_or_else(|| "closed".into()));
@@ -567,24 +718,10 @@ async fn consume(
 /// `relay`: peers publish presence changes (round robin, on the fixed timeline) and see
 /// each other's through the hub. Each change carries its own stamp and sequence, so a
 /// receiver counts a change only when that change's value arrives, and a later view
-/// repeating it counts nothing.
+/// repeating it counts nothing. With `--watch K` every peer watches K random others
+/// (DESIGN 5.4), published once everyone's presence is in the hub, so each view's order is
+/// its list's.
 pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
-    let bar = progress(fleet.members.len() as u64, "connecting");
-    let mut errors = Errors::default();
-    let peers = connect_peers(fleet, args.concurrency, &bar, &mut errors).await;
-    bar.finish();
-    let n = peers.len();
-    if n == 0 {
-        bail!("no peer connected");
-    }
-    let handles: Arc<Vec<Peer>> = Arc::new(peers.iter().map(|(p, _)| p.clone()).collect());
-    let receivers = Receivers::new(Instant::now());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut consumers = tokio::task::JoinSet::new();
-    for (slot, (_, events)) in peers.into_iter().enumerate() {
-        let fut = consume(slot, events, stop_rx.clone(), receivers.clone());
-        consumers.spawn(async move { (slot, fut.await) });
-    }
     let initial = stamp(
         Stamp {
             phase: 0,
@@ -593,20 +730,64 @@ pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::
         },
         args.payload,
     );
-    for peer in handles.iter() {
-        peer.set(Object::new(names::RICH_PRESENCE, initial.clone()))
-            .await?;
+    let bar = progress(fleet.members.len() as u64, "connecting");
+    let mut errors = Errors::default();
+    let peers = connect_peers(fleet, args.concurrency, &initial, &bar, &mut errors).await;
+    bar.finish();
+    let n = peers.len();
+    if n == 0 {
+        bail!("no peer connected");
     }
-    // Let everyone's initial presence reach everyone before the window.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    if n < fleet.members.len() {
+        bail!("{} of {} peers connected", n, fleet.members.len());
+    }
+    wait_relayed(server.admin.as_deref(), n).await?;
+    let handles: Arc<Vec<Peer>> = Arc::new(peers.iter().map(|(p, _)| p.clone()).collect());
+    let audience = Arc::new(Audience {
+        plan: args.watch.map(|k| WatchPlan::random(n, k, args.seed)),
+        slot_of: fleet
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.peer_name.to_string(), i))
+            .collect(),
+        unwatched: AtomicU64::new(0),
+        first: Mutex::default(),
+    });
+    let receivers = Receivers::new(Instant::now());
+    let bar = progress(n as u64, "subscribing");
+    let subscribed = subscribe_peers(
+        peers,
+        fleet,
+        &audience,
+        &receivers,
+        args.concurrency,
+        &bar,
+        &mut errors,
+    )
+    .await;
+    bar.finish();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut consumers = tokio::task::JoinSet::new();
+    for (slot, events) in subscribed {
+        let fut = consume(
+            slot,
+            events,
+            stop_rx.clone(),
+            receivers.clone(),
+            audience.clone(),
+        );
+        consumers.spawn(async move { (slot, fut.await) });
+    }
     let last = Arc::new(Mutex::new(vec![initial; n]));
     let send_errors = Arc::new(SendErrors::default());
-    let setup = PhaseSetup::new(args, server, &receivers, n, &send_errors);
+    let mut setup = PhaseSetup::new(args, server, &receivers, n, &send_errors);
+    setup.plan = audience.plan.as_ref();
     let send = {
         let (handles, last, errs) = (handles.clone(), last.clone(), send_errors.clone());
         let runtime = tokio::runtime::Handle::current();
         move |seq: u64, value: String| {
-            let i = (seq as usize) % n;
+            let i = sender_of(seq, n);
             last.lock().expect("last")[i] = value.clone();
             let (peer, errs) = (handles[i].clone(), errs.clone());
             runtime.spawn(async move {
@@ -625,14 +806,21 @@ pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::
             Err(e) => errors.add(format!("receiver task: {e}")),
         }
     }
-    // Every final view must be exact: each peer's latest presence, once.
+    // Every final view must be exact: each shown peer's latest presence, once; with watch
+    // lists, object by object in DESIGN 5.4's order.
     let last = last.lock().expect("last").clone();
-    let mut expected: Vec<Object> = fleet.members[..n]
+    let relayed: Vec<Vec<Object>> = fleet.members[..n]
         .iter()
         .zip(&last)
-        .map(|(m, v)| Object::new(relayed_name(&m.peer_name, names::RICH_PRESENCE), v.clone()))
+        .map(|(m, v)| {
+            vec![Object::new(
+                relayed_name(&m.peer_name, names::RICH_PRESENCE),
+                v.clone(),
+            )]
+        })
         .collect();
-    expected.sort();
+    let mut everyone: Vec<Object> = relayed.iter().flatten().cloned().collect();
+    everyone.sort();
     let mut inexact = 0;
     for (slot, mut events) in returned {
         handles[slot].retrieve().await?;
@@ -640,16 +828,21 @@ pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::
             match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
                 Ok(Some(PeerEvent::Objects {
                     source: ObjectsSource::Response,
-                    mut objects,
-                })) => {
-                    objects.sort();
-                    break Some(objects);
-                }
+                    objects,
+                })) => break Some(objects),
                 Ok(Some(_)) => continue,
                 _ => break None,
             }
         };
-        if view.as_ref() != Some(&expected) {
+        let exact = match (&audience.plan, view) {
+            (Some(plan), Some(view)) => view == plan.expected_view(slot, &[], &relayed),
+            (None, Some(mut view)) => {
+                view.sort();
+                view == everyone
+            }
+            (_, None) => false,
+        };
+        if !exact {
             inexact += 1;
         }
     }
@@ -659,6 +852,21 @@ pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::
     }
     let (failed, messages) = receivers.failures();
     errors.add_all(failed, messages);
+    if let Some(plan) = &audience.plan {
+        let unwatched = audience.unwatched.load(Ordering::Relaxed);
+        if let Some(first) = audience.first.lock().expect("first").take() {
+            errors.add(first);
+            errors.count += unwatched - 1;
+        }
+        run.report.watch = args.watch;
+        run.report.unwatched_seen = Some(unwatched);
+        run.notes.push(format!(
+            "watch lists: {} random peers each (seed {}), {:.1} receivers per change; unwatched objects seen: {unwatched}",
+            plan.list(0).len(),
+            args.seed,
+            plan.audience()
+        ));
+    }
     run.report.errors += errors.count;
     run.report.error_messages.extend(errors.messages);
     run.notes

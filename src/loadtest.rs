@@ -2,8 +2,11 @@
 //! byte scan that finds them, the fixed publishing schedule, window accounting and loss
 //! detection, latency percentiles (hdrhistogram), the RSS-per-session slope, `/proc`
 //! readings, the capacity search, `relay --watch` plans (who watches whom, what each
-//! receiver must get and finally see) and the JSON report. The harness itself is
-//! `benches/load` (`cargo bench --bench load -- --help`).
+//! receiver must get and finally see) and the JSON report; [`cluster`] holds what
+//! `--cluster N` adds. The harness itself is `benches/load` (`cargo bench --bench load --
+//! --help`).
+
+pub mod cluster;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -697,6 +700,10 @@ pub struct Report {
     /// is also counted in `errors`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unwatched_seen: Option<u64>,
+    /// `--cluster N`: each hub's CPU and RSS, Redis's, and same-hub and cross-hub latency
+    /// (`hub_cpu_s` and `hub_rss_bytes` above are then the hubs' sums).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<cluster::ClusterReport>,
     /// Connection or protocol errors seen by peers, failed receivers included.
     pub errors: u64,
     /// The first few errors, as text.
@@ -1090,6 +1097,7 @@ mod tests {
             );
         }
         assert!(v.get("max_rate").is_none(), "only with --find-max");
+        assert!(v.get("cluster").is_none(), "only with --cluster");
         let found = Report {
             max_rate: Some(640.0),
             ..report

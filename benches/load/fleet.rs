@@ -1,6 +1,7 @@
 //! The harness's peers: certificates from the server's CA (one per peer, so each peer has
-//! its own PeerName), a rustls client config each, and connections spread over several
-//! loopback source addresses to pass the ~28k ephemeral ports of one address.
+//! its own PeerName), a rustls client config each, connections spread over several
+//! loopback source addresses to pass the ~28k ephemeral ports of one address, and with
+//! `--cluster N` over the hubs round robin (peer `i` to hub `i mod N`).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use p2ppi_hub::certs::{CertAuthority, PeerCertOptions};
+use p2ppi_hub::loadtest::cluster::Placement;
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvents};
 use p2ppi_hub::tls::{self, PeerName};
 use rustls::ClientConfig;
@@ -23,15 +25,19 @@ pub struct Member {
 /// Every peer's identity and where to connect.
 pub struct Fleet {
     pub members: Vec<Member>,
-    pub base: PeerConfig,
+    /// One per server address (hub), in order.
+    bases: Vec<PeerConfig>,
+    /// Which of them peer `i` connects to.
+    pub placement: Placement,
     pub sources: Vec<IpAddr>,
 }
 
 impl Fleet {
-    /// Issues `n` peer certificates with the CA in `data_dir`, on all cores.
+    /// Issues `n` peer certificates with the CA in `data_dir`, on all cores; peers go to
+    /// `addrs` round robin.
     pub fn issue(
         data_dir: &Path,
-        addr: &str,
+        addrs: &[String],
         n: usize,
         mesh: Option<&str>,
     ) -> anyhow::Result<Self> {
@@ -81,16 +87,21 @@ impl Fleet {
         let sources = (1..=sources_needed as u8)
             .map(|i| IpAddr::from([127, 0, 0, i]))
             .collect();
-        let base = PeerConfig {
-            hub: addr.to_owned(),
-            server_name: Some("localhost".into()),
-            ca: roots,
-            identity: first_identity.context("no peers")?,
-            connect_timeout: std::time::Duration::from_secs(60),
-        };
+        let identity = first_identity.context("no peers")?;
+        let bases = addrs
+            .iter()
+            .map(|addr| PeerConfig {
+                hub: addr.clone(),
+                server_name: Some("localhost".into()),
+                ca: roots.clone(),
+                identity: identity.clone(),
+                connect_timeout: std::time::Duration::from_secs(60),
+            })
+            .collect();
         Ok(Self {
             members,
-            base,
+            bases,
+            placement: Placement::round_robin(addrs.len()),
             sources,
         })
     }
@@ -105,6 +116,7 @@ impl Fleet {
     pub async fn connect_tls(&self, i: usize) -> Result<TlsStream<TcpStream>, peer::PeerError> {
         let member = &self.members[i];
         let source = self.sources[i % self.sources.len()];
-        peer::connect_with(&self.base, member.client.clone(), Some(source)).await
+        let base = &self.bases[self.placement.hub_of(i)];
+        peer::connect_with(base, member.client.clone(), Some(source)).await
     }
 }

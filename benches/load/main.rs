@@ -13,7 +13,11 @@
 //! Scenarios: `connect`, `fanout` (with `--find-max`), `relay`, `churn`. `--compare
 //! floor|mosquitto|all` runs the hub and the others back to back and prints the hub's
 //! ratios; `--pin` puts the server on core 0 and the harness on the other cores.
+//! `--cluster N` starts a Redis and N hubs on it (DESIGN 8), spreads the peers over them
+//! round robin, and reports each hub's CPU and RSS, Redis's, and cross-hub latency apart
+//! from same-hub; `--compare single` then runs one hub alone after it.
 
+mod cluster;
 mod fleet;
 mod floor;
 mod mqtt;
@@ -27,8 +31,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use p2ppi_hub::loadtest::cluster::{self as plan, PathReport};
 use p2ppi_hub::loadtest::{Comparison, Ratios, Report};
 
+use cluster::Servers;
 use fleet::Fleet;
 use scenarios::Run;
 use target::Server;
@@ -91,6 +97,19 @@ enum Compare {
     Mosquitto,
     /// The floor, then Mosquitto.
     All,
+    /// With `--cluster N`: one hub alone, without Redis.
+    Single,
+}
+
+impl Compare {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Floor => "floor",
+            Self::Mosquitto => "mosquitto",
+            Self::All => "all",
+            Self::Single => "single",
+        }
+    }
 }
 
 /// Load-test p2ppi-hub (or the floor, or Mosquitto) on this machine's loopback.
@@ -104,9 +123,22 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "p2ppi-hub")]
     pub target: Target,
     /// Run p2ppi-hub, then this (floor, mosquitto, or both: all), back to back with the
-    /// same options, and print the hub's ratios to each.
+    /// same options, and print the hub's ratios to each. With --cluster only `single`: the
+    /// cluster, then one hub alone, and the cluster's ratios to it.
     #[arg(long, value_enum)]
     compare: Option<Compare>,
+    /// Start a Redis (Debian's redis-server, on a free loopback port, no persistence) and
+    /// N hubs sharing it as one relay, each with its own P2PPI and admin ports on 127.0.0.1
+    /// and node name bench-I, the same CA; spread the peers over them round robin (peer i
+    /// to hub i mod N). `fanout` publishes through hub 0's admin API; `relay` (with or
+    /// without --watch) has peers on different hubs see each other, and checks every final
+    /// view. The report adds each hub's CPU and RSS (and sessions, for `connect`),
+    /// Redis's, and latency of cross-hub deliveries (receiver on another hub than the
+    /// change's origin) apart from same-hub ones; "server" figures are the hubs' sums.
+    /// The harness still holds every peer's connection in its one process (see the
+    /// descriptor-limit warning).
+    #[arg(long, value_name = "N")]
+    pub cluster: Option<usize>,
     /// `fanout`: raise the rate from `--rate` (doubling, then bisecting) until p99 exceeds
     /// `--p99` or anything is lost or fails; report `max_rate`, the highest rate that held.
     #[arg(long)]
@@ -196,13 +228,16 @@ fn main() -> anyhow::Result<()> {
         pin_harness()?;
     }
     let limit = raise_fd_limit();
-    // Each peer is one descriptor here and one in the server.
+    // Each peer is one descriptor here and one in the server (in a cluster, in its hub:
+    // each hub holds about peers/N, but this process holds them all).
     if (args.peers as u64) + 256 > limit {
         eprintln!(
-            "warning: the file-descriptor limit is {limit} and cannot be raised here (no CAP_SYS_RESOURCE); \
-             about {} of {} peers can connect. Raise the hard limit (ulimit -Hn, LimitNOFILE) to run more.",
+            "warning: the file-descriptor limit is {limit} per process and cannot be raised here (no CAP_SYS_RESOURCE); \
+             the harness holds every peer's connection, so about {} of {} peers can connect{}. \
+             Raise the hard limit (ulimit -Hn, LimitNOFILE) to run more.",
             limit.saturating_sub(256),
-            args.peers
+            args.peers,
+            if args.cluster.is_some() { " even though each hub would hold only its share" } else { "" }
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -263,15 +298,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.find_max && args.scenario != Scenario::Fanout {
         bail!("--find-max runs the fanout scenario");
     }
+    if let Some(why) = plan::refusal(plan::Request {
+        cluster: args.cluster,
+        target_is_hub: args.target == Target::Hub,
+        compare: args.compare.map(Compare::name),
+        external_hub: args.hub.is_some(),
+    }) {
+        bail!(why);
+    }
     p2ppi_hub::certs::init(&data_dir, &[])?;
-    let targets: Vec<Target> = match args.compare {
-        None => vec![args.target],
-        Some(Compare::Floor) => vec![Target::Hub, Target::Floor],
-        Some(Compare::Mosquitto) => vec![Target::Hub, Target::Mosquitto],
-        Some(Compare::All) => vec![Target::Hub, Target::Floor, Target::Mosquitto],
+    // Each target with its cluster size (`None`: one process).
+    let targets: Vec<(Target, Option<usize>)> = match args.compare {
+        None => vec![(args.target, args.cluster)],
+        Some(Compare::Floor) => vec![(Target::Hub, None), (Target::Floor, None)],
+        Some(Compare::Mosquitto) => vec![(Target::Hub, None), (Target::Mosquitto, None)],
+        Some(Compare::All) => vec![
+            (Target::Hub, None),
+            (Target::Floor, None),
+            (Target::Mosquitto, None),
+        ],
+        Some(Compare::Single) => vec![(Target::Hub, args.cluster), (Target::Hub, None)],
     };
     let mut runs = Vec::new();
-    for target in targets {
+    for (target, cluster) in targets {
         if !target.runs(args.scenario) {
             if args.compare.is_some() {
                 eprintln!(
@@ -287,7 +336,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.scenario
             );
         }
-        let run = one_run(&args, target, &data_dir).await?;
+        let run = one_run(&args, target, cluster, &data_dir).await?;
         print_report(&run);
         runs.push(run);
     }
@@ -298,31 +347,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn one_run(args: &Args, target: Target, data_dir: &Path) -> anyhow::Result<Run> {
-    let mut server = match (target, &args.hub) {
-        (Target::Mosquitto, _) => Server::start_mosquitto(data_dir, args.pin)?,
-        (Target::Floor, _) => Server::start_floor(data_dir, args.pin)?,
-        (Target::Hub, Some(addr)) => Server::external(addr, args.admin.clone()),
-        (Target::Hub, None) => Server::start_hub(data_dir, args.pin)?,
+/// Runs the scenario against `target` (a cluster of `cluster` hubs, if given).
+async fn one_run(
+    args: &Args,
+    target: Target,
+    cluster: Option<usize>,
+    data_dir: &Path,
+) -> anyhow::Result<Run> {
+    let mut servers = match (target, &args.hub, cluster) {
+        (Target::Hub, None, Some(hubs)) => Servers::start_cluster(data_dir, hubs, args.pin)?,
+        (Target::Mosquitto, _, _) => Servers::one(Server::start_mosquitto(data_dir, args.pin)?),
+        (Target::Floor, _, _) => Servers::one(Server::start_floor(data_dir, args.pin)?),
+        (Target::Hub, Some(addr), _) => Servers::one(Server::external(addr, args.admin.clone())),
+        (Target::Hub, None, None) => Servers::one(Server::start_hub(data_dir, None, args.pin)?),
     };
     eprintln!(
-        "{} (pid {}) on {}; issuing {} peer certificates…",
-        target.name(),
-        server.pid().map_or("external".into(), |p| p.to_string()),
-        server.addr,
+        "{}; issuing {} peer certificates…",
+        servers.describe(target.name()),
         args.peers
     );
-    let fleet = Arc::new(Fleet::issue(data_dir, &server.addr, args.peers, None)?);
+    let fleet = Arc::new(Fleet::issue(data_dir, &servers.addrs(), args.peers, None)?);
     let mut run = match args.scenario {
-        Scenario::Connect => scenarios::connect(args, &server, &fleet, target).await?,
-        Scenario::Fanout => scenarios::fanout(args, &server, &fleet, target).await?,
-        Scenario::Relay => scenarios::relay(args, &server, &fleet).await?,
-        Scenario::Churn => scenarios::churn(args, &server, &fleet, target).await?,
+        Scenario::Connect => scenarios::connect(args, &servers, &fleet, target).await?,
+        Scenario::Fanout => scenarios::fanout(args, &servers, &fleet, target).await?,
+        Scenario::Relay => scenarios::relay(args, &servers, &fleet).await?,
+        Scenario::Churn => scenarios::churn(args, &servers, &fleet, target).await?,
     };
-    run.report.target = target.name().into();
+    run.report.target = servers.target_name(target.name());
     run.report.pinned = args.pin;
-    run.report.hub_rss_bytes = server.rss();
-    server.stop();
+    run.report.hub_rss_bytes = servers.rss();
+    run.report.cluster = servers
+        .report(args.peers, &run.server_cpu, &run.sessions)
+        .map(|c| c.with_latencies(&run.split));
+    servers.stop();
     Ok(run)
 }
 
@@ -407,6 +464,9 @@ fn print_report(run: &Run) {
             }
         ),
     ));
+    if let Some(cluster) = &r.cluster {
+        rows.extend(cluster_rows(cluster));
+    }
     rows.push(("errors", r.errors.to_string()));
     for (k, v) in rows {
         println!("{k:>14}  {v}");
@@ -417,6 +477,46 @@ fn print_report(run: &Run) {
     for note in &run.notes {
         println!("{:>14}  {note}", "");
     }
+}
+
+/// The table's cluster rows: one per hub, Redis, and the two latency paths.
+fn cluster_rows(cluster: &plan::ClusterReport) -> Vec<(&'static str, String)> {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let mut rows = Vec::new();
+    for (i, hub) in cluster.hubs.iter().enumerate() {
+        rows.push((
+            if i == 0 { "hubs" } else { "" },
+            format!(
+                "{} on {}: {} peers{}, CPU {:.2} s, RSS {:.1} MiB",
+                hub.node,
+                hub.addr,
+                hub.peers,
+                hub.sessions
+                    .map_or(String::new(), |s| format!(" ({s} sessions by its count)")),
+                hub.cpu_s,
+                mib(hub.rss_bytes)
+            ),
+        ));
+    }
+    rows.push((
+        "redis",
+        format!(
+            "CPU {:.2} s, RSS {:.1} MiB (not in the server figures)",
+            cluster.redis.cpu_s,
+            mib(cluster.redis.rss_bytes)
+        ),
+    ));
+    let path = |p: &Option<PathReport>| {
+        p.map_or("none".into(), |p| {
+            format!(
+                "{} deliveries, p50 {:.2}  p99 {:.2}  max {:.2} ms",
+                p.deliveries, p.latency_ms.p50, p.latency_ms.p99, p.latency_ms.max
+            )
+        })
+    };
+    rows.push(("same-hub", path(&cluster.same_hub)));
+    rows.push(("cross-hub", path(&cluster.cross_hub)));
+    rows
 }
 
 fn print_ratios(hub: &Report, other: &Report) {
@@ -445,7 +545,7 @@ fn write_outputs(args: &Args, runs: &[Run]) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let reports: Vec<Report> = runs.iter().map(|r| r.report.clone()).collect();
         let value = if args.compare.is_some() {
-            serde_json::to_value(Comparison::new(Target::Hub.name(), &reports))?
+            serde_json::to_value(Comparison::new(&reports[0].target, &reports))?
         } else {
             serde_json::to_value(&reports[0])?
         };

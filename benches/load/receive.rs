@@ -4,13 +4,15 @@
 //! A raw subscriber writes one SUBSCRIBE, waits for the initial NOTIFY, and from then on
 //! only cuts the decrypted stream into messages and scans each for stamps
 //! ([`find_stamps`]): it never decodes objects, so the harness stays cheap next to the
-//! server it measures.
+//! server it measures. With `--cluster` each delivery's latency is kept as same-hub or
+//! cross-hub ([`Locality`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use p2ppi_hub::loadtest::cluster::{Locality, SplitLatencies};
 use p2ppi_hub::loadtest::{
     find_stamps, slowest_second, Latencies, Stamp, Tally, Totals, WatchPlan, Window,
 };
@@ -34,7 +36,7 @@ pub struct Phase {
     /// The measured window.
     pub window: Window,
     tallies: Vec<Mutex<Tally>>,
-    latencies: Vec<Mutex<Latencies>>,
+    latencies: Vec<Mutex<SplitLatencies>>,
     delivered: AtomicU64,
     per_second: Vec<AtomicU64>,
     last_delivery_ns: AtomicU64,
@@ -56,8 +58,9 @@ impl Phase {
         }
     }
 
-    /// Receiver `receiver` got `stamp` at `now_ns`.
-    fn record(&self, receiver: usize, stamp: Stamp, now_ns: u64) {
+    /// Receiver `receiver` got `stamp` at `now_ns`; `locality` tells whether it crossed
+    /// hubs.
+    fn record(&self, receiver: usize, stamp: Stamp, now_ns: u64, locality: Option<&Locality>) {
         if stamp.phase != self.id {
             return;
         }
@@ -76,10 +79,11 @@ impl Phase {
                 self.per_second[second].fetch_add(1, Ordering::Relaxed);
             }
             self.last_delivery_ns.store(now_ns, Ordering::Relaxed);
+            let cross = locality.is_some_and(|l| l.crosses(receiver, stamp.seq));
             self.latencies[receiver % LATENCY_SHARDS]
                 .lock()
                 .expect("latencies")
-                .record(latency);
+                .record(cross, latency);
         }
     }
 
@@ -119,7 +123,12 @@ impl Phase {
 
     /// All latencies recorded.
     pub fn latencies(&self) -> Latencies {
-        let mut all = Latencies::new();
+        self.split().all()
+    }
+
+    /// All latencies recorded, same-hub and cross-hub apart.
+    pub fn split(&self) -> SplitLatencies {
+        let mut all = SplitLatencies::default();
         for shard in &self.latencies {
             all.merge(&shard.lock().expect("latencies"));
         }
@@ -127,10 +136,12 @@ impl Phase {
     }
 }
 
-/// What all receivers of a run share: the time base, the current phase, and failures.
+/// What all receivers of a run share: the time base, the current phase, where they are in
+/// a cluster, and failures.
 pub struct Receivers {
     base: Instant,
     current: RwLock<Option<Arc<Phase>>>,
+    locality: OnceLock<Locality>,
     failed: AtomicU64,
     messages: Mutex<Vec<String>>,
 }
@@ -141,6 +152,7 @@ impl Receivers {
         Arc::new(Self {
             base,
             current: RwLock::new(None),
+            locality: OnceLock::new(),
             failed: AtomicU64::new(0),
             messages: Mutex::default(),
         })
@@ -154,6 +166,12 @@ impl Receivers {
     /// The time base.
     pub fn base(&self) -> Instant {
         self.base
+    }
+
+    /// Says where each receiver and each change is in the cluster (once, before the
+    /// first phase), so latencies are kept as same-hub or cross-hub.
+    pub fn set_locality(&self, locality: Locality) {
+        let _ = self.locality.set(locality);
     }
 
     /// Makes `phase` the one stamps are recorded into.
@@ -171,8 +189,9 @@ impl Receivers {
         let Some(phase) = self.current.read().expect("phase").clone() else {
             return;
         };
+        let locality = self.locality.get();
         for stamp in stamps {
-            phase.record(receiver, stamp, now);
+            phase.record(receiver, stamp, now, locality);
         }
     }
 

@@ -1,5 +1,6 @@
 //! The scenarios: `connect`, `fanout` (with `--find-max`), `relay` and `churn`, each against
-//! the server it is given, and the measured phase they share.
+//! the servers it is given (one, or a cluster's hubs with the peers spread over them), and
+//! the measured phase they share.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use p2ppi_hub::hub::relay::relayed_name;
+use p2ppi_hub::loadtest::cluster::{Locality, Origin, SplitLatencies};
 use p2ppi_hub::loadtest::{
     harness_bound, micros_per, rss_per_session, sender_of, settled, slope, stamp, step_held,
     Latencies, RateSearch, Report, Schedule, Stamp, WatchPlan, Window,
@@ -20,17 +22,24 @@ use p2ppi_hub::wire::Object;
 use rumqttc::{AsyncClient, EventLoop};
 use tokio::sync::{watch, Semaphore};
 
+use crate::cluster::{CpuSpent, Servers};
 use crate::fleet::Fleet;
 use crate::publish::{run_schedule, Publisher, SendErrors};
 use crate::receive::{self, Phase, Receivers, Subscriber, KEPT_ERRORS};
-use crate::target::{harness_cpu_seconds, Server};
+use crate::target::harness_cpu_seconds;
 use crate::{mqtt, Args, Target, BENCH_OBJECT};
 
-/// One run's report, its latency distribution (for the plot) and notes for the table.
+/// One run's report, its latency distribution (for the plot) and notes for the table;
+/// for a cluster's report, each server process's CPU over the measured phase, the latency
+/// split by locality, and the sessions each hub reported.
+#[derive(Default)]
 pub struct Run {
     pub report: Report,
     pub latencies: Latencies,
     pub notes: Vec<String>,
+    pub server_cpu: CpuSpent,
+    pub split: SplitLatencies,
+    pub sessions: Vec<Option<u64>>,
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
@@ -80,11 +89,11 @@ enum Held {
     Mqtt(Box<(AsyncClient, EventLoop)>),
 }
 
-/// Connects and subscribes members `range` of `fleet` to `server`, `concurrency` at a
+/// Connects and subscribes members `range` of `fleet` to their servers, `concurrency` at a
 /// time, in the order they completed.
 async fn connect_all(
     fleet: &Arc<Fleet>,
-    server: &Server,
+    servers: &Servers,
     target: Target,
     range: std::ops::Range<usize>,
     concurrency: usize,
@@ -94,7 +103,7 @@ async fn connect_all(
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for i in range {
-        let (fleet, gate, addr) = (fleet.clone(), gate.clone(), server.addr.clone());
+        let (fleet, gate, addr) = (fleet.clone(), gate.clone(), servers.primary().addr.clone());
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await.expect("open semaphore");
             match target {
@@ -137,7 +146,7 @@ async fn gather<T: 'static>(
 /// handshake over the bursts only; RSS per idle session fitted over the settled sizes.
 pub async fn connect(
     args: &Args,
-    server: &Server,
+    servers: &Servers,
     fleet: &Arc<Fleet>,
     target: Target,
 ) -> anyhow::Result<Run> {
@@ -146,15 +155,16 @@ pub async fn connect(
     let bar = progress(n as u64, "connecting");
     let mut errors = Errors::default();
     let mut held = Vec::new();
-    let (mut burst_time, mut server_cpu, mut harness_cpu) = (Duration::ZERO, 0.0, 0.0);
+    let (mut burst_time, mut server_cpu, mut harness_cpu) =
+        (Duration::ZERO, CpuSpent::default(), 0.0);
     let mut points = Vec::new();
     let mut notes = Vec::new();
     for k in 0..sizes {
         let range = (k * n / sizes)..((k + 1) * n / sizes);
-        let (cpu0, h0, t0) = (server.cpu_seconds(), harness_cpu_seconds(), Instant::now());
+        let (cpu0, h0, t0) = (servers.cpu(), harness_cpu_seconds(), Instant::now());
         let more = connect_all(
             fleet,
-            server,
+            servers,
             target,
             range,
             args.concurrency,
@@ -163,10 +173,10 @@ pub async fn connect(
         )
         .await;
         burst_time += t0.elapsed();
-        server_cpu += server.cpu_seconds() - cpu0;
+        server_cpu.add(&servers.cpu_since(&cpu0));
         harness_cpu += harness_cpu_seconds() - h0;
         held.extend(more);
-        let rss = settle_rss(server).await;
+        let rss = settle_rss(servers).await;
         points.push((held.len() as f64, rss as f64));
         notes.push(format!(
             "RSS {:.1} MiB at {} sessions (settled)",
@@ -188,6 +198,12 @@ pub async fn connect(
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
         notes.push(format!("{connected} sessions held for {} s", args.hold));
     }
+    // Each hub's own count, while every session is held.
+    let sessions = if servers.is_cluster() {
+        servers.sessions().await
+    } else {
+        Vec::new()
+    };
     drop(held);
     let seconds = burst_time.as_secs_f64();
     Ok(Run {
@@ -197,12 +213,14 @@ pub async fn connect(
                 "connect",
                 connected as u64,
                 seconds,
-                (server_cpu, harness_cpu),
+                (server_cpu.hubs_total(), harness_cpu),
                 errors,
             )
         },
-        latencies: Latencies::new(),
         notes,
+        server_cpu,
+        sessions,
+        ..Default::default()
     })
 }
 
@@ -230,21 +248,21 @@ fn handshake_report(
     }
 }
 
-/// Reads the server's RSS every 250 ms until four readings agree within 0.5 % (at most
-/// 15 s), and returns the last.
-async fn settle_rss(server: &Server) -> u64 {
+/// Reads the servers' RSS (the hubs' sum) every 250 ms until four readings agree within
+/// 0.5 % (at most 15 s), and returns the last.
+async fn settle_rss(servers: &Servers) -> u64 {
     let start = Instant::now();
-    let mut readings = vec![server.rss()];
+    let mut readings = vec![servers.rss()];
     while !settled(&readings, 4, 0.005) && start.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        readings.push(server.rss());
+        readings.push(servers.rss());
     }
     readings.last().copied().unwrap_or(0)
 }
 
 /// What a measured phase needs to know beyond its rate.
 struct PhaseSetup<'a> {
-    server: &'a Server,
+    servers: &'a Servers,
     receivers: &'a Arc<Receivers>,
     receiver_count: usize,
     duration: Duration,
@@ -262,14 +280,14 @@ impl<'a> PhaseSetup<'a> {
     /// drain waits its full length for stragglers.
     fn new(
         args: &Args,
-        server: &'a Server,
+        servers: &'a Servers,
         receivers: &'a Arc<Receivers>,
         receiver_count: usize,
         send_errors: &'a SendErrors,
     ) -> Self {
         let drain = Duration::from_secs_f64(args.drain);
         Self {
-            server,
+            servers,
             receivers,
             receiver_count,
             duration: Duration::from_secs_f64(args.duration),
@@ -311,10 +329,10 @@ async fn measure_phase(
         setup.receiver_count
     );
     tokio::time::sleep_until(start.into()).await;
-    let (cpu0, h0) = (setup.server.cpu_seconds(), harness_cpu_seconds());
+    let (cpu0, h0) = (setup.servers.cpu(), harness_cpu_seconds());
     let sent = run_schedule(schedule, id, base, start, setup.payload, send).await;
     tokio::time::sleep_until((start + setup.duration).into()).await;
-    let (cpu1, h1) = (setup.server.cpu_seconds(), harness_cpu_seconds());
+    let (spent, h1) = (setup.servers.cpu_since(&cpu0), harness_cpu_seconds());
     let expected = setup.plan.map_or(sent * setup.receiver_count as u64, |p| {
         p.expected_total(sent)
     });
@@ -323,7 +341,7 @@ async fn measure_phase(
     let latencies = phase.latencies();
     let (send_errors, first) = setup.send_errors.get();
     let seconds = window.seconds();
-    let (server_cpu, harness_cpu) = (cpu1 - cpu0, h1 - h0);
+    let (server_cpu, harness_cpu) = (spent.hubs_total(), h1 - h0);
     let mut errors = Errors::default();
     if send_errors > send_errors_before {
         errors.add_all(
@@ -361,17 +379,22 @@ async fn measure_phase(
         report,
         latencies,
         notes,
+        server_cpu: spent,
+        split: phase.split(),
+        sessions: Vec::new(),
     }
 }
 
 /// `fanout`: every subscriber gets every change of one object; one phase at `--rate`, or
-/// the `--find-max` search.
+/// the `--find-max` search. In a cluster the changes go in through hub 0's admin API and
+/// reach the subscribers of every hub.
 pub async fn fanout(
     args: &Args,
-    server: &Server,
+    servers: &Servers,
     fleet: &Arc<Fleet>,
     target: Target,
 ) -> anyhow::Result<Run> {
+    let server = servers.primary();
     let publisher = match target {
         Target::Hub => {
             let admin = server
@@ -388,7 +411,7 @@ pub async fn fanout(
     let mut errors = Errors::default();
     let held = connect_all(
         fleet,
-        server,
+        servers,
         target,
         0..fleet.members.len(),
         args.concurrency,
@@ -398,6 +421,15 @@ pub async fn fanout(
     .await;
     bar.finish();
     let receivers = Receivers::new(Instant::now());
+    // Slots are in the order the sessions completed; each one's hub is its member's.
+    let hubs = held
+        .iter()
+        .map(|h| match h {
+            Held::Raw(sub) => fleet.placement.hub_of(sub.index),
+            Held::Mqtt(_) => 0,
+        })
+        .collect();
+    receivers.set_locality(Locality::new(hubs, Origin::Hub(0)));
     let mut tasks = tokio::task::JoinSet::new();
     let n = held.len();
     for (slot, h) in held.into_iter().enumerate() {
@@ -413,7 +445,7 @@ pub async fn fanout(
             }
         }
     }
-    let setup = PhaseSetup::new(args, server, &receivers, n, &publisher.errors);
+    let setup = PhaseSetup::new(args, servers, &receivers, n, &publisher.errors);
     let phase = |id: u32, rate: f64| {
         let queue = publisher.queue.clone();
         measure_phase(
@@ -532,26 +564,34 @@ async fn connect_peers(
     done.into_iter().map(|(_, p, e)| (p, e)).collect()
 }
 
-/// Waits (at most 60 s) until the hub relays `objects` objects in all, or that count (the
-/// admin API's sessions) held still for 1 s; without an admin address, waits 2 s.
-async fn wait_relayed(admin: Option<&str>, objects: usize) -> anyhow::Result<()> {
-    let Some(admin) = admin else {
+/// Waits (at most 60 s) until the hubs at `admins` relay `objects` objects in all (the sum
+/// over their local sessions: in a cluster each hub lists its own), or that count held
+/// still for 1 s; without an admin address, waits 2 s.
+async fn wait_relayed(admins: &[String], objects: usize) -> anyhow::Result<()> {
+    if admins.is_empty() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         return Ok(());
-    };
-    let url = format!("http://{admin}/v1/sessions");
+    }
+    let urls: Vec<String> = admins
+        .iter()
+        .map(|a| format!("http://{a}/v1/sessions"))
+        .collect();
     const STEADY: Duration = Duration::from_secs(1);
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut seen, mut changed) = (usize::MAX, Instant::now());
     loop {
-        let url = url.clone();
+        let urls = urls.clone();
         let relayed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-            let sessions: Vec<serde_json::Value> =
-                ureq::get(&url).call()?.body_mut().read_json()?;
-            Ok(sessions
-                .iter()
-                .filter_map(|s| s["relayed_objects"].as_u64())
-                .sum::<u64>() as usize)
+            let mut relayed = 0;
+            for url in &urls {
+                let sessions: Vec<serde_json::Value> =
+                    ureq::get(url).call()?.body_mut().read_json()?;
+                relayed += sessions
+                    .iter()
+                    .filter_map(|s| s["relayed_objects"].as_u64())
+                    .sum::<u64>() as usize;
+            }
+            Ok(relayed)
         })
         .await??;
         // Objects past the mesh view's room are not counted as relayed (watchers still get
@@ -563,7 +603,7 @@ async fn wait_relayed(admin: Option<&str>, objects: usize) -> anyhow::Result<()>
             (seen, changed) = (relayed, Instant::now());
         }
         if Instant::now() > deadline {
-            bail!("the hub relays {relayed} of {objects} initial objects after 60 s");
+            bail!("the hubs relay {relayed} of {objects} initial objects after 60 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -721,7 +761,7 @@ async fn consume(
 /// repeating it counts nothing. With `--watch K` every peer watches K random others
 /// (DESIGN 5.4), published once everyone's presence is in the hub, so each view's order is
 /// its list's.
-pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
+pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
     let initial = stamp(
         Stamp {
             phase: 0,
@@ -741,7 +781,7 @@ pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::
     if n < fleet.members.len() {
         bail!("{} of {} peers connected", n, fleet.members.len());
     }
-    wait_relayed(server.admin.as_deref(), n).await?;
+    wait_relayed(&servers.admins(), n).await?;
     let handles: Arc<Vec<Peer>> = Arc::new(peers.iter().map(|(p, _)| p.clone()).collect());
     let audience = Arc::new(Audience {
         plan: args.watch.map(|k| WatchPlan::random(n, k, args.seed)),
@@ -781,7 +821,15 @@ pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::
     }
     let last = Arc::new(Mutex::new(vec![initial; n]));
     let send_errors = Arc::new(SendErrors::default());
-    let mut setup = PhaseSetup::new(args, server, &receivers, n, &send_errors);
+    // Slot = fleet member; change `seq` comes from peer `sender_of(seq, n)` on its hub.
+    receivers.set_locality(Locality::new(
+        (0..n).map(|m| fleet.placement.hub_of(m)).collect(),
+        Origin::Senders {
+            peers: n,
+            placement: fleet.placement,
+        },
+    ));
+    let mut setup = PhaseSetup::new(args, servers, &receivers, n, &send_errors);
     setup.plan = audience.plan.as_ref();
     let send = {
         let (handles, last, errs) = (handles.clone(), last.clone(), send_errors.clone());
@@ -878,7 +926,7 @@ pub async fn relay(args: &Args, server: &Server, fleet: &Arc<Fleet>) -> anyhow::
 /// and over for `--duration`; server CPU per handshake, RSS over time.
 pub async fn churn(
     args: &Args,
-    server: &Server,
+    servers: &Servers,
     fleet: &Arc<Fleet>,
     target: Target,
 ) -> anyhow::Result<Run> {
@@ -890,7 +938,7 @@ pub async fn churn(
     let completed = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Mutex::new(Errors::default()));
     let mut tasks = tokio::task::JoinSet::new();
-    let (cpu0, h0) = (server.cpu_seconds(), harness_cpu_seconds());
+    let (cpu0, h0) = (servers.cpu(), harness_cpu_seconds());
     for slot in 0..slots {
         let (fleet, completed, errors) = (fleet.clone(), completed.clone(), errors.clone());
         tasks.spawn(async move {
@@ -917,7 +965,7 @@ pub async fn churn(
             .await;
         samples.push((
             started.elapsed().as_secs_f64(),
-            server.rss(),
+            servers.rss(),
             completed.load(Ordering::Relaxed),
         ));
         bar.set_position(started.elapsed().as_secs());
@@ -925,7 +973,7 @@ pub async fn churn(
     while tasks.join_next().await.is_some() {}
     bar.finish();
     let elapsed = started.elapsed().as_secs_f64();
-    let (server_cpu, harness_cpu) = (server.cpu_seconds() - cpu0, harness_cpu_seconds() - h0);
+    let (spent, harness_cpu) = (servers.cpu_since(&cpu0), harness_cpu_seconds() - h0);
     let done = completed.load(Ordering::Relaxed);
     let mut notes = vec![format!("{slots} peers connecting and leaving continuously")];
     // Drift after the first fifth (warm-up): a flat RSS fits a slope near zero.
@@ -951,9 +999,16 @@ pub async fn churn(
     Ok(Run {
         report: Report {
             peers: slots,
-            ..handshake_report("churn", done, elapsed, (server_cpu, harness_cpu), errors)
+            ..handshake_report(
+                "churn",
+                done,
+                elapsed,
+                (spent.hubs_total(), harness_cpu),
+                errors,
+            )
         },
-        latencies: Latencies::new(),
         notes,
+        server_cpu: spent,
+        ..Default::default()
     })
 }

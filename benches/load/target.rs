@@ -1,7 +1,7 @@
 //! The server under load: a release `p2ppi-hub`, Mosquitto or the floor started as a
 //! separate process so its RSS and CPU can be read from `/proc`, or a running hub given by
-//! address. With `--pin` each is started through `taskset -c 0` (it execs, so the pid is
-//! the server's).
+//! address; for `--cluster`, also Debian's `redis-server`. With `--pin` each is started
+//! through `taskset -c 0` (it execs, so the pid is the server's).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -55,11 +55,17 @@ fn wait_for_line<T>(
 }
 
 impl Server {
-    /// Starts `p2ppi-hub serve` on ports chosen by the OS.
-    pub fn start_hub(data_dir: &Path, pin: bool) -> anyhow::Result<Self> {
+    /// Starts `p2ppi-hub serve` on ports chosen by the OS, with the configuration file
+    /// `config` if given (a hub of a cluster).
+    pub fn start_hub(data_dir: &Path, config: Option<&Path>, pin: bool) -> anyhow::Result<Self> {
         let bin = env!("CARGO_BIN_EXE_p2ppi-hub");
-        let mut child = command(bin, pin)
-            .args(["serve", "--data-dir"])
+        let mut command = command(bin, pin);
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
@@ -142,11 +148,9 @@ impl Server {
                 key = data_dir.join("hub.key").display(),
             ),
         )?;
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
+        let bin = find_program("mosquitto")
             .context("mosquitto is not installed (apt-get install mosquitto)")?;
-        let child = command(bin, pin)
+        let child = command(bin.to_str().context("mosquitto path is not UTF-8")?, pin)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -167,6 +171,48 @@ impl Server {
             admin: None,
             control: None,
         })
+    }
+
+    /// Starts Debian's `redis-server` on a free loopback port without persistence (its
+    /// working directory `dir`), and waits (at most 10 s) until it answers PING.
+    pub fn start_redis(dir: &Path, pin: bool) -> anyhow::Result<Self> {
+        let bin = find_program("redis-server").context(
+            "--cluster needs Redis, and redis-server is not installed (apt-get install redis-server)",
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = command(bin.to_str().context("redis-server path is not UTF-8")?, pin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting redis-server")?;
+        let server = Self {
+            child: Some(child),
+            addr: format!("127.0.0.1:{port}"),
+            admin: None,
+            control: None,
+        };
+        let url = format!("redis://{}/0", server.addr);
+        let start = Instant::now();
+        loop {
+            let pong = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            match pong {
+                Ok(p) if p == "PONG" => return Ok(server),
+                _ if start.elapsed() > Duration::from_secs(10) => {
+                    bail!(
+                        "redis-server on {} did not answer PING within 10 s: {pong:?}",
+                        server.addr
+                    )
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 
     /// The process id (`None` for an external hub), printed so it can be frozen by hand.
@@ -216,6 +262,15 @@ pub fn harness_cpu_seconds() -> f64 {
         .ok()
         .and_then(|s| parse_cpu_seconds(&s, 100.0))
         .unwrap_or(0.0)
+}
+
+/// `program` on `PATH`, or in `/usr/sbin` or `/usr/bin`.
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 fn is_root() -> bool {

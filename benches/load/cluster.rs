@@ -1,0 +1,307 @@
+//! The server side of a run: one server, or with `--cluster N` a Redis and N hubs sharing
+//! it (DESIGN 8), each hub its own process with its own P2PPI and admin ports on
+//! 127.0.0.1, its own node name and state directory, and the same CA and hub certificate.
+//!
+//! The scenarios read the servers' CPU and RSS through [`Servers`]: the hubs' sums stand
+//! for "the server" in the report, and each hub's share and Redis's go into its cluster
+//! part.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use p2ppi_hub::loadtest::cluster::{target_name, ClusterReport, HubCost, ProcessCost};
+use p2ppi_hub::metrics::SESSIONS;
+
+use crate::target::Server;
+
+/// How long the hubs may take to see each other in `GET /v1/cluster`.
+const FORMING: Duration = Duration::from_secs(30);
+
+/// The servers of one run.
+pub struct Servers {
+    hubs: Vec<Server>,
+    nodes: Vec<String>,
+    redis: Option<Server>,
+}
+
+/// CPU seconds each process used: the hubs in order, then Redis (0 without one).
+#[derive(Debug, Clone, Default)]
+pub struct CpuSpent {
+    /// By hub.
+    pub hubs: Vec<f64>,
+    /// Redis.
+    pub redis: f64,
+}
+
+impl CpuSpent {
+    /// The hubs together: what the report calls the server's CPU.
+    pub fn hubs_total(&self) -> f64 {
+        self.hubs.iter().sum()
+    }
+
+    /// Adds `other` (another interval of the same processes).
+    pub fn add(&mut self, other: &CpuSpent) {
+        self.hubs.resize(self.hubs.len().max(other.hubs.len()), 0.0);
+        for (mine, theirs) in self.hubs.iter_mut().zip(&other.hubs) {
+            *mine += theirs;
+        }
+        self.redis += other.redis;
+    }
+}
+
+impl Servers {
+    /// One server.
+    pub fn one(server: Server) -> Self {
+        Self {
+            hubs: vec![server],
+            nodes: vec![String::new()],
+            redis: None,
+        }
+    }
+
+    /// Starts a Redis and `hubs` hubs on it, and waits until hub 0 lists them all as live.
+    /// Each hub's state directory is `data_dir/bench-I`; its configuration (written there)
+    /// names the CA and hub certificate in `data_dir`.
+    pub fn start_cluster(data_dir: &Path, hubs: usize, pin: bool) -> anyhow::Result<Self> {
+        let redis = Server::start_redis(data_dir, pin)?;
+        let url = format!("redis://{}/0", redis.addr);
+        eprintln!(
+            "redis-server (pid {}) on {}",
+            redis.pid().unwrap_or_default(),
+            redis.addr
+        );
+        let mut servers = Self {
+            hubs: Vec::with_capacity(hubs),
+            nodes: Vec::with_capacity(hubs),
+            redis: Some(redis),
+        };
+        for i in 0..hubs {
+            let node = format!("bench-{i}");
+            let dir = data_dir.join(&node);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let config = dir.join("hub.toml");
+            std::fs::write(&config, hub_config(data_dir, &url, &node)?)
+                .with_context(|| format!("writing {}", config.display()))?;
+            let hub = Server::start_hub(&dir, Some(&config), pin)
+                .with_context(|| format!("starting hub {node}"))?;
+            eprintln!(
+                "hub {node} (pid {}) on {}, admin {}",
+                hub.pid().unwrap_or_default(),
+                hub.addr,
+                hub.admin.as_deref().unwrap_or("-")
+            );
+            servers.hubs.push(hub);
+            servers.nodes.push(node);
+        }
+        servers.wait_formed()?;
+        Ok(servers)
+    }
+
+    /// Waits until hub 0's `GET /v1/cluster` lists every hub started.
+    fn wait_formed(&self) -> anyhow::Result<()> {
+        let admin = self.primary().admin.as_deref().context("hub 0's admin")?;
+        let url = format!("http://{admin}/v1/cluster");
+        let start = Instant::now();
+        loop {
+            let listed = live_nodes(&url);
+            if let Ok(nodes) = &listed {
+                if self.nodes.iter().all(|n| nodes.contains(n)) {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > FORMING {
+                bail!(
+                    "after {} s hub 0 does not list all {} hubs in GET /v1/cluster: {listed:?}",
+                    FORMING.as_secs(),
+                    self.hubs.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Hub 0: `fanout` publishes through its admin API.
+    pub fn primary(&self) -> &Server {
+        &self.hubs[0]
+    }
+
+    /// Whether this is a cluster (a Redis and hubs).
+    pub fn is_cluster(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Every hub's P2PPI address, in order.
+    pub fn addrs(&self) -> Vec<String> {
+        self.hubs.iter().map(|h| h.addr.clone()).collect()
+    }
+
+    /// Every hub's admin address (those that have one).
+    pub fn admins(&self) -> Vec<String> {
+        self.hubs.iter().filter_map(|h| h.admin.clone()).collect()
+    }
+
+    /// A line naming the processes, for the log.
+    pub fn describe(&self, name: &str) -> String {
+        let pids: Vec<String> = self
+            .hubs
+            .iter()
+            .map(|h| h.pid().map_or("external".into(), |p| p.to_string()))
+            .collect();
+        if self.is_cluster() {
+            format!(
+                "{} hubs (pids {}) on {}",
+                self.hubs.len(),
+                pids.join(", "),
+                self.addrs().join(", ")
+            )
+        } else {
+            format!("{name} (pid {}) on {}", pids[0], self.hubs[0].addr)
+        }
+    }
+
+    /// The report's target name: `name` for one server, `p2ppi-hub-cluster-N` for a
+    /// cluster.
+    pub fn target_name(&self, name: &str) -> String {
+        if self.is_cluster() {
+            target_name(self.hubs.len())
+        } else {
+            name.to_owned()
+        }
+    }
+
+    /// CPU seconds used so far by each process.
+    pub fn cpu(&self) -> CpuSpent {
+        CpuSpent {
+            hubs: self.hubs.iter().map(Server::cpu_seconds).collect(),
+            redis: self.redis.as_ref().map_or(0.0, Server::cpu_seconds),
+        }
+    }
+
+    /// CPU seconds each process used since `before` (a [`Servers::cpu`] reading).
+    pub fn cpu_since(&self, before: &CpuSpent) -> CpuSpent {
+        let now = self.cpu();
+        CpuSpent {
+            hubs: now
+                .hubs
+                .iter()
+                .zip(&before.hubs)
+                .map(|(n, b)| n - b)
+                .collect(),
+            redis: now.redis - before.redis,
+        }
+    }
+
+    /// The hubs' resident memory, summed.
+    pub fn rss(&self) -> u64 {
+        self.hubs.iter().map(Server::rss).sum()
+    }
+
+    /// Each hub's `p2ppi_sessions` gauge (`None` where it could not be read).
+    pub async fn sessions(&self) -> Vec<Option<u64>> {
+        let admins: Vec<Option<String>> = self.hubs.iter().map(|h| h.admin.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            admins
+                .iter()
+                .map(|a| a.as_deref().and_then(|a| gauge(a, SESSIONS)))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// The cluster part of the report (`None` for one server): `peers` placed round
+    /// robin, `cpu` spent in the measured phase, `sessions` as read by the scenario, RSS
+    /// now.
+    pub fn report(
+        &self,
+        peers: usize,
+        cpu: &CpuSpent,
+        sessions: &[Option<u64>],
+    ) -> Option<ClusterReport> {
+        let redis = self.redis.as_ref()?;
+        let placement = p2ppi_hub::loadtest::cluster::Placement::round_robin(self.hubs.len());
+        let hubs = self
+            .hubs
+            .iter()
+            .enumerate()
+            .map(|(i, hub)| HubCost {
+                node: self.nodes[i].clone(),
+                addr: hub.addr.clone(),
+                peers: placement.count_on(i, peers),
+                sessions: sessions.get(i).copied().flatten(),
+                cpu_s: cpu.hubs.get(i).copied().unwrap_or(0.0),
+                rss_bytes: hub.rss(),
+            })
+            .collect();
+        Some(ClusterReport {
+            hubs,
+            redis: ProcessCost {
+                cpu_s: cpu.redis,
+                rss_bytes: redis.rss(),
+            },
+            ..Default::default()
+        })
+    }
+
+    /// Stops the hubs, then Redis.
+    pub fn stop(&mut self) {
+        for hub in &mut self.hubs {
+            hub.stop();
+        }
+        if let Some(redis) = &mut self.redis {
+            redis.stop();
+        }
+    }
+}
+
+/// A hub's configuration in a cluster: the shared CA and hub certificate, the shared
+/// Redis, its node name.
+fn hub_config(data_dir: &Path, redis: &str, node: &str) -> anyhow::Result<String> {
+    let path = |file: &str| -> anyhow::Result<String> {
+        data_dir
+            .join(file)
+            .to_str()
+            .map(str::to_owned)
+            .context("the data directory's path is not UTF-8")
+    };
+    let mut tls = toml::Table::new();
+    tls.insert("ca".into(), path("ca.pem")?.into());
+    tls.insert("cert".into(), path("hub.pem")?.into());
+    tls.insert("key".into(), path("hub.key")?.into());
+    let mut cluster = toml::Table::new();
+    cluster.insert("redis".into(), redis.into());
+    cluster.insert("node".into(), node.into());
+    let mut config = toml::Table::new();
+    config.insert("tls".into(), tls.into());
+    config.insert("cluster".into(), cluster.into());
+    Ok(toml::to_string(&config)?)
+}
+
+/// The node names `GET /v1/cluster` at `url` lists.
+fn live_nodes(url: &str) -> anyhow::Result<Vec<String>> {
+    let body: serde_json::Value = ureq::get(url).call()?.body_mut().read_json()?;
+    let hubs = body
+        .get("hubs")
+        .unwrap_or(&body)
+        .as_array()
+        .context("no list of hubs")?;
+    Ok(hubs
+        .iter()
+        .filter_map(|h| h.get("node").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect())
+}
+
+/// The value of the unlabelled gauge `name` on the hub whose admin API is at `admin`.
+fn gauge(admin: &str, name: &str) -> Option<u64> {
+    let text = ureq::get(&format!("http://{admin}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}

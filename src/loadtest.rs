@@ -3,10 +3,11 @@
 //! detection, latency percentiles (hdrhistogram), the RSS-per-session slope, `/proc`
 //! readings, the capacity search, `relay --watch` plans (who watches whom, what each
 //! receiver must get and finally see) and the JSON report; [`cluster`] holds what
-//! `--cluster N` adds. The harness itself is `benches/load` (`cargo bench --bench load --
-//! --help`).
+//! `--cluster N` adds, [`holders`] how `connect` spreads past one process's descriptors.
+//! The harness itself is `benches/load` (`cargo bench --bench load -- --help`).
 
 pub mod cluster;
+pub mod holders;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

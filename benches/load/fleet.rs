@@ -1,9 +1,12 @@
 //! The harness's peers: certificates from the server's CA (one per peer, so each peer has
 //! its own PeerName), a rustls client config each, connections spread over several
 //! loopback source addresses to pass the ~28k ephemeral ports of one address, and with
-//! `--cluster N` over the hubs round robin (peer `i` to hub `i mod N`).
+//! `--cluster N` over the hubs round robin (peer `i` to hub `i mod N`). A fleet may be a
+//! slice of a larger one (a holder process's share of `connect`): its members keep their
+//! places in the whole, so the hub and source address of each stay the same.
 
 use std::net::IpAddr;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,9 +30,11 @@ pub struct Fleet {
     pub members: Vec<Member>,
     /// One per server address (hub), in order.
     bases: Vec<PeerConfig>,
-    /// Which of them peer `i` connects to.
-    pub placement: Placement,
-    pub sources: Vec<IpAddr>,
+    /// Which of them peer `i` of the whole fleet connects to.
+    placement: Placement,
+    sources: Vec<IpAddr>,
+    /// The place of `members[0]` in the whole fleet.
+    offset: usize,
 }
 
 impl Fleet {
@@ -41,6 +46,18 @@ impl Fleet {
         n: usize,
         mesh: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::issue_slice(data_dir, addrs, 0..n, n, mesh)
+    }
+
+    /// Issues the certificates of members `slice` of a fleet of `total`.
+    pub fn issue_slice(
+        data_dir: &Path,
+        addrs: &[String],
+        slice: Range<usize>,
+        total: usize,
+        mesh: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let (offset, n) = (slice.start, slice.len());
         let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem")).context("reading ca.pem")?;
         let key_pem = std::fs::read_to_string(data_dir.join("ca.key")).context("reading ca.key")?;
         let roots = tls::load_certs(&data_dir.join("ca.pem"))?;
@@ -60,7 +77,8 @@ impl Fleet {
                     };
                     range
                         .map(|i| {
-                            let issued = ca.issue_peer(&format!("load-{i}"), &options)?;
+                            let issued =
+                                ca.issue_peer(&format!("load-{}", offset + i), &options)?;
                             let identity = issued.identity()?;
                             let client = tls::client_config(&roots, identity.clone())?;
                             Ok((
@@ -83,7 +101,7 @@ impl Fleet {
                 members.push(member);
             }
         }
-        let sources_needed = n.div_ceil(20_000).max(1);
+        let sources_needed = total.div_ceil(20_000).max(1);
         let sources = (1..=sources_needed as u8)
             .map(|i| IpAddr::from([127, 0, 0, i]))
             .collect();
@@ -103,7 +121,18 @@ impl Fleet {
             bases,
             placement: Placement::round_robin(addrs.len()),
             sources,
+            offset,
         })
+    }
+
+    /// The hub (index into the addresses) member `i` connects to.
+    pub fn hub_of(&self, i: usize) -> usize {
+        self.placement.hub_of(self.offset + i)
+    }
+
+    /// Where the whole fleet's peers connect.
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     /// Connects member `i` through the peer library.
@@ -115,8 +144,8 @@ impl Fleet {
     /// Connects member `i` and completes the mutual-TLS handshake, without speaking P2PPI.
     pub async fn connect_tls(&self, i: usize) -> Result<TlsStream<TcpStream>, peer::PeerError> {
         let member = &self.members[i];
-        let source = self.sources[i % self.sources.len()];
-        let base = &self.bases[self.placement.hub_of(i)];
+        let source = self.sources[(self.offset + i) % self.sources.len()];
+        let base = &self.bases[self.hub_of(i)];
         peer::connect_with(base, member.client.clone(), Some(source)).await
     }
 }

@@ -20,6 +20,7 @@
 mod cluster;
 mod fleet;
 mod floor;
+mod holder;
 mod mqtt;
 mod publish;
 mod receive;
@@ -135,8 +136,8 @@ pub struct Args {
     /// view. The report adds each hub's CPU and RSS (and sessions, for `connect`),
     /// Redis's, and latency of cross-hub deliveries (receiver on another hub than the
     /// change's origin) apart from same-hub ones; "server" figures are the hubs' sums.
-    /// The harness still holds every peer's connection in its one process (see the
-    /// descriptor-limit warning).
+    /// Past this process's descriptor limit `connect` holds the sessions in holder
+    /// processes; the other scenarios hold every peer here (see the warning).
     #[arg(long, value_name = "N")]
     pub cluster: Option<usize>,
     /// `fanout`: raise the rate from `--rate` (doubling, then bisecting) until p99 exceeds
@@ -160,7 +161,8 @@ pub struct Args {
     /// default.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Peers (subscribers).
+    /// Peers (subscribers). `connect` past this process's descriptor limit holds them in
+    /// several holder processes of this harness (their CPU counted as the harness's).
     #[arg(long, default_value_t = 1000)]
     pub peers: usize,
     /// Changes per second on the fixed timeline: object updates (`fanout`; the start rate of
@@ -210,6 +212,15 @@ pub struct Args {
     /// Serve as the floor target (started by the harness itself).
     #[arg(long, hide = true)]
     serve_floor: bool,
+    /// Hold a slice of `connect`'s peers (started by the harness itself).
+    #[arg(long, hide = true)]
+    serve_holder: bool,
+    /// `--serve-holder`: the servers' addresses, comma-separated.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    holder_hubs: Vec<String>,
+    /// `--serve-holder`: the peers it holds, `START..END` of `--peers`.
+    #[arg(long, hide = true)]
+    holder_slice: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -224,13 +235,24 @@ fn main() -> anyhow::Result<()> {
             .context("--serve-floor needs --data-dir")?;
         return floor::serve(dir);
     }
+    if args.serve_holder {
+        let dir = args
+            .data_dir
+            .as_deref()
+            .context("--serve-holder needs --data-dir")?;
+        let slice = args
+            .holder_slice
+            .as_deref()
+            .context("--serve-holder needs --holder-slice")?;
+        return holder::serve(dir, &args.holder_hubs, slice, args.peers, args.concurrency);
+    }
     if args.pin {
         pin_harness()?;
     }
     let limit = raise_fd_limit();
     // Each peer is one descriptor here and one in the server (in a cluster, in its hub:
-    // each hub holds about peers/N, but this process holds them all).
-    if (args.peers as u64) + 256 > limit {
+    // each hub holds about peers/N). `connect` then holds them in holder processes.
+    if (args.peers as u64) + 256 > limit && !uses_holders(&args) {
         eprintln!(
             "warning: the file-descriptor limit is {limit} per process and cannot be raised here (no CAP_SYS_RESOURCE); \
              the harness holds every peer's connection, so about {} of {} peers can connect{}. \
@@ -271,6 +293,20 @@ fn pin_harness() -> anyhow::Result<()> {
         cores - 1
     );
     Ok(())
+}
+
+/// Whether `connect` holds its sessions in holder processes: when this one may not open
+/// enough descriptors for them (Mosquitto's MQTT sessions are always held here).
+fn uses_holders(args: &Args) -> bool {
+    args.scenario == Scenario::Connect
+        && args.target != Target::Mosquitto
+        && args.compare.is_none_or(|c| c == Compare::Single)
+        && (args.peers as u64) + 256 > fd_limit()
+}
+
+/// The descriptors one process may open (the soft limit, after [`raise_fd_limit`]).
+pub fn fd_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
 }
 
 /// Raises the descriptor limit as far as allowed (the server, started from here, inherits
@@ -366,13 +402,43 @@ async fn one_run(
         servers.describe(target.name()),
         args.peers
     );
+    if uses_holders(args) {
+        let per_process = fd_limit().saturating_sub(holder::SPARE_DESCRIPTORS).max(1) as usize;
+        let holders = holder::Holders::start(
+            data_dir,
+            &servers.addrs(),
+            args.peers,
+            per_process,
+            args.concurrency,
+        )
+        .await?;
+        eprintln!(
+            "{} peers in {} holder processes (this one may open {} descriptors)",
+            args.peers,
+            holders.len(),
+            fd_limit()
+        );
+        let mut run =
+            scenarios::connect(args, &servers, scenarios::Holding::Holders(holders), target)
+                .await?;
+        finish_run(args, target, &mut servers, &mut run);
+        return Ok(run);
+    }
     let fleet = Arc::new(Fleet::issue(data_dir, &servers.addrs(), args.peers, None)?);
     let mut run = match args.scenario {
-        Scenario::Connect => scenarios::connect(args, &servers, &fleet, target).await?,
+        Scenario::Connect => {
+            scenarios::connect(args, &servers, scenarios::Holding::Here(&fleet), target).await?
+        }
         Scenario::Fanout => scenarios::fanout(args, &servers, &fleet, target).await?,
         Scenario::Relay => scenarios::relay(args, &servers, &fleet).await?,
         Scenario::Churn => scenarios::churn(args, &servers, &fleet, target).await?,
     };
+    finish_run(args, target, &mut servers, &mut run);
+    Ok(run)
+}
+
+/// Completes `run`'s report with what the servers say at its end, then stops them.
+fn finish_run(args: &Args, target: Target, servers: &mut Servers, run: &mut Run) {
     run.report.target = servers.target_name(target.name());
     run.report.pinned = args.pin;
     run.report.hub_rss_bytes = servers.rss();
@@ -380,7 +446,6 @@ async fn one_run(
         .report(args.peers, &run.server_cpu, &run.sessions)
         .map(|c| c.with_latencies(&run.split));
     servers.stop();
-    Ok(run)
 }
 
 fn opt(value: Option<f64>, unit: &str) -> String {

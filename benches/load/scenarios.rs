@@ -24,6 +24,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::cluster::{CpuSpent, Servers};
 use crate::fleet::Fleet;
+use crate::holder::Holders;
 use crate::publish::{run_schedule, Publisher, SendErrors};
 use crate::receive::{self, Phase, Receivers, Subscriber, KEPT_ERRORS};
 use crate::target::harness_cpu_seconds;
@@ -60,20 +61,20 @@ fn harness_cores() -> usize {
 
 /// Errors of a run: counted, the first few kept as text.
 #[derive(Default)]
-struct Errors {
-    count: u64,
-    messages: Vec<String>,
+pub struct Errors {
+    pub count: u64,
+    pub messages: Vec<String>,
 }
 
 impl Errors {
-    fn add(&mut self, message: String) {
+    pub fn add(&mut self, message: String) {
         self.count += 1;
         if self.messages.len() < KEPT_ERRORS {
             self.messages.push(message);
         }
     }
 
-    fn add_all(&mut self, count: u64, messages: Vec<String>) {
+    pub fn add_all(&mut self, count: u64, messages: Vec<String>) {
         self.count += count;
         for m in messages {
             if self.messages.len() < KEPT_ERRORS {
@@ -84,16 +85,16 @@ impl Errors {
 }
 
 /// A subscribed session the harness holds: a raw P2PPI one, or an MQTT one.
-enum Held {
+pub enum Held {
     Raw(Box<Subscriber>),
     Mqtt(Box<(AsyncClient, EventLoop)>),
 }
 
-/// Connects and subscribes members `range` of `fleet` to their servers, `concurrency` at a
-/// time, in the order they completed.
-async fn connect_all(
+/// Connects and subscribes members `range` of `fleet` to their servers (Mosquitto's at
+/// `addr`), `concurrency` at a time, in the order they completed.
+pub async fn connect_all(
     fleet: &Arc<Fleet>,
-    servers: &Servers,
+    addr: &str,
     target: Target,
     range: std::ops::Range<usize>,
     concurrency: usize,
@@ -103,7 +104,7 @@ async fn connect_all(
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for i in range {
-        let (fleet, gate, addr) = (fleet.clone(), gate.clone(), servers.primary().addr.clone());
+        let (fleet, gate, addr) = (fleet.clone(), gate.clone(), addr.to_owned());
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await.expect("open semaphore");
             match target {
@@ -142,50 +143,77 @@ async fn gather<T: 'static>(
     done
 }
 
+/// Where `connect` holds its sessions: in this process, or (past its descriptor limit) in
+/// holder processes.
+pub enum Holding<'a> {
+    /// Here, connecting this fleet.
+    Here(&'a Arc<Fleet>),
+    /// In holder processes, each with its slice of the fleet.
+    Holders(Holders),
+}
+
+impl Holding<'_> {
+    /// The harness's CPU seconds so far, its holders' included.
+    fn harness_cpu(&self) -> f64 {
+        harness_cpu_seconds()
+            + match self {
+                Self::Here(_) => 0.0,
+                Self::Holders(holders) => holders.cpu_seconds(),
+            }
+    }
+}
+
 /// `connect`: subscribed sessions in `--sizes` bursts; handshake rate and server CPU per
-/// handshake over the bursts only; RSS per idle session fitted over the settled sizes.
+/// handshake over the bursts only; RSS per idle session fitted over the settled sizes. In
+/// a cluster each hub's own session count is read while all are held.
 pub async fn connect(
     args: &Args,
     servers: &Servers,
-    fleet: &Arc<Fleet>,
+    mut holding: Holding<'_>,
     target: Target,
 ) -> anyhow::Result<Run> {
-    let n = fleet.members.len();
+    let n = args.peers;
     let sizes = args.sizes.max(p2ppi_hub::loadtest::MIN_RSS_POINTS);
     let bar = progress(n as u64, "connecting");
     let mut errors = Errors::default();
     let mut held = Vec::new();
+    let mut connected = 0;
     let (mut burst_time, mut server_cpu, mut harness_cpu) =
         (Duration::ZERO, CpuSpent::default(), 0.0);
     let mut points = Vec::new();
     let mut notes = Vec::new();
     for k in 0..sizes {
         let range = (k * n / sizes)..((k + 1) * n / sizes);
-        let (cpu0, h0, t0) = (servers.cpu(), harness_cpu_seconds(), Instant::now());
-        let more = connect_all(
-            fleet,
-            servers,
-            target,
-            range,
-            args.concurrency,
-            &bar,
-            &mut errors,
-        )
-        .await;
+        let (cpu0, h0, t0) = (servers.cpu(), holding.harness_cpu(), Instant::now());
+        connected += match &mut holding {
+            Holding::Here(fleet) => {
+                let more = connect_all(
+                    fleet,
+                    &servers.primary().addr,
+                    target,
+                    range,
+                    args.concurrency,
+                    &bar,
+                    &mut errors,
+                )
+                .await;
+                let count = more.len();
+                held.extend(more);
+                count
+            }
+            Holding::Holders(holders) => holders.connect(range, &bar, &mut errors).await?,
+        };
         burst_time += t0.elapsed();
         server_cpu.add(&servers.cpu_since(&cpu0));
-        harness_cpu += harness_cpu_seconds() - h0;
-        held.extend(more);
+        harness_cpu += holding.harness_cpu() - h0;
         let rss = settle_rss(servers).await;
-        points.push((held.len() as f64, rss as f64));
+        points.push((connected as f64, rss as f64));
         notes.push(format!(
-            "RSS {:.1} MiB at {} sessions (settled)",
+            "RSS {:.1} MiB at {connected} sessions (settled)",
             rss as f64 / 1048576.0,
-            held.len()
         ));
     }
     bar.finish();
-    let connected = held.len();
     notes.insert(
         0,
         format!(
@@ -193,6 +221,13 @@ pub async fn connect(
             burst_time.as_secs_f64()
         ),
     );
+    if let Holding::Holders(holders) = &holding {
+        notes.push(format!(
+            "sessions held by {} holder processes (one process may open {} descriptors); their CPU counts as the harness's",
+            holders.len(),
+            crate::fd_limit()
+        ));
+    }
     if args.hold > 0.0 {
         eprintln!("holding {connected} sessions for {} s…", args.hold);
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
@@ -204,7 +239,25 @@ pub async fn connect(
     } else {
         Vec::new()
     };
+    if let Some(counted) = sessions
+        .iter()
+        .copied()
+        .sum::<Option<u64>>()
+        .filter(|_| !sessions.is_empty())
+    {
+        notes.push(format!(
+            "the hubs count {counted} sessions: {}",
+            sessions
+                .iter()
+                .map(|s| s.map_or("-".into(), |s| s.to_string()))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ));
+    }
     drop(held);
+    if let Holding::Holders(holders) = holding {
+        holders.stop().await;
+    }
     let seconds = burst_time.as_secs_f64();
     Ok(Run {
         report: Report {
@@ -411,7 +464,7 @@ pub async fn fanout(
     let mut errors = Errors::default();
     let held = connect_all(
         fleet,
-        servers,
+        &servers.primary().addr,
         target,
         0..fleet.members.len(),
         args.concurrency,
@@ -425,7 +478,7 @@ pub async fn fanout(
     let hubs = held
         .iter()
         .map(|h| match h {
-            Held::Raw(sub) => fleet.placement.hub_of(sub.index),
+            Held::Raw(sub) => fleet.hub_of(sub.index),
             Held::Mqtt(_) => 0,
         })
         .collect();
@@ -823,10 +876,10 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
     let send_errors = Arc::new(SendErrors::default());
     // Slot = fleet member; change `seq` comes from peer `sender_of(seq, n)` on its hub.
     receivers.set_locality(Locality::new(
-        (0..n).map(|m| fleet.placement.hub_of(m)).collect(),
+        (0..n).map(|m| fleet.hub_of(m)).collect(),
         Origin::Senders {
             peers: n,
-            placement: fleet.placement,
+            placement: fleet.placement(),
         },
     ));
     let mut setup = PhaseSetup::new(args, servers, &receivers, n, &send_errors);

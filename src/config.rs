@@ -426,11 +426,6 @@ impl ClusterSection {
     }
 }
 
-/// Why `serve` refuses a configuration with `[cluster]` in this build.
-pub const CLUSTER_NOT_AVAILABLE: &str = "[cluster] is set, but clustering is not available in \
-     this build yet (the shared Redis store exists, the hub does not use it): remove the \
-     [cluster] section to run this hub alone";
-
 impl Config {
     /// Checks ranges that types cannot express.
     ///
@@ -512,9 +507,6 @@ impl Config {
         let mut warnings = Vec::new();
         if let Some(path) = &self.tls.keylog {
             warnings.push(keylog_warning(path));
-        }
-        if self.cluster.is_some() {
-            warnings.push(CLUSTER_NOT_AVAILABLE.to_owned());
         }
         warnings
     }
@@ -777,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_section_is_parsed_validated_and_warned_about() {
+    fn cluster_section_is_parsed_and_validated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[cluster]\nredis = \"redis://127.0.0.1:6390/2\"\n").unwrap();
@@ -786,11 +778,7 @@ mod tests {
         assert_eq!(cluster.lease, DEFAULT_CLUSTER_LEASE);
         let node = cluster.node_name("0.0.0.0:7350".parse().unwrap());
         assert!(node.ends_with(":7350") && node.len() > 5, "{node}");
-        assert!(
-            c.warnings().iter().any(|w| w.contains("not available")),
-            "{:?}",
-            c.warnings()
-        );
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
         let env = [("P2PPI_CLUSTER__LEASE".to_owned(), "3s".to_owned())];
         let c = Config::load(Some(&path), env).unwrap();
         assert_eq!(c.cluster.unwrap().lease, Duration::from_secs(3));

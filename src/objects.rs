@@ -167,13 +167,19 @@ impl PublishedObjects {
         }
     }
 
-    /// Replaces the whole list (used when restoring state), reporting whether it changed.
+    /// Replaces the whole list (restoring state, or another hub of the cluster changed
+    /// it), reporting the change as the spec's operations would: one object appended is
+    /// [`Change::Added`], anything else [`Change::Replaced`].
     pub fn replace_all(&mut self, objects: Vec<Object>) -> Change {
         if self.objects == objects {
-            Change::None
-        } else {
-            self.objects = objects;
-            Change::Replaced
+            return Change::None;
+        }
+        let appended = objects.len() == self.objects.len() + 1
+            && objects[..self.objects.len()] == self.objects[..];
+        self.objects = objects;
+        match appended {
+            true => Change::Added(self.objects[self.objects.len() - 1].clone()),
+            false => Change::Replaced,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! | `GET /` | the presence page ([`page`]; served without the token, it holds no data) |
 //! | `GET /v1/events` | the page's live feed, server-sent events ([`events`]) |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 while serving, 503 once shutdown began |
+//! | `GET /readyz` | 200 while serving, 503 once shutdown began or, in a cluster, while Redis does not answer |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /v1/objects` | the hub's objects |
 //! | `POST /v1/objects` `{"name","value"}` | publish: 201, or 200 when the identical object was present |
@@ -16,6 +16,7 @@
 //! | `DELETE /v1/sessions/{peer-name}` | disconnect (close_notify): 204, 404 |
 //! | `POST /v1/sessions/{peer-name}/messages` `{"mime_type","value"}` | send an APPLICATION_DEFINED_MESSAGE: 202 |
 //! | `GET /v1/messages` | the latest messages peers addressed to the hub |
+//! | `GET /v1/cluster` | in a cluster (DESIGN 8): this hub's node, whether Redis answers, and every registered hub with its peers and lease; 404 for a hub alone, 503 when Redis does not answer |
 //!
 //! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
 //! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change that would take the
@@ -100,7 +101,7 @@ impl From<HubError> for AdminError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             HubError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            HubError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::Stopped | HubError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::new(status, e.to_string())
     }
@@ -180,11 +181,33 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
-    if state.ready.load(Ordering::Acquire) {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
-    } else {
+    if !state.ready.load(Ordering::Acquire) {
         HttpResponse::ServiceUnavailable().json(json!({"status": "shutting down"}))
+    } else if !state.hub.cluster_ready() {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "no working connection to the cluster's Redis"}))
+    } else {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
     }
+}
+
+/// `GET /v1/cluster`: this hub's node and the live hubs with their peers and leases.
+async fn cluster(_: Authorized, state: web::Data<AdminState>) -> Result<HttpResponse> {
+    let Some(store) = state.hub.cluster() else {
+        return Err(AdminError::new(
+            StatusCode::NOT_FOUND,
+            "this hub is not part of a cluster",
+        ));
+    };
+    let hubs = store
+        .hubs()
+        .await
+        .map_err(|e| AdminError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "node": store.node(),
+        "redis_available": store.redis_available(),
+        "hubs": hubs,
+    })))
 }
 
 async fn metrics_text(_: Authorized, state: web::Data<AdminState>) -> HttpResponse {
@@ -356,6 +379,7 @@ pub fn server(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))
+            .route("/v1/cluster", web::get().to(cluster))
             .route("/v1/objects", web::get().to(list_objects))
             .route("/v1/objects", web::post().to(publish_object))
             .route("/v1/objects/{name}", web::put().to(update_object))

@@ -33,10 +33,6 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         layers.push(Override::flag("--log-format", "log.format", format)?);
     }
     let config = Config::load_layers(args.config.as_deref(), layers)?;
-    if config.cluster.is_some() {
-        // Never silently run alone when the operator asked for a cluster.
-        anyhow::bail!(p2ppi_hub::config::CLUSTER_NOT_AVAILABLE);
-    }
     if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
         anyhow::bail!(
             "refusing to serve the admin API on {} without admin.token: set a token (or P2PPI_ADMIN__TOKEN) or bind to loopback",

@@ -25,6 +25,8 @@ struct Mesh {
     /// Whether its channel subscription was confirmed (else the tick subscribes again).
     subscribed: bool,
     replica: MeshReplica,
+    /// When the wait for peers missing since Redis lost its state ends.
+    settle_at: Option<tokio::time::Instant>,
 }
 
 /// The driver task: owns the replicas.
@@ -84,6 +86,7 @@ impl Driver {
     /// Renews the lease (recovering if it was lost), subscribes again where a subscription
     /// failed, and reloads replicas that could not be reloaded earlier.
     async fn on_tick(&mut self) {
+        self.settle().await;
         // Errors are counted and logged where they happen; the next tick retries.
         if let Err(e) = self.inner.renew().await {
             tracing::debug!(error = %e, "cluster: lease renewal failed");
@@ -121,6 +124,7 @@ impl Driver {
                 sessions: 1,
                 subscribed: false,
                 replica,
+                settle_at: None,
             },
         );
         self.subscribe(&mesh).await;
@@ -285,6 +289,11 @@ impl Driver {
         };
         let changes = replica.reload(snapshot);
         let seq = replica.seq();
+        let m = self.meshes.get_mut(mesh).expect("present above");
+        if m.replica.is_awaiting() && m.settle_at.is_none() {
+            // Their hubs re-assert them within a lease of reaching Redis again.
+            m.settle_at = Some(tokio::time::Instant::now() + self.inner.lease);
+        }
         metrics::count_cause(metrics::CLUSTER_RESYNCS, cause.label());
         self.update_peers_gauge();
         self.inner
@@ -295,6 +304,34 @@ impl Driver {
                 changes,
             })
             .await;
+    }
+
+    /// Ends the waits for peers missing since Redis lost its state that are due: those
+    /// not written again are gone.
+    async fn settle(&mut self) {
+        let now = tokio::time::Instant::now();
+        let mut settled = Vec::new();
+        for (name, m) in &mut self.meshes {
+            if m.settle_at.is_some_and(|at| at <= now) {
+                m.settle_at = None;
+                let changes = m.replica.settle();
+                if !changes.is_empty() {
+                    settled.push((name.clone(), m.replica.seq(), changes));
+                }
+            }
+        }
+        for (mesh, seq, changes) in settled {
+            tracing::info!(%mesh, gone = changes.len(), "cluster: peers not re-asserted after Redis lost its state are gone");
+            self.update_peers_gauge();
+            self.inner
+                .emit(ClusterEvent::Mesh {
+                    mesh,
+                    seq,
+                    resync: Some(ResyncCause::Epoch),
+                    changes,
+                })
+                .await;
+        }
     }
 
     fn update_peers_gauge(&self) {

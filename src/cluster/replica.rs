@@ -10,6 +10,8 @@
 //! still advance the sequence, and a change published by this hub about a peer the replica
 //! holds (a claim of a peer that moved here, a reap) removes it.
 
+use std::collections::HashSet;
+
 use indexmap::IndexMap;
 
 use super::message::MeshMessage;
@@ -73,7 +75,12 @@ pub struct MeshReplica {
     epoch: String,
     seq: u64,
     synced: bool,
+    /// Whether a snapshot was ever loaded.
+    loaded: bool,
     peers: IndexMap<PeerName, Vec<Object>>,
+    /// Peers missing from a snapshot of a new epoch (Redis lost its state): kept until
+    /// their hubs re-assert them, or [`MeshReplica::settle`] gives up on them.
+    awaiting: HashSet<PeerName>,
 }
 
 impl MeshReplica {
@@ -84,7 +91,9 @@ impl MeshReplica {
             epoch: String::new(),
             seq: 0,
             synced: false,
+            loaded: false,
             peers: IndexMap::new(),
+            awaiting: HashSet::new(),
         }
     }
 
@@ -109,6 +118,7 @@ impl MeshReplica {
         }
         self.seq = message.seq;
         let peer = message.peer.clone();
+        self.awaiting.remove(&peer);
         match &message.objects {
             Some(objects) if message.hub != self.me => {
                 if self.peers.get(&peer) == Some(objects) {
@@ -130,18 +140,51 @@ impl MeshReplica {
 
     /// Replaces the replica with a snapshot and returns the differences: departures first
     /// (in the old order), then new or changed peers (in join order).
+    ///
+    /// A snapshot of a new epoch means Redis lost its state: the hubs re-assert their peers
+    /// over the next moments, so a peer missing from it is not gone yet. It is kept (and
+    /// nothing is announced) until it is written again or [`MeshReplica::settle`] ends the
+    /// wait, so that a Redis restart does not show live peers leaving and coming back.
     pub fn reload(&mut self, snapshot: MeshSnapshot) -> Vec<PeerChange> {
-        let new: IndexMap<PeerName, Vec<Object>> = snapshot
+        let mut new: IndexMap<PeerName, Vec<Object>> = snapshot
             .peers
             .into_iter()
             .filter(|(_, hub, _)| *hub != self.me)
             .map(|(peer, _, objects)| (peer, objects))
             .collect();
+        if self.loaded && snapshot.epoch != self.epoch {
+            let missing = self.peers.keys().filter(|p| !new.contains_key(*p));
+            self.awaiting.extend(missing.cloned());
+        }
+        self.awaiting.retain(|p| !new.contains_key(p));
+        for peer in &self.awaiting {
+            if let Some(objects) = self.peers.get(peer) {
+                new.insert(peer.clone(), objects.clone());
+            }
+        }
         let changes = diff(&self.peers, &new);
         self.peers = new;
         self.epoch = snapshot.epoch;
         self.seq = snapshot.seq;
         self.synced = true;
+        self.loaded = true;
+        changes
+    }
+
+    /// Whether peers missing since Redis lost its state are still awaited.
+    pub fn is_awaiting(&self) -> bool {
+        !self.awaiting.is_empty()
+    }
+
+    /// Ends the wait for peers missing since Redis lost its state: those not written again
+    /// by now are gone (their hubs are gone too).
+    pub fn settle(&mut self) -> Vec<PeerChange> {
+        let mut changes = Vec::new();
+        for peer in std::mem::take(&mut self.awaiting) {
+            if self.peers.shift_remove(&peer).is_some() {
+                changes.push(PeerChange::Gone { peer });
+            }
+        }
         changes
     }
 
@@ -294,6 +337,36 @@ mod tests {
         restarted.epoch = "e2".into();
         assert_eq!(r.apply(&restarted), Applied::NewEpoch);
         assert!(!r.is_synced());
+    }
+
+    #[test]
+    fn after_redis_lost_its_state_missing_peers_are_awaited_then_settled() {
+        let mut r = synced(5, &[(1, "b", "x"), (2, "c", "y")]);
+        // Redis restarted: the new epoch's first snapshot has only what was re-asserted.
+        let mut empty = snapshot(1, &[(1, "b", "x")]);
+        empty.epoch = "e2".into();
+        assert_eq!(r.reload(empty), vec![], "nobody leaves yet");
+        assert!(r.is_awaiting());
+        assert_eq!(r.len(), 2);
+        // Peer 2's hub writes it again, unchanged: nothing to tell.
+        let mut again = message("c", 2, 2, Some(objects("y")));
+        again.epoch = "e2".into();
+        assert_eq!(r.apply(&again), Applied::Nothing);
+        assert!(!r.is_awaiting());
+        assert_eq!(r.settle(), vec![]);
+        // One that never comes back is gone when the wait ends.
+        let mut r = synced(5, &[(1, "b", "x"), (2, "c", "y")]);
+        let mut restarted = snapshot(3, &[(2, "c", "y")]);
+        restarted.epoch = "e2".into();
+        assert_eq!(r.reload(restarted), vec![]);
+        assert_eq!(r.settle(), vec![PeerChange::Gone { peer: peer(1) }]);
+        assert_eq!(r.len(), 1);
+        // Within one epoch a missing peer is gone at once.
+        let mut r = synced(5, &[(1, "b", "x")]);
+        assert_eq!(
+            r.reload(snapshot(6, &[])),
+            vec![PeerChange::Gone { peer: peer(1) }]
+        );
     }
 
     #[test]

@@ -135,7 +135,7 @@ return out
 });
 
 /// No ARGV. Every registered hub with its lease expiry and the milliseconds left, by Redis
-/// `TIME`: `{hub, expires, left, since, …}`.
+/// `TIME`, and the peers routed to it: `{hub, expires, left, since, peers, …}`.
 pub(crate) static HUBS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -148,6 +148,7 @@ for i = 1, #hubs, 2 do
   out[#out + 1] = hubs[i + 1]
   out[#out + 1] = tostring(tonumber(hubs[i + 1]) - now)
   out[#out + 1] = redis.call('HGET', P .. 'lease:' .. hubs[i], 'since') or ''
+  out[#out + 1] = tostring(redis.call('HLEN', P .. 'owned:' .. hubs[i]))
 end
 return out
 "#

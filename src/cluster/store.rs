@@ -113,7 +113,7 @@ pub enum SetHubObjects {
 }
 
 /// A live or expired hub as Redis sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HubLease {
     /// Its node name.
     pub node: String,
@@ -122,6 +122,8 @@ pub struct HubLease {
     pub expires_in_ms: i64,
     /// When it registered, ms of Redis `TIME`.
     pub since_ms: u64,
+    /// Peers whose sessions it holds.
+    pub peers: u64,
 }
 
 /// One hub's handle on the cluster's Redis. Cheap to clone; the driver task stops when the
@@ -433,12 +435,13 @@ impl ClusterStore {
     pub async fn hubs(&self) -> Result<Vec<HubLease>, ClusterError> {
         let reply = self.inner.script("hubs", &scripts::HUBS, &[]).await?;
         reply
-            .chunks(4)
+            .chunks(5)
             .map(|c| match c {
-                [node, _, left, since] => Some(HubLease {
+                [node, _, left, since, peers] => Some(HubLease {
                     node: node.clone(),
                     expires_in_ms: left.parse().ok()?,
                     since_ms: since.parse().unwrap_or(0),
+                    peers: peers.parse().ok()?,
                 }),
                 _ => None,
             })

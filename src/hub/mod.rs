@@ -14,6 +14,7 @@
 //! handle's methods are plain async functions usable from any runtime.
 
 pub mod accept;
+pub mod cluster;
 pub mod events;
 pub mod facts;
 pub mod fanout;
@@ -77,6 +78,9 @@ pub enum StartError {
     /// The persisted hub objects could not be read.
     #[error(transparent)]
     Persist(#[from] crate::persist::PersistError),
+    /// The cluster's Redis could not be reached (DESIGN 8).
+    #[error("joining the cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A cloneable handle to a running hub.
@@ -103,6 +107,10 @@ impl HubHandle {
     /// # Errors
     /// [`HubError`] as the operation says.
     pub async fn apply(&self, op: ObjectOp) -> Result<OpOutcome, HubError> {
+        if let Some(link) = self.shared.cluster.get() {
+            let limits = ViewLimits::of(&self.shared.config);
+            return cluster::apply_hub_op(link.store(), &self.registry, limits, op).await;
+        }
         self.registry
             .send(ApplyOp(op))
             .await
@@ -224,6 +232,20 @@ impl HubHandle {
         }
     }
 
+    /// Whether the hub can serve: always alone; in a cluster, while its Redis answers
+    /// (`/readyz`).
+    pub fn cluster_ready(&self) -> bool {
+        self.shared
+            .cluster
+            .get()
+            .is_none_or(|link| link.store().redis_available())
+    }
+
+    /// The hub's cluster store, when it is part of a cluster (DESIGN 8).
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterStore> {
+        self.shared.cluster.get().map(cluster::ClusterLink::store)
+    }
+
     /// Sends an APPLICATION_DEFINED_MESSAGE from the hub to a connected peer.
     ///
     /// # Errors
@@ -319,7 +341,7 @@ impl Hub {
                 let system = actix_rt::System::new();
                 system.block_on(run_system(
                     thread_shared,
-                    listener,
+                    (listener, local_addr),
                     server_config,
                     workers,
                     (objects, store),
@@ -333,7 +355,7 @@ impl Hub {
             Ok(Ok(registry)) => registry,
             Ok(Err(e)) => {
                 let _ = thread.join();
-                return Err(StartError::Objects(e));
+                return Err(e);
             }
             Err(_) => {
                 let _ = thread.join();
@@ -387,13 +409,21 @@ impl Drop for Hub {
 
 async fn run_system(
     shared: Arc<HubShared>,
-    listener: std::net::TcpListener,
+    (listener, local_addr): (std::net::TcpListener, SocketAddr),
     server_config: Arc<rustls::ServerConfig>,
     workers: usize,
     (objects, store): (Vec<Object>, ObjectStore),
-    init: std::sync::mpsc::Sender<Result<Addr<Registry>, HubError>>,
+    init: std::sync::mpsc::Sender<Result<Addr<Registry>, StartError>>,
     stop: oneshot::Receiver<Duration>,
 ) {
+    // A hub of a cluster joins it first: its hub objects are the cluster's.
+    let (objects, joined) = match join_cluster(&shared, local_addr, objects).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            let _ = init.send(Err(e.into()));
+            return;
+        }
+    };
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
     // The registry's address exists before the registry, so shards (and their sessions)
@@ -420,17 +450,14 @@ async fn run_system(
         events.events.hub_objects_changed(objects);
         Ok(())
     });
-    let limits = ViewLimits {
-        max_view_bytes: shared.config.relay.max_view_bytes,
-        max_objects_bytes: shared.config.hub.max_objects_bytes,
-    };
+    let limits = ViewLimits::of(&shared.config);
     let recipients = shards.iter().map(|s| s.clone().recipient()).collect();
     // The page's feed starts from the objects the registry accepts below.
     let hub_objects = objects.clone();
     let registry = match Registry::new(objects, recipients, limits, Some(persist)) {
         Ok(registry) => registry,
         Err(e) => {
-            let _ = init.send(Err(e));
+            let _ = init.send(Err(StartError::Objects(e)));
             stop_arbiters(arbiters);
             return;
         }
@@ -448,6 +475,17 @@ async fn run_system(
         shard.do_send(initial.clone());
     }
     let registry = registry_context.run(registry);
+    let cluster_tasks = joined.map(|(queue, events)| {
+        let store = shared.cluster.get().expect("joined").store().clone();
+        [
+            actix_rt::spawn(cluster::write_loop(store, shared.clone(), queue)),
+            actix_rt::spawn(cluster::event_loop(
+                events,
+                shared.clone(),
+                registry.clone(),
+            )),
+        ]
+    });
     let sweeper = {
         let shared = shared.clone();
         let period = (shared.config.relay.invitation_ttl / 4)
@@ -494,8 +532,46 @@ async fn run_system(
             "connections still open at the end of the shutdown grace period"
         );
     }
+    if let Some(link) = shared.cluster.get() {
+        // The peers leave every view now rather than when the lease ends.
+        match tokio::time::timeout(LEAVE_WAIT, link.store().leave()).await {
+            Ok(Ok(())) => info!("left the cluster"),
+            Ok(Err(e)) => warn!(error = %e, "leaving the cluster failed: the lease will expire"),
+            Err(_) => warn!("leaving the cluster timed out: the lease will expire"),
+        }
+    }
+    for task in cluster_tasks.into_iter().flatten() {
+        task.abort();
+    }
     stop_arbiters(arbiters);
     System::current().stop();
+}
+
+/// How long a stopping hub tries to leave its cluster.
+const LEAVE_WAIT: Duration = Duration::from_secs(5);
+
+/// What a hub that joined its cluster hands its tasks: the write queue and the events.
+type Joined = (
+    tokio::sync::mpsc::UnboundedReceiver<cluster::Write>,
+    crate::cluster::ClusterEvents,
+);
+
+/// Joins the cluster when the config has one: connects the store, sets the link, and takes
+/// the cluster's hub objects (or gives it `objects` when it has none yet).
+async fn join_cluster(
+    shared: &HubShared,
+    local_addr: SocketAddr,
+    objects: Vec<Object>,
+) -> Result<(Vec<Object>, Option<Joined>), crate::cluster::ClusterError> {
+    let Some(section) = &shared.config.cluster else {
+        return Ok((objects, None));
+    };
+    let settings = crate::cluster::ClusterSettings::from_config(section, local_addr);
+    let (link, queue, events) = cluster::connect(&settings).await?;
+    let objects = cluster::initial_hub_objects(link.store(), objects).await?;
+    info!(node = %settings.node, redis = %settings.redis, "joined the cluster");
+    let _ = shared.cluster.set(link);
+    Ok((objects, Some((queue, events))))
 }
 
 fn stop_arbiters(arbiters: Vec<Arbiter>) {

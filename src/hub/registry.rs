@@ -39,6 +39,7 @@ use super::messages::{
 };
 use super::relay::RejectReason;
 use super::view::{notify_only, View};
+use crate::cluster::PeerChange;
 use crate::metrics;
 use crate::objects::{Change, ObjectError, PublishedObjects};
 use crate::tls::PeerName;
@@ -69,10 +70,13 @@ pub enum HubError {
     /// The hub is not running.
     #[error("the hub is not running")]
     Stopped,
+    /// The cluster's Redis could not be reached (admin API: 503); nothing changed.
+    #[error("the cluster is unavailable: {0}")]
+    Cluster(String),
 }
 
 /// An operation on the hub's objects (DESIGN 3.1).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectOp {
     /// Append unless the identical object is present.
     Publish(Object),
@@ -87,6 +91,9 @@ pub enum ObjectOp {
     },
     /// Update if the name exists, else publish.
     Set(Object),
+    /// Replace the whole list (the cluster's hub objects changed, DESIGN 8): an append is
+    /// notified alone, anything else as the entire list.
+    Replace(Vec<Object>),
 }
 
 /// What an operation did.
@@ -119,6 +126,14 @@ pub struct ViewLimits {
 }
 
 impl ViewLimits {
+    /// The limits a config sets.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            max_view_bytes: config.relay.max_view_bytes,
+            max_objects_bytes: config.hub.max_objects_bytes,
+        }
+    }
+
     /// Bytes of encoded objects the relayed objects of one mesh may take.
     pub fn relay_room(&self) -> usize {
         self.max_view_bytes
@@ -238,12 +253,32 @@ impl MeshView {
 /// (the tail of its list, in its order): they are relayed as soon as room frees up.
 struct Owner {
     mesh: Arc<str>,
-    session: SessionId,
+    origin: Origin,
     /// Every object accepted for relay (what its watchers see, DESIGN 5.4).
     accepted: Vec<Object>,
     refused: Vec<Object>,
-    /// Told the relayed count when it changes without a [`RelaySet`] (room freed up).
-    counts: Recipient<RelayedCount>,
+}
+
+/// Where a peer's session is.
+#[derive(Clone)]
+enum Origin {
+    /// On this hub.
+    Local {
+        session: SessionId,
+        /// Told the relayed count when it changes without a [`RelaySet`] (room freed up).
+        counts: Recipient<RelayedCount>,
+    },
+    /// On another hub of the cluster (DESIGN 8): its objects come from the mesh replica.
+    Remote,
+}
+
+impl Origin {
+    fn session(&self) -> Option<SessionId> {
+        match self {
+            Self::Local { session, .. } => Some(*session),
+            Self::Remote => None,
+        }
+    }
 }
 
 /// A peer whose WATCH_LIST is in force, and its own view (DESIGN 5.4).
@@ -289,6 +324,9 @@ pub struct Registry {
     /// Per mesh, the peers with objects waiting for room.
     waiting: HashMap<Arc<str>, BTreeSet<PeerName>>,
     watchers: HashMap<PeerName, Watcher>,
+    /// Peers of other hubs (DESIGN 8) by the mesh replicas: mesh and objects. The ones
+    /// without a local session here are owners too.
+    remote: HashMap<PeerName, (Arc<str>, Vec<Object>)>,
     /// The index watched → watchers (DESIGN 5.4): a change costs its watchers' views.
     watched_by: HashMap<PeerName, HashSet<PeerName>>,
     shards: Vec<Recipient<Arc<Fanout>>>,
@@ -335,6 +373,7 @@ impl Registry {
             owners: HashMap::new(),
             waiting: HashMap::new(),
             watchers: HashMap::new(),
+            remote: HashMap::new(),
             watched_by: HashMap::new(),
             shards,
             limits,
@@ -366,6 +405,7 @@ impl Registry {
             ObjectOp::Update(object) => next.update(object)?,
             ObjectOp::Delete { name, value } => next.delete(&name, value.as_deref())?,
             ObjectOp::Set(object) => next.set(object),
+            ObjectOp::Replace(objects) => next.replace_all(objects),
         };
         if change == Change::None {
             return Ok((OpOutcome { changed: false }, None));
@@ -423,16 +463,17 @@ impl Registry {
         let mut fanouts = Vec::new();
         let mut before = Vec::new();
         if let Some(owner) = self.owners.get_mut(&msg.peer) {
-            if owner.session > msg.session {
+            // A remote owner is older than any local session: this hub holds the peer now.
+            let held = owner.origin.session();
+            if held.is_some_and(|s| s > msg.session) {
                 return (0, fanouts); // a stale session of a peer that has reconnected
             }
-            if owner.session < msg.session {
+            if held.is_some_and(|s| s < msg.session) {
                 // A new session starts from its mesh's view: the old one's own view went
                 // with it.
                 self.forget_watcher(&msg.peer);
             }
             let owner = self.owners.get_mut(&msg.peer).expect("present above");
-            owner.session = msg.session;
             before = std::mem::take(&mut owner.refused);
             if owner.mesh != msg.mesh {
                 let old_mesh = owner.mesh.clone();
@@ -444,10 +485,12 @@ impl Registry {
         let relayed_before = self.relayed_len(&msg.mesh);
         let owner = Owner {
             mesh: msg.mesh.clone(),
-            session: msg.session,
+            origin: Origin::Local {
+                session: msg.session,
+                counts: msg.counts,
+            },
             accepted: Vec::new(),
             refused: Vec::new(),
-            counts: msg.counts,
         };
         let (count, fanout) = self.place(&msg.peer, owner, msg.objects, &before);
         fanouts.extend(fanout);
@@ -515,9 +558,9 @@ impl Registry {
             });
             let was = wanted.len();
             wanted.extend(before.iter().cloned());
-            let counts = owner.counts.clone();
+            let origin = owner.origin.clone();
             let (count, fanout) = self.place(&peer, owner, wanted, &before);
-            if count != was {
+            if let (Origin::Local { counts, .. }, true) = (origin, count != was) {
                 counts.do_send(RelayedCount(count));
             }
             fanouts.extend(fanout);
@@ -620,19 +663,124 @@ impl Registry {
     /// Withdraws a peer's relayed objects when the session that owns them ended; peers
     /// waiting for room in its mesh may fit now.
     fn relay_remove(&mut self, msg: RelayRemove) -> Vec<Fanout> {
-        let owned =
-            matches!(self.owners.get(&msg.peer), Some(owner) if owner.session == msg.session);
-        let Some(owner) = owned.then(|| self.owners.remove(&msg.peer)).flatten() else {
+        let owned = matches!(self.owners.get(&msg.peer),
+            Some(owner) if owner.origin.session() == Some(msg.session));
+        if !owned {
+            return Vec::new();
+        }
+        self.forget_watcher(&msg.peer);
+        let mut fanouts = self.withdraw(&msg.peer);
+        // Another hub may hold the peer now (a newer session there superseded this one).
+        if let Some((mesh, objects)) = self.remote.get(&msg.peer).cloned() {
+            fanouts.extend(self.remote_upsert(&msg.peer, mesh, objects));
+        }
+        fanouts
+    }
+
+    /// Removes a peer's relayed objects from its mesh and from its watchers' views.
+    fn withdraw(&mut self, peer: &PeerName) -> Vec<Fanout> {
+        let Some(owner) = self.owners.remove(peer) else {
             return Vec::new();
         };
-        self.set_waiting(&msg.peer, &owner.mesh, false);
-        let mut fanouts: Vec<Fanout> = self
-            .set_owned(&msg.peer, &owner.mesh, &[])
-            .into_iter()
-            .collect();
+        self.set_waiting(peer, &owner.mesh, false);
+        let mut fanouts: Vec<Fanout> = self.set_owned(peer, &owner.mesh, &[]).into_iter().collect();
         fanouts.extend(self.refit(&owner.mesh));
-        self.forget_watcher(&msg.peer);
-        let personal = self.refresh_watchers_of(&msg.peer, &mut Encoded::default());
+        let personal = self.refresh_watchers_of(peer, &mut Encoded::default());
+        fanouts.extend(personal_fanout(personal));
+        fanouts
+    }
+
+    /// Applies changes of a mesh's peers held by other hubs of the cluster (DESIGN 8) as
+    /// the same changes of local peers would be: a remote peer is indistinguishable from a
+    /// local one in mesh views and watch lists. A peer with a session here is shadowed by
+    /// it: its remote state is kept and takes over if the local session ends first.
+    /// `complete`: the changes are the mesh's whole remote part (its replica was loaded
+    /// anew), so remote peers not in them are gone.
+    fn remote_changes(
+        &mut self,
+        mesh: &Arc<str>,
+        changes: Vec<PeerChange>,
+        complete: bool,
+    ) -> Vec<Fanout> {
+        let mut fanouts = Vec::new();
+        let mut changes = changes;
+        if complete {
+            let listed: HashSet<&PeerName> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    PeerChange::Upsert { peer, .. } => Some(peer),
+                    PeerChange::Gone { .. } => None,
+                })
+                .collect();
+            let gone: Vec<PeerChange> = self
+                .remote
+                .iter()
+                .filter(|(peer, (m, _))| m == mesh && !listed.contains(peer))
+                .map(|(peer, _)| PeerChange::Gone { peer: peer.clone() })
+                .collect();
+            changes.splice(0..0, gone);
+        }
+        for change in changes {
+            match change {
+                PeerChange::Upsert { peer, objects } => {
+                    self.remote
+                        .insert(peer.clone(), (mesh.clone(), objects.clone()));
+                    let local = self
+                        .owners
+                        .get(&peer)
+                        .is_some_and(|o| matches!(o.origin, Origin::Local { .. }));
+                    if !local {
+                        fanouts.extend(self.remote_upsert(&peer, mesh.clone(), objects));
+                    }
+                }
+                PeerChange::Gone { peer } => {
+                    if self.remote.get(&peer).is_some_and(|(m, _)| m == mesh) {
+                        self.remote.remove(&peer);
+                    }
+                    let remote_here = self
+                        .owners
+                        .get(&peer)
+                        .is_some_and(|o| matches!(o.origin, Origin::Remote) && o.mesh == *mesh);
+                    if remote_here {
+                        fanouts.extend(self.withdraw(&peer));
+                    }
+                }
+            }
+        }
+        fanouts
+    }
+
+    /// Makes a remote peer's objects those relayed for it in `mesh`.
+    fn remote_upsert(
+        &mut self,
+        peer: &PeerName,
+        mesh: Arc<str>,
+        objects: Vec<Object>,
+    ) -> Vec<Fanout> {
+        let mut fanouts = Vec::new();
+        let mut before = Vec::new();
+        if let Some(owner) = self.owners.get_mut(peer) {
+            before = std::mem::take(&mut owner.refused);
+            if owner.mesh != mesh {
+                let old_mesh = owner.mesh.clone();
+                self.set_waiting(peer, &old_mesh, false);
+                fanouts.extend(self.set_owned(peer, &old_mesh, &[]));
+                fanouts.extend(self.refit(&old_mesh));
+            }
+        }
+        let relayed_before = self.relayed_len(&mesh);
+        let owner = Owner {
+            mesh: mesh.clone(),
+            origin: Origin::Remote,
+            accepted: Vec::new(),
+            refused: Vec::new(),
+        };
+        let (_, fanout) = self.place(peer, owner, objects, &before);
+        fanouts.extend(fanout);
+        if self.relayed_len(&mesh) < relayed_before {
+            fanouts.extend(self.refit(&mesh));
+        }
+        let personal = self.refresh_watchers_of(peer, &mut Encoded::default());
         fanouts.extend(personal_fanout(personal));
         fanouts
     }
@@ -685,7 +833,7 @@ impl Registry {
     /// Rebuilds watcher `w`'s view; what its session is sent, if the view changed.
     fn refresh_watcher(&mut self, w: &PeerName, encoded: &mut Encoded) -> Option<Personal> {
         let owner = self.owners.get(w)?;
-        let (mesh, session) = (owner.mesh.clone(), owner.session);
+        let (mesh, session) = (owner.mesh.clone(), owner.origin.session()?);
         let watcher = self.watchers.get(w)?;
         let (entries, left_out) = self.watcher_entries(w, &mesh, &watcher.list, &watcher.entries);
         let delivery = delivery_between(&watcher.entries, &entries, encoded);
@@ -724,7 +872,7 @@ impl Registry {
         encoded: &mut Encoded,
     ) -> Option<Personal> {
         let owner = self.owners.get(w)?;
-        let (mesh, session) = (owner.mesh.clone(), owner.session);
+        let (mesh, session) = (owner.mesh.clone(), owner.origin.session()?);
         if let Some(old) = self.watchers.get(w).map(|x| x.list.clone()) {
             self.unindex(w, &old);
         }
@@ -847,7 +995,7 @@ fn personal_fanout(personal: Vec<Personal>) -> Option<Fanout> {
 }
 
 /// Refuses hub objects above their budget.
-fn check_budget(objects: &[Object], limits: ViewLimits) -> Result<(), HubError> {
+pub(super) fn check_budget(objects: &[Object], limits: ViewLimits) -> Result<(), HubError> {
     let len = objects_len(objects);
     if len > limits.max_objects_bytes {
         return Err(HubError::TooLarge {
@@ -905,6 +1053,28 @@ impl Handler<RelaySet> for Registry {
             self.broadcast(fanout);
         }
         count
+    }
+}
+
+/// Changes of a mesh's peers held by other hubs of the cluster (from its replica).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RemoteChanges {
+    /// The mesh.
+    pub mesh: Arc<str>,
+    /// The changes, in order.
+    pub changes: Vec<PeerChange>,
+    /// Whether they are the mesh's whole remote part (a first load of its replica).
+    pub complete: bool,
+}
+
+impl Handler<RemoteChanges> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteChanges, _: &mut Self::Context) {
+        for fanout in self.remote_changes(&msg.mesh, msg.changes, msg.complete) {
+            self.broadcast(fanout);
+        }
     }
 }
 

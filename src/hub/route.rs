@@ -12,7 +12,31 @@ use super::shared::{HubShared, SessionEntry};
 use crate::addressing::{self, Target};
 use crate::tls::PeerName;
 use crate::wire::Message;
-use crate::xml::AppInvite;
+use crate::xml::{AppInvite, InvitationAck, APPINVITE};
+
+/// The hub's own refusal of invitation `id` (RESPONSE 2 with the reason, DESIGN 5.3).
+pub fn refusal(id: Uuid, reason: Undelivered) -> Message {
+    let ack = InvitationAck::new(id, false, reason.explanation());
+    Message::ApplicationDefined {
+        mime_type: APPINVITE.into(),
+        value: ack.to_xml(),
+    }
+}
+
+/// Where a peer's session is: on this hub, or on another hub of the cluster (DESIGN 8).
+enum Destination {
+    Local(SessionEntry),
+    Remote(Arc<str>),
+}
+
+impl Destination {
+    fn mesh(&self) -> &str {
+        match self {
+            Self::Local(entry) => entry.flags.mesh(),
+            Self::Remote(mesh) => mesh,
+        }
+    }
+}
 
 /// Where a message went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,11 +127,9 @@ impl Sender<'_> {
                     reason,
                     invitation: None,
                 };
-                let entry = self
-                    .shared
-                    .lookup(&inviter)
-                    .ok_or(fail(Undelivered::NotConnected))?;
-                self.deliver(&entry, mime_type, value).map_err(fail)?;
+                let to = self.find(&inviter).ok_or(fail(Undelivered::NotConnected))?;
+                self.deliver(&inviter, to, mime_type, value, None)
+                    .map_err(fail)?;
                 self.shared.events.answered(self.peer, &inviter, ack);
                 return Ok(Routed::Returned);
             }
@@ -126,11 +148,8 @@ impl Sender<'_> {
             Target::Invalid(_) => return Err(fail(Undelivered::Unknown)),
             Target::Peer(target) => target,
         };
-        let entry = self
-            .shared
-            .lookup(&target)
-            .ok_or(fail(Undelivered::NotConnected))?;
-        if entry.flags.mesh() != self.mesh {
+        let to = self.find(&target).ok_or(fail(Undelivered::NotConnected))?;
+        if to.mesh() != &**self.mesh {
             return Err(fail(Undelivered::OtherMesh));
         }
         if let Some(id) = request {
@@ -139,7 +158,7 @@ impl Sender<'_> {
                 .insert(id, self.peer.clone(), target.clone())
                 .map_err(|_| fail(Undelivered::TableFull))?;
         }
-        if let Err(reason) = self.deliver(&entry, mime_type, value) {
+        if let Err(reason) = self.deliver(&target, to, mime_type, value, request) {
             if let Some(id) = &request {
                 // Not delivered: its acknowledgement will never come.
                 let _ = self.shared.invitations.take(id, &target);
@@ -153,23 +172,52 @@ impl Sender<'_> {
         })
     }
 
-    /// Queues the message, stamped with `from=` when configured, on `to`'s connection.
+    /// Where `peer`'s session is, if it has one in the cluster.
+    fn find(&self, peer: &PeerName) -> Option<Destination> {
+        if let Some(entry) = self.shared.lookup(peer) {
+            return Some(Destination::Local(entry));
+        }
+        let mesh = self.shared.cluster.get()?.mesh_of(peer)?;
+        Some(Destination::Remote(mesh))
+    }
+
+    /// Queues the message, stamped with `from=` when configured, on `to`'s connection, or
+    /// for its hub (`invitation`: the request's INVITATIONID, refused by the hub should the
+    /// other hub not reach the peer after all).
     fn deliver(
         &self,
-        to: &SessionEntry,
+        to: &PeerName,
+        dest: Destination,
         mime_type: &str,
         value: String,
+        invitation: Option<Uuid>,
     ) -> Result<(), Undelivered> {
         let mime_type = if self.shared.config.relay.stamp_sender {
             addressing::stamped(mime_type, self.peer)
         } else {
             mime_type.to_owned()
         };
-        let bytes = Message::ApplicationDefined { mime_type, value }
-            .to_bytes(0)
-            .map_err(|_| Undelivered::TooLarge)?;
-        to.deliver
-            .try_send(Deliver(bytes))
-            .map_err(|_| Undelivered::TargetBusy)
+        match dest {
+            Destination::Local(entry) => {
+                let bytes = Message::ApplicationDefined { mime_type, value }
+                    .to_bytes(0)
+                    .map_err(|_| Undelivered::TooLarge)?;
+                entry
+                    .deliver
+                    .try_send(Deliver(bytes))
+                    .map_err(|_| Undelivered::TargetBusy)
+            }
+            Destination::Remote(mesh) => {
+                // The other hub must be able to deliver it as one message.
+                let message = Message::ApplicationDefined {
+                    mime_type: mime_type.clone(),
+                    value: value.clone(),
+                };
+                message.to_bytes(0).map_err(|_| Undelivered::TooLarge)?;
+                let link = self.shared.cluster.get().ok_or(Undelivered::NotConnected)?;
+                link.send(self.peer, mesh, to, mime_type, value, invitation);
+                Ok(())
+            }
+        }
     }
 }

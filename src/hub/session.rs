@@ -45,7 +45,7 @@ use super::messages::{
 };
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
 use super::relay::{relayable, PeerCopy, RejectReason, RelayCaps, Step};
-use super::route::{Routed, Sender, Undelivered, Unroutable};
+use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
 use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
 use super::throttle::Throttled;
 use super::watch::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
@@ -53,7 +53,6 @@ use crate::metrics;
 use crate::session::{ObjectsSource, Received, Report, SessionMachine};
 use crate::tls::{CertIdentity, PeerName};
 use crate::wire::{FrameError, Inbound, Message, MessageType, Object};
-use crate::xml::{InvitationAck, APPINVITE};
 
 /// The writer task ended.
 #[derive(Message)]
@@ -89,6 +88,8 @@ pub struct Session {
     registry: RegistryLink,
     flags: Arc<SessionFlags>,
     close_reason: &'static str,
+    /// Whether this session holds its PeerName in the cluster (DESIGN 8).
+    clustered: bool,
     span: tracing::Span,
 }
 
@@ -161,6 +162,7 @@ pub(crate) fn start(
             shared,
             registry,
             close_reason: "peer_closed",
+            clustered: false,
             span,
         }
     });
@@ -317,6 +319,9 @@ impl Session {
             watch: self.watch.clone(),
             counts: ctx.address().recipient(),
         };
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.relayed(&self.peer, &self.mesh, self.id, message.objects.clone());
+        }
         self.registry
             .set
             .send(message)
@@ -364,11 +369,7 @@ impl Session {
             Some(id) => {
                 metrics::count_reason(metrics::INVITATIONS_REFUSED, reason.label());
                 debug!(parent: &self.span, reason = reason.label(), "invitation refused by the hub");
-                let ack = InvitationAck::new(id, false, reason.explanation());
-                self.send(&Message::ApplicationDefined {
-                    mime_type: APPINVITE.into(),
-                    value: ack.to_xml(),
-                });
+                self.send(&refusal(id, reason));
             }
             None => {
                 metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable");
@@ -412,6 +413,10 @@ impl Actor for Session {
             return;
         }
         self.fanout.add_session(self.id, addr.recipient());
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.session_started(&self.peer, &self.mesh);
+            self.clustered = true;
+        }
         // DESIGN 5.2: the hub subscribes to every peer, whose objects then arrive by NOTIFY.
         let subscribe = self.machine.subscribe();
         self.send(&subscribe);
@@ -424,6 +429,10 @@ impl Actor for Session {
         self.fanout.unsubscribe(&self.mesh, self.id);
         self.fanout.remove_session(self.id);
         self.shared.release(&self.peer, self.id);
+        if let (true, Some(cluster)) = (self.clustered, self.shared.cluster.get()) {
+            let still_held = self.shared.lookup(&self.peer).is_some();
+            cluster.session_ended(&self.peer, &self.mesh, still_held);
+        }
         self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
         self.registry.remove.do_send(RelayRemove {
             peer: self.peer.clone(),

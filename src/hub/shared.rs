@@ -48,6 +48,8 @@ pub struct HubShared {
     pub(crate) connections: AtomicUsize,
     pub(crate) next_session_id: AtomicU64,
     pub(crate) accepting: AtomicBool,
+    /// The hub's link to its cluster (DESIGN 8); set once at start, before any session.
+    pub(crate) cluster: std::sync::OnceLock<super::cluster::ClusterLink>,
 }
 
 impl HubShared {
@@ -66,6 +68,7 @@ impl HubShared {
             connections: AtomicUsize::new(0),
             next_session_id: AtomicU64::new(1),
             accepting: AtomicBool::new(true),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 

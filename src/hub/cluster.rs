@@ -1,0 +1,621 @@
+//! The hub's side of a cluster (DESIGN 8): what its sessions write to the shared Redis, and
+//! what the other hubs' changes do here.
+//!
+//! **Out.** Sessions never wait for Redis. They queue [`Write`]s on the [`ClusterLink`]: a
+//! claim when a session starts, its relayed objects when they change, its departure when it
+//! ends, and messages for peers of other hubs. One task writes them in order (a peer's
+//! later state replaces an earlier one still queued), so a hub keeps serving its own peers
+//! while Redis is away; the store re-asserts what it holds once Redis answers again.
+//!
+//! **In.** One task reads the store's [`ClusterEvent`]s: changes of remote peers go to the
+//! registry, which treats them exactly as changes of local peers (mesh views and watch
+//! lists alike); inbox messages are delivered to local sessions with the same invitation
+//! bookkeeping as local routing; supersede notices close local sessions; hub object changes
+//! replace the registry's list.
+//!
+//! **Hub objects** are cluster-wide: the admin API changes them with a compare-and-set on
+//! Redis ([`apply_hub_op`]), and every hub (this one included) applies the new list when the
+//! change is announced. A hub that finds none in Redis (a new cluster, or Redis lost its
+//! state) writes its own.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::messages::{Close, Deliver, SessionId};
+use super::registry::{
+    check_budget, ApplyOp, HubError, ListObjects, ObjectOp, OpOutcome, Registry, RemoteChanges,
+    ViewLimits,
+};
+use super::route::{refusal, Undelivered};
+use super::shared::HubShared;
+use crate::addressing;
+use crate::cluster::{
+    ClusterError, ClusterEvent, ClusterEvents, ClusterStore, InboxMessage, PeerChange, ResyncCause,
+    RouteOutcome, SetHubObjects,
+};
+use crate::metrics;
+use crate::objects::{Change, PublishedObjects};
+use crate::tls::PeerName;
+use crate::wire::{Message, Object};
+use crate::xml::AppInvite;
+
+/// Attempts of a hub object change against concurrent changes through other hubs.
+const CAS_ATTEMPTS: usize = 8;
+/// Writes taken from the queue at once (coalesced, then written in order).
+const WRITE_BATCH: usize = 256;
+
+/// A write of this hub's sessions to the cluster, in the order they happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// A session started: the PeerName is held here now, cluster-wide.
+    Claim { peer: PeerName, mesh: Arc<str> },
+    /// A session's relayed objects changed.
+    Set {
+        peer: PeerName,
+        mesh: Arc<str>,
+        session: SessionId,
+        objects: Vec<Object>,
+    },
+    /// The last local session of the peer ended.
+    Gone { peer: PeerName },
+    /// A message for a peer of another hub.
+    Send {
+        from: PeerName,
+        mesh: Arc<str>,
+        to: PeerName,
+        message: InboxMessage,
+        /// The INVITATIONID of an invitation request (refused to `from` if undeliverable).
+        invitation: Option<Uuid>,
+    },
+}
+
+impl Write {
+    /// The peer whose state the write replaces, for a state write.
+    fn state_of(&self) -> Option<&PeerName> {
+        match self {
+            Self::Set { peer, .. } | Self::Gone { peer } => Some(peer),
+            Self::Claim { .. } | Self::Send { .. } => None,
+        }
+    }
+}
+
+/// Drops each state write that a later state write of the same peer in `batch` replaces
+/// (the store writes a peer's latest state; a departure replaces any state). Claims and
+/// messages are kept, and the order is kept.
+pub(crate) fn coalesce(batch: Vec<Write>) -> Vec<Write> {
+    let mut later = std::collections::HashSet::new();
+    let mut kept: Vec<Write> = Vec::with_capacity(batch.len());
+    for write in batch.into_iter().rev() {
+        match write {
+            Write::Claim { ref peer, .. } => {
+                // Nothing before a claim is replaced by what follows it.
+                later.remove(peer);
+                kept.push(write);
+            }
+            _ => match write.state_of() {
+                Some(peer) if matches!(write, Write::Set { .. }) && later.contains(peer) => {}
+                Some(peer) => {
+                    later.insert(peer.clone());
+                    kept.push(write);
+                }
+                None => kept.push(write),
+            },
+        }
+    }
+    kept.reverse();
+    kept
+}
+
+/// The hub's link to the cluster: the store, the queue of writes, and where the remote
+/// peers of meshes with local sessions are (for routing).
+pub(crate) struct ClusterLink {
+    store: ClusterStore,
+    writes: mpsc::UnboundedSender<Write>,
+    /// Peers of other hubs in meshes with local sessions, and their mesh.
+    remote: DashMap<PeerName, Arc<str>>,
+}
+
+impl ClusterLink {
+    /// The link, and the queue its writer task reads.
+    pub(crate) fn new(store: ClusterStore) -> (Self, mpsc::UnboundedReceiver<Write>) {
+        let (writes, queue) = mpsc::unbounded_channel();
+        let link = Self {
+            store,
+            writes,
+            remote: DashMap::new(),
+        };
+        (link, queue)
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &ClusterStore {
+        &self.store
+    }
+
+    fn queue(&self, write: Write) {
+        // The writer stops only with the hub.
+        let _ = self.writes.send(write);
+    }
+
+    /// A local session of `peer` holds the PeerName now.
+    pub(crate) fn session_started(&self, peer: &PeerName, mesh: &Arc<str>) {
+        self.store.watch_mesh(mesh);
+        self.queue(Write::Claim {
+            peer: peer.clone(),
+            mesh: mesh.clone(),
+        });
+    }
+
+    /// A local session that held the PeerName ended; `still_held` when a newer local
+    /// session of the peer holds it.
+    pub(crate) fn session_ended(&self, peer: &PeerName, mesh: &Arc<str>, still_held: bool) {
+        if !still_held {
+            self.queue(Write::Gone { peer: peer.clone() });
+        }
+        self.store.unwatch_mesh(mesh);
+    }
+
+    /// A local session's relayed objects are now `objects`.
+    pub(crate) fn relayed(
+        &self,
+        peer: &PeerName,
+        mesh: &Arc<str>,
+        session: SessionId,
+        objects: Vec<Object>,
+    ) {
+        self.queue(Write::Set {
+            peer: peer.clone(),
+            mesh: mesh.clone(),
+            session,
+            objects,
+        });
+    }
+
+    /// The mesh of a peer held by another hub, if it is in a mesh with local sessions.
+    pub(crate) fn mesh_of(&self, peer: &PeerName) -> Option<Arc<str>> {
+        self.remote.get(peer).map(|m| m.value().clone())
+    }
+
+    /// Queues a message for `to`, a peer of another hub in `mesh`.
+    pub(crate) fn send(
+        &self,
+        from: &PeerName,
+        mesh: Arc<str>,
+        to: &PeerName,
+        mime_type: String,
+        text: String,
+        invitation: Option<Uuid>,
+    ) {
+        self.queue(Write::Send {
+            from: from.clone(),
+            mesh,
+            to: to.clone(),
+            message: InboxMessage::Deliver {
+                to: to.as_str().to_owned(),
+                from: from.as_str().to_owned(),
+                mime_type,
+                text,
+            },
+            invitation,
+        });
+    }
+
+    /// Records remote peers' changes for routing. `complete`: the changes are the mesh's
+    /// whole remote part (a first load), so peers not in them are gone.
+    fn note(&self, mesh: &Arc<str>, changes: &[PeerChange], complete: bool) {
+        if complete {
+            self.remote.retain(|_, m| m != mesh);
+        }
+        for change in changes {
+            match change {
+                PeerChange::Upsert { peer, .. } => {
+                    self.remote.insert(peer.clone(), mesh.clone());
+                }
+                PeerChange::Gone { peer } => {
+                    self.remote.remove_if(peer, |_, m| m == mesh);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the queued writes in order until the hub stops.
+pub(crate) async fn write_loop(
+    store: ClusterStore,
+    shared: Arc<HubShared>,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        for write in coalesce(std::mem::take(&mut batch)) {
+            write_one(&store, &shared, write).await;
+        }
+    }
+}
+
+/// Errors are counted and logged by the store, which re-asserts its peers' state once Redis
+/// answers again; only what needs the hub is handled here.
+async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
+    match write {
+        Write::Claim { peer, mesh } => match store.claim(&peer, &mesh).await {
+            Ok(Some(previous)) => {
+                info!(%peer, %mesh, hub = %previous, "peer moved here from another hub");
+            }
+            Ok(None) => {}
+            Err(e) => debug!(%peer, error = %e, "cluster: claim not written yet"),
+        },
+        Write::Set {
+            peer,
+            mesh,
+            session,
+            objects,
+        } => match store.set_peer(&peer, &mesh, &objects).await {
+            Ok(_) => {}
+            Err(ClusterError::NotOwner { owner, .. }) => {
+                info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
+                close_local(shared, &peer, Some(session));
+            }
+            Err(e) => debug!(%peer, error = %e, "cluster: state not written yet"),
+        },
+        Write::Gone { peer } => {
+            // A newer local session may have started meanwhile: its claim follows.
+            if let Err(e) = store.peer_gone(&peer).await {
+                debug!(%peer, error = %e, "cluster: departure not written yet");
+            }
+        }
+        Write::Send {
+            from,
+            mesh,
+            to,
+            message,
+            invitation,
+        } => {
+            let reason = match store.send_to(&mesh, &to, &message).await {
+                Ok(RouteOutcome::Delivered { .. }) => return,
+                Ok(RouteOutcome::Absent) | Err(_) => Undelivered::NotConnected,
+                Ok(RouteOutcome::OtherMesh) => Undelivered::OtherMesh,
+            };
+            undelivered(shared, &from, &to, invitation, reason);
+        }
+    }
+}
+
+/// A message this hub forwarded could not reach its addressee after all (it left, or Redis
+/// was away): counted, and an invitation is refused to its inviter by the hub.
+fn undelivered(
+    shared: &HubShared,
+    from: &PeerName,
+    to: &PeerName,
+    invitation: Option<Uuid>,
+    reason: Undelivered,
+) {
+    shared.events.undelivered(from, invitation, reason.label());
+    let Some(id) = invitation else {
+        metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable");
+        return;
+    };
+    metrics::count_reason(metrics::INVITATIONS_REFUSED, reason.label());
+    let _ = shared.invitations.take(&id, to);
+    if let Some(inviter) = shared.lookup(from) {
+        if let Ok(bytes) = refusal(id, reason).to_bytes(0) {
+            let _ = inviter.deliver.try_send(Deliver(bytes));
+        }
+    }
+}
+
+/// Closes the local session of `peer` (only `session`, when given): another hub holds it.
+fn close_local(shared: &HubShared, peer: &PeerName, session: Option<SessionId>) {
+    if let Some(entry) = shared.lookup(peer) {
+        if session.is_none_or(|s| s == entry.id) {
+            entry.close.do_send(Close {
+                reason: "superseded",
+            });
+        }
+    }
+}
+
+/// Acts on the store's events until the hub stops.
+pub(crate) async fn event_loop(
+    mut events: ClusterEvents,
+    shared: Arc<HubShared>,
+    registry: Addr<Registry>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(link) = shared.cluster.get() else {
+            continue;
+        };
+        match event {
+            ClusterEvent::Mesh {
+                mesh,
+                changes,
+                resync,
+                ..
+            } => {
+                let mesh: Arc<str> = mesh.into();
+                let complete = resync == Some(ResyncCause::Subscribed);
+                link.note(&mesh, &changes, complete);
+                registry.do_send(RemoteChanges {
+                    mesh,
+                    changes,
+                    complete,
+                });
+                if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
+                    actix_rt::spawn(sync_hub_objects(link.store.clone(), registry.clone()));
+                }
+            }
+            ClusterEvent::Inbox(InboxMessage::Deliver {
+                to,
+                from,
+                mime_type,
+                text,
+            }) => {
+                let (Some(to), Some(from)) = (PeerName::parse(&to), PeerName::parse(&from)) else {
+                    metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, "peer_name");
+                    continue;
+                };
+                deliver_here(&shared, link, &from, &to, mime_type, text);
+            }
+            ClusterEvent::Inbox(InboxMessage::Supersede { peer, by }) => {
+                if let Some(peer) = PeerName::parse(&peer) {
+                    info!(%peer, hub = %by, "a newer session on another hub holds the peer");
+                    close_local(&shared, &peer, None);
+                }
+            }
+            ClusterEvent::Superseded { peer, owner } => {
+                info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
+                close_local(&shared, &peer, None);
+            }
+            ClusterEvent::HubObjects { objects, .. } => {
+                registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
+            }
+            ClusterEvent::Reasserted { peers } => {
+                info!(
+                    peers,
+                    "cluster: registered again and re-asserted this hub's peers"
+                );
+                actix_rt::spawn(sync_hub_objects(link.store.clone(), registry.clone()));
+            }
+        }
+    }
+}
+
+/// Delivers a message another hub routed to a local peer, with the bookkeeping local
+/// routing does: an invitation is remembered for its acknowledgement, an acknowledgement
+/// ends the invitation. An invitation whose addressee left meanwhile is refused back.
+fn deliver_here(
+    shared: &HubShared,
+    link: &ClusterLink,
+    from: &PeerName,
+    to: &PeerName,
+    mime_type: String,
+    text: String,
+) {
+    let invite = addressing::invitation(&mime_type, &text);
+    let request = match &invite {
+        Some(AppInvite::Request(r)) => Some(r.invitation_id),
+        _ => None,
+    };
+    let Some(entry) = shared.lookup(to) else {
+        metrics::count_reason(metrics::MESSAGES_DROPPED, Undelivered::NotConnected.label());
+        if let (Some(id), Some(mesh)) = (request, link.mesh_of(from)) {
+            let reason = Undelivered::NotConnected;
+            let ack = crate::xml::InvitationAck::new(id, false, reason.explanation());
+            link.send(
+                to,
+                mesh,
+                from,
+                crate::xml::APPINVITE.to_owned(),
+                ack.to_xml(),
+                None,
+            );
+        }
+        return;
+    };
+    match &invite {
+        Some(AppInvite::Request(r)) => {
+            let remembered = shared
+                .invitations
+                .insert(r.invitation_id, from.clone(), to.clone());
+            if remembered.is_err() {
+                warn!(%from, %to, "invitation table full: its acknowledgement will not be routed back");
+            }
+        }
+        Some(AppInvite::Ack(ack)) => {
+            let inviter = shared.invitations.take(&ack.invitation_id, from);
+            if inviter.is_some() {
+                shared.events.answered(from, to, ack);
+            }
+        }
+        None => {}
+    }
+    let bytes = match (Message::ApplicationDefined {
+        mime_type,
+        value: text,
+    })
+    .to_bytes(0)
+    {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            metrics::count_reason(metrics::MESSAGES_DROPPED, Undelivered::TooLarge.label());
+            return;
+        }
+    };
+    if entry.deliver.try_send(Deliver(bytes)).is_err() {
+        metrics::count_reason(metrics::MESSAGES_DROPPED, Undelivered::TargetBusy.label());
+    }
+}
+
+/// Makes the registry's hub objects the cluster's; writes this hub's if Redis has none (a
+/// new cluster, or Redis lost its state).
+pub(crate) async fn sync_hub_objects(store: ClusterStore, registry: Addr<Registry>) {
+    let (version, objects) = match store.hub_objects().await {
+        Ok(current) => current,
+        Err(e) => return debug!(error = %e, "cluster: hub objects not read"),
+    };
+    if version == 0 {
+        let Ok(local) = registry.send(ListObjects).await else {
+            return;
+        };
+        match store.set_hub_objects(0, &local).await {
+            Ok(SetHubObjects::Set { version }) => {
+                info!(
+                    version,
+                    objects = local.len(),
+                    "cluster: hub objects written"
+                )
+            }
+            Ok(SetHubObjects::Conflict { .. }) => {} // another hub wrote first: announced
+            Err(e) => debug!(error = %e, "cluster: hub objects not written"),
+        }
+        return;
+    }
+    registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
+}
+
+/// The hub objects a cluster starts this hub with: Redis's, or (none there yet) `local`,
+/// written for every hub.
+pub(crate) async fn initial_hub_objects(
+    store: &ClusterStore,
+    local: Vec<Object>,
+) -> Result<Vec<Object>, ClusterError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (version, objects) = store.hub_objects().await?;
+        if version > 0 {
+            return Ok(objects);
+        }
+        if let SetHubObjects::Set { .. } = store.set_hub_objects(0, &local).await? {
+            return Ok(local);
+        }
+    }
+    Ok(store.hub_objects().await?.1)
+}
+
+/// Applies an operation to the cluster's hub objects (compare-and-set on Redis, retried
+/// when another hub changed them first), then to this hub's registry.
+///
+/// # Errors
+/// [`HubError`] as the operation says; [`HubError::Cluster`] when Redis cannot be reached.
+pub(crate) async fn apply_hub_op(
+    store: &ClusterStore,
+    registry: &Addr<Registry>,
+    limits: ViewLimits,
+    op: ObjectOp,
+) -> Result<OpOutcome, HubError> {
+    let unavailable = |e: ClusterError| HubError::Cluster(e.to_string());
+    for _ in 0..CAS_ATTEMPTS {
+        let (version, current) = store.hub_objects().await.map_err(unavailable)?;
+        let mut next = PublishedObjects::new();
+        next.replace_all(current);
+        let change = match op.clone() {
+            ObjectOp::Publish(object) => next.publish(object),
+            ObjectOp::Update(object) => next.update(object)?,
+            ObjectOp::Delete { name, value } => next.delete(&name, value.as_deref())?,
+            ObjectOp::Set(object) => next.set(object),
+            ObjectOp::Replace(objects) => next.replace_all(objects),
+        };
+        if change == Change::None {
+            return Ok(OpOutcome { changed: false });
+        }
+        let objects = next.as_slice().to_vec();
+        check_budget(&objects, limits)?;
+        match store
+            .set_hub_objects(version, &objects)
+            .await
+            .map_err(unavailable)?
+        {
+            SetHubObjects::Set { .. } => {
+                // Applied here before answering (the announcement then changes nothing).
+                registry
+                    .send(ApplyOp(ObjectOp::Replace(objects)))
+                    .await
+                    .map_err(|_| HubError::Stopped)??;
+                return Ok(OpOutcome { changed: true });
+            }
+            SetHubObjects::Conflict { .. } => continue,
+        }
+    }
+    Err(HubError::Cluster(
+        "the hub objects kept changing through other hubs; try again".into(),
+    ))
+}
+
+/// Connects this hub to its cluster, if it has one: the link and the store's events.
+///
+/// # Errors
+/// [`ClusterError`] when Redis cannot be reached or refuses.
+pub(crate) async fn connect(
+    settings: &crate::cluster::ClusterSettings,
+) -> Result<(ClusterLink, mpsc::UnboundedReceiver<Write>, ClusterEvents), ClusterError> {
+    let (store, events) = ClusterStore::connect(settings).await?;
+    let (link, queue) = ClusterLink::new(store);
+    Ok((link, queue, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(c: &str) -> PeerName {
+        PeerName::parse(&c.repeat(40)).unwrap()
+    }
+
+    fn set(p: &PeerName, v: &str) -> Write {
+        Write::Set {
+            peer: p.clone(),
+            mesh: "m".into(),
+            session: 1,
+            objects: vec![Object::new("n", v)],
+        }
+    }
+
+    #[test]
+    fn a_later_state_replaces_an_earlier_one_but_claims_and_order_stay() {
+        let (a, b) = (peer("a"), peer("b"));
+        let claim = Write::Claim {
+            peer: a.clone(),
+            mesh: "m".into(),
+        };
+        let batch = vec![
+            set(&a, "1"),
+            claim.clone(),
+            set(&a, "2"),
+            set(&b, "1"),
+            set(&a, "3"),
+            Write::Gone { peer: b.clone() },
+        ];
+        let kept = coalesce(batch);
+        assert_eq!(
+            kept,
+            vec![
+                set(&a, "1"),
+                claim,
+                set(&a, "3"),
+                Write::Gone { peer: b.clone() }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_departure_replaces_earlier_states_not_a_later_session() {
+        let a = peer("a");
+        let claim = Write::Claim {
+            peer: a.clone(),
+            mesh: "m".into(),
+        };
+        let batch = vec![
+            set(&a, "1"),
+            Write::Gone { peer: a.clone() },
+            claim.clone(),
+            set(&a, "2"),
+        ];
+        assert_eq!(
+            coalesce(batch),
+            vec![Write::Gone { peer: a.clone() }, claim, set(&a, "2")]
+        );
+    }
+}

@@ -579,8 +579,10 @@ fn cluster_rows(cluster: &plan::ClusterReport) -> Vec<(&'static str, String)> {
             )
         })
     };
-    rows.push(("same-hub", path(&cluster.same_hub)));
-    rows.push(("cross-hub", path(&cluster.cross_hub)));
+    if cluster.same_hub.is_some() || cluster.cross_hub.is_some() {
+        rows.push(("same-hub", path(&cluster.same_hub)));
+        rows.push(("cross-hub", path(&cluster.cross_hub)));
+    }
     rows
 }
 

@@ -416,6 +416,61 @@ impl WatchPlan {
     }
 }
 
+/// How a final view differs from the expected one, in a line (`None` when equal): objects
+/// missing, objects extra, objects with another value (stale: the stamp's sequence number
+/// shown), and otherwise the first place the order differs.
+pub fn view_difference(expected: &[Object], got: &[Object]) -> Option<String> {
+    if expected == got {
+        return None;
+    }
+    let seq = |o: &Object| read_stamp(&o.value).map_or("-".into(), |s| s.seq.to_string());
+    let short = |name: &str| name.chars().take(12).collect::<String>();
+    let mut parts = Vec::new();
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|e| !got.iter().any(|g| g.name == e.name))
+        .map(|e| short(&e.name))
+        .collect();
+    let extra: Vec<String> = got
+        .iter()
+        .filter(|g| !expected.iter().any(|e| e.name == g.name))
+        .map(|g| short(&g.name))
+        .collect();
+    let stale: Vec<String> = expected
+        .iter()
+        .filter_map(|e| {
+            let g = got
+                .iter()
+                .find(|g| g.name == e.name && g.value != e.value)?;
+            Some(format!(
+                "{} (seq {} for {})",
+                short(&e.name),
+                seq(g),
+                seq(e)
+            ))
+        })
+        .collect();
+    for (what, list) in [("missing", missing), ("extra", extra), ("stale", stale)] {
+        if !list.is_empty() {
+            parts.push(format!("{what} {}: {}", list.len(), list.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        let at = expected
+            .iter()
+            .zip(got)
+            .position(|(e, g)| e.name != g.name)
+            .unwrap_or(expected.len().min(got.len()));
+        parts.push(format!("order differs from position {at}"));
+    }
+    Some(format!(
+        "{} (expected {} objects, got {})",
+        parts.join("; "),
+        expected.len(),
+        got.len()
+    ))
+}
+
 /// Draw `i` of peer `me` under `seed`: the first 8 bytes of a SHA-1 over the three.
 fn draw(seed: u64, me: usize, i: usize) -> u64 {
     let mut hash = Sha1::new();
@@ -1216,6 +1271,27 @@ mod tests {
         let mut everyone = Totals::default();
         everyone.add(&tally, 10);
         assert_eq!((everyone.expected, everyone.lost), (10, 7));
+    }
+
+    #[test]
+    fn view_differences_name_what_is_missing_extra_stale_or_out_of_order() {
+        let o = |name: &str, seq: u64| Object::new(name, stamp(st(1, seq, 0), 8));
+        let expected = vec![o("a/x", 1), o("b/x", 2), o("c/x", 3)];
+        assert_eq!(view_difference(&expected, &expected), None);
+        let got = vec![o("a/x", 1), o("c/x", 1), o("d/x", 4)];
+        assert_eq!(
+            view_difference(&expected, &got).unwrap(),
+            "missing 1: b/x; extra 1: d/x; stale 1: c/x (seq 1 for 3) (expected 3 objects, got 3)"
+        );
+        let swapped = vec![o("a/x", 1), o("c/x", 3), o("b/x", 2)];
+        assert_eq!(
+            view_difference(&expected, &swapped).unwrap(),
+            "order differs from position 1 (expected 3 objects, got 3)"
+        );
+        let doubled = vec![o("a/x", 1), o("b/x", 2), o("c/x", 3), o("c/x", 3)];
+        assert!(view_difference(&expected, &doubled)
+            .unwrap()
+            .starts_with("order differs from position 3"));
     }
 
     #[test]

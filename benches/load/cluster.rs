@@ -293,7 +293,7 @@ fn live_nodes(url: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// The value of the unlabelled gauge `name` on the hub whose admin API is at `admin`.
-fn gauge(admin: &str, name: &str) -> Option<u64> {
+pub fn gauge(admin: &str, name: &str) -> Option<u64> {
     let text = ureq::get(&format!("http://{admin}/metrics"))
         .call()
         .ok()?

@@ -13,8 +13,9 @@ use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::loadtest::cluster::{Locality, Origin, SplitLatencies};
 use p2ppi_hub::loadtest::{
     harness_bound, micros_per, rss_per_session, sender_of, settled, slope, stamp, step_held,
-    Latencies, RateSearch, Report, Schedule, Stamp, WatchPlan, Window,
+    view_difference, Latencies, RateSearch, Report, Schedule, Stamp, WatchPlan, Window,
 };
+use p2ppi_hub::metrics::CLUSTER_PEERS;
 use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
 use p2ppi_hub::session::ObjectsSource;
@@ -617,46 +618,55 @@ async fn connect_peers(
     done.into_iter().map(|(_, p, e)| (p, e)).collect()
 }
 
-/// Waits (at most 60 s) until the hubs at `admins` relay `objects` objects in all (the sum
-/// over their local sessions: in a cluster each hub lists its own), or that count held
-/// still for 1 s; without an admin address, waits 2 s.
-async fn wait_relayed(admins: &[String], objects: usize) -> anyhow::Result<()> {
+/// Waits (at most 60 s) until every hub at `admins` has the presence of all `peers` peers:
+/// the relayed objects of its own sessions, plus in a cluster the other hubs' peers it
+/// replicates (`p2ppi_cluster_peers`), so no watch list is applied before a watched peer
+/// is known where its watcher is; or until those counts held still for 1 s. Without an
+/// admin address, waits 2 s.
+async fn wait_relayed(admins: &[String], peers: usize, cluster: bool) -> anyhow::Result<()> {
     if admins.is_empty() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         return Ok(());
     }
-    let urls: Vec<String> = admins
-        .iter()
-        .map(|a| format!("http://{a}/v1/sessions"))
-        .collect();
     const STEADY: Duration = Duration::from_secs(1);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut seen, mut changed) = (usize::MAX, Instant::now());
+    let (mut seen, mut changed) = (Vec::new(), Instant::now());
     loop {
-        let urls = urls.clone();
-        let relayed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-            let mut relayed = 0;
-            for url in &urls {
-                let sessions: Vec<serde_json::Value> =
-                    ureq::get(url).call()?.body_mut().read_json()?;
-                relayed += sessions
-                    .iter()
-                    .filter_map(|s| s["relayed_objects"].as_u64())
-                    .sum::<u64>() as usize;
-            }
-            Ok(relayed)
+        let admins = admins.to_vec();
+        let known = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<usize>> {
+            admins
+                .iter()
+                .map(|admin| {
+                    let sessions: Vec<serde_json::Value> =
+                        ureq::get(&format!("http://{admin}/v1/sessions"))
+                            .call()?
+                            .body_mut()
+                            .read_json()?;
+                    let local = sessions
+                        .iter()
+                        .filter_map(|s| s["relayed_objects"].as_u64())
+                        .sum::<u64>();
+                    let remote = if cluster {
+                        crate::cluster::gauge(admin, CLUSTER_PEERS).unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    Ok((local + remote) as usize)
+                })
+                .collect()
         })
         .await??;
         // Objects past the mesh view's room are not counted as relayed (watchers still get
-        // them): a count that stopped growing for 1 s means the hub has them all too.
-        if relayed >= objects || (relayed == seen && Instant::now() > changed + STEADY) {
+        // them): counts that stopped growing for 1 s mean the hubs have them all too.
+        if known.iter().all(|&k| k >= peers) || (known == seen && Instant::now() > changed + STEADY)
+        {
             return Ok(());
         }
-        if relayed != seen {
-            (seen, changed) = (relayed, Instant::now());
+        if known != seen {
+            (seen, changed) = (known.clone(), Instant::now());
         }
         if Instant::now() > deadline {
-            bail!("the hubs relay {relayed} of {objects} initial objects after 60 s");
+            bail!("after 60 s the hubs know {known:?} of the {peers} peers' presence");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -834,7 +844,7 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
     if n < fleet.members.len() {
         bail!("{} of {} peers connected", n, fleet.members.len());
     }
-    wait_relayed(&servers.admins(), n).await?;
+    wait_relayed(&servers.admins(), n, servers.is_cluster()).await?;
     let handles: Arc<Vec<Peer>> = Arc::new(peers.iter().map(|(p, _)| p.clone()).collect());
     let audience = Arc::new(Audience {
         plan: args.watch.map(|k| WatchPlan::random(n, k, args.seed)),
@@ -922,7 +932,7 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
         .collect();
     let mut everyone: Vec<Object> = relayed.iter().flatten().cloned().collect();
     everyone.sort();
-    let mut inexact = 0;
+    let (mut inexact, mut described) = (0, Vec::new());
     for (slot, mut events) in returned {
         handles[slot].retrieve().await?;
         let view = loop {
@@ -935,21 +945,30 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
                 _ => break None,
             }
         };
-        let exact = match (&audience.plan, view) {
-            (Some(plan), Some(view)) => view == plan.expected_view(slot, &[], &relayed),
+        let difference = match (&audience.plan, view) {
+            (Some(plan), Some(view)) => {
+                view_difference(&plan.expected_view(slot, &[], &relayed), &view)
+            }
             (None, Some(mut view)) => {
                 view.sort();
-                view == everyone
+                view_difference(&everyone, &view)
             }
-            (_, None) => false,
+            (_, None) => Some("no view within 10 s".into()),
         };
-        if !exact {
+        if let Some(difference) = difference {
             inexact += 1;
+            if described.len() < KEPT_ERRORS {
+                described.push(format!(
+                    "receiver {slot} (on hub {}): {difference}",
+                    fleet.hub_of(slot)
+                ));
+            }
         }
     }
     if inexact > 0 {
         errors.add(format!("{inexact} of {n} final views inexact"));
         errors.count += inexact - 1;
+        run.notes.extend(described);
     }
     let (failed, messages) = receivers.failures();
     errors.add_all(failed, messages);

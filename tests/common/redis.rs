@@ -62,6 +62,17 @@ impl RedisServer {
         }
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: unreachable, its state kept.
+    pub fn pause(&self, paused: bool) {
+        let child = self.child.as_ref().expect("the server is running");
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal}");
+    }
+
     /// A plain connection for a test to look at or disturb the shared state.
     pub fn connection(&self) -> ::redis::Connection {
         ::redis::Client::open(self.url())

@@ -509,15 +509,8 @@ pub(crate) async fn apply_hub_op(
     let unavailable = |e: ClusterError| HubError::Cluster(e.to_string());
     for _ in 0..CAS_ATTEMPTS {
         let (version, current) = store.hub_objects().await.map_err(unavailable)?;
-        let mut next = PublishedObjects::new();
-        next.replace_all(current);
-        let change = match op.clone() {
-            ObjectOp::Publish(object) => next.publish(object),
-            ObjectOp::Update(object) => next.update(object)?,
-            ObjectOp::Delete { name, value } => next.delete(&name, value.as_deref())?,
-            ObjectOp::Set(object) => next.set(object),
-            ObjectOp::Replace(objects) => next.replace_all(objects),
-        };
+        let mut next = PublishedObjects::from(current);
+        let change = op.clone().apply_to(&mut next)?;
         if change == Change::None {
             return Ok(OpOutcome { changed: false });
         }

@@ -96,6 +96,22 @@ pub enum ObjectOp {
     Replace(Vec<Object>),
 }
 
+impl ObjectOp {
+    /// Applies the operation to `list` as DESIGN 3.1 says.
+    ///
+    /// # Errors
+    /// [`ObjectError`] when an update or a deletion matches nothing.
+    pub fn apply_to(self, list: &mut PublishedObjects) -> Result<Change, ObjectError> {
+        Ok(match self {
+            Self::Publish(object) => list.publish(object),
+            Self::Update(object) => list.update(object)?,
+            Self::Delete { name, value } => list.delete(&name, value.as_deref())?,
+            Self::Set(object) => list.set(object),
+            Self::Replace(objects) => list.replace_all(objects),
+        })
+    }
+}
+
 /// What an operation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpOutcome {
@@ -400,13 +416,7 @@ impl Registry {
     /// Applies an operation to the hub's objects; returns the change to broadcast.
     fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Option<Fanout>), HubError> {
         let mut next = self.objects.clone();
-        let change = match op {
-            ObjectOp::Publish(object) => next.publish(object),
-            ObjectOp::Update(object) => next.update(object)?,
-            ObjectOp::Delete { name, value } => next.delete(&name, value.as_deref())?,
-            ObjectOp::Set(object) => next.set(object),
-            ObjectOp::Replace(objects) => next.replace_all(objects),
-        };
+        let change = op.apply_to(&mut next)?;
         if change == Change::None {
             return Ok((OpOutcome { changed: false }, None));
         }

@@ -142,14 +142,6 @@ pub struct ViewLimits {
 }
 
 impl ViewLimits {
-    /// The limits a config sets.
-    pub fn of(config: &crate::config::Config) -> Self {
-        Self {
-            max_view_bytes: config.relay.max_view_bytes,
-            max_objects_bytes: config.hub.max_objects_bytes,
-        }
-    }
-
     /// Bytes of encoded objects the relayed objects of one mesh may take.
     pub fn relay_room(&self) -> usize {
         self.max_view_bytes

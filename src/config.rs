@@ -647,8 +647,10 @@ grace = "{grace}"
 format = "text"
 level = "{level}"
 
-# Several hubs as one relay on one Redis or Valkey (standalone, not Redis Cluster).
-# Not available in this build yet: `serve` refuses to start while [cluster] is set.
+# Several hubs as one relay on one Redis 7 or Valkey 8 (standalone, not Redis Cluster):
+# peers on any hub see, watch, message and invite each other; the hub objects are the
+# cluster's. A hub whose Redis does not answer at start refuses to start; later it keeps
+# serving its own peers, answers /readyz with 503, and catches up when Redis is back.
 # [cluster]
 # redis = "redis://127.0.0.1:6379/0"
 # This hub's unique name in the cluster; default: host name and P2PPI port.
@@ -896,6 +898,17 @@ mod tests {
         let file = "[relay]\nmax_view_bytes = 70000\n";
         let c = load_file(file, &[("P2PPI_RELAY__MAX_VIEW_BYTES", "20000")]).unwrap();
         assert_eq!(c.relay.max_view_bytes, 20000);
+        // A section that several variables complete is judged whole, in any order.
+        let vars = [
+            ("P2PPI_CLUSTER__NODE", "hub-1"),
+            ("P2PPI_CLUSTER__REDIS", "redis://127.0.0.1:6379/0"),
+        ];
+        let env = vars.map(|(n, v)| (n.to_owned(), v.to_owned()));
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.cluster.unwrap().node.as_deref(), Some("hub-1"));
+        let lone = [("P2PPI_CLUSTER__NODE".to_owned(), "hub-1".to_owned())];
+        let e = Config::load(None, lone).unwrap_err().to_string();
+        assert!(e.contains("cluster: missing field `redis`"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - [`tls`] and [`certs`]: rustls configurations, PeerNames and meshes, certificate issuing;
 //! - [`addressing`]: the `to=`/`from=` addressing of application messages and invitations;
 //! - [`hub`]: the server (actix actors behind a plain handle);
-//! - [`cluster`]: what several hubs share in Redis (DESIGN 8), not yet used by the hub;
+//! - [`cluster`]: what the hubs of a cluster share in Redis (DESIGN 8);
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
 
 pub mod addressing;

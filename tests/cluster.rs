@@ -507,6 +507,46 @@ async fn a_redis_restart_keeps_local_peers_served_and_every_view_heals() {
     );
 }
 
+#[actix_rt::test]
+async fn redis_unreachable_for_a_while_then_every_view_is_exact_again() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let (a, b) = (cluster.hub(0), cluster.hub(1));
+    let (sa, mut sa_events) = subscriber(&cluster.pki, &a, "sub-a").await;
+    let (sb, mut sb_events) = subscriber(&cluster.pki, &b, "sub-b").await;
+    let (pa, _pa_events) = connect(&cluster.pki, &a, "pub-a", Some(MESH)).await;
+    pa.set(Object::new(names::RICH_PRESENCE, "a1"))
+        .await
+        .unwrap();
+    let first = vec![welcome(), presence_of(pa.peer_name(), "a1")];
+    view_becomes(&sb, &mut sb_events, &first, "before").await;
+
+    // Longer than the lease (3 s): the leases run out while Redis is frozen.
+    cluster.redis.pause(true);
+    let (pb, _pb_events) = connect(&cluster.pki, &b, "pub-b", Some(MESH)).await;
+    pb.set(Object::new(names::RICH_PRESENCE, "b1"))
+        .await
+        .unwrap();
+    pa.set(Object::new(names::RICH_PRESENCE, "a2"))
+        .await
+        .unwrap();
+    let local = vec![welcome(), presence_of(pa.peer_name(), "a2")];
+    view_becomes(&sa, &mut sa_events, &local, "served locally meanwhile").await;
+    wait_until("hub b sees Redis gone", || !b.cluster_ready()).await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // the outage itself, not a wait for an event
+    cluster.redis.pause(false);
+
+    let want = vec![
+        welcome(),
+        presence_of(pa.peer_name(), "a2"),
+        presence_of(pb.peer_name(), "b1"),
+    ];
+    view_becomes(&sa, &mut sa_events, &want, "after the outage").await;
+    view_becomes(&sb, &mut sb_events, &want, "after the outage").await;
+    assert!(a.cluster_ready() && b.cluster_ready());
+}
+
 // ---- hub processes: killed, paused, readiness ----
 
 /// `p2ppi-hub serve` processes sharing one Redis and one CA.
@@ -668,6 +708,39 @@ async fn a_paused_hub_whose_lease_expired_registers_again_and_reasserts_its_peer
         .find(|h| h["node"] == "b")
         .map(|h| h["peers"].as_u64().unwrap());
     assert_eq!(b_peers, Some(1), "{cluster}");
+}
+
+#[actix_rt::test]
+async fn a_hub_stopped_cleanly_takes_its_peers_out_at_once() {
+    let Some(mut procs) = Processes::new() else {
+        return;
+    };
+    // A lease far beyond the deadline: only leaving can explain the peer's departure.
+    let a = procs.hub("a", "60s");
+    let b = procs.hub("b", "60s");
+    let (sa, mut sa_events) = process_peer(&a, "sub-a").await;
+    sa.subscribe().await.unwrap();
+    let (pb, _pb_events) = process_peer(&b, "pub-b").await;
+    pb.set(Object::new(names::RICH_PRESENCE, "b"))
+        .await
+        .unwrap();
+    let with_b = vec![presence_of(pb.peer_name(), "b")];
+    view_becomes(&sa, &mut sa_events, &with_b, "the publisher").await;
+    b.running.signal("-TERM");
+    expect_event(
+        &mut sa_events,
+        "the stopped hub's peer leaving",
+        |e| matches!(e, PeerEvent::Objects { objects, .. } if objects.is_empty()),
+    )
+    .await;
+    let (status, _) = b.running.wait();
+    assert!(status.success());
+    let (_, cluster) = a.get("/v1/cluster").await;
+    assert_eq!(
+        cluster["hubs"].as_array().map(Vec::len),
+        Some(1),
+        "{cluster}"
+    );
 }
 
 #[actix_rt::test]

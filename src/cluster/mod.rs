@@ -3,8 +3,9 @@
 //! hub objects; the pub/sub channels that carry their changes; and a replica of each mesh
 //! that has local sessions.
 //!
-//! The hub does not use this module yet (`serve` refuses `[cluster]`); it is complete on its
-//! own and tested against a real `redis-server`.
+//! The hub's side (what its sessions write, what other hubs' changes do to its views) is
+//! `hub::cluster`; this module knows nothing of sessions and is tested on its own against
+//! a real `redis-server`.
 //!
 //! # Data flow
 //! A hub writes through [`ClusterStore`]: every change is one Lua script (state + sequence +

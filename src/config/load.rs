@@ -137,14 +137,16 @@ impl Override {
             });
         };
         section.insert(self.key.clone(), self.value.clone());
-        deserialize(toml::Value::Table(table.clone())).map_err(|(path, e)| {
-            ConfigError::Setting {
+        // Only this layer's own key is judged here: a section that later layers complete
+        // (`[cluster]` set by several variables, in any order) is judged whole at the end.
+        match deserialize(toml::Value::Table(table.clone())) {
+            Err((path, e)) if path.to_string() == self.key_path() => Err(ConfigError::Setting {
                 origin: self.origin.clone(),
                 key: path.to_string(),
                 message: e.message().to_owned(),
-            }
-        })?;
-        Ok(())
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

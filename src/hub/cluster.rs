@@ -21,11 +21,11 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use super::link::{coalesce, ClusterLink, Write};
 use super::messages::{Close, Deliver, SessionId};
 use super::registry::{
     check_budget, ApplyOp, HubError, ListObjects, ObjectOp, OpOutcome, Registry, RemoteChanges,
@@ -35,7 +35,7 @@ use super::route::{refusal, Undelivered};
 use super::shared::HubShared;
 use crate::addressing;
 use crate::cluster::{
-    ClusterError, ClusterEvent, ClusterEvents, ClusterStore, InboxMessage, PeerChange, ResyncCause,
+    ClusterError, ClusterEvent, ClusterEvents, ClusterStore, InboxMessage, ResyncCause,
     RouteOutcome, SetHubObjects,
 };
 use crate::metrics;
@@ -48,181 +48,6 @@ use crate::xml::AppInvite;
 const CAS_ATTEMPTS: usize = 8;
 /// Writes taken from the queue at once (coalesced, then written in order).
 const WRITE_BATCH: usize = 256;
-
-/// A write of this hub's sessions to the cluster, in the order they happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Write {
-    /// A session started: the PeerName is held here now, cluster-wide.
-    Claim { peer: PeerName, mesh: Arc<str> },
-    /// A session's relayed objects changed.
-    Set {
-        peer: PeerName,
-        mesh: Arc<str>,
-        session: SessionId,
-        objects: Vec<Object>,
-    },
-    /// The last local session of the peer ended.
-    Gone { peer: PeerName },
-    /// A message for a peer of another hub.
-    Send {
-        from: PeerName,
-        mesh: Arc<str>,
-        to: PeerName,
-        message: InboxMessage,
-        /// The INVITATIONID of an invitation request (refused to `from` if undeliverable).
-        invitation: Option<Uuid>,
-    },
-}
-
-impl Write {
-    /// The peer whose state the write replaces, for a state write.
-    fn state_of(&self) -> Option<&PeerName> {
-        match self {
-            Self::Set { peer, .. } | Self::Gone { peer } => Some(peer),
-            Self::Claim { .. } | Self::Send { .. } => None,
-        }
-    }
-}
-
-/// Drops each state write that a later state write of the same peer in `batch` replaces
-/// (the store writes a peer's latest state; a departure replaces any state). Claims and
-/// messages are kept, and the order is kept.
-pub(crate) fn coalesce(batch: Vec<Write>) -> Vec<Write> {
-    let mut later = std::collections::HashSet::new();
-    let mut kept: Vec<Write> = Vec::with_capacity(batch.len());
-    for write in batch.into_iter().rev() {
-        match write {
-            Write::Claim { ref peer, .. } => {
-                // Nothing before a claim is replaced by what follows it.
-                later.remove(peer);
-                kept.push(write);
-            }
-            _ => match write.state_of() {
-                Some(peer) if matches!(write, Write::Set { .. }) && later.contains(peer) => {}
-                Some(peer) => {
-                    later.insert(peer.clone());
-                    kept.push(write);
-                }
-                None => kept.push(write),
-            },
-        }
-    }
-    kept.reverse();
-    kept
-}
-
-/// The hub's link to the cluster: the store, the queue of writes, and where the remote
-/// peers of meshes with local sessions are (for routing).
-pub(crate) struct ClusterLink {
-    store: ClusterStore,
-    writes: mpsc::UnboundedSender<Write>,
-    /// Peers of other hubs in meshes with local sessions, and their mesh.
-    remote: DashMap<PeerName, Arc<str>>,
-}
-
-impl ClusterLink {
-    /// The link, and the queue its writer task reads.
-    pub(crate) fn new(store: ClusterStore) -> (Self, mpsc::UnboundedReceiver<Write>) {
-        let (writes, queue) = mpsc::unbounded_channel();
-        let link = Self {
-            store,
-            writes,
-            remote: DashMap::new(),
-        };
-        (link, queue)
-    }
-
-    /// The store.
-    pub(crate) fn store(&self) -> &ClusterStore {
-        &self.store
-    }
-
-    fn queue(&self, write: Write) {
-        // The writer stops only with the hub.
-        let _ = self.writes.send(write);
-    }
-
-    /// A local session of `peer` holds the PeerName now.
-    pub(crate) fn session_started(&self, peer: &PeerName, mesh: &Arc<str>) {
-        self.store.watch_mesh(mesh);
-        self.queue(Write::Claim {
-            peer: peer.clone(),
-            mesh: mesh.clone(),
-        });
-    }
-
-    /// A local session that held the PeerName ended; `still_held` when a newer local
-    /// session of the peer holds it.
-    pub(crate) fn session_ended(&self, peer: &PeerName, mesh: &Arc<str>, still_held: bool) {
-        if !still_held {
-            self.queue(Write::Gone { peer: peer.clone() });
-        }
-        self.store.unwatch_mesh(mesh);
-    }
-
-    /// A local session's relayed objects are now `objects`.
-    pub(crate) fn relayed(
-        &self,
-        peer: &PeerName,
-        mesh: &Arc<str>,
-        session: SessionId,
-        objects: Vec<Object>,
-    ) {
-        self.queue(Write::Set {
-            peer: peer.clone(),
-            mesh: mesh.clone(),
-            session,
-            objects,
-        });
-    }
-
-    /// The mesh of a peer held by another hub, if it is in a mesh with local sessions.
-    pub(crate) fn mesh_of(&self, peer: &PeerName) -> Option<Arc<str>> {
-        self.remote.get(peer).map(|m| m.value().clone())
-    }
-
-    /// Queues a message for `to`, a peer of another hub in `mesh`.
-    pub(crate) fn send(
-        &self,
-        from: &PeerName,
-        mesh: Arc<str>,
-        to: &PeerName,
-        mime_type: String,
-        text: String,
-        invitation: Option<Uuid>,
-    ) {
-        self.queue(Write::Send {
-            from: from.clone(),
-            mesh,
-            to: to.clone(),
-            message: InboxMessage::Deliver {
-                to: to.as_str().to_owned(),
-                from: from.as_str().to_owned(),
-                mime_type,
-                text,
-            },
-            invitation,
-        });
-    }
-
-    /// Records remote peers' changes for routing. `complete`: the changes are the mesh's
-    /// whole remote part (a first load), so peers not in them are gone.
-    fn note(&self, mesh: &Arc<str>, changes: &[PeerChange], complete: bool) {
-        if complete {
-            self.remote.retain(|_, m| m != mesh);
-        }
-        for change in changes {
-            match change {
-                PeerChange::Upsert { peer, .. } => {
-                    self.remote.insert(peer.clone(), mesh.clone());
-                }
-                PeerChange::Gone { peer } => {
-                    self.remote.remove_if(peer, |_, m| m == mesh);
-                }
-            }
-        }
-    }
-}
 
 /// Writes the queued writes in order until the hub stops.
 pub(crate) async fn write_loop(
@@ -345,7 +170,7 @@ pub(crate) async fn event_loop(
                     complete,
                 });
                 if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
-                    actix_rt::spawn(sync_hub_objects(link.store.clone(), registry.clone()));
+                    actix_rt::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
                 }
             }
             ClusterEvent::Inbox(InboxMessage::Deliver {
@@ -378,7 +203,7 @@ pub(crate) async fn event_loop(
                     peers,
                     "cluster: registered again and re-asserted this hub's peers"
                 );
-                actix_rt::spawn(sync_hub_objects(link.store.clone(), registry.clone()));
+                actix_rt::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
             }
         }
     }
@@ -509,15 +334,8 @@ pub(crate) async fn apply_hub_op(
     let unavailable = |e: ClusterError| HubError::Cluster(e.to_string());
     for _ in 0..CAS_ATTEMPTS {
         let (version, current) = store.hub_objects().await.map_err(unavailable)?;
-        let mut next = PublishedObjects::new();
-        next.replace_all(current);
-        let change = match op.clone() {
-            ObjectOp::Publish(object) => next.publish(object),
-            ObjectOp::Update(object) => next.update(object)?,
-            ObjectOp::Delete { name, value } => next.delete(&name, value.as_deref())?,
-            ObjectOp::Set(object) => next.set(object),
-            ObjectOp::Replace(objects) => next.replace_all(objects),
-        };
+        let mut next = PublishedObjects::from(current);
+        let change = op.clone().apply_to(&mut next)?;
         if change == Change::None {
             return Ok(OpOutcome { changed: false });
         }
@@ -554,68 +372,4 @@ pub(crate) async fn connect(
     let (store, events) = ClusterStore::connect(settings).await?;
     let (link, queue) = ClusterLink::new(store);
     Ok((link, queue, events))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(c: &str) -> PeerName {
-        PeerName::parse(&c.repeat(40)).unwrap()
-    }
-
-    fn set(p: &PeerName, v: &str) -> Write {
-        Write::Set {
-            peer: p.clone(),
-            mesh: "m".into(),
-            session: 1,
-            objects: vec![Object::new("n", v)],
-        }
-    }
-
-    #[test]
-    fn a_later_state_replaces_an_earlier_one_but_claims_and_order_stay() {
-        let (a, b) = (peer("a"), peer("b"));
-        let claim = Write::Claim {
-            peer: a.clone(),
-            mesh: "m".into(),
-        };
-        let batch = vec![
-            set(&a, "1"),
-            claim.clone(),
-            set(&a, "2"),
-            set(&b, "1"),
-            set(&a, "3"),
-            Write::Gone { peer: b.clone() },
-        ];
-        let kept = coalesce(batch);
-        assert_eq!(
-            kept,
-            vec![
-                set(&a, "1"),
-                claim,
-                set(&a, "3"),
-                Write::Gone { peer: b.clone() }
-            ]
-        );
-    }
-
-    #[test]
-    fn a_departure_replaces_earlier_states_not_a_later_session() {
-        let a = peer("a");
-        let claim = Write::Claim {
-            peer: a.clone(),
-            mesh: "m".into(),
-        };
-        let batch = vec![
-            set(&a, "1"),
-            Write::Gone { peer: a.clone() },
-            claim.clone(),
-            set(&a, "2"),
-        ];
-        assert_eq!(
-            coalesce(batch),
-            vec![Write::Gone { peer: a.clone() }, claim, set(&a, "2")]
-        );
-    }
 }

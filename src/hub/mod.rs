@@ -20,6 +20,7 @@ pub mod facts;
 pub mod fanout;
 pub mod handshake;
 pub mod invitations;
+pub mod link;
 pub mod messages;
 pub mod outbound;
 pub mod registry;
@@ -108,7 +109,7 @@ impl HubHandle {
     /// [`HubError`] as the operation says.
     pub async fn apply(&self, op: ObjectOp) -> Result<OpOutcome, HubError> {
         if let Some(link) = self.shared.cluster.get() {
-            let limits = ViewLimits::of(&self.shared.config);
+            let limits = view_limits(&self.shared.config);
             return cluster::apply_hub_op(link.store(), &self.registry, limits, op).await;
         }
         self.registry
@@ -243,7 +244,7 @@ impl HubHandle {
 
     /// The hub's cluster store, when it is part of a cluster (DESIGN 8).
     pub fn cluster(&self) -> Option<&crate::cluster::ClusterStore> {
-        self.shared.cluster.get().map(cluster::ClusterLink::store)
+        self.shared.cluster.get().map(link::ClusterLink::store)
     }
 
     /// Sends an APPLICATION_DEFINED_MESSAGE from the hub to a connected peer.
@@ -450,7 +451,7 @@ async fn run_system(
         events.events.hub_objects_changed(objects);
         Ok(())
     });
-    let limits = ViewLimits::of(&shared.config);
+    let limits = view_limits(&shared.config);
     let recipients = shards.iter().map(|s| s.clone().recipient()).collect();
     // The page's feed starts from the objects the registry accepts below.
     let hub_objects = objects.clone();
@@ -547,12 +548,20 @@ async fn run_system(
     System::current().stop();
 }
 
+/// The view limits a config sets.
+fn view_limits(config: &Config) -> ViewLimits {
+    ViewLimits {
+        max_view_bytes: config.relay.max_view_bytes,
+        max_objects_bytes: config.hub.max_objects_bytes,
+    }
+}
+
 /// How long a stopping hub tries to leave its cluster.
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
 
 /// What a hub that joined its cluster hands its tasks: the write queue and the events.
 type Joined = (
-    tokio::sync::mpsc::UnboundedReceiver<cluster::Write>,
+    tokio::sync::mpsc::UnboundedReceiver<link::Write>,
     crate::cluster::ClusterEvents,
 );
 

@@ -96,6 +96,22 @@ pub enum ObjectOp {
     Replace(Vec<Object>),
 }
 
+impl ObjectOp {
+    /// Applies the operation to `list` as DESIGN 3.1 says.
+    ///
+    /// # Errors
+    /// [`ObjectError`] when an update or a deletion matches nothing.
+    pub fn apply_to(self, list: &mut PublishedObjects) -> Result<Change, ObjectError> {
+        Ok(match self {
+            Self::Publish(object) => list.publish(object),
+            Self::Update(object) => list.update(object)?,
+            Self::Delete { name, value } => list.delete(&name, value.as_deref())?,
+            Self::Set(object) => list.set(object),
+            Self::Replace(objects) => list.replace_all(objects),
+        })
+    }
+}
+
 /// What an operation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpOutcome {
@@ -126,14 +142,6 @@ pub struct ViewLimits {
 }
 
 impl ViewLimits {
-    /// The limits a config sets.
-    pub fn of(config: &crate::config::Config) -> Self {
-        Self {
-            max_view_bytes: config.relay.max_view_bytes,
-            max_objects_bytes: config.hub.max_objects_bytes,
-        }
-    }
-
     /// Bytes of encoded objects the relayed objects of one mesh may take.
     pub fn relay_room(&self) -> usize {
         self.max_view_bytes
@@ -400,13 +408,7 @@ impl Registry {
     /// Applies an operation to the hub's objects; returns the change to broadcast.
     fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Option<Fanout>), HubError> {
         let mut next = self.objects.clone();
-        let change = match op {
-            ObjectOp::Publish(object) => next.publish(object),
-            ObjectOp::Update(object) => next.update(object)?,
-            ObjectOp::Delete { name, value } => next.delete(&name, value.as_deref())?,
-            ObjectOp::Set(object) => next.set(object),
-            ObjectOp::Replace(objects) => next.replace_all(objects),
-        };
+        let change = op.apply_to(&mut next)?;
         if change == Change::None {
             return Ok((OpOutcome { changed: false }, None));
         }
@@ -1531,5 +1533,83 @@ mod tests {
         let f = watch(&mut reg, &a, 1, &[o("a1", "away")], Some(&[&b]));
         assert_eq!(own_view(&reg, &b)[2], o("a1", "away"), "{f:?}");
         assert_eq!(own_view(&reg, &a)[1], o("a1", "away"));
+    }
+
+    fn remote(reg: &mut Registry, changes: Vec<PeerChange>, complete: bool) -> Vec<Fanout> {
+        reg.remote_changes(&Arc::from("m"), changes, complete)
+    }
+
+    fn upsert(who: &PeerName, objects: &[Object]) -> PeerChange {
+        PeerChange::Upsert {
+            peer: who.clone(),
+            objects: objects.to_vec(),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn remote_peers_enter_views_and_watch_lists_as_local_ones() {
+        let mut reg = registry();
+        let (local, far, w) = (peer("a"), peer("b"), peer("c"));
+        set(&mut reg, &local, 1, &[o("a1", "on")]);
+        watch(&mut reg, &w, 2, &[], Some(&[&far]));
+        let mut seen = mesh_view(&reg);
+        let fanouts = remote(&mut reg, vec![upsert(&far, &[o("b1", "on")])], false);
+        assert!(
+            matches!(fanouts[0].delivery, Delivery::Only(_)),
+            "appended alone"
+        );
+        follow(&mut seen, &fanouts[0]);
+        assert_eq!(names(&seen), ["hub", "a1", "b1"]);
+        assert_eq!(mesh_view(&reg), seen);
+        assert_eq!(
+            names(&own_view(&reg, &w)),
+            ["hub", "b1"],
+            "the watcher sees it"
+        );
+        // Gone: out of both.
+        remote(
+            &mut reg,
+            vec![PeerChange::Gone { peer: far.clone() }],
+            false,
+        );
+        assert_eq!(names(&mesh_view(&reg)), ["hub", "a1"]);
+        assert_eq!(names(&own_view(&reg, &w)), ["hub"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_local_session_shadows_the_remote_state_until_it_ends() {
+        let mut reg = registry();
+        let p = peer("a");
+        set(&mut reg, &p, 1, &[o("a1", "here")]);
+        // Another hub's newer session of the same peer: kept aside while the local one
+        // lives (the local one is being closed) ...
+        remote(&mut reg, vec![upsert(&p, &[o("a1", "there")])], false);
+        assert_eq!(mesh_view(&reg)[1], o("a1", "here"));
+        // ... and in force once it ends.
+        reg.relay_remove(RelayRemove {
+            peer: p.clone(),
+            session: 1,
+        });
+        assert_eq!(mesh_view(&reg)[1], o("a1", "there"));
+        // A local session again: it holds the peer; the remote state's departure (published
+        // by this hub's claim) leaves it alone.
+        set(&mut reg, &p, 2, &[o("a1", "back")]);
+        remote(&mut reg, vec![PeerChange::Gone { peer: p.clone() }], false);
+        assert_eq!(mesh_view(&reg)[1], o("a1", "back"));
+    }
+
+    #[actix_rt::test]
+    async fn a_first_load_is_the_whole_remote_part_of_the_mesh() {
+        let mut reg = registry();
+        let (x, y) = (peer("1"), peer("2"));
+        remote(
+            &mut reg,
+            vec![upsert(&x, &[o("x", "1")]), upsert(&y, &[o("y", "1")])],
+            true,
+        );
+        assert_eq!(names(&mesh_view(&reg)), ["hub", "x", "y"]);
+        // Loaded again (the mesh had no local session for a while): x left meanwhile.
+        remote(&mut reg, vec![upsert(&y, &[o("y", "1")])], true);
+        assert_eq!(names(&mesh_view(&reg)), ["hub", "y"]);
     }
 }

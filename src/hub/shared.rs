@@ -49,7 +49,7 @@ pub struct HubShared {
     pub(crate) next_session_id: AtomicU64,
     pub(crate) accepting: AtomicBool,
     /// The hub's link to its cluster (DESIGN 8); set once at start, before any session.
-    pub(crate) cluster: std::sync::OnceLock<super::cluster::ClusterLink>,
+    pub(crate) cluster: std::sync::OnceLock<super::link::ClusterLink>,
 }
 
 impl HubShared {

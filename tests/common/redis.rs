@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use super::external;
 use super::DEADLINE;
 
+/// The variable naming the server program to run instead of `redis-server` (e.g. a
+/// `valkey-server`); the same flags are passed.
+pub const SERVER_VAR: &str = "P2PPI_TEST_REDIS_SERVER";
+
 /// A running `redis-server`.
 pub struct RedisServer {
     program: PathBuf,
@@ -21,7 +25,11 @@ impl RedisServer {
     /// Starts one on a free loopback port, or returns `None` (skipped) when `redis-server`
     /// is not installed.
     pub fn start() -> Option<Self> {
-        let program = external::require("redis-server", "redis-server")?;
+        // Another server of the same protocol (a Valkey 8 build, say) can stand in for it.
+        let program = match std::env::var_os(SERVER_VAR) {
+            Some(path) => external::require(&path.to_string_lossy(), "redis-server")?,
+            None => external::require("redis-server", "redis-server")?,
+        };
         // The kernel picks a free port; Redis binds it with SO_REUSEADDR right after.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -60,6 +68,17 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: unreachable, its state kept.
+    pub fn pause(&self, paused: bool) {
+        let child = self.child.as_ref().expect("the server is running");
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal}");
     }
 
     /// A plain connection for a test to look at or disturb the shared state.

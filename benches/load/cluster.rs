@@ -60,14 +60,20 @@ impl Servers {
         }
     }
 
-    /// Starts a Redis and `hubs` hubs on it, and waits until hub 0 lists them all as live.
-    /// Each hub's state directory is `data_dir/bench-I`; its configuration (written there)
-    /// names the CA and hub certificate in `data_dir`.
-    pub fn start_cluster(data_dir: &Path, hubs: usize, pin: bool) -> anyhow::Result<Self> {
-        let redis = Server::start_redis(data_dir, pin)?;
+    /// Starts a Redis (the server program `redis`) and `hubs` hubs on it, and waits until
+    /// hub 0 lists them all as live. Each hub's state directory is `data_dir/bench-I`; its
+    /// configuration (written there) names the CA and hub certificate in `data_dir`.
+    pub fn start_cluster(
+        data_dir: &Path,
+        redis: &str,
+        hubs: usize,
+        pin: bool,
+    ) -> anyhow::Result<Self> {
+        let program = redis;
+        let redis = Server::start_redis(program, data_dir, pin)?;
         let url = format!("redis://{}/0", redis.addr);
         eprintln!(
-            "redis-server (pid {}) on {}",
+            "{program} (pid {}) on {}",
             redis.pid().unwrap_or_default(),
             redis.addr
         );

@@ -140,6 +140,10 @@ pub struct Args {
     /// processes; the other scenarios hold every peer here (see the warning).
     #[arg(long, value_name = "N")]
     pub cluster: Option<usize>,
+    /// `--cluster`: the Redis server program to start (apt-get install redis-server), e.g.
+    /// `valkey-server` to run the cluster on Valkey; it gets the same flags.
+    #[arg(long, value_name = "PROGRAM", default_value = "redis-server")]
+    pub redis_server: String,
     /// `fanout`: raise the rate from `--rate` (doubling, then bisecting) until p99 exceeds
     /// `--p99` or anything is lost or fails; report `max_rate`, the highest rate that held.
     #[arg(long)]
@@ -391,7 +395,9 @@ async fn one_run(
     data_dir: &Path,
 ) -> anyhow::Result<Run> {
     let mut servers = match (target, &args.hub, cluster) {
-        (Target::Hub, None, Some(hubs)) => Servers::start_cluster(data_dir, hubs, args.pin)?,
+        (Target::Hub, None, Some(hubs)) => {
+            Servers::start_cluster(data_dir, &args.redis_server, hubs, args.pin)?
+        }
         (Target::Mosquitto, _, _) => Servers::one(Server::start_mosquitto(data_dir, args.pin)?),
         (Target::Floor, _, _) => Servers::one(Server::start_floor(data_dir, args.pin)?),
         (Target::Hub, Some(addr), _) => Servers::one(Server::external(addr, args.admin.clone())),

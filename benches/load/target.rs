@@ -173,23 +173,33 @@ impl Server {
         })
     }
 
-    /// Starts Debian's `redis-server` on a free loopback port without persistence (its
-    /// working directory `dir`), and waits (at most 10 s) until it answers PING.
-    pub fn start_redis(dir: &Path, pin: bool) -> anyhow::Result<Self> {
-        let bin = find_program("redis-server").context(
-            "--cluster needs Redis, and redis-server is not installed (apt-get install redis-server)",
-        )?;
+    /// Starts `program` (Debian's `redis-server`, or a `valkey-server`) on a free loopback
+    /// port without persistence (its working directory `dir`), and waits (at most 10 s)
+    /// until it answers PING.
+    pub fn start_redis(program: &str, dir: &Path, pin: bool) -> anyhow::Result<Self> {
+        let bin = find_program(program).with_context(|| {
+            if program == "redis-server" {
+                "--cluster needs Redis, and redis-server is not installed (apt-get install redis-server)"
+                    .to_owned()
+            } else {
+                format!("--redis-server {program}: not found")
+            }
+        })?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = command(bin.to_str().context("redis-server path is not UTF-8")?, pin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting redis-server")?;
+        let child = command(
+            bin.to_str()
+                .context("the Redis server's path is not UTF-8")?,
+            pin,
+        )
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
         let server = Self {
             child: Some(child),
             addr: format!("127.0.0.1:{port}"),
@@ -206,7 +216,7 @@ impl Server {
                 Ok(p) if p == "PONG" => return Ok(server),
                 _ if start.elapsed() > Duration::from_secs(10) => {
                     bail!(
-                        "redis-server on {} did not answer PING within 10 s: {pong:?}",
+                        "{program} on {} did not answer PING within 10 s: {pong:?}",
                         server.addr
                     )
                 }

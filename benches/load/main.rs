@@ -448,8 +448,13 @@ fn finish_run(args: &Args, target: Target, servers: &mut Servers, run: &mut Run)
     run.report.target = servers.target_name(target.name());
     run.report.pinned = args.pin;
     run.report.hub_rss_bytes = servers.rss();
+    // Peers placed: the fleet, but `churn` uses only its first `--concurrency` slots.
+    let placed = match args.scenario {
+        Scenario::Churn => run.report.peers,
+        _ => args.peers,
+    };
     run.report.cluster = servers
-        .report(args.peers, &run.server_cpu, &run.sessions)
+        .report(placed, &run.server_cpu, &run.sessions)
         .map(|c| c.with_latencies(&run.split));
     servers.stop();
 }

@@ -24,6 +24,7 @@ mod holder;
 mod mqtt;
 mod publish;
 mod receive;
+mod relay;
 mod scenarios;
 mod target;
 
@@ -436,7 +437,7 @@ async fn one_run(
             scenarios::connect(args, &servers, scenarios::Holding::Here(&fleet), target).await?
         }
         Scenario::Fanout => scenarios::fanout(args, &servers, &fleet, target).await?,
-        Scenario::Relay => scenarios::relay(args, &servers, &fleet).await?,
+        Scenario::Relay => relay::relay(args, &servers, &fleet).await?,
         Scenario::Churn => scenarios::churn(args, &servers, &fleet, target).await?,
     };
     finish_run(args, target, &mut servers, &mut run);

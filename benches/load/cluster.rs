@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use p2ppi_hub::config::DEFAULT_CLUSTER_LEASE;
 use p2ppi_hub::loadtest::cluster::{target_name, ClusterReport, HubCost, ProcessCost};
 use p2ppi_hub::metrics::SESSIONS;
 
@@ -23,6 +24,7 @@ pub struct Servers {
     hubs: Vec<Server>,
     nodes: Vec<String>,
     redis: Option<Server>,
+    lease: Duration,
 }
 
 /// CPU seconds each process used: the hubs in order, then Redis (0 without one).
@@ -57,16 +59,19 @@ impl Servers {
             hubs: vec![server],
             nodes: vec![String::new()],
             redis: None,
+            lease: DEFAULT_CLUSTER_LEASE,
         }
     }
 
-    /// Starts a Redis (the server program `redis`) and `hubs` hubs on it, and waits until
-    /// hub 0 lists them all as live. Each hub's state directory is `data_dir/bench-I`; its
-    /// configuration (written there) names the CA and hub certificate in `data_dir`.
+    /// Starts a Redis (the server program `redis`) and `hubs` hubs on it with `lease` (the
+    /// hubs' default without), and waits until hub 0 lists them all as live. Each hub's
+    /// state directory is `data_dir/bench-I`; its configuration (written there) names the
+    /// CA and hub certificate in `data_dir`.
     pub fn start_cluster(
         data_dir: &Path,
         redis: &str,
         hubs: usize,
+        lease: Option<Duration>,
         pin: bool,
     ) -> anyhow::Result<Self> {
         let program = redis;
@@ -81,13 +86,14 @@ impl Servers {
             hubs: Vec::with_capacity(hubs),
             nodes: Vec::with_capacity(hubs),
             redis: Some(redis),
+            lease: lease.unwrap_or(DEFAULT_CLUSTER_LEASE),
         };
         for i in 0..hubs {
             let node = format!("bench-{i}");
             let dir = data_dir.join(&node);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let config = dir.join("hub.toml");
-            std::fs::write(&config, hub_config(data_dir, &url, &node)?)
+            std::fs::write(&config, hub_config(data_dir, &url, &node, lease)?)
                 .with_context(|| format!("writing {}", config.display()))?;
             let hub = Server::start_hub(&dir, Some(&config), pin)
                 .with_context(|| format!("starting hub {node}"))?;
@@ -250,6 +256,25 @@ impl Servers {
         })
     }
 
+    /// The hubs' lease.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Kills hub `i` with SIGKILL (no goodbye to Redis: its lease must run out).
+    pub fn kill_hub(&self, i: usize) -> anyhow::Result<()> {
+        let pid = self
+            .hubs
+            .get(i)
+            .and_then(Server::pid)
+            .context("no such hub")?;
+        // SAFETY: kill(2) with a pid of a child of ours that has not been reaped yet.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+            bail!("kill -KILL {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Stops the hubs, then Redis.
     pub fn stop(&mut self) {
         for hub in &mut self.hubs {
@@ -262,8 +287,13 @@ impl Servers {
 }
 
 /// A hub's configuration in a cluster: the shared CA and hub certificate, the shared
-/// Redis, its node name.
-fn hub_config(data_dir: &Path, redis: &str, node: &str) -> anyhow::Result<String> {
+/// Redis, its node name, the lease if given.
+fn hub_config(
+    data_dir: &Path,
+    redis: &str,
+    node: &str,
+    lease: Option<Duration>,
+) -> anyhow::Result<String> {
     let path = |file: &str| -> anyhow::Result<String> {
         data_dir
             .join(file)
@@ -278,6 +308,12 @@ fn hub_config(data_dir: &Path, redis: &str, node: &str) -> anyhow::Result<String
     let mut cluster = toml::Table::new();
     cluster.insert("redis".into(), redis.into());
     cluster.insert("node".into(), node.into());
+    if let Some(lease) = lease {
+        cluster.insert(
+            "lease".into(),
+            humantime::format_duration(lease).to_string().into(),
+        );
+    }
     let mut config = toml::Table::new();
     config.insert("tls".into(), tls.into());
     config.insert("cluster".into(), cluster.into());

@@ -145,6 +145,15 @@ pub struct Args {
     /// `valkey-server` to run the cluster on Valkey; it gets the same flags.
     #[arg(long, value_name = "PROGRAM", default_value = "redis-server")]
     pub redis_server: String,
+    /// `--cluster`: the hubs' `[cluster] lease` (e.g. 3s; their default, 10s, without).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease: Option<std::time::Duration>,
+    /// `--cluster`, `relay`: once every final view is exact, kill hub I with SIGKILL and
+    /// time, for each peer of another hub shown a peer of hub I, the view without them
+    /// (DESIGN 8: within lease + 1 s; the wait is lease + 5 s); a late or missing removal,
+    /// or a peer of another hub disconnected, is an error.
+    #[arg(long, value_name = "I")]
+    pub kill_hub: Option<usize>,
     /// `fanout`: raise the rate from `--rate` (doubling, then bisecting) until p99 exceeds
     /// `--p99` or anything is lost or fails; report `max_rate`, the highest rate that held.
     #[arg(long)]
@@ -344,6 +353,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target_is_hub: args.target == Target::Hub,
         compare: args.compare.map(Compare::name),
         external_hub: args.hub.is_some(),
+        relay: args.scenario == Scenario::Relay,
+        kill_hub: args.kill_hub,
+        lease: args.lease.is_some(),
     }) {
         bail!(why);
     }
@@ -397,7 +409,7 @@ async fn one_run(
 ) -> anyhow::Result<Run> {
     let mut servers = match (target, &args.hub, cluster) {
         (Target::Hub, None, Some(hubs)) => {
-            Servers::start_cluster(data_dir, &args.redis_server, hubs, args.pin)?
+            Servers::start_cluster(data_dir, &args.redis_server, hubs, args.lease, args.pin)?
         }
         (Target::Mosquitto, _, _) => Servers::one(Server::start_mosquitto(data_dir, args.pin)?),
         (Target::Floor, _, _) => Servers::one(Server::start_floor(data_dir, args.pin)?),
@@ -456,7 +468,10 @@ fn finish_run(args: &Args, target: Target, servers: &mut Servers, run: &mut Run)
     };
     run.report.cluster = servers
         .report(placed, &run.server_cpu, &run.sessions)
-        .map(|c| c.with_latencies(&run.split));
+        .map(|c| plan::ClusterReport {
+            kill: run.kill.take(),
+            ..c.with_latencies(&run.split)
+        });
     servers.stop();
 }
 
@@ -594,6 +609,23 @@ fn cluster_rows(cluster: &plan::ClusterReport) -> Vec<(&'static str, String)> {
     if cluster.same_hub.is_some() || cluster.cross_hub.is_some() {
         rows.push(("same-hub", path(&cluster.same_hub)));
         rows.push(("cross-hub", path(&cluster.cross_hub)));
+    }
+    if let Some(k) = &cluster.kill {
+        rows.push((
+            "hub killed",
+            format!(
+                "hub {} (SIGKILL, lease {:.1} s): {} of {} watchers saw its peers go, p50 {:.0}  p99 {:.0}  max {:.0} ms; {} late (> lease + 1 s) or never; {} others disconnected",
+                k.hub,
+                k.lease_s,
+                k.removed,
+                k.watchers,
+                k.removal_ms.p50,
+                k.removal_ms.p99,
+                k.removal_ms.max,
+                k.late,
+                k.disconnected
+            ),
+        ));
     }
     rows
 }

@@ -2,7 +2,7 @@
 //! `--cluster`, through hubs sharing Redis), with or without watch lists (`--watch K`);
 //! every final view is checked exactly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use indicatif::ProgressBar;
 use p2ppi_hub::hub::relay::relayed_name;
-use p2ppi_hub::loadtest::cluster::{Locality, Origin};
+use p2ppi_hub::loadtest::cluster::{shown_peers_of, KillReport, Locality, Origin};
 use p2ppi_hub::loadtest::{sender_of, stamp, view_difference, Stamp, WatchPlan};
 use p2ppi_hub::metrics::CLUSTER_PEERS;
 use p2ppi_hub::objects::names;
@@ -368,7 +368,8 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
     let mut everyone: Vec<Object> = relayed.iter().flatten().cloned().collect();
     everyone.sort();
     let (mut inexact, mut described) = (0, Vec::new());
-    for (slot, mut events) in returned {
+    for (slot, events) in returned.iter_mut() {
+        let slot = *slot;
         handles[slot].retrieve().await?;
         let view = loop {
             match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
@@ -422,9 +423,89 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
             plan.audience()
         ));
     }
-    run.report.errors += errors.count;
-    run.report.error_messages.extend(errors.messages);
     run.notes
         .push(format!("final views exact: {}/{n}", n as u64 - inexact));
+    if let Some(hub) = args.kill_hub {
+        let report = kill_hub(servers, hub, fleet, audience.plan.as_ref(), returned).await?;
+        if report.late > 0 || report.disconnected > 0 {
+            errors.add(format!(
+                "hub {hub} killed: {} of {} watchers did not see its peers go within lease + 1 s, {} peers of other hubs disconnected",
+                report.late, report.watchers, report.disconnected
+            ));
+        }
+        run.kill = Some(report);
+    }
+    run.report.errors += errors.count;
+    run.report.error_messages.extend(errors.messages);
     Ok(run)
+}
+
+/// `--kill-hub I`: kills hub I with SIGKILL once every view is exact, and waits lease + 5 s
+/// on the other hubs' peers: each one shown a peer of hub I must get a view without any of
+/// them (DESIGN 8: within lease + 1 s), and none may be disconnected.
+async fn kill_hub(
+    servers: &Servers,
+    hub: usize,
+    fleet: &Arc<Fleet>,
+    plan: Option<&WatchPlan>,
+    returned: Vec<(usize, PeerEvents)>,
+) -> anyhow::Result<KillReport> {
+    let n = returned.len();
+    let placement = fleet.placement();
+    let killed: Arc<HashSet<String>> = Arc::new(
+        (0..n)
+            .filter(|&p| fleet.hub_of(p) == hub)
+            .map(|p| relayed_name(&fleet.members[p].peer_name, names::RICH_PRESENCE))
+            .collect(),
+    );
+    let lease = servers.lease();
+    let wait = lease + Duration::from_secs(5);
+    eprintln!(
+        "killing hub {hub} (SIGKILL): {} of its peers must leave the others' views within {} ms…",
+        killed.len(),
+        (lease + Duration::from_secs(1)).as_millis()
+    );
+    let killed_at = Instant::now();
+    servers.kill_hub(hub)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut watchers = 0;
+    for (slot, mut events) in returned {
+        if fleet.hub_of(slot) == hub {
+            continue;
+        }
+        let must = shown_peers_of(hub, slot, n, placement, plan);
+        watchers += usize::from(must);
+        let killed = killed.clone();
+        tasks.spawn(async move {
+            // (when the view lost them, whether the session ended)
+            let (mut removed, mut closed) = (None, false);
+            let deadline = killed_at + wait;
+            while let Ok(event) = tokio::time::timeout_at(deadline.into(), events.next()).await {
+                match event {
+                    Some(PeerEvent::Objects {
+                        source: ObjectsSource::Notify,
+                        objects,
+                    }) if must && removed.is_none() => {
+                        // Nothing else changes now: the next views are entire ones.
+                        if !objects.iter().any(|o| killed.contains(&o.name)) {
+                            removed = Some(killed_at.elapsed());
+                        }
+                    }
+                    Some(PeerEvent::Closed { .. }) | None => {
+                        closed = true;
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            (removed, closed)
+        });
+    }
+    let (mut removal, mut disconnected) = (Vec::new(), 0);
+    while let Some(joined) = tasks.join_next().await {
+        let (removed, closed) = joined?;
+        removal.extend(removed);
+        disconnected += usize::from(closed);
+    }
+    Ok(KillReport::of(hub, lease, watchers, &removal, disconnected))
 }

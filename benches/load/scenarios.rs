@@ -35,6 +35,7 @@ pub struct Run {
     pub server_cpu: CpuSpent,
     pub split: SplitLatencies,
     pub sessions: Vec<Option<u64>>,
+    pub kill: Option<p2ppi_hub::loadtest::cluster::KillReport>,
 }
 
 pub fn progress(len: u64, what: &str) -> ProgressBar {
@@ -428,7 +429,7 @@ pub async fn measure_phase(
         notes,
         server_cpu: spent,
         split: phase.split(),
-        sessions: Vec::new(),
+        ..Default::default()
     }
 }
 

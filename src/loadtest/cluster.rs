@@ -1,14 +1,15 @@
 //! `--cluster N` in the load harness, the logic kept here so it is unit-tested: which hub
 //! each peer connects to (round robin), where each change enters the cluster, whether a
-//! delivery crossed hubs (its receiver on another hub than the change's origin), the
-//! options `--cluster` refuses, and the cluster part of the JSON report (per-hub CPU and
-//! RSS, Redis's, and latency split into same-hub and cross-hub deliveries).
+//! delivery crossed hubs (its receiver on another hub than the change's origin), who must
+//! see a killed hub's peers go (`--kill-hub`), the options `--cluster` refuses, and the
+//! cluster part of the JSON report (per-hub CPU and RSS, Redis's, latency split into
+//! same-hub and cross-hub deliveries, and the killed hub's removal).
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{sender_of, Latencies, LatencyMs};
+use super::{sender_of, Latencies, LatencyMs, WatchPlan};
 
 /// Which hub of a cluster each peer connects to: peer `i` to hub `i mod N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,74 @@ impl Locality {
     /// Receivers on `hub`.
     pub fn receivers_on(&self, hub: usize) -> usize {
         self.receiver_hub.iter().filter(|&&h| h == hub).count()
+    }
+}
+
+/// Whether `receiver` (not on `hub`) is shown a peer of `hub`, so must see it go when that
+/// hub dies: with watch lists, when it watches one; with mesh views, when `hub` has any of
+/// the `peers` peers. A receiver on `hub` itself dies with it.
+pub fn shown_peers_of(
+    hub: usize,
+    receiver: usize,
+    peers: usize,
+    placement: Placement,
+    plan: Option<&WatchPlan>,
+) -> bool {
+    if placement.hub_of(receiver) == hub {
+        return false;
+    }
+    match plan {
+        Some(plan) => plan
+            .list(receiver)
+            .iter()
+            .any(|&p| placement.hub_of(p) == hub),
+        None => placement.count_on(hub, peers) > 0,
+    }
+}
+
+/// `--kill-hub I`: what the other hubs' peers saw after hub I was killed with SIGKILL.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct KillReport {
+    /// The hub killed.
+    pub hub: usize,
+    /// The hubs' `[cluster] lease`, seconds: DESIGN 8 bounds the removal by lease + 1 s.
+    pub lease_s: f64,
+    /// Peers of other hubs shown at least one of its peers.
+    pub watchers: usize,
+    /// Of them, those whose view lost all of its peers within the wait (lease + 5 s).
+    pub removed: usize,
+    /// From the kill to the view without its peers, over `removed`.
+    pub removal_ms: LatencyMs,
+    /// Watchers whose removal came after lease + 1 s, or not at all.
+    pub late: usize,
+    /// Peers of other hubs whose session ended meanwhile (should be none).
+    pub disconnected: usize,
+}
+
+impl KillReport {
+    /// The report of removals `removal` (one per watcher that saw it) of `watchers`.
+    pub fn of(
+        hub: usize,
+        lease: Duration,
+        watchers: usize,
+        removal: &[Duration],
+        disconnected: usize,
+    ) -> Self {
+        let mut latencies = Latencies::new();
+        for d in removal {
+            latencies.record(*d);
+        }
+        let bound = lease + Duration::from_secs(1);
+        let on_time = removal.iter().filter(|d| **d <= bound).count();
+        Self {
+            hub,
+            lease_s: lease.as_secs_f64(),
+            watchers,
+            removed: removal.len(),
+            removal_ms: latencies.summary(),
+            late: watchers.saturating_sub(on_time),
+            disconnected,
+        }
     }
 }
 
@@ -191,6 +260,9 @@ pub struct ClusterReport {
     /// Deliveries whose receiver is on another hub (they went through Redis).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_hub: Option<PathReport>,
+    /// `--kill-hub`: how the killed hub's peers left the other hubs' views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kill: Option<KillReport>,
 }
 
 impl ClusterReport {
@@ -219,6 +291,12 @@ pub struct Request<'a> {
     pub compare: Option<&'a str>,
     /// `--hub ADDR` (a running hub).
     pub external_hub: bool,
+    /// The scenario is `relay`.
+    pub relay: bool,
+    /// `--kill-hub I`.
+    pub kill_hub: Option<usize>,
+    /// `--lease` was given.
+    pub lease: bool,
 }
 
 /// Why the harness refuses `request`, or `None` when it makes sense. A cluster is hubs
@@ -227,10 +305,29 @@ pub struct Request<'a> {
 /// compares it with one hub instead.
 pub fn refusal(request: Request<'_>) -> Option<String> {
     let Some(hubs) = request.cluster else {
-        return (request.compare == Some("single")).then(|| {
-            "--compare single compares a cluster with one hub: it needs --cluster N".into()
-        });
+        return if request.compare == Some("single") {
+            Some("--compare single compares a cluster with one hub: it needs --cluster N".into())
+        } else if request.kill_hub.is_some() || request.lease {
+            Some("--kill-hub and --lease need --cluster N".into())
+        } else {
+            None
+        };
     };
+    if let Some(hub) = request.kill_hub {
+        if hub >= hubs {
+            return Some(format!(
+                "--kill-hub {hub}: the hubs are 0 to {}",
+                hubs.saturating_sub(1)
+            ));
+        }
+        if !request.relay || request.compare.is_some() {
+            return Some(
+                "--kill-hub runs with --scenario relay (peers watching peers of the killed hub), \
+                 without --compare"
+                    .into(),
+            );
+        }
+    }
     if hubs == 0 {
         return Some("--cluster needs at least one hub".into());
     }
@@ -400,6 +497,54 @@ mod tests {
     }
 
     #[test]
+    fn who_must_see_a_killed_hubs_peers_go() {
+        let placement = Placement::round_robin(3);
+        // Mesh views: everyone not on hub 1 is shown hub 1's peers.
+        assert!(shown_peers_of(1, 0, 6, placement, None));
+        assert!(
+            !shown_peers_of(1, 4, 6, placement, None),
+            "peer 4 is on hub 1"
+        );
+        assert!(
+            !shown_peers_of(2, 0, 2, placement, None),
+            "hub 2 has no peer of 2"
+        );
+        // Watch lists: only those watching a peer of hub 1 (peers 1 and 4).
+        let plan = WatchPlan::from_lists(vec![vec![3], vec![0], vec![4, 0], vec![1], vec![2]]);
+        let must: Vec<usize> = (0..5)
+            .filter(|&r| shown_peers_of(1, r, 5, placement, Some(&plan)))
+            .collect();
+        assert_eq!(must, [2, 3]);
+    }
+
+    #[test]
+    fn kill_reports_count_late_and_missing_removals() {
+        let lease = Duration::from_secs(3);
+        let removal = [
+            Duration::from_millis(2500),
+            Duration::from_millis(4000),
+            Duration::from_millis(4100),
+        ];
+        let report = KillReport::of(1, lease, 4, &removal, 0);
+        assert_eq!((report.watchers, report.removed), (4, 3));
+        assert_eq!(report.late, 2, "one after lease + 1 s, one never");
+        assert!((report.removal_ms.max - 4100.0).abs() < 5.0, "{report:?}");
+        assert_eq!(report.lease_s, 3.0);
+        let v = serde_json::to_value(&report).unwrap();
+        for key in [
+            "hub",
+            "lease_s",
+            "watchers",
+            "removed",
+            "removal_ms",
+            "late",
+            "disconnected",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+    }
+
+    #[test]
     fn cluster_refuses_what_it_cannot_measure() {
         let hub = Request {
             target_is_hub: true,
@@ -467,5 +612,41 @@ mod tests {
                 "--compare single",
             );
         }
+        let kill = Request {
+            relay: true,
+            kill_hub: Some(2),
+            lease: true,
+            ..cluster
+        };
+        assert_eq!(refusal(kill), None);
+        refused(
+            Request {
+                kill_hub: Some(3),
+                ..kill
+            },
+            "0 to 2",
+        );
+        refused(
+            Request {
+                relay: false,
+                ..kill
+            },
+            "--scenario relay",
+        );
+        refused(
+            Request {
+                compare: Some("single"),
+                ..kill
+            },
+            "without --compare",
+        );
+        refused(
+            Request {
+                cluster: None,
+                ..kill
+            },
+            "need --cluster",
+        );
+        refused(Request { lease: true, ..hub }, "need --cluster");
     }
 }

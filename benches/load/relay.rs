@@ -12,7 +12,7 @@ use indicatif::ProgressBar;
 use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::loadtest::cluster::{shown_peers_of, KillReport, Locality, Origin};
 use p2ppi_hub::loadtest::{sender_of, stamp, view_difference, Stamp, WatchPlan};
-use p2ppi_hub::metrics::CLUSTER_PEERS;
+use p2ppi_hub::metrics::{CLUSTER_PEERS, CLUSTER_REAPED_PEERS};
 use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
 use p2ppi_hub::session::ObjectsSource;
@@ -426,7 +426,8 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
     run.notes
         .push(format!("final views exact: {}/{n}", n as u64 - inexact));
     if let Some(hub) = args.kill_hub {
-        let report = kill_hub(servers, hub, fleet, audience.plan.as_ref(), returned).await?;
+        let (report, cpu) = kill_hub(servers, hub, fleet, audience.plan.as_ref(), returned).await?;
+        run.notes.push(cpu);
         if report.late > 0 || report.disconnected > 0 {
             errors.add(format!(
                 "hub {hub} killed: {} of {} watchers did not see its peers go within lease + 1 s, {} peers of other hubs disconnected",
@@ -434,6 +435,26 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
             ));
         }
         run.kill = Some(report);
+        // What the surviving hubs say: the peers of other hubs they still replicate, and
+        // those of expired hubs they removed.
+        for (i, admin) in servers.admins().iter().enumerate() {
+            if i == hub {
+                continue;
+            }
+            let admin = admin.clone();
+            let (peers, reaped) = tokio::task::spawn_blocking(move || {
+                (
+                    crate::cluster::gauge(&admin, CLUSTER_PEERS),
+                    crate::cluster::gauge(&admin, CLUSTER_REAPED_PEERS),
+                )
+            })
+            .await?;
+            run.notes.push(format!(
+                "after the kill, hub {i}: p2ppi_cluster_peers {}, p2ppi_cluster_reaped_peers_total {}",
+                peers.map_or("-".into(), |v| v.to_string()),
+                reaped.map_or("-".into(), |v| v.to_string())
+            ));
+        }
     }
     run.report.errors += errors.count;
     run.report.error_messages.extend(errors.messages);
@@ -442,14 +463,15 @@ pub async fn relay(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow
 
 /// `--kill-hub I`: kills hub I with SIGKILL once every view is exact, and waits lease + 5 s
 /// on the other hubs' peers: each one shown a peer of hub I must get a view without any of
-/// them (DESIGN 8: within lease + 1 s), and none may be disconnected.
+/// them (DESIGN 8: within lease + 1 s), and none may be disconnected. Also returns a note
+/// of the CPU each process used meanwhile.
 async fn kill_hub(
     servers: &Servers,
     hub: usize,
     fleet: &Arc<Fleet>,
     plan: Option<&WatchPlan>,
     returned: Vec<(usize, PeerEvents)>,
-) -> anyhow::Result<KillReport> {
+) -> anyhow::Result<(KillReport, String)> {
     let n = returned.len();
     let placement = fleet.placement();
     let killed: Arc<HashSet<String>> = Arc::new(
@@ -465,6 +487,7 @@ async fn kill_hub(
         killed.len(),
         (lease + Duration::from_secs(1)).as_millis()
     );
+    let cpu_before = servers.cpu();
     let killed_at = Instant::now();
     servers.kill_hub(hub)?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -507,5 +530,20 @@ async fn kill_hub(
         removal.extend(removed);
         disconnected += usize::from(closed);
     }
-    Ok(KillReport::of(hub, lease, watchers, &removal, disconnected))
+    let spent = servers.cpu_since(&cpu_before);
+    let note = format!(
+        "CPU seconds in the {:.1} s after the kill: hubs {}, Redis {:.2}",
+        killed_at.elapsed().as_secs_f64(),
+        spent
+            .hubs
+            .iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        spent.redis
+    );
+    Ok((
+        KillReport::of(hub, lease, watchers, &removal, disconnected),
+        note,
+    ))
 }

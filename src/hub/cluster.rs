@@ -170,7 +170,7 @@ pub(crate) async fn event_loop(
                     complete,
                 });
                 if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
-                    actix_rt::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
+                    tokio::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
                 }
             }
             ClusterEvent::Inbox(InboxMessage::Deliver {
@@ -203,7 +203,7 @@ pub(crate) async fn event_loop(
                     peers,
                     "cluster: registered again and re-asserted this hub's peers"
                 );
-                actix_rt::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
+                tokio::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
             }
         }
     }
@@ -362,14 +362,92 @@ pub(crate) async fn apply_hub_op(
     ))
 }
 
+/// The thread the cluster's I/O runs on: the store's driver (lease renewals, pub/sub,
+/// replicas), the write queue and the events. It is apart from the registry's thread, so a
+/// registry busy with a burst of changes (a dead hub's peers leaving a large mesh, say)
+/// never delays this hub's lease renewal into a lost lease.
+pub(crate) struct ClusterThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClusterThread {
+    /// Starts the thread with its own Tokio runtime.
+    ///
+    /// # Errors
+    /// The OS's error when the thread or its runtime cannot be made.
+    pub(crate) fn start() -> std::io::Result<Self> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("p2ppi-cluster".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => return drop(handle_tx.send(Err(e))),
+                };
+                let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                runtime.block_on(async move {
+                    let _ = stopped.await;
+                });
+            })?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the cluster thread exited"))??;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `task` on the cluster thread and waits for its result.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        task: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        self.handle.spawn(task).await.ok()
+    }
+
+    /// Starts the tasks that write this hub's changes and act on the store's events.
+    pub(crate) fn start_tasks(
+        &self,
+        store: ClusterStore,
+        shared: Arc<HubShared>,
+        registry: Addr<Registry>,
+        (queue, events): Joined,
+    ) {
+        self.handle.spawn(write_loop(store, shared.clone(), queue));
+        self.handle.spawn(event_loop(events, shared, registry));
+    }
+}
+
+impl Drop for ClusterThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What a hub that joined its cluster hands its tasks: the write queue and the events.
+pub(crate) type Joined = (mpsc::UnboundedReceiver<Write>, ClusterEvents);
+
 /// Connects this hub to its cluster, if it has one: the link and the store's events.
 ///
 /// # Errors
 /// [`ClusterError`] when Redis cannot be reached or refuses.
 pub(crate) async fn connect(
     settings: &crate::cluster::ClusterSettings,
-) -> Result<(ClusterLink, mpsc::UnboundedReceiver<Write>, ClusterEvents), ClusterError> {
+) -> Result<(ClusterLink, Joined), ClusterError> {
     let (store, events) = ClusterStore::connect(settings).await?;
     let (link, queue) = ClusterLink::new(store);
-    Ok((link, queue, events))
+    Ok((link, (queue, events)))
 }

@@ -421,7 +421,7 @@ async fn run_system(
     let (objects, joined) = match join_cluster(&shared, local_addr, objects).await {
         Ok(joined) => joined,
         Err(e) => {
-            let _ = init.send(Err(e.into()));
+            let _ = init.send(Err(e));
             return;
         }
     };
@@ -476,16 +476,10 @@ async fn run_system(
         shard.do_send(initial.clone());
     }
     let registry = registry_context.run(registry);
-    let cluster_tasks = joined.map(|(queue, events)| {
+    let cluster_thread = joined.map(|(thread, joined)| {
         let store = shared.cluster.get().expect("joined").store().clone();
-        [
-            actix_rt::spawn(cluster::write_loop(store, shared.clone(), queue)),
-            actix_rt::spawn(cluster::event_loop(
-                events,
-                shared.clone(),
-                registry.clone(),
-            )),
-        ]
+        thread.start_tasks(store, shared.clone(), registry.clone(), joined);
+        thread
     });
     let sweeper = {
         let shared = shared.clone();
@@ -533,17 +527,21 @@ async fn run_system(
             "connections still open at the end of the shutdown grace period"
         );
     }
-    if let Some(link) = shared.cluster.get() {
+    if let (Some(thread), Some(link)) = (&cluster_thread, shared.cluster.get()) {
         // The peers leave every view now rather than when the lease ends.
-        match tokio::time::timeout(LEAVE_WAIT, link.store().leave()).await {
-            Ok(Ok(())) => info!("left the cluster"),
-            Ok(Err(e)) => warn!(error = %e, "leaving the cluster failed: the lease will expire"),
-            Err(_) => warn!("leaving the cluster timed out: the lease will expire"),
+        let store = link.store().clone();
+        let left = thread.run(tokio::time::timeout(LEAVE_WAIT, async move {
+            store.leave().await
+        }));
+        match left.await {
+            Some(Ok(Ok(()))) => info!("left the cluster"),
+            Some(Ok(Err(e))) => {
+                warn!(error = %e, "leaving the cluster failed: the lease will expire")
+            }
+            _ => warn!("leaving the cluster timed out: the lease will expire"),
         }
     }
-    for task in cluster_tasks.into_iter().flatten() {
-        task.abort();
-    }
+    drop(cluster_thread);
     stop_arbiters(arbiters);
     System::current().stop();
 }
@@ -559,28 +557,38 @@ fn view_limits(config: &Config) -> ViewLimits {
 /// How long a stopping hub tries to leave its cluster.
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
 
-/// What a hub that joined its cluster hands its tasks: the write queue and the events.
-type Joined = (
-    tokio::sync::mpsc::UnboundedReceiver<link::Write>,
-    crate::cluster::ClusterEvents,
-);
-
-/// Joins the cluster when the config has one: connects the store, sets the link, and takes
-/// the cluster's hub objects (or gives it `objects` when it has none yet).
+/// Joins the cluster when the config has one, on the cluster's own thread: connects the
+/// store, sets the link, and takes the cluster's hub objects (or gives it `objects` when it
+/// has none yet).
 async fn join_cluster(
     shared: &HubShared,
     local_addr: SocketAddr,
     objects: Vec<Object>,
-) -> Result<(Vec<Object>, Option<Joined>), crate::cluster::ClusterError> {
+) -> Result<
+    (
+        Vec<Object>,
+        Option<(cluster::ClusterThread, cluster::Joined)>,
+    ),
+    StartError,
+> {
     let Some(section) = &shared.config.cluster else {
         return Ok((objects, None));
     };
     let settings = crate::cluster::ClusterSettings::from_config(section, local_addr);
-    let (link, queue, events) = cluster::connect(&settings).await?;
-    let objects = cluster::initial_hub_objects(link.store(), objects).await?;
+    let thread = cluster::ClusterThread::start().map_err(StartError::Thread)?;
+    let connecting = settings.clone();
+    let joined = thread
+        .run(async move {
+            let (link, joined) = cluster::connect(&connecting).await?;
+            let objects = cluster::initial_hub_objects(link.store(), objects).await?;
+            Ok::<_, crate::cluster::ClusterError>((link, joined, objects))
+        })
+        .await
+        .ok_or_else(|| StartError::Thread(std::io::Error::other("the cluster thread exited")))?;
+    let (link, joined, objects) = joined?;
     info!(node = %settings.node, redis = %settings.redis, "joined the cluster");
     let _ = shared.cluster.set(link);
-    Ok((objects, Some((queue, events))))
+    Ok((objects, Some((thread, joined))))
 }
 
 fn stop_arbiters(arbiters: Vec<Arbiter>) {

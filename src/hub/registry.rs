@@ -32,7 +32,7 @@ use bytes::Bytes;
 
 use actix::prelude::*;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::messages::{
     Applied, Delivery, Fanout, Personal, RelayRemove, RelaySet, RelayedCount, SessionId,
@@ -523,11 +523,18 @@ impl Registry {
         let mesh = owner.mesh.clone();
         owner.accepted = objects.clone();
         let (relayed, refused) = self.fit(peer, &mesh, objects);
+        // Each hub refuses for its own views; the peer's own hub counts and logs it (DESIGN
+        // 6), the others only note it, so a full mesh is not logged once per hub.
+        let local = matches!(owner.origin, Origin::Local { .. });
         for object in refused.iter().filter(|o| !before.contains(o)) {
-            metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
-            warn!(%peer, %mesh, name = %object.name, "not relayed: the mesh view is full (relay.max_view_bytes)");
+            if local {
+                metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
+                warn!(%peer, %mesh, name = %object.name, "not relayed: the mesh view is full (relay.max_view_bytes)");
+            } else {
+                debug!(%peer, %mesh, name = %object.name, "a remote peer's object not relayed: the mesh view is full");
+            }
         }
-        for object in before.iter().filter(|o| relayed.contains(o)) {
+        for object in before.iter().filter(|o| local && relayed.contains(o)) {
             info!(%peer, %mesh, name = %object.name, "relayed now that the mesh view has room");
         }
         let count = relayed.len();
@@ -546,7 +553,16 @@ impl Registry {
             .get(mesh)
             .map_or_else(Vec::new, |peers| peers.iter().cloned().collect());
         let mut fanouts = Vec::new();
+        let room = self.limits.relay_room();
+        let mut free = room.saturating_sub(self.relayed_len(mesh));
         for peer in waiting {
+            // A peer's refused objects enter in its order: when the first does not fit,
+            // nothing of it does (checked without rebuilding anything, so a burst of
+            // departures from a full mesh costs each waiting peer a lookup, not a view).
+            let first = self.owners.get(&peer).and_then(|o| o.refused.first());
+            if first.is_some_and(|o| object_field_len(o) > free) {
+                continue;
+            }
             let Some(mut owner) = self.owners.remove(&peer) else {
                 continue;
             };
@@ -564,6 +580,9 @@ impl Registry {
             let (count, fanout) = self.place(&peer, owner, wanted, &before);
             if let (Origin::Local { counts, .. }, true) = (origin, count != was) {
                 counts.do_send(RelayedCount(count));
+            }
+            if fanout.is_some() {
+                free = room.saturating_sub(self.relayed_len(mesh));
             }
             fanouts.extend(fanout);
         }

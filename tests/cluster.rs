@@ -168,6 +168,28 @@ async fn mesh_views_across_three_hubs_are_what_one_hub_shows() {
 }
 
 #[actix_rt::test]
+async fn a_meshs_first_session_on_a_hub_gets_the_other_hubs_peers_in_its_first_answer() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let pki = &cluster.pki;
+    let (a, b) = (cluster.hub(0), cluster.hub(1));
+    let (alice, mut alice_events) = connect(pki, &a, "alice", Some(MESH)).await;
+    alice
+        .set(Object::new(names::RICH_PRESENCE, "here"))
+        .await
+        .unwrap();
+    let want = vec![welcome(), presence_of(alice.peer_name(), "here")];
+    view_becomes(&alice, &mut alice_events, &want, "alice's own view").await;
+    // Redis has alice's state now: the next reader of the mesh must see her.
+    let mut redis = cluster.redis.connection();
+    assert!(wait_for_state(&mut redis, alice.peer_name(), "here").await);
+    // Bob is the mesh's first session on hub b: his very first RETRIEVE shows alice.
+    let (bob, mut bob_events) = connect(pki, &b, "bob", Some(MESH)).await;
+    assert_eq!(current_view(&bob, &mut bob_events).await, want);
+}
+
+#[actix_rt::test]
 async fn watch_lists_see_peers_of_other_hubs_as_local_ones() {
     let Some(cluster) = Cluster::start(3) else {
         return;

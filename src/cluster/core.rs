@@ -52,6 +52,10 @@ pub(super) struct Inner {
     pub(super) redis_up: AtomicBool,
     /// Set by a clean shutdown: the lease is given up and never renewed again.
     pub(super) left: AtomicBool,
+    /// When this hub last found Redis reachable again, or its own lease lost: other hubs'
+    /// leases may have run out for the same reason (Redis frozen, this hub paused), so
+    /// none is reaped until they had a lease to renew.
+    pub(super) reap_hold: Mutex<Option<std::time::Instant>>,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) events: mpsc::Sender<ClusterEvent>,
 }
@@ -86,7 +90,21 @@ impl Inner {
         if !self.redis_up.swap(true, Ordering::AcqRel) {
             metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 1.0);
             tracing::info!("cluster: Redis reachable again");
+            self.hold_reaping();
         }
+    }
+
+    /// Holds reaping for one lease from now.
+    pub(super) fn hold_reaping(&self) {
+        *self.reap_hold.lock().expect("reap hold lock") = Some(std::time::Instant::now());
+    }
+
+    /// How long reaping is still held, if it is.
+    fn reaping_held(&self) -> Option<Duration> {
+        let since = (*self.reap_hold.lock().expect("reap hold lock"))?;
+        self.lease
+            .checked_sub(since.elapsed())
+            .filter(|d| !d.is_zero())
     }
 
     /// Runs a script; the reply is a flat array of strings.
@@ -320,6 +338,7 @@ impl Inner {
         }
         metrics::count_reason(metrics::CLUSTER_LEASE_LOSSES, reason);
         tracing::warn!(node = %self.node, reason, "cluster: lease lost, re-registering");
+        self.hold_reaping();
         self.register().await?;
         let events = self.reassert().await?;
         // Never wait for the hub while holding the lock its own calls may need.
@@ -419,8 +438,12 @@ impl Inner {
     }
 
     /// Removes the peers of every expired hub (one script per mesh); returns how long until
-    /// the next other hub's lease ends, if one is registered.
+    /// the next other hub's lease ends, if one is registered. Nothing is reaped while
+    /// reaping is held (see `reap_hold`): then the wait is until the hold ends.
     pub(super) async fn reap(&self) -> Result<Option<Duration>, ClusterError> {
+        if let Some(held) = self.reaping_held() {
+            return Ok(Some(held));
+        }
         let reply = self
             .script(
                 "expired hubs",
@@ -428,6 +451,10 @@ impl Inner {
                 std::slice::from_ref(&self.node),
             )
             .await?;
+        // This very round trip may be the first to reach Redis after an outage.
+        if let Some(held) = self.reaping_held() {
+            return Ok(Some(held));
+        }
         let Some((next, expired)) = reply.split_first() else {
             return Err(ClusterError::Reply {
                 op: "expired hubs",

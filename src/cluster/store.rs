@@ -197,6 +197,7 @@ impl ClusterStore {
             recovering: tokio::sync::Mutex::new(()),
             redis_up: AtomicBool::new(true),
             left: AtomicBool::new(false),
+            reap_hold: Mutex::new(None),
             commands,
             events,
         });

@@ -164,11 +164,19 @@ pub(crate) async fn event_loop(
                 let mesh: Arc<str> = mesh.into();
                 let complete = resync == Some(ResyncCause::Subscribed);
                 link.note(&mesh, &changes, complete);
-                registry.do_send(RemoteChanges {
-                    mesh,
+                let changes = RemoteChanges {
+                    mesh: mesh.clone(),
                     changes,
                     complete,
-                });
+                };
+                if complete {
+                    // A first load: the mesh's waiting sessions are served once it is in
+                    // every shard's views.
+                    let _ = registry.send(changes).await;
+                    link.mark_loaded(&mesh);
+                } else {
+                    registry.do_send(changes);
+                }
                 if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
                     tokio::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
                 }

@@ -3,6 +3,7 @@
 //! hubs are, for routing. The tasks that drain the queue and act on other hubs' changes are
 //! in `hub::cluster`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -83,6 +84,17 @@ pub(crate) struct ClusterLink {
     writes: mpsc::UnboundedSender<Write>,
     /// Peers of other hubs in meshes with local sessions, and their mesh.
     remote: DashMap<PeerName, Arc<str>>,
+    /// Meshes with local sessions: how many, and whether their remote part is loaded.
+    meshes: std::sync::Mutex<HashMap<Arc<str>, LocalMesh>>,
+    /// Woken whenever a mesh's remote part is loaded.
+    loaded: tokio::sync::Notify,
+}
+
+/// A mesh with local sessions.
+#[derive(Debug, Default)]
+struct LocalMesh {
+    sessions: usize,
+    loaded: bool,
 }
 
 impl ClusterLink {
@@ -93,6 +105,8 @@ impl ClusterLink {
             store,
             writes,
             remote: DashMap::new(),
+            meshes: std::sync::Mutex::new(HashMap::new()),
+            loaded: tokio::sync::Notify::new(),
         };
         (link, queue)
     }
@@ -109,6 +123,10 @@ impl ClusterLink {
 
     /// A local session of `peer` holds the PeerName now.
     pub(crate) fn session_started(&self, peer: &PeerName, mesh: &Arc<str>) {
+        self.local_meshes()
+            .entry(mesh.clone())
+            .or_default()
+            .sessions += 1;
         self.store.watch_mesh(mesh);
         self.queue(Write::Claim {
             peer: peer.clone(),
@@ -122,7 +140,52 @@ impl ClusterLink {
         if !still_held {
             self.queue(Write::Gone { peer: peer.clone() });
         }
+        let mut meshes = self.local_meshes();
+        if let Some(m) = meshes.get_mut(mesh) {
+            m.sessions -= 1;
+            if m.sessions == 0 {
+                meshes.remove(mesh);
+            }
+        }
+        drop(meshes);
         self.store.unwatch_mesh(mesh);
+    }
+
+    fn local_meshes(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, LocalMesh>> {
+        self.meshes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the remote part of `mesh` is loaded (its first snapshot applied).
+    pub(crate) fn is_loaded(&self, mesh: &str) -> bool {
+        self.local_meshes().get(mesh).is_some_and(|m| m.loaded)
+    }
+
+    /// The remote part of `mesh` is loaded and applied to every shard's views.
+    pub(crate) fn mark_loaded(&self, mesh: &str) {
+        if let Some(m) = self.local_meshes().get_mut(mesh) {
+            m.loaded = true;
+        }
+        self.loaded.notify_waiters();
+    }
+
+    /// Waits until the remote part of `mesh` is loaded, at most `wait`; whether it is.
+    /// A mesh's first session waits here before it is served, so that its first view holds
+    /// the peers of other hubs as one hub's would.
+    pub(crate) async fn wait_loaded(&self, mesh: &str, wait: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.loaded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_loaded(mesh) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_loaded(mesh);
+            }
+        }
     }
 
     /// A local session's relayed objects are now `objects`.

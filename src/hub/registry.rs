@@ -1090,12 +1090,20 @@ pub struct RemoteChanges {
 }
 
 impl Handler<RemoteChanges> for Registry {
-    type Result = ();
+    /// Completes once every shard applied the changes.
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: RemoteChanges, _: &mut Self::Context) {
-        for fanout in self.remote_changes(&msg.mesh, msg.changes, msg.complete) {
-            self.broadcast(fanout);
-        }
+    fn handle(&mut self, msg: RemoteChanges, _: &mut Self::Context) -> Self::Result {
+        let applied: Vec<Arc<Applied>> = self
+            .remote_changes(&msg.mesh, msg.changes, msg.complete)
+            .into_iter()
+            .map(|fanout| self.broadcast(fanout))
+            .collect();
+        Box::pin(async move {
+            for applied in applied {
+                applied.wait(APPLIED_WAIT).await;
+            }
+        })
     }
 }
 

@@ -63,6 +63,8 @@ struct WriterDone(Result<(), WriterFailure>);
 /// small buffer (it grows for a large message) keeps idle sessions cheap; the codec's
 /// default of 8 KiB was most of an idle session's memory.
 const READ_BUFFER_BYTES: usize = 512;
+/// Longest a mesh's first session here waits for the mesh's peers on other hubs.
+const MESH_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One peer's session.
 pub struct Session {
@@ -416,6 +418,22 @@ impl Actor for Session {
         if let Some(cluster) = self.shared.cluster.get() {
             cluster.session_started(&self.peer, &self.mesh);
             self.clustered = true;
+            if !cluster.is_loaded(&self.mesh) {
+                // The first session of a mesh here is served once the peers of other hubs
+                // are in its view (or after a bound, when Redis does not answer).
+                let (shared, mesh) = (self.shared.clone(), self.mesh.clone());
+                let loading = async move {
+                    match shared.cluster.get() {
+                        Some(c) => c.wait_loaded(&mesh, MESH_LOAD_WAIT).await,
+                        None => true,
+                    }
+                };
+                ctx.wait(loading.into_actor(self).map(|loaded, session, _| {
+                    if !loaded {
+                        warn!(parent: &session.span, "served before the mesh's peers on other hubs were loaded (Redis does not answer)");
+                    }
+                }));
+            }
         }
         // DESIGN 5.2: the hub subscribes to every peer, whose objects then arrive by NOTIFY.
         let subscribe = self.machine.subscribe();

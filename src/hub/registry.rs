@@ -331,6 +331,9 @@ pub struct Registry {
     owners: HashMap<PeerName, Owner>,
     /// Per mesh, the peers with objects waiting for room.
     waiting: HashMap<Arc<str>, BTreeSet<PeerName>>,
+    /// Per mesh, a size no waiting peer's next object is below (exact after a full pass of
+    /// `refit`, lowered when a peer's next waiting object is smaller).
+    waiting_floor: HashMap<Arc<str>, usize>,
     watchers: HashMap<PeerName, Watcher>,
     /// Peers of other hubs (DESIGN 8) by the mesh replicas: mesh and objects. The ones
     /// without a local session here are owners too.
@@ -380,6 +383,7 @@ impl Registry {
             meshes: HashMap::new(),
             owners: HashMap::new(),
             waiting: HashMap::new(),
+            waiting_floor: HashMap::new(),
             watchers: HashMap::new(),
             remote: HashMap::new(),
             watched_by: HashMap::new(),
@@ -479,7 +483,7 @@ impl Registry {
             before = std::mem::take(&mut owner.refused);
             if owner.mesh != msg.mesh {
                 let old_mesh = owner.mesh.clone();
-                self.set_waiting(&msg.peer, &old_mesh, false);
+                self.set_waiting(&msg.peer, &old_mesh, None);
                 fanouts.extend(self.set_owned(&msg.peer, &old_mesh, &[]));
                 fanouts.extend(self.refit(&old_mesh));
             }
@@ -539,7 +543,7 @@ impl Registry {
         }
         let count = relayed.len();
         let fanout = self.set_owned(peer, &mesh, &relayed);
-        self.set_waiting(peer, &mesh, !refused.is_empty());
+        self.set_waiting(peer, &mesh, refused.first());
         owner.refused = refused;
         self.owners.insert(peer.clone(), owner);
         (count, fanout)
@@ -548,20 +552,36 @@ impl Registry {
     /// Relays what now fits of the objects waiting for room in `mesh`, peer by peer in
     /// PeerName order; each peer whose count changed is told it.
     fn refit(&mut self, mesh: &Arc<str>) -> Vec<Fanout> {
-        let waiting: Vec<PeerName> = self
-            .waiting
-            .get(mesh)
-            .map_or_else(Vec::new, |peers| peers.iter().cloned().collect());
         let mut fanouts = Vec::new();
         let room = self.limits.relay_room();
         let mut free = room.saturating_sub(self.relayed_len(mesh));
-        for peer in waiting {
+        // No waiting peer's next object is smaller than this (see `waiting_floor`): with
+        // less room than that, nothing of anyone fits, and nobody needs looking at. So a
+        // burst of departures from a full mesh costs each departure a few lookups, not a
+        // pass over every waiting peer.
+        let floor = self.waiting_floor.get(mesh).copied().unwrap_or(0);
+        let mut smallest = usize::MAX;
+        let mut scanned = true;
+        let mut last: Option<PeerName> = None;
+        loop {
+            if free < floor {
+                scanned = false;
+                break;
+            }
+            let Some(peer) = self.next_waiting(mesh, last.as_ref()) else {
+                break;
+            };
+            last = Some(peer.clone());
             // A peer's refused objects enter in its order: when the first does not fit,
-            // nothing of it does (checked without rebuilding anything, so a burst of
-            // departures from a full mesh costs each waiting peer a lookup, not a view).
+            // nothing of it does.
             let first = self.owners.get(&peer).and_then(|o| o.refused.first());
-            if first.is_some_and(|o| object_field_len(o) > free) {
-                continue;
+            match first.map(object_field_len) {
+                Some(len) if len > free => {
+                    smallest = smallest.min(len);
+                    continue;
+                }
+                None => continue,
+                Some(_) => {}
             }
             let Some(mut owner) = self.owners.remove(&peer) else {
                 continue;
@@ -581,25 +601,49 @@ impl Registry {
             if let (Origin::Local { counts, .. }, true) = (origin, count != was) {
                 counts.do_send(RelayedCount(count));
             }
+            if let Some(len) = self.owners.get(&peer).and_then(|o| o.refused.first()) {
+                smallest = smallest.min(object_field_len(len));
+            }
             if fanout.is_some() {
                 free = room.saturating_sub(self.relayed_len(mesh));
             }
             fanouts.extend(fanout);
         }
+        if scanned {
+            // Every waiting peer was looked at: the floor is exact again.
+            self.waiting_floor.insert(mesh.clone(), smallest);
+        }
         fanouts
     }
 
-    /// Records whether `peer` has objects waiting for room in `mesh`.
-    fn set_waiting(&mut self, peer: &PeerName, mesh: &Arc<str>, waits: bool) {
-        if waits {
+    /// The waiting peer of `mesh` after `last` in PeerName order (the first without one).
+    fn next_waiting(&self, mesh: &str, last: Option<&PeerName>) -> Option<PeerName> {
+        let peers = self.waiting.get(mesh)?;
+        match last {
+            None => peers.iter().next(),
+            Some(last) => peers
+                .range::<PeerName, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+                .next(),
+        }
+        .cloned()
+    }
+
+    /// Records whether `peer` has objects waiting for room in `mesh` (`next`: the first).
+    fn set_waiting(&mut self, peer: &PeerName, mesh: &Arc<str>, next: Option<&Object>) {
+        if let Some(next) = next {
             self.waiting
                 .entry(mesh.clone())
                 .or_default()
                 .insert(peer.clone());
+            // Its next object may be smaller than any other's.
+            if let Some(floor) = self.waiting_floor.get_mut(mesh) {
+                *floor = (*floor).min(object_field_len(next));
+            }
         } else if let Some(peers) = self.waiting.get_mut(mesh) {
             peers.remove(peer);
             if peers.is_empty() {
                 self.waiting.remove(mesh);
+                self.waiting_floor.remove(mesh);
             }
         }
     }
@@ -703,7 +747,7 @@ impl Registry {
         let Some(owner) = self.owners.remove(peer) else {
             return Vec::new();
         };
-        self.set_waiting(peer, &owner.mesh, false);
+        self.set_waiting(peer, &owner.mesh, None);
         let mut fanouts: Vec<Fanout> = self.set_owned(peer, &owner.mesh, &[]).into_iter().collect();
         fanouts.extend(self.refit(&owner.mesh));
         let personal = self.refresh_watchers_of(peer, &mut Encoded::default());
@@ -784,7 +828,7 @@ impl Registry {
             before = std::mem::take(&mut owner.refused);
             if owner.mesh != mesh {
                 let old_mesh = owner.mesh.clone();
-                self.set_waiting(peer, &old_mesh, false);
+                self.set_waiting(peer, &old_mesh, None);
                 fanouts.extend(self.set_owned(peer, &old_mesh, &[]));
                 fanouts.extend(self.refit(&old_mesh));
             }

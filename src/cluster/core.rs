@@ -163,6 +163,12 @@ impl Inner {
             args.extend_from_slice(rest);
             args
         };
+        if self.left.load(Ordering::Acquire) {
+            // After a clean shutdown nothing is written again: the hub's peers are gone.
+            return Err(ClusterError::LeaseLost {
+                node: self.node.clone(),
+            });
+        }
         let token = self.token();
         let reply = self.script(op, script, &args(&token)).await?;
         if reply.first().map(String::as_str) != Some("lease-lost") {
@@ -333,6 +339,9 @@ impl Inner {
         reason: &'static str,
     ) -> Result<(), ClusterError> {
         let guard = self.recovering.lock().await;
+        if self.left.load(Ordering::Acquire) {
+            return Ok(()); // a clean shutdown gave the lease up
+        }
         if self.token() != lost_token {
             return Ok(()); // another task recovered meanwhile
         }

@@ -137,10 +137,17 @@ impl Driver {
         match conn.subscribe(keys::mesh_channel(mesh)).await {
             Ok(()) => {
                 self.inner.succeeded();
-                if let Some(m) = self.meshes.get_mut(mesh) {
-                    m.subscribed = true;
-                }
-                self.reload(mesh, ResyncCause::Subscribed).await;
+                let Some(m) = self.meshes.get_mut(mesh) else {
+                    return;
+                };
+                m.subscribed = true;
+                // Only a first load is the mesh's whole remote part; subscribing again
+                // after a lost connection reloads the differences.
+                let cause = match m.replica.is_loaded() {
+                    true => ResyncCause::Reconnect,
+                    false => ResyncCause::Subscribed,
+                };
+                self.reload(mesh, cause).await;
             }
             // Counted and logged; the tick subscribes again.
             Err(source) => drop(self.inner.failed("subscribe", source)),

@@ -171,6 +171,11 @@ impl MeshReplica {
         changes
     }
 
+    /// Whether a snapshot was ever loaded (a later load is a resync, not a first load).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
     /// Whether peers missing since Redis lost its state are still awaited.
     pub fn is_awaiting(&self) -> bool {
         !self.awaiting.is_empty()

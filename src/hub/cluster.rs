@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::link::{coalesce, ClusterLink, Write};
@@ -79,14 +79,18 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
             mesh,
             session,
             objects,
-        } => match store.set_peer(&peer, &mesh, &objects).await {
-            Ok(_) => {}
-            Err(ClusterError::NotOwner { owner, .. }) => {
-                info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
-                close_local(shared, &peer, Some(session));
+        } if shared.lookup(&peer).is_some_and(|e| e.id == session) => {
+            match store.set_peer(&peer, &mesh, &objects).await {
+                Ok(_) => {}
+                Err(ClusterError::NotOwner { owner, .. }) => {
+                    info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
+                    close_local(shared, &peer, Some(session));
+                }
+                Err(e) => debug!(%peer, error = %e, "cluster: state not written yet"),
             }
-            Err(e) => debug!(%peer, error = %e, "cluster: state not written yet"),
-        },
+        }
+        // A session that no longer holds the peer (a newer one's claim follows).
+        Write::Set { .. } => {}
         Write::Gone { peer } => {
             // A newer local session may have started meanwhile: its claim follows.
             if let Err(e) = store.peer_gone(&peer).await {
@@ -178,7 +182,7 @@ pub(crate) async fn event_loop(
                     registry.do_send(changes);
                 }
                 if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
-                    tokio::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
+                    tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
                 }
             }
             ClusterEvent::Inbox(InboxMessage::Deliver {
@@ -203,15 +207,17 @@ pub(crate) async fn event_loop(
                 info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
                 close_local(&shared, &peer, None);
             }
-            ClusterEvent::HubObjects { objects, .. } => {
-                registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
+            ClusterEvent::HubObjects { version, objects } => {
+                if link.newer_hub_objects(version) {
+                    registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
+                }
             }
             ClusterEvent::Reasserted { peers } => {
                 info!(
                     peers,
                     "cluster: registered again and re-asserted this hub's peers"
                 );
-                tokio::spawn(sync_hub_objects(link.store().clone(), registry.clone()));
+                tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
             }
         }
     }
@@ -219,7 +225,8 @@ pub(crate) async fn event_loop(
 
 /// Delivers a message another hub routed to a local peer, with the bookkeeping local
 /// routing does: an invitation is remembered for its acknowledgement, an acknowledgement
-/// ends the invitation. An invitation whose addressee left meanwhile is refused back.
+/// ends the invitation. An invitation that cannot be delivered here after all (its
+/// addressee left, or is busy) is refused back to its inviter, as local routing refuses it.
 fn deliver_here(
     shared: &HubShared,
     link: &ClusterLink,
@@ -233,21 +240,28 @@ fn deliver_here(
         Some(AppInvite::Request(r)) => Some(r.invitation_id),
         _ => None,
     };
+    let refuse = |reason: Undelivered| {
+        metrics::count_reason(metrics::MESSAGES_DROPPED, reason.label());
+        let Some(id) = request else {
+            return;
+        };
+        let _ = shared.invitations.take(&id, to);
+        metrics::count_reason(metrics::INVITATIONS_REFUSED, reason.label());
+        let Some(mesh) = link.mesh_of(from) else {
+            return;
+        };
+        let ack = crate::xml::InvitationAck::new(id, false, reason.explanation());
+        link.send(
+            to,
+            mesh,
+            from,
+            crate::xml::APPINVITE.to_owned(),
+            ack.to_xml(),
+            None,
+        );
+    };
     let Some(entry) = shared.lookup(to) else {
-        metrics::count_reason(metrics::MESSAGES_DROPPED, Undelivered::NotConnected.label());
-        if let (Some(id), Some(mesh)) = (request, link.mesh_of(from)) {
-            let reason = Undelivered::NotConnected;
-            let ack = crate::xml::InvitationAck::new(id, false, reason.explanation());
-            link.send(
-                to,
-                mesh,
-                from,
-                crate::xml::APPINVITE.to_owned(),
-                ack.to_xml(),
-                None,
-            );
-        }
-        return;
+        return refuse(Undelivered::NotConnected);
     };
     match &invite {
         Some(AppInvite::Request(r)) => {
@@ -255,7 +269,7 @@ fn deliver_here(
                 .invitations
                 .insert(r.invitation_id, from.clone(), to.clone());
             if remembered.is_err() {
-                warn!(%from, %to, "invitation table full: its acknowledgement will not be routed back");
+                return refuse(Undelivered::TableFull);
             }
         }
         Some(AppInvite::Ack(ack)) => {
@@ -266,26 +280,25 @@ fn deliver_here(
         }
         None => {}
     }
-    let bytes = match (Message::ApplicationDefined {
+    let message = Message::ApplicationDefined {
         mime_type,
         value: text,
-    })
-    .to_bytes(0)
-    {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            metrics::count_reason(metrics::MESSAGES_DROPPED, Undelivered::TooLarge.label());
-            return;
-        }
+    };
+    let Ok(bytes) = message.to_bytes(0) else {
+        return refuse(Undelivered::TooLarge);
     };
     if entry.deliver.try_send(Deliver(bytes)).is_err() {
-        metrics::count_reason(metrics::MESSAGES_DROPPED, Undelivered::TargetBusy.label());
+        refuse(Undelivered::TargetBusy);
     }
 }
 
 /// Makes the registry's hub objects the cluster's; writes this hub's if Redis has none (a
 /// new cluster, or Redis lost its state).
-pub(crate) async fn sync_hub_objects(store: ClusterStore, registry: Addr<Registry>) {
+pub(crate) async fn sync_hub_objects(shared: Arc<HubShared>, registry: Addr<Registry>) {
+    let Some(link) = shared.cluster.get() else {
+        return;
+    };
+    let store = link.store();
     let (version, objects) = match store.hub_objects().await {
         Ok(current) => current,
         Err(e) => return debug!(error = %e, "cluster: hub objects not read"),
@@ -296,6 +309,7 @@ pub(crate) async fn sync_hub_objects(store: ClusterStore, registry: Addr<Registr
         };
         match store.set_hub_objects(0, &local).await {
             Ok(SetHubObjects::Set { version }) => {
+                link.reset_hub_objects(version);
                 info!(
                     version,
                     objects = local.len(),
@@ -307,25 +321,31 @@ pub(crate) async fn sync_hub_objects(store: ClusterStore, registry: Addr<Registr
         }
         return;
     }
+    link.reset_hub_objects(version);
     registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
 }
 
 /// The hub objects a cluster starts this hub with: Redis's, or (none there yet) `local`,
 /// written for every hub.
 pub(crate) async fn initial_hub_objects(
-    store: &ClusterStore,
+    link: &ClusterLink,
     local: Vec<Object>,
 ) -> Result<Vec<Object>, ClusterError> {
+    let store = link.store();
     for _ in 0..CAS_ATTEMPTS {
         let (version, objects) = store.hub_objects().await?;
         if version > 0 {
+            link.reset_hub_objects(version);
             return Ok(objects);
         }
-        if let SetHubObjects::Set { .. } = store.set_hub_objects(0, &local).await? {
+        if let SetHubObjects::Set { version } = store.set_hub_objects(0, &local).await? {
+            link.reset_hub_objects(version);
             return Ok(local);
         }
     }
-    Ok(store.hub_objects().await?.1)
+    let (version, objects) = store.hub_objects().await?;
+    link.reset_hub_objects(version);
+    Ok(objects)
 }
 
 /// Applies an operation to the cluster's hub objects (compare-and-set on Redis, retried
@@ -334,12 +354,13 @@ pub(crate) async fn initial_hub_objects(
 /// # Errors
 /// [`HubError`] as the operation says; [`HubError::Cluster`] when Redis cannot be reached.
 pub(crate) async fn apply_hub_op(
-    store: &ClusterStore,
+    link: &ClusterLink,
     registry: &Addr<Registry>,
     limits: ViewLimits,
     op: ObjectOp,
 ) -> Result<OpOutcome, HubError> {
     let unavailable = |e: ClusterError| HubError::Cluster(e.to_string());
+    let store = link.store();
     for _ in 0..CAS_ATTEMPTS {
         let (version, current) = store.hub_objects().await.map_err(unavailable)?;
         let mut next = PublishedObjects::from(current);
@@ -354,12 +375,15 @@ pub(crate) async fn apply_hub_op(
             .await
             .map_err(unavailable)?
         {
-            SetHubObjects::Set { .. } => {
-                // Applied here before answering (the announcement then changes nothing).
-                registry
-                    .send(ApplyOp(ObjectOp::Replace(objects)))
-                    .await
-                    .map_err(|_| HubError::Stopped)??;
+            SetHubObjects::Set { version } => {
+                // Applied here before answering (the announcement then changes nothing),
+                // unless a newer change through another hub is here already.
+                if link.newer_hub_objects(version) {
+                    registry
+                        .send(ApplyOp(ObjectOp::Replace(objects)))
+                        .await
+                        .map_err(|_| HubError::Stopped)??;
+                }
                 return Ok(OpOutcome { changed: true });
             }
             SetHubObjects::Conflict { .. } => continue,

@@ -88,6 +88,8 @@ pub(crate) struct ClusterLink {
     meshes: std::sync::Mutex<HashMap<Arc<str>, LocalMesh>>,
     /// Woken whenever a mesh's remote part is loaded.
     loaded: tokio::sync::Notify,
+    /// The version of the cluster's hub objects the registry has (or is being given).
+    hub_objects: std::sync::atomic::AtomicU64,
 }
 
 /// A mesh with local sessions.
@@ -107,8 +109,25 @@ impl ClusterLink {
             remote: DashMap::new(),
             meshes: std::sync::Mutex::new(HashMap::new()),
             loaded: tokio::sync::Notify::new(),
+            hub_objects: std::sync::atomic::AtomicU64::new(0),
         };
         (link, queue)
+    }
+
+    /// Whether hub objects of `version` are newer than those the registry has; if so,
+    /// they are the registry's from now (an announcement and a change made through this
+    /// hub may arrive in either order: the older never replaces the newer).
+    pub(crate) fn newer_hub_objects(&self, version: u64) -> bool {
+        self.hub_objects
+            .fetch_max(version, std::sync::atomic::Ordering::AcqRel)
+            < version
+    }
+
+    /// The registry has Redis's hub objects of `version`, read just now (after Redis lost
+    /// its state the versions start again).
+    pub(crate) fn reset_hub_objects(&self, version: u64) {
+        self.hub_objects
+            .store(version, std::sync::atomic::Ordering::Release);
     }
 
     /// The store.

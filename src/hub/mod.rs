@@ -110,7 +110,7 @@ impl HubHandle {
     pub async fn apply(&self, op: ObjectOp) -> Result<OpOutcome, HubError> {
         if let Some(link) = self.shared.cluster.get() {
             let limits = view_limits(&self.shared.config);
-            return cluster::apply_hub_op(link.store(), &self.registry, limits, op).await;
+            return cluster::apply_hub_op(link, &self.registry, limits, op).await;
         }
         self.registry
             .send(ApplyOp(op))
@@ -580,7 +580,7 @@ async fn join_cluster(
     let joined = thread
         .run(async move {
             let (link, joined) = cluster::connect(&connecting).await?;
-            let objects = cluster::initial_hub_objects(link.store(), objects).await?;
+            let objects = cluster::initial_hub_objects(&link, objects).await?;
             Ok::<_, crate::cluster::ClusterError>((link, joined, objects))
         })
         .await

@@ -321,7 +321,14 @@ impl Session {
             watch: self.watch.clone(),
             counts: ctx.address().recipient(),
         };
-        if let Some(cluster) = self.shared.cluster.get() {
+        // Only the session that holds the PeerName writes its state to the cluster (a
+        // closing older one must not overwrite the newer one's).
+        let holds = || {
+            self.shared
+                .lookup(&self.peer)
+                .is_some_and(|e| e.id == self.id)
+        };
+        if let (Some(cluster), true) = (self.shared.cluster.get(), holds()) {
             cluster.relayed(&self.peer, &self.mesh, self.id, message.objects.clone());
         }
         self.registry

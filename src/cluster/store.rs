@@ -70,6 +70,11 @@ impl ClusterEvents {
     pub async fn recv(&mut self) -> Option<ClusterEvent> {
         self.0.recv().await
     }
+
+    /// The next event if one is waiting already.
+    pub fn try_recv(&mut self) -> Option<ClusterEvent> {
+        self.0.try_recv().ok()
+    }
 }
 
 impl futures_util::Stream for ClusterEvents {

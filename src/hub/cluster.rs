@@ -154,19 +154,48 @@ pub(crate) async fn event_loop(
     shared: Arc<HubShared>,
     registry: Addr<Registry>,
 ) {
-    while let Some(event) = events.recv().await {
+    let mut held = None;
+    loop {
+        let event = match held.take() {
+            Some(event) => event,
+            None => match events.recv().await {
+                Some(event) => event,
+                None => return,
+            },
+        };
         let Some(link) = shared.cluster.get() else {
             continue;
         };
         match event {
             ClusterEvent::Mesh {
                 mesh,
-                changes,
-                resync,
+                mut changes,
+                mut resync,
                 ..
             } => {
-                let mesh: Arc<str> = mesh.into();
                 let complete = resync == Some(ResyncCause::Subscribed);
+                if !complete {
+                    // The mesh's changes already waiting go to the registry at once, so a
+                    // burst (a dead hub's peers leaving) rebuilds each view once.
+                    while let Some(next) = events.try_recv() {
+                        match next {
+                            ClusterEvent::Mesh {
+                                mesh: m,
+                                changes: more,
+                                resync: r,
+                                ..
+                            } if m == mesh && r != Some(ResyncCause::Subscribed) => {
+                                changes.extend(more);
+                                resync = resync.or(r);
+                            }
+                            other => {
+                                held = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                }
+                let mesh: Arc<str> = mesh.into();
                 link.note(&mesh, &changes, complete);
                 let changes = RemoteChanges {
                     mesh: mesh.clone(),

@@ -739,10 +739,12 @@ impl Registry {
         if let Some((mesh, objects)) = self.remote.get(&msg.peer).cloned() {
             fanouts.extend(self.remote_upsert(&msg.peer, mesh, objects));
         }
+        fanouts.extend(self.refresh_watchers_of_all(std::slice::from_ref(&msg.peer)));
         fanouts
     }
 
-    /// Removes a peer's relayed objects from its mesh and from its watchers' views.
+    /// Removes a peer's relayed objects from its mesh (its watchers' views are the
+    /// caller's to refresh).
     fn withdraw(&mut self, peer: &PeerName) -> Vec<Fanout> {
         let Some(owner) = self.owners.remove(peer) else {
             return Vec::new();
@@ -750,9 +752,24 @@ impl Registry {
         self.set_waiting(peer, &owner.mesh, None);
         let mut fanouts: Vec<Fanout> = self.set_owned(peer, &owner.mesh, &[]).into_iter().collect();
         fanouts.extend(self.refit(&owner.mesh));
-        let personal = self.refresh_watchers_of(peer, &mut Encoded::default());
-        fanouts.extend(personal_fanout(personal));
         fanouts
+    }
+
+    /// Rebuilds, once each, the views of the watchers of any of `peers`: a burst of changes
+    /// (a dead hub's peers leaving) costs each watcher one rebuild, not one per change.
+    fn refresh_watchers_of_all(&mut self, peers: &[PeerName]) -> Option<Fanout> {
+        let watchers: BTreeSet<PeerName> = peers
+            .iter()
+            .filter_map(|p| self.watched_by.get(p))
+            .flatten()
+            .cloned()
+            .collect();
+        let mut encoded = Encoded::default();
+        let personal = watchers
+            .iter()
+            .filter_map(|w| self.refresh_watcher(w, &mut encoded))
+            .collect();
+        personal_fanout(personal)
     }
 
     /// Applies changes of a mesh's peers held by other hubs of the cluster (DESIGN 8) as
@@ -785,6 +802,7 @@ impl Registry {
                 .collect();
             changes.splice(0..0, gone);
         }
+        let mut changed = Vec::with_capacity(changes.len());
         for change in changes {
             match change {
                 PeerChange::Upsert { peer, objects } => {
@@ -796,6 +814,7 @@ impl Registry {
                         .is_some_and(|o| matches!(o.origin, Origin::Local { .. }));
                     if !local {
                         fanouts.extend(self.remote_upsert(&peer, mesh.clone(), objects));
+                        changed.push(peer);
                     }
                 }
                 PeerChange::Gone { peer } => {
@@ -808,14 +827,17 @@ impl Registry {
                         .is_some_and(|o| matches!(o.origin, Origin::Remote) && o.mesh == *mesh);
                     if remote_here {
                         fanouts.extend(self.withdraw(&peer));
+                        changed.push(peer);
                     }
                 }
             }
         }
+        fanouts.extend(self.refresh_watchers_of_all(&changed));
         fanouts
     }
 
-    /// Makes a remote peer's objects those relayed for it in `mesh`.
+    /// Makes a remote peer's objects those relayed for it in `mesh` (its watchers' views
+    /// are the caller's to refresh).
     fn remote_upsert(
         &mut self,
         peer: &PeerName,
@@ -845,8 +867,6 @@ impl Registry {
         if self.relayed_len(&mesh) < relayed_before {
             fanouts.extend(self.refit(&mesh));
         }
-        let personal = self.refresh_watchers_of(peer, &mut Encoded::default());
-        fanouts.extend(personal_fanout(personal));
         fanouts
     }
 

@@ -372,6 +372,35 @@ async fn one_session_per_peer_name_across_the_cluster() {
 }
 
 #[actix_rt::test]
+async fn a_supersede_notice_the_route_table_contradicts_closes_nothing() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let a = cluster.hub(0);
+    let (p, mut p_events) = connect(&cluster.pki, &a, "stays", Some(MESH)).await;
+    p.set(Object::new(names::RICH_PRESENCE, "1")).await.unwrap();
+    let mut redis = cluster.redis.connection();
+    assert!(wait_for_state(&mut redis, p.peer_name(), "\"1\"").await);
+    // A notice from a claim that the peer's return here has already overtaken (it arrives
+    // late): hub-0 still holds the route, so its session must stay.
+    let notice =
+        serde_json::json!({"kind": "supersede", "peer": p.peer_name().as_str(), "by": "hub-1"});
+    let _: i64 = ::redis::cmd("PUBLISH")
+        .arg("p2ppi:chan:inbox:hub-0")
+        .arg(notice.to_string())
+        .query(&mut redis)
+        .unwrap();
+    // A later write of the session's is written after the check of the notice.
+    p.set(Object::new(names::RICH_PRESENCE, "2")).await.unwrap();
+    assert!(wait_for_state(&mut redis, p.peer_name(), "\"2\"").await);
+    assert!(a.session(p.peer_name()).is_some(), "the session was closed");
+    assert_eq!(
+        current_view(&p, &mut p_events).await,
+        vec![welcome(), presence_of(p.peer_name(), "2")]
+    );
+}
+
+#[actix_rt::test]
 async fn hub_objects_are_the_clusters() {
     let Some(mut cluster) = Cluster::start(2) else {
         return;

@@ -129,7 +129,7 @@ impl Inner {
     }
 
     /// Runs a plain command.
-    async fn command<T: redis::FromRedisValue>(
+    pub(super) async fn command<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
         cmd: &redis::Cmd,

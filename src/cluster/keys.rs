@@ -30,6 +30,11 @@ pub(crate) fn hub_objects() -> String {
 }
 
 /// The hash of peers routed to a hub (peer-name → mesh).
+/// The route table: PeerName → the hub holding its session.
+pub(crate) fn routes() -> String {
+    format!("{PREFIX}routes")
+}
+
 pub(crate) fn owned(hub: &str) -> String {
     format!("{PREFIX}owned:{hub}")
 }

@@ -307,6 +307,19 @@ impl ClusterStore {
         self.inner.write_state(peer, true).await
     }
 
+    /// The hub that holds `peer`'s session now, by the route table.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached.
+    pub async fn owner(&self, peer: &PeerName) -> Result<Option<String>, ClusterError> {
+        self.inner
+            .command(
+                "route of a peer",
+                redis::cmd("HGET").arg(keys::routes()).arg(peer.as_str()),
+            )
+            .await
+    }
+
     /// A local peer's session ended: unroute it and publish its departure (unless another
     /// hub holds it now).
     ///

@@ -91,6 +91,14 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
         }
         // A session that no longer holds the peer (a newer one's claim follows).
         Write::Set { .. } => {}
+        Write::Verify { peer, session } => match store.owner(&peer).await {
+            Ok(Some(owner)) if owner != store.node() => {
+                info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
+                close_local(shared, &peer, Some(session));
+            }
+            Ok(_) => {} // this hub's newer claim came after the notice
+            Err(e) => debug!(%peer, error = %e, "cluster: route not checked"),
+        },
         Write::Gone { peer } => {
             // A newer local session may have started meanwhile: its claim follows.
             if let Err(e) = store.peer_gone(&peer).await {
@@ -134,6 +142,15 @@ fn undelivered(
         if let Ok(bytes) = refusal(id, reason).to_bytes(0) {
             let _ = inviter.deliver.try_send(Deliver(bytes));
         }
+    }
+}
+
+/// Another hub says a newer session of `peer` is there: the local session is checked
+/// against the route table behind this hub's own writes, so a notice that arrives after
+/// the peer came back here closes nothing.
+fn supersede(shared: &HubShared, link: &ClusterLink, peer: &PeerName) {
+    if let Some(entry) = shared.lookup(peer) {
+        link.verify(peer, entry.id);
     }
 }
 
@@ -226,16 +243,12 @@ pub(crate) async fn event_loop(
                 };
                 deliver_here(&shared, link, &from, &to, mime_type, text);
             }
-            ClusterEvent::Inbox(InboxMessage::Supersede { peer, by }) => {
+            ClusterEvent::Inbox(InboxMessage::Supersede { peer, .. }) => {
                 if let Some(peer) = PeerName::parse(&peer) {
-                    info!(%peer, hub = %by, "a newer session on another hub holds the peer");
-                    close_local(&shared, &peer, None);
+                    supersede(&shared, link, &peer);
                 }
             }
-            ClusterEvent::Superseded { peer, owner } => {
-                info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
-                close_local(&shared, &peer, None);
-            }
+            ClusterEvent::Superseded { peer, .. } => supersede(&shared, link, &peer),
             ClusterEvent::HubObjects { version, objects } => {
                 if link.newer_hub_objects(version) {
                     registry.do_send(ApplyOp(ObjectOp::Replace(objects)));

@@ -29,6 +29,9 @@ pub(crate) enum Write {
     },
     /// The last local session of the peer ended.
     Gone { peer: PeerName },
+    /// Another hub said it holds the peer now: close `session` if the route table agrees
+    /// (checked after this hub's own earlier writes, so a newer local claim wins).
+    Verify { peer: PeerName, session: SessionId },
     /// A message for a peer of another hub.
     Send {
         from: PeerName,
@@ -45,7 +48,7 @@ impl Write {
     fn state_of(&self) -> Option<&PeerName> {
         match self {
             Self::Set { peer, .. } | Self::Gone { peer } => Some(peer),
-            Self::Claim { .. } | Self::Send { .. } => None,
+            Self::Claim { .. } | Self::Send { .. } | Self::Verify { .. } => None,
         }
     }
 }
@@ -220,6 +223,14 @@ impl ClusterLink {
             mesh: mesh.clone(),
             session,
             objects,
+        });
+    }
+
+    /// Another hub says it holds `peer`: the local `session` is closed if Redis agrees.
+    pub(crate) fn verify(&self, peer: &PeerName, session: SessionId) {
+        self.queue(Write::Verify {
+            peer: peer.clone(),
+            session,
         });
     }
 

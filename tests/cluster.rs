@@ -401,6 +401,41 @@ async fn a_supersede_notice_the_route_table_contradicts_closes_nothing() {
 }
 
 #[actix_rt::test]
+async fn a_claim_made_while_redis_is_away_wins_when_it_answers_again() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let pki = &cluster.pki;
+    let (a, b) = (cluster.hub(0), cluster.hub(1));
+    let cert = pki.issue("roaming", Some(MESH));
+    let (old, mut old_events) = join(pki, &b, &cert).await;
+    old.set(Object::new(names::RICH_PRESENCE, "on b"))
+        .await
+        .unwrap();
+    let mut redis = cluster.redis.connection();
+    assert!(wait_for_state(&mut redis, &cert.peer_name, "on b").await);
+    // The peer moves to hub a while Redis does not answer: the claim cannot be written.
+    cluster.redis.pause(true);
+    let (new, _new_events) = join(pki, &a, &cert).await;
+    new.set(Object::new(names::RICH_PRESENCE, "on a"))
+        .await
+        .unwrap();
+    wait_until("hub a sees Redis gone", || !a.cluster_ready()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // the outage itself
+    cluster.redis.pause(false);
+    // Hub a claims it once Redis answers: the older session on hub b is the one closed.
+    expect_event(&mut old_events, "the older session closing", |e| {
+        matches!(e, PeerEvent::Closed { .. })
+    })
+    .await;
+    assert!(wait_for_state(&mut redis, &cert.peer_name, "on a").await);
+    assert!(
+        a.session(&cert.peer_name).is_some(),
+        "the newer session was closed"
+    );
+}
+
+#[actix_rt::test]
 async fn hub_objects_are_the_clusters() {
     let Some(mut cluster) = Cluster::start(2) else {
         return;

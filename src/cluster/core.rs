@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::event::{ClusterEvent, Command};
 use super::keys;
+use super::message::InboxMessage;
 use super::replica::MeshSnapshot;
 use super::scripts;
 use super::ClusterError;
@@ -56,6 +57,9 @@ pub(super) struct Inner {
     /// leases may have run out for the same reason (Redis frozen, this hub paused), so
     /// none is reaped until they had a lease to renew.
     pub(super) reap_hold: Mutex<Option<std::time::Instant>>,
+    /// Local peers whose claim has not reached Redis yet: re-asserted by claiming them, not
+    /// by writing their state (which another hub's older route would refuse).
+    pub(super) unclaimed: Mutex<HashSet<PeerName>>,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) events: mpsc::Sender<ClusterEvent>,
 }
@@ -190,12 +194,59 @@ impl Inner {
         Ok(reply)
     }
 
-    /// Writes a local peer's remembered state (`recover`: see [`Inner::with_lease`]).
+    /// Routes `peer` to this hub cluster-wide (a newer session supersedes any other hub's)
+    /// and makes it a member of `mesh` with no objects; the hub that held it before, if
+    /// another did (`recover`: see [`Inner::with_lease`]).
+    pub(super) async fn claim(
+        &self,
+        peer: &PeerName,
+        mesh: &str,
+        recover: bool,
+    ) -> Result<Option<String>, ClusterError> {
+        let notice = InboxMessage::Supersede {
+            peer: peer.as_str().to_owned(),
+            by: self.node.clone(),
+        }
+        .to_json()
+        .map_err(|source| ClusterError::Encode {
+            what: "a supersede notice",
+            source,
+        })?;
+        let reply = self
+            .with_lease(
+                "claim",
+                &scripts::CLAIM,
+                &[peer.as_str().to_owned(), mesh.to_owned(), notice],
+                recover,
+            )
+            .await?;
+        match reply.as_slice() {
+            [ok, prev] if ok == "ok" => {
+                self.unclaimed.lock().expect("unclaimed lock").remove(peer);
+                Ok((!prev.is_empty() && *prev != self.node).then(|| prev.clone()))
+            }
+            _ => Err(ClusterError::Reply { op: "claim", reply }),
+        }
+    }
+
+    /// Writes a local peer's remembered state (`recover`: see [`Inner::with_lease`]); a
+    /// peer whose claim has not reached Redis is claimed first.
     pub(super) async fn write_state(
         &self,
         peer: &PeerName,
         recover: bool,
     ) -> Result<Option<u64>, ClusterError> {
+        let unclaimed_mesh = {
+            let unclaimed = self.unclaimed.lock().expect("unclaimed lock");
+            let local = self.local.lock().expect("local peers lock");
+            unclaimed
+                .contains(peer)
+                .then(|| local.get(peer).map(|(mesh, _)| mesh.clone()))
+                .flatten()
+        };
+        if let Some(mesh) = unclaimed_mesh {
+            self.claim(peer, &mesh, recover).await?;
+        }
         let Some((mesh, json)) = self
             .local
             .lock()

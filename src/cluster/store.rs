@@ -203,6 +203,7 @@ impl ClusterStore {
             redis_up: AtomicBool::new(true),
             left: AtomicBool::new(false),
             reap_hold: Mutex::new(None),
+            unclaimed: Mutex::new(HashSet::new()),
             commands,
             events,
         });
@@ -255,30 +256,12 @@ impl ClusterStore {
             .lock()
             .expect("pending lock")
             .remove(peer);
-        let notice = InboxMessage::Supersede {
-            peer: peer.as_str().to_owned(),
-            by: self.inner.node.clone(),
-        }
-        .to_json()
-        .map_err(|source| ClusterError::Encode {
-            what: "a supersede notice",
-            source,
-        })?;
-        let reply = self
-            .inner
-            .with_lease(
-                "claim",
-                &scripts::CLAIM,
-                &[peer.as_str().to_owned(), mesh.to_owned(), notice],
-                true,
-            )
-            .await?;
-        match reply.as_slice() {
-            [ok, prev] if ok == "ok" => {
-                Ok((!prev.is_empty() && *prev != self.inner.node).then(|| prev.clone()))
-            }
-            _ => Err(ClusterError::Reply { op: "claim", reply }),
-        }
+        self.inner
+            .unclaimed
+            .lock()
+            .expect("unclaimed lock")
+            .insert(peer.clone());
+        self.inner.claim(peer, mesh, true).await
     }
 
     /// A local peer's relayed objects are now `objects` (in relay order): write them,
@@ -331,6 +314,11 @@ impl ClusterStore {
             .local
             .lock()
             .expect("local peers lock")
+            .remove(peer);
+        self.inner
+            .unclaimed
+            .lock()
+            .expect("unclaimed lock")
             .remove(peer);
         self.inner.write_gone(peer).await
     }

@@ -21,8 +21,8 @@ use p2ppi_hub::loadtest::parse_cpu_seconds;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::connect::{connect_all, Errors};
 use crate::fleet::Fleet;
-use crate::scenarios::{connect_all, Errors};
 use crate::Target;
 
 /// What a holder prints once its certificates are issued.

@@ -18,6 +18,7 @@
 //! from same-hub; `--compare single` then runs one hub alone after it.
 
 mod cluster;
+mod connect;
 mod fleet;
 mod floor;
 mod holder;

@@ -20,10 +20,11 @@ use p2ppi_hub::wire::Object;
 use tokio::sync::{watch, Semaphore};
 
 use crate::cluster::Servers;
+use crate::connect::{gather, Errors};
 use crate::fleet::Fleet;
 use crate::publish::SendErrors;
 use crate::receive::{Receivers, KEPT_ERRORS};
-use crate::scenarios::{gather, measure_phase, progress, Errors, PhaseSetup, Run};
+use crate::scenarios::{measure_phase, progress, PhaseSetup, Run};
 use crate::Args;
 
 /// Connects peers through the peer library and publishes each one's initial presence

@@ -84,7 +84,7 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
                 Ok(_) => {}
                 Err(ClusterError::NotOwner { owner, .. }) => {
                     info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
-                    close_local(shared, &peer, Some(session));
+                    close_local(shared, &peer, session);
                 }
                 Err(e) => debug!(%peer, error = %e, "cluster: state not written yet"),
             }
@@ -94,7 +94,7 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
         Write::Verify { peer, session } => match store.owner(&peer).await {
             Ok(Some(owner)) if owner != store.node() => {
                 info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
-                close_local(shared, &peer, Some(session));
+                close_local(shared, &peer, session);
             }
             Ok(_) => {} // this hub's newer claim came after the notice
             Err(e) => debug!(%peer, error = %e, "cluster: route not checked"),
@@ -154,14 +154,12 @@ fn supersede(shared: &HubShared, link: &ClusterLink, peer: &PeerName) {
     }
 }
 
-/// Closes the local session of `peer` (only `session`, when given): another hub holds it.
-fn close_local(shared: &HubShared, peer: &PeerName, session: Option<SessionId>) {
-    if let Some(entry) = shared.lookup(peer) {
-        if session.is_none_or(|s| s == entry.id) {
-            entry.close.do_send(Close {
-                reason: "superseded",
-            });
-        }
+/// Closes `session` of `peer` if it still holds the PeerName here: another hub holds it.
+fn close_local(shared: &HubShared, peer: &PeerName, session: SessionId) {
+    if let Some(entry) = shared.lookup(peer).filter(|e| e.id == session) {
+        entry.close.do_send(Close {
+            reason: "superseded",
+        });
     }
 }
 

@@ -512,3 +512,133 @@ async fn peer_watch_peers_sets_a_watch_list_the_session_route_shows() {
     );
     assert_eq!(hub.get("/v1/sessions/nope").await.0, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_json_from_this_machines_own_names_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let admin = hub.admin.clone();
+    let port = admin.rsplit(':').next().unwrap().to_owned();
+    let publish = r#"{"name":"x","value":"1"}"#;
+    let host = format!("Host: {admin}");
+
+    // What a cross-site form or a no-cors fetch can send: refused, nothing published.
+    for content_type in [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=b",
+    ] {
+        let head = format!("POST /v1/objects\n{host}\nContent-Type: {content_type}");
+        let (status, body) = hub.raw(&head, publish).await;
+        assert_eq!(status, 415, "{content_type}: {body}");
+        assert!(body.contains("application/json"), "{body}");
+    }
+    let (status, _) = hub.raw(&format!("POST /v1/objects\n{host}"), publish).await;
+    assert_eq!(status, 415, "no Content-Type");
+    assert_eq!(hub.get("/v1/objects").await, (200, json!([])));
+
+    // JSON is served (parameters allowed).
+    let json = format!("POST /v1/objects\n{host}\nContent-Type: application/json; charset=utf-8");
+    assert_eq!(hub.raw(&json, publish).await.0, 201);
+    let put_text = format!("PUT /v1/objects/x\n{host}\nContent-Type: text/plain");
+    assert_eq!(hub.raw(&put_text, r#"{"value":"2"}"#).await.0, 415);
+    let delete_text = format!("DELETE /v1/objects/x\n{host}\nContent-Type: text/plain");
+    assert_eq!(hub.raw(&delete_text, "").await.0, 415);
+    let delete_body = format!("DELETE /v1/objects/x\n{host}");
+    assert_eq!(hub.raw(&delete_body, "value=1").await.0, 415);
+    assert_eq!(
+        hub.get("/v1/objects").await,
+        (200, json!([{"name": "x", "value": "1"}])),
+        "no refused request changed anything"
+    );
+    // A bodiless POST still needs JSON; with it, it reaches its route (here: 400, no body).
+    assert_eq!(
+        hub.raw(&format!("POST /v1/objects\n{host}"), "").await.0,
+        415
+    );
+    let bare_json = format!("POST /v1/objects\n{host}\nContent-Type: application/json");
+    assert_eq!(hub.raw(&bare_json, "").await.0, 400);
+    // The guard runs before routing: a route that does not exist (yet) is covered too.
+    let unknown = format!("POST /v1/not-yet\n{host}\nContent-Type: text/plain");
+    assert_eq!(hub.raw(&unknown, "{}").await.0, 415);
+    // A bare DELETE is served.
+    assert_eq!(
+        hub.raw(&format!("DELETE /v1/objects/x\n{host}"), "")
+            .await
+            .0,
+        204
+    );
+
+    // DNS rebinding: a foreign name for this address is refused, whatever the route.
+    for path in ["/v1/sessions", "/v1/objects", "/", "/metrics", "/healthz"] {
+        let head = format!("GET {path}\nHost: rebound.example:{port}");
+        let (status, body) = hub.raw(&head, "").await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    let head =
+        format!("POST /v1/objects\nHost: rebound.example:{port}\nContent-Type: application/json");
+    assert_eq!(hub.raw(&head, publish).await.0, 403);
+    // Loopback names (any port, for SSH tunnels) and the bound address are served.
+    for name in [
+        admin.clone(),
+        format!("localhost:{port}"),
+        "localhost".to_owned(),
+        "LOCALHOST:8080".to_owned(),
+        format!("127.0.0.1:{port}"),
+        format!("127.9.8.7:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, body) = hub
+            .raw(&format!("GET /v1/sessions\nHost: {name}"), "")
+            .await;
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    let (status, page) = hub.raw(&format!("GET /\nHost: localhost:{port}"), "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<!doctype html>") || page.contains("<!DOCTYPE html>"));
+
+    // Origin: only this very address.
+    let same = format!("GET /v1/sessions\n{host}\nOrigin: http://{admin}");
+    assert_eq!(hub.raw(&same, "").await.0, 200);
+    let same_post = format!("{json}\nOrigin: http://{admin}");
+    assert_eq!(hub.raw(&same_post, publish).await.0, 201);
+    for origin in [
+        "http://attacker.example".to_owned(),
+        "null".to_owned(),
+        format!("http://localhost:{port}"),
+        format!("https://{admin}"),
+    ] {
+        let read = format!("GET /v1/sessions\n{host}\nOrigin: {origin}");
+        assert_eq!(hub.raw(&read, "").await.0, 403, "{origin}");
+        let write = format!("DELETE /v1/objects/x\n{host}\nOrigin: {origin}");
+        assert_eq!(hub.raw(&write, "").await.0, 403, "{origin}");
+    }
+    assert_eq!(
+        hub.get("/v1/objects").await,
+        (200, json!([{"name": "x", "value": "1"}]))
+    );
+
+    let scrape = hub.metrics().await;
+    for (reason, count) in [("content_type", 10.0), ("host", 6.0), ("origin", 8.0)] {
+        let series = format!("p2ppi_admin_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&scrape, &series), count, "{series}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_token_protects_and_bodies_are_still_json_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[("P2PPI_ADMIN__TOKEN", "s3cret")]);
+    let auth = "Authorization: Bearer s3cret";
+    // Any name and origin (a DNS name, a TLS proxy): the token decides.
+    let head = format!("GET /v1/objects\nHost: hub.example\nOrigin: https://hub.example\n{auth}");
+    assert_eq!(hub.raw(&head, "").await.0, 200);
+    let head = "GET /v1/objects\nHost: hub.example\nOrigin: https://hub.example";
+    assert_eq!(hub.raw(head, "").await.0, 401);
+    let text = format!("POST /v1/objects\nHost: hub.example\nContent-Type: text/plain\n{auth}");
+    assert_eq!(hub.raw(&text, r#"{"name":"x","value":"1"}"#).await.0, 415);
+    let json =
+        format!("POST /v1/objects\nHost: hub.example\nContent-Type: application/json\n{auth}");
+    assert_eq!(hub.raw(&json, r#"{"name":"x","value":"1"}"#).await.0, 201);
+}

@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 const TOKEN: &str = "s3cret-token";
 const HOSTILE: &str = r#"<img src=x onerror="document.title='pwned';window.__pwned=1">"#;
 const TITLE: &str = "p2ppi-hub presence";
+/// A foreign name the browser resolves to 127.0.0.1 (a DNS-rebinding attacker's).
+const REBOUND: &str = "rebound.test";
 
 /// A `chromedriver` child on a free loopback port, killed on drop.
 struct Driver {
@@ -75,6 +77,8 @@ impl Driver {
             "--disable-sync",
             "--disable-dev-shm-usage",
             "--window-size=1440,1000",
+            // A name that resolves to loopback, as a DNS-rebinding attacker's would.
+            &format!("--host-resolver-rules=MAP {REBOUND} 127.0.0.1"),
             &format!("--user-data-dir={}", profile.display()),
         ];
         let capabilities = json!({
@@ -529,5 +533,150 @@ async fn without_a_token_configured_the_page_is_live_at_once() {
         .await,
         json!([true, true, TITLE])
     );
+    // Its own DELETE (same origin, an Origin header the guard accepts) works without a
+    // token too.
+    client
+        .find(Locator::Css(&format!(
+            "tr.peer[data-peer=\"{}\"] button.disconnect",
+            erin.name
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while client.accept_alert().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no confirmation asked"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    until(
+        &client,
+        "erin disappears",
+        &cell(&erin.name, "presence"),
+        Value::is_null,
+    )
+    .await;
     client.close().await.unwrap();
+}
+
+/// Serves `html` to every request on a loopback port: a page on another origin.
+async fn foreign_site(html: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                    html.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The attacks of a web page the operator visits while the hub runs without a token: a
+/// cross-site form and `fetch` calls from another origin, and the admin address reached
+/// under a foreign name (DNS rebinding). A real browser sends what it sends; nothing gets
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_page_cannot_use_the_admin_api_without_a_token() {
+    let Some(chromium) = require("chromium", "chromium") else {
+        return;
+    };
+    let Some(chromedriver) = require("chromedriver", "chromium-driver") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let admin = format!("http://{}", hub.admin);
+    // The form's text/plain body is `{"name":"by-form","value":"x="}`: valid JSON, which
+    // the admin API took before it required application/json.
+    let attack = format!(
+        r#"<!doctype html><title>cute cats</title>
+<form id="form" method="POST" action="{admin}/v1/objects" enctype="text/plain" target="sink">
+<input name='{{"name":"by-form","value":"x' value='"}}'></form>
+<iframe name="sink"></iframe>
+<script>
+window.outcome = {{}};
+fetch('{admin}/v1/objects', {{ method: 'POST', mode: 'no-cors',
+  headers: {{ 'Content-Type': 'application/json' }},
+  body: JSON.stringify({{ name: 'by-fetch', value: 'x' }}) }})
+  .then(() => window.outcome.post = 'sent', (e) => window.outcome.post = String(e));
+fetch('{admin}/v1/sessions')
+  .then((r) => r.text().then((t) => window.outcome.read = t), () => window.outcome.read = 'blocked');
+document.getElementById('form').submit();
+</script>"#
+    );
+    let site = foreign_site(attack).await;
+
+    let driver = Driver::start(&chromedriver).await;
+    let profile = tempfile::tempdir().unwrap();
+    let client = driver.browser(&chromium, profile.path()).await;
+    client.goto(&format!("http://{site}/")).await.unwrap();
+    until(
+        &client,
+        "the page's requests settle",
+        "return [window.outcome.post, window.outcome.read];",
+        |v| v[0].is_string() && v[1].is_string(),
+    )
+    .await;
+    // The form POST, the no-cors POST and the cross-origin read each reached the hub and
+    // were refused for their Origin.
+    let refused = r#"p2ppi_admin_rejected_total{reason="origin"}"#;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while sample_or_zero(&hub.metrics().await, refused) < 3.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the three foreign requests were not all refused: {}",
+            hub.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(hub.get("/v1/objects").await, (200, json!([])));
+
+    // DNS rebinding: the page's own name now points at the hub; the hub refuses it.
+    let port = hub.admin.rsplit(':').next().unwrap();
+    client
+        .goto(&format!("http://{REBOUND}:{port}/v1/sessions"))
+        .await
+        .unwrap();
+    let text = js(&client, "return document.body.innerText;").await;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("neither a loopback name")),
+        "{text}"
+    );
+    // (The browser may ask for /favicon.ico under that name too: refused alike.)
+    let hosts = sample_or_zero(
+        &hub.metrics().await,
+        r#"p2ppi_admin_rejected_total{reason="host"}"#,
+    );
+    assert!(hosts >= 1.0, "{hosts}");
+    client.close().await.unwrap();
+}
+
+/// A sample's value in a scrape, 0 while the series does not exist yet.
+fn sample_or_zero(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

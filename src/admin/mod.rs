@@ -19,13 +19,24 @@
 //! | `GET /v1/cluster` | in a cluster (DESIGN 8): this hub's node, whether Redis answers, and every registered hub with its peers and lease; 404 for a hub alone, 503 when Redis does not answer |
 //!
 //! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
-//! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change that would take the
-//! hub's objects over `hub.max_objects_bytes`), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`,
-//! `/readyz` and the page's document at `/` (which holds no data) needs
-//! `Authorization: Bearer <token>`. Object changes are acknowledged only once persisted and
-//! served by every worker.
+//! or wrong), 403 (see below), 404, 413 (body above `admin.max_body_bytes`, or a change that
+//! would take the hub's objects over `hub.max_objects_bytes`), 415 (see below), 500 (not
+//! durable) or 503. With `admin.token` set, every route but `/healthz`, `/readyz` and the
+//! page's document at `/` (which holds no data) needs `Authorization: Bearer <token>`.
+//! Object changes are acknowledged only once persisted and served by every worker.
+//!
+//! **Web pages cannot drive it** ([`guard`], one middleware before routing, so every route,
+//! also one added later, is covered): every POST, PUT (any method but GET, HEAD, OPTIONS and
+//! DELETE) must carry `Content-Type: application/json`, even without a body, and a DELETE
+//! may carry a body or a `Content-Type` only as JSON (415 otherwise), so a cross-site form
+//! or `fetch` never gets through without a CORS preflight, which this server never grants.
+//! Without `admin.token`, a request whose `Host` is neither a loopback name nor the bound
+//! address (DNS rebinding), or whose `Origin` is not that same address, gets 403; with a
+//! token, the token is the protection. The checks run before the token's (so a refused
+//! request gets 403/415 whatever its token).
 
 pub mod events;
+mod guard;
 pub mod page;
 
 use std::future::{ready, Ready};
@@ -36,6 +47,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, FromRequest, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -339,6 +351,9 @@ fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
         JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
         }
+        // The guard refuses these first; the extractor agrees, should a route ever be
+        // reached another way.
+        JsonPayloadError::ContentType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type"),
         _ => (StatusCode::BAD_REQUEST, "bad_request"),
     };
     metrics::count_reason(metrics::ADMIN_REJECTED, reason);
@@ -359,18 +374,27 @@ pub fn server(
     listen: SocketAddr,
     max_body_bytes: usize,
 ) -> std::io::Result<(Server, SocketAddr)> {
+    // Bound first, so the guard knows the real address (port 0 resolved) before any
+    // request arrives.
+    let listener = std::net::TcpListener::bind(listen)?;
+    let addr = listener.local_addr()?;
+    let policy = web::Data::new(guard::Policy::new(state.token.is_some(), addr));
     let streams = web::Data::new(events::EventStreams::new(
         state.hub.config().admin.max_event_streams,
     ));
     let data = web::Data::new(state);
     let http = HttpServer::new(move || {
         App::new()
+            // Before routing: every route, the default service and routes added later.
+            .wrap(from_fn(guard::guard))
+            .app_data(policy.clone())
             .app_data(data.clone())
             .app_data(streams.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(max_body_bytes)
-                    .content_type_required(false)
+                    .content_type_required(true)
+                    .content_type(|mime| guard::is_json(&mime))
                     .error_handler(json_error),
             )
             .app_data(web::QueryConfig::default().error_handler(query_error))
@@ -393,7 +417,6 @@ pub fn server(
     })
     .workers(1)
     .disable_signals()
-    .bind(listen)?;
-    let addr = http.addrs().first().copied().unwrap_or(listen);
+    .listen(listener)?;
     Ok((http.run(), addr))
 }

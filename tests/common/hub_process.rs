@@ -98,6 +98,13 @@ impl HubProcess {
                 ("PUT", Some(b)) => with_auth(agent.put(&url), &auth)
                     .content_type("application/json")
                     .send(b),
+                // Bodiless: still JSON, as the admin API requires of every POST and PUT.
+                ("POST", None) => with_auth(agent.post(&url), &auth)
+                    .content_type("application/json")
+                    .send_empty(),
+                ("PUT", None) => with_auth(agent.put(&url), &auth)
+                    .content_type("application/json")
+                    .send_empty(),
                 other => panic!("unsupported {other:?}"),
             }
             .expect("HTTP request");
@@ -110,6 +117,41 @@ impl HubProcess {
         })
         .await
         .unwrap()
+    }
+
+    /// One request written byte for byte (so the test controls `Host`, `Origin` and
+    /// `Content-Type`): `head` holds the request line's method and path and any header
+    /// lines; `Content-Length` and `Connection: close` are added. (status, body).
+    pub async fn raw(&self, head: &str, body: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.admin).await.unwrap();
+        let (line, headers) = head.split_once('\n').unwrap_or((head, ""));
+        let mut request = format!("{line} HTTP/1.1\r\n");
+        for header in headers.lines().filter(|h| !h.is_empty()) {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        if !body.is_empty() {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("Connection: close\r\n\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(super::DEADLINE, stream.read_to_end(&mut response))
+            .await
+            .expect("an answer within the deadline")
+            .unwrap();
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        (status, body)
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -20,8 +20,10 @@ use crate::hub::registry::VIEW_OVERHEAD;
 use crate::wire::{Object, MESSAGE_SIZE_LIMIT};
 
 mod load;
+mod redact;
 
 pub use load::{Origin, Override};
+pub use redact::{redact_url, REDACTED};
 
 /// The embedded default P2PPI listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7350";
@@ -334,7 +336,7 @@ pub const MAX_CLUSTER_LEASE: Duration = Duration::from_secs(3600);
 pub const MAX_NODE_NAME_BYTES: usize = 200;
 
 /// `[cluster]`: DESIGN 8. Present only when the hub is one of several sharing one Redis.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// The Redis (or Valkey) every hub of the cluster shares: `redis://[user:password@]host:port/db`
@@ -352,6 +354,19 @@ pub struct ClusterSection {
 
 fn default_cluster_lease() -> Duration {
     DEFAULT_CLUSTER_LEASE
+}
+
+impl std::fmt::Debug for ClusterSection {
+    /// The Redis password stays out of `{:?}` too.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new field cannot be forgotten here.
+        let Self { redis, node, lease } = self;
+        f.debug_struct("ClusterSection")
+            .field("redis", &redact_url(redis))
+            .field("node", node)
+            .field("lease", lease)
+            .finish()
+    }
 }
 
 impl ClusterSection {
@@ -392,12 +407,18 @@ impl ClusterSection {
             _ => {
                 return invalid(
                     "cluster.redis",
-                    format!("{:?} is not a redis:// or unix:// address", self.redis),
+                    format!(
+                        "{:?} is not a redis:// or unix:// address",
+                        redact_url(&self.redis)
+                    ),
                 )
             }
         }
         if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) {
-            return invalid("cluster.redis", format!("{:?}: {e}", self.redis));
+            return invalid(
+                "cluster.redis",
+                format!("{:?}: {e}", redact_url(&self.redis)),
+            );
         }
         if let Some(node) = &self.node {
             if node.is_empty()

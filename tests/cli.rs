@@ -261,6 +261,54 @@ fn print_default_config_passes_check_config() {
 }
 
 #[test]
+fn check_config_never_prints_the_token_or_the_redis_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hub.toml");
+    let f = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        "[admin]\ntoken = \"tok-s3cret\"\n\
+         [cluster]\nredis = \"redis://hub:pw-s3cret@127.0.0.1:6379/0\"\n",
+    )
+    .unwrap();
+    let check = run(&["check-config", f], dir.path());
+    assert!(check.status.success(), "{}", stderr(&check));
+    let (out, err) = (stdout(&check), stderr(&check));
+    assert!(
+        !out.contains("s3cret") && !err.contains("s3cret"),
+        "{out}{err}"
+    );
+    assert!(
+        out.contains("redis = \"redis://hub:***@127.0.0.1:6379/0\"")
+            && out.contains("token = \"***\""),
+        "{out}"
+    );
+    // Nor in the error about a bad address, from the file or from the environment.
+    for redis in [
+        "redis://hub:pw-s3cret@127.0.0.1:notaport/0",
+        "http://hub:pw-s3cret@127.0.0.1/",
+        "redis://hub:pw s3cret@[::1",
+    ] {
+        std::fs::write(&file, format!("[cluster]\nredis = \"{redis}\"\n")).unwrap();
+        let bad = run(&["check-config", f], dir.path());
+        assert!(!bad.status.success(), "{redis}");
+        let err = stderr(&bad);
+        assert!(
+            err.contains("cluster.redis") && !err.contains("s3cret"),
+            "{err}"
+        );
+        std::fs::write(&file, "").unwrap();
+        let env = [("P2PPI_CLUSTER__REDIS", redis)];
+        let bad = run_with_env(&["check-config", f], dir.path(), &env);
+        let err = stderr(&bad);
+        assert!(
+            err.contains("cluster.redis") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn config_errors_name_the_key_path_and_the_line_or_variable() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hub.toml");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::bin::{run, stderr, stdout};
+use common::bin::{run, stderr, stdout, Running};
 
 #[test]
 fn cluster_config_is_checked_shown_and_needs_its_redis() {
@@ -63,4 +63,60 @@ fn cluster_config_is_checked_shown_and_needs_its_redis() {
     let bad = run(&["check-config", file_arg], dir.path());
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("cluster.lease"), "{}", stderr(&bad));
+}
+
+/// The hub logs the Redis address it joined, never its password: a real `redis-server`
+/// with an ACL user, the real binary, its real log.
+#[test]
+fn the_hub_logs_the_redis_address_without_its_password() {
+    let Some(server) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let mut conn = server.connection();
+    let created: String = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                "hubuser",
+                "on",
+                ">pw-s3cret",
+                "~*",
+                "&*",
+                "+@all",
+            ][..],
+        )
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(created, "OK");
+    let url = server
+        .url()
+        .replace("redis://", "redis://hubuser:pw-s3cret@");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(&file, format!("[cluster]\nredis = \"{url}\"\n")).unwrap();
+    let data = dir.path().join("data");
+    let hub = Running::spawn(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    // Listening means it joined (it refuses to start otherwise).
+    hub.line_containing("P2PPI listening on");
+    hub.signal("-TERM");
+    let (status, log) = hub.wait();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("joined the cluster") && log.contains("redis://hubuser:***@127.0.0.1:"),
+        "{log}"
+    );
+    assert!(!log.contains("s3cret"), "{log}");
 }

@@ -37,7 +37,7 @@ enum Command {
     /// Decode P2PPI bytes (raw, or hex with --hex) from FILE or stdin: one JSON line per
     /// message, with the verdict the hub's codec gives it.
     Decode(decode::DecodeArgs),
-    /// Check a configuration file and print the effective configuration.
+    /// Check a configuration file and print the effective configuration (secrets hidden).
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
@@ -77,9 +77,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decode(args) => decode::run(args),
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file), std::env::vars())?;
+            // Printed with its secrets (token, Redis password) hidden.
             println!(
                 "{}",
-                toml::to_string(&config).context("rendering the configuration")?
+                toml::to_string(&config.redacted()).context("rendering the configuration")?
             );
             let warnings = config.warnings();
             for warning in &warnings {

@@ -69,7 +69,7 @@ pub enum ClusterError {
     /// The Redis address does not parse.
     #[error("cluster.redis {url:?}: {source}")]
     Address {
-        /// The configured address.
+        /// The configured address, its password hidden ([`crate::config::redact_url`]).
         url: String,
         /// The client's reason.
         source: redis::RedisError,

@@ -40,7 +40,7 @@ const EVENT_QUEUE: usize = 4096;
 const RECONNECT_RETRIES: usize = 2;
 
 /// What the store needs to connect: the `[cluster]` section resolved for this hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
     /// The Redis address.
     pub redis: String,
@@ -48,6 +48,19 @@ pub struct ClusterSettings {
     pub node: String,
     /// This hub's lease.
     pub lease: Duration,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    /// The Redis password stays out of `{:?}` too.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new field cannot be forgotten here.
+        let Self { redis, node, lease } = self;
+        f.debug_struct("ClusterSettings")
+            .field("redis", &crate::config::redact_url(redis))
+            .field("node", node)
+            .field("lease", lease)
+            .finish()
+    }
 }
 
 impl ClusterSettings {
@@ -159,7 +172,7 @@ impl ClusterStore {
         settings: &ClusterSettings,
     ) -> Result<(ClusterStore, ClusterEvents), ClusterError> {
         let address = |source| ClusterError::Address {
-            url: settings.redis.clone(),
+            url: crate::config::redact_url(&settings.redis),
             source,
         };
         let info = settings

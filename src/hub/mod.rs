@@ -586,7 +586,8 @@ async fn join_cluster(
         .await
         .ok_or_else(|| StartError::Thread(std::io::Error::other("the cluster thread exited")))?;
     let (link, joined, objects) = joined?;
-    info!(node = %settings.node, redis = %settings.redis, "joined the cluster");
+    let redis = crate::config::redact_url(&settings.redis);
+    info!(node = %settings.node, %redis, "joined the cluster");
     let _ = shared.cluster.set(link);
     Ok((objects, Some((thread, joined))))
 }

@@ -28,6 +28,10 @@ pub const MESSAGE_TYPE_OFFSET: usize = 11;
 pub const MESSAGE_ID_OFFSET: usize = 12;
 /// Size of the smallest message (separation header and MESSAGE_HEADER only).
 pub const MIN_MESSAGE_LEN: usize = SEPARATION_HEADER_LEN + MessageHeader::FIELD_LEN;
+/// Bytes of a NOTIFY or RESPONSE that holds no object: the message's headers and an empty
+/// ARRAY_NAME_VALUE_LIST (its field header and 2-byte entry count). What a mesh view costs
+/// before its first object; the relay's budgets and `relay.max_view_bytes` count from it.
+pub const VIEW_OVERHEAD: usize = MIN_MESSAGE_LEN + FIELD_HEADER_LEN + 2;
 
 /// The message types of DESIGN 2.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -37,7 +37,7 @@ pub use inspect::{inspect, Inspected, Outcome};
 pub use message::{
     encode_list_message, list_message_len, set_message_id, Frame, Message, MessageType, MAX_LENGTH,
     MESSAGE_ID_OFFSET, MESSAGE_SIZE_LIMIT, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN,
-    SEPARATION_HEADER_LEN, SIGNATURE,
+    SEPARATION_HEADER_LEN, SIGNATURE, VIEW_OVERHEAD,
 };
 
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,14 @@ mod tests {
             let decoded = decode_all(&bytes);
             assert_eq!(decoded, vec![Ok(Inbound::Message(Frame { id, message }))]);
         }
+    }
+
+    #[test]
+    fn an_empty_notify_or_response_is_view_overhead_bytes() {
+        for message in [Message::Notify(vec![]), Message::Response(vec![])] {
+            assert_eq!(message.to_bytes(1).unwrap().len(), VIEW_OVERHEAD);
+        }
+        assert_eq!(list_message_len([]), VIEW_OVERHEAD);
     }
 
     #[test]

@@ -7,12 +7,21 @@
 //! (`deny_unknown_fields`). Every error names the key path and where the value came from:
 //! the file and line, the variable or the flag. Durations are written the human way:
 //! `"10s"`, `"5m"`, `"250ms"`.
+//!
+//! **One source for every key.** A key is a field of its section's struct, with a `///`
+//! doc comment written for operators (plain sentences; `print-default-config` prints it
+//! above the key, see [`default_config_toml`]) and a named default constant,
+//! `DEFAULT_<SECTION>_<KEY>` (the `[hub]` keys without the section: `DEFAULT_LISTEN`),
+//! used by the section's `Default`. A key absent by default (an `Option`) instead gets an
+//! example value in its section's `example()`, printed commented out. Nothing else is to
+//! be written: the printed text and its tests follow from these.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -20,16 +29,12 @@ use crate::wire::{Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
 
 mod load;
 mod redact;
+mod template;
 
 pub use load::{Origin, Override};
 pub use redact::{redact_url, REDACTED};
+pub use template::default_config_toml;
 
-/// The embedded default P2PPI listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7350";
-/// The embedded default admin/metrics listen address.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9350";
-/// The embedded default data directory.
-pub const DEFAULT_DATA_DIR: &str = "./p2ppi-data";
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "P2PPI_";
 
@@ -88,17 +93,20 @@ pub struct InvalidSetting {
     pub reason: String,
 }
 
-/// The whole configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The whole configuration. Its fields are the file's sections; their doc comments are
+/// printed above each section by `print-default-config`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// P2PPI listener and process settings.
+    /// Where peers connect and where the hub keeps its files.
     pub hub: HubSection,
-    /// Certificate files.
+    /// Certificate files: the hub's own and the CAs it trusts for peers. Each is a file in
+    /// hub.data_dir unless set.
     pub tls: TlsSection,
-    /// Admin HTTP API and metrics.
+    /// Admin HTTP API, /metrics and the presence page (GET /). Binding beyond loopback
+    /// requires a token.
     pub admin: AdminSection,
-    /// Connection and session limits.
+    /// Connection and session limits; every refusal is counted.
     pub limits: Limits,
     /// Relay of peers' objects, messages and invitations.
     pub relay: RelaySection,
@@ -106,27 +114,64 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     /// Logging.
     pub log: LogSection,
-    /// Several hubs as one relay on Redis (DESIGN 8); absent: this hub runs alone.
+    /// Several hubs as one relay on one Redis 7 or Valkey 8 (standalone, not Redis
+    /// Cluster): peers on any hub see, watch, message and invite each other; the hub
+    /// objects are the cluster's. A hub whose Redis does not answer at start refuses to
+    /// start; later it keeps serving its own peers, answers /readyz with 503, and catches
+    /// up when Redis is back. Absent: this hub runs alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
-    /// Mesh overrides: PeerName (40 hex) → mesh, winning over the certificate's OU.
+    /// Mesh overrides: PeerName (40 hex digits) = "mesh", winning over the certificate's OU.
     pub meshes: BTreeMap<String, String>,
-    /// Hub objects to publish at start (before persisted ones are restored).
+    /// Hub objects published at start (before persisted ones are restored): each a `name`
+    /// (an object GUID such as RICH_PRESENCE's, or any string) and a `value`.
     pub objects: Vec<Object>,
 }
 
+impl Config {
+    /// A configuration with every key set: the defaults, and an example value for each key
+    /// that is absent by default (`print-default-config` shows those commented out).
+    pub fn example() -> Self {
+        Self {
+            tls: TlsSection::example(),
+            admin: AdminSection::example(),
+            cluster: Some(ClusterSection::example()),
+            meshes: BTreeMap::from([(
+                "3f2a9c4e5b6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f".to_owned(),
+                "blue".to_owned(),
+            )]),
+            objects: vec![Object::new(
+                "1d6ccc02-3ec4-453b-b986-470b610cb958",
+                "hub online",
+            )],
+            ..Self::default()
+        }
+    }
+}
+
+/// Default of `hub.listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7350";
+/// Default of `hub.data_dir`.
+pub const DEFAULT_DATA_DIR: &str = "./p2ppi-data";
+/// Default of `hub.workers`: one per CPU core.
+pub const DEFAULT_WORKERS: usize = 0;
+/// Default of `hub.max_objects_bytes`.
+pub const DEFAULT_MAX_OBJECTS_BYTES: usize = 8 * 1024;
+
 /// `[hub]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubSection {
-    /// Where P2PPI is served.
+    /// Where peers connect (P2PPI over mutually-authenticated TLS).
     pub listen: SocketAddr,
-    /// Data directory: certificates and persisted hub objects.
+    /// Data directory: certificates (ca.pem, hub.pem, hub.key, peers/) and persisted hub
+    /// objects.
     pub data_dir: PathBuf,
     /// Session worker threads; 0 means one per CPU core.
     pub workers: usize,
-    /// The hub's own objects' budget, bytes of encoded objects: reserved in every view, so
-    /// peers never fill a view so far that the operator's change is refused (DESIGN 5.2).
+    /// The hub's own objects' budget, bytes of encoded objects, reserved in every view:
+    /// peers' relayed objects fill the rest of relay.max_view_bytes, so they never lock out
+    /// the operator.
     pub max_objects_bytes: usize,
 }
 
@@ -135,39 +180,66 @@ impl Default for HubSection {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             data_dir: DEFAULT_DATA_DIR.into(),
-            workers: 0,
-            max_objects_bytes: 8 * 1024,
+            workers: DEFAULT_WORKERS,
+            max_objects_bytes: DEFAULT_MAX_OBJECTS_BYTES,
         }
     }
 }
 
-/// `[tls]`: paths default to the data directory's `ca.pem`, `hub.pem`, `hub.key`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[tls]`: every path is absent by default, which means a file in the data directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
-    /// CA bundle: every certificate in it is trusted for client certificates.
+    /// CA bundle: every certificate in it is trusted for client certificates. Default:
+    /// `<data_dir>/ca.pem`.
     pub ca: Option<PathBuf>,
-    /// The hub's certificate chain.
+    /// The hub's certificate chain. Default: `<data_dir>/hub.pem`.
     pub cert: Option<PathBuf>,
-    /// The hub's private key.
+    /// The hub's private key. Default: `<data_dir>/hub.key`.
     pub key: Option<PathBuf>,
     /// Debugging only: append every session's TLS secrets to this file (NSS key log format,
-    /// for Wireshark). Anyone who can read it can decrypt every captured session. Read only
-    /// from the configuration file, never from the environment.
+    /// for Wireshark). It breaks the secrecy of every session: anyone who can read it
+    /// decrypts every captured session. Read only from the configuration file, never from
+    /// the environment.
     pub keylog: Option<PathBuf>,
 }
 
+impl TlsSection {
+    /// Every key set to an example (all are absent by default).
+    pub fn example() -> Self {
+        Self {
+            ca: Some("/etc/p2ppi-hub/ca.pem".into()),
+            cert: Some("/etc/p2ppi-hub/hub.pem".into()),
+            key: Some("/etc/p2ppi-hub/hub.key".into()),
+            keylog: Some("/tmp/p2ppi-hub.keys".into()),
+        }
+    }
+}
+
+/// Default of `admin.listen`.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9350";
+/// Default of `admin.max_body_bytes`.
+pub const DEFAULT_ADMIN_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Default of `admin.max_event_streams`.
+pub const DEFAULT_ADMIN_MAX_EVENT_STREAMS: usize = 32;
+/// Default of `admin.event_queue`.
+pub const DEFAULT_ADMIN_EVENT_QUEUE: usize = 1024;
+/// Default of `admin.event_heartbeat`.
+pub const DEFAULT_ADMIN_EVENT_HEARTBEAT: Duration = Duration::from_secs(15);
+
 /// `[admin]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
-    /// Where the admin API and `/metrics` are served.
+    /// Where the admin API, /metrics and the presence page are served.
     pub listen: SocketAddr,
-    /// Bearer token; required to bind to a non-loopback address.
+    /// Bearer token for every route but /healthz, /readyz and the page's document; required
+    /// to bind beyond loopback. Without it only loopback names and same-origin requests
+    /// are served.
     pub token: Option<String>,
-    /// Largest accepted request body, bytes.
+    /// Largest accepted request body, bytes (413 beyond).
     pub max_body_bytes: usize,
-    /// Presence page: event streams (`GET /v1/events`) open at once; more are refused (503).
+    /// Presence page: live event streams (GET /v1/events) open at once; more get 503.
     pub max_event_streams: usize,
     /// Presence page: events a stream may fall behind before it is dropped (its page
     /// reconnects and starts again from a snapshot).
@@ -182,39 +254,73 @@ impl Default for AdminSection {
         Self {
             listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
             token: None,
-            max_body_bytes: 256 * 1024,
-            max_event_streams: 32,
-            event_queue: 1024,
-            event_heartbeat: Duration::from_secs(15),
+            max_body_bytes: DEFAULT_ADMIN_MAX_BODY_BYTES,
+            max_event_streams: DEFAULT_ADMIN_MAX_EVENT_STREAMS,
+            event_queue: DEFAULT_ADMIN_EVENT_QUEUE,
+            event_heartbeat: DEFAULT_ADMIN_EVENT_HEARTBEAT,
         }
     }
 }
 
+impl AdminSection {
+    /// The defaults, and an example token (absent by default).
+    pub fn example() -> Self {
+        Self {
+            token: Some("change-me".into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Default of `limits.max_sessions`.
+pub const DEFAULT_LIMITS_MAX_SESSIONS: usize = 100_000;
+/// Default of `limits.max_handshakes`.
+pub const DEFAULT_LIMITS_MAX_HANDSHAKES: usize = 16_384;
+/// Default of `limits.listen_backlog`.
+pub const DEFAULT_LIMITS_LISTEN_BACKLOG: u32 = 4_096;
+/// Default of `limits.handshake_timeout`.
+pub const DEFAULT_LIMITS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `limits.tcp_keepalive`.
+pub const DEFAULT_LIMITS_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Default of `limits.outbound_queue_messages`.
+pub const DEFAULT_LIMITS_OUTBOUND_QUEUE_MESSAGES: usize = 4_096;
+/// Default of `limits.outbound_queue_bytes`.
+pub const DEFAULT_LIMITS_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
+/// Default of `limits.write_timeout`.
+pub const DEFAULT_LIMITS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `limits.inbound_messages_per_sec`.
+pub const DEFAULT_LIMITS_INBOUND_MESSAGES_PER_SEC: u32 = 100;
+/// Default of `limits.inbound_burst`.
+pub const DEFAULT_LIMITS_INBOUND_BURST: u32 = 200;
+
 /// `[limits]`: DESIGN 7.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Most sessions held at once; further connections are closed at accept.
+    /// Most sessions held at once; further connections are closed at accept (counted).
     pub max_sessions: usize,
-    /// Most TLS handshakes in progress at once; beyond it accepting pauses (connections
-    /// wait in the backlog) until a handshake ends or times out.
+    /// Most TLS handshakes in progress at once; beyond it accepting pauses (counted) until
+    /// one ends or times out, so stalled clients delay a good peer at most
+    /// handshake_timeout.
     pub max_handshakes: usize,
-    /// The listen socket's accept backlog (the kernel caps it at `net.core.somaxconn`).
+    /// The listen socket's accept backlog (the kernel caps it at net.core.somaxconn).
     pub listen_backlog: u32,
-    /// A handshake not finished within this is abandoned.
+    /// A handshake not finished within this is abandoned (slowloris protection).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// TCP keepalive idle time (P2PPI has no timers: dead peers are found by keepalive).
+    /// TCP keepalive idle time: P2PPI has no timers, so keepalive finds dead peers.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
-    /// Most messages queued for one session before it is a slow consumer.
+    /// Most messages queued for one session; a session over this or outbound_queue_bytes is
+    /// a slow consumer and is disconnected.
     pub outbound_queue_messages: usize,
-    /// Most bytes queued for one session before it is a slow consumer.
+    /// Most bytes queued for one session; at least one largest message (65520).
     pub outbound_queue_bytes: usize,
     /// A write that makes no progress for this long disconnects a slow consumer.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
-    /// Sustained inbound messages per second per session (token bucket rate).
+    /// Sustained inbound messages per second per session (token bucket rate); beyond it
+    /// the hub stops reading until tokens return, nothing is dropped.
     pub inbound_messages_per_sec: u32,
     /// Inbound burst allowance per session (token bucket size).
     pub inbound_burst: u32,
@@ -223,41 +329,61 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_sessions: 100_000,
-            max_handshakes: 16_384,
-            listen_backlog: 4_096,
-            handshake_timeout: Duration::from_secs(10),
-            tcp_keepalive: Duration::from_secs(60),
-            outbound_queue_messages: 4_096,
-            outbound_queue_bytes: 1024 * 1024,
-            write_timeout: Duration::from_secs(10),
-            inbound_messages_per_sec: 100,
-            inbound_burst: 200,
+            max_sessions: DEFAULT_LIMITS_MAX_SESSIONS,
+            max_handshakes: DEFAULT_LIMITS_MAX_HANDSHAKES,
+            listen_backlog: DEFAULT_LIMITS_LISTEN_BACKLOG,
+            handshake_timeout: DEFAULT_LIMITS_HANDSHAKE_TIMEOUT,
+            tcp_keepalive: DEFAULT_LIMITS_TCP_KEEPALIVE,
+            outbound_queue_messages: DEFAULT_LIMITS_OUTBOUND_QUEUE_MESSAGES,
+            outbound_queue_bytes: DEFAULT_LIMITS_OUTBOUND_QUEUE_BYTES,
+            write_timeout: DEFAULT_LIMITS_WRITE_TIMEOUT,
+            inbound_messages_per_sec: DEFAULT_LIMITS_INBOUND_MESSAGES_PER_SEC,
+            inbound_burst: DEFAULT_LIMITS_INBOUND_BURST,
         }
     }
 }
 
+/// Default of `relay.max_view_bytes`: the largest a message may be.
+pub const DEFAULT_RELAY_MAX_VIEW_BYTES: usize = MESSAGE_SIZE_LIMIT - 1;
+/// Default of `relay.max_object_bytes`.
+pub const DEFAULT_RELAY_MAX_OBJECT_BYTES: usize = 8 * 1024;
+/// Default of `relay.max_objects_per_peer`.
+pub const DEFAULT_RELAY_MAX_OBJECTS_PER_PEER: usize = 32;
+/// Default of `relay.stamp_sender`.
+pub const DEFAULT_RELAY_STAMP_SENDER: bool = true;
+/// Default of `relay.invitation_ttl`.
+pub const DEFAULT_RELAY_INVITATION_TTL: Duration = Duration::from_secs(300);
+/// Default of `relay.max_invitations`.
+pub const DEFAULT_RELAY_MAX_INVITATIONS: usize = 65_536;
+/// Default of `relay.max_watch`.
+pub const DEFAULT_RELAY_MAX_WATCH: usize = 256;
+/// Default of `relay.view_interval`.
+pub const DEFAULT_RELAY_VIEW_INTERVAL: Duration = Duration::from_millis(100);
+
 /// `[relay]`: DESIGN 5.2 and 5.3.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelaySection {
-    /// Largest encoded view of a mesh (a NOTIFY/RESPONSE must fit one message).
+    /// Largest encoded view of one mesh, bytes; below 65520, as a NOTIFY or RESPONSE must
+    /// fit one message.
     pub max_view_bytes: usize,
-    /// Largest relayed object (encoded STRUCTURE_NAME_VALUE), bytes.
+    /// Largest relayed object (encoded name and value), bytes.
     pub max_object_bytes: usize,
     /// Most objects relayed per peer.
     pub max_objects_per_peer: usize,
-    /// Replace `to=` by `from=<sender>` on forwarded messages.
+    /// Replace `to=` with `from=<sender PeerName>` on forwarded messages.
     pub stamp_sender: bool,
-    /// How long an invitation's route back to its inviter is remembered.
+    /// How long an invitation's way back to its inviter is remembered.
     #[serde(with = "humantime_serde")]
     pub invitation_ttl: Duration,
-    /// Most invitations remembered at once.
+    /// Most invitations remembered at once; more are refused (counted).
     pub max_invitations: usize,
-    /// Most PeerNames one WATCH_LIST may name (DESIGN 5.4).
+    /// Most PeerNames one WATCH_LIST may name; a longer list is rejected and the previous
+    /// one stays.
     pub max_watch: usize,
-    /// At most one entire mesh view per subscriber per this interval: changes within it
-    /// go out together at its end, in the latest view ("0s": every change at once).
+    /// At most one entire mesh view per subscriber per this interval: the changes within it
+    /// go out together at its end, in the latest view (adds at most this much latency;
+    /// "0s": every change at once).
     #[serde(with = "humantime_serde")]
     pub view_interval: Duration,
 }
@@ -265,23 +391,27 @@ pub struct RelaySection {
 impl Default for RelaySection {
     fn default() -> Self {
         Self {
-            max_view_bytes: MESSAGE_SIZE_LIMIT - 1,
-            max_object_bytes: 8 * 1024,
-            max_objects_per_peer: 32,
-            stamp_sender: true,
-            invitation_ttl: Duration::from_secs(300),
-            max_invitations: 65_536,
-            max_watch: 256,
-            view_interval: Duration::from_millis(100),
+            max_view_bytes: DEFAULT_RELAY_MAX_VIEW_BYTES,
+            max_object_bytes: DEFAULT_RELAY_MAX_OBJECT_BYTES,
+            max_objects_per_peer: DEFAULT_RELAY_MAX_OBJECTS_PER_PEER,
+            stamp_sender: DEFAULT_RELAY_STAMP_SENDER,
+            invitation_ttl: DEFAULT_RELAY_INVITATION_TTL,
+            max_invitations: DEFAULT_RELAY_MAX_INVITATIONS,
+            max_watch: DEFAULT_RELAY_MAX_WATCH,
+            view_interval: DEFAULT_RELAY_VIEW_INTERVAL,
         }
     }
 }
 
+/// Default of `shutdown.grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// `[shutdown]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownSection {
-    /// Longest a graceful shutdown may take before the process exits anyway.
+    /// Longest a graceful shutdown (SIGTERM/SIGINT) may take before the process exits
+    /// anyway.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
 }
@@ -289,42 +419,46 @@ pub struct ShutdownSection {
 impl Default for ShutdownSection {
     fn default() -> Self {
         Self {
-            grace: Duration::from_secs(10),
+            grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
-    #[default]
     Text,
     /// One JSON object per line.
     Json,
 }
 
+/// Default of `log.format`.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+/// Default of `log.level`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
 /// `[log]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
-    /// Text or JSON.
+    /// "text" (human-readable lines) or "json" (one object per line).
     pub format: LogFormat,
-    /// Filter when `RUST_LOG` is unset.
+    /// Filter (tracing's EnvFilter syntax) when RUST_LOG is unset; RUST_LOG overrides it.
     pub level: String,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
         Self {
-            format: LogFormat::Text,
-            level: "info".into(),
+            format: DEFAULT_LOG_FORMAT,
+            level: DEFAULT_LOG_LEVEL.into(),
         }
     }
 }
 
-/// The default lease of a hub in the cluster.
+/// Default of `cluster.lease`.
 pub const DEFAULT_CLUSTER_LEASE: Duration = Duration::from_secs(10);
 /// Shortest accepted cluster lease: renewals run every lease/3, and one Redis round trip
 /// must fit comfortably in that.
@@ -335,18 +469,18 @@ pub const MAX_CLUSTER_LEASE: Duration = Duration::from_secs(3600);
 pub const MAX_NODE_NAME_BYTES: usize = 200;
 
 /// `[cluster]`: DESIGN 8. Present only when the hub is one of several sharing one Redis.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// The Redis (or Valkey) every hub of the cluster shares: `redis://[user:password@]host:port/db`
-    /// or `unix:///path/to/socket`.
+    /// The Redis (or Valkey) every hub of the cluster shares (required):
+    /// `redis://[user:password@]host:port/db` or `unix:///path/to/socket`.
     pub redis: String,
-    /// This hub's name in the cluster, unique among its hubs; default: host name and P2PPI
-    /// port (`host:7350`).
+    /// This hub's name in the cluster, unique among its hubs. Default: host name and P2PPI
+    /// port (host:7350).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// How long this hub counts as alive without renewing (it renews every lease/3). A hub
-    /// that dies leaves every view within lease plus a second.
+    /// How long this hub counts as alive without renewing (it renews every lease/3): a hub
+    /// that dies leaves every view within lease plus a second. 1s to 1h.
     #[serde(default = "default_cluster_lease", with = "humantime_serde")]
     pub lease: Duration,
 }
@@ -369,6 +503,15 @@ impl std::fmt::Debug for ClusterSection {
 }
 
 impl ClusterSection {
+    /// Every key set to an example (the section is absent by default; `redis` is required).
+    pub fn example() -> Self {
+        Self {
+            redis: "redis://127.0.0.1:6379/0".into(),
+            node: Some("hub-a:7350".into()),
+            lease: DEFAULT_CLUSTER_LEASE,
+        }
+    }
+
     /// This hub's node name: the configured one, else `<host name>:<P2PPI port>`.
     pub fn node_name(&self, listen: SocketAddr) -> String {
         match &self.node {
@@ -504,7 +647,10 @@ impl Config {
         if self.hub.max_objects_bytes + VIEW_OVERHEAD > self.relay.max_view_bytes {
             return invalid(
                 "hub.max_objects_bytes",
-                "must leave room in relay.max_view_bytes (which also holds 22 bytes of headers)",
+                &format!(
+                    "must leave room in relay.max_view_bytes (which also holds \
+                     {VIEW_OVERHEAD} bytes of headers)"
+                ),
             );
         }
         if let Some(cluster) = &self.cluster {
@@ -573,166 +719,9 @@ pub fn keylog_warning(path: &Path) -> String {
     )
 }
 
-/// The default configuration as commented TOML (`p2ppi-hub print-default-config`).
-pub fn default_config_toml() -> String {
-    let d = Config::default();
-    let l = &d.limits;
-    let r = &d.relay;
-    let dur = |d: Duration| humantime::format_duration(d).to_string();
-    format!(
-        r#"# p2ppi-hub configuration. Every key is optional; shown are the defaults.
-# Environment overrides: P2PPI_<SECTION>__<KEY>, e.g. P2PPI_LIMITS__MAX_SESSIONS=5000.
-# Command-line flags override both.
-
-[hub]
-# Where peers connect (P2PPI over mutually-authenticated TLS).
-listen = "{listen}"
-# Certificates (ca.pem, hub.pem, hub.key, peers/) and persisted hub objects.
-data_dir = "{data_dir}"
-# Session worker threads; 0 = one per CPU core.
-workers = {workers}
-# The hub's own objects' budget (encoded bytes), reserved in every view: peers' relayed
-# objects fill the rest of relay.max_view_bytes, so they never lock out the operator.
-max_objects_bytes = {hub_objects}
-
-[tls]
-# Defaults: <data_dir>/ca.pem, <data_dir>/hub.pem, <data_dir>/hub.key.
-# Every CA certificate in the bundle is trusted for client certificates.
-# ca = "/etc/p2ppi-hub/ca.pem"
-# cert = "/etc/p2ppi-hub/hub.pem"
-# key = "/etc/p2ppi-hub/hub.key"
-# Debugging only: append every session's TLS secrets to this file (NSS key log format,
-# for Wireshark). It breaks the secrecy of every session; file only, never from the
-# environment.
-# keylog = "/tmp/p2ppi-hub.keys"
-
-[admin]
-# Admin HTTP API and /metrics. Binding beyond loopback requires a token.
-listen = "{admin_listen}"
-# token = "change-me"
-# Largest accepted request body.
-max_body_bytes = {max_body}
-# Presence page (GET /): live event streams open at once (more get 503), events one
-# stream may fall behind before it is dropped (the page reconnects from a snapshot),
-# and how often each stream gets a heartbeat.
-max_event_streams = {event_streams}
-event_queue = {event_queue}
-event_heartbeat = "{event_heartbeat}"
-
-[limits]
-# Sessions held at once; connections beyond are closed at accept and counted.
-max_sessions = {max_sessions}
-# TLS handshakes in progress at once; beyond it accepting pauses (counted) until one
-# ends or times out, so stalled clients delay a good peer at most handshake_timeout.
-max_handshakes = {max_handshakes}
-# Accept backlog of the listen socket (capped by net.core.somaxconn).
-listen_backlog = {backlog}
-# A handshake not finished by then is dropped (slowloris protection).
-handshake_timeout = "{handshake_timeout}"
-# TCP keepalive idle time: P2PPI has no timers, keepalive finds dead peers.
-tcp_keepalive = "{tcp_keepalive}"
-# Outbound queue per session; a session over either bound is a slow consumer.
-outbound_queue_messages = {q_msgs}
-outbound_queue_bytes = {q_bytes}
-# A write making no progress this long disconnects the slow consumer.
-write_timeout = "{write_timeout}"
-# Inbound messages per session: sustained rate and burst (token bucket).
-inbound_messages_per_sec = {rate}
-inbound_burst = {burst}
-
-[relay]
-# Largest encoded view of one mesh; must stay below 65520 (one message).
-max_view_bytes = {view}
-# Largest relayed object (encoded name and value).
-max_object_bytes = {object}
-# Objects relayed per peer.
-max_objects_per_peer = {per_peer}
-# Replace to= with from=<sender PeerName> on forwarded messages.
-stamp_sender = {stamp}
-# How long an invitation's way back to its inviter is remembered, and how many.
-invitation_ttl = "{ttl}"
-max_invitations = {max_inv}
-# Most PeerNames one WATCH_LIST may name (a longer list is rejected, the previous stays).
-max_watch = {max_watch}
-# At most one entire mesh view per subscriber per interval; the changes within it are sent
-# together at its end, in the latest view (adds at most this much latency; "0s": off).
-view_interval = "{view_interval}"
-
-[shutdown]
-# Longest a graceful shutdown (SIGTERM/SIGINT) may take.
-grace = "{grace}"
-
-[log]
-# "text" or "json"; RUST_LOG overrides level.
-format = "text"
-level = "{level}"
-
-# Several hubs as one relay on one Redis 7 or Valkey 8 (standalone, not Redis Cluster):
-# peers on any hub see, watch, message and invite each other; the hub objects are the
-# cluster's. A hub whose Redis does not answer at start refuses to start; later it keeps
-# serving its own peers, answers /readyz with 503, and catches up when Redis is back.
-# [cluster]
-# redis = "redis://127.0.0.1:6379/0"
-# This hub's unique name in the cluster; default: host name and P2PPI port.
-# node = "hub-a:7350"
-# A hub that stops renewing (every lease/3) counts as dead after this.
-# lease = "{lease}"
-
-# Mesh overrides: PeerName = "mesh" (wins over the certificate's OU).
-[meshes]
-# 3f2a...40 hex digits... = "blue"
-
-# Hub objects published at start:
-# [[objects]]
-# name = "1d6ccc02-3ec4-453b-b986-470b610cb958"
-# value = "hub online"
-"#,
-        listen = d.hub.listen,
-        data_dir = d.hub.data_dir.display(),
-        workers = d.hub.workers,
-        hub_objects = d.hub.max_objects_bytes,
-        admin_listen = d.admin.listen,
-        max_body = d.admin.max_body_bytes,
-        event_streams = d.admin.max_event_streams,
-        event_queue = d.admin.event_queue,
-        event_heartbeat = dur(d.admin.event_heartbeat),
-        max_sessions = l.max_sessions,
-        max_handshakes = l.max_handshakes,
-        backlog = l.listen_backlog,
-        handshake_timeout = dur(l.handshake_timeout),
-        tcp_keepalive = dur(l.tcp_keepalive),
-        q_msgs = l.outbound_queue_messages,
-        q_bytes = l.outbound_queue_bytes,
-        write_timeout = dur(l.write_timeout),
-        rate = l.inbound_messages_per_sec,
-        burst = l.inbound_burst,
-        view = r.max_view_bytes,
-        object = r.max_object_bytes,
-        per_peer = r.max_objects_per_peer,
-        stamp = r.stamp_sender,
-        ttl = dur(r.invitation_ttl),
-        max_inv = r.max_invitations,
-        max_watch = r.max_watch,
-        view_interval = dur(r.view_interval),
-        grace = dur(d.shutdown.grace),
-        level = d.log.level,
-        lease = dur(DEFAULT_CLUSTER_LEASE),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn default_config_text_parses_to_the_defaults() {
-        let table: toml::Table = default_config_toml().parse().unwrap();
-        let parsed: Config = table.try_into().unwrap();
-        assert_eq!(
-            toml::to_string(&parsed).unwrap(),
-            toml::to_string(&Config::default()).unwrap()
-        );
-    }
 
     #[test]
     fn unknown_keys_are_named() {

@@ -25,7 +25,7 @@
 //! page's document at `/` (which holds no data) needs `Authorization: Bearer <token>`.
 //! Object changes are acknowledged only once persisted and served by every worker.
 //!
-//! **Web pages cannot drive it** ([`guard`], one middleware before routing, so every route,
+//! **Web pages cannot drive it** (`guard.rs`, one middleware before routing, so every route,
 //! also one added later, is covered): every POST, PUT (any method but GET, HEAD, OPTIONS and
 //! DELETE) must carry `Content-Type: application/json`, even without a body, and a DELETE
 //! may carry a body or a `Content-Type` only as JSON (415 otherwise), so a cross-site form

@@ -145,6 +145,41 @@ async fn log_in(client: &Client, token: &str) {
     submit.unwrap().click().await.unwrap();
 }
 
+/// Debian's `chromium` and `chromedriver`, or `None` (skipped) when missing.
+fn browser_programs() -> Option<(PathBuf, PathBuf)> {
+    let chromium = require("chromium", "chromium")?;
+    let chromedriver = require("chromedriver", "chromium-driver")?;
+    Some((chromium, chromedriver))
+}
+
+/// Clicks a peer's disconnect button, confirms, and waits until its row is gone.
+async fn disconnect_in_page(client: &Client, peer: &str) {
+    client
+        .find(Locator::Css(&format!(
+            "tr.peer[data-peer=\"{peer}\"] button.disconnect"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while client.accept_alert().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no confirmation asked"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    until(
+        client,
+        &format!("{peer} disappears"),
+        &cell(peer, "presence"),
+        Value::is_null,
+    )
+    .await;
+}
+
 struct Joined {
     peer: Peer,
     events: PeerEvents,
@@ -189,10 +224,7 @@ fn screenshot_path() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
-    let Some(chromium) = require("chromium", "chromium") else {
-        return;
-    };
-    let Some(chromedriver) = require("chromedriver", "chromium-driver") else {
+    let Some((chromium, chromedriver)) = browser_programs() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -418,31 +450,7 @@ async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
     .await;
 
     // The disconnect button asks first, then calls the admin API: bob disappears.
-    client
-        .find(Locator::Css(&format!(
-            "tr.peer[data-peer=\"{}\"] button.disconnect",
-            bob.name
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while client.accept_alert().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no confirmation asked"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    until(
-        &client,
-        "bob disappears",
-        &cell(&bob.name, "presence"),
-        Value::is_null,
-    )
-    .await;
+    disconnect_in_page(&client, &bob.name).await;
 
     // A peer that leaves disappears, and so does its mesh.
     carol.peer.close().await.unwrap();
@@ -504,10 +512,7 @@ async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_configured_the_page_is_live_at_once() {
-    let Some(chromium) = require("chromium", "chromium") else {
-        return;
-    };
-    let Some(chromedriver) = require("chromedriver", "chromium-driver") else {
+    let Some((chromium, chromedriver)) = browser_programs() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -535,31 +540,7 @@ async fn without_a_token_configured_the_page_is_live_at_once() {
     );
     // Its own DELETE (same origin, an Origin header the guard accepts) works without a
     // token too.
-    client
-        .find(Locator::Css(&format!(
-            "tr.peer[data-peer=\"{}\"] button.disconnect",
-            erin.name
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while client.accept_alert().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no confirmation asked"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    until(
-        &client,
-        "erin disappears",
-        &cell(&erin.name, "presence"),
-        Value::is_null,
-    )
-    .await;
+    disconnect_in_page(&client, &erin.name).await;
     client.close().await.unwrap();
 }
 
@@ -598,10 +579,7 @@ async fn foreign_site(html: String) -> String {
 /// through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_page_cannot_use_the_admin_api_without_a_token() {
-    let Some(chromium) = require("chromium", "chromium") else {
-        return;
-    };
-    let Some(chromedriver) = require("chromedriver", "chromium-driver") else {
+    let Some((chromium, chromedriver)) = browser_programs() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

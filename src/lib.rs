@@ -9,6 +9,11 @@
 //! - [`hub`]: the server (actix actors behind a plain handle);
 //! - [`cluster`]: what the hubs of a cluster share in Redis (DESIGN 8);
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
+//!
+//! The load harness is not part of this crate: it is the workspace member `load/` (the
+//! library `p2ppi_load` and the `load` binary), which uses this crate's public API like any
+//! client; `cargo bench --bench load` (`benches/load.rs`) runs it against this crate's
+//! binary.
 
 pub mod addressing;
 pub mod admin;
@@ -16,7 +21,6 @@ pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod hub;
-pub mod loadtest;
 pub mod metrics;
 pub mod objects;
 pub mod peer;

@@ -50,7 +50,7 @@ pub async fn receive(
     slot: usize,
     client: AsyncClient,
     mut eventloop: EventLoop,
-    receivers: Arc<crate::receive::Receivers>,
+    receivers: Arc<super::receive::Receivers>,
 ) -> Result<(), String> {
     let _client = client;
     loop {

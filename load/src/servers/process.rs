@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use p2ppi_hub::loadtest::{parse_cpu_seconds, parse_rss};
+
+use crate::procfs;
 
 /// A server process (or none, for `--hub ADDR`).
 pub struct Server {
@@ -55,11 +56,23 @@ fn wait_for_line<T>(
 }
 
 impl Server {
-    /// Starts `p2ppi-hub serve` on ports chosen by the OS, with the configuration file
-    /// `config` if given (a hub of a cluster).
-    pub fn start_hub(data_dir: &Path, config: Option<&Path>, pin: bool) -> anyhow::Result<Self> {
-        let bin = env!("CARGO_BIN_EXE_p2ppi-hub");
-        let mut command = command(bin, pin);
+    /// Starts `p2ppi-hub serve` (the binary `bin`) on ports chosen by the OS, with the
+    /// configuration file `config` if given (a hub of a cluster).
+    pub fn start_hub(
+        bin: &Path,
+        data_dir: &Path,
+        config: Option<&Path>,
+        pin: bool,
+    ) -> anyhow::Result<Self> {
+        if !bin.is_file() {
+            bail!(
+                "{} not found: `cargo bench --bench load` builds it; to run the `load` binary \
+                 directly, build both first (`cargo build --release` at the top of the workspace)",
+                bin.display()
+            );
+        }
+        let program = bin.to_str().context("the hub binary's path is not UTF-8")?;
+        let mut command = command(program, pin);
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);
@@ -74,7 +87,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting {bin}"))?;
+            .with_context(|| format!("starting {}", bin.display()))?;
         let (mut addr, mut admin) = (None, None);
         wait_for_line(&mut child, "the hub", |line| {
             if let Some(rest) = line.strip_prefix("P2PPI listening on ") {
@@ -232,18 +245,12 @@ impl Server {
 
     /// Resident memory now (0 for an external hub).
     pub fn rss(&self) -> u64 {
-        self.pid()
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-            .and_then(|s| parse_rss(&s))
-            .unwrap_or(0)
+        self.pid().and_then(procfs::rss_bytes).unwrap_or(0)
     }
 
     /// CPU seconds used so far (0 for an external hub).
     pub fn cpu_seconds(&self) -> f64 {
-        self.pid()
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-            .and_then(|s| parse_cpu_seconds(&s, 100.0))
-            .unwrap_or(0.0)
+        self.pid().and_then(procfs::cpu_seconds).unwrap_or(0.0)
     }
 
     /// Stops the process (SIGTERM, then kill).
@@ -264,14 +271,6 @@ impl Server {
             let _ = child.wait();
         }
     }
-}
-
-/// CPU seconds this harness process has used so far.
-pub fn harness_cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_cpu_seconds(&s, 100.0))
-        .unwrap_or(0.0)
 }
 
 /// `program` on `PATH`, or in `/usr/sbin` or `/usr/bin`.

@@ -8,9 +8,10 @@ use indicatif::ProgressBar;
 use rumqttc::{AsyncClient, EventLoop};
 use tokio::sync::Semaphore;
 
-use crate::fleet::Fleet;
-use crate::receive::{self, Subscriber, KEPT_ERRORS};
-use crate::{mqtt, Target};
+use super::fleet::Fleet;
+use super::mqtt;
+use super::receive::{self, Subscriber, KEPT_ERRORS};
+use crate::cli::Target;
 
 /// Errors of a run: counted, the first few kept as text.
 #[derive(Default)]

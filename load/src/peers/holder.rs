@@ -1,7 +1,7 @@
 //! Holder processes: `connect` with more peers than this process may open descriptors
 //! (a hard limit it cannot raise) runs its peers in several processes, each this harness
-//! binary in a hidden mode holding a contiguous slice of the fleet
-//! ([`p2ppi_hub::loadtest::holders`]). Peers keep their places in the whole fleet, so with
+//! binary in a hidden mode holding a contiguous slice of the fleet ([`slices`]; which
+//! part of a burst falls to each: [`overlap`]). Peers keep their places in the whole fleet, so with
 //! `--cluster N` each still goes to hub `i mod N`.
 //!
 //! The parent drives them over their stdin and stdout, one line each way per burst:
@@ -16,14 +16,33 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::ProgressBar;
-use p2ppi_hub::loadtest::holders::{overlap, slices};
-use p2ppi_hub::loadtest::parse_cpu_seconds;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::connect::{connect_all, Errors};
-use crate::fleet::Fleet;
-use crate::Target;
+use super::connect::{connect_all, Errors};
+use super::fleet::Fleet;
+use crate::cli::Target;
+use crate::{host, procfs};
+
+/// The slices of `peers` peers for processes that may hold `per_process` sessions each:
+/// as few processes as fit them, the peers spread evenly, in order. One slice (or none
+/// for no peers) when they fit in one.
+pub fn slices(peers: usize, per_process: usize) -> Vec<Range<usize>> {
+    if peers == 0 {
+        return Vec::new();
+    }
+    let processes = peers.div_ceil(per_process.max(1));
+    (0..processes)
+        .map(|i| (i * peers / processes)..((i + 1) * peers / processes))
+        .collect()
+}
+
+/// The members of `burst` that belong to `slice` (empty when none do).
+pub fn overlap(burst: &Range<usize>, slice: &Range<usize>) -> Range<usize> {
+    let start = burst.start.max(slice.start);
+    let end = burst.end.min(slice.end).max(start);
+    start..end
+}
 
 /// What a holder prints once its certificates are issued.
 const READY: &str = "holder ready";
@@ -147,8 +166,7 @@ impl Holders {
         self.holders
             .iter()
             .filter_map(|h| h.child.id())
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-            .filter_map(|stat| parse_cpu_seconds(&stat, 100.0))
+            .filter_map(procfs::cpu_seconds)
             .sum()
     }
 
@@ -184,11 +202,7 @@ pub fn serve(
         .split_once("..")
         .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
         .context("--holder-slice is START..END")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    host::runtime()?.block_on(async {
         let fleet = Arc::new(Fleet::issue_slice(data_dir, hubs, start..end, total, None)?);
         let mut out = tokio::io::stdout();
         out.write_all(format!("{READY}\n").as_bytes()).await?;
@@ -232,4 +246,46 @@ pub fn serve(
         drop(held);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_cover_every_peer_once_within_the_limit() {
+        assert_eq!(slices(0, 100), Vec::<Range<usize>>::new());
+        assert_eq!(slices(50, 100), vec![0..50]);
+        assert_eq!(slices(100, 100), vec![0..100]);
+        assert_eq!(slices(101, 100), vec![0..50, 50..101]);
+        assert_eq!(slices(50_000, 19_744).len(), 3);
+        for (peers, cap) in [(7, 3), (50_000, 19_744), (1, 1), (20, 1), (5, 0)] {
+            let s = slices(peers, cap);
+            assert_eq!(s.first().map(|r| r.start), Some(0));
+            assert_eq!(s.last().map(|r| r.end), Some(peers));
+            for pair in s.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "contiguous");
+            }
+            assert!(
+                s.iter().all(|r| r.len() <= cap.max(1)),
+                "{peers}/{cap}: {s:?}"
+            );
+            let (min, max) = (
+                s.iter().map(Range::len).min().unwrap(),
+                s.iter().map(Range::len).max().unwrap(),
+            );
+            assert!(max - min <= 1, "even: {s:?}");
+        }
+    }
+
+    #[test]
+    fn a_burst_splits_over_the_slices_it_touches() {
+        let s = slices(90, 30);
+        let burst = 25..65;
+        let parts: Vec<_> = s.iter().map(|slice| overlap(&burst, slice)).collect();
+        assert_eq!(parts, vec![25..30, 30..60, 60..65]);
+        assert!(overlap(&(0..10), &(20..30)).is_empty());
+        assert!(overlap(&(40..50), &(20..30)).is_empty());
+        assert_eq!(parts.iter().map(Range::len).sum::<usize>(), burst.len());
+    }
 }

@@ -12,16 +12,18 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use p2ppi_hub::loadtest::cluster::{Locality, SplitLatencies};
-use p2ppi_hub::loadtest::{
-    find_stamps, slowest_second, Latencies, Stamp, Tally, Totals, WatchPlan, Window,
-};
 use p2ppi_hub::wire::{whole_message_len, Message, MessageType, MESSAGE_TYPE_OFFSET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::fleet::Fleet;
+use super::fleet::Fleet;
+use crate::latency::{Latencies, SplitLatencies};
+use crate::placement::Locality;
+use crate::schedule::{slowest_second, Window};
+use crate::stamp::{find_stamps, Stamp};
+use crate::tally::{Tally, Totals};
+use crate::watch::WatchPlan;
 
 /// Latency histograms per phase, sharded so receivers rarely contend.
 const LATENCY_SHARDS: usize = 32;

@@ -16,9 +16,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use p2ppi_hub::loadtest::{stamp, Schedule, Stamp};
 
-use crate::mqtt;
+use crate::peers::mqtt;
+use crate::schedule::Schedule;
+use crate::stamp::{stamp, Stamp};
 use crate::BENCH_OBJECT;
 
 /// Concurrent admin connections the hub's changes are pipelined on.

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use p2ppi_hub::certs::{CertAuthority, PeerCertOptions};
-use p2ppi_hub::loadtest::cluster::Placement;
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvents};
 use p2ppi_hub::tls::{self, PeerName};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+use crate::placement::Placement;
 
 /// One peer's identity.
 pub struct Member {

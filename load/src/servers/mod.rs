@@ -4,17 +4,20 @@
 //!
 //! The scenarios read the servers' CPU and RSS through [`Servers`]: the hubs' sums stand
 //! for "the server" in the report, and each hub's share and Redis's go into its cluster
-//! part.
+//! part. Each process is a [`Server`] ([`process`]).
+
+mod process;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use p2ppi_hub::config::DEFAULT_CLUSTER_LEASE;
-use p2ppi_hub::loadtest::cluster::{target_name, ClusterReport, HubCost, ProcessCost};
 use p2ppi_hub::metrics::SESSIONS;
 
-use crate::target::Server;
+pub use self::process::Server;
+use crate::placement::Placement;
+use crate::report::cluster::{target_name, ClusterReport, HubCost, ProcessCost};
 
 /// How long the hubs may take to see each other in `GET /v1/cluster`.
 const FORMING: Duration = Duration::from_secs(30);
@@ -63,11 +66,12 @@ impl Servers {
         }
     }
 
-    /// Starts a Redis (the server program `redis`) and `hubs` hubs on it with `lease` (the
-    /// hubs' default without), and waits until hub 0 lists them all as live. Each hub's
-    /// state directory is `data_dir/bench-I`; its configuration (written there) names the
-    /// CA and hub certificate in `data_dir`.
+    /// Starts a Redis (the server program `redis`) and `hubs` hubs (the binary `hub`) on it
+    /// with `lease` (the hubs' default without), and waits until hub 0 lists them all as
+    /// live. Each hub's state directory is `data_dir/bench-I`; its configuration (written
+    /// there) names the CA and hub certificate in `data_dir`.
     pub fn start_cluster(
+        hub: &Path,
         data_dir: &Path,
         redis: &str,
         hubs: usize,
@@ -95,7 +99,7 @@ impl Servers {
             let config = dir.join("hub.toml");
             std::fs::write(&config, hub_config(data_dir, &url, &node, lease)?)
                 .with_context(|| format!("writing {}", config.display()))?;
-            let hub = Server::start_hub(&dir, Some(&config), pin)
+            let hub = Server::start_hub(hub, &dir, Some(&config), pin)
                 .with_context(|| format!("starting hub {node}"))?;
             eprintln!(
                 "hub {node} (pid {}) on {}, admin {}",
@@ -232,7 +236,7 @@ impl Servers {
         sessions: &[Option<u64>],
     ) -> Option<ClusterReport> {
         let redis = self.redis.as_ref()?;
-        let placement = p2ppi_hub::loadtest::cluster::Placement::round_robin(self.hubs.len());
+        let placement = Placement::round_robin(self.hubs.len());
         let hubs = self
             .hubs
             .iter()

@@ -1,0 +1,93 @@
+//! Who each `relay` receiver may see: with `--watch`, its own objects, its watched peers'
+//! and the hub's; any other peer's object reaching it is counted (`unwatched_seen`) and
+//! its stamps are not recorded. Without watch lists every receiver may see everyone.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use p2ppi_hub::wire::Object;
+
+use crate::cli::Args;
+use crate::peers::fleet::Fleet;
+use crate::peers::receive::Receivers;
+use crate::watch::WatchPlan;
+
+/// Who each receiver may see: with `--watch`, its own objects, its watched peers' and the
+/// hub's; any other peer's object reaching it is counted (`unwatched_seen`).
+pub struct Audience {
+    /// `--watch`: who watches whom (by slot = fleet member).
+    pub plan: Option<WatchPlan>,
+    /// Each peer's slot, by PeerName (the first part of a relayed object's name).
+    slot_of: HashMap<String, usize>,
+    /// Objects of unwatched peers seen.
+    unwatched: AtomicU64,
+    /// The first of them, as an error message.
+    first: Mutex<Option<String>>,
+}
+
+impl Audience {
+    /// The audience of `n` peers of `fleet`: with `--watch K`, each watches K of the
+    /// others drawn from `--seed`.
+    pub fn new(args: &Args, n: usize, fleet: &Fleet) -> Self {
+        Self {
+            plan: args.watch.map(|k| WatchPlan::random(n, k, args.seed)),
+            slot_of: fleet
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.peer_name.to_string(), i))
+                .collect(),
+            unwatched: AtomicU64::new(0),
+            first: Mutex::default(),
+        }
+    }
+
+    /// Objects of unwatched peers seen so far, and the first as an error message (taken).
+    pub fn take_unwatched(&self) -> (u64, Option<String>) {
+        (
+            self.unwatched.load(Ordering::Relaxed),
+            self.first.lock().expect("first").take(),
+        )
+    }
+
+    /// Whether `slot` may see every one of `objects`.
+    pub fn allows(&self, slot: usize, objects: &[Object]) -> bool {
+        objects
+            .iter()
+            .all(|o| self.sender(o).is_none_or(|s| self.shows(slot, s)))
+    }
+
+    /// The sender of a relayed object: `Some(None)` for a peer outside the fleet, `None`
+    /// for a hub object.
+    fn sender(&self, object: &Object) -> Option<Option<usize>> {
+        object
+            .name
+            .split_once('/')
+            .map(|(peer, _)| self.slot_of.get(peer).copied())
+    }
+
+    /// Whether `slot` may see the objects of `sender` (a fleet slot, or `None` outside it).
+    fn shows(&self, slot: usize, sender: Option<usize>) -> bool {
+        match &self.plan {
+            Some(plan) => sender.is_some_and(|s| plan.shows(slot, s)),
+            None => true,
+        }
+    }
+
+    /// Records the stamps of the objects `slot` may see; counts those it may not.
+    pub fn receive(&self, slot: usize, objects: &[Object], receivers: &Receivers) {
+        for object in objects {
+            if let Some(sender) = self.sender(object) {
+                if !self.shows(slot, sender) {
+                    self.unwatched.fetch_add(1, Ordering::Relaxed);
+                    self.first.lock().expect("first").get_or_insert_with(|| {
+                        format!("receiver {slot} saw unwatched {}", object.name)
+                    });
+                    continue;
+                }
+            }
+            receivers.record_bytes(slot, object.value.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! `relay`: peers publish presence changes (round robin, on the fixed timeline) and see
+//! each other's through the hub (or, with `--cluster`, through hubs sharing Redis), with
+//! or without watch lists (`--watch K`, DESIGN 5.4); every final view is checked exactly.
+//!
+//! Each change carries its own stamp and sequence, so a receiver counts a change only when
+//! that change's value arrives, and a later view repeating it counts nothing. With
+//! `--watch K` every peer watches K random others, published once everyone's presence is
+//! in the hub, so each view's order is its list's. The steps: the peers ([`peers`]), who
+//! may see what ([`audience`]), the measured phase, the final views ([`views`]), and with
+//! `--kill-hub` a hub killed afterwards ([`kill`]).
+
+mod audience;
+mod kill;
+mod peers;
+mod views;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::bail;
+use p2ppi_hub::objects::names;
+use p2ppi_hub::peer::{Peer, PeerEvents};
+use p2ppi_hub::wire::Object;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use self::audience::Audience;
+use self::peers::{connect_peers, consume, subscribe_peers, wait_relayed};
+use super::phase::{measure_phase, PhaseSetup};
+use super::{progress, Run};
+use crate::cli::Args;
+use crate::peers::connect::Errors;
+use crate::peers::fleet::Fleet;
+use crate::peers::receive::Receivers;
+use crate::placement::{Locality, Origin};
+use crate::publish::SendErrors;
+use crate::servers::Servers;
+use crate::stamp::{stamp, Stamp};
+use crate::watch::sender_of;
+
+/// The reading tasks of the subscribed peers, each returning its slot and events, and
+/// what tells them to stop.
+struct Consumers {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<(usize, PeerEvents)>,
+}
+
+/// `relay` on `servers` with the peers of `fleet`.
+pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
+    let initial = stamp(
+        Stamp {
+            phase: 0,
+            seq: 0,
+            scheduled_ns: 0,
+        },
+        args.payload,
+    );
+    let mut errors = Errors::default();
+    let peers = connect(args, servers, fleet, &initial, &mut errors).await?;
+    let n = peers.len();
+    let handles: Arc<Vec<Peer>> = Arc::new(peers.iter().map(|(p, _)| p.clone()).collect());
+    let audience = Arc::new(Audience::new(args, n, fleet));
+    let receivers = Receivers::new(Instant::now());
+    let consumers = subscribe(args, peers, fleet, &audience, &receivers, &mut errors).await;
+    let last = Arc::new(Mutex::new(vec![initial; n]));
+    let send_errors = Arc::new(SendErrors::default());
+    // Slot = fleet member; change `seq` comes from peer `sender_of(seq, n)` on its hub.
+    receivers.set_locality(Locality::new(
+        (0..n).map(|m| fleet.hub_of(m)).collect(),
+        Origin::Senders {
+            peers: n,
+            placement: fleet.placement(),
+        },
+    ));
+    let mut setup = PhaseSetup::new(args, servers, &receivers, n, &send_errors);
+    setup.plan = audience.plan.as_ref();
+    let send = publish(handles.clone(), last.clone(), send_errors.clone());
+    let mut run = measure_phase(&setup, 1, args.rate, send, "relay").await;
+    let mut returned = stop(consumers, &mut errors).await;
+    let last = last.lock().expect("last").clone();
+    let inexact = views::check(
+        &handles,
+        &mut returned,
+        fleet,
+        audience.plan.as_ref(),
+        &last,
+        &mut run.notes,
+        &mut errors,
+    )
+    .await?;
+    let (failed, messages) = receivers.failures();
+    errors.add_all(failed, messages);
+    note_watch_lists(args, &audience, &mut run, &mut errors);
+    run.notes
+        .push(format!("final views exact: {}/{n}", n as u64 - inexact));
+    if let Some(hub) = args.kill_hub {
+        let plan = audience.plan.as_ref();
+        kill::run(servers, hub, fleet, plan, returned, &mut run, &mut errors).await?;
+    }
+    run.report.errors += errors.count;
+    run.report.error_messages.extend(errors.messages);
+    Ok(run)
+}
+
+/// Connects every peer and publishes its presence (`initial`), then waits until the hubs
+/// know them all; every peer must connect.
+async fn connect(
+    args: &Args,
+    servers: &Servers,
+    fleet: &Arc<Fleet>,
+    initial: &str,
+    errors: &mut Errors,
+) -> anyhow::Result<Vec<(Peer, PeerEvents)>> {
+    let bar = progress(fleet.members.len() as u64, "connecting");
+    let peers = connect_peers(fleet, args.concurrency, initial, &bar, errors).await;
+    bar.finish();
+    let n = peers.len();
+    if n == 0 {
+        bail!("no peer connected");
+    }
+    if n < fleet.members.len() {
+        bail!("{} of {} peers connected", n, fleet.members.len());
+    }
+    wait_relayed(&servers.admins(), n, servers.is_cluster()).await?;
+    Ok(peers)
+}
+
+/// Subscribes every peer (after its WATCH_LIST) and starts reading each one's views.
+async fn subscribe(
+    args: &Args,
+    peers: Vec<(Peer, PeerEvents)>,
+    fleet: &Arc<Fleet>,
+    audience: &Arc<Audience>,
+    receivers: &Arc<Receivers>,
+    errors: &mut Errors,
+) -> Consumers {
+    let bar = progress(peers.len() as u64, "subscribing");
+    let subscribed = subscribe_peers(
+        peers,
+        fleet,
+        audience,
+        receivers,
+        args.concurrency,
+        &bar,
+        errors,
+    )
+    .await;
+    bar.finish();
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for (slot, events) in subscribed {
+        let fut = consume(
+            slot,
+            events,
+            stop_rx.clone(),
+            receivers.clone(),
+            audience.clone(),
+        );
+        tasks.spawn(async move { (slot, fut.await) });
+    }
+    Consumers { stop, tasks }
+}
+
+/// Stops the reading tasks and returns each peer's events, by slot (for the final views).
+async fn stop(mut consumers: Consumers, errors: &mut Errors) -> Vec<(usize, PeerEvents)> {
+    let _ = consumers.stop.send(true);
+    let mut returned = Vec::new();
+    while let Some(joined) = consumers.tasks.join_next().await {
+        match joined {
+            Ok(done) => returned.push(done),
+            Err(e) => errors.add(format!("receiver task: {e}")),
+        }
+    }
+    returned
+}
+
+/// What the timeline does with change `seq`: its sender (round robin over the peers)
+/// sets its presence to the stamped value without waiting for the hub, and the value is
+/// kept as that peer's latest, for the final views.
+fn publish(
+    handles: Arc<Vec<Peer>>,
+    last: Arc<Mutex<Vec<String>>>,
+    errs: Arc<SendErrors>,
+) -> impl FnMut(u64, String) + Send + 'static {
+    let n = handles.len();
+    let runtime = tokio::runtime::Handle::current();
+    move |seq: u64, value: String| {
+        let i = sender_of(seq, n);
+        last.lock().expect("last")[i] = value.clone();
+        let (peer, errs) = (handles[i].clone(), errs.clone());
+        runtime.spawn(async move {
+            if let Err(e) = peer.set(Object::new(names::RICH_PRESENCE, value)).await {
+                errs.add(format!("change {seq}: {e}"));
+            }
+        });
+    }
+}
+
+/// With `--watch`: the lists in the report, and objects of unwatched peers seen as errors.
+fn note_watch_lists(args: &Args, audience: &Audience, run: &mut Run, errors: &mut Errors) {
+    let Some(plan) = &audience.plan else {
+        return;
+    };
+    let (unwatched, first) = audience.take_unwatched();
+    if let Some(first) = first {
+        errors.add(first);
+        errors.count += unwatched - 1;
+    }
+    run.report.watch = args.watch;
+    run.report.unwatched_seen = Some(unwatched);
+    run.notes.push(format!(
+        "watch lists: {} random peers each (seed {}), {:.1} receivers per change; unwatched objects seen: {unwatched}",
+        plan.list(0).len(),
+        args.seed,
+        plan.audience()
+    ));
+}

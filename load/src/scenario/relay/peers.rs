@@ -1,0 +1,197 @@
+//! The peers of `relay`, through the peer library: connected, each one's presence
+//! published, every hub waited for until it knows them all; then subscribed (after its
+//! WATCH_LIST, with `--watch`) and read until the run ends, every stamp recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use indicatif::ProgressBar;
+use p2ppi_hub::metrics::CLUSTER_PEERS;
+use p2ppi_hub::objects::names;
+use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
+use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::wire::Object;
+use tokio::sync::{watch, Semaphore};
+
+use super::audience::Audience;
+use crate::peers::connect::{gather, Errors};
+use crate::peers::fleet::Fleet;
+use crate::peers::receive::Receivers;
+
+/// Connects peers through the peer library and publishes each one's initial presence
+/// (`initial`); they subscribe later ([`subscribe_peers`]). Slot order, failures counted.
+pub async fn connect_peers(
+    fleet: &Arc<Fleet>,
+    concurrency: usize,
+    initial: &str,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<(Peer, PeerEvents)> {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..fleet.members.len() {
+        let (fleet, gate, initial) = (fleet.clone(), gate.clone(), initial.to_owned());
+        tasks.spawn(async move {
+            let _slot = gate.acquire_owned().await.expect("open semaphore");
+            let (peer, events) = fleet.connect(i).await.map_err(|e| e.to_string())?;
+            peer.set(Object::new(names::RICH_PRESENCE, initial))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((i, peer, events))
+        });
+    }
+    let mut done = gather(tasks, bar, errors).await;
+    done.sort_by_key(|(i, _, _)| *i);
+    done.into_iter().map(|(_, p, e)| (p, e)).collect()
+}
+
+/// Waits (at most 60 s) until every hub at `admins` has the presence of all `peers` peers:
+/// the relayed objects of its own sessions, plus in a cluster the other hubs' peers it
+/// replicates (`p2ppi_cluster_peers`), so no watch list is applied before a watched peer
+/// is known where its watcher is; or until those counts held still for 1 s. Without an
+/// admin address, waits 2 s.
+pub async fn wait_relayed(admins: &[String], peers: usize, cluster: bool) -> anyhow::Result<()> {
+    if admins.is_empty() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        return Ok(());
+    }
+    const STEADY: Duration = Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut seen, mut changed) = (Vec::new(), Instant::now());
+    loop {
+        let admins = admins.to_vec();
+        let known = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<usize>> {
+            admins
+                .iter()
+                .map(|admin| {
+                    let sessions: Vec<serde_json::Value> =
+                        ureq::get(&format!("http://{admin}/v1/sessions"))
+                            .call()?
+                            .body_mut()
+                            .read_json()?;
+                    let local = sessions
+                        .iter()
+                        .filter_map(|s| s["relayed_objects"].as_u64())
+                        .sum::<u64>();
+                    let remote = if cluster {
+                        crate::servers::gauge(admin, CLUSTER_PEERS).unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    Ok((local + remote) as usize)
+                })
+                .collect()
+        })
+        .await??;
+        // Objects past the mesh view's room are not counted as relayed (watchers still get
+        // them): counts that stopped growing for 1 s mean the hubs have them all too.
+        if known.iter().all(|&k| k >= peers) || (known == seen && Instant::now() > changed + STEADY)
+        {
+            return Ok(());
+        }
+        if known != seen {
+            (seen, changed) = (known.clone(), Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("after 60 s the hubs know {known:?} of the {peers} peers' presence");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Subscribes every peer, `concurrency` at a time, after publishing its WATCH_LIST when
+/// there is a plan, and consumes views until the first that the list allows; returns the
+/// events of those that made it, by slot.
+pub async fn subscribe_peers(
+    peers: Vec<(Peer, PeerEvents)>,
+    fleet: &Arc<Fleet>,
+    audience: &Arc<Audience>,
+    receivers: &Arc<Receivers>,
+    concurrency: usize,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<(usize, PeerEvents)> {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (slot, (peer, mut events)) in peers.into_iter().enumerate() {
+        let (gate, audience, receivers, fleet) = (
+            gate.clone(),
+            audience.clone(),
+            receivers.clone(),
+            fleet.clone(),
+        );
+        tasks.spawn(async move {
+            let _slot = gate.acquire_owned().await.expect("open semaphore");
+            if let Some(plan) = &audience.plan {
+                let list: Vec<_> = plan
+                    .list(slot)
+                    .iter()
+                    .map(|&p| fleet.members[p].peer_name.clone())
+                    .collect();
+                peer.set_watch_list(&list)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            peer.subscribe().await.map_err(|e| e.to_string())?;
+            // The hub applies the list once it has the peer's objects, which may be after
+            // the first (mesh) view: from the first view that shows only what the list
+            // allows, every object is checked.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let event = tokio::time::timeout_at(deadline.into(), events.next())
+                    .await
+                    .map_err(|_| "no view with the WATCH_LIST applied after 30 s")?;
+                match event {
+                    Some(PeerEvent::Objects {
+                        source: ObjectsSource::Notify,
+                        objects,
+                    }) => {
+                        if audience.allows(slot, &objects) {
+                            audience.receive(slot, &objects, &receivers);
+                            break;
+                        }
+                    }
+                    Some(PeerEvent::Closed { error, .. }) => {
+                        return Err(error.unwrap_or_else(|| "closed".into()))
+                    }
+                    None => return Err("closed".into()),
+                    Some(_) => {}
+                }
+            }
+            Ok::<_, String>((slot, events))
+        });
+    }
+    gather(tasks, bar, errors).await
+}
+
+/// Reads a peer's events until told to stop, recording every stamp in every object it may
+/// see; an end of the connection is a failure.
+pub async fn consume(
+    slot: usize,
+    mut events: PeerEvents,
+    mut stop: watch::Receiver<bool>,
+    receivers: Arc<Receivers>,
+    audience: Arc<Audience>,
+) -> PeerEvents {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            event = events.next() => match event {
+                Some(PeerEvent::Objects { objects, .. }) => {
+                    audience.receive(slot, &objects, &receivers);
+                }
+                Some(PeerEvent::Closed { error, .. }) => {
+                    receivers.fail(slot, &error.unwrap_or_else(|| "closed".into()));
+                    break;
+                }
+                None => {
+                    receivers.fail(slot, "closed");
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    events
+}

@@ -1,0 +1,323 @@
+//! `relay` and its watch lists (`--watch K`, DESIGN 5.4): which peer publishes each
+//! change, who watches whom ([`WatchPlan`], drawn from a seed so a run repeats), what each
+//! receiver must get and the final view it must end with, and how a view differs from it.
+
+use sha1::{Digest, Sha1};
+
+use p2ppi_hub::wire::Object;
+
+use crate::stamp::read_stamp;
+
+/// The peer that publishes change `seq` in `relay`: round robin over `peers` peers.
+pub fn sender_of(seq: u64, peers: usize) -> usize {
+    (seq % peers.max(1) as u64) as usize
+}
+
+/// `relay --watch K`: every peer's WATCH_LIST (DESIGN 5.4), as peer indices in list order,
+/// drawn at random from a seed so a run can be repeated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchPlan {
+    lists: Vec<Vec<usize>>,
+    /// Each list sorted, for lookups.
+    sorted: Vec<Vec<usize>>,
+}
+
+impl WatchPlan {
+    /// Every one of `peers` peers watches `k` distinct other peers, chosen uniformly and
+    /// listed in random order (a partial Fisher–Yates shuffle); `k ≥ peers - 1` means all
+    /// the others. The draws are SHA-1 of (`seed`, peer, draw), so one seed gives one plan.
+    pub fn random(peers: usize, k: usize, seed: u64) -> Self {
+        let k = k.min(peers.saturating_sub(1));
+        let mut lists = Vec::with_capacity(peers);
+        let mut others = Vec::with_capacity(peers);
+        for me in 0..peers {
+            others.clear();
+            others.extend((0..peers).filter(|&p| p != me));
+            for i in 0..k {
+                let j = i + draw(seed, me, i) as usize % (others.len() - i);
+                others.swap(i, j);
+            }
+            lists.push(others[..k].to_vec());
+        }
+        Self::from_lists(lists)
+    }
+
+    /// A plan with the given lists (peer indices, in list order).
+    pub fn from_lists(lists: Vec<Vec<usize>>) -> Self {
+        let sorted = lists
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                l.sort_unstable();
+                l
+            })
+            .collect();
+        Self { lists, sorted }
+    }
+
+    /// Peers in the plan.
+    pub fn peers(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// The peers `receiver` watches, in list order.
+    pub fn list(&self, receiver: usize) -> &[usize] {
+        self.lists.get(receiver).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `receiver` is shown `sender`'s objects: its own (the echo) or a watched
+    /// peer's.
+    pub fn shows(&self, receiver: usize, sender: usize) -> bool {
+        receiver == sender
+            || self
+                .sorted
+                .get(receiver)
+                .is_some_and(|l| l.binary_search(&sender).is_ok())
+    }
+
+    /// Whether `receiver` must get change `seq` of `relay` (its sender is shown to it).
+    pub fn expects(&self, receiver: usize, seq: u64) -> bool {
+        self.shows(receiver, sender_of(seq, self.peers()))
+    }
+
+    /// Deliveries due for changes `1..=sent`, summed over every receiver.
+    pub fn expected_total(&self, sent: u64) -> u64 {
+        let n = self.peers() as u64;
+        // Changes by each peer: `seq ≡ p (mod n)` in `1..=sent`.
+        let by = |p: usize| match p as u64 {
+            0 => sent / n.max(1),
+            p if p > sent => 0,
+            p => (sent - p) / n + 1,
+        };
+        (0..self.peers())
+            .map(|r| by(r) + self.list(r).iter().map(|&p| by(p)).sum::<u64>())
+            .sum()
+    }
+
+    /// Receivers per change on average (each peer's watchers and itself): what a change
+    /// offers, where the mesh view offers it to every peer.
+    pub fn audience(&self) -> f64 {
+        let shown: usize = self.lists.iter().map(|l| l.len() + 1).sum();
+        shown as f64 / self.peers().max(1) as f64
+    }
+
+    /// The view DESIGN 5.4 says `receiver` must hold when every peer was online before
+    /// the lists were applied: the hub's objects, its own relayed objects (the echo), then
+    /// each watched peer's in list order; `relayed[p]` is peer `p`'s (empty when offline).
+    pub fn expected_view(
+        &self,
+        receiver: usize,
+        hub: &[Object],
+        relayed: &[Vec<Object>],
+    ) -> Vec<Object> {
+        let of = |p: usize| relayed.get(p).map_or(&[][..], Vec::as_slice);
+        let mut view = hub.to_vec();
+        view.extend_from_slice(of(receiver));
+        for &p in self.list(receiver) {
+            view.extend_from_slice(of(p));
+        }
+        view
+    }
+}
+
+/// How a final view differs from the expected one, in a line (`None` when equal): objects
+/// missing, objects extra, objects with another value (stale: the stamp's sequence number
+/// shown), and otherwise the first place the order differs.
+pub fn view_difference(expected: &[Object], got: &[Object]) -> Option<String> {
+    if expected == got {
+        return None;
+    }
+    let seq = |o: &Object| read_stamp(&o.value).map_or("-".into(), |s| s.seq.to_string());
+    let short = |name: &str| name.chars().take(12).collect::<String>();
+    let mut parts = Vec::new();
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|e| !got.iter().any(|g| g.name == e.name))
+        .map(|e| short(&e.name))
+        .collect();
+    let extra: Vec<String> = got
+        .iter()
+        .filter(|g| !expected.iter().any(|e| e.name == g.name))
+        .map(|g| short(&g.name))
+        .collect();
+    let stale: Vec<String> = expected
+        .iter()
+        .filter_map(|e| {
+            let g = got
+                .iter()
+                .find(|g| g.name == e.name && g.value != e.value)?;
+            Some(format!(
+                "{} (seq {} for {})",
+                short(&e.name),
+                seq(g),
+                seq(e)
+            ))
+        })
+        .collect();
+    for (what, list) in [("missing", missing), ("extra", extra), ("stale", stale)] {
+        if !list.is_empty() {
+            parts.push(format!("{what} {}: {}", list.len(), list.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        let at = expected
+            .iter()
+            .zip(got)
+            .position(|(e, g)| e.name != g.name)
+            .unwrap_or(expected.len().min(got.len()));
+        parts.push(format!("order differs from position {at}"));
+    }
+    Some(format!(
+        "{} (expected {} objects, got {})",
+        parts.join("; "),
+        expected.len(),
+        got.len()
+    ))
+}
+
+/// Draw `i` of peer `me` under `seed`: the first 8 bytes of a SHA-1 over the three.
+fn draw(seed: u64, me: usize, i: usize) -> u64 {
+    let mut hash = Sha1::new();
+    hash.update(seed.to_le_bytes());
+    hash.update((me as u64).to_le_bytes());
+    hash.update((i as u64).to_le_bytes());
+    let digest = hash.finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes of 20"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Window;
+    use crate::stamp::{stamp, Stamp};
+    use crate::tally::{Tally, Totals};
+
+    fn st(phase: u32, seq: u64, scheduled_ns: u64) -> Stamp {
+        Stamp {
+            phase,
+            seq,
+            scheduled_ns,
+        }
+    }
+
+    #[test]
+    fn watch_plans_are_reproducible_distinct_others_and_everyone_past_the_mesh() {
+        let plan = WatchPlan::random(50, 10, 7);
+        assert_eq!(plan, WatchPlan::random(50, 10, 7));
+        assert_ne!(plan, WatchPlan::random(50, 10, 8));
+        for r in 0..50 {
+            let list = plan.list(r);
+            assert_eq!(list.len(), 10);
+            assert!(!list.contains(&r), "a peer never lists itself");
+            let mut distinct = list.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 10);
+            assert!(plan.shows(r, r));
+            for p in 0..50 {
+                assert_eq!(plan.shows(r, p), p == r || list.contains(&p));
+            }
+        }
+        // Not every peer draws the same list.
+        assert!((1..50).any(|r| plan.list(r) != plan.list(0)));
+        // K at or past the rest of the mesh: everyone else, each once.
+        let all = WatchPlan::random(6, 99, 1);
+        for r in 0..6 {
+            let mut list = all.list(r).to_vec();
+            list.sort_unstable();
+            assert_eq!(list, (0..6).filter(|&p| p != r).collect::<Vec<_>>());
+        }
+        assert_eq!(all.audience(), 6.0);
+        assert_eq!(plan.audience(), 11.0);
+    }
+
+    #[test]
+    fn watch_losses_count_only_the_changes_a_receiver_watches() {
+        // 4 peers: 0 watches 2, 1 watches nobody, 2 watches 3 then 0, 3 watches 1.
+        let plan = WatchPlan::from_lists(vec![vec![2], vec![], vec![3, 0], vec![1]]);
+        assert_eq!(sender_of(1, 4), 1);
+        assert_eq!(sender_of(4, 4), 0);
+        // Changes 1..=10 by senders 1,2,3,0,1,2,3,0,1,2.
+        let due = |r: usize| (1..=10).filter(|&s| plan.expects(r, s)).collect::<Vec<_>>();
+        assert_eq!(due(0), [2, 4, 6, 8, 10]);
+        assert_eq!(due(1), [1, 5, 9]);
+        assert_eq!(due(2), [2, 3, 4, 6, 7, 8, 10]);
+        assert_eq!(due(3), [1, 3, 5, 7, 9]);
+        assert_eq!(plan.expected_total(10), 5 + 3 + 7 + 5);
+        // The closed form agrees with counting, for every length.
+        let big = WatchPlan::random(7, 3, 2);
+        for sent in 0..40 {
+            let counted: u64 = (0..7)
+                .map(|r| (1..=sent).filter(|&s| big.expects(r, s)).count() as u64)
+                .sum();
+            assert_eq!(big.expected_total(sent), counted, "sent {sent}");
+        }
+        // Receiver 0 got changes 2 and 4 only, and 1 (never due to it, so not a loss).
+        let window = Window {
+            start_ns: 0,
+            end_ns: u64::MAX,
+        };
+        let mut tally = Tally::default();
+        for seq in [1, 2, 4] {
+            tally.record(seq, 0, 1, &window);
+        }
+        let mut totals = Totals::default();
+        totals.add_where(&tally, 10, |seq| plan.expects(0, seq));
+        assert_eq!(totals.expected, 5);
+        assert_eq!(totals.lost, 3, "6, 8 and 10");
+        // Receiver 1 watches nobody: only its own changes are due.
+        let mut own = Tally::default();
+        for seq in [1, 5, 9] {
+            own.record(seq, 0, 1, &window);
+        }
+        totals.add_where(&own, 10, |seq| plan.expects(1, seq));
+        assert_eq!((totals.receivers, totals.expected, totals.lost), (2, 8, 3));
+        // Without a plan every change is due to every receiver.
+        let mut everyone = Totals::default();
+        everyone.add(&tally, 10);
+        assert_eq!((everyone.expected, everyone.lost), (10, 7));
+    }
+
+    #[test]
+    fn view_differences_name_what_is_missing_extra_stale_or_out_of_order() {
+        let o = |name: &str, seq: u64| Object::new(name, stamp(st(1, seq, 0), 8));
+        let expected = vec![o("a/x", 1), o("b/x", 2), o("c/x", 3)];
+        assert_eq!(view_difference(&expected, &expected), None);
+        let got = vec![o("a/x", 1), o("c/x", 1), o("d/x", 4)];
+        assert_eq!(
+            view_difference(&expected, &got).unwrap(),
+            "missing 1: b/x; extra 1: d/x; stale 1: c/x (seq 1 for 3) (expected 3 objects, got 3)"
+        );
+        let swapped = vec![o("a/x", 1), o("c/x", 3), o("b/x", 2)];
+        assert_eq!(
+            view_difference(&expected, &swapped).unwrap(),
+            "order differs from position 1 (expected 3 objects, got 3)"
+        );
+        let doubled = vec![o("a/x", 1), o("b/x", 2), o("c/x", 3), o("c/x", 3)];
+        assert!(view_difference(&expected, &doubled)
+            .unwrap()
+            .starts_with("order differs from position 3"));
+    }
+
+    #[test]
+    fn the_expected_watch_view_is_hub_echo_then_watched_peers_in_list_order() {
+        let plan = WatchPlan::from_lists(vec![vec![3, 1, 2], vec![0], vec![], vec![]]);
+        let relayed: Vec<Vec<Object>> = vec![
+            vec![Object::new("p0/a", "0")],
+            vec![Object::new("p1/a", "1"), Object::new("p1/b", "1b")],
+            vec![], // offline: absent, as DESIGN 5.4 says
+            vec![Object::new("p3/a", "3")],
+        ];
+        let hub = [Object::new("hub", "h")];
+        let names = |v: Vec<Object>| v.into_iter().map(|o| o.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(plan.expected_view(0, &hub, &relayed)),
+            ["hub", "p0/a", "p3/a", "p1/a", "p1/b"]
+        );
+        assert_eq!(
+            names(plan.expected_view(1, &[], &relayed)),
+            ["p1/a", "p1/b", "p0/a"]
+        );
+        assert_eq!(names(plan.expected_view(2, &hub, &relayed)), ["hub"]);
+    }
+}

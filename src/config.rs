@@ -16,8 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::hub::registry::VIEW_OVERHEAD;
-use crate::wire::{Object, MESSAGE_SIZE_LIMIT};
+use crate::wire::{Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
 
 mod load;
 

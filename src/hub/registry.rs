@@ -43,12 +43,7 @@ use crate::cluster::PeerChange;
 use crate::metrics;
 use crate::objects::{Change, ObjectError, PublishedObjects};
 use crate::tls::PeerName;
-use crate::wire::{object_field_len, EncodeError, Object, MIN_MESSAGE_LEN};
-
-/// Bytes of a NOTIFY or RESPONSE that holds no object (headers and the empty list).
-pub const VIEW_OVERHEAD: usize = MIN_MESSAGE_LEN + EMPTY_LIST_LEN;
-/// An ARRAY_NAME_VALUE_LIST field holding nothing: field header and entry count.
-const EMPTY_LIST_LEN: usize = 4 + 2;
+use crate::wire::{object_field_len, EncodeError, Object, VIEW_OVERHEAD};
 
 /// Errors of hub object operations.
 #[derive(Debug, Clone, Error)]

@@ -28,6 +28,11 @@ pub const MESSAGE_TYPE_OFFSET: usize = 11;
 pub const MESSAGE_ID_OFFSET: usize = 12;
 /// Size of the smallest message (separation header and MESSAGE_HEADER only).
 pub const MIN_MESSAGE_LEN: usize = SEPARATION_HEADER_LEN + MessageHeader::FIELD_LEN;
+/// Bytes of a NOTIFY or RESPONSE that holds no object (headers and the empty list): what a
+/// view costs before its objects.
+pub const VIEW_OVERHEAD: usize = MIN_MESSAGE_LEN + EMPTY_LIST_LEN;
+/// An ARRAY_NAME_VALUE_LIST field holding nothing: field header and entry count.
+const EMPTY_LIST_LEN: usize = FIELD_HEADER_LEN + 2;
 
 /// The message types of DESIGN 2.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

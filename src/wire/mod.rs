@@ -37,7 +37,7 @@ pub use inspect::{inspect, Inspected, Outcome};
 pub use message::{
     encode_list_message, list_message_len, set_message_id, Frame, Message, MessageType, MAX_LENGTH,
     MESSAGE_ID_OFFSET, MESSAGE_SIZE_LIMIT, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN,
-    SEPARATION_HEADER_LEN, SIGNATURE,
+    SEPARATION_HEADER_LEN, SIGNATURE, VIEW_OVERHEAD,
 };
 
 use serde::{Deserialize, Serialize};

@@ -26,6 +26,7 @@ use super::event::Command;
 pub use super::event::{ClusterEvent, ResyncCause};
 use super::keys;
 use super::message::InboxMessage;
+use super::replica::RemoteIndex;
 use super::scripts;
 use super::ClusterError;
 use crate::config::ClusterSection;
@@ -206,6 +207,7 @@ impl ClusterStore {
             unclaimed: Mutex::new(HashSet::new()),
             commands,
             events,
+            remote: RemoteIndex::default(),
         });
         inner.register().await?;
         let mut conn = inner.conn.clone();
@@ -356,9 +358,26 @@ impl ClusterStore {
         let _ = self.inner.commands.send(Command::Watch(mesh.to_owned()));
     }
 
-    /// A local session in `mesh` ended: the last one unsubscribes and drops the replica.
+    /// A local session in `mesh` ended: the last one unsubscribes and drops the replica
+    /// (its peers are announced gone).
     pub fn unwatch_mesh(&self, mesh: &str) {
         let _ = self.inner.commands.send(Command::Unwatch(mesh.to_owned()));
+    }
+
+    /// Asks for the state of `peer`, a peer of another hub in `mesh`, to be announced again
+    /// if the mesh's replica holds it (a local session that held the peer ended, so that
+    /// state is now what the mesh sees).
+    pub fn restate(&self, mesh: &str, peer: &PeerName) {
+        let _ = self.inner.commands.send(Command::Restate {
+            mesh: mesh.to_owned(),
+            peer: peer.clone(),
+        });
+    }
+
+    /// The mesh of `peer` if it is a peer of another hub in a mesh with local sessions
+    /// (from the replicas; for routing).
+    pub fn mesh_of(&self, peer: &PeerName) -> Option<Arc<str>> {
+        self.inner.remote.mesh_of(peer)
     }
 
     /// Sends `message` to the hub that holds `to`, if `to` is in `mesh` (the sender's).

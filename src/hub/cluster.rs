@@ -8,8 +8,8 @@
 //! while Redis is away; the store re-asserts what it holds once Redis answers again.
 //!
 //! **In.** One task reads the store's [`ClusterEvent`]s: changes of remote peers go to the
-//! registry, which treats them exactly as changes of local peers (mesh views and watch
-//! lists alike); inbox messages are delivered to local sessions with the same invitation
+//! registry, whose relay logic treats them exactly as changes of local peers (mesh views
+//! and watch lists alike); inbox messages are delivered to local sessions with the same invitation
 //! bookkeeping as local routing; supersede notices close local sessions; hub object changes
 //! replace the registry's list.
 //!
@@ -26,11 +26,9 @@ use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::link::{coalesce, ClusterLink, Write};
-use super::messages::{Close, Deliver, SessionId};
-use super::registry::{
-    check_budget, ApplyOp, HubError, ListObjects, ObjectOp, OpOutcome, Registry, RemoteChanges,
-    ViewLimits,
-};
+use super::messages::{ApplyOp, Close, Deliver, ListObjects, RemoteChanges, SessionId};
+use super::registry::Registry;
+use super::relay::{check_budget, HubError, ObjectOp, OpOutcome, ViewLimits};
 use super::route::{refusal, Undelivered};
 use super::shared::HubShared;
 use crate::addressing;
@@ -211,11 +209,9 @@ pub(crate) async fn event_loop(
                     }
                 }
                 let mesh: Arc<str> = mesh.into();
-                link.note(&mesh, &changes, complete);
                 let changes = RemoteChanges {
                     mesh: mesh.clone(),
                     changes,
-                    complete,
                 };
                 if complete {
                     // A first load: the mesh's waiting sessions are served once it is in

@@ -24,9 +24,9 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::messages::{Close, Delivery, Fanout, SessionId};
+use super::messages::{Close, Fanout, SessionId};
 use super::outbound::Outbound;
-use super::view::View;
+use super::relay::{Delivery, View};
 use crate::metrics;
 
 #[derive(Default)]
@@ -160,6 +160,7 @@ impl FanoutCore {
     /// reaches (mesh subscribers without a WATCH_LIST, then each own view that changed).
     /// Returns the meshes whose burst window opened: end each after the interval.
     pub fn apply(&self, fanout: &Fanout) -> Vec<Arc<str>> {
+        let (applied, fanout) = (&fanout.applied, &fanout.change);
         let mut opened = Vec::new();
         let started = Instant::now();
         let mut inner = self.inner.borrow_mut();
@@ -181,7 +182,7 @@ impl FanoutCore {
                 None => inner.personal.remove(&change.session),
             };
         }
-        if let Some(applied) = &fanout.applied {
+        if let Some(applied) = applied {
             // The views are in place: a REQUEST from now on sees the change.
             applied.arrive();
         }
@@ -285,10 +286,12 @@ mod tests {
         delivery: Delivery,
     ) -> Fanout {
         Fanout {
-            base,
-            meshes,
-            delivery,
-            personal: Vec::new(),
+            change: crate::hub::relay::ViewChange {
+                base,
+                meshes,
+                delivery,
+                personal: Vec::new(),
+            },
             applied: None,
         }
     }
@@ -305,7 +308,7 @@ mod tests {
         core.subscribe(&n, 2, in_n.clone());
         // A relayed object in mesh m: only m's subscriber hears of it; n still sees the base.
         let mesh_view = view(&[Object::new("hub", "1"), Object::new("p/x", "2")]);
-        let only = crate::hub::view::notify_only(&Object::new("p/x", "2")).unwrap();
+        let only = crate::hub::relay::notify_only(&Object::new("p/x", "2")).unwrap();
         core.apply(&fanout(
             None,
             vec![(m.clone(), Some(mesh_view.clone()))],
@@ -357,7 +360,7 @@ mod tests {
             ));
             assert!(opened.is_empty());
         }
-        let only = crate::hub::view::notify_only(&Object::new("p/y", "4")).unwrap();
+        let only = crate::hub::relay::notify_only(&Object::new("p/y", "4")).unwrap();
         core.apply(&fanout(
             None,
             vec![(

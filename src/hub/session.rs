@@ -40,15 +40,13 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use super::fanout::FanoutCore;
-use super::messages::{
-    Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayedCount, SessionId,
-};
+use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
-use super::relay::{relayable, PeerCopy, RejectReason, RelayCaps, Step};
+use super::relay::watch_list::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
+use super::relay::{relayable, PeerCopy, RejectReason, RelayCaps, RelayedSet, Step};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
 use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
 use super::throttle::Throttled;
-use super::watch::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
 use crate::metrics;
 use crate::session::{ObjectsSource, Received, Report, SessionMachine};
 use crate::tls::{CertIdentity, PeerName};
@@ -313,14 +311,13 @@ impl Session {
         }
         self.relay_dirty = false;
         self.relay_in_flight = true;
-        let message = RelaySet {
+        let message = RelaySet(RelayedSet {
             peer: self.peer.clone(),
             mesh: self.mesh.clone(),
             session: self.id,
             objects: self.relayed.clone(),
             watch: self.watch.clone(),
-            counts: ctx.address().recipient(),
-        };
+        });
         // Only the session that holds the PeerName writes its state to the cluster (a
         // closing older one must not overwrite the newer one's).
         let holds = || {
@@ -329,7 +326,7 @@ impl Session {
                 .is_some_and(|e| e.id == self.id)
         };
         if let (Some(cluster), true) = (self.shared.cluster.get(), holds()) {
-            cluster.relayed(&self.peer, &self.mesh, self.id, message.objects.clone());
+            cluster.relayed(&self.peer, &self.mesh, self.id, message.0.objects.clone());
         }
         self.registry
             .set
@@ -509,14 +506,6 @@ impl Handler<Deliver> for Session {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
         self.out.push(msg.0)
-    }
-}
-
-impl Handler<RelayedCount> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: RelayedCount, _: &mut Self::Context) {
-        self.flags.set_relayed(msg.0);
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! **Session side** (one per session, driven by the session actor): [`PeerCopy`] keeps the
 //! hub's exact copy of the peer's objects, [`relayable`] decides what of it may be relayed,
-//! [`watch_list`] reads its WATCH_LIST.
+//! [`watch_list`] reads its WATCH_LIST, and [`PeerRelay`] composes them into the session's
+//! relay policy: what to ask the peer, what to hand the registry, what to count and log.
+//! (The session actor itself is I/O and wiring only.)
 //!
 //! **Hub side** (one value, [`Relay`], driven by the registry actor), composed of sub-states
 //! each in its own file with its own tests, as quinn-proto composes a connection:
@@ -38,6 +40,7 @@ mod entries;
 mod hub_objects;
 mod mesh_views;
 mod peer_copy;
+mod peer_relay;
 mod relayable;
 #[cfg(test)]
 mod tests;
@@ -50,7 +53,8 @@ use std::sync::Arc;
 pub use budget::ViewLimits;
 pub use effects::{Count, Delivery, Effects, Personal, Released, ViewChange};
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
-pub use peer_copy::{PeerCopy, Step};
+pub use peer_copy::PeerCopy;
+pub use peer_relay::{Note, PeerRelay, Reaction};
 pub use relayable::{relayable, relayed_name, RejectReason, RelayCaps};
 pub use view::{notify_only, View};
 

@@ -1,15 +1,19 @@
 //! What the relay logic returns instead of sending (DESIGN 4, STYLE "Logic returns
 //! effects"): changes of views for every shard to apply and deliver, relayed counts for
 //! sessions, and peers a session here let go of. The registry actor carries them out; tests
-//! read them.
+//! read them. Also what a query of a view answers ([`ViewReport`]), and how sessions are
+//! named ([`SessionId`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::view::View;
-use super::SessionId;
 use crate::tls::PeerName;
+
+/// A session's identifier, unique in the process and increasing: of two sessions of one
+/// PeerName the one with the larger id is the newer, in the index and in the relay.
+pub type SessionId = u64;
 
 /// What a change sends to the subscribers it reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,4 +122,19 @@ pub struct Effects {
     pub counts: Vec<Count>,
     /// Peers let go of by a session here.
     pub released: Vec<Released>,
+}
+
+/// What `GET /v1/sessions/{peer-name}` shows of a peer's view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ViewReport {
+    /// Objects in the view the peer receives.
+    pub objects: usize,
+    /// Its encoded size as one NOTIFY, bytes.
+    pub bytes: usize,
+    /// Whether it is the peer's own view (a WATCH_LIST is in force) or its mesh's.
+    pub watching: bool,
+    /// Listed peers whose objects are in the view, in list order.
+    pub present: Vec<PeerName>,
+    /// Listed peers online in the mesh but left out: the view would not fit one message.
+    pub left_out: Vec<PeerName>,
 }

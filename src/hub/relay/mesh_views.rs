@@ -29,11 +29,10 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use super::budget::{objects_len, ViewLimits};
-use super::effects::ViewChange;
+use super::effects::{SessionId, ViewChange};
 use super::entries::{self, hub_entries, view_of, Encoded, Entry};
 use super::relayable::RejectReason;
 use super::view::View;
-use super::SessionId;
 use crate::metrics;
 use crate::tls::PeerName;
 use crate::wire::{object_field_len, EncodeError, Object, VIEW_OVERHEAD};

@@ -51,7 +51,9 @@ mod watchers;
 use std::sync::Arc;
 
 pub use budget::ViewLimits;
-pub use effects::{Count, Delivery, Effects, Personal, Released, ViewChange};
+pub use effects::{
+    Count, Delivery, Effects, Personal, Released, SessionId, ViewChange, ViewReport,
+};
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
 pub use peer_copy::PeerCopy;
 pub use peer_relay::{Note, PeerRelay, Reaction};
@@ -65,10 +67,6 @@ use entries::Encoded;
 use hub_objects::{too_large, HubObjects, NextObjects};
 use mesh_views::{Holder, MeshViews, Placement, Rebuilt};
 use watchers::{Sources, Watchers};
-
-/// A session's identifier, unique in the process and increasing: of two sessions of one
-/// PeerName the one with the larger id is the newer, in the index and in the relay.
-pub type SessionId = u64;
 
 /// A peer's relayed set as its session hands it over (already filtered and renamed
 /// `<peer-name>/<object-name>`), with its watch list.
@@ -84,21 +82,6 @@ pub struct RelayedSet {
     pub objects: Vec<Object>,
     /// The watch list in force (DESIGN 5.4), in list order; `None`: the mesh view.
     pub watch: Option<Vec<PeerName>>,
-}
-
-/// What `GET /v1/sessions/{peer-name}` shows of a peer's view.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ViewReport {
-    /// Objects in the view the peer receives.
-    pub objects: usize,
-    /// Its encoded size as one NOTIFY, bytes.
-    pub bytes: usize,
-    /// Whether it is the peer's own view (a WATCH_LIST is in force) or its mesh's.
-    pub watching: bool,
-    /// Listed peers whose objects are in the view, in list order.
-    pub present: Vec<PeerName>,
-    /// Listed peers online in the mesh but left out: the view would not fit one message.
-    pub left_out: Vec<PeerName>,
 }
 
 /// A change of the hub's objects, checked and encoded, to persist before it is committed.

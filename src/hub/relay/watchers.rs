@@ -18,12 +18,11 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::budget::{objects_len, ViewLimits};
-use super::effects::{Delivery, Personal};
+use super::effects::{Delivery, Personal, SessionId, ViewReport};
 use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, Entry};
 use super::mesh_views::MeshViews;
 use super::relayable::RejectReason;
 use super::view::View;
-use super::{SessionId, ViewReport};
 use crate::metrics;
 use crate::tls::PeerName;
 use crate::wire::Object;

@@ -68,7 +68,7 @@ impl Driver {
                 command = commands.recv() => match command {
                     Some(Command::Watch(mesh)) => self.watch(mesh).await,
                     Some(Command::Unwatch(mesh)) => self.unwatch(mesh).await,
-                    Some(Command::Restate { mesh, peer }) => self.restate(&mesh, &peer).await,
+                    Some(Command::Restate(peer)) => self.restate(&peer).await,
                     None => return,
                 },
                 _ = tick.tick() => self.on_tick().await,
@@ -180,9 +180,14 @@ impl Driver {
         self.announce(&m.name, m.replica.seq(), None, gone).await;
     }
 
-    /// Announces a remote peer's state again, if its mesh's replica holds it.
-    async fn restate(&mut self, mesh: &str, peer: &PeerName) {
-        let Some(m) = self.meshes.get(mesh) else {
+    /// Announces a remote peer's state again, if a replica holds it.
+    async fn restate(&mut self, peer: &PeerName) {
+        let Some(m) = self
+            .inner
+            .remote
+            .mesh_of(peer)
+            .and_then(|mesh| self.meshes.get(&*mesh))
+        else {
             return;
         };
         let Some(objects) = m.replica.objects(peer) else {

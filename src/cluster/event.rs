@@ -76,8 +76,5 @@ pub(super) enum Command {
     Unwatch(String),
     /// Announce a remote peer's state again (the hub set it aside while a local session
     /// held the peer).
-    Restate {
-        mesh: String,
-        peer: PeerName,
-    },
+    Restate(PeerName),
 }

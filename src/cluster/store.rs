@@ -364,14 +364,11 @@ impl ClusterStore {
         let _ = self.inner.commands.send(Command::Unwatch(mesh.to_owned()));
     }
 
-    /// Asks for the state of `peer`, a peer of another hub in `mesh`, to be announced again
-    /// if the mesh's replica holds it (a local session that held the peer ended, so that
-    /// state is now what the mesh sees).
-    pub fn restate(&self, mesh: &str, peer: &PeerName) {
-        let _ = self.inner.commands.send(Command::Restate {
-            mesh: mesh.to_owned(),
-            peer: peer.clone(),
-        });
+    /// Asks for the state of `peer` to be announced again if a replica holds it as a peer of
+    /// another hub (a local session that held the peer ended, so that state is now what
+    /// its mesh sees).
+    pub fn restate(&self, peer: &PeerName) {
+        let _ = self.inner.commands.send(Command::Restate(peer.clone()));
     }
 
     /// The mesh of `peer` if it is a peer of another hub in a mesh with local sessions
@@ -482,6 +479,16 @@ impl ClusterStore {
     pub async fn unsubscribe_mesh_channel(&self, mesh: &str) -> Result<(), ClusterError> {
         let mut conn = self.inner.conn.clone();
         conn.unsubscribe(keys::mesh_channel(mesh))
+            .await
+            .map_err(|source| self.inner.failed("unsubscribe", source))
+    }
+
+    /// Test support: drops this hub's subscription to its own inbox, so that messages and
+    /// supersede notices for its peers are lost to it.
+    #[doc(hidden)]
+    pub async fn unsubscribe_inbox_channel(&self) -> Result<(), ClusterError> {
+        let mut conn = self.inner.conn.clone();
+        conn.unsubscribe(keys::inbox_channel(&self.inner.node))
             .await
             .map_err(|source| self.inner.failed("unsubscribe", source))
     }

@@ -77,7 +77,7 @@ impl Registry {
         }
         if let Some(link) = self.shared.cluster.get() {
             for released in effects.released {
-                link.store().restate(&released.mesh, &released.peer);
+                link.store().restate(&released.peer);
             }
         }
         effects

@@ -103,8 +103,8 @@ pub struct Count {
 }
 
 /// A session here let go of a peer (it ended): in a cluster, another hub's newer session
-/// of the peer may hold state the relay set aside meanwhile; the replica hands it over
-/// again (DESIGN 8).
+/// of the peer may have state the relay did not place meanwhile; the replica that holds it
+/// hands it over again (DESIGN 8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
     /// The peer.

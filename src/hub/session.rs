@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 use super::fanout::FanoutCore;
 use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
-use super::relay::{Note, PeerRelay, Reaction, RejectReason, RelayCaps, RelayedSet};
+use super::relay::{Note, PeerRelay, Reaction, RejectReason, RelayedSet};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
 use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
 use super::throttle::Throttled;
@@ -107,15 +107,7 @@ pub(crate) fn start(
     // index and in the registry alike.
     let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", peer = %identity.peer_name, mesh = %mesh, %remote);
-    let caps = RelayCaps {
-        max_object_bytes: shared.config.relay.max_object_bytes,
-        max_objects_per_peer: shared.config.relay.max_objects_per_peer,
-    };
-    let relay = PeerRelay::new(
-        identity.peer_name.clone(),
-        caps,
-        shared.config.relay.max_watch,
-    );
+    let relay = PeerRelay::for_peer(identity.peer_name.clone(), &shared.config.relay);
     Session::create(move |ctx| {
         ctx.set_mailbox_capacity(256);
         let frames = FramedRead::with_capacity(

@@ -18,6 +18,12 @@
 //! `budget` computes every size a view is held to; `entries` is the list behind a view and
 //! what its subscribers are sent when it changes; `view` encodes a list once.
 //!
+//! Room to grow: who-may-see-whom (DESIGN 5.5) is to be one more sub-state beside these,
+//! deciding through `watchers::Sources::shown` (the one place a watcher's view asks what a
+//! peer shows it) and giving only the subscribers it affects their own view, as watchers
+//! have; hub objects displacing relayed ones (DESIGN 5.2) changes the room in `budget` and
+//! the placements in `mesh_views`, nothing else.
+//!
 //! [`Relay`] takes inputs through `handle_*` methods (a peer's relayed set with its watch
 //! list, a departure, changes of a mesh's peers on other hubs) and `prepare_hub_op` /
 //! `commit_hub_op` (an operation on the hub's objects, persisted between the two), and

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use super::peer_copy::PeerCopy;
 use super::relayable::{relayable, RejectReason, RelayCaps};
 use super::watch_list::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
+use crate::config::RelaySection;
 use crate::session::ObjectsSource;
 use crate::tls::PeerName;
 use crate::wire::Object;
@@ -86,6 +87,15 @@ impl PeerRelay {
             dirty: false,
             in_flight: false,
         }
+    }
+
+    /// The policy of a session of `peer` under the hub's `[relay]` settings.
+    pub fn for_peer(peer: PeerName, relay: &RelaySection) -> Self {
+        let caps = RelayCaps {
+            max_object_bytes: relay.max_object_bytes,
+            max_objects_per_peer: relay.max_objects_per_peer,
+        };
+        Self::new(peer, caps, relay.max_watch)
     }
 
     /// The objects relayed for the peer (latest state).

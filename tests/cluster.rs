@@ -372,6 +372,65 @@ async fn one_session_per_peer_name_across_the_cluster() {
 }
 
 #[actix_rt::test]
+async fn a_local_session_hides_the_peers_state_on_another_hub_until_it_ends() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let pki = &cluster.pki;
+    let (a, b) = (cluster.hub(0), cluster.hub(1));
+    let (s, mut s_events) = subscriber(pki, &a, "observer").await;
+    let cert = pki.issue("roaming", Some(MESH));
+    let name = cert.peer_name.clone();
+    let (first, _first_events) = join(pki, &a, &cert).await;
+    first
+        .set(Object::new(names::RICH_PRESENCE, "on a"))
+        .await
+        .unwrap();
+    view_becomes(
+        &s,
+        &mut s_events,
+        &[welcome(), presence_of(&name, "on a")],
+        "the observer sees the peer on its own hub",
+    )
+    .await;
+    // Hub a misses the notice that the peer moved, so its old session stays for now.
+    a.cluster()
+        .unwrap()
+        .unsubscribe_inbox_channel()
+        .await
+        .unwrap();
+    let (second, mut second_events) = join(pki, &b, &cert).await;
+    second.subscribe().await.unwrap();
+    next_notify(&mut second_events).await;
+    second
+        .set(Object::new(names::RICH_PRESENCE, "on b"))
+        .await
+        .unwrap();
+    view_becomes(
+        &second,
+        &mut second_events,
+        &[welcome(), presence_of(&name, "on b")],
+        "hub b relays the peer's new state",
+    )
+    .await;
+    let mut redis = cluster.redis.connection();
+    assert!(wait_for_state(&mut redis, &name, "on b").await);
+    // While hub a's session lives, a shows it; once it ends, the state on hub b.
+    assert_eq!(
+        current_view(&s, &mut s_events).await,
+        vec![welcome(), presence_of(&name, "on a")]
+    );
+    assert!(a.disconnect(&name, "test"));
+    view_becomes(
+        &s,
+        &mut s_events,
+        &[welcome(), presence_of(&name, "on b")],
+        "the observer on the old hub sees the peer's state on its new hub",
+    )
+    .await;
+}
+
+#[actix_rt::test]
 async fn a_supersede_notice_the_route_table_contradicts_closes_nothing() {
     let Some(cluster) = Cluster::start(2) else {
         return;

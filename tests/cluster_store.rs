@@ -325,6 +325,53 @@ async fn a_lost_message_is_a_gap_and_the_reload_yields_only_the_differences() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicas_are_the_one_copy_routing_and_restating_read() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Hub::join(&server, "a", LONG).await;
+    let mut b = Hub::join(&server, "b", LONG).await;
+    a.online(1, "here").await;
+    b.until("b sees a's peer", &[(1, "here")]).await;
+    // Routing reads where the peer is from b's replica.
+    assert_eq!(b.store.mesh_of(&peer(1)).as_deref(), Some(MESH));
+    assert_eq!(b.store.mesh_of(&peer(2)), None, "an unknown peer");
+    // Asked to, the replica hands the peer's state over again (a local session that held
+    // the peer on b ended), as a live change.
+    b.store.restate(&peer(1));
+    let again = PeerChange::Upsert {
+        peer: peer(1),
+        objects: presence("here"),
+    };
+    b.expect("the state restated", |e| {
+        matches!(e, ClusterEvent::Mesh { resync: None, changes, .. } if *changes == [again.clone()])
+    })
+    .await;
+    // The mesh's last local session on b ends: the replica is dropped and its peers are
+    // announced gone, so nothing downstream keeps them, and routing no longer finds them.
+    b.store.unwatch_mesh(MESH);
+    b.until("the dropped replica's peers are gone", &[]).await;
+    assert_eq!(b.store.mesh_of(&peer(1)), None);
+    // Watched again: a first load of exactly what is there.
+    b.store.watch_mesh(MESH);
+    b.expect("a new first load", |e| {
+        matches!(
+            e,
+            ClusterEvent::Mesh {
+                resync: Some(ResyncCause::Subscribed),
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(
+        b.view.peers.keys().cloned().collect::<Vec<_>>(),
+        vec![peer(1)]
+    );
+    assert_eq!(b.store.mesh_of(&peer(1)).as_deref(), Some(MESH));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_hub_is_reaped_and_its_peers_leave_the_mesh() {
     let Some(server) = RedisServer::start() else {
         return;

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::event::{ClusterEvent, Command};
 use super::keys;
 use super::message::InboxMessage;
-use super::replica::MeshSnapshot;
+use super::replica::{MeshSnapshot, RemoteIndex};
 use super::scripts;
 use super::ClusterError;
 use crate::metrics;
@@ -62,6 +62,8 @@ pub(super) struct Inner {
     pub(super) unclaimed: Mutex<HashSet<PeerName>>,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) events: mpsc::Sender<ClusterEvent>,
+    /// Where the replicas' peers are, for routing (written by the driver only).
+    pub(super) remote: RemoteIndex,
 }
 
 impl Inner {

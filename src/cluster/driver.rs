@@ -1,7 +1,8 @@
 //! The driver task of a [`ClusterStore`](super::ClusterStore): owns the mesh replicas,
 //! reads the pub/sub pushes in order (changes, subscription confirmations, disconnections),
 //! renews the lease every lease/3, reaps expired hubs as soon as their lease ends, and
-//! hands the hub [`ClusterEvent`]s.
+//! hands the hub [`ClusterEvent`]s. Every change a replica makes is announced through one
+//! function ([`Driver::announce`]), which also keeps the routing index derived from them.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,12 +15,15 @@ use super::core::{parse_snapshot, Inner};
 use super::event::{ClusterEvent, Command, ResyncCause};
 use super::keys;
 use super::message::{HubObjectsNotice, InboxMessage, MeshMessage};
-use super::replica::{Applied, MeshReplica};
+use super::replica::{Applied, MeshReplica, PeerChange};
 use super::scripts;
 use crate::metrics;
+use crate::tls::PeerName;
 
 /// A mesh with local sessions.
 struct Mesh {
+    /// Its name, as announced.
+    name: Arc<str>,
     /// Local sessions in it.
     sessions: usize,
     /// Whether its channel subscription was confirmed (else the tick subscribes again).
@@ -64,6 +68,7 @@ impl Driver {
                 command = commands.recv() => match command {
                     Some(Command::Watch(mesh)) => self.watch(mesh).await,
                     Some(Command::Unwatch(mesh)) => self.unwatch(mesh).await,
+                    Some(Command::Restate(peer)) => self.restate(&peer).await,
                     None => return,
                 },
                 _ = tick.tick() => self.on_tick().await,
@@ -121,6 +126,7 @@ impl Driver {
         self.meshes.insert(
             mesh.clone(),
             Mesh {
+                name: mesh.as_str().into(),
                 sessions: 1,
                 subscribed: false,
                 replica,
@@ -162,12 +168,61 @@ impl Driver {
         if m.sessions > 0 {
             return;
         }
-        self.meshes.remove(&mesh);
-        self.update_peers_gauge();
+        let Some(mut m) = self.meshes.remove(&mesh) else {
+            return;
+        };
         let mut conn = self.inner.conn.clone();
         if let Err(source) = conn.unsubscribe(keys::mesh_channel(&mesh)).await {
             drop(self.inner.failed("unsubscribe", source));
         }
+        // Its peers leave this hub's view with it, so a later first load is exact.
+        let gone = m.replica.clear();
+        self.announce(&m.name, m.replica.seq(), None, gone).await;
+    }
+
+    /// Announces a remote peer's state again, if a replica holds it.
+    async fn restate(&mut self, peer: &PeerName) {
+        let Some(m) = self
+            .inner
+            .remote
+            .mesh_of(peer)
+            .and_then(|mesh| self.meshes.get(&*mesh))
+        else {
+            return;
+        };
+        let Some(objects) = m.replica.objects(peer) else {
+            return;
+        };
+        let change = PeerChange::Upsert {
+            peer: peer.clone(),
+            objects: objects.to_vec(),
+        };
+        let (name, seq) = (m.name.clone(), m.replica.seq());
+        self.announce(&name, seq, None, vec![change]).await;
+    }
+
+    /// Hands the hub a replica's changes, after recording them in the routing index; the
+    /// one way changes leave the driver (a replica that announced nothing changed nothing).
+    async fn announce(
+        &self,
+        mesh: &Arc<str>,
+        seq: u64,
+        resync: Option<ResyncCause>,
+        changes: Vec<PeerChange>,
+    ) {
+        if changes.is_empty() && resync.is_none() {
+            return;
+        }
+        self.inner.remote.record(mesh, &changes);
+        metrics::gauge_set(metrics::CLUSTER_PEERS, self.inner.remote.len() as f64);
+        self.inner
+            .emit(ClusterEvent::Mesh {
+                mesh: mesh.to_string(),
+                seq,
+                resync,
+                changes,
+            })
+            .await;
     }
 
     async fn on_push(&mut self, push: PushInfo) {
@@ -227,28 +282,19 @@ impl Driver {
                 Ok(m) => m,
                 Err(e) => return bad(e),
             };
-            let Some(replica) = self.meshes.get_mut(mesh).map(|m| &mut m.replica) else {
+            let Some(m) = self.meshes.get_mut(mesh) else {
                 return;
             };
-            let mesh = mesh.to_owned();
-            match replica.apply(&message) {
+            match m.replica.apply(&message) {
                 Applied::Change(change) => {
-                    let seq = replica.seq();
-                    self.update_peers_gauge();
-                    self.inner
-                        .emit(ClusterEvent::Mesh {
-                            mesh,
-                            seq,
-                            resync: None,
-                            changes: vec![change],
-                        })
-                        .await;
+                    let (name, seq) = (m.name.clone(), m.replica.seq());
+                    self.announce(&name, seq, None, vec![change]).await;
                 }
                 Applied::Gap { expected, got } => {
                     tracing::info!(%mesh, expected, got, "cluster: message lost, reloading the mesh");
-                    self.reload(&mesh, ResyncCause::Gap).await;
+                    self.reload(mesh, ResyncCause::Gap).await;
                 }
-                Applied::NewEpoch => self.reload(&mesh, ResyncCause::Epoch).await,
+                Applied::NewEpoch => self.reload(mesh, ResyncCause::Epoch).await,
                 Applied::Nothing | Applied::Stale | Applied::Unsynced => {}
             }
         } else if channel == keys::inbox_channel(&self.inner.node) {
@@ -291,26 +337,17 @@ impl Driver {
             tracing::warn!(mesh, "cluster: undecodable mesh snapshot");
             return;
         };
-        let Some(replica) = self.meshes.get_mut(mesh).map(|m| &mut m.replica) else {
+        let Some(m) = self.meshes.get_mut(mesh) else {
             return;
         };
-        let changes = replica.reload(snapshot);
-        let seq = replica.seq();
-        let m = self.meshes.get_mut(mesh).expect("present above");
+        let changes = m.replica.reload(snapshot);
         if m.replica.is_awaiting() && m.settle_at.is_none() {
             // Their hubs re-assert them within a lease of reaching Redis again.
             m.settle_at = Some(tokio::time::Instant::now() + self.inner.lease);
         }
         metrics::count_cause(metrics::CLUSTER_RESYNCS, cause.label());
-        self.update_peers_gauge();
-        self.inner
-            .emit(ClusterEvent::Mesh {
-                mesh: mesh.to_owned(),
-                seq,
-                resync: Some(cause),
-                changes,
-            })
-            .await;
+        let (name, seq) = (m.name.clone(), m.replica.seq());
+        self.announce(&name, seq, Some(cause), changes).await;
     }
 
     /// Ends the waits for peers missing since Redis lost its state that are due: those
@@ -318,32 +355,20 @@ impl Driver {
     async fn settle(&mut self) {
         let now = tokio::time::Instant::now();
         let mut settled = Vec::new();
-        for (name, m) in &mut self.meshes {
+        for m in self.meshes.values_mut() {
             if m.settle_at.is_some_and(|at| at <= now) {
                 m.settle_at = None;
                 let changes = m.replica.settle();
                 if !changes.is_empty() {
-                    settled.push((name.clone(), m.replica.seq(), changes));
+                    settled.push((m.name.clone(), m.replica.seq(), changes));
                 }
             }
         }
         for (mesh, seq, changes) in settled {
             tracing::info!(%mesh, gone = changes.len(), "cluster: peers not re-asserted after Redis lost its state are gone");
-            self.update_peers_gauge();
-            self.inner
-                .emit(ClusterEvent::Mesh {
-                    mesh,
-                    seq,
-                    resync: Some(ResyncCause::Epoch),
-                    changes,
-                })
+            self.announce(&mesh, seq, Some(ResyncCause::Epoch), changes)
                 .await;
         }
-    }
-
-    fn update_peers_gauge(&self) {
-        let peers: usize = self.meshes.values().map(|m| m.replica.len()).sum();
-        metrics::gauge_set(metrics::CLUSTER_PEERS, peers as f64);
     }
 }
 

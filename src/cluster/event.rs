@@ -74,4 +74,7 @@ pub enum ClusterEvent {
 pub(super) enum Command {
     Watch(String),
     Unwatch(String),
+    /// Announce a remote peer's state again (the hub set it aside while a local session
+    /// held the peer).
+    Restate(PeerName),
 }

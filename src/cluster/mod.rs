@@ -53,7 +53,7 @@ mod scripts;
 mod store;
 
 pub use message::{InboxMessage, MeshMessage};
-pub use replica::{Applied, MeshReplica, MeshSnapshot, PeerChange};
+pub use replica::{Applied, MeshReplica, MeshSnapshot, PeerChange, RemoteIndex};
 pub use store::{
     ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore, HubLease, ResyncCause,
     RouteOutcome, SetHubObjects,

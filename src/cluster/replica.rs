@@ -9,9 +9,18 @@
 //! Peers of this hub are not replicated (the hub knows them first-hand), but their changes
 //! still advance the sequence, and a change published by this hub about a peer the replica
 //! holds (a claim of a peer that moved here, a reap) removes it.
+//!
+//! **One copy.** The replicas are the hub's only copy of remote peers' state: the relay
+//! logic places what they announce and keeps nothing aside (it asks for a peer's state
+//! again, [`MeshReplica::objects`]), and routing reads [`RemoteIndex`], which is derived
+//! from what they announce. Every change is a difference against what was announced
+//! before ([`diff`]): a reload's, and a dropped replica's ([`MeshReplica::clear`]: its
+//! peers are announced gone), so no one downstream needs a "complete snapshot" rule.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use dashmap::DashMap;
 use indexmap::IndexMap;
 
 use super::message::MeshMessage;
@@ -171,6 +180,20 @@ impl MeshReplica {
         changes
     }
 
+    /// The replica is dropped (the mesh has no local session left): its peers leave this
+    /// hub's view, announced gone in order, so that a later first load is exact.
+    pub fn clear(&mut self) -> Vec<PeerChange> {
+        let changes = diff(&self.peers, &IndexMap::new());
+        self.peers.clear();
+        self.awaiting.clear();
+        changes
+    }
+
+    /// A remote peer's relayed objects, if the replica holds it.
+    pub fn objects(&self, peer: &PeerName) -> Option<&[Object]> {
+        self.peers.get(peer).map(Vec::as_slice)
+    }
+
     /// Whether a snapshot was ever loaded (a later load is a resync, not a first load).
     pub fn is_loaded(&self) -> bool {
         self.loaded
@@ -221,6 +244,43 @@ impl MeshReplica {
     /// Whether the replica holds no remote peer.
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
+    }
+}
+
+/// Where the peers of the replicas are (PeerName → mesh), readable from any thread for
+/// routing. Derived from the replicas: it records every change they announce, and nothing
+/// else writes it.
+#[derive(Debug, Default)]
+pub struct RemoteIndex(DashMap<PeerName, Arc<str>>);
+
+impl RemoteIndex {
+    /// Records the changes a replica of `mesh` announced.
+    pub fn record(&self, mesh: &Arc<str>, changes: &[PeerChange]) {
+        for change in changes {
+            match change {
+                PeerChange::Upsert { peer, .. } => {
+                    self.0.insert(peer.clone(), mesh.clone());
+                }
+                PeerChange::Gone { peer } => {
+                    self.0.remove_if(peer, |_, m| m == mesh);
+                }
+            }
+        }
+    }
+
+    /// The mesh of a peer of another hub, if a replica holds it.
+    pub fn mesh_of(&self, peer: &PeerName) -> Option<Arc<str>> {
+        self.0.get(peer).map(|m| m.value().clone())
+    }
+
+    /// How many remote peers the replicas hold.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the replicas hold no remote peer.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -421,6 +481,68 @@ mod tests {
             vec![],
             "reloading an exact replica changes nothing"
         );
+    }
+
+    #[test]
+    fn a_dropped_replica_announces_its_peers_gone_so_a_new_load_is_exact() {
+        // What a hub knows of the mesh, built only from the replicas' announcements.
+        let mut known: IndexMap<PeerName, Vec<Object>> = IndexMap::new();
+        let mut follow = |changes: Vec<PeerChange>| {
+            for change in changes {
+                match change {
+                    PeerChange::Upsert { peer, objects } => {
+                        known.insert(peer, objects);
+                    }
+                    PeerChange::Gone { peer } => {
+                        known.shift_remove(&peer);
+                    }
+                }
+            }
+        };
+        let mut r = MeshReplica::new("me");
+        follow(r.reload(snapshot(3, &[(1, "b", "x"), (2, "c", "y")])));
+        assert_eq!(r.objects(&peer(1)), Some(&objects("x")[..]));
+        // The mesh's last local session ends: the replica is dropped, its peers announced
+        // gone. Peer 1 leaves meanwhile; a new first load brings only peer 2.
+        let gone = r.clear();
+        assert_eq!(
+            gone,
+            vec![
+                PeerChange::Gone { peer: peer(1) },
+                PeerChange::Gone { peer: peer(2) }
+            ]
+        );
+        follow(gone);
+        let mut again = MeshReplica::new("me");
+        follow(again.reload(snapshot(5, &[(2, "c", "y")])));
+        assert_eq!(known.keys().cloned().collect::<Vec<_>>(), vec![peer(2)]);
+        assert_eq!(r.objects(&peer(1)), None);
+    }
+
+    #[test]
+    fn the_remote_index_follows_the_announced_changes() {
+        let index = RemoteIndex::default();
+        let (m, n): (Arc<str>, Arc<str>) = ("m".into(), "n".into());
+        index.record(
+            &m,
+            &[PeerChange::Upsert {
+                peer: peer(1),
+                objects: vec![],
+            }],
+        );
+        assert_eq!(index.mesh_of(&peer(1)), Some(m.clone()));
+        // Moved to n (announced there first), then gone from m: still in n.
+        index.record(
+            &n,
+            &[PeerChange::Upsert {
+                peer: peer(1),
+                objects: vec![],
+            }],
+        );
+        index.record(&m, &[PeerChange::Gone { peer: peer(1) }]);
+        assert_eq!(index.mesh_of(&peer(1)), Some(n.clone()));
+        index.record(&n, &[PeerChange::Gone { peer: peer(1) }]);
+        assert!(index.is_empty());
     }
 
     #[test]

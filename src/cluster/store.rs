@@ -26,6 +26,7 @@ use super::event::Command;
 pub use super::event::{ClusterEvent, ResyncCause};
 use super::keys;
 use super::message::InboxMessage;
+use super::replica::RemoteIndex;
 use super::scripts;
 use super::ClusterError;
 use crate::config::ClusterSection;
@@ -219,6 +220,7 @@ impl ClusterStore {
             unclaimed: Mutex::new(HashSet::new()),
             commands,
             events,
+            remote: RemoteIndex::default(),
         });
         inner.register().await?;
         let mut conn = inner.conn.clone();
@@ -369,9 +371,23 @@ impl ClusterStore {
         let _ = self.inner.commands.send(Command::Watch(mesh.to_owned()));
     }
 
-    /// A local session in `mesh` ended: the last one unsubscribes and drops the replica.
+    /// A local session in `mesh` ended: the last one unsubscribes and drops the replica
+    /// (its peers are announced gone).
     pub fn unwatch_mesh(&self, mesh: &str) {
         let _ = self.inner.commands.send(Command::Unwatch(mesh.to_owned()));
+    }
+
+    /// Asks for the state of `peer` to be announced again if a replica holds it as a peer of
+    /// another hub (a local session that held the peer ended, so that state is now what
+    /// its mesh sees).
+    pub fn restate(&self, peer: &PeerName) {
+        let _ = self.inner.commands.send(Command::Restate(peer.clone()));
+    }
+
+    /// The mesh of `peer` if it is a peer of another hub in a mesh with local sessions
+    /// (from the replicas; for routing).
+    pub fn mesh_of(&self, peer: &PeerName) -> Option<Arc<str>> {
+        self.inner.remote.mesh_of(peer)
     }
 
     /// Sends `message` to the hub that holds `to`, if `to` is in `mesh` (the sender's).
@@ -476,6 +492,16 @@ impl ClusterStore {
     pub async fn unsubscribe_mesh_channel(&self, mesh: &str) -> Result<(), ClusterError> {
         let mut conn = self.inner.conn.clone();
         conn.unsubscribe(keys::mesh_channel(mesh))
+            .await
+            .map_err(|source| self.inner.failed("unsubscribe", source))
+    }
+
+    /// Test support: drops this hub's subscription to its own inbox, so that messages and
+    /// supersede notices for its peers are lost to it.
+    #[doc(hidden)]
+    pub async fn unsubscribe_inbox_channel(&self) -> Result<(), ClusterError> {
+        let mut conn = self.inner.conn.clone();
+        conn.unsubscribe(keys::inbox_channel(&self.inner.node))
             .await
             .map_err(|source| self.inner.failed("unsubscribe", source))
     }

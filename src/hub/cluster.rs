@@ -8,8 +8,8 @@
 //! while Redis is away; the store re-asserts what it holds once Redis answers again.
 //!
 //! **In.** One task reads the store's [`ClusterEvent`]s: changes of remote peers go to the
-//! registry, which treats them exactly as changes of local peers (mesh views and watch
-//! lists alike); inbox messages are delivered to local sessions with the same invitation
+//! registry, whose relay logic treats them exactly as changes of local peers (mesh views
+//! and watch lists alike); inbox messages are delivered to local sessions with the same invitation
 //! bookkeeping as local routing; supersede notices close local sessions; hub object changes
 //! replace the registry's list.
 //!
@@ -26,16 +26,14 @@ use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::link::{coalesce, ClusterLink, Write};
-use super::messages::{Close, Deliver, SessionId};
-use super::registry::{
-    check_budget, ApplyOp, HubError, ListObjects, ObjectOp, OpOutcome, Registry, RemoteChanges,
-    ViewLimits,
-};
+use super::messages::{ApplyOp, Close, Deliver, ListObjects, RemoteChanges, SessionId};
+use super::registry::Registry;
+use super::relay::{check_budget, HubError, ObjectOp, OpOutcome, ViewLimits};
 use super::route::{refusal, Undelivered};
 use super::shared::HubShared;
 use crate::addressing;
 use crate::cluster::{
-    ClusterError, ClusterEvent, ClusterEvents, ClusterStore, InboxMessage, ResyncCause,
+    ClusterError, ClusterEvent, ClusterEvents, ClusterStore, InboxMessage, PeerChange, ResyncCause,
     RouteOutcome, SetHubObjects,
 };
 use crate::metrics;
@@ -169,6 +167,7 @@ pub(crate) async fn event_loop(
     shared: Arc<HubShared>,
     registry: Addr<Registry>,
 ) {
+    // An event read ahead while gathering a mesh's changes, acted on next.
     let mut held = None;
     loop {
         let event = match held.take() {
@@ -184,50 +183,12 @@ pub(crate) async fn event_loop(
         match event {
             ClusterEvent::Mesh {
                 mesh,
-                mut changes,
-                mut resync,
+                changes,
+                resync,
                 ..
             } => {
-                let complete = resync == Some(ResyncCause::Subscribed);
-                if !complete {
-                    // The mesh's changes already waiting go to the registry at once, so a
-                    // burst (a dead hub's peers leaving) rebuilds each view once.
-                    while let Some(next) = events.try_recv() {
-                        match next {
-                            ClusterEvent::Mesh {
-                                mesh: m,
-                                changes: more,
-                                resync: r,
-                                ..
-                            } if m == mesh && r != Some(ResyncCause::Subscribed) => {
-                                changes.extend(more);
-                                resync = resync.or(r);
-                            }
-                            other => {
-                                held = Some(other);
-                                break;
-                            }
-                        }
-                    }
-                }
-                let mesh: Arc<str> = mesh.into();
-                link.note(&mesh, &changes, complete);
-                let changes = RemoteChanges {
-                    mesh: mesh.clone(),
-                    changes,
-                    complete,
-                };
-                if complete {
-                    // A first load: the mesh's waiting sessions are served once it is in
-                    // every shard's views.
-                    let _ = registry.send(changes).await;
-                    link.mark_loaded(&mesh);
-                } else {
-                    registry.do_send(changes);
-                }
-                if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
-                    tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
-                }
+                let (changes, resync) = gather(&mut events, &mesh, changes, resync, &mut held);
+                on_mesh(&shared, link, &registry, mesh.into(), changes, resync).await;
             }
             ClusterEvent::Inbox(InboxMessage::Deliver {
                 to,
@@ -260,6 +221,66 @@ pub(crate) async fn event_loop(
                 tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
             }
         }
+    }
+}
+
+/// Adds to a mesh's changes those of the same mesh already waiting, so a burst (a dead
+/// hub's peers leaving) reaches the registry at once and rebuilds each view once. A first
+/// load is passed on alone; the first event of anything else is kept in `held`.
+fn gather(
+    events: &mut ClusterEvents,
+    mesh: &str,
+    mut changes: Vec<PeerChange>,
+    mut resync: Option<ResyncCause>,
+    held: &mut Option<ClusterEvent>,
+) -> (Vec<PeerChange>, Option<ResyncCause>) {
+    if resync == Some(ResyncCause::Subscribed) {
+        return (changes, resync);
+    }
+    while let Some(next) = events.try_recv() {
+        match next {
+            ClusterEvent::Mesh {
+                mesh: m,
+                changes: more,
+                resync: r,
+                ..
+            } if m == mesh && r != Some(ResyncCause::Subscribed) => {
+                changes.extend(more);
+                resync = resync.or(r);
+            }
+            other => {
+                *held = Some(other);
+                break;
+            }
+        }
+    }
+    (changes, resync)
+}
+
+/// Hands a mesh's changes to the registry. A first load (the mesh's first local session
+/// here) is awaited until every shard has it, then marked loaded, so the sessions waiting
+/// for it are served the mesh's peers of other hubs. After a reconnect or a new epoch the
+/// cluster's hub objects may have changed unseen: they are read again.
+async fn on_mesh(
+    shared: &Arc<HubShared>,
+    link: &ClusterLink,
+    registry: &Addr<Registry>,
+    mesh: Arc<str>,
+    changes: Vec<PeerChange>,
+    resync: Option<ResyncCause>,
+) {
+    let changes = RemoteChanges {
+        mesh: mesh.clone(),
+        changes,
+    };
+    if resync == Some(ResyncCause::Subscribed) {
+        let _ = registry.send(changes).await;
+        link.mark_loaded(&mesh);
+    } else {
+        registry.do_send(changes);
+    }
+    if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
+        tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
     }
 }
 

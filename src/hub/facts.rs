@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::watch::WatchError;
+use super::relay::watch_list::WatchError;
 use crate::session::SessionMachine;
 use crate::tls::PeerName;
 
@@ -149,7 +149,7 @@ pub struct SessionDetail {
     /// Its WATCH_LIST (DESIGN 5.4).
     pub watch: WatchStatus,
     /// What its view holds now.
-    pub view: super::registry::ViewReport,
+    pub view: super::relay::ViewReport,
 }
 
 /// An application message addressed to the hub itself (no `to=`), kept for the admin API.

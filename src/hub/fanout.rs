@@ -24,9 +24,9 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::messages::{Close, Delivery, Fanout, SessionId};
+use super::messages::{Close, Fanout, SessionId};
 use super::outbound::Outbound;
-use super::view::View;
+use super::relay::{Delivery, View, ViewChange};
 use crate::metrics;
 
 #[derive(Default)]
@@ -160,91 +160,133 @@ impl FanoutCore {
     /// reaches (mesh subscribers without a WATCH_LIST, then each own view that changed).
     /// Returns the meshes whose burst window opened: end each after the interval.
     pub fn apply(&self, fanout: &Fanout) -> Vec<Arc<str>> {
-        let mut opened = Vec::new();
         let started = Instant::now();
-        let mut inner = self.inner.borrow_mut();
-        if let Some(base) = &fanout.base {
-            inner.base = Some(base.clone());
-        }
-        for (mesh, view) in &fanout.meshes {
-            match view {
-                Some(view) => inner.views.insert(mesh.clone(), view.clone()),
-                None => inner.views.remove(mesh),
-            };
-        }
-        for change in &fanout.personal {
-            if !inner.sessions.contains_key(&change.session) {
-                continue; // not of this thread, or ended
-            }
-            match &change.view {
-                Some(view) => inner.personal.insert(change.session, view.clone()),
-                None => inner.personal.remove(&change.session),
-            };
-        }
+        let change = &fanout.change;
+        self.install(change);
         if let Some(applied) = &fanout.applied {
             // The views are in place: a REQUEST from now on sees the change.
             applied.arrive();
         }
-        drop(inner);
+        let mut windows = Windows::default();
         let inner = self.inner.borrow();
-        let mut recipients = 0usize;
-        let meshes: Vec<&Arc<str>> = if fanout.base.is_some() {
-            inner.subscribers.keys().collect()
-        } else {
-            fanout.meshes.iter().map(|(mesh, _)| mesh).collect()
-        };
-        let mut held = Vec::new();
-        if !matches!(fanout.delivery, Delivery::Silent) {
-            for mesh in meshes {
-                let Some(subs) = inner.subscribers.get(mesh) else {
-                    continue;
-                };
-                match (self.interval.is_zero(), inner.windows.get(mesh)) {
-                    (false, Some(true)) => continue, // the held view will carry it
-                    (false, Some(false)) if fanout.delivery == Delivery::Complete => {
-                        held.push(mesh.clone());
-                        continue;
-                    }
-                    (false, None) if fanout.delivery == Delivery::Complete => {
-                        opened.push(mesh.clone());
-                    }
-                    _ => {}
-                }
-                let view = inner.views.get(mesh).or(inner.base.as_ref());
-                for (id, out) in subs {
-                    if !inner.personal.contains_key(id) {
-                        recipients += deliver(out, &fanout.delivery, view);
-                    }
-                }
-            }
-        }
-        for change in &fanout.personal {
-            let out = inner
-                .subscribers
-                .get(&change.mesh)
-                .and_then(|subs| subs.get(&change.session));
-            if let Some(out) = out {
-                let view = change
-                    .view
-                    .as_ref()
-                    .or_else(|| inner.views.get(&change.mesh))
-                    .or(inner.base.as_ref());
-                recipients += deliver(out, &change.delivery, view);
-            }
-        }
+        let mut recipients = self.notify_meshes(&inner, change, &mut windows);
+        recipients += notify_personal(&inner, change);
         let m = metrics::hub();
         m.fanout_recipients.record(recipients as f64);
         m.fanout_duration.record(started.elapsed().as_secs_f64());
         drop(inner);
         let mut inner = self.inner.borrow_mut();
-        for mesh in held {
+        for mesh in windows.held {
             inner.windows.insert(mesh, true);
         }
-        for mesh in &opened {
+        for mesh in &windows.opened {
             inner.windows.insert(mesh.clone(), false);
         }
-        opened
+        windows.opened
     }
+
+    /// Puts a change's views in place: the base, the meshes', and the own views of this
+    /// thread's sessions.
+    fn install(&self, change: &ViewChange) {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(base) = &change.base {
+            inner.base = Some(base.clone());
+        }
+        for (mesh, view) in &change.meshes {
+            match view {
+                Some(view) => inner.views.insert(mesh.clone(), view.clone()),
+                None => inner.views.remove(mesh),
+            };
+        }
+        for personal in &change.personal {
+            if !inner.sessions.contains_key(&personal.session) {
+                continue; // not of this thread, or ended
+            }
+            match &personal.view {
+                Some(view) => inner.personal.insert(personal.session, view.clone()),
+                None => inner.personal.remove(&personal.session),
+            };
+        }
+    }
+
+    /// Queues the change on the mesh subscribers it reaches (those without a WATCH_LIST):
+    /// every mesh for a change of the base view, else the meshes it changed. An entire view
+    /// inside a mesh's burst window is held for the window's end. Returns the recipients.
+    fn notify_meshes(&self, inner: &Inner, change: &ViewChange, windows: &mut Windows) -> usize {
+        if matches!(change.delivery, Delivery::Silent) {
+            return 0;
+        }
+        let meshes: Vec<&Arc<str>> = if change.base.is_some() {
+            inner.subscribers.keys().collect()
+        } else {
+            change.meshes.iter().map(|(mesh, _)| mesh).collect()
+        };
+        let mut recipients = 0;
+        for mesh in meshes {
+            let Some(subs) = inner.subscribers.get(mesh) else {
+                continue;
+            };
+            if !self.interval.is_zero() && !windows.admit(mesh, inner, &change.delivery) {
+                continue;
+            }
+            let view = inner.views.get(mesh).or(inner.base.as_ref());
+            for (id, out) in subs {
+                if !inner.personal.contains_key(id) {
+                    recipients += deliver(out, &change.delivery, view);
+                }
+            }
+        }
+        recipients
+    }
+}
+
+/// The burst windows one change opens or fills.
+#[derive(Default)]
+struct Windows {
+    /// Meshes whose window opens with this change.
+    opened: Vec<Arc<str>>,
+    /// Meshes whose open window now holds an entire view.
+    held: Vec<Arc<str>>,
+}
+
+impl Windows {
+    /// Whether `delivery` goes out to `mesh`'s subscribers now (DESIGN 5.2 bursts): the
+    /// first entire view goes at once and opens a window; later ones inside it are held;
+    /// an append while one is held is carried by it.
+    fn admit(&mut self, mesh: &Arc<str>, inner: &Inner, delivery: &Delivery) -> bool {
+        match (inner.windows.get(mesh), delivery) {
+            (Some(true), _) => false, // the held view will carry it
+            (Some(false), Delivery::Complete) => {
+                self.held.push(mesh.clone());
+                false
+            }
+            (None, Delivery::Complete) => {
+                self.opened.push(mesh.clone());
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Queues each changed own view's delivery on its subscriber. Returns the recipients.
+fn notify_personal(inner: &Inner, change: &ViewChange) -> usize {
+    let mut recipients = 0;
+    for personal in &change.personal {
+        let out = inner
+            .subscribers
+            .get(&personal.mesh)
+            .and_then(|subs| subs.get(&personal.session));
+        if let Some(out) = out {
+            let view = personal
+                .view
+                .as_ref()
+                .or_else(|| inner.views.get(&personal.mesh))
+                .or(inner.base.as_ref());
+            recipients += deliver(out, &personal.delivery, view);
+        }
+    }
+    recipients
 }
 
 /// Queues what `delivery` sends on one subscriber's queue (`view`: its complete view);
@@ -285,10 +327,12 @@ mod tests {
         delivery: Delivery,
     ) -> Fanout {
         Fanout {
-            base,
-            meshes,
-            delivery,
-            personal: Vec::new(),
+            change: ViewChange {
+                base,
+                meshes,
+                delivery,
+                personal: Vec::new(),
+            },
             applied: None,
         }
     }
@@ -305,7 +349,7 @@ mod tests {
         core.subscribe(&n, 2, in_n.clone());
         // A relayed object in mesh m: only m's subscriber hears of it; n still sees the base.
         let mesh_view = view(&[Object::new("hub", "1"), Object::new("p/x", "2")]);
-        let only = crate::hub::view::notify_only(&Object::new("p/x", "2")).unwrap();
+        let only = crate::hub::relay::notify_only(&Object::new("p/x", "2")).unwrap();
         core.apply(&fanout(
             None,
             vec![(m.clone(), Some(mesh_view.clone()))],
@@ -357,7 +401,7 @@ mod tests {
             ));
             assert!(opened.is_empty());
         }
-        let only = crate::hub::view::notify_only(&Object::new("p/y", "4")).unwrap();
+        let only = crate::hub::relay::notify_only(&Object::new("p/y", "4")).unwrap();
         core.apply(&fanout(
             None,
             vec![(

@@ -1,17 +1,17 @@
 //! The hub's link to its cluster (DESIGN 8), as every thread of the hub sees it: the
-//! ordered queue of what sessions write to Redis ([`Write`]), and where the peers of other
-//! hubs are, for routing. The tasks that drain the queue and act on other hubs' changes are
-//! in `hub::cluster`.
+//! ordered queue of what sessions write to Redis ([`Write`]), the meshes with local
+//! sessions, and where the peers of other hubs are, for routing (read from the store's
+//! replicas, the one copy of their state here). The tasks that drain the queue and act on
+//! other hubs' changes are in `hub::cluster`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::messages::SessionId;
-use crate::cluster::{ClusterStore, InboxMessage, PeerChange};
+use crate::cluster::{ClusterStore, InboxMessage};
 use crate::tls::PeerName;
 use crate::wire::Object;
 
@@ -80,13 +80,11 @@ pub(crate) fn coalesce(batch: Vec<Write>) -> Vec<Write> {
     kept
 }
 
-/// The hub's link to the cluster: the store, the queue of writes, and where the remote
-/// peers of meshes with local sessions are (for routing).
+/// The hub's link to the cluster: the store, the queue of writes, and the meshes with
+/// local sessions.
 pub(crate) struct ClusterLink {
     store: ClusterStore,
     writes: mpsc::UnboundedSender<Write>,
-    /// Peers of other hubs in meshes with local sessions, and their mesh.
-    remote: DashMap<PeerName, Arc<str>>,
     /// Meshes with local sessions: how many, and whether their remote part is loaded.
     meshes: std::sync::Mutex<HashMap<Arc<str>, LocalMesh>>,
     /// Woken whenever a mesh's remote part is loaded.
@@ -109,7 +107,6 @@ impl ClusterLink {
         let link = Self {
             store,
             writes,
-            remote: DashMap::new(),
             meshes: std::sync::Mutex::new(HashMap::new()),
             loaded: tokio::sync::Notify::new(),
             hub_objects: std::sync::atomic::AtomicU64::new(0),
@@ -236,7 +233,7 @@ impl ClusterLink {
 
     /// The mesh of a peer held by another hub, if it is in a mesh with local sessions.
     pub(crate) fn mesh_of(&self, peer: &PeerName) -> Option<Arc<str>> {
-        self.remote.get(peer).map(|m| m.value().clone())
+        self.store.mesh_of(peer)
     }
 
     /// Queues a message for `to`, a peer of another hub in `mesh`.
@@ -261,24 +258,6 @@ impl ClusterLink {
             },
             invitation,
         });
-    }
-
-    /// Records remote peers' changes for routing. `complete`: the changes are the mesh's
-    /// whole remote part (a first load), so peers not in them are gone.
-    pub(crate) fn note(&self, mesh: &Arc<str>, changes: &[PeerChange], complete: bool) {
-        if complete {
-            self.remote.retain(|_, m| m != mesh);
-        }
-        for change in changes {
-            match change {
-                PeerChange::Upsert { peer, .. } => {
-                    self.remote.insert(peer.clone(), mesh.clone());
-                }
-                PeerChange::Gone { peer } => {
-                    self.remote.remove_if(peer, |_, m| m == mesh);
-                }
-            }
-        }
     }
 }
 

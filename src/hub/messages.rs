@@ -1,10 +1,12 @@
-//! The messages the hub's actors exchange: sessions → registry (what a peer relays), the
-//! registry → fan-out (the views of each change), anyone → a session (deliver, close).
+//! The messages the hub's actors exchange, all of them: sessions → registry (what a peer
+//! relays, its departure), the handle and the cluster → registry (hub object operations,
+//! queries, changes of other hubs' peers), the registry → fan-out (the view changes the
+//! relay logic returned), anyone → a session (deliver, close).
 //!
-//! A leaf of the hub: it names no actor, so the registry holds [`Recipient`]s of its
-//! shards and sessions hold recipients of the registry, and each can be built and tested
-//! without the others (DESIGN 4: accept → handshake → session → registry → fan-out →
-//! outbound).
+//! A leaf of the hub's actors: it names no actor, so the registry holds [`Recipient`]s of
+//! its shards and sessions hold recipients of the registry, and each can be built and
+//! tested without the others (DESIGN 4: accept → handshake → session → relay logic →
+//! fan-out → outbound). What the messages carry is the relay logic's (`relay`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,13 +15,11 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::outbound::PushError;
-use super::view::View;
+pub use super::relay::SessionId;
+use super::relay::{HubError, ObjectOp, OpOutcome, RelayedSet, ViewChange, ViewReport};
+use crate::cluster::PeerChange;
 use crate::tls::PeerName;
 use crate::wire::Object;
-
-/// A session's identifier, unique in the process and increasing: of two sessions of one
-/// PeerName the one with the larger id is the newer, in the index and in the registry.
-pub type SessionId = u64;
 
 /// Ends a session with a reason (admin, shutdown, superseded).
 #[derive(Debug, Message)]
@@ -29,36 +29,21 @@ pub struct Close {
     pub reason: &'static str,
 }
 
+/// Closes every session of a shard (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseAll;
+
 /// Queues an encoded message on the session's connection.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), PushError>")]
 pub struct Deliver(pub Bytes);
 
-/// Sets the objects the hub relays for one peer (already filtered and renamed
-/// `<peer-name>/<object-name>`); the registry applies the view cap and answers how many it
-/// relays.
+/// Hands the registry a peer's relayed set and watch list; it answers how many of the
+/// objects it relays (the view cap applies).
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
-pub struct RelaySet {
-    /// The peer.
-    pub peer: PeerName,
-    /// Its mesh.
-    pub mesh: Arc<str>,
-    /// The session sending this (a newer session of the same peer wins).
-    pub session: SessionId,
-    /// The objects to relay, in the peer's order.
-    pub objects: Vec<Object>,
-    /// The watch list in force (DESIGN 5.4), in list order; `None`: the mesh view.
-    pub watch: Option<Vec<PeerName>>,
-    /// Told the relayed count when it changes later without a `RelaySet` (objects refused
-    /// for a full view are relayed once room frees up).
-    pub counts: Recipient<RelayedCount>,
-}
-
-/// How many of a peer's objects the registry relays now.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct RelayedCount(pub usize);
+pub struct RelaySet(pub RelayedSet);
 
 /// Removes a peer's relayed objects (its session ended).
 #[derive(Debug, Message)]
@@ -77,21 +62,6 @@ pub struct RegistryLink {
     pub set: Recipient<RelaySet>,
     /// Withdraws them.
     pub remove: Recipient<RelayRemove>,
-}
-
-/// What a change sends to the subscribers it reaches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    /// The same encoded NOTIFY (the new object alone) to every subscriber reached: the
-    /// object went last in each view it reached.
-    Only(Bytes),
-    /// Several objects went last, in this order: one NOTIFY holding each (encoded once
-    /// for every subscriber reached).
-    Each(Vec<Bytes>),
-    /// Each subscriber's complete view, as its mesh's `View::notify`.
-    Complete,
-    /// No NOTIFY (views replaced without a change a subscriber must hear of).
-    Silent,
 }
 
 /// Counts shards that have applied a change, so its originator can answer only once every
@@ -129,33 +99,42 @@ impl Applied {
     }
 }
 
-/// A change broadcast by the registry to every shard.
+/// A change of views broadcast by the registry to every shard.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Fanout {
-    /// New base view (hub objects only, seen by meshes with no relayed objects).
-    pub base: Option<Arc<View>>,
-    /// New views of meshes; `None` means the mesh has no relayed objects left and sees the
-    /// base view.
-    pub meshes: Vec<(Arc<str>, Option<Arc<View>>)>,
-    /// What subscribers reached by this change are sent.
-    pub delivery: Delivery,
-    /// Changes of per-subscriber views (DESIGN 5.4), applied after the meshes.
-    pub personal: Vec<Personal>,
+    /// The views and what their subscribers are sent.
+    pub change: ViewChange,
     /// Counted down by each shard once applied.
     pub applied: Option<Arc<Applied>>,
 }
 
-/// A change of one watch-list subscriber's own view (DESIGN 5.4).
-#[derive(Debug, Clone)]
-pub struct Personal {
-    /// The subscriber's mesh.
+/// Applies an [`ObjectOp`] to the hub's objects.
+#[derive(Message)]
+#[rtype(result = "Result<OpOutcome, HubError>")]
+pub struct ApplyOp(pub ObjectOp);
+
+/// Returns the hub's objects.
+#[derive(Message)]
+#[rtype(result = "Vec<Object>")]
+pub struct ListObjects;
+
+/// Asks what a peer's view holds now.
+#[derive(Message)]
+#[rtype(result = "ViewReport")]
+pub struct QueryView {
+    /// The peer.
+    pub peer: PeerName,
+    /// Its session's mesh.
     pub mesh: Arc<str>,
-    /// Its session.
-    pub session: SessionId,
-    /// Its view; `None`: it sees its mesh's view again (its WATCH_LIST was removed, or it
-    /// ended).
-    pub view: Option<Arc<View>>,
-    /// What it is sent.
-    pub delivery: Delivery,
+}
+
+/// Changes of a mesh's peers held by other hubs of the cluster (from its replica).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RemoteChanges {
+    /// The mesh.
+    pub mesh: Arc<str>,
+    /// The changes, in order.
+    pub changes: Vec<PeerChange>,
 }

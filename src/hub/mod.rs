@@ -1,9 +1,11 @@
 //! The hub server (DESIGN 4) behind a plain [`HubHandle`]. The modules follow a
 //! connection's data flow:
 //!
-//! [`accept`] → [`handshake`] → [`session`] (with [`throttle`], [`relay`], [`route`]) →
-//! [`registry`] → [`fanout`] → [`outbound`]; [`messages`] are what the actors exchange,
-//! [`shared`] is what every thread reads, [`shard`] is the actor of one worker thread.
+//! [`accept`] → [`handshake`] → [`session`] (with [`throttle`] and [`route`]) → [`relay`]
+//! (the relay logic, sans I/O, driven by the session and by the [`registry`] actor) →
+//! [`fanout`] → [`outbound`]; [`messages`] are what the actors exchange, [`shared`] is what
+//! every thread reads, [`shard`] is the actor of one worker thread; [`cluster`] and
+//! [`link`] connect the hub to the other hubs of a cluster.
 //!
 //! Threads: the hub runs its own actix `System` on a dedicated thread (the accept loop and
 //! the [`registry::Registry`] live there) plus one worker arbiter per core, each with one
@@ -30,8 +32,6 @@ pub mod session;
 pub mod shard;
 pub mod shared;
 pub mod throttle;
-pub mod view;
-pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -49,11 +49,12 @@ use crate::persist::ObjectStore;
 use crate::tls::{self, PeerName, TlsError};
 use crate::wire::{Message, Object};
 pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus, HUB_MESSAGES_KEPT};
-use messages::{Close, Deliver, Delivery, Fanout, RegistryLink};
-pub use registry::ViewReport;
-use registry::{ApplyOp, ListObjects, QueryView, Registry, ViewLimits};
-pub use registry::{HubError, ObjectOp, OpOutcome, PersistHook};
-use shard::{CloseAll, Shard};
+use messages::{ApplyOp, Close, CloseAll, Deliver, Fanout, ListObjects, QueryView, RegistryLink};
+pub use registry::PersistHook;
+use registry::Registry;
+pub use relay::{HubError, ObjectOp, OpOutcome, ViewReport};
+use relay::{Relay, ViewChange, ViewLimits};
+use shard::Shard;
 use shared::HubShared;
 
 /// Why the hub could not start.
@@ -455,26 +456,23 @@ async fn run_system(
     let recipients = shards.iter().map(|s| s.clone().recipient()).collect();
     // The page's feed starts from the objects the registry accepts below.
     let hub_objects = objects.clone();
-    let registry = match Registry::new(objects, recipients, limits, Some(persist)) {
-        Ok(registry) => registry,
+    let relay = match Relay::new(objects, limits) {
+        Ok(relay) => relay,
         Err(e) => {
             let _ = init.send(Err(StartError::Objects(e)));
             stop_arbiters(arbiters);
             return;
         }
     };
-    let base = registry.base_view();
-    shared.events.hub_objects_changed(&hub_objects);
     let initial = Arc::new(Fanout {
-        base: Some(base),
-        meshes: Vec::new(),
-        delivery: Delivery::Silent,
-        personal: Vec::new(),
+        change: ViewChange::initial(relay.base_view()),
         applied: None,
     });
+    shared.events.hub_objects_changed(&hub_objects);
     for shard in &shards {
         shard.do_send(initial.clone());
     }
+    let registry = Registry::new(relay, recipients, shared.clone(), Some(persist));
     let registry = registry_context.run(registry);
     let cluster_thread = joined.map(|(thread, joined)| {
         let store = shared.cluster.get().expect("joined").store().clone();

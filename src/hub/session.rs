@@ -6,9 +6,10 @@
 //! the connection (DESIGN 2.4 rules 1–2); malformed or unknown messages are dropped and
 //! counted (rules 3–4); everything else follows spec 3.1.5.
 //!
-//! Relay (DESIGN 5.2): right after the handshake the session subscribes to its peer and
-//! keeps an exact [`PeerCopy`] of the peer's objects, reconciling with REQUEST → RESPONSE;
-//! what may be relayed goes to the registry, which republishes it in the peer's mesh.
+//! Relay (DESIGN 5.2): right after the handshake the session subscribes to its peer; its
+//! [`PeerRelay`] (sans I/O) keeps the exact copy of the peer's objects and decides what to
+//! ask the peer (REQUEST → RESPONSE), what to hand the registry (which republishes it in the
+//! peer's mesh) and what to count and log; the session carries that out.
 //! Routing (DESIGN 5.3): messages with `to=` are forwarded within the mesh, invitations
 //! are remembered so their acknowledgements find the inviter, and invitations that cannot
 //! be delivered are refused by the hub itself.
@@ -22,7 +23,6 @@
 //! unregistered, relayed objects withdrawn, queue closed (the writer flushes it and sends
 //! TLS close_notify).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -40,19 +40,16 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use super::fanout::FanoutCore;
-use super::messages::{
-    Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayedCount, SessionId,
-};
+use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
-use super::relay::{relayable, PeerCopy, RejectReason, RelayCaps, Step};
+use super::relay::{Note, PeerRelay, Reaction, RejectReason, RelayedSet};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
 use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
 use super::throttle::Throttled;
-use super::watch::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
 use crate::metrics;
-use crate::session::{ObjectsSource, Received, Report, SessionMachine};
+use crate::session::{Received, Report, SessionMachine};
 use crate::tls::{CertIdentity, PeerName};
-use crate::wire::{FrameError, Inbound, Message, MessageType, Object};
+use crate::wire::{FrameError, Inbound, Message, MessageType};
 
 /// The writer task ended.
 #[derive(Message)]
@@ -72,18 +69,8 @@ pub struct Session {
     peer: PeerName,
     mesh: Arc<str>,
     machine: SessionMachine,
-    copy: PeerCopy,
-    /// The peer's objects refused by a relay cap now, and why (counted and logged once
-    /// per change of state).
-    rejected: HashMap<Object, RejectReason>,
-    /// The objects the registry should relay for this peer (latest state).
-    relayed: Vec<Object>,
-    /// The WATCH_LIST in force (DESIGN 5.4); `None`: the mesh view.
-    watch: Option<Vec<PeerName>>,
-    /// Why the peer's current WATCH_LIST is refused (logged once per change of state).
-    watch_refused: Option<WatchError>,
-    relay_in_flight: bool,
-    relay_dirty: bool,
+    /// What to relay of the peer's objects (DESIGN 5.2, 5.4).
+    relay: PeerRelay,
     out: Rc<Outbound>,
     fanout: Rc<FanoutCore>,
     shared: Arc<HubShared>,
@@ -120,6 +107,7 @@ pub(crate) fn start(
     // index and in the registry alike.
     let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", peer = %identity.peer_name, mesh = %mesh, %remote);
+    let relay = PeerRelay::for_peer(identity.peer_name.clone(), &shared.config.relay);
     Session::create(move |ctx| {
         ctx.set_mailbox_capacity(256);
         let frames = FramedRead::with_capacity(
@@ -152,13 +140,7 @@ pub(crate) fn start(
             peer: identity.peer_name,
             mesh,
             machine: SessionMachine::new(),
-            copy: PeerCopy::new(),
-            rejected: HashMap::new(),
-            relayed: Vec::new(),
-            watch: None,
-            watch_refused: None,
-            relay_in_flight: false,
-            relay_dirty: false,
+            relay,
             out,
             fanout,
             shared,
@@ -212,11 +194,8 @@ impl Session {
                 }
             }
             Received::Report(Report::Objects { source, objects }) => {
-                let step = match source {
-                    ObjectsSource::Notify => self.copy.on_notify(objects),
-                    ObjectsSource::Response => self.copy.on_response(objects),
-                };
-                self.relay(step, ctx);
+                let reaction = self.relay.on_objects(source, objects);
+                self.react(reaction, ctx);
             }
             Received::Report(Report::ApplicationMessage { mime_type, value }) => {
                 self.route(mime_type, value);
@@ -234,92 +213,46 @@ impl Session {
         self.shared.events.flags_changed(self.id);
     }
 
-    /// Acts on a change of the hub's copy of the peer's objects.
-    fn relay(&mut self, step: Step, ctx: &mut Context<Self>) {
-        if step.send_request {
+    /// Carries out what the relay policy decided about the peer's objects.
+    fn react(&mut self, reaction: Reaction, ctx: &mut Context<Self>) {
+        if reaction.send_request {
             let request = self.machine.retrieve();
             self.send(&request);
         }
-        if !step.changed {
-            return;
+        for note in reaction.notes {
+            self.note(note);
         }
-        let relay = &self.shared.config.relay;
-        let caps = RelayCaps {
-            max_object_bytes: relay.max_object_bytes,
-            max_objects_per_peer: relay.max_objects_per_peer,
-        };
-        self.read_watch_list();
-        let objects: Vec<Object> = self
-            .copy
-            .objects()
-            .iter()
-            .filter(|o| o.name != WATCH_LIST)
-            .cloned()
-            .collect();
-        let (accepted, rejected) = relayable(&self.peer, &objects, caps);
-        let mut now_rejected = HashMap::with_capacity(rejected.len());
-        for (object, reason) in rejected {
-            if self.rejected.get(&object) != Some(&reason) {
+        if reaction.changed {
+            self.flags
+                .set_watch(self.relay.watch().cloned(), self.relay.watch_refused());
+            self.shared
+                .events
+                .objects_changed(self.id, self.relay.relayed());
+            self.send_relay(ctx);
+        }
+    }
+
+    /// Counts and logs what the relay policy noted (once per change of state).
+    fn note(&self, note: Note) {
+        match note {
+            Note::Rejected { name, reason } => {
                 metrics::count_reason(metrics::RELAY_REJECTED, reason.label());
-                warn!(parent: &self.span, name = %object.name, reason = reason.label(), "object not relayed");
+                warn!(parent: &self.span, %name, reason = reason.label(), "object not relayed");
             }
-            now_rejected.insert(object, reason);
+            Note::WatchRefused(e) => {
+                metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::BadWatchList.label());
+                warn!(parent: &self.span, error = %e, "WATCH_LIST not applied; the previous list stays in force");
+            }
+            Note::WatchApplied => {
+                info!(parent: &self.span, "WATCH_LIST valid again and applied");
+            }
         }
-        self.rejected = now_rejected;
-        self.relayed = accepted;
-        self.shared.events.objects_changed(self.id, &self.relayed);
-        self.relay_dirty = true;
-        self.send_relay(ctx);
     }
 
-    /// Reads the peer's WATCH_LIST (never relayed): a valid one is put in force, an
-    /// invalid one leaves the previous in force and is counted and logged once.
-    fn read_watch_list(&mut self) {
-        let max = self.shared.config.relay.max_watch;
-        let refused = match watch_directive(self.copy.objects(), &self.peer, max) {
-            WatchDirective::None => {
-                self.watch = None;
-                None
-            }
-            WatchDirective::List(list) => {
-                self.watch = Some(list);
-                None
-            }
-            WatchDirective::Invalid(e) => {
-                if self.watch_refused.as_ref() != Some(&e) {
-                    metrics::count_reason(
-                        metrics::RELAY_REJECTED,
-                        RejectReason::BadWatchList.label(),
-                    );
-                    warn!(parent: &self.span, error = %e, "WATCH_LIST not applied; the previous list stays in force");
-                }
-                Some(e)
-            }
-        };
-        if refused.is_none() && self.watch_refused.is_some() {
-            info!(parent: &self.span, "WATCH_LIST valid again and applied");
-        }
-        self.watch_refused = refused;
-        self.flags
-            .set_watch(self.watch.clone(), self.watch_refused.as_ref());
-    }
-
-    /// Sends the accepted objects to the registry, one message in flight per session: a
-    /// burst of changes costs the registry one message per round trip, carrying the latest
-    /// state (bounded, and nothing is lost since the latest state wins).
+    /// Hands the registry the relayed set the policy has due (one in flight per session).
     fn send_relay(&mut self, ctx: &mut Context<Self>) {
-        if self.relay_in_flight || !self.relay_dirty {
+        let Some((objects, watch)) = self.relay.next_set() else {
             return;
-        }
-        self.relay_dirty = false;
-        self.relay_in_flight = true;
-        let message = RelaySet {
-            peer: self.peer.clone(),
-            mesh: self.mesh.clone(),
-            session: self.id,
-            objects: self.relayed.clone(),
-            watch: self.watch.clone(),
-            counts: ctx.address().recipient(),
         };
         // Only the session that holds the PeerName writes its state to the cluster (a
         // closing older one must not overwrite the newer one's).
@@ -329,8 +262,15 @@ impl Session {
                 .is_some_and(|e| e.id == self.id)
         };
         if let (Some(cluster), true) = (self.shared.cluster.get(), holds()) {
-            cluster.relayed(&self.peer, &self.mesh, self.id, message.objects.clone());
+            cluster.relayed(&self.peer, &self.mesh, self.id, objects.clone());
         }
+        let message = RelaySet(RelayedSet {
+            peer: self.peer.clone(),
+            mesh: self.mesh.clone(),
+            session: self.id,
+            objects,
+            watch,
+        });
         self.registry
             .set
             .send(message)
@@ -339,7 +279,7 @@ impl Session {
                 if let Ok(count) = relayed {
                     session.flags.set_relayed(count);
                 }
-                session.relay_in_flight = false;
+                session.relay.answered();
                 session.send_relay(ctx);
             })
             .spawn(ctx);
@@ -509,14 +449,6 @@ impl Handler<Deliver> for Session {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
         self.out.push(msg.0)
-    }
-}
-
-impl Handler<RelayedCount> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: RelayedCount, _: &mut Self::Context) {
-        self.flags.set_relayed(msg.0);
     }
 }
 

@@ -11,13 +11,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::fanout::FanoutCore;
 use super::handshake::{self, Accept};
-use super::messages::{Fanout, RegistryLink};
+use super::messages::{CloseAll, Fanout, RegistryLink};
 use super::shared::HubShared;
-
-/// Close every session of this shard (graceful shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CloseAll;
 
 /// The shard actor of one worker arbiter.
 pub struct Shard {

@@ -1,7 +1,8 @@
 //! A view: the complete published objects list one set of subscribers sees, encoded once.
 //!
-//! The registry builds a [`View`] per change (the hub's objects, plus in a mesh the relayed
-//! objects of that mesh) and shares it by `Arc` with every shard: a SUBSCRIBE is answered
+//! The relay logic builds a [`View`] per change (the hub's objects, plus in a mesh the
+//! relayed objects of that mesh, or a watcher's own list) and the registry shares it by
+//! `Arc` with every shard: a SUBSCRIBE is answered
 //! with `view.notify`, a REQUEST with `view.response`, both already encoded with message
 //! ID 0, which each session's writer patches (DESIGN 2.3).
 
@@ -9,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::wire::{encode_list_message, EncodeError, MessageType, Object, MESSAGE_TYPE_OFFSET};
 
-/// The two encodings of a complete objects list (the registry keeps the objects).
+/// The two encodings of a complete objects list (the relay logic keeps the objects).
 #[derive(Debug)]
 pub struct View {
     /// NOTIFY_MESSAGE holding every object, message ID 0.

@@ -1,0 +1,249 @@
+//! The list behind a view: each object and who owns it (the hub, or one peer), in the order
+//! the objects entered the view (DESIGN 5.2, "Order"), and what the subscribers of a list
+//! are sent when it changes. Mesh views and watchers' own views are both such lists.
+//!
+//! **Order.** A change of one owner's objects fills that owner's places in the list in
+//! order; objects beyond them go last. So an append by anyone (notified alone) lands last
+//! in every view it reaches, exactly where a subscriber following the spec appends it, and
+//! the same list is what a RESPONSE returns.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::effects::Delivery;
+use super::view::{notify_only, View};
+use crate::tls::PeerName;
+use crate::wire::{EncodeError, Object};
+
+/// One object of a view and who owns it (`None`: the hub).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) owner: Option<PeerName>,
+    pub(super) object: Object,
+}
+
+/// The entries of a view holding only the hub's objects.
+pub(super) fn hub_entries(hub: &[Object]) -> Vec<Entry> {
+    hub.iter()
+        .map(|object| Entry {
+            owner: None,
+            object: object.clone(),
+        })
+        .collect()
+}
+
+/// Encodes the view of these entries.
+pub(super) fn view_of(entries: &[Entry]) -> Result<View, EncodeError> {
+    View::new(entries.iter().map(|e| &e.object))
+}
+
+/// Replaces `owner`'s objects in `entries` by `objects`, in place: they fill the owner's
+/// places in order, places beyond them are freed, and objects beyond them go last. Returns
+/// what the list's subscribers are sent (`None`: nothing changed). Only the owner's changed
+/// objects are cloned, so a change in a large view costs a pass over it, not a copy.
+pub(super) fn set_owned(
+    entries: &mut Vec<Entry>,
+    owner: Option<&PeerName>,
+    objects: &[Object],
+    encoded: &mut Encoded,
+) -> Option<Delivery> {
+    let mut next = objects.iter();
+    let mut places = 0;
+    let mut changed = false;
+    for entry in entries.iter_mut().filter(|e| e.owner.as_ref() == owner) {
+        places += 1;
+        if let Some(object) = next.next() {
+            if entry.object != *object {
+                entry.object = object.clone();
+                changed = true;
+            }
+        }
+    }
+    if places > objects.len() {
+        let mut kept = 0;
+        entries.retain(|e| {
+            if e.owner.as_ref() != owner {
+                return true;
+            }
+            kept += 1;
+            kept <= objects.len()
+        });
+        changed = true;
+    }
+    let added = next.as_slice();
+    entries.extend(added.iter().map(|object| Entry {
+        owner: owner.cloned(),
+        object: object.clone(),
+    }));
+    if changed {
+        return Some(Delivery::Complete);
+    }
+    appended(added.iter(), encoded)
+}
+
+/// What subscribers are sent when `added` went last and nothing else changed: each object
+/// alone (`None` when nothing was added).
+fn appended<'a>(
+    added: impl ExactSizeIterator<Item = &'a Object>,
+    encoded: &mut Encoded,
+) -> Option<Delivery> {
+    if added.len() == 0 {
+        return None;
+    }
+    let only: Result<Vec<Bytes>, _> = added.map(|o| encoded.only(o)).collect();
+    Some(match only {
+        Ok(mut only) if only.len() == 1 => Delivery::Only(only.remove(0)),
+        Ok(only) => Delivery::Each(only),
+        Err(_) => Delivery::Complete,
+    })
+}
+
+/// Fills the places of each owner in `wanted` with its objects in order; owners not in
+/// `wanted` leave; objects beyond an owner's places go last, in `wanted` order (DESIGN
+/// 5.2 "Order", 5.4).
+pub(super) fn refill(old: &[Entry], wanted: &[(Option<&PeerName>, &[Object])]) -> Vec<Entry> {
+    let mut rest: HashMap<Option<&PeerName>, std::slice::Iter<'_, Object>> = wanted
+        .iter()
+        .map(|(o, objects)| (*o, objects.iter()))
+        .collect();
+    let mut out = Vec::with_capacity(old.len());
+    for entry in old {
+        if let Some(object) = rest.get_mut(&entry.owner.as_ref()).and_then(Iterator::next) {
+            out.push(Entry {
+                owner: entry.owner.clone(),
+                object: object.clone(),
+            });
+        }
+    }
+    for (owner, _) in wanted {
+        if let Some(objects) = rest.remove(owner) {
+            out.extend(objects.map(|object| Entry {
+                owner: owner.cloned(),
+                object: object.clone(),
+            }));
+        }
+    }
+    out
+}
+
+/// What subscribers of a list going from `old` to `new` are sent: the new objects, each
+/// alone, when they were appended; else the entire list; `None` when nothing changed.
+pub(super) fn delivery_between(
+    old: &[Entry],
+    new: &[Entry],
+    encoded: &mut Encoded,
+) -> Option<Delivery> {
+    if old == new {
+        return None;
+    }
+    if new.len() > old.len() && new[..old.len()] == *old {
+        return appended(new[old.len()..].iter().map(|e| &e.object), encoded);
+    }
+    Some(Delivery::Complete)
+}
+
+/// Encodes each appended object once per change, however many views it reaches.
+#[derive(Default)]
+pub(super) struct Encoded(HashMap<Object, Bytes>);
+
+impl Encoded {
+    fn only(&mut self, object: &Object) -> Result<Bytes, EncodeError> {
+        if let Some(bytes) = self.0.get(object) {
+            return Ok(bytes.clone());
+        }
+        let bytes = notify_only(object)?;
+        self.0.insert(object.clone(), bytes.clone());
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(n: &str) -> Object {
+        Object::new(n, "v")
+    }
+
+    fn peer(c: &str) -> PeerName {
+        PeerName::parse(&c.repeat(40)).unwrap()
+    }
+
+    fn names(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.object.name.as_str()).collect()
+    }
+
+    #[test]
+    fn an_owner_fills_its_places_in_order_and_the_rest_goes_last() {
+        let (a, b) = (peer("a"), peer("b"));
+        let mut entries = hub_entries(&[o("hub")]);
+        let enc = &mut Encoded::default();
+        assert!(matches!(
+            set_owned(&mut entries, Some(&a), &[o("a1")], enc),
+            Some(Delivery::Only(_))
+        ));
+        set_owned(&mut entries, Some(&b), &[o("b1")], enc);
+        // Two more of a's: an append of two, each alone.
+        let d = set_owned(&mut entries, Some(&a), &[o("a1"), o("a2"), o("a3")], enc);
+        assert!(matches!(d, Some(Delivery::Each(each)) if each.len() == 2));
+        assert_eq!(names(&entries), ["hub", "a1", "b1", "a2", "a3"]);
+        // The same objects again: nothing to send.
+        assert_eq!(
+            set_owned(&mut entries, Some(&a), &[o("a1"), o("a2"), o("a3")], enc),
+            None
+        );
+        // A change in place and a freed place: the entire list.
+        let d = set_owned(&mut entries, Some(&a), &[o("a9"), o("a2")], enc);
+        assert_eq!(d, Some(Delivery::Complete));
+        assert_eq!(names(&entries), ["hub", "a9", "b1", "a2"]);
+        // The hub's objects follow the same rule.
+        set_owned(&mut entries, None, &[o("hub"), o("hub2")], enc);
+        assert_eq!(names(&entries), ["hub", "a9", "b1", "a2", "hub2"]);
+        assert_eq!(
+            set_owned(&mut entries, Some(&a), &[], enc),
+            Some(Delivery::Complete)
+        );
+        assert_eq!(names(&entries), ["hub", "b1", "hub2"]);
+    }
+
+    #[test]
+    fn in_place_changes_send_what_comparing_the_lists_would() {
+        // The delivery computed in place agrees with comparing the whole lists.
+        let a = peer("a");
+        let cases: [&[&str]; 5] = [&["x"], &["x", "y"], &["y"], &[], &["x", "y", "z"]];
+        for from in cases {
+            for to in cases {
+                let objects = |names: &[&str]| names.iter().map(|n| o(n)).collect::<Vec<_>>();
+                let mut entries = hub_entries(&[o("hub")]);
+                set_owned(
+                    &mut entries,
+                    Some(&a),
+                    &objects(from),
+                    &mut Encoded::default(),
+                );
+                let old = entries.clone();
+                let d = set_owned(
+                    &mut entries,
+                    Some(&a),
+                    &objects(to),
+                    &mut Encoded::default(),
+                );
+                let want = delivery_between(&old, &entries, &mut Encoded::default());
+                assert_eq!(d, want, "{from:?} → {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn refill_keeps_places_drops_the_unwanted_and_appends_in_wanted_order() {
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        let mut old = hub_entries(&[o("hub")]);
+        let enc = &mut Encoded::default();
+        set_owned(&mut old, Some(&a), &[o("a1")], enc);
+        set_owned(&mut old, Some(&b), &[o("b1")], enc);
+        let (hub, of_b, of_c) = ([o("hub")], [o("b1"), o("b2")], [o("c1")]);
+        let new = refill(&old, &[(None, &hub), (Some(&c), &of_c), (Some(&b), &of_b)]);
+        assert_eq!(names(&new), ["hub", "b1", "c1", "b2"]);
+    }
+}

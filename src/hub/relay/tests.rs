@@ -1,0 +1,483 @@
+//! The composed relay: inputs in, effects out, followed the way a subscriber following the
+//! spec follows them (no actors, no sockets).
+
+use super::test_support::{decode, o, peer};
+use super::*;
+use crate::wire::object_field_len;
+
+const LIMITS: ViewLimits = ViewLimits {
+    max_view_bytes: 2000,
+    max_objects_bytes: 500,
+};
+
+fn relay() -> Relay {
+    Relay::new(vec![o("hub", "1")], LIMITS).unwrap()
+}
+
+fn set_in(
+    relay: &mut Relay,
+    who: &PeerName,
+    mesh: &str,
+    session: SessionId,
+    objects: &[Object],
+) -> (usize, Vec<ViewChange>) {
+    let (count, effects) = relay.handle_relayed_set(RelayedSet {
+        peer: who.clone(),
+        mesh: mesh.into(),
+        session,
+        objects: objects.to_vec(),
+        watch: None,
+    });
+    (count, effects.views)
+}
+
+fn set(
+    relay: &mut Relay,
+    who: &PeerName,
+    session: SessionId,
+    objects: &[Object],
+) -> (usize, Vec<ViewChange>) {
+    set_in(relay, who, "m", session, objects)
+}
+
+fn watch(
+    relay: &mut Relay,
+    who: &PeerName,
+    session: SessionId,
+    objects: &[Object],
+    list: Option<&[&PeerName]>,
+) -> Vec<ViewChange> {
+    relay
+        .handle_relayed_set(RelayedSet {
+            peer: who.clone(),
+            mesh: "m".into(),
+            session,
+            objects: objects.to_vec(),
+            watch: list.map(|l| l.iter().map(|p| (*p).clone()).collect()),
+        })
+        .1
+        .views
+}
+
+fn depart(relay: &mut Relay, who: &PeerName, session: SessionId) -> Effects {
+    relay.handle_departure(who, session)
+}
+
+fn apply(relay: &mut Relay, op: ObjectOp) -> Result<(OpOutcome, Option<ViewChange>), HubError> {
+    let Some(change) = relay.prepare_hub_op(op)? else {
+        return Ok((OpOutcome { changed: false }, None));
+    };
+    let view = relay.commit_hub_op(change).views.pop();
+    Ok((OpOutcome { changed: true }, view))
+}
+
+/// What watcher session `id` is sent by these changes, applied to the list it holds.
+fn follow_own(list: &mut Vec<Object>, id: SessionId, changes: &[ViewChange]) -> usize {
+    let mut notifies = 0;
+    for f in changes {
+        for p in f.personal.iter().filter(|p| p.session == id) {
+            match &p.delivery {
+                Delivery::Only(bytes) => {
+                    list.extend(decode(bytes));
+                    notifies += 1;
+                }
+                Delivery::Each(each) => {
+                    for bytes in each {
+                        list.extend(decode(bytes));
+                        notifies += 1;
+                    }
+                }
+                Delivery::Complete => {
+                    *list = decode(&p.view.as_ref().unwrap().notify);
+                    notifies += 1;
+                }
+                Delivery::Silent => {}
+            }
+        }
+    }
+    notifies
+}
+
+fn own_view(relay: &Relay, w: &PeerName) -> Vec<Object> {
+    decode(&relay.watchers.view(w).unwrap().notify)
+}
+
+fn names(list: &[Object]) -> Vec<&str> {
+    list.iter().map(|o| o.name.as_str()).collect()
+}
+
+fn mesh_view(relay: &Relay) -> Vec<Object> {
+    let entries = relay.meshes.entries("m", relay.hub_objects());
+    decode(&entries::view_of(&entries).unwrap().response)
+}
+
+fn relayed_in(relay: &Relay, mesh: &str) -> Vec<Object> {
+    let entries = relay.meshes.entries(mesh, relay.hub_objects());
+    entries
+        .iter()
+        .filter(|e| e.owner.is_some())
+        .map(|e| e.object.clone())
+        .collect()
+}
+
+/// What a subscriber following the spec does with one change.
+fn follow(list: &mut Vec<Object>, change: &ViewChange) {
+    match &change.delivery {
+        Delivery::Only(bytes) => list.extend(decode(bytes)),
+        Delivery::Each(each) => each.iter().for_each(|b| list.extend(decode(b))),
+        Delivery::Complete => {
+            let view = change
+                .meshes
+                .first()
+                .and_then(|(_, v)| v.as_ref())
+                .or(change.base.as_ref())
+                .unwrap();
+            *list = decode(&view.notify);
+        }
+        Delivery::Silent => {}
+    }
+}
+
+#[test]
+fn appends_go_last_so_notifies_build_the_response() {
+    let mut relay = relay();
+    let (a, b) = (peer("a"), peer("b"));
+    let mut list = decode(&relay.base_view().notify);
+    let (_, f) = set(&mut relay, &a, 1, &[o("a1", "x")]);
+    follow(&mut list, &f[0]);
+    let (_, f) = set(&mut relay, &b, 2, &[o("b1", "y")]);
+    follow(&mut list, &f[0]);
+    let (_, f) = set(&mut relay, &a, 1, &[o("a1", "x"), o("a2", "z")]);
+    assert!(
+        matches!(f[0].delivery, Delivery::Only(_)),
+        "an append is notified alone"
+    );
+    follow(&mut list, &f[0]);
+    let (_, change) = apply(&mut relay, ObjectOp::Publish(o("hub2", "2"))).unwrap();
+    let change = change.unwrap();
+    assert!(matches!(change.delivery, Delivery::Only(_)));
+    follow(&mut list, &change);
+    assert_eq!(list, mesh_view(&relay));
+    assert_eq!(
+        list.iter()
+            .map(|o| o.name.rsplit('/').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["hub", "a1", "b1", "a2", "hub2"]
+    );
+    // An update is an entire list, in the same order as the view.
+    let (_, f) = set(&mut relay, &a, 1, &[o("a2", "z")]);
+    assert_eq!(f[0].delivery, Delivery::Complete);
+    follow(&mut list, &f[0]);
+    assert_eq!(list, mesh_view(&relay));
+}
+
+#[test]
+fn relayed_objects_fill_only_what_the_hub_budget_leaves() {
+    let mut relay = relay();
+    let a = peer("a");
+    // Relay room: 2000 - 22 - 500 = 1478 bytes; each object below is 4+(8+42)+(8+200).
+    let big = |i: usize| o(&format!("{i}"), &"x".repeat(200));
+    let objects: Vec<Object> = (0..10).map(big).collect();
+    let relayed_objects: Vec<Object> = objects
+        .iter()
+        .map(|x| Object::new(format!("{a}/{}", x.name), x.value.clone()))
+        .collect();
+    let size = object_field_len(&relayed_objects[0]);
+    let (count, _) = set(&mut relay, &a, 1, &relayed_objects);
+    assert_eq!(count, LIMITS.relay_room() / size);
+    // The operator still has the whole budget.
+    let (outcome, _) = apply(&mut relay, ObjectOp::Publish(o("notice", &"n".repeat(400)))).unwrap();
+    assert!(outcome.changed);
+    assert!(matches!(
+        apply(&mut relay, ObjectOp::Publish(o("more", &"n".repeat(100)))),
+        Err(HubError::TooLarge { max: 500, .. })
+    ));
+}
+
+#[test]
+fn refused_objects_wait_for_room_and_are_counted_once() {
+    let mut relay = relay();
+    let (a, b) = (peer("a"), peer("b"));
+    let big = |who: &PeerName, i: usize| o(&format!("{who}/{i}"), &"x".repeat(200));
+    let of_a: Vec<Object> = (0..5).map(|i| big(&a, i)).collect();
+    let of_b: Vec<Object> = (0..5).map(|i| big(&b, i)).collect();
+    let fits = LIMITS.relay_room() / object_field_len(&of_a[0]);
+    assert_eq!(set(&mut relay, &a, 1, &of_a).0, 5.min(fits));
+    let (relayed_b, _) = set(&mut relay, &b, 2, &of_b);
+    assert_eq!(relayed_b, fits - 5);
+    let waiting = |relay: &Relay| relay.meshes.placed(&b).unwrap().waiting().to_vec();
+    let refused = waiting(&relay);
+    assert_eq!(refused, of_b[relayed_b..].to_vec(), "the tail, in order");
+    // A retry refuses the same objects: the state did not change (nothing to count).
+    set(&mut relay, &b, 2, &of_b);
+    assert_eq!(waiting(&relay), refused);
+    // A leaves: B's waiting objects are relayed, appended (notified alone), and B's
+    // session is told its count.
+    let effects = depart(&mut relay, &a, 1);
+    assert_eq!(effects.views.len(), 2, "A's removal, then B's objects");
+    assert_eq!(
+        effects.counts,
+        vec![Count {
+            peer: b.clone(),
+            session: 2,
+            count: 5
+        }]
+    );
+    assert!(waiting(&relay).is_empty());
+    assert_eq!(relayed_in(&relay, "m"), of_b);
+}
+
+#[test]
+fn a_stale_session_changes_nothing_and_removal_needs_the_owner() {
+    let mut relay = relay();
+    let a = peer("a");
+    set(&mut relay, &a, 5, &[o("x", "new")]);
+    let (count, changes) = set(&mut relay, &a, 4, &[o("x", "old")]);
+    assert_eq!((count, changes.len()), (0, 0));
+    assert!(depart(&mut relay, &a, 4).views.is_empty());
+    assert_eq!(mesh_view(&relay), vec![o("hub", "1"), o("x", "new")]);
+    let gone = depart(&mut relay, &a, 5).views.remove(0);
+    assert_eq!(gone.meshes.len(), 1);
+    assert!(gone.meshes[0].1.is_none(), "the mesh sees the base view");
+    assert_eq!(gone.delivery, Delivery::Complete);
+    assert!(!relay.meshes.has_relayed("m"));
+}
+
+#[test]
+fn moving_to_another_mesh_withdraws_from_the_first() {
+    let mut relay = relay();
+    let a = peer("a");
+    set(&mut relay, &a, 1, &[o("x", "1")]);
+    let (_, changes) = set_in(&mut relay, &a, "other", 2, &[o("x", "1")]);
+    assert_eq!(changes.len(), 2);
+    assert!(!relay.meshes.has_relayed("m"));
+    let other = relay.meshes.entries("other", relay.hub_objects());
+    assert_eq!(decode(&entries::view_of(&other).unwrap().response).len(), 2);
+}
+
+#[test]
+fn a_watcher_sees_hub_own_and_listed_peers_in_list_order() {
+    let mut relay = relay();
+    let (a, b, c, w) = (peer("a"), peer("b"), peer("c"), peer("e"));
+    set(&mut relay, &c, 1, &[o("c1", "x")]);
+    set(&mut relay, &b, 2, &[o("b1", "x")]);
+    set(&mut relay, &a, 3, &[o("a1", "x")]);
+    // W saw the mesh view, then its list applies: hub, echo, then a, b in list order
+    // (c is not listed; d is offline).
+    let mut list = mesh_view(&relay);
+    let f = watch(
+        &mut relay,
+        &w,
+        4,
+        &[o("w1", "x")],
+        Some(&[&a, &peer("d"), &b]),
+    );
+    follow_own(&mut list, 4, &f);
+    assert_eq!(names(&list), ["hub", "w1", "a1", "b1"]);
+    assert_eq!(list, own_view(&relay, &w));
+    // A new object of a watched peer: only it, the same bytes its watchers share.
+    let f = set(&mut relay, &b, 2, &[o("b1", "x"), o("b2", "y")]).1;
+    let p = &f.last().unwrap().personal;
+    assert!(matches!(p[0].delivery, Delivery::Only(_)));
+    follow_own(&mut list, 4, &f);
+    assert_eq!(names(&list), ["hub", "w1", "a1", "b1", "b2"]);
+    // An unwatched peer's change costs W nothing.
+    let f = set(&mut relay, &c, 1, &[o("c1", "changed")]).1;
+    assert_eq!(follow_own(&mut list, 4, &f), 0);
+    // An update of a watched peer: the entire view.
+    let f = set(&mut relay, &a, 3, &[o("a1", "new")]).1;
+    let p = &f.last().unwrap().personal;
+    assert_eq!(p[0].delivery, Delivery::Complete);
+    follow_own(&mut list, 4, &f);
+    assert_eq!(list, own_view(&relay, &w));
+    // Going offline: the entire view without it.
+    let f = depart(&mut relay, &a, 3).views;
+    follow_own(&mut list, 4, &f);
+    assert_eq!(names(&list), ["hub", "w1", "b1", "b2"]);
+    // Coming back: it goes last.
+    let f = set(&mut relay, &a, 5, &[o("a1", "x")]).1;
+    follow_own(&mut list, 4, &f);
+    assert_eq!(names(&list), ["hub", "w1", "b1", "b2", "a1"]);
+    assert_eq!(list, own_view(&relay, &w));
+    // The mesh view is unaffected by W's list.
+    assert!(names(&mesh_view(&relay)).contains(&"c1"));
+}
+
+#[test]
+fn list_changes_notify_adds_alone_and_drops_as_the_entire_view() {
+    let mut relay = relay();
+    let (a, b, c, w) = (peer("a"), peer("b"), peer("c"), peer("e"));
+    set(&mut relay, &a, 1, &[o("a1", "x")]);
+    set(&mut relay, &b, 2, &[o("b1", "x"), o("b2", "x")]);
+    set(&mut relay, &c, 3, &[o("c1", "x")]);
+    let mut list = mesh_view(&relay);
+    let f = watch(&mut relay, &w, 4, &[], Some(&[&a]));
+    follow_own(&mut list, 4, &f);
+    // Adding b and c only: one NOTIFY per added object, nothing else.
+    let f = watch(&mut relay, &w, 4, &[], Some(&[&a, &c, &b]));
+    let p = &f.last().unwrap().personal[0];
+    assert!(matches!(&p.delivery, Delivery::Each(each) if each.len() == 3));
+    follow_own(&mut list, 4, &f);
+    assert_eq!(names(&list), ["hub", "a1", "c1", "b1", "b2"]);
+    // Dropping a: the entire view.
+    let f = watch(&mut relay, &w, 4, &[], Some(&[&c, &b]));
+    assert_eq!(f.last().unwrap().personal[0].delivery, Delivery::Complete);
+    follow_own(&mut list, 4, &f);
+    assert_eq!(names(&list), ["hub", "c1", "b1", "b2"]);
+    assert!(!relay.watchers.is_watched(&a), "the index forgets a");
+    // Removing the list: back to the mesh view.
+    let f = watch(&mut relay, &w, 4, &[], None);
+    let back = &f.last().unwrap().personal[0];
+    assert!(back.view.is_none(), "its mesh's view again");
+    assert_eq!(back.delivery, Delivery::Complete);
+    list = mesh_view(&relay);
+    assert!(relay.watchers.is_empty());
+    assert_eq!(list, mesh_view(&relay));
+}
+
+#[test]
+fn other_meshes_are_absent_and_hub_changes_reach_watchers() {
+    let mut relay = relay();
+    let (a, w) = (peer("a"), peer("e"));
+    set_in(&mut relay, &a, "elsewhere", 1, &[o("a1", "x")]);
+    set(&mut relay, &w, 2, &[o("w1", "x")]);
+    let mut list = mesh_view(&relay);
+    let f = watch(&mut relay, &w, 2, &[o("w1", "x")], Some(&[&a]));
+    assert_eq!(
+        follow_own(&mut list, 2, &f),
+        1,
+        "the list applied: the entire view"
+    );
+    assert_eq!(names(&list), ["hub", "w1"]);
+    let (_, change) = apply(&mut relay, ObjectOp::Publish(o("hub2", "2"))).unwrap();
+    let change = change.unwrap();
+    follow_own(&mut list, 2, std::slice::from_ref(&change));
+    assert_eq!(names(&list), ["hub", "w1", "hub2"]);
+}
+
+#[test]
+fn an_overflowing_view_leaves_later_listed_peers_out_whole() {
+    let mut relay = relay();
+    let w = peer("e");
+    // Room for objects: 2000 - 22 = 1978 bytes, 500 of them the hub's budget (hub
+    // holds 12). Each peer below relays two objects of 4+(8+43)+(8+150) = 213 bytes.
+    let peers: Vec<PeerName> = ["1", "2", "3", "4", "5"].iter().map(|c| peer(c)).collect();
+    for (i, p) in peers.iter().enumerate() {
+        let objects = [
+            o(&format!("{p}/x"), &"v".repeat(150)),
+            o(&format!("{p}/y"), &"v".repeat(150)),
+        ];
+        set(&mut relay, p, i as u64 + 1, &objects);
+    }
+    let list: Vec<&PeerName> = peers.iter().rev().collect();
+    watch(&mut relay, &w, 9, &[], Some(&list));
+    let report = relay.view_report(&w, "m");
+    assert_eq!(report.present.len(), 4, "{report:?}");
+    assert_eq!(report.left_out, vec![peers[0].clone()]);
+    assert_eq!(
+        report.present,
+        list[..4].iter().map(|p| (*p).clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(report.objects, 9);
+    assert!(report.bytes <= LIMITS.max_view_bytes);
+}
+
+#[test]
+fn watchers_watching_each_other_see_updates() {
+    let mut relay = relay();
+    let (a, b) = (peer("a"), peer("b"));
+    set(&mut relay, &a, 1, &[o("a1", "on")]);
+    set(&mut relay, &b, 2, &[o("b1", "on")]);
+    watch(&mut relay, &a, 1, &[o("a1", "on")], Some(&[&b]));
+    watch(&mut relay, &b, 2, &[o("b1", "on")], Some(&[&a]));
+    assert_eq!(names(&own_view(&relay, &a)), ["hub", "a1", "b1"]);
+    let f = watch(&mut relay, &a, 1, &[o("a1", "away")], Some(&[&b]));
+    assert_eq!(own_view(&relay, &b)[2], o("a1", "away"), "{f:?}");
+    assert_eq!(own_view(&relay, &a)[1], o("a1", "away"));
+}
+
+fn remote(relay: &mut Relay, changes: Vec<PeerChange>) -> Vec<ViewChange> {
+    relay.handle_remote_changes(&Arc::from("m"), changes).views
+}
+
+fn upsert(who: &PeerName, objects: &[Object]) -> PeerChange {
+    PeerChange::Upsert {
+        peer: who.clone(),
+        objects: objects.to_vec(),
+    }
+}
+
+fn gone(who: &PeerName) -> PeerChange {
+    PeerChange::Gone { peer: who.clone() }
+}
+
+#[test]
+fn remote_peers_enter_views_and_watch_lists_as_local_ones() {
+    let mut relay = relay();
+    let (local, far, w) = (peer("a"), peer("b"), peer("c"));
+    set(&mut relay, &local, 1, &[o("a1", "on")]);
+    watch(&mut relay, &w, 2, &[], Some(&[&far]));
+    let mut seen = mesh_view(&relay);
+    let changes = remote(&mut relay, vec![upsert(&far, &[o("b1", "on")])]);
+    assert!(
+        matches!(changes[0].delivery, Delivery::Only(_)),
+        "appended alone"
+    );
+    follow(&mut seen, &changes[0]);
+    assert_eq!(names(&seen), ["hub", "a1", "b1"]);
+    assert_eq!(mesh_view(&relay), seen);
+    assert_eq!(
+        names(&own_view(&relay, &w)),
+        ["hub", "b1"],
+        "the watcher sees it"
+    );
+    // Gone: out of both.
+    remote(&mut relay, vec![gone(&far)]);
+    assert_eq!(names(&mesh_view(&relay)), ["hub", "a1"]);
+    assert_eq!(names(&own_view(&relay, &w)), ["hub"]);
+}
+
+#[test]
+fn a_local_session_shadows_the_remote_state_until_it_ends() {
+    let mut relay = relay();
+    let p = peer("a");
+    set(&mut relay, &p, 1, &[o("a1", "here")]);
+    // Another hub's newer session of the same peer: left aside while the local one
+    // lives (the local one is being closed) ...
+    remote(&mut relay, vec![upsert(&p, &[o("a1", "there")])]);
+    assert_eq!(mesh_view(&relay)[1], o("a1", "here"));
+    // ... and in force once it ends: the departure asks the replica for the peer's state,
+    // which it hands over again.
+    let released = depart(&mut relay, &p, 1).released;
+    assert_eq!(
+        released,
+        vec![Released {
+            peer: p.clone(),
+            mesh: "m".into()
+        }]
+    );
+    remote(&mut relay, vec![upsert(&p, &[o("a1", "there")])]);
+    assert_eq!(mesh_view(&relay)[1], o("a1", "there"));
+    // A local session again: it holds the peer; the remote state's departure (published
+    // by this hub's claim) leaves it alone.
+    set(&mut relay, &p, 2, &[o("a1", "back")]);
+    remote(&mut relay, vec![gone(&p)]);
+    assert_eq!(mesh_view(&relay)[1], o("a1", "back"));
+}
+
+#[test]
+fn a_first_load_is_the_whole_remote_part_of_the_mesh() {
+    let mut relay = relay();
+    let (x, y) = (peer("1"), peer("2"));
+    remote(
+        &mut relay,
+        vec![upsert(&x, &[o("x", "1")]), upsert(&y, &[o("y", "1")])],
+    );
+    assert_eq!(names(&mesh_view(&relay)), ["hub", "x", "y"]);
+    // Loaded again (the mesh had no local session for a while): x left meanwhile. The
+    // dropped replica announced its peers gone, so the new load is exact (the rule is the
+    // replica's: `cluster::MeshReplica::clear`).
+    remote(&mut relay, vec![gone(&x), gone(&y)]);
+    remote(&mut relay, vec![upsert(&y, &[o("y", "1")])]);
+    assert_eq!(names(&mesh_view(&relay)), ["hub", "y"]);
+}

@@ -16,9 +16,11 @@ use actix::prelude::*;
 
 use super::messages::{
     Applied, ApplyOp, Fanout, ListObjects, QueryView, RelayRemove, RelaySet, RemoteChanges,
+    SessionId,
 };
 use super::relay::{Effects, HubError, ObjectOp, OpOutcome, Relay, ViewChange};
 use super::shared::HubShared;
+use crate::tls::PeerName;
 use crate::wire::Object;
 
 /// Called with the new list before a change is applied; an error refuses the change.
@@ -68,12 +70,7 @@ impl Registry {
     /// Carries out what the relay logic asked for; returns the broadcasts' completions.
     fn carry_out(&self, effects: Effects) -> Vec<Arc<Applied>> {
         for count in effects.counts {
-            // A session that ended or was superseded meanwhile needs no count.
-            if let Some(entry) = self.shared.lookup(&count.peer) {
-                if entry.id == count.session {
-                    entry.flags.set_relayed(count.count);
-                }
-            }
+            self.tell_count(&count.peer, count.session, count.count);
         }
         if let Some(link) = self.shared.cluster.get() {
             for released in effects.released {
@@ -85,6 +82,17 @@ impl Registry {
             .into_iter()
             .map(|change| self.broadcast(change))
             .collect()
+    }
+
+    /// Records a session's relayed count in its flags. The registry is the only writer, so
+    /// the counts land in the order the relay logic computed them (an answer to a set can
+    /// never overwrite a later refill). A session that ended or was superseded needs none.
+    fn tell_count(&self, peer: &PeerName, session: SessionId, count: usize) {
+        if let Some(entry) = self.shared.lookup(peer) {
+            if entry.id == session {
+                entry.flags.set_relayed(count);
+            }
+        }
     }
 
     /// Applies an operation to the hub's objects, persisted before it is committed.
@@ -136,7 +144,9 @@ impl Handler<RelaySet> for Registry {
     type Result = usize;
 
     fn handle(&mut self, msg: RelaySet, _: &mut Self::Context) -> usize {
+        let (peer, session) = (msg.0.peer.clone(), msg.0.session);
         let (count, effects) = self.relay.handle_relayed_set(msg.0);
+        self.tell_count(&peer, session, count);
         self.carry_out(effects);
         count
     }
@@ -180,7 +190,6 @@ mod tests {
     use crate::hub::outbound::PushError;
     use crate::hub::relay::{RelayedSet, ViewLimits};
     use crate::hub::shared::{SessionEntry, SessionFlags};
-    use crate::tls::PeerName;
 
     /// Stands in for a shard: records the changes it is sent.
     struct Shard(Arc<Mutex<Vec<Arc<Fanout>>>>);

@@ -275,10 +275,9 @@ impl Session {
             .set
             .send(message)
             .into_actor(self)
-            .map(|relayed, session, ctx| {
-                if let Ok(count) = relayed {
-                    session.flags.set_relayed(count);
-                }
+            // The registry records the relayed count in the flags itself (it alone writes
+            // it, in order); the answer only says the set was taken.
+            .map(|_, session, ctx| {
                 session.relay.answered();
                 session.send_relay(ctx);
             })

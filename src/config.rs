@@ -103,6 +103,8 @@ pub struct Config {
     pub relay: RelaySection,
     /// Shutdown behaviour.
     pub shutdown: ShutdownSection,
+    /// The operator's block list of PeerNames (DESIGN 10).
+    pub blocklist: BlocklistSection,
     /// Logging.
     pub log: LogSection,
     /// Several hubs as one relay on Redis (DESIGN 8); absent: this hub runs alone.
@@ -140,8 +142,13 @@ impl Default for HubSection {
     }
 }
 
-/// `[tls]`: paths default to the data directory's `ca.pem`, `hub.pem`, `hub.key`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The default `tls.expiry_warning`: the hub warns at start and at every reload when its
+/// certificate or a CA of the bundle has less than this left.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// `[tls]`: paths default to the data directory's `ca.pem`, `hub.pem`, `hub.key`. Every
+/// file is read again at a reload (SIGHUP or `POST /v1/reload`; DESIGN 10).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     /// CA bundle: every certificate in it is trusted for client certificates.
@@ -154,6 +161,57 @@ pub struct TlsSection {
     /// for Wireshark). Anyone who can read it can decrypt every captured session. Read only
     /// from the configuration file, never from the environment.
     pub keylog: Option<PathBuf>,
+    /// Certificate revocation lists (PEM): peers whose certificate one revokes are refused
+    /// at the handshake, and their live sessions closed at the reload that brings the CRL.
+    /// `<data-dir>/crl.pem` (written by `certs revoke`) is read too when it exists.
+    pub crls: Vec<PathBuf>,
+    /// Warn (at start and at every reload) when the hub certificate or a CA of the bundle
+    /// expires within this.
+    #[serde(with = "humantime_serde")]
+    pub expiry_warning: Duration,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            ca: None,
+            cert: None,
+            key: None,
+            keylog: None,
+            crls: Vec::new(),
+            expiry_warning: DEFAULT_EXPIRY_WARNING,
+        }
+    }
+}
+
+/// `[blocklist]`: the operator's block list (DESIGN 10). In a cluster every hub must have
+/// the same bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlocklistSection {
+    /// Most PeerNames on the list; blocking one more is refused (409) and counted.
+    pub max_entries: usize,
+    /// Longest reason of a block, bytes.
+    pub max_reason_bytes: usize,
+}
+
+impl Default for BlocklistSection {
+    fn default() -> Self {
+        Self {
+            max_entries: crate::blocklist::DEFAULT_MAX_ENTRIES,
+            max_reason_bytes: crate::blocklist::DEFAULT_MAX_REASON_BYTES,
+        }
+    }
+}
+
+impl BlocklistSection {
+    /// The bounds as the list takes them.
+    pub fn limits(&self) -> crate::blocklist::BlockLimits {
+        crate::blocklist::BlockLimits {
+            max_entries: self.max_entries,
+            max_reason_bytes: self.max_reason_bytes,
+        }
+    }
 }
 
 /// `[admin]`
@@ -481,6 +539,9 @@ impl Config {
         if self.admin.event_queue == 0 {
             return invalid("admin.event_queue", "must be at least 1");
         }
+        if self.blocklist.max_entries == 0 {
+            return invalid("blocklist.max_entries", "must be at least 1");
+        }
         if self.hub.max_objects_bytes + VIEW_OVERHEAD > self.relay.max_view_bytes {
             return invalid(
                 "hub.max_objects_bytes",
@@ -525,6 +586,33 @@ impl Config {
             .cert
             .clone()
             .unwrap_or_else(|| self.hub.data_dir.join("hub.pem"))
+    }
+
+    /// The development CA's CRL in the data directory (`certs revoke` writes it).
+    pub fn data_dir_crl_path(&self) -> PathBuf {
+        self.hub.data_dir.join(crate::certs::CRL_FILE)
+    }
+
+    /// The TLS files as they are now: the configured CRLs, then `<data-dir>/crl.pem` if it
+    /// exists (looked for at every call, so a reload finds one written since the start).
+    pub fn tls_files(&self) -> crate::tls::TlsFiles {
+        let mut crls = self.tls.crls.clone();
+        let own = self.data_dir_crl_path();
+        if own.exists() && !crls.contains(&own) {
+            crls.push(own);
+        }
+        crate::tls::TlsFiles {
+            ca: self.ca_path(),
+            cert: self.cert_path(),
+            key: self.key_path(),
+            crls,
+        }
+    }
+
+    /// Whether the hub uses the development CA of its data directory (no `[tls]` paths):
+    /// `serve` creates it on first start.
+    pub fn uses_data_dir_certs(&self) -> bool {
+        self.tls.ca.is_none() && self.tls.cert.is_none() && self.tls.key.is_none()
     }
 
     /// Hub key path (configured, or `<data-dir>/hub.key`).
@@ -585,6 +673,13 @@ max_objects_bytes = {hub_objects}
 # for Wireshark). It breaks the secrecy of every session; file only, never from the
 # environment.
 # keylog = "/tmp/p2ppi-hub.keys"
+# Certificate revocation lists (PEM): revoked peers are refused at the handshake, and their
+# live sessions close at the reload that brings the list. <data_dir>/crl.pem (written by
+# `p2ppi-hub certs revoke`) is read too when it exists. Every file of [tls] is read again
+# on SIGHUP (systemctl reload) and POST /v1/reload; a reload that fails changes nothing.
+crls = []
+# Warn at start and at every reload when the hub certificate or a CA expires within this.
+expiry_warning = "{expiry_warning}"
 
 [admin]
 # Admin HTTP API and /metrics. Binding beyond loopback requires a token.
@@ -637,6 +732,14 @@ max_watch = {max_watch}
 # At most one entire mesh view per subscriber per interval; the changes within it are sent
 # together at its end, in the latest view (adds at most this much latency; "0s": off).
 view_interval = "{view_interval}"
+
+[blocklist]
+# PeerNames the operator refused (PUT /v1/blocked/PEER-NAME), whatever CA signed them:
+# refused at the handshake, their sessions closed. Kept in <data_dir>/blocked.json; in a
+# cluster, the cluster's list in Redis (every hub must have the same bounds).
+max_entries = {max_blocked}
+# Longest reason of a block (bytes, no control characters).
+max_reason_bytes = {max_reason}
 
 [shutdown]
 # Longest a graceful shutdown (SIGTERM/SIGINT) may take.
@@ -695,6 +798,9 @@ level = "{level}"
         max_watch = r.max_watch,
         view_interval = dur(r.view_interval),
         grace = dur(d.shutdown.grace),
+        expiry_warning = dur(d.tls.expiry_warning),
+        max_blocked = d.blocklist.max_entries,
+        max_reason = d.blocklist.max_reason_bytes,
         level = d.log.level,
         lease = dur(DEFAULT_CLUSTER_LEASE),
     )

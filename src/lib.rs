@@ -12,6 +12,7 @@
 
 pub mod addressing;
 pub mod admin;
+pub mod blocklist;
 pub mod certs;
 pub mod cluster;
 pub mod config;

@@ -27,6 +27,8 @@ pub struct SessionFlags {
     pub(super) response_pending: AtomicBool,
     pub(super) relayed_objects: AtomicUsize,
     pub(super) watch: Mutex<WatchStatus>,
+    /// The `notAfter` of the peer's certificate (set once, when the session starts).
+    pub(super) certificate_expires: std::sync::OnceLock<SystemTime>,
 }
 
 /// A session's WATCH_LIST as the admin API shows it (DESIGN 5.4).
@@ -63,7 +65,13 @@ impl SessionFlags {
                 state: "none",
                 ..WatchStatus::default()
             }),
+            certificate_expires: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the `notAfter` of the peer's certificate (DESIGN 10).
+    pub(crate) fn set_certificate_expiry(&self, not_after: SystemTime) {
+        let _ = self.certificate_expires.set(not_after);
     }
 
     pub(crate) fn set_watch(&self, list: Option<Vec<PeerName>>, refused: Option<&WatchError>) {
@@ -113,6 +121,10 @@ impl SessionFlags {
             response_pending: self.response_pending.load(Ordering::Relaxed),
             connected_since: humantime::format_rfc3339_seconds(self.since).to_string(),
             relayed_objects: self.relayed_objects.load(Ordering::Relaxed),
+            certificate_expires: self
+                .certificate_expires
+                .get()
+                .map(|t| humantime::format_rfc3339_seconds(*t).to_string()),
         }
     }
 }
@@ -138,6 +150,8 @@ pub struct SessionInfo {
     pub connected_since: String,
     /// How many of its objects the hub relays.
     pub relayed_objects: usize,
+    /// When its certificate expires (RFC 3339): the session ends then.
+    pub certificate_expires: Option<String>,
 }
 
 /// One session in detail (admin API `GET /v1/sessions/{peer-name}`).

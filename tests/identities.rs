@@ -719,3 +719,161 @@ fn check_config_validates_the_files_a_reload_reads() {
     );
     assert!(only.status.success(), "{}", stderr(&only));
 }
+
+// ---- a cluster: the block list is the cluster's ----
+
+/// A `serve` process of a cluster on `redis`, with its own data directory and the CA of
+/// `ca_dir`; the caller may put a `blocked.json` in `data` first.
+fn cluster_hub(ca_dir: &Path, data: &Path, redis: &str, node: &str) -> HubProcess {
+    let config = data.join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n[cluster]\nredis = {redis:?}\nnode = {node:?}\nlease = \"3s\"\n",
+            ca_dir.join("ca.pem"),
+            ca_dir.join("hub.pem"),
+            ca_dir.join("hub.key"),
+        ),
+    )
+    .unwrap();
+    HubProcess::start(data, &["--config", config.to_str().unwrap()], &[])
+}
+
+/// Waits until `GET /v1/blocked` on `hub` lists exactly `peers`.
+async fn blocked_becomes(hub: &HubProcess, peers: &[&PeerName]) {
+    let mut want: Vec<&str> = peers.iter().map(|p| p.as_str()).collect();
+    want.sort_unstable();
+    let start = Instant::now();
+    loop {
+        let listed = hub.get("/v1/blocked").await.1;
+        let got: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["peer_name"].as_str().unwrap())
+            .collect();
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "blocked: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_on_one_hub_closes_and_refuses_the_peer_on_every_hub() {
+    let Some(mut redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let ca_dir = tempfile::tempdir().unwrap();
+    p2ppi_hub::certs::init(ca_dir.path(), &[]).unwrap();
+    let ca = CertAuthority::load(ca_dir.path()).unwrap();
+    let (alice, bob, eve) = (issue(&ca, "alice"), issue(&ca, "bob"), issue(&ca, "eve"));
+
+    // Hub a's copy holds eve: it seeds the cluster's empty list, and hub b follows it.
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(
+        data_a.path().join("blocked.json"),
+        json!({"version": 1, "blocked": [{"peer_name": eve.peer_name, "reason": "seeded"}]})
+            .to_string(),
+    )
+    .unwrap();
+    let a = cluster_hub(ca_dir.path(), data_a.path(), &redis.url(), "a");
+    let b = cluster_hub(ca_dir.path(), data_b.path(), &redis.url(), "b");
+    blocked_becomes(&b, &[&eve.peer_name]).await;
+    assert!(refusal(&config_for(&b, ca_dir.path(), &eve))
+        .await
+        .contains("AccessDenied"));
+
+    // Blocked through hub a: its session on hub b ends within a second, and both refuse it.
+    let (_alice_b, mut alice_events) = served(config_for(&b, ca_dir.path(), &alice)).await;
+    let blocking = Instant::now();
+    let (status, answer) = a
+        .http(
+            "PUT",
+            &format!("/v1/blocked/{}", alice.peer_name),
+            Some(r#"{"reason": "lost"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["disconnected"], false, "not connected to hub a");
+    let (at, clean) = closed(&mut alice_events).await;
+    assert!(clean);
+    assert!(
+        at - blocking < Duration::from_secs(1),
+        "closed on the other hub {:?} after the block",
+        at - blocking
+    );
+    for hub in [&a, &b] {
+        assert!(refusal(&config_for(hub, ca_dir.path(), &alice))
+            .await
+            .contains("AccessDenied"));
+    }
+    blocked_becomes(&b, &[&alice.peer_name, &eve.peer_name]).await;
+    let scrape = b.metrics().await;
+    assert_eq!(
+        series(&scrape, "p2ppi_sessions_closed_total{reason=\"blocked\"}"),
+        1.0
+    );
+
+    // Lifted through hub b: hub a serves alice again.
+    assert_eq!(
+        b.http(
+            "DELETE",
+            &format!("/v1/blocked/{}", alice.peer_name),
+            None,
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    blocked_becomes(&a, &[&eve.peer_name]).await;
+    served(config_for(&a, ca_dir.path(), &alice)).await;
+
+    // A change whose notice was lost (written without PUBLISH) is found when the hubs'
+    // Redis connections are re-established: the list is read whole again.
+    let (_bob_a, mut bob_events) = served(config_for(&a, ca_dir.path(), &bob)).await;
+    let mut conn = redis.connection();
+    let _: () = ::redis::cmd("HSET")
+        .arg("p2ppi:blocked")
+        .arg(bob.peer_name.as_str())
+        .arg(r#"{"reason":"quietly"}"#)
+        .query(&mut conn)
+        .unwrap();
+    let _: i64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut conn)
+        .unwrap();
+    closed(&mut bob_events).await;
+    blocked_becomes(&a, &[&bob.peer_name, &eve.peer_name]).await;
+
+    // Redis loses its state: the hubs' copies seed it again, and the list holds.
+    redis.restart();
+    let start = Instant::now();
+    loop {
+        let mut conn = redis.connection();
+        let len: i64 = ::redis::cmd("HLEN")
+            .arg("p2ppi:blocked")
+            .query(&mut conn)
+            .unwrap();
+        if len == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the block list was not seeded again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    blocked_becomes(&b, &[&bob.peer_name, &eve.peer_name]).await;
+    assert!(refusal(&config_for(&b, ca_dir.path(), &eve))
+        .await
+        .contains("AccessDenied"));
+}

@@ -58,6 +58,9 @@ impl HubHandle {
             list.limits().check_reason(reason)?;
         }
         let entry = BlockEntry::now(reason);
+        // In a cluster Redis says whether it is new (this hub may have applied the
+        // announcement of this very change already).
+        let mut cluster_added = None;
         if let Some(link) = shared.cluster.get() {
             let json = encode_entry(&entry);
             let outcome = link
@@ -70,10 +73,12 @@ impl HubHandle {
                     max: list.limits().max_entries,
                 });
             }
+            cluster_added = Some(outcome == BlockOutcome::Added);
         }
         let shared2 = shared.clone();
         let (peer2, entry2) = (peer.clone(), entry.clone());
         let added = blocking(move || change(&shared2, Change::Block(peer2, entry2))).await?;
+        let added = cluster_added.unwrap_or(added);
         info!(%peer, reason = entry.reason.as_deref().unwrap_or(""), "peer blocked");
         let disconnected = close_blocked(shared, &peer);
         Ok(Blocked {

@@ -401,6 +401,23 @@ pub fn init(data_dir: &Path, hub_names: &[String]) -> Result<InitOutcome, CertEr
     Ok(InitOutcome::Created)
 }
 
+/// Issues a new hub certificate and key with the data directory's CA (for `localhost`,
+/// `127.0.0.1`, `::1` and `hub_names`) and replaces `hub.key` then `hub.pem`, each
+/// atomically; a hub running on them takes them at its next reload (a reload that happens
+/// to fall between the two writes finds a key that is not the certificate's and changes
+/// nothing).
+///
+/// # Errors
+/// [`CertError::NoCa`], or a generation/write failure.
+pub fn renew_hub(data_dir: &Path, hub_names: &[String]) -> Result<IssuedCert, CertError> {
+    let dir = DataDir(data_dir.to_owned());
+    let ca = CertAuthority::load(data_dir)?;
+    let hub = ca.issue_hub(hub_names)?;
+    crate::persist::write_secret_atomically(&dir.hub_key(), hub.key_pem.as_bytes())?;
+    crate::persist::write_atomically(&dir.hub_cert(), hub.cert_pem.as_bytes())?;
+    Ok(hub)
+}
+
 /// Issues `peers/NAME.pem` and `peers/NAME.key` with the data directory's CA.
 ///
 /// # Errors
@@ -481,11 +498,7 @@ impl PeerCertInfo {
     }
 }
 
-/// A serial number without its leading zero bytes (DER adds one to keep it positive).
-fn trimmed(serial: &[u8]) -> &[u8] {
-    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
-    &serial[start..]
-}
+use crate::tls::trim_serial as trimmed;
 
 /// What [`revoke`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -817,6 +830,96 @@ mod tests {
             peer_cert(dir.path(), "../ca"),
             Err(CertError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn revoke_keeps_earlier_entries_bumps_the_number_and_refuses_foreign_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[]).unwrap();
+        let opts = PeerCertOptions::default();
+        let alice = issue(dir.path(), "alice", &opts, false).unwrap();
+        let bob = issue(dir.path(), "bob", &opts, false).unwrap();
+        assert!(revoked_certs(dir.path()).unwrap().is_empty());
+
+        let first = revoke(dir.path(), "alice").unwrap();
+        assert_eq!((first.crl_number, first.entries), (1, 1));
+        assert!(!first.already_revoked);
+        // By PeerName, in either case.
+        let by_name = bob.peer_name.as_str().to_ascii_uppercase();
+        let second = revoke(dir.path(), &by_name).unwrap();
+        assert_eq!((second.crl_number, second.entries), (2, 2));
+        assert_eq!(second.cert.name, "bob");
+        let again = revoke(dir.path(), "alice").unwrap();
+        assert!(again.already_revoked);
+        assert_eq!(again.crl_number, 2);
+
+        let revoked = revoked_certs(dir.path()).unwrap();
+        let listed: Vec<PeerCertInfo> = list_peer_certs(dir.path())
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        assert!(listed.iter().all(|c| c.is_revoked(&revoked)));
+        assert_eq!(
+            listed.iter().map(|c| &c.peer_name).collect::<Vec<_>>(),
+            [&alice.peer_name, &bob.peer_name]
+        );
+        // The CRL is what the hub loads, from this CA.
+        let loaded = crate::tls::load_crls(&dir.path().join(CRL_FILE)).unwrap();
+        assert_eq!(loaded[0].revoked, 2);
+        assert_eq!(loaded[0].number.as_deref(), Some("02"));
+
+        // A certificate of another CA dropped in peers/ is not this CA's to revoke.
+        let other = CertAuthority::generate("other").unwrap();
+        let foreign = other.issue_peer("eve", &opts).unwrap();
+        fs::write(dir.path().join("peers/eve.pem"), &foreign.cert_pem).unwrap();
+        assert!(matches!(
+            revoke(dir.path(), "eve"),
+            Err(CertError::ForeignCertificate { .. })
+        ));
+        assert!(matches!(
+            revoke(dir.path(), &"ab".repeat(20)),
+            Err(CertError::NoSuchPeerName { .. })
+        ));
+        assert!(matches!(
+            revoke(dir.path(), "nobody"),
+            Err(CertError::NoSuchPeer { .. })
+        ));
+        // Another CA's CRL in its place is refused rather than overwritten.
+        fs::write(
+            dir.path().join(CRL_FILE),
+            other.revocation_list(&[&foreign], 9).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            revoke(dir.path(), "alice"),
+            Err(CertError::BadCrl { .. })
+        ));
+    }
+
+    #[test]
+    fn renew_hub_replaces_the_hub_certificate_and_key_as_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[]).unwrap();
+        let dd = DataDir(dir.path().to_owned());
+        let before = fs::read_to_string(dd.hub_cert()).unwrap();
+        let renewed = renew_hub(dir.path(), &["hub.example".into()]).unwrap();
+        assert_ne!(fs::read_to_string(dd.hub_cert()).unwrap(), before);
+        assert_eq!(fs::read_to_string(dd.hub_cert()).unwrap(), renewed.cert_pem);
+        // The pair loads as the hub's TLS files (the key matches the certificate).
+        let files = crate::tls::TlsFiles {
+            ca: dd.ca_cert(),
+            cert: dd.hub_cert(),
+            key: dd.hub_key(),
+            crls: Vec::new(),
+        };
+        crate::tls::TlsMaterial::load(&files).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dd.hub_key()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "hub.key readable by others: {mode:o}");
+        }
     }
 
     #[test]

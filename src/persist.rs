@@ -116,6 +116,19 @@ impl ObjectStore {
 /// # Errors
 /// [`PersistError::Io`] naming the step's file; the previous file is then intact.
 pub fn write_atomically(path: &Path, body: &[u8]) -> Result<(), PersistError> {
+    write_file(path, body, false)
+}
+
+/// [`write_atomically`] for a secret (a private key): the file is created owner-only (0600)
+/// before anything is written to it.
+///
+/// # Errors
+/// [`PersistError::Io`] naming the step's file; the previous file is then intact.
+pub fn write_secret_atomically(path: &Path, body: &[u8]) -> Result<(), PersistError> {
+    write_file(path, body, true)
+}
+
+fn write_file(path: &Path, body: &[u8], private: bool) -> Result<(), PersistError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| PersistError::Io { path, source }
@@ -127,7 +140,15 @@ pub fn write_atomically(path: &Path, body: &[u8]) -> Result<(), PersistError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let mut file = File::create(&temp).map_err(io(&temp))?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&temp).map_err(io(&temp))?;
     file.write_all(body).map_err(io(&temp))?;
     file.sync_all().map_err(io(&temp))?;
     drop(file);

@@ -513,7 +513,12 @@ async fn blocking_and_unblocking_through_the_api_hold_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_that_expires_mid_session_ends_it() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = HubProcess::start(dir.path(), &[], &[]);
+    // The hub certificate (825 days) is "expiring" under a 1000-day warning.
+    let hub = HubProcess::start(
+        dir.path(),
+        &[],
+        &[("P2PPI_TLS__EXPIRY_WARNING", "1000days")],
+    );
     let ca = CertAuthority::load(dir.path()).unwrap();
     // Issued an hour back-dated: valid for one hour and three seconds, so three seconds left.
     let short = PeerCertOptions {
@@ -550,6 +555,22 @@ async fn a_certificate_that_expires_mid_session_ends_it() {
     assert!(
         refused.contains("CertificateExpired") || refused.contains("closed"),
         "{refused}"
+    );
+    // The hub warned about its own certificate at start, and again at a reload.
+    assert_eq!(post_reload(&hub).await.0, 200);
+    hub.running.signal("-TERM");
+    let (status, err) = hub.running.wait();
+    assert!(status.success());
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("certificate expires soon"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings
+            .iter()
+            .all(|l| l.contains("\"hub\"") && l.contains("p2ppi-hub")),
+        "{warnings:?}"
     );
 }
 

@@ -23,8 +23,9 @@
 //! | `GET /v1/cluster` | in a cluster (DESIGN 8): this hub's node, whether Redis answers, and every registered hub with its peers and lease; 404 for a hub alone, 503 when Redis does not answer |
 //!
 //! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
-//! or wrong), 404, 413 (body above `admin.max_body_bytes`, or a change that would take the
-//! hub's objects over `hub.max_objects_bytes`), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`,
+//! or wrong), 404, 409 (the block list is full), 413 (body above `admin.max_body_bytes`, or
+//! a change that would take the hub's objects over `hub.max_objects_bytes`), 422 (a reload
+//! whose files cannot be used), 500 (not durable) or 503. With `admin.token` set, every route but `/healthz`,
 //! `/readyz` and the page's document at `/` (which holds no data) needs
 //! `Authorization: Bearer <token>`. Object changes are acknowledged only once persisted and
 //! served by every worker.

@@ -1,6 +1,7 @@
 //! `p2ppi-hub certs`: the development CA (`init`), peer certificates (`issue`), the issued
 //! ones with their PeerNames and expiries (`list`, with the hub certificate's and the CA's),
-//! and revocation (`revoke`, writing `<data-dir>/crl.pem`).
+//! a new hub certificate (`renew-hub`), and revocation (`revoke`, writing
+//! `<data-dir>/crl.pem`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +42,16 @@ pub(crate) enum CertsCommand {
         /// Replace an existing certificate of that name.
         #[arg(long)]
         force: bool,
+    },
+    /// Issue a new hub certificate and key from the development CA, replacing hub.pem and
+    /// hub.key (then reload the hub: SIGHUP or POST /v1/reload).
+    RenewHub {
+        /// Data directory holding the CA.
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Extra DNS names or IP addresses for the hub certificate.
+        #[arg(long = "hub-name")]
+        hub_names: Vec<String>,
     },
     /// Revoke a peer certificate issued by the development CA: adds it to <data-dir>/crl.pem
     /// (a hub reads it at start and at every reload: SIGHUP or POST /v1/reload).
@@ -97,6 +108,33 @@ pub(crate) fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
             println!("certificate: {}", dir.peer_cert(&name).display());
             println!("key: {}", dir.peer_key(&name).display());
             println!("{}", issued.peer_name);
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::RenewHub {
+            data_dir,
+            hub_names,
+        } => {
+            certs::renew_hub(&data_dir, &hub_names)?;
+            let dir = certs::DataDir(data_dir);
+            let expiry = tls::load_certs(&dir.hub_cert())
+                .ok()
+                .and_then(|c| CertExpiry::from_der(ExpiryRole::Hub, &c[0]).ok());
+            println!(
+                "new hub certificate: {} (key {})",
+                dir.hub_cert().display(),
+                dir.hub_key().display()
+            );
+            if let Some(expiry) = expiry {
+                println!(
+                    "valid until {} (fingerprint {})",
+                    humantime::format_rfc3339_seconds(expiry.not_after),
+                    expiry.fingerprint
+                );
+            }
+            println!(
+                "reload the hub to serve it (live sessions stay): systemctl reload p2ppi-hub, \
+                 kill -HUP <pid>, or POST /v1/reload"
+            );
             Ok(ExitCode::SUCCESS)
         }
         CertsCommand::Revoke { who, data_dir } => {

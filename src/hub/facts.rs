@@ -27,8 +27,9 @@ pub struct SessionFlags {
     pub(super) response_pending: AtomicBool,
     pub(super) relayed_objects: AtomicUsize,
     pub(super) watch: Mutex<WatchStatus>,
-    /// The `notAfter` of the peer's certificate (set once, when the session starts).
-    pub(super) certificate_expires: std::sync::OnceLock<SystemTime>,
+    /// The `notAfter` and issuer of the peer's certificate (set once, when the session
+    /// starts).
+    pub(super) certificate: std::sync::OnceLock<(SystemTime, String)>,
 }
 
 /// A session's WATCH_LIST as the admin API shows it (DESIGN 5.4).
@@ -65,13 +66,13 @@ impl SessionFlags {
                 state: "none",
                 ..WatchStatus::default()
             }),
-            certificate_expires: std::sync::OnceLock::new(),
+            certificate: std::sync::OnceLock::new(),
         }
     }
 
-    /// Records the `notAfter` of the peer's certificate (DESIGN 10).
-    pub(crate) fn set_certificate_expiry(&self, not_after: SystemTime) {
-        let _ = self.certificate_expires.set(not_after);
+    /// Records the `notAfter` and the issuer of the peer's certificate (DESIGN 10).
+    pub(crate) fn set_certificate(&self, not_after: SystemTime, issuer: String) {
+        let _ = self.certificate.set((not_after, issuer));
     }
 
     pub(crate) fn set_watch(&self, list: Option<Vec<PeerName>>, refused: Option<&WatchError>) {
@@ -122,9 +123,10 @@ impl SessionFlags {
             connected_since: humantime::format_rfc3339_seconds(self.since).to_string(),
             relayed_objects: self.relayed_objects.load(Ordering::Relaxed),
             certificate_expires: self
-                .certificate_expires
+                .certificate
                 .get()
-                .map(|t| humantime::format_rfc3339_seconds(*t).to_string()),
+                .map(|(t, _)| humantime::format_rfc3339_seconds(*t).to_string()),
+            certificate_issuer: self.certificate.get().map(|(_, issuer)| issuer.clone()),
         }
     }
 }
@@ -152,6 +154,8 @@ pub struct SessionInfo {
     pub relayed_objects: usize,
     /// When its certificate expires (RFC 3339): the session ends then.
     pub certificate_expires: Option<String>,
+    /// Its certificate's issuer (CN): the CA it depends on.
+    pub certificate_issuer: Option<String>,
 }
 
 /// One session in detail (admin API `GET /v1/sessions/{peer-name}`).

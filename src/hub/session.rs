@@ -441,8 +441,10 @@ impl Actor for Session {
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         metrics::hub().sessions.increment(1.0);
         let addr = ctx.address();
-        self.flags
-            .set_certificate_expiry(self.cert.identity.not_after);
+        self.flags.set_certificate(
+            self.cert.identity.not_after,
+            self.cert.identity.issuer.clone(),
+        );
         let entry = SessionEntry {
             id: self.id,
             close: addr.clone().recipient(),

@@ -135,6 +135,8 @@ pub struct LoadedCrl {
     pub number: Option<String>,
     /// How many certificates it revokes.
     pub revoked: usize,
+    /// The serial numbers it revokes (big-endian, without leading zeros).
+    pub serials: Vec<Vec<u8>>,
 }
 
 impl LoadedCrl {
@@ -147,15 +149,35 @@ impl LoadedCrl {
         let number = crl
             .crl_number()
             .map(|n| data_encoding::HEXLOWER.encode(&n.to_bytes_be()));
-        let revoked = crl.iter_revoked_certificates().count();
+        let serials: Vec<Vec<u8>> = crl
+            .iter_revoked_certificates()
+            .map(|r| trim_serial(r.raw_serial()).to_vec())
+            .collect();
         Ok(Self {
             path: path.to_owned(),
             der,
             issuer,
             number,
-            revoked,
+            revoked: serials.len(),
+            serials,
         })
     }
+}
+
+/// A serial number without the leading zero bytes DER adds to keep it positive.
+pub fn trim_serial(serial: &[u8]) -> &[u8] {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    &serial[start..]
+}
+
+/// The serial numbers of a chain's certificates (trimmed); a certificate that does not
+/// parse has none.
+pub fn chain_serials(chain: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
+    chain
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, cert)| trim_serial(cert.raw_serial()).to_vec())
+        .collect()
 }
 
 /// Reads every CRL of a PEM file.
@@ -326,6 +348,15 @@ impl TlsMaterial {
     pub fn hub_expiry(&self) -> &CertExpiry {
         // `build` puts it first, always.
         &self.expiries[0]
+    }
+
+    /// Every serial number the CRLs revoke (trimmed), whatever their issuer: a quick first
+    /// filter, never a verdict (the verifier decides).
+    pub fn revoked_serials(&self) -> std::collections::HashSet<Vec<u8>> {
+        self.crls
+            .iter()
+            .flat_map(|c| c.serials.iter().cloned())
+            .collect()
     }
 
     /// How many certificates the CRLs revoke in all.

@@ -20,7 +20,8 @@ mod material;
 mod verifier;
 
 pub use material::{
-    fingerprint, load_crls, CertExpiry, ExpiryRole, LoadedCrl, TlsFiles, TlsMaterial,
+    chain_serials, fingerprint, load_crls, trim_serial, CertExpiry, ExpiryRole, LoadedCrl,
+    TlsFiles, TlsMaterial,
 };
 pub use verifier::{PeerFilter, PeerVerifier, Refusal, RefuseNobody};
 
@@ -98,6 +99,9 @@ pub struct CertIdentity {
     pub common_name: Option<String>,
     /// The end of its validity: the hub closes the session then (DESIGN 10).
     pub not_after: SystemTime,
+    /// Its issuer's CN (the whole issuer name when it has none): which CA a peer depends on
+    /// (rolling a CA over).
+    pub issuer: String,
 }
 
 impl CertIdentity {
@@ -119,11 +123,18 @@ impl CertIdentity {
             .next()
             .and_then(|a| a.as_str().ok())
             .map(str::to_owned);
+        let issuer = cert
+            .issuer()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map_or_else(|| cert.issuer().to_string(), str::to_owned);
         Ok(Self {
             peer_name: PeerName::from_spki_der(cert.tbs_certificate.subject_pki.raw),
             organizational_unit,
             common_name,
             not_after: cert.validity().not_after.to_datetime().into(),
+            issuer,
         })
     }
 

@@ -122,6 +122,12 @@ async fn post_reload(hub: &HubProcess) -> (u16, Value) {
     hub.http("POST", "/v1/reload", Some("{}"), None).await
 }
 
+/// `PUT /v1/blocked/{peer}` with `body`.
+async fn put_block(hub: &HubProcess, peer: &PeerName, body: &str) -> (u16, Value) {
+    hub.http("PUT", &format!("/v1/blocked/{peer}"), Some(body), None)
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_hub_certificate_under_200_sessions_drops_none() {
     let dir = tempfile::tempdir().unwrap();
@@ -353,6 +359,8 @@ async fn a_peer_revoked_with_certs_revoke_and_sighup_is_closed_and_refused() {
     closed(&mut bob_events).await;
 }
 
+const STOLEN: &str = r#"{"reason": "stolen laptop"}"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_and_unblocking_through_the_api_hold_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -391,14 +399,7 @@ async fn blocking_and_unblocking_through_the_api_hold_across_a_restart() {
         .unwrap()
         .is_empty());
 
-    let (status, answer) = hub
-        .http(
-            "PUT",
-            &path(&alice.peer_name),
-            Some(r#"{"reason": "stolen laptop"}"#),
-            None,
-        )
-        .await;
+    let (status, answer) = put_block(&hub, &alice.peer_name, STOLEN).await;
     assert_eq!(
         (status, &answer["disconnected"]),
         (201, &json!(true)),
@@ -409,14 +410,7 @@ async fn blocking_and_unblocking_through_the_api_hold_across_a_restart() {
         .await
         .contains("AccessDenied"));
     // Blocked already: 200, the entry replaced (PUT).
-    let (status, _) = hub
-        .http(
-            "PUT",
-            &path(&alice.peer_name),
-            Some(r#"{"reason": "stolen laptop"}"#),
-            None,
-        )
-        .await;
+    let (status, _) = put_block(&hub, &alice.peer_name, STOLEN).await;
     assert_eq!(status, 200, "blocked already");
     // DELETE /v1/sessions/{peer}?block=true: disconnect and block in one call.
     let (status, answer) = hub
@@ -434,18 +428,8 @@ async fn blocking_and_unblocking_through_the_api_hold_across_a_restart() {
     );
     closed(&mut bob_events).await;
     let carol = issue(&ca, "carol").peer_name;
-    assert_eq!(
-        hub.http("PUT", &path(&carol), Some("{}"), None).await.0,
-        201
-    );
-    let (status, answer) = hub
-        .http(
-            "PUT",
-            &path(&issue(&ca, "dave").peer_name),
-            Some("{}"),
-            None,
-        )
-        .await;
+    assert_eq!(put_block(&hub, &carol, "{}").await.0, 201);
+    let (status, answer) = put_block(&hub, &issue(&ca, "dave").peer_name, "{}").await;
     assert_eq!(status, 409, "the list is full: {answer}");
     let scrape = hub.metrics().await;
     assert_eq!(

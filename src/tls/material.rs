@@ -22,11 +22,10 @@ use std::time::SystemTime;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use sha1::{Digest, Sha1};
 
-use super::{load_certs, load_key, pem_reason, provider, root_store, Identity, TlsError};
+use super::{load_certs, load_key, load_pem_items, provider, root_store, Identity, TlsError};
 
 /// The files a hub's TLS is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,15 +83,9 @@ impl CertExpiry {
     pub fn from_der(role: ExpiryRole, der: &[u8]) -> Result<Self, TlsError> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
-        let subject = cert.subject();
-        let subject = subject
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map_or_else(|| subject.to_string(), str::to_owned);
         Ok(Self {
             role,
-            subject,
+            subject: super::display_name(cert.subject()),
             fingerprint: fingerprint(der),
             not_after: cert.validity().not_after.to_datetime().into(),
         })
@@ -186,17 +179,8 @@ pub fn chain_serials(chain: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
 /// [`TlsError::File`] when the file is missing, unreadable, holds no CRL, or a CRL does not
 /// parse.
 pub fn load_crls(path: &Path) -> Result<Vec<LoadedCrl>, TlsError> {
-    let file_err = |reason: String| TlsError::File {
-        path: path.to_owned(),
-        reason,
-    };
-    let ders = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(|e| file_err(pem_reason(&e)))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(pem_reason(&e)))?;
-    if ders.is_empty() {
-        return Err(file_err("holds no PEM certificate revocation list".into()));
-    }
+    let ders: Vec<CertificateRevocationListDer<'static>> =
+        load_pem_items(path, "certificate revocation list")?;
     ders.into_iter()
         .map(|der| LoadedCrl::parse(path, der))
         .collect()

@@ -123,12 +123,7 @@ impl CertIdentity {
             .next()
             .and_then(|a| a.as_str().ok())
             .map(str::to_owned);
-        let issuer = cert
-            .issuer()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map_or_else(|| cert.issuer().to_string(), str::to_owned);
+        let issuer = display_name(cert.issuer());
         Ok(Self {
             peer_name: PeerName::from_spki_der(cert.tbs_certificate.subject_pki.raw),
             organizational_unit,
@@ -142,6 +137,14 @@ impl CertIdentity {
     pub fn mesh(&self) -> &str {
         self.organizational_unit.as_deref().unwrap_or(DEFAULT_MESH)
     }
+}
+
+/// A certificate name as people read it: its CN, or the whole name when it has none.
+pub(crate) fn display_name(name: &x509_parser::x509::X509Name<'_>) -> String {
+    name.iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map_or_else(|| name.to_string(), str::to_owned)
 }
 
 /// TLS set-up failures.
@@ -184,18 +187,23 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// # Errors
 /// [`TlsError::File`] when the file is missing, unreadable or holds no certificate.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    load_pem_items(path, "certificate")
+}
+
+/// Reads every PEM item of one kind (`what`, for the error) from a file: at least one.
+pub(crate) fn load_pem_items<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>, TlsError> {
     let file_err = |reason: String| TlsError::File {
         path: path.to_owned(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
+    let items = T::pem_file_iter(path)
         .map_err(|e| file_err(pem_reason(&e)))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(pem_reason(&e)))?;
-    if certs.is_empty() {
-        return Err(file_err("holds no PEM certificate".into()));
+    if items.is_empty() {
+        return Err(file_err(format!("holds no PEM {what}")));
     }
-    Ok(certs)
+    Ok(items)
 }
 
 /// Reads the first private key in a PEM file.

@@ -7,7 +7,12 @@
 //! and is valid for TLS client authentication only.
 //!
 //! [`list_peer_certs`] reads the issued peer certificates back (name, PeerName, mesh,
-//! expiry), so a user can find a PeerName again.
+//! expiry, revoked), so a user can find a PeerName again.
+//!
+//! Revocation (DESIGN 10): [`revoke`] adds a peer certificate to `<data-dir>/crl.pem`, a CRL
+//! signed by the development CA with rcgen. The earlier entries are kept and the CRL number
+//! goes up by one each time; the file is replaced atomically. `serve` reads `crl.pem` when it
+//! exists, at start and at every reload.
 //!
 //! [`CertAuthority`] also works in memory, so tests and the bench harness can issue many
 //! certificates without touching disk.
@@ -17,8 +22,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
@@ -59,6 +65,48 @@ pub enum CertError {
     /// A certificate that does not parse.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// No issued certificate has that PeerName.
+    #[error("no certificate in {dir} has PeerName {peer_name} (a CRL names certificates by serial number, so the certificate is needed; `p2ppi-hub certs list` shows the issued ones)", dir = dir.display())]
+    NoSuchPeerName {
+        /// The PeerName asked for.
+        peer_name: PeerName,
+        /// The directory searched.
+        dir: PathBuf,
+    },
+    /// The certificate was not issued by this data directory's CA.
+    #[error("{path} was not issued by the CA of this data directory ({ca})", path = path.display())]
+    ForeignCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// The CA's subject.
+        ca: String,
+    },
+    /// The existing CRL is not this CA's, or does not parse.
+    #[error("{path}: {reason}", path = path.display())]
+    BadCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Writing a file atomically failed.
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
+}
+
+/// The file name of the development CA's CRL in a data directory.
+pub const CRL_FILE: &str = "crl.pem";
+/// How long a CRL written by [`revoke`] says it is valid (its nextUpdate). The hub does not
+/// enforce nextUpdate (rustls' default); other relying parties may.
+pub const CRL_VALIDITY: Duration = Duration::days(365);
+
+/// One certificate a CRL revokes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCert {
+    /// Its serial number, big-endian bytes.
+    pub serial: Vec<u8>,
+    /// When it was revoked.
+    pub revoked_at: OffsetDateTime,
 }
 
 /// What a peer certificate is made for (issue-time options).
@@ -97,6 +145,19 @@ pub struct IssuedCert {
 }
 
 impl IssuedCert {
+    /// The certificate's serial number, big-endian bytes.
+    ///
+    /// # Errors
+    /// [`CertError::Tls`] when the PEM does not hold a certificate.
+    pub fn serial(&self) -> Result<Vec<u8>, CertError> {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| crate::tls::TlsError::BadCertificate(e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| crate::tls::TlsError::BadCertificate(e.to_string()))?;
+        Ok(cert.raw_serial().to_vec())
+    }
+
     /// The certificate and key as a TLS identity.
     ///
     /// # Errors
@@ -167,6 +228,50 @@ impl CertAuthority {
             return Err(CertError::NoCa(data_dir.to_owned()));
         }
         Self::from_pem(&read(&cert)?, &read(&key)?)
+    }
+
+    /// A CRL (PEM) signed by this CA that revokes `revoked`, with CRL number `number`,
+    /// issued now and valid for [`CRL_VALIDITY`].
+    ///
+    /// # Errors
+    /// [`CertError::Generate`] when signing fails.
+    pub fn sign_crl(&self, revoked: &[RevokedCert], number: u64) -> Result<String, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + CRL_VALIDITY,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&r.serial),
+                    revocation_time: r.revoked_at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
+    /// A CRL (PEM) signed by this CA that revokes `certs` now, numbered `number`.
+    ///
+    /// # Errors
+    /// [`CertError`] when a certificate does not parse or signing fails.
+    pub fn revocation_list(&self, certs: &[&IssuedCert], number: u64) -> Result<String, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let revoked = certs
+            .iter()
+            .map(|c| {
+                Ok(RevokedCert {
+                    serial: c.serial()?,
+                    revoked_at: now,
+                })
+            })
+            .collect::<Result<Vec<_>, CertError>>()?;
+        self.sign_crl(&revoked, number)
     }
 
     /// The CA certificate, PEM.
@@ -296,6 +401,23 @@ pub fn init(data_dir: &Path, hub_names: &[String]) -> Result<InitOutcome, CertEr
     Ok(InitOutcome::Created)
 }
 
+/// Issues a new hub certificate and key with the data directory's CA (for `localhost`,
+/// `127.0.0.1`, `::1` and `hub_names`) and replaces `hub.key` then `hub.pem`, each
+/// atomically; a hub running on them takes them at its next reload (a reload that happens
+/// to fall between the two writes finds a key that is not the certificate's and changes
+/// nothing).
+///
+/// # Errors
+/// [`CertError::NoCa`], or a generation/write failure.
+pub fn renew_hub(data_dir: &Path, hub_names: &[String]) -> Result<IssuedCert, CertError> {
+    let dir = DataDir(data_dir.to_owned());
+    let ca = CertAuthority::load(data_dir)?;
+    let hub = ca.issue_hub(hub_names)?;
+    crate::persist::write_secret_atomically(&dir.hub_key(), hub.key_pem.as_bytes())?;
+    crate::persist::write_atomically(&dir.hub_cert(), hub.cert_pem.as_bytes())?;
+    Ok(hub)
+}
+
 /// Issues `peers/NAME.pem` and `peers/NAME.key` with the data directory's CA.
 ///
 /// # Errors
@@ -349,6 +471,8 @@ pub struct PeerCertInfo {
     pub common_name: Option<String>,
     /// The end of its validity.
     pub not_after: OffsetDateTime,
+    /// Its serial number, big-endian bytes without leading zeros.
+    pub serial: Vec<u8>,
 }
 
 impl PeerCertInfo {
@@ -364,8 +488,172 @@ impl PeerCertInfo {
             peer_name: identity.peer_name,
             common_name: identity.common_name,
             not_after: cert.validity().not_after.to_datetime(),
+            serial: trimmed(cert.raw_serial()).to_vec(),
         })
     }
+
+    /// Whether `revoked` (a CRL's entries) names this certificate.
+    pub fn is_revoked(&self, revoked: &[RevokedCert]) -> bool {
+        revoked.iter().any(|r| trimmed(&r.serial) == self.serial)
+    }
+}
+
+use crate::tls::trim_serial as trimmed;
+
+/// What [`revoke`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The revoked certificate.
+    pub cert: PeerCertInfo,
+    /// The CRL written (or already naming it).
+    pub crl: PathBuf,
+    /// The CRL's number now.
+    pub crl_number: u64,
+    /// Certificates the CRL revokes now.
+    pub entries: usize,
+    /// The CRL named the certificate already: nothing was written.
+    pub already_revoked: bool,
+}
+
+/// Revokes a peer certificate issued by the data directory's CA: `who` is its name
+/// (`peers/NAME.pem`) or its PeerName. Writes `<data-dir>/crl.pem` with every earlier entry
+/// and the CRL number one higher (atomically); a hub picks it up at its next reload.
+///
+/// # Errors
+/// [`CertError::NoCa`], [`CertError::NoSuchPeer`] or [`CertError::NoSuchPeerName`],
+/// [`CertError::ForeignCertificate`] when another CA issued it, [`CertError::BadCrl`] when the
+/// existing CRL is not this CA's, or a signing or write failure.
+pub fn revoke(data_dir: &Path, who: &str) -> Result<Revocation, CertError> {
+    let ca = CertAuthority::load(data_dir)?;
+    let (path, cert) = find_peer_cert(data_dir, who)?;
+    let ca_subject = subject_of_pem(ca.cert_pem())?;
+    let der = crate::tls::load_certs(&path)?.swap_remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| crate::tls::TlsError::BadCertificate(e.to_string()))?;
+    if parsed.issuer().as_raw() != ca_subject.as_slice() {
+        return Err(CertError::ForeignCertificate {
+            path,
+            ca: ca_common_name(ca.cert_pem()),
+        });
+    }
+    let crl = data_dir.join(CRL_FILE);
+    let (mut revoked, number) = read_crl(&crl, &ca_subject)?;
+    if cert.is_revoked(&revoked) {
+        return Ok(Revocation {
+            cert,
+            crl,
+            crl_number: number,
+            entries: revoked.len(),
+            already_revoked: true,
+        });
+    }
+    revoked.push(RevokedCert {
+        serial: cert.serial.clone(),
+        revoked_at: OffsetDateTime::now_utc(),
+    });
+    let number = number.saturating_add(1);
+    let pem = ca.sign_crl(&revoked, number)?;
+    crate::persist::write_atomically(&crl, pem.as_bytes())?;
+    Ok(Revocation {
+        cert,
+        crl,
+        crl_number: number,
+        entries: revoked.len(),
+        already_revoked: false,
+    })
+}
+
+/// The entries of the data directory's CRL (none without `crl.pem`).
+///
+/// # Errors
+/// [`CertError::NoCa`] without a CA; [`CertError::BadCrl`] when `crl.pem` does not parse or
+/// is another CA's.
+pub fn revoked_certs(data_dir: &Path) -> Result<Vec<RevokedCert>, CertError> {
+    let ca_pem = read(&DataDir(data_dir.to_owned()).ca_cert())?;
+    let (revoked, _) = read_crl(&data_dir.join(CRL_FILE), &subject_of_pem(&ca_pem)?)?;
+    Ok(revoked)
+}
+
+/// Finds `peers/WHO.pem`, else the issued certificate whose PeerName is `who`.
+fn find_peer_cert(data_dir: &Path, who: &str) -> Result<(PathBuf, PeerCertInfo), CertError> {
+    let dir = DataDir(data_dir.to_owned());
+    if check_name(who).is_ok() && dir.peer_cert(who).exists() {
+        return Ok((dir.peer_cert(who), peer_cert(data_dir, who)?));
+    }
+    let Some(peer_name) = PeerName::parse(who) else {
+        return peer_cert(data_dir, who).map(|info| (dir.peer_cert(who), info));
+    };
+    let found = list_peer_certs(data_dir)?
+        .into_iter()
+        .flatten()
+        .find(|c| c.peer_name == peer_name);
+    match found {
+        Some(info) => Ok((dir.peer_cert(&info.name), info)),
+        None => Err(CertError::NoSuchPeerName {
+            peer_name,
+            dir: data_dir.join("peers"),
+        }),
+    }
+}
+
+/// The raw DER subject of a PEM certificate.
+fn subject_of_pem(pem: &str) -> Result<Vec<u8>, CertError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |e: String| CertError::Tls(crate::tls::TlsError::BadCertificate(e));
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
+    Ok(cert.subject().as_raw().to_vec())
+}
+
+fn ca_common_name(pem: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .and_then(|der| CertIdentity::from_der(&der).ok())
+        .and_then(|id| id.common_name)
+        .unwrap_or_else(|| "its CA".into())
+}
+
+/// The entries and number of a CRL file issued by the CA of subject `ca_subject`; none and
+/// 0 when the file does not exist.
+fn read_crl(path: &Path, ca_subject: &[u8]) -> Result<(Vec<RevokedCert>, u64), CertError> {
+    let bad = |reason: String| CertError::BadCrl {
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.exists() {
+        return Ok((Vec::new(), 0));
+    }
+    let loaded = crate::tls::load_crls(path)?;
+    let [crl] = loaded.as_slice() else {
+        return Err(bad(format!(
+            "holds {} CRLs; this file holds the development CA's one CRL",
+            loaded.len()
+        )));
+    };
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl.der).map_err(|e| bad(e.to_string()))?;
+    if parsed.issuer().as_raw() != ca_subject {
+        return Err(bad(format!(
+            "issued by {}, not by this data directory's CA",
+            parsed.issuer()
+        )));
+    }
+    let number = match parsed.crl_number().map(|n| n.to_bytes_be()) {
+        None => 0,
+        Some(bytes) if trimmed(&bytes).len() <= 8 => trimmed(&bytes)
+            .iter()
+            .fold(0u64, |n, b| (n << 8) | u64::from(*b)),
+        Some(_) => return Err(bad("the CRL number does not fit 64 bits".into())),
+    };
+    let revoked = parsed
+        .iter_revoked_certificates()
+        .map(|r| RevokedCert {
+            serial: trimmed(r.raw_serial()).to_vec(),
+            revoked_at: r.revocation_date.to_datetime(),
+        })
+        .collect();
+    Ok((revoked, number))
 }
 
 /// The peer certificate `peers/NAME.pem` of a data directory.
@@ -542,6 +830,96 @@ mod tests {
             peer_cert(dir.path(), "../ca"),
             Err(CertError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn revoke_keeps_earlier_entries_bumps_the_number_and_refuses_foreign_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[]).unwrap();
+        let opts = PeerCertOptions::default();
+        let alice = issue(dir.path(), "alice", &opts, false).unwrap();
+        let bob = issue(dir.path(), "bob", &opts, false).unwrap();
+        assert!(revoked_certs(dir.path()).unwrap().is_empty());
+
+        let first = revoke(dir.path(), "alice").unwrap();
+        assert_eq!((first.crl_number, first.entries), (1, 1));
+        assert!(!first.already_revoked);
+        // By PeerName, in either case.
+        let by_name = bob.peer_name.as_str().to_ascii_uppercase();
+        let second = revoke(dir.path(), &by_name).unwrap();
+        assert_eq!((second.crl_number, second.entries), (2, 2));
+        assert_eq!(second.cert.name, "bob");
+        let again = revoke(dir.path(), "alice").unwrap();
+        assert!(again.already_revoked);
+        assert_eq!(again.crl_number, 2);
+
+        let revoked = revoked_certs(dir.path()).unwrap();
+        let listed: Vec<PeerCertInfo> = list_peer_certs(dir.path())
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        assert!(listed.iter().all(|c| c.is_revoked(&revoked)));
+        assert_eq!(
+            listed.iter().map(|c| &c.peer_name).collect::<Vec<_>>(),
+            [&alice.peer_name, &bob.peer_name]
+        );
+        // The CRL is what the hub loads, from this CA.
+        let loaded = crate::tls::load_crls(&dir.path().join(CRL_FILE)).unwrap();
+        assert_eq!(loaded[0].revoked, 2);
+        assert_eq!(loaded[0].number.as_deref(), Some("02"));
+
+        // A certificate of another CA dropped in peers/ is not this CA's to revoke.
+        let other = CertAuthority::generate("other").unwrap();
+        let foreign = other.issue_peer("eve", &opts).unwrap();
+        fs::write(dir.path().join("peers/eve.pem"), &foreign.cert_pem).unwrap();
+        assert!(matches!(
+            revoke(dir.path(), "eve"),
+            Err(CertError::ForeignCertificate { .. })
+        ));
+        assert!(matches!(
+            revoke(dir.path(), &"ab".repeat(20)),
+            Err(CertError::NoSuchPeerName { .. })
+        ));
+        assert!(matches!(
+            revoke(dir.path(), "nobody"),
+            Err(CertError::NoSuchPeer { .. })
+        ));
+        // Another CA's CRL in its place is refused rather than overwritten.
+        fs::write(
+            dir.path().join(CRL_FILE),
+            other.revocation_list(&[&foreign], 9).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            revoke(dir.path(), "alice"),
+            Err(CertError::BadCrl { .. })
+        ));
+    }
+
+    #[test]
+    fn renew_hub_replaces_the_hub_certificate_and_key_as_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[]).unwrap();
+        let dd = DataDir(dir.path().to_owned());
+        let before = fs::read_to_string(dd.hub_cert()).unwrap();
+        let renewed = renew_hub(dir.path(), &["hub.example".into()]).unwrap();
+        assert_ne!(fs::read_to_string(dd.hub_cert()).unwrap(), before);
+        assert_eq!(fs::read_to_string(dd.hub_cert()).unwrap(), renewed.cert_pem);
+        // The pair loads as the hub's TLS files (the key matches the certificate).
+        let files = crate::tls::TlsFiles {
+            ca: dd.ca_cert(),
+            cert: dd.hub_cert(),
+            key: dd.hub_key(),
+            crls: Vec::new(),
+        };
+        crate::tls::TlsMaterial::load(&files).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dd.hub_key()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "hub.key readable by others: {mode:o}");
+        }
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub struct Config {
     pub relay: RelaySection,
     /// Shutdown behaviour.
     pub shutdown: ShutdownSection,
+    /// The operator's block list (PUT /v1/blocked/PEER-NAME): PeerNames refused at the
+    /// handshake whatever CA signed them, their sessions closed. Kept in
+    /// <data_dir>/blocked.json; in a cluster, the cluster's list in Redis.
+    pub blocklist: BlocklistSection,
     /// Logging.
     pub log: LogSection,
     /// Several hubs as one relay on one Redis 7 or Valkey 8 (standalone, not Redis
@@ -186,8 +190,13 @@ impl Default for HubSection {
     }
 }
 
+/// Default of `tls.expiry_warning`: the hub warns at start and at every reload when its
+/// certificate or a CA of the bundle has less than this left.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
 /// `[tls]`: every path is absent by default, which means a file in the data directory.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, DocumentedFields)]
+/// Every file is read again at a reload (SIGHUP or `POST /v1/reload`; DESIGN 10).
+#[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     /// CA bundle: every certificate in it is trusted for client certificates. Default:
@@ -202,6 +211,64 @@ pub struct TlsSection {
     /// decrypts every captured session. Read only from the configuration file, never from
     /// the environment.
     pub keylog: Option<PathBuf>,
+    /// Certificate revocation lists (PEM): peers whose certificate one revokes are refused
+    /// at the handshake, and their live sessions closed at the reload that brings the CRL.
+    /// `<data_dir>/crl.pem` (written by `p2ppi-hub certs revoke`) is read too when it
+    /// exists. Every file of [tls] is read again on SIGHUP (systemctl reload) and POST
+    /// /v1/reload; a reload that fails changes nothing.
+    pub crls: Vec<PathBuf>,
+    /// Warn (at start and at every reload) when the hub certificate or a CA of the bundle
+    /// expires within this.
+    #[serde(with = "humantime_serde")]
+    pub expiry_warning: Duration,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            ca: None,
+            cert: None,
+            key: None,
+            keylog: None,
+            crls: Vec::new(),
+            expiry_warning: DEFAULT_EXPIRY_WARNING,
+        }
+    }
+}
+
+/// Default of `blocklist.max_entries`.
+pub const DEFAULT_BLOCKLIST_MAX_ENTRIES: usize = crate::blocklist::DEFAULT_MAX_ENTRIES;
+/// Default of `blocklist.max_reason_bytes`.
+pub const DEFAULT_BLOCKLIST_MAX_REASON_BYTES: usize = crate::blocklist::DEFAULT_MAX_REASON_BYTES;
+
+/// `[blocklist]`: the operator's block list (DESIGN 10). In a cluster every hub must have
+/// the same bounds.
+#[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlocklistSection {
+    /// Most PeerNames on the list; blocking one more is refused (409) and counted.
+    pub max_entries: usize,
+    /// Longest reason of a block, bytes.
+    pub max_reason_bytes: usize,
+}
+
+impl Default for BlocklistSection {
+    fn default() -> Self {
+        Self {
+            max_entries: DEFAULT_BLOCKLIST_MAX_ENTRIES,
+            max_reason_bytes: DEFAULT_BLOCKLIST_MAX_REASON_BYTES,
+        }
+    }
+}
+
+impl BlocklistSection {
+    /// The bounds as the list takes them.
+    pub fn limits(&self) -> crate::blocklist::BlockLimits {
+        crate::blocklist::BlockLimits {
+            max_entries: self.max_entries,
+            max_reason_bytes: self.max_reason_bytes,
+        }
+    }
 }
 
 impl TlsSection {
@@ -212,6 +279,7 @@ impl TlsSection {
             cert: Some("/etc/p2ppi-hub/hub.pem".into()),
             key: Some("/etc/p2ppi-hub/hub.key".into()),
             keylog: Some("/tmp/p2ppi-hub.keys".into()),
+            ..Self::default()
         }
     }
 }
@@ -644,6 +712,9 @@ impl Config {
         if self.admin.event_queue == 0 {
             return invalid("admin.event_queue", "must be at least 1");
         }
+        if self.blocklist.max_entries == 0 {
+            return invalid("blocklist.max_entries", "must be at least 1");
+        }
         if self.hub.max_objects_bytes + VIEW_OVERHEAD > self.relay.max_view_bytes {
             return invalid(
                 "hub.max_objects_bytes",
@@ -691,6 +762,33 @@ impl Config {
             .cert
             .clone()
             .unwrap_or_else(|| self.hub.data_dir.join("hub.pem"))
+    }
+
+    /// The development CA's CRL in the data directory (`certs revoke` writes it).
+    pub fn data_dir_crl_path(&self) -> PathBuf {
+        self.hub.data_dir.join(crate::certs::CRL_FILE)
+    }
+
+    /// The TLS files as they are now: the configured CRLs, then `<data-dir>/crl.pem` if it
+    /// exists (looked for at every call, so a reload finds one written since the start).
+    pub fn tls_files(&self) -> crate::tls::TlsFiles {
+        let mut crls = self.tls.crls.clone();
+        let own = self.data_dir_crl_path();
+        if own.exists() && !crls.contains(&own) {
+            crls.push(own);
+        }
+        crate::tls::TlsFiles {
+            ca: self.ca_path(),
+            cert: self.cert_path(),
+            key: self.key_path(),
+            crls,
+        }
+    }
+
+    /// Whether the hub uses the development CA of its data directory (no `[tls]` paths):
+    /// `serve` creates it on first start.
+    pub fn uses_data_dir_certs(&self) -> bool {
+        self.tls.ca.is_none() && self.tls.cert.is_none() && self.tls.key.is_none()
     }
 
     /// Hub key path (configured, or `<data-dir>/hub.key`).

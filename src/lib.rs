@@ -17,6 +17,7 @@
 
 pub mod addressing;
 pub mod admin;
+pub mod blocklist;
 pub mod certs;
 pub mod cluster;
 pub mod config;

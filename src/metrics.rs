@@ -90,6 +90,15 @@ pub const CLUSTER_PEERS: &str = "p2ppi_cluster_peers";
 pub const CLUSTER_REAPED_PEERS: &str = "p2ppi_cluster_reaped_peers_total";
 /// Cluster channel messages that did not decode, by `reason`.
 pub const CLUSTER_BAD_MESSAGES: &str = "p2ppi_cluster_bad_messages_total";
+/// TLS reloads (SIGHUP, `POST /v1/reload`), by `outcome` (`ok`, `failed`).
+pub const TLS_RELOADS: &str = "p2ppi_tls_reloads_total";
+/// The `notAfter` of the hub certificate (`role="hub"`) and of each CA of the bundle
+/// (`role="ca"`, with `subject` and `fingerprint`), seconds since the Unix epoch (gauge).
+/// Rendered at each scrape from the certificates in force ([`certificate_expiry_text`]), so
+/// a CA removed from the bundle leaves no stale series behind.
+pub const CERTIFICATE_EXPIRY: &str = "p2ppi_tls_certificate_expiry_timestamp_seconds";
+/// PeerNames on the operator's block list (gauge).
+pub const BLOCKED_PEERS: &str = "p2ppi_blocked_peers";
 /// Build information (gauge, always 1), with `version`.
 pub const BUILD_INFO: &str = "p2ppi_build_info";
 
@@ -311,6 +320,16 @@ fn describe() {
         Unit::Count,
         "Event streams ended because their reader fell behind, by reason."
     );
+    describe_counter!(
+        TLS_RELOADS,
+        Unit::Count,
+        "TLS reloads (SIGHUP, POST /v1/reload), by outcome."
+    );
+    describe_gauge!(
+        BLOCKED_PEERS,
+        Unit::Count,
+        "PeerNames on the operator's block list."
+    );
     describe_gauge!(
         BUILD_INFO,
         Unit::Count,
@@ -371,6 +390,45 @@ pub fn hub() -> &'static HubMetrics {
 /// Counts one event of a labelled counter (`reason` label).
 pub fn count_reason(name: &'static str, reason: &'static str) {
     metrics::counter!(name, "reason" => reason).increment(1);
+}
+
+/// Counts one event of a counter labelled by `outcome`.
+pub fn count_outcome(name: &'static str, outcome: &'static str) {
+    metrics::counter!(name, "outcome" => outcome).increment(1);
+}
+
+/// Adds `n` to a counter labelled by `reason`.
+pub fn counter_add_reason(name: &'static str, reason: &'static str, n: u64) {
+    metrics::counter!(name, "reason" => reason).increment(n);
+}
+
+/// The [`CERTIFICATE_EXPIRY`] gauge family in the Prometheus text format, for the
+/// certificates in force (appended to the recorder's rendering by `/metrics`). The recorder
+/// cannot forget a series, and a CA removed from the bundle must not keep one (its expiry
+/// would fire alerts for a CA nobody uses), so this family is rendered from the current
+/// state at each scrape instead.
+pub fn certificate_expiry_text(expiries: &[crate::tls::CertExpiry]) -> String {
+    use std::fmt::Write as _;
+    fn escaped(value: &str) -> String {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    }
+    let mut out = format!(
+        "# HELP {CERTIFICATE_EXPIRY} notAfter of the hub certificate (role=hub) and of each CA of the bundle (role=ca), seconds since the Unix epoch.\n# TYPE {CERTIFICATE_EXPIRY} gauge\n"
+    );
+    for e in expiries {
+        let _ = writeln!(
+            out,
+            "{CERTIFICATE_EXPIRY}{{role=\"{}\",subject=\"{}\",fingerprint=\"{}\"}} {}",
+            e.role.label(),
+            escaped(&e.subject),
+            e.fingerprint,
+            e.timestamp()
+        );
+    }
+    out
 }
 
 /// Counts one event of an unlabelled counter.

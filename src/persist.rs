@@ -98,27 +98,65 @@ impl ObjectStore {
     /// # Errors
     /// [`PersistError::Io`] naming the step's file; the previous file is then intact.
     pub fn save(&self, objects: &[Object]) -> Result<(), PersistError> {
-        let temp = self.dir.join(TEMP_NAME);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| PersistError::Io { path, source }
-        };
         let body = serde_json::to_vec_pretty(&FileFormat {
             version: 1,
             objects: objects.to_vec(),
         })
         .expect("objects serialize");
-        let mut file = File::create(&temp).map_err(io(&temp))?;
-        file.write_all(&body).map_err(io(&temp))?;
-        file.sync_all().map_err(io(&temp))?;
-        drop(file);
-        let path = self.path();
-        fs::rename(&temp, &path).map_err(io(&path))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        write_atomically(&self.path(), &body)
     }
+}
+
+/// Replaces `path` with `body` durably: the body goes to `<path>.tmp` in the same
+/// directory, which is fsynced and renamed over `path` (atomic on POSIX filesystems), then
+/// the directory is fsynced so the rename itself is durable. A crash at any moment leaves
+/// either the old or the new complete file. Every file the hub or its CLI rewrites goes
+/// through here (`objects.json`, `blocked.json`, `crl.pem`).
+///
+/// # Errors
+/// [`PersistError::Io`] naming the step's file; the previous file is then intact.
+pub fn write_atomically(path: &Path, body: &[u8]) -> Result<(), PersistError> {
+    write_file(path, body, false)
+}
+
+/// [`write_atomically`] for a secret (a private key): the file is created owner-only (0600)
+/// before anything is written to it.
+///
+/// # Errors
+/// [`PersistError::Io`] naming the step's file; the previous file is then intact.
+pub fn write_secret_atomically(path: &Path, body: &[u8]) -> Result<(), PersistError> {
+    write_file(path, body, true)
+}
+
+fn write_file(path: &Path, body: &[u8], private: bool) -> Result<(), PersistError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PersistError::Io { path, source }
+    };
+    let mut temp_name = path.file_name().unwrap_or_default().to_owned();
+    temp_name.push(".tmp");
+    let temp = path.with_file_name(temp_name);
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&temp).map_err(io(&temp))?;
+    file.write_all(body).map_err(io(&temp))?;
+    file.sync_all().map_err(io(&temp))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(io(path))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
 }
 
 #[cfg(test)]

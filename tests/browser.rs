@@ -325,6 +325,16 @@ async fn the_presence_page_shows_live_presence_safely_behind_the_token() {
         "Alice Liddell"
     );
     assert_eq!(js(&client, &cell(&carol.name, "primary")).await, "carol");
+    // Certificates' expiries: the peer's (issued for a year) and the hub's (825 days).
+    assert_eq!(js(&client, &cell(&carol.name, "cert")).await, "in 364d");
+    assert_eq!(
+        js(
+            &client,
+            "return document.getElementById('hub-cert').textContent;"
+        )
+        .await,
+        "in 824d"
+    );
     assert_eq!(
         js(
             &client,

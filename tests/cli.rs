@@ -62,7 +62,9 @@ fn certs_list_shows_name_peer_name_mesh_and_expiry() {
     let list = run(&["certs", "list", "--data-dir", d], dir.path());
     assert!(list.status.success(), "{}", stderr(&list));
     let out = stdout(&list);
-    let rows: Vec<Vec<&str>> = out
+    // The peers' table, a blank line, then the hub certificate's and the CA's.
+    let (peers, own) = out.split_once("\n\n").expect("two tables");
+    let rows: Vec<Vec<&str>> = peers
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
@@ -75,6 +77,17 @@ fn certs_list_shows_name_peer_name_mesh_and_expiry() {
             .iter()
             .any(|d| d.to_string() == row[3])
     };
+    let own: Vec<Vec<&str>> = own
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(own[0], ["FILE", "ROLE", "SUBJECT", "EXPIRES"], "{out}");
+    // The date is the third word from the end ("2027-05-01 12:00 UTC").
+    let own_expires = |row: &[&str], days: i64| expires(&["", "", "", row[row.len() - 3]], days);
+    assert_eq!(&own[1][..3], ["hub.pem", "hub", "p2ppi-hub"], "{out}");
+    assert!(own_expires(&own[1], 825), "{out}");
+    assert_eq!(&own[2][..2], ["ca.pem", "ca"], "{out}");
+    assert!(own_expires(&own[2], 3650), "{out}");
     assert_eq!(&rows[1][..3], ["alice", alice.as_str(), "default"]);
     assert!(expires(&rows[1], 365), "{out}");
     assert_eq!(&rows[2][..3], ["bob", bob.as_str(), "blue"]);
@@ -96,7 +109,7 @@ fn certs_list_shows_name_peer_name_mesh_and_expiry() {
     std::fs::write(dir.path().join("peers/junk.pem"), "junk").unwrap();
     let broken = run(&["certs", "list", "--data-dir", d], dir.path());
     assert_eq!(broken.status.code(), Some(1));
-    assert_eq!(stdout(&broken).lines().count(), 3);
+    assert_eq!(stdout(&broken).lines().count(), 7);
     assert!(
         stderr(&broken).contains("peers/junk.pem"),
         "{}",

@@ -13,16 +13,21 @@
 //! | `DELETE /v1/objects/{name}[?value=]` | delete: 204, 404 when nothing matched |
 //! | `GET /v1/sessions` | open sessions: PeerName, mesh, address, the three flags, since, relayed objects |
 //! | `GET /v1/sessions/{peer-name}` | one session: the above, its WATCH_LIST (in force, applied/rejected and why), its view (objects, bytes, watched peers present and left out): 200, 404 |
-//! | `DELETE /v1/sessions/{peer-name}` | disconnect (close_notify): 204, 404 |
+//! | `DELETE /v1/sessions/{peer-name}[?block=true]` | disconnect (close_notify): 204, 404; with `block=true` also block the PeerName (as `PUT /v1/blocked/…`): 200 `{"peer_name","blocked","disconnected"}` |
 //! | `POST /v1/sessions/{peer-name}/messages` `{"mime_type","value"}` | send an APPLICATION_DEFINED_MESSAGE: 202 |
 //! | `GET /v1/messages` | the latest messages peers addressed to the hub |
+//! | `POST /v1/reload` (no body, or `{}`) | read the hub certificate and key, the CA bundle and the CRLs again and swap them in (as SIGHUP; DESIGN 10); live sessions the new files refuse are closed: 200 with what is in force and what was closed, 422 naming the file when a file cannot be used (nothing changed) |
+//! | `GET /v1/blocked` | the block list: PeerName, reason, since |
+//! | `PUT /v1/blocked/{peer-name}` (no body, or `{"reason"}`) | block a PeerName whatever CA signed it (in a cluster, on every hub): refused at the handshake from now on, its session closed: 201, 200 when blocked already (reason replaced), 409 when the list is full |
+//! | `DELETE /v1/blocked/{peer-name}` | lift a block: 204, 404 when not blocked |
 //! | `GET /v1/cluster` | in a cluster (DESIGN 8): this hub's node, whether Redis answers, and every registered hub with its peers and lease; 404 for a hub alone, 503 when Redis does not answer |
 //!
 //! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
-//! or wrong), 403 (see below), 404, 413 (body above `admin.max_body_bytes`, or a change that
-//! would take the hub's objects over `hub.max_objects_bytes`), 415 (see below), 500 (not
-//! durable) or 503. With `admin.token` set, every route but `/healthz`, `/readyz` and the
-//! page's document at `/` (which holds no data) needs `Authorization: Bearer <token>`.
+//! or wrong), 403 (see below), 404, 409 (the block list is full), 413 (body above
+//! `admin.max_body_bytes`, or a change that would take the hub's objects over
+//! `hub.max_objects_bytes`), 415 (see below), 422 (a reload whose files cannot be used), 500
+//! (not durable) or 503. With `admin.token` set, every route but `/healthz`, `/readyz` and
+//! the page's document at `/` (which holds no data) needs `Authorization: Bearer <token>`.
 //! Object changes are acknowledged only once persisted and served by every worker.
 //!
 //! **Web pages cannot drive it** (`guard.rs`, one middleware before routing, so every route,
@@ -37,6 +42,7 @@
 
 pub mod events;
 mod guard;
+mod identities;
 pub mod page;
 
 use std::future::{ready, Ready};
@@ -181,6 +187,13 @@ struct DeleteQuery {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct DisconnectQuery {
+    #[serde(default)]
+    block: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct OutgoingMessage {
     mime_type: String,
     value: String,
@@ -223,9 +236,13 @@ async fn cluster(_: Authorized, state: web::Data<AdminState>) -> Result<HttpResp
 }
 
 async fn metrics_text(_: Authorized, state: web::Data<AdminState>) -> HttpResponse {
+    let mut text = state.prometheus.render();
+    text.push_str(&metrics::certificate_expiry_text(
+        &state.hub.certificate_expiries(),
+    ));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.prometheus.render())
+        .body(text)
 }
 
 async fn list_objects(_: Authorized, state: web::Data<AdminState>) -> Result<HttpResponse> {
@@ -302,8 +319,18 @@ async fn disconnect_session(
     _: Authorized,
     state: web::Data<AdminState>,
     peer: web::Path<String>,
+    query: web::Query<DisconnectQuery>,
 ) -> Result<HttpResponse> {
     let peer = peer_name(&peer)?;
+    if query.block {
+        // Blocking closes the session (here, or on its hub in a cluster).
+        let blocked = state.hub.block(peer.clone(), None).await?;
+        return Ok(HttpResponse::Ok().json(json!({
+            "peer_name": peer,
+            "blocked": true,
+            "disconnected": blocked.disconnected,
+        })));
+    }
     if state.hub.disconnect(&peer, "admin") {
         Ok(HttpResponse::NoContent().finish())
     } else {
@@ -413,6 +440,10 @@ pub fn server(
             .route("/v1/sessions/{peer}", web::delete().to(disconnect_session))
             .route("/v1/sessions/{peer}/messages", web::post().to(send_message))
             .route("/v1/messages", web::get().to(hub_messages))
+            .route("/v1/reload", web::post().to(identities::reload))
+            .route("/v1/blocked", web::get().to(identities::list_blocked))
+            .route("/v1/blocked/{peer}", web::put().to(identities::block))
+            .route("/v1/blocked/{peer}", web::delete().to(identities::unblock))
             .default_service(web::to(not_found))
     })
     .workers(1)

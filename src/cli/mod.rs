@@ -37,10 +37,16 @@ enum Command {
     /// Decode P2PPI bytes (raw, or hex with --hex) from FILE or stdin: one JSON line per
     /// message, with the verdict the hub's codec gives it.
     Decode(decode::DecodeArgs),
-    /// Check a configuration file and print the effective configuration (secrets hidden).
+    /// Check a configuration file and the certificate files it names (readable, the key
+    /// matching the certificate, the CRLs parsing: what a reload checks), and print the
+    /// effective configuration (secrets hidden).
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+        /// Check the configuration only, not the files it names (to check it away from the
+        /// hub's machine).
+        #[arg(long)]
+        config_only: bool,
     },
     /// Print the default configuration, with a comment for every setting.
     PrintDefaultConfig,
@@ -75,14 +81,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs { command } => certs::run(command),
         Command::Peer(args) => peer::run(*args),
         Command::Decode(args) => decode::run(args),
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, config_only } => {
             let config = Config::load(Some(&file), std::env::vars())?;
             // Printed with its secrets (token, Redis password) hidden.
             println!(
                 "{}",
                 toml::to_string(&config.redacted()).context("rendering the configuration")?
             );
-            let warnings = config.warnings();
+            let mut warnings = config.warnings();
+            if !config_only {
+                warnings.extend(check_tls_files(&config)?);
+            }
             for warning in &warnings {
                 eprintln!("warning: {warning}");
             }
@@ -97,6 +106,55 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Loads the TLS files of `config` as the hub's start and reloads do; prints what they hold
+/// (on stderr) and returns the warnings (expiring certificates). A data directory without a
+/// CA, when the config names no certificate, is fine: `serve` creates the development CA.
+///
+/// # Errors
+/// The file and why it cannot be used.
+fn check_tls_files(config: &Config) -> anyhow::Result<Vec<String>> {
+    use std::time::SystemTime;
+    if config.uses_data_dir_certs() && !config.ca_path().exists() {
+        eprintln!(
+            "{}: no CA yet; `p2ppi-hub serve` creates a development CA there on first start",
+            config.hub.data_dir.display()
+        );
+        return Ok(Vec::new());
+    }
+    let files = config.tls_files();
+    let material = p2ppi_hub::tls::TlsMaterial::load(&files)
+        .with_context(|| "the TLS files cannot be used".to_string())?;
+    let now = SystemTime::now();
+    let mut warnings = Vec::new();
+    for e in material.expiries() {
+        let at = humantime::format_rfc3339_seconds(e.not_after);
+        let left = e.seconds_left(now);
+        eprintln!(
+            "{} certificate {:?} ({}) expires {at}",
+            e.role.label(),
+            e.subject,
+            e.fingerprint
+        );
+        if left < config.tls.expiry_warning.as_secs() as i64 {
+            warnings.push(format!(
+                "the {} certificate {:?} expires {at} ({} days left)",
+                e.role.label(),
+                e.subject,
+                left / 86_400
+            ));
+        }
+    }
+    for crl in material.crls() {
+        eprintln!(
+            "CRL {} of {}: {} revoked certificate(s)",
+            crl.path.display(),
+            crl.issuer,
+            crl.revoked
+        );
+    }
+    Ok(warnings)
 }
 
 /// An error chain as one sentence: "outer: inner: root".

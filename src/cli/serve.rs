@@ -1,5 +1,5 @@
 //! `p2ppi-hub serve`: configuration, logging, the development CA on first start, the hub,
-//! and shutdown on SIGTERM/SIGINT.
+//! a TLS reload on SIGHUP (DESIGN 10; `systemctl reload`), and shutdown on SIGTERM/SIGINT.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -58,9 +58,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = effective_config(&args)?;
     init_logging(&config);
     let data_dir = config.hub.data_dir.clone();
-    let uses_data_dir_certs =
-        config.tls.ca.is_none() && config.tls.cert.is_none() && config.tls.key.is_none();
-    if uses_data_dir_certs {
+    if config.uses_data_dir_certs() {
         let outcome = certs::init(&data_dir, &[])
             .with_context(|| format!("creating the development CA in {}", data_dir.display()))?;
         if outcome == InitOutcome::Created {
@@ -99,7 +97,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             super::first_peer_hint(&data_dir, listen)
         );
         let _ = std::io::stdout().flush();
-        let signal = wait_for_signal().await?;
+        let signal = serve_signals(&handle).await?;
         // Not ready first, so load balancers stop sending; then drain with close_notify.
         ready.store(false, Ordering::Release);
         tracing::info!(signal, grace = ?grace, "shutting down");
@@ -113,12 +111,29 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
+/// Reloads the TLS files on each SIGHUP (a failure is logged and counted by the hub, which
+/// keeps what it had) until SIGTERM or SIGINT, which it returns.
+async fn serve_signals(hub: &p2ppi_hub::hub::HubHandle) -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the TLS files");
+                if let Ok(report) = hub.reload().await {
+                    let closed: usize = report.sessions_closed.values().sum();
+                    tracing::info!(
+                        generation = report.generation,
+                        sessions_checked = report.sessions_checked,
+                        sessions_closed = closed,
+                        "SIGHUP: reload done"
+                    );
+                }
+            }
+        }
+    }
 }

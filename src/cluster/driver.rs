@@ -249,6 +249,10 @@ impl Driver {
                         let mesh = mesh.to_owned();
                         self.reload(&mesh, ResyncCause::Reconnect).await;
                     }
+                } else if channel == keys::blocked_channel() {
+                    // A first subscription, or one made again after a reconnect: notices may
+                    // have been lost meanwhile, so the list is read whole again.
+                    self.inner.emit(ClusterEvent::BlockedChanged).await;
                 } else if channel == keys::inbox_channel(&self.inner.node)
                     && self.inner.needs_recovery.load(Ordering::Acquire)
                 {
@@ -302,6 +306,10 @@ impl Driver {
                 Ok(message) => self.inner.emit(ClusterEvent::Inbox(message)).await,
                 Err(e) => bad(e),
             }
+        } else if channel == keys::blocked_channel() {
+            // The notice says what changed, but the list is read whole: it may have changed
+            // again since, and a lost notice heals with the next one.
+            self.inner.emit(ClusterEvent::BlockedChanged).await;
         } else if channel == keys::hub_objects_channel() {
             let notice = match HubObjectsNotice::decode(payload) {
                 Ok(notice) => notice,

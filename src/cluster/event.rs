@@ -63,6 +63,9 @@ pub enum ClusterEvent {
         /// The objects in order.
         objects: Vec<Object>,
     },
+    /// The cluster's block list may have changed (an announcement, or the subscription to
+    /// its channel began again after a reconnect): read it whole again.
+    BlockedChanged,
     /// This hub re-registered after losing its lease, and re-asserted its peers.
     Reasserted {
         /// Local peers written again.

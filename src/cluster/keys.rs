@@ -24,6 +24,11 @@ pub(crate) fn hub_objects_channel() -> String {
     format!("{PREFIX}chan:hub-objects")
 }
 
+/// The channel announcing changes of the cluster's block list (DESIGN 10).
+pub(crate) fn blocked_channel() -> String {
+    format!("{PREFIX}chan:blocked")
+}
+
 /// The hash of the cluster-wide hub objects.
 pub(crate) fn hub_objects() -> String {
     format!("{PREFIX}hub-objects")
@@ -50,5 +55,6 @@ mod tests {
         }
         assert_eq!(mesh_of_channel(&inbox_channel("hub")), None);
         assert_eq!(mesh_of_channel(&hub_objects_channel()), None);
+        assert_eq!(mesh_of_channel(&blocked_channel()), None);
     }
 }

@@ -28,6 +28,8 @@
 //! | `p2ppi:lease:<hub>` | hash | `token` (one per registration), `expires` and `since` (ms of Redis `TIME`) |
 //! | `p2ppi:hubs` | sorted set | hub → lease expiry (ms of Redis `TIME`) |
 //! | `p2ppi:hub-objects` | hash | `version`, `objects` (JSON list): the cluster-wide hub objects |
+//! | `p2ppi:blocked` | hash | peer-name → `{"reason", "since"}`: the cluster's block list (DESIGN 10) |
+//! | `p2ppi:blocked-seeded` | string | `1` once the block list was written (an emptied list still exists; without it a hub seeds the list from its copy) |
 //!
 //! Variable parts (mesh, hub, peer-name) always come last, so no two names collide.
 //!
@@ -42,6 +44,7 @@
 //! | `p2ppi:chan:mesh:<mesh>` | `{"hub", "epoch", "seq", "peer", "objects": [...] or null}`: a peer's new state or its departure |
 //! | `p2ppi:chan:inbox:<hub>` | an [`InboxMessage`]: messages, invitations and acknowledgements for that hub's peers; supersede notices |
 //! | `p2ppi:chan:hub-objects` | `{"version", "hub"}`: the hub objects changed |
+//! | `p2ppi:chan:blocked` | `{"peer", "blocked", "hub"}` or `{"seeded", "hub"}`: the block list changed; every hub reads it whole again (as after a reconnect, when a notice may have been lost) |
 
 mod core;
 mod driver;
@@ -55,8 +58,8 @@ mod store;
 pub use message::{InboxMessage, MeshMessage};
 pub use replica::{Applied, MeshReplica, MeshSnapshot, PeerChange, RemoteIndex};
 pub use store::{
-    ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore, HubLease, ResyncCause,
-    RouteOutcome, SetHubObjects,
+    BlockOutcome, ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore, HubLease,
+    ResyncCause, RouteOutcome, SetHubObjects,
 };
 
 use thiserror::Error;

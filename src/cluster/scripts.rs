@@ -326,3 +326,73 @@ return {'ok', tostring(version)}
 "#
     ))
 });
+
+/// ARGV: peer, entry JSON, most entries, this hub. Blocks a PeerName cluster-wide and
+/// announces it: `{added}`, `{updated}` (blocked already: its entry replaced) or `{full}`
+/// (the list holds `most` PeerNames). Marks the list as existing (see `SEED_BLOCKED`).
+pub(crate) static BLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local peer, entry, most, hub = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local k = P .. 'blocked'
+local known = redis.call('HEXISTS', k, peer) == 1
+if not known and redis.call('HLEN', k) >= most then return {'full'} end
+redis.call('HSET', k, peer, entry)
+redis.call('SET', P .. 'blocked-seeded', '1')
+redis.call('PUBLISH', P .. 'chan:blocked',
+  '{"peer":' .. cjson.encode(peer) .. ',"blocked":true,"hub":' .. cjson.encode(hub) .. '}')
+if known then return {'updated'} end
+return {'added'}
+"#
+    ))
+});
+
+/// ARGV: peer, this hub. Lifts a PeerName's block cluster-wide and announces it: `{removed}`
+/// or `{absent}`.
+pub(crate) static UNBLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local peer, hub = ARGV[1], ARGV[2]
+redis.call('SET', P .. 'blocked-seeded', '1')
+if redis.call('HDEL', P .. 'blocked', peer) == 0 then return {'absent'} end
+redis.call('PUBLISH', P .. 'chan:blocked',
+  '{"peer":' .. cjson.encode(peer) .. ',"blocked":false,"hub":' .. cjson.encode(hub) .. '}')
+return {'removed'}
+"#
+    ))
+});
+
+/// ARGV: this hub, then peer, entry JSON pairs. Seeds the cluster's block list from a hub's
+/// copy if Redis never had one (a new cluster, or Redis lost its state; an emptied list
+/// still exists): `{seeded}` and an announcement, or `{exists}`.
+pub(crate) static SEED_BLOCKED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub = ARGV[1]
+if redis.call('EXISTS', P .. 'blocked-seeded') == 1 then return {'exists'} end
+for i = 2, #ARGV - 1, 2 do
+  redis.call('HSET', P .. 'blocked', ARGV[i], ARGV[i + 1])
+end
+redis.call('SET', P .. 'blocked-seeded', '1')
+redis.call('PUBLISH', P .. 'chan:blocked', '{"seeded":true,"hub":' .. cjson.encode(hub) .. '}')
+return {'seeded'}
+"#
+    ))
+});
+
+/// No ARGV. The cluster's block list: `{exists, peer, entry, …}` with `exists` `1` once the
+/// list was ever written (else `0`: seed it).
+pub(crate) static BLOCKED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local out = {tostring(redis.call('EXISTS', P .. 'blocked-seeded'))}
+local all = redis.call('HGETALL', P .. 'blocked')
+for i = 1, #all do out[#out + 1] = all[i] end
+return out
+"#
+    ))
+});

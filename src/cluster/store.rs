@@ -131,6 +131,17 @@ pub enum SetHubObjects {
     },
 }
 
+/// What blocking a PeerName in the cluster did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// Blocked now.
+    Added,
+    /// Blocked already; its entry was replaced.
+    Updated,
+    /// The list is full.
+    Full,
+}
+
 /// A live or expired hub as Redis sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HubLease {
@@ -227,6 +238,7 @@ impl ClusterStore {
         conn.subscribe(&[
             keys::inbox_channel(&inner.node),
             keys::hub_objects_channel(),
+            keys::blocked_channel(),
         ])
         .await
         .map_err(|source| inner.failed("subscribe", source))?;
@@ -462,6 +474,110 @@ impl ClusterStore {
             op: "set hub objects",
             reply,
         })
+    }
+
+    /// The cluster's block list (PeerName → entry JSON), or `None` if Redis never had one
+    /// (then seed it: [`ClusterStore::seed_blocked`]).
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached.
+    pub async fn blocked(&self) -> Result<Option<Vec<(String, String)>>, ClusterError> {
+        let reply = self.inner.script("blocked", &scripts::BLOCKED, &[]).await?;
+        let Some((exists, rest)) = reply.split_first() else {
+            return Err(ClusterError::Reply {
+                op: "blocked",
+                reply,
+            });
+        };
+        if exists != "1" {
+            return Ok(None);
+        }
+        Ok(Some(
+            rest.chunks_exact(2)
+                .map(|p| (p[0].clone(), p[1].clone()))
+                .collect(),
+        ))
+    }
+
+    /// Blocks `peer` cluster-wide with `entry` (JSON), unless the list holds `max` PeerNames
+    /// already; every hub is told.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached.
+    pub async fn block(
+        &self,
+        peer: &PeerName,
+        entry: &str,
+        max: usize,
+    ) -> Result<BlockOutcome, ClusterError> {
+        let reply = self
+            .inner
+            .script(
+                "block",
+                &scripts::BLOCK,
+                &[
+                    peer.as_str().to_owned(),
+                    entry.to_owned(),
+                    max.to_string(),
+                    self.inner.node.clone(),
+                ],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("added") => Ok(BlockOutcome::Added),
+            Some("updated") => Ok(BlockOutcome::Updated),
+            Some("full") => Ok(BlockOutcome::Full),
+            _ => Err(ClusterError::Reply { op: "block", reply }),
+        }
+    }
+
+    /// Lifts `peer`'s block cluster-wide; whether it was blocked. Every hub is told.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached.
+    pub async fn unblock(&self, peer: &PeerName) -> Result<bool, ClusterError> {
+        let reply = self
+            .inner
+            .script(
+                "unblock",
+                &scripts::UNBLOCK,
+                &[peer.as_str().to_owned(), self.inner.node.clone()],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("removed") => Ok(true),
+            Some("absent") => Ok(false),
+            _ => Err(ClusterError::Reply {
+                op: "unblock",
+                reply,
+            }),
+        }
+    }
+
+    /// Seeds the cluster's block list with `entries` (PeerName, entry JSON) if Redis never
+    /// had one; whether it did so.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached.
+    pub async fn seed_blocked(&self, entries: &[(String, String)]) -> Result<bool, ClusterError> {
+        let mut args = Vec::with_capacity(1 + 2 * entries.len());
+        args.push(self.inner.node.clone());
+        for (peer, entry) in entries {
+            args.push(peer.clone());
+            args.push(entry.clone());
+        }
+        let reply = self
+            .inner
+            .script("seed blocked", &scripts::SEED_BLOCKED, &args)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("seeded") => Ok(true),
+            Some("exists") => Ok(false),
+            _ => Err(ClusterError::Reply {
+                op: "seed blocked",
+                reply,
+            }),
+        }
     }
 
     /// Every registered hub and its lease, by Redis `TIME`.

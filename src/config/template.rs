@@ -71,6 +71,7 @@ fn template() -> Template {
         limits,
         relay,
         shutdown,
+        blocklist,
         log,
         cluster,
         meshes,
@@ -85,6 +86,7 @@ fn template() -> Template {
     t.section("limits", Some(&limits), &example.limits);
     t.section("relay", Some(&relay), &example.relay);
     t.section("shutdown", Some(&shutdown), &example.shutdown);
+    t.section("blocklist", Some(&blocklist), &example.blocklist);
     t.section("log", Some(&log), &example.log);
     t.section("cluster", cluster.as_ref(), &ClusterSection::example());
     t.entries("meshes", &meshes, &example.meshes);

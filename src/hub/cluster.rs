@@ -11,7 +11,8 @@
 //! registry, whose relay logic treats them exactly as changes of local peers (mesh views
 //! and watch lists alike); inbox messages are delivered to local sessions with the same invitation
 //! bookkeeping as local routing; supersede notices close local sessions; hub object changes
-//! replace the registry's list.
+//! replace the registry's list; block list notices make this hub read the cluster's block
+//! list again (`hub::blocked`).
 //!
 //! **Hub objects** are cluster-wide: the admin API changes them with a compare-and-set on
 //! Redis ([`apply_hub_op`]), and every hub (this one included) applies the new list when the
@@ -161,12 +162,28 @@ fn close_local(shared: &HubShared, peer: &PeerName, session: SessionId) {
     }
 }
 
+/// Reads the cluster's block list again each time it is told to (`sync`), one read at a
+/// time: notices that arrive during a read are served by one more read, in order, so the
+/// list applied last is the latest.
+async fn blocked_loop(shared: Arc<HubShared>, sync: Arc<tokio::sync::Notify>) {
+    loop {
+        sync.notified().await;
+        if let Err(e) = super::blocked::sync_from_cluster(&shared).await {
+            // Redis is away: its return subscribes again, which triggers a read.
+            debug!(error = %e, "cluster: block list not read");
+        }
+    }
+}
+
 /// Acts on the store's events until the hub stops.
 pub(crate) async fn event_loop(
     mut events: ClusterEvents,
     shared: Arc<HubShared>,
     registry: Addr<Registry>,
 ) {
+    let blocked_sync = Arc::new(tokio::sync::Notify::new());
+    let reader = tokio::spawn(blocked_loop(shared.clone(), blocked_sync.clone()));
+    let _reader = AbortOnDrop(reader);
     // An event read ahead while gathering a mesh's changes, acted on next.
     let mut held = None;
     loop {
@@ -219,7 +236,10 @@ pub(crate) async fn event_loop(
                     "cluster: registered again and re-asserted this hub's peers"
                 );
                 tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
+                // Redis may have lost its state: the block list is read (or seeded) again.
+                blocked_sync.notify_one();
             }
+            ClusterEvent::BlockedChanged => blocked_sync.notify_one(),
         }
     }
 }
@@ -281,6 +301,15 @@ async fn on_mesh(
     }
     if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
         tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
+    }
+}
+
+/// Aborts a task when dropped (the event loop's helpers end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

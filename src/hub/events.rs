@@ -287,6 +287,8 @@ pub struct HubStatus {
     pub uptime_secs: u64,
     /// Open sessions.
     pub sessions: usize,
+    /// When the hub's certificate expires (RFC 3339; it changes at a reload).
+    pub certificate_expires: Option<String>,
 }
 
 /// Everything a page needs to draw the hub from scratch.
@@ -342,6 +344,8 @@ pub struct Events {
     recent: Recent<Seen>,
     started: SystemTime,
     closed: watch::Sender<bool>,
+    /// The `notAfter` of the hub certificate in force.
+    hub_certificate: Mutex<Option<SystemTime>>,
 }
 
 impl Events {
@@ -355,7 +359,17 @@ impl Events {
             recent: Recent::new(recent),
             started: SystemTime::now(),
             closed: watch::channel(false).0,
+            hub_certificate: Mutex::new(None),
         }
+    }
+
+    /// The hub certificate in force expires at `not_after` (at start and at each reload;
+    /// pages see it in the status of the next snapshot or heartbeat).
+    pub fn hub_certificate(&self, not_after: Option<SystemTime>) {
+        *self
+            .hub_certificate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = not_after;
     }
 
     /// Subscribes, then takes the snapshot (in that order: see the module docs).
@@ -376,6 +390,11 @@ impl Events {
             started_at: humantime::format_rfc3339_seconds(self.started).to_string(),
             uptime_secs: self.started.elapsed().map_or(0, |d| d.as_secs()),
             sessions: self.peers.len(),
+            certificate_expires: self
+                .hub_certificate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         }
     }
 

@@ -27,6 +27,9 @@ pub struct SessionFlags {
     pub(super) response_pending: AtomicBool,
     pub(super) relayed_objects: AtomicUsize,
     pub(super) watch: Mutex<WatchStatus>,
+    /// The `notAfter` and issuer of the peer's certificate (set once, when the session
+    /// starts).
+    pub(super) certificate: std::sync::OnceLock<(SystemTime, String)>,
 }
 
 /// A session's WATCH_LIST as the admin API shows it (DESIGN 5.4).
@@ -63,7 +66,13 @@ impl SessionFlags {
                 state: "none",
                 ..WatchStatus::default()
             }),
+            certificate: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the `notAfter` and the issuer of the peer's certificate (DESIGN 10).
+    pub(crate) fn set_certificate(&self, not_after: SystemTime, issuer: String) {
+        let _ = self.certificate.set((not_after, issuer));
     }
 
     pub(crate) fn set_watch(&self, list: Option<Vec<PeerName>>, refused: Option<&WatchError>) {
@@ -113,6 +122,11 @@ impl SessionFlags {
             response_pending: self.response_pending.load(Ordering::Relaxed),
             connected_since: humantime::format_rfc3339_seconds(self.since).to_string(),
             relayed_objects: self.relayed_objects.load(Ordering::Relaxed),
+            certificate_expires: self
+                .certificate
+                .get()
+                .map(|(t, _)| humantime::format_rfc3339_seconds(*t).to_string()),
+            certificate_issuer: self.certificate.get().map(|(_, issuer)| issuer.clone()),
         }
     }
 }
@@ -138,6 +152,10 @@ pub struct SessionInfo {
     pub connected_since: String,
     /// How many of its objects the hub relays.
     pub relayed_objects: usize,
+    /// When its certificate expires (RFC 3339): the session ends then.
+    pub certificate_expires: Option<String>,
+    /// Its certificate's issuer (CN): the CA it depends on.
+    pub certificate_issuer: Option<String>,
 }
 
 /// One session in detail (admin API `GET /v1/sessions/{peer-name}`).

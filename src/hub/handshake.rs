@@ -1,22 +1,32 @@
 //! The TLS handshake of one accepted connection, on the worker thread that will serve it,
-//! under `limits.handshake_timeout`; a handshaken connection with a usable client
-//! certificate becomes a [`session`]. Failures are counted by reason.
+//! under `limits.handshake_timeout`, with the TLS config in force when it begins (a reload
+//! swaps it; DESIGN 10); a handshaken connection with a usable client certificate becomes a
+//! [`session`]. Failures are counted by reason.
+//!
+//! A resumed TLS session skips certificate verification, so what can change without a new
+//! config (the block list) and the certificate's expiry are checked again at its end.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use super::fanout::FanoutCore;
+use super::identities::SessionCert;
 use super::messages::RegistryLink;
 use super::session;
 use super::shared::{ConnectionGuard, HubShared};
 use crate::metrics;
-use crate::tls::{handshake_failure_reason, CertIdentity};
+use crate::tls::{handshake_failure_reason, Refusal};
+
+/// How long a connection refused after its handshake gets to take its close_notify.
+const REFUSAL_CLOSE: Duration = Duration::from_secs(1);
 
 /// A TCP connection for a shard to handshake and serve.
 #[derive(Message)]
@@ -35,7 +45,6 @@ pub struct Accept {
 /// Handshakes `accept`'s connection and starts its session.
 pub(crate) async fn run(
     accept: Accept,
-    acceptor: TlsAcceptor,
     core: Rc<FanoutCore>,
     shared: Arc<HubShared>,
     registry: RegistryLink,
@@ -55,6 +64,8 @@ pub(crate) async fn run(
         }
     };
     let timeout = shared.config.limits.handshake_timeout;
+    let active = shared.identities.active();
+    let acceptor = TlsAcceptor::from(active.config.clone());
     let result = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
     drop(permit);
     let tls = match result {
@@ -71,23 +82,34 @@ pub(crate) async fn run(
             return;
         }
     };
-    let identity = tls
+    let cert = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|certs| certs.first())
-        .map(|leaf| CertIdentity::from_der(leaf));
-    let identity = match identity {
-        Some(Ok(identity)) => identity,
-        _ => {
-            metrics::count_reason(metrics::HANDSHAKE_FAILURES, "bad_certificate");
-            return;
-        }
+        .and_then(|chain| SessionCert::of(chain, active.generation));
+    let Some(cert) = cert else {
+        metrics::count_reason(metrics::HANDSHAKE_FAILURES, "bad_certificate");
+        return;
     };
+    let refusal = if shared.identities.blocked.contains(&cert.identity.peer_name) {
+        Some(Refusal::Blocked)
+    } else if SystemTime::now() > cert.identity.not_after {
+        Some(Refusal::Expired)
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        let reason = refusal.handshake_reason();
+        debug!(%remote, peer = %cert.identity.peer_name, reason, "refused after a resumed handshake");
+        metrics::count_reason(metrics::HANDSHAKE_FAILURES, reason);
+        let mut tls = tls;
+        let _ = tokio::time::timeout(REFUSAL_CLOSE, tls.shutdown()).await;
+        return;
+    }
     metrics::counter_inc(metrics::HANDSHAKES);
     if !shared.accepting() {
         metrics::count_reason(metrics::CONNECTIONS_REJECTED, "shutting_down");
         return;
     }
-    session::start(tls, remote, identity, core, shared, registry, guard);
+    session::start(tls, remote, cert, core, shared, registry, guard);
 }

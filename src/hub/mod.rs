@@ -16,11 +16,13 @@
 //! handle's methods are plain async functions usable from any runtime.
 
 pub mod accept;
+pub mod blocked;
 pub mod cluster;
 pub mod events;
 pub mod facts;
 pub mod fanout;
 pub mod handshake;
+pub mod identities;
 pub mod invitations;
 pub mod link;
 pub mod messages;
@@ -46,9 +48,11 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::metrics;
 use crate::persist::ObjectStore;
-use crate::tls::{self, PeerName, TlsError};
+use crate::tls::{PeerName, TlsError};
 use crate::wire::{Message, Object};
+pub use blocked::Blocked;
 pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus, HUB_MESSAGES_KEPT};
+pub use identities::{ReloadError, ReloadReport};
 use messages::{ApplyOp, Close, CloseAll, Deliver, Fanout, ListObjects, QueryView, RegistryLink};
 pub use registry::PersistHook;
 use registry::Registry;
@@ -310,11 +314,8 @@ impl Hub {
             Some(persisted) => persisted,
             None => config.objects.clone(),
         };
-        let ca = tls::load_certs(&config.ca_path())?;
-        let identity = tls::Identity::load(&config.cert_path(), &config.key_path())?;
-        let mut server_config = tls::server_config(&ca, identity)?;
+        let identities = identities::Identities::load(&config)?;
         if let Some(path) = &config.tls.keylog {
-            server_config = tls::with_key_log(server_config, path)?;
             warn!("{}", crate::config::keylog_warning(path));
         }
         let listen = config.hub.listen;
@@ -332,7 +333,9 @@ impl Hub {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let shared = Arc::new(HubShared::new(config));
+        let hub_certificate = identities.active().expiries[0].not_after;
+        let shared = Arc::new(HubShared::new(config, identities));
+        shared.events.hub_certificate(Some(hub_certificate));
         let (init_tx, init_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
         let (done_tx, done_rx) = oneshot::channel();
@@ -344,7 +347,6 @@ impl Hub {
                 system.block_on(run_system(
                     thread_shared,
                     (listener, local_addr),
-                    server_config,
                     workers,
                     (objects, store),
                     init_tx,
@@ -412,7 +414,6 @@ impl Drop for Hub {
 async fn run_system(
     shared: Arc<HubShared>,
     (listener, local_addr): (std::net::TcpListener, SocketAddr),
-    server_config: Arc<rustls::ServerConfig>,
     workers: usize,
     (objects, store): (Vec<Object>, ObjectStore),
     init: std::sync::mpsc::Sender<Result<Addr<Registry>, StartError>>,
@@ -427,7 +428,6 @@ async fn run_system(
         }
     };
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
     // The registry's address exists before the registry, so shards (and their sessions)
     // can be given it.
     let registry_context = Context::<Registry>::new();
@@ -439,10 +439,8 @@ async fn run_system(
     let shards: Vec<Addr<Shard>> = arbiters
         .iter()
         .map(|arbiter| {
-            let (shared, acceptor, registry) = (shared.clone(), acceptor.clone(), link.clone());
-            Shard::start_in_arbiter(&arbiter.handle(), move |_| {
-                Shard::new(shared, acceptor, registry)
-            })
+            let (shared, registry) = (shared.clone(), link.clone());
+            Shard::start_in_arbiter(&arbiter.handle(), move |_| Shard::new(shared, registry))
         })
         .collect();
     let events = shared.clone();
@@ -559,7 +557,7 @@ const LEAVE_WAIT: Duration = Duration::from_secs(5);
 /// store, sets the link, and takes the cluster's hub objects (or gives it `objects` when it
 /// has none yet).
 async fn join_cluster(
-    shared: &HubShared,
+    shared: &Arc<HubShared>,
     local_addr: SocketAddr,
     objects: Vec<Object>,
 ) -> Result<
@@ -587,6 +585,12 @@ async fn join_cluster(
     let redis = crate::config::redact_url(&settings.redis);
     info!(node = %settings.node, %redis, "joined the cluster");
     let _ = shared.cluster.set(link);
+    // The cluster's block list is in force before the first handshake (DESIGN 10).
+    let syncing = shared.clone();
+    thread
+        .run(async move { blocked::sync_from_cluster(&syncing).await })
+        .await
+        .ok_or_else(|| StartError::Thread(std::io::Error::other("the cluster thread exited")))??;
     Ok((objects, Some((thread, joined))))
 }
 

@@ -246,6 +246,7 @@ mod tests {
             close: addr.clone().recipient(),
             deliver: addr.recipient(),
             flags: flags.clone(),
+            cert: Arc::new(crate::hub::identities::SessionCert::for_tests()),
         };
         shared.claim(who, entry);
         flags
@@ -257,7 +258,10 @@ mod tests {
             max_view_bytes: 2000,
             max_objects_bytes: 500,
         };
-        let shared = Arc::new(HubShared::new(Config::default()));
+        let shared = Arc::new(HubShared::new(
+            Config::default(),
+            crate::hub::identities::Identities::for_tests(),
+        ));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let shards = (0..2)
             .map(|_| Shard(seen.clone()).start().recipient())

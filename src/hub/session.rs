@@ -22,6 +22,11 @@
 //! they start in) and in its thread's fan-out → … → stopped → unsubscribed and
 //! unregistered, relayed objects withdrawn, queue closed (the writer flushes it and sends
 //! TLS close_notify).
+//!
+//! Identity (DESIGN 10): once registered, a session checks that its peer is not blocked and
+//! that no reload since its handshake refuses its certificate; it ends when its certificate
+//! expires (a timer of its own, re-armed in steps against the wall clock), and when a reload
+//! or a block refuses it (`hub::identities`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,6 +35,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::SystemTime;
+
+use super::identities::{expiry_check, ExpiryCheck, SessionCert};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -48,7 +55,7 @@ use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry,
 use super::throttle::Throttled;
 use crate::metrics;
 use crate::session::{Received, Report, SessionMachine};
-use crate::tls::{CertIdentity, PeerName};
+use crate::tls::PeerName;
 use crate::wire::{FrameError, Inbound, Message, MessageType};
 
 /// The writer task ended.
@@ -79,6 +86,8 @@ pub struct Session {
     close_reason: &'static str,
     /// Whether this session holds its PeerName in the cluster (DESIGN 8).
     clustered: bool,
+    /// What its handshake established (DESIGN 10).
+    cert: Arc<SessionCert>,
     span: tracing::Span,
 }
 
@@ -86,7 +95,7 @@ pub struct Session {
 pub(crate) fn start(
     tls: TlsStream<TcpStream>,
     remote: SocketAddr,
-    identity: CertIdentity,
+    cert: SessionCert,
     fanout: Rc<FanoutCore>,
     shared: Arc<HubShared>,
     registry: RegistryLink,
@@ -98,6 +107,8 @@ pub(crate) fn start(
         limits.outbound_queue_bytes,
     ));
     let write_timeout = limits.write_timeout;
+    let identity = cert.identity.clone();
+    let cert = Arc::new(cert);
     let mesh: Arc<str> = shared
         .config
         .mesh_for(&identity.peer_name, identity.mesh())
@@ -147,6 +158,7 @@ pub(crate) fn start(
             registry,
             close_reason: "peer_closed",
             clustered: false,
+            cert,
             span,
         }
     });
@@ -326,6 +338,27 @@ impl Session {
         }
     }
 
+    /// Closes the session when its certificate expires: a timer that re-arms itself in
+    /// steps of at most `EXPIRY_CHECK_STEP` against the wall clock (tokio clamps long sleeps,
+    /// and a ten-year certificate must work).
+    fn watch_expiry(&mut self, ctx: &mut Context<Self>) {
+        let not_after = self.cert.identity.not_after;
+        match expiry_check(SystemTime::now(), not_after) {
+            ExpiryCheck::After(wait) => {
+                ctx.run_later(wait, |session, ctx| session.watch_expiry(ctx));
+            }
+            ExpiryCheck::Expired => {
+                info!(
+                    parent: &self.span,
+                    not_after = %humantime::format_rfc3339_seconds(not_after),
+                    "the peer's certificate expired: closing the session"
+                );
+                self.close_reason = "certificate_expired";
+                ctx.stop();
+            }
+        }
+    }
+
     fn for_hub(&self, mime_type: String, value: String) {
         metrics::counter_inc(metrics::HUB_MESSAGES);
         info!(parent: &self.span, %mime_type, len = value.len(), "application message for the hub");
@@ -347,11 +380,16 @@ impl Actor for Session {
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         metrics::hub().sessions.increment(1.0);
         let addr = ctx.address();
+        self.flags.set_certificate(
+            self.cert.identity.not_after,
+            self.cert.identity.issuer.clone(),
+        );
         let entry = SessionEntry {
             id: self.id,
             close: addr.clone().recipient(),
             deliver: addr.clone().recipient(),
             flags: self.flags.clone(),
+            cert: self.cert.clone(),
         };
         if self.shared.claim(&self.peer, entry) == Claim::Superseded {
             // A newer connection of this PeerName started first: this one ends at once
@@ -360,6 +398,19 @@ impl Actor for Session {
             ctx.stop();
             return;
         }
+        // After the claim: a block or a reload made since the handshake either sees this
+        // session in the index or is seen here (module docs of `hub::identities`).
+        if let Some(reason) = self
+            .shared
+            .identities
+            .refusal_at_start(&self.peer, &self.cert)
+        {
+            info!(parent: &self.span, reason, "refused at its start: closing the session");
+            self.close_reason = reason;
+            ctx.stop();
+            return;
+        }
+        self.watch_expiry(ctx);
         self.fanout.add_session(self.id, addr.recipient());
         if let Some(cluster) = self.shared.cluster.get() {
             cluster.session_started(&self.peer, &self.mesh);

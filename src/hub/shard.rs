@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio_rustls::TlsAcceptor;
 
 use super::fanout::FanoutCore;
 use super::handshake::{self, Accept};
@@ -18,17 +17,15 @@ use super::shared::HubShared;
 pub struct Shard {
     core: Rc<FanoutCore>,
     shared: Arc<HubShared>,
-    acceptor: TlsAcceptor,
     registry: RegistryLink,
 }
 
 impl Shard {
-    /// A shard serving connections with `acceptor`.
-    pub fn new(shared: Arc<HubShared>, acceptor: TlsAcceptor, registry: RegistryLink) -> Self {
+    /// A shard serving connections with the TLS config in force at each handshake.
+    pub fn new(shared: Arc<HubShared>, registry: RegistryLink) -> Self {
         Self {
             core: Rc::new(FanoutCore::new(shared.config.relay.view_interval)),
             shared,
-            acceptor,
             registry,
         }
     }
@@ -76,7 +73,6 @@ impl Handler<Accept> for Shard {
         // nobody, and is dropped at the handshake timeout.
         actix_rt::spawn(handshake::run(
             msg,
-            self.acceptor.clone(),
             self.core.clone(),
             self.shared.clone(),
             self.registry.clone(),

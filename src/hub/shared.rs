@@ -1,6 +1,7 @@
 //! State every thread of the hub reads: the configuration, the PeerName index of sessions
 //! (one session per PeerName, the newer wins), the invitation table, the messages kept for
-//! the admin API, and the counts of sessions and connections.
+//! the admin API, the counts of sessions and connections, and the identities in force (TLS
+//! config and block list).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub struct SessionEntry {
     pub deliver: Recipient<Deliver>,
     /// Its flags and facts.
     pub flags: Arc<SessionFlags>,
+    /// The certificate chain its peer presented (checked again at each reload).
+    pub cert: Arc<super::identities::SessionCert>,
 }
 
 /// Whether a starting session holds its PeerName.
@@ -50,11 +53,13 @@ pub struct HubShared {
     pub(crate) accepting: AtomicBool,
     /// The hub's link to its cluster (DESIGN 8); set once at start, before any session.
     pub(crate) cluster: std::sync::OnceLock<super::link::ClusterLink>,
+    /// The TLS config in force and the block list (DESIGN 10).
+    pub(crate) identities: super::identities::Identities,
 }
 
 impl HubShared {
-    /// The state of a hub about to start with `config`.
-    pub(crate) fn new(config: Config) -> Self {
+    /// The state of a hub about to start with `config` and `identities`.
+    pub(crate) fn new(config: Config, identities: super::identities::Identities) -> Self {
         let event_queue = config.admin.event_queue;
         let invitations =
             Invitations::new(config.relay.max_invitations, config.relay.invitation_ttl);
@@ -69,6 +74,7 @@ impl HubShared {
             next_session_id: AtomicU64::new(1),
             accepting: AtomicBool::new(true),
             cluster: std::sync::OnceLock::new(),
+            identities,
         }
     }
 
@@ -181,6 +187,7 @@ mod tests {
                 None,
                 SystemTime::now(),
             )),
+            cert: Arc::new(crate::hub::identities::SessionCert::for_tests()),
         }
     }
 
@@ -190,7 +197,10 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_newer_session_holds_the_peer_name_whatever_the_start_order() {
-        let shared = HubShared::new(Config::default());
+        let shared = HubShared::new(
+            Config::default(),
+            crate::hub::identities::Identities::for_tests(),
+        );
         let (older, newer) = (Arc::default(), Arc::default());
         // The newer session (id 7) starts first; the older (id 5) starts after it.
         assert_eq!(shared.claim(&peer(), entry(7, &newer)), Claim::Held);

@@ -8,7 +8,7 @@
   const $ = (id) => document.getElementById(id);
 
   const state = {
-    hub: null,           // {version, started_at, uptime_secs, sessions}
+    hub: null,           // {version, started_at, uptime_secs, sessions, certificate_expires}
     uptimeAt: 0,         // performance.now() when uptime_secs was received
     peers: new Map(),    // peer_name -> row (the newest session of each peer)
     hubObjects: [],
@@ -230,9 +230,25 @@
     return date.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + time;
   }
 
+  // A certificate's expiry: "in 12d" (marked when under 14 days), "expired".
+  const EXPIRY_WARNING_DAYS = 14;
+  function expiry(cell, rfc3339) {
+    const t = Date.parse(rfc3339 || '');
+    if (Number.isNaN(t)) {
+      cell.textContent = '—';
+      return cell;
+    }
+    const days = (t - Date.now()) / 86400000;
+    cell.textContent = days <= 0 ? 'expired' : days < 1 ? 'in ' + duration(days * 86400) : 'in ' + Math.floor(days) + 'd';
+    cell.title = 'expires ' + rfc3339;
+    cell.classList.toggle('expiring', days < EXPIRY_WARNING_DAYS);
+    return cell;
+  }
+
   function renderHeader() {
     const hub = state.hub;
     if (!hub) return;
+    expiry($('hub-cert'), hub.certificate_expires);
     $('version').textContent = 'v' + hub.version;
     $('uptime').textContent = duration(hub.uptime_secs + (performance.now() - state.uptimeAt) / 1000);
     $('sessions').textContent = String(state.peers.size);
@@ -293,6 +309,7 @@
       el('td', null, row.capabilities.length ? caps : el('span', { class: 'muted', text: '—' })),
       el('td', { class: 'mono nowrap', text: row.remote_address }),
       el('td', { class: 'nowrap', title: row.connected_since, text: since(row.connected_since) }),
+      expiry(el('td', { class: 'cert nowrap' }), row.certificate_expires),
       el('td', { class: 'flags' },
         flag(row.neighbor_subscribed, 'N', 'neighbor subscribed (the peer is subscribed to the hub)'),
         flag(row.local_subscribed, 'L', 'local subscribed (the hub is subscribed to the peer)'),
@@ -316,7 +333,7 @@
             (shown.length !== rows.length ? ', ' + shown.length + ' shown' : '') })),
         el('table', { class: 'grid' },
           el('thead', null, el('tr', null, ...['Name', 'PeerName', 'Presence', 'Capabilities', 'Address',
-            'Connected', 'Flags', 'Watch', ''].map((h) => el('th', { text: h })))),
+            'Connected', 'Certificate', 'Flags', 'Watch', ''].map((h) => el('th', { text: h })))),
           body)));
     }
     $('meshes').replaceChildren(...chips);

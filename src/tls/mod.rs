@@ -10,7 +10,20 @@
 //! - TLS secrets (NSS key log format, for Wireshark; DESIGN 6 "Wire debugging"): a peer's
 //!   client config honours `SSLKEYLOGFILE` as curl and browsers do. The hub's server config
 //!   never reads the environment: it writes secrets only to the file its configuration names
-//!   (`tls.keylog`, applied with [`with_key_log`]).
+//!   (`tls.keylog`, applied with [`with_key_log`] or given to [`hub_server_config`]).
+//! - Identities over time (DESIGN 10): [`TlsMaterial`] loads and checks the hub's files (CA
+//!   bundle, certificate and key, CRLs) in one place, for the start, every reload and
+//!   `check-config`; [`hub_server_config`] builds the hub's config from them with a
+//!   [`PeerVerifier`] (webpki, then the block list by PeerName).
+
+mod material;
+mod verifier;
+
+pub use material::{
+    chain_serials, fingerprint, load_crls, trim_serial, CertExpiry, ExpiryRole, LoadedCrl,
+    TlsFiles, TlsMaterial,
+};
+pub use verifier::{PeerFilter, PeerVerifier, Refusal, RefuseNobody};
 
 use std::fmt;
 use std::fs::File;
@@ -18,10 +31,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, KeyLog, KeyLogFile, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -45,6 +58,16 @@ impl PeerName {
             hex.push_str(&format!("{byte:02x}"));
         }
         Self(hex)
+    }
+
+    /// The PeerName of a DER certificate (of its SubjectPublicKeyInfo).
+    ///
+    /// # Errors
+    /// [`TlsError::BadCertificate`] when the DER does not parse.
+    pub fn of_certificate(der: &[u8]) -> Result<Self, TlsError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        Ok(Self::from_spki_der(cert.tbs_certificate.subject_pki.raw))
     }
 
     /// Parses a PeerName written as 40 hex digits (either case).
@@ -74,6 +97,11 @@ pub struct CertIdentity {
     pub organizational_unit: Option<String>,
     /// The subject's CN, if any (for logs).
     pub common_name: Option<String>,
+    /// The end of its validity: the hub closes the session then (DESIGN 10).
+    pub not_after: SystemTime,
+    /// Its issuer's CN (the whole issuer name when it has none): which CA a peer depends on
+    /// (rolling a CA over).
+    pub issuer: String,
 }
 
 impl CertIdentity {
@@ -95,10 +123,13 @@ impl CertIdentity {
             .next()
             .and_then(|a| a.as_str().ok())
             .map(str::to_owned);
+        let issuer = display_name(cert.issuer());
         Ok(Self {
             peer_name: PeerName::from_spki_der(cert.tbs_certificate.subject_pki.raw),
             organizational_unit,
             common_name,
+            not_after: cert.validity().not_after.to_datetime().into(),
+            issuer,
         })
     }
 
@@ -106,6 +137,14 @@ impl CertIdentity {
     pub fn mesh(&self) -> &str {
         self.organizational_unit.as_deref().unwrap_or(DEFAULT_MESH)
     }
+}
+
+/// A certificate name as people read it: its CN, or the whole name when it has none.
+pub(crate) fn display_name(name: &x509_parser::x509::X509Name<'_>) -> String {
+    name.iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map_or_else(|| name.to_string(), str::to_owned)
 }
 
 /// TLS set-up failures.
@@ -148,18 +187,23 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// # Errors
 /// [`TlsError::File`] when the file is missing, unreadable or holds no certificate.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    load_pem_items(path, "certificate")
+}
+
+/// Reads every PEM item of one kind (`what`, for the error) from a file: at least one.
+pub(crate) fn load_pem_items<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>, TlsError> {
     let file_err = |reason: String| TlsError::File {
         path: path.to_owned(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
+    let items = T::pem_file_iter(path)
         .map_err(|e| file_err(pem_reason(&e)))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(pem_reason(&e)))?;
-    if certs.is_empty() {
-        return Err(file_err("holds no PEM certificate".into()));
+    if items.is_empty() {
+        return Err(file_err(format!("holds no PEM {what}")));
     }
-    Ok(certs)
+    Ok(items)
 }
 
 /// Reads the first private key in a PEM file.
@@ -173,7 +217,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
+pub(crate) fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
     match e {
         rustls_pki_types::pem::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
             "file not found".into()
@@ -228,7 +272,7 @@ impl Identity {
     }
 }
 
-fn root_store(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
+pub(crate) fn root_store(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in ca {
         roots.add(cert.clone())?;
@@ -239,8 +283,9 @@ fn root_store(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsE
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// The hub's server config: TLS 1.2/1.3, client certificate required and verified against
-/// every certificate of `ca`.
+/// A bare server config: TLS 1.2/1.3, client certificate required and verified against
+/// every certificate of `ca`, no CRLs and no refusals by PeerName (the bench harness's
+/// floor; the hub itself uses [`hub_server_config`]).
 ///
 /// # Errors
 /// [`TlsError`] when the CA bundle is empty or the key does not match.
@@ -248,14 +293,52 @@ pub fn server_config(
     ca: &[CertificateDer<'static>],
     identity: Identity,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(ca)?, provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let config = ServerConfig::builder_with_provider(provider)
+    let material = TlsMaterial::from_parts(ca.to_vec(), identity, Vec::new())?;
+    build_server_config(material.webpki_verifier(), material.certified_key(), None)
+}
+
+/// The hub's server config and the verifier it uses.
+#[derive(Debug, Clone)]
+pub struct HubServerConfig {
+    /// The config new handshakes use.
+    pub config: Arc<ServerConfig>,
+    /// Its client certificate verifier (webpki, then the filter): re-checks live sessions.
+    pub verifier: Arc<PeerVerifier>,
+}
+
+/// The hub's server config (DESIGN 2.5, 10): TLS 1.2/1.3, client certificate required and
+/// verified against `material`'s CA bundle and CRLs, then refused if `filter` refuses its
+/// PeerName; TLS secrets to `key_log` when given (`tls.keylog`).
+///
+/// Every call makes a new config with its own session cache, so a session resumed after a
+/// reload is one the new config verified: a ticket issued before cannot bypass a CRL or a
+/// CA removed since.
+///
+/// # Errors
+/// [`TlsError::Config`] if rustls refuses the protocol versions (never with the built-in
+/// provider).
+pub fn hub_server_config(
+    material: &TlsMaterial,
+    filter: Arc<dyn PeerFilter>,
+    key_log: Option<Arc<dyn KeyLog>>,
+) -> Result<HubServerConfig, TlsError> {
+    let verifier = Arc::new(PeerVerifier::new(material.webpki_verifier(), filter));
+    let config = build_server_config(verifier.clone(), material.certified_key(), key_log)?;
+    Ok(HubServerConfig { config, verifier })
+}
+
+fn build_server_config(
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    key: Arc<rustls::sign::CertifiedKey>,
+    key_log: Option<Arc<dyn KeyLog>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain, identity.key)?;
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    if let Some(key_log) = key_log {
+        config.key_log = key_log;
+    }
     Ok(Arc::new(config))
 }
 
@@ -358,7 +441,7 @@ impl KeyLog for KeyLogTo {
 
 /// A short label for why a TLS handshake failed (metrics `reason` label values).
 pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error as E};
+    use rustls::Error as E;
     let Some(tls) = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -372,18 +455,7 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
     };
     match tls {
         E::NoCertificatesPresented => "no_client_cert",
-        E::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "not_yet_valid"
-            }
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "bad_key_usage"
-            }
-            CertificateError::Revoked => "revoked",
-            _ => "bad_certificate",
-        },
+        E::InvalidCertificate(c) => Refusal::of(c).handshake_reason(),
         E::PeerIncompatible(
             rustls::PeerIncompatible::Tls12NotOffered
             | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled

@@ -1,0 +1,519 @@
+//! Identities over time, the hub's side (DESIGN 10): the TLS config new handshakes use,
+//! swapped atomically at a reload; live sessions checked again against it; the block list
+//! enforced; certificate expiries reported.
+//!
+//! # Reload
+//! [`HubHandle::reload`] (SIGHUP, `POST /v1/reload`) loads the files again through
+//! [`TlsMaterial::load`], the one loader (`check-config` uses it too). A failure changes
+//! nothing, is logged once and counted (`p2ppi_tls_reloads_total{outcome="failed"}`); the
+//! hub keeps serving with what it had. Success builds a new server config (a new trust store
+//! from the bundle alone, the CRLs, a new session cache) and swaps it in: every handshake
+//! from then on reads it (one atomic load per handshake), no session is dropped.
+//!
+//! # Live sessions follow the files
+//! Every session keeps the chain its peer presented (leaf and intermediates). After the
+//! swap, each live session's chain is verified again with the new verifier, exactly as a
+//! handshake would be now; a session that fails is closed (close_notify) with the reason
+//! (`revoked`, `untrusted` for a CA no longer in the bundle, `blocked`), counted in
+//! `p2ppi_sessions_closed_total{reason}` and logged once. This does better than checking
+//! CRLs at the handshake only: removing a CA from the bundle, or revoking an intermediate,
+//! ends the sessions it allowed. Its cost is one chain verification per live session per
+//! reload (a signature check each; spread over the cores), and the chain kept per session.
+//!
+//! A handshake that started before the swap may finish after the check of live sessions:
+//! each session records the generation of the config that verified it and, once it holds its
+//! PeerName, checks itself again if a newer generation is in force (the check and the swap
+//! are ordered by the PeerName index's lock, so one of the two always sees the other).
+//!
+//! # Block list
+//! The [`BlockList`] is the filter of the [`crate::tls::PeerVerifier`]: a blocked peer fails
+//! its handshake with `access_denied`. A resumed TLS session skips certificate
+//! verification, so the handshake's end checks the list again, and a starting session does
+//! once more (closing the race with a block made meanwhile, as above).
+//!
+//! # Expiry
+//! A session is closed when its peer certificate expires, by a timer of its own
+//! ([`expiry_check`]). The hub certificate's and each CA's `notAfter` are served as
+//! `p2ppi_tls_certificate_expiry_timestamp_seconds{role}` (see [`crate::metrics`]), and a
+//! warning is logged at start and at each reload when one expires within
+//! `tls.expiry_warning`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::CertificateDer;
+use rustls::ServerConfig;
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::messages::Close;
+use super::shared::{HubShared, SessionEntry};
+use super::HubHandle;
+use crate::blocklist::{BlockList, BlockStore};
+use crate::config::Config;
+use crate::metrics;
+use crate::tls::{
+    self, CertExpiry, CertIdentity, KeyLogTo, PeerName, PeerVerifier, Refusal, TlsError,
+    TlsMaterial,
+};
+
+/// Longest one expiry timer sleeps before it looks at the clock again. Tokio clamps very
+/// long sleeps (about two years) and a suspended machine's monotonic clock stops, so a
+/// session's timer re-arms itself in steps of at most this, against the wall clock.
+pub const EXPIRY_CHECK_STEP: Duration = Duration::from_secs(3600);
+
+/// What a session's expiry timer does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryCheck {
+    /// The certificate has expired: close the session.
+    Expired,
+    /// Look again after this long.
+    After(Duration),
+}
+
+/// When to look again at a certificate valid until `not_after`, at `now`. A certificate is
+/// valid through its `notAfter` second (as webpki reads it), so it expires just after.
+pub fn expiry_check(now: SystemTime, not_after: SystemTime) -> ExpiryCheck {
+    match not_after.duration_since(now) {
+        Ok(left) => ExpiryCheck::After((left + Duration::from_millis(1)).min(EXPIRY_CHECK_STEP)),
+        Err(_) => ExpiryCheck::Expired,
+    }
+}
+
+/// The server config in force, and what it was built from.
+pub(crate) struct ActiveTls {
+    /// Increases with every reload.
+    pub(crate) generation: u64,
+    /// What new handshakes use.
+    pub(crate) config: Arc<ServerConfig>,
+    /// Its client certificate verifier.
+    pub(crate) verifier: Arc<PeerVerifier>,
+    /// The hub certificate's expiry, then each CA's.
+    pub(crate) expiries: Vec<CertExpiry>,
+    /// The serial numbers the CRLs revoke: which live sessions to check first.
+    revoked_serials: HashSet<Vec<u8>>,
+}
+
+/// What a session's handshake established: the peer's identity, the chain it presented,
+/// and the generation of the config that verified it.
+#[derive(Debug)]
+pub struct SessionCert {
+    /// PeerName, mesh (OU), CN and `notAfter` of the leaf.
+    pub(crate) identity: CertIdentity,
+    /// Leaf first, then the intermediates as the peer sent them.
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    /// The serial numbers of the chain's certificates (a CRL names them).
+    serials: Vec<Vec<u8>>,
+    /// The generation of the config of its handshake.
+    pub(crate) generation: u64,
+}
+
+impl SessionCert {
+    /// The certificate of a session whose handshake used `generation`; `None` when the
+    /// peer presented no certificate or its leaf does not parse.
+    pub(crate) fn of(chain: &[CertificateDer<'static>], generation: u64) -> Option<Self> {
+        let identity = CertIdentity::from_der(chain.first()?).ok()?;
+        Some(Self {
+            identity,
+            chain: chain.to_vec(),
+            serials: tls::chain_serials(chain),
+            generation,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        let ca = crate::certs::CertAuthority::generate("test").expect("CA");
+        let issued = ca
+            .issue_peer("p", &crate::certs::PeerCertOptions::default())
+            .expect("peer");
+        let chain = issued.identity().expect("identity").chain;
+        Self::of(&chain, 1).expect("parses")
+    }
+}
+
+/// The hub's identities: TLS in force and the block list.
+pub(crate) struct Identities {
+    active: ArcSwap<ActiveTls>,
+    next_generation: AtomicU64,
+    /// One reload at a time (a second waits, then loads the files as they are then).
+    reloading: Mutex<()>,
+    key_log: Option<Arc<KeyLogTo>>,
+    pub(crate) blocked: Arc<BlockList>,
+    pub(crate) block_store: BlockStore,
+    /// Serializes the changes of the block list with the writes of its file.
+    pub(crate) list_writes: Mutex<()>,
+}
+
+impl Identities {
+    /// Loads the TLS files and the block list of `config` (the hub's start).
+    ///
+    /// # Errors
+    /// [`super::StartError`] naming the file.
+    pub(crate) fn load(config: &Config) -> Result<Self, super::StartError> {
+        let key_log = match &config.tls.keylog {
+            Some(path) => Some(Arc::new(KeyLogTo::open(path)?)),
+            None => None,
+        };
+        let blocked = Arc::new(BlockList::new(config.blocklist.limits()));
+        let block_store = BlockStore::new(&config.hub.data_dir);
+        if let Some(entries) = block_store.load()? {
+            let (_, dropped) = blocked.replace(entries);
+            if dropped > 0 {
+                warn!(
+                    dropped,
+                    max = config.blocklist.max_entries,
+                    "blocked.json holds more PeerNames than blocklist.max_entries: the last were left out"
+                );
+            }
+        }
+        let material = TlsMaterial::load(&config.tls_files())?;
+        let active = build(&material, &blocked, key_log.as_ref(), 1)?;
+        warn_expiring(&active.expiries, config.tls.expiry_warning);
+        metrics::gauge_set(metrics::BLOCKED_PEERS, blocked.len() as f64);
+        Ok(Self {
+            active: ArcSwap::from_pointee(active),
+            next_generation: AtomicU64::new(2),
+            reloading: Mutex::new(()),
+            key_log,
+            blocked,
+            block_store,
+            list_writes: Mutex::new(()),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        let ca = crate::certs::CertAuthority::generate("test").expect("CA");
+        let hub = ca
+            .issue_hub(&[])
+            .expect("hub")
+            .identity()
+            .expect("identity");
+        let ca_der = crate::certs::IssuedCert {
+            cert_pem: ca.cert_pem().to_owned(),
+            key_pem: ca.key_pem(),
+            peer_name: PeerName::from_spki_der(b""),
+        }
+        .identity()
+        .expect("CA parses")
+        .chain;
+        let material = TlsMaterial::from_parts(ca_der, hub, Vec::new()).expect("material");
+        let blocked = Arc::new(BlockList::new(crate::blocklist::BlockLimits::default()));
+        let active = build(&material, &blocked, None, 1).expect("config");
+        Self {
+            active: ArcSwap::from_pointee(active),
+            next_generation: AtomicU64::new(2),
+            reloading: Mutex::new(()),
+            key_log: None,
+            blocked,
+            block_store: BlockStore::new(std::path::Path::new("/nonexistent")),
+            list_writes: Mutex::new(()),
+        }
+    }
+
+    /// The config in force (one atomic load: every handshake calls it).
+    pub(crate) fn active(&self) -> Arc<ActiveTls> {
+        self.active.load_full()
+    }
+
+    /// Whether a starting session of `peer` must close at once, and why: blocked, or a
+    /// newer config than the one of its handshake refuses its chain.
+    pub(crate) fn refusal_at_start(
+        &self,
+        peer: &PeerName,
+        cert: &SessionCert,
+    ) -> Option<&'static str> {
+        if self.blocked.contains(peer) {
+            return Some(Refusal::Blocked.close_reason());
+        }
+        let active = self.active();
+        if active.generation == cert.generation {
+            return None;
+        }
+        active
+            .verifier
+            .verify_chain(&cert.chain)
+            .err()
+            .map(|e| Refusal::of_error(&e).close_reason())
+    }
+}
+
+/// Builds the active TLS of `material`.
+fn build(
+    material: &TlsMaterial,
+    blocked: &Arc<BlockList>,
+    key_log: Option<&Arc<KeyLogTo>>,
+    generation: u64,
+) -> Result<ActiveTls, TlsError> {
+    let key_log = key_log.map(|k| k.clone() as Arc<dyn rustls::KeyLog>);
+    let built = tls::hub_server_config(material, blocked.clone(), key_log)?;
+    Ok(ActiveTls {
+        generation,
+        config: built.config,
+        verifier: built.verifier,
+        expiries: material.expiries().to_vec(),
+        revoked_serials: material.revoked_serials(),
+    })
+}
+
+/// Logs a warning for each certificate (the hub's, a CA's) expiring within `within`.
+fn warn_expiring(expiries: &[CertExpiry], within: Duration) {
+    let now = SystemTime::now();
+    for e in expiries {
+        let left = e.seconds_left(now);
+        if left < within.as_secs() as i64 {
+            warn!(
+                role = e.role.label(),
+                subject = %e.subject,
+                not_after = %humantime::format_rfc3339_seconds(e.not_after),
+                days_left = left / 86_400,
+                "certificate expires soon: issue a new one and reload (SIGHUP or POST /v1/reload)"
+            );
+        }
+    }
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// A file could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The hub is stopping.
+    #[error("the hub is stopping")]
+    Stopped,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// The config generation now in force.
+    pub generation: u64,
+    /// The hub certificate's expiry.
+    pub hub_certificate: CertExpiry,
+    /// The CAs of the bundle.
+    pub cas: Vec<CertExpiry>,
+    /// CRLs loaded.
+    pub crls: usize,
+    /// Certificates they revoke.
+    pub revoked_certificates: usize,
+    /// Live sessions checked again.
+    pub sessions_checked: usize,
+    /// Sessions closed, by reason.
+    pub sessions_closed: BTreeMap<&'static str, usize>,
+}
+
+/// Below this many live sessions the re-check runs on one thread.
+const PARALLEL_RECHECK: usize = 512;
+
+impl HubHandle {
+    /// Reloads the hub certificate and key, the CA bundle and the CRLs (DESIGN 10; see the
+    /// module docs), then closes the live sessions the new files refuse.
+    ///
+    /// # Errors
+    /// [`ReloadError`] naming the file and the reason; nothing changed then.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || reload(&shared))
+            .await
+            .map_err(|_| ReloadError::Stopped)?
+    }
+
+    /// The hub certificate's expiry, then each CA's, as in force.
+    pub fn certificate_expiries(&self) -> Vec<CertExpiry> {
+        self.shared.identities.active().expiries.clone()
+    }
+}
+
+/// The reload itself (blocking: file reads, signature checks).
+fn reload(shared: &HubShared) -> Result<ReloadReport, ReloadError> {
+    let identities = &shared.identities;
+    let _one = identities
+        .reloading
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let material = match TlsMaterial::load(&shared.config.tls_files()) {
+        Ok(material) => material,
+        Err(e) => {
+            metrics::count_outcome(metrics::TLS_RELOADS, "failed");
+            warn!(error = %e, "TLS reload failed: nothing changed, the hub keeps its certificates");
+            return Err(e.into());
+        }
+    };
+    let generation = identities.next_generation.fetch_add(1, Ordering::AcqRel);
+    let active = build(
+        &material,
+        &identities.blocked,
+        identities.key_log.as_ref(),
+        generation,
+    )
+    .inspect_err(|e| {
+        metrics::count_outcome(metrics::TLS_RELOADS, "failed");
+        warn!(error = %e, "TLS reload failed: nothing changed, the hub keeps its certificates");
+    })?;
+    let active = Arc::new(active);
+    identities.active.store(active.clone());
+    metrics::count_outcome(metrics::TLS_RELOADS, "ok");
+    shared
+        .events
+        .hub_certificate(Some(material.hub_expiry().not_after));
+    let hub_certificate = material.hub_expiry().clone();
+    info!(
+        generation,
+        hub_certificate_expires = %humantime::format_rfc3339_seconds(hub_certificate.not_after),
+        cas = material.ca().len(),
+        crls = material.crls().len(),
+        revoked = material.revoked_count(),
+        "TLS reloaded: new handshakes use the new files"
+    );
+    warn_expiring(&active.expiries, shared.config.tls.expiry_warning);
+    let (checked, closed) = recheck_sessions(shared, &active);
+    Ok(ReloadReport {
+        generation,
+        hub_certificate,
+        cas: active.expiries[1..].to_vec(),
+        crls: material.crls().len(),
+        revoked_certificates: material.revoked_count(),
+        sessions_checked: checked,
+        sessions_closed: closed,
+    })
+}
+
+/// Verifies every live session's chain with the new config's verifier and closes those it
+/// refuses. Returns how many were checked and how many closed, by reason.
+///
+/// The sessions a CRL names a certificate of (by serial number: a hash lookup each) are
+/// verified and closed first, so revoked peers go within a moment even on a hub of many
+/// sessions; then all the others (a CA taken out of the bundle), spread over the cores.
+fn recheck_sessions(
+    shared: &HubShared,
+    active: &ActiveTls,
+) -> (usize, BTreeMap<&'static str, usize>) {
+    // Entries are cloned out: no index lock is held while verifying.
+    let entries: Vec<SessionEntry> = shared.index.iter().map(|e| e.value().clone()).collect();
+    let (named, others): (Vec<SessionEntry>, Vec<SessionEntry>) =
+        entries.into_iter().partition(|entry| {
+            entry
+                .cert
+                .serials
+                .iter()
+                .any(|serial| active.revoked_serials.contains(serial))
+        });
+    let checked = named.len() + others.len();
+    let mut closed = BTreeMap::new();
+    for part in [named, others] {
+        for (entry, refusal, error) in refused_in_parallel(&part, &active.verifier) {
+            let reason = refusal.close_reason();
+            let peer = &entry.cert.identity.peer_name;
+            info!(%peer, reason, %error, "closing a session its certificate no longer allows");
+            entry.close.do_send(Close { reason });
+            *closed.entry(reason).or_default() += 1;
+        }
+    }
+    (checked, closed)
+}
+
+/// The sessions of `entries` that `verifier` refuses, verified on every core when there are
+/// many.
+fn refused_in_parallel(
+    entries: &[SessionEntry],
+    verifier: &PeerVerifier,
+) -> Vec<(SessionEntry, Refusal, rustls::Error)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if entries.len() < PARALLEL_RECHECK || threads == 1 {
+        return refused_of(entries, verifier);
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || refused_of(part, verifier)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+fn refused_of(
+    entries: &[SessionEntry],
+    verifier: &PeerVerifier,
+) -> Vec<(SessionEntry, Refusal, rustls::Error)> {
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let error = verifier.verify_chain(&entry.cert.chain).err()?;
+            Some((entry.clone(), Refusal::of_error(&error), error))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_starting_session_is_checked_again_only_when_a_newer_config_is_in_force() {
+        let identities = Identities::for_tests();
+        let stranger = crate::certs::CertAuthority::generate("not in the bundle")
+            .unwrap()
+            .issue_peer("eve", &crate::certs::PeerCertOptions::default())
+            .unwrap();
+        let chain = stranger.identity().unwrap().chain;
+        let generation = identities.active().generation;
+        // Verified by the config in force (a test shortcut: this chain never was): not
+        // checked again.
+        let current = SessionCert::of(&chain, generation).unwrap();
+        assert_eq!(
+            identities.refusal_at_start(&current.identity.peer_name, &current),
+            None
+        );
+        // Its handshake used an older config: checked against the one in force.
+        let older = SessionCert::of(&chain, generation - 1).unwrap();
+        assert_eq!(
+            identities.refusal_at_start(&older.identity.peer_name, &older),
+            Some("untrusted")
+        );
+        // Blocked meanwhile: refused whatever the generation.
+        identities
+            .blocked
+            .insert(
+                current.identity.peer_name.clone(),
+                crate::blocklist::BlockEntry::now(None),
+            )
+            .unwrap();
+        assert_eq!(
+            identities.refusal_at_start(&current.identity.peer_name, &current),
+            Some("blocked")
+        );
+    }
+
+    #[test]
+    fn the_timer_steps_through_long_validities_and_fires_just_after_not_after() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ten_years = now + Duration::from_secs(10 * 365 * 86_400);
+        assert_eq!(
+            expiry_check(now, ten_years),
+            ExpiryCheck::After(EXPIRY_CHECK_STEP)
+        );
+        let soon = now + Duration::from_secs(3);
+        assert_eq!(
+            expiry_check(now, soon),
+            ExpiryCheck::After(Duration::from_millis(3001))
+        );
+        assert_eq!(
+            expiry_check(soon, soon),
+            ExpiryCheck::After(Duration::from_millis(1))
+        );
+        assert_eq!(
+            expiry_check(soon + Duration::from_millis(1), soon),
+            ExpiryCheck::Expired
+        );
+    }
+}

@@ -86,6 +86,8 @@ pub struct Session {
     close_reason: &'static str,
     /// Whether this session holds its PeerName in the cluster (DESIGN 8).
     clustered: bool,
+    /// Whether this session is in the session count (from holding its PeerName on).
+    counted: bool,
     /// What its handshake established (DESIGN 10).
     cert: Arc<SessionCert>,
     span: tracing::Span,
@@ -158,6 +160,7 @@ pub(crate) fn start(
             registry,
             close_reason: "peer_closed",
             clustered: false,
+            counted: false,
             cert,
             span,
         }
@@ -377,8 +380,6 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
-        metrics::hub().sessions.increment(1.0);
         let addr = ctx.address();
         self.flags.set_certificate(
             self.cert.identity.not_after,
@@ -410,6 +411,11 @@ impl Actor for Session {
             ctx.stop();
             return;
         }
+        // Counted once it holds its PeerName: a session the count includes is reachable by
+        // routing (a test or an operator that waits for the count can send to it at once).
+        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
+        metrics::hub().sessions.increment(1.0);
+        self.counted = true;
         self.watch_expiry(ctx);
         self.fanout.add_session(self.id, addr.recipient());
         if let Some(cluster) = self.shared.cluster.get() {
@@ -448,14 +454,16 @@ impl Actor for Session {
             let still_held = self.shared.lookup(&self.peer).is_some();
             cluster.session_ended(&self.peer, &self.mesh, still_held);
         }
-        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        if self.counted {
+            self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+            metrics::hub().sessions.decrement(1.0);
+        }
         self.registry.remove.do_send(RelayRemove {
             peer: self.peer.clone(),
             session: self.id,
         });
         self.out.close();
         self.machine.disconnected();
-        metrics::hub().sessions.decrement(1.0);
         metrics::count_reason(metrics::SESSIONS_CLOSED, self.close_reason);
         self.shared.events.session_ended(self.id, self.close_reason);
         info!(parent: &self.span, reason = self.close_reason, "session ended");

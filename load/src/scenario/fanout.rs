@@ -39,13 +39,7 @@ pub async fn run(
     let setup = PhaseSetup::new(args, servers, &receivers, n, &publisher.errors);
     let phase = |id: u32, rate: f64| {
         let queue = publisher.queue.clone();
-        measure_phase(
-            &setup,
-            id,
-            rate,
-            move |_, value| queue.send(value),
-            "fanout",
-        )
+        measure_phase(&setup, id, rate, move |change| queue.send(change), "fanout")
     };
     let mut run = if args.find_max {
         find_max(args, phase).await?

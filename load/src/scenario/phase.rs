@@ -13,7 +13,7 @@ use crate::fit::{harness_bound, micros_per};
 use crate::peers::connect::Errors;
 use crate::peers::receive::{self, Phase, Receivers};
 use crate::procfs::own_cpu_seconds;
-use crate::publish::{run_schedule, SendErrors};
+use crate::publish::{run_schedule, Change, SendErrors};
 use crate::report::Report;
 use crate::schedule::{Schedule, Window};
 use crate::servers::Servers;
@@ -82,12 +82,12 @@ impl<'a> PhaseSetup<'a> {
 
 /// One measured phase at `rate`: the timeline runs from a start 200 ms ahead, the server's
 /// and the harness's CPU are read at the window's edges, then late deliveries are awaited.
-/// `send` gets each change (its sequence number and stamped value) at its due time.
+/// `send` gets each change at its due time.
 pub async fn measure_phase(
     setup: &PhaseSetup<'_>,
     id: u32,
     rate: f64,
-    send: impl FnMut(u64, String) + Send + 'static,
+    send: impl FnMut(Change) + Send + 'static,
     scenario: &str,
 ) -> Run {
     let schedule = Schedule {

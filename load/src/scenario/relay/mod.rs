@@ -33,7 +33,7 @@ use crate::peers::connect::Errors;
 use crate::peers::fleet::Fleet;
 use crate::peers::receive::Receivers;
 use crate::placement::{Locality, Origin};
-use crate::publish::SendErrors;
+use crate::publish::{Change, SendErrors};
 use crate::servers::Servers;
 use crate::stamp::{stamp, Stamp};
 use crate::watch::sender_of;
@@ -181,10 +181,10 @@ fn publish(
     handles: Arc<Vec<Peer>>,
     last: Arc<Mutex<Vec<String>>>,
     errs: Arc<SendErrors>,
-) -> impl FnMut(u64, String) + Send + 'static {
+) -> impl FnMut(Change) + Send + 'static {
     let n = handles.len();
     let runtime = tokio::runtime::Handle::current();
-    move |seq: u64, value: String| {
+    move |Change { seq, value, .. }| {
         let i = sender_of(seq, n);
         last.lock().expect("last")[i] = value.clone();
         let (peer, errs) = (handles[i].clone(), errs.clone());

@@ -20,10 +20,11 @@
 //! The crate in layers, each using only those above it:
 //! - the method, pure and unit-tested (public): [`stamp`] (changes identify themselves in
 //!   their bytes), [`schedule`] (the fixed timeline and the measured window), [`tally`]
-//!   (window accounting and losses), [`latency`] (percentiles), [`fit`] (RSS slope, cost,
-//!   harness-bound), [`capacity`] (`--find-max`), [`procfs`]; the plans [`watch`]
-//!   (`relay --watch`) and [`placement`] (`--cluster`); [`cli`] and [`refusal`] (the
-//!   options and the combinations refused); [`report`] (the JSON, the table, the plot);
+//!   (window accounting; each change delivered, superseded or lost), [`latency`]
+//!   (percentiles), [`fit`] (RSS slope, cost, harness-bound), [`capacity`]
+//!   (`--find-max`), [`procfs`]; the plans [`watch`] (`relay` and its watch lists) and
+//!   [`placement`] (`--cluster`); [`cli`] and [`refusal`] (the options and the
+//!   combinations refused); [`report`] (the JSON, the table, the plot);
 //! - the processes: `servers` (the hub, a cluster and its Redis, the floor, Mosquitto)
 //!   and `floor` (the floor's serving mode);
 //! - the peers: `peers` (certificates, connecting, receiving, MQTT, holder processes) and

@@ -80,11 +80,15 @@ fn delivery_rows(r: &Report) -> Vec<Row> {
         rows.push(("slowest second", format!("{min:.0} delivered")));
     }
     rows.push(("deliveries", r.deliveries.to_string()));
-    rows.push(("lost", r.lost.to_string()));
+    rows.push((
+        "superseded",
+        format!("{} (never arrived; a later value did)", r.superseded),
+    ));
+    rows.push(("lost", format!("{} (never converged)", r.lost)));
     rows.push((
         "latency ms",
         format!(
-            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (from the schedule)",
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (from the schedule, delivered only)",
             r.latency_ms.p50,
             r.latency_ms.p90,
             r.latency_ms.p99,
@@ -237,6 +241,7 @@ mod tests {
             deliveries_per_s: 3980.0,
             deliveries_per_s_min: Some(3900.0),
             offered_per_s: 4000.0,
+            superseded: 40,
             lost: 100,
             latency_ms: LatencyMs {
                 p50: 1.0,
@@ -263,8 +268,9 @@ mod tests {
                 "  deliveries/s  3980 delivered in the window (offered 4000)",
                 "slowest second  3900 delivered",
                 "    deliveries  19900",
-                "          lost  100",
-                "    latency ms  p50 1.00  p90 2.00  p99 3.00  p99.9 4.00  max 5.00  (from the schedule)",
+                "    superseded  40 (never arrived; a later value did)",
+                "          lost  100 (never converged)",
+                "    latency ms  p50 1.00  p90 2.00  p99 3.00  p99.9 4.00  max 5.00  (from the schedule, delivered only)",
                 "  CPU/delivery  25.12 µs (server)",
                 "    server RSS  32.0 MiB",
                 "    server CPU  0.50 s",

@@ -3,11 +3,12 @@
 //! or without watch lists (`--watch K`, DESIGN 5.4); every final view is checked exactly.
 //!
 //! Each change carries its own stamp and sequence, so a receiver counts a change only when
-//! that change's value arrives, and a later view repeating it counts nothing. With
-//! `--watch K` every peer watches K random others, published once everyone's presence is
-//! in the hub, so each view's order is its list's. The steps: the peers ([`peers`]), who
-//! may see what ([`audience`]), the measured phase, the final views ([`views`]), and with
-//! `--kill-hub` a hub killed afterwards ([`kill`]).
+//! that change's value arrives, and a later view repeating it counts nothing; a change of
+//! a peer whose later change arrived instead is superseded, not lost. With `--watch K`
+//! every peer watches K random others, published once everyone's presence is in the hub,
+//! so each view's order is its list's. The steps: the peers ([`peers`]), who may see what
+//! ([`audience`]), the measured phase, the final views ([`views`]), and with `--kill-hub`
+//! a hub killed afterwards ([`kill`]).
 
 mod audience;
 mod kill;
@@ -36,7 +37,7 @@ use crate::placement::{Locality, Origin};
 use crate::publish::{Change, SendErrors};
 use crate::servers::Servers;
 use crate::stamp::{stamp, Stamp};
-use crate::watch::sender_of;
+use crate::watch::{sender_of, RelayChanges};
 
 /// The reading tasks of the subscribed peers, each returning its slot and events, and
 /// what tells them to stop.
@@ -72,17 +73,22 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
             placement: fleet.placement(),
         },
     ));
+    let plan = audience.plan.as_ref();
+    let due = RelayChanges::new(n, plan);
     let mut setup = PhaseSetup::new(args, servers, &receivers, n, &send_errors);
-    setup.plan = audience.plan.as_ref();
+    setup.plan = plan;
+    setup.changes = &due;
     let send = publish(handles.clone(), last.clone(), send_errors.clone());
-    let mut run = measure_phase(&setup, 1, args.rate, send, "relay").await;
+    let mut run = measure_phase(&setup, 1, args.rate, send, "relay")
+        .await
+        .into_run();
     let mut returned = stop(consumers, &mut errors).await;
     let last = last.lock().expect("last").clone();
     let inexact = views::check(
         &handles,
         &mut returned,
         fleet,
-        audience.plan.as_ref(),
+        plan,
         &last,
         &mut run.notes,
         &mut errors,
@@ -94,7 +100,6 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
     run.notes
         .push(format!("final views exact: {}/{n}", n as u64 - inexact));
     if let Some(hub) = args.kill_hub {
-        let plan = audience.plan.as_ref();
         kill::run(servers, hub, fleet, plan, returned, &mut run, &mut errors).await?;
     }
     run.report.errors += errors.count;

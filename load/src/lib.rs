@@ -22,9 +22,10 @@
 //!   their bytes), [`schedule`] (the fixed timeline and the measured window), [`tally`]
 //!   (window accounting; each change delivered, superseded or lost), [`latency`]
 //!   (percentiles), [`fit`] (RSS slope, cost, harness-bound), [`capacity`]
-//!   (`--find-max`), [`procfs`]; the plans [`watch`] (`relay` and its watch lists) and
-//!   [`placement`] (`--cluster`); [`cli`] and [`refusal`] (the options and the
-//!   combinations refused); [`report`] (the JSON, the table, the plot);
+//!   (`--find-max`), [`procfs`]; the plans [`watch`] (`relay` and its watch lists),
+//!   [`mesh`] (a mesh view's cap: refused peers against inexact views) and [`placement`]
+//!   (`--cluster`); [`cli`] and [`refusal`] (the options and the combinations refused);
+//!   [`report`] (the JSON, the table, the plot);
 //! - the processes: `servers` (the hub, a cluster and its Redis, the floor, Mosquitto)
 //!   and `floor` (the floor's serving mode);
 //! - the peers: `peers` (certificates, connecting, receiving, MQTT, holder processes) and
@@ -38,6 +39,7 @@ pub mod capacity;
 pub mod cli;
 pub mod fit;
 pub mod latency;
+pub mod mesh;
 pub mod placement;
 pub mod procfs;
 pub mod refusal;

@@ -3,6 +3,8 @@
 //! receiver must get ([`RelayChanges`]) and the final view it must end with, and how a
 //! view differs from it.
 
+use std::collections::BTreeSet;
+
 use sha1::{Digest, Sha1};
 
 use p2ppi_hub::wire::Object;
@@ -106,17 +108,37 @@ impl WatchPlan {
 /// `relay`'s changes, for the accounting: change `seq` sets the presence of peer
 /// [`sender_of`]`(seq, peers)` (a later change of that peer supersedes it), and is due to
 /// the receivers shown that peer: with watch lists, its watchers and itself; with mesh
-/// views, everyone.
+/// views, every receiver whose hub relays it (a hub that refused a peer for a full mesh
+/// view, DESIGN 5.2, shows it to none of its receivers, the peer itself included).
 #[derive(Debug, Clone)]
 pub struct RelayChanges<'a> {
     peers: usize,
     plan: Option<&'a WatchPlan>,
+    /// Each receiver's hub, by slot (mesh views).
+    hub_of: Vec<usize>,
+    /// Each hub's refused peers, by hub (mesh views).
+    refused: Vec<BTreeSet<usize>>,
 }
 
 impl<'a> RelayChanges<'a> {
-    /// Changes of `peers` peers seen through watch lists (`plan`), or through mesh views.
+    /// Changes of `peers` peers seen through watch lists (`plan`), or through mesh views
+    /// where nobody is refused.
     pub fn new(peers: usize, plan: Option<&'a WatchPlan>) -> Self {
-        Self { peers, plan }
+        Self {
+            peers,
+            plan,
+            hub_of: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// With mesh views: receiver `r` is on hub `hub_of[r]`, and hub `h` refused the peers
+    /// in `refused[h]` (without a plan only: watchers get refused peers all the same).
+    pub fn refusing(mut self, hub_of: Vec<usize>, refused: Vec<BTreeSet<usize>>) -> Self {
+        if self.plan.is_none() {
+            (self.hub_of, self.refused) = (hub_of, refused);
+        }
+        self
     }
 }
 
@@ -126,8 +148,15 @@ impl Changes for RelayChanges<'_> {
     }
 
     fn due(&self, receiver: usize, seq: u64) -> bool {
-        self.plan
-            .is_none_or(|plan| plan.shows(receiver, sender_of(seq, self.peers)))
+        let sender = sender_of(seq, self.peers);
+        match self.plan {
+            Some(plan) => plan.shows(receiver, sender),
+            None => self
+                .hub_of
+                .get(receiver)
+                .and_then(|&h| self.refused.get(h))
+                .is_none_or(|refused| !refused.contains(&sender)),
+        }
     }
 }
 
@@ -289,11 +318,29 @@ mod tests {
                 lost: 1
             }
         );
-        // Mesh views: every change is due to every receiver.
+        // Mesh views: every change is due to every receiver…
         let mesh = RelayChanges::new(4, None);
         let mut everyone = Totals::default();
         everyone.add(&tally(&[1, 2, 4]), 10, 0, &mesh);
         assert_eq!((everyone.expected, everyone.lost), (10, 7));
+        // …but those of a peer its hub refused (hub 0 refused peer 3) to none of that hub's.
+        let refused = RelayChanges::new(4, None)
+            .refusing(vec![0, 1, 0, 1], vec![BTreeSet::from([3]), BTreeSet::new()]);
+        assert_eq!(due(&refused, 0), [1, 2, 4, 5, 6, 8, 9, 10]);
+        assert_eq!(due(&refused, 2), due(&refused, 0));
+        assert_eq!(
+            due(&refused, 3),
+            (1..=10).collect::<Vec<_>>(),
+            "hub 1 relays it"
+        );
+        assert_eq!(
+            due(
+                &RelayChanges::new(4, Some(&plan)).refusing(vec![0; 4], vec![BTreeSet::from([3])]),
+                2
+            ),
+            due(&watched, 2),
+            "watchers see peers refused in the mesh view"
+        );
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub struct Report {
     /// is also counted in `errors`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unwatched_seen: Option<u64>,
+    /// `relay` with mesh views: peers refused by a hub for its mesh view (DESIGN 5.2: their
+    /// objects do not fit), whose changes are due to none of that hub's receivers and
+    /// whose absence from its final views is not an inexact view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
+    /// `relay` with mesh views: each hub's mesh view at the end (peers, bytes, the cap) and
+    /// how many peers it refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mesh_views: Vec<crate::mesh::MeshView>,
     /// `--cluster N`: each hub's CPU and RSS, Redis's, and same-hub and cross-hub latency
     /// (`hub_cpu_s` and `hub_rss_bytes` above are then the hubs' sums).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -240,6 +249,27 @@ mod tests {
             );
         }
         assert!(v.get("max_rate").is_none(), "only with --find-max");
+        assert!(v.get("refused").is_none(), "only for relay's mesh views");
+        assert!(v.get("mesh_views").is_none(), "only for relay's mesh views");
+        let relay = Report {
+            refused: Some(3),
+            mesh_views: vec![crate::mesh::MeshView {
+                peers: 5,
+                refused: 3,
+                bytes: Some(900),
+                cap_bytes: Some(1000),
+                full: Some(true),
+                ..Default::default()
+            }],
+            ..report.clone()
+        };
+        let r = serde_json::to_value(&relay).unwrap();
+        assert_eq!(r["refused"], 3);
+        assert_eq!(
+            r["mesh_views"][0],
+            serde_json::json!({"hub": 0, "peers": 5, "refused": 3, "bytes": 900, "cap_bytes": 1000, "full": true})
+        );
+        assert!(v.get("cluster").is_none(), "only with --cluster");
         let found = Report {
             max_rate: Some(640.0),
             ..report

@@ -78,10 +78,13 @@ impl<'a> PhaseSetup<'a> {
     }
 }
 
-/// A measured phase: its run, and the accounting of its changes.
+/// A measured phase: its run, and what it takes to account for its changes again once
+/// more is known of who was due which (`relay`: the peers a hub refused, known from the
+/// final views).
 pub struct Measured {
     /// The run, without the accounting's note ([`Measured::into_run`] adds it).
     pub run: Run,
+    phase: Arc<Phase>,
     sent: u64,
     rate: f64,
     payload: usize,
@@ -89,6 +92,12 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// Counts again what became of each change due to each receiver, now under `changes`.
+    pub fn account(&mut self, changes: &dyn Changes) {
+        let totals = self.phase.totals(self.sent, changes);
+        self.set_totals(&totals);
+    }
+
     /// Puts what became of the changes due (delivered, superseded, lost) into the report
     /// and the note.
     fn set_totals(&mut self, totals: &Totals) {
@@ -194,6 +203,7 @@ pub async fn measure_phase(
     };
     let mut measured = Measured {
         run,
+        phase,
         sent,
         rate,
         payload: setup.payload,

@@ -1,11 +1,16 @@
 //! Capacity (`--find-max`): the rate search that doubles, then bisects, and the test of
-//! whether one step held (p99 within the bound, nothing lost, no error).
+//! whether one step held (p99 within the bound, nothing lost or superseded, no error).
 
 use crate::report::Report;
 
-/// Whether a capacity step held: p99 within `p99_bound_ms`, nothing lost, no error.
+/// Whether a capacity step held: p99 within `p99_bound_ms`, nothing lost, no error, and
+/// nothing superseded: every receiver got every value, as the floor and Mosquitto (which
+/// never coalesce) must, so capacities are compared on the same work.
 pub fn step_held(report: &Report, p99_bound_ms: f64) -> bool {
-    report.latency_ms.p99 <= p99_bound_ms && report.lost == 0 && report.errors == 0
+    report.latency_ms.p99 <= p99_bound_ms
+        && report.lost == 0
+        && report.superseded == 0
+        && report.errors == 0
 }
 
 /// The capacity search of `--find-max`: doubles the rate from `start` until a step fails,
@@ -114,6 +119,23 @@ mod tests {
         assert!(!step_held(
             &Report {
                 lost: 1,
+                ..report.clone()
+            },
+            50.0
+        ));
+        assert!(
+            !step_held(
+                &Report {
+                    superseded: 1,
+                    ..report.clone()
+                },
+                50.0
+            ),
+            "a coalesced change fails the step: the others deliver every value"
+        );
+        assert!(!step_held(
+            &Report {
+                errors: 1,
                 ..report.clone()
             },
             50.0

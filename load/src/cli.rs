@@ -122,7 +122,8 @@ pub struct Args {
     #[arg(long, value_name = "I")]
     pub kill_hub: Option<usize>,
     /// `fanout`: raise the rate from `--rate` (doubling, then bisecting) until p99 exceeds
-    /// `--p99` or anything is lost or fails; report `max_rate`, the highest rate that held.
+    /// `--p99` or anything is lost, superseded (coalesced) or fails; report `max_rate`, the
+    /// highest rate that held.
     #[arg(long)]
     pub find_max: bool,
     /// `--find-max`: the p99 latency bound, milliseconds.

@@ -20,10 +20,12 @@
 //! The crate in layers, each using only those above it:
 //! - the method, pure and unit-tested (public): [`stamp`] (changes identify themselves in
 //!   their bytes), [`schedule`] (the fixed timeline and the measured window), [`tally`]
-//!   (window accounting and losses), [`latency`] (percentiles), [`fit`] (RSS slope, cost,
-//!   harness-bound), [`capacity`] (`--find-max`), [`procfs`]; the plans [`watch`]
-//!   (`relay --watch`) and [`placement`] (`--cluster`); [`cli`] and [`refusal`] (the
-//!   options and the combinations refused); [`report`] (the JSON, the table, the plot);
+//!   (window accounting; each change delivered, superseded or lost), [`latency`]
+//!   (percentiles), [`fit`] (RSS slope, cost, harness-bound), [`capacity`]
+//!   (`--find-max`), [`procfs`]; the plans [`watch`] (`relay` and its watch lists),
+//!   [`mesh`] (a mesh view's cap: refused peers against inexact views) and [`placement`]
+//!   (`--cluster`); [`cli`] and [`refusal`] (the options and the combinations refused);
+//!   [`report`] (the JSON, the table, the plot);
 //! - the processes: `servers` (the hub, a cluster and its Redis, the floor, Mosquitto)
 //!   and `floor` (the floor's serving mode);
 //! - the peers: `peers` (certificates, connecting, receiving, MQTT, holder processes) and
@@ -37,6 +39,7 @@ pub mod capacity;
 pub mod cli;
 pub mod fit;
 pub mod latency;
+pub mod mesh;
 pub mod placement;
 pub mod procfs;
 pub mod refusal;

@@ -3,7 +3,10 @@
 //! A ticker thread wakes at each change's scheduled time, stamps the change with that time
 //! (not the time it is sent) and queues it; senders drain the queue towards the server:
 //! - the hub: [`ADMIN_CONNECTIONS`] threads, each with its own keep-alive HTTP connection,
-//!   pipelining `PUT /v1/objects/p2ppi-bench` (a PUT waits for the hub; the timeline does not);
+//!   pipelining `PUT /v1/objects/p2ppi-bench` (a PUT waits for the hub; the timeline does
+//!   not). Connections may reorder changes, so a phase's last change is sent alone once
+//!   every PUT before it was answered: the hub ends on the last value, as the floor and
+//!   Mosquitto (each fed one ordered stream) do, and a receiver that converged has it;
 //! - the floor: one thread writing length-prefixed values to its control connection;
 //! - Mosquitto: one task publishing at QoS 0.
 //!
@@ -12,7 +15,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -48,22 +51,61 @@ impl SendErrors {
     }
 }
 
-/// Where the ticker puts values; sending never blocks.
+/// One change of the timeline, handed over at its due time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Its sequence number in the phase, from 1.
+    pub seq: u64,
+    /// Its stamped value.
+    pub value: String,
+    /// Whether it is the phase's last.
+    pub last: bool,
+}
+
+/// Where the ticker puts changes; sending never blocks.
 #[derive(Clone)]
 pub enum Queue {
     /// Drained by sender threads.
-    Threads(mpsc::Sender<String>),
+    Threads(mpsc::Sender<Change>),
     /// Drained by a sender task.
-    Task(tokio::sync::mpsc::UnboundedSender<String>),
+    Task(tokio::sync::mpsc::UnboundedSender<Change>),
 }
 
 impl Queue {
-    /// Queues `value`. A closed queue means the senders gave up; their error is counted.
-    pub fn send(&self, value: String) {
+    /// Queues `change`. A closed queue means the senders gave up; their error is counted.
+    pub fn send(&self, change: Change) {
         let _ = match self {
-            Self::Threads(tx) => tx.send(value).map_err(|_| ()),
-            Self::Task(tx) => tx.send(value).map_err(|_| ()),
+            Self::Threads(tx) => tx.send(change).map_err(|_| ()),
+            Self::Task(tx) => tx.send(change).map_err(|_| ()),
         };
+    }
+}
+
+/// PUTs sent and not answered yet, shared by the hub's sender threads.
+#[derive(Default)]
+struct InFlight {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl InFlight {
+    /// One more.
+    fn start(&self) {
+        *self.count.lock().expect("in flight") += 1;
+    }
+
+    /// One answered.
+    fn end(&self) {
+        *self.count.lock().expect("in flight") -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the caller's own PUT, counted, is the only one.
+    fn wait_alone(&self) {
+        let mut count = self.count.lock().expect("in flight");
+        while *count > 1 {
+            count = self.changed.wait(count).expect("in flight");
+        }
     }
 }
 
@@ -87,12 +129,14 @@ impl Drop for Publisher {
 impl Publisher {
     /// Pipelines updates of the hub object through the admin API at `admin`.
     pub fn hub(admin: &str) -> Self {
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel::<Change>();
         let rx = Arc::new(Mutex::new(rx));
+        let in_flight = Arc::new(InFlight::default());
         let errors = Arc::new(SendErrors::default());
         let url = format!("http://{admin}/v1/objects/{BENCH_OBJECT}");
         for _ in 0..ADMIN_CONNECTIONS {
-            let (rx, errors, url) = (rx.clone(), errors.clone(), url.clone());
+            let (rx, in_flight, errors, url) =
+                (rx.clone(), in_flight.clone(), errors.clone(), url.clone());
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -100,16 +144,26 @@ impl Publisher {
                     .build()
                     .into();
                 loop {
-                    let next = rx.lock().expect("queue").recv();
-                    let Ok(value) = next else { return };
+                    let change = {
+                        let rx = rx.lock().expect("queue");
+                        let Ok(change) = rx.recv() else { return };
+                        // Counted before the queue is let go: no later change can be taken
+                        // (and be the last) before this one is in flight.
+                        in_flight.start();
+                        change
+                    };
+                    if change.last {
+                        in_flight.wait_alone();
+                    }
                     match agent
                         .put(&url)
-                        .send_json(serde_json::json!({ "value": value }))
+                        .send_json(serde_json::json!({ "value": change.value }))
                     {
                         Ok(r) if r.status().is_success() => {}
                         Ok(r) => errors.add(format!("PUT answered {}", r.status())),
                         Err(e) => errors.add(format!("PUT: {e}")),
                     }
+                    in_flight.end();
                 }
             });
         }
@@ -124,12 +178,12 @@ impl Publisher {
     pub fn floor(control: &str) -> anyhow::Result<Self> {
         let mut stream = std::net::TcpStream::connect(control).context("floor control")?;
         stream.set_nodelay(true)?;
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel::<Change>();
         let errors = Arc::new(SendErrors::default());
         let errs = errors.clone();
         std::thread::spawn(move || {
             let mut frame = Vec::new();
-            while let Ok(value) = rx.recv() {
+            while let Ok(Change { value, .. }) = rx.recv() {
                 frame.clear();
                 frame.extend_from_slice(&(value.len() as u16).to_be_bytes());
                 frame.extend_from_slice(value.as_bytes());
@@ -159,10 +213,10 @@ impl Publisher {
                 }
             }
         });
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Change>();
         let errs = errors.clone();
         let sender = tokio::spawn(async move {
-            while let Some(value) = rx.recv().await {
+            while let Some(Change { value, .. }) = rx.recv().await {
                 if let Err(e) = client
                     .publish(mqtt::TOPIC, rumqttc::QoS::AtMostOnce, false, value)
                     .await
@@ -189,7 +243,7 @@ pub async fn run_schedule(
     base: Instant,
     start: Instant,
     payload: usize,
-    mut send: impl FnMut(u64, String) + Send + 'static,
+    mut send: impl FnMut(Change) + Send + 'static,
 ) -> u64 {
     let count = schedule.count();
     let ticker = std::thread::spawn(move || {
@@ -208,9 +262,45 @@ pub async fn run_schedule(
                 },
                 payload,
             );
-            send(seq, value);
+            send(Change {
+                seq,
+                value,
+                last: seq == count,
+            });
         }
     });
     let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
     count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_change_waits_until_every_put_before_it_was_answered() {
+        let in_flight = Arc::new(InFlight::default());
+        in_flight.start();
+        in_flight.start();
+        let (tx, rx) = mpsc::channel();
+        let last = {
+            let in_flight = in_flight.clone();
+            std::thread::spawn(move || {
+                in_flight.start();
+                in_flight.wait_alone();
+                tx.send(()).expect("the test waits");
+                in_flight.end();
+            })
+        };
+        in_flight.end();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "one earlier PUT is still unanswered"
+        );
+        in_flight.end();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("sent once the others were answered");
+        last.join().expect("the last sender");
+        assert_eq!(*in_flight.count.lock().expect("in flight"), 0);
+    }
 }

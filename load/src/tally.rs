@@ -1,11 +1,45 @@
-//! Window accounting and loss detection: each receiver's [`Tally`] of one phase (which
-//! changes arrived, how many inside the window), and the [`Totals`] over every receiver
-//! that the report's deliveries, delivered rate and losses come from. A change arriving
-//! after the window counts in latency and loss, not in throughput; a repeat counts nothing.
+//! Window accounting and what became of each change: each receiver's [`Tally`] of one
+//! phase (which changes arrived, how many inside the window), its [`Outcome`] (every change
+//! due to it delivered, superseded or lost), and the [`Totals`] over every receiver that the
+//! report's deliveries, delivered rate, superseded and lost come from. A change arriving
+//! after the window counts in latency and in its outcome, not in throughput; a repeat
+//! counts nothing.
+//!
+//! **Superseded is not lost.** A server may coalesce: when a receiver falls behind it sends
+//! the latest value of an object in place of the values before it (DESIGN 5.2, an entire
+//! view supersedes every earlier one). So for each receiver and each change due to it:
+//! *delivered* when that value arrived; *superseded* when it never did but a later value of
+//! the same object did (the receiver converged past it); *lost* when neither it nor any
+//! later value of its object arrived: the receiver never converged. [`Changes`] says which
+//! object each change sets and to whom it is due.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::schedule::Window;
+
+/// What a phase's changes are, for the accounting: which object each change sets (a later
+/// change of the same object supersedes it) and to which receivers each one is due.
+pub trait Changes: Sync {
+    /// The object change `seq` sets (any number naming it; equal numbers, same object).
+    fn object(&self, seq: u64) -> u64;
+    /// Whether change `seq` is due to receiver `receiver`.
+    fn due(&self, receiver: usize, seq: u64) -> bool;
+}
+
+/// Every change sets the same object and is due to every receiver: `fanout`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OneObject;
+
+impl Changes for OneObject {
+    fn object(&self, _: u64) -> u64 {
+        0
+    }
+
+    fn due(&self, _: usize, _: u64) -> bool {
+        true
+    }
+}
 
 /// One receiver's account of one phase: which changes arrived, and how many of them
 /// arrived inside the measured window (the only ones `deliveries_per_s` counts).
@@ -37,8 +71,8 @@ impl Tally {
         ))
     }
 
-    /// Distinct changes received (inside the window or after it).
-    pub fn delivered(&self) -> u64 {
+    /// Distinct changes received (inside the window or after it, due or not).
+    pub fn received(&self) -> u64 {
         self.seen.distinct()
     }
 
@@ -47,14 +81,32 @@ impl Tally {
         self.in_window
     }
 
-    /// Changes in `1..=sent` never received.
-    pub fn lost(&self, sent: u64) -> u64 {
-        self.seen.lost(sent)
+    /// What became of the changes in `1..=sent` due to receiver `receiver` of `changes`.
+    pub fn outcome(&self, sent: u64, receiver: usize, changes: &dyn Changes) -> Outcome {
+        self.seen.outcome(
+            sent,
+            |seq| changes.due(receiver, seq),
+            |seq| changes.object(seq),
+        )
     }
+}
 
-    /// Changes in `1..=sent` due to this receiver (`expected`) and never received.
-    pub fn lost_where(&self, sent: u64, expected: impl Fn(u64) -> bool) -> u64 {
-        self.seen.lost_where(sent, expected)
+/// What became of the changes due to one receiver: each one is counted in exactly one of
+/// the three.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Its value arrived.
+    pub delivered: u64,
+    /// Its value never arrived, but a later value of the same object did.
+    pub superseded: u64,
+    /// Neither its value nor any later value of its object arrived: never converged.
+    pub lost: u64,
+}
+
+impl Outcome {
+    /// Changes due: delivered, superseded and lost together.
+    pub fn due(&self) -> u64 {
+        self.delivered + self.superseded + self.lost
     }
 }
 
@@ -67,26 +119,25 @@ pub struct Totals {
     pub expected: u64,
     /// Changes received inside the window.
     pub in_window: u64,
-    /// Changes received at all.
+    /// Changes due that were received (inside the window or after it).
     pub delivered: u64,
-    /// Changes never received.
+    /// Changes due whose value never arrived, a later value of the same object did.
+    pub superseded: u64,
+    /// Changes due that never converged: neither they nor a later value arrived.
     pub lost: u64,
 }
 
 impl Totals {
-    /// Adds one receiver's tally, of a phase that sent `sent` changes to it.
-    pub fn add(&mut self, tally: &Tally, sent: u64) {
-        self.add_where(tally, sent, |_| true);
-    }
-
-    /// Adds one receiver's tally, of a phase that sent `sent` changes of which it should
-    /// get those `expected` admits (`relay --watch`: its watched peers' and its own).
-    pub fn add_where(&mut self, tally: &Tally, sent: u64, expected: impl Fn(u64) -> bool) {
+    /// Adds receiver `receiver`'s tally of a phase that sent changes `1..=sent`, of which it
+    /// should get those `changes` says are due to it.
+    pub fn add(&mut self, tally: &Tally, sent: u64, receiver: usize, changes: &dyn Changes) {
+        let outcome = tally.outcome(sent, receiver, changes);
         self.receivers += 1;
-        self.expected += (1..=sent).filter(|&seq| expected(seq)).count() as u64;
+        self.expected += outcome.due();
         self.in_window += tally.in_window();
-        self.delivered += tally.delivered();
-        self.lost += tally.lost_where(sent, expected);
+        self.delivered += outcome.delivered;
+        self.superseded += outcome.superseded;
+        self.lost += outcome.lost;
     }
 }
 
@@ -123,20 +174,45 @@ impl SeqTracker {
         true
     }
 
-    /// Changes in `1..=sent` never seen.
-    pub fn lost(&self, sent: u64) -> u64 {
-        self.lost_where(sent, |_| true)
+    /// Whether `seq` was seen.
+    pub fn contains(&self, seq: u64) -> bool {
+        let Some(i) = seq.checked_sub(1) else {
+            return false;
+        };
+        self.seen
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
-    /// Changes in `1..=sent` that `expected` says were due here and were never seen.
-    pub fn lost_where(&self, sent: u64, expected: impl Fn(u64) -> bool) -> u64 {
-        (1..=sent)
-            .filter(|&seq| expected(seq))
-            .filter(|&seq| {
-                let (word, bit) = (((seq - 1) / 64) as usize, (seq - 1) % 64);
-                self.seen.get(word).is_none_or(|w| w & (1 << bit) == 0)
-            })
-            .count() as u64
+    /// What became of the changes in `1..=sent` that `due` says were due here, where
+    /// `object` says which object each change sets: walking from the last change back,
+    /// a change not seen is superseded when a later change of its object was seen, and
+    /// lost otherwise.
+    pub fn outcome(
+        &self,
+        sent: u64,
+        due: impl Fn(u64) -> bool,
+        object: impl Fn(u64) -> u64,
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        // Objects of which a change later than the one at hand was seen.
+        let mut seen_later: HashSet<u64> = HashSet::new();
+        for seq in (1..=sent).rev() {
+            let seen = self.contains(seq);
+            if due(seq) {
+                if seen {
+                    outcome.delivered += 1;
+                } else if seen_later.contains(&object(seq)) {
+                    outcome.superseded += 1;
+                } else {
+                    outcome.lost += 1;
+                }
+            }
+            if seen {
+                seen_later.insert(object(seq));
+            }
+        }
+        outcome
     }
 
     /// Distinct sequence numbers seen.
@@ -184,17 +260,24 @@ mod tests {
             Duration::from_secs(3),
             "scheduled at 3 s, got at 6 s"
         );
-        assert_eq!(tally.delivered(), 10);
+        assert_eq!(tally.received(), 10);
         assert_eq!(tally.in_window(), 9);
-        assert_eq!(tally.lost(10), 0);
+        assert_eq!(
+            tally.outcome(10, 0, &OneObject),
+            Outcome {
+                delivered: 10,
+                superseded: 0,
+                lost: 0
+            }
+        );
         // A later view repeating an old change counts nothing.
         assert_eq!(tally.record(4, 4 * sec, 7 * sec, &window), None);
-        assert_eq!(tally.delivered(), 10);
+        assert_eq!(tally.received(), 10);
         let mut other = Tally::default();
         other.record(1, sec, sec + 5, &window);
         let mut totals = Totals::default();
-        totals.add(&tally, 10);
-        totals.add(&other, 10);
+        totals.add(&tally, 10, 0, &OneObject);
+        totals.add(&other, 10, 1, &OneObject);
         assert_eq!(
             totals,
             Totals {
@@ -202,8 +285,10 @@ mod tests {
                 expected: 20,
                 in_window: 10,
                 delivered: 11,
+                superseded: 0,
                 lost: 9
-            }
+            },
+            "the other receiver saw change 1 and nothing later: 2 to 10 never converged"
         );
         // Per second: the frozen seconds show as gaps.
         assert_eq!(window.whole_seconds(), 10);
@@ -232,17 +317,133 @@ mod tests {
         );
     }
 
+    /// A tally of receipts `seen` (in arrival order, repeats allowed), all in the window.
+    fn tally_of(seen: &[u64]) -> Tally {
+        let window = Window {
+            start_ns: 0,
+            end_ns: u64::MAX,
+        };
+        let mut tally = Tally::default();
+        for &seq in seen {
+            tally.record(seq, 0, 1, &window);
+        }
+        tally
+    }
+
+    /// Receipts `seen` of a phase of `sent` changes, judged under `changes`, as
+    /// (delivered, superseded, lost).
+    fn judge(seen: &[u64], sent: u64, changes: &dyn Changes) -> (u64, u64, u64) {
+        let o = tally_of(seen).outcome(sent, 0, changes);
+        assert_eq!(
+            o.due(),
+            (1..=sent).filter(|&s| changes.due(0, s)).count() as u64
+        );
+        (o.delivered, o.superseded, o.lost)
+    }
+
+    /// `relay`'s shape: change `seq` sets object `seq % objects`; due unless its object is
+    /// in `not_due`.
+    struct RoundRobin {
+        objects: u64,
+        not_due: &'static [u64],
+    }
+
+    impl Changes for RoundRobin {
+        fn object(&self, seq: u64) -> u64 {
+            seq % self.objects
+        }
+
+        fn due(&self, _: usize, seq: u64) -> bool {
+            !self.not_due.contains(&self.object(seq))
+        }
+    }
+
     #[test]
-    fn loss_detection_counts_gaps_and_duplicates() {
+    fn each_change_due_is_delivered_superseded_or_lost() {
+        let one = &OneObject;
+        assert_eq!(judge(&[1, 2, 3, 4, 5, 6], 6, one), (6, 0, 0), "in order");
+        assert_eq!(
+            judge(&[1, 2, 4, 7], 7, one),
+            (4, 3, 0),
+            "gaps: 3, 5 and 6 were replaced by later values before they were sent"
+        );
+        assert_eq!(
+            judge(&[1, 2, 2, 3, 3, 3], 3, one),
+            (3, 0, 0),
+            "a value seen twice counts once"
+        );
+        assert_eq!(
+            judge(&[7], 7, one),
+            (1, 6, 0),
+            "only the last value: it converged, everything before was superseded"
+        );
+        assert_eq!(
+            judge(&[1, 2, 3], 7, one),
+            (3, 0, 4),
+            "nothing after change 3: 4 to 7 never converged"
+        );
+        assert_eq!(
+            judge(&[1, 3], 5, one),
+            (2, 1, 2),
+            "2 superseded by 3; nothing after 3, so 4 and 5 lost"
+        );
+        assert_eq!(judge(&[], 4, one), (0, 0, 4), "nothing at all");
+        assert_eq!(judge(&[130], 130, one), (1, 129, 0), "past a word");
+        assert_eq!(
+            judge(&[5, 9], 3, one),
+            (0, 0, 3),
+            "numbers past those sent count nothing"
+        );
+        // Three objects, round robin (1 → 1, 2 → 2, 3 → 0, 4 → 1, 5 → 2, 6 → 0): a later
+        // value supersedes only the same object's earlier ones.
+        let three = &RoundRobin {
+            objects: 3,
+            not_due: &[],
+        };
+        assert_eq!(
+            judge(&[1, 2, 4, 6], 6, three),
+            (4, 1, 1),
+            "3 superseded by 6; 5 lost though 2, an earlier value of its object, arrived"
+        );
+        assert_eq!(
+            judge(&[4, 5, 6], 6, three),
+            (3, 3, 0),
+            "each object's last value only"
+        );
+        // Changes not due (another peer's, unwatched or refused) are none of the three,
+        // even when they arrive.
+        let two_of_three = &RoundRobin {
+            objects: 3,
+            not_due: &[2],
+        };
+        assert_eq!(judge(&[1, 2, 4, 5], 6, two_of_three), (2, 0, 2));
+        // Summed over receivers: every change due is counted once.
+        let mut totals = Totals::default();
+        for seen in [&[1u64, 2, 3, 4][..], &[4], &[1, 2]] {
+            totals.add(&tally_of(seen), 4, 0, one);
+        }
+        assert_eq!(
+            (
+                totals.receivers,
+                totals.expected,
+                totals.delivered,
+                totals.superseded,
+                totals.lost
+            ),
+            (3, 12, 7, 3, 2)
+        );
+    }
+
+    #[test]
+    fn the_tracker_counts_distinct_numbers_and_repeats() {
         let mut t = SeqTracker::new();
         for seq in [1, 2, 4, 4, 7, 130] {
             t.record(seq);
         }
         assert_eq!(t.distinct(), 5);
         assert_eq!(t.duplicates(), 1);
-        assert_eq!(t.lost(7), 3, "3, 5 and 6 missing");
-        assert_eq!(t.lost(0), 0);
-        assert_eq!(t.lost(130), 130 - 5);
+        assert!(t.contains(130) && t.contains(4) && !t.contains(3) && !t.contains(131));
+        assert!(!t.contains(0));
         assert!(!t.record(0), "0 is not a sequence number");
     }
 }

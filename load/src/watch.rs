@@ -1,12 +1,16 @@
 //! `relay` and its watch lists (`--watch K`, DESIGN 5.4): which peer publishes each
 //! change, who watches whom ([`WatchPlan`], drawn from a seed so a run repeats), what each
-//! receiver must get and the final view it must end with, and how a view differs from it.
+//! receiver must get ([`RelayChanges`]) and the final view it must end with, and how a
+//! view differs from it.
+
+use std::collections::BTreeSet;
 
 use sha1::{Digest, Sha1};
 
 use p2ppi_hub::wire::Object;
 
 use crate::stamp::read_stamp;
+use crate::tally::Changes;
 
 /// The peer that publishes change `seq` in `relay`: round robin over `peers` peers.
 pub fn sender_of(seq: u64, peers: usize) -> usize {
@@ -75,25 +79,6 @@ impl WatchPlan {
                 .is_some_and(|l| l.binary_search(&sender).is_ok())
     }
 
-    /// Whether `receiver` must get change `seq` of `relay` (its sender is shown to it).
-    pub fn expects(&self, receiver: usize, seq: u64) -> bool {
-        self.shows(receiver, sender_of(seq, self.peers()))
-    }
-
-    /// Deliveries due for changes `1..=sent`, summed over every receiver.
-    pub fn expected_total(&self, sent: u64) -> u64 {
-        let n = self.peers() as u64;
-        // Changes by each peer: `seq ≡ p (mod n)` in `1..=sent`.
-        let by = |p: usize| match p as u64 {
-            0 => sent / n.max(1),
-            p if p > sent => 0,
-            p => (sent - p) / n + 1,
-        };
-        (0..self.peers())
-            .map(|r| by(r) + self.list(r).iter().map(|&p| by(p)).sum::<u64>())
-            .sum()
-    }
-
     /// Receivers per change on average (each peer's watchers and itself): what a change
     /// offers, where the mesh view offers it to every peer.
     pub fn audience(&self) -> f64 {
@@ -117,6 +102,61 @@ impl WatchPlan {
             view.extend_from_slice(of(p));
         }
         view
+    }
+}
+
+/// `relay`'s changes, for the accounting: change `seq` sets the presence of peer
+/// [`sender_of`]`(seq, peers)` (a later change of that peer supersedes it), and is due to
+/// the receivers shown that peer: with watch lists, its watchers and itself; with mesh
+/// views, every receiver whose hub relays it (a hub that refused a peer for a full mesh
+/// view, DESIGN 5.2, shows it to none of its receivers, the peer itself included).
+#[derive(Debug, Clone)]
+pub struct RelayChanges<'a> {
+    peers: usize,
+    plan: Option<&'a WatchPlan>,
+    /// Each receiver's hub, by slot (mesh views).
+    hub_of: Vec<usize>,
+    /// Each hub's refused peers, by hub (mesh views).
+    refused: Vec<BTreeSet<usize>>,
+}
+
+impl<'a> RelayChanges<'a> {
+    /// Changes of `peers` peers seen through watch lists (`plan`), or through mesh views
+    /// where nobody is refused.
+    pub fn new(peers: usize, plan: Option<&'a WatchPlan>) -> Self {
+        Self {
+            peers,
+            plan,
+            hub_of: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// With mesh views: receiver `r` is on hub `hub_of[r]`, and hub `h` refused the peers
+    /// in `refused[h]` (without a plan only: watchers get refused peers all the same).
+    pub fn refusing(mut self, hub_of: Vec<usize>, refused: Vec<BTreeSet<usize>>) -> Self {
+        if self.plan.is_none() {
+            (self.hub_of, self.refused) = (hub_of, refused);
+        }
+        self
+    }
+}
+
+impl Changes for RelayChanges<'_> {
+    fn object(&self, seq: u64) -> u64 {
+        sender_of(seq, self.peers) as u64
+    }
+
+    fn due(&self, receiver: usize, seq: u64) -> bool {
+        let sender = sender_of(seq, self.peers);
+        match self.plan {
+            Some(plan) => plan.shows(receiver, sender),
+            None => self
+                .hub_of
+                .get(receiver)
+                .and_then(|&h| self.refused.get(h))
+                .is_none_or(|refused| !refused.contains(&sender)),
+        }
     }
 }
 
@@ -190,7 +230,7 @@ mod tests {
     use super::*;
     use crate::schedule::Window;
     use crate::stamp::{stamp, Stamp};
-    use crate::tally::{Tally, Totals};
+    use crate::tally::{Outcome, Tally, Totals};
 
     fn st(phase: u32, seq: u64, scheduled_ns: u64) -> Stamp {
         Stamp {
@@ -232,50 +272,75 @@ mod tests {
     }
 
     #[test]
-    fn watch_losses_count_only_the_changes_a_receiver_watches() {
+    fn relay_changes_are_due_to_the_receivers_shown_their_sender() {
         // 4 peers: 0 watches 2, 1 watches nobody, 2 watches 3 then 0, 3 watches 1.
         let plan = WatchPlan::from_lists(vec![vec![2], vec![], vec![3, 0], vec![1]]);
         assert_eq!(sender_of(1, 4), 1);
         assert_eq!(sender_of(4, 4), 0);
         // Changes 1..=10 by senders 1,2,3,0,1,2,3,0,1,2.
-        let due = |r: usize| (1..=10).filter(|&s| plan.expects(r, s)).collect::<Vec<_>>();
-        assert_eq!(due(0), [2, 4, 6, 8, 10]);
-        assert_eq!(due(1), [1, 5, 9]);
-        assert_eq!(due(2), [2, 3, 4, 6, 7, 8, 10]);
-        assert_eq!(due(3), [1, 3, 5, 7, 9]);
-        assert_eq!(plan.expected_total(10), 5 + 3 + 7 + 5);
-        // The closed form agrees with counting, for every length.
-        let big = WatchPlan::random(7, 3, 2);
-        for sent in 0..40 {
-            let counted: u64 = (0..7)
-                .map(|r| (1..=sent).filter(|&s| big.expects(r, s)).count() as u64)
-                .sum();
-            assert_eq!(big.expected_total(sent), counted, "sent {sent}");
-        }
-        // Receiver 0 got changes 2 and 4 only, and 1 (never due to it, so not a loss).
+        let watched = RelayChanges::new(4, Some(&plan));
+        let due =
+            |c: &RelayChanges, r: usize| (1..=10).filter(|&s| c.due(r, s)).collect::<Vec<_>>();
+        assert_eq!(due(&watched, 0), [2, 4, 6, 8, 10]);
+        assert_eq!(due(&watched, 1), [1, 5, 9]);
+        assert_eq!(due(&watched, 2), [2, 3, 4, 6, 7, 8, 10]);
+        assert_eq!(due(&watched, 3), [1, 3, 5, 7, 9]);
+        assert_eq!(watched.object(7), 3, "a change sets its sender's presence");
         let window = Window {
             start_ns: 0,
             end_ns: u64::MAX,
         };
-        let mut tally = Tally::default();
-        for seq in [1, 2, 4] {
-            tally.record(seq, 0, 1, &window);
-        }
+        let tally = |seen: &[u64]| {
+            let mut tally = Tally::default();
+            for &seq in seen {
+                tally.record(seq, 0, 1, &window);
+            }
+            tally
+        };
+        // Receiver 0 got changes 2 and 4 only, and 1 (never due to it, so none of the three).
         let mut totals = Totals::default();
-        totals.add_where(&tally, 10, |seq| plan.expects(0, seq));
-        assert_eq!(totals.expected, 5);
-        assert_eq!(totals.lost, 3, "6, 8 and 10");
+        totals.add(&tally(&[1, 2, 4]), 10, 0, &watched);
+        assert_eq!(
+            (totals.expected, totals.delivered, totals.lost),
+            (5, 2, 3),
+            "6, 8 and 10 lost"
+        );
         // Receiver 1 watches nobody: only its own changes are due.
-        let mut own = Tally::default();
-        for seq in [1, 5, 9] {
-            own.record(seq, 0, 1, &window);
-        }
-        totals.add_where(&own, 10, |seq| plan.expects(1, seq));
+        totals.add(&tally(&[1, 5, 9]), 10, 1, &watched);
         assert_eq!((totals.receivers, totals.expected, totals.lost), (2, 8, 3));
-        // Without a plan every change is due to every receiver.
+        // Receiver 2 missed 2 (its own, superseded by 6), 4 (peer 0's, superseded by 8) and
+        // 7 (peer 3's last): only 7 never converged.
+        assert_eq!(
+            tally(&[3, 6, 8, 10]).outcome(10, 2, &watched),
+            Outcome {
+                delivered: 4,
+                superseded: 2,
+                lost: 1
+            }
+        );
+        // Mesh views: every change is due to every receiver…
+        let mesh = RelayChanges::new(4, None);
         let mut everyone = Totals::default();
-        everyone.add(&tally, 10);
+        everyone.add(&tally(&[1, 2, 4]), 10, 0, &mesh);
         assert_eq!((everyone.expected, everyone.lost), (10, 7));
+        // …but those of a peer its hub refused (hub 0 refused peer 3) to none of that hub's.
+        let refused = RelayChanges::new(4, None)
+            .refusing(vec![0, 1, 0, 1], vec![BTreeSet::from([3]), BTreeSet::new()]);
+        assert_eq!(due(&refused, 0), [1, 2, 4, 5, 6, 8, 9, 10]);
+        assert_eq!(due(&refused, 2), due(&refused, 0));
+        assert_eq!(
+            due(&refused, 3),
+            (1..=10).collect::<Vec<_>>(),
+            "hub 1 relays it"
+        );
+        assert_eq!(
+            due(
+                &RelayChanges::new(4, Some(&plan)).refusing(vec![0; 4], vec![BTreeSet::from([3])]),
+                2
+            ),
+            due(&watched, 2),
+            "watchers see peers refused in the mesh view"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! server it measures. With `--cluster` each delivery's latency is kept as same-hub or
 //! cross-hub ([`Locality`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,7 @@ use crate::latency::{Latencies, SplitLatencies};
 use crate::placement::Locality;
 use crate::schedule::{slowest_second, Window};
 use crate::stamp::{find_stamps, Stamp};
-use crate::tally::{Tally, Totals};
-use crate::watch::WatchPlan;
+use crate::tally::{Changes, Tally, Totals};
 
 /// Latency histograms per phase, sharded so receivers rarely contend.
 const LATENCY_SHARDS: usize = 32;
@@ -39,9 +38,11 @@ pub struct Phase {
     pub window: Window,
     tallies: Vec<Mutex<Tally>>,
     latencies: Vec<Mutex<SplitLatencies>>,
-    delivered: AtomicU64,
     per_second: Vec<AtomicU64>,
     last_delivery_ns: AtomicU64,
+    /// Receivers before this one have converged ([`Phase::converged`]); once converged a
+    /// receiver stays so, as no server sends an older value after a newer one.
+    converged: AtomicUsize,
 }
 
 impl Phase {
@@ -52,11 +53,11 @@ impl Phase {
             window,
             tallies: (0..receivers).map(|_| Mutex::default()).collect(),
             latencies: (0..LATENCY_SHARDS).map(|_| Mutex::default()).collect(),
-            delivered: AtomicU64::new(0),
             per_second: (0..window.whole_seconds())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             last_delivery_ns: AtomicU64::new(0),
+            converged: AtomicUsize::new(0),
         }
     }
 
@@ -76,7 +77,6 @@ impl Phase {
             &self.window,
         );
         if let Some(latency) = latency {
-            self.delivered.fetch_add(1, Ordering::Relaxed);
             if let Some(second) = self.window.second_of(now_ns) {
                 self.per_second[second].fetch_add(1, Ordering::Relaxed);
             }
@@ -89,28 +89,40 @@ impl Phase {
         }
     }
 
-    /// Distinct deliveries so far (inside the window or after).
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
-    }
-
     /// When the last new delivery arrived (time-base nanoseconds).
     pub fn last_delivery_ns(&self) -> u64 {
         self.last_delivery_ns.load(Ordering::Relaxed)
     }
 
-    /// Every receiver's tally, summed, for `sent` changes: each receiver is due every
-    /// change, or with `plan` those of the peers it watches and its own.
-    pub fn totals(&self, sent: u64, plan: Option<&WatchPlan>) -> Totals {
+    /// Every receiver's tally, summed, for changes `1..=sent`, each due to the receivers
+    /// `changes` says.
+    pub fn totals(&self, sent: u64, changes: &dyn Changes) -> Totals {
         let mut totals = Totals::default();
         for (r, tally) in self.tallies.iter().enumerate() {
-            let tally = tally.lock().expect("tally");
-            match plan {
-                Some(plan) => totals.add_where(&tally, sent, |seq| plan.expects(r, seq)),
-                None => totals.add(&tally, sent),
-            }
+            totals.add(&tally.lock().expect("tally"), sent, r, changes);
         }
         totals
+    }
+
+    /// Whether every receiver has converged on changes `1..=sent`: none of those due to it
+    /// is lost (each object's last value due to it arrived), so nothing it still lacks can
+    /// arrive. Receivers found converged are not looked at again.
+    pub fn converged(&self, sent: u64, changes: &dyn Changes) -> bool {
+        let mut next = self.converged.load(Ordering::Relaxed);
+        while let Some(tally) = self.tallies.get(next) {
+            if tally
+                .lock()
+                .expect("tally")
+                .outcome(sent, next, changes)
+                .lost
+                > 0
+            {
+                break;
+            }
+            next += 1;
+        }
+        self.converged.store(next, Ordering::Relaxed);
+        next == self.tallies.len()
     }
 
     /// Deliveries in the window's slowest whole second.
@@ -288,18 +300,19 @@ impl Subscriber {
     }
 }
 
-/// Waits until `phase` has `expected` deliveries, nothing new arrived for `quiet`, or
-/// `limit` passed.
+/// Waits until every receiver of `phase` converged on its `sent` changes (due as
+/// `changes` says), nothing new arrived for `quiet`, or `limit` passed.
 pub async fn drain(
     receivers: &Receivers,
     phase: &Phase,
-    expected: u64,
+    sent: u64,
+    changes: &dyn Changes,
     quiet: Duration,
     limit: Duration,
 ) {
     let start = Instant::now();
     let quiet_ns = quiet.as_nanos() as u64;
-    while phase.delivered() < expected && start.elapsed() < limit {
+    while !phase.converged(sent, changes) && start.elapsed() < limit {
         let idle = receivers
             .now_ns()
             .saturating_sub(phase.last_delivery_ns().max(phase.window.end_ns));
@@ -307,5 +320,57 @@ pub async fn drain(
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tally::OneObject;
+
+    fn stamp(seq: u64) -> Stamp {
+        Stamp {
+            phase: 1,
+            seq,
+            scheduled_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_phase_has_converged_once_every_receiver_has_each_objects_last_value() {
+        let window = Window {
+            start_ns: 0,
+            end_ns: 1_000,
+        };
+        let phase = Phase::new(1, window, 2);
+        assert!(!phase.converged(3, &OneObject), "nothing arrived");
+        phase.record(0, stamp(3), 10, None);
+        assert!(
+            !phase.converged(3, &OneObject),
+            "receiver 1 has nothing yet"
+        );
+        phase.record(1, stamp(1), 10, None);
+        phase.record(1, stamp(2), 10, None);
+        assert!(
+            !phase.converged(3, &OneObject),
+            "receiver 1 lacks the last value"
+        );
+        phase.record(1, stamp(3), 2_000, None);
+        assert!(phase.converged(3, &OneObject));
+        let totals = phase.totals(3, &OneObject);
+        assert_eq!(
+            (
+                totals.delivered,
+                totals.superseded,
+                totals.lost,
+                totals.in_window
+            ),
+            (4, 2, 0, 3),
+            "receiver 0 converged past 1 and 2; receiver 1's last arrived after the window"
+        );
+        // Another phase's stamps count nothing here.
+        let other = Phase::new(2, window, 1);
+        other.record(0, stamp(1), 10, None);
+        assert!(!other.converged(1, &OneObject));
     }
 }

@@ -36,9 +36,15 @@ pub struct Report {
     pub deliveries_per_s_min: Option<f64>,
     /// Deliveries per second the schedule offered (changes × subscribers over the window).
     pub offered_per_s: f64,
-    /// Changes that never arrived, not even during the drain.
+    /// Changes due (summed over receivers) whose value never arrived but a later value of
+    /// the same object did, within the window or the drain: the server coalesced them (or
+    /// dropped them and a later one repaired it).
+    pub superseded: u64,
+    /// Changes due (summed over receivers) that never converged: neither their value nor a
+    /// later value of the same object arrived, not even during the drain.
     pub lost: u64,
-    /// Latency from each change's scheduled time to its receipt (late ones included).
+    /// Latency from each change's scheduled time to the receipt of its own value (late ones
+    /// included; superseded and lost changes have none).
     pub latency_ms: LatencyMs,
     /// The server's resident memory at the end of the run.
     pub hub_rss_bytes: u64,
@@ -57,7 +63,8 @@ pub struct Report {
     pub harness_bound: bool,
     /// Whether the server ran on core 0 and the harness on the others (`--pin`).
     pub pinned: bool,
-    /// `--find-max`: the highest rate (changes/s) at which p99 held and nothing was lost.
+    /// `--find-max`: the highest rate (changes/s) at which p99 held and nothing was lost or
+    /// superseded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<f64>,
     /// `relay --watch K`: the size of every peer's WATCH_LIST.
@@ -67,6 +74,15 @@ pub struct Report {
     /// is also counted in `errors`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unwatched_seen: Option<u64>,
+    /// `relay` with mesh views: peers refused by a hub for its mesh view (DESIGN 5.2: their
+    /// objects do not fit), whose changes are due to none of that hub's receivers and
+    /// whose absence from its final views is not an inexact view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
+    /// `relay` with mesh views: each hub's mesh view at the end (peers, bytes, the cap) and
+    /// how many peers it refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mesh_views: Vec<crate::mesh::MeshView>,
     /// `--cluster N`: each hub's CPU and RSS, Redis's, and same-hub and cross-hub latency
     /// (`hub_cpu_s` and `hub_rss_bytes` above are then the hubs' sums).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,6 +226,7 @@ mod tests {
             "deliveries_per_s",
             "offered_per_s",
             "deliveries_per_s_min",
+            "superseded",
             "lost",
             "latency_ms",
             "hub_rss_bytes",
@@ -232,6 +249,26 @@ mod tests {
             );
         }
         assert!(v.get("max_rate").is_none(), "only with --find-max");
+        assert!(v.get("refused").is_none(), "only for relay's mesh views");
+        assert!(v.get("mesh_views").is_none(), "only for relay's mesh views");
+        let relay = Report {
+            refused: Some(3),
+            mesh_views: vec![crate::mesh::MeshView {
+                peers: 5,
+                refused: 3,
+                bytes: Some(900),
+                cap_bytes: Some(1000),
+                full: Some(true),
+                ..Default::default()
+            }],
+            ..report.clone()
+        };
+        let r = serde_json::to_value(&relay).unwrap();
+        assert_eq!(r["refused"], 3);
+        assert_eq!(
+            r["mesh_views"][0],
+            serde_json::json!({"hub": 0, "peers": 5, "refused": 3, "bytes": 900, "cap_bytes": 1000, "full": true})
+        );
         assert!(v.get("cluster").is_none(), "only with --cluster");
         let found = Report {
             max_rate: Some(640.0),

@@ -5,6 +5,7 @@
 
 use super::cluster::{ClusterReport, KillReport, PathReport};
 use super::{Ratios, Report};
+use crate::mesh::MeshView;
 
 /// One row: its label (right-aligned) and its text.
 type Row = (&'static str, String);
@@ -80,11 +81,29 @@ fn delivery_rows(r: &Report) -> Vec<Row> {
         rows.push(("slowest second", format!("{min:.0} delivered")));
     }
     rows.push(("deliveries", r.deliveries.to_string()));
-    rows.push(("lost", r.lost.to_string()));
+    rows.push((
+        "superseded",
+        format!("{} (never arrived; a later value did)", r.superseded),
+    ));
+    rows.push(("lost", format!("{} (never converged)", r.lost)));
+    match r.refused {
+        Some(0) => rows.push((
+            "refused",
+            "none (every peer fits its hub's mesh view)".into(),
+        )),
+        Some(n) => rows.push((
+            "refused",
+            format!("{n} peers (their objects did not fit their hub's mesh view)"),
+        )),
+        None => {}
+    }
+    for (i, view) in r.mesh_views.iter().enumerate() {
+        rows.push((if i == 0 { "mesh view" } else { "" }, mesh_view(view)));
+    }
     rows.push((
         "latency ms",
         format!(
-            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (from the schedule)",
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (from the schedule, delivered only)",
             r.latency_ms.p50,
             r.latency_ms.p90,
             r.latency_ms.p99,
@@ -97,6 +116,24 @@ fn delivery_rows(r: &Report) -> Vec<Row> {
         opt(r.hub_cpu_us_per_delivery, " µs (server)"),
     ));
     rows
+}
+
+/// One hub's mesh view: what it holds against the cap, and its refusals.
+fn mesh_view(m: &MeshView) -> String {
+    let bytes = match (m.bytes, m.cap_bytes) {
+        (Some(b), Some(cap)) => format!("{b} of {cap} bytes (relay.max_view_bytes)"),
+        (Some(b), None) => format!("{b} bytes (the cap unknown)"),
+        (None, _) => "its size unknown (no session to ask about)".into(),
+    };
+    let refused = match (m.refused, m.full, m.bytes.zip(m.cap_bytes)) {
+        (0, _, _) => "none refused".into(),
+        (n, Some(true), _) => format!("{n} refused: full"),
+        (n, Some(false), Some((b, cap))) => {
+            format!("{n} refused with {} bytes left (an error)", cap - b)
+        }
+        (n, _, _) => format!("{n} refused"),
+    };
+    format!("hub {}: {} peers, {bytes}; {refused}", m.hub, m.peers)
 }
 
 /// Capacity and cost: the `--find-max` rate, the server's memory and CPU, the harness's
@@ -237,6 +274,7 @@ mod tests {
             deliveries_per_s: 3980.0,
             deliveries_per_s_min: Some(3900.0),
             offered_per_s: 4000.0,
+            superseded: 40,
             lost: 100,
             latency_ms: LatencyMs {
                 p50: 1.0,
@@ -263,8 +301,9 @@ mod tests {
                 "  deliveries/s  3980 delivered in the window (offered 4000)",
                 "slowest second  3900 delivered",
                 "    deliveries  19900",
-                "          lost  100",
-                "    latency ms  p50 1.00  p90 2.00  p99 3.00  p99.9 4.00  max 5.00  (from the schedule)",
+                "    superseded  40 (never arrived; a later value did)",
+                "          lost  100 (never converged)",
+                "    latency ms  p50 1.00  p90 2.00  p99 3.00  p99.9 4.00  max 5.00  (from the schedule, delivered only)",
                 "  CPU/delivery  25.12 µs (server)",
                 "    server RSS  32.0 MiB",
                 "    server CPU  0.50 s",
@@ -272,6 +311,43 @@ mod tests {
                 "        errors  1",
                 "                error: receiver 3: closed",
                 "                a note",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_relay_table_shows_the_refused_peers_and_each_mesh_views_capacity() {
+        let view = |hub, refused, bytes, full| MeshView {
+            hub,
+            peers: 400 - refused,
+            refused,
+            bytes,
+            cap_bytes: Some(65519),
+            full,
+        };
+        let report = Report {
+            scenario: "relay".into(),
+            target: "p2ppi-hub-cluster-3".into(),
+            refused: Some(45),
+            mesh_views: vec![
+                view(0, 45, Some(65400), Some(true)),
+                view(1, 45, Some(57300), Some(false)),
+                view(2, 0, None, None),
+            ],
+            ..Default::default()
+        };
+        let lines = lines(&report, &[]);
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with("refused"))
+            .expect("a refused row");
+        assert_eq!(
+            lines[at..at + 4],
+            [
+                "       refused  45 peers (their objects did not fit their hub's mesh view)",
+                "     mesh view  hub 0: 355 peers, 65400 of 65519 bytes (relay.max_view_bytes); 45 refused: full",
+                "                hub 1: 355 peers, 57300 of 65519 bytes (relay.max_view_bytes); 45 refused with 8219 bytes left (an error)",
+                "                hub 2: 400 peers, its size unknown (no session to ask about); none refused",
             ]
         );
     }

@@ -39,13 +39,8 @@ pub async fn run(
     let setup = PhaseSetup::new(args, servers, &receivers, n, &publisher.errors);
     let phase = |id: u32, rate: f64| {
         let queue = publisher.queue.clone();
-        measure_phase(
-            &setup,
-            id,
-            rate,
-            move |_, value| queue.send(value),
-            "fanout",
-        )
+        let measured = measure_phase(&setup, id, rate, move |change| queue.send(change), "fanout");
+        async move { measured.await.into_run() }
     };
     let mut run = if args.find_max {
         find_max(args, phase).await?
@@ -132,7 +127,8 @@ async fn subscribe(
     (receivers, tasks, n)
 }
 
-/// `--find-max`: runs `phase` (its id, its rate) at each rate the search asks for, and
+/// `--find-max`: runs `phase` (its id, its rate) at each rate the search asks for (a step
+/// holds only with nothing lost and nothing superseded, see [`step_held`]), and
 /// returns the best step that held (or the last that failed) with `max_rate` set and a
 /// note per step.
 async fn find_max<F, Fut>(args: &Args, phase: F) -> anyhow::Result<Run>
@@ -149,8 +145,9 @@ where
         let held = step_held(&step.report, args.p99);
         let r = &step.report;
         let line = format!(
-            "step {id}: {rate:.0} changes/s → p99 {:.1} ms, lost {}, errors {}, server CPU {:.2} s: {}",
+            "step {id}: {rate:.0} changes/s → p99 {:.1} ms, superseded {}, lost {}, errors {}, server CPU {:.2} s: {}",
             r.latency_ms.p99,
+            r.superseded,
             r.lost,
             r.errors,
             r.hub_cpu_s,
@@ -169,7 +166,7 @@ where
     let mut run = best.or(last).context("no --find-max step ran")?;
     run.report.max_rate = Some(search.max_rate().unwrap_or(0.0));
     run.notes.push(format!(
-        "--find-max (p99 ≤ {} ms, nothing lost); the figures above are the best step's",
+        "--find-max (p99 ≤ {} ms, nothing lost or superseded, no error); the figures above are the best step's",
         args.p99
     ));
     run.notes.extend(steps);

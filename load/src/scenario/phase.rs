@@ -1,8 +1,9 @@
 //! The measured phase of `fanout` and `relay` (DESIGN 9): changes are due on a fixed
 //! timeline that starts 200 ms ahead and never waits for the server, the servers' and the
-//! harness's CPU are read at the window's edges, late deliveries are awaited (they count
-//! in latency and loss, not in the delivered rate), and the receivers' tallies become the
-//! phase's report. Each `--find-max` step is one phase.
+//! harness's CPU are read at the window's edges, late deliveries are awaited until every
+//! receiver converged (they count in latency and in what became of each change, not in the
+//! delivered rate), and the receivers' tallies become the phase's report: each change due
+//! delivered, superseded or lost ([`crate::tally`]). Each `--find-max` step is one phase.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,10 +14,11 @@ use crate::fit::{harness_bound, micros_per};
 use crate::peers::connect::Errors;
 use crate::peers::receive::{self, Phase, Receivers};
 use crate::procfs::own_cpu_seconds;
-use crate::publish::{run_schedule, SendErrors};
+use crate::publish::{run_schedule, Change, SendErrors};
 use crate::report::Report;
 use crate::schedule::{Schedule, Window};
 use crate::servers::Servers;
+use crate::tally::{Changes, OneObject, Totals};
 use crate::watch::WatchPlan;
 
 /// What a measured phase needs to know beyond its rate.
@@ -29,7 +31,10 @@ pub struct PhaseSetup<'a> {
     drain: Duration,
     quiet: Duration,
     send_errors: &'a SendErrors,
-    /// `relay --watch`: who must get which change (without it, everyone gets everything).
+    /// Which object each change sets and who must get it (by default one object, due
+    /// to everyone).
+    pub changes: &'a dyn Changes,
+    /// `relay --watch`: who watches whom, for the offered rate.
     pub plan: Option<&'a WatchPlan>,
 }
 
@@ -58,16 +63,9 @@ impl<'a> PhaseSetup<'a> {
                 drain
             },
             send_errors,
+            changes: &OneObject,
             plan: None,
         }
-    }
-
-    /// Deliveries due for `sent` changes: every receiver gets every change, or with a
-    /// plan those of the peers it watches and its own.
-    fn expected(&self, sent: u64) -> u64 {
-        self.plan.map_or(sent * self.receiver_count as u64, |p| {
-            p.expected_total(sent)
-        })
     }
 
     /// Deliveries per second `schedule` offers: to every receiver, or with a plan to each
@@ -80,16 +78,64 @@ impl<'a> PhaseSetup<'a> {
     }
 }
 
+/// A measured phase: its run, and what it takes to account for its changes again once
+/// more is known of who was due which (`relay`: the peers a hub refused, known from the
+/// final views).
+pub struct Measured {
+    /// The run, without the accounting's note ([`Measured::into_run`] adds it).
+    pub run: Run,
+    phase: Arc<Phase>,
+    sent: u64,
+    rate: f64,
+    payload: usize,
+    note: String,
+}
+
+impl Measured {
+    /// Counts again what became of each change due to each receiver, now under `changes`.
+    pub fn account(&mut self, changes: &dyn Changes) {
+        let totals = self.phase.totals(self.sent, changes);
+        self.set_totals(&totals);
+    }
+
+    /// Puts what became of the changes due (delivered, superseded, lost) into the report
+    /// and the note.
+    fn set_totals(&mut self, totals: &Totals) {
+        let report = &mut self.run.report;
+        report.lost = totals.lost;
+        report.superseded = totals.superseded;
+        self.note = format!(
+            "{} changes at {:.1}/s ({} bytes) to {} receivers: {} due, {} delivered in the window, {} in all, {} superseded (a later value arrived instead), {} lost (never converged)",
+            self.sent,
+            self.rate,
+            self.payload,
+            report.peers,
+            totals.expected,
+            totals.in_window,
+            totals.delivered,
+            totals.superseded,
+            totals.lost
+        );
+    }
+
+    /// The run, the accounting's note first.
+    pub fn into_run(mut self) -> Run {
+        self.run.notes.insert(0, self.note);
+        self.run
+    }
+}
+
 /// One measured phase at `rate`: the timeline runs from a start 200 ms ahead, the server's
-/// and the harness's CPU are read at the window's edges, then late deliveries are awaited.
-/// `send` gets each change (its sequence number and stamped value) at its due time.
+/// and the harness's CPU are read at the window's edges, then late deliveries are awaited
+/// and each change due is accounted for under `setup.changes`. `send` gets each change at
+/// its due time.
 pub async fn measure_phase(
     setup: &PhaseSetup<'_>,
     id: u32,
     rate: f64,
-    send: impl FnMut(u64, String) + Send + 'static,
+    send: impl FnMut(Change) + Send + 'static,
     scenario: &str,
-) -> Run {
+) -> Measured {
     let schedule = Schedule {
         rate,
         duration: setup.duration,
@@ -113,12 +159,13 @@ pub async fn measure_phase(
     receive::drain(
         setup.receivers,
         &phase,
-        setup.expected(sent),
+        sent,
+        setup.changes,
         setup.quiet,
         setup.drain,
     )
     .await;
-    let totals = phase.totals(sent, setup.plan);
+    let totals = phase.totals(sent, setup.changes);
     let latencies = phase.latencies();
     let (send_errors, first) = setup.send_errors.get();
     let seconds = window.seconds();
@@ -138,7 +185,6 @@ pub async fn measure_phase(
         deliveries_per_s: totals.in_window as f64 / seconds,
         deliveries_per_s_min: phase.slowest_second().map(|d| d as f64),
         offered_per_s: setup.offered_per_s(&schedule),
-        lost: totals.lost,
         latency_ms: latencies.summary(),
         hub_cpu_s: server_cpu,
         hub_cpu_us_per_delivery: micros_per(server_cpu, totals.in_window),
@@ -148,16 +194,21 @@ pub async fn measure_phase(
         error_messages: errors.messages,
         ..Default::default()
     };
-    let notes = vec![format!(
-        "{sent} changes at {rate:.1}/s ({} bytes) to {} receivers: {} due, {} delivered in the window, {} in all, {} lost",
-        setup.payload, setup.receiver_count, totals.expected, totals.in_window, totals.delivered, totals.lost
-    )];
-    Run {
+    let run = Run {
         report,
         latencies,
-        notes,
         server_cpu: spent,
         split: phase.split(),
         ..Default::default()
-    }
+    };
+    let mut measured = Measured {
+        run,
+        phase,
+        sent,
+        rate,
+        payload: setup.payload,
+        note: String::new(),
+    };
+    measured.set_totals(&totals);
+    measured
 }

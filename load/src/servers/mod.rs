@@ -157,6 +157,17 @@ impl Servers {
         self.hubs.iter().filter_map(|h| h.admin.clone()).collect()
     }
 
+    /// Each hub's admin address, by hub (`None` for a hub given by address without one).
+    pub fn admin_of_each(&self) -> Vec<Option<String>> {
+        self.hubs.iter().map(|h| h.admin.clone()).collect()
+    }
+
+    /// The hubs' `relay.max_view_bytes` (hub 0's; the harness starts them all with the same
+    /// relay settings), `None` when unknown (a hub given by address).
+    pub fn max_view_bytes(&self) -> Option<usize> {
+        self.primary().max_view_bytes
+    }
+
     /// A line naming the processes, for the log.
     pub fn describe(&self, name: &str) -> String {
         let pids: Vec<String> = self
@@ -340,14 +351,52 @@ fn live_nodes(url: &str) -> anyhow::Result<Vec<String>> {
 
 /// The value of the unlabelled gauge `name` on the hub whose admin API is at `admin`.
 pub fn gauge(admin: &str, name: &str) -> Option<u64> {
-    let text = ureq::get(&format!("http://{admin}/metrics"))
+    sample(&metrics_text(admin)?, name)
+}
+
+/// The hub's `/metrics` (Prometheus text), from its admin API at `admin`.
+pub fn metrics_text(admin: &str) -> Option<String> {
+    ureq::get(&format!("http://{admin}/metrics"))
         .call()
         .ok()?
         .body_mut()
         .read_to_string()
-        .ok()?;
+        .ok()
+}
+
+/// The value of the sample `name` in the Prometheus text `text`: a metric's name, with
+/// its labels if it has any, as the exposition writes them
+/// (`p2ppi_relay_rejected_total{reason="view_full"}`).
+pub fn sample(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let value = line.strip_prefix(name)?.strip_prefix(' ')?;
         value.trim().parse::<f64>().ok().map(|v| v as u64)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_found_by_name_and_labels() {
+        let text = "# TYPE p2ppi_relay_rejected_total counter\n\
+                    p2ppi_relay_rejected_total{reason=\"object_too_large\"} 2\n\
+                    p2ppi_relay_rejected_total{reason=\"view_full\"} 45\n\
+                    p2ppi_sessions 300\n\
+                    p2ppi_sessions_total 7\n";
+        assert_eq!(
+            sample(text, "p2ppi_relay_rejected_total{reason=\"view_full\"}"),
+            Some(45)
+        );
+        assert_eq!(sample(text, "p2ppi_sessions"), Some(300), "not _total");
+        assert_eq!(sample(text, "p2ppi_relay_rejected_total"), None);
+        assert_eq!(
+            sample(
+                text,
+                "p2ppi_relay_rejected_total{reason=\"bad_watch_list\"}"
+            ),
+            None
+        );
+    }
 }

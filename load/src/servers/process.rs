@@ -21,7 +21,19 @@ pub struct Server {
     pub admin: Option<String>,
     /// The change feed's address (floor only).
     pub control: Option<String>,
+    /// A hub's `relay.max_view_bytes` (the documented cap of a mesh view, DESIGN 5.2), from
+    /// the configuration it was started with, loaded as the hub loads it; `None` for a hub
+    /// given by address, and for other servers.
+    pub max_view_bytes: Option<usize>,
 }
+
+/// The environment every hub the harness starts gets on top of the harness's own: room for
+/// every session and handshake the harness opens.
+const HUB_ENV: [(&str, &str); 3] = [
+    ("RUST_LOG", "warn"),
+    ("P2PPI_LIMITS__MAX_SESSIONS", "1000000"),
+    ("P2PPI_LIMITS__MAX_HANDSHAKES", "100000"),
+];
 
 /// A command for a server process, on core 0 when `pin`.
 fn command(program: &str, pin: bool) -> Command {
@@ -81,9 +93,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .env("P2PPI_LIMITS__MAX_SESSIONS", "1000000")
-            .env("P2PPI_LIMITS__MAX_HANDSHAKES", "100000")
+            .envs(HUB_ENV)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -98,11 +108,18 @@ impl Server {
             }
             (addr.is_some() && admin.is_some()).then_some(())
         })?;
+        // The hub inherits this process's environment (a `P2PPI_RELAY__MAX_VIEW_BYTES`
+        // given to the harness reaches it), so loading the same layers gives its figures.
+        let env = std::env::vars().chain(HUB_ENV.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        let max_view_bytes = p2ppi_hub::config::Config::load(config, env)
+            .ok()
+            .map(|c| c.relay.max_view_bytes);
         Ok(Self {
             child: Some(child),
             addr: addr.unwrap_or_default(),
             admin,
             control: None,
+            max_view_bytes,
         })
     }
 
@@ -128,6 +145,7 @@ impl Server {
             addr,
             admin: None,
             control: Some(control),
+            max_view_bytes: None,
         })
     }
 
@@ -138,6 +156,7 @@ impl Server {
             addr: addr.to_owned(),
             admin,
             control: None,
+            max_view_bytes: None,
         }
     }
 
@@ -183,6 +202,7 @@ impl Server {
             addr,
             admin: None,
             control: None,
+            max_view_bytes: None,
         })
     }
 
@@ -218,6 +238,7 @@ impl Server {
             addr: format!("127.0.0.1:{port}"),
             admin: None,
             control: None,
+            max_view_bytes: None,
         };
         let url = format!("redis://{}/0", server.addr);
         let start = Instant::now();

@@ -3,17 +3,22 @@
 //! or without watch lists (`--watch K`, DESIGN 5.4); every final view is checked exactly.
 //!
 //! Each change carries its own stamp and sequence, so a receiver counts a change only when
-//! that change's value arrives, and a later view repeating it counts nothing. With
-//! `--watch K` every peer watches K random others, published once everyone's presence is
-//! in the hub, so each view's order is its list's. The steps: the peers ([`peers`]), who
-//! may see what ([`audience`]), the measured phase, the final views ([`views`]), and with
-//! `--kill-hub` a hub killed afterwards ([`kill`]).
+//! that change's value arrives, and a later view repeating it counts nothing; a change of
+//! a peer whose later change arrived instead is superseded, not lost. With `--watch K`
+//! every peer watches K random others, published once everyone's presence is in the hub,
+//! so each view's order is its list's. Without watch lists a mesh view is capped (DESIGN
+//! 5.2): a peer a hub refused for a full mesh is due to none of its receivers and reported
+//! as refused, with the mesh's capacity. The steps: the peers ([`peers`]), who may see
+//! what ([`audience`]), what the hubs say of their views ([`facts`]), the measured phase,
+//! the final views ([`views`]), and with `--kill-hub` a hub killed afterwards ([`kill`]).
 
 mod audience;
+mod facts;
 mod kill;
 mod peers;
 mod views;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,10 +38,10 @@ use crate::peers::connect::Errors;
 use crate::peers::fleet::Fleet;
 use crate::peers::receive::Receivers;
 use crate::placement::{Locality, Origin};
-use crate::publish::SendErrors;
+use crate::publish::{Change, SendErrors};
 use crate::servers::Servers;
 use crate::stamp::{stamp, Stamp};
-use crate::watch::sender_of;
+use crate::watch::{sender_of, RelayChanges};
 
 /// The reading tasks of the subscribed peers, each returning its slot and events, and
 /// what tells them to stop.
@@ -65,36 +70,66 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
     let last = Arc::new(Mutex::new(vec![initial; n]));
     let send_errors = Arc::new(SendErrors::default());
     // Slot = fleet member; change `seq` comes from peer `sender_of(seq, n)` on its hub.
+    let hub_of: Vec<usize> = (0..n).map(|m| fleet.hub_of(m)).collect();
     receivers.set_locality(Locality::new(
-        (0..n).map(|m| fleet.hub_of(m)).collect(),
+        hub_of.clone(),
         Origin::Senders {
             peers: n,
             placement: fleet.placement(),
         },
     ));
+    let plan = audience.plan.as_ref();
+    // With mesh views, the peers the hubs refused so far are due to nobody there: the
+    // drain need not wait for them. The final views tell (and count) it for certain.
+    let named = match plan {
+        None => facts::read(servers, fleet).await?,
+        Some(_) => Vec::new(),
+    };
+    let named: Vec<BTreeSet<usize>> = named.into_iter().map(|h| h.refused).collect();
+    let due = RelayChanges::new(n, plan).refusing(hub_of.clone(), named.clone());
     let mut setup = PhaseSetup::new(args, servers, &receivers, n, &send_errors);
-    setup.plan = audience.plan.as_ref();
+    setup.plan = plan;
+    setup.changes = &due;
     let send = publish(handles.clone(), last.clone(), send_errors.clone());
-    let mut run = measure_phase(&setup, 1, args.rate, send, "relay").await;
+    let mut measured = measure_phase(&setup, 1, args.rate, send, "relay").await;
     let mut returned = stop(consumers, &mut errors).await;
     let last = last.lock().expect("last").clone();
-    let inexact = views::check(
-        &handles,
-        &mut returned,
+    let hubs = facts::read(servers, fleet).await?;
+    let mut notes = Vec::new();
+    let expected = views::Expected {
         fleet,
-        audience.plan.as_ref(),
-        &last,
-        &mut run.notes,
-        &mut errors,
-    )
-    .await?;
+        plan,
+        last: &last,
+        hubs: &hubs,
+        cap: servers.max_view_bytes(),
+    };
+    let (inexact, judgement) =
+        views::check(&handles, &mut returned, &expected, &mut notes, &mut errors).await?;
+    if let Some(judgement) = judgement {
+        if hubs.iter().map(|h| &h.refused).ne(named.iter()) {
+            notes.push(
+                "the peers the hubs refused changed during the phase: changes are counted as due by the refusals at its end"
+                    .into(),
+            );
+        }
+        measured.account(&RelayChanges::new(n, plan).refusing(hub_of, judgement.refused.clone()));
+        measured.run.report.refused = Some(judgement.refused_peers());
+        measured.run.report.mesh_views = judgement.meshes;
+    }
+    let mut run = measured.into_run();
+    run.notes.extend(notes);
     let (failed, messages) = receivers.failures();
     errors.add_all(failed, messages);
     note_watch_lists(args, &audience, &mut run, &mut errors);
-    run.notes
-        .push(format!("final views exact: {}/{n}", n as u64 - inexact));
+    let refused = match run.report.refused {
+        Some(r) if r > 0 => format!(" (without the {r} peers their hub refused)"),
+        _ => String::new(),
+    };
+    run.notes.push(format!(
+        "final views exact: {}/{n}{refused}",
+        n as u64 - inexact
+    ));
     if let Some(hub) = args.kill_hub {
-        let plan = audience.plan.as_ref();
         kill::run(servers, hub, fleet, plan, returned, &mut run, &mut errors).await?;
     }
     run.report.errors += errors.count;
@@ -181,10 +216,10 @@ fn publish(
     handles: Arc<Vec<Peer>>,
     last: Arc<Mutex<Vec<String>>>,
     errs: Arc<SendErrors>,
-) -> impl FnMut(u64, String) + Send + 'static {
+) -> impl FnMut(Change) + Send + 'static {
     let n = handles.len();
     let runtime = tokio::runtime::Handle::current();
-    move |seq: u64, value: String| {
+    move |Change { seq, value, .. }| {
         let i = sender_of(seq, n);
         last.lock().expect("last")[i] = value.clone();
         let (peer, errs) = (handles[i].clone(), errs.clone());

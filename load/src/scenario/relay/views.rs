@@ -1,7 +1,10 @@
 //! The final views of `relay`: once the measured phase is over, every peer asks for the
-//! hub's view (REQUEST → RESPONSE), and each must be exact: every shown peer's latest
-//! presence, once; with watch lists, object by object in DESIGN 5.4's order (hub objects,
-//! the echo, the watched peers in list order).
+//! hub's view (REQUEST → RESPONSE), and each must be exact: with watch lists, object by
+//! object in DESIGN 5.4's order (hub objects, the echo, the watched peers in list order);
+//! with mesh views, the hub's objects and every peer's latest presence, once, but those of
+//! peers its hub refused for a full mesh (DESIGN 5.2, judged in [`crate::mesh`] on what the
+//! hubs report): a refused peer is reported as refused, with the mesh's capacity, not as an
+//! inexact view.
 
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
 use p2ppi_hub::session::ObjectsSource;
 use p2ppi_hub::wire::Object;
 
+use crate::mesh::{judge, HubMesh, Judgement, Mesh};
 use crate::peers::connect::Errors;
 use crate::peers::fleet::Fleet;
 use crate::peers::receive::KEPT_ERRORS;
@@ -19,46 +23,90 @@ use crate::watch::{view_difference, WatchPlan};
 /// How long a peer may take to answer with its view.
 const VIEW_WAIT: Duration = Duration::from_secs(10);
 
-/// Checks the final view of every peer in `returned` (its slot and events) against what
-/// it must see, given each peer's latest presence `last`: an inexact view is an error
-/// (counted once per view, the first few described in `notes`). Returns how many were
-/// inexact.
+/// What the final views must be: the fleet, the watch lists if any, each peer's latest
+/// presence, what each hub says of its mesh view, and the cap.
+pub struct Expected<'a> {
+    /// The peers.
+    pub fleet: &'a Fleet,
+    /// `--watch`: who watches whom.
+    pub plan: Option<&'a WatchPlan>,
+    /// Each peer's latest presence, by slot.
+    pub last: &'a [String],
+    /// What each hub says (its objects; for mesh views its refusals and view).
+    pub hubs: &'a [HubMesh],
+    /// `relay.max_view_bytes`, when known.
+    pub cap: Option<usize>,
+}
+
+/// Checks the final view of every peer in `returned` (its slot and events) against
+/// `expected`: an inexact view is an error (counted once per view, the first few
+/// described in `notes`). Returns how many were inexact and, with mesh views, the
+/// judgement of the hubs' refusals.
 ///
 /// # Errors
 /// When a peer cannot ask for its view.
 pub async fn check(
     handles: &[Peer],
     returned: &mut [(usize, PeerEvents)],
-    fleet: &Fleet,
-    plan: Option<&WatchPlan>,
-    last: &[String],
+    expected: &Expected<'_>,
     notes: &mut Vec<String>,
     errors: &mut Errors,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Option<Judgement>)> {
     let n = handles.len();
-    let relayed = relayed_presences(fleet, last);
-    let mut everyone: Vec<Object> = relayed.iter().flatten().cloned().collect();
-    everyone.sort();
-    let (mut inexact, mut described) = (0, Vec::new());
+    let fleet = expected.fleet;
+    let relayed = relayed_presences(fleet, expected.last);
+    let mut views = Vec::with_capacity(returned.len());
     for (slot, events) in returned.iter_mut() {
-        let slot = *slot;
-        handles[slot].retrieve().await?;
-        let difference = match (plan, response(events).await) {
-            (Some(plan), Some(view)) => {
-                view_difference(&plan.expected_view(slot, &[], &relayed), &view)
-            }
-            (None, Some(mut view)) => {
-                view.sort();
-                view_difference(&everyone, &view)
-            }
-            (_, None) => Some("no view within 10 s".into()),
-        };
+        handles[*slot].retrieve().await?;
+        views.push((*slot, response(events).await));
+    }
+    let hub_of: Vec<usize> = (0..n).map(|slot| fleet.hub_of(slot)).collect();
+    let (differences, judgement) = match expected.plan {
+        Some(plan) => {
+            let differences: Vec<Option<String>> = views
+                .iter()
+                .map(|(slot, view)| {
+                    let hub = expected
+                        .hubs
+                        .get(hub_of[*slot])
+                        .map(|h| h.objects.as_slice());
+                    let must = plan.expected_view(*slot, hub.unwrap_or_default(), &relayed);
+                    view.as_ref()
+                        .map_or_else(|| Some(no_view()), |view| view_difference(&must, view))
+                })
+                .collect();
+            (differences, None)
+        }
+        None => {
+            let mesh = Mesh {
+                relayed: &relayed,
+                hub_of: &hub_of,
+                cap: expected.cap,
+            };
+            let present: Vec<(usize, &[Object])> = views
+                .iter()
+                .filter_map(|(slot, view)| Some((*slot, view.as_deref()?)))
+                .collect();
+            let judgement = judge(&mesh, expected.hubs, &present);
+            let mut judged = judgement.differences.iter().cloned();
+            let differences = views
+                .iter()
+                .map(|(_, view)| match view {
+                    Some(_) => judged.next().flatten(),
+                    None => Some(no_view()),
+                })
+                .collect();
+            (differences, Some(judgement))
+        }
+    };
+    let (mut inexact, mut described) = (0, Vec::new());
+    for ((slot, _), difference) in views.iter().zip(differences) {
         if let Some(difference) = difference {
             inexact += 1;
             if described.len() < KEPT_ERRORS {
                 described.push(format!(
                     "receiver {slot} (on hub {}): {difference}",
-                    fleet.hub_of(slot)
+                    hub_of[*slot]
                 ));
             }
         }
@@ -68,7 +116,17 @@ pub async fn check(
         errors.count += inexact - 1;
         notes.extend(described);
     }
-    Ok(inexact)
+    if let Some(judgement) = &judgement {
+        for error in &judgement.errors {
+            errors.add(error.clone());
+        }
+    }
+    Ok((inexact, judgement))
+}
+
+/// What a receiver that got no view is told.
+fn no_view() -> String {
+    format!("no view within {} s", VIEW_WAIT.as_secs())
 }
 
 /// Each peer's relayed objects as the hub shows them: its latest presence in `last`.

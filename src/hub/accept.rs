@@ -1,8 +1,13 @@
-//! The accept loop: the first step of every connection (DESIGN 4). It never handshakes:
-//! it takes a handshake slot (`limits.max_handshakes`; when all are held it stops
-//! accepting and connections wait in the kernel's backlog), checks `limits.max_sessions`,
-//! sets TCP options and hands the socket to the next shard, which handshakes it on its own
+//! The accept loop: the first step of every connection (DESIGN 4, 7). It never handshakes
+//! and never waits on a peer: it checks `limits.max_sessions`, admits the connection by its
+//! source address and the hub-wide handshake rate ([`admission`]; a connection over a limit
+//! is closed here, before any TLS work), takes a handshake slot (`limits.max_handshakes`;
+//! when all are held it stops accepting and connections wait in the kernel's backlog), sets
+//! TCP options and hands the socket to the next shard, which handshakes it on its own
 //! thread.
+
+mod admission;
+mod sources;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -11,8 +16,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::sync::Semaphore;
 use tracing::warn;
+
+use admission::Admission;
+pub use admission::{HandshakeSlot, SourceHold};
+pub use sources::Refusal;
 
 use super::handshake::Accept;
 use super::shard::Shard;
@@ -38,7 +46,7 @@ pub(crate) async fn accept_loop(
     shared: Arc<HubShared>,
 ) {
     let limits = shared.config.limits.clone();
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let admission = Admission::new(&limits);
     let keepalive = TcpKeepalive::new()
         .with_time(limits.tcp_keepalive)
         .with_interval(
@@ -49,19 +57,6 @@ pub(crate) async fn accept_loop(
         );
     let mut next = 0usize;
     loop {
-        // A handshake slot first: when every slot is held (say by clients that never finish
-        // their handshake), stop accepting until the handshake timeout frees one, instead of
-        // refusing good peers. The waiting connections stay in the kernel's backlog.
-        let permit = match handshakes.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                metrics::counter_inc(metrics::HANDSHAKE_SLOTS_EXHAUSTED);
-                match handshakes.clone().acquire_owned().await {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                }
-            }
-        };
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -75,6 +70,13 @@ pub(crate) async fn accept_loop(
             metrics::count_reason(metrics::CONNECTIONS_REJECTED, "max_sessions");
             continue;
         }
+        // Dropping a refused stream closes it before any TLS work.
+        let Some(admitted) = admission.admit(remote.ip()) else {
+            continue;
+        };
+        let Some(permit) = admission.slot().await else {
+            return;
+        };
         let sock = SockRef::from(&stream);
         let _ = sock.set_tcp_nodelay(true);
         let _ = sock.set_tcp_keepalive(&keepalive);
@@ -82,11 +84,12 @@ pub(crate) async fn accept_loop(
             Ok(stream) => stream,
             Err(_) => continue,
         };
-        let guard = ConnectionGuard::new(shared.clone());
+        let mut guard = ConnectionGuard::new(shared.clone());
+        guard.hold_source(admitted.connection);
         shards[next % shards.len()].do_send(Accept {
             stream,
             remote,
-            permit,
+            permit: HandshakeSlot::new(permit, admitted.handshake),
             guard,
         });
         next = next.wrapping_add(1);

@@ -7,10 +7,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use super::accept::HandshakeSlot;
 use super::fanout::FanoutCore;
 use super::messages::RegistryLink;
 use super::session;
@@ -26,8 +26,9 @@ pub struct Accept {
     pub stream: std::net::TcpStream,
     /// The peer's address.
     pub remote: SocketAddr,
-    /// The handshake slot, released when the handshake ends.
-    pub permit: OwnedSemaphorePermit,
+    /// The handshake slot and the source's count of handshakes, released when the
+    /// handshake ends.
+    pub permit: HandshakeSlot,
     /// Counts the connection until its writer ends.
     pub guard: ConnectionGuard,
 }

@@ -173,6 +173,13 @@ pub struct HubSection {
     /// peers' relayed objects fill the rest of relay.max_view_bytes, so they never lock out
     /// the operator.
     pub max_objects_bytes: usize,
+    /// Balancers (CIDR, e.g. "10.0.0.2/32") that open every connection with a PROXY
+    /// protocol header, v1 or v2 (HAProxy's send-proxy-v2): from these addresses the header
+    /// is required (a connection without a valid one within limits.proxy_header_timeout is
+    /// closed, counted), and the client address it carries is the one the limits, the logs,
+    /// /v1/sessions and the presence page use. List only balancers: whoever connects from a
+    /// listed address can claim any client address.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for HubSection {
@@ -182,6 +189,7 @@ impl Default for HubSection {
             data_dir: DEFAULT_DATA_DIR.into(),
             workers: DEFAULT_WORKERS,
             max_objects_bytes: DEFAULT_MAX_OBJECTS_BYTES,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -306,6 +314,8 @@ pub const DEFAULT_LIMITS_HANDSHAKE_RATE: u32 = 2_000;
 pub const DEFAULT_LIMITS_HANDSHAKE_BURST: u32 = 4_000;
 /// Default of `limits.source_ipv6_prefix`: one host usually holds a whole /64.
 pub const DEFAULT_LIMITS_SOURCE_IPV6_PREFIX: u8 = 64;
+/// Default of `limits.proxy_header_timeout`: a balancer writes the header as it connects.
+pub const DEFAULT_LIMITS_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `[limits]`: DESIGN 7.
 #[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
@@ -358,6 +368,10 @@ pub struct Limits {
     /// /64, and could otherwise take a new address per connection); 128: each address
     /// alone. IPv4 sources count per address.
     pub source_ipv6_prefix: u8,
+    /// A connection from a hub.proxy_protocol_from balancer whose PROXY header is not
+    /// complete within this is closed (counted); it holds a handshake slot meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -379,6 +393,7 @@ impl Default for Limits {
             handshake_burst: DEFAULT_LIMITS_HANDSHAKE_BURST,
             exempt_sources: Vec::new(),
             source_ipv6_prefix: DEFAULT_LIMITS_SOURCE_IPV6_PREFIX,
+            proxy_header_timeout: DEFAULT_LIMITS_PROXY_HEADER_TIMEOUT,
         }
     }
 }
@@ -678,6 +693,10 @@ impl Config {
             ("limits.handshake_timeout", l.handshake_timeout.is_zero()),
             ("limits.write_timeout", l.write_timeout.is_zero()),
             (
+                "limits.proxy_header_timeout",
+                l.proxy_header_timeout.is_zero(),
+            ),
+            (
                 "admin.event_heartbeat",
                 self.admin.event_heartbeat.is_zero(),
             ),
@@ -720,6 +739,18 @@ impl Config {
         let mut warnings = Vec::new();
         if let Some(path) = &self.tls.keylog {
             warnings.push(keylog_warning(path));
+        }
+        if let Some(all) = self
+            .hub
+            .proxy_protocol_from
+            .iter()
+            .find(|net| net.prefix_len() == 0)
+        {
+            warnings.push(format!(
+                "hub.proxy_protocol_from holds {all}: every client must send a PROXY header, \
+                 and any client can claim any address (to the limits, the logs and the admin \
+                 API); list only the balancers' addresses"
+            ));
         }
         warnings
     }

@@ -165,7 +165,7 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REJECTED,
         Unit::Count,
-        "Connections refused, by reason: before any TLS work max_sessions, sessions_per_ip, handshakes_per_ip, handshake_rate; after the handshake shutting_down."
+        "Connections refused, by reason: before any TLS work max_sessions, sessions_per_ip, handshakes_per_ip, handshake_rate, and from a PROXY-protocol balancer proxy_header_missing, proxy_header_invalid, proxy_header_timeout; after the handshake shutting_down."
     );
     describe_counter!(
         HANDSHAKE_SLOTS_EXHAUSTED,

@@ -6,73 +6,13 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::hub_process::HubProcess;
-use common::{expect_event, series, DEADLINE};
-use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-const HOST: [u8; 4] = [127, 0, 0, 1];
-const OTHER: [u8; 4] = [127, 0, 0, 2];
-
-/// A TCP connection to the hub from the local address `from`.
-async fn tcp_from(from: [u8; 4], hub: &HubProcess) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((from, 0))).unwrap();
-    socket.connect(hub.p2ppi.parse().unwrap()).await.unwrap()
-}
-
-/// A real ClientHello of `config`'s peer.
-fn client_hello(config: &PeerConfig) -> Vec<u8> {
-    let client = p2ppi_hub::tls::client_config(&config.ca, config.identity.clone()).unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = rustls::ClientConnection::new(client, name).unwrap();
-    let mut hello = Vec::new();
-    tls.write_tls(&mut hello).unwrap();
-    hello
-}
-
-/// Sends a ClientHello from `from` and returns the hub's first bytes: empty when the hub
-/// closed the connection without a word (EOF or reset).
-async fn answer_to_hello(from: [u8; 4], hub: &HubProcess, hello: &[u8]) -> Vec<u8> {
-    let mut tcp = tcp_from(from, hub).await;
-    if tcp.write_all(hello).await.is_err() {
-        return Vec::new();
-    }
-    let mut buf = vec![0u8; 4096];
-    match tokio::time::timeout(DEADLINE, tcp.read(&mut buf)).await {
-        Ok(Ok(n)) => buf[..n].to_vec(),
-        Ok(Err(_)) => Vec::new(),
-        Err(_) => panic!("the hub neither answered nor closed"),
-    }
-}
-
-/// A TLS record of type handshake: the start of a ServerHello.
-fn is_server_hello(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&0x16)
-}
-
-/// A library peer connected from `from`.
-async fn peer_from(from: [u8; 4], hub: &HubProcess, name: &str) -> (Peer, PeerEvents) {
-    let config = hub.peer_config(name, None);
-    let client = p2ppi_hub::tls::client_config(&config.ca, config.identity.clone()).unwrap();
-    let stream = peer::connect_with(&config, client, Some(IpAddr::from(from)))
-        .await
-        .expect("the peer connects");
-    peer::start(stream, config.peer_name().unwrap())
-}
-
-/// The peer is served: a REQUEST gets its RESPONSE.
-async fn served(peer: &Peer, events: &mut PeerEvents) {
-    peer.retrieve().await.unwrap();
-    expect_event(events, "the RESPONSE", |e| {
-        matches!(e, PeerEvent::Objects { .. })
-    })
-    .await;
-}
+use common::sources::*;
+use common::{series, DEADLINE};
+use p2ppi_hub::peer;
+use tokio::io::AsyncReadExt;
 
 fn rejected(scrape: &str, reason: &str) -> f64 {
     series(
@@ -101,20 +41,20 @@ async fn a_source_over_its_handshakes_in_flight_is_closed_before_tls_and_others_
     // hub takes connections in order, so the next one is judged after them.
     let mut idle = Vec::new();
     for _ in 0..3 {
-        idle.push(tcp_from(HOST, &hub).await);
+        idle.push(tcp_from(HOST, &hub.p2ppi).await);
     }
-    let answer = answer_to_hello(HOST, &hub, &hello).await;
+    let answer = answer_to_hello(HOST, &hub.p2ppi, &hello).await;
     assert!(answer.is_empty(), "closed before TLS, got {answer:?}");
     assert_eq!(rejected(&hub.metrics().await, "handshakes_per_ip"), 1.0);
 
     // Another source is not held back.
-    let (good, mut events) = peer_from(OTHER, &hub, "good").await;
+    let (good, mut events) = peer_from(OTHER, &hub.peer_config("good", None)).await;
     served(&good, &mut events).await;
 
     // One of the host's handshakes ends (its client leaves): the host is admitted again.
     drop(idle.pop());
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !is_server_hello(&answer_to_hello(HOST, &hub, &hello).await) {
+    while !is_server_hello(&answer_to_hello(HOST, &hub.p2ppi, &hello).await) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the host is admitted again"
@@ -131,13 +71,13 @@ async fn a_source_over_its_sessions_is_refused_until_one_leaves() {
         &[],
         &[("P2PPI_LIMITS__MAX_SESSIONS_PER_IP", "2")],
     );
-    let (alice, _a) = peer_from(HOST, &hub, "alice").await;
-    let (_bob, _b) = peer_from(HOST, &hub, "bob").await;
+    let (alice, _a) = peer_from(HOST, &hub.peer_config("alice", None)).await;
+    let (_bob, _b) = peer_from(HOST, &hub.peer_config("bob", None)).await;
     let hello = client_hello(&hub.peer_config("carol", None));
-    let answer = answer_to_hello(HOST, &hub, &hello).await;
+    let answer = answer_to_hello(HOST, &hub.p2ppi, &hello).await;
     assert!(answer.is_empty(), "closed before TLS, got {answer:?}");
     assert_eq!(rejected(&hub.metrics().await, "sessions_per_ip"), 1.0);
-    let (dave, mut events) = peer_from(OTHER, &hub, "dave").await;
+    let (dave, mut events) = peer_from(OTHER, &hub.peer_config("dave", None)).await;
     served(&dave, &mut events).await;
 
     alice.close().await.unwrap();
@@ -149,7 +89,7 @@ async fn a_source_over_its_sessions_is_refused_until_one_leaves() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (carol, mut events) = peer_from(HOST, &hub, "carol").await;
+    let (carol, mut events) = peer_from(HOST, &hub.peer_config("carol", None)).await;
     served(&carol, &mut events).await;
 }
 
@@ -166,9 +106,9 @@ async fn connections_beyond_the_handshake_rate_are_closed_until_tokens_return() 
     );
     let hello = client_hello(&hub.peer_config("probe", None));
     // The burst: two connections (from two sources: the rate is the hub's, not a host's).
-    let _first = tcp_from(HOST, &hub).await;
-    let _second = tcp_from(OTHER, &hub).await;
-    let answer = answer_to_hello(HOST, &hub, &hello).await;
+    let _first = tcp_from(HOST, &hub.p2ppi).await;
+    let _second = tcp_from(OTHER, &hub.p2ppi).await;
+    let answer = answer_to_hello(HOST, &hub.p2ppi, &hello).await;
     assert!(answer.is_empty(), "closed before TLS, got {answer:?}");
     assert!(rejected(&hub.metrics().await, "handshake_rate") >= 1.0);
     // A token returns within a second: a peer gets in.
@@ -201,9 +141,9 @@ async fn one_host_holding_many_idle_connections_cannot_keep_a_good_peer_out() {
     );
     let mut idle = Vec::new();
     for _ in 0..300 {
-        idle.push(tcp_from(HOST, &hub).await);
+        idle.push(tcp_from(HOST, &hub.p2ppi).await);
     }
-    let (good, mut events) = peer_from(OTHER, &hub, "good").await;
+    let (good, mut events) = peer_from(OTHER, &hub.peer_config("good", None)).await;
     served(&good, &mut events).await;
     // The host was held to its 16: every other connection was closed at once, and the
     // handshake slots never ran out.

@@ -5,8 +5,14 @@
 //! when all are held it stops accepting and connections wait in the kernel's backlog), sets
 //! TCP options and hands the socket to the next shard, which handshakes it on its own
 //! thread.
+//!
+//! A connection from a balancer of `hub.proxy_protocol_from` is known by its client's
+//! address only once its PROXY header is read, which takes a wait: it gets its handshake
+//! slot here and goes to a shard as it is, which reads the header, then admits it by the
+//! client's address ([`proxy`]).
 
 mod admission;
+mod proxy;
 mod sources;
 
 use std::net::SocketAddr;
@@ -20,6 +26,7 @@ use tracing::warn;
 
 use admission::Admission;
 pub use admission::{HandshakeSlot, SourceHold};
+use proxy::{Proxied, ProxyTrust};
 pub use sources::Refusal;
 
 use super::handshake::Accept;
@@ -39,6 +46,14 @@ pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::
     Ok(socket.into())
 }
 
+/// How a connection is admitted.
+enum Admit {
+    /// By its own address, here.
+    Now(admission::Admitted),
+    /// By the client's address in its PROXY header, on a shard.
+    Proxied(Arc<ProxyTrust>),
+}
+
 /// Accepts connections until aborted, spreading them over `shards` in turn.
 pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
@@ -47,6 +62,7 @@ pub(crate) async fn accept_loop(
 ) {
     let limits = shared.config.limits.clone();
     let admission = Admission::new(&limits);
+    let trust = ProxyTrust::new(&shared.config);
     let keepalive = TcpKeepalive::new()
         .with_time(limits.tcp_keepalive)
         .with_interval(
@@ -71,8 +87,12 @@ pub(crate) async fn accept_loop(
             continue;
         }
         // Dropping a refused stream closes it before any TLS work.
-        let Some(admitted) = admission.admit(remote.ip()) else {
-            continue;
+        let admitted = match trust.as_ref().filter(|trust| trust.covers(remote)) {
+            Some(trust) => Admit::Proxied(trust.clone()),
+            None => match admission.admit(remote.ip()) {
+                Some(admitted) => Admit::Now(admitted),
+                None => continue,
+            },
         };
         let Some(permit) = admission.slot().await else {
             return;
@@ -85,13 +105,26 @@ pub(crate) async fn accept_loop(
             Err(_) => continue,
         };
         let mut guard = ConnectionGuard::new(shared.clone());
-        guard.hold_source(admitted.connection);
-        shards[next % shards.len()].do_send(Accept {
-            stream,
-            remote,
-            permit: HandshakeSlot::new(permit, admitted.handshake),
-            guard,
-        });
+        let shard = &shards[next % shards.len()];
         next = next.wrapping_add(1);
+        match admitted {
+            Admit::Now(admitted) => {
+                guard.hold_source(admitted.connection);
+                shard.do_send(Accept {
+                    stream,
+                    remote,
+                    permit: HandshakeSlot::new(permit, admitted.handshake),
+                    guard,
+                });
+            }
+            Admit::Proxied(trust) => shard.do_send(Proxied {
+                stream,
+                balancer: remote,
+                permit,
+                guard,
+                admission: admission.clone(),
+                trust,
+            }),
+        }
     }
 }

@@ -27,7 +27,6 @@ use tracing::warn;
 use admission::Admission;
 pub use admission::{HandshakeSlot, SourceHold};
 use proxy::{Proxied, ProxyTrust};
-pub use sources::Refusal;
 
 use super::handshake::Accept;
 use super::shard::Shard;

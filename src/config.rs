@@ -177,6 +177,13 @@ pub struct HubSection {
     /// peers' relayed objects fill the rest of relay.max_view_bytes, so they never lock out
     /// the operator.
     pub max_objects_bytes: usize,
+    /// Balancers (CIDR, e.g. "10.0.0.2/32") that open every connection with a PROXY
+    /// protocol header, v1 or v2 (HAProxy's send-proxy-v2): from these addresses the header
+    /// is required (a connection without a valid one within limits.proxy_header_timeout is
+    /// closed, counted), and the client address it carries is the one the limits, the logs,
+    /// /v1/sessions and the presence page use. List only balancers: whoever connects from a
+    /// listed address can claim any client address.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for HubSection {
@@ -186,6 +193,7 @@ impl Default for HubSection {
             data_dir: DEFAULT_DATA_DIR.into(),
             workers: DEFAULT_WORKERS,
             max_objects_bytes: DEFAULT_MAX_OBJECTS_BYTES,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -360,6 +368,22 @@ pub const DEFAULT_LIMITS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_LIMITS_INBOUND_MESSAGES_PER_SEC: u32 = 100;
 /// Default of `limits.inbound_burst`.
 pub const DEFAULT_LIMITS_INBOUND_BURST: u32 = 200;
+/// Default of `limits.max_sessions_per_ip`: above the 20,000 connections the load harness
+/// opens from each loopback address, and a large carrier-grade NAT.
+pub const DEFAULT_LIMITS_MAX_SESSIONS_PER_IP: usize = 25_000;
+/// Default of `limits.max_handshakes_per_ip`: twice the load harness's largest documented
+/// `--concurrency` (512) from one address; a sixteenth of `limits.max_handshakes`, so one
+/// host cannot hold the slots good peers need.
+pub const DEFAULT_LIMITS_MAX_HANDSHAKES_PER_IP: usize = 1_024;
+/// Default of `limits.handshake_rate`: above what two cores complete (about 1,000 mutual-TLS
+/// handshakes per second), so only a storm on a larger machine meets it.
+pub const DEFAULT_LIMITS_HANDSHAKE_RATE: u32 = 2_000;
+/// Default of `limits.handshake_burst`.
+pub const DEFAULT_LIMITS_HANDSHAKE_BURST: u32 = 4_000;
+/// Default of `limits.source_ipv6_prefix`: one host usually holds a whole /64.
+pub const DEFAULT_LIMITS_SOURCE_IPV6_PREFIX: u8 = 64;
+/// Default of `limits.proxy_header_timeout`: a balancer writes the header as it connects.
+pub const DEFAULT_LIMITS_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `[limits]`: DESIGN 7.
 #[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
@@ -392,6 +416,30 @@ pub struct Limits {
     pub inbound_messages_per_sec: u32,
     /// Inbound burst allowance per session (token bucket size).
     pub inbound_burst: u32,
+    /// Most connections (sessions and handshakes) from one source address; beyond it a
+    /// connection is closed before any TLS work (counted, logged once per source until it
+    /// is under again). Behind a balancer that sends the PROXY protocol the source is the
+    /// client's address.
+    pub max_sessions_per_ip: usize,
+    /// Most TLS handshakes in progress from one source address, checked before a
+    /// handshake slot is taken: one host cannot hold the slots of limits.max_handshakes.
+    pub max_handshakes_per_ip: usize,
+    /// Handshakes started per second by the whole hub (token bucket rate); a connection
+    /// beyond it is closed before any TLS work (counted), and its peer retries later.
+    pub handshake_rate: u32,
+    /// Handshakes the hub may start at once beyond handshake_rate (token bucket size).
+    pub handshake_burst: u32,
+    /// Source addresses (CIDR, e.g. "10.0.0.0/8") the per-source limits do not apply to:
+    /// a balancer that does not send the PROXY protocol, or a NAT you trust.
+    pub exempt_sources: Vec<ipnet::IpNet>,
+    /// IPv6 sources count together per prefix of this length (a host usually holds a whole
+    /// /64, and could otherwise take a new address per connection); 128: each address
+    /// alone. IPv4 sources count per address.
+    pub source_ipv6_prefix: u8,
+    /// A connection from a hub.proxy_protocol_from balancer whose PROXY header is not
+    /// complete within this is closed (counted); it holds a handshake slot meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -407,6 +455,13 @@ impl Default for Limits {
             write_timeout: DEFAULT_LIMITS_WRITE_TIMEOUT,
             inbound_messages_per_sec: DEFAULT_LIMITS_INBOUND_MESSAGES_PER_SEC,
             inbound_burst: DEFAULT_LIMITS_INBOUND_BURST,
+            max_sessions_per_ip: DEFAULT_LIMITS_MAX_SESSIONS_PER_IP,
+            max_handshakes_per_ip: DEFAULT_LIMITS_MAX_HANDSHAKES_PER_IP,
+            handshake_rate: DEFAULT_LIMITS_HANDSHAKE_RATE,
+            handshake_burst: DEFAULT_LIMITS_HANDSHAKE_BURST,
+            exempt_sources: Vec::new(),
+            source_ipv6_prefix: DEFAULT_LIMITS_SOURCE_IPV6_PREFIX,
+            proxy_header_timeout: DEFAULT_LIMITS_PROXY_HEADER_TIMEOUT,
         }
     }
 }
@@ -694,6 +749,10 @@ impl Config {
                 l.inbound_messages_per_sec == 0,
             ),
             ("limits.inbound_burst", l.inbound_burst == 0),
+            ("limits.max_sessions_per_ip", l.max_sessions_per_ip == 0),
+            ("limits.max_handshakes_per_ip", l.max_handshakes_per_ip == 0),
+            ("limits.handshake_rate", l.handshake_rate == 0),
+            ("limits.handshake_burst", l.handshake_burst == 0),
         ];
         if let Some((key, _)) = zero.iter().find(|(_, zero)| *zero) {
             return invalid(key, "must be at least 1");
@@ -701,6 +760,10 @@ impl Config {
         let no_time = [
             ("limits.handshake_timeout", l.handshake_timeout.is_zero()),
             ("limits.write_timeout", l.write_timeout.is_zero()),
+            (
+                "limits.proxy_header_timeout",
+                l.proxy_header_timeout.is_zero(),
+            ),
             (
                 "admin.event_heartbeat",
                 self.admin.event_heartbeat.is_zero(),
@@ -714,6 +777,9 @@ impl Config {
         }
         if self.blocklist.max_entries == 0 {
             return invalid("blocklist.max_entries", "must be at least 1");
+        }
+        if l.source_ipv6_prefix > 128 {
+            return invalid("limits.source_ipv6_prefix", "must be 0 to 128");
         }
         if self.hub.max_objects_bytes + VIEW_OVERHEAD > self.relay.max_view_bytes {
             return invalid(
@@ -744,6 +810,18 @@ impl Config {
         let mut warnings = Vec::new();
         if let Some(path) = &self.tls.keylog {
             warnings.push(keylog_warning(path));
+        }
+        if let Some(all) = self
+            .hub
+            .proxy_protocol_from
+            .iter()
+            .find(|net| net.prefix_len() == 0)
+        {
+            warnings.push(format!(
+                "hub.proxy_protocol_from holds {all}: every client must send a PROXY header, \
+                 and any client can claim any address (to the limits, the logs and the admin \
+                 API); list only the balancers' addresses"
+            ));
         }
         warnings
     }
@@ -926,6 +1004,39 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "hub.max_objects_bytes");
         c.hub.max_objects_bytes = c.relay.max_view_bytes - 22;
         assert!(c.validate().is_ok());
+        let mut c = Config::default();
+        c.limits.max_handshakes_per_ip = 0;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "limits.max_handshakes_per_ip"
+        );
+        let mut c = Config::default();
+        c.limits.source_ipv6_prefix = 129;
+        assert_eq!(c.validate().unwrap_err().key, "limits.source_ipv6_prefix");
+    }
+
+    #[test]
+    fn cidr_lists_are_read_from_the_file_and_the_environment() {
+        let c = load_file(
+            "[limits]\nexempt_sources = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits.exempt_sources,
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap()
+            ]
+        );
+        let env = [("P2PPI_LIMITS__EXEMPT_SOURCES", "[\"192.0.2.0/24\"]")];
+        let c = load_file("", &env).unwrap();
+        assert_eq!(
+            c.limits.exempt_sources,
+            vec!["192.0.2.0/24".parse().unwrap()]
+        );
+        let err = load_file("[limits]\nexempt_sources = [\"10.0.0.300/8\"]\n", &[]).unwrap_err();
+        assert!(err.contains("line 2: limits.exempt_sources"), "{err}");
     }
 
     fn load_file(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {

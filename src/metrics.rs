@@ -23,7 +23,7 @@ pub const SESSIONS_SUBSCRIBED: &str = "p2ppi_sessions_subscribed";
 pub const HANDSHAKES: &str = "p2ppi_handshakes_total";
 /// Failed TLS handshakes, by `reason`.
 pub const HANDSHAKE_FAILURES: &str = "p2ppi_handshake_failures_total";
-/// Connections closed at accept by a limit, by `reason`.
+/// Connections refused, by `reason` (DESIGN 7: most before any TLS work).
 pub const CONNECTIONS_REJECTED: &str = "p2ppi_connections_rejected_total";
 /// Times every handshake slot was taken, so accepting paused until one was freed.
 pub const HANDSHAKE_SLOTS_EXHAUSTED: &str = "p2ppi_handshake_slots_exhausted_total";
@@ -174,7 +174,7 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REJECTED,
         Unit::Count,
-        "Connections closed at accept by a limit, by reason."
+        "Connections refused, by reason: before any TLS work max_sessions, sessions_per_ip, handshakes_per_ip, handshake_rate, and from a PROXY-protocol balancer proxy_header_missing, proxy_header_invalid, proxy_header_timeout; after the handshake shutting_down."
     );
     describe_counter!(
         HANDSHAKE_SLOTS_EXHAUSTED,

@@ -8,6 +8,12 @@
 //! it over a channel. Events are bounded: a consumer that stops reading them stops the
 //! task reading the socket, which is TCP back-pressure toward the hub, not unbounded
 //! memory. The CLI, the tests and the bench harness are all built on this module.
+//!
+//! [`connect_reconnecting`] gives the same handle and events for a peer that outlives its
+//! connections (DESIGN 11): the task keeps the node's published objects (its WATCH_LIST
+//! among them) and its subscription across sessions, replays them on each new one, and
+//! reports [`PeerEvent::Connected`], [`PeerEvent::Disconnected`] and
+//! [`PeerEvent::ConnectFailed`]; [`ReconnectPolicy`] paces the attempts.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,6 +39,15 @@ use crate::tls::{self, Identity, PeerName, TlsError};
 use crate::wire::{EncodeError, FrameError, Message, Object, P2ppiCodec};
 use crate::xml::{AppInvite, Invitation, InvitationAck, APPINVITE};
 use uuid::Uuid;
+
+mod backoff;
+mod reconnect;
+
+pub use backoff::{
+    ReconnectPolicy, DEFAULT_RECONNECT_CLEAN_JITTER, DEFAULT_RECONNECT_INITIAL,
+    DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MULTIPLIER, DEFAULT_RECONNECT_STABLE_AFTER,
+};
+pub use reconnect::connect_reconnecting;
 
 /// Errors of the peer library, each a clear sentence.
 #[derive(Debug, Error)]
@@ -87,6 +102,11 @@ pub enum PeerError {
     /// The connection is closed.
     #[error("the connection to the hub is closed")]
     Closed,
+    /// A reconnecting peer is between connections: what needs the hub now (a retrieval,
+    /// a message) is refused; what the next session replays (objects, the subscription)
+    /// was kept.
+    #[error("not connected to the hub at the moment (reconnecting)")]
+    NotConnected,
 }
 
 impl From<EncodeError> for PeerError {
@@ -284,12 +304,39 @@ pub enum PeerEvent {
         /// The acknowledgement.
         ack: InvitationAck,
     },
-    /// The connection ended. `clean` when the hub sent TLS close_notify.
+    /// The connection ended. `clean` when the hub sent TLS close_notify. The last event of
+    /// [`connect`]'s peer; a reconnecting peer reports [`PeerEvent::Disconnected`] instead.
     Closed {
         /// Whether the hub closed it cleanly.
         clean: bool,
         /// What went wrong otherwise.
         error: Option<String>,
+    },
+    /// A reconnecting peer's session is up ([`connect_reconnecting`]): its objects and its
+    /// subscription are being replayed on it.
+    Connected {
+        /// 1 for the first session, 2 and on for the sessions that re-establish it.
+        session: u32,
+    },
+    /// A reconnecting peer's session ended; the next attempt comes after `retry_in`.
+    Disconnected {
+        /// Whether the hub closed it with TLS close_notify (a drain, a restart, an admin's
+        /// disconnect) rather than losing it or refusing the peer with an alert.
+        clean: bool,
+        /// What went wrong otherwise.
+        error: Option<String>,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// A reconnecting peer's attempt failed (refused, unreachable, timed out, handshake
+    /// refused with a TLS alert); the next comes after `retry_in`.
+    ConnectFailed {
+        /// Failures in a row, this one included: the backoff's exponent.
+        failures: u32,
+        /// Why it failed.
+        error: String,
+        /// The delay before the next attempt.
+        retry_in: Duration,
     },
 }
 
@@ -352,19 +399,35 @@ pub fn start<S>(stream: S, peer_name: PeerName) -> (Peer, PeerEvents)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
+    let (peer, events, task) = channels(peer_name);
     tokio::spawn(run(
         Framed::new(stream, P2ppiCodec::new()),
-        cmd_rx,
-        event_tx,
+        task.commands,
+        task.events,
     ));
+    (peer, events)
+}
+
+/// The connection task's ends of a peer's channels.
+struct TaskEnds {
+    commands: mpsc::Receiver<(Command, Reply)>,
+    events: mpsc::Sender<PeerEvent>,
+}
+
+/// A peer's handle and events, and the task's ends of their channels.
+fn channels(peer_name: PeerName) -> (Peer, PeerEvents, TaskEnds) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
     (
         Peer {
             commands: cmd_tx,
             peer_name,
         },
         PeerEvents { rx: event_rx },
+        TaskEnds {
+            commands: cmd_rx,
+            events: event_tx,
+        },
     )
 }
 
@@ -563,6 +626,15 @@ fn apply(node: &mut LocalNode, command: Command) -> Result<Option<Message>, Peer
     })
 }
 
+/// How one session of the node ended.
+enum SessionEnd {
+    /// The application ended it: a [`Peer::close`] (answered) or every handle dropped.
+    Stopped,
+    /// The connection ended; `clean` when the hub sent TLS close_notify.
+    Lost { clean: bool, error: Option<String> },
+}
+
+/// The connection task of [`connect`]'s peer: one session, then `Closed`.
 async fn run<S>(
     mut framed: Framed<S, P2ppiCodec>,
     mut commands: mpsc::Receiver<(Command, Reply)>,
@@ -571,20 +643,44 @@ async fn run<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut node = LocalNode::new();
-    let closed = loop {
+    let SessionEnd::Lost { clean, error } =
+        serve(&mut framed, &mut commands, &events, &mut node).await
+    else {
+        return;
+    };
+    let _ = events.send(PeerEvent::Closed { clean, error }).await;
+    // Answer commands that arrive after the end.
+    commands.close();
+    while let Some((_, reply)) = commands.recv().await {
+        let _ = reply.send(Err(PeerError::Closed));
+    }
+}
+
+/// Serves one session: the application's commands go to the hub through `node`, what the
+/// hub sends comes back as events, until the connection ends or the application ends it.
+async fn serve<S>(
+    framed: &mut Framed<S, P2ppiCodec>,
+    commands: &mut mpsc::Receiver<(Command, Reply)>,
+    events: &mpsc::Sender<PeerEvent>,
+    node: &mut LocalNode,
+) -> SessionEnd
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
         tokio::select! {
             command = commands.recv() => {
                 let Some((command, reply)) = command else {
                     // Every handle is gone: leave cleanly.
                     let _ = framed.get_mut().shutdown().await;
-                    return;
+                    return SessionEnd::Stopped;
                 };
                 if matches!(command, Command::Close) {
                     let result = framed.get_mut().shutdown().await.map_err(|_| PeerError::Closed);
                     let _ = reply.send(result);
-                    return;
+                    return SessionEnd::Stopped;
                 }
-                let result = match apply(&mut node, command) {
+                let result = match apply(node, command) {
                     Ok(Some(message)) => framed.send(&message).await.map_err(PeerError::from),
                     Ok(None) => Ok(()),
                     Err(e) => Err(e),
@@ -593,17 +689,17 @@ async fn run<S>(
             }
             item = framed.next() => {
                 let inbound = match item {
-                    None => break PeerEvent::Closed { clean: true, error: None },
+                    None => return SessionEnd::Lost { clean: true, error: None },
                     Some(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        break PeerEvent::Closed { clean: false, error: Some("the hub closed the connection without TLS close_notify".into()) }
+                        return SessionEnd::Lost { clean: false, error: Some("the hub closed the connection without TLS close_notify".into()) }
                     }
-                    Some(Err(e)) => break PeerEvent::Closed { clean: false, error: Some(e.to_string()) },
+                    Some(Err(e)) => return SessionEnd::Lost { clean: false, error: Some(e.to_string()) },
                     Some(Ok(inbound)) => inbound,
                 };
                 let (reply, received) = node.on_receive(inbound);
                 if let Some(reply) = reply {
                     if let Err(e) = framed.send(&reply).await {
-                        break PeerEvent::Closed { clean: false, error: Some(e.to_string()) };
+                        return SessionEnd::Lost { clean: false, error: Some(e.to_string()) };
                     }
                 }
                 let event = match received {
@@ -616,11 +712,5 @@ async fn run<S>(
                 }
             }
         }
-    };
-    let _ = events.send(closed).await;
-    // Answer commands that arrive after the end.
-    commands.close();
-    while let Some((_, reply)) = commands.recv().await {
-        let _ = reply.send(Err(PeerError::Closed));
     }
 }

@@ -1,7 +1,9 @@
 //! `p2ppi-hub peer`: the peer library as a command.
 //!
 //! Modes: keep objects set while connected (the default), `--watch` (subscribe and print
-//! every objects report as one JSON line), `--get` (retrieve once, print, exit).
+//! every objects report as one JSON line), `--get` (retrieve once, print, exit). With
+//! `--reconnect` the first two outlive their connections (DESIGN 11): the peer library
+//! reconnects with backoff and replays the objects, the WATCH_LIST and the subscription.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use serde_json::json;
 use p2ppi_hub::certs;
 use p2ppi_hub::config;
 use p2ppi_hub::objects::names;
-use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
+use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents, ReconnectPolicy};
 use p2ppi_hub::session::ObjectsSource;
 use p2ppi_hub::tls::PeerName;
 use p2ppi_hub::wire::Object;
@@ -57,6 +59,10 @@ pub(crate) struct PeerArgs {
     /// Retrieve the hub's objects once, print them as a JSON line, and exit.
     #[arg(long)]
     get: bool,
+    /// Stay on when the connection ends: connect again with exponential backoff and full
+    /// jitter, replaying the objects, the WATCH_LIST and the subscription.
+    #[arg(long, conflicts_with_all = ["get", "invite"], long_help = reconnect_help())]
+    reconnect: bool,
     /// How long --get and --invite wait for their answer, in seconds.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
@@ -80,6 +86,24 @@ pub(crate) struct PeerArgs {
     /// Decline every invitation received.
     #[arg(long)]
     decline_invites: bool,
+}
+
+/// `--reconnect`'s long help, with the library's defaults.
+fn reconnect_help() -> String {
+    let p = ReconnectPolicy::default();
+    let s = |d: Duration| humantime::format_duration(d).to_string();
+    format!(
+        "Stay on when the connection ends: connect again with exponential backoff and full \
+         jitter (the first retry within {}, the ceiling growing {}-fold per failure up to {}; \
+         within {} after the hub closed a session of {} or more cleanly), replaying the \
+         objects, the WATCH_LIST and the subscription. Each change is a line on stderr (and \
+         a JSON line with --watch).",
+        s(p.initial),
+        p.multiplier,
+        s(p.max),
+        s(p.clean_jitter),
+        s(p.stable_after)
+    )
 }
 
 /// Exit code of `--invite` when the invitation was refused.
@@ -144,7 +168,64 @@ pub(crate) fn event_json(event: &PeerEvent) -> Option<serde_json::Value> {
             "accepted": ack.accepted,
             "extended_info": ack.extended_info,
         })),
+        PeerEvent::Connected { session } => Some(json!({
+            "event": "connected",
+            "session": session,
+        })),
+        PeerEvent::Disconnected {
+            clean,
+            error,
+            retry_in,
+        } => Some(json!({
+            "event": "disconnected",
+            "clean": clean,
+            "error": error,
+            "retry_in_ms": retry_in.as_millis() as u64,
+        })),
+        PeerEvent::ConnectFailed {
+            failures,
+            error,
+            retry_in,
+        } => Some(json!({
+            "event": "connect_failed",
+            "failures": failures,
+            "error": error,
+            "retry_in_ms": retry_in.as_millis() as u64,
+        })),
         PeerEvent::Closed { .. } => None,
+    }
+}
+
+/// One sentence for stderr about a reconnecting peer's connection, if the event is one.
+fn connection_line(event: &PeerEvent) -> Option<String> {
+    let ms = |d: &Duration| d.as_millis();
+    match event {
+        PeerEvent::Connected { session: 1 } => Some("connected".into()),
+        PeerEvent::Connected { session } => Some(format!("reconnected (session {session})")),
+        PeerEvent::Disconnected {
+            clean: true,
+            retry_in,
+            ..
+        } => Some(format!(
+            "the hub closed the connection (TLS close_notify); reconnecting in {} ms",
+            ms(retry_in)
+        )),
+        PeerEvent::Disconnected {
+            error, retry_in, ..
+        } => Some(format!(
+            "connection to the hub lost: {}; reconnecting in {} ms",
+            error.as_deref().unwrap_or("unknown error"),
+            ms(retry_in)
+        )),
+        PeerEvent::ConnectFailed {
+            failures,
+            error,
+            retry_in,
+        } => Some(format!(
+            "{error} ({failures} failures in a row); retrying in {} ms",
+            ms(retry_in)
+        )),
+        _ => None,
     }
 }
 
@@ -189,7 +270,11 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let (peer, mut events) = peer::connect(config).await?;
+        let (peer, mut events) = if args.reconnect {
+            peer::connect_reconnecting(config, ReconnectPolicy::default())?
+        } else {
+            peer::connect(config).await?
+        };
         let mut objects = args.set.clone();
         if let Some(text) = &args.presence {
             objects.push(Object::new(names::RICH_PRESENCE, text.clone()));
@@ -219,6 +304,12 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
         }
         if args.watch {
             peer.subscribe().await?;
+        } else if args.reconnect {
+            eprintln!(
+                "connecting to {} as {}, and again whenever the connection ends; Ctrl-C to leave",
+                args.hub,
+                peer.peer_name()
+            );
         } else {
             eprintln!(
                 "connected to {} as {}; Ctrl-C to leave",
@@ -337,6 +428,9 @@ async fn stay(
                     bail!("connection to the hub lost: {}", error.unwrap_or_else(|| "unknown error".into()))
                 }
                 Some(event) => {
+                    if let Some(line) = connection_line(&event) {
+                        eprintln!("{line}");
+                    }
                     if print {
                         if let Some(line) = event_json(&event) {
                             print_line(&line);

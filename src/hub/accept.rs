@@ -1,8 +1,19 @@
-//! The accept loop: the first step of every connection (DESIGN 4). It never handshakes:
-//! it takes a handshake slot (`limits.max_handshakes`; when all are held it stops
-//! accepting and connections wait in the kernel's backlog), checks `limits.max_sessions`,
-//! sets TCP options and hands the socket to the next shard, which handshakes it on its own
+//! The accept loop: the first step of every connection (DESIGN 4, 7). It never handshakes
+//! and never waits on a peer: it checks `limits.max_sessions`, admits the connection by its
+//! source address and the hub-wide handshake rate ([`admission`]; a connection over a limit
+//! is closed here, before any TLS work), takes a handshake slot (`limits.max_handshakes`;
+//! when all are held it stops accepting and connections wait in the kernel's backlog), sets
+//! TCP options and hands the socket to the next shard, which handshakes it on its own
 //! thread.
+//!
+//! A connection from a balancer of `hub.proxy_protocol_from` is known by its client's
+//! address only once its PROXY header is read, which takes a wait: it gets its handshake
+//! slot here and goes to a shard as it is, which reads the header, then admits it by the
+//! client's address ([`proxy`]).
+
+mod admission;
+mod proxy;
+mod sources;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -11,8 +22,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::sync::Semaphore;
 use tracing::warn;
+
+use admission::Admission;
+pub use admission::{HandshakeSlot, SourceHold};
+use proxy::{Proxied, ProxyTrust};
 
 use super::handshake::Accept;
 use super::shard::Shard;
@@ -31,6 +45,14 @@ pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::
     Ok(socket.into())
 }
 
+/// How a connection is admitted.
+enum Admit {
+    /// By its own address, here.
+    Now(admission::Admitted),
+    /// By the client's address in its PROXY header, on a shard.
+    Proxied(Arc<ProxyTrust>),
+}
+
 /// Accepts connections until aborted, spreading them over `shards` in turn.
 pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
@@ -38,7 +60,8 @@ pub(crate) async fn accept_loop(
     shared: Arc<HubShared>,
 ) {
     let limits = shared.config.limits.clone();
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let admission = Admission::new(&limits);
+    let trust = ProxyTrust::new(&shared.config);
     let keepalive = TcpKeepalive::new()
         .with_time(limits.tcp_keepalive)
         .with_interval(
@@ -49,19 +72,6 @@ pub(crate) async fn accept_loop(
         );
     let mut next = 0usize;
     loop {
-        // A handshake slot first: when every slot is held (say by clients that never finish
-        // their handshake), stop accepting until the handshake timeout frees one, instead of
-        // refusing good peers. The waiting connections stay in the kernel's backlog.
-        let permit = match handshakes.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                metrics::counter_inc(metrics::HANDSHAKE_SLOTS_EXHAUSTED);
-                match handshakes.clone().acquire_owned().await {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                }
-            }
-        };
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -75,6 +85,17 @@ pub(crate) async fn accept_loop(
             metrics::count_reason(metrics::CONNECTIONS_REJECTED, "max_sessions");
             continue;
         }
+        // Dropping a refused stream closes it before any TLS work.
+        let admitted = match trust.as_ref().filter(|trust| trust.covers(remote)) {
+            Some(trust) => Admit::Proxied(trust.clone()),
+            None => match admission.admit(remote.ip()) {
+                Some(admitted) => Admit::Now(admitted),
+                None => continue,
+            },
+        };
+        let Some(permit) = admission.slot().await else {
+            return;
+        };
         let sock = SockRef::from(&stream);
         let _ = sock.set_tcp_nodelay(true);
         let _ = sock.set_tcp_keepalive(&keepalive);
@@ -82,13 +103,27 @@ pub(crate) async fn accept_loop(
             Ok(stream) => stream,
             Err(_) => continue,
         };
-        let guard = ConnectionGuard::new(shared.clone());
-        shards[next % shards.len()].do_send(Accept {
-            stream,
-            remote,
-            permit,
-            guard,
-        });
+        let mut guard = ConnectionGuard::new(shared.clone());
+        let shard = &shards[next % shards.len()];
         next = next.wrapping_add(1);
+        match admitted {
+            Admit::Now(admitted) => {
+                guard.hold_source(admitted.connection);
+                shard.do_send(Accept {
+                    stream,
+                    remote,
+                    permit: HandshakeSlot::new(permit, admitted.handshake),
+                    guard,
+                });
+            }
+            Admit::Proxied(trust) => shard.do_send(Proxied {
+                stream,
+                balancer: remote,
+                permit,
+                guard,
+                admission: admission.clone(),
+                trust,
+            }),
+        }
     }
 }

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use super::accept::HandshakeSlot;
 use super::fanout::FanoutCore;
 use super::identities::SessionCert;
 use super::messages::RegistryLink;
@@ -36,8 +36,9 @@ pub struct Accept {
     pub stream: std::net::TcpStream,
     /// The peer's address.
     pub remote: SocketAddr,
-    /// The handshake slot, released when the handshake ends.
-    pub permit: OwnedSemaphorePermit,
+    /// The handshake slot and the source's count of handshakes, released when the
+    /// handshake ends.
+    pub permit: HandshakeSlot,
     /// Counts the connection until its writer ends.
     pub guard: ConnectionGuard,
 }

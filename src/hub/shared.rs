@@ -127,13 +127,19 @@ impl HubShared {
     }
 }
 
-/// Counts one open connection until dropped.
-pub struct ConnectionGuard(Arc<HubShared>);
+/// Counts one open connection until dropped, and its count against its source address
+/// (DESIGN 7) once admitted.
+pub struct ConnectionGuard(Arc<HubShared>, Option<super::accept::SourceHold>);
 
 impl ConnectionGuard {
     pub(crate) fn new(shared: Arc<HubShared>) -> Self {
         shared.connections.fetch_add(1, Ordering::AcqRel);
-        Self(shared)
+        Self(shared, None)
+    }
+
+    /// Holds the connection's count against its source address as long as the connection.
+    pub(crate) fn hold_source(&mut self, source: super::accept::SourceHold) {
+        self.1 = Some(source);
     }
 }
 

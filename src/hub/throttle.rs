@@ -53,6 +53,18 @@ impl TokenBucket {
     fn is_full(&self) -> bool {
         self.tokens >= self.burst
     }
+
+    /// Takes a token if one is held at `now` (the hub-wide handshake rate, which refuses
+    /// rather than waits).
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A message stream read no faster than its bucket allows.

@@ -6,6 +6,7 @@ pub mod bin;
 pub mod external;
 pub mod hub_process;
 pub mod redis;
+pub mod sources;
 pub mod wireshark;
 
 use std::path::PathBuf;

@@ -480,8 +480,6 @@ pub const DEFAULT_RELAY_INVITATION_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_RELAY_MAX_INVITATIONS: usize = 65_536;
 /// Default of `relay.max_watch`.
 pub const DEFAULT_RELAY_MAX_WATCH: usize = 256;
-/// Default of `relay.view_interval`.
-pub const DEFAULT_RELAY_VIEW_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `[relay]`: DESIGN 5.2 and 5.3.
 #[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
@@ -504,11 +502,6 @@ pub struct RelaySection {
     /// Most PeerNames one WATCH_LIST may name; a longer list is rejected and the previous
     /// one stays.
     pub max_watch: usize,
-    /// At most one entire mesh view per subscriber per this interval: the changes within it
-    /// go out together at its end, in the latest view (adds at most this much latency;
-    /// "0s": every change at once).
-    #[serde(with = "humantime_serde")]
-    pub view_interval: Duration,
 }
 
 impl Default for RelaySection {
@@ -521,7 +514,6 @@ impl Default for RelaySection {
             invitation_ttl: DEFAULT_RELAY_INVITATION_TTL,
             max_invitations: DEFAULT_RELAY_MAX_INVITATIONS,
             max_watch: DEFAULT_RELAY_MAX_WATCH,
-            view_interval: DEFAULT_RELAY_VIEW_INTERVAL,
         }
     }
 }

@@ -49,6 +49,9 @@ pub const RELAYED_OBJECTS: &str = "p2ppi_relayed_objects";
 pub const FANOUT_DURATION: &str = "p2ppi_notify_fanout_duration_seconds";
 /// Sessions one change was queued for, per shard (histogram).
 pub const FANOUT_RECIPIENTS: &str = "p2ppi_notify_fanout_recipients";
+/// NOTIFYs not sent because a newer entire view took their place in a subscriber's
+/// outbound queue before they were written (coalescing under backpressure, DESIGN 5.2).
+pub const NOTIFY_SUPERSEDED: &str = "p2ppi_notify_superseded_total";
 /// Sessions whose WATCH_LIST is in force (gauge, DESIGN 5.4).
 pub const WATCH_SESSIONS: &str = "p2ppi_watch_list_sessions";
 /// Encoded size of a subscriber's own view each time it is rebuilt (histogram, bytes).
@@ -225,6 +228,11 @@ fn describe() {
         Unit::Count,
         "Sessions one change was queued for, per shard."
     );
+    describe_counter!(
+        NOTIFY_SUPERSEDED,
+        Unit::Count,
+        "NOTIFYs not sent because a newer entire view replaced them, unsent, in a subscriber's outbound queue (the subscriber was behind)."
+    );
     describe_gauge!(
         WATCH_SESSIONS,
         Unit::Count,
@@ -353,6 +361,8 @@ pub struct HubMetrics {
     pub fanout_duration: Histogram,
     /// Fan-out recipients per shard.
     pub fanout_recipients: Histogram,
+    /// NOTIFYs superseded in outbound queues.
+    pub notify_superseded: Counter,
 }
 
 impl HubMetrics {
@@ -383,6 +393,7 @@ pub fn hub() -> &'static HubMetrics {
             sessions_subscribed: metrics::gauge!(SESSIONS_SUBSCRIBED),
             fanout_duration: metrics::histogram!(FANOUT_DURATION),
             fanout_recipients: metrics::histogram!(FANOUT_RECIPIENTS),
+            notify_superseded: metrics::counter!(NOTIFY_SUPERSEDED),
         }
     })
 }

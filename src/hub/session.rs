@@ -194,14 +194,16 @@ impl Session {
         match self.machine.on_receive(inbound) {
             Received::SendCompleteList(MessageType::Notify) => {
                 let view = self.fanout.view_for(&self.mesh, self.id);
-                self.push(view.notify.clone());
+                // An entire view: a newer one replaces it while it is unsent.
+                let _ = self.out.push_view(view.notify.clone());
                 if !was_subscribed {
                     self.fanout.subscribe(&self.mesh, self.id, self.out.clone());
                 }
             }
             Received::SendCompleteList(_) => {
                 let view = self.fanout.view_for(&self.mesh, self.id);
-                self.push(view.response.clone());
+                // The view's one encoding, written as a RESPONSE.
+                let _ = self.out.push_response(view.notify.clone());
             }
             Received::Nothing => {
                 if was_subscribed && !self.machine.neighbor_subscribed() {

@@ -108,7 +108,7 @@ fn names(list: &[Object]) -> Vec<&str> {
 
 fn mesh_view(relay: &Relay) -> Vec<Object> {
     let entries = relay.meshes.entries("m", relay.hub_objects());
-    decode(&entries::view_of(&entries).unwrap().response)
+    decode(&entries::view_of(&entries).unwrap().notify)
 }
 
 fn relayed_in(relay: &Relay, mesh: &str) -> Vec<Object> {
@@ -252,7 +252,7 @@ fn moving_to_another_mesh_withdraws_from_the_first() {
     assert_eq!(changes.len(), 2);
     assert!(!relay.meshes.has_relayed("m"));
     let other = relay.meshes.entries("other", relay.hub_objects());
-    assert_eq!(decode(&entries::view_of(&other).unwrap().response).len(), 2);
+    assert_eq!(decode(&entries::view_of(&other).unwrap().notify).len(), 2);
 }
 
 #[test]

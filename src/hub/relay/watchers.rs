@@ -145,9 +145,8 @@ impl Watchers {
             watcher.list = list;
             return self.refresh(w, src, encoded);
         }
-        // Newly applied: the listed peers enter in list order, sent as the entire view (the
-        // subscriber's mesh view may be one held for its burst window, so no delta from it
-        // is safe).
+        // Newly applied: the listed peers enter in list order, not the mesh view's, so the
+        // subscriber is sent its entire own view.
         let (entries, left_out) = self.entries(w, &mesh, &list, &hub_entries(src.hub), src);
         let view = Arc::new(view_of(&entries).ok()?);
         metrics::watch_view_bytes(view.encoded_len());

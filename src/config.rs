@@ -173,9 +173,12 @@ pub struct HubSection {
     pub data_dir: PathBuf,
     /// Session worker threads; 0 means one per CPU core.
     pub workers: usize,
-    /// The hub's own objects' budget, bytes of encoded objects, reserved in every view:
-    /// peers' relayed objects fill the rest of relay.max_view_bytes, so they never lock out
-    /// the operator.
+    /// The hub's own objects' budget, bytes of encoded objects: a change that would take
+    /// them above it is refused. It is a cap, not a reservation: peers' relayed objects fill
+    /// what the hub's current objects leave of relay.max_view_bytes, and a change of the
+    /// hub's objects that needs room displaces the relayed objects that entered a view
+    /// last (they wait, counted as view_full, and return when room frees up), so peers never
+    /// lock the operator out below this budget.
     pub max_objects_bytes: usize,
     /// Balancers (CIDR, e.g. "10.0.0.2/32") that open every connection with a PROXY
     /// protocol header, v1 or v2 (HAProxy's send-proxy-v2): from these addresses the header

@@ -109,7 +109,7 @@ pub fn check_budget(objects: &[Object], limits: ViewLimits) -> Result<(), HubErr
 }
 
 /// The error a change gets when a view it makes does not encode.
-pub(super) fn too_large(e: EncodeError) -> HubError {
+fn too_large(e: EncodeError) -> HubError {
     match e {
         EncodeError::TooLarge { len, limit } => HubError::TooLarge {
             len,

@@ -21,8 +21,7 @@
 //! Room to grow: who-may-see-whom (DESIGN 5.5) is to be one more sub-state beside these,
 //! deciding through `watchers::Sources::shown` (the one place a watcher's view asks what a
 //! peer shows it) and giving only the subscribers it affects their own view, as watchers
-//! have; hub objects displacing relayed ones (DESIGN 5.2) changes the room in `budget` and
-//! the placements in `mesh_views`, nothing else.
+//! have.
 //!
 //! [`Relay`] takes inputs through `handle_*` methods (a peer's relayed set with its watch
 //! list, a departure, changes of a mesh's peers on other hubs) and `prepare_hub_op` /
@@ -58,7 +57,7 @@ use std::sync::Arc;
 
 pub use budget::ViewLimits;
 pub use effects::{
-    Count, Delivery, Effects, Personal, Released, SessionId, ViewChange, ViewReport,
+    Count, Delivery, Effects, Fullness, Personal, Released, SessionId, ViewChange, ViewReport,
 };
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
 pub use peer_copy::PeerCopy;
@@ -69,9 +68,10 @@ pub use view::{notify_only, View};
 use crate::cluster::PeerChange;
 use crate::tls::PeerName;
 use crate::wire::Object;
+use budget::objects_len;
 use entries::Encoded;
-use hub_objects::{too_large, HubObjects, NextObjects};
-use mesh_views::{Holder, MeshViews, Placement, Rebuilt};
+use hub_objects::{HubObjects, NextObjects};
+use mesh_views::{Holder, MeshViews, Placement};
 use watchers::{Sources, Watchers};
 
 /// A peer's relayed set as its session hands it over (already filtered and renamed
@@ -93,7 +93,6 @@ pub struct RelayedSet {
 /// A change of the hub's objects, checked and encoded, to persist before it is committed.
 pub struct HubChange {
     next: NextObjects,
-    meshes: Vec<Rebuilt>,
 }
 
 impl HubChange {
@@ -108,6 +107,7 @@ pub struct Relay {
     hub: HubObjects,
     meshes: MeshViews,
     watchers: Watchers,
+    limits: ViewLimits,
 }
 
 impl Relay {
@@ -116,10 +116,12 @@ impl Relay {
     /// # Errors
     /// [`HubError::TooLarge`] when the objects exceed the hub's budget.
     pub fn new(objects: Vec<Object>, limits: ViewLimits) -> Result<Self, HubError> {
+        let hub = HubObjects::new(objects, limits)?;
         Ok(Self {
-            hub: HubObjects::new(objects, limits)?,
-            meshes: MeshViews::new(limits),
+            meshes: MeshViews::new(limits, hub.as_slice()),
+            hub,
             watchers: Watchers::new(limits),
+            limits,
         })
     }
 
@@ -133,50 +135,55 @@ impl Relay {
         self.hub.base().clone()
     }
 
-    /// Applies an operation to a copy of the hub's objects and builds every view it
-    /// changes, without applying anything; `None` when it changes nothing.
+    /// Applies an operation to a copy of the hub's objects, checks it against their budget
+    /// and encodes it, without applying anything; `None` when it changes nothing. Within
+    /// the budget nothing else can refuse it: relayed objects make room (DESIGN 5.2).
     ///
     /// # Errors
-    /// [`HubError`] when nothing matched or a view would not fit: refused whole.
+    /// [`HubError`] when nothing matched or the hub's objects would exceed their budget:
+    /// refused whole.
     pub fn prepare_hub_op(&self, op: ObjectOp) -> Result<Option<HubChange>, HubError> {
-        let Some(next) = self.hub.prepare(op)? else {
-            return Ok(None);
-        };
-        let meshes = self
-            .meshes
-            .with_hub_objects(next.list.as_slice())
-            .map_err(too_large)?;
-        Ok(Some(HubChange { next, meshes }))
+        Ok(self.hub.prepare(op)?.map(|next| HubChange { next }))
     }
 
-    /// Applies a prepared change of the hub's objects: it reaches every subscriber.
+    /// Applies a prepared change of the hub's objects: it reaches every subscriber. Where
+    /// the hub's objects take more room, the last-entered relayed objects of a mesh that
+    /// lacks it are displaced first (its subscribers get the entire view, the sessions
+    /// their new counts); where they take less, waiting objects enter after it.
     pub fn commit_hub_op(&mut self, change: HubChange) -> Effects {
-        let HubChange { next, meshes } = change;
+        let HubChange { next } = change;
+        let room = self.limits.relay_room(objects_len(next.list.as_slice()));
+        let shrinks = room < self.meshes.room();
+        let mut placement = Placement::default();
+        if shrinks {
+            self.meshes
+                .set_room(room, self.hub.as_slice(), &mut placement);
+        }
         let base = next.base.clone();
         let delivery = next
             .appended
             .clone()
             .map_or(Delivery::Complete, Delivery::Only);
-        let changed = meshes
-            .iter()
-            .map(|rebuilt| (rebuilt.mesh.clone(), Some(rebuilt.view.clone())))
-            .collect();
         self.hub.commit(next);
-        self.meshes.set_hub_objects(meshes);
+        let changed = self.meshes.set_hub_objects(self.hub.as_slice());
+        placement.views.push(ViewChange {
+            base: Some(base),
+            meshes: changed,
+            delivery,
+            personal: Vec::new(),
+        });
+        if !shrinks && room != self.meshes.room() {
+            self.meshes
+                .set_room(room, self.hub.as_slice(), &mut placement);
+        }
+        let mut effects = self.effects_of(placement);
         let src = Sources {
             hub: self.hub.as_slice(),
             meshes: &self.meshes,
         };
         let personal = self.watchers.refresh_all(&src, &mut Encoded::default());
-        Effects {
-            views: vec![ViewChange {
-                base: Some(base),
-                meshes: changed,
-                delivery,
-                personal,
-            }],
-            ..Effects::default()
-        }
+        effects.views.extend(ViewChange::personal(personal));
+        effects
     }
 
     /// A peer's session hands over its relayed set and watch list. Returns how many of its
@@ -206,7 +213,7 @@ impl Relay {
             self.hub.as_slice(),
             &mut placement,
         );
-        let mut effects = effects_of(placement);
+        let mut effects = self.effects_of(placement);
         let src = Sources {
             hub: self.hub.as_slice(),
             meshes: &self.meshes,
@@ -239,7 +246,7 @@ impl Relay {
         let placed = self
             .meshes
             .remove(peer, self.hub.as_slice(), &mut placement);
-        let mut effects = effects_of(placement);
+        let mut effects = self.effects_of(placement);
         if let Some(placed) = placed {
             effects.released.push(Released {
                 peer: peer.clone(),
@@ -283,9 +290,32 @@ impl Relay {
                 }
             }
         }
-        let mut effects = effects_of(placement);
+        let mut effects = self.effects_of(placement);
         self.refresh_watchers_of(&changed, &mut effects);
         effects
+    }
+
+    /// The effects of placements: their view changes, the counts of sessions here whose
+    /// objects entered a view or were displaced, and meshes that became full or have room.
+    fn effects_of(&mut self, mut placement: Placement) -> Effects {
+        self.meshes.note_fullness(&mut placement);
+        let counts = placement
+            .recounts
+            .into_iter()
+            .filter_map(|r| {
+                Some(Count {
+                    session: r.holder.session()?,
+                    peer: r.peer,
+                    count: r.count,
+                })
+            })
+            .collect();
+        Effects {
+            views: placement.views,
+            counts,
+            released: Vec::new(),
+            fullness: placement.fullness,
+        }
     }
 
     /// Rebuilds, once each, the views of the watchers of any of `peers`.
@@ -311,27 +341,6 @@ impl Relay {
             bytes,
             ..ViewReport::default()
         }
-    }
-}
-
-/// The effects of placements: their view changes, and the counts of sessions here whose
-/// waiting objects entered a view.
-fn effects_of(placement: Placement) -> Effects {
-    let counts = placement
-        .refilled
-        .into_iter()
-        .filter_map(|r| {
-            Some(Count {
-                session: r.holder.session()?,
-                peer: r.peer,
-                count: r.count,
-            })
-        })
-        .collect();
-    Effects {
-        views: placement.views,
-        counts,
-        released: Vec::new(),
     }
 }
 

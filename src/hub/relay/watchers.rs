@@ -313,9 +313,10 @@ mod tests {
 
     impl World {
         fn new() -> Self {
+            let hub = vec![o("hub", "1")];
             Self {
-                hub: vec![o("hub", "1")],
-                meshes: MeshViews::new(LIMITS),
+                meshes: MeshViews::new(LIMITS, &hub),
+                hub,
                 watchers: Watchers::new(LIMITS),
             }
         }

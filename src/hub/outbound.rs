@@ -27,9 +27,10 @@
 //! NOTIFY not sent this way is counted (`p2ppi_notify_superseded_total`).
 //!
 //! The writer coalesces whatever is queued into one buffer (at most [`BATCH_BYTES`] per
-//! write), stamps each message with this connection's next message ID as it copies it (so
-//! IDs follow wire order), and writes under the write timeout: a write that makes no
-//! progress for that long is a slow consumer too. A clean end flushes what is queued and
+//! write; the buffer is lent from its thread's pool for the write only), stamps each
+//! message with this connection's next message ID as it copies it (so IDs follow wire
+//! order), and writes under the write timeout: a write that makes no progress for that
+//! long is a slow consumer too. A clean end flushes what is queued and
 //! sends TLS close_notify. Session, queue and writer live on one arbiter thread, so the
 //! queue is a `RefCell`, not a lock.
 
@@ -47,6 +48,48 @@ use crate::wire::{set_message_id, MessageIds, MessageType, MESSAGE_TYPE_OFFSET, 
 
 /// Most bytes handed to TLS in one write.
 pub const BATCH_BYTES: usize = 64 * 1024;
+
+/// Most batch buffers one thread keeps for its writers between writes.
+const POOLED_BUFFERS: usize = 16;
+
+thread_local! {
+    /// The batch buffers of this thread's writers, each lent for one write ([`Lent`]).
+    static BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A batch buffer lent to a writer for one write, from its thread's pool. A session's
+/// writer holds a buffer only while it writes: idle sessions (nearly all of them, most of
+/// the time) hold none, though the views they are sent grow a buffer to tens of KiB; and a
+/// busy thread reuses the few it has, without an allocation per delivery.
+struct Lent(BytesMut);
+
+impl Lent {
+    fn new() -> Self {
+        Self(
+            BUFFERS
+                .with(|pool| pool.borrow_mut().pop())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        // A burst may grow a buffer past one batch (one message larger than the rest of
+        // a batch); the pool keeps only ordinary ones.
+        if buf.capacity() == 0 || buf.capacity() > 2 * BATCH_BYTES {
+            return;
+        }
+        buf.clear();
+        BUFFERS.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(buf);
+            }
+        });
+    }
+}
 
 /// Why a connection's writer ended badly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,24 +376,26 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut ids = MessageIds::default();
-    let mut buf = BytesMut::new();
     let sent_bytes = &metrics::hub().sent_bytes;
     loop {
-        let (empty, closing, failed) = out.take_batch(&mut buf, &mut ids);
+        let mut buf = Lent::new();
+        let (empty, closing, failed) = out.take_batch(&mut buf.0, &mut ids);
         if let Some(failure) = failed {
             return Err(failure);
         }
-        if buf.is_empty() {
+        if buf.0.is_empty() {
             if closing {
                 break;
             }
+            // An idle writer holds no buffer: the lent one goes back now.
+            drop(buf);
             out.wake.notified().await;
             continue;
         }
         // A write blocked by a peer that stopped reading ends at the write timeout, or at
         // once when the queue behind it overflows.
         let write = async {
-            io.write_all(&buf).await?;
+            io.write_all(&buf.0).await?;
             if empty {
                 io.flush().await?;
             }
@@ -361,16 +406,11 @@ where
         tokio::select! {
             biased;
             result = tokio::time::timeout(write_timeout, write) => match result {
-                Ok(Ok(())) => sent_bytes.increment(buf.len() as u64),
+                Ok(Ok(())) => sent_bytes.increment(buf.0.len() as u64),
                 Ok(Err(_)) => return Err(WriterFailure::Io),
                 Err(_) => return Err(WriterFailure::WriteTimeout),
             },
             _ = out.overflowed.notified() => return Err(WriterFailure::QueueFull),
-        }
-        buf.clear();
-        if buf.capacity() > 2 * BATCH_BYTES {
-            // A burst grew the buffer; an idle session should not keep it.
-            buf = BytesMut::new();
         }
     }
     // Clean end: TLS close_notify, then the TCP FIN.

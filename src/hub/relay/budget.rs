@@ -43,6 +43,11 @@ pub fn objects_len<'a>(objects: impl IntoIterator<Item = &'a Object>) -> usize {
     objects.into_iter().map(object_field_len).sum()
 }
 
+/// Encoded bytes of these shared objects inside a list.
+pub(super) fn shared_len(objects: &[std::sync::Arc<Object>]) -> usize {
+    objects_len(objects.iter().map(|o| &**o))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

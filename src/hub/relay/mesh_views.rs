@@ -1,6 +1,6 @@
 //! Mesh views (DESIGN 5.2), sans I/O: per mesh, the one ordered list of the hub's objects
-//! and the relayed objects of its peers (the only copy of what is relayed), and where each
-//! peer's objects are placed.
+//! and the relayed objects of its peers, and where each peer's objects are placed. A placed
+//! peer's objects are held once, by `Arc`, and shared with every view that shows them.
 //!
 //! **One placement model.** A peer's accepted objects are *placed* in its mesh: as many as
 //! fit, from the first, are in the view, and the rest wait for room. [`MeshViews::place`]
@@ -23,8 +23,8 @@
 //! waiting object again ([`Fullness`], logged by the registry); the per-object detail is
 //! at debug level. A 3,000-peer mesh is one line, not 3,000.
 //!
-//! **Cost.** A placement changes the view in place (a pass over it, cloning only the
-//! peer's changed objects) and encodes it once. Each mesh keeps a floor no waiting peer's
+//! **Cost.** A placement changes the view in place (a pass over it, sharing the peer's
+//! changed objects) and encodes it once. Each mesh keeps a floor no waiting peer's
 //! next object is below, so a burst of departures from a full mesh costs each departure a
 //! few lookups, not a pass over every waiting peer.
 
@@ -35,9 +35,9 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::budget::{objects_len, ViewLimits};
+use super::budget::{objects_len, shared_len, ViewLimits};
 use super::effects::{Delivery, Fullness, SessionId, ViewChange};
-use super::entries::{self, hub_entries, view_of, Encoded, Entry};
+use super::entries::{self, hub_entries, objects_of, view_of, Encoded, Entry, Owner};
 use super::relayable::RejectReason;
 use super::view::View;
 use crate::metrics;
@@ -66,13 +66,16 @@ impl Holder {
 /// A peer whose objects are placed.
 #[derive(Debug)]
 pub(super) struct Placed {
+    /// Who owns its entries in views: the number of its placement, kept while it stays
+    /// placed (in whichever mesh), never reused.
+    pub(super) owner: Owner,
     /// Its mesh.
     pub(super) mesh: Arc<str>,
     /// Who holds it.
     pub(super) holder: Holder,
     /// Every object accepted for relay, in the peer's order (its watchers see them all,
     /// DESIGN 5.4).
-    accepted: Vec<Object>,
+    accepted: Vec<Arc<Object>>,
     /// How many of them, from the first, the mesh view holds; the others wait.
     relayed: usize,
     /// Encoded bytes of those.
@@ -81,7 +84,7 @@ pub(super) struct Placed {
 
 impl Placed {
     /// Its objects waiting for room, in its order.
-    pub(super) fn waiting(&self) -> &[Object] {
+    pub(super) fn waiting(&self) -> &[Arc<Object>] {
         &self.accepted[self.relayed..]
     }
 }
@@ -127,6 +130,10 @@ pub(super) struct MeshViews {
     room: usize,
     meshes: HashMap<Arc<str>, Mesh>,
     placed: HashMap<PeerName, Placed>,
+    /// Whose each placement is (the owner of entries in views).
+    owners: HashMap<Owner, PeerName>,
+    /// The number of the last placement.
+    last_owner: u64,
     /// Relayed objects in every mesh (`p2ppi_relayed_objects`).
     relayed_total: usize,
     /// Meshes reported full, and the most peers that waited at once since.
@@ -137,11 +144,13 @@ pub(super) struct MeshViews {
 
 impl MeshViews {
     /// Mesh views beside `hub`, the hub's current objects.
-    pub(super) fn new(limits: ViewLimits, hub: &[Object]) -> Self {
+    pub(super) fn new(limits: ViewLimits, hub: &[Arc<Object>]) -> Self {
         Self {
-            room: limits.relay_room(objects_len(hub)),
+            room: limits.relay_room(shared_len(hub)),
             meshes: HashMap::new(),
             placed: HashMap::new(),
+            owners: HashMap::new(),
+            last_owner: 0,
             relayed_total: 0,
             full: HashMap::new(),
             touched: Vec::new(),
@@ -158,17 +167,18 @@ impl MeshViews {
         self.placed.get(peer)
     }
 
-    /// What `peer` shows in `mesh`: every object accepted for it, if it is online there.
-    pub(super) fn shown(&self, peer: &PeerName, mesh: &str) -> Option<&[Object]> {
+    /// What `peer` shows in `mesh`: every object accepted for it, if it is online there,
+    /// and the owner of its entries.
+    pub(super) fn shown(&self, peer: &PeerName, mesh: &str) -> Option<(Owner, &[Arc<Object>])> {
         self.placed
             .get(peer)
             .filter(|p| &*p.mesh == mesh)
-            .map(|p| p.accepted.as_slice())
+            .map(|p| (p.owner, p.accepted.as_slice()))
     }
 
     /// The entries of `mesh`'s view (`hub`: the hub's objects, for a mesh without relayed
     /// objects).
-    pub(super) fn entries<'a>(&'a self, mesh: &str, hub: &[Object]) -> Cow<'a, [Entry]> {
+    pub(super) fn entries<'a>(&'a self, mesh: &str, hub: &[Arc<Object>]) -> Cow<'a, [Entry]> {
         match self.meshes.get(mesh) {
             Some(m) if m.relayed > 0 => Cow::Borrowed(&m.entries),
             _ => Cow::Owned(hub_entries(hub)),
@@ -183,11 +193,20 @@ impl MeshViews {
         peer: &PeerName,
         mesh: &Arc<str>,
         holder: Holder,
-        accepted: Vec<Object>,
-        hub: &[Object],
+        accepted: Vec<Arc<Object>>,
+        hub: &[Arc<Object>],
         out: &mut Placement,
     ) -> usize {
         let previous = self.placed.remove(peer);
+        let owner = match &previous {
+            Some(p) => p.owner,
+            None => {
+                self.last_owner += 1;
+                let owner = Owner(self.last_owner);
+                self.owners.insert(owner, peer.clone());
+                owner
+            }
+        };
         let moved = previous.as_ref().filter(|p| p.mesh != *mesh);
         if let Some(previous) = moved {
             self.leave(peer, previous, hub, out);
@@ -199,6 +218,7 @@ impl MeshViews {
         let before = self.meshes.get(mesh).map_or(0, |m| m.relayed_len);
         let (count, len) = self.fit(before - own.1, &accepted);
         let placed = Placed {
+            owner,
             mesh: mesh.clone(),
             holder,
             accepted,
@@ -208,7 +228,7 @@ impl MeshViews {
         let waited = previous.as_ref().map_or(&[][..], Placed::waiting);
         note_waiting(peer, &placed, waited);
         let objects = &placed.accepted[..count];
-        self.set_relayed(peer, mesh, objects, own, (count, len), hub, out);
+        self.set_relayed(owner, mesh, objects, own, (count, len), hub, out);
         match placed.waiting().first() {
             Some(next) => self.wait(peer, mesh, object_field_len(next)),
             None => self.unwait(peer, mesh),
@@ -225,26 +245,33 @@ impl MeshViews {
     pub(super) fn remove(
         &mut self,
         peer: &PeerName,
-        hub: &[Object],
+        hub: &[Arc<Object>],
         out: &mut Placement,
     ) -> Option<Placed> {
         let placed = self.placed.remove(peer)?;
+        self.owners.remove(&placed.owner);
         self.leave(peer, &placed, hub, out);
         Some(placed)
     }
 
     /// Takes `peer`'s objects out of `placed.mesh` and places that mesh's waiting peers.
-    fn leave(&mut self, peer: &PeerName, placed: &Placed, hub: &[Object], out: &mut Placement) {
+    fn leave(
+        &mut self,
+        peer: &PeerName,
+        placed: &Placed,
+        hub: &[Arc<Object>],
+        out: &mut Placement,
+    ) {
         self.unwait(peer, &placed.mesh);
         let own = (placed.relayed, placed.relayed_len);
-        self.set_relayed(peer, &placed.mesh, &[], own, (0, 0), hub, out);
+        self.set_relayed(placed.owner, &placed.mesh, &[], own, (0, 0), hub, out);
         self.refill(&placed.mesh, hub, out);
     }
 
     /// How many of `accepted`, from the first, fit beside `others` bytes of other peers'
     /// objects, and their encoded bytes.
-    fn fit(&self, others: usize, accepted: &[Object]) -> (usize, usize) {
-        let mut len = objects_len(accepted);
+    fn fit(&self, others: usize, accepted: &[Arc<Object>]) -> (usize, usize) {
+        let mut len = shared_len(accepted);
         let mut count = accepted.len();
         while others + len > self.room && count > 0 {
             count -= 1;
@@ -253,17 +280,17 @@ impl MeshViews {
         (count, len)
     }
 
-    /// Makes `objects` what `peer` relays in `mesh`, in place (it relayed `own`, count and
+    /// Makes `objects` what `owner` relays in `mesh`, in place (it relayed `own`, count and
     /// bytes; it relays `new` now), and reports the view's change, if any.
     #[allow(clippy::too_many_arguments)] // one call per placement; the pairs are (count, bytes)
     fn set_relayed(
         &mut self,
-        peer: &PeerName,
+        owner: Owner,
         mesh: &Arc<str>,
-        objects: &[Object],
+        objects: &[Arc<Object>],
         own: (usize, usize),
         new: (usize, usize),
-        hub: &[Object],
+        hub: &[Arc<Object>],
         out: &mut Placement,
     ) {
         if objects.is_empty() && self.meshes.get(mesh).is_none_or(|m| m.relayed == 0) {
@@ -274,8 +301,7 @@ impl MeshViews {
             m.entries = hub_entries(hub);
         }
         let encoded = &mut Encoded::default();
-        let Some(delivery) = entries::set_owned(&mut m.entries, Some(peer), objects, encoded)
-        else {
+        let Some(delivery) = entries::set_owned(&mut m.entries, owner, objects, encoded) else {
             return;
         };
         m.relayed = m.relayed + new.0 - own.0;
@@ -301,7 +327,7 @@ impl MeshViews {
 
     /// Places again what now fits of the objects waiting for room in `mesh`, peer by peer
     /// in PeerName order.
-    fn refill(&mut self, mesh: &Arc<str>, hub: &[Object], out: &mut Placement) {
+    fn refill(&mut self, mesh: &Arc<str>, hub: &[Arc<Object>], out: &mut Placement) {
         let (mut free, floor) = match self.meshes.get(mesh) {
             Some(m) if !m.waiting.is_empty() => (
                 self.room.saturating_sub(m.relayed_len),
@@ -327,7 +353,7 @@ impl MeshViews {
             };
             // A peer's waiting objects enter in its order: when the first does not fit,
             // nothing of it does.
-            let Some(next) = placed.waiting().first().map(object_field_len) else {
+            let Some(next) = placed.waiting().first().map(|o| object_field_len(o)) else {
                 continue;
             };
             if next > free {
@@ -420,7 +446,7 @@ impl MeshViews {
     /// those in the views now): the last-entered relayed objects of each mesh above it are
     /// displaced and wait (its subscribers get the entire view; their sessions, their new
     /// counts); where room grew, waiting objects enter.
-    pub(super) fn set_room(&mut self, room: usize, hub: &[Object], out: &mut Placement) {
+    pub(super) fn set_room(&mut self, room: usize, hub: &[Arc<Object>], out: &mut Placement) {
         self.room = room;
         let meshes: Vec<Arc<str>> = self.meshes.keys().cloned().collect();
         for mesh in &meshes {
@@ -438,11 +464,13 @@ impl MeshViews {
         // The peers displaced, with the count each relayed before.
         let mut displaced: Vec<(PeerName, usize)> = Vec::new();
         while m.relayed_len > self.room {
-            let Some(at) = m.entries.iter().rposition(|e| e.owner.is_some()) else {
+            let Some(at) = m.entries.iter().rposition(|e| e.owner != Owner::HUB) else {
                 break;
             };
             let entry = m.entries.remove(at);
-            let Some(peer) = entry.owner else { break };
+            let Some(peer) = self.owners.get(&entry.owner).cloned() else {
+                break;
+            };
             let len = object_field_len(&entry.object);
             m.relayed -= 1;
             m.relayed_len -= len;
@@ -480,7 +508,7 @@ impl MeshViews {
             };
             note_waiting(&peer, placed, &placed.accepted[was..]);
             let (holder, count) = (placed.holder, placed.relayed);
-            let next = placed.waiting().first().map_or(0, object_field_len);
+            let next = placed.waiting().first().map_or(0, |o| object_field_len(o));
             self.wait(&peer, mesh, next);
             out.recounts.push(Recount {
                 peer,
@@ -493,10 +521,13 @@ impl MeshViews {
     /// Puts `hub`, the hub's new objects, in every mesh view with relayed objects (they
     /// fill the hub's places, new ones go last; the room was made first). Returns the new
     /// views.
-    pub(super) fn set_hub_objects(&mut self, hub: &[Object]) -> Vec<(Arc<str>, Option<Arc<View>>)> {
+    pub(super) fn set_hub_objects(
+        &mut self,
+        hub: &[Arc<Object>],
+    ) -> Vec<(Arc<str>, Option<Arc<View>>)> {
         let mut views = Vec::with_capacity(self.meshes.len());
         for (mesh, m) in self.meshes.iter_mut().filter(|(_, m)| m.relayed > 0) {
-            entries::set_owned(&mut m.entries, None, hub, &mut Encoded::default());
+            entries::set_owned(&mut m.entries, Owner::HUB, hub, &mut Encoded::default());
             match view_of(&m.entries) {
                 Ok(view) => views.push((mesh.clone(), Some(Arc::new(view)))),
                 // The room keeps every view within one message (budget.rs).
@@ -513,9 +544,9 @@ impl MeshViews {
     }
 
     /// Objects and encoded bytes of `mesh`'s view (admin API).
-    pub(super) fn size(&self, mesh: &str, hub: &[Object]) -> (usize, usize) {
+    pub(super) fn size(&self, mesh: &str, hub: &[Arc<Object>]) -> (usize, usize) {
         let entries = self.entries(mesh, hub);
-        let len = VIEW_OVERHEAD + objects_len(entries.iter().map(|e| &e.object));
+        let len = VIEW_OVERHEAD + objects_len(objects_of(&entries));
         (entries.len(), len)
     }
 }
@@ -523,7 +554,7 @@ impl MeshViews {
 /// Counts the objects of `placed` that start waiting (`waited`: those that waited
 /// before), once each (DESIGN 6), and notes each object's change at debug level: the mesh
 /// as a whole is logged when it becomes full and when it has room again (`Fullness`).
-fn note_waiting(peer: &PeerName, placed: &Placed, waited: &[Object]) {
+fn note_waiting(peer: &PeerName, placed: &Placed, waited: &[Arc<Object>]) {
     let (mesh, local) = (&placed.mesh, placed.holder.session().is_some());
     for object in placed.waiting().iter().filter(|o| !waited.contains(o)) {
         if local {
@@ -540,15 +571,15 @@ fn note_waiting(peer: &PeerName, placed: &Placed, waited: &[Object]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::relay::test_support::{decode, o, peer};
+    use crate::hub::relay::test_support::{arcs, decode, o, peer};
 
     const LIMITS: ViewLimits = ViewLimits {
         max_view_bytes: 2000,
         max_objects_bytes: 500,
     };
 
-    fn hub() -> Vec<Object> {
-        vec![o("hub", "1")]
+    fn hub() -> Vec<Arc<Object>> {
+        arcs(&[o("hub", "1")])
     }
 
     fn place(views: &mut MeshViews, who: &PeerName, mesh: &str, objects: &[Object]) -> Placement {
@@ -557,7 +588,7 @@ mod tests {
             who,
             &mesh.into(),
             Holder::Session(1),
-            objects.to_vec(),
+            arcs(objects),
             &hub(),
             &mut out,
         );
@@ -665,7 +696,11 @@ mod tests {
         assert!(!views.meshes.contains_key("m"));
         assert_eq!(view(&views, "other"), [o("hub", "1"), o("x", "1")]);
         assert_eq!(views.shown(&a, "m"), None);
-        assert_eq!(views.shown(&a, "other"), Some(&[o("x", "1")][..]));
+        let owner = views.placed(&a).unwrap().owner;
+        assert_eq!(
+            views.shown(&a, "other"),
+            Some((owner, &arcs(&[o("x", "1")])[..]))
+        );
     }
 
     #[test]
@@ -673,7 +708,7 @@ mod tests {
         let mut views = new();
         let a = peer("a");
         place(&mut views, &a, "m", &[o("a1", "x")]);
-        let next = [o("hub", "2"), o("hub2", "3")];
+        let next = arcs(&[o("hub", "2"), o("hub2", "3")]);
         let changed = views.set_hub_objects(&next);
         assert_eq!(changed.len(), 1);
         assert_eq!(
@@ -710,7 +745,7 @@ mod tests {
             count,
         };
         assert_eq!(out.recounts, [count(&c, 2)]);
-        assert_eq!(views.placed(&c).unwrap().waiting(), &big(&c, 3)[2..]);
+        assert_eq!(views.placed(&c).unwrap().waiting(), &arcs(&big(&c, 3))[2..]);
         // Room for three: c's others, then a's last, in the reverse of their entering.
         let out = &mut Placement::default();
         views.set_room(3 * size, &hub(), out);

@@ -118,7 +118,7 @@ impl Relay {
     pub fn new(objects: Vec<Object>, limits: ViewLimits) -> Result<Self, HubError> {
         let hub = HubObjects::new(objects, limits)?;
         Ok(Self {
-            meshes: MeshViews::new(limits, hub.as_slice()),
+            meshes: MeshViews::new(limits, hub.shared()),
             hub,
             watchers: Watchers::new(limits),
             limits,
@@ -157,7 +157,7 @@ impl Relay {
         let mut placement = Placement::default();
         if shrinks {
             self.meshes
-                .set_room(room, self.hub.as_slice(), &mut placement);
+                .set_room(room, self.hub.shared(), &mut placement);
         }
         let base = next.base.clone();
         let delivery = next
@@ -165,7 +165,7 @@ impl Relay {
             .clone()
             .map_or(Delivery::Complete, Delivery::Only);
         self.hub.commit(next);
-        let changed = self.meshes.set_hub_objects(self.hub.as_slice());
+        let changed = self.meshes.set_hub_objects(self.hub.shared());
         placement.views.push(ViewChange {
             base: Some(base),
             meshes: changed,
@@ -174,11 +174,11 @@ impl Relay {
         });
         if !shrinks && room != self.meshes.room() {
             self.meshes
-                .set_room(room, self.hub.as_slice(), &mut placement);
+                .set_room(room, self.hub.shared(), &mut placement);
         }
         let mut effects = self.effects_of(placement);
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
         };
         let personal = self.watchers.refresh_all(&src, &mut Encoded::default());
@@ -209,13 +209,13 @@ impl Relay {
             &peer,
             &mesh,
             holder,
-            objects,
-            self.hub.as_slice(),
+            shared(objects),
+            self.hub.shared(),
             &mut placement,
         );
         let mut effects = self.effects_of(placement);
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
         };
         let encoded = &mut Encoded::default();
@@ -243,9 +243,7 @@ impl Relay {
         }
         self.watchers.forget(peer);
         let mut placement = Placement::default();
-        let placed = self
-            .meshes
-            .remove(peer, self.hub.as_slice(), &mut placement);
+        let placed = self.meshes.remove(peer, self.hub.shared(), &mut placement);
         let mut effects = self.effects_of(placement);
         if let Some(placed) = placed {
             effects.released.push(Released {
@@ -271,10 +269,10 @@ impl Relay {
                     if matches!(holder, Some(Holder::Session(_))) {
                         continue;
                     }
-                    let hub = self.hub.as_slice();
+                    let hub = self.hub.shared();
                     let holder = Holder::OtherHub;
                     self.meshes
-                        .place(&peer, mesh, holder, objects, hub, &mut placement);
+                        .place(&peer, mesh, holder, shared(objects), hub, &mut placement);
                     changed.push(peer);
                 }
                 PeerChange::Gone { peer } => {
@@ -283,8 +281,7 @@ impl Relay {
                         .placed(&peer)
                         .is_some_and(|p| p.holder == Holder::OtherHub && p.mesh == *mesh);
                     if here {
-                        self.meshes
-                            .remove(&peer, self.hub.as_slice(), &mut placement);
+                        self.meshes.remove(&peer, self.hub.shared(), &mut placement);
                         changed.push(peer);
                     }
                 }
@@ -321,7 +318,7 @@ impl Relay {
     /// Rebuilds, once each, the views of the watchers of any of `peers`.
     fn refresh_watchers_of(&mut self, peers: &[PeerName], effects: &mut Effects) {
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
         };
         let personal = self
@@ -332,16 +329,21 @@ impl Relay {
 
     /// What a peer's view holds now (admin API).
     pub fn view_report(&self, peer: &PeerName, mesh: &str) -> ViewReport {
-        if let Some(report) = self.watchers.report(peer) {
+        if let Some(report) = self.watchers.report(peer, &self.meshes) {
             return report;
         }
-        let (objects, bytes) = self.meshes.size(mesh, self.hub.as_slice());
+        let (objects, bytes) = self.meshes.size(mesh, self.hub.shared());
         ViewReport {
             objects,
             bytes,
             ..ViewReport::default()
         }
     }
+}
+
+/// Objects as the views share them: each moved into an `Arc` once, when placed.
+fn shared(objects: Vec<Object>) -> Vec<Arc<Object>> {
+    objects.into_iter().map(Arc::new).collect()
 }
 
 /// Helpers shared by the relay's tests.
@@ -359,6 +361,11 @@ pub(crate) mod test_support {
 
     pub(crate) fn peer(c: &str) -> PeerName {
         PeerName::parse(&c.repeat(40)).unwrap()
+    }
+
+    /// Objects as the views share them.
+    pub(crate) fn arcs(objects: &[Object]) -> Vec<std::sync::Arc<Object>> {
+        objects.iter().cloned().map(std::sync::Arc::new).collect()
     }
 
     /// The objects of an encoded NOTIFY or RESPONSE.

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::budget::{objects_len, ViewLimits};
+use super::budget::{shared_len, ViewLimits};
 use super::effects::{Delivery, Personal, SessionId, ViewReport};
-use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, Entry};
+use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, Entry, Owner};
 use super::mesh_views::MeshViews;
 use super::relayable::RejectReason;
 use super::view::View;
@@ -29,7 +29,7 @@ use crate::wire::Object;
 
 /// What watchers' views are built from: the hub's objects and the placed peers.
 pub(super) struct Sources<'a> {
-    pub(super) hub: &'a [Object],
+    pub(super) hub: &'a [Arc<Object>],
     pub(super) meshes: &'a MeshViews,
 }
 
@@ -42,8 +42,8 @@ impl Sources<'_> {
     }
 
     /// What `peer` shows watcher `w` of `mesh`: every object accepted for it, if it is
-    /// online in `mesh`; `None`: absent, as if offline.
-    fn shown(&self, _w: &PeerName, peer: &PeerName, mesh: &str) -> Option<&[Object]> {
+    /// online in `mesh`, with the owner of its entries; `None`: absent, as if offline.
+    fn shown(&self, _w: &PeerName, peer: &PeerName, mesh: &str) -> Option<(Owner, &[Arc<Object>])> {
         self.meshes.shown(peer, mesh)
     }
 }
@@ -90,17 +90,17 @@ impl Watchers {
         old: &[Entry],
         src: &Sources<'_>,
     ) -> (Vec<Entry>, Vec<PeerName>) {
-        let mut size = objects_len(src.hub);
-        let mut wanted: Vec<(Option<&PeerName>, &[Object])> = vec![(None, src.hub)];
+        let mut size = shared_len(src.hub);
+        let mut wanted: Vec<(Owner, &[Arc<Object>])> = vec![(Owner::HUB, src.hub)];
         let mut left_out = Vec::new();
         for peer in std::iter::once(w).chain(list) {
-            let Some(objects) = src.shown(w, peer, mesh) else {
+            let Some((owner, objects)) = src.shown(w, peer, mesh) else {
                 continue;
             };
-            let len = objects_len(objects);
+            let len = shared_len(objects);
             if left_out.is_empty() && size + len <= self.room {
                 size += len;
-                wanted.push((Some(peer), objects));
+                wanted.push((owner, objects));
             } else {
                 left_out.push(peer.clone());
             }
@@ -248,12 +248,15 @@ impl Watchers {
     }
 
     /// What `w`'s own view holds (admin API); `None`: it has none (it sees its mesh's).
-    pub(super) fn report(&self, w: &PeerName) -> Option<ViewReport> {
+    pub(super) fn report(&self, w: &PeerName, meshes: &MeshViews) -> Option<ViewReport> {
         let watcher = self.by_peer.get(w)?;
         let present = watcher
             .list
             .iter()
-            .filter(|p| watcher.entries.iter().any(|e| e.owner.as_ref() == Some(p)))
+            .filter(|p| {
+                let owner = meshes.placed(p).map(|placed| placed.owner);
+                watcher.entries.iter().any(|e| Some(e.owner) == owner)
+            })
             .cloned()
             .collect();
         Some(ViewReport {
@@ -298,7 +301,7 @@ fn note_left_out(w: &PeerName, mesh: &str, watcher: &mut Watcher, left_out: Vec<
 mod tests {
     use super::*;
     use crate::hub::relay::mesh_views::{Holder, Placement};
-    use crate::hub::relay::test_support::{decode, o, peer};
+    use crate::hub::relay::test_support::{arcs, decode, o, peer};
 
     const LIMITS: ViewLimits = ViewLimits {
         max_view_bytes: 2000,
@@ -306,14 +309,14 @@ mod tests {
     };
 
     struct World {
-        hub: Vec<Object>,
+        hub: Vec<Arc<Object>>,
         meshes: MeshViews,
         watchers: Watchers,
     }
 
     impl World {
         fn new() -> Self {
-            let hub = vec![o("hub", "1")];
+            let hub = arcs(&[o("hub", "1")]);
             Self {
                 meshes: MeshViews::new(LIMITS, &hub),
                 hub,
@@ -326,7 +329,7 @@ mod tests {
                 who,
                 &mesh.into(),
                 Holder::Session(session),
-                objects.to_vec(),
+                arcs(objects),
                 &self.hub,
                 &mut Placement::default(),
             );
@@ -394,7 +397,7 @@ mod tests {
         assert!(p.view.is_none());
         assert!(world.watchers.is_empty());
         let src = world.src();
-        assert!(world.watchers.report(&w).is_none());
+        assert!(world.watchers.report(&w, &world.meshes).is_none());
         assert_eq!(src.meshes.size("m", src.hub).0, 5, "hub, a1, b1, w1, a2");
     }
 
@@ -410,7 +413,7 @@ mod tests {
         world.online(&p2, "m", 2, &[o("2/x", &"v".repeat(1300))]);
         world.online(&p0, "m", 3, &[o("0/x", "v")]);
         world.set_list(&w, Some(&[&p1, &p2, &p0]));
-        let report = world.watchers.report(&w).unwrap();
+        let report = world.watchers.report(&w, &world.meshes).unwrap();
         assert_eq!(report.present, vec![p1.clone()]);
         assert_eq!(report.left_out, vec![p2, p0], "small, but listed after");
         assert_eq!(world.names(&w), ["hub", "1/x"]);

@@ -162,6 +162,11 @@ impl MeshViews {
         self.room
     }
 
+    /// The peer whose placement owns entries as `owner`, if it is placed.
+    pub(super) fn peer_of(&self, owner: Owner) -> Option<&PeerName> {
+        self.owners.get(&owner)
+    }
+
     /// Where `peer`'s objects are placed, if they are.
     pub(super) fn placed(&self, peer: &PeerName) -> Option<&Placed> {
         self.placed.get(peer)

@@ -87,7 +87,7 @@ pub struct RelayedSet {
     /// The objects to relay, in the peer's order.
     pub objects: Vec<Object>,
     /// The watch list in force (DESIGN 5.4), in list order; `None`: the mesh view.
-    pub watch: Option<Vec<PeerName>>,
+    pub watch: Option<watch_list::WatchList>,
 }
 
 /// A change of the hub's objects, checked and encoded, to persist before it is committed.

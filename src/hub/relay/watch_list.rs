@@ -8,6 +8,10 @@
 
 use thiserror::Error;
 
+/// A watch list in force, in list order, shared by the session that read it, its facts
+/// and the registry: one copy per peer.
+pub type WatchList = std::sync::Arc<[PeerName]>;
+
 use crate::tls::PeerName;
 use crate::wire::Object;
 

@@ -23,6 +23,7 @@ use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, En
 use super::mesh_views::MeshViews;
 use super::relayable::RejectReason;
 use super::view::View;
+use super::watch_list::WatchList;
 use crate::metrics;
 use crate::tls::PeerName;
 use crate::wire::Object;
@@ -50,7 +51,10 @@ impl Sources<'_> {
 
 /// A peer whose WATCH_LIST is in force, and its own view.
 struct Watcher {
-    list: Vec<PeerName>,
+    /// The list, shared with the session that read it (one copy per peer).
+    list: WatchList,
+    /// The owner of the watcher's own entries: how the index names it.
+    owner: Owner,
     entries: Vec<Entry>,
     view: Arc<View>,
     /// Listed peers left out because the view would not fit one message.
@@ -62,7 +66,9 @@ pub(super) struct Watchers {
     /// Bytes of encoded objects a view may hold.
     room: usize,
     by_peer: HashMap<PeerName, Watcher>,
-    watched_by: HashMap<PeerName, HashSet<PeerName>>,
+    /// Watched peer → its watchers, named by their placements' owners (8 bytes each: with
+    /// 10,000 peers watching 50 each, the index holds half a million of them).
+    watched_by: HashMap<PeerName, HashSet<Owner>>,
 }
 
 impl Watchers {
@@ -75,7 +81,7 @@ impl Watchers {
     }
 
     /// The list in force for `w`, if any.
-    pub(super) fn list(&self, w: &PeerName) -> Option<&Vec<PeerName>> {
+    pub(super) fn list(&self, w: &PeerName) -> Option<&WatchList> {
         self.by_peer.get(w).map(|watcher| &watcher.list)
     }
 
@@ -112,13 +118,14 @@ impl Watchers {
     pub(super) fn set_list(
         &mut self,
         w: &PeerName,
-        list: Option<Vec<PeerName>>,
+        list: Option<WatchList>,
         src: &Sources<'_>,
         encoded: &mut Encoded,
     ) -> Option<Personal> {
         let (mesh, session) = src.seat(w)?;
-        if let Some(old) = self.by_peer.get(w).map(|x| x.list.clone()) {
-            self.unindex(w, &old);
+        let owner = src.meshes.placed(w)?.owner;
+        if let Some(old) = self.by_peer.get(w).map(|x| (x.owner, x.list.clone())) {
+            self.unindex(old.0, &old.1);
         }
         let Some(list) = list else {
             // Back to the mesh view.
@@ -134,15 +141,16 @@ impl Watchers {
                 delivery,
             });
         };
-        for peer in &list {
+        for peer in list.iter() {
             self.watched_by
                 .entry(peer.clone())
                 .or_default()
-                .insert(w.clone());
+                .insert(owner);
         }
         if let Some(watcher) = self.by_peer.get_mut(w) {
             // Dropped peers leave (the entire view), added ones go last (only them).
             watcher.list = list;
+            watcher.owner = owner;
             return self.refresh(w, src, encoded);
         }
         // Newly applied: the listed peers enter in list order, not the mesh view's, so the
@@ -152,6 +160,7 @@ impl Watchers {
         metrics::watch_view_bytes(view.encoded_len());
         let mut watcher = Watcher {
             list,
+            owner,
             entries,
             view: view.clone(),
             left_out: Vec::new(),
@@ -206,6 +215,7 @@ impl Watchers {
             .iter()
             .filter_map(|p| self.watched_by.get(p))
             .flatten()
+            .filter_map(|owner| src.meshes.peer_of(*owner))
             .cloned()
             .collect();
         watchers
@@ -230,16 +240,16 @@ impl Watchers {
     /// Forgets `w`'s watch list (its session ended, or a newer one started).
     pub(super) fn forget(&mut self, w: &PeerName) {
         if let Some(watcher) = self.by_peer.remove(w) {
-            self.unindex(w, &watcher.list);
+            self.unindex(watcher.owner, &watcher.list);
             metrics::watch_sessions(self.by_peer.len());
         }
     }
 
-    /// Removes `w` from the index entries of the peers it listed.
-    fn unindex(&mut self, w: &PeerName, list: &[PeerName]) {
+    /// Removes the watcher `owner` from the index entries of the peers it listed.
+    fn unindex(&mut self, owner: Owner, list: &[PeerName]) {
         for peer in list {
             if let Some(watchers) = self.watched_by.get_mut(peer) {
-                watchers.remove(w);
+                watchers.remove(&owner);
                 if watchers.is_empty() {
                     self.watched_by.remove(peer);
                 }

@@ -882,3 +882,69 @@ async fn a_block_on_one_hub_closes_and_refuses_the_peer_on_every_hub() {
         .await
         .contains("AccessDenied"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_hub_starts_is_a_reload_once_it_serves_not_its_end() {
+    // `systemctl reload` right after a start (Type=exec: systemd counts the hub started at
+    // once) must not kill it: SIGHUP's default action ends a process, and systemd counts
+    // that as a clean exit it does not restart.
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let upstream = redis
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches("/0")
+        .to_owned();
+    // A gate between the hub and Redis: while it holds the hub's first connection, the hub
+    // is inside its start (joining the cluster), deterministically.
+    let gate = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_url = format!("redis://{}/0", gate.local_addr().unwrap());
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut first = Some(first_tx);
+        loop {
+            let Ok((mut hub_side, _)) = gate.accept().await else {
+                return;
+            };
+            if let Some(first) = first.take() {
+                let _ = first.send(());
+            }
+            let (mut open, upstream) = (open_rx.clone(), upstream.clone());
+            tokio::spawn(async move {
+                if open.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                let mut redis_side = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut hub_side, &mut redis_side).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!("[cluster]\nredis = {gate_url:?}\nnode = \"a\"\n"),
+    )
+    .unwrap();
+    let running = HubProcess::spawn(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    tokio::time::timeout(DEADLINE, first_rx)
+        .await
+        .expect("the hub connects to Redis")
+        .unwrap();
+    running.signal("-HUP");
+    open_tx.send(true).unwrap();
+    let path = dir.path().to_owned();
+    let hub = tokio::task::spawn_blocking(move || HubProcess::serving(running, &path))
+        .await
+        .unwrap();
+    // The signal waited for the start, then reloaded the files.
+    wait_for_series(&hub, "p2ppi_tls_reloads_total{outcome=\"ok\"}", 1.0).await;
+    served(hub.peer_config("after", None)).await;
+}

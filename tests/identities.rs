@@ -948,3 +948,99 @@ async fn a_sighup_while_the_hub_starts_is_a_reload_once_it_serves_not_its_end() 
     wait_for_series(&hub, "p2ppi_tls_reloads_total{outcome=\"ok\"}", 1.0).await;
     served(hub.peer_config("after", None)).await;
 }
+
+/// The peak resident memory of a process, bytes (`VmHWM`).
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_block_list_in_redis_neither_floods_a_hub_nor_unblocks_anyone() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nredis = {:?}\nnode = \"a\"\n\n[blocklist]\nmax_entries = 16\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let hub = HubProcess::start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let pid = hub.running.child.id();
+    let before = peak_memory(pid);
+    // Another client of the cluster's Redis writes what no hub would: entries of 8 MiB
+    // (the hub's reasons are at most blocklist.max_reason_bytes), more entries than
+    // blocklist.max_entries, and keys that are no PeerName.
+    let mut conn = redis.connection();
+    let huge = json!({ "reason": "x".repeat(8 << 20) }).to_string();
+    let peers: Vec<String> = (1..=24u32).map(|i| format!("{i:040x}")).collect();
+    for peer in &peers {
+        let _: () = ::redis::cmd("HSET")
+            .arg("p2ppi:blocked")
+            .arg(peer)
+            .arg(&huge)
+            .query(&mut conn)
+            .unwrap();
+    }
+    let _: () = ::redis::cmd("HSET")
+        .arg("p2ppi:blocked")
+        .arg("k".repeat(1 << 20))
+        .arg("{}")
+        .query(&mut conn)
+        .unwrap();
+    let _: i64 = ::redis::cmd("PUBLISH")
+        .arg("p2ppi:chan:blocked")
+        .arg("{}")
+        .query(&mut conn)
+        .unwrap();
+    // The hub applies what fits its bounds: 16 PeerNames, still blocked (an entry it cannot
+    // use loses its reason, never its block), and counts the rest.
+    let start = Instant::now();
+    let listed = loop {
+        let listed = hub.get("/v1/blocked").await.1;
+        if listed.as_array().unwrap().len() == 16 {
+            break listed;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the hub did not apply the list: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for entry in listed.as_array().unwrap() {
+        assert!(peers.contains(&entry["peer_name"].as_str().unwrap().to_owned()));
+        assert!(entry.get("reason").is_none_or(Value::is_null), "{entry}");
+    }
+    let scrape = hub.metrics().await;
+    let bad = |reason: &str| {
+        series(
+            &scrape,
+            &format!("p2ppi_cluster_bad_messages_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(bad("blocked_over_limit") >= 8.0, "{scrape}");
+    assert!(
+        bad("blocked") >= 17.0,
+        "the long key and the 16 unusable entries"
+    );
+    // Without taking the 192 MiB into its memory.
+    let grew = peak_memory(pid).saturating_sub(before);
+    assert!(
+        grew < 64 << 20,
+        "the hub's peak memory grew by {grew} bytes"
+    );
+    assert!(
+        hub.get("/readyz").await.0 == 200,
+        "the hub still serves its cluster"
+    );
+}

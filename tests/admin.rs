@@ -694,3 +694,44 @@ async fn the_reload_and_block_routes_hold_bodies_to_admin_max_body_bytes() {
     );
     assert_eq!(hub.get("/v1/blocked").await.1, json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_varying_what_it_sends_is_logged_once_not_per_request() {
+    // A page the operator visits can POST FormData cross-site without a preflight: every
+    // request has a new multipart boundary. And a rebinding page can use a new name of its
+    // wildcard domain per request. Each is refused and counted; the log says it once.
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let host = format!("Host: {}", hub.admin);
+    let requests = 20;
+    for i in 0..requests {
+        let form = format!(
+            "POST /v1/objects\n{host}\nOrigin: http://{}\nContent-Type: multipart/form-data; boundary=----Boundary{i:016x}",
+            hub.admin
+        );
+        assert_eq!(hub.raw(&form, "--x--").await.0, 415);
+        let rebound = format!("GET /v1/sessions\nHost: r{i}.rebind.example:9350");
+        assert_eq!(hub.raw(&rebound, "").await.0, 403);
+    }
+    let scrape = hub.metrics().await;
+    for reason in ["content_type", "host"] {
+        assert_eq!(
+            series(
+                &scrape,
+                &format!("p2ppi_admin_rejected_total{{reason=\"{reason}\"}}")
+            ),
+            f64::from(requests),
+            "every refusal counted"
+        );
+    }
+    hub.running.signal("-TERM");
+    let (_, log) = hub.running.wait();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("admin request refused"))
+        .count();
+    assert!(
+        (2..=4).contains(&logged),
+        "{logged} log lines for {requests} requests of each kind:\n{log}"
+    );
+}

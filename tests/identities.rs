@@ -1044,3 +1044,63 @@ async fn a_hostile_block_list_in_redis_neither_floods_a_hub_nor_unblocks_anyone(
         "the hub still serves its cluster"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_that_would_refuse_every_peer_of_a_ca_fails_the_reload() {
+    // A CA roll-over with an overlap bundle whose new CA has the old one's name (every
+    // development CA is "p2ppi-hub development CA"), then a revocation. rustls checks a
+    // certificate against the first CRL naming its issuer: the old CA's CRL, which the new
+    // CA did not sign, so every peer of the new CA would be refused and its sessions closed.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(run(&["certs", "init", "--data-dir", d], dir.path())
+        .status
+        .success());
+    let new_dir = tempfile::tempdir().unwrap();
+    p2ppi_hub::certs::init(new_dir.path(), &[]).unwrap();
+    let (old_ca, new_ca) = (
+        CertAuthority::load(dir.path()).unwrap(),
+        CertAuthority::load(new_dir.path()).unwrap(),
+    );
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        format!("{}{}", old_ca.cert_pem(), new_ca.cert_pem()),
+    )
+    .unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!("[hub]\ndata_dir = {d:?}\n[tls]\nca = {bundle:?}\n"),
+    )
+    .unwrap();
+    let hub = HubProcess::start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let (alice, mut alice_events) =
+        served(config_for(&hub, dir.path(), &issue(&old_ca, "alice"))).await;
+    let (bob, mut bob_events) = served(config_for(&hub, dir.path(), &issue(&new_ca, "bob"))).await;
+
+    // A stolen laptop of the old CA is revoked.
+    let issued = run(&["certs", "issue", "mallory", "--data-dir", d], dir.path());
+    assert!(issued.status.success(), "{}", stderr(&issued));
+    let revoked = run(&["certs", "revoke", "mallory", "--data-dir", d], dir.path());
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let (status, answer) = post_reload(&hub).await;
+    assert_eq!(status, 422, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("crl.pem") && error.contains("p2ppi-hub development CA"),
+        "{error}"
+    );
+    // Nothing changed: both CAs' peers are served, old and new.
+    assert_alive(&alice, &mut alice_events).await;
+    assert_alive(&bob, &mut bob_events).await;
+    served(config_for(&hub, dir.path(), &issue(&new_ca, "carol"))).await;
+    // check-config says the same.
+    let check = run(&["check-config", config.to_str().unwrap()], dir.path());
+    assert!(!check.status.success());
+    assert!(
+        stderr(&check).contains("crl.pem") && stderr(&check).contains("share a name"),
+        "{}",
+        stderr(&check)
+    );
+}

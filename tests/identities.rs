@@ -1104,3 +1104,45 @@ async fn a_crl_that_would_refuse_every_peer_of_a_ca_fails_the_reload() {
         stderr(&check)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_peer_resuming_a_tls_session_is_refused() {
+    // A resumed TLS session skips certificate verification, where the block list is
+    // checked: a peer that keeps its session tickets must still be refused once blocked.
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let ca = CertAuthority::load(dir.path()).unwrap();
+    let mallory = issue(&ca, "mallory");
+    let config = config_for(&hub, dir.path(), &mallory);
+    let client = p2ppi_hub::tls::client_config(&config.ca, config.identity.clone()).unwrap();
+    let resumable = |client| {
+        let config = config.clone();
+        async move { peer::connect_with(&config, client, None).await.unwrap() }
+    };
+    // A full handshake; reading the hub's SUBSCRIBE takes the tickets sent before it.
+    let mut first = resumable(client.clone()).await;
+    let mut buf = [0u8; 64];
+    assert!(first.read(&mut buf).await.unwrap() > 0);
+    drop(first);
+    let (status, answer) = put_block(&hub, &mallory.peer_name, "{}").await;
+    assert_eq!(status, 201, "{answer}");
+    let mut again = resumable(client).await;
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the test resumes the session"
+    );
+    let read = tokio::time::timeout(DEADLINE, again.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a blocked peer was served after resuming: {read:?}"
+    );
+    wait_for_series(
+        &hub,
+        "p2ppi_handshake_failures_total{reason=\"blocked\"}",
+        1.0,
+    )
+    .await;
+}

@@ -58,8 +58,8 @@ mod store;
 pub use message::{InboxMessage, MeshMessage};
 pub use replica::{Applied, MeshReplica, MeshSnapshot, PeerChange, RemoteIndex};
 pub use store::{
-    BlockOutcome, ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore, HubLease,
-    ResyncCause, RouteOutcome, SetHubObjects,
+    BlockOutcome, BlockedList, ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore,
+    HubLease, ResyncCause, RouteOutcome, SetHubObjects,
 };
 
 use thiserror::Error;

@@ -42,7 +42,10 @@ impl From<BlockError> for AdminError {
 }
 
 /// An optional JSON body: empty (no body) is the default; anything else must decode.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], max: usize) -> Result<T> {
+pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    max: usize,
+) -> Result<T> {
     if body.len() > max {
         metrics::count_reason(metrics::ADMIN_REJECTED, "body_too_large");
         return Err(AdminError::new(

@@ -71,6 +71,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let admin = config.admin.clone();
     let system = actix_rt::System::new();
     system.block_on(async move {
+        // Before anything is printed: a SIGTERM sent as soon as the hub says it listens
+        // must find the handler (the default action would end the process at once).
+        let mut signals = Signals::install()?;
         let prometheus = p2ppi_hub::metrics::install();
         let mut hub = Hub::start(config).context("starting the hub")?;
         let handle = hub.handle();
@@ -94,7 +97,6 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             super::first_peer_hint(&data_dir, listen)
         );
         let _ = std::io::stdout().flush();
-        let mut signals = Signals::install()?;
         // The signals are served until the hub stopped: after a drain asked by a signal
         // or by `POST /v1/drain`.
         tokio::select! {

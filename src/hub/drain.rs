@@ -249,7 +249,7 @@ enum Drained {
 
 /// Runs the shutdown from its first request to the last connection closed (phases 1 to
 /// 3); returns whether the hub should hand off before leaving its cluster (phase 4: a
-/// drain closed sessions and no stop asked for the end).
+/// drain closed sessions, and no stop asked for the end).
 pub(crate) async fn run(
     shared: &Arc<HubShared>,
     shards: &[Addr<Shard>],
@@ -268,23 +268,24 @@ pub(crate) async fn run(
             .await;
     }
     accept.abort();
-    let drained = match control.stop() {
+    let (drained, paced) = match control.stop() {
         None if Instant::now() < deadline => pace(shared, deadline).await,
-        None => Drained::Grace,
-        Some(_) => Drained::Skipped,
+        None => (Drained::Grace, 0),
+        Some(_) => (Drained::Skipped, 0),
     };
     control.enter(Phase::Closing);
     if let Some(flush) = control.stop() {
         deadline = deadline.min(Instant::now() + flush);
     }
-    close_the_rest(shared, shards, drained, deadline).await;
+    let rest = close_the_rest(shared, shards, drained, deadline).await;
     control.enter(Phase::Leaving);
-    first == Request::Drain && control.stop().is_none()
+    first == Request::Drain && control.stop().is_none() && paced + rest > 0
 }
 
 /// Phase 2: closes the sessions at `shutdown.drain_rate` per second, oldest first, until
-/// none is left and every connection closed, `deadline`, or a stop.
-async fn pace(shared: &HubShared, deadline: Instant) -> Drained {
+/// none is left and every connection closed, `deadline`, or a stop; how it ended, and how
+/// many sessions it closed.
+async fn pace(shared: &HubShared, deadline: Instant) -> (Drained, usize) {
     let control = &shared.drain;
     control.enter(Phase::Draining);
     let rate = shared.config.shutdown.drain_rate;
@@ -318,16 +319,16 @@ async fn pace(shared: &HubShared, deadline: Instant) -> Drained {
                     seconds = started.elapsed().as_secs_f64(),
                     "shutdown: drained"
                 );
-                return Drained::All;
+                return (Drained::All, told.len());
             }
             if !control
                 .sleep_until((Instant::now() + POLL).min(deadline))
                 .await
             {
-                return Drained::Skipped;
+                return (Drained::Skipped, told.len());
             }
             if Instant::now() >= deadline {
-                return Drained::Grace;
+                return (Drained::Grace, told.len());
             }
             continue;
         }
@@ -335,13 +336,14 @@ async fn pace(shared: &HubShared, deadline: Instant) -> Drained {
             let at = pace.next(Instant::now(), fastrand::f64());
             if at >= deadline {
                 control.sleep_until(deadline).await;
-                return match control.stop() {
+                let how = match control.stop() {
                     Some(_) => Drained::Skipped,
                     None => Drained::Grace,
                 };
+                return (how, told.len());
             }
             if !control.sleep_until(at).await {
-                return Drained::Skipped;
+                return (Drained::Skipped, told.len());
             }
             close.do_send(Close {
                 reason: DRAIN_REASON,
@@ -353,13 +355,13 @@ async fn pace(shared: &HubShared, deadline: Instant) -> Drained {
 }
 
 /// Phase 3: closes every session still open and waits for the connections to close, at
-/// most until `deadline`.
+/// most until `deadline`; how many sessions it closed.
 async fn close_the_rest(
     shared: &HubShared,
     shards: &[Addr<Shard>],
     drained: Drained,
     deadline: Instant,
-) {
+) -> usize {
     let left = shared.sessions.load(Ordering::Relaxed);
     if drained != Drained::All {
         let reason = match drained {
@@ -386,6 +388,7 @@ async fn close_the_rest(
             "shutdown: connections still open at the end of the shutdown grace period"
         );
     }
+    left
 }
 
 /// Phase 4 in a cluster: the drained peers are moving for `cluster.handoff` from the last

@@ -142,6 +142,18 @@ pub enum BlockOutcome {
     Full,
 }
 
+/// The cluster's block list as read, within the reader's bounds
+/// ([`ClusterStore::blocked`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockedList {
+    /// PeerName (as written) and entry JSON (empty when it was longer than asked for).
+    pub entries: Vec<(String, String)>,
+    /// Entries beyond the most asked for, not read.
+    pub left_out: usize,
+    /// Keys that cannot be PeerNames, not read.
+    pub bad_keys: usize,
+}
+
 /// A live or expired hub as Redis sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HubLease {
@@ -337,6 +349,29 @@ impl ClusterStore {
     /// [`ClusterError::Redis`] if Redis cannot be reached (the store writes the departure
     /// once it can).
     pub async fn peer_gone(&self, peer: &PeerName) -> Result<(), ClusterError> {
+        self.handoff_over(peer).await.map(drop)
+    }
+
+    /// A local peer's session was drained (DESIGN 8, Hand-off): its state is kept as it is
+    /// and marked *moving*, so that a claim of the peer on another hub takes it over
+    /// without anyone seeing the peer leave. Nothing is published. The hub ends the wait
+    /// with [`ClusterStore::handoff_over`].
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached (the claim elsewhere then
+    /// publishes the departure before the new member, as without a hand-off).
+    pub async fn peer_moving(&self, peer: &PeerName) -> Result<(), ClusterError> {
+        self.inner.mark_moving(peer).await
+    }
+
+    /// The wait for a moving peer (or any local peer whose session ended) is over: unroute
+    /// it and publish its departure, unless another hub holds it now. Returns whether the
+    /// departure was published (`false`: another hub claimed it, or nobody routes it).
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached (the store writes the departure
+    /// once it can).
+    pub async fn handoff_over(&self, peer: &PeerName) -> Result<bool, ClusterError> {
         self.inner
             .local
             .lock()
@@ -391,9 +426,13 @@ impl ClusterStore {
 
     /// Asks for the state of `peer` to be announced again if a replica holds it as a peer of
     /// another hub (a local session that held the peer ended, so that state is now what
-    /// its mesh sees).
-    pub fn restate(&self, peer: &PeerName) {
-        let _ = self.inner.commands.send(Command::Restate(peer.clone()));
+    /// its mesh sees), or else for its departure to be announced in `mesh` (the mesh its
+    /// session here was in): the answer ends a departure the hub held back while it asked.
+    pub fn restate(&self, peer: &PeerName, mesh: &Arc<str>) {
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Restate(peer.clone(), mesh.clone()));
     }
 
     /// The mesh of `peer` if it is a peer of another hub in a mesh with local sessions
@@ -476,14 +515,35 @@ impl ClusterStore {
         })
     }
 
-    /// The cluster's block list (PeerName → entry JSON), or `None` if Redis never had one
-    /// (then seed it: [`ClusterStore::seed_blocked`]).
+    /// The cluster's block list (PeerName → entry JSON), at most `most` entries of at most
+    /// `longest` bytes each (see [`BlockedList`]), or `None` if Redis never had one (then
+    /// seed it: [`ClusterStore::seed_blocked`]).
     ///
     /// # Errors
     /// [`ClusterError::Redis`] if Redis cannot be reached.
-    pub async fn blocked(&self) -> Result<Option<Vec<(String, String)>>, ClusterError> {
-        let reply = self.inner.script("blocked", &scripts::BLOCKED, &[]).await?;
-        let Some((exists, rest)) = reply.split_first() else {
+    pub async fn blocked(
+        &self,
+        most: usize,
+        longest: usize,
+    ) -> Result<Option<BlockedList>, ClusterError> {
+        let reply = self
+            .inner
+            .script(
+                "blocked",
+                &scripts::BLOCKED,
+                &[most.to_string(), longest.to_string()],
+            )
+            .await?;
+        let (exists, left_out, bad_keys, rest) = match reply.as_slice() {
+            [exists, left_out, bad_keys, rest @ ..] => (
+                exists.as_str(),
+                left_out.parse().ok(),
+                bad_keys.parse().ok(),
+                rest,
+            ),
+            _ => ("", None, None, &[] as &[String]),
+        };
+        let (Some(left_out), Some(bad_keys)) = (left_out, bad_keys) else {
             return Err(ClusterError::Reply {
                 op: "blocked",
                 reply,
@@ -492,11 +552,14 @@ impl ClusterStore {
         if exists != "1" {
             return Ok(None);
         }
-        Ok(Some(
-            rest.chunks_exact(2)
+        Ok(Some(BlockedList {
+            entries: rest
+                .chunks_exact(2)
                 .map(|p| (p[0].clone(), p[1].clone()))
                 .collect(),
-        ))
+            left_out,
+            bad_keys,
+        }))
     }
 
     /// Blocks `peer` cluster-wide with `entry` (JSON), unless the list holds `max` PeerNames

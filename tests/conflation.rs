@@ -83,18 +83,21 @@ async fn a_paused_subscriber_gets_one_entire_view_equal_to_the_next_response() {
 
     // Reading again: what was in flight, then one entire view, the current one.
     let mut notifies: u32 = 0;
-    loop {
-        match slow.read_frame().await.message {
-            Message::Notify(objects) => {
-                notifies += 1;
-                follow(&mut list, objects);
-            }
+    let last_notify = loop {
+        let objects = match slow.read_frame().await.message {
+            Message::Notify(objects) => objects,
             other => panic!("only NOTIFYs were due, got {other:?}"),
-        }
+        };
+        notifies += 1;
+        follow(&mut list, objects.clone());
         if list == current {
-            break;
+            break objects;
         }
-    }
+    };
+    assert_eq!(
+        last_notify, current,
+        "the subscriber catches up by one entire view, the current one"
+    );
     // Every NOTIFY due was either received or counted as superseded.
     let superseded = metric("p2ppi_notify_superseded_total") - superseded_before;
     assert!(superseded > 0.0);

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
+use p2ppi_hub::objects::relayed_name;
 use p2ppi_hub::peer::PeerError;
 use p2ppi_hub::session::StateError;
 use p2ppi_hub::wire::Object;

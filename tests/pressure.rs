@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::hub::HubHandle;
+use p2ppi_hub::objects::relayed_name;
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
 use p2ppi_hub::session::ObjectsSource;
 use p2ppi_hub::tls::PeerName;

@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::objects::names;
+use p2ppi_hub::objects::relayed_name;
 use p2ppi_hub::peer::PeerEvent;
 use p2ppi_hub::session::ObjectsSource;
 use p2ppi_hub::tls::PeerName;

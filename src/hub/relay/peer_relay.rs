@@ -202,7 +202,7 @@ impl PeerRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::relay::relayed_name;
+    use crate::objects::relayed_name;
 
     fn o(n: &str, v: &str) -> Object {
         Object::new(n, v)

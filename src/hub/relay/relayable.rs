@@ -4,7 +4,7 @@
 //! objects renamed `<peer-name>/<object-name>`, and each refused one with its
 //! [`RejectReason`] (the label of `p2ppi_relay_rejected_total`).
 
-use crate::objects::names;
+use crate::objects::{names, relayed_name};
 use crate::tls::PeerName;
 use crate::wire::{object_field_len, Object};
 use crate::xml::{decode_base64, parse_guid, ContactData};
@@ -47,11 +47,6 @@ pub struct RelayCaps {
     pub max_object_bytes: usize,
     /// Most objects relayed per peer.
     pub max_objects_per_peer: usize,
-}
-
-/// The name a relayed object gets: `<peer-name>/<object-name>`.
-pub fn relayed_name(peer: &PeerName, name: &str) -> String {
-    format!("{peer}/{name}")
 }
 
 fn check_value(peer: &PeerName, object: &Object) -> Result<(), RejectReason> {

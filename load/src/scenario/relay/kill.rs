@@ -7,9 +7,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::metrics::{CLUSTER_PEERS, CLUSTER_REAPED_PEERS};
 use p2ppi_hub::objects::names;
+use p2ppi_hub::objects::relayed_name;
 use p2ppi_hub::peer::{PeerEvent, PeerEvents};
 use p2ppi_hub::session::ObjectsSource;
 

@@ -25,7 +25,7 @@ use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::wire::{Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
+use crate::protocol::wire::{Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
 
 mod load;
 mod redact;

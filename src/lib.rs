@@ -1,11 +1,11 @@
 //! p2ppi-hub: a presence hub speaking MS-P2PPI over mutually-authenticated TLS.
 //!
 //! The crate is layered as DESIGN 4 draws it:
-//! - [`wire`]: the codec, pure and fuzzed;
-//! - [`objects`] and [`session`]: the published objects list and the sans-I/O state machine
+//! - [`protocol::wire`]: the codec, pure and fuzzed;
+//! - [`protocol::objects`] and [`protocol::machine`]: the published objects list and the sans-I/O state machine
 //!   of spec 3.1, shared by the hub and the peer library;
 //! - [`tls`] and [`certs`]: rustls configurations, PeerNames and meshes, certificate issuing;
-//! - [`addressing`]: the `to=`/`from=` addressing of application messages and invitations;
+//! - [`protocol::addressing`]: the `to=`/`from=` addressing of application messages and invitations;
 //! - [`hub`]: the server (actix actors behind a plain handle);
 //! - [`cluster`]: what the hubs of a cluster share in Redis (DESIGN 8);
 //! - [`peer`]: the peer library, which the CLI, the tests and the bench harness use.
@@ -15,7 +15,6 @@
 //! client; `cargo bench --bench load` (`benches/load.rs`) runs it against this crate's
 //! binary.
 
-pub mod addressing;
 pub mod admin;
 pub mod blocklist;
 pub mod certs;
@@ -23,10 +22,7 @@ pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod metrics;
-pub mod objects;
 pub mod peer;
 pub mod persist;
-pub mod session;
+pub mod protocol;
 pub mod tls;
-pub mod wire;
-pub mod xml;

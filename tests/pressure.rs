@@ -8,13 +8,13 @@ mod common;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use p2ppi_hub::hub::HubHandle;
-use p2ppi_hub::objects::relayed_name;
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
-use p2ppi_hub::session::ObjectsSource;
-use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::{
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::{
     object_field_len, Frame, Inbound, Message, Object, P2ppiCodec, MIN_MESSAGE_LEN,
 };
+use p2ppi_hub::tls::PeerName;
 
 fn o(n: &str, v: &str) -> Object {
     Object::new(n, v)

@@ -3,7 +3,7 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /` | the presence page ([`page`]; served without the token, it holds no data) |
-//! | `GET /v1/events` | the page's live feed, server-sent events ([`events`]) |
+//! | `GET /v1/events` | the page's live feed, server-sent events ([`sse`]) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 once shutdown began or, in a cluster, while Redis does not answer |
 //! | `GET /metrics` | Prometheus text exposition |
@@ -40,10 +40,10 @@
 //! token, the token is the protection. The checks run before the token's (so a refused
 //! request gets 403/415 whatever its token).
 
-pub mod events;
 mod guard;
 mod identities;
 pub mod page;
+pub mod sse;
 
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
@@ -61,8 +61,8 @@ use serde_json::json;
 
 use crate::hub::{HubError, HubHandle, SendError};
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// What the admin server serves from.
 #[derive(Clone)]
@@ -406,7 +406,7 @@ pub fn server(
     let listener = std::net::TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let policy = web::Data::new(guard::Policy::new(state.token.is_some(), addr));
-    let streams = web::Data::new(events::EventStreams::new(
+    let streams = web::Data::new(sse::EventStreams::new(
         state.hub.config().admin.max_event_streams,
     ));
     let data = web::Data::new(state);
@@ -426,7 +426,7 @@ pub fn server(
             )
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .route("/", web::get().to(page::page))
-            .route("/v1/events", web::get().to(events::events))
+            .route("/v1/events", web::get().to(sse::events))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))

@@ -19,8 +19,8 @@ use super::replica::{MeshSnapshot, RemoteIndex};
 use super::scripts;
 use super::ClusterError;
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Most peers one removal script handles.
 const REAP_BATCH: usize = 256;

@@ -24,8 +24,8 @@ use dashmap::DashMap;
 use indexmap::IndexMap;
 
 use super::message::MeshMessage;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// A change of the remote part of a mesh, as the hub applies a local peer's change.
 #[derive(Debug, Clone, PartialEq, Eq)]

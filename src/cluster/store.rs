@@ -31,8 +31,8 @@ use super::scripts;
 use super::ClusterError;
 use crate::config::ClusterSection;
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Events buffered for the hub before the driver waits for it.
 const EVENT_QUEUE: usize = 4096;

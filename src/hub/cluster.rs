@@ -32,16 +32,16 @@ use super::registry::Registry;
 use super::relay::{check_budget, HubError, ObjectOp, OpOutcome, ViewLimits};
 use super::route::{refusal, Undelivered};
 use super::shared::HubShared;
-use crate::addressing;
 use crate::cluster::{
     ClusterError, ClusterEvent, ClusterEvents, ClusterStore, InboxMessage, PeerChange, ResyncCause,
     RouteOutcome, SetHubObjects,
 };
 use crate::metrics;
-use crate::objects::{Change, PublishedObjects};
+use crate::protocol::addressing;
+use crate::protocol::objects::{Change, PublishedObjects};
+use crate::protocol::wire::{Message, Object};
+use crate::protocol::xml::AppInvite;
 use crate::tls::PeerName;
-use crate::wire::{Message, Object};
-use crate::xml::AppInvite;
 
 /// Attempts of a hub object change against concurrent changes through other hubs.
 const CAS_ATTEMPTS: usize = 8;
@@ -340,12 +340,12 @@ fn deliver_here(
         let Some(mesh) = link.mesh_of(from) else {
             return;
         };
-        let ack = crate::xml::InvitationAck::new(id, false, reason.explanation());
+        let ack = crate::protocol::xml::InvitationAck::new(id, false, reason.explanation());
         link.send(
             to,
             mesh,
             from,
-            crate::xml::APPINVITE.to_owned(),
+            crate::protocol::xml::APPINVITE.to_owned(),
             ack.to_xml(),
             None,
         );

@@ -315,7 +315,7 @@ fn deliver(out: &Outbound, delivery: &Delivery, view: Option<&Arc<View>>) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Object;
+    use crate::protocol::wire::Object;
 
     fn view(objects: &[Object]) -> Arc<View> {
         Arc::new(View::new(objects).unwrap())

@@ -18,8 +18,8 @@ use super::outbound::PushError;
 pub use super::relay::SessionId;
 use super::relay::{HubError, ObjectOp, OpOutcome, RelayedSet, ViewChange, ViewReport};
 use crate::cluster::PeerChange;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Ends a session with a reason (admin, shutdown, superseded).
 #[derive(Debug, Message)]

@@ -18,9 +18,9 @@
 pub mod accept;
 pub mod blocked;
 pub mod cluster;
-pub mod events;
 pub mod facts;
 pub mod fanout;
+pub mod feed;
 pub mod handshake;
 pub mod identities;
 pub mod invitations;
@@ -48,8 +48,8 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::metrics;
 use crate::persist::ObjectStore;
+use crate::protocol::wire::{Message, Object};
 use crate::tls::{PeerName, TlsError};
-use crate::wire::{Message, Object};
 pub use blocked::Blocked;
 pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus, HUB_MESSAGES_KEPT};
 pub use identities::{ReloadError, ReloadReport};
@@ -184,12 +184,12 @@ impl HubHandle {
 
     /// Subscribes to the hub's live events and takes a snapshot to start from (the
     /// presence page's feed).
-    pub fn events(&self) -> events::Subscription {
+    pub fn events(&self) -> feed::Subscription {
         self.shared.events.subscribe()
     }
 
     /// The hub's version, uptime and session count.
-    pub fn status(&self) -> events::HubStatus {
+    pub fn status(&self) -> feed::HubStatus {
         self.shared.events.status()
     }
 

@@ -20,8 +20,8 @@ use super::messages::{
 };
 use super::relay::{Effects, HubError, ObjectOp, OpOutcome, Relay, ViewChange};
 use super::shared::HubShared;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Called with the new list before a change is applied; an error refuses the change.
 pub type PersistHook = Box<dyn FnMut(&[Object]) -> Result<(), String>>;

@@ -9,10 +9,10 @@ use uuid::Uuid;
 
 use super::messages::Deliver;
 use super::shared::{HubShared, SessionEntry};
-use crate::addressing::{self, Target};
+use crate::protocol::addressing::{self, Target};
+use crate::protocol::wire::Message;
+use crate::protocol::xml::{AppInvite, InvitationAck, APPINVITE};
 use crate::tls::PeerName;
-use crate::wire::Message;
-use crate::xml::{AppInvite, InvitationAck, APPINVITE};
 
 /// The hub's own refusal of invitation `id` (RESPONSE 2 with the reason, DESIGN 5.3).
 pub fn refusal(id: Uuid, reason: Undelivered) -> Message {

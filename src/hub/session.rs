@@ -54,9 +54,9 @@ use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
 use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
 use super::throttle::Throttled;
 use crate::metrics;
-use crate::session::{Received, Report, SessionMachine};
+use crate::protocol::machine::{Received, Report, SessionMachine};
+use crate::protocol::wire::{FrameError, Inbound, Message, MessageType};
 use crate::tls::PeerName;
-use crate::wire::{FrameError, Inbound, Message, MessageType};
 
 /// The writer task ended.
 #[derive(Message)]
@@ -125,7 +125,7 @@ pub(crate) fn start(
         ctx.set_mailbox_capacity(256);
         let frames = FramedRead::with_capacity(
             CountingReader(read_half),
-            crate::wire::P2ppiCodec::new(),
+            crate::protocol::wire::P2ppiCodec::new(),
             READ_BUFFER_BYTES,
         );
         ctx.add_stream(Throttled::new(

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use dashmap::DashMap;
 
-use super::events::{Events, Recent};
 pub use super::facts::{HubMessage, SessionFlags, SessionInfo, HUB_MESSAGES_KEPT};
+use super::feed::{Events, Recent};
 use super::invitations::Invitations;
 use super::messages::{Close, Deliver, SessionId};
 use crate::config::Config;

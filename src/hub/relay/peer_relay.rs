@@ -2,7 +2,7 @@
 //! objects its peer reports. The session actor drives it and carries out what it returns.
 //!
 //! In: each list of objects the session's state machine reports (a NOTIFY or the RESPONSE to
-//! the hub's REQUEST). It keeps the exact copy ([`PeerCopy`]), reads the WATCH_LIST (never
+//! the hub's REQUEST). It keeps the exact copy ([`PeerCopy`](crate::protocol::peer_copy::PeerCopy)), reads the WATCH_LIST (never
 //! relayed; an invalid one leaves the previous in force), and filters the rest through the
 //! relay caps ([`relayable`]).
 //!
@@ -14,13 +14,13 @@
 
 use std::collections::HashMap;
 
-use super::peer_copy::PeerCopy;
 use super::relayable::{relayable, RejectReason, RelayCaps};
 use super::watch_list::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
 use crate::config::RelaySection;
-use crate::session::ObjectsSource;
+use crate::protocol::machine::ObjectsSource;
+use crate::protocol::peer_copy::PeerCopy;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Something to count and log, once per change of state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +202,7 @@ impl PeerRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::relayed_name;
+    use crate::protocol::objects::relayed_name;
 
     fn o(n: &str, v: &str) -> Object {
         Object::new(n, v)

@@ -1,7 +1,7 @@
 //! `GET /v1/events`: the presence page's live feed as server-sent events (`text/event-stream`).
 //!
 //! A stream starts with one `snapshot` event (the whole hub, see
-//! [`crate::hub::events::Snapshot`]), then carries every [`HubEvent`] as `event: <name>`
+//! [`crate::hub::feed::Snapshot`]), then carries every [`HubEvent`] as `event: <name>`
 //! and one `data: <json>` line, and a `heartbeat` every `admin.event_heartbeat` (so a page
 //! notices a dead stream and a proxy does not time it out).
 //!
@@ -33,7 +33,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use super::{AdminError, AdminState, Authorized};
-use crate::hub::events::{HubEvent, HubStatus, Snapshot, Subscription};
+use crate::hub::feed::{HubEvent, HubStatus, Snapshot, Subscription};
 use crate::metrics;
 
 /// Encodes one server-sent event: `event: <name>`, one `data:` line per line of `data`,
@@ -217,8 +217,8 @@ pub(super) async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::events::Events;
-    use crate::wire::Object;
+    use crate::hub::feed::Events;
+    use crate::protocol::wire::Object;
 
     #[test]
     fn a_frame_is_event_data_and_a_blank_line() {

@@ -27,10 +27,10 @@ use tokio::sync::{broadcast, watch};
 
 use super::facts::{HubMessage, SessionFlags, SessionInfo};
 use super::messages::SessionId;
-use crate::objects::names;
+use crate::protocol::objects::names;
+use crate::protocol::wire::Object;
+use crate::protocol::xml::{ContactData, Invitation, InvitationAck};
 use crate::tls::PeerName;
-use crate::wire::Object;
-use crate::xml::{ContactData, Invitation, InvitationAck};
 
 /// How many characters of a peer-supplied text (an invitation's message, a message to the
 /// hub) a [`Seen`] keeps.
@@ -571,7 +571,7 @@ impl Events {
             kind: SeenKind::InvitationAnswered,
             from: from.clone(),
             to: Some(to.to_string()),
-            mime_type: crate::xml::APPINVITE.into(),
+            mime_type: crate::protocol::xml::APPINVITE.into(),
             outcome: if ack.accepted { "accepted" } else { "refused" }.into(),
             text: Some(capped(&ack.extended_info)).filter(|t| !t.is_empty()),
         });
@@ -590,7 +590,7 @@ impl Events {
             from: from.clone(),
             to: None,
             mime_type: if invitation.is_some() {
-                crate::xml::APPINVITE.into()
+                crate::protocol::xml::APPINVITE.into()
             } else {
                 String::new()
             },

@@ -14,7 +14,7 @@
 //!
 //! What of the copy may be republished is [`super::relayable`]'s to say.
 
-use crate::wire::Object;
+use crate::protocol::wire::Object;
 
 /// How a NOTIFY from a peer reads against the hub's exact copy.
 #[derive(Debug, Clone, PartialEq, Eq)]

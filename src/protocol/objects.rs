@@ -8,8 +8,8 @@
 
 use thiserror::Error;
 
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Well-known object names (spec 2.2.3, DESIGN 3.2).
 pub mod names {

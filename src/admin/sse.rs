@@ -33,7 +33,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use super::{AdminError, AdminState, Authorized};
-use crate::hub::feed::{HubEvent, HubStatus, Snapshot, Subscription};
+use crate::hub::{HubEvent, HubStatus, Snapshot, Subscription};
 use crate::metrics;
 
 /// Encodes one server-sent event: `event: <name>`, one `data:` line per line of `data`,
@@ -217,7 +217,7 @@ pub(super) async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::feed::Events;
+    use crate::hub::Events;
     use crate::protocol::wire::Object;
 
     #[test]

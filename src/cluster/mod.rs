@@ -55,11 +55,14 @@ mod replica;
 mod scripts;
 mod store;
 
-pub use message::{InboxMessage, MeshMessage};
-pub use replica::{Applied, MeshReplica, MeshSnapshot, PeerChange, RemoteIndex};
+// What the store's API takes and returns; the replicas, the channel messages' JSON and the
+// driver stay inside.
+pub use event::{ClusterEvent, ResyncCause};
+pub use message::InboxMessage;
+pub use replica::PeerChange;
 pub use store::{
-    BlockOutcome, ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore, HubLease,
-    ResyncCause, RouteOutcome, SetHubObjects,
+    BlockOutcome, ClusterEvents, ClusterSettings, ClusterStore, HubLease, RouteOutcome,
+    SetHubObjects,
 };
 
 use thiserror::Error;

@@ -232,16 +232,19 @@ impl MeshReplica {
     }
 
     /// The remote peers and their relayed objects, in join order.
+    #[cfg(test)]
     pub fn peers(&self) -> impl Iterator<Item = (&PeerName, &[Object])> {
         self.peers.iter().map(|(p, o)| (p, o.as_slice()))
     }
 
     /// How many remote peers the replica holds.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.peers.len()
     }
 
     /// Whether the replica holds no remote peer.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }
@@ -279,6 +282,7 @@ impl RemoteIndex {
     }
 
     /// Whether the replicas hold no remote peer.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 
 use super::core::Inner;
 use super::driver::Driver;
+use super::event::ClusterEvent;
 use super::event::Command;
-pub use super::event::{ClusterEvent, ResyncCause};
 use super::keys;
 use super::message::InboxMessage;
 use super::replica::RemoteIndex;
@@ -378,7 +378,8 @@ impl ClusterStore {
     }
 
     /// A local session in `mesh` started: the first one subscribes to the mesh and loads its
-    /// replica (announced as a [`ClusterEvent::Mesh`] with [`ResyncCause::Subscribed`]).
+    /// replica (announced as a [`ClusterEvent::Mesh`] with
+    /// [`ResyncCause::Subscribed`](super::ResyncCause::Subscribed)).
     pub fn watch_mesh(&self, mesh: &str) {
         let _ = self.inner.commands.send(Command::Watch(mesh.to_owned()));
     }

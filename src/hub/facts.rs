@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::relay::watch_list::WatchError;
+use super::relay::WatchError;
 use crate::protocol::machine::SessionMachine;
 use crate::tls::PeerName;
 

@@ -15,7 +15,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::outbound::PushError;
-pub use super::relay::SessionId;
+pub(super) use super::relay::SessionId;
 use super::relay::{HubError, ObjectOp, OpOutcome, RelayedSet, ViewChange, ViewReport};
 use crate::cluster::PeerChange;
 use crate::protocol::wire::Object;

@@ -15,25 +15,36 @@
 //! Nothing of actix leaks out: [`Hub::start`] returns once the listener is bound, and the
 //! handle's methods are plain async functions usable from any runtime.
 
-pub mod accept;
-pub mod blocked;
-pub mod cluster;
-pub mod facts;
-pub mod fanout;
-pub mod feed;
-pub mod handshake;
-pub mod identities;
-pub mod invitations;
-pub mod link;
-pub mod messages;
-pub mod outbound;
-pub mod registry;
-pub mod relay;
-pub mod route;
-pub mod session;
-pub mod shard;
-pub mod shared;
-pub mod throttle;
+mod accept;
+mod blocked;
+mod cluster;
+mod facts;
+mod fanout;
+mod feed;
+mod handshake;
+mod identities;
+mod invitations;
+mod link;
+mod messages;
+mod outbound;
+mod registry;
+mod relay;
+mod route;
+mod session;
+mod shard;
+mod shared;
+mod throttle;
+
+// The hub's one door: what its API takes and returns, and nothing else. Every module above
+// is private, so each of these types has exactly one public path, `p2ppi_hub::hub::X`.
+pub use blocked::Blocked;
+pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus};
+pub use feed::{HubEvent, HubStatus, Snapshot, Subscription};
+pub use identities::{ReloadError, ReloadReport};
+pub use relay::{HubError, ObjectOp, OpOutcome, RejectReason, ViewReport};
+// The admin's SSE tests feed a page without a hub.
+#[cfg(test)]
+pub(crate) use feed::Events;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -50,13 +61,8 @@ use crate::metrics;
 use crate::persist::ObjectStore;
 use crate::protocol::wire::{Message, Object};
 use crate::tls::{PeerName, TlsError};
-pub use blocked::Blocked;
-pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus, HUB_MESSAGES_KEPT};
-pub use identities::{ReloadError, ReloadReport};
 use messages::{ApplyOp, Close, CloseAll, Deliver, Fanout, ListObjects, QueryView, RegistryLink};
-pub use registry::PersistHook;
-use registry::Registry;
-pub use relay::{HubError, ObjectOp, OpOutcome, ViewReport};
+use registry::{PersistHook, Registry};
 use relay::{Relay, ViewChange, ViewLimits};
 use shard::Shard;
 use shared::HubShared;

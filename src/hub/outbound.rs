@@ -146,6 +146,7 @@ impl Outbound {
     }
 
     /// Messages and bytes queued now.
+    #[cfg(test)]
     pub fn queued(&self) -> (usize, usize) {
         let state = self.state.borrow();
         (state.queue.len(), state.bytes)

@@ -186,10 +186,11 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::hub::facts::SessionFlags;
     use crate::hub::messages::{Close, Deliver};
     use crate::hub::outbound::PushError;
     use crate::hub::relay::{RelayedSet, ViewLimits};
-    use crate::hub::shared::{SessionEntry, SessionFlags};
+    use crate::hub::shared::SessionEntry;
 
     /// Stands in for a shard: records the changes it is sent.
     struct Shard(Arc<Mutex<Vec<Arc<Fanout>>>>);

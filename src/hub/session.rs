@@ -46,12 +46,13 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
+use super::facts::{HubMessage, SessionFlags};
 use super::fanout::FanoutCore;
 use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
 use super::relay::{Note, PeerRelay, Reaction, RejectReason, RelayedSet};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
-use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
+use super::shared::{Claim, ConnectionGuard, HubShared, SessionEntry};
 use super::throttle::Throttled;
 use crate::metrics;
 use crate::protocol::machine::{Received, Report, SessionMachine};

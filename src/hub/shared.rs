@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use dashmap::DashMap;
 
-pub use super::facts::{HubMessage, SessionFlags, SessionInfo, HUB_MESSAGES_KEPT};
+use super::facts::{HubMessage, SessionFlags, SessionInfo, HUB_MESSAGES_KEPT};
 use super::feed::{Events, Recent};
 use super::invitations::Invitations;
 use super::messages::{Close, Deliver, SessionId};

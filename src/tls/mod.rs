@@ -10,7 +10,7 @@
 //! - TLS secrets (NSS key log format, for Wireshark; DESIGN 6 "Wire debugging"): a peer's
 //!   client config honours `SSLKEYLOGFILE` as curl and browsers do. The hub's server config
 //!   never reads the environment: it writes secrets only to the file its configuration names
-//!   (`tls.keylog`, applied with [`with_key_log`] or given to [`hub_server_config`]).
+//!   (`tls.keylog`, opened as a [`KeyLogTo`] and given to [`hub_server_config`]).
 //! - Identities over time (DESIGN 10): [`TlsMaterial`] loads and checks the hub's files (CA
 //!   bundle, certificate and key, CRLs) in one place, for the start, every reload and
 //!   `check-config`; [`hub_server_config`] builds the hub's config from them with a
@@ -362,19 +362,6 @@ pub fn client_config(
         .with_client_auth_cert(identity.chain, identity.key)?;
     // Reads SSLKEYLOGFILE; without it, logs nothing.
     config.key_log = Arc::new(KeyLogFile::new());
-    Ok(Arc::new(config))
-}
-
-/// `config` with every session's TLS secrets appended to `path` (the hub's `tls.keylog`).
-///
-/// Only the configuration names this file: unlike [`client_config`], the hub never looks at
-/// `SSLKEYLOGFILE`. The file is created owner-only (0600) and appended to.
-///
-/// # Errors
-/// [`TlsError::KeyLog`] when the file cannot be opened for appending.
-pub fn with_key_log(config: Arc<ServerConfig>, path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = Arc::unwrap_or_clone(config);
-    config.key_log = Arc::new(KeyLogTo::open(path)?);
     Ok(Arc::new(config))
 }
 

@@ -50,19 +50,20 @@ mod relayable;
 #[cfg(test)]
 mod tests;
 mod view;
-pub mod watch_list;
+mod watch_list;
 mod watchers;
 
 use std::sync::Arc;
 
 pub use budget::ViewLimits;
-pub use effects::{
-    Count, Delivery, Effects, Personal, Released, SessionId, ViewChange, ViewReport,
-};
+pub use effects::{Count, Delivery, Effects, Released, SessionId, ViewChange, ViewReport};
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
 pub use peer_relay::{Note, PeerRelay, Reaction};
-pub use relayable::{relayable, RejectReason, RelayCaps};
-pub use view::{notify_only, View};
+pub use relayable::RejectReason;
+#[cfg(test)]
+pub use view::notify_only;
+pub use view::View;
+pub use watch_list::WatchError;
 
 use crate::cluster::PeerChange;
 use crate::protocol::wire::Object;

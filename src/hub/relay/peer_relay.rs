@@ -15,9 +15,10 @@
 use std::collections::HashMap;
 
 use super::relayable::{relayable, RejectReason, RelayCaps};
-use super::watch_list::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
+use super::watch_list::{watch_directive, WatchDirective, WatchError};
 use crate::config::RelaySection;
 use crate::protocol::machine::ObjectsSource;
+use crate::protocol::objects::names::WATCH_LIST;
 use crate::protocol::peer_copy::PeerCopy;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;

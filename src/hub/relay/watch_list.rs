@@ -11,7 +11,7 @@ use thiserror::Error;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
 
-pub use crate::protocol::objects::names::WATCH_LIST;
+use crate::protocol::objects::names::WATCH_LIST;
 
 /// Why a WATCH_LIST value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

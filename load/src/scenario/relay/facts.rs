@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Context;
-use p2ppi_hub::hub::relay::RejectReason;
+use p2ppi_hub::hub::RejectReason;
 use p2ppi_hub::metrics::RELAY_REJECTED;
 use p2ppi_hub::protocol::wire::Object;
 use serde::de::DeserializeOwned;

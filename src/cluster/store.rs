@@ -20,7 +20,7 @@ use redis::aio::ConnectionManagerConfig;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
 use tokio::sync::mpsc;
 
-use super::core::Inner;
+use super::core::StoreCore;
 use super::driver::Driver;
 use super::event::ClusterEvent;
 use super::event::Command;
@@ -160,7 +160,7 @@ pub struct HubLease {
 /// last handle is dropped (a dropped store stops renewing its lease, like a dead hub).
 #[derive(Clone)]
 pub struct ClusterStore {
-    inner: Arc<Inner>,
+    inner: Arc<StoreCore>,
     _driver: Arc<DriverGuard>,
 }
 
@@ -216,7 +216,7 @@ impl ClusterStore {
             })?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::channel(EVENT_QUEUE);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(StoreCore {
             node: settings.node.clone(),
             lease: settings.lease,
             conn,

@@ -130,7 +130,7 @@ fn undelivered(
     invitation: Option<Uuid>,
     reason: Undelivered,
 ) {
-    shared.events.undelivered(from, invitation, reason.label());
+    shared.feed.undelivered(from, invitation, reason.label());
     let Some(id) = invitation else {
         metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable");
         return;
@@ -365,7 +365,7 @@ fn deliver_here(
         Some(AppInvite::Ack(ack)) => {
             let inviter = shared.invitations.take(&ack.invitation_id, from);
             if inviter.is_some() {
-                shared.events.answered(from, to, ack);
+                shared.feed.answered(from, to, ack);
             }
         }
         None => {}

@@ -67,12 +67,12 @@ pub struct RegistryLink {
 /// Counts shards that have applied a change, so its originator can answer only once every
 /// shard serves the new view (read-your-writes: a REQUEST after a 2xx sees the change).
 #[derive(Debug)]
-pub struct Applied {
+pub struct ShardsApplied {
     remaining: AtomicUsize,
     done: tokio::sync::Notify,
 }
 
-impl Applied {
+impl ShardsApplied {
     /// A counter awaiting `shards` shards.
     pub fn new(shards: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -106,7 +106,7 @@ pub struct Fanout {
     /// The views and what their subscribers are sent.
     pub change: ViewChange,
     /// Counted down by each shard once applied.
-    pub applied: Option<Arc<Applied>>,
+    pub applied: Option<Arc<ShardsApplied>>,
 }
 
 /// Applies an [`ObjectOp`] to the hub's objects.

@@ -39,12 +39,12 @@ mod throttle;
 // is private, so each of these types has exactly one public path, `p2ppi_hub::hub::X`.
 pub use blocked::Blocked;
 pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus};
-pub use feed::{HubEvent, HubStatus, Snapshot, Subscription};
+pub use feed::{FeedEvent, FeedSnapshot, FeedSubscription, HubStatus};
 pub use identities::{ReloadError, ReloadReport};
 pub use relay::{HubError, ObjectOp, OpOutcome, RejectReason, ViewReport};
 // The admin's SSE tests feed a page without a hub.
 #[cfg(test)]
-pub(crate) use feed::Events;
+pub(crate) use feed::PresenceFeed;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -188,15 +188,14 @@ impl HubHandle {
         self.shared.hub_messages.to_vec()
     }
 
-    /// Subscribes to the hub's live events and takes a snapshot to start from (the
-    /// presence page's feed).
-    pub fn events(&self) -> feed::Subscription {
-        self.shared.events.subscribe()
+    /// Subscribes to the presence page's feed and takes a snapshot to start from.
+    pub fn feed(&self) -> FeedSubscription {
+        self.shared.feed.subscribe()
     }
 
     /// The hub's version, uptime and session count.
     pub fn status(&self) -> feed::HubStatus {
-        self.shared.events.status()
+        self.shared.feed.status()
     }
 
     /// The session of a peer, if connected.
@@ -341,7 +340,7 @@ impl Hub {
         };
         let hub_certificate = identities.active().expiries[0].not_after;
         let shared = Arc::new(HubShared::new(config, identities));
-        shared.events.hub_certificate(Some(hub_certificate));
+        shared.feed.hub_certificate(Some(hub_certificate));
         let (init_tx, init_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
         let (done_tx, done_rx) = oneshot::channel();
@@ -453,7 +452,7 @@ async fn run_system(
     let persist: PersistHook = Box::new(move |objects: &[Object]| {
         store.save(objects).map_err(|e| e.to_string())?;
         // Persisting is the last step that may refuse a change: from here it is applied.
-        events.events.hub_objects_changed(objects);
+        events.feed.hub_objects_changed(objects);
         Ok(())
     });
     let limits = view_limits(&shared.config);
@@ -472,7 +471,7 @@ async fn run_system(
         change: ViewChange::initial(relay.base_view()),
         applied: None,
     });
-    shared.events.hub_objects_changed(&hub_objects);
+    shared.feed.hub_objects_changed(&hub_objects);
     for shard in &shards {
         shard.do_send(initial.clone());
     }
@@ -512,7 +511,7 @@ async fn run_system(
 
     let grace = stop.await.unwrap_or(Duration::ZERO);
     shared.accepting.store(false, Ordering::Release);
-    shared.events.close();
+    shared.feed.close();
     accept.abort();
     sweeper.abort();
     for shard in &shards {

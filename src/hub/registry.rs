@@ -15,8 +15,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::messages::{
-    Applied, ApplyOp, Fanout, ListObjects, QueryView, RelayRemove, RelaySet, RemoteChanges,
-    SessionId,
+    ApplyOp, Fanout, ListObjects, QueryView, RelayRemove, RelaySet, RemoteChanges, SessionId,
+    ShardsApplied,
 };
 use super::relay::{Effects, HubError, ObjectOp, OpOutcome, Relay, ViewChange};
 use super::shared::HubShared;
@@ -55,8 +55,8 @@ impl Registry {
     }
 
     /// Sends a change to every shard; the result completes once all applied it.
-    fn broadcast(&self, change: ViewChange) -> Arc<Applied> {
-        let applied = Applied::new(self.shards.len());
+    fn broadcast(&self, change: ViewChange) -> Arc<ShardsApplied> {
+        let applied = ShardsApplied::new(self.shards.len());
         let fanout = Arc::new(Fanout {
             change,
             applied: Some(applied.clone()),
@@ -68,7 +68,7 @@ impl Registry {
     }
 
     /// Carries out what the relay logic asked for; returns the broadcasts' completions.
-    fn carry_out(&self, effects: Effects) -> Vec<Arc<Applied>> {
+    fn carry_out(&self, effects: Effects) -> Vec<Arc<ShardsApplied>> {
         for count in effects.counts {
             self.tell_count(&count.peer, count.session, count.count);
         }
@@ -96,7 +96,7 @@ impl Registry {
     }
 
     /// Applies an operation to the hub's objects, persisted before it is committed.
-    fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Vec<Arc<Applied>>), HubError> {
+    fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Vec<Arc<ShardsApplied>>), HubError> {
         let Some(change) = self.relay.prepare_hub_op(op)? else {
             return Ok((OpOutcome { changed: false }, Vec::new()));
         };
@@ -113,7 +113,7 @@ impl Actor for Registry {
 }
 
 /// Completes once every shard applied every change.
-async fn all_applied(applied: Vec<Arc<Applied>>) {
+async fn all_applied(applied: Vec<Arc<ShardsApplied>>) {
     for applied in applied {
         applied.wait(APPLIED_WAIT).await;
     }

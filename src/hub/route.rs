@@ -130,7 +130,7 @@ impl Sender<'_> {
                 let to = self.find(&inviter).ok_or(fail(Undelivered::NotConnected))?;
                 self.deliver(&inviter, to, mime_type, value, None)
                     .map_err(fail)?;
-                self.shared.events.answered(self.peer, &inviter, ack);
+                self.shared.feed.answered(self.peer, &inviter, ack);
                 return Ok(Routed::Returned);
             }
         }
@@ -165,8 +165,9 @@ impl Sender<'_> {
             }
             return Err(fail(reason));
         }
-        let events = &self.shared.events;
-        events.routed(self.peer, &target, mime_type, invitation);
+        self.shared
+            .feed
+            .routed(self.peer, &target, mime_type, invitation);
         Ok(Routed::Forwarded {
             invitation: request.is_some(),
         })

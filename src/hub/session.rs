@@ -226,7 +226,7 @@ impl Session {
             }
         }
         self.flags.store(&self.machine);
-        self.shared.events.flags_changed(self.id);
+        self.shared.feed.flags_changed(self.id);
     }
 
     /// Carries out what the relay policy decided about the peer's objects.
@@ -242,7 +242,7 @@ impl Session {
             self.flags
                 .set_watch(self.relay.watch().cloned(), self.relay.watch_refused());
             self.shared
-                .events
+                .feed
                 .objects_changed(self.id, self.relay.relayed());
             self.send_relay(ctx);
         }
@@ -319,7 +319,7 @@ impl Session {
             }
             Err(Unroutable { reason, invitation }) => {
                 self.shared
-                    .events
+                    .feed
                     .undelivered(&self.peer, invitation, reason.label());
                 self.unroutable(reason, invitation);
             }
@@ -443,7 +443,7 @@ impl Actor for Session {
         let subscribe = self.machine.subscribe();
         self.send(&subscribe);
         self.flags.store(&self.machine);
-        self.shared.events.session_started(self.id, &self.flags);
+        self.shared.feed.session_started(self.id, &self.flags);
         info!(parent: &self.span, "session started");
     }
 
@@ -466,7 +466,7 @@ impl Actor for Session {
         self.out.close();
         self.machine.disconnected();
         metrics::count_reason(metrics::SESSIONS_CLOSED, self.close_reason);
-        self.shared.events.session_ended(self.id, self.close_reason);
+        self.shared.feed.session_ended(self.id, self.close_reason);
         info!(parent: &self.span, reason = self.close_reason, "session ended");
     }
 }

@@ -23,7 +23,7 @@ pub use material::{
     chain_serials, fingerprint, load_crls, trim_serial, CertExpiry, ExpiryRole, LoadedCrl,
     TlsFiles, TlsMaterial,
 };
-pub use verifier::{PeerFilter, PeerVerifier, Refusal, RefuseNobody};
+pub use verifier::{CertRefusal, PeerFilter, PeerVerifier, RefuseNobody};
 
 use std::fmt;
 use std::fs::File;
@@ -442,7 +442,7 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
     };
     match tls {
         E::NoCertificatesPresented => "no_client_cert",
-        E::InvalidCertificate(c) => Refusal::of(c).handshake_reason(),
+        E::InvalidCertificate(c) => CertRefusal::of(c).handshake_reason(),
         E::PeerIncompatible(
             rustls::PeerIncompatible::Tls12NotOffered
             | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled

@@ -42,8 +42,8 @@
 
 mod guard;
 mod identities;
-pub mod page;
-pub mod sse;
+mod page;
+mod sse;
 
 use std::future::{ready, Ready};
 use std::net::SocketAddr;

@@ -19,10 +19,9 @@
 mod material;
 mod verifier;
 
-pub use material::{
-    chain_serials, fingerprint, load_crls, trim_serial, CertExpiry, ExpiryRole, LoadedCrl,
-    TlsFiles, TlsMaterial,
-};
+pub use material::{fingerprint, CertExpiry, ExpiryRole, LoadedCrl, TlsFiles, TlsMaterial};
+// For the certificate tools and the hub's reload, not the crate's users.
+pub(crate) use material::{chain_serials, load_crls, trim_serial};
 pub use verifier::{CertRefusal, PeerFilter, PeerVerifier, RefuseNobody};
 
 use std::fmt;
@@ -210,7 +209,7 @@ pub(crate) fn load_pem_items<T: PemObject>(path: &Path, what: &str) -> Result<Ve
 ///
 /// # Errors
 /// [`TlsError::File`] when the file is missing, unreadable or holds no key.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
         path: path.to_owned(),
         reason: pem_reason(&e),
@@ -299,7 +298,7 @@ pub fn server_config(
 
 /// The hub's server config and the verifier it uses.
 #[derive(Debug, Clone)]
-pub struct HubServerConfig {
+pub(crate) struct HubServerConfig {
     /// The config new handshakes use.
     pub config: Arc<ServerConfig>,
     /// Its client certificate verifier (webpki, then the filter): re-checks live sessions.
@@ -317,7 +316,7 @@ pub struct HubServerConfig {
 /// # Errors
 /// [`TlsError::Config`] if rustls refuses the protocol versions (never with the built-in
 /// provider).
-pub fn hub_server_config(
+pub(crate) fn hub_server_config(
     material: &TlsMaterial,
     filter: Arc<dyn PeerFilter>,
     key_log: Option<Arc<dyn KeyLog>>,
@@ -427,7 +426,7 @@ impl KeyLog for KeyLogTo {
 }
 
 /// A short label for why a TLS handshake failed (metrics `reason` label values).
-pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+pub(crate) fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
     use rustls::Error as E;
     let Some(tls) = err
         .get_ref()

@@ -2,8 +2,8 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `GET /` | the presence page ([`page`]; served without the token, it holds no data) |
-//! | `GET /v1/events` | the page's live feed, server-sent events ([`sse`]) |
+//! | `GET /` | the presence page (`page.rs`; served without the token, it holds no data) |
+//! | `GET /v1/events` | the page's live feed, server-sent events (`sse.rs`) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 once shutdown began or, in a cluster, while Redis does not answer |
 //! | `GET /metrics` | Prometheus text exposition |

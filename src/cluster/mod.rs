@@ -10,7 +10,7 @@
 //! # Data flow
 //! A hub writes through [`ClusterStore`]: every change is one Lua script (state + sequence +
 //! PUBLISH), so Redis never holds a state that no message announced. A driver task reads the
-//! pub/sub pushes, applies them to [`MeshReplica`]s and hands [`ClusterEvent`]s to the hub.
+//! pub/sub pushes, applies them to mesh replicas and hands [`ClusterEvent`]s to the hub.
 //! Pub/sub is at-most-once, so correctness never rests on it alone: a sequence gap, a new
 //! epoch, a reconnect or a Redis restart reloads the mesh from one consistent snapshot and
 //! hands over only the differences.

@@ -1,16 +1,40 @@
-//! The hub server (DESIGN 4) behind a plain [`HubHandle`]. The modules follow a
-//! connection's data flow:
+//! The hub server (DESIGN 4) behind a plain [`HubHandle`].
 //!
-//! [`accept`] → [`handshake`] → [`session`] (with [`throttle`] and [`route`]) → [`relay`]
-//! (the relay logic, sans I/O, driven by the session and by the [`registry`] actor) →
-//! [`fanout`] → [`outbound`]; [`messages`] are what the actors exchange, [`shared`] is what
-//! every thread reads, [`shard`] is the actor of one worker thread; [`cluster`] and
-//! [`link`] connect the hub to the other hubs of a cluster.
+//! # Rooms
+//! Every module is private; the files read in the order a peer's objects travel:
 //!
-//! Threads: the hub runs its own actix `System` on a dedicated thread (the accept loop and
-//! the [`registry::Registry`] live there) plus one worker arbiter per core, each with one
-//! [`shard::Shard`], which handshakes the connections the accept loop hands it and runs
-//! their sessions and fan-out on its thread.
+//! | step | file | what it does |
+//! |---|---|---|
+//! | 1 | `accept.rs` (+ `accept/`) | the accept loop: admission by source, the PROXY protocol, a connection handed to a shard |
+//! | 2 | `handshake.rs` | the TLS handshake on the shard's thread, under a timeout |
+//! | 3 | `session.rs` | the session actor: reads frames, runs the spec's state machine ([`crate::protocol::machine`]), with `throttle.rs` (inbound rate) and `route.rs` (application messages, invitations) |
+//! | 4 | `relay/` | the relay logic, sans I/O: per session the policy over the peer's objects (`PeerRelay`), for the hub one `Relay` (hub objects, mesh views, watchers) taking inputs and returning effects |
+//! | 4' | `registry.rs` | the relay logic's actor shell: applies each input to the `Relay`, carries out its effects |
+//! | 5 | `fanout.rs` | per shard, the views its sessions read and the change applied to every subscriber |
+//! | 6 | `outbound.rs` | one session's bounded outbound queue and the writer that drains it to TLS |
+//!
+//! Beside the flow: `messages.rs` holds the messages the actors exchange (but for the
+//! accept loop's hand-off of a connection to a shard, which stays beside it); `shared.rs` is
+//! what every thread reads (configuration, the PeerName index, the feed) with `facts.rs`
+//! (a session's facts as the admin API shows them), `invitations.rs` and `feed.rs` (the
+//! presence page's feed); `shard.rs` is the actor of one worker thread; `identities.rs`
+//! and `blocked.rs` are certificates and the block list over time (DESIGN 10);
+//! `cluster.rs` and `link.rs` connect the hub to the other hubs of a cluster (DESIGN 8).
+//!
+//! # The door
+//! Outside code (the admin API, the CLI, the tests, the load harness) sees [`Hub`],
+//! [`HubHandle`] and the types their methods take and return, re-exported here: each has
+//! one public path, `p2ppi_hub::hub::X`. The hub depends only on the floors below it
+//! (`protocol`, `tls`, `config`, `cluster`, `metrics`, `persist`, `certs`, `blocklist`);
+//! nothing below imports it. Inside this room the actors still name one another (the accept
+//! loop, the handshake, the session, `shared.rs` and `identities.rs` import each other's
+//! types): the floors are ordered, the rooms' furniture is not yet.
+//!
+//! # Threads
+//! The hub runs its own actix `System` on a dedicated thread (the accept loop and the
+//! registry live there) plus one worker arbiter per core, each with one shard, which
+//! handshakes the connections the accept loop hands it and runs their sessions and fan-out
+//! on its thread.
 //!
 //! Nothing of actix leaks out: [`Hub::start`] returns once the listener is bound, and the
 //! handle's methods are plain async functions usable from any runtime.

@@ -10,10 +10,10 @@
 //! - TLS secrets (NSS key log format, for Wireshark; DESIGN 6 "Wire debugging"): a peer's
 //!   client config honours `SSLKEYLOGFILE` as curl and browsers do. The hub's server config
 //!   never reads the environment: it writes secrets only to the file its configuration names
-//!   (`tls.keylog`, opened as a [`KeyLogTo`] and given to [`hub_server_config`]).
+//!   (`tls.keylog`, opened as a [`KeyLogTo`] and given to the hub's server config).
 //! - Identities over time (DESIGN 10): [`TlsMaterial`] loads and checks the hub's files (CA
 //!   bundle, certificate and key, CRLs) in one place, for the start, every reload and
-//!   `check-config`; [`hub_server_config`] builds the hub's config from them with a
+//!   `check-config`; the hub builds its server config from them with a
 //!   [`PeerVerifier`] (webpki, then the block list by PeerName).
 
 mod material;
@@ -250,7 +250,7 @@ impl Identity {
     /// Loads a chain and key from PEM files.
     ///
     /// # Errors
-    /// As [`load_certs`] and [`load_key`].
+    /// [`TlsError`] when a file cannot be read or holds no certificate or key.
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         Ok(Self {
             chain: load_certs(cert)?,
@@ -284,7 +284,7 @@ const VERSIONS: &[&rustls::SupportedProtocolVersion] =
 
 /// A bare server config: TLS 1.2/1.3, client certificate required and verified against
 /// every certificate of `ca`, no CRLs and no refusals by PeerName (the bench harness's
-/// floor; the hub itself uses [`hub_server_config`]).
+/// floor; the hub's own adds CRLs and its block list).
 ///
 /// # Errors
 /// [`TlsError`] when the CA bundle is empty or the key does not match.

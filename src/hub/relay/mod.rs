@@ -1,9 +1,11 @@
 //! The relay (DESIGN 4, 5): how a peer's published objects become what the peers of its mesh
 //! see, as logic without I/O. Actors drive it; it never sends.
 //!
-//! **Session side** (one per session, driven by the session actor): [`PeerCopy`](crate::protocol::peer_copy::PeerCopy) keeps the
-//! hub's exact copy of the peer's objects, [`relayable`] decides what of it may be relayed,
-//! [`watch_list`] reads its WATCH_LIST, and [`PeerRelay`] composes them into the session's
+//! **Session side** (one per session, driven by the session actor): a
+//! [`PeerCopy`](crate::protocol::peer_copy::PeerCopy) (a subscriber's exact copy of its
+//! neighbour's list, which the protocol defines) keeps the hub's copy of the peer's objects,
+//! [`relayable`] decides what of it may be relayed, [`watch_list`] reads its WATCH_LIST,
+//! and [`PeerRelay`] composes them into the session's
 //! relay policy: what to ask the peer, what to hand the registry, what to count and log.
 //! (The session actor itself is I/O and wiring only.)
 //!

@@ -2,7 +2,7 @@
 //! objects its peer reports. The session actor drives it and carries out what it returns.
 //!
 //! In: each list of objects the session's state machine reports (a NOTIFY or the RESPONSE to
-//! the hub's REQUEST). It keeps the exact copy ([`PeerCopy`](crate::protocol::peer_copy::PeerCopy)), reads the WATCH_LIST (never
+//! the hub's REQUEST). It keeps the exact copy ([`PeerCopy`]), reads the WATCH_LIST (never
 //! relayed; an invalid one leaves the previous in force), and filters the rest through the
 //! relay caps ([`relayable`]).
 //!

@@ -16,7 +16,10 @@
 //! a reason of at most `blocklist.max_reason_bytes` bytes without control characters (it is
 //! logged and shown on the admin API). What comes from Redis or the file is checked the same
 //! way; an entry whose reason is unacceptable keeps its block and loses its reason (refusing
-//! the entry would unblock a peer).
+//! the entry would unblock a peer). Redis is read within the same bounds (at most
+//! `max_entries` entries of at most [`BlockLimits::max_entry_bytes`] each, cut in Redis
+//! before the reply), so what another Redis client writes there cannot take a hub's memory
+//! or its Redis connection.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -132,6 +135,15 @@ impl BlockLimits {
             return Err(BlockError::ReasonControl);
         }
         Ok(())
+    }
+
+    /// The longest entry (its JSON) the list can hold: a reason of `max_reason_bytes`
+    /// escaped at worst (6 bytes a byte), `since` and the rest. A longer one in Redis was not
+    /// written by a hub, and is read without its reason.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_reason_bytes
+            .saturating_mul(6)
+            .saturating_add(MAX_SINCE_BYTES + 64)
     }
 
     /// An entry read from a file or Redis, with what is unacceptable in it dropped (never

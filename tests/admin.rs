@@ -648,3 +648,96 @@ async fn with_a_token_the_token_protects_and_bodies_are_still_json_only() {
         format!("POST /v1/objects\nHost: hub.example\nContent-Type: application/json\n{auth}");
     assert_eq!(hub.raw(&json, r#"{"name":"x","value":"1"}"#).await.0, 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_and_block_routes_hold_bodies_to_admin_max_body_bytes() {
+    // A limit above actix's own default for raw bodies (256 KiB): the configured one rules.
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(
+        dir.path(),
+        &[],
+        &[("P2PPI_ADMIN__MAX_BODY_BYTES", "1048576")],
+    );
+    let padded = format!("{{}}{}", " ".repeat(300 * 1024));
+    let (status, body) = hub.http("POST", "/v1/reload", Some(&padded), None).await;
+    assert_eq!(status, 200, "{body}");
+    let peer = "ab".repeat(20);
+    let reason = json!({"reason": "x".repeat(300 * 1024)}).to_string();
+    let (status, body) = hub
+        .http("PUT", &format!("/v1/blocked/{peer}"), Some(&reason), None)
+        .await;
+    assert_eq!(status, 400, "the reason's own bound answers: {body}");
+    assert!(body["error"].as_str().unwrap().contains("max_reason_bytes"));
+
+    // Beyond the limit: 413 as JSON, counted, whatever the route.
+    let over = " ".repeat(1024 * 1024 + 1);
+    let scrape = hub.metrics().await;
+    let before = series(
+        &scrape,
+        "p2ppi_admin_rejected_total{reason=\"body_too_large\"}",
+    );
+    for (method, path) in [
+        ("POST", "/v1/reload".to_owned()),
+        ("PUT", format!("/v1/blocked/{peer}")),
+    ] {
+        let (status, body) = hub.http(method, &path, Some(&over), None).await;
+        assert_eq!(status, 413, "{method} {path}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("admin.max_body_bytes"),
+            "{body}"
+        );
+    }
+    let scrape = hub.metrics().await;
+    assert_eq!(
+        series(
+            &scrape,
+            "p2ppi_admin_rejected_total{reason=\"body_too_large\"}"
+        ),
+        before + 2.0
+    );
+    assert_eq!(hub.get("/v1/blocked").await.1, json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_varying_what_it_sends_is_logged_once_not_per_request() {
+    // A page the operator visits can POST FormData cross-site without a preflight: every
+    // request has a new multipart boundary. And a rebinding page can use a new name of its
+    // wildcard domain per request. Each is refused and counted; the log says it once.
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let host = format!("Host: {}", hub.admin);
+    let requests = 20;
+    for i in 0..requests {
+        let form = format!(
+            "POST /v1/objects\n{host}\nOrigin: http://{}\nContent-Type: multipart/form-data; boundary=----Boundary{i:016x}",
+            hub.admin
+        );
+        assert_eq!(hub.raw(&form, "--x--").await.0, 415);
+        let rebound = format!("GET /v1/sessions\nHost: r{i}.rebind.example:9350");
+        assert_eq!(hub.raw(&rebound, "").await.0, 403);
+    }
+    let scrape = hub.metrics().await;
+    for reason in ["content_type", "host"] {
+        assert_eq!(
+            series(
+                &scrape,
+                &format!("p2ppi_admin_rejected_total{{reason=\"{reason}\"}}")
+            ),
+            f64::from(requests),
+            "every refusal counted"
+        );
+    }
+    hub.running.signal("-TERM");
+    let (_, log) = hub.running.wait();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("admin request refused"))
+        .count();
+    assert!(
+        (2..=4).contains(&logged),
+        "{logged} log lines for {requests} requests of each kind:\n{log}"
+    );
+}

@@ -162,3 +162,90 @@ async fn one_host_holding_many_idle_connections_cannot_keep_a_good_peer_out() {
         );
     }
 }
+
+/// Stops the hub (SIGTERM) and returns how many of its log lines contain `needle`.
+fn log_lines_containing(hub: HubProcess, needle: &str) -> usize {
+    hub.running.signal("-TERM");
+    let (_, log) = hub.running.wait();
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Connects from `from` until the hub answers a ClientHello with a ServerHello (a token
+/// returned, or a handshake of the source ended), and returns that connection, its
+/// handshake in flight. Every refusal meanwhile is a connection closed before TLS.
+async fn admitted_from(from: [u8; 4], to: &str, hello: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut tcp = tcp_from(from, to).await;
+        if tcp.write_all(hello).await.is_ok() {
+            let mut buf = [0u8; 1];
+            if let Ok(Ok(1)) = tokio::time::timeout(DEADLINE, tcp.read(&mut buf)).await {
+                if is_server_hello(&buf) {
+                    return tcp;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never admitted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_held_at_its_limit_is_logged_once_not_at_every_handshake_that_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(
+        dir.path(),
+        &[],
+        &[
+            ("P2PPI_LIMITS__MAX_HANDSHAKES_PER_IP", "2"),
+            ("P2PPI_LIMITS__HANDSHAKE_TIMEOUT", "\"120s\""),
+        ],
+    );
+    let hello = client_hello(&hub.peer_config("probe", None));
+    // One connection holds a handshake throughout: the source stays known to the hub.
+    let _held = tcp_from(HOST, &hub.p2ppi).await;
+    // A host that keeps its other handshake busy: each time it ends, the next connection
+    // takes it, and the one after is refused. The host never stops pressing on its limit.
+    let cycles = 6;
+    for _ in 0..cycles {
+        let busy = admitted_from(HOST, &hub.p2ppi, &hello).await;
+        let answer = answer_to_hello(HOST, &hub.p2ppi, &hello).await;
+        assert!(answer.is_empty(), "over the limit, got {answer:?}");
+        drop(busy);
+    }
+    let scrape = hub.metrics().await;
+    assert!(rejected(&scrape, "handshakes_per_ip") >= f64::from(cycles));
+    // Logged when it went over, not again at each of its handshakes that ended.
+    let warned = log_lines_containing(hub, "a source address is over a limit");
+    assert!(
+        (1..=2).contains(&warned),
+        "{warned} warnings for one source held at its limit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_at_the_handshake_rate_is_logged_once_not_at_every_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(
+        dir.path(),
+        &[],
+        &[
+            ("P2PPI_LIMITS__HANDSHAKE_RATE", "4"),
+            ("P2PPI_LIMITS__HANDSHAKE_BURST", "1"),
+        ],
+    );
+    let hello = client_hello(&hub.peer_config("probe", None));
+    // Connections as fast as they come: each token that returns is taken at once, and the
+    // next connection is refused.
+    let tokens = 6;
+    for _ in 0..tokens {
+        drop(admitted_from(HOST, &hub.p2ppi, &hello).await);
+        let answer = answer_to_hello(HOST, &hub.p2ppi, &hello).await;
+        assert!(answer.is_empty(), "over the rate, got {answer:?}");
+    }
+    let scrape = hub.metrics().await;
+    assert!(rejected(&scrape, "handshake_rate") >= f64::from(tokens));
+    let warned = log_lines_containing(hub, "limits.handshake_rate reached");
+    assert!((1..=2).contains(&warned), "{warned} warnings for one flood");
+}

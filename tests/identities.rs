@@ -882,3 +882,267 @@ async fn a_block_on_one_hub_closes_and_refuses_the_peer_on_every_hub() {
         .await
         .contains("AccessDenied"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_hub_starts_is_a_reload_once_it_serves_not_its_end() {
+    // `systemctl reload` right after a start (Type=exec: systemd counts the hub started at
+    // once) must not kill it: SIGHUP's default action ends a process, and systemd counts
+    // that as a clean exit it does not restart.
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let upstream = redis
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches("/0")
+        .to_owned();
+    // A gate between the hub and Redis: while it holds the hub's first connection, the hub
+    // is inside its start (joining the cluster), deterministically.
+    let gate = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_url = format!("redis://{}/0", gate.local_addr().unwrap());
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut first = Some(first_tx);
+        loop {
+            let Ok((mut hub_side, _)) = gate.accept().await else {
+                return;
+            };
+            if let Some(first) = first.take() {
+                let _ = first.send(());
+            }
+            let (mut open, upstream) = (open_rx.clone(), upstream.clone());
+            tokio::spawn(async move {
+                if open.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                let mut redis_side = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut hub_side, &mut redis_side).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!("[cluster]\nredis = {gate_url:?}\nnode = \"a\"\n"),
+    )
+    .unwrap();
+    let running = HubProcess::spawn(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    tokio::time::timeout(DEADLINE, first_rx)
+        .await
+        .expect("the hub connects to Redis")
+        .unwrap();
+    running.signal("-HUP");
+    open_tx.send(true).unwrap();
+    let path = dir.path().to_owned();
+    let hub = tokio::task::spawn_blocking(move || HubProcess::serving(running, &path))
+        .await
+        .unwrap();
+    // The signal waited for the start, then reloaded the files.
+    wait_for_series(&hub, "p2ppi_tls_reloads_total{outcome=\"ok\"}", 1.0).await;
+    served(hub.peer_config("after", None)).await;
+}
+
+/// The peak resident memory of a process, bytes (`VmHWM`).
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_block_list_in_redis_neither_floods_a_hub_nor_unblocks_anyone() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nredis = {:?}\nnode = \"a\"\n\n[blocklist]\nmax_entries = 16\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let hub = HubProcess::start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let pid = hub.running.child.id();
+    let before = peak_memory(pid);
+    // Another client of the cluster's Redis writes what no hub would: entries of 8 MiB
+    // (the hub's reasons are at most blocklist.max_reason_bytes), more entries than
+    // blocklist.max_entries, and keys that are no PeerName.
+    let mut conn = redis.connection();
+    let huge = json!({ "reason": "x".repeat(8 << 20) }).to_string();
+    let peers: Vec<String> = (1..=24u32).map(|i| format!("{i:040x}")).collect();
+    for peer in &peers {
+        let _: () = ::redis::cmd("HSET")
+            .arg("p2ppi:blocked")
+            .arg(peer)
+            .arg(&huge)
+            .query(&mut conn)
+            .unwrap();
+    }
+    let _: () = ::redis::cmd("HSET")
+        .arg("p2ppi:blocked")
+        .arg("k".repeat(1 << 20))
+        .arg("{}")
+        .query(&mut conn)
+        .unwrap();
+    let _: i64 = ::redis::cmd("PUBLISH")
+        .arg("p2ppi:chan:blocked")
+        .arg("{}")
+        .query(&mut conn)
+        .unwrap();
+    // The hub applies what fits its bounds: 16 PeerNames, still blocked (an entry it cannot
+    // use loses its reason, never its block), and counts the rest.
+    let start = Instant::now();
+    let listed = loop {
+        let listed = hub.get("/v1/blocked").await.1;
+        if listed.as_array().unwrap().len() == 16 {
+            break listed;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the hub did not apply the list: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for entry in listed.as_array().unwrap() {
+        assert!(peers.contains(&entry["peer_name"].as_str().unwrap().to_owned()));
+        assert!(entry.get("reason").is_none_or(Value::is_null), "{entry}");
+    }
+    let scrape = hub.metrics().await;
+    let bad = |reason: &str| {
+        series(
+            &scrape,
+            &format!("p2ppi_cluster_bad_messages_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(bad("blocked_over_limit") >= 8.0, "{scrape}");
+    assert!(
+        bad("blocked") >= 17.0,
+        "the long key and the 16 unusable entries"
+    );
+    // Without taking the 192 MiB into its memory.
+    let grew = peak_memory(pid).saturating_sub(before);
+    assert!(
+        grew < 64 << 20,
+        "the hub's peak memory grew by {grew} bytes"
+    );
+    assert!(
+        hub.get("/readyz").await.0 == 200,
+        "the hub still serves its cluster"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_that_would_refuse_every_peer_of_a_ca_fails_the_reload() {
+    // A CA roll-over with an overlap bundle whose new CA has the old one's name (every
+    // development CA is "p2ppi-hub development CA"), then a revocation. rustls checks a
+    // certificate against the first CRL naming its issuer: the old CA's CRL, which the new
+    // CA did not sign, so every peer of the new CA would be refused and its sessions closed.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(run(&["certs", "init", "--data-dir", d], dir.path())
+        .status
+        .success());
+    let new_dir = tempfile::tempdir().unwrap();
+    p2ppi_hub::certs::init(new_dir.path(), &[]).unwrap();
+    let (old_ca, new_ca) = (
+        CertAuthority::load(dir.path()).unwrap(),
+        CertAuthority::load(new_dir.path()).unwrap(),
+    );
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        format!("{}{}", old_ca.cert_pem(), new_ca.cert_pem()),
+    )
+    .unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!("[hub]\ndata_dir = {d:?}\n[tls]\nca = {bundle:?}\n"),
+    )
+    .unwrap();
+    let hub = HubProcess::start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let (alice, mut alice_events) =
+        served(config_for(&hub, dir.path(), &issue(&old_ca, "alice"))).await;
+    let (bob, mut bob_events) = served(config_for(&hub, dir.path(), &issue(&new_ca, "bob"))).await;
+
+    // A stolen laptop of the old CA is revoked.
+    let issued = run(&["certs", "issue", "mallory", "--data-dir", d], dir.path());
+    assert!(issued.status.success(), "{}", stderr(&issued));
+    let revoked = run(&["certs", "revoke", "mallory", "--data-dir", d], dir.path());
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let (status, answer) = post_reload(&hub).await;
+    assert_eq!(status, 422, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("crl.pem") && error.contains("p2ppi-hub development CA"),
+        "{error}"
+    );
+    // Nothing changed: both CAs' peers are served, old and new.
+    assert_alive(&alice, &mut alice_events).await;
+    assert_alive(&bob, &mut bob_events).await;
+    served(config_for(&hub, dir.path(), &issue(&new_ca, "carol"))).await;
+    // check-config says the same.
+    let check = run(&["check-config", config.to_str().unwrap()], dir.path());
+    assert!(!check.status.success());
+    assert!(
+        stderr(&check).contains("crl.pem") && stderr(&check).contains("share a name"),
+        "{}",
+        stderr(&check)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_peer_resuming_a_tls_session_is_refused() {
+    // A resumed TLS session skips certificate verification, where the block list is
+    // checked: a peer that keeps its session tickets must still be refused once blocked.
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let ca = CertAuthority::load(dir.path()).unwrap();
+    let mallory = issue(&ca, "mallory");
+    let config = config_for(&hub, dir.path(), &mallory);
+    let client = p2ppi_hub::tls::client_config(&config.ca, config.identity.clone()).unwrap();
+    let resumable = |client| {
+        let config = config.clone();
+        async move { peer::connect_with(&config, client, None).await.unwrap() }
+    };
+    // A full handshake; reading the hub's SUBSCRIBE takes the tickets sent before it.
+    let mut first = resumable(client.clone()).await;
+    let mut buf = [0u8; 64];
+    assert!(first.read(&mut buf).await.unwrap() > 0);
+    drop(first);
+    let (status, answer) = put_block(&hub, &mallory.peer_name, "{}").await;
+    assert_eq!(status, 201, "{answer}");
+    let mut again = resumable(client).await;
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the test resumes the session"
+    );
+    let read = tokio::time::timeout(DEADLINE, again.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a blocked peer was served after resuming: {read:?}"
+    );
+    wait_for_series(
+        &hub,
+        "p2ppi_handshake_failures_total{reason=\"blocked\"}",
+        1.0,
+    )
+    .await;
+}

@@ -38,11 +38,15 @@
 //! The body rule above still applies.
 //!
 //! Every refusal is counted in `p2ppi_admin_rejected_total{reason="host"|"origin"|
-//! "content_type"}` and logged at warn when the offending value differs from the last one
-//! logged for its reason (a page retrying does not flood the log).
+//! "content_type"}` and logged at warn once per episode of its reason: a refusal that comes
+//! within [`REFUSALS_QUIET`] of the previous one for the same reason is counted, not logged.
+//! Keying the log on the offending value would not do: a page chooses it per request (a
+//! new multipart boundary with every cross-site FormData POST, a new name of its wildcard
+//! domain with every rebound request), and could write a log line per request.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -57,6 +61,10 @@ use crate::metrics;
 
 /// Longest piece of an offending header value quoted in an error or a log line.
 const QUOTED_MAX_CHARS: usize = 80;
+
+/// How long refusals of one reason must pause before the next is logged again (an episode
+/// ends): a page retrying or flooding is one log line, its requests are counted.
+pub(super) const REFUSALS_QUIET: Duration = Duration::from_secs(10);
 
 /// Why the guard refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +103,9 @@ impl Refusal {
 pub(super) struct Policy {
     token_set: bool,
     bound: SocketAddr,
-    /// The offending value last logged, per [`Refusal`]: a repeat is counted, not logged.
-    last_logged: Mutex<[Option<String>; 3]>,
+    /// When each [`Refusal`] last happened: one within [`REFUSALS_QUIET`] of it is counted,
+    /// not logged.
+    last_refused: Mutex<[Option<Instant>; 3]>,
 }
 
 impl Policy {
@@ -105,7 +114,7 @@ impl Policy {
         Self {
             token_set,
             bound,
-            last_logged: Mutex::new([None, None, None]),
+            last_refused: Mutex::new([None, None, None]),
         }
     }
 
@@ -151,7 +160,7 @@ impl Policy {
         ip.to_canonical().is_loopback() || (ip == self.bound.ip() && *port == self.bound.port())
     }
 
-    /// Counts a refusal, logs it when its value is new, and answers it.
+    /// Counts a refusal, logs it when it begins an episode, and answers it.
     fn refuse(&self, refusal: Refusal, value: &str) -> AdminError {
         metrics::count_reason(metrics::ADMIN_REJECTED, refusal.reason());
         let quoted = quote(value);
@@ -170,25 +179,24 @@ impl Policy {
                  (a web page cannot send it without permission)"
             ),
         };
-        if self.is_new(refusal, &quoted) {
+        if self.begins_episode(refusal, Instant::now()) {
             warn!(
                 reason = refusal.reason(),
-                "admin request refused: {message}"
+                "admin request refused: {message} (more refusals for this reason are counted in p2ppi_admin_rejected_total, and logged again after {}s without one)",
+                REFUSALS_QUIET.as_secs()
             );
         }
         AdminError::new(refusal.status(), message)
     }
 
-    /// Whether `value` differs from the last one refused for the same reason (and so is
-    /// logged); remembers it.
-    fn is_new(&self, refusal: Refusal, value: &str) -> bool {
-        let mut last = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether a refusal at `now` begins an episode of its reason (and so is logged): none
+    /// of that reason for [`REFUSALS_QUIET`] before it. Remembers it.
+    fn begins_episode(&self, refusal: Refusal, now: Instant) -> bool {
+        let mut last = self.last_refused.lock().unwrap_or_else(|e| e.into_inner());
         let slot = &mut last[refusal.index()];
-        let new = slot.as_deref() != Some(value);
-        if new {
-            *slot = Some(value.to_owned());
-        }
-        new
+        let begins = slot.is_none_or(|at| now.saturating_duration_since(at) >= REFUSALS_QUIET);
+        *slot = Some(now);
+        begins
     }
 }
 
@@ -534,16 +542,24 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_is_logged_once_per_new_value() {
+    fn a_refusal_is_logged_once_per_episode_of_its_reason() {
         let policy = loopback();
-        assert!(policy.is_new(Refusal::Host, "a.example"));
-        assert!(!policy.is_new(Refusal::Host, "a.example"), "a repeat");
+        let t = Instant::now();
+        assert!(policy.begins_episode(Refusal::Host, t));
+        let soon = t + Duration::from_secs(1);
+        assert!(!policy.begins_episode(Refusal::Host, soon), "a repeat");
         assert!(
-            policy.is_new(Refusal::Origin, "a.example"),
+            policy.begins_episode(Refusal::Origin, soon),
             "another reason"
         );
-        assert!(policy.is_new(Refusal::Host, "b.example"));
-        assert!(policy.is_new(Refusal::Host, "a.example"), "changed back");
+        // Refusals that keep coming keep the episode going, however long it lasts.
+        let mut at = soon;
+        for _ in 0..5 {
+            at += REFUSALS_QUIET / 2;
+            assert!(!policy.begins_episode(Refusal::Host, at));
+        }
+        // A pause as long as REFUSALS_QUIET ends it.
+        assert!(policy.begins_episode(Refusal::Host, at + REFUSALS_QUIET));
         let long = "x".repeat(500);
         let err = policy.refuse(Refusal::Origin, &long).to_string();
         assert!(err.len() < 300 && err.contains('…'), "{err}");

@@ -42,18 +42,34 @@ impl From<BlockError> for AdminError {
 }
 
 /// An optional JSON body: empty (no body) is the default; anything else must decode.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], max: usize) -> Result<T> {
-    if body.len() > max {
-        metrics::count_reason(metrics::ADMIN_REJECTED, "body_too_large");
-        return Err(AdminError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than admin.max_body_bytes ({max})"),
-        ));
+///
+/// Read from the stream against `admin.max_body_bytes` here, not through actix's `Bytes`
+/// extractor, whose own limit (256 KiB) would rule over the configured one and answer in
+/// plain text, uncounted.
+async fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<T> {
+    use futures_util::StreamExt as _;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            metrics::count_reason(metrics::ADMIN_REJECTED, "bad_request");
+            AdminError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+        })?;
+        if body.len() + chunk.len() > max {
+            metrics::count_reason(metrics::ADMIN_REJECTED, "body_too_large");
+            return Err(AdminError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than admin.max_body_bytes ({max})"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
+    serde_json::from_slice(&body).map_err(|e| {
         metrics::count_reason(metrics::ADMIN_REJECTED, "bad_request");
         AdminError::new(
             StatusCode::BAD_REQUEST,
@@ -72,9 +88,9 @@ pub(super) struct Empty {}
 pub(super) async fn reload(
     _: Authorized,
     state: web::Data<AdminState>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse> {
-    let Empty {} = optional_body(&body, state.hub.config().admin.max_body_bytes)?;
+    let Empty {} = optional_body(body, state.hub.config().admin.max_body_bytes).await?;
     match state.hub.reload().await {
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
         Err(e @ ReloadError::Tls(_)) => Err(AdminError::new(
@@ -99,10 +115,10 @@ pub(super) async fn block(
     _: Authorized,
     state: web::Data<AdminState>,
     peer: web::Path<String>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse> {
     let peer = peer_name(&peer)?;
-    let BlockBody { reason } = optional_body(&body, state.hub.config().admin.max_body_bytes)?;
+    let BlockBody { reason } = optional_body(body, state.hub.config().admin.max_body_bytes).await?;
     let blocked = state.hub.block(peer.clone(), reason).await?;
     let status = if blocked.added {
         StatusCode::CREATED

@@ -58,20 +58,28 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = effective_config(&args)?;
     init_logging(&config);
     let data_dir = config.hub.data_dir.clone();
-    if config.uses_data_dir_certs() {
-        let outcome = certs::init(&data_dir, &[])
-            .with_context(|| format!("creating the development CA in {}", data_dir.display()))?;
-        if outcome == InitOutcome::Created {
-            println!(
-                "created a development CA and hub certificate in {}",
-                data_dir.display()
-            );
-        }
-    }
     let grace = config.shutdown.grace;
     let admin = config.admin.clone();
     let system = actix_rt::System::new();
     system.block_on(async move {
+        // First of all: a SIGHUP (systemctl reload) that comes while the hub starts
+        // (creating the development CA, joining a cluster's Redis) waits for it. Without a
+        // handler its default action ends the process, which systemd counts as a clean exit
+        // and does not restart. (SIGTERM and SIGINT keep ending a hub that is not serving
+        // yet at once: nothing to drain, and a start stuck on Redis stays easy to stop.)
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        if config.uses_data_dir_certs() {
+            let outcome = certs::init(&data_dir, &[]).with_context(|| {
+                format!("creating the development CA in {}", data_dir.display())
+            })?;
+            if outcome == InitOutcome::Created {
+                println!(
+                    "created a development CA and hub certificate in {}",
+                    data_dir.display()
+                );
+            }
+        }
         let prometheus = p2ppi_hub::metrics::install();
         let hub = Hub::start(config).context("starting the hub")?;
         let handle = hub.handle();
@@ -97,7 +105,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             super::first_peer_hint(&data_dir, listen)
         );
         let _ = std::io::stdout().flush();
-        let signal = serve_signals(&handle).await?;
+        let signal = serve_signals(&handle, hangup).await?;
         // Not ready first, so load balancers stop sending; then drain with close_notify.
         ready.store(false, Ordering::Release);
         tracing::info!(signal, grace = ?grace, "shutting down");
@@ -112,12 +120,15 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reloads the TLS files on each SIGHUP (a failure is logged and counted by the hub, which
-/// keeps what it had) until SIGTERM or SIGINT, which it returns.
-async fn serve_signals(hub: &p2ppi_hub::hub::HubHandle) -> anyhow::Result<&'static str> {
+/// keeps what it had; one that came during the start is taken now) until SIGTERM or
+/// SIGINT, which it returns.
+async fn serve_signals(
+    hub: &p2ppi_hub::hub::HubHandle,
+    mut hup: tokio::signal::unix::Signal,
+) -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok("SIGTERM"),

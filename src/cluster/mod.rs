@@ -61,8 +61,8 @@ pub use event::{ClusterEvent, ResyncCause};
 pub use message::InboxMessage;
 pub use replica::PeerChange;
 pub use store::{
-    BlockOutcome, ClusterEvents, ClusterSettings, ClusterStore, HubLease, RouteOutcome,
-    SetHubObjects,
+    BlockOutcome, BlockedList, ClusterEvents, ClusterSettings, ClusterStore, HubLease,
+    RouteOutcome, SetHubObjects,
 };
 
 use thiserror::Error;

@@ -383,15 +383,43 @@ return {'seeded'}
     ))
 });
 
-/// No ARGV. The cluster's block list: `{exists, peer, entry, …}` with `exists` `1` once the
-/// list was ever written (else `0`: seed it).
+/// ARGV: most entries, longest entry. The cluster's block list, within the hub's bounds:
+/// `{exists, left_out, bad_keys, peer, entry, …}` with `exists` `1` once the list was ever
+/// written (else `0`: seed it). At most `most` entries are returned (`left_out` says how
+/// many more there are); a key that cannot be a PeerName (not 40 bytes) is skipped and
+/// counted in `bad_keys`; an entry longer than `longest` comes back empty (its block kept,
+/// its reason lost). Only another client can have written such things, and without these
+/// bounds one reply could take any amount of a hub's memory, or go past Redis's output
+/// limit for a subscribed client (32 MiB), which closes the hub's connection at every read.
 pub(crate) static BLOCKED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
         r#"
-local out = {tostring(redis.call('EXISTS', P .. 'blocked-seeded'))}
-local all = redis.call('HGETALL', P .. 'blocked')
-for i = 1, #all do out[#out + 1] = all[i] end
+local most, longest = tonumber(ARGV[1]), tonumber(ARGV[2])
+local k = P .. 'blocked'
+local out = {tostring(redis.call('EXISTS', P .. 'blocked-seeded')), '0', '0'}
+local cursor, taken, bad, seen = '0', 0, 0, {}
+repeat
+  local page = redis.call('HSCAN', k, cursor, 'COUNT', 256)
+  cursor = page[1]
+  local items = page[2]
+  for i = 1, #items, 2 do
+    local peer, entry = items[i], items[i + 1]
+    if not seen[peer] and taken < most then
+      seen[peer] = true
+      if #peer ~= 40 then
+        bad = bad + 1
+      else
+        taken = taken + 1
+        if #entry > longest then entry = '' end
+        out[#out + 1] = peer
+        out[#out + 1] = entry
+      end
+    end
+  end
+until cursor == '0' or taken >= most
+out[2] = tostring(math.max(redis.call('HLEN', k) - taken - bad, 0))
+out[3] = tostring(bad)
 return out
 "#
     ))

@@ -142,6 +142,18 @@ pub enum BlockOutcome {
     Full,
 }
 
+/// The cluster's block list as read, within the reader's bounds
+/// ([`ClusterStore::blocked`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockedList {
+    /// PeerName (as written) and entry JSON (empty when it was longer than asked for).
+    pub entries: Vec<(String, String)>,
+    /// Entries beyond the most asked for, not read.
+    pub left_out: usize,
+    /// Keys that cannot be PeerNames, not read.
+    pub bad_keys: usize,
+}
+
 /// A live or expired hub as Redis sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HubLease {
@@ -477,14 +489,35 @@ impl ClusterStore {
         })
     }
 
-    /// The cluster's block list (PeerName → entry JSON), or `None` if Redis never had one
-    /// (then seed it: [`ClusterStore::seed_blocked`]).
+    /// The cluster's block list (PeerName → entry JSON), at most `most` entries of at most
+    /// `longest` bytes each (see [`BlockedList`]), or `None` if Redis never had one (then
+    /// seed it: [`ClusterStore::seed_blocked`]).
     ///
     /// # Errors
     /// [`ClusterError::Redis`] if Redis cannot be reached.
-    pub async fn blocked(&self) -> Result<Option<Vec<(String, String)>>, ClusterError> {
-        let reply = self.inner.script("blocked", &scripts::BLOCKED, &[]).await?;
-        let Some((exists, rest)) = reply.split_first() else {
+    pub async fn blocked(
+        &self,
+        most: usize,
+        longest: usize,
+    ) -> Result<Option<BlockedList>, ClusterError> {
+        let reply = self
+            .inner
+            .script(
+                "blocked",
+                &scripts::BLOCKED,
+                &[most.to_string(), longest.to_string()],
+            )
+            .await?;
+        let (exists, left_out, bad_keys, rest) = match reply.as_slice() {
+            [exists, left_out, bad_keys, rest @ ..] => (
+                exists.as_str(),
+                left_out.parse().ok(),
+                bad_keys.parse().ok(),
+                rest,
+            ),
+            _ => ("", None, None, &[] as &[String]),
+        };
+        let (Some(left_out), Some(bad_keys)) = (left_out, bad_keys) else {
             return Err(ClusterError::Reply {
                 op: "blocked",
                 reply,
@@ -493,11 +526,14 @@ impl ClusterStore {
         if exists != "1" {
             return Ok(None);
         }
-        Ok(Some(
-            rest.chunks_exact(2)
+        Ok(Some(BlockedList {
+            entries: rest
+                .chunks_exact(2)
                 .map(|p| (p[0].clone(), p[1].clone()))
                 .collect(),
-        ))
+            left_out,
+            bad_keys,
+        }))
     }
 
     /// Blocks `peer` cluster-wide with `entry` (JSON), unless the list holds `max` PeerNames

@@ -14,6 +14,7 @@
 //! Changes here are serialized (`Identities::list_writes`), so the file always holds the
 //! latest list.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::{debug, info, warn};
@@ -187,8 +188,11 @@ pub(crate) async fn sync_from_cluster(shared: &Arc<HubShared>) -> Result<(), Clu
         return Ok(());
     };
     let store = link.store();
-    let raw = match store.blocked().await? {
-        Some(raw) => raw,
+    // Read within this hub's bounds: another client of Redis may have written anything.
+    let limits = shared.identities.blocked.limits();
+    let (most, longest) = (limits.max_entries, limits.max_entry_bytes());
+    let read = match store.blocked(most, longest).await? {
+        Some(read) => read,
         None => {
             let copy: Vec<(String, String)> = shared
                 .identities
@@ -203,14 +207,16 @@ pub(crate) async fn sync_from_cluster(shared: &Arc<HubShared>) -> Result<(), Clu
                     "cluster: block list seeded from this hub's copy"
                 );
             }
-            store.blocked().await?.unwrap_or_default()
+            store.blocked(most, longest).await?.unwrap_or_default()
         }
     };
-    let (entries, bad) = decode_entries(raw);
+    let (entries, bad) = decode_entries(read.entries);
+    let bad = bad + read.bad_keys;
     if bad > 0 {
         metrics::counter_add_reason(metrics::CLUSTER_BAD_MESSAGES, "blocked", bad as u64);
         debug!(bad, "cluster: block list entries that do not decode");
     }
+    let left_out = read.left_out;
     let shared = shared.clone();
     let diff = tokio::task::spawn_blocking(move || {
         let identities = &shared.identities;
@@ -219,12 +225,25 @@ pub(crate) async fn sync_from_cluster(shared: &Arc<HubShared>) -> Result<(), Clu
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let (diff, dropped) = identities.blocked.replace(entries);
-        if dropped > 0 {
-            metrics::counter_add_reason(metrics::CLUSTER_BAD_MESSAGES, "blocked_over_limit", dropped as u64);
-            warn!(
-                dropped,
-                "the cluster's block list holds more PeerNames than blocklist.max_entries: the last were left out here"
+        let left_out = left_out + dropped;
+        if left_out > 0 {
+            metrics::counter_add_reason(
+                metrics::CLUSTER_BAD_MESSAGES,
+                "blocked_over_limit",
+                left_out as u64,
             );
+        }
+        // Logged once per change of how many are left out, not at every read.
+        if identities.cluster_left_out.swap(left_out, Ordering::Relaxed) != left_out {
+            if left_out > 0 {
+                warn!(
+                    left_out,
+                    max = most,
+                    "the cluster's block list holds more PeerNames than blocklist.max_entries: those beyond it are not applied here"
+                );
+            } else {
+                info!("the cluster's block list is within blocklist.max_entries again");
+            }
         }
         metrics::gauge_set(metrics::BLOCKED_PEERS, identities.blocked.len() as f64);
         if !diff.added.is_empty() || !diff.removed.is_empty() {

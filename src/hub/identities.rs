@@ -147,6 +147,9 @@ pub(crate) struct Identities {
     pub(crate) block_store: BlockStore,
     /// Serializes the changes of the block list with the writes of its file.
     pub(crate) list_writes: Mutex<()>,
+    /// In a cluster: how many entries of the cluster's list were left out at the last read
+    /// (beyond `blocklist.max_entries`), so a change of it is logged once.
+    pub(crate) cluster_left_out: std::sync::atomic::AtomicUsize,
 }
 
 impl Identities {
@@ -183,6 +186,7 @@ impl Identities {
             blocked,
             block_store,
             list_writes: Mutex::new(()),
+            cluster_left_out: Default::default(),
         })
     }
 
@@ -213,6 +217,7 @@ impl Identities {
             blocked,
             block_store: BlockStore::new(std::path::Path::new("/nonexistent")),
             list_writes: Mutex::new(()),
+            cluster_left_out: Default::default(),
         }
     }
 

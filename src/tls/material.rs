@@ -10,6 +10,10 @@
 //!   trusted);
 //! - the hub's key is the key of its certificate (rustls' `CertifiedKey::keys_match`);
 //! - every CRL file holds at least one CRL, and every CRL parses;
+//! - a CRL that names a CA of the bundle was signed by that CA, and no other CA of the bundle
+//!   has that name ([`check_crl_issuer`]): webpki checks a certificate against the first CRL
+//!   naming its issuer, so such a CRL would refuse every peer of a CA at the handshake, and
+//!   close their sessions at the reload;
 //! - the webpki client verifier is built from them (rejecting an empty bundle).
 //!
 //! It also reads what operators watch: the `notAfter` of the hub certificate and of each CA
@@ -275,6 +279,10 @@ impl TlsMaterial {
         }
         let roots = root_store(&ca)
             .map_err(|e| file_err(&files.ca, format!("not a usable CA certificate: {e}")))?;
+        for crl in &crls {
+            check_crl_issuer(crl, &ca)
+                .map_err(|reason| file_err(&crl.path, format!("{reason} ({})", crl.issuer)))?;
+        }
         let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider);
         if !crls.is_empty() {
             // A CRL covers the certificates of one CA: a peer of another CA of the bundle
@@ -346,6 +354,43 @@ impl TlsMaterial {
     /// How many certificates the CRLs revoke in all.
     pub fn revoked_count(&self) -> usize {
         self.crls.iter().map(|c| c.revoked).sum()
+    }
+}
+
+/// Checks that `crl` can only speak for the CA it names: when a CA of the bundle `ca` has
+/// the CRL's issuer name, it is the only one of that name and it signed the CRL. (A CRL
+/// naming no CA of the bundle is an intermediate CA's, or speaks for nobody here.)
+///
+/// webpki checks a certificate against the first CRL whose issuer is the certificate's
+/// issuer *by name*, and verifies that CRL's signature with the key of the CA on the path.
+/// A CRL of the right name but another key (a CA rolled over under the same name, as every
+/// development CA is named alike; a CRL taken from elsewhere) then fails every peer of the
+/// CA: at each handshake, and at the reload that checks live sessions again.
+///
+/// # Errors
+/// Why, to be shown with the CRL's file and issuer.
+fn check_crl_issuer(crl: &LoadedCrl, ca: &[CertificateDer<'static>]) -> Result<(), String> {
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl.der)
+        .map_err(|e| format!("not a certificate revocation list: {e}"))?;
+    let issuer = parsed.issuer().as_raw();
+    let named: Vec<_> = ca
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, cert)| cert)
+        .filter(|cert| cert.subject().as_raw() == issuer)
+        .collect();
+    match named.as_slice() {
+        [] => Ok(()),
+        [one] => parsed.verify_signature(one.public_key()).map_err(|_| {
+            "this CRL names a CA of the bundle that did not sign it: it would refuse every \
+             peer of that CA"
+                .to_owned()
+        }),
+        several => Err(format!(
+            "this CRL names {} CAs of the bundle (they share a name): it would refuse every \
+             peer of all but the one that signed it; give a new CA a name of its own",
+            several.len()
+        )),
     }
 }
 
@@ -453,6 +498,50 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_crl_must_be_signed_by_the_one_ca_of_the_bundle_it_names() {
+        let (f, ca) = files();
+        let peer = ca.issue_peer("p", &PeerCertOptions::default()).unwrap();
+        let crl_of = |signer: &CertAuthority, file: &str| {
+            let path = f.dir.path().join(file);
+            std::fs::write(&path, signer.revocation_list(&[&peer], 1).unwrap()).unwrap();
+            TlsFiles {
+                crls: vec![path],
+                ..f.files.clone()
+            }
+        };
+        // Its own CA's: fine. Another CA's, of another name (an intermediate's, say): fine,
+        // it speaks for nobody here.
+        assert!(TlsMaterial::load(&crl_of(&ca, "own.pem")).is_ok());
+        let other = CertAuthority::generate("another name").unwrap();
+        assert!(TlsMaterial::load(&crl_of(&other, "other.pem")).is_ok());
+        // Of the bundle CA's name, signed by another key: refused, naming the file.
+        let namesake = CertAuthority::generate("p2ppi-hub development CA").unwrap();
+        let err = TlsMaterial::load(&crl_of(&namesake, "namesake.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("namesake.pem") && err.contains("did not sign it"),
+            "{err}"
+        );
+        // Two CAs of one name in the bundle and a CRL of that name: refused.
+        let bundle = f.dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{}{}", ca.cert_pem(), namesake.cert_pem())).unwrap();
+        let err = TlsMaterial::load(&TlsFiles {
+            ca: bundle.clone(),
+            ..crl_of(&ca, "own.pem")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("share a name"), "{err}");
+        // Without a CRL of that name, two CAs of one name are fine.
+        assert!(TlsMaterial::load(&TlsFiles {
+            ca: bundle,
+            ..crl_of(&other, "other.pem")
+        })
+        .is_ok());
     }
 
     #[test]

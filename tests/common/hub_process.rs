@@ -22,6 +22,12 @@ impl HubProcess {
 
     /// Like [`HubProcess::start`], with the admin API on `admin` (to restart on one address).
     pub fn start_with_admin(dir: &Path, admin: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::serving(Self::spawn(dir, admin, extra, env), dir)
+    }
+
+    /// The `serve` process of [`HubProcess::start_with_admin`], spawned and not waited for
+    /// (a test that acts while it starts, then waits with [`HubProcess::serving`]).
+    pub fn spawn(dir: &Path, admin: &str, extra: &[&str], env: &[(&str, &str)]) -> Running {
         let d = dir.to_str().unwrap();
         let mut args = vec![
             "serve",
@@ -33,7 +39,11 @@ impl HubProcess {
             admin,
         ];
         args.extend_from_slice(extra);
-        let running = Running::spawn_with_env(&args, dir, env);
+        Running::spawn_with_env(&args, dir, env)
+    }
+
+    /// A `serve` process spawned already, once it says where it listens.
+    pub fn serving(running: Running, dir: &Path) -> Self {
         let p2ppi = listen_addr(&running.line_containing("P2PPI listening on"));
         let admin = running
             .line_containing("admin API and metrics on")

@@ -7,7 +7,9 @@
 //!
 //! A refused connection is counted by reason in `p2ppi_connections_rejected_total` and
 //! closed by its caller at once; each change of a source's state (and of the rate's) is
-//! logged once. What an admitted connection holds is released by dropping it: its
+//! logged once, where a limit hit again within [`REFUSAL_QUIET`] of the last refusal is the
+//! same state (a flood that takes each token as it returns is one warning, not two lines
+//! per token). What an admitted connection holds is released by dropping it: its
 //! [`HandshakeSlot`] when its handshake ends, its connection's [`SourceHold`] when the
 //! connection ends.
 
@@ -18,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::sources::{Change, Refusal, Source, SourceRules, Sources};
+use super::sources::{Change, Refusal, Source, SourceRules, Sources, REFUSAL_QUIET};
 use crate::config::Limits;
 use crate::hub::throttle::TokenBucket;
 use crate::metrics;
@@ -61,7 +63,7 @@ impl Admission {
             sources: Mutex::new(Sources::new(SourceRules::new(limits))),
             rate: Mutex::new(Rate {
                 bucket: TokenBucket::new(limits.handshake_rate, limits.handshake_burst),
-                refusing: false,
+                refused_at: None,
             }),
             slots: Arc::new(Semaphore::new(limits.max_handshakes)),
         })
@@ -84,7 +86,7 @@ impl Admission {
             let mut sources = self.sources();
             let source = sources.rules().source(ip);
             if let Some(source) = source {
-                let (verdict, change) = sources.admit(source);
+                let (verdict, change) = sources.admit(source, now);
                 drop(sources);
                 if let Some(change) = change {
                     log_change(source, change);
@@ -179,20 +181,25 @@ fn log_change(source: Source, change: Change) {
 /// it is refusing (logged once per change).
 struct Rate {
     bucket: TokenBucket,
-    refusing: bool,
+    /// While refusing: when it last refused. An admission [`REFUSAL_QUIET`] after that ends
+    /// the state.
+    refused_at: Option<Instant>,
 }
 
 impl Rate {
     /// Takes a token; whether there was one.
     fn take(&mut self, now: Instant) -> bool {
         let taken = self.bucket.try_take(now);
-        if taken == self.refusing {
-            self.refusing = !taken;
-            if taken {
+        match self.refused_at {
+            None if !taken => warn!("limits.handshake_rate reached: new connections are closed before TLS until tokens return"),
+            Some(last) if taken && now.saturating_duration_since(last) >= REFUSAL_QUIET => {
                 info!("handshakes back under limits.handshake_rate");
-            } else {
-                warn!("limits.handshake_rate reached: new connections are closed before TLS until tokens return");
+                self.refused_at = None;
             }
+            _ => {}
+        }
+        if !taken {
+            self.refused_at = Some(now);
         }
         taken
     }
@@ -241,6 +248,29 @@ mod tests {
         );
         assert!(admission.admit_at(ip("192.0.2.9"), later).is_none());
         drop(held);
+    }
+
+    #[test]
+    fn a_flood_taking_each_token_as_it_returns_is_one_state() {
+        let start = Instant::now();
+        let mut rate = Rate {
+            bucket: TokenBucket::new(10, 1),
+            refused_at: None,
+        };
+        assert!(rate.take(start));
+        assert!(!rate.take(start));
+        assert_eq!(rate.refused_at, Some(start));
+        // A token every 100 ms, taken at once, the next connection refused: still refusing.
+        for i in 1..=20 {
+            let at = start + Duration::from_millis(100 * i);
+            assert!(rate.take(at), "token {i}");
+            assert!(rate.refused_at.is_some(), "token {i}");
+            assert!(!rate.take(at));
+        }
+        // Quiet for a while: the next admission ends the state.
+        let after = start + Duration::from_millis(2000) + REFUSAL_QUIET;
+        assert!(rate.take(after));
+        assert_eq!(rate.refused_at, None);
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! `limits.max_handshakes_per_ip`, and when a source's state changes (the caller logs each
 //! change once: a source going over a limit, and coming back under).
 //!
+//! A source is *under again* once it is admitted after [`REFUSAL_QUIET`] without a refusal,
+//! or once it holds nothing. A source that keeps pressing on its limit (each handshake of
+//! it that ends lets one more connection in, and the next is refused) is one state, logged
+//! once, not twice per handshake: otherwise one host could write two log lines for every
+//! connection it cycles.
+//!
 //! Invariants, against an attacker who controls source addresses:
 //! - an entry exists only while its source holds a connection, so there are never more
 //!   entries than connections (bounded by `limits.max_sessions` plus the handshakes in
@@ -17,10 +23,18 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use ipnet::IpNet;
+use tokio::time::Instant;
 
 use crate::config::Limits;
+
+/// How long a refusing source (or the hub-wide handshake rate) must go without a refusal
+/// before an admission counts as being under the limit again, for logging: a condition
+/// that repeats is logged once per change of state, and a limit hit again within this is
+/// the same state.
+pub const REFUSAL_QUIET: Duration = Duration::from_secs(1);
 
 /// Why a connection was closed before TLS: the `reason` of
 /// `p2ppi_connections_rejected_total`.
@@ -112,9 +126,10 @@ struct Held {
     connections: usize,
     /// Of those, the ones still handshaking.
     handshakes: usize,
-    /// The limit its latest refusal hit, until a connection of it is admitted or it holds
-    /// none: the state whose changes are logged.
-    refused: Option<Refusal>,
+    /// While it is refusing (the state whose changes are logged): the limit its latest
+    /// refusal hit, and when. Cleared by an admission [`REFUSAL_QUIET`] after that, or when
+    /// it holds nothing.
+    refused: Option<(Refusal, Instant)>,
 }
 
 /// A change of a source's state, for the caller to log once.
@@ -147,9 +162,9 @@ impl Sources {
         &self.rules
     }
 
-    /// A new connection from `source`: counted (as a connection and a handshake), or
-    /// refused and not counted. With it, the change of the source's state, if any.
-    pub fn admit(&mut self, source: Source) -> (Result<(), Refusal>, Option<Change>) {
+    /// A new connection from `source` at `now`: counted (as a connection and a handshake),
+    /// or refused and not counted. With it, the change of the source's state, if any.
+    pub fn admit(&mut self, source: Source, now: Instant) -> (Result<(), Refusal>, Option<Change>) {
         let held = self.held.entry(source).or_default();
         let over = if held.connections >= self.rules.max_connections {
             Some(Refusal::SessionsPerIp)
@@ -160,13 +175,20 @@ impl Sources {
         };
         if let Some(refusal) = over {
             // Over a limit means at least one connection held: the entry stays.
-            let change = (held.refused != Some(refusal)).then_some(Change::Refusing(refusal));
-            held.refused = Some(refusal);
+            let change = (held.refused.map(|(limit, _)| limit) != Some(refusal))
+                .then_some(Change::Refusing(refusal));
+            held.refused = Some((refusal, now));
             return (Err(refusal), change);
         }
         held.connections += 1;
         held.handshakes += 1;
-        let change = held.refused.take().map(|_| Change::Admitting);
+        let change = match held.refused {
+            Some((_, last)) if now.saturating_duration_since(last) >= REFUSAL_QUIET => {
+                held.refused = None;
+                Some(Change::Admitting)
+            }
+            _ => None,
+        };
         (Ok(()), change)
     }
 
@@ -218,49 +240,87 @@ mod tests {
         let mut sources = Sources::new(rules(10, 2));
         let a = source(sources.rules(), "192.0.2.1");
         let b = source(sources.rules(), "192.0.2.2");
-        assert_eq!(sources.admit(a), (Ok(()), None));
-        assert_eq!(sources.admit(a), (Ok(()), None));
+        let t = Instant::now();
+        assert_eq!(sources.admit(a, t), (Ok(()), None));
+        assert_eq!(sources.admit(a, t), (Ok(()), None));
         let refusal = Refusal::HandshakesPerIp;
         assert_eq!(
-            sources.admit(a),
+            sources.admit(a, t),
             (Err(refusal), Some(Change::Refusing(refusal)))
         );
-        assert_eq!(sources.admit(a), (Err(refusal), None), "logged once");
+        assert_eq!(sources.admit(a, t), (Err(refusal), None), "logged once");
         assert_eq!(
-            sources.admit(b),
+            sources.admit(b, t),
             (Ok(()), None),
             "another source is not held back"
         );
-        // One handshake ends: the source is admitted again, and that is a change.
+        // One handshake ends and the next connection takes its place at once, the one
+        // after is refused: the source still presses on its limit, nothing to log.
         sources.handshake_ended(a);
-        assert_eq!(sources.admit(a), (Ok(()), Some(Change::Admitting)));
+        let soon = t + Duration::from_millis(100);
+        assert_eq!(sources.admit(a, soon), (Ok(()), None));
+        assert_eq!(sources.admit(a, soon), (Err(refusal), None));
+        // Admitted after a quiet while without refusals: under again, a change.
+        sources.handshake_ended(a);
+        let later = soon + REFUSAL_QUIET;
+        assert_eq!(sources.admit(a, later), (Ok(()), Some(Change::Admitting)));
+        // And over again is a change again.
+        assert_eq!(
+            sources.admit(a, later),
+            (Err(refusal), Some(Change::Refusing(refusal)))
+        );
     }
 
     #[test]
     fn connections_are_limited_per_source_until_one_ends() {
         let mut sources = Sources::new(rules(2, 10));
         let a = source(sources.rules(), "192.0.2.1");
+        let t = Instant::now();
         for _ in 0..2 {
-            assert_eq!(sources.admit(a).0, Ok(()));
+            assert_eq!(sources.admit(a, t).0, Ok(()));
             sources.handshake_ended(a);
         }
         let refusal = Refusal::SessionsPerIp;
         assert_eq!(
-            sources.admit(a),
+            sources.admit(a, t),
             (Err(refusal), Some(Change::Refusing(refusal)))
         );
         assert_eq!(sources.connection_ended(a), None);
-        assert_eq!(sources.admit(a), (Ok(()), Some(Change::Admitting)));
+        let later = t + REFUSAL_QUIET;
+        assert_eq!(sources.admit(a, later), (Ok(()), Some(Change::Admitting)));
+    }
+
+    #[test]
+    fn another_limit_hit_is_another_state() {
+        let mut sources = Sources::new(rules(2, 1));
+        let a = source(sources.rules(), "192.0.2.1");
+        let t = Instant::now();
+        assert_eq!(sources.admit(a, t).0, Ok(()));
+        let handshakes = Refusal::HandshakesPerIp;
+        assert_eq!(
+            sources.admit(a, t),
+            (Err(handshakes), Some(Change::Refusing(handshakes)))
+        );
+        sources.handshake_ended(a);
+        assert_eq!(sources.admit(a, t), (Ok(()), None));
+        sources.handshake_ended(a);
+        let connections = Refusal::SessionsPerIp;
+        assert_eq!(
+            sources.admit(a, t),
+            (Err(connections), Some(Change::Refusing(connections)))
+        );
     }
 
     #[test]
     fn an_entry_lives_only_while_its_source_holds_a_connection() {
         let mut sources = Sources::new(rules(1, 1));
         let a = source(sources.rules(), "192.0.2.1");
-        assert_eq!(sources.admit(a).0, Ok(()));
-        assert_eq!(sources.admit(a).0, Err(Refusal::SessionsPerIp));
+        let t = Instant::now();
+        assert_eq!(sources.admit(a, t).0, Ok(()));
+        assert_eq!(sources.admit(a, t).0, Err(Refusal::SessionsPerIp));
         sources.handshake_ended(a);
-        // Its last connection ends while it was refused: it is under again, and forgotten.
+        // Its last connection ends while it was refused (however recently): it is under
+        // again, and forgotten.
         assert_eq!(sources.connection_ended(a), Some(Change::Admitting));
         assert_eq!(sources.len(), 0);
         // Ends the bookkeeping does not know (an exempt source) change nothing.
@@ -272,7 +332,7 @@ mod tests {
             .map(|i| source(sources.rules(), &format!("198.51.100.{i}")))
             .collect();
         for &s in &many {
-            assert_eq!(sources.admit(s).0, Ok(()));
+            assert_eq!(sources.admit(s, t).0, Ok(()));
         }
         assert_eq!(sources.len(), 256);
         for &s in &many {

@@ -110,7 +110,9 @@ pub struct Config {
     pub limits: Limits,
     /// Relay of peers' objects, messages and invitations.
     pub relay: RelaySection,
-    /// Shutdown behaviour.
+    /// Shutdown and upgrades (SIGTERM, SIGINT or POST /v1/drain): a lame duck (/readyz
+    /// answers 503 while the hub still serves), then a paced drain of the sessions; a
+    /// second SIGTERM or SIGINT closes what is left at once.
     pub shutdown: ShutdownSection,
     /// The operator's block list (PUT /v1/blocked/PEER-NAME): PeerNames refused at the
     /// handshake whatever CA signed them, their sessions closed. Kept in
@@ -526,23 +528,49 @@ impl Default for RelaySection {
     }
 }
 
-/// Default of `shutdown.grace`.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default of `shutdown.grace`: the lame duck, then 24 s of paced drain (4,800 sessions at
+/// the default rate).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default of `shutdown.lame_duck`: long enough for the shipped HAProxy check
+/// (`deploy/haproxy/haproxy.cfg`: `inter 2s fall 2`) to mark the hub down. The check that
+/// first sees the 503 can come up to `inter` after it began, and `fall` failures in a row
+/// mark the server down: at most 2 × 2 s = 4 s, plus the checks' own round trips; 6 s
+/// leaves 2 s to spare.
+pub const DEFAULT_SHUTDOWN_LAME_DUCK: Duration = Duration::from_secs(6);
+/// Default of `shutdown.drain_rate`: a fifth of the mutual-TLS handshakes two cores
+/// complete per second (about 1,000), so the hubs that take the drained peers over stay
+/// far from saturated.
+pub const DEFAULT_SHUTDOWN_DRAIN_RATE: u32 = 200;
 
-/// `[shutdown]`
+/// `[shutdown]`: DESIGN 11. SIGTERM, SIGINT or `POST /v1/drain` starts it; a second
+/// SIGTERM or SIGINT skips to the end (every session closed at once).
 #[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownSection {
-    /// Longest a graceful shutdown (SIGTERM/SIGINT) may take before the process exits
-    /// anyway.
+    /// Longest the shutdown may take from its start to the last session closed (the lame
+    /// duck and the paced drain happen within it): whatever is still open then is closed
+    /// at once. In a cluster, cluster.handoff and leaving the cluster (at most 5 s) follow.
+    /// Keep it above lame_duck plus sessions / drain_rate, and the service manager's stop
+    /// timeout (systemd TimeoutStopSec) above grace plus cluster.handoff plus 5 s.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// Lame duck: for this long after the shutdown starts /readyz answers 503 while the
+    /// hub keeps accepting and serving, so a load balancer marks it down and sends its
+    /// new peers elsewhere; then it stops accepting and drains. "0s" without a balancer.
+    #[serde(with = "humantime_serde")]
+    pub lame_duck: Duration,
+    /// Sessions closed per second in the drain (oldest first, each at a jittered moment
+    /// of its slot, with close_notify after its queue is flushed), so the peers that
+    /// reconnect elsewhere arrive at this rate rather than all at once. 0: all at once.
+    pub drain_rate: u32,
 }
 
 impl Default for ShutdownSection {
     fn default() -> Self {
         Self {
             grace: DEFAULT_SHUTDOWN_GRACE,
+            lame_duck: DEFAULT_SHUTDOWN_LAME_DUCK,
+            drain_rate: DEFAULT_SHUTDOWN_DRAIN_RATE,
         }
     }
 }
@@ -588,6 +616,8 @@ pub const DEFAULT_CLUSTER_LEASE: Duration = Duration::from_secs(10);
 pub const MIN_CLUSTER_LEASE: Duration = Duration::from_secs(1);
 /// Longest accepted cluster lease: a dead hub's peers stay visible this long.
 pub const MAX_CLUSTER_LEASE: Duration = Duration::from_secs(3600);
+/// Default of `cluster.handoff` (DESIGN 8, Hand-off).
+pub const DEFAULT_CLUSTER_HANDOFF: Duration = Duration::from_secs(5);
 /// Longest accepted node name, bytes (it is part of Redis keys and channel names).
 pub const MAX_NODE_NAME_BYTES: usize = 200;
 
@@ -606,21 +636,37 @@ pub struct ClusterSection {
     /// that dies leaves every view within lease plus a second. 1s to 1h.
     #[serde(default = "default_cluster_lease", with = "humantime_serde")]
     pub lease: Duration,
+    /// Hand-off: a session closed by this hub's drain is kept as "moving" this long (its
+    /// objects stay in every view): if its peer connects to another hub of the cluster
+    /// meanwhile, its watchers never see it offline; otherwise it leaves as usual. "0s":
+    /// a drained peer leaves at once. At most 1h.
+    #[serde(default = "default_cluster_handoff", with = "humantime_serde")]
+    pub handoff: Duration,
 }
 
 fn default_cluster_lease() -> Duration {
     DEFAULT_CLUSTER_LEASE
 }
 
+fn default_cluster_handoff() -> Duration {
+    DEFAULT_CLUSTER_HANDOFF
+}
+
 impl std::fmt::Debug for ClusterSection {
     /// The Redis password stays out of `{:?}` too.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Destructured, so a new field cannot be forgotten here.
-        let Self { redis, node, lease } = self;
+        let Self {
+            redis,
+            node,
+            lease,
+            handoff,
+        } = self;
         f.debug_struct("ClusterSection")
             .field("redis", &redact_url(redis))
             .field("node", node)
             .field("lease", lease)
+            .field("handoff", handoff)
             .finish()
     }
 }
@@ -632,6 +678,7 @@ impl ClusterSection {
             redis: "redis://127.0.0.1:6379/0".into(),
             node: Some("hub-a:7350".into()),
             lease: DEFAULT_CLUSTER_LEASE,
+            handoff: DEFAULT_CLUSTER_HANDOFF,
         }
     }
 
@@ -706,6 +753,12 @@ impl ClusterSection {
                     "{} is outside 1s to 1h",
                     humantime::format_duration(self.lease)
                 ),
+            );
+        }
+        if self.handoff > MAX_CLUSTER_LEASE {
+            return invalid(
+                "cluster.handoff",
+                format!("{} is above 1h", humantime::format_duration(self.handoff)),
             );
         }
         Ok(())

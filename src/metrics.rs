@@ -99,6 +99,18 @@ pub const TLS_RELOADS: &str = "p2ppi_tls_reloads_total";
 pub const CERTIFICATE_EXPIRY: &str = "p2ppi_tls_certificate_expiry_timestamp_seconds";
 /// PeerNames on the operator's block list (gauge).
 pub const BLOCKED_PEERS: &str = "p2ppi_blocked_peers";
+/// The shutdown's phase (gauge, DESIGN 11): 0 serving, 1 lame duck (/readyz 503, still
+/// accepting), 2 draining (not accepting; sessions closed at `shutdown.drain_rate`), 3
+/// closing what is left at once (grace ended, or a second signal), 4 handing off and leaving
+/// the cluster (every session closed).
+pub const SHUTDOWN_PHASE: &str = "p2ppi_shutdown_phase";
+/// Sessions the shutdown closed, by `reason`: `paced` (its turn in the drain), `grace`
+/// (still open when `shutdown.grace` ended), `skipped` (a second signal, or a stop without
+/// a drain).
+pub const DRAINED_SESSIONS: &str = "p2ppi_drained_sessions_total";
+/// Peers a drain of this hub left moving (DESIGN 8, Hand-off), by `outcome`: `moved`
+/// (another hub holds them now), `left` (not back within `cluster.handoff`: gone).
+pub const CLUSTER_HANDOFFS: &str = "p2ppi_cluster_handoffs_total";
 /// Build information (gauge, always 1), with `version`.
 pub const BUILD_INFO: &str = "p2ppi_build_info";
 
@@ -329,6 +341,21 @@ fn describe() {
         BLOCKED_PEERS,
         Unit::Count,
         "PeerNames on the operator's block list."
+    );
+    describe_gauge!(
+        SHUTDOWN_PHASE,
+        Unit::Count,
+        "Shutdown phase: 0 serving, 1 lame duck, 2 draining, 3 closing the rest at once, 4 handing off and leaving the cluster."
+    );
+    describe_counter!(
+        DRAINED_SESSIONS,
+        Unit::Count,
+        "Sessions the shutdown closed, by reason (paced, grace, skipped)."
+    );
+    describe_counter!(
+        CLUSTER_HANDOFFS,
+        Unit::Count,
+        "Peers a drain of this hub left moving, by outcome (moved: another hub holds them; left: gone)."
     );
     describe_gauge!(
         BUILD_INFO,

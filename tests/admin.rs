@@ -403,7 +403,15 @@ async fn restart_restores_exactly_what_was_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_ready_off_closes_sessions_with_close_notify_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = HubProcess::start(dir.path(), &[], &[("P2PPI_SHUTDOWN__GRACE", "\"3s\"")]);
+    // No balancer here: no lame duck (tests/drain.rs has its own tests).
+    let hub = HubProcess::start(
+        dir.path(),
+        &[],
+        &[
+            ("P2PPI_SHUTDOWN__GRACE", "\"3s\""),
+            ("P2PPI_SHUTDOWN__LAME_DUCK", "\"0s\""),
+        ],
+    );
     let (alice, mut events) = hub.peer("alice").await;
     // A REQUEST answered proves the session is established before the signal.
     alice.retrieve().await.unwrap();

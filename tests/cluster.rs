@@ -13,6 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::cluster::Processes;
 use common::hub_process::{sample, HubProcess};
 use common::redis::RedisServer;
 use common::*;
@@ -68,6 +69,7 @@ impl Cluster {
             redis: self.redis.url(),
             node: Some(format!("hub-{i}")),
             lease: Duration::from_secs(3),
+            handoff: p2ppi_hub::config::DEFAULT_CLUSTER_HANDOFF,
         });
         self.dirs.push(dir);
         config
@@ -693,50 +695,6 @@ async fn redis_unreachable_for_a_while_then_every_view_is_exact_again() {
 }
 
 // ---- hub processes: killed, paused, readiness ----
-
-/// `p2ppi-hub serve` processes sharing one Redis and one CA.
-struct Processes {
-    redis: RedisServer,
-    ca: tempfile::TempDir,
-    dirs: Vec<tempfile::TempDir>,
-}
-
-impl Processes {
-    fn new() -> Option<Self> {
-        let redis = RedisServer::start()?;
-        let ca = tempfile::tempdir().unwrap();
-        p2ppi_hub::certs::init(ca.path(), &[]).unwrap();
-        Some(Self {
-            redis,
-            ca,
-            dirs: Vec::new(),
-        })
-    }
-
-    /// Starts hub `node` with a lease of `lease`.
-    fn hub(&mut self, node: &str, lease: &str) -> HubProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = self.ca.path();
-        let config = dir.path().join("hub.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n[relay]\nview_interval = \"0s\"\n\n\
-                 [cluster]\nredis = {:?}\nnode = {node:?}\nlease = {lease:?}\n",
-                ca.join("ca.pem"),
-                ca.join("hub.pem"),
-                ca.join("hub.key"),
-                self.redis.url(),
-            ),
-        )
-        .unwrap();
-        let mut hub = HubProcess::start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
-        // Peers are issued by the shared CA.
-        hub.dir = ca.to_owned();
-        self.dirs.push(dir);
-        hub
-    }
-}
 
 async fn process_peer(hub: &HubProcess, name: &str) -> (Peer, PeerEvents) {
     peer::connect(hub.peer_config(name, Some(MESH)))

@@ -338,13 +338,22 @@ async fn the_replicas_are_the_one_copy_routing_and_restating_read() {
     assert_eq!(b.store.mesh_of(&peer(2)), None, "an unknown peer");
     // Asked to, the replica hands the peer's state over again (a local session that held
     // the peer on b ended), as a live change.
-    b.store.restate(&peer(1));
+    let mesh: std::sync::Arc<str> = MESH.into();
+    b.store.restate(&peer(1), &mesh);
     let again = PeerChange::Upsert {
         peer: peer(1),
         objects: presence("here"),
     };
     b.expect("the state restated", |e| {
         matches!(e, ClusterEvent::Mesh { resync: None, changes, .. } if *changes == [again.clone()])
+    })
+    .await;
+    // A peer no replica holds: the answer is its departure from the mesh named (the hub
+    // held the objects of its session there back until it knew).
+    b.store.restate(&peer(2), &mesh);
+    let gone = PeerChange::Gone { peer: peer(2) };
+    b.expect("the departure of a peer held nowhere else", |e| {
+        matches!(e, ClusterEvent::Mesh { resync: None, changes, .. } if *changes == [gone.clone()])
     })
     .await;
     // The mesh's last local session on b ends: the replica is dropped and its peers are

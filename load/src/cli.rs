@@ -67,6 +67,11 @@ pub enum Compare {
     All,
     /// With `--cluster N`: one hub alone, without Redis.
     Single,
+    /// With `--rolling-restart`: the same restarts with the lame duck, the drain's pacing
+    /// and the hand-off off (`shutdown.lame_duck = "0s"`, `shutdown.drain_rate = 0`,
+    /// `cluster.handoff = "0s"`): every hub closes all its sessions at once.
+    #[value(name = "no-lame-duck")]
+    NoLameDuck,
 }
 
 impl Compare {
@@ -77,6 +82,7 @@ impl Compare {
             Self::Mosquitto => "mosquitto",
             Self::All => "all",
             Self::Single => "single",
+            Self::NoLameDuck => "no-lame-duck",
         }
     }
 }
@@ -121,6 +127,21 @@ pub struct Args {
     /// or a peer of another hub disconnected, is an error.
     #[arg(long, value_name = "I")]
     pub kill_hub: Option<usize>,
+    /// `--cluster`, `relay`: restart every hub in turn under load (DESIGN 11) instead of the
+    /// measured phase. The peers reconnect by themselves (the peer library's
+    /// `connect_reconnecting`, default policy) through a stand-in balancer, which sends
+    /// each connection to the live hub with the fewest (by `/readyz` every 2 s, down after
+    /// 2 failures, up after 2 successes: the shipped HAProxy check); each peer publishes
+    /// its presence (and its WATCH_LIST with `--watch K`), and presence changes go on at
+    /// `--rate` throughout. Each hub in turn gets SIGTERM, is waited for, and starts again
+    /// on the same ports; the next goes once its peers are back and 10 s later (the
+    /// library's `stable_after`). Reported per hub: its peers' time back and its exit
+    /// time, the peak handshake rate each other hub took; per peer the longest time any
+    /// watcher saw it offline; failed connection attempts. The hubs run the default
+    /// `[shutdown]` and `cluster.handoff`; `--compare no-lame-duck` runs the same with
+    /// them off.
+    #[arg(long)]
+    pub rolling_restart: bool,
     /// `fanout`: raise the rate from `--rate` (doubling, then bisecting) until p99 exceeds
     /// `--p99` or anything is lost, superseded (coalesced) or fails; report `max_rate`, the
     /// highest rate that held.
@@ -203,6 +224,12 @@ pub struct Args {
     /// `--serve-holder`: the peers it holds, `START..END` of `--peers`.
     #[arg(long, hide = true)]
     pub holder_slice: Option<String>,
+    /// Serve as the stand-in balancer of `--rolling-restart` (started by the harness).
+    #[arg(long, hide = true)]
+    pub serve_balancer: bool,
+    /// `--serve-balancer`: the hubs, `P2PPI=ADMIN` each, comma-separated.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub balancer_hubs: Vec<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,

@@ -15,23 +15,29 @@
 //! ratios; `--pin` puts the server on core 0 and the harness on the other cores.
 //! `--cluster N` starts a Redis and N hubs on it (DESIGN 8), spreads the peers over them
 //! round robin, and reports each hub's CPU and RSS, Redis's, and cross-hub latency apart
-//! from same-hub; `--compare single` then runs one hub alone after it.
+//! from same-hub; `--compare single` then runs one hub alone after it. `--cluster N
+//! --rolling-restart` restarts each hub in turn under load with reconnecting peers behind
+//! a stand-in balancer (DESIGN 11); `--compare no-lame-duck` runs it again with the lame
+//! duck, the drain's pacing and the hand-off off.
 //!
 //! The crate in layers, each using only those above it:
 //! - the method, pure and unit-tested (public): [`stamp`] (changes identify themselves in
 //!   their bytes), [`schedule`] (the fixed timeline and the measured window), [`tally`]
 //!   (window accounting; each change delivered, superseded or lost), [`latency`]
 //!   (percentiles), [`fit`] (RSS slope, cost, harness-bound), [`capacity`]
-//!   (`--find-max`), [`procfs`]; the plans [`watch`] (`relay` and its watch lists),
+//!   (`--find-max`), [`rolling`] (`--rolling-restart`: seen offline, peak handshake rates,
+//!   the balancer's choice), [`procfs`]; the plans [`watch`] (`relay` and its watch lists),
 //!   [`mesh`] (a mesh view's cap: refused peers against inexact views) and [`placement`]
 //!   (`--cluster`); [`cli`] and [`refusal`] (the options and the combinations refused);
 //!   [`report`] (the JSON, the table, the plot);
-//! - the processes: `servers` (the hub, a cluster and its Redis, the floor, Mosquitto)
-//!   and `floor` (the floor's serving mode);
+//! - the processes: `servers` (the hub, a cluster and its Redis, the floor, Mosquitto,
+//!   the stand-in balancer), `floor` (the floor's serving mode) and `balancer` (the
+//!   balancer's);
 //! - the peers: `peers` (certificates, connecting, receiving, MQTT, holder processes) and
 //!   `publish` (the timeline's changes to the server);
 //! - `scenario`: one module per scenario (`connect`, `fanout`, `relay`, `churn`) over the
-//!   measured phase they share; `run` runs them against each target.
+//!   measured phase they share, and `rolling` (`--rolling-restart`); `run` runs them
+//!   against each target.
 
 #![warn(missing_docs)]
 
@@ -44,11 +50,13 @@ pub mod placement;
 pub mod procfs;
 pub mod refusal;
 pub mod report;
+pub mod rolling;
 pub mod schedule;
 pub mod stamp;
 pub mod tally;
 pub mod watch;
 
+mod balancer;
 mod floor;
 mod host;
 mod peers;
@@ -93,6 +101,15 @@ pub fn main(hub_binary: &Path) -> anyhow::Result<()> {
             .as_deref()
             .context("--serve-holder needs --holder-slice")?;
         return peers::holder::serve(dir, &args.holder_hubs, slice, args.peers, args.concurrency);
+    }
+    if args.serve_balancer {
+        let backends = args
+            .balancer_hubs
+            .iter()
+            .map(|b| balancer::Backend::parse(b).with_context(|| format!("--balancer-hubs {b}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        host::raise_fd_limit();
+        return balancer::serve(backends);
     }
     if args.pin {
         host::pin_harness()?;

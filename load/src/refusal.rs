@@ -18,6 +18,8 @@ pub struct Request<'a> {
     pub kill_hub: Option<usize>,
     /// `--lease` was given.
     pub lease: bool,
+    /// `--rolling-restart`.
+    pub rolling: bool,
 }
 
 /// Why the harness refuses `request`, or `None` when it makes sense. A cluster is hubs
@@ -25,6 +27,9 @@ pub struct Request<'a> {
 /// so comparing a cluster with them says nothing about clustering: `--compare single`
 /// compares it with one hub instead.
 pub fn refusal(request: Request<'_>) -> Option<String> {
+    if let Some(why) = rolling_refusal(request) {
+        return Some(why);
+    }
     let Some(hubs) = request.cluster else {
         return if request.compare == Some("single") {
             Some("--compare single compares a cluster with one hub: it needs --cluster N".into())
@@ -65,11 +70,41 @@ pub fn refusal(request: Request<'_>) -> Option<String> {
         );
     }
     match request.compare {
-        None | Some("single") => None,
+        None | Some("single") | Some("no-lame-duck") => None,
         Some(other) => Some(format!(
             "--cluster with --compare {other}: a cluster against a single-process server \
              measures nothing about the cluster; use --compare single (the cluster, then one \
              hub alone) or run --compare {other} without --cluster"
+        )),
+    }
+}
+
+/// What `--rolling-restart` and `--compare no-lame-duck` refuse: a restart of one hub of
+/// several, under `relay`'s presence load, compared only with itself without the lame
+/// duck.
+fn rolling_refusal(request: Request<'_>) -> Option<String> {
+    let no_lame_duck = request.compare == Some("no-lame-duck");
+    if !request.rolling {
+        return no_lame_duck.then(|| {
+            "--compare no-lame-duck compares rolling restarts: it needs --rolling-restart".into()
+        });
+    }
+    if request.cluster.is_none_or(|hubs| hubs < 2) {
+        return Some(
+            "--rolling-restart restarts the hubs of a cluster one at a time while the others              take their peers: it needs --cluster N with N at least 2"
+                .into(),
+        );
+    }
+    if !request.relay || request.kill_hub.is_some() {
+        return Some(
+            "--rolling-restart runs with --scenario relay (peers publishing presence,              watching each other with --watch K), without --kill-hub"
+                .into(),
+        );
+    }
+    match request.compare {
+        None | Some("no-lame-duck") => None,
+        Some(other) => Some(format!(
+            "--rolling-restart compares only with itself without the lame duck, the drain's              pacing and the hand-off (--compare no-lame-duck), not --compare {other}"
         )),
     }
 }
@@ -184,5 +219,68 @@ mod tests {
             "need --cluster",
         );
         refused(Request { lease: true, ..hub }, "need --cluster");
+    }
+
+    #[test]
+    fn rolling_restarts_need_a_cluster_of_two_and_relay() {
+        let rolling = Request {
+            target_is_hub: true,
+            cluster: Some(3),
+            relay: true,
+            rolling: true,
+            ..Default::default()
+        };
+        assert_eq!(refusal(rolling), None);
+        let unpaced = Request {
+            compare: Some("no-lame-duck"),
+            ..rolling
+        };
+        assert_eq!(refusal(unpaced), None);
+        let refused = |r: Request<'_>, words: &str| {
+            let why = refusal(r).expect("refused");
+            assert!(why.contains(words), "{why}");
+        };
+        refused(
+            Request {
+                cluster: Some(1),
+                ..rolling
+            },
+            "at least 2",
+        );
+        refused(
+            Request {
+                cluster: None,
+                ..rolling
+            },
+            "--cluster N",
+        );
+        refused(
+            Request {
+                relay: false,
+                ..rolling
+            },
+            "--scenario relay",
+        );
+        refused(
+            Request {
+                kill_hub: Some(1),
+                ..rolling
+            },
+            "without --kill-hub",
+        );
+        refused(
+            Request {
+                compare: Some("single"),
+                ..rolling
+            },
+            "no-lame-duck",
+        );
+        refused(
+            Request {
+                rolling: false,
+                ..unpaced
+            },
+            "needs --rolling-restart",
+        );
     }
 }

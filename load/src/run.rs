@@ -16,7 +16,7 @@ use crate::refusal::{refusal, Request};
 use crate::report::cluster::ClusterReport;
 use crate::report::{self, table};
 use crate::scenario::{self, Holding, Run};
-use crate::servers::{Server, Servers};
+use crate::servers::{Server, Servers, Shutdown};
 
 /// Runs what `args` ask for, each target after the other.
 ///
@@ -34,7 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     check(&args)?;
     p2ppi_hub::certs::init(&data_dir, &[])?;
     let mut runs = Vec::new();
-    for (target, cluster) in targets(&args) {
+    for (target, cluster, shutdown) in targets(&args) {
         if !target.runs(args.scenario) {
             if args.compare.is_some() {
                 eprintln!(
@@ -50,12 +50,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.scenario
             );
         }
-        let run = one_run(&args, target, cluster, &data_dir).await?;
+        let run = one_run(&args, (target, cluster, shutdown), &data_dir).await?;
         table::print(&run.report, &run.notes);
         runs.push(run);
     }
-    for other in runs.iter().skip(1) {
-        table::print_ratios(&runs[0].report, &other.report);
+    if args.rolling_restart {
+        table::print_rolling_comparison(&runs.iter().map(|r| &r.report).collect::<Vec<_>>());
+    } else {
+        for other in runs.iter().skip(1) {
+            table::print_ratios(&runs[0].report, &other.report);
+        }
     }
     let outputs: Vec<_> = runs.iter().map(|r| (&r.report, &r.latencies)).collect();
     report::write_files(
@@ -74,6 +78,9 @@ fn check(args: &Args) -> anyhow::Result<()> {
     if args.find_max && args.scenario != Scenario::Fanout {
         bail!("--find-max runs the fanout scenario");
     }
+    if args.rolling_restart && args.watch.is_none() {
+        bail!("--rolling-restart needs --watch K: its watchers are what tells a peer seen offline");
+    }
     if let Some(why) = refusal(Request {
         cluster: args.cluster,
         target_is_hub: args.target == Target::Hub,
@@ -82,24 +89,36 @@ fn check(args: &Args) -> anyhow::Result<()> {
         relay: args.scenario == Scenario::Relay,
         kill_hub: args.kill_hub,
         lease: args.lease.is_some(),
+        rolling: args.rolling_restart,
     }) {
         bail!(why);
     }
     Ok(())
 }
 
-/// Each target to run, in order, with its cluster size (`None`: one process).
-fn targets(args: &Args) -> Vec<(Target, Option<usize>)> {
+/// One run: its target, its cluster size (`None`: one process) and, for
+/// `--rolling-restart`, how its hubs shut down.
+type Spec = (Target, Option<usize>, Option<Shutdown>);
+
+/// Each target to run, in order.
+fn targets(args: &Args) -> Vec<Spec> {
+    let rolling = args.rolling_restart.then_some(Shutdown::Paced);
     match args.compare {
-        None => vec![(args.target, args.cluster)],
-        Some(Compare::Floor) => vec![(Target::Hub, None), (Target::Floor, None)],
-        Some(Compare::Mosquitto) => vec![(Target::Hub, None), (Target::Mosquitto, None)],
+        None => vec![(args.target, args.cluster, rolling)],
+        Some(Compare::Floor) => vec![(Target::Hub, None, None), (Target::Floor, None, None)],
+        Some(Compare::Mosquitto) => {
+            vec![(Target::Hub, None, None), (Target::Mosquitto, None, None)]
+        }
         Some(Compare::All) => vec![
-            (Target::Hub, None),
-            (Target::Floor, None),
-            (Target::Mosquitto, None),
+            (Target::Hub, None, None),
+            (Target::Floor, None, None),
+            (Target::Mosquitto, None, None),
         ],
-        Some(Compare::Single) => vec![(Target::Hub, args.cluster), (Target::Hub, None)],
+        Some(Compare::Single) => vec![(Target::Hub, args.cluster, None), (Target::Hub, None, None)],
+        Some(Compare::NoLameDuck) => vec![
+            (Target::Hub, args.cluster, rolling),
+            (Target::Hub, args.cluster, Some(Shutdown::AtOnce)),
+        ],
     }
 }
 
@@ -128,14 +147,10 @@ pub fn warn_of_fd_limit(args: &Args, limit: u64) {
     }
 }
 
-/// Starts the servers of `target` (a cluster of `cluster` hubs, if given).
-fn start_servers(
-    args: &Args,
-    target: Target,
-    cluster: Option<usize>,
-    data_dir: &Path,
-) -> anyhow::Result<Servers> {
+/// Starts the servers of `spec`'s target (a cluster of its hubs, if given).
+fn start_servers(args: &Args, spec: Spec, data_dir: &Path) -> anyhow::Result<Servers> {
     let hub = &args.hub_binary;
+    let (target, cluster, rolling) = spec;
     Ok(match (target, &args.hub, cluster) {
         (Target::Hub, None, Some(hubs)) => Servers::start_cluster(
             hub,
@@ -143,25 +158,22 @@ fn start_servers(
             &args.redis_server,
             hubs,
             args.lease,
+            rolling,
             args.pin,
         )?,
         (Target::Mosquitto, _, _) => Servers::one(Server::start_mosquitto(data_dir, args.pin)?),
         (Target::Floor, _, _) => Servers::one(Server::start_floor(data_dir, args.pin)?),
         (Target::Hub, Some(addr), _) => Servers::one(Server::external(addr, args.admin.clone())),
         (Target::Hub, None, None) => {
-            Servers::one(Server::start_hub(hub, data_dir, None, args.pin)?)
+            Servers::one(Server::start_hub(hub, data_dir, None, None, args.pin)?)
         }
     })
 }
 
-/// Runs the scenario against `target` (a cluster of `cluster` hubs, if given).
-async fn one_run(
-    args: &Args,
-    target: Target,
-    cluster: Option<usize>,
-    data_dir: &Path,
-) -> anyhow::Result<Run> {
-    let mut servers = start_servers(args, target, cluster, data_dir)?;
+/// Runs the scenario against `spec`'s target (a cluster of its hubs, if given).
+async fn one_run(args: &Args, spec: Spec, data_dir: &Path) -> anyhow::Result<Run> {
+    let target = spec.0;
+    let mut servers = start_servers(args, spec, data_dir)?;
     eprintln!(
         "{}; issuing {} peer certificates…",
         servers.describe(target.name()),
@@ -186,6 +198,11 @@ async fn one_run(
         scenario::connect::run(args, &servers, Holding::Holders(holders), target).await?
     } else {
         let fleet = Arc::new(Fleet::issue(data_dir, &servers.addrs(), args.peers, None)?);
+        if let Some(shutdown) = spec.2 {
+            let mut run = scenario::rolling::run(args, &mut servers, &fleet, shutdown).await?;
+            finish_run(args, target, &mut servers, &mut run);
+            return Ok(run);
+        }
         match args.scenario {
             Scenario::Connect => {
                 scenario::connect::run(args, &servers, Holding::Here(&fleet), target).await?
@@ -213,6 +230,7 @@ fn finish_run(args: &Args, target: Target, servers: &mut Servers, run: &mut Run)
         .report(placed, &run.server_cpu, &run.sessions)
         .map(|c| ClusterReport {
             kill: run.kill.take(),
+            rolling: run.rolling.take(),
             ..c.with_latencies(&run.split)
         });
     servers.stop();

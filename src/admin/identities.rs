@@ -46,7 +46,7 @@ impl From<BlockError> for AdminError {
 /// Read from the stream against `admin.max_body_bytes` here, not through actix's `Bytes`
 /// extractor, whose own limit (256 KiB) would rule over the configured one and answer in
 /// plain text, uncounted.
-async fn optional_body<T: serde::de::DeserializeOwned + Default>(
+pub(super) async fn optional_body<T: serde::de::DeserializeOwned + Default>(
     mut payload: web::Payload,
     max: usize,
 ) -> Result<T> {

@@ -5,7 +5,7 @@
 //! | `GET /` | the presence page (`page.rs`; served without the token, it holds no data) |
 //! | `GET /v1/events` | the page's live feed, server-sent events (`sse.rs`) |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 while serving, 503 once shutdown began or, in a cluster, while Redis does not answer |
+//! | `GET /readyz` | 200 while serving, 503 once shutdown began (the lame duck included) or, in a cluster, while Redis does not answer |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /v1/objects` | the hub's objects |
 //! | `POST /v1/objects` `{"name","value"}` | publish: 201, or 200 when the identical object was present |
@@ -21,6 +21,7 @@
 //! | `PUT /v1/blocked/{peer-name}` (no body, or `{"reason"}`) | block a PeerName whatever CA signed it (in a cluster, on every hub): refused at the handshake from now on, its session closed: 201, 200 when blocked already (reason replaced), 409 when the list is full |
 //! | `DELETE /v1/blocked/{peer-name}` | lift a block: 204, 404 when not blocked |
 //! | `GET /v1/cluster` | in a cluster (DESIGN 8): this hub's node, whether Redis answers, and every registered hub with its peers and lease; 404 for a hub alone, 503 when Redis does not answer |
+//! | `POST /v1/drain` (no body, or `{}`) | start the shutdown as SIGTERM does (DESIGN 11: lame duck, paced drain, hand-off; the process exits at its end): 202 with the phase and the settings, 200 when it had begun already |
 //!
 //! JSON in and out; errors are `{"error": "…"}` with 400 (bad input), 401 (token missing
 //! or wrong), 403 (see below), 404, 409 (the block list is full), 413 (body above
@@ -47,8 +48,6 @@ mod sse;
 
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
@@ -73,8 +72,6 @@ pub struct AdminState {
     pub prometheus: PrometheusHandle,
     /// Bearer token required on `/v1/*` and `/metrics`, if set.
     pub token: Option<String>,
-    /// False once shutdown began (`/readyz` → 503).
-    pub ready: Arc<AtomicBool>,
 }
 
 /// An error answered as `{"error": …}`.
@@ -206,14 +203,47 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
-    if !state.ready.load(Ordering::Acquire) {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "shutting down"}))
+    if !state.hub.serving() {
+        HttpResponse::ServiceUnavailable().json(json!({
+            "status": "shutting down",
+            "phase": state.hub.shutdown_phase(),
+        }))
     } else if !state.hub.cluster_ready() {
         HttpResponse::ServiceUnavailable()
             .json(json!({"status": "no working connection to the cluster's Redis"}))
     } else {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     }
+}
+
+/// `POST /v1/drain` (no body, or `{}`): starts the shutdown as SIGTERM does (DESIGN 11);
+/// 202 when it began now, 200 when it had begun already; both with the phase and the
+/// settings it runs with.
+async fn drain(
+    _: Authorized,
+    state: web::Data<AdminState>,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let config = state.hub.config();
+    let identities::Empty {} = identities::optional_body(body, config.admin.max_body_bytes).await?;
+    let began = state.hub.drain();
+    if began {
+        tracing::info!("POST /v1/drain: shutting down");
+    }
+    let status = if began {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let shutdown = &config.shutdown;
+    let handoff = config.cluster.as_ref().map(|c| c.handoff);
+    Ok(HttpResponse::build(status).json(json!({
+        "phase": state.hub.shutdown_phase(),
+        "lame_duck": humantime::format_duration(shutdown.lame_duck).to_string(),
+        "drain_rate": shutdown.drain_rate,
+        "grace": humantime::format_duration(shutdown.grace).to_string(),
+        "handoff": handoff.map(|h| humantime::format_duration(h).to_string()),
+    })))
 }
 
 /// `GET /v1/cluster`: this hub's node and the live hubs with their peers and leases.
@@ -441,6 +471,7 @@ pub fn server(
             .route("/v1/sessions/{peer}/messages", web::post().to(send_message))
             .route("/v1/messages", web::get().to(hub_messages))
             .route("/v1/reload", web::post().to(identities::reload))
+            .route("/v1/drain", web::post().to(drain))
             .route("/v1/blocked", web::get().to(identities::list_blocked))
             .route("/v1/blocked/{peer}", web::put().to(identities::block))
             .route("/v1/blocked/{peer}", web::delete().to(identities::unblock))

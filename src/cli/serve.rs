@@ -1,5 +1,7 @@
 //! `p2ppi-hub serve`: configuration, logging, the development CA on first start, the hub,
-//! a TLS reload on SIGHUP (DESIGN 10; `systemctl reload`), and shutdown on SIGTERM/SIGINT.
+//! a TLS reload on SIGHUP (DESIGN 10; `systemctl reload`), and the shutdown (DESIGN 11):
+//! SIGTERM or SIGINT starts it (as `POST /v1/drain` does), a second one skips to its end,
+//! and the process exits 0 once the hub stopped.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,11 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 use p2ppi_hub::certs::{self, InitOutcome};
 use p2ppi_hub::config::{Config, LogFormat, Override};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use p2ppi_hub::admin::{self, AdminState};
-use p2ppi_hub::hub::Hub;
+use p2ppi_hub::hub::{Hub, HubHandle};
 
 use super::ServeArgs;
 
@@ -58,7 +58,6 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = effective_config(&args)?;
     init_logging(&config);
     let data_dir = config.hub.data_dir.clone();
-    let grace = config.shutdown.grace;
     let admin = config.admin.clone();
     let system = actix_rt::System::new();
     system.block_on(async move {
@@ -81,14 +80,15 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let prometheus = p2ppi_hub::metrics::install();
-        let hub = Hub::start(config).context("starting the hub")?;
+        let mut hub = Hub::start(config).context("starting the hub")?;
+        // Before anything is printed: a SIGTERM sent as soon as the hub says it listens
+        // must find the handler (the default action would end the process at once).
+        let mut signals = Signals::install(hangup)?;
         let handle = hub.handle();
-        let ready = Arc::new(AtomicBool::new(true));
         let state = AdminState {
             hub: handle.clone(),
             prometheus,
             token: admin.token.clone(),
-            ready: ready.clone(),
         };
         let (server, admin_addr) = admin::server(state, admin.listen, admin.max_body_bytes)
             .with_context(|| format!("cannot serve the admin API on {}", admin.listen))?;
@@ -105,46 +105,78 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             super::first_peer_hint(&data_dir, listen)
         );
         let _ = std::io::stdout().flush();
-        let signal = serve_signals(&handle, hangup).await?;
-        // Not ready first, so load balancers stop sending; then drain with close_notify.
-        ready.store(false, Ordering::Release);
-        tracing::info!(signal, grace = ?grace, "shutting down");
-        let clean = hub.shutdown(grace).await;
-        if !clean {
-            tracing::warn!("shutdown grace period ended with connections still open");
+        // The signals are served until the hub stopped: after a drain asked by a signal
+        // or by `POST /v1/drain`.
+        tokio::select! {
+            () = hub.stopped() => {}
+            () = signals.serve(&handle) => {}
         }
+        // The admin API answered /readyz with 503 until the end.
         admin_server.stop(true).await;
-        tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Reloads the TLS files on each SIGHUP (a failure is logged and counted by the hub, which
-/// keeps what it had; one that came during the start is taken now) until SIGTERM or
-/// SIGINT, which it returns.
-async fn serve_signals(
-    hub: &p2ppi_hub::hub::HubHandle,
-    mut hup: tokio::signal::unix::Signal,
-) -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok("SIGTERM"),
-            _ = int.recv() => return Ok("SIGINT"),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the TLS files");
-                if let Ok(report) = hub.reload().await {
-                    let closed: usize = report.sessions_closed.values().sum();
-                    tracing::info!(
-                        generation = report.generation,
-                        sessions_checked = report.sessions_checked,
-                        sessions_closed = closed,
-                        "SIGHUP: reload done"
-                    );
+/// The signals `serve` handles.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// SIGTERM's and SIGINT's handlers, beside SIGHUP's (installed first, before the
+    /// start; a SIGHUP that came meanwhile is served as soon as [`Signals::serve`] runs).
+    fn install(hup: tokio::signal::unix::Signal) -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup,
+        })
+    }
+
+    /// Reloads the TLS files on each SIGHUP (a failure is logged and counted by the hub,
+    /// which keeps what it had); the first SIGTERM or SIGINT starts the hub's shutdown,
+    /// the next one skips to its end. Never returns: the caller stops serving signals
+    /// when the hub stopped.
+    async fn serve(&mut self, hub: &HubHandle) {
+        loop {
+            let signal = tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+                _ = self.hup.recv() => {
+                    reload(hub).await;
+                    continue;
                 }
+            };
+            if hub.drain() {
+                let shutdown = &hub.config().shutdown;
+                tracing::info!(
+                    signal,
+                    lame_duck = ?shutdown.lame_duck,
+                    drain_rate = shutdown.drain_rate,
+                    grace = ?shutdown.grace,
+                    "shutting down (a second SIGTERM or SIGINT closes everything at once)"
+                );
+            } else {
+                tracing::info!(signal, "second signal: closing every session now");
+                hub.skip_drain();
             }
         }
+    }
+}
+
+/// SIGHUP: the TLS files read again.
+async fn reload(hub: &HubHandle) {
+    tracing::info!("SIGHUP: reloading the TLS files");
+    if let Ok(report) = hub.reload().await {
+        let closed: usize = report.sessions_closed.values().sum();
+        tracing::info!(
+            generation = report.generation,
+            sessions_checked = report.sessions_checked,
+            sessions_closed = closed,
+            "SIGHUP: reload done"
+        );
     }
 }

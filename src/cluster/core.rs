@@ -223,7 +223,9 @@ impl StoreCore {
             )
             .await?;
         match reply.as_slice() {
-            [ok, prev] if ok == "ok" => {
+            // The third element says whether a moving state was handed over (for Redis's
+            // log of the script; the hub sees it in the published change).
+            [ok, prev, ..] if ok == "ok" => {
                 self.unclaimed.lock().expect("unclaimed lock").remove(peer);
                 Ok((!prev.is_empty() && *prev != self.node).then(|| prev.clone()))
             }
@@ -289,8 +291,20 @@ impl StoreCore {
         }
     }
 
-    /// Writes a local peer's departure; remembered for later if Redis cannot be reached.
-    pub(super) async fn write_gone(&self, peer: &PeerName) -> Result<(), ClusterError> {
+    /// Marks a local peer's state *moving* (its session was drained; DESIGN 8, Hand-off).
+    pub(super) async fn mark_moving(&self, peer: &PeerName) -> Result<(), ClusterError> {
+        self.script(
+            "peer moving",
+            &scripts::MOVING,
+            &[self.node.clone(), peer.as_str().to_owned()],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes a local peer's departure (remembered for later if Redis cannot be reached);
+    /// whether this hub still held it (`false`: another hub holds it now, or nobody does).
+    pub(super) async fn write_gone(&self, peer: &PeerName) -> Result<bool, ClusterError> {
         let result = self
             .script(
                 "peer gone",
@@ -300,9 +314,9 @@ impl StoreCore {
             .await;
         let mut pending = self.pending_gone.lock().expect("pending lock");
         match result {
-            Ok(_) => {
+            Ok(reply) => {
                 pending.remove(peer);
-                Ok(())
+                Ok(reply.first().map(String::as_str) == Some("ok"))
             }
             Err(e) => {
                 pending.insert(peer.clone());

@@ -68,7 +68,7 @@ impl Driver {
                 command = commands.recv() => match command {
                     Some(Command::Watch(mesh)) => self.watch(mesh).await,
                     Some(Command::Unwatch(mesh)) => self.unwatch(mesh).await,
-                    Some(Command::Restate(peer)) => self.restate(&peer).await,
+                    Some(Command::Restate(peer, mesh)) => self.restate(&peer, &mesh).await,
                     None => return,
                 },
                 _ = tick.tick() => self.on_tick().await,
@@ -180,24 +180,32 @@ impl Driver {
         self.announce(&m.name, m.replica.seq(), None, gone).await;
     }
 
-    /// Announces a remote peer's state again, if a replica holds it.
-    async fn restate(&mut self, peer: &PeerName) {
-        let Some(m) = self
+    /// Announces a remote peer's state again, if a replica holds it; else its departure
+    /// from `released` (the mesh a local session of it was in), which changes nothing the
+    /// replicas hold: the hub waits for one answer or the other (see
+    /// [`ClusterStore::restate`](super::ClusterStore::restate)).
+    async fn restate(&mut self, peer: &PeerName, released: &Arc<str>) {
+        let held = self
             .inner
             .remote
             .mesh_of(peer)
             .and_then(|mesh| self.meshes.get(&*mesh))
-        else {
-            return;
+            .and_then(|m| Some((m, m.replica.objects(peer)?)));
+        let (name, seq, change) = match held {
+            Some((m, objects)) => (
+                m.name.clone(),
+                m.replica.seq(),
+                PeerChange::Upsert {
+                    peer: peer.clone(),
+                    objects: objects.to_vec(),
+                },
+            ),
+            None => (
+                released.clone(),
+                self.meshes.get(&**released).map_or(0, |m| m.replica.seq()),
+                PeerChange::Gone { peer: peer.clone() },
+            ),
         };
-        let Some(objects) = m.replica.objects(peer) else {
-            return;
-        };
-        let change = PeerChange::Upsert {
-            peer: peer.clone(),
-            objects: objects.to_vec(),
-        };
-        let (name, seq) = (m.name.clone(), m.replica.seq());
         self.announce(&name, seq, None, vec![change]).await;
     }
 

@@ -78,6 +78,6 @@ pub(super) enum Command {
     Watch(String),
     Unwatch(String),
     /// Announce a remote peer's state again (the hub set it aside while a local session
-    /// held the peer).
-    Restate(PeerName),
+    /// held the peer), or its departure from the mesh when no replica holds it.
+    Restate(PeerName, std::sync::Arc<str>),
 }

@@ -19,7 +19,7 @@
 //! is not supported)
 //! | key | type | content |
 //! |---|---|---|
-//! | `p2ppi:peer:<peer-name>` | hash | `mesh`, `hub` (who wrote it), `objects` (JSON list of `{name, value}` in relay order) |
+//! | `p2ppi:peer:<peer-name>` | hash | `mesh`, `hub` (who wrote it), `objects` (JSON list of `{name, value}` in relay order), `moving` (`1` while a drained session's state awaits its peer on another hub) |
 //! | `p2ppi:members:<mesh>` | sorted set | peer-names with relayed state; score = the mesh sequence at which each joined (view order) |
 //! | `p2ppi:mesh:<mesh>` | hash | `seq` (bumped by every change), `epoch` (made from Redis `TIME` when the mesh's state is created: a new epoch means the sequence restarted) |
 //! | `p2ppi:meshes` | set | every mesh that has had state |
@@ -36,7 +36,10 @@
 //! A peer is a member of its mesh from its claim (with no objects) until its session ends,
 //! its hub dies, or a newer session elsewhere claims it: membership means "online in this
 //! mesh", which routing and watch lists need even for a peer that publishes nothing. A claim
-//! publishes the previous session's departure before the new member, as one hub would.
+//! publishes the previous session's departure before the new member, as one hub would,
+//! except for a peer a drain left *moving* (DESIGN 8, Hand-off): its state then moves to
+//! the claiming hub as it is, so no hub sees it leave, and the draining hub publishes its
+//! departure only if no claim came within `cluster.handoff`.
 //!
 //! # Channels
 //! | channel | message (JSON) |

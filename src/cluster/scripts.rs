@@ -156,9 +156,12 @@ return out
 });
 
 /// ARGV: hub, token, peer, mesh, supersede-notice JSON. A new session of `peer` on `hub`:
-/// routes the PeerName here, removes the previous session's relayed state (published as
-/// gone), tells the previous owner hub through its inbox, and makes the peer a member of
-/// `mesh` with no objects yet (published). `{ok, previous-hub or ''}`, or `{lease-lost}`.
+/// routes the PeerName here, tells the previous owner hub through its inbox, and makes the
+/// peer a member of `mesh`. Its previous state is either removed (published as gone) and
+/// replaced by a membership with no objects yet (published), or, when a drain left it
+/// *moving* in the same mesh (DESIGN 8, Hand-off), kept as it is and published once as
+/// this hub's: a hub whose replica holds the same objects sees no change.
+/// `{ok, previous-hub or '', 'handoff' or ''}`, or `{lease-lost}`.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -170,11 +173,37 @@ if prev and prev ~= hub then
   redis.call('HDEL', P .. 'owned:' .. prev, peer)
   redis.call('PUBLISH', P .. 'chan:inbox:' .. prev, notice)
 end
-remove_state(peer, hub)
+local pk = P .. 'peer:' .. peer
+local st = redis.call('HMGET', pk, 'mesh', 'objects', 'moving')
+local objects, how = '[]', ''
+if st[3] and st[1] == mesh and st[2] then
+  objects, how = st[2], 'handoff'
+  redis.call('HDEL', pk, 'moving')
+else
+  remove_state(peer, hub)
+end
 redis.call('HSET', P .. 'routes', peer, hub)
 redis.call('HSET', P .. 'owned:' .. hub, peer, mesh)
-write_state(peer, mesh, hub, '[]')
-return {'ok', prev or ''}
+write_state(peer, mesh, hub, objects)
+return {'ok', prev or '', how}
+"#
+    ))
+});
+
+/// ARGV: hub, peer. A drain of `hub` closed the peer's session (DESIGN 8, Hand-off): its
+/// state is marked *moving*, changing nothing anyone sees (nothing is published), so that
+/// a claim of the peer on another hub keeps it. `{ok}`, `{not-owner}` (another hub holds
+/// the peer now) or `{absent}`.
+pub(crate) static MOVING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local hub, peer = ARGV[1], ARGV[2]
+if redis.call('HGET', P .. 'routes', peer) ~= hub then return {'not-owner'} end
+local pk = P .. 'peer:' .. peer
+if redis.call('EXISTS', pk) == 0 then return {'absent'} end
+redis.call('HSET', pk, 'moving', '1')
+return {'ok'}
 "#
     ))
 });

@@ -349,6 +349,29 @@ impl ClusterStore {
     /// [`ClusterError::Redis`] if Redis cannot be reached (the store writes the departure
     /// once it can).
     pub async fn peer_gone(&self, peer: &PeerName) -> Result<(), ClusterError> {
+        self.handoff_over(peer).await.map(drop)
+    }
+
+    /// A local peer's session was drained (DESIGN 8, Hand-off): its state is kept as it is
+    /// and marked *moving*, so that a claim of the peer on another hub takes it over
+    /// without anyone seeing the peer leave. Nothing is published. The hub ends the wait
+    /// with [`ClusterStore::handoff_over`].
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached (the claim elsewhere then
+    /// publishes the departure before the new member, as without a hand-off).
+    pub async fn peer_moving(&self, peer: &PeerName) -> Result<(), ClusterError> {
+        self.inner.mark_moving(peer).await
+    }
+
+    /// The wait for a moving peer (or any local peer whose session ended) is over: unroute
+    /// it and publish its departure, unless another hub holds it now. Returns whether the
+    /// departure was published (`false`: another hub claimed it, or nobody routes it).
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached (the store writes the departure
+    /// once it can).
+    pub async fn handoff_over(&self, peer: &PeerName) -> Result<bool, ClusterError> {
         self.inner
             .local
             .lock()
@@ -404,9 +427,13 @@ impl ClusterStore {
 
     /// Asks for the state of `peer` to be announced again if a replica holds it as a peer of
     /// another hub (a local session that held the peer ended, so that state is now what
-    /// its mesh sees).
-    pub fn restate(&self, peer: &PeerName) {
-        let _ = self.inner.commands.send(Command::Restate(peer.clone()));
+    /// its mesh sees), or else for its departure to be announced in `mesh` (the mesh its
+    /// session here was in): the answer ends a departure the hub held back while it asked.
+    pub fn restate(&self, peer: &PeerName, mesh: &Arc<str>) {
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Restate(peer.clone(), mesh.clone()));
     }
 
     /// The mesh of `peer` if it is a peer of another hub in a mesh with local sessions

@@ -3,7 +3,9 @@
 //!
 //! **Out.** Sessions never wait for Redis. They queue [`Write`]s on the [`ClusterLink`]: a
 //! claim when a session starts, its relayed objects when they change, its departure when it
-//! ends, and messages for peers of other hubs. One task writes them in order (a peer's
+//! ends (for a session a drain closed: its state marked moving, and its departure after
+//! `cluster.handoff` unless another hub claimed it; DESIGN 8, Hand-off), and messages for
+//! peers of other hubs. One task writes them in order (a peer's
 //! later state replaces an earlier one still queued), so a hub keeps serving its own peers
 //! while Redis is away; the store re-asserts what it holds once Redis answers again.
 //!
@@ -104,6 +106,23 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
                 debug!(%peer, error = %e, "cluster: departure not written yet");
             }
         }
+        Write::Moving { peer } => {
+            if let Err(e) = store.peer_moving(&peer).await {
+                debug!(%peer, error = %e, "cluster: hand-off not marked");
+            }
+        }
+        // The peer came back here meanwhile: this hub holds it again.
+        Write::HandoffOver { peer } if shared.lookup(&peer).is_some() => {
+            metrics::count_outcome(metrics::CLUSTER_HANDOFFS, "moved");
+        }
+        Write::HandoffOver { peer } => match store.handoff_over(&peer).await {
+            Ok(true) => {
+                metrics::count_outcome(metrics::CLUSTER_HANDOFFS, "left");
+                debug!(%peer, "drained peer not back within cluster.handoff: gone");
+            }
+            Ok(false) => metrics::count_outcome(metrics::CLUSTER_HANDOFFS, "moved"),
+            Err(e) => debug!(%peer, error = %e, "cluster: departure not written yet"),
+        },
         Write::Send {
             from,
             mesh,

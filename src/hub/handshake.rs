@@ -108,9 +108,15 @@ pub(crate) async fn run(
         return;
     }
     metrics::counter_inc(metrics::HANDSHAKES);
-    if !shared.accepting() {
+    if shared.drain.closing() {
+        // The shutdown closes everything now: this one too, cleanly, so its peer knows
+        // the hub is going away rather than that the connection was lost.
         metrics::count_reason(metrics::CONNECTIONS_REJECTED, "shutting_down");
+        let mut tls = tls;
+        let _ = tokio::time::timeout(REFUSAL_CLOSE, tls.shutdown()).await;
         return;
     }
+    // While draining (the listener closed as this handshake went on) it becomes a session
+    // and is drained with the others (DESIGN 11).
     session::start(tls, remote, cert, core, shared, registry, guard);
 }

@@ -29,6 +29,13 @@ pub(crate) enum Write {
     },
     /// The last local session of the peer ended.
     Gone { peer: PeerName },
+    /// A drain closed the peer's last local session: its state is kept, marked moving
+    /// (DESIGN 8, Hand-off).
+    Moving { peer: PeerName },
+    /// The hand-off's wait for a moving peer is over: its departure, unless another hub
+    /// or a newer session here holds it now (checked when written, after this hub's own
+    /// earlier writes, so a newer local claim wins).
+    HandoffOver { peer: PeerName },
     /// Another hub said it holds the peer now: close `session` if the route table agrees
     /// (checked after this hub's own earlier writes, so a newer local claim wins).
     Verify { peer: PeerName, session: SessionId },
@@ -44,11 +51,17 @@ pub(crate) enum Write {
 }
 
 impl Write {
-    /// The peer whose state the write replaces, for a state write.
+    /// The peer whose state the write replaces, for a state write. The writes of a
+    /// hand-off are not: a moving state is the latest state, and the end of its wait may
+    /// find a newer session here, whose state must then still be written.
     fn state_of(&self) -> Option<&PeerName> {
         match self {
             Self::Set { peer, .. } | Self::Gone { peer } => Some(peer),
-            Self::Claim { .. } | Self::Send { .. } | Self::Verify { .. } => None,
+            Self::Claim { .. }
+            | Self::Send { .. }
+            | Self::Verify { .. }
+            | Self::Moving { .. }
+            | Self::HandoffOver { .. } => None,
         }
     }
 }
@@ -154,10 +167,20 @@ impl ClusterLink {
     }
 
     /// A local session that held the PeerName ended; `still_held` when a newer local
-    /// session of the peer holds it.
-    pub(crate) fn session_ended(&self, peer: &PeerName, mesh: &Arc<str>, still_held: bool) {
-        if !still_held {
-            self.queue(Write::Gone { peer: peer.clone() });
+    /// session of the peer holds it; `moving` when a drain closed it (its departure waits
+    /// for the hand-off, [`ClusterLink::handoff_over`]).
+    pub(crate) fn session_ended(
+        &self,
+        peer: &PeerName,
+        mesh: &Arc<str>,
+        still_held: bool,
+        moving: bool,
+    ) {
+        let peer = peer.clone();
+        match (still_held, moving) {
+            (true, _) => {}
+            (false, true) => self.queue(Write::Moving { peer }),
+            (false, false) => self.queue(Write::Gone { peer }),
         }
         let mut meshes = self.local_meshes();
         if let Some(m) = meshes.get_mut(mesh) {
@@ -221,6 +244,11 @@ impl ClusterLink {
             session,
             objects,
         });
+    }
+
+    /// The hand-off's wait for a moving `peer` is over.
+    pub(crate) fn handoff_over(&self, peer: &PeerName) {
+        self.queue(Write::HandoffOver { peer: peer.clone() });
     }
 
     /// Another hub says it holds `peer`: the local `session` is closed if Redis agrees.

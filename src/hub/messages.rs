@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::outbound::PushError;
 pub(super) use super::relay::SessionId;
-use super::relay::{HubError, ObjectOp, OpOutcome, RelayedSet, ViewChange, ViewReport};
+use super::relay::{Departure, HubError, ObjectOp, OpOutcome, RelayedSet, ViewChange, ViewReport};
 use crate::cluster::PeerChange;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
@@ -45,13 +45,30 @@ pub struct Deliver(pub Bytes);
 #[rtype(result = "usize")]
 pub struct RelaySet(pub RelayedSet);
 
-/// Removes a peer's relayed objects (its session ended).
+/// Removes a peer's relayed objects (its session ended), at once or, for a session a
+/// drain closed in a cluster, after `cluster.handoff` unless another hub took the peer
+/// over meanwhile.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct RelayRemove {
     /// The peer.
     pub peer: PeerName,
     /// The session that ended; ignored if a newer one owns the peer's objects.
+    pub session: SessionId,
+    /// Whether the peer leaves or is moving (DESIGN 8, Hand-off).
+    pub departure: Departure,
+}
+
+/// A session of a peer of a cluster started here (DESIGN 8, Hand-off): it holds the
+/// peer's placed objects from now, until its first set replaces them.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RelayStart {
+    /// The peer.
+    pub peer: PeerName,
+    /// Its session's mesh.
+    pub mesh: Arc<str>,
+    /// The session.
     pub session: SessionId,
 }
 
@@ -62,6 +79,8 @@ pub struct RegistryLink {
     pub set: Recipient<RelaySet>,
     /// Withdraws them.
     pub remove: Recipient<RelayRemove>,
+    /// Tells a session's start, in a cluster.
+    pub start: Recipient<RelayStart>,
 }
 
 /// Counts shards that have applied a change, so its originator can answer only once every

@@ -20,6 +20,8 @@
 //! presence page's feed); `shard.rs` is the actor of one worker thread; `identities.rs`
 //! and `blocked.rs` are certificates and the block list over time (DESIGN 10);
 //! `cluster.rs` and `link.rs` connect the hub to the other hubs of a cluster (DESIGN 8).
+//! `drain.rs` is its shutdown (DESIGN 11): the lame duck, the paced drain, the hand-off's
+//! wait before leaving a cluster.
 //!
 //! # The door
 //! Outside code (the admin API, the CLI, the tests, the load harness) sees [`Hub`],
@@ -42,6 +44,7 @@
 mod accept;
 mod blocked;
 mod cluster;
+mod drain;
 mod facts;
 mod fanout;
 mod feed;
@@ -73,19 +76,22 @@ pub(crate) use feed::PresenceFeed;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+pub use drain::{Phase, SKIP_FLUSH};
+
 use crate::config::Config;
 use crate::metrics;
 use crate::persist::ObjectStore;
 use crate::protocol::wire::{Message, Object};
 use crate::tls::{PeerName, TlsError};
-use messages::{ApplyOp, Close, CloseAll, Deliver, Fanout, ListObjects, QueryView, RegistryLink};
+use drain::Request;
+use messages::{ApplyOp, Close, Deliver, Fanout, ListObjects, QueryView, RegistryLink};
 use registry::{PersistHook, Registry};
 use relay::{Relay, ViewChange, ViewLimits};
 use shard::Shard;
@@ -276,6 +282,34 @@ impl HubHandle {
             .is_none_or(|link| link.store().redis_available())
     }
 
+    /// Starts the hub's shutdown as `[shutdown]` says (DESIGN 11): the lame duck, the paced
+    /// drain, what is left at `shutdown.grace`, then (in a cluster) the hand-off and
+    /// leaving. The hub stops at its end ([`Hub::stopped`]). Returns whether it began now
+    /// (`false`: it had begun already).
+    pub fn drain(&self) -> bool {
+        self.shared.drain.request(Request::Drain)
+    }
+
+    /// Skips the rest of the shutdown: every session is closed now, the connections get at
+    /// most [`SKIP_FLUSH`] to close, and the hub leaves its cluster at once (a second
+    /// SIGTERM). Starts the shutdown if it had not begun.
+    pub fn skip_drain(&self) {
+        self.shared
+            .drain
+            .request(Request::Now { flush: SKIP_FLUSH });
+    }
+
+    /// How far the hub's shutdown is.
+    pub fn shutdown_phase(&self) -> Phase {
+        self.shared.drain.phase()
+    }
+
+    /// Whether the hub takes new peers: not from the moment its shutdown is asked for
+    /// (`/readyz` answers 503 then).
+    pub fn serving(&self) -> bool {
+        self.shared.drain.serving()
+    }
+
     /// The hub's cluster store, when it is part of a cluster (DESIGN 8).
     pub fn cluster(&self) -> Option<&crate::cluster::ClusterStore> {
         self.shared.cluster.get().map(link::ClusterLink::store)
@@ -323,7 +357,6 @@ pub enum SendError {
 /// A running hub; dropping it stops the hub without waiting.
 pub struct Hub {
     handle: HubHandle,
-    stop: Option<oneshot::Sender<Duration>>,
     done: Option<oneshot::Receiver<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -366,7 +399,6 @@ impl Hub {
         let shared = Arc::new(HubShared::new(config, identities));
         shared.feed.hub_certificate(Some(hub_certificate));
         let (init_tx, init_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
         let (done_tx, done_rx) = oneshot::channel();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -379,7 +411,6 @@ impl Hub {
                     workers,
                     (objects, store),
                     init_tx,
-                    stop_rx,
                 ));
                 let _ = done_tx.send(());
             })
@@ -404,7 +435,6 @@ impl Hub {
                 registry,
                 shared,
             },
-            stop: Some(stop_tx),
             done: Some(done_rx),
             thread: Some(thread),
         })
@@ -415,47 +445,101 @@ impl Hub {
         self.handle.clone()
     }
 
-    /// Stops the hub gracefully: no new connections, every session closed with TLS
-    /// close_notify after its queue is flushed, all within `grace`. Returns whether every
-    /// connection closed in time.
+    /// Stops the hub at once (no lame duck, no pacing; a drain under way is cut short):
+    /// no new connections, every session closed with TLS close_notify after its queue is
+    /// flushed, all within `grace`. Returns whether every connection closed in time.
     pub async fn shutdown(mut self, grace: Duration) -> bool {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(grace);
-        }
-        if let Some(done) = self.done.take() {
+        self.handle
+            .shared
+            .drain
+            .request(Request::Now { flush: grace });
+        self.stopped().await;
+        self.handle.shared.connections.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until the hub has stopped: its shutdown ([`HubHandle::drain`],
+    /// [`HubHandle::skip_drain`]) ended and its threads are gone.
+    pub async fn stopped(&mut self) {
+        if let Some(done) = self.done.as_mut() {
             let _ = done.await;
+            self.done = None;
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        self.handle.shared.connections.load(Ordering::Acquire) == 0
     }
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(Duration::ZERO);
-        }
+        self.handle.shared.drain.request(Request::Now {
+            flush: Duration::ZERO,
+        });
     }
 }
 
+/// The hub's thread: wires the hub, serves until its shutdown is asked for, shuts down
+/// ([`drain`]), leaves the cluster and stops. Each job is a function of its own.
 async fn run_system(
     shared: Arc<HubShared>,
-    (listener, local_addr): (std::net::TcpListener, SocketAddr),
+    listener: (std::net::TcpListener, SocketAddr),
     workers: usize,
-    (objects, store): (Vec<Object>, ObjectStore),
+    objects: (Vec<Object>, ObjectStore),
     init: std::sync::mpsc::Sender<Result<Addr<Registry>, StartError>>,
-    stop: oneshot::Receiver<Duration>,
 ) {
-    // A hub of a cluster joins it first: its hub objects are the cluster's.
-    let (objects, joined) = match join_cluster(&shared, local_addr, objects).await {
-        Ok(joined) => joined,
+    let wired = match wire(&shared, listener, workers, objects).await {
+        Ok(wired) => wired,
         Err(e) => {
             let _ = init.send(Err(e));
             return;
         }
     };
+    let _ = init.send(Ok(wired.registry.clone()));
+    metrics::gauge_set(metrics::SHUTDOWN_PHASE, f64::from(Phase::Serving as u8));
+    let first = shared.drain.stop_requested().await;
+    let Wired {
+        arbiters,
+        shards,
+        registry: _registry,
+        cluster_thread,
+        accept,
+        sweeper,
+    } = wired;
+    let hand_off = drain::run(&shared, &shards, accept, first).await;
+    if let Some(thread) = &cluster_thread {
+        if hand_off {
+            drain::hand_off(&shared).await;
+        }
+        leave_cluster(&shared, thread).await;
+    }
+    sweeper.abort();
+    drop(cluster_thread);
+    stop_arbiters(arbiters);
+    info!("stopped");
+    System::current().stop();
+}
+
+/// What a wired hub runs: its worker arbiters and their shards, the registry, the
+/// cluster's thread, the accept loop and the invitation sweeper.
+struct Wired {
+    arbiters: Vec<Arbiter>,
+    shards: Vec<Addr<Shard>>,
+    registry: Addr<Registry>,
+    cluster_thread: Option<cluster::ClusterThread>,
+    accept: actix_rt::task::JoinHandle<()>,
+    sweeper: actix_rt::task::JoinHandle<()>,
+}
+
+/// Wires a hub: joins its cluster (whose hub objects it takes), starts a shard per worker
+/// and the registry, the cluster's tasks, the invitation sweeper and the accept loop.
+async fn wire(
+    shared: &Arc<HubShared>,
+    (listener, local_addr): (std::net::TcpListener, SocketAddr),
+    workers: usize,
+    (objects, store): (Vec<Object>, ObjectStore),
+) -> Result<Wired, StartError> {
+    // A hub of a cluster joins it first: its hub objects are the cluster's.
+    let (objects, joined) = join_cluster(shared, local_addr, objects).await?;
     let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
     // The registry's address exists before the registry, so shards (and their sessions)
     // can be given it.
@@ -463,7 +547,8 @@ async fn run_system(
     let registry_addr = registry_context.address();
     let link = RegistryLink {
         set: registry_addr.clone().recipient(),
-        remove: registry_addr.recipient(),
+        remove: registry_addr.clone().recipient(),
+        start: registry_addr.recipient(),
     };
     let shards: Vec<Addr<Shard>> = arbiters
         .iter()
@@ -472,6 +557,54 @@ async fn run_system(
             Shard::start_in_arbiter(&arbiter.handle(), move |_| Shard::new(shared, registry))
         })
         .collect();
+    let registry = match start_registry(shared, registry_context, &shards, objects, store) {
+        Ok(registry) => registry,
+        Err(e) => {
+            stop_arbiters(arbiters);
+            return Err(e);
+        }
+    };
+    let cluster_thread = joined.map(|(thread, joined)| {
+        let store = shared.cluster.get().expect("joined").store().clone();
+        thread.start_tasks(store, shared.clone(), registry.clone(), joined);
+        thread
+    });
+    let sweeper = start_sweeper(shared.clone());
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            sweeper.abort();
+            stop_arbiters(arbiters);
+            return Err(StartError::Bind {
+                addr: local_addr,
+                source: e,
+            });
+        }
+    };
+    let accept = actix_rt::spawn(accept::accept_loop(
+        listener,
+        shards.clone(),
+        shared.clone(),
+    ));
+    Ok(Wired {
+        arbiters,
+        shards,
+        registry,
+        cluster_thread,
+        accept,
+        sweeper,
+    })
+}
+
+/// Starts the registry with the relay logic over `objects`, persisting each change in
+/// `store`, and gives every shard its first (base) view.
+fn start_registry(
+    shared: &Arc<HubShared>,
+    context: Context<Registry>,
+    shards: &[Addr<Shard>],
+    objects: Vec<Object>,
+    store: ObjectStore,
+) -> Result<Addr<Registry>, StartError> {
     let events = shared.clone();
     let persist: PersistHook = Box::new(move |objects: &[Object]| {
         store.save(objects).map_err(|e| e.to_string())?;
@@ -483,92 +616,49 @@ async fn run_system(
     let recipients = shards.iter().map(|s| s.clone().recipient()).collect();
     // The page's feed starts from the objects the registry accepts below.
     let hub_objects = objects.clone();
-    let relay = match Relay::new(objects, limits) {
-        Ok(relay) => relay,
-        Err(e) => {
-            let _ = init.send(Err(StartError::Objects(e)));
-            stop_arbiters(arbiters);
-            return;
-        }
-    };
+    let relay = Relay::new(objects, limits).map_err(StartError::Objects)?;
     let initial = Arc::new(Fanout {
         change: ViewChange::initial(relay.base_view()),
         applied: None,
     });
     shared.feed.hub_objects_changed(&hub_objects);
-    for shard in &shards {
+    for shard in shards {
         shard.do_send(initial.clone());
     }
     let registry = Registry::new(relay, recipients, shared.clone(), Some(persist));
-    let registry = registry_context.run(registry);
-    let cluster_thread = joined.map(|(thread, joined)| {
-        let store = shared.cluster.get().expect("joined").store().clone();
-        thread.start_tasks(store, shared.clone(), registry.clone(), joined);
-        thread
-    });
-    let sweeper = {
-        let shared = shared.clone();
-        let period = (shared.config.relay.invitation_ttl / 4)
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        actix_rt::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                shared.invitations.sweep();
-            }
-        })
-    };
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(e) => {
-            warn!(error = %e, "listener registration failed");
-            stop_arbiters(arbiters);
-            return;
-        }
-    };
-    let accept = actix_rt::spawn(accept::accept_loop(
-        listener,
-        shards.clone(),
-        shared.clone(),
-    ));
-    let _ = init.send(Ok(registry));
+    Ok(context.run(registry))
+}
 
-    let grace = stop.await.unwrap_or(Duration::ZERO);
-    shared.accepting.store(false, Ordering::Release);
-    shared.feed.close();
-    accept.abort();
-    sweeper.abort();
-    for shard in &shards {
-        shard.do_send(CloseAll);
-    }
-    let deadline = Instant::now() + grace;
-    while shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let left = shared.connections.load(Ordering::Acquire);
-    if left > 0 && !grace.is_zero() {
-        warn!(
-            left,
-            "connections still open at the end of the shutdown grace period"
-        );
-    }
-    if let (Some(thread), Some(link)) = (&cluster_thread, shared.cluster.get()) {
-        // The peers leave every view now rather than when the lease ends.
-        let store = link.store().clone();
-        let left = thread.run(tokio::time::timeout(LEAVE_WAIT, async move {
-            store.leave().await
-        }));
-        match left.await {
-            Some(Ok(Ok(()))) => info!("left the cluster"),
-            Some(Ok(Err(e))) => {
-                warn!(error = %e, "leaving the cluster failed: the lease will expire")
-            }
-            _ => warn!("leaving the cluster timed out: the lease will expire"),
+/// Forgets expired invitations every quarter of `relay.invitation_ttl` (1 s to 60 s).
+fn start_sweeper(shared: Arc<HubShared>) -> actix_rt::task::JoinHandle<()> {
+    let period = (shared.config.relay.invitation_ttl / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            shared.invitations.sweep();
         }
+    })
+}
+
+/// Leaves the cluster on its thread: the peers this hub still holds leave every view now
+/// rather than when the lease ends, and the lease is given up.
+async fn leave_cluster(shared: &HubShared, thread: &cluster::ClusterThread) {
+    let Some(link) = shared.cluster.get() else {
+        return;
+    };
+    let store = link.store().clone();
+    let left = thread.run(tokio::time::timeout(LEAVE_WAIT, async move {
+        store.leave().await
+    }));
+    match left.await {
+        Some(Ok(Ok(()))) => info!("left the cluster"),
+        Some(Ok(Err(e))) => {
+            warn!(error = %e, "leaving the cluster failed: the lease will expire")
+        }
+        _ => warn!("leaving the cluster timed out: the lease will expire"),
     }
-    drop(cluster_thread);
-    stop_arbiters(arbiters);
-    System::current().stop();
 }
 
 /// The view limits a config sets.

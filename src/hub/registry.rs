@@ -3,7 +3,9 @@
 //! changes of other hubs' peers, a query) and carries out the [`Effects`] it returns:
 //! broadcasts each view change once to every shard as a [`Fanout`] (the bytes encoded once,
 //! shared by `Arc`), tells sessions their relayed counts, and asks the cluster to hand over
-//! again the state of a peer a session here let go of. It decides nothing itself.
+//! again the state of a peer a session here let go of. It decides nothing itself; it only
+//! times the wait of a hand-off (`cluster.handoff`, DESIGN 8), whose end it hands the logic
+//! and the cluster.
 //!
 //! A change of the hub's objects is persisted between the logic's `prepare_hub_op` and
 //! `commit_hub_op`: one that cannot be made durable is refused, and its originator is
@@ -15,10 +17,10 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::messages::{
-    ApplyOp, Fanout, ListObjects, QueryView, RelayRemove, RelaySet, RemoteChanges, SessionId,
-    ShardsApplied,
+    ApplyOp, Fanout, ListObjects, QueryView, RelayRemove, RelaySet, RelayStart, RemoteChanges,
+    SessionId, ShardsApplied,
 };
-use super::relay::{Effects, HubError, ObjectOp, OpOutcome, Relay, ViewChange};
+use super::relay::{Departure, Effects, HubError, ObjectOp, OpOutcome, Relay, ViewChange};
 use super::shared::HubShared;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
@@ -74,7 +76,7 @@ impl Registry {
         }
         if let Some(link) = self.shared.cluster.get() {
             for released in effects.released {
-                link.store().restate(&released.peer);
+                link.store().restate(&released.peer, &released.mesh);
             }
         }
         effects
@@ -173,9 +175,49 @@ impl Handler<QueryView> for Registry {
 impl Handler<RelayRemove> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: RelayRemove, _: &mut Self::Context) {
-        let effects = self.relay.handle_departure(&msg.peer, msg.session);
+    fn handle(&mut self, msg: RelayRemove, ctx: &mut Self::Context) {
+        let RelayRemove {
+            peer,
+            session,
+            departure,
+        } = msg;
+        let effects = self.relay.handle_departure(&peer, session, departure);
         self.carry_out(effects);
+        if departure == Departure::Moving {
+            // The hand-off's wait (DESIGN 8): the peer's objects stay placed meanwhile,
+            // unless its state from another hub replaces them first.
+            let wait = self
+                .shared
+                .config
+                .cluster
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.handoff);
+            ctx.run_later(wait, move |registry, _| {
+                registry.handoff_over(&peer, session)
+            });
+        }
+    }
+}
+
+impl Registry {
+    /// The wait for a drained peer is over: its objects leave here if no other hub's state
+    /// replaced them, and the cluster publishes its departure unless another hub (or a
+    /// newer session here) holds it now.
+    fn handoff_over(&mut self, peer: &PeerName, session: SessionId) {
+        let effects = self.relay.handle_departure_done(peer, session);
+        self.carry_out(effects);
+        if let Some(link) = self.shared.cluster.get() {
+            link.handoff_over(peer);
+        }
+    }
+}
+
+impl Handler<RelayStart> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RelayStart, _: &mut Self::Context) {
+        self.relay
+            .handle_session_start(&msg.peer, &msg.mesh, msg.session);
     }
 }
 
@@ -291,6 +333,7 @@ mod tests {
             .send(RelayRemove {
                 peer: a.clone(),
                 session: 1,
+                departure: Departure::Gone,
             })
             .await
             .unwrap();

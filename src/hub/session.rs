@@ -21,7 +21,10 @@
 //! one PeerName the newer, by [`SessionId`], holds it and the older closes, whatever order
 //! they start in) and in its thread's fan-out → … → stopped → unsubscribed and
 //! unregistered, relayed objects withdrawn, queue closed (the writer flushes it and sends
-//! TLS close_notify).
+//! TLS close_notify). A session the hub's drain closed in a cluster leaves its peer moving
+//! instead (DESIGN 8, Hand-off): its objects stay for `cluster.handoff`, for the peer's
+//! session on another hub to take over; a session that starts tells the registry first,
+//! so that it takes such a state over as it is.
 //!
 //! Identity (DESIGN 10): once registered, a session checks that its peer is not blocked and
 //! that no reload since its handshake refuses its certificate; it ends when its certificate
@@ -48,9 +51,9 @@ use tracing::{debug, info, warn};
 
 use super::facts::{HubMessage, SessionFlags};
 use super::fanout::FanoutCore;
-use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, SessionId};
+use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayStart, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
-use super::relay::{Note, PeerRelay, Reaction, RejectReason, RelayedSet};
+use super::relay::{Departure, Note, PeerRelay, Reaction, RejectReason, RelayedSet};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
 use super::shared::{Claim, ConnectionGuard, HubShared, SessionEntry};
 use super::throttle::Throttled;
@@ -363,6 +366,22 @@ impl Session {
         }
     }
 
+    /// How the session's end leaves its peer: moving when the hub's drain closed it in a
+    /// cluster with a hand-off (DESIGN 8, 11), else gone.
+    fn departure(&self) -> Departure {
+        let handoff = self
+            .shared
+            .config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| !c.handoff.is_zero());
+        if self.clustered && handoff && super::drain::closed_by_drain(self.close_reason) {
+            Departure::Moving
+        } else {
+            Departure::Gone
+        }
+    }
+
     fn for_hub(&self, mime_type: String, value: String) {
         metrics::counter_inc(metrics::HUB_MESSAGES);
         info!(parent: &self.span, %mime_type, len = value.len(), "application message for the hub");
@@ -420,6 +439,14 @@ impl Actor for Session {
         self.watch_expiry(ctx);
         self.fanout.add_session(self.id, addr.recipient());
         if let Some(cluster) = self.shared.cluster.get() {
+            // Before the claim: the peer's state from another hub, placed here, is this
+            // session's from now, so the claim announcing it gone there changes nothing
+            // (DESIGN 8, Hand-off).
+            self.registry.start.do_send(RelayStart {
+                peer: self.peer.clone(),
+                mesh: self.mesh.clone(),
+                session: self.id,
+            });
             cluster.session_started(&self.peer, &self.mesh);
             self.clustered = true;
             if !cluster.is_loaded(&self.mesh) {
@@ -451,9 +478,11 @@ impl Actor for Session {
         self.fanout.unsubscribe(&self.mesh, self.id);
         self.fanout.remove_session(self.id);
         self.shared.release(&self.peer, self.id);
+        let departure = self.departure();
         if let (true, Some(cluster)) = (self.clustered, self.shared.cluster.get()) {
             let still_held = self.shared.lookup(&self.peer).is_some();
-            cluster.session_ended(&self.peer, &self.mesh, still_held);
+            let moving = departure == Departure::Moving;
+            cluster.session_ended(&self.peer, &self.mesh, still_held, moving);
         }
         if self.counted {
             self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
@@ -462,6 +491,7 @@ impl Actor for Session {
         self.registry.remove.do_send(RelayRemove {
             peer: self.peer.clone(),
             session: self.id,
+            departure,
         });
         self.out.close();
         self.machine.disconnected();

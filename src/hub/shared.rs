@@ -1,9 +1,9 @@
 //! State every thread of the hub reads: the configuration, the PeerName index of sessions
 //! (one session per PeerName, the newer wins), the invitation table, the messages kept for
-//! the admin API, the counts of sessions and connections, and the identities in force (TLS
-//! config and block list).
+//! the admin API, the counts of sessions and connections, the identities in force (TLS
+//! config and block list) and the shutdown's control.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -50,7 +50,8 @@ pub struct HubShared {
     pub(crate) sessions: AtomicUsize,
     pub(crate) connections: AtomicUsize,
     pub(crate) next_session_id: AtomicU64,
-    pub(crate) accepting: AtomicBool,
+    /// The shutdown: asked for, and how far it is (DESIGN 11).
+    pub(crate) drain: super::drain::DrainControl,
     /// The hub's link to its cluster (DESIGN 8); set once at start, before any session.
     pub(crate) cluster: std::sync::OnceLock<super::link::ClusterLink>,
     /// The TLS config in force and the block list (DESIGN 10).
@@ -72,14 +73,10 @@ impl HubShared {
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             next_session_id: AtomicU64::new(1),
-            accepting: AtomicBool::new(true),
+            drain: super::drain::DrainControl::default(),
             cluster: std::sync::OnceLock::new(),
             identities,
         }
-    }
-
-    pub(crate) fn accepting(&self) -> bool {
-        self.accepting.load(Ordering::Acquire)
     }
 
     pub(crate) fn record_hub_message(&self, message: HubMessage) {

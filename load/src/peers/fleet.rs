@@ -24,6 +24,8 @@ use crate::placement::Placement;
 pub struct Member {
     pub peer_name: PeerName,
     pub client: Arc<ClientConfig>,
+    /// Its certificate and key (`--rolling-restart`'s peers build their own connections).
+    pub identity: p2ppi_hub::tls::Identity,
 }
 
 /// Every peer's identity and where to connect.
@@ -86,6 +88,7 @@ impl Fleet {
                                 Member {
                                     peer_name: issued.peer_name,
                                     client,
+                                    identity: identity.clone(),
                                 },
                                 identity,
                             ))
@@ -134,6 +137,15 @@ impl Fleet {
     /// Where the whole fleet's peers connect.
     pub fn placement(&self) -> Placement {
         self.placement
+    }
+
+    /// Member `i`'s configuration for the peer library, connecting to `hub` (an address).
+    pub fn peer_config(&self, i: usize, hub: &str) -> PeerConfig {
+        PeerConfig {
+            hub: hub.to_owned(),
+            identity: self.members[i].identity.clone(),
+            ..self.bases[0].clone()
+        }
     }
 
     /// Connects member `i` through the peer library.

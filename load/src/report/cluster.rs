@@ -1,6 +1,6 @@
 //! The cluster part of the report (`--cluster N`): per-hub CPU and RSS, Redis's, latency
-//! split into same-hub and cross-hub deliveries, and the killed hub's removal
-//! (`--kill-hub`).
+//! split into same-hub and cross-hub deliveries, the killed hub's removal (`--kill-hub`)
+//! and the rolling restart (`--rolling-restart`, [`super::rolling`]).
 
 use std::time::Duration;
 
@@ -118,6 +118,9 @@ pub struct ClusterReport {
     /// `--kill-hub`: how the killed hub's peers left the other hubs' views.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kill: Option<KillReport>,
+    /// `--rolling-restart`: each hub's restart, and what the peers saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolling: Option<super::rolling::RollingReport>,
 }
 
 impl ClusterReport {

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 mod plot;
+pub mod rolling;
 pub mod table;
 
 use std::collections::BTreeMap;

@@ -34,9 +34,13 @@ pub fn lines(report: &Report, notes: &[String]) -> Vec<String> {
     ];
     match r.scenario.as_str() {
         "connect" | "churn" => rows.extend(handshake_rows(r)),
+        // Its figures are the cluster part's (`rolling` rows below).
+        "rolling-restart" => {}
         _ => rows.extend(delivery_rows(r)),
     }
-    rows.extend(cost_rows(r));
+    if r.scenario != "rolling-restart" {
+        rows.extend(cost_rows(r));
+    }
     if let Some(cluster) = &r.cluster {
         rows.extend(cluster_rows(cluster));
     }
@@ -204,6 +208,9 @@ fn cluster_rows(cluster: &ClusterReport) -> Vec<Row> {
     if let Some(k) = &cluster.kill {
         rows.push(("hub killed", killed(k)));
     }
+    if let Some(rolling) = &cluster.rolling {
+        rows.extend(rolling.rows());
+    }
     rows
 }
 
@@ -231,6 +238,32 @@ fn killed(k: &KillReport) -> String {
         k.late,
         k.disconnected
     )
+}
+
+/// `--rolling-restart --compare no-lame-duck`: the runs' figures side by side (nothing
+/// to print for one run).
+pub fn print_rolling_comparison(reports: &[&Report]) {
+    let rolling: Vec<_> = reports
+        .iter()
+        .filter_map(|r| r.cluster.as_ref()?.rolling.as_ref())
+        .collect();
+    if rolling.len() < 2 {
+        return;
+    }
+    println!();
+    println!("== rolling restart: side by side ==");
+    for r in rolling {
+        let back = r.steps.iter().filter_map(|s| s.back_s).fold(0.0, f64::max);
+        println!(
+            "{:>14}  peak {:.0} handshakes/s on a surviving hub; {} peers seen offline (longest {:.0} ms); all back within {back:.1} s of a SIGTERM at worst; {} failed connects",
+            "",
+            r.peak_handshakes_per_s,
+            r.peers_seen_offline,
+            r.offline_ms.max,
+            r.failed_connects
+        );
+        println!("{:>14}  ({})", "", r.settings);
+    }
 }
 
 /// Prints the hub's ratios to `other` (`--compare`).

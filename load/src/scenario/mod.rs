@@ -1,5 +1,5 @@
 //! The scenarios, one module each: [`connect`], [`fanout`] (with `--find-max`), [`relay`]
-//! and [`churn`], each against the servers it is given (one, or a cluster's hubs with the
+//! (and [`rolling`], its `--rolling-restart`) and [`churn`], each against the servers it is given (one, or a cluster's hubs with the
 //! peers spread over them). What they share is here: a run's outcome ([`Run`]), the
 //! report of a handshake scenario, the progress bar, and the measured phase of a
 //! delivery scenario ([`phase`]). A new scenario is a new module with a `run` function
@@ -10,6 +10,7 @@ pub mod connect;
 pub mod fanout;
 pub mod phase;
 pub mod relay;
+pub mod rolling;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -18,6 +19,7 @@ use crate::fit::{harness_bound, micros_per};
 use crate::latency::{Latencies, SplitLatencies};
 use crate::peers::connect::Errors;
 use crate::report::cluster::KillReport;
+use crate::report::rolling::RollingReport;
 use crate::report::Report;
 use crate::servers::CpuSpent;
 
@@ -40,6 +42,8 @@ pub struct Run {
     pub sessions: Vec<Option<u64>>,
     /// `--kill-hub`: what the other hubs' peers saw.
     pub kill: Option<KillReport>,
+    /// `--rolling-restart`: each hub's restart and what the peers saw.
+    pub rolling: Option<RollingReport>,
 }
 
 /// A progress bar of `len` steps, labelled `what`.

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use p2ppi_hub::config::DEFAULT_CLUSTER_LEASE;
 use p2ppi_hub::metrics::SESSIONS;
 
-pub use self::process::Server;
+pub use self::process::{Listen, Server};
 use crate::placement::Placement;
 use crate::report::cluster::{target_name, ClusterReport, HubCost, ProcessCost};
 
@@ -28,6 +28,44 @@ pub struct Servers {
     nodes: Vec<String>,
     redis: Option<Server>,
     lease: Duration,
+    /// `--rolling-restart`: how to start each hub again (its binary, directory,
+    /// configuration and addresses), and the balancer in front of them.
+    restart: Option<Restart>,
+}
+
+/// What `--rolling-restart` needs to start a hub again on the same ports.
+struct Restart {
+    binary: std::path::PathBuf,
+    pin: bool,
+    hubs: Vec<(std::path::PathBuf, std::path::PathBuf, Listen)>,
+    balancer: Server,
+}
+
+/// How the hubs of a `--rolling-restart` shut down (DESIGN 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Their defaults: the lame duck, the paced drain, the hand-off.
+    Paced,
+    /// All off (`--compare no-lame-duck`): every session closed at once, gone at once.
+    AtOnce,
+}
+
+impl Shutdown {
+    /// The hubs' settings, as the report names them.
+    pub fn describe(self) -> String {
+        use p2ppi_hub::config::{
+            DEFAULT_CLUSTER_HANDOFF, DEFAULT_SHUTDOWN_DRAIN_RATE, DEFAULT_SHUTDOWN_LAME_DUCK,
+        };
+        match self {
+            Self::Paced => format!(
+                "lame duck {}, drain {}/s, hand-off {}",
+                humantime::format_duration(DEFAULT_SHUTDOWN_LAME_DUCK),
+                DEFAULT_SHUTDOWN_DRAIN_RATE,
+                humantime::format_duration(DEFAULT_CLUSTER_HANDOFF)
+            ),
+            Self::AtOnce => "no lame duck, all sessions at once, no hand-off".into(),
+        }
+    }
 }
 
 /// CPU seconds each process used: the hubs in order, then Redis (0 without one).
@@ -63,19 +101,23 @@ impl Servers {
             nodes: vec![String::new()],
             redis: None,
             lease: DEFAULT_CLUSTER_LEASE,
+            restart: None,
         }
     }
 
     /// Starts a Redis (the server program `redis`) and `hubs` hubs (the binary `hub`) on it
     /// with `lease` (the hubs' default without), and waits until hub 0 lists them all as
     /// live. Each hub's state directory is `data_dir/bench-I`; its configuration (written
-    /// there) names the CA and hub certificate in `data_dir`.
+    /// there) names the CA and hub certificate in `data_dir`. With `rolling`
+    /// (`--rolling-restart`) the hubs get fixed ports and the shutdown it says, and a
+    /// balancer in front of them.
     pub fn start_cluster(
         hub: &Path,
         data_dir: &Path,
         redis: &str,
         hubs: usize,
         lease: Option<Duration>,
+        rolling: Option<Shutdown>,
         pin: bool,
     ) -> anyhow::Result<Self> {
         let program = redis;
@@ -91,16 +133,23 @@ impl Servers {
             nodes: Vec::with_capacity(hubs),
             redis: Some(redis),
             lease: lease.unwrap_or(DEFAULT_CLUSTER_LEASE),
+            restart: None,
         };
+        let mut restart = Vec::new();
         for i in 0..hubs {
             let node = format!("bench-{i}");
             let dir = data_dir.join(&node);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let config = dir.join("hub.toml");
-            std::fs::write(&config, hub_config(data_dir, &url, &node, lease)?)
+            std::fs::write(&config, hub_config(data_dir, &url, &node, lease, rolling)?)
                 .with_context(|| format!("writing {}", config.display()))?;
-            let hub = Server::start_hub(hub, &dir, Some(&config), pin)
+            let listen = rolling.map(|_| Listen::free()).transpose()?;
+            let started = Server::start_hub(hub, &dir, Some(&config), listen.as_ref(), pin)
                 .with_context(|| format!("starting hub {node}"))?;
+            if let Some(listen) = listen {
+                restart.push((dir, config, listen));
+            }
+            let hub = started;
             eprintln!(
                 "hub {node} (pid {}) on {}, admin {}",
                 hub.pid().unwrap_or_default(),
@@ -111,7 +160,66 @@ impl Servers {
             servers.nodes.push(node);
         }
         servers.wait_formed()?;
+        if rolling.is_some() {
+            let backends: Vec<crate::balancer::Backend> = restart
+                .iter()
+                .map(|(_, _, l)| crate::balancer::Backend {
+                    p2ppi: l.p2ppi.clone(),
+                    admin: l.admin.clone(),
+                })
+                .collect();
+            let balancer = Server::start_balancer(&backends)?;
+            eprintln!(
+                "balancer (pid {}) on {} in front of the hubs",
+                balancer.pid().unwrap_or_default(),
+                balancer.addr
+            );
+            servers.restart = Some(Restart {
+                binary: hub.to_owned(),
+                pin,
+                hubs: restart,
+                balancer,
+            });
+        }
         Ok(servers)
+    }
+
+    /// `--rolling-restart`: the balancer's address, where the peers connect.
+    pub fn balancer(&self) -> Option<&str> {
+        self.restart.as_ref().map(|r| r.balancer.addr.as_str())
+    }
+
+    /// `--rolling-restart`: sends hub `i` SIGTERM (DESIGN 11's shutdown begins).
+    pub fn terminate_hub(&self, i: usize) -> anyhow::Result<()> {
+        self.hubs.get(i).context("no such hub")?.terminate()
+    }
+
+    /// `--rolling-restart`: waits at most `limit` for hub `i` to exit; whether it did.
+    pub fn wait_hub_exit(&mut self, i: usize, limit: Duration) -> bool {
+        self.hubs.get_mut(i).is_some_and(|h| h.wait_exit(limit))
+    }
+
+    /// `--rolling-restart`: starts hub `i` (which exited) again, on the same ports with the
+    /// same configuration and directory.
+    pub fn start_hub_again(&mut self, i: usize) -> anyhow::Result<()> {
+        let restart = self.restart.as_ref().context("not a rolling restart")?;
+        let (dir, config, listen) = restart.hubs.get(i).context("no such hub")?;
+        let hub = Server::start_hub(
+            &restart.binary,
+            dir,
+            Some(config),
+            Some(listen),
+            restart.pin,
+        )
+        .with_context(|| format!("starting hub {} again", self.nodes[i]))?;
+        eprintln!(
+            "hub {} started again (pid {}) on {}",
+            self.nodes[i],
+            hub.pid().unwrap_or_default(),
+            hub.addr
+        );
+        self.hubs[i] = hub;
+        Ok(())
     }
 
     /// Waits until hub 0's `GET /v1/cluster` lists every hub started.
@@ -290,8 +398,11 @@ impl Servers {
         Ok(())
     }
 
-    /// Stops the hubs, then Redis.
+    /// Stops the balancer, the hubs, then Redis.
     pub fn stop(&mut self) {
+        if let Some(restart) = &mut self.restart {
+            restart.balancer.stop();
+        }
         for hub in &mut self.hubs {
             hub.stop();
         }
@@ -302,12 +413,15 @@ impl Servers {
 }
 
 /// A hub's configuration in a cluster: the shared CA and hub certificate, the shared
-/// Redis, its node name, the lease if given.
+/// Redis, its node name, the lease if given; with `rolling`, the shutdown it says and no
+/// per-source limits for the balancer (it sends no PROXY header: every peer comes from
+/// its address).
 fn hub_config(
     data_dir: &Path,
     redis: &str,
     node: &str,
     lease: Option<Duration>,
+    rolling: Option<Shutdown>,
 ) -> anyhow::Result<String> {
     let path = |file: &str| -> anyhow::Result<String> {
         data_dir
@@ -330,6 +444,21 @@ fn hub_config(
         );
     }
     let mut config = toml::Table::new();
+    if let Some(shutdown) = rolling {
+        let mut limits = toml::Table::new();
+        limits.insert(
+            "exempt_sources".into(),
+            toml::Value::Array(vec!["127.0.0.1/32".into()]),
+        );
+        config.insert("limits".into(), limits.into());
+        if shutdown == Shutdown::AtOnce {
+            let mut table = toml::Table::new();
+            table.insert("lame_duck".into(), "0s".into());
+            table.insert("drain_rate".into(), 0.into());
+            config.insert("shutdown".into(), table.into());
+            cluster.insert("handoff".into(), "0s".into());
+        }
+    }
     config.insert("tls".into(), tls.into());
     config.insert("cluster".into(), cluster.into());
     Ok(toml::to_string(&config)?)

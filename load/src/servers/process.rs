@@ -27,6 +27,29 @@ pub struct Server {
     pub max_view_bytes: Option<usize>,
 }
 
+/// A hub's fixed addresses (`--rolling-restart` starts it again on the same ones).
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Its P2PPI address.
+    pub p2ppi: String,
+    /// Its admin address.
+    pub admin: String,
+}
+
+impl Listen {
+    /// Two free loopback ports, found by binding port 0 and letting go (the hub binds them
+    /// again at once; nothing else on this machine is expected to take them meanwhile).
+    pub fn free() -> anyhow::Result<Self> {
+        let port = || -> anyhow::Result<String> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .to_string())
+        };
+        let (p2ppi, admin) = (port()?, port()?);
+        Ok(Self { p2ppi, admin })
+    }
+}
+
 /// The environment every hub the harness starts gets on top of the harness's own: room for
 /// every session and handshake the harness opens.
 const HUB_ENV: [(&str, &str); 3] = [
@@ -68,12 +91,14 @@ fn wait_for_line<T>(
 }
 
 impl Server {
-    /// Starts `p2ppi-hub serve` (the binary `bin`) on ports chosen by the OS, with the
-    /// configuration file `config` if given (a hub of a cluster).
+    /// Starts `p2ppi-hub serve` (the binary `bin`) on the P2PPI and admin addresses
+    /// `listen` (ports chosen by the OS without), with the configuration file `config` if
+    /// given (a hub of a cluster).
     pub fn start_hub(
         bin: &Path,
         data_dir: &Path,
         config: Option<&Path>,
+        listen: Option<&Listen>,
         pin: bool,
     ) -> anyhow::Result<Self> {
         if !bin.is_file() {
@@ -89,10 +114,15 @@ impl Server {
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
+        let any = Listen {
+            p2ppi: "127.0.0.1:0".into(),
+            admin: "127.0.0.1:0".into(),
+        };
+        let listen = listen.unwrap_or(&any);
         let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", &listen.p2ppi, "--admin-listen", &listen.admin])
             .envs(HUB_ENV)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -274,22 +304,80 @@ impl Server {
         self.pid().and_then(procfs::cpu_seconds).unwrap_or(0.0)
     }
 
-    /// Stops the process (SIGTERM, then kill).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    /// Starts the stand-in balancer of `--rolling-restart` in front of `backends`: this
+    /// harness binary again, in its hidden serving mode.
+    pub fn start_balancer(backends: &[crate::balancer::Backend]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the harness binary")?;
+        let hubs: Vec<String> = backends.iter().map(|b| b.arg()).collect();
+        let mut child = Command::new(exe)
+            .arg("--serve-balancer")
+            .arg("--balancer-hubs")
+            .arg(hubs.join(","))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the balancer")?;
+        let addr = wait_for_line(&mut child, "the balancer", |line| {
+            line.strip_prefix(crate::balancer::READY).map(str::to_owned)
+        })?;
+        Ok(Self {
+            child: Some(child),
+            addr,
+            admin: None,
+            control: None,
+            max_view_bytes: None,
+        })
+    }
+
+    /// Sends the process SIGTERM (a hub starts its shutdown: DESIGN 11).
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("no process")?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits at most `limit` for the process to exit; whether it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return true;
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Stops the process at once: a hub is asked to drain (`POST /v1/drain`) and then
+    /// sent SIGTERM, which skips the drain to its end (the lame duck and the pacing are
+    /// for the peers of a real upgrade, not for the end of a run); anything else gets
+    /// SIGTERM. Killed if still running 10 s later.
+    pub fn stop(&mut self) {
+        // Only a process started here: a hub given by address is left alone.
+        if self.child.is_none() {
+            return;
+        }
+        if let Some(admin) = &self.admin {
+            let _ = ureq::post(&format!("http://{admin}/v1/drain"))
+                .header("Content-Type", "application/json")
+                .send_empty();
+        }
+        let _ = self.terminate();
+        if !self.wait_exit(Duration::from_secs(10)) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

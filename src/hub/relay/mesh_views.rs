@@ -42,6 +42,10 @@ use crate::tls::PeerName;
 pub(super) enum Holder {
     /// A session on this hub.
     Session(SessionId),
+    /// This session here ended, and its objects stay placed until the peer's state on
+    /// another hub replaces them in one placement, or its departure completes (DESIGN 8,
+    /// Hand-off): the peer is moving.
+    Leaving(SessionId),
     /// Another hub of the cluster (DESIGN 8); its state is the cluster replica's.
     OtherHub,
 }
@@ -51,7 +55,7 @@ impl Holder {
     pub(super) fn session(self) -> Option<SessionId> {
         match self {
             Self::Session(id) => Some(id),
-            Self::OtherHub => None,
+            Self::Leaving(_) | Self::OtherHub => None,
         }
     }
 }
@@ -203,6 +207,18 @@ impl MeshViews {
             self.refill(mesh, hub, out);
         }
         count
+    }
+
+    /// Makes `holder` the holder of `peer`'s placed objects, which stay as they are (no
+    /// view changes). Returns whether the peer is placed.
+    pub(super) fn hand_over(&mut self, peer: &PeerName, holder: Holder) -> bool {
+        match self.placed.get_mut(peer) {
+            Some(placed) => {
+                placed.holder = holder;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes `peer`'s objects from its mesh; peers waiting there may fit now. Returns

@@ -26,8 +26,9 @@
 //! have; hub objects displacing relayed ones (DESIGN 5.2) changes the room in `budget` and
 //! the placements in `mesh_views`, nothing else.
 //!
-//! [`Relay`] takes inputs through `handle_*` methods (a peer's relayed set with its watch
-//! list, a departure, changes of a mesh's peers on other hubs) and `prepare_hub_op` /
+//! [`Relay`] takes inputs through `handle_*` methods (a session's start, a peer's relayed
+//! set with its watch list, a departure, changes of a mesh's peers on other hubs) and
+//! `prepare_hub_op` /
 //! `commit_hub_op` (an operation on the hub's objects, persisted between the two), and
 //! returns [`Effects`]: view changes for the shards to deliver, relayed counts for
 //! sessions, peers a session here let go of. The registry actor carries them out.
@@ -36,8 +37,18 @@
 //! mesh replicas (`cluster::MeshReplica`), which must keep it anyway to hand over only the
 //! differences when a mesh is reloaded. The relay places a remote peer exactly as a local
 //! one ([`Holder::OtherHub`](mesh_views::Holder)) and keeps no copy aside: a remote state of
-//! a peer that a session here still holds is not placed, and when that session lets go
-//! ([`Released`]) the replica hands the state over again. Routing's PeerName → mesh index
+//! a peer that a session here still holds is not placed (only the fact is noted), and when
+//! that session lets go its objects stay placed until the replica hands the state over
+//! again ([`Released`]), which replaces them in one placement: the peer's watchers here
+//! never see it leave and come back, and see nothing at all if its objects are equal.
+//!
+//! **Hand-off** (DESIGN 8, 11). A session a drain closed leaves its peer *moving*
+//! ([`Departure::Moving`]): its objects stay placed until the peer's state from the hub it
+//! moved to replaces them (one placement again), or the wait ends
+//! ([`Relay::handle_departure_done`]). On the hub it moved to, the new session takes the
+//! placement of the peer's remote state over as it is ([`Relay::handle_session_start`]), so
+//! the peer's claim announcing it gone from the other hub changes nothing, and its first
+//! set replaces the objects in one placement. Routing's PeerName → mesh index
 //! is derived from the replicas too (`ClusterStore::mesh_of`), and the rule "a complete
 //! snapshot means unlisted peers are gone" is the replica's alone: a dropped replica
 //! announces its peers gone, so every snapshot here is a difference.
@@ -104,11 +115,28 @@ impl HubChange {
     }
 }
 
+/// How a session's end leaves its peer (DESIGN 8, 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// It leaves: its objects go now (unless its state on another hub replaces them).
+    Gone,
+    /// A drain closed the session: the peer is *moving*, its objects stay placed until its
+    /// state on another hub replaces them, or [`Relay::handle_departure_done`] ends the
+    /// wait (`cluster.handoff`).
+    Moving,
+}
+
 /// The relay logic of the hub: the hub's objects, the mesh views, the watchers.
 pub struct Relay {
     hub: HubObjects,
     meshes: MeshViews,
     watchers: Watchers,
+    /// Peers a session here holds while a replica announced them held by another hub too
+    /// (a newer session elsewhere; its state was not placed). Not a copy of that state,
+    /// only the fact: when the session here ends, its objects stay placed until the
+    /// replica's answer (the state again, or the peer gone) replaces them in one placement,
+    /// so the peer's watchers here never see it leave and come back.
+    elsewhere: std::collections::HashSet<PeerName>,
 }
 
 impl Relay {
@@ -121,6 +149,7 @@ impl Relay {
             hub: HubObjects::new(objects, limits)?,
             meshes: MeshViews::new(limits),
             watchers: Watchers::new(limits),
+            elsewhere: std::collections::HashSet::new(),
         })
     }
 
@@ -191,10 +220,13 @@ impl Relay {
             watch,
         } = set;
         match self.meshes.placed(&peer).map(|p| p.holder) {
-            Some(Holder::Session(held)) if held > session => return (0, Effects::default()),
+            Some(Holder::Session(held) | Holder::Leaving(held)) if held > session => {
+                return (0, Effects::default())
+            }
             // A new session starts from its mesh's view: the old one's own view went with it.
             Some(Holder::Session(held)) if held < session => self.watchers.forget(&peer),
-            // A session here takes over from another hub (DESIGN 8).
+            // A session here takes over from another hub (DESIGN 8), or from one here that
+            // ended (its own view went with it).
             _ => {}
         }
         let holder = Holder::Session(session);
@@ -225,9 +257,39 @@ impl Relay {
         (count, effects)
     }
 
+    /// A session of `peer` started here (`mesh`, `session`), before it hands over its first
+    /// set: a placement of the peer's state from another hub, or of a session here that
+    /// ended, is its from now, as it is (DESIGN 8, Hand-off). The peer claiming its
+    /// PeerName here announces it gone from the other hub, which then changes nothing here;
+    /// the session's first set replaces the objects in one placement (nothing is sent if
+    /// they are equal). Nothing else changes.
+    pub fn handle_session_start(&mut self, peer: &PeerName, mesh: &Arc<str>, session: SessionId) {
+        let adopt = self.meshes.placed(peer).is_some_and(|p| {
+            p.mesh == *mesh
+                && match p.holder {
+                    Holder::OtherHub => true,
+                    Holder::Leaving(held) => held < session,
+                    Holder::Session(_) => false,
+                }
+        });
+        if adopt {
+            self.meshes.hand_over(peer, Holder::Session(session));
+            self.elsewhere.remove(peer);
+        }
+    }
+
     /// A peer's session here ended: its objects leave the views, unless a newer session
-    /// holds the peer.
-    pub fn handle_departure(&mut self, peer: &PeerName, session: SessionId) -> Effects {
+    /// holds the peer. They stay placed, the peer *moving*, when a drain closed the session
+    /// ([`Departure::Moving`]: until its state on another hub replaces them, or
+    /// [`Relay::handle_departure_done`]), and when another hub's newer session of the peer
+    /// was announced meanwhile (until the replica hands that state over again: the
+    /// [`Released`] effect, answered by a remote change).
+    pub fn handle_departure(
+        &mut self,
+        peer: &PeerName,
+        session: SessionId,
+        departure: Departure,
+    ) -> Effects {
         let held = self
             .meshes
             .placed(peer)
@@ -236,17 +298,40 @@ impl Relay {
             return Effects::default();
         }
         self.watchers.forget(peer);
-        let mut placement = Placement::default();
-        let placed = self
+        let elsewhere = self.elsewhere.remove(peer);
+        if departure == Departure::Moving || elsewhere {
+            self.meshes.hand_over(peer, Holder::Leaving(session));
+            let mut effects = Effects::default();
+            if let (true, Some(placed)) = (elsewhere, self.meshes.placed(peer)) {
+                effects.released.push(Released {
+                    peer: peer.clone(),
+                    mesh: placed.mesh.clone(),
+                });
+            }
+            return effects;
+        }
+        self.withdraw(peer)
+    }
+
+    /// The wait for a moving peer (its session here, `session`, was drained) is over: if
+    /// no other hub's state replaced its objects meanwhile, they leave the views now.
+    pub fn handle_departure_done(&mut self, peer: &PeerName, session: SessionId) -> Effects {
+        let leaving = self
             .meshes
+            .placed(peer)
+            .is_some_and(|p| p.holder == Holder::Leaving(session));
+        if !leaving {
+            return Effects::default();
+        }
+        self.withdraw(peer)
+    }
+
+    /// Takes a peer's objects out of the views, and its watchers' views.
+    fn withdraw(&mut self, peer: &PeerName) -> Effects {
+        let mut placement = Placement::default();
+        self.meshes
             .remove(peer, self.hub.as_slice(), &mut placement);
         let mut effects = effects_of(placement);
-        if let Some(placed) = placed {
-            effects.released.push(Released {
-                peer: peer.clone(),
-                mesh: placed.mesh,
-            });
-        }
         self.refresh_watchers_of(std::slice::from_ref(peer), &mut effects);
         effects
     }
@@ -254,15 +339,18 @@ impl Relay {
     /// Changes of `mesh`'s peers held by other hubs of the cluster (DESIGN 8), applied as
     /// the same changes of local peers would be: a remote peer is indistinguishable from a
     /// local one in mesh views and watch lists. A peer a session here holds is left to it
-    /// (its remote state is handed over again when the session lets go, [`Released`]).
+    /// (noted as held elsewhere too: when the session ends, the replica hands that state
+    /// over again, [`Released`]). A moving peer's objects are replaced by its remote state
+    /// in one placement: equal objects change nothing, and nobody is sent anything.
     pub fn handle_remote_changes(&mut self, mesh: &Arc<str>, changes: Vec<PeerChange>) -> Effects {
         let mut placement = Placement::default();
         let mut changed = Vec::with_capacity(changes.len());
         for change in changes {
+            let holder = |meshes: &MeshViews, peer| meshes.placed(peer).map(|p| p.holder);
             match change {
                 PeerChange::Upsert { peer, objects } => {
-                    let holder = self.meshes.placed(&peer).map(|p| p.holder);
-                    if matches!(holder, Some(Holder::Session(_))) {
+                    if let Some(Holder::Session(_)) = holder(&self.meshes, &peer) {
+                        self.elsewhere.insert(peer);
                         continue;
                     }
                     let hub = self.hub.as_slice();
@@ -272,14 +360,17 @@ impl Relay {
                     changed.push(peer);
                 }
                 PeerChange::Gone { peer } => {
-                    let here = self
-                        .meshes
-                        .placed(&peer)
-                        .is_some_and(|p| p.holder == Holder::OtherHub && p.mesh == *mesh);
-                    if here {
-                        self.meshes
-                            .remove(&peer, self.hub.as_slice(), &mut placement);
-                        changed.push(peer);
+                    let here = self.meshes.placed(&peer).filter(|p| p.mesh == *mesh);
+                    match here.map(|p| p.holder) {
+                        Some(Holder::OtherHub | Holder::Leaving(_)) => {
+                            self.meshes
+                                .remove(&peer, self.hub.as_slice(), &mut placement);
+                            changed.push(peer);
+                        }
+                        Some(Holder::Session(_)) => {
+                            self.elsewhere.remove(&peer);
+                        }
+                        None => {}
                     }
                 }
             }

@@ -71,6 +71,10 @@ pub struct PeerRelay {
     dirty: bool,
     /// Whether a set handed to the registry is unanswered.
     in_flight: bool,
+    /// Whether the peer reported its objects yet. Its first report is always handed over,
+    /// even empty: in a cluster the session may hold a state its peer left on another hub
+    /// (DESIGN 8, Hand-off), which the peer's own list must replace.
+    reported: bool,
 }
 
 impl PeerRelay {
@@ -87,6 +91,7 @@ impl PeerRelay {
             watch_refused: None,
             dirty: false,
             in_flight: false,
+            reported: false,
         }
     }
 
@@ -124,7 +129,8 @@ impl PeerRelay {
             send_request: step.send_request,
             ..Reaction::default()
         };
-        if !step.changed {
+        let first = !std::mem::replace(&mut self.reported, true);
+        if !step.changed && !first {
             return reaction;
         }
         self.read_watch_list(&mut reaction.notes);
@@ -274,6 +280,18 @@ mod tests {
         assert_eq!(p.watch(), Some(&vec![peer('c')]));
         p.on_objects(ObjectsSource::Response, vec![]);
         assert_eq!(p.watch(), None, "no WATCH_LIST: the mesh view");
+    }
+
+    #[test]
+    fn the_first_report_is_handed_over_even_when_empty() {
+        let mut p = policy();
+        let r = notify(&mut p, &[]);
+        assert!(r.changed, "the peer's first list, empty");
+        assert_eq!(p.next_set(), Some((vec![], None)));
+        p.answered();
+        let r = notify(&mut p, &[]);
+        assert!(!r.changed, "an empty list again changes nothing");
+        assert_eq!(p.next_set(), None);
     }
 
     #[test]

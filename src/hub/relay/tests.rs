@@ -60,7 +60,7 @@ fn watch(
 }
 
 fn depart(relay: &mut Relay, who: &PeerName, session: SessionId) -> Effects {
-    relay.handle_departure(who, session)
+    relay.handle_departure(who, session, Departure::Gone)
 }
 
 fn apply(relay: &mut Relay, op: ObjectOp) -> Result<(OpOutcome, Option<ViewChange>), HubError> {
@@ -463,6 +463,124 @@ fn a_local_session_shadows_the_remote_state_until_it_ends() {
     set(&mut relay, &p, 2, &[o("a1", "back")]);
     remote(&mut relay, vec![gone(&p)]);
     assert_eq!(mesh_view(&relay)[1], o("a1", "back"));
+}
+
+/// Whether any of `changes` sends anything to anyone (a mesh's subscribers or a watcher).
+fn notifies(changes: &[ViewChange]) -> bool {
+    changes.iter().any(|c| {
+        (!c.meshes.is_empty() && c.delivery != Delivery::Silent)
+            || c.personal.iter().any(|p| p.delivery != Delivery::Silent)
+    })
+}
+
+#[test]
+fn a_drained_peer_moves_to_another_hub_in_one_placement_nobody_hears_of() {
+    let mut relay = relay();
+    let (p, w) = (peer("a"), peer("c"));
+    set(&mut relay, &p, 1, &[o("a1", "here")]);
+    watch(&mut relay, &w, 2, &[], Some(&[&p]));
+    let before = mesh_view(&relay);
+    // A drain closed p's session: it is moving, its objects stay.
+    let left = relay.handle_departure(&p, 1, Departure::Moving);
+    assert!(
+        left.views.is_empty() && left.released.is_empty(),
+        "{left:?}"
+    );
+    assert_eq!(mesh_view(&relay), before);
+    assert_eq!(names(&own_view(&relay, &w)), ["hub", "a1"]);
+    // It claims its PeerName on another hub, which publishes the same state: nothing to
+    // send, to the mesh or to its watcher.
+    let moved = remote(&mut relay, vec![upsert(&p, &[o("a1", "here")])]);
+    assert!(!notifies(&moved), "{moved:?}");
+    assert_eq!(mesh_view(&relay), before);
+    // The wait's end finds it held elsewhere: nothing happens.
+    assert!(relay.handle_departure_done(&p, 1).views.is_empty());
+    assert_eq!(mesh_view(&relay), before);
+    // Its objects changed on the way: one change, an entire view holding the new value
+    // in the old place.
+    let drained = peer("b");
+    set(&mut relay, &drained, 3, &[o("b1", "x")]);
+    relay.handle_departure(&drained, 3, Departure::Moving);
+    let changed = remote(&mut relay, vec![upsert(&drained, &[o("b1", "y")])]);
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(names(&mesh_view(&relay)), ["hub", "a1", "b1"]);
+    assert_eq!(mesh_view(&relay)[2], o("b1", "y"));
+}
+
+#[test]
+fn a_drained_peer_that_does_not_come_back_in_time_leaves() {
+    let mut relay = relay();
+    let (p, w) = (peer("a"), peer("c"));
+    set(&mut relay, &p, 1, &[o("a1", "here")]);
+    watch(&mut relay, &w, 2, &[], Some(&[&p]));
+    relay.handle_departure(&p, 1, Departure::Moving);
+    let gone = relay.handle_departure_done(&p, 1);
+    let left = gone.views.iter().find(|c| !c.meshes.is_empty()).unwrap();
+    assert_eq!(left.delivery, Delivery::Complete);
+    assert!(
+        matches!(&left.meshes[..], [(mesh, None)] if &**mesh == "m"),
+        "the mesh's subscribers see it leave: the hub's objects alone"
+    );
+    assert_eq!(names(&own_view(&relay, &w)), ["hub"], "so does its watcher");
+    // A later end of a wait that is over changes nothing.
+    assert!(relay.handle_departure_done(&p, 1).views.is_empty());
+}
+
+#[test]
+fn a_session_here_takes_over_a_remote_state_as_it_is() {
+    let mut relay = relay();
+    let p = peer("a");
+    remote(&mut relay, vec![upsert(&p, &[o("a1", "there")])]);
+    let before = mesh_view(&relay);
+    // The peer connects here: its session holds the placement from its start, so its
+    // claim (announced here as the remote state gone) changes nothing ...
+    relay.handle_session_start(&p, &Arc::from("m"), 7);
+    assert!(remote(&mut relay, vec![gone(&p)]).is_empty());
+    assert_eq!(mesh_view(&relay), before);
+    // ... its first set with the same objects neither ...
+    let (count, changes) = set(&mut relay, &p, 7, &[o("a1", "there")]);
+    assert_eq!(count, 1);
+    assert!(!notifies(&changes), "{changes:?}");
+    // ... and the session's end takes the peer out, as any local session's.
+    depart(&mut relay, &p, 7);
+    assert_eq!(names(&mesh_view(&relay)), ["hub"]);
+    // A session in another mesh takes nothing over.
+    remote(&mut relay, vec![upsert(&p, &[o("a1", "there")])]);
+    relay.handle_session_start(&p, &Arc::from("n"), 8);
+    remote(&mut relay, vec![gone(&p)]);
+    assert_eq!(names(&mesh_view(&relay)), ["hub"]);
+}
+
+#[test]
+fn a_session_replaced_by_another_hubs_is_answered_by_the_replica_in_one_placement() {
+    let mut relay = relay();
+    let p = peer("a");
+    set(&mut relay, &p, 1, &[o("a1", "same")]);
+    let before = mesh_view(&relay);
+    remote(&mut relay, vec![upsert(&p, &[o("a1", "same")])]);
+    // The local session ends: the objects stay until the replica answers.
+    let left = depart(&mut relay, &p, 1);
+    assert!(left.views.is_empty());
+    assert_eq!(left.released.len(), 1);
+    assert_eq!(mesh_view(&relay), before, "not withdrawn meanwhile");
+    let answered = remote(&mut relay, vec![upsert(&p, &[o("a1", "same")])]);
+    assert!(!notifies(&answered), "{answered:?}");
+    // When the replica no longer holds it, its answer is the peer's departure.
+    let q = peer("b");
+    set(&mut relay, &q, 2, &[o("b1", "x")]);
+    remote(&mut relay, vec![upsert(&q, &[o("b1", "y")])]);
+    remote(&mut relay, vec![gone(&q)]);
+    assert!(
+        depart(&mut relay, &q, 2).released.is_empty(),
+        "no longer held elsewhere: it leaves at once"
+    );
+    assert_eq!(names(&mesh_view(&relay)), ["hub", "a1"]);
+    let r = peer("d");
+    set(&mut relay, &r, 3, &[o("d1", "x")]);
+    remote(&mut relay, vec![upsert(&r, &[o("d1", "y")])]);
+    assert_eq!(depart(&mut relay, &r, 3).released.len(), 1);
+    remote(&mut relay, vec![gone(&r)]);
+    assert_eq!(names(&mesh_view(&relay)), ["hub", "a1"]);
 }
 
 #[test]

@@ -25,7 +25,7 @@ use super::HubHandle;
 use crate::blocklist::{decode_entries, encode_entry, BlockEntry, BlockError, BlockedPeer};
 use crate::cluster::{BlockOutcome, ClusterError};
 use crate::metrics;
-use crate::tls::{PeerName, Refusal};
+use crate::tls::{CertRefusal, PeerName};
 
 /// What blocking a peer did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -170,7 +170,7 @@ fn close_blocked(shared: &HubShared, peer: &PeerName) -> bool {
     match shared.lookup(peer) {
         Some(entry) => {
             entry.close.do_send(Close {
-                reason: Refusal::Blocked.close_reason(),
+                reason: CertRefusal::Blocked.close_reason(),
             });
             true
         }

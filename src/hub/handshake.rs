@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use super::accept::HandshakeSlot;
+use super::accept::admission::HandshakeSlot;
 use super::fanout::FanoutCore;
 use super::identities::SessionCert;
 use super::messages::RegistryLink;

@@ -56,6 +56,7 @@ mod messages;
 mod outbound;
 mod registry;
 mod relay;
+mod reload;
 mod route;
 mod session;
 mod shard;
@@ -67,8 +68,8 @@ mod throttle;
 pub use blocked::Blocked;
 pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus};
 pub use feed::{FeedEvent, FeedSnapshot, FeedSubscription, HubStatus};
-pub use identities::{ReloadError, ReloadReport};
 pub use relay::{HubError, ObjectOp, OpOutcome, RejectReason, ViewReport};
+pub use reload::{ReloadError, ReloadReport};
 // The admin's SSE tests feed a page without a hub.
 #[cfg(test)]
 pub(crate) use feed::PresenceFeed;
@@ -90,7 +91,7 @@ use crate::metrics;
 use crate::persist::ObjectStore;
 use crate::protocol::wire::{Message, Object};
 use crate::tls::{PeerName, TlsError};
-use drain::Request;
+use drain::control::Request;
 use messages::{ApplyOp, Close, Deliver, Fanout, ListObjects, QueryView, RegistryLink};
 use registry::{PersistHook, Registry};
 use relay::{Relay, ViewChange, ViewLimits};

@@ -375,7 +375,7 @@ impl Session {
             .cluster
             .as_ref()
             .is_some_and(|c| !c.handoff.is_zero());
-        if self.clustered && handoff && super::drain::closed_by_drain(self.close_reason) {
+        if self.clustered && handoff && super::drain::control::closed_by_drain(self.close_reason) {
             Departure::Moving
         } else {
             Departure::Gone

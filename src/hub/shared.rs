@@ -51,7 +51,7 @@ pub struct HubShared {
     pub(crate) connections: AtomicUsize,
     pub(crate) next_session_id: AtomicU64,
     /// The shutdown: asked for, and how far it is (DESIGN 11).
-    pub(crate) drain: super::drain::DrainControl,
+    pub(crate) drain: super::drain::control::DrainControl,
     /// The hub's link to its cluster (DESIGN 8); set once at start, before any session.
     pub(crate) cluster: std::sync::OnceLock<super::link::ClusterLink>,
     /// The TLS config in force and the block list (DESIGN 10).
@@ -73,7 +73,7 @@ impl HubShared {
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             next_session_id: AtomicU64::new(1),
-            drain: super::drain::DrainControl::default(),
+            drain: super::drain::control::DrainControl::default(),
             cluster: std::sync::OnceLock::new(),
             identities,
         }
@@ -126,7 +126,7 @@ impl HubShared {
 
 /// Counts one open connection until dropped, and its count against its source address
 /// (DESIGN 7) once admitted.
-pub struct ConnectionGuard(Arc<HubShared>, Option<super::accept::SourceHold>);
+pub struct ConnectionGuard(Arc<HubShared>, Option<super::accept::admission::SourceHold>);
 
 impl ConnectionGuard {
     pub(crate) fn new(shared: Arc<HubShared>) -> Self {
@@ -135,7 +135,7 @@ impl ConnectionGuard {
     }
 
     /// Holds the connection's count against its source address as long as the connection.
-    pub(crate) fn hold_source(&mut self, source: super::accept::SourceHold) {
+    pub(crate) fn hold_source(&mut self, source: super::accept::admission::SourceHold) {
         self.1 = Some(source);
     }
 }

@@ -18,19 +18,23 @@
 //! what every thread reads (configuration, the PeerName index, the feed) with `facts.rs`
 //! (a session's facts as the admin API shows them), `invitations.rs` and `feed.rs` (the
 //! presence page's feed); `shard.rs` is the actor of one worker thread; `identities.rs`
+//! (what is in force), `reload.rs` (reading the files again, re-checking live sessions)
 //! and `blocked.rs` are certificates and the block list over time (DESIGN 10);
 //! `cluster.rs` and `link.rs` connect the hub to the other hubs of a cluster (DESIGN 8).
-//! `drain.rs` is its shutdown (DESIGN 11): the lame duck, the paced drain, the hand-off's
-//! wait before leaving a cluster.
+//! `drain/` is its shutdown (DESIGN 11): `control.rs` what every thread reads of it (the
+//! request, the phase, the pace), `drain.rs` the lame duck, the paced drain and the
+//! hand-off's wait before leaving a cluster.
 //!
 //! # The door
 //! Outside code (the admin API, the CLI, the tests, the load harness) sees [`Hub`],
 //! [`HubHandle`] and the types their methods take and return, re-exported here: each has
 //! one public path, `p2ppi_hub::hub::X`. The hub depends only on the floors below it
 //! (`protocol`, `tls`, `config`, `cluster`, `metrics`, `persist`, `certs`, `blocklist`);
-//! nothing below imports it. Inside this room the actors still name one another (the accept
-//! loop, the handshake, the session, `shared.rs` and `identities.rs` import each other's
-//! types): the floors are ordered, the rooms' furniture is not yet.
+//! nothing below imports it. Inside it no two files import each other, directly or around a
+//! circle: what every thread reads (`shared.rs`, and the state it holds: `identities.rs`,
+//! `drain/control.rs`, `accept/admission.rs`'s holds) sits below what acts on it (the
+//! session, the reload, the drain, the accept loop). Only the files that add methods to
+//! [`HubHandle`] (`blocked.rs`, `reload.rs`) name this door from inside.
 //!
 //! # Threads
 //! The hub runs its own actix `System` on a dedicated thread (the accept loop and the

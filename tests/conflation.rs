@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use p2ppi_hub::wire::{Message, Object};
+use p2ppi_hub::protocol::wire::{Message, Object};
 use tokio::time::Instant;
 
 /// How long the subscriber holds its socket unread.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::hub_process::{sample, HubProcess};
 use common::DEADLINE;
 use p2ppi_hub::peer::{self, Peer, PeerEvents};
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::wire::Object;
 use tokio::time::Instant;
 
 /// Each peer's relayed count (`GET /v1/sessions`), by peer name.

@@ -30,8 +30,9 @@ use super::outbound::Outbound;
 use super::relay::{Delivery, View, ViewChange};
 use crate::metrics;
 
+/// What one shard fans out: the views it serves and the sessions subscribed to each.
 #[derive(Default)]
-struct Inner {
+struct FanoutState {
     base: Option<Arc<View>>,
     views: HashMap<Arc<str>, Arc<View>>,
     /// The own views of sessions whose WATCH_LIST is in force (DESIGN 5.4).
@@ -43,7 +44,7 @@ struct Inner {
 /// The per-thread state shared by a shard and its sessions.
 #[derive(Default)]
 pub struct FanoutCore {
-    inner: RefCell<Inner>,
+    inner: RefCell<FanoutState>,
 }
 
 impl FanoutCore {
@@ -158,7 +159,7 @@ impl FanoutCore {
 /// Queues the change on the mesh subscribers it reaches (those without a WATCH_LIST):
 /// every mesh for a change of the base view, else the meshes it changed. Returns the
 /// recipients.
-fn notify_meshes(inner: &Inner, change: &ViewChange) -> usize {
+fn notify_meshes(inner: &FanoutState, change: &ViewChange) -> usize {
     if matches!(change.delivery, Delivery::Silent) {
         return 0;
     }
@@ -183,7 +184,7 @@ fn notify_meshes(inner: &Inner, change: &ViewChange) -> usize {
 }
 
 /// Queues each changed own view's delivery on its subscriber. Returns the recipients.
-fn notify_personal(inner: &Inner, change: &ViewChange) -> usize {
+fn notify_personal(inner: &FanoutState, change: &ViewChange) -> usize {
     let mut recipients = 0;
     for personal in &change.personal {
         let out = inner
@@ -234,7 +235,7 @@ fn deliver(out: &Outbound, delivery: &Delivery, view: Option<&Arc<View>>) -> usi
 mod tests {
     use super::*;
     use crate::hub::relay::{notify_only, Personal};
-    use crate::wire::{Inbound, Message, MessageIds, Object, P2ppiCodec};
+    use crate::protocol::wire::{Inbound, Message, MessageIds, Object, P2ppiCodec};
     use tokio_util::codec::Decoder;
 
     fn o(name: &str, value: &str) -> Object {

@@ -44,7 +44,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::metrics;
-use crate::wire::{set_message_id, MessageIds, MessageType, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN};
+use crate::protocol::wire::{
+    set_message_id, MessageIds, MessageType, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN,
+};
 
 /// Most bytes handed to TLS in one write.
 pub const BATCH_BYTES: usize = 64 * 1024;
@@ -306,12 +308,14 @@ impl Outbound {
     }
 
     /// Messages and bytes queued now.
+    #[cfg(test)]
     pub fn queued(&self) -> (usize, usize) {
         let state = self.state.borrow();
         (state.queue.len(), state.bytes)
     }
 
     /// NOTIFYs this queue did not send because a newer entire view took their place.
+    #[cfg(test)]
     pub fn superseded(&self) -> u64 {
         self.state.borrow().superseded
     }
@@ -424,7 +428,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Frame, Inbound, Message, Object, P2ppiCodec};
+    use crate::protocol::wire::{Frame, Inbound, Message, Object, P2ppiCodec};
     use proptest::prelude::*;
     use tokio_util::codec::Decoder;
 

@@ -49,17 +49,18 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
+use super::facts::{HubMessage, SessionFlags};
 use super::fanout::FanoutCore;
 use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayStart, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
 use super::relay::{Departure, Note, PeerRelay, Reaction, RejectReason, RelayedSet};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
-use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
+use super::shared::{Claim, ConnectionGuard, HubShared, SessionEntry};
 use super::throttle::Throttled;
 use crate::metrics;
-use crate::session::{Received, Report, SessionMachine};
+use crate::protocol::machine::{Received, Report, SessionMachine};
+use crate::protocol::wire::{FrameError, Inbound, Message, MessageType};
 use crate::tls::PeerName;
-use crate::wire::{FrameError, Inbound, Message, MessageType};
 
 /// The writer task ended.
 #[derive(Message)]
@@ -234,7 +235,7 @@ impl Session {
             }
         }
         self.flags.store(&self.machine);
-        self.shared.events.flags_changed(self.id);
+        self.shared.feed.flags_changed(self.id);
     }
 
     /// Carries out what the relay policy decided about the peer's objects.
@@ -250,7 +251,7 @@ impl Session {
             self.flags
                 .set_watch(self.relay.watch().cloned(), self.relay.watch_refused());
             self.shared
-                .events
+                .feed
                 .objects_changed(self.id, self.relay.relayed());
             self.send_relay(ctx);
         }
@@ -327,7 +328,7 @@ impl Session {
             }
             Err(Unroutable { reason, invitation }) => {
                 self.shared
-                    .events
+                    .feed
                     .undelivered(&self.peer, invitation, reason.label());
                 self.unroutable(reason, invitation);
             }
@@ -380,7 +381,7 @@ impl Session {
             .cluster
             .as_ref()
             .is_some_and(|c| !c.handoff.is_zero());
-        if self.clustered && handoff && super::drain::closed_by_drain(self.close_reason) {
+        if self.clustered && handoff && super::drain::control::closed_by_drain(self.close_reason) {
             Departure::Moving
         } else {
             Departure::Gone
@@ -475,7 +476,7 @@ impl Actor for Session {
         let subscribe = self.machine.subscribe();
         self.send(&subscribe);
         self.flags.store(&self.machine);
-        self.shared.events.session_started(self.id, &self.flags);
+        self.shared.feed.session_started(self.id, &self.flags);
         info!(parent: &self.span, "session started");
     }
 
@@ -501,7 +502,7 @@ impl Actor for Session {
         self.out.close();
         self.machine.disconnected();
         metrics::count_reason(metrics::SESSIONS_CLOSED, self.close_reason);
-        self.shared.events.session_ended(self.id, self.close_reason);
+        self.shared.feed.session_ended(self.id, self.close_reason);
         info!(parent: &self.span, reason = self.close_reason, "session ended");
     }
 }
@@ -573,7 +574,7 @@ impl Handler<WriterDone> for Session {
 /// left after the decoded bytes, not the allocation.)
 #[derive(Default)]
 struct SessionCodec {
-    codec: crate::wire::P2ppiCodec,
+    codec: crate::protocol::wire::P2ppiCodec,
     /// Whether a message longer than [`READ_BUFFER_KEPT_BYTES`] was decoded since the
     /// buffer was last replaced.
     grown: bool,
@@ -618,7 +619,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Object;
+    use crate::protocol::wire::Object;
 
     fn encoded(message: &Message) -> Bytes {
         message.to_bytes(1).unwrap()

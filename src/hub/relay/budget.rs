@@ -10,7 +10,7 @@
 //! its budget is refused. A watcher's own view holds the hub's current objects, then whole
 //! listed peers while they fit the view.
 
-use crate::wire::{object_field_len, Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
+use crate::protocol::wire::{object_field_len, Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
 
 /// The sizes a view is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::effects::Delivery;
 use super::view::{notify_only, View};
-use crate::wire::{EncodeError, Object};
+use crate::protocol::wire::{EncodeError, Object};
 
 /// Who owns an entry of a view: the hub ([`Owner::HUB`]), or one placed peer, by the
 /// number of its placement (`mesh_views`), never reused while the hub runs.

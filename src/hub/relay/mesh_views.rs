@@ -41,8 +41,8 @@ use super::entries::{self, hub_entries, objects_of, view_of, Encoded, Entry, Own
 use super::relayable::RejectReason;
 use super::view::View;
 use crate::metrics;
+use crate::protocol::wire::{object_field_len, Object, VIEW_OVERHEAD};
 use crate::tls::PeerName;
-use crate::wire::{object_field_len, Object, VIEW_OVERHEAD};
 
 /// Who holds a peer whose objects are placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

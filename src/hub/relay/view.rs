@@ -10,7 +10,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::wire::{encode_list_message, EncodeError, MessageType, Object};
+use crate::protocol::wire::{encode_list_message, EncodeError, MessageType, Object};
 
 /// A complete objects list, encoded once (the relay logic keeps the objects).
 #[derive(Debug)]

@@ -25,8 +25,8 @@ use super::relayable::RejectReason;
 use super::view::View;
 use super::watch_list::WatchList;
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// What watchers' views are built from: the hub's objects and the placed peers.
 pub(super) struct Sources<'a> {

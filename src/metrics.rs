@@ -45,6 +45,8 @@ pub const SENT_BYTES: &str = "p2ppi_sent_bytes_total";
 pub const HUB_OBJECTS: &str = "p2ppi_hub_objects";
 /// Relayed peer objects in all meshes (gauge).
 pub const RELAYED_OBJECTS: &str = "p2ppi_relayed_objects";
+/// Peers with objects waiting for room in a full mesh view, all meshes (gauge).
+pub const RELAY_PEERS_WAITING: &str = "p2ppi_relay_peers_waiting";
 /// Time to hand one change to every subscribed session of a shard (histogram, seconds).
 pub const FANOUT_DURATION: &str = "p2ppi_notify_fanout_duration_seconds";
 /// Sessions one change was queued for, per shard (histogram).
@@ -229,6 +231,11 @@ fn describe() {
         RELAYED_OBJECTS,
         Unit::Count,
         "Peer objects relayed, all meshes."
+    );
+    describe_gauge!(
+        RELAY_PEERS_WAITING,
+        Unit::Count,
+        "Peers with objects waiting for room in a full mesh view (relay.max_view_bytes), all meshes."
     );
     describe_histogram!(
         FANOUT_DURATION,
@@ -497,6 +504,11 @@ pub fn watch_view_bytes(len: usize) {
 /// Sets the relayed objects gauge.
 pub fn relayed_objects(count: usize) {
     metrics::gauge!(RELAYED_OBJECTS).set(count as f64);
+}
+
+/// Sets the gauge of peers waiting for room in a full mesh view.
+pub fn relay_peers_waiting(count: usize) {
+    metrics::gauge!(RELAY_PEERS_WAITING).set(count as f64);
 }
 
 /// Counts one event of a counter labelled by `kind`.

@@ -1,7 +1,7 @@
 //! A full mesh view in the log of the real binary (DESIGN 5.2; issue 20: a 3,000-peer mesh
 //! printed a warning per peer): one warning when the view becomes full, one line when every
-//! waiting object is relayed again, however many peers wait meanwhile; each object's detail
-//! is at debug level only.
+//! waiting object is relayed again, however many peers wait meanwhile (a gauge counts them);
+//! each object's detail is at debug level only.
 
 mod common;
 
@@ -33,6 +33,11 @@ async fn view_full(hub: &HubProcess) -> u64 {
     } else {
         0
     }
+}
+
+/// `p2ppi_relay_peers_waiting` of the hub.
+async fn peers_waiting(hub: &HubProcess) -> f64 {
+    sample(&hub.metrics().await, "p2ppi_relay_peers_waiting")
 }
 
 /// Polls the hub until `done` says so, failing at the deadline with `what`.
@@ -100,6 +105,7 @@ async fn a_full_mesh_is_one_warning_and_one_line_when_it_has_room_again() {
     for (p, _) in &waiting {
         assert_eq!(relayed(&hub, p).await, Some(0), "waiting, not relayed");
     }
+    assert_eq!(peers_waiting(&hub).await, 5.0, "the filler and the four");
     // The filler leaves: every waiting object enters.
     filler.close().await.unwrap();
     for (p, _) in &waiting {
@@ -108,6 +114,7 @@ async fn a_full_mesh_is_one_warning_and_one_line_when_it_has_room_again() {
         })
         .await;
     }
+    assert_eq!(peers_waiting(&hub).await, 0.0);
     hub.running.signal("-TERM");
     let (_, log) = hub.running.wait();
     let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();

@@ -21,7 +21,8 @@
 //! **Full meshes** are logged once per change of state, not once per object: the relay
 //! reports a mesh whose view became full (peers wait) and one that has room for every
 //! waiting object again ([`Fullness`], logged by the registry); the per-object detail is
-//! at debug level. A 3,000-peer mesh is one line, not 3,000.
+//! at debug level. A 3,000-peer mesh is one line, not 3,000. How many peers wait, all
+//! meshes together, is a gauge (`p2ppi_relay_peers_waiting`).
 //!
 //! **Cost.** A placement changes the view in place (a pass over it, sharing the peer's
 //! changed objects) and encodes it once. Each mesh keeps a floor no waiting peer's
@@ -142,6 +143,8 @@ pub(super) struct MeshViews {
     relayed_total: usize,
     /// Meshes reported full, and the most peers that waited at once since.
     full: HashMap<Arc<str>, usize>,
+    /// Peers waiting for room, all meshes (`p2ppi_relay_peers_waiting`).
+    waiting_total: usize,
     /// Meshes whose waiting peers changed since fullness was last reported.
     touched: Vec<Arc<str>>,
 }
@@ -157,6 +160,7 @@ impl MeshViews {
             last_owner: 0,
             relayed_total: 0,
             full: HashMap::new(),
+            waiting_total: 0,
             touched: Vec::new(),
         }
     }
@@ -419,6 +423,7 @@ impl MeshViews {
     fn wait(&mut self, peer: &PeerName, mesh: &Arc<str>, next: usize) {
         let m = self.meshes.entry(mesh.clone()).or_default();
         if m.waiting.insert(peer.clone()) {
+            self.waiting_total += 1;
             self.touched.push(mesh.clone());
         }
         // Its next object may be smaller than any other's.
@@ -433,6 +438,7 @@ impl MeshViews {
         if !m.waiting.remove(peer) {
             return;
         }
+        self.waiting_total -= 1;
         self.touched.push(mesh.clone());
         if m.waiting.is_empty() {
             m.floor = None;
@@ -443,8 +449,14 @@ impl MeshViews {
     }
 
     /// Reports each mesh whose view became full (peers wait for room) or has room for
-    /// every waiting object again since the last report: once per change of state.
+    /// every waiting object again since the last report: once per change of state. Sets
+    /// the gauge of peers waiting (`p2ppi_relay_peers_waiting`) when any started or
+    /// stopped waiting.
     pub(super) fn note_fullness(&mut self, out: &mut Placement) {
+        if self.touched.is_empty() {
+            return;
+        }
+        metrics::relay_peers_waiting(self.waiting_total);
         for mesh in std::mem::take(&mut self.touched) {
             let waiting = self.meshes.get(&mesh).map_or(0, |m| m.waiting.len());
             match (self.full.get_mut(&mesh), waiting) {
@@ -810,6 +822,10 @@ mod tests {
                 waiting: 1
             }]
         );
+        assert_eq!(
+            views.waiting_total, 3,
+            "the gauge counts every peer waiting"
+        );
         // A waiting peer's retry, another waiting: still full, nothing reported.
         assert!(place_noted(&mut views, &peers[1], 2).is_empty());
         assert!(place_noted(&mut views, &peers[4], 1).is_empty());
@@ -825,6 +841,7 @@ mod tests {
                 waited: 4
             }]
         );
+        assert_eq!(views.waiting_total, 0);
         // Full again: reported again.
         assert_eq!(
             place_noted(&mut views, &peers[0], FITS),

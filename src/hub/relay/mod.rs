@@ -23,8 +23,7 @@
 //! Room to grow: who-may-see-whom (DESIGN 5.5) is to be one more sub-state beside these,
 //! deciding through `watchers::Sources::shown` (the one place a watcher's view asks what a
 //! peer shows it) and giving only the subscribers it affects their own view, as watchers
-//! have; hub objects displacing relayed ones (DESIGN 5.2) changes the room in `budget` and
-//! the placements in `mesh_views`, nothing else.
+//! have.
 //!
 //! [`Relay`] takes inputs through `handle_*` methods (a session's start, a peer's relayed
 //! set with its watch list, a departure, changes of a mesh's peers on other hubs) and
@@ -69,21 +68,26 @@ mod watchers;
 use std::sync::Arc;
 
 pub use budget::ViewLimits;
-pub use effects::{Count, Delivery, Effects, Released, SessionId, ViewChange, ViewReport};
+#[cfg(test)]
+pub use effects::Personal;
+pub use effects::{
+    Count, Delivery, Effects, Fullness, Released, SessionId, ViewChange, ViewReport,
+};
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
 pub use peer_relay::{Note, PeerRelay, Reaction};
 pub use relayable::RejectReason;
 #[cfg(test)]
 pub use view::notify_only;
 pub use view::View;
-pub use watch_list::WatchError;
+pub use watch_list::{WatchError, WatchList};
 
 use crate::cluster::PeerChange;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
+use budget::objects_len;
 use entries::Encoded;
-use hub_objects::{too_large, HubObjects, NextObjects};
-use mesh_views::{Holder, MeshViews, Placement, Rebuilt};
+use hub_objects::{HubObjects, NextObjects};
+use mesh_views::{Holder, MeshViews, Placement};
 use watchers::{Sources, Watchers};
 
 /// A peer's relayed set as its session hands it over (already filtered and renamed
@@ -99,13 +103,12 @@ pub struct RelayedSet {
     /// The objects to relay, in the peer's order.
     pub objects: Vec<Object>,
     /// The watch list in force (DESIGN 5.4), in list order; `None`: the mesh view.
-    pub watch: Option<Vec<PeerName>>,
+    pub watch: Option<watch_list::WatchList>,
 }
 
 /// A change of the hub's objects, checked and encoded, to persist before it is committed.
 pub struct HubChange {
     next: NextObjects,
-    meshes: Vec<Rebuilt>,
 }
 
 impl HubChange {
@@ -131,6 +134,7 @@ pub struct Relay {
     hub: HubObjects,
     meshes: MeshViews,
     watchers: Watchers,
+    limits: ViewLimits,
     /// Peers a session here holds while a replica announced them held by another hub too
     /// (a newer session elsewhere; its state was not placed). Not a copy of that state,
     /// only the fact: when the session here ends, its objects stay placed until the
@@ -145,10 +149,12 @@ impl Relay {
     /// # Errors
     /// [`HubError::TooLarge`] when the objects exceed the hub's budget.
     pub fn new(objects: Vec<Object>, limits: ViewLimits) -> Result<Self, HubError> {
+        let hub = HubObjects::new(objects, limits)?;
         Ok(Self {
-            hub: HubObjects::new(objects, limits)?,
-            meshes: MeshViews::new(limits),
+            meshes: MeshViews::new(limits, hub.shared()),
+            hub,
             watchers: Watchers::new(limits),
+            limits,
             elsewhere: std::collections::HashSet::new(),
         })
     }
@@ -163,50 +169,55 @@ impl Relay {
         self.hub.base().clone()
     }
 
-    /// Applies an operation to a copy of the hub's objects and builds every view it
-    /// changes, without applying anything; `None` when it changes nothing.
+    /// Applies an operation to a copy of the hub's objects, checks it against their budget
+    /// and encodes it, without applying anything; `None` when it changes nothing. Within
+    /// the budget nothing else can refuse it: relayed objects make room (DESIGN 5.2).
     ///
     /// # Errors
-    /// [`HubError`] when nothing matched or a view would not fit: refused whole.
+    /// [`HubError`] when nothing matched or the hub's objects would exceed their budget:
+    /// refused whole.
     pub fn prepare_hub_op(&self, op: ObjectOp) -> Result<Option<HubChange>, HubError> {
-        let Some(next) = self.hub.prepare(op)? else {
-            return Ok(None);
-        };
-        let meshes = self
-            .meshes
-            .with_hub_objects(next.list.as_slice())
-            .map_err(too_large)?;
-        Ok(Some(HubChange { next, meshes }))
+        Ok(self.hub.prepare(op)?.map(|next| HubChange { next }))
     }
 
-    /// Applies a prepared change of the hub's objects: it reaches every subscriber.
+    /// Applies a prepared change of the hub's objects: it reaches every subscriber. Where
+    /// the hub's objects take more room, the last-entered relayed objects of a mesh that
+    /// lacks it are displaced first (its subscribers get the entire view, the sessions
+    /// their new counts); where they take less, waiting objects enter after it.
     pub fn commit_hub_op(&mut self, change: HubChange) -> Effects {
-        let HubChange { next, meshes } = change;
+        let HubChange { next } = change;
+        let room = self.limits.relay_room(objects_len(next.list.as_slice()));
+        let shrinks = room < self.meshes.room();
+        let mut placement = Placement::default();
+        if shrinks {
+            self.meshes
+                .set_room(room, self.hub.shared(), &mut placement);
+        }
         let base = next.base.clone();
         let delivery = next
             .appended
             .clone()
             .map_or(Delivery::Complete, Delivery::Only);
-        let changed = meshes
-            .iter()
-            .map(|rebuilt| (rebuilt.mesh.clone(), Some(rebuilt.view.clone())))
-            .collect();
         self.hub.commit(next);
-        self.meshes.set_hub_objects(meshes);
+        let changed = self.meshes.set_hub_objects(self.hub.shared());
+        placement.views.push(ViewChange {
+            base: Some(base),
+            meshes: changed,
+            delivery,
+            personal: Vec::new(),
+        });
+        if !shrinks && room != self.meshes.room() {
+            self.meshes
+                .set_room(room, self.hub.shared(), &mut placement);
+        }
+        let mut effects = self.effects_of(placement);
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
         };
         let personal = self.watchers.refresh_all(&src, &mut Encoded::default());
-        Effects {
-            views: vec![ViewChange {
-                base: Some(base),
-                meshes: changed,
-                delivery,
-                personal,
-            }],
-            ..Effects::default()
-        }
+        effects.views.extend(ViewChange::personal(personal));
+        effects
     }
 
     /// A peer's session hands over its relayed set and watch list. Returns how many of its
@@ -235,13 +246,13 @@ impl Relay {
             &peer,
             &mesh,
             holder,
-            objects,
-            self.hub.as_slice(),
+            shared(objects),
+            self.hub.shared(),
             &mut placement,
         );
-        let mut effects = effects_of(placement);
+        let mut effects = self.effects_of(placement);
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
         };
         let encoded = &mut Encoded::default();
@@ -329,9 +340,8 @@ impl Relay {
     /// Takes a peer's objects out of the views, and its watchers' views.
     fn withdraw(&mut self, peer: &PeerName) -> Effects {
         let mut placement = Placement::default();
-        self.meshes
-            .remove(peer, self.hub.as_slice(), &mut placement);
-        let mut effects = effects_of(placement);
+        self.meshes.remove(peer, self.hub.shared(), &mut placement);
+        let mut effects = self.effects_of(placement);
         self.refresh_watchers_of(std::slice::from_ref(peer), &mut effects);
         effects
     }
@@ -353,18 +363,17 @@ impl Relay {
                         self.elsewhere.insert(peer);
                         continue;
                     }
-                    let hub = self.hub.as_slice();
+                    let hub = self.hub.shared();
                     let holder = Holder::OtherHub;
                     self.meshes
-                        .place(&peer, mesh, holder, objects, hub, &mut placement);
+                        .place(&peer, mesh, holder, shared(objects), hub, &mut placement);
                     changed.push(peer);
                 }
                 PeerChange::Gone { peer } => {
                     let here = self.meshes.placed(&peer).filter(|p| p.mesh == *mesh);
                     match here.map(|p| p.holder) {
                         Some(Holder::OtherHub | Holder::Leaving(_)) => {
-                            self.meshes
-                                .remove(&peer, self.hub.as_slice(), &mut placement);
+                            self.meshes.remove(&peer, self.hub.shared(), &mut placement);
                             changed.push(peer);
                         }
                         Some(Holder::Session(_)) => {
@@ -375,15 +384,38 @@ impl Relay {
                 }
             }
         }
-        let mut effects = effects_of(placement);
+        let mut effects = self.effects_of(placement);
         self.refresh_watchers_of(&changed, &mut effects);
         effects
+    }
+
+    /// The effects of placements: their view changes, the counts of sessions here whose
+    /// objects entered a view or were displaced, and meshes that became full or have room.
+    fn effects_of(&mut self, mut placement: Placement) -> Effects {
+        self.meshes.note_fullness(&mut placement);
+        let counts = placement
+            .recounts
+            .into_iter()
+            .filter_map(|r| {
+                Some(Count {
+                    session: r.holder.session()?,
+                    peer: r.peer,
+                    count: r.count,
+                })
+            })
+            .collect();
+        Effects {
+            views: placement.views,
+            counts,
+            released: Vec::new(),
+            fullness: placement.fullness,
+        }
     }
 
     /// Rebuilds, once each, the views of the watchers of any of `peers`.
     fn refresh_watchers_of(&mut self, peers: &[PeerName], effects: &mut Effects) {
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
         };
         let personal = self
@@ -394,10 +426,10 @@ impl Relay {
 
     /// What a peer's view holds now (admin API).
     pub fn view_report(&self, peer: &PeerName, mesh: &str) -> ViewReport {
-        if let Some(report) = self.watchers.report(peer) {
+        if let Some(report) = self.watchers.report(peer, &self.meshes) {
             return report;
         }
-        let (objects, bytes) = self.meshes.size(mesh, self.hub.as_slice());
+        let (objects, bytes) = self.meshes.size(mesh, self.hub.shared());
         ViewReport {
             objects,
             bytes,
@@ -406,25 +438,9 @@ impl Relay {
     }
 }
 
-/// The effects of placements: their view changes, and the counts of sessions here whose
-/// waiting objects entered a view.
-fn effects_of(placement: Placement) -> Effects {
-    let counts = placement
-        .refilled
-        .into_iter()
-        .filter_map(|r| {
-            Some(Count {
-                session: r.holder.session()?,
-                peer: r.peer,
-                count: r.count,
-            })
-        })
-        .collect();
-    Effects {
-        views: placement.views,
-        counts,
-        released: Vec::new(),
-    }
+/// Objects as the views share them: each moved into an `Arc` once, when placed.
+fn shared(objects: Vec<Object>) -> Vec<Arc<Object>> {
+    objects.into_iter().map(Arc::new).collect()
 }
 
 /// Helpers shared by the relay's tests.
@@ -442,6 +458,11 @@ pub(crate) mod test_support {
 
     pub(crate) fn peer(c: &str) -> PeerName {
         PeerName::parse(&c.repeat(40)).unwrap()
+    }
+
+    /// Objects as the views share them.
+    pub(crate) fn arcs(objects: &[Object]) -> Vec<std::sync::Arc<Object>> {
+        objects.iter().cloned().map(std::sync::Arc::new).collect()
     }
 
     /// The objects of an encoded NOTIFY or RESPONSE.

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use super::relayable::{relayable, RejectReason, RelayCaps};
-use super::watch_list::{watch_directive, WatchDirective, WatchError};
+use super::watch_list::{watch_directive, WatchDirective, WatchError, WatchList};
 use crate::config::RelaySection;
 use crate::protocol::machine::ObjectsSource;
 use crate::protocol::objects::names::WATCH_LIST;
@@ -63,8 +63,9 @@ pub struct PeerRelay {
     rejected: HashMap<Object, RejectReason>,
     /// The relayed set, renamed `<peer-name>/<object-name>`.
     relayed: Vec<Object>,
-    /// The WATCH_LIST in force (DESIGN 5.4); `None`: the mesh view.
-    watch: Option<Vec<PeerName>>,
+    /// The WATCH_LIST in force (DESIGN 5.4); `None`: the mesh view. Shared with the
+    /// session's facts and the registry: one copy per peer.
+    watch: Option<WatchList>,
     /// Why the peer's latest WATCH_LIST is refused.
     watch_refused: Option<WatchError>,
     /// Whether the registry has not heard of the latest set yet.
@@ -110,7 +111,7 @@ impl PeerRelay {
     }
 
     /// The WATCH_LIST in force; `None`: the mesh view.
-    pub fn watch(&self) -> Option<&Vec<PeerName>> {
+    pub fn watch(&self) -> Option<&WatchList> {
         self.watch.as_ref()
     }
 
@@ -149,7 +150,10 @@ impl PeerRelay {
                 None
             }
             WatchDirective::List(list) => {
-                self.watch = Some(list);
+                // The same list keeps its one copy (the registry compares it cheaply).
+                if self.watch.as_deref() != Some(&list[..]) {
+                    self.watch = Some(list.into());
+                }
                 None
             }
             WatchDirective::Invalid(e) => {
@@ -191,7 +195,7 @@ impl PeerRelay {
 
     /// The set to hand the registry now, with the watch list: the latest, if the registry
     /// has not heard of it and no set is in flight.
-    pub fn next_set(&mut self) -> Option<(Vec<Object>, Option<Vec<PeerName>>)> {
+    pub fn next_set(&mut self) -> Option<(Vec<Object>, Option<WatchList>)> {
         if self.in_flight || !self.dirty {
             return None;
         }
@@ -263,7 +267,7 @@ mod tests {
         let list = |value: &str| o(WATCH_LIST, value);
         let r = notify(&mut p, &[list(peer('b').as_str())]);
         assert!(r.notes.is_empty());
-        assert_eq!(p.watch(), Some(&vec![peer('b')]));
+        assert_eq!(p.watch().map(|l| &l[..]), Some(&[peer('b')][..]));
         assert!(p.relayed().is_empty(), "a WATCH_LIST is never relayed");
         let bad = format!("{} {} {}", peer('c'), peer('d'), peer('e'));
         let r = p.on_objects(ObjectsSource::Response, vec![list(&bad)]);
@@ -271,13 +275,17 @@ mod tests {
             &r.notes[..],
             [Note::WatchRefused(WatchError::TooMany { .. })]
         ));
-        assert_eq!(p.watch(), Some(&vec![peer('b')]), "the previous list stays");
+        assert_eq!(
+            p.watch().map(|l| &l[..]),
+            Some(&[peer('b')][..]),
+            "the previous list stays"
+        );
         assert!(p.watch_refused().is_some());
         let r = p.on_objects(ObjectsSource::Response, vec![list(&bad), o("x", "1")]);
         assert!(r.notes.is_empty(), "the same refusal is not noted again");
         let r = p.on_objects(ObjectsSource::Response, vec![list(peer('c').as_str())]);
         assert_eq!(r.notes, vec![Note::WatchApplied]);
-        assert_eq!(p.watch(), Some(&vec![peer('c')]));
+        assert_eq!(p.watch().map(|l| &l[..]), Some(&[peer('c')][..]));
         p.on_objects(ObjectsSource::Response, vec![]);
         assert_eq!(p.watch(), None, "no WATCH_LIST: the mesh view");
     }

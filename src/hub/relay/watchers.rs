@@ -17,19 +17,20 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::budget::{objects_len, ViewLimits};
+use super::budget::{shared_len, ViewLimits};
 use super::effects::{Delivery, Personal, SessionId, ViewReport};
-use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, Entry};
+use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, Entry, Owner};
 use super::mesh_views::MeshViews;
 use super::relayable::RejectReason;
 use super::view::View;
+use super::watch_list::WatchList;
 use crate::metrics;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
 
 /// What watchers' views are built from: the hub's objects and the placed peers.
 pub(super) struct Sources<'a> {
-    pub(super) hub: &'a [Object],
+    pub(super) hub: &'a [Arc<Object>],
     pub(super) meshes: &'a MeshViews,
 }
 
@@ -42,15 +43,18 @@ impl Sources<'_> {
     }
 
     /// What `peer` shows watcher `w` of `mesh`: every object accepted for it, if it is
-    /// online in `mesh`; `None`: absent, as if offline.
-    fn shown(&self, _w: &PeerName, peer: &PeerName, mesh: &str) -> Option<&[Object]> {
+    /// online in `mesh`, with the owner of its entries; `None`: absent, as if offline.
+    fn shown(&self, _w: &PeerName, peer: &PeerName, mesh: &str) -> Option<(Owner, &[Arc<Object>])> {
         self.meshes.shown(peer, mesh)
     }
 }
 
 /// A peer whose WATCH_LIST is in force, and its own view.
 struct Watcher {
-    list: Vec<PeerName>,
+    /// The list, shared with the session that read it (one copy per peer).
+    list: WatchList,
+    /// The owner of the watcher's own entries: how the index names it.
+    owner: Owner,
     entries: Vec<Entry>,
     view: Arc<View>,
     /// Listed peers left out because the view would not fit one message.
@@ -62,7 +66,9 @@ pub(super) struct Watchers {
     /// Bytes of encoded objects a view may hold.
     room: usize,
     by_peer: HashMap<PeerName, Watcher>,
-    watched_by: HashMap<PeerName, HashSet<PeerName>>,
+    /// Watched peer → its watchers, named by their placements' owners (8 bytes each: with
+    /// 10,000 peers watching 50 each, the index holds half a million of them).
+    watched_by: HashMap<PeerName, HashSet<Owner>>,
 }
 
 impl Watchers {
@@ -75,7 +81,7 @@ impl Watchers {
     }
 
     /// The list in force for `w`, if any.
-    pub(super) fn list(&self, w: &PeerName) -> Option<&Vec<PeerName>> {
+    pub(super) fn list(&self, w: &PeerName) -> Option<&WatchList> {
         self.by_peer.get(w).map(|watcher| &watcher.list)
     }
 
@@ -90,17 +96,17 @@ impl Watchers {
         old: &[Entry],
         src: &Sources<'_>,
     ) -> (Vec<Entry>, Vec<PeerName>) {
-        let mut size = objects_len(src.hub);
-        let mut wanted: Vec<(Option<&PeerName>, &[Object])> = vec![(None, src.hub)];
+        let mut size = shared_len(src.hub);
+        let mut wanted: Vec<(Owner, &[Arc<Object>])> = vec![(Owner::HUB, src.hub)];
         let mut left_out = Vec::new();
         for peer in std::iter::once(w).chain(list) {
-            let Some(objects) = src.shown(w, peer, mesh) else {
+            let Some((owner, objects)) = src.shown(w, peer, mesh) else {
                 continue;
             };
-            let len = objects_len(objects);
+            let len = shared_len(objects);
             if left_out.is_empty() && size + len <= self.room {
                 size += len;
-                wanted.push((Some(peer), objects));
+                wanted.push((owner, objects));
             } else {
                 left_out.push(peer.clone());
             }
@@ -112,13 +118,14 @@ impl Watchers {
     pub(super) fn set_list(
         &mut self,
         w: &PeerName,
-        list: Option<Vec<PeerName>>,
+        list: Option<WatchList>,
         src: &Sources<'_>,
         encoded: &mut Encoded,
     ) -> Option<Personal> {
         let (mesh, session) = src.seat(w)?;
-        if let Some(old) = self.by_peer.get(w).map(|x| x.list.clone()) {
-            self.unindex(w, &old);
+        let owner = src.meshes.placed(w)?.owner;
+        if let Some(old) = self.by_peer.get(w).map(|x| (x.owner, x.list.clone())) {
+            self.unindex(old.0, &old.1);
         }
         let Some(list) = list else {
             // Back to the mesh view.
@@ -134,25 +141,26 @@ impl Watchers {
                 delivery,
             });
         };
-        for peer in &list {
+        for peer in list.iter() {
             self.watched_by
                 .entry(peer.clone())
                 .or_default()
-                .insert(w.clone());
+                .insert(owner);
         }
         if let Some(watcher) = self.by_peer.get_mut(w) {
             // Dropped peers leave (the entire view), added ones go last (only them).
             watcher.list = list;
+            watcher.owner = owner;
             return self.refresh(w, src, encoded);
         }
-        // Newly applied: the listed peers enter in list order, sent as the entire view (the
-        // subscriber's mesh view may be one held for its burst window, so no delta from it
-        // is safe).
+        // Newly applied: the listed peers enter in list order, not the mesh view's, so the
+        // subscriber is sent its entire own view.
         let (entries, left_out) = self.entries(w, &mesh, &list, &hub_entries(src.hub), src);
         let view = Arc::new(view_of(&entries).ok()?);
         metrics::watch_view_bytes(view.encoded_len());
         let mut watcher = Watcher {
             list,
+            owner,
             entries,
             view: view.clone(),
             left_out: Vec::new(),
@@ -207,6 +215,7 @@ impl Watchers {
             .iter()
             .filter_map(|p| self.watched_by.get(p))
             .flatten()
+            .filter_map(|owner| src.meshes.peer_of(*owner))
             .cloned()
             .collect();
         watchers
@@ -231,16 +240,16 @@ impl Watchers {
     /// Forgets `w`'s watch list (its session ended, or a newer one started).
     pub(super) fn forget(&mut self, w: &PeerName) {
         if let Some(watcher) = self.by_peer.remove(w) {
-            self.unindex(w, &watcher.list);
+            self.unindex(watcher.owner, &watcher.list);
             metrics::watch_sessions(self.by_peer.len());
         }
     }
 
-    /// Removes `w` from the index entries of the peers it listed.
-    fn unindex(&mut self, w: &PeerName, list: &[PeerName]) {
+    /// Removes the watcher `owner` from the index entries of the peers it listed.
+    fn unindex(&mut self, owner: Owner, list: &[PeerName]) {
         for peer in list {
             if let Some(watchers) = self.watched_by.get_mut(peer) {
-                watchers.remove(w);
+                watchers.remove(&owner);
                 if watchers.is_empty() {
                     self.watched_by.remove(peer);
                 }
@@ -249,12 +258,15 @@ impl Watchers {
     }
 
     /// What `w`'s own view holds (admin API); `None`: it has none (it sees its mesh's).
-    pub(super) fn report(&self, w: &PeerName) -> Option<ViewReport> {
+    pub(super) fn report(&self, w: &PeerName, meshes: &MeshViews) -> Option<ViewReport> {
         let watcher = self.by_peer.get(w)?;
         let present = watcher
             .list
             .iter()
-            .filter(|p| watcher.entries.iter().any(|e| e.owner.as_ref() == Some(p)))
+            .filter(|p| {
+                let owner = meshes.placed(p).map(|placed| placed.owner);
+                watcher.entries.iter().any(|e| Some(e.owner) == owner)
+            })
             .cloned()
             .collect();
         Some(ViewReport {
@@ -299,7 +311,7 @@ fn note_left_out(w: &PeerName, mesh: &str, watcher: &mut Watcher, left_out: Vec<
 mod tests {
     use super::*;
     use crate::hub::relay::mesh_views::{Holder, Placement};
-    use crate::hub::relay::test_support::{decode, o, peer};
+    use crate::hub::relay::test_support::{arcs, decode, o, peer};
 
     const LIMITS: ViewLimits = ViewLimits {
         max_view_bytes: 2000,
@@ -307,16 +319,17 @@ mod tests {
     };
 
     struct World {
-        hub: Vec<Object>,
+        hub: Vec<Arc<Object>>,
         meshes: MeshViews,
         watchers: Watchers,
     }
 
     impl World {
         fn new() -> Self {
+            let hub = arcs(&[o("hub", "1")]);
             Self {
-                hub: vec![o("hub", "1")],
-                meshes: MeshViews::new(LIMITS),
+                meshes: MeshViews::new(LIMITS, &hub),
+                hub,
                 watchers: Watchers::new(LIMITS),
             }
         }
@@ -326,7 +339,7 @@ mod tests {
                 who,
                 &mesh.into(),
                 Holder::Session(session),
-                objects.to_vec(),
+                arcs(objects),
                 &self.hub,
                 &mut Placement::default(),
             );
@@ -394,7 +407,7 @@ mod tests {
         assert!(p.view.is_none());
         assert!(world.watchers.is_empty());
         let src = world.src();
-        assert!(world.watchers.report(&w).is_none());
+        assert!(world.watchers.report(&w, &world.meshes).is_none());
         assert_eq!(src.meshes.size("m", src.hub).0, 5, "hub, a1, b1, w1, a2");
     }
 
@@ -410,7 +423,7 @@ mod tests {
         world.online(&p2, "m", 2, &[o("2/x", &"v".repeat(1300))]);
         world.online(&p0, "m", 3, &[o("0/x", "v")]);
         world.set_list(&w, Some(&[&p1, &p2, &p0]));
-        let report = world.watchers.report(&w).unwrap();
+        let report = world.watchers.report(&w, &world.meshes).unwrap();
         assert_eq!(report.present, vec![p1.clone()]);
         assert_eq!(report.left_out, vec![p2, p0], "small, but listed after");
         assert_eq!(world.names(&w), ["hub", "1/x"]);

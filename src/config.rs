@@ -367,6 +367,11 @@ pub const DEFAULT_LIMITS_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const DEFAULT_LIMITS_OUTBOUND_QUEUE_MESSAGES: usize = 4_096;
 /// Default of `limits.outbound_queue_bytes`.
 pub const DEFAULT_LIMITS_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
+/// Default of `limits.coalesce_after_bytes`: one batch of the writer (64 KiB). A subscriber
+/// whose writes keep up holds far less than this unsent (its writer takes everything queued
+/// at each write), so it gets every change; one whose connection does not drain reaches it
+/// within a few views and from then on holds one entire view at a time.
+pub const DEFAULT_LIMITS_COALESCE_AFTER_BYTES: usize = 64 * 1024;
 /// Default of `limits.write_timeout`.
 pub const DEFAULT_LIMITS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of `limits.inbound_messages_per_sec`.
@@ -413,6 +418,10 @@ pub struct Limits {
     pub outbound_queue_messages: usize,
     /// Most bytes queued for one session; at least one largest message (65520).
     pub outbound_queue_bytes: usize,
+    /// Coalescing under backpressure: once this many bytes wait unsent for a session, a
+    /// newer entire view replaces the unsent one instead of queuing behind it (counted in
+    /// p2ppi_notify_superseded_total); below it every view is sent. 0: always replace.
+    pub coalesce_after_bytes: usize,
     /// A write that makes no progress for this long disconnects a slow consumer.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -457,6 +466,7 @@ impl Default for Limits {
             tcp_keepalive: DEFAULT_LIMITS_TCP_KEEPALIVE,
             outbound_queue_messages: DEFAULT_LIMITS_OUTBOUND_QUEUE_MESSAGES,
             outbound_queue_bytes: DEFAULT_LIMITS_OUTBOUND_QUEUE_BYTES,
+            coalesce_after_bytes: DEFAULT_LIMITS_COALESCE_AFTER_BYTES,
             write_timeout: DEFAULT_LIMITS_WRITE_TIMEOUT,
             inbound_messages_per_sec: DEFAULT_LIMITS_INBOUND_MESSAGES_PER_SEC,
             inbound_burst: DEFAULT_LIMITS_INBOUND_BURST,
@@ -782,6 +792,13 @@ impl Config {
             return invalid(
                 "limits.outbound_queue_bytes",
                 "must hold at least one largest message (65520 bytes)",
+            );
+        }
+        if self.limits.coalesce_after_bytes > self.limits.outbound_queue_bytes - MESSAGE_SIZE_LIMIT
+        {
+            return invalid(
+                "limits.coalesce_after_bytes",
+                "must leave room for one largest view below limits.outbound_queue_bytes",
             );
         }
         let l = &self.limits;

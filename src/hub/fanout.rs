@@ -272,7 +272,7 @@ mod tests {
     impl Subscriber {
         fn new() -> Self {
             Self {
-                out: Rc::new(Outbound::new(100, 1 << 20)),
+                out: Rc::new(Outbound::new(100, 1 << 20, 0)),
                 ids: MessageIds::default(),
                 received: Vec::new(),
             }

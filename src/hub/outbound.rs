@@ -8,14 +8,20 @@
 //! **Coalescing under backpressure (DESIGN 5.2).** A message is *unsent* while it is in the
 //! queue; the writer takes messages out only as fast as the connection accepts them. So a
 //! subscriber that keeps up finds every change written at once, and one that falls behind
-//! has changes waiting here. The queue knows what each message is to the subscriber's list
-//! of the hub's objects ([`Outbound::push_view`], [`Outbound::push_append`],
+//! has changes waiting here. Backpressure is bytes waiting: from `limits.coalesce_after_bytes`
+//! unsent (one write's batch by default) views are coalesced; below it they are all sent,
+//! batched into the writer's next write, so a subscriber whose writer simply has not run
+//! since the last change (a fan-out to thousands takes a while) loses no value of it.
+//!
+//! The queue knows what each message is to the subscriber's list of the hub's objects ([`Outbound::push_view`], [`Outbound::push_append`],
 //! [`Outbound::push_response`]) and keeps this invariant: *after the last entire-view
-//! NOTIFY still unsent, no NOTIFY of one appended object is queued.* From it:
+//! NOTIFY still unsent, no NOTIFY of one appended object is queued.* From it, under
+//! backpressure:
 //! - a newer entire view replaces that unsent view in place (an entire view supersedes
 //!   every earlier one, spec 3.1), keeping its place among the other messages;
 //! - an object notified alone while that view is unsent is folded into it: the view is
-//!   replaced by the subscriber's current entire view, which holds the object last;
+//!   replaced by the subscriber's current entire view, which holds the object last (below
+//!   the bound that current view is queued instead of the lone object, for the invariant);
 //! - a RESPONSE is an entire list too, but answers a REQUEST and is never replaced: an
 //!   entire view queued before it is left alone (replacing it would let the older RESPONSE
 //!   undo the newer view), and views and appends after it queue behind it.
@@ -183,17 +189,21 @@ pub struct Outbound {
     overflowed: Notify,
     max_messages: usize,
     max_bytes: usize,
+    /// Bytes unsent from which a newer entire view replaces the unsent one.
+    coalesce_after: usize,
 }
 
 impl Outbound {
-    /// An empty queue with these bounds.
-    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+    /// An empty queue with these bounds, which coalesces entire views once
+    /// `coalesce_after` bytes wait unsent (0: whenever one is unsent).
+    pub fn new(max_messages: usize, max_bytes: usize, coalesce_after: usize) -> Self {
         Self {
             state: RefCell::default(),
             wake: Notify::new(),
             overflowed: Notify::new(),
             max_messages,
             max_bytes,
+            coalesce_after,
         }
     }
 
@@ -209,8 +219,9 @@ impl Outbound {
     }
 
     /// Queues a NOTIFY holding the subscriber's entire view. While the last entire list
-    /// queued is an entire view still unsent, this one replaces it in place (counted as
-    /// superseded) instead of being queued.
+    /// queued is an entire view still unsent and the queue is under backpressure (see
+    /// [`Outbound::new`]), this one replaces it in place (counted as superseded) instead of
+    /// being queued.
     ///
     /// # Errors
     /// As [`Outbound::push`].
@@ -220,8 +231,8 @@ impl Outbound {
 
     /// Queues a NOTIFY holding one appended object; `view` is the subscriber's entire
     /// view with that object in it (a NOTIFY). While an entire view is unsent, the object
-    /// is folded into it: that view is replaced by `view`, and the NOTIFY is not sent
-    /// (counted as superseded).
+    /// goes as `view`: under backpressure it is folded into the unsent view (replaced by
+    /// `view`; the NOTIFY is not sent, counted as superseded), else `view` is queued.
     ///
     /// # Errors
     /// As [`Outbound::push`].
@@ -241,10 +252,16 @@ impl Outbound {
         self.enqueue(list, Some(List::Response))
     }
 
-    /// Replaces the unsent entire view with `view` (one NOTIFY superseded), or queues it.
+    /// Replaces the unsent entire view with `view` (one NOTIFY superseded) when the queue
+    /// is under backpressure (at least `coalesce_after` bytes unsent), or queues it. Queued
+    /// behind an unsent view, `view` becomes the last entire list, so the invariant holds
+    /// (an append while it is unsent comes here too, as the entire view holding it).
     fn replace_or(&self, view: Bytes, list: Option<List>) -> Result<(), PushError> {
         let mut state = self.state.borrow_mut();
-        let Some(at) = state.unsent_view() else {
+        let at = state
+            .unsent_view()
+            .filter(|_| state.bytes >= self.coalesce_after);
+        let Some(at) = at else {
             drop(state);
             return self.enqueue(view, list);
         };
@@ -488,13 +505,13 @@ mod tests {
     #[test]
     fn overflow_by_messages_or_bytes_fails_the_queue() {
         let msg = Message::Request.to_bytes(0).unwrap();
-        let out = Outbound::new(2, 1 << 20);
+        let out = Outbound::new(2, 1 << 20, 0);
         assert_eq!(out.push(msg.clone()), Ok(()));
         assert_eq!(out.push(msg.clone()), Ok(()));
         assert_eq!(out.push(msg.clone()), Err(PushError::Overflow));
         assert_eq!(out.push(msg.clone()), Err(PushError::Closed));
         assert_eq!(out.queued(), (0, 0), "an overflowed queue frees its memory");
-        let out = Outbound::new(100, 40);
+        let out = Outbound::new(100, 40, 0);
         assert_eq!(out.push(msg.clone()), Ok(()));
         assert_eq!(out.push(msg.clone()), Ok(()));
         assert_eq!(out.push(msg), Err(PushError::Overflow));
@@ -502,7 +519,7 @@ mod tests {
 
     #[test]
     fn a_newer_view_replaces_the_unsent_one_in_its_place() {
-        let out = Outbound::new(100, 1 << 20);
+        let out = Outbound::new(100, 1 << 20, 0);
         let (v1, v2) = (
             [o("hub", "1"), o("p/x", "1")],
             [o("hub", "1"), o("p/x", "2"), o("q/y", "long value")],
@@ -538,7 +555,7 @@ mod tests {
 
     #[test]
     fn a_view_already_taken_by_the_writer_is_not_replaced() {
-        let out = Outbound::new(100, 1 << 20);
+        let out = Outbound::new(100, 1 << 20, 0);
         let ids = &mut MessageIds::default();
         out.push_view(notify(&[o("hub", "1")])).unwrap();
         assert_eq!(drain_with(&out, ids).len(), 1);
@@ -560,7 +577,7 @@ mod tests {
 
     #[test]
     fn objects_notified_alone_are_folded_into_the_unsent_view() {
-        let out = Outbound::new(100, 1 << 20);
+        let out = Outbound::new(100, 1 << 20, 0);
         let mut hub = vec![o("hub", "1")];
         let mut list = hub.clone();
         // Appends with no view queued go as they are.
@@ -587,7 +604,7 @@ mod tests {
 
     #[test]
     fn a_response_after_an_unsent_view_keeps_that_view_and_later_views_queue_behind_it() {
-        let out = Outbound::new(100, 1 << 20);
+        let out = Outbound::new(100, 1 << 20, 0);
         let v1 = vec![o("hub", "1"), o("p/x", "1")];
         out.push_view(notify(&v1)).unwrap();
         // A REQUEST answered now: the list as it is, v1.
@@ -622,7 +639,7 @@ mod tests {
     #[test]
     fn a_subscriber_that_falls_behind_costs_one_view_however_many_changes() {
         // 64 KiB of queue: far less than the changes below, which never overflow it.
-        let out = Outbound::new(8, 64 * 1024);
+        let out = Outbound::new(8, 64 * 1024, 0);
         out.push(app("hello")).unwrap();
         let mut list = vec![o("hub", "0")];
         out.push_view(notify(&list)).unwrap();
@@ -650,7 +667,7 @@ mod tests {
 
     #[test]
     fn a_replacement_beyond_the_byte_bound_overflows() {
-        let out = Outbound::new(100, 200);
+        let out = Outbound::new(100, 200, 0);
         out.push_view(notify(&[o("hub", "1")])).unwrap();
         assert_eq!(
             out.push_view(notify(&[o("hub", &"x".repeat(300))])),
@@ -689,8 +706,11 @@ mod tests {
         /// subscriber following the spec ends with the current list, each RESPONSE it
         /// gets is the list as of its REQUEST, and it never gets more NOTIFYs than were due.
         #[test]
-        fn a_follower_always_ends_with_the_current_list(steps in prop::collection::vec(step(), 1..60)) {
-            let out = Outbound::new(1000, 1 << 20);
+        fn a_follower_always_ends_with_the_current_list(
+            steps in prop::collection::vec(step(), 1..60),
+            coalesce_after in prop_oneof![Just(0usize), 0usize..600, Just(usize::MAX)],
+        ) {
+            let out = Outbound::new(1000, 1 << 20, coalesce_after);
             let mut list = vec![o("hub", "0")];
             out.push_view(notify(&list)).unwrap();
             let (mut wire, mut ids) = (BytesMut::new(), MessageIds::default());
@@ -737,9 +757,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn views_queue_behind_an_unsent_one_until_the_queue_is_under_backpressure() {
+        let first = notify(&[o("hub", "1")]);
+        let out = Outbound::new(100, 1 << 20, 3 * first.len());
+        // Below the bound every view is sent: a subscriber whose writer has not run yet is
+        // not behind, and gets each change (in one write, as a batch).
+        out.push_view(first.clone()).unwrap();
+        out.push_view(notify(&[o("hub", "2")])).unwrap();
+        // An object notified alone after an unsent view goes as the entire view holding it,
+        // so the last entire list stays the last message of the list.
+        let with_x = [o("hub", "2"), o("p/x", "x")];
+        out.push_append(notify(&[o("p/x", "x")]), &notify(&with_x))
+            .unwrap();
+        assert_eq!(out.superseded(), 0);
+        assert_eq!(out.queued().0, 3);
+        // From the bound on, the newest unsent view is replaced in place.
+        let last = [o("hub", "3"), o("p/x", "x")];
+        out.push_view(notify(&last)).unwrap();
+        assert_eq!(out.superseded(), 1);
+        assert_eq!(out.queued().0, 3);
+        let mut wire = out.take_all(&mut MessageIds::default());
+        let sent = frames(&mut wire);
+        assert_eq!(sent.len(), 3);
+        let mut seen = Vec::new();
+        follow(&mut seen, &sent);
+        assert_eq!(seen, last);
+    }
+
     #[tokio::test]
     async fn writer_numbers_in_wire_order_and_closes() {
-        let out = Rc::new(Outbound::new(100, 1 << 20));
+        let out = Rc::new(Outbound::new(100, 1 << 20, 0));
         let shared = Message::Notify(vec![]).to_bytes(0).unwrap();
         for _ in 0..3 {
             out.push(shared.clone()).unwrap();

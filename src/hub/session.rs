@@ -115,6 +115,7 @@ pub(crate) fn start(
     let out = Rc::new(Outbound::new(
         limits.outbound_queue_messages,
         limits.outbound_queue_bytes,
+        limits.coalesce_after_bytes,
     ));
     let write_timeout = limits.write_timeout;
     let identity = cert.identity.clone();

@@ -496,6 +496,9 @@ pub const DEFAULT_RELAY_MAX_INVITATIONS: usize = 65_536;
 /// Default of `relay.max_watch`.
 pub const DEFAULT_RELAY_MAX_WATCH: usize = 256;
 
+/// Keys that are accepted and ignored (see [`Config::retired_keys`]), never printed.
+pub(crate) const RETIRED_KEYS: [&str; 1] = ["relay.view_interval"];
+
 /// `[relay]`: DESIGN 5.2 and 5.3.
 #[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
@@ -517,6 +520,11 @@ pub struct RelaySection {
     /// Most PeerNames one WATCH_LIST may name; a longer list is rejected and the previous
     /// one stays.
     pub max_watch: usize,
+    /// Retired: entire views were held on this timer; they are now coalesced only under
+    /// backpressure (`limits.coalesce_after_bytes`). A value is ignored with a warning, so
+    /// that a hub upgraded with its old configuration still starts; never printed.
+    #[serde(default, skip_serializing)]
+    pub view_interval: Option<toml::Value>,
 }
 
 impl Default for RelaySection {
@@ -529,6 +537,7 @@ impl Default for RelaySection {
             invitation_ttl: DEFAULT_RELAY_INVITATION_TTL,
             max_invitations: DEFAULT_RELAY_MAX_INVITATIONS,
             max_watch: DEFAULT_RELAY_MAX_WATCH,
+            view_interval: None,
         }
     }
 }
@@ -872,7 +881,11 @@ impl Config {
     /// What an operator must be told about this configuration although it is valid: one
     /// sentence each (printed by `check-config`, logged by the hub at start).
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = self
+            .retired_keys()
+            .into_iter()
+            .map(|(key, why)| format!("{key} is retired and ignored ({why}): remove it"))
+            .collect();
         if let Some(path) = &self.tls.keylog {
             warnings.push(keylog_warning(path));
         }
@@ -889,6 +902,19 @@ impl Config {
             ));
         }
         warnings
+    }
+
+    /// The retired keys this configuration still sets, each with what replaced it: accepted
+    /// and ignored, so that an upgrade does not stop on an old configuration.
+    pub fn retired_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let mut retired = Vec::new();
+        if self.relay.view_interval.is_some() {
+            retired.push((
+                "relay.view_interval",
+                "views are coalesced only under backpressure, limits.coalesce_after_bytes",
+            ));
+        }
+        retired
     }
 
     /// CA bundle path (configured, or `<data-dir>/ca.pem`).
@@ -963,6 +989,21 @@ pub fn keylog_warning(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retired_key_is_accepted_with_a_warning_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.toml");
+        std::fs::write(&path, "[relay]\nview_interval = \"100ms\"\n").unwrap();
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c.retired_keys().len(), 1);
+        assert!(c.warnings()[0].starts_with("relay.view_interval is retired"));
+        let from_env = [("P2PPI_RELAY__VIEW_INTERVAL".to_owned(), "0s".to_owned())];
+        let c = Config::load(None, from_env).unwrap();
+        assert_eq!(c.retired_keys()[0].0, "relay.view_interval");
+        assert!(!toml::to_string(&c).unwrap().contains("view_interval"));
+        assert!(!crate::config::default_config_toml().contains("view_interval"));
+    }
 
     #[test]
     fn unknown_keys_are_named() {

@@ -57,6 +57,13 @@ fn init_logging(config: &Config) {
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = effective_config(&args)?;
     init_logging(&config);
+    for (key, why) in config.retired_keys() {
+        tracing::warn!(
+            key,
+            why,
+            "a retired setting is ignored: remove it from the configuration"
+        );
+    }
     let data_dir = config.hub.data_dir.clone();
     let admin = config.admin.clone();
     let system = actix_rt::System::new();

@@ -126,6 +126,9 @@ impl Template {
             live: default.is_some(),
         });
         for key in T::FIELD_NAMES {
+            if super::RETIRED_KEYS.contains(&format!("{name}.{key}").as_str()) {
+                continue;
+            }
             self.docs(T::get_field_docs(key).unwrap_or_default());
             let value = default.as_ref().and_then(|d| d.get(*key));
             match (value, example.get(*key)) {

@@ -642,6 +642,18 @@ pub struct ClusterSection {
     /// a drained peer leaves at once. At most 1h.
     #[serde(default = "default_cluster_handoff", with = "humantime_serde")]
     pub handoff: Duration,
+    /// For a rediss:// address: the CA certificates (PEM) that sign the Redis server's
+    /// certificate, whose names must cover the address's host. Default: the system's
+    /// trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// For a rediss:// address whose server requires client certificates
+    /// (tls-auth-clients yes): this hub's certificate chain (PEM), with tls_key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of tls_cert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_cluster_lease() -> Duration {
@@ -661,12 +673,18 @@ impl std::fmt::Debug for ClusterSection {
             node,
             lease,
             handoff,
+            tls_ca,
+            tls_cert,
+            tls_key,
         } = self;
         f.debug_struct("ClusterSection")
             .field("redis", &redact_url(redis))
             .field("node", node)
             .field("lease", lease)
             .field("handoff", handoff)
+            .field("tls_ca", tls_ca)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
             .finish()
     }
 }
@@ -679,6 +697,9 @@ impl ClusterSection {
             node: Some("hub-a:7350".into()),
             lease: DEFAULT_CLUSTER_LEASE,
             handoff: DEFAULT_CLUSTER_HANDOFF,
+            tls_ca: Some("/etc/p2ppi-hub/redis-ca.pem".into()),
+            tls_cert: Some("/etc/p2ppi-hub/redis-client.pem".into()),
+            tls_key: Some("/etc/p2ppi-hub/redis-client.key".into()),
         }
     }
 
@@ -706,25 +727,41 @@ impl ClusterSection {
             })
         };
         let scheme = self.redis.split_once("://").map(|(scheme, _)| scheme);
-        match scheme {
-            Some("redis" | "unix" | "redis+unix") => {}
-            Some("rediss" | "valkeys") => {
-                return invalid(
-                    "cluster.redis",
-                    "TLS to Redis is not built in: use redis:// on a private network or a \
-                     local TLS tunnel"
-                        .into(),
-                )
-            }
+        let tls = match scheme {
+            Some("redis" | "unix" | "redis+unix") => false,
+            Some("rediss" | "valkeys") => true,
             _ => {
                 return invalid(
                     "cluster.redis",
                     format!(
-                        "{:?} is not a redis:// or unix:// address",
+                        "{:?} is not a redis://, rediss:// or unix:// address",
                         redact_url(&self.redis)
                     ),
                 )
             }
+        };
+        if url::Url::parse(&self.redis).is_ok_and(|u| u.fragment() == Some("insecure")) {
+            return invalid(
+                "cluster.redis",
+                "#insecure (no check of the server's certificate) is not accepted: name the \
+                 CA that signs it in cluster.tls_ca"
+                    .into(),
+            );
+        }
+        let tls_files = [
+            ("cluster.tls_ca", self.tls_ca.is_some()),
+            ("cluster.tls_cert", self.tls_cert.is_some()),
+            ("cluster.tls_key", self.tls_key.is_some()),
+        ];
+        if let Some((key, _)) = tls_files.iter().find(|(_, set)| *set && !tls) {
+            return invalid(key, "applies to a rediss:// address only".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let key = match self.tls_cert {
+                Some(_) => "cluster.tls_key",
+                None => "cluster.tls_cert",
+            };
+            return invalid(key, "tls_cert and tls_key go together".into());
         }
         if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) {
             return invalid(
@@ -1024,7 +1061,19 @@ mod tests {
         assert_eq!(c.cluster.unwrap().lease, Duration::from_secs(3));
         for (text, key) in [
             ("redis = \"http://x\"", "cluster.redis"),
-            ("redis = \"rediss://x:1\"", "cluster.redis"),
+            ("redis = \"rediss://x:1/#insecure\"", "cluster.redis"),
+            (
+                "redis = \"redis://x:1\"\ntls_ca = \"ca.pem\"",
+                "cluster.tls_ca",
+            ),
+            (
+                "redis = \"rediss://x:1\"\ntls_cert = \"c.pem\"",
+                "cluster.tls_key",
+            ),
+            (
+                "redis = \"rediss://x:1\"\ntls_key = \"c.key\"",
+                "cluster.tls_cert",
+            ),
             (
                 "redis = \"redis://x:1\"\nlease = \"100ms\"",
                 "cluster.lease",

@@ -13,13 +13,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::Processes;
+use common::cluster::{InProcess as Cluster, Processes};
 use common::hub_process::{sample, HubProcess};
-use common::redis::RedisServer;
 use common::*;
-use p2ppi_hub::config::{ClusterSection, Config};
 use p2ppi_hub::hub::relay::relayed_name;
-use p2ppi_hub::hub::{Hub, HubHandle};
+use p2ppi_hub::hub::HubHandle;
 use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, Peer, PeerEvent, PeerEvents};
 use p2ppi_hub::tls::PeerName;
@@ -30,61 +28,6 @@ const MESH: &str = "blue";
 
 fn presence_of(peer: &PeerName, text: &str) -> Object {
     Object::new(relayed_name(peer, names::RICH_PRESENCE), text)
-}
-
-/// In-process hubs sharing one Redis and one PKI.
-struct Cluster {
-    redis: RedisServer,
-    pki: Pki,
-    hubs: Vec<Hub>,
-    dirs: Vec<tempfile::TempDir>,
-}
-
-impl Cluster {
-    /// `n` hubs, or `None` (skipped) without `redis-server`.
-    fn start(n: usize) -> Option<Self> {
-        let redis = RedisServer::start()?;
-        let mut cluster = Self {
-            redis,
-            pki: Pki::new(),
-            hubs: Vec::new(),
-            dirs: Vec::new(),
-        };
-        for _ in 0..n {
-            cluster.add_hub(vec![Object::new("welcome", "hello")]);
-        }
-        Some(cluster)
-    }
-
-    /// The config of hub number `i` (its own data directory, the shared CA).
-    fn config(&mut self, i: usize, objects: Vec<Object>) -> Config {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = self.pki.config();
-        config.tls.ca = Some(self.pki.path().join("ca.pem"));
-        config.tls.cert = Some(self.pki.path().join("hub.pem"));
-        config.tls.key = Some(self.pki.path().join("hub.key"));
-        config.hub.data_dir = dir.path().to_owned();
-        config.objects = objects;
-        config.cluster = Some(ClusterSection {
-            redis: self.redis.url(),
-            node: Some(format!("hub-{i}")),
-            lease: Duration::from_secs(3),
-            handoff: p2ppi_hub::config::DEFAULT_CLUSTER_HANDOFF,
-        });
-        self.dirs.push(dir);
-        config
-    }
-
-    fn add_hub(&mut self, objects: Vec<Object>) -> HubHandle {
-        let config = self.config(self.hubs.len(), objects);
-        let hub = start_hub(config);
-        self.hubs.push(hub);
-        self.hubs.last().unwrap().handle()
-    }
-
-    fn hub(&self, i: usize) -> HubHandle {
-        self.hubs[i].handle()
-    }
 }
 
 /// A peer of [`MESH`] connected to `hub` with `cert`.

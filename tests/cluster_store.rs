@@ -90,6 +90,7 @@ impl Hub {
             redis: server.url(),
             node: node.into(),
             lease,
+            tls: Default::default(),
         };
         let (store, events) = ClusterStore::connect(&settings)
             .await

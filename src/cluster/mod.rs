@@ -62,7 +62,7 @@ pub use message::{InboxMessage, MeshMessage};
 pub use replica::{Applied, MeshReplica, MeshSnapshot, PeerChange, RemoteIndex};
 pub use store::{
     BlockOutcome, BlockedList, ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore,
-    HubLease, ResyncCause, RouteOutcome, SetHubObjects,
+    HubLease, RedisTls, ResyncCause, RouteOutcome, SetHubObjects,
 };
 
 use thiserror::Error;
@@ -78,6 +78,25 @@ pub enum ClusterError {
         /// The configured address, its password hidden ([`crate::config::redact_url`]).
         url: String,
         /// The client's reason.
+        source: redis::RedisError,
+    },
+    /// A file the connection needs (`cluster.tls_*`) cannot be read.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// The configuration key naming it.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// Redis refused this hub's user: a wrong password, a user that is off, or one whose
+    /// ACL rules lack what a hub needs (`deploy/redis/p2ppi-users.acl`).
+    #[error("Redis refused user {user:?} (wrong password, user off, or its ACL rules lack what a hub needs): {source}")]
+    Refused {
+        /// The user in `cluster.redis` (`default` without one).
+        user: String,
+        /// The server's answer.
         source: redis::RedisError,
     },
     /// A Redis round trip failed (connection, timeout, server error).

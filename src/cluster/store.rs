@@ -12,6 +12,7 @@
 //! peer costs a round trip but publishes nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,17 +50,66 @@ pub struct ClusterSettings {
     pub node: String,
     /// This hub's lease.
     pub lease: Duration,
+    /// The files of a `rediss://` connection.
+    pub tls: RedisTls,
+}
+
+/// The files of a `rediss://` connection (`cluster.tls_*`): read at each connect, so a
+/// renewed client certificate is used from the next reconnect on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// CA certificates (PEM) that sign the server's certificate; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// This hub's certificate chain and key (PEM), for a server that asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl RedisTls {
+    /// The certificates for the `redis` client.
+    ///
+    /// # Errors
+    /// [`ClusterError::File`] naming a file that cannot be read.
+    fn certificates(&self) -> Result<redis::TlsCertificates, ClusterError> {
+        let read = |what: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ClusterError::File {
+                what,
+                path: path.clone(),
+                source,
+            })
+        };
+        let client_tls = match &self.client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("cluster.tls_cert", cert)?,
+                client_key: read("cluster.tls_key", key)?,
+            }),
+            None => None,
+        };
+        let root_cert = match &self.ca {
+            Some(ca) => Some(read("cluster.tls_ca", ca)?),
+            None => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
 }
 
 impl std::fmt::Debug for ClusterSettings {
     /// The Redis password stays out of `{:?}` too.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Destructured, so a new field cannot be forgotten here.
-        let Self { redis, node, lease } = self;
+        let Self {
+            redis,
+            node,
+            lease,
+            tls,
+        } = self;
         f.debug_struct("ClusterSettings")
             .field("redis", &crate::config::redact_url(redis))
             .field("node", node)
             .field("lease", lease)
+            .field("tls", tls)
             .finish()
     }
 }
@@ -71,6 +121,48 @@ impl ClusterSettings {
             redis: section.redis.clone(),
             node: section.node_name(listen),
             lease: section.lease,
+            tls: RedisTls {
+                ca: section.tls_ca.clone(),
+                client: section.tls_cert.clone().zip(section.tls_key.clone()),
+            },
+        }
+    }
+
+    /// Reads the files the connection needs, as connecting does, without connecting
+    /// (`check-config`).
+    ///
+    /// # Errors
+    /// As [`ClusterStore::connect`] before it reaches Redis.
+    pub fn check_files(&self) -> Result<(), ClusterError> {
+        self.client().map(drop)
+    }
+
+    /// A client for the configured address: over TLS for `rediss://`, with the configured
+    /// CA and client certificate, speaking RESP3 (pub/sub pushes share the command
+    /// connection).
+    ///
+    /// # Errors
+    /// [`ClusterError::Address`] for a bad address; [`ClusterError::File`] when a TLS file
+    /// cannot be read.
+    pub(super) fn client(&self) -> Result<redis::Client, ClusterError> {
+        let address = |source| ClusterError::Address {
+            url: crate::config::redact_url(&self.redis),
+            source,
+        };
+        let info = self
+            .redis
+            .as_str()
+            .into_connection_info()
+            .map_err(address)?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(resp3);
+        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            redis::Client::build_with_tls(info, self.tls.certificates()?).map_err(address)
+        } else {
+            redis::Client::open(info).map_err(address)
         }
     }
 }
@@ -190,26 +282,13 @@ impl ClusterStore {
     /// objects, and starts the driver. Must run inside a Tokio runtime.
     ///
     /// # Errors
-    /// [`ClusterError::Address`] for a bad address; [`ClusterError::Redis`] if Redis does
-    /// not answer.
+    /// [`ClusterError::Address`] for a bad address; [`ClusterError::File`] when a TLS file
+    /// cannot be read; [`ClusterError::Redis`] if Redis does not answer, or refuses this
+    /// hub's user, password or certificate.
     pub async fn connect(
         settings: &ClusterSettings,
     ) -> Result<(ClusterStore, ClusterEvents), ClusterError> {
-        let address = |source| ClusterError::Address {
-            url: crate::config::redact_url(&settings.redis),
-            source,
-        };
-        let info = settings
-            .redis
-            .as_str()
-            .into_connection_info()
-            .map_err(address)?;
-        // Pub/sub pushes share the command connection: RESP3.
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(address)?;
+        let client = settings.client()?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
         let round_trip = settings.lease / 3;
         let config = ConnectionManagerConfig::new()
@@ -222,9 +301,20 @@ impl ClusterStore {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|source| ClusterError::Redis {
-                op: "connect",
-                source,
+            .map_err(|source| match source.code() {
+                Some("WRONGPASS" | "NOPERM") => ClusterError::Refused {
+                    user: client
+                        .get_connection_info()
+                        .redis_settings()
+                        .username()
+                        .unwrap_or("default")
+                        .to_owned(),
+                    source,
+                },
+                _ => ClusterError::Redis {
+                    op: "connect",
+                    source,
+                },
             })?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::channel(EVENT_QUEUE);

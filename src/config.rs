@@ -654,6 +654,13 @@ pub struct ClusterSection {
     /// The private key (PEM) of tls_cert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// The cluster secret: a file readable by its owner only, one secret (at least 32
+    /// bytes, e.g. `openssl rand -hex 32`) per line; the first signs what this hub writes
+    /// to Redis (HMAC-SHA256), a second one is also accepted during a rotation. Every hub
+    /// of the cluster needs the same secrets. Read again on SIGHUP. Required unless Redis
+    /// is on this machine (a loopback address or a unix socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
 }
 
 fn default_cluster_lease() -> Duration {
@@ -676,6 +683,7 @@ impl std::fmt::Debug for ClusterSection {
             tls_ca,
             tls_cert,
             tls_key,
+            secret_file,
         } = self;
         f.debug_struct("ClusterSection")
             .field("redis", &redact_url(redis))
@@ -685,6 +693,7 @@ impl std::fmt::Debug for ClusterSection {
             .field("tls_ca", tls_ca)
             .field("tls_cert", tls_cert)
             .field("tls_key", tls_key)
+            .field("secret_file", secret_file)
             .finish()
     }
 }
@@ -700,7 +709,26 @@ impl ClusterSection {
             tls_ca: Some("/etc/p2ppi-hub/redis-ca.pem".into()),
             tls_cert: Some("/etc/p2ppi-hub/redis-client.pem".into()),
             tls_key: Some("/etc/p2ppi-hub/redis-client.key".into()),
+            secret_file: Some("/etc/p2ppi-hub/cluster-secret".into()),
         }
+    }
+
+    /// Whether Redis is on this machine: a unix socket, `localhost` or a loopback address.
+    /// Only then may `secret_file` be left out.
+    pub fn redis_is_local(&self) -> bool {
+        let Ok(info) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) else {
+            return false;
+        };
+        let host = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, _) => host,
+            redis::ConnectionAddr::TcpTls { host, .. } => host,
+            _ => return true, // a unix socket
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 
     /// This hub's node name: the configured one, else `<host name>:<P2PPI port>`.
@@ -790,6 +818,14 @@ impl ClusterSection {
                     "{} is outside 1s to 1h",
                     humantime::format_duration(self.lease)
                 ),
+            );
+        }
+        if self.secret_file.is_none() && !self.redis_is_local() {
+            return invalid(
+                "cluster.secret_file",
+                "is required for a Redis on another machine: without it, anyone who can \
+                 reach Redis can act as any peer of the cluster"
+                    .into(),
             );
         }
         if self.handoff > MAX_CLUSTER_LEASE {
@@ -1079,6 +1115,14 @@ mod tests {
                 "cluster.lease",
             ),
             ("redis = \"redis://x:1\"\nnode = \"a b\"", "cluster.node"),
+            (
+                "redis = \"rediss://10.0.0.5:6379/0\"",
+                "cluster.secret_file",
+            ),
+            (
+                "redis = \"redis://[2001:db8::5]:6379\"",
+                "cluster.secret_file",
+            ),
         ] {
             std::fs::write(&path, format!("[cluster]\n{text}\n")).unwrap();
             let err = Config::load(Some(&path), []).unwrap_err().to_string();
@@ -1087,6 +1131,22 @@ mod tests {
         std::fs::write(&path, "[cluster]\nlease = \"3s\"\n").unwrap();
         let err = Config::load(Some(&path), []).unwrap_err().to_string();
         assert!(err.contains("redis"), "{err}");
+        // Without a secret file only a Redis on this machine is accepted.
+        for redis in [
+            "redis://127.0.0.2:6379",
+            "redis://localhost:6379",
+            "rediss://[::1]:6379",
+            "unix:///run/redis.sock",
+        ] {
+            std::fs::write(&path, format!("[cluster]\nredis = {redis:?}\n")).unwrap();
+            assert!(Config::load(Some(&path), []).is_ok(), "{redis}");
+        }
+        std::fs::write(
+            &path,
+            "[cluster]\nredis = \"redis://10.0.0.5:6379\"\nsecret_file = \"/s\"\n",
+        )
+        .unwrap();
+        assert!(Config::load(Some(&path), []).is_ok());
     }
 
     #[test]

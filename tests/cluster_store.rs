@@ -91,6 +91,7 @@ impl Hub {
             node: node.into(),
             lease,
             tls: Default::default(),
+            secret_file: None,
         };
         let (store, events) = ClusterStore::connect(&settings)
             .await

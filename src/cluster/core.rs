@@ -17,6 +17,7 @@ use super::keys;
 use super::message::InboxMessage;
 use super::replica::{MeshSnapshot, RemoteIndex};
 use super::scripts;
+use super::seal::{objects_json, Seal, Tagged};
 use super::ClusterError;
 use crate::metrics;
 use crate::tls::PeerName;
@@ -24,6 +25,9 @@ use crate::wire::Object;
 
 /// Most peers one removal script handles.
 const REAP_BATCH: usize = 256;
+/// How long a kind of refused cluster traffic must stay away before its return is logged
+/// again (each kind is logged once per episode, counted always).
+const BAD_QUIET: Duration = Duration::from_secs(60);
 
 /// Whose peers [`Inner::remove_peers`] removes.
 #[derive(Debug, Clone, Copy)]
@@ -64,9 +68,34 @@ pub(super) struct Inner {
     pub(super) events: mpsc::Sender<ClusterEvent>,
     /// Where the replicas' peers are, for routing (written by the driver only).
     pub(super) remote: RemoteIndex,
+    /// The cluster secret: tags what this hub writes, checks what it reads.
+    pub(super) seal: Seal,
+    /// Refused cluster traffic by kind: when each was last seen (for logging once).
+    pub(super) bad: Mutex<HashMap<&'static str, std::time::Instant>>,
 }
 
 impl Inner {
+    /// Counts refused cluster traffic of kind `reason` (the label of
+    /// `p2ppi_cluster_bad_messages_total`), logging it once per episode: its first
+    /// occurrence after [`BAD_QUIET`] without one.
+    pub(super) fn refused(&self, reason: &'static str) {
+        metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, reason);
+        let now = std::time::Instant::now();
+        let last = self
+            .bad
+            .lock()
+            .expect("bad traffic lock")
+            .insert(reason, now);
+        if last.is_none_or(|at| now.duration_since(at) > BAD_QUIET) {
+            tracing::warn!(
+                reason,
+                "cluster: refusing traffic from Redis that this hub cannot trust \
+                 (logged once until it stops for a minute; counted in \
+                 p2ppi_cluster_bad_messages_total)"
+            );
+        }
+    }
+
     /// Records a failed round trip: counted by kind, logged once per change of state, and
     /// the local state marked for re-assertion.
     pub(super) fn failed(&self, op: &'static str, source: redis::RedisError) -> ClusterError {
@@ -209,7 +238,7 @@ impl Inner {
             peer: peer.as_str().to_owned(),
             by: self.node.clone(),
         }
-        .to_json()
+        .seal(&self.seal)
         .map_err(|source| ClusterError::Encode {
             what: "a supersede notice",
             source,
@@ -218,7 +247,13 @@ impl Inner {
             .with_lease(
                 "claim",
                 &scripts::CLAIM,
-                &[peer.as_str().to_owned(), mesh.to_owned(), notice],
+                &[
+                    peer.as_str().to_owned(),
+                    mesh.to_owned(),
+                    notice,
+                    self.seal.state_tag(peer.as_str(), mesh, &objects_json(&[])),
+                    self.seal.gone_tag(peer.as_str(), mesh),
+                ],
                 recover,
             )
             .await?;
@@ -260,11 +295,13 @@ impl Inner {
         else {
             return Ok(None);
         };
+        let tag = self.seal.state_tag(peer.as_str(), &mesh, &json);
+        let gone = self.seal.gone_tag(peer.as_str(), &mesh);
         let reply = self
             .with_lease(
                 "set peer",
                 &scripts::SET_STATE,
-                &[peer.as_str().to_owned(), mesh, json],
+                &[peer.as_str().to_owned(), mesh, json, tag, gone],
                 recover,
             )
             .await?;
@@ -554,24 +591,56 @@ impl Inner {
         Ok(next)
     }
 
+    /// The hub objects and their version, their tag checked.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unverified`] (counted, logged once) when their tag does not verify.
     pub(super) async fn hub_objects(&self) -> Result<(u64, Vec<Object>), ClusterError> {
-        let (version, json): (Option<u64>, Option<String>) = self
+        let (version, json, tag): (Option<u64>, Option<String>, Option<String>) = self
             .command(
                 "hub objects",
                 redis::cmd("HMGET")
                     .arg(keys::hub_objects())
                     .arg("version")
-                    .arg("objects"),
+                    .arg("objects")
+                    .arg("tag"),
             )
             .await?;
-        let objects = match json {
-            Some(json) => serde_json::from_str(&json).map_err(|_| ClusterError::Reply {
-                op: "hub objects",
-                reply: vec![json],
-            })?,
-            None => Vec::new(),
+        let (version, json) = match (version, json) {
+            (Some(version), Some(json)) => (version, json),
+            // Nothing written yet (a new cluster, or Redis lost its state).
+            (None, None) => return Ok((0, Vec::new())),
+            (version, _) => {
+                self.refused("hub_objects_tag");
+                return Err(ClusterError::Unverified {
+                    version: version.unwrap_or(0),
+                });
+            }
         };
-        Ok((version.unwrap_or(0), objects))
+        let objects: Option<Vec<Object>> = serde_json::from_str(&json).ok();
+        let verified = objects.as_ref().is_some_and(|objects| {
+            let version = version.to_string();
+            self.seal.verify(
+                Tagged::HubObjects,
+                &[version.as_bytes(), objects_json(objects).as_bytes()],
+                tag.as_deref(),
+            )
+        });
+        match objects {
+            Some(objects) if verified => Ok((version, objects)),
+            _ => {
+                self.refused("hub_objects_tag");
+                Err(ClusterError::Unverified { version })
+            }
+        }
+    }
+
+    /// The tag of hub objects written as `version`.
+    pub(super) fn hub_objects_tag(&self, version: u64, objects_json: &str) -> String {
+        self.seal.tag(
+            Tagged::HubObjects,
+            &[version.to_string().as_bytes(), objects_json.as_bytes()],
+        )
     }
 
     pub(super) async fn emit(&self, event: ClusterEvent) {
@@ -607,22 +676,44 @@ fn error_kind(e: &redis::RedisError) -> &'static str {
     }
 }
 
-/// Parses a snapshot reply: epoch, seq, then peer, hub, objects triples.
-pub(super) fn parse_snapshot(reply: &[String]) -> Option<MeshSnapshot> {
+/// Parses a snapshot reply of `mesh`: epoch, seq, then (peer, hub, objects, tag)
+/// quadruples. A peer that is not a PeerName, whose objects do not decode, or whose tag
+/// does not verify is left out and counted (`refused`, with `state_tag` or `state`):
+/// another client wrote it.
+pub(super) fn parse_snapshot(
+    reply: &[String],
+    mesh: &str,
+    seal: &Seal,
+    refused: impl Fn(&'static str),
+) -> Option<MeshSnapshot> {
     let [epoch, seq, rest @ ..] = reply else {
         return None;
     };
+    if rest.len() % 4 != 0 {
+        return None;
+    }
     let peers = rest
-        .chunks(3)
-        .map(|c| match c {
-            [peer, hub, objects] => Some((
-                PeerName::parse(peer)?,
-                hub.clone(),
-                serde_json::from_str(objects).ok()?,
-            )),
-            _ => None,
+        .chunks_exact(4)
+        .filter_map(|c| {
+            let [peer, hub, objects, tag] = c else {
+                return None;
+            };
+            let (Some(peer), Ok(objects)) = (
+                PeerName::parse(peer),
+                serde_json::from_str::<Vec<Object>>(objects),
+            ) else {
+                refused("state");
+                return None;
+            };
+            let json = objects_json(&objects);
+            let parts: [&[u8]; 3] = [peer.as_str().as_bytes(), mesh.as_bytes(), json.as_bytes()];
+            if !seal.verify(Tagged::State, &parts, Some(tag)) {
+                refused("state_tag");
+                return None;
+            }
+            Some((peer, hub.clone(), objects))
         })
-        .collect::<Option<Vec<_>>>()?;
+        .collect();
     Some(MeshSnapshot {
         epoch: epoch.clone(),
         seq: seq.parse().ok()?,

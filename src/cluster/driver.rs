@@ -281,13 +281,14 @@ impl Driver {
     }
 
     async fn on_message(&mut self, channel: &str, payload: &[u8]) {
+        let inner = self.inner.clone();
         let bad = |e: super::message::DecodeError| {
-            metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, e.label());
             tracing::debug!(
                 channel,
                 reason = e.label(),
-                "cluster: undecodable message dropped"
+                "cluster: undecodable or unverifiable message dropped"
             );
+            inner.refused(e.label());
         };
         if let Some(mesh) = keys::mesh_of_channel(channel) {
             let message = match MeshMessage::decode(payload) {
@@ -297,6 +298,11 @@ impl Driver {
             let Some(m) = self.meshes.get_mut(mesh) else {
                 return;
             };
+            // Checked before the sequence: a forged message never advances the replica,
+            // so the genuine one of the same number still applies.
+            if !message.verify(&self.inner.seal, mesh) {
+                return bad(super::message::DecodeError::Tag("mesh_tag"));
+            }
             match m.replica.apply(&message) {
                 Applied::Change(change) => {
                     let (name, seq) = (m.name.clone(), m.replica.seq());
@@ -310,7 +316,7 @@ impl Driver {
                 Applied::Nothing | Applied::Stale | Applied::Unsynced => {}
             }
         } else if channel == keys::inbox_channel(&self.inner.node) {
-            match InboxMessage::decode(payload) {
+            match InboxMessage::open(payload, &self.inner.seal) {
                 Ok(message) => self.inner.emit(ClusterEvent::Inbox(message)).await,
                 Err(e) => bad(e),
             }
@@ -348,7 +354,8 @@ impl Driver {
             Ok(reply) => reply,
             Err(_) => return,
         };
-        let Some(snapshot) = parse_snapshot(&reply) else {
+        let inner = &self.inner;
+        let Some(snapshot) = parse_snapshot(&reply, mesh, &inner.seal, |r| inner.refused(r)) else {
             metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, "snapshot");
             tracing::warn!(mesh, "cluster: undecodable mesh snapshot");
             return;

@@ -323,6 +323,7 @@ mod tests {
             seq,
             peer: peer(p),
             objects,
+            tag: String::new(),
         }
     }
 

@@ -29,6 +29,7 @@ use super::keys;
 use super::message::InboxMessage;
 use super::replica::RemoteIndex;
 use super::scripts;
+use super::seal::{objects_json, ClusterSecrets, Seal};
 use super::ClusterError;
 use crate::config::ClusterSection;
 use crate::metrics;
@@ -52,6 +53,9 @@ pub struct ClusterSettings {
     pub lease: Duration,
     /// The files of a `rediss://` connection.
     pub tls: RedisTls,
+    /// The cluster secret file (`cluster.secret_file`); `None`: nothing is signed or
+    /// checked (allowed for a Redis on this machine only).
+    pub secret_file: Option<PathBuf>,
 }
 
 /// The files of a `rediss://` connection (`cluster.tls_*`): read at each connect, so a
@@ -104,12 +108,14 @@ impl std::fmt::Debug for ClusterSettings {
             node,
             lease,
             tls,
+            secret_file,
         } = self;
         f.debug_struct("ClusterSettings")
             .field("redis", &crate::config::redact_url(redis))
             .field("node", node)
             .field("lease", lease)
             .field("tls", tls)
+            .field("secret_file", secret_file)
             .finish()
     }
 }
@@ -125,6 +131,18 @@ impl ClusterSettings {
                 ca: section.tls_ca.clone(),
                 client: section.tls_cert.clone().zip(section.tls_key.clone()),
             },
+            secret_file: section.secret_file.clone(),
+        }
+    }
+
+    /// The cluster secret, read from its file (`None` without one).
+    ///
+    /// # Errors
+    /// [`ClusterError::Secret`] when the file is refused.
+    fn secrets(&self) -> Result<Option<ClusterSecrets>, ClusterError> {
+        match &self.secret_file {
+            Some(file) => Ok(Some(ClusterSecrets::load(file)?)),
+            None => Ok(None),
         }
     }
 
@@ -134,6 +152,7 @@ impl ClusterSettings {
     /// # Errors
     /// As [`ClusterStore::connect`] before it reaches Redis.
     pub fn check_files(&self) -> Result<(), ClusterError> {
+        self.secrets()?;
         self.client().map(drop)
     }
 
@@ -283,11 +302,20 @@ impl ClusterStore {
     ///
     /// # Errors
     /// [`ClusterError::Address`] for a bad address; [`ClusterError::File`] when a TLS file
-    /// cannot be read; [`ClusterError::Redis`] if Redis does not answer, or refuses this
-    /// hub's user, password or certificate.
+    /// cannot be read; [`ClusterError::Secret`] when the secret file is refused;
+    /// [`ClusterError::Redis`] if Redis does not answer, or refuses this hub's user,
+    /// password or certificate.
     pub async fn connect(
         settings: &ClusterSettings,
     ) -> Result<(ClusterStore, ClusterEvents), ClusterError> {
+        let secrets = settings.secrets()?;
+        if secrets.is_none() {
+            tracing::warn!(
+                "cluster.secret_file is not set: what the hubs exchange through Redis is not \
+                 authenticated, so any client of this Redis can act as any peer (allowed for \
+                 a Redis on this machine only)"
+            );
+        }
         let client = settings.client()?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
         let round_trip = settings.lease / 3;
@@ -334,6 +362,8 @@ impl ClusterStore {
             commands,
             events,
             remote: RemoteIndex::default(),
+            seal: Seal::new(secrets, settings.secret_file.clone()),
+            bad: Mutex::new(HashMap::new()),
         });
         inner.register().await?;
         let mut conn = inner.conn.clone();
@@ -359,6 +389,29 @@ impl ClusterStore {
     /// This hub's node name.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Reads `cluster.secret_file` again (SIGHUP). When the signing secret changed, every
+    /// local peer's state is written again under it at the next lease tick, so that the
+    /// old secret can be removed from every hub's file afterwards. Returns whether it
+    /// changed.
+    ///
+    /// # Errors
+    /// [`ClusterError::Secret`] when the file is refused: the secrets in force stay.
+    pub fn reload_secret(&self) -> Result<bool, ClusterError> {
+        let changed = self.inner.seal.reload()?;
+        if changed {
+            self.inner.needs_recovery.store(true, Ordering::Release);
+        }
+        Ok(changed)
+    }
+
+    /// Counts refused cluster traffic of kind `reason` (the label of
+    /// `p2ppi_cluster_bad_messages_total`), logged once per episode: what the hub itself
+    /// refuses of what another hub sent (a remote object past this hub's caps, a message
+    /// between peers of different meshes).
+    pub fn refused(&self, reason: &'static str) {
+        self.inner.refused(reason);
     }
 
     /// Whether the last Redis round trip worked (for `/readyz`).
@@ -541,10 +594,12 @@ impl ClusterStore {
         to: &PeerName,
         message: &InboxMessage,
     ) -> Result<RouteOutcome, ClusterError> {
-        let json = message.to_json().map_err(|source| ClusterError::Encode {
-            what: "an inbox message",
-            source,
-        })?;
+        let json = message
+            .seal(&self.inner.seal)
+            .map_err(|source| ClusterError::Encode {
+                what: "an inbox message",
+                source,
+            })?;
         let reply = self
             .inner
             .script(
@@ -579,16 +634,14 @@ impl ClusterStore {
         expected: u64,
         objects: &[Object],
     ) -> Result<SetHubObjects, ClusterError> {
-        let json = serde_json::to_string(objects).map_err(|source| ClusterError::Encode {
-            what: "hub objects",
-            source,
-        })?;
+        let json = objects_json(objects);
+        let tag = self.inner.hub_objects_tag(expected + 1, &json);
         let reply = self
             .inner
             .script(
                 "set hub objects",
                 &scripts::SET_HUB_OBJECTS,
-                &[expected.to_string(), json, self.inner.node.clone()],
+                &[expected.to_string(), json, self.inner.node.clone(), tag],
             )
             .await?;
         let version = |v: &str| v.parse::<u64>().ok();

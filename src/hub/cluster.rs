@@ -31,7 +31,10 @@ use uuid::Uuid;
 use super::link::{coalesce, ClusterLink, Write};
 use super::messages::{ApplyOp, Close, Deliver, ListObjects, RemoteChanges, SessionId};
 use super::registry::Registry;
-use super::relay::{check_budget, HubError, ObjectOp, OpOutcome, ViewLimits};
+use super::relay::{
+    check_budget, remote_relayable, HubError, ObjectOp, OpOutcome, RejectReason, RelayCaps,
+    ViewLimits,
+};
 use super::route::{refusal, Undelivered};
 use super::shared::HubShared;
 use crate::addressing;
@@ -310,7 +313,7 @@ async fn on_mesh(
 ) {
     let changes = RemoteChanges {
         mesh: mesh.clone(),
-        changes,
+        changes: checked(shared, link, changes),
     };
     if resync == Some(ResyncCause::Subscribed) {
         let _ = registry.send(changes).await;
@@ -320,6 +323,44 @@ async fn on_mesh(
     }
     if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
         tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
+    }
+}
+
+/// Re-checks remote peers' objects on arrival against this hub's caps and checks, as for
+/// a local peer (DESIGN 8, Trust): another hub's configuration, or a forger with the
+/// cluster secret, cannot place here what this hub would refuse from its own peer. What is
+/// refused is counted by reason (`p2ppi_cluster_bad_messages_total{reason}`) and left out.
+fn checked(
+    shared: &HubShared,
+    link: &ClusterLink,
+    mut changes: Vec<PeerChange>,
+) -> Vec<PeerChange> {
+    let relay = &shared.config.relay;
+    let caps = RelayCaps {
+        max_object_bytes: relay.max_object_bytes,
+        max_objects_per_peer: relay.max_objects_per_peer,
+    };
+    for change in &mut changes {
+        if let PeerChange::Upsert { peer, objects } = change {
+            let (accepted, refused) = remote_relayable(peer, objects, caps);
+            for reason in refused {
+                link.store().refused(remote_label(reason));
+            }
+            *objects = accepted;
+        }
+    }
+    changes
+}
+
+/// The `p2ppi_cluster_bad_messages_total` label of a remote object this hub refuses.
+fn remote_label(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::ObjectTooLarge => "remote_object_too_large",
+        RejectReason::TooManyObjects => "remote_too_many_objects",
+        RejectReason::InvalidValue => "remote_invalid_value",
+        RejectReason::SpoofedContact => "remote_spoofed_contact",
+        RejectReason::ForeignName => "remote_foreign_name",
+        RejectReason::ViewFull | RejectReason::BadWatchList => "remote_object",
     }
 }
 
@@ -372,6 +413,13 @@ fn deliver_here(
     let Some(entry) = shared.lookup(to) else {
         return refuse(Undelivered::NotConnected);
     };
+    // Only between peers of one mesh (DESIGN 8, Trust): the sender must be a peer of
+    // another hub in the addressee's mesh, as this hub's replica of that mesh knows it. A
+    // delivery naming anyone else is dropped without an answer (its sender may not exist).
+    if link.mesh_of(from).as_deref() != Some(&**entry.flags.mesh()) {
+        link.store().refused("other_mesh");
+        return;
+    }
     match &invite {
         Some(AppInvite::Request(r)) => {
             let remembered = shared
@@ -402,21 +450,23 @@ fn deliver_here(
 }
 
 /// Makes the registry's hub objects the cluster's; writes this hub's if Redis has none (a
-/// new cluster, or Redis lost its state).
+/// new cluster, or Redis lost its state) or only ones that fail their HMAC (written
+/// without the cluster secret: this hub's verified copy replaces them).
 pub(crate) async fn sync_hub_objects(shared: Arc<HubShared>, registry: Addr<Registry>) {
     let Some(link) = shared.cluster.get() else {
         return;
     };
     let store = link.store();
-    let (version, objects) = match store.hub_objects().await {
-        Ok(current) => current,
+    let (version, objects, trusted) = match store.hub_objects().await {
+        Ok((version, objects)) => (version, objects, version > 0),
+        Err(ClusterError::Unverified { version }) => (version, Vec::new(), false),
         Err(e) => return debug!(error = %e, "cluster: hub objects not read"),
     };
-    if version == 0 {
+    if !trusted {
         let Ok(local) = registry.send(ListObjects).await else {
             return;
         };
-        match store.set_hub_objects(0, &local).await {
+        match store.set_hub_objects(version, &local).await {
             Ok(SetHubObjects::Set { version }) => {
                 link.reset_hub_objects(version);
                 info!(
@@ -442,12 +492,17 @@ pub(crate) async fn initial_hub_objects(
 ) -> Result<Vec<Object>, ClusterError> {
     let store = link.store();
     for _ in 0..CAS_ATTEMPTS {
-        let (version, objects) = store.hub_objects().await?;
-        if version > 0 {
-            link.reset_hub_objects(version);
-            return Ok(objects);
-        }
-        if let SetHubObjects::Set { version } = store.set_hub_objects(0, &local).await? {
+        let version = match store.hub_objects().await {
+            Ok((version, objects)) if version > 0 => {
+                link.reset_hub_objects(version);
+                return Ok(objects);
+            }
+            Ok((version, _)) => version,
+            // Not written with the cluster secret: this hub's replace them.
+            Err(ClusterError::Unverified { version }) => version,
+            Err(e) => return Err(e),
+        };
+        if let SetHubObjects::Set { version } = store.set_hub_objects(version, &local).await? {
             link.reset_hub_objects(version);
             return Ok(local);
         }
@@ -471,7 +526,18 @@ pub(crate) async fn apply_hub_op(
     let unavailable = |e: ClusterError| HubError::Cluster(e.to_string());
     let store = link.store();
     for _ in 0..CAS_ATTEMPTS {
-        let (version, current) = store.hub_objects().await.map_err(unavailable)?;
+        let (version, current) = match store.hub_objects().await {
+            Ok(read) => read,
+            // Not written with the cluster secret: the change applies to this hub's copy.
+            Err(ClusterError::Unverified { version }) => {
+                let local = registry
+                    .send(ListObjects)
+                    .await
+                    .map_err(|_| HubError::Stopped)?;
+                (version, local)
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         let mut next = PublishedObjects::from(current);
         let change = op.clone().apply_to(&mut next)?;
         if change == Change::None {

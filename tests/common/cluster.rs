@@ -20,6 +20,8 @@ pub struct InProcess {
     dirs: Vec<tempfile::TempDir>,
     /// Each hub's Redis user and password, on a secured Redis (hub i is `users[i]`).
     users: Vec<(String, String)>,
+    /// The `cluster.secret_file` of hubs added from now on.
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 impl InProcess {
@@ -39,6 +41,7 @@ impl InProcess {
                 .iter()
                 .map(|(u, p)| (u.to_string(), p.to_string()))
                 .collect(),
+            secret_file: None,
         };
         for _ in 0..n {
             cluster.add_hub(vec![Object::new("welcome", "hello")]);
@@ -60,6 +63,7 @@ impl InProcess {
             tls_ca: tls.ca,
             tls_cert: tls.client.as_ref().map(|(cert, _)| cert.clone()),
             tls_key: tls.client.map(|(_, key)| key),
+            secret_file: self.secret_file.clone(),
         }
     }
 

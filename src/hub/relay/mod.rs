@@ -74,7 +74,7 @@ pub use effects::{
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
 pub use peer_copy::PeerCopy;
 pub use peer_relay::{Note, PeerRelay, Reaction};
-pub use relayable::{relayable, relayed_name, RejectReason, RelayCaps};
+pub use relayable::{relayable, relayed_name, remote_relayable, RejectReason, RelayCaps};
 pub use view::{notify_only, View};
 
 use crate::cluster::PeerChange;

@@ -32,12 +32,12 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-use crate::addressing;
 use crate::certs::DataDir;
-use crate::session::{LocalNode, ObjectsSource, Received, Report, StateError};
+use crate::protocol::addressing;
+use crate::protocol::machine::{LocalNode, ObjectsSource, Received, Report, StateError};
+use crate::protocol::wire::{EncodeError, FrameError, Message, Object, P2ppiCodec};
+use crate::protocol::xml::{AppInvite, Invitation, InvitationAck, APPINVITE};
 use crate::tls::{self, Identity, PeerName, TlsError};
-use crate::wire::{EncodeError, FrameError, Message, Object, P2ppiCodec};
-use crate::xml::{AppInvite, Invitation, InvitationAck, APPINVITE};
 use uuid::Uuid;
 
 mod backoff;
@@ -495,8 +495,11 @@ impl Peer {
             .map(PeerName::as_str)
             .collect::<Vec<_>>()
             .join(",");
-        self.set(Object::new(crate::objects::names::WATCH_LIST, value))
-            .await
+        self.set(Object::new(
+            crate::protocol::objects::names::WATCH_LIST,
+            value,
+        ))
+        .await
     }
 
     /// Removes this peer's WATCH_LIST: the hub shows it its whole mesh again.
@@ -504,7 +507,8 @@ impl Peer {
     /// # Errors
     /// [`PeerError::State`] when no WATCH_LIST is published.
     pub async fn clear_watch_list(&self) -> Result<(), PeerError> {
-        self.delete(crate::objects::names::WATCH_LIST, None).await
+        self.delete(crate::protocol::objects::names::WATCH_LIST, None)
+            .await
     }
 
     /// Subscribes to the hub's objects (spec 3.1.4.3): the lists arrive as events.

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use common::cluster::{InProcess as Cluster, Processes};
 use common::hub_process::{sample, HubProcess};
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::hub::HubHandle;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, Peer, PeerEvent, PeerEvents};
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::Object;
 use uuid::Uuid;
 
 const MESH: &str = "blue";

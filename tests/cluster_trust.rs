@@ -13,9 +13,9 @@ use common::bin;
 use common::cluster::InProcess;
 use common::redis::RedisServer;
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
-use p2ppi_hub::objects::names;
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 
 const MESH: &str = "blue";
 const USERS: [(&str, &str); 2] = [("hub-a", "pw-of-hub-a"), ("hub-b", "pw-of-hub-b")];
@@ -357,7 +357,7 @@ async fn forged_cluster_traffic_reaches_no_peer_and_is_counted_by_kind() {
     let forged_deliver = InboxMessage::Deliver {
         to: bob_name.as_str().into(),
         from: alice_name.as_str().into(),
-        mime_type: p2ppi_hub::addressing::stamped("text/plain", &alice_name),
+        mime_type: p2ppi_hub::protocol::addressing::stamped("text/plain", &alice_name),
         text: "forged".into(),
     };
     let supersede = InboxMessage::Supersede {
@@ -407,7 +407,7 @@ async fn forged_cluster_traffic_reaches_no_peer_and_is_counted_by_kind() {
     // With the secret, as a compromised hub could: eve's state claiming to be alice
     // (CONTACT_DATA) and carrying an object in alice's name, written and published as a
     // script would; and a message to bob from a peer in no mesh of his.
-    let spoof = p2ppi_hub::xml::ContactData {
+    let spoof = p2ppi_hub::protocol::xml::ContactData {
         peer_name: alice_name.to_string(),
         ..Default::default()
     }
@@ -454,7 +454,7 @@ async fn forged_cluster_traffic_reaches_no_peer_and_is_counted_by_kind() {
     let from_oscar = InboxMessage::Deliver {
         to: bob_name.as_str().into(),
         from: oscar.as_str().into(),
-        mime_type: p2ppi_hub::addressing::stamped("text/plain", &oscar),
+        mime_type: p2ppi_hub::protocol::addressing::stamped("text/plain", &oscar),
         text: "forged".into(),
     };
     publish(&mut rogue, inbox, &sealed(&from_oscar, &right));

@@ -20,8 +20,8 @@ use super::scripts;
 use super::seal::{objects_json, Seal, Tagged};
 use super::ClusterError;
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Most peers one removal script handles.
 const REAP_BATCH: usize = 256;
@@ -29,7 +29,7 @@ const REAP_BATCH: usize = 256;
 /// again (each kind is logged once per episode, counted always).
 const BAD_QUIET: Duration = Duration::from_secs(60);
 
-/// Whose peers [`Inner::remove_peers`] removes.
+/// Whose peers [`StoreCore::remove_peers`] removes.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Removal<'a> {
     /// An expired hub's (the script re-checks the expiry).
@@ -39,7 +39,7 @@ pub(super) enum Removal<'a> {
 }
 
 /// State shared by the handles and the driver.
-pub(super) struct Inner {
+pub(super) struct StoreCore {
     pub(super) node: String,
     pub(super) lease: Duration,
     pub(super) conn: ConnectionManager,
@@ -74,7 +74,7 @@ pub(super) struct Inner {
     pub(super) bad: Mutex<HashMap<&'static str, std::time::Instant>>,
 }
 
-impl Inner {
+impl StoreCore {
     /// Counts refused cluster traffic of kind `reason` (the label of
     /// `p2ppi_cluster_bad_messages_total`), logging it once per episode: its first
     /// occurrence after [`BAD_QUIET`] without one.
@@ -227,7 +227,7 @@ impl Inner {
 
     /// Routes `peer` to this hub cluster-wide (a newer session supersedes any other hub's)
     /// and makes it a member of `mesh` with no objects; the hub that held it before, if
-    /// another did (`recover`: see [`Inner::with_lease`]).
+    /// another did (`recover`: see [`StoreCore::with_lease`]).
     pub(super) async fn claim(
         &self,
         peer: &PeerName,
@@ -268,7 +268,7 @@ impl Inner {
         }
     }
 
-    /// Writes a local peer's remembered state (`recover`: see [`Inner::with_lease`]); a
+    /// Writes a local peer's remembered state (`recover`: see [`StoreCore::with_lease`]); a
     /// peer whose claim has not reached Redis is claimed first.
     pub(super) async fn write_state(
         &self,

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::seal::{objects_json, Seal, Tagged};
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// One change on a mesh channel: a peer's whole relayed state, or its departure.
 #[derive(Debug, Clone, PartialEq, Eq)]

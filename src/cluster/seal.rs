@@ -31,7 +31,7 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 
-use crate::wire::Object;
+use crate::protocol::wire::Object;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 

@@ -374,7 +374,7 @@ async fn close_the_rest(
         );
         metrics::counter_add_reason(metrics::DRAINED_SESSIONS, reason, left as u64);
     }
-    shared.events.close();
+    shared.feed.close();
     for shard in shards {
         shard.do_send(CloseAll);
     }

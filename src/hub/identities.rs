@@ -57,7 +57,7 @@ use crate::blocklist::{BlockList, BlockStore};
 use crate::config::Config;
 use crate::metrics;
 use crate::tls::{
-    self, CertExpiry, CertIdentity, KeyLogTo, PeerName, PeerVerifier, Refusal, TlsError,
+    self, CertExpiry, CertIdentity, CertRefusal, KeyLogTo, PeerName, PeerVerifier, TlsError,
     TlsMaterial,
 };
 
@@ -234,7 +234,7 @@ impl Identities {
         cert: &SessionCert,
     ) -> Option<&'static str> {
         if self.blocked.contains(peer) {
-            return Some(Refusal::Blocked.close_reason());
+            return Some(CertRefusal::Blocked.close_reason());
         }
         let active = self.active();
         if active.generation == cert.generation {
@@ -244,7 +244,7 @@ impl Identities {
             .verifier
             .verify_chain(&cert.chain)
             .err()
-            .map(|e| Refusal::of_error(&e).close_reason())
+            .map(|e| CertRefusal::of_error(&e).close_reason())
     }
 }
 
@@ -379,7 +379,7 @@ fn reload(shared: &HubShared) -> Result<ReloadReport, ReloadError> {
     identities.active.store(active.clone());
     metrics::count_outcome(metrics::TLS_RELOADS, "ok");
     shared
-        .events
+        .feed
         .hub_certificate(Some(material.hub_expiry().not_after));
     let hub_certificate = material.hub_expiry().clone();
     info!(
@@ -442,7 +442,7 @@ fn recheck_sessions(
 fn refused_in_parallel(
     entries: &[SessionEntry],
     verifier: &PeerVerifier,
-) -> Vec<(SessionEntry, Refusal, rustls::Error)> {
+) -> Vec<(SessionEntry, CertRefusal, rustls::Error)> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if entries.len() < PARALLEL_RECHECK || threads == 1 {
         return refused_of(entries, verifier);
@@ -463,12 +463,12 @@ fn refused_in_parallel(
 fn refused_of(
     entries: &[SessionEntry],
     verifier: &PeerVerifier,
-) -> Vec<(SessionEntry, Refusal, rustls::Error)> {
+) -> Vec<(SessionEntry, CertRefusal, rustls::Error)> {
     entries
         .iter()
         .filter_map(|entry| {
             let error = verifier.verify_chain(&entry.cert.chain).err()?;
-            Some((entry.clone(), Refusal::of_error(&error), error))
+            Some((entry.clone(), CertRefusal::of_error(&error), error))
         })
         .collect()
 }

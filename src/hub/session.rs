@@ -49,17 +49,18 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
+use super::facts::{HubMessage, SessionFlags};
 use super::fanout::FanoutCore;
 use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayStart, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
 use super::relay::{Departure, Note, PeerRelay, Reaction, RejectReason, RelayedSet};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
-use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
+use super::shared::{Claim, ConnectionGuard, HubShared, SessionEntry};
 use super::throttle::Throttled;
 use crate::metrics;
-use crate::session::{Received, Report, SessionMachine};
+use crate::protocol::machine::{Received, Report, SessionMachine};
+use crate::protocol::wire::{FrameError, Inbound, Message, MessageType};
 use crate::tls::PeerName;
-use crate::wire::{FrameError, Inbound, Message, MessageType};
 
 /// The writer task ended.
 #[derive(Message)]
@@ -128,7 +129,7 @@ pub(crate) fn start(
         ctx.set_mailbox_capacity(256);
         let frames = FramedRead::with_capacity(
             CountingReader(read_half),
-            crate::wire::P2ppiCodec::new(),
+            crate::protocol::wire::P2ppiCodec::new(),
             READ_BUFFER_BYTES,
         );
         ctx.add_stream(Throttled::new(
@@ -228,7 +229,7 @@ impl Session {
             }
         }
         self.flags.store(&self.machine);
-        self.shared.events.flags_changed(self.id);
+        self.shared.feed.flags_changed(self.id);
     }
 
     /// Carries out what the relay policy decided about the peer's objects.
@@ -244,7 +245,7 @@ impl Session {
             self.flags
                 .set_watch(self.relay.watch().cloned(), self.relay.watch_refused());
             self.shared
-                .events
+                .feed
                 .objects_changed(self.id, self.relay.relayed());
             self.send_relay(ctx);
         }
@@ -321,7 +322,7 @@ impl Session {
             }
             Err(Unroutable { reason, invitation }) => {
                 self.shared
-                    .events
+                    .feed
                     .undelivered(&self.peer, invitation, reason.label());
                 self.unroutable(reason, invitation);
             }
@@ -469,7 +470,7 @@ impl Actor for Session {
         let subscribe = self.machine.subscribe();
         self.send(&subscribe);
         self.flags.store(&self.machine);
-        self.shared.events.session_started(self.id, &self.flags);
+        self.shared.feed.session_started(self.id, &self.flags);
         info!(parent: &self.span, "session started");
     }
 
@@ -495,7 +496,7 @@ impl Actor for Session {
         self.out.close();
         self.machine.disconnected();
         metrics::count_reason(metrics::SESSIONS_CLOSED, self.close_reason);
-        self.shared.events.session_ended(self.id, self.close_reason);
+        self.shared.feed.session_ended(self.id, self.close_reason);
         info!(parent: &self.span, reason = self.close_reason, "session ended");
     }
 }

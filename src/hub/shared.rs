@@ -9,8 +9,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use dashmap::DashMap;
 
-use super::events::{Events, Recent};
-pub use super::facts::{HubMessage, SessionFlags, SessionInfo, HUB_MESSAGES_KEPT};
+use super::facts::{HubMessage, SessionFlags, SessionInfo, HUB_MESSAGES_KEPT};
+use super::feed::{PresenceFeed, Recent};
 use super::invitations::Invitations;
 use super::messages::{Close, Deliver, SessionId};
 use crate::config::Config;
@@ -46,7 +46,7 @@ pub struct HubShared {
     pub(crate) index: DashMap<PeerName, SessionEntry>,
     pub(crate) invitations: Invitations,
     pub(crate) hub_messages: Recent<HubMessage>,
-    pub(crate) events: Events,
+    pub(crate) feed: PresenceFeed,
     pub(crate) sessions: AtomicUsize,
     pub(crate) connections: AtomicUsize,
     pub(crate) next_session_id: AtomicU64,
@@ -69,7 +69,7 @@ impl HubShared {
             index: DashMap::new(),
             invitations,
             hub_messages: Recent::new(HUB_MESSAGES_KEPT),
-            events: Events::new(event_queue, HUB_MESSAGES_KEPT),
+            feed: PresenceFeed::new(event_queue, HUB_MESSAGES_KEPT),
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             next_session_id: AtomicU64::new(1),
@@ -80,7 +80,7 @@ impl HubShared {
     }
 
     pub(crate) fn record_hub_message(&self, message: HubMessage) {
-        self.events.hub_message(&message);
+        self.feed.hub_message(&message);
         self.hub_messages.push(message);
     }
 

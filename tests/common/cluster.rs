@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use p2ppi_hub::config::{ClusterSection, Config};
 use p2ppi_hub::hub::{Hub, HubHandle};
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::wire::Object;
 
 use super::hub_process::HubProcess;
 use super::redis::RedisServer;

@@ -14,13 +14,14 @@
 
 use std::collections::HashMap;
 
-use super::peer_copy::PeerCopy;
 use super::relayable::{relayable, RejectReason, RelayCaps};
-use super::watch_list::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
+use super::watch_list::{watch_directive, WatchDirective, WatchError};
 use crate::config::RelaySection;
-use crate::session::ObjectsSource;
+use crate::protocol::machine::ObjectsSource;
+use crate::protocol::objects::names::WATCH_LIST;
+use crate::protocol::peer_copy::PeerCopy;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Something to count and log, once per change of state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +209,7 @@ impl PeerRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::relay::relayed_name;
+    use crate::protocol::objects::relayed_name;
 
     fn o(n: &str, v: &str) -> Object {
         Object::new(n, v)

@@ -24,8 +24,8 @@ use super::mesh_views::MeshViews;
 use super::relayable::RejectReason;
 use super::view::View;
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// What watchers' views are built from: the hub's objects and the placed peers.
 pub(super) struct Sources<'a> {

@@ -618,6 +618,9 @@ pub const MIN_CLUSTER_LEASE: Duration = Duration::from_secs(1);
 pub const MAX_CLUSTER_LEASE: Duration = Duration::from_secs(3600);
 /// Default of `cluster.handoff` (DESIGN 8, Hand-off).
 pub const DEFAULT_CLUSTER_HANDOFF: Duration = Duration::from_secs(5);
+/// Default of `cluster.max_queue_bytes`: what a hub's writes to Redis may hold while
+/// Redis is slow or away (one pending state per peer, and messages).
+pub const DEFAULT_CLUSTER_MAX_QUEUE_BYTES: usize = 16 << 20;
 /// Longest accepted node name, bytes (it is part of Redis keys and channel names).
 pub const MAX_NODE_NAME_BYTES: usize = 200;
 
@@ -661,6 +664,16 @@ pub struct ClusterSection {
     /// is on this machine (a loopback address or a unix socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
+    /// Most bytes of peer states and messages waiting to be written to Redis (while it is
+    /// slow or away). Each peer has at most one pending state (its latest); past the bound
+    /// a new state waits in its session (retried every second), and a message to a peer on
+    /// another hub is refused as if the peer were absent. At least 65520 (one message).
+    #[serde(default = "default_cluster_max_queue_bytes")]
+    pub max_queue_bytes: usize,
+}
+
+fn default_cluster_max_queue_bytes() -> usize {
+    DEFAULT_CLUSTER_MAX_QUEUE_BYTES
 }
 
 fn default_cluster_lease() -> Duration {
@@ -684,6 +697,7 @@ impl std::fmt::Debug for ClusterSection {
             tls_cert,
             tls_key,
             secret_file,
+            max_queue_bytes,
         } = self;
         f.debug_struct("ClusterSection")
             .field("redis", &redact_url(redis))
@@ -694,6 +708,7 @@ impl std::fmt::Debug for ClusterSection {
             .field("tls_cert", tls_cert)
             .field("tls_key", tls_key)
             .field("secret_file", secret_file)
+            .field("max_queue_bytes", max_queue_bytes)
             .finish()
     }
 }
@@ -710,6 +725,7 @@ impl ClusterSection {
             tls_cert: Some("/etc/p2ppi-hub/redis-client.pem".into()),
             tls_key: Some("/etc/p2ppi-hub/redis-client.key".into()),
             secret_file: Some("/etc/p2ppi-hub/cluster-secret".into()),
+            max_queue_bytes: DEFAULT_CLUSTER_MAX_QUEUE_BYTES,
         }
     }
 
@@ -817,6 +833,15 @@ impl ClusterSection {
                 format!(
                     "{} is outside 1s to 1h",
                     humantime::format_duration(self.lease)
+                ),
+            );
+        }
+        if self.max_queue_bytes < MESSAGE_SIZE_LIMIT {
+            return invalid(
+                "cluster.max_queue_bytes",
+                format!(
+                    "{} must hold at least one largest message ({MESSAGE_SIZE_LIMIT} bytes)",
+                    self.max_queue_bytes
                 ),
             );
         }

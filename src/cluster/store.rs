@@ -414,6 +414,11 @@ impl ClusterStore {
         self.inner.refused(reason);
     }
 
+    /// This hub's lease.
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
     /// Whether the last Redis round trip worked (for `/readyz`).
     pub fn redis_available(&self) -> bool {
         self.inner.redis_up.load(Ordering::Acquire)

@@ -61,17 +61,28 @@ pub(crate) async fn write_loop(
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        for write in coalesce(std::mem::take(&mut batch)) {
-            write_one(&store, &shared, write).await;
+        let Some(link) = shared.cluster.get() else {
+            continue;
+        };
+        let (writes, replaced) = coalesce(std::mem::take(&mut batch));
+        for (peer, session) in replaced {
+            link.take_state(&peer, session);
+        }
+        for write in writes {
+            write_one(&store, &shared, link, write).await;
         }
     }
 }
 
 /// Errors are counted and logged by the store, which re-asserts its peers' state once Redis
 /// answers again; only what needs the hub is handled here.
-async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
+async fn write_one(store: &ClusterStore, shared: &HubShared, link: &ClusterLink, write: Write) {
+    let holds = |peer: &PeerName, session| shared.lookup(peer).is_some_and(|e| e.id == session);
     match write {
-        Write::Claim { peer, mesh } => match store.claim(&peer, &mesh).await {
+        // A session that ended before its claim's turn (Redis was slow or away): nobody is
+        // shown a peer that has already left; its departure follows and finds no route.
+        Write::Claim { peer, session, .. } if !holds(&peer, session) => {}
+        Write::Claim { peer, mesh, .. } => match store.claim(&peer, &mesh).await {
             Ok(Some(previous)) => {
                 info!(%peer, %mesh, hub = %previous, "peer moved here from another hub");
             }
@@ -82,8 +93,14 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
             peer,
             mesh,
             session,
-            objects,
-        } if shared.lookup(&peer).is_some_and(|e| e.id == session) => {
+        } => {
+            // Always taken off the queue; written only by the session holding the peer.
+            let Some(objects) = link.take_state(&peer, session) else {
+                return;
+            };
+            if !holds(&peer, session) {
+                return; // a newer session's claim follows
+            }
             match store.set_peer(&peer, &mesh, &objects).await {
                 Ok(_) => {}
                 Err(ClusterError::NotOwner { owner, .. }) => {
@@ -93,8 +110,6 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
                 Err(e) => debug!(%peer, error = %e, "cluster: state not written yet"),
             }
         }
-        // A session that no longer holds the peer (a newer one's claim follows).
-        Write::Set { .. } => {}
         Write::Verify { peer, session } => match store.owner(&peer).await {
             Ok(Some(owner)) if owner != store.node() => {
                 info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
@@ -132,7 +147,15 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
             to,
             message,
             invitation,
+            queued_at,
+            bytes,
         } => {
+            link.message_done(bytes);
+            // Waited past the lease (Redis was slow): refused rather than delivered late.
+            if queued_at.elapsed() > store.lease() {
+                metrics::count_kind(metrics::CLUSTER_QUEUE_REFUSED, "stale");
+                return undelivered(shared, &from, &to, invitation, Undelivered::NotConnected);
+            }
             let reason = match store.send_to(&mesh, &to, &message).await {
                 Ok(RouteOutcome::Delivered { .. }) => return,
                 Ok(RouteOutcome::Absent) | Err(_) => Undelivered::NotConnected,
@@ -401,7 +424,9 @@ fn deliver_here(
             return;
         };
         let ack = crate::protocol::xml::InvitationAck::new(id, false, reason.explanation());
-        link.send(
+        // Refused itself when Redis is away: the inviter then hears nothing, as when a
+        // refusal is lost with the connection.
+        let _ = link.send(
             to,
             mesh,
             from,
@@ -653,8 +678,9 @@ pub(crate) type Joined = (mpsc::UnboundedReceiver<Write>, ClusterEvents);
 /// [`ClusterError`] when Redis cannot be reached or refuses.
 pub(crate) async fn connect(
     settings: &crate::cluster::ClusterSettings,
+    max_queue_bytes: usize,
 ) -> Result<(ClusterLink, Joined), ClusterError> {
     let (store, events) = ClusterStore::connect(settings).await?;
-    let (link, queue) = ClusterLink::new(store);
+    let (link, queue) = ClusterLink::new(store, max_queue_bytes);
     Ok((link, (queue, events)))
 }

@@ -22,6 +22,8 @@ pub struct InProcess {
     users: Vec<(String, String)>,
     /// The `cluster.secret_file` of hubs added from now on.
     pub secret_file: Option<std::path::PathBuf>,
+    /// The `cluster.max_queue_bytes` of hubs added from now on.
+    pub max_queue_bytes: usize,
 }
 
 impl InProcess {
@@ -42,6 +44,7 @@ impl InProcess {
                 .map(|(u, p)| (u.to_string(), p.to_string()))
                 .collect(),
             secret_file: None,
+            max_queue_bytes: p2ppi_hub::config::DEFAULT_CLUSTER_MAX_QUEUE_BYTES,
         };
         for _ in 0..n {
             cluster.add_hub(vec![Object::new("welcome", "hello")]);
@@ -64,6 +67,7 @@ impl InProcess {
             tls_cert: tls.client.as_ref().map(|(cert, _)| cert.clone()),
             tls_key: tls.client.map(|(_, key)| key),
             secret_file: self.secret_file.clone(),
+            max_queue_bytes: self.max_queue_bytes,
         }
     }
 

@@ -72,6 +72,52 @@ pub(super) struct StoreCore {
     pub(super) seal: Seal,
     /// Refused cluster traffic by kind: when each was last seen (for logging once).
     pub(super) bad: Mutex<HashMap<&'static str, std::time::Instant>>,
+    /// Wakes the recovery task (`recovery_loop`): the lease was lost, or writes may have
+    /// been lost and the local peers must be re-asserted.
+    pub(super) recovery: tokio::sync::Notify,
+    /// The lease the renewal found lost: its token and why.
+    pub(super) lost: Mutex<Option<(String, &'static str)>>,
+}
+
+/// Renews the lease every lease/3 on a timer of its own, and does nothing else: a lost
+/// lease, or writes that may have been lost, are handed to the recovery task.
+pub(super) async fn lease_loop(core: std::sync::Arc<StoreCore>) {
+    let mut tick = tokio::time::interval(core.lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is now: connect has just registered
+    loop {
+        tick.tick().await;
+        if core.left.load(Ordering::Acquire) {
+            return;
+        }
+        match core.renew().await {
+            Ok(None) if core.needs_recovery.load(Ordering::Acquire) => core.recovery.notify_one(),
+            Ok(None) => {}
+            Ok(Some(lost)) => {
+                *core.lost.lock().expect("lost lease lock") = Some(lost);
+                core.recovery.notify_one();
+            }
+            // Counted and logged where it happened; the next tick tries again.
+            Err(e) => tracing::debug!(error = %e, "cluster: lease renewal failed"),
+        }
+    }
+}
+
+/// Recovers when told to (`lease_loop`, or Redis answering again): re-registers after a
+/// lost lease, or re-asserts the local peers.
+pub(super) async fn recovery_loop(core: std::sync::Arc<StoreCore>) {
+    loop {
+        core.recovery.notified().await;
+        let lost = core.lost.lock().expect("lost lease lock").take();
+        let result = match lost {
+            Some((token, reason)) => core.recover_from(&token, reason).await,
+            None => core.reassert_and_tell().await,
+        };
+        if let Err(e) = result {
+            // Counted and logged where it happened; the lease tick asks again.
+            tracing::debug!(error = %e, "cluster: recovery failed");
+        }
+    }
 }
 
 impl StoreCore {
@@ -234,6 +280,19 @@ impl StoreCore {
         mesh: &str,
         recover: bool,
     ) -> Result<Option<String>, ClusterError> {
+        self.claim_with(peer, mesh, None, recover).await
+    }
+
+    /// A claim; `state`: the objects JSON of a re-claim, written by the same script (see
+    /// `scripts::CLAIM`), else the new session's empty state.
+    async fn claim_with(
+        &self,
+        peer: &PeerName,
+        mesh: &str,
+        state: Option<&str>,
+        recover: bool,
+    ) -> Result<Option<String>, ClusterError> {
+        let objects = state.map_or_else(|| objects_json(&[]), str::to_owned);
         let notice = InboxMessage::Supersede {
             peer: peer.as_str().to_owned(),
             by: self.node.clone(),
@@ -251,8 +310,9 @@ impl StoreCore {
                     peer.as_str().to_owned(),
                     mesh.to_owned(),
                     notice,
-                    self.seal.state_tag(peer.as_str(), mesh, &objects_json(&[])),
+                    self.seal.state_tag(peer.as_str(), mesh, &objects),
                     self.seal.gone_tag(peer.as_str(), mesh),
+                    state.unwrap_or_default().to_owned(),
                 ],
                 recover,
             )
@@ -314,6 +374,29 @@ impl StoreCore {
                 }),
             },
             [unchanged] if unchanged == "unchanged" => Ok(None),
+            // Only a claim creates a route: claimed again while this hub still holds the
+            // peer (Redis lost its state, or the route was reaped), else nothing.
+            [unrouted] if unrouted == "unrouted" => {
+                if !self.holds(peer) {
+                    return Ok(None);
+                }
+                let state = self
+                    .local
+                    .lock()
+                    .expect("local peers lock")
+                    .get(peer)
+                    .cloned();
+                let Some((mesh, json)) = state else {
+                    return Ok(None);
+                };
+                Box::pin(self.claim_with(peer, &mesh, Some(&json), recover)).await?;
+                if !self.holds(peer) {
+                    // Its departure landed while it was being claimed: written again now,
+                    // so it does not stay.
+                    self.write_gone(peer).await?;
+                }
+                Ok(None)
+            }
             [not_owner, owner] if not_owner == "not-owner" => {
                 self.local.lock().expect("local peers lock").remove(peer);
                 Err(ClusterError::NotOwner {
@@ -326,6 +409,14 @@ impl StoreCore {
                 reply,
             }),
         }
+    }
+
+    /// Whether this hub holds `peer` (claimed, its departure not written).
+    fn holds(&self, peer: &PeerName) -> bool {
+        self.local
+            .lock()
+            .expect("local peers lock")
+            .contains_key(peer)
     }
 
     /// Marks a local peer's state *moving* (its session was drained; DESIGN 8, Hand-off).
@@ -356,7 +447,10 @@ impl StoreCore {
                 Ok(reply.first().map(String::as_str) == Some("ok"))
             }
             Err(e) => {
+                // Retried by the next re-assertion, whatever the error was (a server error,
+                // a refused command say, marks nothing by itself).
                 pending.insert(peer.clone());
+                self.needs_recovery.store(true, Ordering::Release);
                 Err(e)
             }
         }
@@ -466,6 +560,9 @@ impl StoreCore {
     /// events to hand over once the recovery lock is released: a [`ClusterEvent::Superseded`]
     /// for each peer another hub holds now, then [`ClusterEvent::Reasserted`].
     pub(super) async fn reassert(&self) -> Result<Vec<ClusterEvent>, ClusterError> {
+        // Cleared before reading what to write: anything failing from now on (a departure
+        // written meanwhile by the hub) marks it again, so it is not forgotten.
+        self.needs_recovery.store(false, Ordering::Release);
         let gone: Vec<PeerName> = self
             .pending_gone
             .lock()
@@ -491,18 +588,21 @@ impl StoreCore {
                 Err(ClusterError::NotOwner { peer, owner }) => {
                     events.push(ClusterEvent::Superseded { peer, owner });
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.needs_recovery.store(true, Ordering::Release);
+                    return Err(e);
+                }
             }
         }
-        self.needs_recovery.store(false, Ordering::Release);
         events.push(ClusterEvent::Reasserted { peers: count });
         Ok(events)
     }
 
-    /// Renews the lease; a lost lease is recovered at once.
-    pub(super) async fn renew(&self) -> Result<(), ClusterError> {
+    /// Renews the lease (one round trip, nothing else). `Some((token, reason))` when the
+    /// lease under `token` is lost: the recovery task re-registers.
+    pub(super) async fn renew(&self) -> Result<Option<(String, &'static str)>, ClusterError> {
         if self.left.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(None);
         }
         let token = self.token();
         let reply = self
@@ -517,17 +617,9 @@ impl StoreCore {
             )
             .await?;
         match reply.as_slice() {
-            [ok, _] if ok == "ok" => {
-                if self.needs_recovery.load(Ordering::Acquire) {
-                    let guard = self.recovering.lock().await;
-                    let events = self.reassert().await?;
-                    drop(guard);
-                    for event in events {
-                        self.emit(event).await;
-                    }
-                }
-                Ok(())
-            }
+            [ok, _] if ok == "ok" => Ok(None),
+            // A recovery registered meanwhile: the token renewed was already replaced.
+            [lost, _] if lost == "lost" && self.token() != token => Ok(None),
             [lost, reason] if lost == "lost" => {
                 let reason = match reason.as_str() {
                     "taken" => {
@@ -541,13 +633,29 @@ impl StoreCore {
                     "gone" => "gone",
                     _ => "expired",
                 };
-                self.recover_from(&token, reason).await
+                Ok(Some((token, reason)))
             }
             _ => Err(ClusterError::Reply {
                 op: "renew lease",
                 reply,
             }),
         }
+    }
+
+    /// Re-asserts the local peers (writes may have been lost) and hands the hub what that
+    /// found.
+    pub(super) async fn reassert_and_tell(&self) -> Result<(), ClusterError> {
+        if !self.needs_recovery.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let guard = self.recovering.lock().await;
+        let events = self.reassert().await?;
+        // Never wait for the hub while holding the lock its own calls may need.
+        drop(guard);
+        for event in events {
+            self.emit(event).await;
+        }
+        Ok(())
     }
 
     /// Removes the peers of every expired hub (one script per mesh); returns how long until

@@ -1,6 +1,7 @@
 //! The driver task of a [`ClusterStore`](super::ClusterStore): owns the mesh replicas,
 //! reads the pub/sub pushes in order (changes, subscription confirmations, disconnections),
-//! renews the lease every lease/3, reaps expired hubs as soon as their lease ends, and
+//! subscribes again and reloads what a lost connection left behind every lease/3, reaps
+//! expired hubs as soon as their lease ends, and
 //! hands the hub [`ClusterEvent`]s. Every change a replica makes is announced through one
 //! function ([`Driver::announce`]), which also keeps the routing index derived from them.
 
@@ -88,14 +89,12 @@ impl Driver {
         }
     }
 
-    /// Renews the lease (recovering if it was lost), subscribes again where a subscription
-    /// failed, and reloads replicas that could not be reloaded earlier.
+    /// Subscribes again where a subscription failed, and reloads replicas that could not be
+    /// reloaded earlier (the lease is renewed by a task of its own, `core::lease_loop`).
     async fn on_tick(&mut self) {
         self.settle().await;
-        // Errors are counted and logged where they happen; the next tick retries.
-        if let Err(e) = self.inner.renew().await {
-            tracing::debug!(error = %e, "cluster: lease renewal failed");
-            return;
+        if !self.inner.redis_up.load(Ordering::Acquire) {
+            return; // the next tick tries again
         }
         let unsubscribed: Vec<String> = self
             .meshes
@@ -265,7 +264,7 @@ impl Driver {
                     && self.inner.needs_recovery.load(Ordering::Acquire)
                 {
                     // Redis answers again: re-assert now rather than at the next tick.
-                    let _ = self.inner.renew().await;
+                    self.inner.recovery.notify_one();
                 }
             }
             PushKind::Message => {

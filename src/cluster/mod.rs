@@ -154,6 +154,13 @@ pub enum ClusterError {
         /// The version they claim.
         version: u64,
     },
+    /// A state written for a peer this hub does not hold (its session ended, or it was
+    /// never claimed): nothing is written, so a late write cannot bring it back.
+    #[error("peer {peer} is not held by this hub: its state is not written")]
+    Departed {
+        /// The peer.
+        peer: PeerName,
+    },
     /// Objects could not be encoded (never expected: they are plain strings).
     #[error("encoding {what}: {source}")]
     Encode {

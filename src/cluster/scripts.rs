@@ -159,8 +159,11 @@ return out
     ))
 });
 
-/// ARGV: hub, token, peer, mesh, supersede notice (sealed), tag of an empty state, departure
-/// tag. A new session of `peer` on `hub`:
+/// ARGV: hub, token, peer, mesh, supersede notice (sealed), state tag, departure tag, and
+/// the objects JSON of a re-claim ('' for a new session, whose state is empty and tagged
+/// so). A re-claim (this hub still holds the peer, but its route is gone: Redis lost its
+/// state) writes the peer's state in the same script, so no hub sees it empty meanwhile.
+/// A new session of `peer` on `hub`:
 /// routes the PeerName here, tells the previous owner hub through its inbox, and makes the
 /// peer a member of `mesh`. Its previous state is either removed (published as gone) and
 /// replaced by a membership with no objects yet (published), or, when a drain left it
@@ -172,7 +175,7 @@ pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
         prelude!(),
         r#"
 local hub, token, peer, mesh, notice = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local tag, gone = ARGV[6], ARGV[7]
+local tag, gone, reclaim = ARGV[6], ARGV[7], ARGV[8]
 if not lease_live(hub, token) then return {'lease-lost'} end
 local prev = redis.call('HGET', P .. 'routes', peer)
 if prev and prev ~= hub then
@@ -182,7 +185,9 @@ end
 local pk = P .. 'peer:' .. peer
 local st = redis.call('HMGET', pk, 'mesh', 'objects', 'moving', 'tag')
 local objects, how = '[]', ''
-if st[3] and st[1] == mesh and st[2] then
+if reclaim ~= '' then
+  objects, how = reclaim, 'reclaim'
+elseif st[3] and st[1] == mesh and st[2] then
   -- The moving state keeps its writer's tag: same peer, mesh and objects.
   objects, tag, how = st[2], st[4] or '', 'handoff'
   redis.call('HDEL', pk, 'moving')
@@ -217,8 +222,10 @@ return {'ok'}
 
 /// ARGV: hub, token, peer, mesh, objects JSON, state tag, departure tag. A peer's relayed state changed (or is
 /// re-asserted): write it, bump the mesh sequence, publish it. `{ok, seq}`, `{unchanged}`,
-/// `{not-owner, hub}` or `{lease-lost}`. A missing route (reaped, or Redis lost its state)
-/// is taken: this hub holds the session.
+/// `{not-owner, hub}`, `{unrouted}` or `{lease-lost}`. Only a claim creates a route: a
+/// missing one (the peer departed, was reaped, or Redis lost its state) is `{unrouted}`,
+/// and the store claims the peer again only if it still holds it, so a late write can
+/// never bring a departed peer back.
 pub(crate) static SET_STATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -227,8 +234,8 @@ local hub, token, peer, mesh, objects = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV
 local tag, gone = ARGV[6], ARGV[7]
 if not lease_live(hub, token) then return {'lease-lost'} end
 local route = redis.call('HGET', P .. 'routes', peer)
-if route and route ~= hub then return {'not-owner', route} end
-redis.call('HSET', P .. 'routes', peer, hub)
+if not route then return {'unrouted'} end
+if route ~= hub then return {'not-owner', route} end
 redis.call('HSET', P .. 'owned:' .. hub, peer, mesh)
 local seq = write_state(peer, mesh, hub, objects, tag, gone)
 if not seq then return {'unchanged'} end

@@ -287,11 +287,14 @@ pub struct ClusterStore {
     _driver: Arc<DriverGuard>,
 }
 
-struct DriverGuard(tokio::task::JoinHandle<()>);
+/// The store's tasks (the driver, the lease, the recovery): aborted with the last handle.
+struct DriverGuard(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for DriverGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -363,6 +366,8 @@ impl ClusterStore {
             events,
             remote: RemoteIndex::default(),
             seal: Seal::new(secrets, settings.secret_file.clone()),
+            recovery: tokio::sync::Notify::new(),
+            lost: Mutex::new(None),
             bad: Mutex::new(HashMap::new()),
         });
         inner.register().await?;
@@ -376,11 +381,17 @@ impl ClusterStore {
         .map_err(|source| inner.failed("subscribe", source))?;
         metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 1.0);
         let driver = Driver::new(inner.clone());
-        let handle = tokio::spawn(driver.run(push_rx, command_rx));
+        let tasks = vec![
+            tokio::spawn(driver.run(push_rx, command_rx)),
+            // The lease on a timer of its own: nothing the driver or the hub awaits (a full
+            // event queue, a long re-assertion) can delay a renewal into a lost lease.
+            tokio::spawn(super::core::lease_loop(inner.clone())),
+            tokio::spawn(super::core::recovery_loop(inner.clone())),
+        ];
         Ok((
             ClusterStore {
                 inner,
-                _driver: Arc::new(DriverGuard(handle)),
+                _driver: Arc::new(DriverGuard(tasks)),
             },
             ClusterEvents(event_rx),
         ))
@@ -457,8 +468,9 @@ impl ClusterStore {
     ///
     /// # Errors
     /// [`ClusterError::NotOwner`] if another hub holds the peer now (close the session);
-    /// [`ClusterError::Redis`] if Redis cannot be reached (the store re-asserts the state
-    /// once it can).
+    /// [`ClusterError::Departed`] if this hub does not hold it (never claimed, or its
+    /// departure was written); [`ClusterError::Redis`] if Redis cannot be reached (the
+    /// store re-asserts the state once it can).
     pub async fn set_peer(
         &self,
         peer: &PeerName,
@@ -469,11 +481,18 @@ impl ClusterStore {
             what: "relayed objects",
             source,
         })?;
-        self.inner
+        // Only a claimed peer's state is written: one written after its departure would
+        // bring it back (DESIGN 8: only a claim creates a route).
+        match self
+            .inner
             .local
             .lock()
             .expect("local peers lock")
-            .insert(peer.clone(), (mesh.to_owned(), json));
+            .get_mut(peer)
+        {
+            Some(state) => *state = (mesh.to_owned(), json),
+            None => return Err(ClusterError::Departed { peer: peer.clone() }),
+        }
         self.inner.write_state(peer, true).await
     }
 

@@ -661,3 +661,65 @@ async fn a_hub_that_reads_no_events_still_renews_its_lease() {
     assert_eq!(route(&server, 1).as_deref(), Some("a"));
     drop(a);
 }
+
+/// Waits until `cond` holds, failing at the deadline.
+async fn until_true(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < common::DEADLINE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_is_noticed_by_the_probe_and_resubscribed() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let lease = Duration::from_secs(3);
+    let mut a = Hub::join(&server, "a", lease).await;
+    let b = Hub::join(&server, "b", LONG).await;
+    a.online(1, "on a").await;
+    // Pub/sub to a goes silent (its inbox unsubscribed behind its back) while its commands
+    // keep working: the probe it publishes every tick no longer comes back.
+    a.store.unsubscribe_inbox_channel().await.unwrap();
+    until_true("a finds pub/sub silent (/readyz 503)", || {
+        !a.store.redis_available()
+    })
+    .await;
+    until_true("a subscribed again and its probe came back", || {
+        a.store.redis_available()
+    })
+    .await;
+    // Its inbox delivers again.
+    let message = InboxMessage::Deliver {
+        to: peer(1).as_str().into(),
+        from: peer(2).as_str().into(),
+        mime_type: "text/plain".into(),
+        text: "after".into(),
+    };
+    b.store.claim(&peer(2), MESH).await.unwrap();
+    assert!(matches!(
+        b.store.send_to(MESH, &peer(1), &message).await.unwrap(),
+        RouteOutcome::Delivered { .. }
+    ));
+    a.expect("the message", |e| {
+        *e == ClusterEvent::Inbox(message.clone())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_last_message_is_found_by_the_sequence_check() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut a = Hub::join(&server, "a", Duration::from_secs(3)).await;
+    let b = Hub::join(&server, "b", LONG).await;
+    b.online(1, "first").await;
+    a.until("a sees b's peer", &[(1, "first")]).await;
+    // A change a misses, and no change after it to show the gap.
+    a.store.unsubscribe_mesh_channel(MESH).await.unwrap();
+    b.set(1, "lost").await;
+    a.until("a catches up by itself", &[(1, "lost")]).await;
+}

@@ -77,6 +77,9 @@ pub(super) struct StoreCore {
     pub(super) recovery: tokio::sync::Notify,
     /// The lease the renewal found lost: its token and why.
     pub(super) lost: Mutex<Option<(String, &'static str)>>,
+    /// Whether pub/sub delivers: the driver's liveness probe came back (DESIGN 8,
+    /// Liveness). `/readyz` is 503 while it does not.
+    pub(super) pubsub_up: AtomicBool,
 }
 
 /// Renews the lease every lease/3 on a timer of its own, and does nothing else: a lost

@@ -38,6 +38,13 @@ struct Mesh {
 pub(super) struct Driver {
     inner: Arc<StoreCore>,
     meshes: HashMap<String, Mesh>,
+    /// The last liveness probe published to this hub's inbox, and the last that came back
+    /// (DESIGN 8, Liveness).
+    probe_sent: u64,
+    probe_seen: u64,
+    /// Meshes whose sequence in Redis was ahead of the replica at the last tick: the
+    /// sequence then. Still behind it a tick later, a message was lost: reload.
+    behind: HashMap<String, u64>,
 }
 
 impl Driver {
@@ -45,6 +52,9 @@ impl Driver {
         Self {
             inner,
             meshes: HashMap::new(),
+            probe_sent: 0,
+            probe_seen: 0,
+            behind: HashMap::new(),
         }
     }
 
@@ -96,6 +106,8 @@ impl Driver {
         if !self.inner.redis_up.load(Ordering::Acquire) {
             return; // the next tick tries again
         }
+        self.probe().await;
+        self.check_sequences().await;
         let unsubscribed: Vec<String> = self
             .meshes
             .iter()
@@ -113,6 +125,129 @@ impl Driver {
             .collect();
         for mesh in unsynced {
             self.reload(&mesh, ResyncCause::Reconnect).await;
+        }
+    }
+
+    /// The liveness probe: the previous tick's probe must have come back by now, or pub/sub
+    /// is silent (the connection answers commands but delivers nothing): `/readyz` turns
+    /// 503, every channel is subscribed again and every replica reloaded. Then the next
+    /// probe is published.
+    async fn probe(&mut self) {
+        if self.probe_sent > self.probe_seen {
+            if self.inner.pubsub_up.swap(false, Ordering::AcqRel) {
+                tracing::warn!(
+                    "cluster: pub/sub is silent (this hub's probe did not come back within a \
+                     tick): subscribing again and reloading every mesh; /readyz is 503 until \
+                     it delivers"
+                );
+            }
+            self.resubscribe_all().await;
+        }
+        self.probe_sent += 1;
+        let Ok(payload) = (InboxMessage::Probe { n: self.probe_sent }).seal(&self.inner.seal)
+        else {
+            return;
+        };
+        // Counted and logged where it fails; the next tick finds the probe missing.
+        let _ = self
+            .inner
+            .command::<i64>(
+                "probe",
+                redis::cmd("PUBLISH")
+                    .arg(keys::inbox_channel(&self.inner.node))
+                    .arg(payload),
+            )
+            .await;
+    }
+
+    /// Subscribes again to every channel and reloads every replica (pub/sub was silent).
+    async fn resubscribe_all(&mut self) {
+        let mut channels = vec![
+            keys::inbox_channel(&self.inner.node),
+            keys::hub_objects_channel(),
+            keys::blocked_channel(),
+        ];
+        channels.extend(self.meshes.keys().map(|m| keys::mesh_channel(m)));
+        let mut conn = self.inner.conn.clone();
+        if let Err(source) = conn.subscribe(&channels).await {
+            drop(self.inner.failed("subscribe", source));
+            return;
+        }
+        let meshes: Vec<String> = self.meshes.keys().cloned().collect();
+        for mesh in meshes {
+            if let Some(m) = self.meshes.get_mut(&mesh) {
+                m.replica.mark_unsynced();
+            }
+            self.reload(&mesh, ResyncCause::Silent).await;
+        }
+        // Block list notices may have been lost too.
+        self.inner.emit(ClusterEvent::BlockedChanged).await;
+    }
+
+    /// Compares each synced replica with its mesh's epoch and sequence in Redis: a new
+    /// epoch reloads at once; a sequence still ahead of the replica a tick after it was
+    /// seen means a message was lost with no later one to show the gap: reload.
+    async fn check_sequences(&mut self) {
+        let names: Vec<String> = self
+            .meshes
+            .iter()
+            .filter(|(_, m)| m.subscribed && m.replica.is_synced())
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.behind.retain(|name, _| names.contains(name));
+        if names.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HMGET")
+                .arg(keys::mesh(name))
+                .arg("epoch")
+                .arg("seq");
+        }
+        let mut conn = self.inner.conn.clone();
+        let replies: Vec<(Option<String>, Option<u64>)> = match pipe.query_async(&mut conn).await {
+            Ok(replies) => {
+                self.inner.succeeded();
+                replies
+            }
+            Err(source) => return drop(self.inner.failed("mesh sequences", source)),
+        };
+        let mut reload = Vec::new();
+        for (name, reply) in names.into_iter().zip(replies) {
+            let (Some(m), (Some(epoch), Some(seq))) = (self.meshes.get(&name), reply) else {
+                continue;
+            };
+            if epoch != m.replica.epoch() {
+                self.behind.remove(&name);
+                reload.push((name, ResyncCause::Epoch));
+                continue;
+            }
+            let at = m.replica.seq();
+            match self.behind.get(&name) {
+                Some(&was) if at < was => {
+                    tracing::info!(mesh = %name, at, was, "cluster: a message was lost, reloading the mesh");
+                    self.behind.remove(&name);
+                    reload.push((name, ResyncCause::Gap));
+                }
+                _ if seq > at => {
+                    self.behind.insert(name, seq);
+                }
+                _ => {
+                    self.behind.remove(&name);
+                }
+            }
+        }
+        for (name, cause) in reload {
+            if cause == ResyncCause::Gap {
+                // The mesh's subscription may be what went silent: subscribing again to a
+                // channel already subscribed changes nothing.
+                let mut conn = self.inner.conn.clone();
+                if let Err(source) = conn.subscribe(keys::mesh_channel(&name)).await {
+                    drop(self.inner.failed("subscribe", source));
+                }
+            }
+            self.reload(&name, cause).await;
         }
     }
 
@@ -236,6 +371,8 @@ impl Driver {
         match push.kind {
             PushKind::Disconnection => {
                 self.inner.disconnected();
+                // A probe lost with the connection says nothing of pub/sub.
+                self.probe_seen = self.probe_sent;
                 // The client re-subscribes by itself; the confirmation (or, failing that,
                 // the tick) reloads each replica.
                 for m in self.meshes.values_mut() {
@@ -316,6 +453,14 @@ impl Driver {
             }
         } else if channel == keys::inbox_channel(&self.inner.node) {
             match InboxMessage::open(payload, &self.inner.seal) {
+                Ok(InboxMessage::Probe { n }) => {
+                    if n <= self.probe_sent {
+                        self.probe_seen = self.probe_seen.max(n);
+                    }
+                    if !self.inner.pubsub_up.swap(true, Ordering::AcqRel) {
+                        tracing::info!("cluster: pub/sub delivers again");
+                    }
+                }
                 Ok(message) => self.inner.emit(ClusterEvent::Inbox(message)).await,
                 Err(e) => bad(e),
             }

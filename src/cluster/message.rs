@@ -120,6 +120,12 @@ pub enum InboxMessage {
         /// The hub that holds the newer session.
         by: String,
     },
+    /// The liveness probe a hub publishes to itself every lease/3 (DESIGN 8, Liveness):
+    /// its return says pub/sub delivers. The store's driver consumes it.
+    Probe {
+        /// Its number, one more each tick.
+        n: u64,
+    },
 }
 
 impl InboxMessage {

@@ -368,6 +368,7 @@ impl ClusterStore {
             seal: Seal::new(secrets, settings.secret_file.clone()),
             recovery: tokio::sync::Notify::new(),
             lost: Mutex::new(None),
+            pubsub_up: AtomicBool::new(true),
             bad: Mutex::new(HashMap::new()),
         });
         inner.register().await?;
@@ -430,9 +431,10 @@ impl ClusterStore {
         self.inner.lease
     }
 
-    /// Whether the last Redis round trip worked (for `/readyz`).
+    /// Whether the last Redis round trip worked and pub/sub delivers (the liveness probe
+    /// came back): `/readyz`.
     pub fn redis_available(&self) -> bool {
-        self.inner.redis_up.load(Ordering::Acquire)
+        self.inner.redis_up.load(Ordering::Acquire) && self.inner.pubsub_up.load(Ordering::Acquire)
     }
 
     /// A new session of `peer` in `mesh` on this hub: routes the PeerName here cluster-wide,

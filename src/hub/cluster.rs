@@ -264,6 +264,8 @@ pub(crate) async fn event_loop(
                 };
                 deliver_here(&shared, link, &from, &to, mime_type, text);
             }
+            // Consumed by the store's driver; never handed over.
+            ClusterEvent::Inbox(InboxMessage::Probe { .. }) => {}
             ClusterEvent::Inbox(InboxMessage::Supersede { peer, .. }) => {
                 if let Some(peer) = PeerName::parse(&peer) {
                     supersede(&shared, link, &peer);
@@ -344,7 +346,10 @@ async fn on_mesh(
     } else {
         registry.do_send(changes);
     }
-    if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
+    if matches!(
+        resync,
+        Some(ResyncCause::Reconnect | ResyncCause::Epoch | ResyncCause::Silent)
+    ) {
         tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
     }
 }

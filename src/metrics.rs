@@ -92,6 +92,9 @@ pub const CLUSTER_REAPED_PEERS: &str = "p2ppi_cluster_reaped_peers_total";
 /// the cluster secret (`mesh_tag`, `inbox_tag`, `state_tag`, `hub_objects_tag`), a remote
 /// object past this hub's checks (`remote_…`), a delivery between meshes (`other_mesh`).
 pub const CLUSTER_BAD_MESSAGES: &str = "p2ppi_cluster_bad_messages_total";
+/// The cluster's hub objects that could not be applied here (the registry refused them or
+/// could not persist them), each tried again a lease/3 later.
+pub const CLUSTER_HUB_OBJECTS_FAILED: &str = "p2ppi_cluster_hub_objects_failed_total";
 /// Bytes of peer states and messages waiting to be written to Redis (gauge).
 pub const CLUSTER_QUEUE_BYTES: &str = "p2ppi_cluster_queue_bytes";
 /// Writes refused by the write queue, by `kind` (`state`: past `cluster.max_queue_bytes`,
@@ -329,6 +332,11 @@ fn describe() {
         CLUSTER_BAD_MESSAGES,
         Unit::Count,
         "Cluster traffic refused, by reason (undecodable, unverifiable tag, remote object past this hub's checks, delivery between meshes)."
+    );
+    describe_counter!(
+        CLUSTER_HUB_OBJECTS_FAILED,
+        Unit::Count,
+        "Cluster hub objects that could not be applied here; each is tried again a lease/3 later."
     );
     describe_gauge!(
         CLUSTER_QUEUE_BYTES,

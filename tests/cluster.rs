@@ -831,3 +831,38 @@ async fn wait_for_status(hub: &HubProcess, path: &str, status: u16) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[actix_rt::test]
+async fn hub_objects_a_hub_could_not_apply_are_applied_once_it_can() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let (a, b) = (cluster.hub(0), cluster.hub(1));
+    let (sb, mut sb_events) = subscriber(&cluster.pki, &b, "sub-b").await;
+    view_becomes(&sb, &mut sb_events, &[welcome()], "the first view").await;
+    // Hub b cannot persist its objects for now (its temporary file's name is taken), so it
+    // cannot apply the change made through hub a when it is announced.
+    let blocker = cluster.data_dir(1).join("objects.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let failed = || {
+        series(
+            &p2ppi_hub::metrics::install().render(),
+            "p2ppi_cluster_hub_objects_failed_total",
+        )
+    };
+    let before = failed();
+    let changed = Object::new("welcome", "changed");
+    a.set(changed.clone()).await.unwrap();
+    assert_eq!(a.list().await.unwrap(), vec![changed.clone()]);
+    wait_until("hub b failed to apply the change", || failed() > before).await;
+    assert_eq!(b.list().await.unwrap(), vec![welcome()]);
+    // Once it can, it applies the version it had to skip, with no further announcement.
+    std::fs::remove_dir(&blocker).unwrap();
+    view_becomes(
+        &sb,
+        &mut sb_events,
+        &[changed],
+        "hub b applied the change late",
+    )
+    .await;
+}

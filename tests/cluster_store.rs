@@ -723,3 +723,40 @@ async fn a_lost_last_message_is_found_by_the_sequence_check() {
     b.set(1, "lost").await;
     a.until("a catches up by itself", &[(1, "lost")]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_redis_is_seeded_by_the_newest_copy_and_never_rolled_back() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Hub::join(&server, "a", LONG).await;
+    let b = Hub::join(&server, "b", LONG).await;
+    let objects = |text: &str| vec![Object::new("welcome", text)];
+    // After Redis lost its state every hub offers its copy at its version, in any order:
+    // the newest wins.
+    assert!(a
+        .store
+        .seed_hub_objects(3, &objects("three"))
+        .await
+        .unwrap());
+    assert!(!b.store.seed_hub_objects(2, &objects("two")).await.unwrap());
+    assert_eq!(
+        a.store.hub_objects().await.unwrap(),
+        (3, objects("three")),
+        "an older copy replaced a newer one"
+    );
+    assert!(b.store.seed_hub_objects(5, &objects("five")).await.unwrap());
+    assert_eq!(b.store.hub_objects().await.unwrap(), (5, objects("five")));
+    // A change through a hub (compare-and-set on the version) is never replaced by a copy.
+    assert_eq!(
+        a.store.set_hub_objects(5, &objects("six")).await.unwrap(),
+        SetHubObjects::Set { version: 6 }
+    );
+    assert!(!b.store.seed_hub_objects(9, &objects("nine")).await.unwrap());
+    assert_eq!(a.store.hub_objects().await.unwrap(), (6, objects("six")));
+    // A replace against a version that moved on is refused, to be retried on the new one.
+    assert_eq!(
+        b.store.set_hub_objects(5, &objects("late")).await.unwrap(),
+        SetHubObjects::Conflict { current: 6 }
+    );
+}

@@ -142,6 +142,9 @@ impl Driver {
                 );
             }
             self.resubscribe_all().await;
+        } else if !self.inner.pubsub_up.swap(true, Ordering::AcqRel) {
+            // Ready again only once a whole tick's probe came back.
+            tracing::info!("cluster: pub/sub delivers again");
         }
         self.probe_sent += 1;
         let Ok(payload) = (InboxMessage::Probe { n: self.probe_sent }).seal(&self.inner.seal)
@@ -456,9 +459,6 @@ impl Driver {
                 Ok(InboxMessage::Probe { n }) => {
                     if n <= self.probe_sent {
                         self.probe_seen = self.probe_seen.max(n);
-                    }
-                    if !self.inner.pubsub_up.swap(true, Ordering::AcqRel) {
-                        tracing::info!("cluster: pub/sub delivers again");
                     }
                 }
                 Ok(message) => self.inner.emit(ClusterEvent::Inbox(message)).await,

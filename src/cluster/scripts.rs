@@ -367,9 +367,35 @@ local version = tonumber(redis.call('HGET', k, 'version') or '0')
 if version ~= expected then return {'conflict', tostring(version)} end
 version = version + 1
 redis.call('HSET', k, 'version', version, 'objects', objects, 'tag', tag)
+-- A change made through a hub: no hub's older copy may replace it (SEED_HUB_OBJECTS).
+redis.call('HDEL', k, 'seeded')
 redis.call('PUBLISH', P .. 'chan:hub-objects',
   '{"version":' .. version .. ',"hub":' .. cjson.encode(hub) .. '}')
 return {'ok', tostring(version)}
+"#
+    ))
+});
+
+/// ARGV: version, objects JSON, this hub, tag. Seeds the hub objects from a hub's copy of
+/// them at its version, when Redis has none (a new cluster, or Redis lost its state) or
+/// holds only a seeded copy of an older version: every hub offers its copy after a Redis
+/// restart, and the newest any hub holds wins, whatever order they come in. A copy
+/// changed through a hub since (`seeded` gone) is never replaced. `{seeded, version}` and
+/// an announcement, or `{exists, current-version}`.
+pub(crate) static SEED_HUB_OBJECTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local version, objects, hub, tag = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local k = P .. 'hub-objects'
+local cur = redis.call('HMGET', k, 'version', 'seeded')
+if cur[1] and not (cur[2] == '1' and tonumber(cur[1]) < version) then
+  return {'exists', cur[1]}
+end
+redis.call('HSET', k, 'version', version, 'objects', objects, 'tag', tag, 'seeded', '1')
+redis.call('PUBLISH', P .. 'chan:hub-objects',
+  '{"version":' .. version .. ',"hub":' .. cjson.encode(hub) .. '}')
+return {'seeded', tostring(version)}
 "#
     ))
 });

@@ -685,6 +685,38 @@ impl ClusterStore {
         })
     }
 
+    /// Offers this hub's copy of the hub objects at `version` (at least 1) to seed a Redis
+    /// that has none, or only a seeded copy of an older version (see
+    /// `scripts::SEED_HUB_OBJECTS`): whether it was written.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached.
+    pub async fn seed_hub_objects(
+        &self,
+        version: u64,
+        objects: &[Object],
+    ) -> Result<bool, ClusterError> {
+        let version = version.max(1);
+        let json = objects_json(objects);
+        let tag = self.inner.hub_objects_tag(version, &json);
+        let reply = self
+            .inner
+            .script(
+                "seed hub objects",
+                &scripts::SEED_HUB_OBJECTS,
+                &[version.to_string(), json, self.inner.node.clone(), tag],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("seeded") => Ok(true),
+            Some("exists") => Ok(false),
+            _ => Err(ClusterError::Reply {
+                op: "seed hub objects",
+                reply,
+            }),
+        }
+    }
+
     /// The cluster's block list (PeerName → entry JSON), at most `most` entries of at most
     /// `longest` bytes each (see [`BlockedList`]), or `None` if Redis never had one (then
     /// seed it: [`ClusterStore::seed_blocked`]).

@@ -21,11 +21,12 @@
 //! change is announced. A hub that finds none in Redis (a new cluster, or Redis lost its
 //! state) writes its own.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::link::{coalesce, ClusterLink, Write};
@@ -229,6 +230,8 @@ pub(crate) async fn event_loop(
     let blocked_sync = Arc::new(tokio::sync::Notify::new());
     let reader = tokio::spawn(blocked_loop(shared.clone(), blocked_sync.clone()));
     let _reader = AbortOnDrop(reader);
+    let retrier = tokio::spawn(hub_objects_retry_loop(shared.clone(), registry.clone()));
+    let _retrier = AbortOnDrop(retrier);
     // An event read ahead while gathering a mesh's changes, acted on next.
     let mut held = None;
     loop {
@@ -273,9 +276,13 @@ pub(crate) async fn event_loop(
             }
             ClusterEvent::Superseded { peer, .. } => supersede(&shared, link, &peer),
             ClusterEvent::HubObjects { version, objects } => {
-                if link.newer_hub_objects(version) {
-                    registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
-                }
+                tokio::spawn(apply_hub_objects(
+                    shared.clone(),
+                    registry.clone(),
+                    version,
+                    objects,
+                    false,
+                ));
             }
             ClusterEvent::Reasserted { peers } => {
                 info!(
@@ -479,9 +486,69 @@ fn deliver_here(
     }
 }
 
-/// Makes the registry's hub objects the cluster's; writes this hub's if Redis has none (a
-/// new cluster, or Redis lost its state) or only ones that fail their HMAC (written
-/// without the cluster secret: this hub's verified copy replaces them).
+/// Gives the registry the cluster's hub objects of `version` unless it has a newer version
+/// (`reset`: unless it has this one; after a sync, Redis's copy is the cluster's whatever
+/// its number). A replace that fails (the registry refuses it, or cannot persist it) puts
+/// the version back and is tried again a lease/3 later from Redis, so a hub never stays
+/// behind a version it skipped.
+async fn apply_hub_objects(
+    shared: Arc<HubShared>,
+    registry: Addr<Registry>,
+    version: u64,
+    objects: Vec<Object>,
+    reset: bool,
+) {
+    let Some(link) = shared.cluster.get() else {
+        return;
+    };
+    let previous = link.hub_objects_version();
+    if reset {
+        if previous == version {
+            return;
+        }
+        link.reset_hub_objects(version);
+    } else if !link.newer_hub_objects(version) {
+        return;
+    }
+    let error = match registry.send(ApplyOp(ObjectOp::Replace(objects))).await {
+        Ok(Ok(_)) => {
+            if link.hub_objects_failing.swap(false, Ordering::AcqRel) {
+                info!(version, "cluster: the hub objects are applied here again");
+            }
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => return, // the hub is stopping
+    };
+    link.hub_objects_failed(version, previous);
+    metrics::counter_inc(metrics::CLUSTER_HUB_OBJECTS_FAILED);
+    if !link.hub_objects_failing.swap(true, Ordering::AcqRel) {
+        warn!(
+            version,
+            %error,
+            "cluster: the hub objects could not be applied here; trying again every lease/3"
+        );
+    }
+    link.hub_objects_retry.notify_one();
+}
+
+/// Reads and applies the cluster's hub objects again a lease/3 after an apply failed
+/// (`apply_hub_objects`), until one succeeds.
+async fn hub_objects_retry_loop(shared: Arc<HubShared>, registry: Addr<Registry>) {
+    let Some(link) = shared.cluster.get() else {
+        return;
+    };
+    loop {
+        link.hub_objects_retry.notified().await;
+        tokio::time::sleep(link.store().lease() / 3).await;
+        sync_hub_objects(shared.clone(), registry.clone()).await;
+    }
+}
+
+/// Makes the registry's hub objects the cluster's. Offers this hub's copy at its version
+/// when Redis has none (a new cluster, or Redis lost its state) or an older one, so the
+/// newest version any hub holds seeds it (`ClusterStore::seed_hub_objects`); writes this
+/// hub's over ones that fail their HMAC (written without the cluster secret).
 pub(crate) async fn sync_hub_objects(shared: Arc<HubShared>, registry: Addr<Registry>) {
     let Some(link) = shared.cluster.get() else {
         return;
@@ -492,6 +559,35 @@ pub(crate) async fn sync_hub_objects(shared: Arc<HubShared>, registry: Addr<Regi
         Err(ClusterError::Unverified { version }) => (version, Vec::new(), false),
         Err(e) => return debug!(error = %e, "cluster: hub objects not read"),
     };
+    let mine = link.hub_objects_version();
+    if trusted && version < mine {
+        let Ok(local) = registry.send(ListObjects).await else {
+            return;
+        };
+        match store.seed_hub_objects(mine, &local).await {
+            Ok(true) => {
+                return info!(
+                    version = mine,
+                    "cluster: hub objects seeded from this hub's newer copy"
+                )
+            }
+            // Changed through a hub since Redis lost its state (that change wins, applied
+            // below), or seeded by a newer copy meanwhile (announced).
+            Ok(false) => {}
+            Err(e) => return debug!(error = %e, "cluster: hub objects not seeded"),
+        }
+    }
+    if !trusted && version == 0 {
+        let Ok(local) = registry.send(ListObjects).await else {
+            return;
+        };
+        match store.seed_hub_objects(mine, &local).await {
+            Ok(true) => link.reset_hub_objects(mine.max(1)),
+            Ok(false) => {} // another hub seeded first: announced
+            Err(e) => debug!(error = %e, "cluster: hub objects not seeded"),
+        }
+        return;
+    }
     if !trusted {
         let Ok(local) = registry.send(ListObjects).await else {
             return;
@@ -510,8 +606,7 @@ pub(crate) async fn sync_hub_objects(shared: Arc<HubShared>, registry: Addr<Regi
         }
         return;
     }
-    link.reset_hub_objects(version);
-    registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
+    apply_hub_objects(shared.clone(), registry, version, objects, true).await;
 }
 
 /// The hub objects a cluster starts this hub with: Redis's, or (none there yet) `local`,
@@ -527,7 +622,14 @@ pub(crate) async fn initial_hub_objects(
                 link.reset_hub_objects(version);
                 return Ok(objects);
             }
-            Ok((version, _)) => version,
+            // None yet: seeded (a running hub with a newer copy replaces a seeded one).
+            Ok(_) => {
+                if store.seed_hub_objects(1, &local).await? {
+                    link.reset_hub_objects(1);
+                    return Ok(local);
+                }
+                continue;
+            }
             // Not written with the cluster secret: this hub's replace them.
             Err(ClusterError::Unverified { version }) => version,
             Err(e) => return Err(e),
@@ -582,12 +684,20 @@ pub(crate) async fn apply_hub_op(
         {
             SetHubObjects::Set { version } => {
                 // Applied here before answering (the announcement then changes nothing),
-                // unless a newer change through another hub is here already.
+                // unless a newer change through another hub is here already. If it cannot
+                // be applied here, the version goes back and the retry applies it later.
+                let previous = link.hub_objects_version();
                 if link.newer_hub_objects(version) {
-                    registry
+                    let applied = registry
                         .send(ApplyOp(ObjectOp::Replace(objects)))
                         .await
-                        .map_err(|_| HubError::Stopped)??;
+                        .map_err(|_| HubError::Stopped)?;
+                    if applied.is_err() {
+                        link.hub_objects_failed(version, previous);
+                        metrics::counter_inc(metrics::CLUSTER_HUB_OBJECTS_FAILED);
+                        link.hub_objects_retry.notify_one();
+                    }
+                    applied?;
                 }
                 return Ok(OpOutcome { changed: true });
             }

@@ -164,6 +164,10 @@ pub(crate) struct ClusterLink {
     loaded: tokio::sync::Notify,
     /// The version of the cluster's hub objects the registry has (or is being given).
     hub_objects: std::sync::atomic::AtomicU64,
+    /// Wakes the task that applies the hub objects again after an apply failed.
+    pub(crate) hub_objects_retry: tokio::sync::Notify,
+    /// Whether applying the hub objects fails now (logged once per episode).
+    pub(crate) hub_objects_failing: AtomicBool,
 }
 
 /// A mesh with local sessions.
@@ -189,6 +193,8 @@ impl ClusterLink {
             meshes: std::sync::Mutex::new(HashMap::new()),
             loaded: tokio::sync::Notify::new(),
             hub_objects: std::sync::atomic::AtomicU64::new(0),
+            hub_objects_retry: tokio::sync::Notify::new(),
+            hub_objects_failing: AtomicBool::new(false),
         };
         (link, queue)
     }
@@ -202,11 +208,27 @@ impl ClusterLink {
             < version
     }
 
-    /// The registry has Redis's hub objects of `version`, read just now (after Redis lost
-    /// its state the versions start again).
+    /// The registry has Redis's hub objects of `version`, read just now (a copy changed
+    /// through a hub after Redis lost its state may have a lower version than this hub's).
     pub(crate) fn reset_hub_objects(&self, version: u64) {
         self.hub_objects
             .store(version, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The version of the hub objects the registry has (or is being given).
+    pub(crate) fn hub_objects_version(&self) -> u64 {
+        self.hub_objects.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Applying hub objects of `version` failed: the version the registry has goes back to
+    /// `previous`, unless a newer one came meanwhile, so a later read applies them again.
+    pub(crate) fn hub_objects_failed(&self, version: u64, previous: u64) {
+        let _ = self.hub_objects.compare_exchange(
+            version,
+            previous,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
     }
 
     /// The store.

@@ -92,6 +92,11 @@ impl InProcess {
         self.hubs.last().unwrap().handle()
     }
 
+    /// The data directory of hub number `i`.
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        self.dirs[i].path()
+    }
+
     pub fn hub(&self, i: usize) -> HubHandle {
         self.hubs[i].handle()
     }

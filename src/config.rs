@@ -632,6 +632,9 @@ pub const MIN_CLUSTER_LEASE: Duration = Duration::from_secs(1);
 pub const MAX_CLUSTER_LEASE: Duration = Duration::from_secs(3600);
 /// Default of `cluster.handoff` (DESIGN 8, Hand-off).
 pub const DEFAULT_CLUSTER_HANDOFF: Duration = Duration::from_secs(5);
+/// Default of `cluster.max_queue_bytes`: what a hub's writes to Redis may hold while
+/// Redis is slow or away (one pending state per peer, and messages).
+pub const DEFAULT_CLUSTER_MAX_QUEUE_BYTES: usize = 16 << 20;
 /// Longest accepted node name, bytes (it is part of Redis keys and channel names).
 pub const MAX_NODE_NAME_BYTES: usize = 200;
 
@@ -656,6 +659,35 @@ pub struct ClusterSection {
     /// a drained peer leaves at once. At most 1h.
     #[serde(default = "default_cluster_handoff", with = "humantime_serde")]
     pub handoff: Duration,
+    /// For a rediss:// address: the CA certificates (PEM) that sign the Redis server's
+    /// certificate, whose names must cover the address's host. Default: the system's
+    /// trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// For a rediss:// address whose server requires client certificates
+    /// (tls-auth-clients yes): this hub's certificate chain (PEM), with tls_key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of tls_cert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster secret: a file readable by its owner only, one secret (at least 32
+    /// bytes, e.g. `openssl rand -hex 32`) per line; the first signs what this hub writes
+    /// to Redis (HMAC-SHA256), a second one is also accepted during a rotation. Every hub
+    /// of the cluster needs the same secrets. Read again on SIGHUP. Required unless Redis
+    /// is on this machine (a loopback address or a unix socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Most bytes of peer states and messages waiting to be written to Redis (while it is
+    /// slow or away). Each peer has at most one pending state (its latest); past the bound
+    /// a new state waits in its session (retried every second), and a message to a peer on
+    /// another hub is refused as if the peer were absent. At least 65520 (one message).
+    #[serde(default = "default_cluster_max_queue_bytes")]
+    pub max_queue_bytes: usize,
+}
+
+fn default_cluster_max_queue_bytes() -> usize {
+    DEFAULT_CLUSTER_MAX_QUEUE_BYTES
 }
 
 fn default_cluster_lease() -> Duration {
@@ -675,12 +707,22 @@ impl std::fmt::Debug for ClusterSection {
             node,
             lease,
             handoff,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            secret_file,
+            max_queue_bytes,
         } = self;
         f.debug_struct("ClusterSection")
             .field("redis", &redact_url(redis))
             .field("node", node)
             .field("lease", lease)
             .field("handoff", handoff)
+            .field("tls_ca", tls_ca)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("secret_file", secret_file)
+            .field("max_queue_bytes", max_queue_bytes)
             .finish()
     }
 }
@@ -693,7 +735,30 @@ impl ClusterSection {
             node: Some("hub-a:7350".into()),
             lease: DEFAULT_CLUSTER_LEASE,
             handoff: DEFAULT_CLUSTER_HANDOFF,
+            tls_ca: Some("/etc/p2ppi-hub/redis-ca.pem".into()),
+            tls_cert: Some("/etc/p2ppi-hub/redis-client.pem".into()),
+            tls_key: Some("/etc/p2ppi-hub/redis-client.key".into()),
+            secret_file: Some("/etc/p2ppi-hub/cluster-secret".into()),
+            max_queue_bytes: DEFAULT_CLUSTER_MAX_QUEUE_BYTES,
         }
+    }
+
+    /// Whether Redis is on this machine: a unix socket, `localhost` or a loopback address.
+    /// Only then may `secret_file` be left out.
+    pub fn redis_is_local(&self) -> bool {
+        let Ok(info) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) else {
+            return false;
+        };
+        let host = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, _) => host,
+            redis::ConnectionAddr::TcpTls { host, .. } => host,
+            _ => return true, // a unix socket
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 
     /// This hub's node name: the configured one, else `<host name>:<P2PPI port>`.
@@ -720,25 +785,41 @@ impl ClusterSection {
             })
         };
         let scheme = self.redis.split_once("://").map(|(scheme, _)| scheme);
-        match scheme {
-            Some("redis" | "unix" | "redis+unix") => {}
-            Some("rediss" | "valkeys") => {
-                return invalid(
-                    "cluster.redis",
-                    "TLS to Redis is not built in: use redis:// on a private network or a \
-                     local TLS tunnel"
-                        .into(),
-                )
-            }
+        let tls = match scheme {
+            Some("redis" | "unix" | "redis+unix") => false,
+            Some("rediss" | "valkeys") => true,
             _ => {
                 return invalid(
                     "cluster.redis",
                     format!(
-                        "{:?} is not a redis:// or unix:// address",
+                        "{:?} is not a redis://, rediss:// or unix:// address",
                         redact_url(&self.redis)
                     ),
                 )
             }
+        };
+        if url::Url::parse(&self.redis).is_ok_and(|u| u.fragment() == Some("insecure")) {
+            return invalid(
+                "cluster.redis",
+                "#insecure (no check of the server's certificate) is not accepted: name the \
+                 CA that signs it in cluster.tls_ca"
+                    .into(),
+            );
+        }
+        let tls_files = [
+            ("cluster.tls_ca", self.tls_ca.is_some()),
+            ("cluster.tls_cert", self.tls_cert.is_some()),
+            ("cluster.tls_key", self.tls_key.is_some()),
+        ];
+        if let Some((key, _)) = tls_files.iter().find(|(_, set)| *set && !tls) {
+            return invalid(key, "applies to a rediss:// address only".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let key = match self.tls_cert {
+                Some(_) => "cluster.tls_key",
+                None => "cluster.tls_cert",
+            };
+            return invalid(key, "tls_cert and tls_key go together".into());
         }
         if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) {
             return invalid(
@@ -767,6 +848,23 @@ impl ClusterSection {
                     "{} is outside 1s to 1h",
                     humantime::format_duration(self.lease)
                 ),
+            );
+        }
+        if self.max_queue_bytes < MESSAGE_SIZE_LIMIT {
+            return invalid(
+                "cluster.max_queue_bytes",
+                format!(
+                    "{} must hold at least one largest message ({MESSAGE_SIZE_LIMIT} bytes)",
+                    self.max_queue_bytes
+                ),
+            );
+        }
+        if self.secret_file.is_none() && !self.redis_is_local() {
+            return invalid(
+                "cluster.secret_file",
+                "is required for a Redis on another machine: without it, anyone who can \
+                 reach Redis can act as any peer of the cluster"
+                    .into(),
             );
         }
         if self.handoff > MAX_CLUSTER_LEASE {
@@ -1077,12 +1175,32 @@ mod tests {
         assert_eq!(c.cluster.unwrap().lease, Duration::from_secs(3));
         for (text, key) in [
             ("redis = \"http://x\"", "cluster.redis"),
-            ("redis = \"rediss://x:1\"", "cluster.redis"),
+            ("redis = \"rediss://x:1/#insecure\"", "cluster.redis"),
+            (
+                "redis = \"redis://x:1\"\ntls_ca = \"ca.pem\"",
+                "cluster.tls_ca",
+            ),
+            (
+                "redis = \"rediss://x:1\"\ntls_cert = \"c.pem\"",
+                "cluster.tls_key",
+            ),
+            (
+                "redis = \"rediss://x:1\"\ntls_key = \"c.key\"",
+                "cluster.tls_cert",
+            ),
             (
                 "redis = \"redis://x:1\"\nlease = \"100ms\"",
                 "cluster.lease",
             ),
             ("redis = \"redis://x:1\"\nnode = \"a b\"", "cluster.node"),
+            (
+                "redis = \"rediss://10.0.0.5:6379/0\"",
+                "cluster.secret_file",
+            ),
+            (
+                "redis = \"redis://[2001:db8::5]:6379\"",
+                "cluster.secret_file",
+            ),
         ] {
             std::fs::write(&path, format!("[cluster]\n{text}\n")).unwrap();
             let err = Config::load(Some(&path), []).unwrap_err().to_string();
@@ -1091,6 +1209,22 @@ mod tests {
         std::fs::write(&path, "[cluster]\nlease = \"3s\"\n").unwrap();
         let err = Config::load(Some(&path), []).unwrap_err().to_string();
         assert!(err.contains("redis"), "{err}");
+        // Without a secret file only a Redis on this machine is accepted.
+        for redis in [
+            "redis://127.0.0.2:6379",
+            "redis://localhost:6379",
+            "rediss://[::1]:6379",
+            "unix:///run/redis.sock",
+        ] {
+            std::fs::write(&path, format!("[cluster]\nredis = {redis:?}\n")).unwrap();
+            assert!(Config::load(Some(&path), []).is_ok(), "{redis}");
+        }
+        std::fs::write(
+            &path,
+            "[cluster]\nredis = \"redis://10.0.0.5:6379\"\nsecret_file = \"/s\"\n",
+        )
+        .unwrap();
+        assert!(Config::load(Some(&path), []).is_ok());
     }
 
     #[test]

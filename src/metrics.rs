@@ -93,8 +93,19 @@ pub const CLUSTER_LEASE_LOSSES: &str = "p2ppi_cluster_lease_losses_total";
 pub const CLUSTER_PEERS: &str = "p2ppi_cluster_peers";
 /// Peers of expired hubs removed by this hub.
 pub const CLUSTER_REAPED_PEERS: &str = "p2ppi_cluster_reaped_peers_total";
-/// Cluster channel messages that did not decode, by `reason`.
+/// Cluster traffic refused by `reason`: did not decode, a tag that does not verify under
+/// the cluster secret (`mesh_tag`, `inbox_tag`, `state_tag`, `hub_objects_tag`), a remote
+/// object past this hub's checks (`remote_…`), a delivery between meshes (`other_mesh`).
 pub const CLUSTER_BAD_MESSAGES: &str = "p2ppi_cluster_bad_messages_total";
+/// The cluster's hub objects that could not be applied here (the registry refused them or
+/// could not persist them), each tried again a lease/3 later.
+pub const CLUSTER_HUB_OBJECTS_FAILED: &str = "p2ppi_cluster_hub_objects_failed_total";
+/// Bytes of peer states and messages waiting to be written to Redis (gauge).
+pub const CLUSTER_QUEUE_BYTES: &str = "p2ppi_cluster_queue_bytes";
+/// Writes refused by the write queue, by `kind` (`state`: past `cluster.max_queue_bytes`,
+/// its session retries; `message`: past the bound; `unreachable`: a message while Redis
+/// is unreachable; `stale`: a message that waited longer than the lease).
+pub const CLUSTER_QUEUE_REFUSED: &str = "p2ppi_cluster_queue_refused_total";
 /// TLS reloads (SIGHUP, `POST /v1/reload`), by `outcome` (`ok`, `failed`).
 pub const TLS_RELOADS: &str = "p2ppi_tls_reloads_total";
 /// The `notAfter` of the hub certificate (`role="hub"`) and of each CA of the bundle
@@ -335,7 +346,22 @@ fn describe() {
     describe_counter!(
         CLUSTER_BAD_MESSAGES,
         Unit::Count,
-        "Cluster channel messages that did not decode, by reason."
+        "Cluster traffic refused, by reason (undecodable, unverifiable tag, remote object past this hub's checks, delivery between meshes)."
+    );
+    describe_counter!(
+        CLUSTER_HUB_OBJECTS_FAILED,
+        Unit::Count,
+        "Cluster hub objects that could not be applied here; each is tried again a lease/3 later."
+    );
+    describe_gauge!(
+        CLUSTER_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes of peer states and messages waiting to be written to Redis."
+    );
+    describe_counter!(
+        CLUSTER_QUEUE_REFUSED,
+        Unit::Count,
+        "Writes refused by the cluster write queue, by kind (state, message, unreachable, stale)."
     );
     describe_gauge!(
         EVENT_STREAMS,

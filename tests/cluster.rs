@@ -13,12 +13,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::Processes;
+use common::cluster::{InProcess as Cluster, Processes};
 use common::hub_process::{sample, HubProcess};
-use common::redis::RedisServer;
 use common::*;
-use p2ppi_hub::config::{ClusterSection, Config};
-use p2ppi_hub::hub::{Hub, HubHandle};
+use p2ppi_hub::hub::HubHandle;
 use p2ppi_hub::peer::{self, Peer, PeerEvent, PeerEvents};
 use p2ppi_hub::protocol::objects::names;
 use p2ppi_hub::protocol::objects::relayed_name;
@@ -30,61 +28,6 @@ const MESH: &str = "blue";
 
 fn presence_of(peer: &PeerName, text: &str) -> Object {
     Object::new(relayed_name(peer, names::RICH_PRESENCE), text)
-}
-
-/// In-process hubs sharing one Redis and one PKI.
-struct Cluster {
-    redis: RedisServer,
-    pki: Pki,
-    hubs: Vec<Hub>,
-    dirs: Vec<tempfile::TempDir>,
-}
-
-impl Cluster {
-    /// `n` hubs, or `None` (skipped) without `redis-server`.
-    fn start(n: usize) -> Option<Self> {
-        let redis = RedisServer::start()?;
-        let mut cluster = Self {
-            redis,
-            pki: Pki::new(),
-            hubs: Vec::new(),
-            dirs: Vec::new(),
-        };
-        for _ in 0..n {
-            cluster.add_hub(vec![Object::new("welcome", "hello")]);
-        }
-        Some(cluster)
-    }
-
-    /// The config of hub number `i` (its own data directory, the shared CA).
-    fn config(&mut self, i: usize, objects: Vec<Object>) -> Config {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = self.pki.config();
-        config.tls.ca = Some(self.pki.path().join("ca.pem"));
-        config.tls.cert = Some(self.pki.path().join("hub.pem"));
-        config.tls.key = Some(self.pki.path().join("hub.key"));
-        config.hub.data_dir = dir.path().to_owned();
-        config.objects = objects;
-        config.cluster = Some(ClusterSection {
-            redis: self.redis.url(),
-            node: Some(format!("hub-{i}")),
-            lease: Duration::from_secs(3),
-            handoff: p2ppi_hub::config::DEFAULT_CLUSTER_HANDOFF,
-        });
-        self.dirs.push(dir);
-        config
-    }
-
-    fn add_hub(&mut self, objects: Vec<Object>) -> HubHandle {
-        let config = self.config(self.hubs.len(), objects);
-        let hub = start_hub(config);
-        self.hubs.push(hub);
-        self.hubs.last().unwrap().handle()
-    }
-
-    fn hub(&self, i: usize) -> HubHandle {
-        self.hubs[i].handle()
-    }
 }
 
 /// A peer of [`MESH`] connected to `hub` with `cert`.
@@ -887,4 +830,39 @@ async fn wait_for_status(hub: &HubProcess, path: &str, status: u16) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[actix_rt::test]
+async fn hub_objects_a_hub_could_not_apply_are_applied_once_it_can() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let (a, b) = (cluster.hub(0), cluster.hub(1));
+    let (sb, mut sb_events) = subscriber(&cluster.pki, &b, "sub-b").await;
+    view_becomes(&sb, &mut sb_events, &[welcome()], "the first view").await;
+    // Hub b cannot persist its objects for now (its temporary file's name is taken), so it
+    // cannot apply the change made through hub a when it is announced.
+    let blocker = cluster.data_dir(1).join("objects.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let failed = || {
+        series(
+            &p2ppi_hub::metrics::install().render(),
+            "p2ppi_cluster_hub_objects_failed_total",
+        )
+    };
+    let before = failed();
+    let changed = Object::new("welcome", "changed");
+    a.set(changed.clone()).await.unwrap();
+    assert_eq!(a.list().await.unwrap(), vec![changed.clone()]);
+    wait_until("hub b failed to apply the change", || failed() > before).await;
+    assert_eq!(b.list().await.unwrap(), vec![welcome()]);
+    // Once it can, it applies the version it had to skip, with no further announcement.
+    std::fs::remove_dir(&blocker).unwrap();
+    view_becomes(
+        &sb,
+        &mut sb_events,
+        &[changed],
+        "hub b applied the change late",
+    )
+    .await;
 }

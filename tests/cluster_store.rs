@@ -90,6 +90,8 @@ impl Hub {
             redis: server.url(),
             node: node.into(),
             lease,
+            tls: Default::default(),
+            secret_file: None,
         };
         let (store, events) = ClusterStore::connect(&settings)
             .await
@@ -558,5 +560,203 @@ async fn a_peer_name_claimed_on_a_second_hub_reports_the_first_owner() {
     assert_eq!(
         a.store.send_to(MESH, &peer(1), &notice).await.unwrap(),
         RouteOutcome::Delivered { hub: "b".into() }
+    );
+}
+
+/// The route of `peer` in Redis, if any.
+fn route(server: &RedisServer, n: u8) -> Option<String> {
+    ::redis::cmd("HGET")
+        .arg("p2ppi:routes")
+        .arg(peer(n).as_str())
+        .query(&mut server.connection())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_written_after_the_departure_never_brings_the_peer_back() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Hub::join(&server, "a", LONG).await;
+    let mut b = Hub::join(&server, "b", LONG).await;
+    a.online(1, "here").await;
+    b.until("b sees the peer", &[(1, "here")]).await;
+    a.store.peer_gone(&peer(1)).await.unwrap();
+    b.until("b sees it leave", &[]).await;
+    // A write that comes late (a re-assertion or a queued state racing the departure):
+    // only a claim creates a route, so nothing is written.
+    let late = a.store.set_peer(&peer(1), MESH, &presence("late")).await;
+    assert!(
+        matches!(late, Err(ClusterError::Departed { .. })),
+        "{late:?}"
+    );
+    assert_eq!(route(&server, 1), None, "the route came back");
+    assert!(members(&server).is_empty(), "the peer came back");
+    // And b's view stays empty: a's next change is what b sees next.
+    a.online(2, "other").await;
+    b.until("b sees only the new peer", &[(2, "other")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departure_that_failed_is_written_once_redis_takes_writes_again() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Hub::join(&server, "a", Duration::from_secs(3)).await;
+    let mut b = Hub::join(&server, "b", LONG).await;
+    a.online(1, "here").await;
+    b.until("b sees the peer", &[(1, "here")]).await;
+    // Redis refuses the scripts for a moment (here by its ACL; any server error is alike):
+    // not a lost connection, so nothing else would mark the departure for a retry.
+    let mut admin = server.connection();
+    let acl = |conn: &mut ::redis::Connection, rule: &str| {
+        let _: () = ::redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .query(conn)
+            .unwrap();
+    };
+    acl(&mut admin, "-evalsha");
+    let failed = a.store.peer_gone(&peer(1)).await;
+    assert!(failed.is_err(), "{failed:?}");
+    acl(&mut admin, "+evalsha");
+    // The next lease tick re-asserts, and writes the departure.
+    b.until("b sees the peer leave", &[]).await;
+    assert_eq!(route(&server, 1), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_reads_no_events_still_renews_its_lease() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let lease = Duration::from_secs(1);
+    // Hub a's events are never read from here on: its event queue fills up.
+    let a = Hub::join(&server, "a", lease).await;
+    a.online(1, "here").await;
+    let mut conn = server.connection();
+    let notice = InboxMessage::Supersede {
+        peer: peer(9).as_str().into(),
+        by: "x".into(),
+    };
+    let payload = format!(r#"{{"message":{},"tag":""}}"#, notice.to_json().unwrap());
+    let mut pipe = ::redis::pipe();
+    for _ in 0..6000 {
+        pipe.cmd("PUBLISH")
+            .arg("p2ppi:chan:inbox:a")
+            .arg(&payload)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    // Five leases later its lease is still renewed, and its peer still online.
+    let b = Hub::join(&server, "b", LONG).await;
+    tokio::time::sleep(5 * lease).await;
+    let hubs = b.store.hubs().await.unwrap();
+    let of_a = hubs
+        .iter()
+        .find(|h| h.node == "a")
+        .expect("a is registered");
+    assert!(of_a.expires_in_ms > 0, "a's lease lapsed: {hubs:?}");
+    assert_eq!(route(&server, 1).as_deref(), Some("a"));
+    drop(a);
+}
+
+/// Waits until `cond` holds, failing at the deadline.
+async fn until_true(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < common::DEADLINE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_is_noticed_by_the_probe_and_resubscribed() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let lease = Duration::from_secs(3);
+    let mut a = Hub::join(&server, "a", lease).await;
+    let b = Hub::join(&server, "b", LONG).await;
+    a.online(1, "on a").await;
+    // Pub/sub to a goes silent (its inbox unsubscribed behind its back) while its commands
+    // keep working: the probe it publishes every tick no longer comes back.
+    a.store.unsubscribe_inbox_channel().await.unwrap();
+    until_true("a finds pub/sub silent (/readyz 503)", || {
+        !a.store.redis_available()
+    })
+    .await;
+    until_true("a subscribed again and its probe came back", || {
+        a.store.redis_available()
+    })
+    .await;
+    // Its inbox delivers again.
+    let message = InboxMessage::Deliver {
+        to: peer(1).as_str().into(),
+        from: peer(2).as_str().into(),
+        mime_type: "text/plain".into(),
+        text: "after".into(),
+    };
+    b.store.claim(&peer(2), MESH).await.unwrap();
+    assert!(matches!(
+        b.store.send_to(MESH, &peer(1), &message).await.unwrap(),
+        RouteOutcome::Delivered { .. }
+    ));
+    a.expect("the message", |e| {
+        *e == ClusterEvent::Inbox(message.clone())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_last_message_is_found_by_the_sequence_check() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut a = Hub::join(&server, "a", Duration::from_secs(3)).await;
+    let b = Hub::join(&server, "b", LONG).await;
+    b.online(1, "first").await;
+    a.until("a sees b's peer", &[(1, "first")]).await;
+    // A change a misses, and no change after it to show the gap.
+    a.store.unsubscribe_mesh_channel(MESH).await.unwrap();
+    b.set(1, "lost").await;
+    a.until("a catches up by itself", &[(1, "lost")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_redis_is_seeded_by_the_newest_copy_and_never_rolled_back() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Hub::join(&server, "a", LONG).await;
+    let b = Hub::join(&server, "b", LONG).await;
+    let objects = |text: &str| vec![Object::new("welcome", text)];
+    // After Redis lost its state every hub offers its copy at its version, in any order:
+    // the newest wins.
+    assert!(a
+        .store
+        .seed_hub_objects(3, &objects("three"))
+        .await
+        .unwrap());
+    assert!(!b.store.seed_hub_objects(2, &objects("two")).await.unwrap());
+    assert_eq!(
+        a.store.hub_objects().await.unwrap(),
+        (3, objects("three")),
+        "an older copy replaced a newer one"
+    );
+    assert!(b.store.seed_hub_objects(5, &objects("five")).await.unwrap());
+    assert_eq!(b.store.hub_objects().await.unwrap(), (5, objects("five")));
+    // A change through a hub (compare-and-set on the version) is never replaced by a copy.
+    assert_eq!(
+        a.store.set_hub_objects(5, &objects("six")).await.unwrap(),
+        SetHubObjects::Set { version: 6 }
+    );
+    assert!(!b.store.seed_hub_objects(9, &objects("nine")).await.unwrap());
+    assert_eq!(a.store.hub_objects().await.unwrap(), (6, objects("six")));
+    // A replace against a version that moved on is refused, to be retried on the new one.
+    assert_eq!(
+        b.store.set_hub_objects(5, &objects("late")).await.unwrap(),
+        SetHubObjects::Conflict { current: 6 }
     );
 }

@@ -108,7 +108,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Loads the TLS files of `config` as the hub's start and reloads do; prints what they hold
+/// Loads the TLS files of `config` as the hub's start and reloads do (and those of its
+/// `[cluster]` connection, as joining reads them); prints what they hold
 /// (on stderr) and returns the warnings (expiring certificates). A data directory without a
 /// CA, when the config names no certificate, is fine: `serve` creates the development CA.
 ///
@@ -116,6 +117,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The file and why it cannot be used.
 fn check_tls_files(config: &Config) -> anyhow::Result<Vec<String>> {
     use std::time::SystemTime;
+    if let Some(section) = &config.cluster {
+        p2ppi_hub::cluster::ClusterSettings::from_config(section, config.hub.listen)
+            .check_files()
+            .context("the [cluster] files cannot be used")?;
+    }
     if config.uses_data_dir_certs() && !config.ca_path().exists() {
         eprintln!(
             "{}: no CA yet; `p2ppi-hub serve` creates a development CA there on first start",

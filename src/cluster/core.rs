@@ -17,6 +17,7 @@ use super::keys;
 use super::message::InboxMessage;
 use super::replica::{MeshSnapshot, RemoteIndex};
 use super::scripts;
+use super::seal::{objects_json, Seal, Tagged};
 use super::ClusterError;
 use crate::metrics;
 use crate::protocol::wire::Object;
@@ -24,6 +25,9 @@ use crate::tls::PeerName;
 
 /// Most peers one removal script handles.
 const REAP_BATCH: usize = 256;
+/// How long a kind of refused cluster traffic must stay away before its return is logged
+/// again (each kind is logged once per episode, counted always).
+const BAD_QUIET: Duration = Duration::from_secs(60);
 
 /// Whose peers [`StoreCore::remove_peers`] removes.
 #[derive(Debug, Clone, Copy)]
@@ -64,9 +68,83 @@ pub(super) struct StoreCore {
     pub(super) events: mpsc::Sender<ClusterEvent>,
     /// Where the replicas' peers are, for routing (written by the driver only).
     pub(super) remote: RemoteIndex,
+    /// The cluster secret: tags what this hub writes, checks what it reads.
+    pub(super) seal: Seal,
+    /// Refused cluster traffic by kind: when each was last seen (for logging once).
+    pub(super) bad: Mutex<HashMap<&'static str, std::time::Instant>>,
+    /// Wakes the recovery task (`recovery_loop`): the lease was lost, or writes may have
+    /// been lost and the local peers must be re-asserted.
+    pub(super) recovery: tokio::sync::Notify,
+    /// The lease the renewal found lost: its token and why.
+    pub(super) lost: Mutex<Option<(String, &'static str)>>,
+    /// Whether pub/sub delivers: the driver's liveness probe came back (DESIGN 8,
+    /// Liveness). `/readyz` is 503 while it does not.
+    pub(super) pubsub_up: AtomicBool,
+}
+
+/// Renews the lease every lease/3 on a timer of its own, and does nothing else: a lost
+/// lease, or writes that may have been lost, are handed to the recovery task.
+pub(super) async fn lease_loop(core: std::sync::Arc<StoreCore>) {
+    let mut tick = tokio::time::interval(core.lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is now: connect has just registered
+    loop {
+        tick.tick().await;
+        if core.left.load(Ordering::Acquire) {
+            return;
+        }
+        match core.renew().await {
+            Ok(None) if core.needs_recovery.load(Ordering::Acquire) => core.recovery.notify_one(),
+            Ok(None) => {}
+            Ok(Some(lost)) => {
+                *core.lost.lock().expect("lost lease lock") = Some(lost);
+                core.recovery.notify_one();
+            }
+            // Counted and logged where it happened; the next tick tries again.
+            Err(e) => tracing::debug!(error = %e, "cluster: lease renewal failed"),
+        }
+    }
+}
+
+/// Recovers when told to (`lease_loop`, or Redis answering again): re-registers after a
+/// lost lease, or re-asserts the local peers.
+pub(super) async fn recovery_loop(core: std::sync::Arc<StoreCore>) {
+    loop {
+        core.recovery.notified().await;
+        let lost = core.lost.lock().expect("lost lease lock").take();
+        let result = match lost {
+            Some((token, reason)) => core.recover_from(&token, reason).await,
+            None => core.reassert_and_tell().await,
+        };
+        if let Err(e) = result {
+            // Counted and logged where it happened; the lease tick asks again.
+            tracing::debug!(error = %e, "cluster: recovery failed");
+        }
+    }
 }
 
 impl StoreCore {
+    /// Counts refused cluster traffic of kind `reason` (the label of
+    /// `p2ppi_cluster_bad_messages_total`), logging it once per episode: its first
+    /// occurrence after [`BAD_QUIET`] without one.
+    pub(super) fn refused(&self, reason: &'static str) {
+        metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, reason);
+        let now = std::time::Instant::now();
+        let last = self
+            .bad
+            .lock()
+            .expect("bad traffic lock")
+            .insert(reason, now);
+        if last.is_none_or(|at| now.duration_since(at) > BAD_QUIET) {
+            tracing::warn!(
+                reason,
+                "cluster: refusing traffic from Redis that this hub cannot trust \
+                 (logged once until it stops for a minute; counted in \
+                 p2ppi_cluster_bad_messages_total)"
+            );
+        }
+    }
+
     /// Records a failed round trip: counted by kind, logged once per change of state, and
     /// the local state marked for re-assertion.
     pub(super) fn failed(&self, op: &'static str, source: redis::RedisError) -> ClusterError {
@@ -205,11 +283,24 @@ impl StoreCore {
         mesh: &str,
         recover: bool,
     ) -> Result<Option<String>, ClusterError> {
+        self.claim_with(peer, mesh, None, recover).await
+    }
+
+    /// A claim; `state`: the objects JSON of a re-claim, written by the same script (see
+    /// `scripts::CLAIM`), else the new session's empty state.
+    async fn claim_with(
+        &self,
+        peer: &PeerName,
+        mesh: &str,
+        state: Option<&str>,
+        recover: bool,
+    ) -> Result<Option<String>, ClusterError> {
+        let objects = state.map_or_else(|| objects_json(&[]), str::to_owned);
         let notice = InboxMessage::Supersede {
             peer: peer.as_str().to_owned(),
             by: self.node.clone(),
         }
-        .to_json()
+        .seal(&self.seal)
         .map_err(|source| ClusterError::Encode {
             what: "a supersede notice",
             source,
@@ -218,7 +309,14 @@ impl StoreCore {
             .with_lease(
                 "claim",
                 &scripts::CLAIM,
-                &[peer.as_str().to_owned(), mesh.to_owned(), notice],
+                &[
+                    peer.as_str().to_owned(),
+                    mesh.to_owned(),
+                    notice,
+                    self.seal.state_tag(peer.as_str(), mesh, &objects),
+                    self.seal.gone_tag(peer.as_str(), mesh),
+                    state.unwrap_or_default().to_owned(),
+                ],
                 recover,
             )
             .await?;
@@ -260,11 +358,13 @@ impl StoreCore {
         else {
             return Ok(None);
         };
+        let tag = self.seal.state_tag(peer.as_str(), &mesh, &json);
+        let gone = self.seal.gone_tag(peer.as_str(), &mesh);
         let reply = self
             .with_lease(
                 "set peer",
                 &scripts::SET_STATE,
-                &[peer.as_str().to_owned(), mesh, json],
+                &[peer.as_str().to_owned(), mesh, json, tag, gone],
                 recover,
             )
             .await?;
@@ -277,6 +377,29 @@ impl StoreCore {
                 }),
             },
             [unchanged] if unchanged == "unchanged" => Ok(None),
+            // Only a claim creates a route: claimed again while this hub still holds the
+            // peer (Redis lost its state, or the route was reaped), else nothing.
+            [unrouted] if unrouted == "unrouted" => {
+                if !self.holds(peer) {
+                    return Ok(None);
+                }
+                let state = self
+                    .local
+                    .lock()
+                    .expect("local peers lock")
+                    .get(peer)
+                    .cloned();
+                let Some((mesh, json)) = state else {
+                    return Ok(None);
+                };
+                Box::pin(self.claim_with(peer, &mesh, Some(&json), recover)).await?;
+                if !self.holds(peer) {
+                    // Its departure landed while it was being claimed: written again now,
+                    // so it does not stay.
+                    self.write_gone(peer).await?;
+                }
+                Ok(None)
+            }
             [not_owner, owner] if not_owner == "not-owner" => {
                 self.local.lock().expect("local peers lock").remove(peer);
                 Err(ClusterError::NotOwner {
@@ -289,6 +412,14 @@ impl StoreCore {
                 reply,
             }),
         }
+    }
+
+    /// Whether this hub holds `peer` (claimed, its departure not written).
+    fn holds(&self, peer: &PeerName) -> bool {
+        self.local
+            .lock()
+            .expect("local peers lock")
+            .contains_key(peer)
     }
 
     /// Marks a local peer's state *moving* (its session was drained; DESIGN 8, Hand-off).
@@ -319,7 +450,10 @@ impl StoreCore {
                 Ok(reply.first().map(String::as_str) == Some("ok"))
             }
             Err(e) => {
+                // Retried by the next re-assertion, whatever the error was (a server error,
+                // a refused command say, marks nothing by itself).
                 pending.insert(peer.clone());
+                self.needs_recovery.store(true, Ordering::Release);
                 Err(e)
             }
         }
@@ -429,6 +563,9 @@ impl StoreCore {
     /// events to hand over once the recovery lock is released: a [`ClusterEvent::Superseded`]
     /// for each peer another hub holds now, then [`ClusterEvent::Reasserted`].
     pub(super) async fn reassert(&self) -> Result<Vec<ClusterEvent>, ClusterError> {
+        // Cleared before reading what to write: anything failing from now on (a departure
+        // written meanwhile by the hub) marks it again, so it is not forgotten.
+        self.needs_recovery.store(false, Ordering::Release);
         let gone: Vec<PeerName> = self
             .pending_gone
             .lock()
@@ -454,18 +591,21 @@ impl StoreCore {
                 Err(ClusterError::NotOwner { peer, owner }) => {
                     events.push(ClusterEvent::Superseded { peer, owner });
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.needs_recovery.store(true, Ordering::Release);
+                    return Err(e);
+                }
             }
         }
-        self.needs_recovery.store(false, Ordering::Release);
         events.push(ClusterEvent::Reasserted { peers: count });
         Ok(events)
     }
 
-    /// Renews the lease; a lost lease is recovered at once.
-    pub(super) async fn renew(&self) -> Result<(), ClusterError> {
+    /// Renews the lease (one round trip, nothing else). `Some((token, reason))` when the
+    /// lease under `token` is lost: the recovery task re-registers.
+    pub(super) async fn renew(&self) -> Result<Option<(String, &'static str)>, ClusterError> {
         if self.left.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(None);
         }
         let token = self.token();
         let reply = self
@@ -480,17 +620,9 @@ impl StoreCore {
             )
             .await?;
         match reply.as_slice() {
-            [ok, _] if ok == "ok" => {
-                if self.needs_recovery.load(Ordering::Acquire) {
-                    let guard = self.recovering.lock().await;
-                    let events = self.reassert().await?;
-                    drop(guard);
-                    for event in events {
-                        self.emit(event).await;
-                    }
-                }
-                Ok(())
-            }
+            [ok, _] if ok == "ok" => Ok(None),
+            // A recovery registered meanwhile: the token renewed was already replaced.
+            [lost, _] if lost == "lost" && self.token() != token => Ok(None),
             [lost, reason] if lost == "lost" => {
                 let reason = match reason.as_str() {
                     "taken" => {
@@ -504,13 +636,29 @@ impl StoreCore {
                     "gone" => "gone",
                     _ => "expired",
                 };
-                self.recover_from(&token, reason).await
+                Ok(Some((token, reason)))
             }
             _ => Err(ClusterError::Reply {
                 op: "renew lease",
                 reply,
             }),
         }
+    }
+
+    /// Re-asserts the local peers (writes may have been lost) and hands the hub what that
+    /// found.
+    pub(super) async fn reassert_and_tell(&self) -> Result<(), ClusterError> {
+        if !self.needs_recovery.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let guard = self.recovering.lock().await;
+        let events = self.reassert().await?;
+        // Never wait for the hub while holding the lock its own calls may need.
+        drop(guard);
+        for event in events {
+            self.emit(event).await;
+        }
+        Ok(())
     }
 
     /// Removes the peers of every expired hub (one script per mesh); returns how long until
@@ -554,24 +702,56 @@ impl StoreCore {
         Ok(next)
     }
 
+    /// The hub objects and their version, their tag checked.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unverified`] (counted, logged once) when their tag does not verify.
     pub(super) async fn hub_objects(&self) -> Result<(u64, Vec<Object>), ClusterError> {
-        let (version, json): (Option<u64>, Option<String>) = self
+        let (version, json, tag): (Option<u64>, Option<String>, Option<String>) = self
             .command(
                 "hub objects",
                 redis::cmd("HMGET")
                     .arg(keys::hub_objects())
                     .arg("version")
-                    .arg("objects"),
+                    .arg("objects")
+                    .arg("tag"),
             )
             .await?;
-        let objects = match json {
-            Some(json) => serde_json::from_str(&json).map_err(|_| ClusterError::Reply {
-                op: "hub objects",
-                reply: vec![json],
-            })?,
-            None => Vec::new(),
+        let (version, json) = match (version, json) {
+            (Some(version), Some(json)) => (version, json),
+            // Nothing written yet (a new cluster, or Redis lost its state).
+            (None, None) => return Ok((0, Vec::new())),
+            (version, _) => {
+                self.refused("hub_objects_tag");
+                return Err(ClusterError::Unverified {
+                    version: version.unwrap_or(0),
+                });
+            }
         };
-        Ok((version.unwrap_or(0), objects))
+        let objects: Option<Vec<Object>> = serde_json::from_str(&json).ok();
+        let verified = objects.as_ref().is_some_and(|objects| {
+            let version = version.to_string();
+            self.seal.verify(
+                Tagged::HubObjects,
+                &[version.as_bytes(), objects_json(objects).as_bytes()],
+                tag.as_deref(),
+            )
+        });
+        match objects {
+            Some(objects) if verified => Ok((version, objects)),
+            _ => {
+                self.refused("hub_objects_tag");
+                Err(ClusterError::Unverified { version })
+            }
+        }
+    }
+
+    /// The tag of hub objects written as `version`.
+    pub(super) fn hub_objects_tag(&self, version: u64, objects_json: &str) -> String {
+        self.seal.tag(
+            Tagged::HubObjects,
+            &[version.to_string().as_bytes(), objects_json.as_bytes()],
+        )
     }
 
     pub(super) async fn emit(&self, event: ClusterEvent) {
@@ -607,22 +787,44 @@ fn error_kind(e: &redis::RedisError) -> &'static str {
     }
 }
 
-/// Parses a snapshot reply: epoch, seq, then peer, hub, objects triples.
-pub(super) fn parse_snapshot(reply: &[String]) -> Option<MeshSnapshot> {
+/// Parses a snapshot reply of `mesh`: epoch, seq, then (peer, hub, objects, tag)
+/// quadruples. A peer that is not a PeerName, whose objects do not decode, or whose tag
+/// does not verify is left out and counted (`refused`, with `state_tag` or `state`):
+/// another client wrote it.
+pub(super) fn parse_snapshot(
+    reply: &[String],
+    mesh: &str,
+    seal: &Seal,
+    refused: impl Fn(&'static str),
+) -> Option<MeshSnapshot> {
     let [epoch, seq, rest @ ..] = reply else {
         return None;
     };
+    if rest.len() % 4 != 0 {
+        return None;
+    }
     let peers = rest
-        .chunks(3)
-        .map(|c| match c {
-            [peer, hub, objects] => Some((
-                PeerName::parse(peer)?,
-                hub.clone(),
-                serde_json::from_str(objects).ok()?,
-            )),
-            _ => None,
+        .chunks_exact(4)
+        .filter_map(|c| {
+            let [peer, hub, objects, tag] = c else {
+                return None;
+            };
+            let (Some(peer), Ok(objects)) = (
+                PeerName::parse(peer),
+                serde_json::from_str::<Vec<Object>>(objects),
+            ) else {
+                refused("state");
+                return None;
+            };
+            let json = objects_json(&objects);
+            let parts: [&[u8]; 3] = [peer.as_str().as_bytes(), mesh.as_bytes(), json.as_bytes()];
+            if !seal.verify(Tagged::State, &parts, Some(tag)) {
+                refused("state_tag");
+                return None;
+            }
+            Some((peer, hub.clone(), objects))
         })
-        .collect::<Option<Vec<_>>>()?;
+        .collect();
     Some(MeshSnapshot {
         epoch: epoch.clone(),
         seq: seq.parse().ok()?,

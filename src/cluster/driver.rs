@@ -1,6 +1,7 @@
 //! The driver task of a [`ClusterStore`](super::ClusterStore): owns the mesh replicas,
 //! reads the pub/sub pushes in order (changes, subscription confirmations, disconnections),
-//! renews the lease every lease/3, reaps expired hubs as soon as their lease ends, and
+//! subscribes again and reloads what a lost connection left behind every lease/3, reaps
+//! expired hubs as soon as their lease ends, and
 //! hands the hub [`ClusterEvent`]s. Every change a replica makes is announced through one
 //! function ([`Driver::announce`]), which also keeps the routing index derived from them.
 
@@ -37,6 +38,13 @@ struct Mesh {
 pub(super) struct Driver {
     inner: Arc<StoreCore>,
     meshes: HashMap<String, Mesh>,
+    /// The last liveness probe published to this hub's inbox, and the last that came back
+    /// (DESIGN 8, Liveness).
+    probe_sent: u64,
+    probe_seen: u64,
+    /// Meshes whose sequence in Redis was ahead of the replica at the last tick: the
+    /// sequence then. Still behind it a tick later, a message was lost: reload.
+    behind: HashMap<String, u64>,
 }
 
 impl Driver {
@@ -44,6 +52,9 @@ impl Driver {
         Self {
             inner,
             meshes: HashMap::new(),
+            probe_sent: 0,
+            probe_seen: 0,
+            behind: HashMap::new(),
         }
     }
 
@@ -88,15 +99,15 @@ impl Driver {
         }
     }
 
-    /// Renews the lease (recovering if it was lost), subscribes again where a subscription
-    /// failed, and reloads replicas that could not be reloaded earlier.
+    /// Subscribes again where a subscription failed, and reloads replicas that could not be
+    /// reloaded earlier (the lease is renewed by a task of its own, `core::lease_loop`).
     async fn on_tick(&mut self) {
         self.settle().await;
-        // Errors are counted and logged where they happen; the next tick retries.
-        if let Err(e) = self.inner.renew().await {
-            tracing::debug!(error = %e, "cluster: lease renewal failed");
-            return;
+        if !self.inner.redis_up.load(Ordering::Acquire) {
+            return; // the next tick tries again
         }
+        self.probe().await;
+        self.check_sequences().await;
         let unsubscribed: Vec<String> = self
             .meshes
             .iter()
@@ -114,6 +125,132 @@ impl Driver {
             .collect();
         for mesh in unsynced {
             self.reload(&mesh, ResyncCause::Reconnect).await;
+        }
+    }
+
+    /// The liveness probe: the previous tick's probe must have come back by now, or pub/sub
+    /// is silent (the connection answers commands but delivers nothing): `/readyz` turns
+    /// 503, every channel is subscribed again and every replica reloaded. Then the next
+    /// probe is published.
+    async fn probe(&mut self) {
+        if self.probe_sent > self.probe_seen {
+            if self.inner.pubsub_up.swap(false, Ordering::AcqRel) {
+                tracing::warn!(
+                    "cluster: pub/sub is silent (this hub's probe did not come back within a \
+                     tick): subscribing again and reloading every mesh; /readyz is 503 until \
+                     it delivers"
+                );
+            }
+            self.resubscribe_all().await;
+        } else if !self.inner.pubsub_up.swap(true, Ordering::AcqRel) {
+            // Ready again only once a whole tick's probe came back.
+            tracing::info!("cluster: pub/sub delivers again");
+        }
+        self.probe_sent += 1;
+        let Ok(payload) = (InboxMessage::Probe { n: self.probe_sent }).seal(&self.inner.seal)
+        else {
+            return;
+        };
+        // Counted and logged where it fails; the next tick finds the probe missing.
+        let _ = self
+            .inner
+            .command::<i64>(
+                "probe",
+                redis::cmd("PUBLISH")
+                    .arg(keys::inbox_channel(&self.inner.node))
+                    .arg(payload),
+            )
+            .await;
+    }
+
+    /// Subscribes again to every channel and reloads every replica (pub/sub was silent).
+    async fn resubscribe_all(&mut self) {
+        let mut channels = vec![
+            keys::inbox_channel(&self.inner.node),
+            keys::hub_objects_channel(),
+            keys::blocked_channel(),
+        ];
+        channels.extend(self.meshes.keys().map(|m| keys::mesh_channel(m)));
+        let mut conn = self.inner.conn.clone();
+        if let Err(source) = conn.subscribe(&channels).await {
+            drop(self.inner.failed("subscribe", source));
+            return;
+        }
+        let meshes: Vec<String> = self.meshes.keys().cloned().collect();
+        for mesh in meshes {
+            if let Some(m) = self.meshes.get_mut(&mesh) {
+                m.replica.mark_unsynced();
+            }
+            self.reload(&mesh, ResyncCause::Silent).await;
+        }
+        // Block list notices may have been lost too.
+        self.inner.emit(ClusterEvent::BlockedChanged).await;
+    }
+
+    /// Compares each synced replica with its mesh's epoch and sequence in Redis: a new
+    /// epoch reloads at once; a sequence still ahead of the replica a tick after it was
+    /// seen means a message was lost with no later one to show the gap: reload.
+    async fn check_sequences(&mut self) {
+        let names: Vec<String> = self
+            .meshes
+            .iter()
+            .filter(|(_, m)| m.subscribed && m.replica.is_synced())
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.behind.retain(|name, _| names.contains(name));
+        if names.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HMGET")
+                .arg(keys::mesh(name))
+                .arg("epoch")
+                .arg("seq");
+        }
+        let mut conn = self.inner.conn.clone();
+        let replies: Vec<(Option<String>, Option<u64>)> = match pipe.query_async(&mut conn).await {
+            Ok(replies) => {
+                self.inner.succeeded();
+                replies
+            }
+            Err(source) => return drop(self.inner.failed("mesh sequences", source)),
+        };
+        let mut reload = Vec::new();
+        for (name, reply) in names.into_iter().zip(replies) {
+            let (Some(m), (Some(epoch), Some(seq))) = (self.meshes.get(&name), reply) else {
+                continue;
+            };
+            if epoch != m.replica.epoch() {
+                self.behind.remove(&name);
+                reload.push((name, ResyncCause::Epoch));
+                continue;
+            }
+            let at = m.replica.seq();
+            match self.behind.get(&name) {
+                Some(&was) if at < was => {
+                    tracing::info!(mesh = %name, at, was, "cluster: a message was lost, reloading the mesh");
+                    self.behind.remove(&name);
+                    reload.push((name, ResyncCause::Gap));
+                }
+                _ if seq > at => {
+                    self.behind.insert(name, seq);
+                }
+                _ => {
+                    self.behind.remove(&name);
+                }
+            }
+        }
+        for (name, cause) in reload {
+            if cause == ResyncCause::Gap {
+                // The mesh's subscription may be what went silent: subscribing again to a
+                // channel already subscribed changes nothing.
+                let mut conn = self.inner.conn.clone();
+                if let Err(source) = conn.subscribe(keys::mesh_channel(&name)).await {
+                    drop(self.inner.failed("subscribe", source));
+                }
+            }
+            self.reload(&name, cause).await;
         }
     }
 
@@ -237,6 +374,8 @@ impl Driver {
         match push.kind {
             PushKind::Disconnection => {
                 self.inner.disconnected();
+                // A probe lost with the connection says nothing of pub/sub.
+                self.probe_seen = self.probe_sent;
                 // The client re-subscribes by itself; the confirmation (or, failing that,
                 // the tick) reloads each replica.
                 for m in self.meshes.values_mut() {
@@ -265,7 +404,7 @@ impl Driver {
                     && self.inner.needs_recovery.load(Ordering::Acquire)
                 {
                     // Redis answers again: re-assert now rather than at the next tick.
-                    let _ = self.inner.renew().await;
+                    self.inner.recovery.notify_one();
                 }
             }
             PushKind::Message => {
@@ -281,13 +420,14 @@ impl Driver {
     }
 
     async fn on_message(&mut self, channel: &str, payload: &[u8]) {
+        let inner = self.inner.clone();
         let bad = |e: super::message::DecodeError| {
-            metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, e.label());
             tracing::debug!(
                 channel,
                 reason = e.label(),
-                "cluster: undecodable message dropped"
+                "cluster: undecodable or unverifiable message dropped"
             );
+            inner.refused(e.label());
         };
         if let Some(mesh) = keys::mesh_of_channel(channel) {
             let message = match MeshMessage::decode(payload) {
@@ -297,6 +437,11 @@ impl Driver {
             let Some(m) = self.meshes.get_mut(mesh) else {
                 return;
             };
+            // Checked before the sequence: a forged message never advances the replica,
+            // so the genuine one of the same number still applies.
+            if !message.verify(&self.inner.seal, mesh) {
+                return bad(super::message::DecodeError::Tag("mesh_tag"));
+            }
             match m.replica.apply(&message) {
                 ReplicaOutcome::Change(change) => {
                     let (name, seq) = (m.name.clone(), m.replica.seq());
@@ -310,7 +455,12 @@ impl Driver {
                 ReplicaOutcome::Nothing | ReplicaOutcome::Stale | ReplicaOutcome::Unsynced => {}
             }
         } else if channel == keys::inbox_channel(&self.inner.node) {
-            match InboxMessage::decode(payload) {
+            match InboxMessage::open(payload, &self.inner.seal) {
+                Ok(InboxMessage::Probe { n }) => {
+                    if n <= self.probe_sent {
+                        self.probe_seen = self.probe_seen.max(n);
+                    }
+                }
                 Ok(message) => self.inner.emit(ClusterEvent::Inbox(message)).await,
                 Err(e) => bad(e),
             }
@@ -348,7 +498,8 @@ impl Driver {
             Ok(reply) => reply,
             Err(_) => return,
         };
-        let Some(snapshot) = parse_snapshot(&reply) else {
+        let inner = &self.inner;
+        let Some(snapshot) = parse_snapshot(&reply, mesh, &inner.seal, |r| inner.refused(r)) else {
             metrics::count_reason(metrics::CLUSTER_BAD_MESSAGES, "snapshot");
             tracing::warn!(mesh, "cluster: undecodable mesh snapshot");
             return;

@@ -18,6 +18,8 @@ pub enum ResyncCause {
     Gap,
     /// The mesh's sequence restarted (Redis lost its state).
     Epoch,
+    /// Pub/sub went silent (the liveness probe did not come back): resubscribed.
+    Silent,
 }
 
 impl ResyncCause {
@@ -28,6 +30,7 @@ impl ResyncCause {
             Self::Reconnect => "reconnect",
             Self::Gap => "gap",
             Self::Epoch => "epoch",
+            Self::Silent => "silent",
         }
     }
 }

@@ -29,6 +29,11 @@ pub(crate) fn blocked_channel() -> String {
     format!("{PREFIX}chan:blocked")
 }
 
+/// The hash of a mesh's epoch and sequence number.
+pub(crate) fn mesh(mesh: &str) -> String {
+    format!("{PREFIX}mesh:{mesh}")
+}
+
 /// The hash of the cluster-wide hub objects.
 pub(crate) fn hub_objects() -> String {
     format!("{PREFIX}hub-objects")

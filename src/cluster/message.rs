@@ -1,11 +1,13 @@
 //! The messages on the cluster's channels, decoded into types.
 //!
 //! Mesh messages are written by the Lua scripts (`scripts`), inbox messages by hubs through
-//! [`InboxMessage::to_json`]. Anything that does not decode is counted and dropped: a
-//! malformed message can only cost a resync, never a panic.
+//! [`InboxMessage::seal`]. Anything that does not decode, or whose tag does not verify
+//! (`seal`), is counted and dropped: a malformed or forged message can only cost a
+//! resync, never a panic, and never reaches a peer.
 
 use serde::{Deserialize, Serialize};
 
+use super::seal::{objects_json, Seal, Tagged};
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
 
@@ -22,6 +24,8 @@ pub struct MeshMessage {
     pub peer: PeerName,
     /// Its relayed objects in order, or `None`: it left the mesh.
     pub objects: Option<Vec<Object>>,
+    /// The state's or the departure's tag, as its writer made it.
+    pub tag: String,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +35,8 @@ struct RawMeshMessage {
     seq: u64,
     peer: String,
     objects: Option<Vec<Object>>,
+    #[serde(default)]
+    tag: String,
 }
 
 /// Why a channel message was dropped (the metric's `reason` label).
@@ -40,6 +46,8 @@ pub(crate) enum DecodeError {
     Json,
     /// The peer is not a 40-hex-digit PeerName.
     PeerName,
+    /// The tag does not verify under the cluster secret (the label says of what).
+    Tag(&'static str),
 }
 
 impl DecodeError {
@@ -48,6 +56,7 @@ impl DecodeError {
         match self {
             Self::Json => "json",
             Self::PeerName => "peer_name",
+            Self::Tag(what) => what,
         }
     }
 }
@@ -62,8 +71,30 @@ impl MeshMessage {
             epoch: raw.epoch,
             seq: raw.seq,
             objects: raw.objects,
+            tag: raw.tag,
         })
     }
+
+    /// Whether its tag verifies for `mesh` (the channel it came on).
+    pub(crate) fn verify(&self, seal: &Seal, mesh: &str) -> bool {
+        let peer = self.peer.as_str().as_bytes();
+        match &self.objects {
+            Some(objects) => seal.verify(
+                Tagged::State,
+                &[peer, mesh.as_bytes(), objects_json(objects).as_bytes()],
+                Some(&self.tag),
+            ),
+            None => seal.verify(Tagged::Gone, &[peer, mesh.as_bytes()], Some(&self.tag)),
+        }
+    }
+}
+
+/// An inbox message as published: the message and its tag.
+#[derive(Serialize, Deserialize)]
+struct Sealed<M> {
+    message: M,
+    #[serde(default)]
+    tag: String,
 }
 
 /// A message on a hub's inbox channel.
@@ -89,6 +120,12 @@ pub enum InboxMessage {
         /// The hub that holds the newer session.
         by: String,
     },
+    /// The liveness probe a hub publishes to itself every lease/3 (DESIGN 8, Liveness):
+    /// its return says pub/sub delivers. The store's driver consumes it.
+    Probe {
+        /// Its number, one more each tick.
+        n: u64,
+    },
 }
 
 impl InboxMessage {
@@ -100,9 +137,25 @@ impl InboxMessage {
         serde_json::to_string(self)
     }
 
-    /// Decodes an inbox channel payload.
-    pub(crate) fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        serde_json::from_slice(payload).map_err(|_| DecodeError::Json)
+    /// The payload published on an inbox channel: the message with its tag.
+    ///
+    /// # Errors
+    /// Never in practice (plain strings); the serializer's error otherwise.
+    pub(crate) fn seal(&self, seal: &Seal) -> Result<String, serde_json::Error> {
+        let json = self.to_json()?;
+        let tag = seal.tag(Tagged::Inbox, &[json.as_bytes()]);
+        serde_json::to_string(&Sealed { message: self, tag })
+    }
+
+    /// Decodes an inbox channel payload and checks its tag.
+    pub(crate) fn open(payload: &[u8], seal: &Seal) -> Result<Self, DecodeError> {
+        let sealed: Sealed<Self> =
+            serde_json::from_slice(payload).map_err(|_| DecodeError::Json)?;
+        let json = sealed.message.to_json().map_err(|_| DecodeError::Json)?;
+        match seal.verify(Tagged::Inbox, &[json.as_bytes()], Some(&sealed.tag)) {
+            true => Ok(sealed.message),
+            false => Err(DecodeError::Tag("inbox_tag")),
+        }
     }
 }
 
@@ -134,6 +187,7 @@ mod tests {
         );
         let m = MeshMessage::decode(json.as_bytes()).unwrap();
         assert_eq!(m.seq, 7);
+        assert_eq!(m.tag, "", "no tag: empty (refused when a secret is set)");
         assert_eq!(m.objects, Some(vec![Object::new("n/1", "v")]));
         let gone = format!(r#"{{"hub":"a","epoch":"1.2","seq":8,"peer":"{PEER}","objects":null}}"#);
         assert_eq!(MeshMessage::decode(gone.as_bytes()).unwrap().objects, None);
@@ -143,6 +197,39 @@ mod tests {
             Err(DecodeError::PeerName)
         );
         assert_eq!(MeshMessage::decode(b"\xff{"), Err(DecodeError::Json));
+    }
+
+    #[test]
+    fn inbox_messages_are_opened_only_with_a_tag_of_the_secret() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let signed = Seal::new(
+            Some(super::super::ClusterSecrets::from_secrets(&[key]).unwrap()),
+            None,
+        );
+        let other = Seal::new(
+            Some(super::super::ClusterSecrets::from_secrets(&[&[b'x'; 32]]).unwrap()),
+            None,
+        );
+        let m = InboxMessage::Supersede {
+            peer: PEER.into(),
+            by: "b".into(),
+        };
+        let sealed = m.seal(&signed).unwrap();
+        assert_eq!(
+            InboxMessage::open(sealed.as_bytes(), &signed),
+            Ok(m.clone())
+        );
+        let refused = Err(DecodeError::Tag("inbox_tag"));
+        assert_eq!(InboxMessage::open(sealed.as_bytes(), &other), refused);
+        let forged = sealed.replace("\"by\":\"b\"", "\"by\":\"c\"");
+        assert_ne!(forged, sealed);
+        assert_eq!(InboxMessage::open(forged.as_bytes(), &signed), refused);
+        // Without a secret, nothing is checked.
+        let open = Seal::default();
+        assert_eq!(
+            InboxMessage::open(m.seal(&open).unwrap().as_bytes(), &open),
+            Ok(m)
+        );
     }
 
     #[test]
@@ -159,9 +246,12 @@ mod tests {
                 by: "b:7350".into(),
             },
         ] {
-            let json = m.to_json().unwrap();
-            assert_eq!(InboxMessage::decode(json.as_bytes()), Ok(m));
+            let json = m.seal(&Seal::default()).unwrap();
+            assert_eq!(InboxMessage::open(json.as_bytes(), &Seal::default()), Ok(m));
         }
-        assert_eq!(InboxMessage::decode(b"{}"), Err(DecodeError::Json));
+        assert_eq!(
+            InboxMessage::open(b"{}", &Seal::default()),
+            Err(DecodeError::Json)
+        );
     }
 }

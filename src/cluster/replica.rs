@@ -226,6 +226,11 @@ impl MeshReplica {
         self.synced
     }
 
+    /// The mesh epoch the replica reflects.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
     /// The sequence number the replica reflects.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -327,6 +332,7 @@ mod tests {
             seq,
             peer: peer(p),
             objects,
+            tag: String::new(),
         }
     }
 

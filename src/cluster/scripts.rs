@@ -39,36 +39,40 @@ local function epoch_of(mesh)
   end
   return epoch
 end
--- Bumps the mesh sequence and publishes one change; returns the new sequence number.
-local function publish(mesh, hub, peer, objects_json)
+-- Bumps the mesh sequence and publishes one change with its tag (the writer's HMAC of
+-- the state, or of the departure); returns the new sequence number.
+local function publish(mesh, hub, peer, objects_json, tag)
   local epoch = epoch_of(mesh)
   local seq = redis.call('HINCRBY', P .. 'mesh:' .. mesh, 'seq', 1)
   redis.call('PUBLISH', P .. 'chan:mesh:' .. mesh,
     '{"hub":' .. cjson.encode(hub) .. ',"epoch":' .. cjson.encode(epoch) ..
-    ',"seq":' .. seq .. ',"peer":' .. cjson.encode(peer) .. ',"objects":' .. objects_json .. '}')
+    ',"seq":' .. seq .. ',"peer":' .. cjson.encode(peer) .. ',"objects":' .. objects_json ..
+    ',"tag":' .. cjson.encode(tag or '') .. '}')
   return seq
 end
--- Removes a peer's relayed state and membership and publishes its departure (as `by`).
+-- Removes a peer's relayed state and membership and publishes its departure (as `by`),
+-- tagged with the departure tag its writer stored with it (Redis cannot compute one).
 local function remove_state(peer, by)
   local pk = P .. 'peer:' .. peer
-  local mesh = redis.call('HGET', pk, 'mesh')
+  local st = redis.call('HMGET', pk, 'mesh', 'gone')
+  local mesh = st[1]
   if not mesh then return false end
   redis.call('DEL', pk)
   redis.call('ZREM', P .. 'members:' .. mesh, peer)
-  return publish(mesh, by, peer, 'null')
+  return publish(mesh, by, peer, 'null', st[2])
 end
--- Writes a peer's relayed state as `hub` (moving it if its mesh changed) and publishes it;
--- false if nothing changed.
-local function write_state(peer, mesh, hub, objects)
+-- Writes a peer's relayed state as `hub` (moving it if its mesh changed) with its state
+-- tag and departure tag, and publishes it; false if nothing changed.
+local function write_state(peer, mesh, hub, objects, tag, gone)
   local pk = P .. 'peer:' .. peer
-  local st = redis.call('HMGET', pk, 'mesh', 'objects', 'hub')
+  local st = redis.call('HMGET', pk, 'mesh', 'objects', 'hub', 'tag')
   if st[1] and st[1] ~= mesh then
     remove_state(peer, hub)
-  elseif st[1] == mesh and st[2] == objects and st[3] == hub then
+  elseif st[1] == mesh and st[2] == objects and st[3] == hub and st[4] == tag then
     return false
   end
-  redis.call('HSET', pk, 'mesh', mesh, 'hub', hub, 'objects', objects)
-  local seq = publish(mesh, hub, peer, objects)
+  redis.call('HSET', pk, 'mesh', mesh, 'hub', hub, 'objects', objects, 'tag', tag, 'gone', gone)
+  local seq = publish(mesh, hub, peer, objects, tag)
   redis.call('ZADD', P .. 'members:' .. mesh, 'NX', seq, peer)
   return seq
 end
@@ -155,7 +159,11 @@ return out
     ))
 });
 
-/// ARGV: hub, token, peer, mesh, supersede-notice JSON. A new session of `peer` on `hub`:
+/// ARGV: hub, token, peer, mesh, supersede notice (sealed), state tag, departure tag, and
+/// the objects JSON of a re-claim ('' for a new session, whose state is empty and tagged
+/// so). A re-claim (this hub still holds the peer, but its route is gone: Redis lost its
+/// state) writes the peer's state in the same script, so no hub sees it empty meanwhile.
+/// A new session of `peer` on `hub`:
 /// routes the PeerName here, tells the previous owner hub through its inbox, and makes the
 /// peer a member of `mesh`. Its previous state is either removed (published as gone) and
 /// replaced by a membership with no objects yet (published), or, when a drain left it
@@ -167,6 +175,7 @@ pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
         prelude!(),
         r#"
 local hub, token, peer, mesh, notice = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local tag, gone, reclaim = ARGV[6], ARGV[7], ARGV[8]
 if not lease_live(hub, token) then return {'lease-lost'} end
 local prev = redis.call('HGET', P .. 'routes', peer)
 if prev and prev ~= hub then
@@ -174,17 +183,20 @@ if prev and prev ~= hub then
   redis.call('PUBLISH', P .. 'chan:inbox:' .. prev, notice)
 end
 local pk = P .. 'peer:' .. peer
-local st = redis.call('HMGET', pk, 'mesh', 'objects', 'moving')
+local st = redis.call('HMGET', pk, 'mesh', 'objects', 'moving', 'tag')
 local objects, how = '[]', ''
-if st[3] and st[1] == mesh and st[2] then
-  objects, how = st[2], 'handoff'
+if reclaim ~= '' then
+  objects, how = reclaim, 'reclaim'
+elseif st[3] and st[1] == mesh and st[2] then
+  -- The moving state keeps its writer's tag: same peer, mesh and objects.
+  objects, tag, how = st[2], st[4] or '', 'handoff'
   redis.call('HDEL', pk, 'moving')
 else
   remove_state(peer, hub)
 end
 redis.call('HSET', P .. 'routes', peer, hub)
 redis.call('HSET', P .. 'owned:' .. hub, peer, mesh)
-write_state(peer, mesh, hub, objects)
+write_state(peer, mesh, hub, objects, tag, gone)
 return {'ok', prev or '', how}
 "#
     ))
@@ -208,21 +220,24 @@ return {'ok'}
     ))
 });
 
-/// ARGV: hub, token, peer, mesh, objects JSON. A peer's relayed state changed (or is
+/// ARGV: hub, token, peer, mesh, objects JSON, state tag, departure tag. A peer's relayed state changed (or is
 /// re-asserted): write it, bump the mesh sequence, publish it. `{ok, seq}`, `{unchanged}`,
-/// `{not-owner, hub}` or `{lease-lost}`. A missing route (reaped, or Redis lost its state)
-/// is taken: this hub holds the session.
+/// `{not-owner, hub}`, `{unrouted}` or `{lease-lost}`. Only a claim creates a route: a
+/// missing one (the peer departed, was reaped, or Redis lost its state) is `{unrouted}`,
+/// and the store claims the peer again only if it still holds it, so a late write can
+/// never bring a departed peer back.
 pub(crate) static SET_STATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
         r#"
 local hub, token, peer, mesh, objects = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local tag, gone = ARGV[6], ARGV[7]
 if not lease_live(hub, token) then return {'lease-lost'} end
 local route = redis.call('HGET', P .. 'routes', peer)
-if route and route ~= hub then return {'not-owner', route} end
-redis.call('HSET', P .. 'routes', peer, hub)
+if not route then return {'unrouted'} end
+if route ~= hub then return {'not-owner', route} end
 redis.call('HSET', P .. 'owned:' .. hub, peer, mesh)
-local seq = write_state(peer, mesh, hub, objects)
+local seq = write_state(peer, mesh, hub, objects, tag, gone)
 if not seq then return {'unchanged'} end
 return {'ok', tostring(seq)}
 "#
@@ -246,7 +261,8 @@ return {'ok'}
     ))
 });
 
-/// ARGV: mesh. A consistent snapshot: `{epoch, seq, peer, hub, objects, …}` in join order.
+/// ARGV: mesh. A consistent snapshot: `{epoch, seq, peer, hub, objects, tag, …}` in join
+/// order.
 pub(crate) static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -254,11 +270,12 @@ pub(crate) static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
 local mesh = ARGV[1]
 local out = {epoch_of(mesh), redis.call('HGET', P .. 'mesh:' .. mesh, 'seq') or '0'}
 for _, peer in ipairs(redis.call('ZRANGE', P .. 'members:' .. mesh, 0, -1)) do
-  local st = redis.call('HMGET', P .. 'peer:' .. peer, 'hub', 'objects')
+  local st = redis.call('HMGET', P .. 'peer:' .. peer, 'hub', 'objects', 'tag')
   if st[1] then
     out[#out + 1] = peer
     out[#out + 1] = st[1]
-    out[#out + 1] = st[2]
+    out[#out + 1] = st[2] or ''
+    out[#out + 1] = st[3] or ''
   end
 end
 return out
@@ -337,21 +354,48 @@ return {'ok', hub}
     ))
 });
 
-/// ARGV: expected version, objects JSON, this hub. Compare-and-set of the cluster-wide hub
+/// ARGV: expected version, objects JSON, this hub, tag (of the objects at the next
+/// version). Compare-and-set of the cluster-wide hub
 /// objects; announces the new version. `{ok, version}` or `{conflict, current-version}`.
 pub(crate) static SET_HUB_OBJECTS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
         r#"
-local expected, objects, hub = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local expected, objects, hub, tag = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local k = P .. 'hub-objects'
 local version = tonumber(redis.call('HGET', k, 'version') or '0')
 if version ~= expected then return {'conflict', tostring(version)} end
 version = version + 1
-redis.call('HSET', k, 'version', version, 'objects', objects)
+redis.call('HSET', k, 'version', version, 'objects', objects, 'tag', tag)
+-- A change made through a hub: no hub's older copy may replace it (SEED_HUB_OBJECTS).
+redis.call('HDEL', k, 'seeded')
 redis.call('PUBLISH', P .. 'chan:hub-objects',
   '{"version":' .. version .. ',"hub":' .. cjson.encode(hub) .. '}')
 return {'ok', tostring(version)}
+"#
+    ))
+});
+
+/// ARGV: version, objects JSON, this hub, tag. Seeds the hub objects from a hub's copy of
+/// them at its version, when Redis has none (a new cluster, or Redis lost its state) or
+/// holds only a seeded copy of an older version: every hub offers its copy after a Redis
+/// restart, and the newest any hub holds wins, whatever order they come in. A copy
+/// changed through a hub since (`seeded` gone) is never replaced. `{seeded, version}` and
+/// an announcement, or `{exists, current-version}`.
+pub(crate) static SEED_HUB_OBJECTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local version, objects, hub, tag = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local k = P .. 'hub-objects'
+local cur = redis.call('HMGET', k, 'version', 'seeded')
+if cur[1] and not (cur[2] == '1' and tonumber(cur[1]) < version) then
+  return {'exists', cur[1]}
+end
+redis.call('HSET', k, 'version', version, 'objects', objects, 'tag', tag, 'seeded', '1')
+redis.call('PUBLISH', P .. 'chan:hub-objects',
+  '{"version":' .. version .. ',"hub":' .. cjson.encode(hub) .. '}')
+return {'seeded', tostring(version)}
 "#
     ))
 });

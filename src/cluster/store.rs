@@ -12,6 +12,7 @@
 //! peer costs a round trip but publishes nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +29,7 @@ use super::keys;
 use super::message::InboxMessage;
 use super::replica::RemoteIndex;
 use super::scripts;
+use super::seal::{objects_json, ClusterSecrets, Seal};
 use super::ClusterError;
 use crate::config::ClusterSection;
 use crate::metrics;
@@ -49,17 +51,71 @@ pub struct ClusterSettings {
     pub node: String,
     /// This hub's lease.
     pub lease: Duration,
+    /// The files of a `rediss://` connection.
+    pub tls: RedisTls,
+    /// The cluster secret file (`cluster.secret_file`); `None`: nothing is signed or
+    /// checked (allowed for a Redis on this machine only).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The files of a `rediss://` connection (`cluster.tls_*`): read at each connect, so a
+/// renewed client certificate is used from the next reconnect on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// CA certificates (PEM) that sign the server's certificate; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// This hub's certificate chain and key (PEM), for a server that asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl RedisTls {
+    /// The certificates for the `redis` client.
+    ///
+    /// # Errors
+    /// [`ClusterError::File`] naming a file that cannot be read.
+    fn certificates(&self) -> Result<redis::TlsCertificates, ClusterError> {
+        let read = |what: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ClusterError::File {
+                what,
+                path: path.clone(),
+                source,
+            })
+        };
+        let client_tls = match &self.client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("cluster.tls_cert", cert)?,
+                client_key: read("cluster.tls_key", key)?,
+            }),
+            None => None,
+        };
+        let root_cert = match &self.ca {
+            Some(ca) => Some(read("cluster.tls_ca", ca)?),
+            None => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
 }
 
 impl std::fmt::Debug for ClusterSettings {
     /// The Redis password stays out of `{:?}` too.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Destructured, so a new field cannot be forgotten here.
-        let Self { redis, node, lease } = self;
+        let Self {
+            redis,
+            node,
+            lease,
+            tls,
+            secret_file,
+        } = self;
         f.debug_struct("ClusterSettings")
             .field("redis", &crate::config::redact_url(redis))
             .field("node", node)
             .field("lease", lease)
+            .field("tls", tls)
+            .field("secret_file", secret_file)
             .finish()
     }
 }
@@ -71,6 +127,61 @@ impl ClusterSettings {
             redis: section.redis.clone(),
             node: section.node_name(listen),
             lease: section.lease,
+            tls: RedisTls {
+                ca: section.tls_ca.clone(),
+                client: section.tls_cert.clone().zip(section.tls_key.clone()),
+            },
+            secret_file: section.secret_file.clone(),
+        }
+    }
+
+    /// The cluster secret, read from its file (`None` without one).
+    ///
+    /// # Errors
+    /// [`ClusterError::Secret`] when the file is refused.
+    fn secrets(&self) -> Result<Option<ClusterSecrets>, ClusterError> {
+        match &self.secret_file {
+            Some(file) => Ok(Some(ClusterSecrets::load(file)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the files the connection needs, as connecting does, without connecting
+    /// (`check-config`).
+    ///
+    /// # Errors
+    /// As [`ClusterStore::connect`] before it reaches Redis.
+    pub fn check_files(&self) -> Result<(), ClusterError> {
+        self.secrets()?;
+        self.client().map(drop)
+    }
+
+    /// A client for the configured address: over TLS for `rediss://`, with the configured
+    /// CA and client certificate, speaking RESP3 (pub/sub pushes share the command
+    /// connection).
+    ///
+    /// # Errors
+    /// [`ClusterError::Address`] for a bad address; [`ClusterError::File`] when a TLS file
+    /// cannot be read.
+    pub(super) fn client(&self) -> Result<redis::Client, ClusterError> {
+        let address = |source| ClusterError::Address {
+            url: crate::config::redact_url(&self.redis),
+            source,
+        };
+        let info = self
+            .redis
+            .as_str()
+            .into_connection_info()
+            .map_err(address)?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(resp3);
+        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            redis::Client::build_with_tls(info, self.tls.certificates()?).map_err(address)
+        } else {
+            redis::Client::open(info).map_err(address)
         }
     }
 }
@@ -176,11 +287,14 @@ pub struct ClusterStore {
     _driver: Arc<DriverGuard>,
 }
 
-struct DriverGuard(tokio::task::JoinHandle<()>);
+/// The store's tasks (the driver, the lease, the recovery): aborted with the last handle.
+struct DriverGuard(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for DriverGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -190,26 +304,22 @@ impl ClusterStore {
     /// objects, and starts the driver. Must run inside a Tokio runtime.
     ///
     /// # Errors
-    /// [`ClusterError::Address`] for a bad address; [`ClusterError::Redis`] if Redis does
-    /// not answer.
+    /// [`ClusterError::Address`] for a bad address; [`ClusterError::File`] when a TLS file
+    /// cannot be read; [`ClusterError::Secret`] when the secret file is refused;
+    /// [`ClusterError::Redis`] if Redis does not answer, or refuses this hub's user,
+    /// password or certificate.
     pub async fn connect(
         settings: &ClusterSettings,
     ) -> Result<(ClusterStore, ClusterEvents), ClusterError> {
-        let address = |source| ClusterError::Address {
-            url: crate::config::redact_url(&settings.redis),
-            source,
-        };
-        let info = settings
-            .redis
-            .as_str()
-            .into_connection_info()
-            .map_err(address)?;
-        // Pub/sub pushes share the command connection: RESP3.
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(address)?;
+        let secrets = settings.secrets()?;
+        if secrets.is_none() {
+            tracing::warn!(
+                "cluster.secret_file is not set: what the hubs exchange through Redis is not \
+                 authenticated, so any client of this Redis can act as any peer (allowed for \
+                 a Redis on this machine only)"
+            );
+        }
+        let client = settings.client()?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
         let round_trip = settings.lease / 3;
         let config = ConnectionManagerConfig::new()
@@ -222,9 +332,20 @@ impl ClusterStore {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|source| ClusterError::Redis {
-                op: "connect",
-                source,
+            .map_err(|source| match source.code() {
+                Some("WRONGPASS" | "NOPERM") => ClusterError::Refused {
+                    user: client
+                        .get_connection_info()
+                        .redis_settings()
+                        .username()
+                        .unwrap_or("default")
+                        .to_owned(),
+                    source,
+                },
+                _ => ClusterError::Redis {
+                    op: "connect",
+                    source,
+                },
             })?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::channel(EVENT_QUEUE);
@@ -244,6 +365,11 @@ impl ClusterStore {
             commands,
             events,
             remote: RemoteIndex::default(),
+            seal: Seal::new(secrets, settings.secret_file.clone()),
+            recovery: tokio::sync::Notify::new(),
+            lost: Mutex::new(None),
+            pubsub_up: AtomicBool::new(true),
+            bad: Mutex::new(HashMap::new()),
         });
         inner.register().await?;
         let mut conn = inner.conn.clone();
@@ -256,11 +382,17 @@ impl ClusterStore {
         .map_err(|source| inner.failed("subscribe", source))?;
         metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 1.0);
         let driver = Driver::new(inner.clone());
-        let handle = tokio::spawn(driver.run(push_rx, command_rx));
+        let tasks = vec![
+            tokio::spawn(driver.run(push_rx, command_rx)),
+            // The lease on a timer of its own: nothing the driver or the hub awaits (a full
+            // event queue, a long re-assertion) can delay a renewal into a lost lease.
+            tokio::spawn(super::core::lease_loop(inner.clone())),
+            tokio::spawn(super::core::recovery_loop(inner.clone())),
+        ];
         Ok((
             ClusterStore {
                 inner,
-                _driver: Arc::new(DriverGuard(handle)),
+                _driver: Arc::new(DriverGuard(tasks)),
             },
             ClusterEvents(event_rx),
         ))
@@ -271,9 +403,38 @@ impl ClusterStore {
         &self.inner.node
     }
 
-    /// Whether the last Redis round trip worked (for `/readyz`).
+    /// Reads `cluster.secret_file` again (SIGHUP). When the signing secret changed, every
+    /// local peer's state is written again under it at the next lease tick, so that the
+    /// old secret can be removed from every hub's file afterwards. Returns whether it
+    /// changed.
+    ///
+    /// # Errors
+    /// [`ClusterError::Secret`] when the file is refused: the secrets in force stay.
+    pub fn reload_secret(&self) -> Result<bool, ClusterError> {
+        let changed = self.inner.seal.reload()?;
+        if changed {
+            self.inner.needs_recovery.store(true, Ordering::Release);
+        }
+        Ok(changed)
+    }
+
+    /// Counts refused cluster traffic of kind `reason` (the label of
+    /// `p2ppi_cluster_bad_messages_total`), logged once per episode: what the hub itself
+    /// refuses of what another hub sent (a remote object past this hub's caps, a message
+    /// between peers of different meshes).
+    pub fn refused(&self, reason: &'static str) {
+        self.inner.refused(reason);
+    }
+
+    /// This hub's lease.
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// Whether the last Redis round trip worked and pub/sub delivers (the liveness probe
+    /// came back): `/readyz`.
     pub fn redis_available(&self) -> bool {
-        self.inner.redis_up.load(Ordering::Acquire)
+        self.inner.redis_up.load(Ordering::Acquire) && self.inner.pubsub_up.load(Ordering::Acquire)
     }
 
     /// A new session of `peer` in `mesh` on this hub: routes the PeerName here cluster-wide,
@@ -309,8 +470,9 @@ impl ClusterStore {
     ///
     /// # Errors
     /// [`ClusterError::NotOwner`] if another hub holds the peer now (close the session);
-    /// [`ClusterError::Redis`] if Redis cannot be reached (the store re-asserts the state
-    /// once it can).
+    /// [`ClusterError::Departed`] if this hub does not hold it (never claimed, or its
+    /// departure was written); [`ClusterError::Redis`] if Redis cannot be reached (the
+    /// store re-asserts the state once it can).
     pub async fn set_peer(
         &self,
         peer: &PeerName,
@@ -321,11 +483,18 @@ impl ClusterStore {
             what: "relayed objects",
             source,
         })?;
-        self.inner
+        // Only a claimed peer's state is written: one written after its departure would
+        // bring it back (DESIGN 8: only a claim creates a route).
+        match self
+            .inner
             .local
             .lock()
             .expect("local peers lock")
-            .insert(peer.clone(), (mesh.to_owned(), json));
+            .get_mut(peer)
+        {
+            Some(state) => *state = (mesh.to_owned(), json),
+            None => return Err(ClusterError::Departed { peer: peer.clone() }),
+        }
         self.inner.write_state(peer, true).await
     }
 
@@ -452,10 +621,12 @@ impl ClusterStore {
         to: &PeerName,
         message: &InboxMessage,
     ) -> Result<RouteOutcome, ClusterError> {
-        let json = message.to_json().map_err(|source| ClusterError::Encode {
-            what: "an inbox message",
-            source,
-        })?;
+        let json = message
+            .seal(&self.inner.seal)
+            .map_err(|source| ClusterError::Encode {
+                what: "an inbox message",
+                source,
+            })?;
         let reply = self
             .inner
             .script(
@@ -490,16 +661,14 @@ impl ClusterStore {
         expected: u64,
         objects: &[Object],
     ) -> Result<SetHubObjects, ClusterError> {
-        let json = serde_json::to_string(objects).map_err(|source| ClusterError::Encode {
-            what: "hub objects",
-            source,
-        })?;
+        let json = objects_json(objects);
+        let tag = self.inner.hub_objects_tag(expected + 1, &json);
         let reply = self
             .inner
             .script(
                 "set hub objects",
                 &scripts::SET_HUB_OBJECTS,
-                &[expected.to_string(), json, self.inner.node.clone()],
+                &[expected.to_string(), json, self.inner.node.clone(), tag],
             )
             .await?;
         let version = |v: &str| v.parse::<u64>().ok();
@@ -514,6 +683,38 @@ impl ClusterStore {
             op: "set hub objects",
             reply,
         })
+    }
+
+    /// Offers this hub's copy of the hub objects at `version` (at least 1) to seed a Redis
+    /// that has none, or only a seeded copy of an older version (see
+    /// `scripts::SEED_HUB_OBJECTS`): whether it was written.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached.
+    pub async fn seed_hub_objects(
+        &self,
+        version: u64,
+        objects: &[Object],
+    ) -> Result<bool, ClusterError> {
+        let version = version.max(1);
+        let json = objects_json(objects);
+        let tag = self.inner.hub_objects_tag(version, &json);
+        let reply = self
+            .inner
+            .script(
+                "seed hub objects",
+                &scripts::SEED_HUB_OBJECTS,
+                &[version.to_string(), json, self.inner.node.clone(), tag],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("seeded") => Ok(true),
+            Some("exists") => Ok(false),
+            _ => Err(ClusterError::Reply {
+                op: "seed hub objects",
+                reply,
+            }),
+        }
     }
 
     /// The cluster's block list (PeerName → entry JSON), at most `most` entries of at most

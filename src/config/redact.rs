@@ -123,8 +123,7 @@ mod tests {
         config.cluster = Some(ClusterSection {
             redis: "redis://hub:pw@10.0.0.5:6379/0".into(),
             node: Some("hub-a".into()),
-            lease: crate::config::DEFAULT_CLUSTER_LEASE,
-            handoff: crate::config::DEFAULT_CLUSTER_HANDOFF,
+            ..ClusterSection::example()
         });
         let shown = config.redacted();
         assert_eq!(shown.admin.token.as_deref(), Some(REDACTED));

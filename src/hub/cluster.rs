@@ -21,17 +21,21 @@
 //! change is announced. A hub that finds none in Redis (a new cluster, or Redis lost its
 //! state) writes its own.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::link::{coalesce, ClusterLink, Write};
 use super::messages::{ApplyOp, Close, Deliver, ListObjects, RemoteChanges, SessionId};
 use super::registry::Registry;
-use super::relay::{check_budget, HubError, ObjectOp, OpOutcome, ViewLimits};
+use super::relay::{
+    check_budget, remote_relayable, HubError, ObjectOp, OpOutcome, RejectReason, RelayCaps,
+    ViewLimits,
+};
 use super::route::{refusal, Undelivered};
 use super::shared::HubShared;
 use crate::cluster::{
@@ -58,17 +62,28 @@ pub(crate) async fn write_loop(
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        for write in coalesce(std::mem::take(&mut batch)) {
-            write_one(&store, &shared, write).await;
+        let Some(link) = shared.cluster.get() else {
+            continue;
+        };
+        let (writes, replaced) = coalesce(std::mem::take(&mut batch));
+        for (peer, session) in replaced {
+            link.take_state(&peer, session);
+        }
+        for write in writes {
+            write_one(&store, &shared, link, write).await;
         }
     }
 }
 
 /// Errors are counted and logged by the store, which re-asserts its peers' state once Redis
 /// answers again; only what needs the hub is handled here.
-async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
+async fn write_one(store: &ClusterStore, shared: &HubShared, link: &ClusterLink, write: Write) {
+    let holds = |peer: &PeerName, session| shared.lookup(peer).is_some_and(|e| e.id == session);
     match write {
-        Write::Claim { peer, mesh } => match store.claim(&peer, &mesh).await {
+        // A session that ended before its claim's turn (Redis was slow or away): nobody is
+        // shown a peer that has already left; its departure follows and finds no route.
+        Write::Claim { peer, session, .. } if !holds(&peer, session) => {}
+        Write::Claim { peer, mesh, .. } => match store.claim(&peer, &mesh).await {
             Ok(Some(previous)) => {
                 info!(%peer, %mesh, hub = %previous, "peer moved here from another hub");
             }
@@ -79,8 +94,14 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
             peer,
             mesh,
             session,
-            objects,
-        } if shared.lookup(&peer).is_some_and(|e| e.id == session) => {
+        } => {
+            // Always taken off the queue; written only by the session holding the peer.
+            let Some(objects) = link.take_state(&peer, session) else {
+                return;
+            };
+            if !holds(&peer, session) {
+                return; // a newer session's claim follows
+            }
             match store.set_peer(&peer, &mesh, &objects).await {
                 Ok(_) => {}
                 Err(ClusterError::NotOwner { owner, .. }) => {
@@ -90,8 +111,6 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
                 Err(e) => debug!(%peer, error = %e, "cluster: state not written yet"),
             }
         }
-        // A session that no longer holds the peer (a newer one's claim follows).
-        Write::Set { .. } => {}
         Write::Verify { peer, session } => match store.owner(&peer).await {
             Ok(Some(owner)) if owner != store.node() => {
                 info!(%peer, hub = %owner, "a newer session on another hub holds the peer");
@@ -129,7 +148,15 @@ async fn write_one(store: &ClusterStore, shared: &HubShared, write: Write) {
             to,
             message,
             invitation,
+            queued_at,
+            bytes,
         } => {
+            link.message_done(bytes);
+            // Waited past the lease (Redis was slow): refused rather than delivered late.
+            if queued_at.elapsed() > store.lease() {
+                metrics::count_kind(metrics::CLUSTER_QUEUE_REFUSED, "stale");
+                return undelivered(shared, &from, &to, invitation, Undelivered::NotConnected);
+            }
             let reason = match store.send_to(&mesh, &to, &message).await {
                 Ok(RouteOutcome::Delivered { .. }) => return,
                 Ok(RouteOutcome::Absent) | Err(_) => Undelivered::NotConnected,
@@ -203,6 +230,8 @@ pub(crate) async fn event_loop(
     let blocked_sync = Arc::new(tokio::sync::Notify::new());
     let reader = tokio::spawn(blocked_loop(shared.clone(), blocked_sync.clone()));
     let _reader = AbortOnDrop(reader);
+    let retrier = tokio::spawn(hub_objects_retry_loop(shared.clone(), registry.clone()));
+    let _retrier = AbortOnDrop(retrier);
     // An event read ahead while gathering a mesh's changes, acted on next.
     let mut held = None;
     loop {
@@ -238,6 +267,8 @@ pub(crate) async fn event_loop(
                 };
                 deliver_here(&shared, link, &from, &to, mime_type, text);
             }
+            // Consumed by the store's driver; never handed over.
+            ClusterEvent::Inbox(InboxMessage::Probe { .. }) => {}
             ClusterEvent::Inbox(InboxMessage::Supersede { peer, .. }) => {
                 if let Some(peer) = PeerName::parse(&peer) {
                     supersede(&shared, link, &peer);
@@ -245,9 +276,13 @@ pub(crate) async fn event_loop(
             }
             ClusterEvent::Superseded { peer, .. } => supersede(&shared, link, &peer),
             ClusterEvent::HubObjects { version, objects } => {
-                if link.newer_hub_objects(version) {
-                    registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
-                }
+                tokio::spawn(apply_hub_objects(
+                    shared.clone(),
+                    registry.clone(),
+                    version,
+                    objects,
+                    false,
+                ));
             }
             ClusterEvent::Reasserted { peers } => {
                 info!(
@@ -310,7 +345,7 @@ async fn on_mesh(
 ) {
     let changes = RemoteChanges {
         mesh: mesh.clone(),
-        changes,
+        changes: checked(shared, link, changes),
     };
     if resync == Some(ResyncCause::Subscribed) {
         let _ = registry.send(changes).await;
@@ -318,8 +353,49 @@ async fn on_mesh(
     } else {
         registry.do_send(changes);
     }
-    if matches!(resync, Some(ResyncCause::Reconnect | ResyncCause::Epoch)) {
+    if matches!(
+        resync,
+        Some(ResyncCause::Reconnect | ResyncCause::Epoch | ResyncCause::Silent)
+    ) {
         tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
+    }
+}
+
+/// Re-checks remote peers' objects on arrival against this hub's caps and checks, as for
+/// a local peer (DESIGN 8, Trust): another hub's configuration, or a forger with the
+/// cluster secret, cannot place here what this hub would refuse from its own peer. What is
+/// refused is counted by reason (`p2ppi_cluster_bad_messages_total{reason}`) and left out.
+fn checked(
+    shared: &HubShared,
+    link: &ClusterLink,
+    mut changes: Vec<PeerChange>,
+) -> Vec<PeerChange> {
+    let relay = &shared.config.relay;
+    let caps = RelayCaps {
+        max_object_bytes: relay.max_object_bytes,
+        max_objects_per_peer: relay.max_objects_per_peer,
+    };
+    for change in &mut changes {
+        if let PeerChange::Upsert { peer, objects } = change {
+            let (accepted, refused) = remote_relayable(peer, objects, caps);
+            for reason in refused {
+                link.store().refused(remote_label(reason));
+            }
+            *objects = accepted;
+        }
+    }
+    changes
+}
+
+/// The `p2ppi_cluster_bad_messages_total` label of a remote object this hub refuses.
+fn remote_label(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::ObjectTooLarge => "remote_object_too_large",
+        RejectReason::TooManyObjects => "remote_too_many_objects",
+        RejectReason::InvalidValue => "remote_invalid_value",
+        RejectReason::SpoofedContact => "remote_spoofed_contact",
+        RejectReason::ForeignName => "remote_foreign_name",
+        RejectReason::ViewFull | RejectReason::BadWatchList => "remote_object",
     }
 }
 
@@ -360,7 +436,9 @@ fn deliver_here(
             return;
         };
         let ack = crate::protocol::xml::InvitationAck::new(id, false, reason.explanation());
-        link.send(
+        // Refused itself when Redis is away: the inviter then hears nothing, as when a
+        // refusal is lost with the connection.
+        let _ = link.send(
             to,
             mesh,
             from,
@@ -372,6 +450,13 @@ fn deliver_here(
     let Some(entry) = shared.lookup(to) else {
         return refuse(Undelivered::NotConnected);
     };
+    // Only between peers of one mesh (DESIGN 8, Trust): the sender must be a peer of
+    // another hub in the addressee's mesh, as this hub's replica of that mesh knows it. A
+    // delivery naming anyone else is dropped without an answer (its sender may not exist).
+    if link.mesh_of(from).as_deref() != Some(&**entry.flags.mesh()) {
+        link.store().refused("other_mesh");
+        return;
+    }
     match &invite {
         Some(AppInvite::Request(r)) => {
             let remembered = shared
@@ -401,22 +486,113 @@ fn deliver_here(
     }
 }
 
-/// Makes the registry's hub objects the cluster's; writes this hub's if Redis has none (a
-/// new cluster, or Redis lost its state).
+/// Gives the registry the cluster's hub objects of `version` unless it has a newer version
+/// (`reset`: unless it has this one; after a sync, Redis's copy is the cluster's whatever
+/// its number). A replace that fails (the registry refuses it, or cannot persist it) puts
+/// the version back and is tried again a lease/3 later from Redis, so a hub never stays
+/// behind a version it skipped.
+async fn apply_hub_objects(
+    shared: Arc<HubShared>,
+    registry: Addr<Registry>,
+    version: u64,
+    objects: Vec<Object>,
+    reset: bool,
+) {
+    let Some(link) = shared.cluster.get() else {
+        return;
+    };
+    let previous = link.hub_objects_version();
+    if reset {
+        if previous == version {
+            return;
+        }
+        link.reset_hub_objects(version);
+    } else if !link.newer_hub_objects(version) {
+        return;
+    }
+    let error = match registry.send(ApplyOp(ObjectOp::Replace(objects))).await {
+        Ok(Ok(_)) => {
+            if link.hub_objects_failing.swap(false, Ordering::AcqRel) {
+                info!(version, "cluster: the hub objects are applied here again");
+            }
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => return, // the hub is stopping
+    };
+    link.hub_objects_failed(version, previous);
+    metrics::counter_inc(metrics::CLUSTER_HUB_OBJECTS_FAILED);
+    if !link.hub_objects_failing.swap(true, Ordering::AcqRel) {
+        warn!(
+            version,
+            %error,
+            "cluster: the hub objects could not be applied here; trying again every lease/3"
+        );
+    }
+    link.hub_objects_retry.notify_one();
+}
+
+/// Reads and applies the cluster's hub objects again a lease/3 after an apply failed
+/// (`apply_hub_objects`), until one succeeds.
+async fn hub_objects_retry_loop(shared: Arc<HubShared>, registry: Addr<Registry>) {
+    let Some(link) = shared.cluster.get() else {
+        return;
+    };
+    loop {
+        link.hub_objects_retry.notified().await;
+        tokio::time::sleep(link.store().lease() / 3).await;
+        sync_hub_objects(shared.clone(), registry.clone()).await;
+    }
+}
+
+/// Makes the registry's hub objects the cluster's. Offers this hub's copy at its version
+/// when Redis has none (a new cluster, or Redis lost its state) or an older one, so the
+/// newest version any hub holds seeds it (`ClusterStore::seed_hub_objects`); writes this
+/// hub's over ones that fail their HMAC (written without the cluster secret).
 pub(crate) async fn sync_hub_objects(shared: Arc<HubShared>, registry: Addr<Registry>) {
     let Some(link) = shared.cluster.get() else {
         return;
     };
     let store = link.store();
-    let (version, objects) = match store.hub_objects().await {
-        Ok(current) => current,
+    let (version, objects, trusted) = match store.hub_objects().await {
+        Ok((version, objects)) => (version, objects, version > 0),
+        Err(ClusterError::Unverified { version }) => (version, Vec::new(), false),
         Err(e) => return debug!(error = %e, "cluster: hub objects not read"),
     };
-    if version == 0 {
+    let mine = link.hub_objects_version();
+    if trusted && version < mine {
         let Ok(local) = registry.send(ListObjects).await else {
             return;
         };
-        match store.set_hub_objects(0, &local).await {
+        match store.seed_hub_objects(mine, &local).await {
+            Ok(true) => {
+                return info!(
+                    version = mine,
+                    "cluster: hub objects seeded from this hub's newer copy"
+                )
+            }
+            // Changed through a hub since Redis lost its state (that change wins, applied
+            // below), or seeded by a newer copy meanwhile (announced).
+            Ok(false) => {}
+            Err(e) => return debug!(error = %e, "cluster: hub objects not seeded"),
+        }
+    }
+    if !trusted && version == 0 {
+        let Ok(local) = registry.send(ListObjects).await else {
+            return;
+        };
+        match store.seed_hub_objects(mine, &local).await {
+            Ok(true) => link.reset_hub_objects(mine.max(1)),
+            Ok(false) => {} // another hub seeded first: announced
+            Err(e) => debug!(error = %e, "cluster: hub objects not seeded"),
+        }
+        return;
+    }
+    if !trusted {
+        let Ok(local) = registry.send(ListObjects).await else {
+            return;
+        };
+        match store.set_hub_objects(version, &local).await {
             Ok(SetHubObjects::Set { version }) => {
                 link.reset_hub_objects(version);
                 info!(
@@ -430,8 +606,7 @@ pub(crate) async fn sync_hub_objects(shared: Arc<HubShared>, registry: Addr<Regi
         }
         return;
     }
-    link.reset_hub_objects(version);
-    registry.do_send(ApplyOp(ObjectOp::Replace(objects)));
+    apply_hub_objects(shared.clone(), registry, version, objects, true).await;
 }
 
 /// The hub objects a cluster starts this hub with: Redis's, or (none there yet) `local`,
@@ -442,12 +617,24 @@ pub(crate) async fn initial_hub_objects(
 ) -> Result<Vec<Object>, ClusterError> {
     let store = link.store();
     for _ in 0..CAS_ATTEMPTS {
-        let (version, objects) = store.hub_objects().await?;
-        if version > 0 {
-            link.reset_hub_objects(version);
-            return Ok(objects);
-        }
-        if let SetHubObjects::Set { version } = store.set_hub_objects(0, &local).await? {
+        let version = match store.hub_objects().await {
+            Ok((version, objects)) if version > 0 => {
+                link.reset_hub_objects(version);
+                return Ok(objects);
+            }
+            // None yet: seeded (a running hub with a newer copy replaces a seeded one).
+            Ok(_) => {
+                if store.seed_hub_objects(1, &local).await? {
+                    link.reset_hub_objects(1);
+                    return Ok(local);
+                }
+                continue;
+            }
+            // Not written with the cluster secret: this hub's replace them.
+            Err(ClusterError::Unverified { version }) => version,
+            Err(e) => return Err(e),
+        };
+        if let SetHubObjects::Set { version } = store.set_hub_objects(version, &local).await? {
             link.reset_hub_objects(version);
             return Ok(local);
         }
@@ -471,7 +658,18 @@ pub(crate) async fn apply_hub_op(
     let unavailable = |e: ClusterError| HubError::Cluster(e.to_string());
     let store = link.store();
     for _ in 0..CAS_ATTEMPTS {
-        let (version, current) = store.hub_objects().await.map_err(unavailable)?;
+        let (version, current) = match store.hub_objects().await {
+            Ok(read) => read,
+            // Not written with the cluster secret: the change applies to this hub's copy.
+            Err(ClusterError::Unverified { version }) => {
+                let local = registry
+                    .send(ListObjects)
+                    .await
+                    .map_err(|_| HubError::Stopped)?;
+                (version, local)
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         let mut next = PublishedObjects::from(current);
         let change = op.clone().apply_to(&mut next)?;
         if change == Change::None {
@@ -486,12 +684,20 @@ pub(crate) async fn apply_hub_op(
         {
             SetHubObjects::Set { version } => {
                 // Applied here before answering (the announcement then changes nothing),
-                // unless a newer change through another hub is here already.
+                // unless a newer change through another hub is here already. If it cannot
+                // be applied here, the version goes back and the retry applies it later.
+                let previous = link.hub_objects_version();
                 if link.newer_hub_objects(version) {
-                    registry
+                    let applied = registry
                         .send(ApplyOp(ObjectOp::Replace(objects)))
                         .await
-                        .map_err(|_| HubError::Stopped)??;
+                        .map_err(|_| HubError::Stopped)?;
+                    if applied.is_err() {
+                        link.hub_objects_failed(version, previous);
+                        metrics::counter_inc(metrics::CLUSTER_HUB_OBJECTS_FAILED);
+                        link.hub_objects_retry.notify_one();
+                    }
+                    applied?;
                 }
                 return Ok(OpOutcome { changed: true });
             }
@@ -587,8 +793,9 @@ pub(crate) type Joined = (mpsc::UnboundedReceiver<Write>, ClusterEvents);
 /// [`ClusterError`] when Redis cannot be reached or refuses.
 pub(crate) async fn connect(
     settings: &crate::cluster::ClusterSettings,
+    max_queue_bytes: usize,
 ) -> Result<(ClusterLink, Joined), ClusterError> {
     let (store, events) = ClusterStore::connect(settings).await?;
-    let (link, queue) = ClusterLink::new(store);
+    let (link, queue) = ClusterLink::new(store, max_queue_bytes);
     Ok((link, (queue, events)))
 }

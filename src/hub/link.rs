@@ -3,29 +3,47 @@
 //! sessions, and where the peers of other hubs are, for routing (read from the store's
 //! replicas, the one copy of their state here). The tasks that drain the queue and act on
 //! other hubs' changes are in `hub::cluster`.
+//!
+//! **Bounded** (DESIGN 8, Bounded). A session's relayed objects wait in [`Pending`], one
+//! entry per session (a later state replaces the waiting one; the queue carries only a
+//! marker), so a peer flipping an object while Redis is away costs one state, not one
+//! per flip. States and messages count against `cluster.max_queue_bytes`: past it a new
+//! state is refused to its session, which retries (`hub::session`), and a message is
+//! refused to its sender as if its addressee were absent. A message is refused at once
+//! while Redis is unreachable, and dropped (refused the same way) if it waited longer than
+//! the lease, so nothing minutes old is delivered when Redis returns. Claims, departures
+//! and hand-off marks are never refused: a few per session, and the cluster's
+//! correctness rests on them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::messages::SessionId;
 use crate::cluster::{ClusterStore, InboxMessage};
+use crate::metrics;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
 
 /// A write of this hub's sessions to the cluster, in the order they happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Write {
-    /// A session started: the PeerName is held here now, cluster-wide.
-    Claim { peer: PeerName, mesh: Arc<str> },
-    /// A session's relayed objects changed.
+    /// A session started: the PeerName is held here now, cluster-wide (skipped if the
+    /// session no longer holds it when its turn comes).
+    Claim {
+        peer: PeerName,
+        mesh: Arc<str>,
+        session: SessionId,
+    },
+    /// A session's relayed objects changed: they wait in [`Pending`] (the latest).
     Set {
         peer: PeerName,
         mesh: Arc<str>,
         session: SessionId,
-        objects: Vec<Object>,
     },
     /// The last local session of the peer ended.
     Gone { peer: PeerName },
@@ -47,6 +65,10 @@ pub(crate) enum Write {
         message: InboxMessage,
         /// The INVITATIONID of an invitation request (refused to `from` if undeliverable).
         invitation: Option<Uuid>,
+        /// When it was queued (a message older than the lease is not sent).
+        queued_at: Instant,
+        /// What it counts against the queue's bound.
+        bytes: usize,
     },
 }
 
@@ -68,10 +90,13 @@ impl Write {
 
 /// Drops each state write that a later state write of the same peer in `batch` replaces
 /// (the store writes a peer's latest state; a departure replaces any state). Claims and
-/// messages are kept, and the order is kept.
-pub(crate) fn coalesce(batch: Vec<Write>) -> Vec<Write> {
+/// messages are kept, and the order is kept. Returns the kept writes, and the sessions
+/// whose state markers were dropped (their waiting states are to be released:
+/// [`ClusterLink::take_state`]).
+pub(crate) fn coalesce(batch: Vec<Write>) -> (Vec<Write>, Vec<(PeerName, SessionId)>) {
     let mut later = std::collections::HashSet::new();
     let mut kept: Vec<Write> = Vec::with_capacity(batch.len());
+    let mut dropped = Vec::new();
     for write in batch.into_iter().rev() {
         match write {
             Write::Claim { ref peer, .. } => {
@@ -79,8 +104,10 @@ pub(crate) fn coalesce(batch: Vec<Write>) -> Vec<Write> {
                 later.remove(peer);
                 kept.push(write);
             }
+            Write::Set { peer, session, .. } if later.contains(&peer) => {
+                dropped.push((peer, session));
+            }
             _ => match write.state_of() {
-                Some(peer) if matches!(write, Write::Set { .. }) && later.contains(peer) => {}
                 Some(peer) => {
                     later.insert(peer.clone());
                     kept.push(write);
@@ -90,7 +117,34 @@ pub(crate) fn coalesce(batch: Vec<Write>) -> Vec<Write> {
         }
     }
     kept.reverse();
-    kept
+    (kept, dropped)
+}
+
+/// Sessions' states waiting to be written, and the queue's bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// The latest relayed objects of each session with a state waiting, and their bytes.
+    states: HashMap<(PeerName, SessionId), (Vec<Object>, usize)>,
+    /// Bytes of the waiting states and queued messages.
+    bytes: usize,
+}
+
+/// What one object counts against the queue's bound: its name and value, and the JSON
+/// around them.
+fn objects_bytes(objects: &[Object]) -> usize {
+    objects
+        .iter()
+        .map(|o| o.name.len() + o.value.len() + 32)
+        .sum()
+}
+
+/// Why a write was refused (the label of `p2ppi_cluster_queue_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Past `cluster.max_queue_bytes`.
+    Full,
+    /// Redis is unreachable (a message only).
+    Unreachable,
 }
 
 /// The hub's link to the cluster: the store, the queue of writes, and the meshes with
@@ -98,12 +152,22 @@ pub(crate) fn coalesce(batch: Vec<Write>) -> Vec<Write> {
 pub(crate) struct ClusterLink {
     store: ClusterStore,
     writes: mpsc::UnboundedSender<Write>,
+    /// States waiting, and the queue's bytes.
+    pending: std::sync::Mutex<Pending>,
+    /// `cluster.max_queue_bytes`.
+    max_queue_bytes: usize,
+    /// Whether the queue refused something since it last had room (logged once).
+    full: AtomicBool,
     /// Meshes with local sessions: how many, and whether their remote part is loaded.
     meshes: std::sync::Mutex<HashMap<Arc<str>, LocalMesh>>,
     /// Woken whenever a mesh's remote part is loaded.
     loaded: tokio::sync::Notify,
     /// The version of the cluster's hub objects the registry has (or is being given).
     hub_objects: std::sync::atomic::AtomicU64,
+    /// Wakes the task that applies the hub objects again after an apply failed.
+    pub(crate) hub_objects_retry: tokio::sync::Notify,
+    /// Whether applying the hub objects fails now (logged once per episode).
+    pub(crate) hub_objects_failing: AtomicBool,
 }
 
 /// A mesh with local sessions.
@@ -115,14 +179,22 @@ struct LocalMesh {
 
 impl ClusterLink {
     /// The link, and the queue its writer task reads.
-    pub(crate) fn new(store: ClusterStore) -> (Self, mpsc::UnboundedReceiver<Write>) {
+    pub(crate) fn new(
+        store: ClusterStore,
+        max_queue_bytes: usize,
+    ) -> (Self, mpsc::UnboundedReceiver<Write>) {
         let (writes, queue) = mpsc::unbounded_channel();
         let link = Self {
             store,
             writes,
+            pending: std::sync::Mutex::new(Pending::default()),
+            max_queue_bytes,
+            full: AtomicBool::new(false),
             meshes: std::sync::Mutex::new(HashMap::new()),
             loaded: tokio::sync::Notify::new(),
             hub_objects: std::sync::atomic::AtomicU64::new(0),
+            hub_objects_retry: tokio::sync::Notify::new(),
+            hub_objects_failing: AtomicBool::new(false),
         };
         (link, queue)
     }
@@ -136,11 +208,27 @@ impl ClusterLink {
             < version
     }
 
-    /// The registry has Redis's hub objects of `version`, read just now (after Redis lost
-    /// its state the versions start again).
+    /// The registry has Redis's hub objects of `version`, read just now (a copy changed
+    /// through a hub after Redis lost its state may have a lower version than this hub's).
     pub(crate) fn reset_hub_objects(&self, version: u64) {
         self.hub_objects
             .store(version, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The version of the hub objects the registry has (or is being given).
+    pub(crate) fn hub_objects_version(&self) -> u64 {
+        self.hub_objects.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Applying hub objects of `version` failed: the version the registry has goes back to
+    /// `previous`, unless a newer one came meanwhile, so a later read applies them again.
+    pub(crate) fn hub_objects_failed(&self, version: u64, previous: u64) {
+        let _ = self.hub_objects.compare_exchange(
+            version,
+            previous,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
     }
 
     /// The store.
@@ -153,8 +241,54 @@ impl ClusterLink {
         let _ = self.writes.send(write);
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a refusal; the first since the queue last had room is logged.
+    fn refuse(&self, kind: &'static str) {
+        metrics::count_kind(metrics::CLUSTER_QUEUE_REFUSED, kind);
+        if kind != "unreachable" && !self.full.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                max_queue_bytes = self.max_queue_bytes,
+                "cluster: the write queue is full (Redis slow or away): new states wait in \
+                 their sessions, messages to other hubs are refused"
+            );
+        }
+    }
+
+    /// The queue's bytes changed to `bytes`.
+    fn queue_bytes(&self, bytes: usize) {
+        metrics::gauge_set(metrics::CLUSTER_QUEUE_BYTES, bytes as f64);
+        if bytes <= self.max_queue_bytes / 2 && self.full.swap(false, Ordering::AcqRel) {
+            tracing::info!("cluster: the write queue has room again");
+        }
+    }
+
+    /// The latest state of `session` waiting to be written, taken off the queue.
+    pub(crate) fn take_state(&self, peer: &PeerName, session: SessionId) -> Option<Vec<Object>> {
+        let mut pending = self.pending();
+        let (objects, bytes) = pending.states.remove(&(peer.clone(), session))?;
+        pending.bytes -= bytes;
+        let left = pending.bytes;
+        drop(pending);
+        self.queue_bytes(left);
+        Some(objects)
+    }
+
+    /// A queued message of `bytes` left the queue.
+    pub(crate) fn message_done(&self, bytes: usize) {
+        let mut pending = self.pending();
+        pending.bytes -= bytes;
+        let left = pending.bytes;
+        drop(pending);
+        self.queue_bytes(left);
+    }
+
     /// A local session of `peer` holds the PeerName now.
-    pub(crate) fn session_started(&self, peer: &PeerName, mesh: &Arc<str>) {
+    pub(crate) fn session_started(&self, peer: &PeerName, mesh: &Arc<str>, session: SessionId) {
         self.local_meshes()
             .entry(mesh.clone())
             .or_default()
@@ -163,6 +297,7 @@ impl ClusterLink {
         self.queue(Write::Claim {
             peer: peer.clone(),
             mesh: mesh.clone(),
+            session,
         });
     }
 
@@ -230,20 +365,38 @@ impl ClusterLink {
         }
     }
 
-    /// A local session's relayed objects are now `objects`.
+    /// A local session's relayed objects are now `objects`: they replace its state still
+    /// waiting, if one is. Whether they were taken: past `cluster.max_queue_bytes` they are
+    /// refused (counted, logged once), and the session offers its latest state again later.
     pub(crate) fn relayed(
         &self,
         peer: &PeerName,
         mesh: &Arc<str>,
         session: SessionId,
         objects: Vec<Object>,
-    ) {
-        self.queue(Write::Set {
-            peer: peer.clone(),
-            mesh: mesh.clone(),
-            session,
-            objects,
-        });
+    ) -> Result<(), Refused> {
+        let bytes = objects_bytes(&objects);
+        let mut pending = self.pending();
+        let key = (peer.clone(), session);
+        let replaced = pending.states.get(&key).map(|(_, b)| *b);
+        let after = pending.bytes - replaced.unwrap_or(0) + bytes;
+        if after > self.max_queue_bytes {
+            drop(pending);
+            self.refuse("state");
+            return Err(Refused::Full);
+        }
+        pending.bytes = after;
+        pending.states.insert(key, (objects, bytes));
+        drop(pending);
+        self.queue_bytes(after);
+        if replaced.is_none() {
+            self.queue(Write::Set {
+                peer: peer.clone(),
+                mesh: mesh.clone(),
+                session,
+            });
+        }
+        Ok(())
     }
 
     /// The hand-off's wait for a moving `peer` is over.
@@ -264,7 +417,9 @@ impl ClusterLink {
         self.store.mesh_of(peer)
     }
 
-    /// Queues a message for `to`, a peer of another hub in `mesh`.
+    /// Queues a message for `to`, a peer of another hub in `mesh`, unless Redis is
+    /// unreachable or the queue is full: then it is refused at once (counted), and the
+    /// sender is answered as for an absent peer.
     pub(crate) fn send(
         &self,
         from: &PeerName,
@@ -273,7 +428,22 @@ impl ClusterLink {
         mime_type: String,
         text: String,
         invitation: Option<Uuid>,
-    ) {
+    ) -> Result<(), Refused> {
+        if !self.store.redis_available() {
+            self.refuse("unreachable");
+            return Err(Refused::Unreachable);
+        }
+        let bytes = mime_type.len() + text.len() + 2 * 40 + 64;
+        let mut pending = self.pending();
+        if pending.bytes + bytes > self.max_queue_bytes {
+            drop(pending);
+            self.refuse("message");
+            return Err(Refused::Full);
+        }
+        pending.bytes += bytes;
+        let after = pending.bytes;
+        drop(pending);
+        self.queue_bytes(after);
         self.queue(Write::Send {
             from: from.clone(),
             mesh,
@@ -285,7 +455,10 @@ impl ClusterLink {
                 text,
             },
             invitation,
+            queued_at: Instant::now(),
+            bytes,
         });
+        Ok(())
     }
 }
 
@@ -297,12 +470,12 @@ mod tests {
         PeerName::parse(&c.repeat(40)).unwrap()
     }
 
-    fn set(p: &PeerName, v: &str) -> Write {
+    /// A state marker of session `session` (its objects wait in `Pending`).
+    fn set(p: &PeerName, session: SessionId) -> Write {
         Write::Set {
             peer: p.clone(),
             mesh: "m".into(),
-            session: 1,
-            objects: vec![Object::new("n", v)],
+            session,
         }
     }
 
@@ -312,25 +485,28 @@ mod tests {
         let claim = Write::Claim {
             peer: a.clone(),
             mesh: "m".into(),
+            session: 2,
         };
         let batch = vec![
-            set(&a, "1"),
+            set(&a, 1),
             claim.clone(),
-            set(&a, "2"),
-            set(&b, "1"),
-            set(&a, "3"),
+            set(&a, 2),
+            set(&b, 1),
+            set(&a, 3),
             Write::Gone { peer: b.clone() },
         ];
-        let kept = coalesce(batch);
+        let (kept, dropped) = coalesce(batch);
         assert_eq!(
             kept,
             vec![
-                set(&a, "1"),
+                set(&a, 1),
                 claim,
-                set(&a, "3"),
+                set(&a, 3),
                 Write::Gone { peer: b.clone() }
             ]
         );
+        // Their waiting states are released by the writer.
+        assert_eq!(dropped, vec![(b.clone(), 1), (a.clone(), 2)]);
     }
 
     #[test]
@@ -339,16 +515,20 @@ mod tests {
         let claim = Write::Claim {
             peer: a.clone(),
             mesh: "m".into(),
+            session: 2,
         };
         let batch = vec![
-            set(&a, "1"),
+            set(&a, 1),
             Write::Gone { peer: a.clone() },
             claim.clone(),
-            set(&a, "2"),
+            set(&a, 2),
         ];
         assert_eq!(
             coalesce(batch),
-            vec![Write::Gone { peer: a.clone() }, claim, set(&a, "2")]
+            (
+                vec![Write::Gone { peer: a.clone() }, claim, set(&a, 2)],
+                vec![(a.clone(), 1)]
+            )
         );
     }
 }

@@ -697,9 +697,10 @@ async fn join_cluster(
     let settings = crate::cluster::ClusterSettings::from_config(section, local_addr);
     let thread = cluster::ClusterThread::start().map_err(StartError::Thread)?;
     let connecting = settings.clone();
+    let max_queue_bytes = section.max_queue_bytes;
     let joined = thread
         .run(async move {
-            let (link, joined) = cluster::connect(&connecting).await?;
+            let (link, joined) = cluster::connect(&connecting, max_queue_bytes).await?;
             let objects = cluster::initial_hub_objects(&link, objects).await?;
             Ok::<_, crate::cluster::ClusterError>((link, joined, objects))
         })

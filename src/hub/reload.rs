@@ -93,6 +93,20 @@ impl HubHandle {
 
 /// The reload itself (blocking: file reads, signature checks).
 fn reload(shared: &HubShared) -> Result<ReloadReport, ReloadError> {
+    // The cluster secret is a file named in the configuration as the TLS files are, read
+    // again with them (DESIGN 8, Trust: a rotation is a SIGHUP of every hub per step). Its
+    // outcome is its own: a refused secret file leaves the secrets in force and does not
+    // stop the TLS reload.
+    if let Some(link) = shared.cluster.get() {
+        match link.store().reload_secret() {
+            Ok(true) => info!(
+                "cluster secret reloaded: the signing secret changed; this hub's peers are \
+                 written again under it at the next lease tick"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "cluster secret not reloaded: the secrets in force stay"),
+        }
+    }
     let identities = &shared.identities;
     let _one = identities.one_reload();
     let material = match TlsMaterial::load(&shared.config.tls_files()) {

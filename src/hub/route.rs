@@ -216,8 +216,10 @@ impl Sender<'_> {
                 };
                 message.to_bytes(0).map_err(|_| Undelivered::TooLarge)?;
                 let link = self.shared.cluster.get().ok_or(Undelivered::NotConnected)?;
-                link.send(self.peer, mesh, to, mime_type, value, invitation);
-                Ok(())
+                // Refused at once while Redis is unreachable or the queue is full: the
+                // sender hears what it would of an absent peer (DESIGN 8, Bounded).
+                link.send(self.peer, mesh, to, mime_type, value, invitation)
+                    .map_err(|_| Undelivered::NotConnected)
             }
         }
     }

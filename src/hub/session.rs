@@ -77,6 +77,8 @@ const READ_BUFFER_BYTES: usize = 512;
 const READ_BUFFER_KEPT_BYTES: usize = 4 * READ_BUFFER_BYTES;
 /// Longest a mesh's first session here waits for the mesh's peers on other hubs.
 const MESH_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a state the cluster's write queue refused is offered again.
+const CLUSTER_STATE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One peer's session.
 pub struct Session {
@@ -94,6 +96,9 @@ pub struct Session {
     close_reason: &'static str,
     /// Whether this session holds its PeerName in the cluster (DESIGN 8).
     clustered: bool,
+    /// Whether the cluster's write queue refused this session's latest state and a retry
+    /// is scheduled (DESIGN 8, Bounded).
+    cluster_retry: bool,
     /// Whether this session is in the session count (from holding its PeerName on).
     counted: bool,
     /// What its handshake established (DESIGN 10).
@@ -169,6 +174,7 @@ pub(crate) fn start(
             registry,
             close_reason: "peer_closed",
             clustered: false,
+            cluster_retry: false,
             counted: false,
             cert,
             span,
@@ -288,7 +294,12 @@ impl Session {
                 .is_some_and(|e| e.id == self.id)
         };
         if let (Some(cluster), true) = (self.shared.cluster.get(), holds()) {
-            cluster.relayed(&self.peer, &self.mesh, self.id, objects.clone());
+            if cluster
+                .relayed(&self.peer, &self.mesh, self.id, objects.clone())
+                .is_err()
+            {
+                self.retry_cluster_state(ctx);
+            }
         }
         let message = RelaySet(RelayedSet {
             peer: self.peer.clone(),
@@ -308,6 +319,34 @@ impl Session {
                 session.send_relay(ctx);
             })
             .spawn(ctx);
+    }
+
+    /// The cluster's write queue refused this session's state (full while Redis is slow
+    /// or away): its latest state is offered again every [`CLUSTER_STATE_RETRY`] until
+    /// taken, so a refusal delays the state and never loses it.
+    fn retry_cluster_state(&mut self, ctx: &mut Context<Self>) {
+        if self.cluster_retry {
+            return;
+        }
+        self.cluster_retry = true;
+        ctx.run_later(CLUSTER_STATE_RETRY, |session, ctx| {
+            session.cluster_retry = false;
+            let Some(cluster) = session.shared.cluster.get() else {
+                return;
+            };
+            let holds = session
+                .shared
+                .lookup(&session.peer)
+                .is_some_and(|e| e.id == session.id);
+            let objects = session.relay.relayed().to_vec();
+            if holds
+                && cluster
+                    .relayed(&session.peer, &session.mesh, session.id, objects)
+                    .is_err()
+            {
+                session.retry_cluster_state(ctx);
+            }
+        });
     }
 
     /// Routes an application message (DESIGN 5.3) and counts the outcome; an invitation
@@ -454,7 +493,7 @@ impl Actor for Session {
                 mesh: self.mesh.clone(),
                 session: self.id,
             });
-            cluster.session_started(&self.peer, &self.mesh);
+            cluster.session_started(&self.peer, &self.mesh, self.id);
             self.clustered = true;
             if !cluster.is_loaded(&self.mesh) {
                 // The first session of a mesh here is served once the peers of other hubs

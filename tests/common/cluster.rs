@@ -1,8 +1,106 @@
-//! `p2ppi-hub serve` processes of one cluster (DESIGN 8): one real `redis-server`, one CA,
-//! each hub its own process, data directory and node name.
+//! Hubs of one cluster (DESIGN 8) sharing one real `redis-server` and one CA: in this
+//! process ([`InProcess`], whose store the tests reach), or `p2ppi-hub serve` processes
+//! ([`Processes`]), each hub its own data directory and node name.
+
+use std::time::Duration;
+
+use p2ppi_hub::config::{ClusterSection, Config};
+use p2ppi_hub::hub::{Hub, HubHandle};
+use p2ppi_hub::protocol::wire::Object;
 
 use super::hub_process::HubProcess;
 use super::redis::RedisServer;
+use super::{start_hub, Pki};
+
+/// In-process hubs sharing one Redis and one PKI.
+pub struct InProcess {
+    pub redis: RedisServer,
+    pub pki: Pki,
+    pub hubs: Vec<Hub>,
+    dirs: Vec<tempfile::TempDir>,
+    /// Each hub's Redis user and password, on a secured Redis (hub i is `users[i]`).
+    users: Vec<(String, String)>,
+    /// The `cluster.secret_file` of hubs added from now on.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The `cluster.max_queue_bytes` of hubs added from now on.
+    pub max_queue_bytes: usize,
+}
+
+impl InProcess {
+    /// `n` hubs, or `None` (skipped) without `redis-server`.
+    pub fn start(n: usize) -> Option<Self> {
+        Some(Self::on(RedisServer::start()?, &[], n))
+    }
+
+    /// `n` hubs on `redis`; on a secured one hub i connects as `users[i]`.
+    pub fn on(redis: RedisServer, users: &[(&str, &str)], n: usize) -> Self {
+        let mut cluster = Self {
+            redis,
+            pki: Pki::new(),
+            hubs: Vec::new(),
+            dirs: Vec::new(),
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
+            secret_file: None,
+            max_queue_bytes: p2ppi_hub::config::DEFAULT_CLUSTER_MAX_QUEUE_BYTES,
+        };
+        for _ in 0..n {
+            cluster.add_hub(vec![Object::new("welcome", "hello")]);
+        }
+        cluster
+    }
+
+    /// The `[cluster]` section of hub number `i`.
+    pub fn section(&self, i: usize) -> ClusterSection {
+        let (redis, tls) = match self.users.get(i) {
+            Some((user, password)) => (self.redis.url_as(user, password), self.redis.hub_tls()),
+            None => (self.redis.url(), Default::default()),
+        };
+        ClusterSection {
+            redis,
+            node: Some(format!("hub-{i}")),
+            lease: Duration::from_secs(3),
+            handoff: p2ppi_hub::config::DEFAULT_CLUSTER_HANDOFF,
+            tls_ca: tls.ca,
+            tls_cert: tls.client.as_ref().map(|(cert, _)| cert.clone()),
+            tls_key: tls.client.map(|(_, key)| key),
+            secret_file: self.secret_file.clone(),
+            max_queue_bytes: self.max_queue_bytes,
+        }
+    }
+
+    /// The config of hub number `i` (its own data directory, the shared CA).
+    pub fn config(&mut self, i: usize, objects: Vec<Object>) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = self.pki.config();
+        config.tls.ca = Some(self.pki.path().join("ca.pem"));
+        config.tls.cert = Some(self.pki.path().join("hub.pem"));
+        config.tls.key = Some(self.pki.path().join("hub.key"));
+        config.hub.data_dir = dir.path().to_owned();
+        config.objects = objects;
+        config.cluster = Some(self.section(i));
+        self.dirs.push(dir);
+        config
+    }
+
+    pub fn add_hub(&mut self, objects: Vec<Object>) -> HubHandle {
+        let config = self.config(self.hubs.len(), objects);
+        let hub = start_hub(config);
+        self.hubs.push(hub);
+        self.hubs.last().unwrap().handle()
+    }
+
+    /// The data directory of hub number `i`.
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        self.dirs[i].path()
+    }
+
+    pub fn hub(&self, i: usize) -> HubHandle {
+        self.hubs[i].handle()
+    }
+}
 
 /// `p2ppi-hub serve` processes sharing one Redis and one CA.
 pub struct Processes {

@@ -1,6 +1,11 @@
 //! A real Redis for the cluster tests: Debian's `redis-server` as a child process on a free
 //! loopback port, without persistence, killed on drop. Tests that need it return early
 //! (skipped) when it is missing, unless CI requires it (see `external`).
+//!
+//! [`RedisServer::start_secured`] runs it as `deploy/redis/` says a cluster's Redis runs:
+//! the shipped `redis.conf` (TLS only, client certificates required) and the shipped ACL
+//! rules for each hub's user, with certificates made here (one CA signs the server's and
+//! the clients'), its addresses, ports and paths replaced by the test's.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +24,30 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    secured: Option<Secured>,
+}
+
+/// The TLS files and ACL users of a server started by [`RedisServer::start_secured`].
+pub struct Secured {
+    /// The CA that signs the server's and the clients' certificates.
+    pub ca: PathBuf,
+    /// A client certificate and key signed by it (the server requires one).
+    pub client_cert: PathBuf,
+    /// The key of `client_cert`.
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    acl: PathBuf,
+}
+
+/// The operator's user of a secured server (every key, channel and command).
+const ADMIN: (&str, &str) = ("admin", "admin-pw-for-tests");
+
+/// The shipped files of a cluster's Redis.
+fn deploy(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/redis")
+        .join(file)
 }
 
 impl RedisServer {
@@ -40,14 +69,136 @@ impl RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
+            secured: None,
         };
         server.spawn();
         Some(server)
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// Starts one with the shipped `deploy/redis/redis.conf` (TLS only, client certificates
+    /// required) and, for each of `users` (name, password), the shipped ACL rules of a hub;
+    /// or `None` (skipped) when `redis-server` is not installed.
+    pub fn start_secured(users: &[(&str, &str)]) -> Option<Self> {
+        let program = external::require("redis-server", "redis-server")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name);
+        let ca = p2ppi_hub::certs::CertAuthority::generate("redis test CA").unwrap();
+        let server = ca.issue_hub(&[]).unwrap();
+        let client = ca
+            .issue_peer("hub", &p2ppi_hub::certs::PeerCertOptions::default())
+            .unwrap();
+        for (name, text) in [
+            ("ca.pem", ca.cert_pem().to_owned()),
+            ("redis.pem", server.cert_pem),
+            ("redis.key", server.key_pem),
+            ("client.pem", client.cert_pem),
+            ("client.key", client.key_pem),
+        ] {
+            std::fs::write(path(name), text).unwrap();
+        }
+        // The shipped rules of one hub (hub-a's line), for each user, with its password in
+        // the place of the shipped placeholder hash; the default user stays off.
+        let shipped = std::fs::read_to_string(deploy("p2ppi-users.acl")).unwrap();
+        let template = shipped
+            .lines()
+            .find(|l| l.starts_with("user hub-a "))
+            .expect("the shipped ACL has hub-a's rules");
+        let placeholder = format!("#{}", "0".repeat(64));
+        assert!(template.contains(&placeholder), "{template}");
+        let mut acl: Vec<String> = shipped
+            .lines()
+            .filter(|l| l.starts_with("user default "))
+            .map(str::to_owned)
+            .collect();
+        for (user, password) in users.iter().chain([&ADMIN]) {
+            let line = if (*user, *password) == ADMIN {
+                format!("user {user} on >{password} ~* &* +@all")
+            } else {
+                template
+                    .replacen("user hub-a ", &format!("user {user} "), 1)
+                    .replace(&placeholder, &format!(">{password}"))
+            };
+            acl.push(line);
+        }
+        std::fs::write(path("users.acl"), acl.join("\n") + "\n").unwrap();
+        let secured = Secured {
+            ca: path("ca.pem"),
+            client_cert: path("client.pem"),
+            client_key: path("client.key"),
+            server_cert: path("redis.pem"),
+            server_key: path("redis.key"),
+            acl: path("users.acl"),
+        };
+        let mut server = Self {
+            program,
+            port,
+            child: None,
+            dir,
+            secured: Some(secured),
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a secured server, with no user: see
+    /// [`RedisServer::url_as`]).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match self.secured {
+            Some(_) => format!("rediss://127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// The address with `user` and `password` in it.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        let scheme = if self.secured.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{user}:{password}@127.0.0.1:{}/0", self.port)
+    }
+
+    /// The TLS files and users of a secured server.
+    pub fn secured(&self) -> &Secured {
+        self.secured.as_ref().expect("a secured server")
+    }
+
+    /// The TLS files a hub of a secured server names (`cluster.tls_*`).
+    pub fn hub_tls(&self) -> p2ppi_hub::cluster::RedisTls {
+        let s = self.secured();
+        p2ppi_hub::cluster::RedisTls {
+            ca: Some(s.ca.clone()),
+            client: Some((s.client_cert.clone(), s.client_key.clone())),
+        }
+    }
+
+    /// A plain client connected as `user` (over TLS with the client certificate, for a
+    /// secured server).
+    pub fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> ::redis::RedisResult<::redis::Connection> {
+        let url = self.url_as(user, password);
+        let client = match &self.secured {
+            Some(s) => ::redis::Client::build_with_tls(
+                url,
+                ::redis::TlsCertificates {
+                    client_tls: Some(::redis::ClientTlsConfig {
+                        client_cert: std::fs::read(&s.client_cert).unwrap(),
+                        client_key: std::fs::read(&s.client_key).unwrap(),
+                    }),
+                    root_cert: Some(std::fs::read(&s.ca).unwrap()),
+                },
+            )?,
+            None => ::redis::Client::open(url)?,
+        };
+        client.get_connection_with_timeout(Duration::from_secs(2))
     }
 
     /// Kills the server (SIGKILL: its state is lost) and starts a new one on the same port.
@@ -81,18 +232,45 @@ impl RedisServer {
         assert!(status.success(), "kill {signal}");
     }
 
-    /// A plain connection for a test to look at or disturb the shared state.
+    /// A plain connection for a test to look at or disturb the shared state (as the
+    /// operator's user of a secured server).
     pub fn connection(&self) -> ::redis::Connection {
-        ::redis::Client::open(self.url())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-            .expect("connect to the test redis-server")
+        self.admin().expect("connect to the test redis-server")
+    }
+
+    fn admin(&self) -> ::redis::RedisResult<::redis::Connection> {
+        match self.secured {
+            Some(_) => self.client_as(ADMIN.0, ADMIN.1),
+            None => ::redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2))),
+        }
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        let port = self.port.to_string();
+        match &self.secured {
+            // The shipped file, then the test's addresses, ports and paths (later
+            // arguments win over the file's lines).
+            Some(s) => {
+                command
+                    .arg(deploy("redis.conf"))
+                    .args(["--port", "0", "--tls-port", &port]);
+                for (flag, path) in [
+                    ("--tls-cert-file", &s.server_cert),
+                    ("--tls-key-file", &s.server_key),
+                    ("--tls-ca-cert-file", &s.ca),
+                    ("--aclfile", &s.acl),
+                ] {
+                    command.arg(flag).arg(path);
+                }
+            }
+            None => {
+                command.args(["--port", &port]);
+            }
+        }
+        let child = command
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -109,8 +287,8 @@ impl RedisServer {
         self.child = Some(child);
         let start = Instant::now();
         loop {
-            let pong = ::redis::Client::open(self.url())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            let pong = self
+                .admin()
                 .and_then(|mut c| ::redis::cmd("PING").query::<String>(&mut c));
             if pong.as_deref() == Ok("PONG") {
                 return;

@@ -75,7 +75,7 @@ pub use effects::{
 };
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
 pub use peer_relay::{Note, PeerRelay, Reaction};
-pub use relayable::RejectReason;
+pub use relayable::{remote_relayable, RejectReason, RelayCaps};
 #[cfg(test)]
 pub use view::notify_only;
 pub use view::View;

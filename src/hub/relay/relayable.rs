@@ -24,6 +24,9 @@ pub enum RejectReason {
     ViewFull,
     /// A WATCH_LIST that is not applied (DESIGN 5.4).
     BadWatchList,
+    /// From another hub: an object not named `<peer-name>/…` after its own peer
+    /// ([`remote_relayable`]).
+    ForeignName,
 }
 
 impl RejectReason {
@@ -36,6 +39,7 @@ impl RejectReason {
             Self::SpoofedContact => "spoofed_contact",
             Self::ViewFull => "view_full",
             Self::BadWatchList => "bad_watch_list",
+            Self::ForeignName => "foreign_name",
         }
     }
 }
@@ -102,6 +106,33 @@ pub fn relayable(
     (accepted, rejected)
 }
 
+/// Checks a remote peer's relayed objects (as another hub relayed them, named
+/// `<peer-name>/<object-name>`) against this hub's caps and checks, as if `peer` were a
+/// local peer: an object not named after `peer` is refused too, so no hub can place
+/// objects under another peer's name. Returns the accepted objects and why each other
+/// was refused.
+pub fn remote_relayable(
+    peer: &PeerName,
+    objects: &[Object],
+    caps: RelayCaps,
+) -> (Vec<Object>, Vec<RejectReason>) {
+    let prefix = relayed_name(peer, "");
+    let mut foreign = Vec::new();
+    let own: Vec<Object> = objects
+        .iter()
+        .filter_map(|o| match o.name.strip_prefix(&prefix) {
+            Some(name) => Some(Object::new(name, o.value.clone())),
+            None => {
+                foreign.push(RejectReason::ForeignName);
+                None
+            }
+        })
+        .collect();
+    let (accepted, rejected) = relayable(peer, &own, caps);
+    foreign.extend(rejected.into_iter().map(|(_, reason)| reason));
+    (accepted, foreign)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +174,48 @@ mod tests {
             vec![
                 ("big", RejectReason::ObjectTooLarge),
                 ("c", RejectReason::TooManyObjects)
+            ]
+        );
+    }
+
+    #[test]
+    fn remote_objects_are_checked_as_local_ones_and_must_bear_their_peers_name() {
+        let caps = RelayCaps {
+            max_object_bytes: 200,
+            max_objects_per_peer: 2,
+        };
+        let me = peer();
+        let other = PeerName::parse(&"cd".repeat(20)).unwrap();
+        let spoof = ContactData {
+            peer_name: other.to_string(),
+            ..Default::default()
+        }
+        .to_xml();
+        let objects = vec![
+            o(&relayed_name(&me, "a"), "1"),
+            o(&relayed_name(&other, "b"), "2"),
+            o("plain", "3"),
+            o(&relayed_name(&me, names::CONTACT_DATA), &spoof),
+            o(&relayed_name(&me, "big"), &"x".repeat(300)),
+            o(&relayed_name(&me, "c"), "4"),
+            o(&relayed_name(&me, "d"), "5"),
+        ];
+        let (ok, rejected) = remote_relayable(&me, &objects, caps);
+        assert_eq!(
+            ok,
+            vec![
+                o(&relayed_name(&me, "a"), "1"),
+                o(&relayed_name(&me, "c"), "4")
+            ]
+        );
+        assert_eq!(
+            rejected,
+            vec![
+                RejectReason::ForeignName,
+                RejectReason::ForeignName,
+                RejectReason::SpoofedContact,
+                RejectReason::ObjectTooLarge,
+                RejectReason::TooManyObjects,
             ]
         );
     }

@@ -482,6 +482,8 @@ pub const DEFAULT_RELAY_INVITATION_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_RELAY_MAX_INVITATIONS: usize = 65_536;
 /// Default of `relay.max_watch`.
 pub const DEFAULT_RELAY_MAX_WATCH: usize = 256;
+/// Default of `relay.max_block`.
+pub const DEFAULT_RELAY_MAX_BLOCK: usize = 256;
 /// Default of `relay.view_interval`.
 pub const DEFAULT_RELAY_VIEW_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -506,6 +508,9 @@ pub struct RelaySection {
     /// Most PeerNames one WATCH_LIST may name; a longer list is rejected and the previous
     /// one stays.
     pub max_watch: usize,
+    /// Most PeerNames one BLOCK_LIST may name (DESIGN 5.5); a longer list is rejected and
+    /// the previous one stays.
+    pub max_block: usize,
     /// At most one entire mesh view per subscriber per this interval: the changes within it
     /// go out together at its end, in the latest view (adds at most this much latency;
     /// "0s": every change at once).
@@ -523,6 +528,7 @@ impl Default for RelaySection {
             invitation_ttl: DEFAULT_RELAY_INVITATION_TTL,
             max_invitations: DEFAULT_RELAY_MAX_INVITATIONS,
             max_watch: DEFAULT_RELAY_MAX_WATCH,
+            max_block: DEFAULT_RELAY_MAX_BLOCK,
             view_interval: DEFAULT_RELAY_VIEW_INTERVAL,
         }
     }

@@ -27,6 +27,12 @@ pub mod names {
     /// WATCH_LIST (this project's extension, DESIGN 5.4): the PeerNames whose presence a
     /// peer wants from the hub.
     pub const WATCH_LIST: &str = "5cba6328-81c2-48fe-b86b-7b4c2970eebd";
+    /// BLOCK_LIST (this project's extension, DESIGN 5.5): the PeerNames that may neither
+    /// see this peer nor be seen by it.
+    pub const BLOCK_LIST: &str = "b0fe11b5-b9a1-4837-8060-8b6550da4e7b";
+    /// VISIBILITY (this project's extension, DESIGN 5.5): `mesh` (the default) or
+    /// `contacts` (only the peers on this peer's WATCH_LIST see it).
+    pub const VISIBILITY: &str = "e1282ccb-1144-405a-9b49-dbfa2aba9286";
 
     /// The spec's name of a well-known GUID (case-insensitive), for people to read.
     pub fn label(guid: &str) -> Option<&'static str> {

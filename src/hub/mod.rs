@@ -222,6 +222,7 @@ impl HubHandle {
         Ok(Some(SessionDetail {
             session: entry.flags.info(),
             watch: entry.flags.watch(),
+            sight: entry.flags.sight(),
             view,
         }))
     }
@@ -585,7 +586,9 @@ fn start_registry(
     let recipients = shards.iter().map(|s| s.clone().recipient()).collect();
     // The page's feed starts from the objects the registry accepts below.
     let hub_objects = objects.clone();
-    let relay = Relay::new(objects, limits).map_err(StartError::Objects)?;
+    let relay = Relay::new(objects, limits)
+        .map_err(StartError::Objects)?
+        .with_rules(shared.sight.clone());
     let initial = Arc::new(Fanout {
         change: ViewChange::initial(relay.base_view()),
         applied: None,

@@ -319,7 +319,7 @@ mod tests {
                 mesh: "m".into(),
                 session,
                 objects: (0..n).map(|i| big(who, i)).collect(),
-                watch: None,
+                directives: Default::default(),
             })
         };
         assert_eq!(registry.send(set(&a, 1, 5)).await.unwrap(), 5);

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::messages::Deliver;
+use super::relay::visibility::Hidden;
 use super::shared::{HubShared, SessionEntry};
 use crate::addressing::{self, Target};
+use crate::metrics;
 use crate::tls::PeerName;
 use crate::wire::Message;
 use crate::xml::{AppInvite, InvitationAck, APPINVITE};
@@ -67,6 +69,12 @@ pub enum Undelivered {
     TargetBusy,
     /// The stamped message does not fit one P2PPI message.
     TooLarge,
+    /// A BLOCK_LIST of either peer names the other (DESIGN 5.5; reported like an absent
+    /// peer).
+    Blocked,
+    /// The addressee is `contacts` and does not list the sender (DESIGN 5.5; reported like
+    /// an absent peer).
+    NotVisible,
 }
 
 impl Undelivered {
@@ -79,15 +87,20 @@ impl Undelivered {
             Self::TableFull => "table_full",
             Self::TargetBusy => "target_busy",
             Self::TooLarge => "too_large",
+            Self::Blocked => Hidden::Blocked.label(),
+            Self::NotVisible => Hidden::NotVisible.label(),
         }
     }
 
-    /// What the hub's refusal of an invitation says (EXTENDEDINFO). Another mesh reads
-    /// like an absent peer: meshes do not learn of each other.
+    /// What the hub's refusal of an invitation says (EXTENDEDINFO). Another mesh, and a
+    /// peer the sender may not see (DESIGN 5.5), read like an absent peer: meshes do not
+    /// learn of each other, and a blocked peer learns nothing from being blocked.
     pub fn explanation(self) -> &'static str {
         match self {
             Self::Unknown => "the invited peer name is not a PeerName",
-            Self::NotConnected | Self::OtherMesh => "the invited peer is not connected",
+            Self::NotConnected | Self::OtherMesh | Self::Blocked | Self::NotVisible => {
+                "the invited peer is not connected"
+            }
             Self::TableFull => "the hub is busy; try again later",
             Self::TargetBusy | Self::TooLarge => "the invited peer is busy",
         }
@@ -128,6 +141,7 @@ impl Sender<'_> {
                     invitation: None,
                 };
                 let to = self.find(&inviter).ok_or(fail(Undelivered::NotConnected))?;
+                self.may_see(&inviter).map_err(fail)?;
                 self.deliver(&inviter, to, mime_type, value, None)
                     .map_err(fail)?;
                 self.shared.events.answered(self.peer, &inviter, ack);
@@ -152,6 +166,7 @@ impl Sender<'_> {
         if to.mesh() != &**self.mesh {
             return Err(fail(Undelivered::OtherMesh));
         }
+        self.may_see(&target).map_err(fail)?;
         if let Some(id) = request {
             self.shared
                 .invitations
@@ -169,6 +184,19 @@ impl Sender<'_> {
         events.routed(self.peer, &target, mime_type, invitation);
         Ok(Routed::Forwarded {
             invitation: request.is_some(),
+        })
+    }
+
+    /// Whether the sender may send to `peer` (DESIGN 5.5: it must see it); a refusal is
+    /// counted by reason for the operator, and told to the sender as an absent peer.
+    fn may_see(&self, peer: &PeerName) -> Result<(), Undelivered> {
+        let seen = self.shared.sight.read().sees(self.peer, peer);
+        seen.map_err(|hidden| {
+            metrics::count_reason(metrics::VISIBILITY_REFUSALS, hidden.label());
+            match hidden {
+                Hidden::Blocked => Undelivered::Blocked,
+                Hidden::NotVisible => Undelivered::NotVisible,
+            }
         })
     }
 

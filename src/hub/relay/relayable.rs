@@ -24,6 +24,10 @@ pub enum RejectReason {
     ViewFull,
     /// A WATCH_LIST that is not applied (DESIGN 5.4).
     BadWatchList,
+    /// A BLOCK_LIST that is not applied (DESIGN 5.5).
+    BadBlockList,
+    /// A VISIBILITY that is not applied (DESIGN 5.5).
+    BadVisibility,
 }
 
 impl RejectReason {
@@ -36,6 +40,8 @@ impl RejectReason {
             Self::SpoofedContact => "spoofed_contact",
             Self::ViewFull => "view_full",
             Self::BadWatchList => "bad_watch_list",
+            Self::BadBlockList => "bad_block_list",
+            Self::BadVisibility => "bad_visibility",
         }
     }
 }

@@ -65,6 +65,8 @@ mod relayable;
 mod tests;
 mod view;
 pub mod visibility;
+#[cfg(test)]
+mod visibility_tests;
 pub mod watch_list;
 mod watchers;
 

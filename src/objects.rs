@@ -50,6 +50,28 @@ pub mod names {
     }
 }
 
+/// Who may see a peer: the value of its VISIBILITY object (this project's extension,
+/// DESIGN 5.5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Every peer of its mesh (the default, as without the directive).
+    #[default]
+    Mesh,
+    /// Only the peers on its own WATCH_LIST.
+    Contacts,
+}
+
+impl Visibility {
+    /// The directive's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mesh => "mesh",
+            Self::Contacts => "contacts",
+        }
+    }
+}
+
 /// What an operation on the list means for a subscribed peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {

@@ -85,7 +85,7 @@ pub use view::{notify_only, View};
 use crate::cluster::PeerChange;
 use crate::tls::PeerName;
 use crate::wire::Object;
-use entries::Encoded;
+use entries::{Encoded, Entry};
 use hub_objects::{too_large, HubObjects, NextObjects};
 use mesh_views::{Holder, MeshViews, Placement, Rebuilt};
 use visibility::{Directives, SharedRules, Visibility};
@@ -214,6 +214,7 @@ impl Relay {
             hub: self.hub.as_slice(),
             meshes: &self.meshes,
             rules: &rules,
+            before: None,
         };
         let personal = self.watchers.refresh_all(&src, &mut Encoded::default());
         Effects {
@@ -237,11 +238,11 @@ impl Relay {
             objects,
             directives,
         } = set;
-        let before = self
+        let placed = self
             .meshes
             .placed(&peer)
             .map(|p| (p.holder, p.mesh.clone()));
-        match before.as_ref().map(|(holder, _)| *holder) {
+        match placed.as_ref().map(|(holder, _)| *holder) {
             Some(Holder::Session(held) | Holder::Leaving(held)) if held > session => {
                 return (0, Effects::default())
             }
@@ -251,6 +252,7 @@ impl Relay {
             // ended (its own view went with it).
             _ => {}
         }
+        let before = self.before_directives(&peer, &mesh, &directives);
         let holder = Holder::Session(session);
         let mut placement = Placement::default();
         let count = self.meshes.place(
@@ -270,6 +272,7 @@ impl Relay {
             hub: self.hub.as_slice(),
             meshes: &self.meshes,
             rules: &rules,
+            before: before.as_deref().map(|e| (&*mesh, e)),
         };
         let encoded = &mut Encoded::default();
         let mut personal = Vec::new();
@@ -281,8 +284,8 @@ impl Relay {
         for other in touched.iter().filter(|t| **t != peer) {
             personal.extend(self.watchers.reconsider(other, &src, encoded));
         }
-        let mut meshes = vec![mesh];
-        meshes.extend(before.map(|(_, m)| m).filter(|m| *m != meshes[0]));
+        let mut meshes = vec![mesh.clone()];
+        meshes.extend(placed.map(|(_, m)| m).filter(|m| *m != meshes[0]));
         let peers = std::slice::from_ref(&peer);
         personal.extend(
             self.watchers
@@ -290,6 +293,22 @@ impl Relay {
         );
         push_personal(&mut effects, personal);
         (count, effects)
+    }
+
+    /// The shared entries of `mesh` before `peer`'s `directives` change who sees whom
+    /// (`None` when they do not: a copy only when directives change, which is rare).
+    fn before_directives(
+        &self,
+        peer: &PeerName,
+        mesh: &str,
+        directives: &Directives,
+    ) -> Option<Vec<Entry>> {
+        let rules = self.rules.read();
+        let unchanged = match rules.directives(peer) {
+            Some(old) => old == directives,
+            None => !directives.hides(),
+        };
+        (!unchanged).then(|| self.meshes.entries(mesh, self.hub.as_slice()).into_owned())
     }
 
     /// Puts `peer`'s directives in force (DESIGN 5.5): the rules, and whether it is hidden
@@ -386,7 +405,8 @@ impl Relay {
         let touched = self.set_directives(peer, Directives::default(), &mut placement);
         let mut effects = effects_of(placement);
         let meshes: Vec<Arc<str>> = removed.map(|p| p.mesh).into_iter().collect();
-        self.refresh_own_views(std::slice::from_ref(peer), &meshes, &touched, &mut effects);
+        let peers = std::slice::from_ref(peer);
+        self.refresh_own_views(peers, &meshes, &touched, None, &mut effects);
         effects
     }
 
@@ -401,6 +421,7 @@ impl Relay {
         let mut placement = Placement::default();
         let mut changed = Vec::with_capacity(changes.len());
         let mut touched = Vec::new();
+        let mut before: Option<Vec<Entry>> = None;
         for change in changes {
             let holder = |meshes: &MeshViews, peer| meshes.placed(peer).map(|p| p.holder);
             match change {
@@ -410,6 +431,9 @@ impl Relay {
                         continue;
                     }
                     let (objects, directives) = Directives::split(&peer, objects);
+                    if before.is_none() {
+                        before = self.before_directives(&peer, mesh, &directives);
+                    }
                     let hub = self.hub.as_slice();
                     let holder = Holder::OtherHub;
                     self.meshes
@@ -439,7 +463,8 @@ impl Relay {
         touched.sort();
         touched.dedup();
         let meshes = std::slice::from_ref(mesh);
-        self.refresh_own_views(&changed, meshes, &touched, &mut effects);
+        let before = before.as_deref().map(|e| (&**mesh, e));
+        self.refresh_own_views(&changed, meshes, &touched, before, &mut effects);
         effects
     }
 
@@ -451,6 +476,7 @@ impl Relay {
         peers: &[PeerName],
         meshes: &[Arc<str>],
         touched: &[PeerName],
+        before: Option<(&str, &[Entry])>,
         effects: &mut Effects,
     ) {
         let rules = self.rules.clone();
@@ -459,6 +485,7 @@ impl Relay {
             hub: self.hub.as_slice(),
             meshes: &self.meshes,
             rules: &rules,
+            before,
         };
         let encoded = &mut Encoded::default();
         let mut personal: Vec<Personal> = touched

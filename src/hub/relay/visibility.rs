@@ -32,26 +32,7 @@ use crate::objects::names::{BLOCK_LIST, VISIBILITY, WATCH_LIST};
 use crate::tls::PeerName;
 use crate::wire::Object;
 
-/// Who may see a peer (its VISIBILITY directive).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Every peer of its mesh (the default, as without the directive).
-    #[default]
-    Mesh,
-    /// Only the peers on its own WATCH_LIST.
-    Contacts,
-}
-
-impl Visibility {
-    /// The directive's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mesh => "mesh",
-            Self::Contacts => "contacts",
-        }
-    }
-}
+pub use crate::objects::Visibility;
 
 /// Why a VISIBILITY value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

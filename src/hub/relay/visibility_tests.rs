@@ -390,9 +390,10 @@ fn switching_to_contacts_is_leaving_for_the_unlisted_and_nothing_for_the_listed(
     let mut world = World::new(3, 0);
     let (a, b, c) = (0, 1, 2);
     let cn = world.peers[c].clone();
+    // A first: the listed C keeps A in its place.
+    world.publish(a, world.objects(a, 0, 2), Directives::default());
     world.publish(b, world.objects(b, 0, 1), Directives::default());
     world.publish(c, world.objects(c, 0, 1), Directives::default());
-    world.publish(a, world.objects(a, 0, 2), Directives::default());
     let (b_id, c_id) = (
         world.model[b].session.unwrap(),
         world.model[c].session.unwrap(),

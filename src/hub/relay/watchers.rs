@@ -42,6 +42,10 @@ pub(super) struct Sources<'a> {
     pub(super) hub: &'a [Object],
     pub(super) meshes: &'a MeshViews,
     pub(super) rules: &'a Rules,
+    /// A mesh's shared entries before the input being applied changed who sees whom:
+    /// what its subscribers held, so one given its own view by that change keeps every
+    /// place it had.
+    pub(super) before: Option<(&'a str, &'a [Entry])>,
 }
 
 impl Sources<'_> {
@@ -251,7 +255,10 @@ impl Watchers {
             None if affected => {
                 // From the shared view to its own: sent whole, as a newly applied watch
                 // list is (the shared view may be held for its burst window).
-                let shared = src.meshes.entries(&mesh, src.hub);
+                let shared = match src.before {
+                    Some((m, entries)) if m == &*mesh => std::borrow::Cow::Borrowed(entries),
+                    _ => src.meshes.entries(&mesh, src.hub),
+                };
                 let (entries, _) = self.entries(w, &mesh, None, &shared, src);
                 let view = Arc::new(view_of(&entries).ok()?);
                 self.by_peer.insert(
@@ -501,6 +508,7 @@ mod tests {
                 hub: &self.hub,
                 meshes: &self.meshes,
                 rules: &self.rules,
+                before: None,
             }
         }
 
@@ -509,6 +517,7 @@ mod tests {
                 hub: &self.hub,
                 meshes: &self.meshes,
                 rules: &self.rules,
+                before: None,
             };
             let list = list.map(|l| l.iter().map(|p| (*p).clone()).collect());
             self.watchers
@@ -520,6 +529,7 @@ mod tests {
                 hub: &self.hub,
                 meshes: &self.meshes,
                 rules: &self.rules,
+                before: None,
             };
             self.watchers.refresh_watchers_of(
                 std::slice::from_ref(who),

@@ -5,9 +5,9 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use p2ppi_hub::objects::names;
-use p2ppi_hub::session::SessionMachine;
-use p2ppi_hub::wire::{encode_list_message, Message, MessageType, Object, P2ppiCodec};
+use p2ppi_hub::protocol::machine::SessionMachine;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::{encode_list_message, Message, MessageType, Object, P2ppiCodec};
 use tokio_util::codec::Decoder;
 
 fn objects(n: usize) -> Vec<Object> {
@@ -45,7 +45,9 @@ fn decode(c: &mut Criterion) {
         let bytes = Message::Notify(objects(n)).to_bytes(1).unwrap();
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &bytes, |b, bytes| {
-            b.iter(|| std::hint::black_box(p2ppi_hub::wire::decode_message(bytes).unwrap()))
+            b.iter(|| {
+                std::hint::black_box(p2ppi_hub::protocol::wire::decode_message(bytes).unwrap())
+            })
         });
     }
     group.finish();

@@ -25,7 +25,7 @@ use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::wire::{Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
+use crate::protocol::wire::{Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
 
 mod load;
 mod redact;
@@ -224,7 +224,7 @@ pub struct TlsSection {
     /// Certificate revocation lists (PEM): peers whose certificate one revokes are refused
     /// at the handshake, and their live sessions closed at the reload that brings the CRL.
     /// `<data_dir>/crl.pem` (written by `p2ppi-hub certs revoke`) is read too when it
-    /// exists. Every file of [tls] is read again on SIGHUP (systemctl reload) and POST
+    /// exists. Every file of `[tls]` is read again on SIGHUP (systemctl reload) and POST
     /// /v1/reload; a reload that fails changes nothing.
     pub crls: Vec<PathBuf>,
     /// Warn (at start and at every reload) when the hub certificate or a CA of the bundle

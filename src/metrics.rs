@@ -13,7 +13,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::wire::MessageType;
+use crate::protocol::wire::MessageType;
 
 /// Open P2PPI sessions (gauge).
 pub const SESSIONS: &str = "p2ppi_sessions";

@@ -32,13 +32,13 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-use crate::addressing;
 use crate::certs::DataDir;
-use crate::objects::Visibility;
-use crate::session::{LocalNode, ObjectsSource, Received, Report, StateError};
+use crate::protocol::addressing;
+use crate::protocol::machine::{LocalNode, ObjectsSource, Received, Report, StateError};
+use crate::protocol::objects::Visibility;
+use crate::protocol::wire::{EncodeError, FrameError, Message, Object, P2ppiCodec};
+use crate::protocol::xml::{AppInvite, Invitation, InvitationAck, APPINVITE};
 use crate::tls::{self, Identity, PeerName, TlsError};
-use crate::wire::{EncodeError, FrameError, Message, Object, P2ppiCodec};
-use crate::xml::{AppInvite, Invitation, InvitationAck, APPINVITE};
 use uuid::Uuid;
 
 mod backoff;
@@ -496,8 +496,11 @@ impl Peer {
             .map(PeerName::as_str)
             .collect::<Vec<_>>()
             .join(",");
-        self.set(Object::new(crate::objects::names::WATCH_LIST, value))
-            .await
+        self.set(Object::new(
+            crate::protocol::objects::names::WATCH_LIST,
+            value,
+        ))
+        .await
     }
 
     /// Removes this peer's WATCH_LIST: the hub shows it its whole mesh again.
@@ -505,7 +508,8 @@ impl Peer {
     /// # Errors
     /// [`PeerError::State`] when no WATCH_LIST is published.
     pub async fn clear_watch_list(&self) -> Result<(), PeerError> {
-        self.delete(crate::objects::names::WATCH_LIST, None).await
+        self.delete(crate::protocol::objects::names::WATCH_LIST, None)
+            .await
     }
 
     /// Sets this peer's BLOCK_LIST (DESIGN 5.5): the listed peers and this one no longer
@@ -520,8 +524,11 @@ impl Peer {
             .map(PeerName::as_str)
             .collect::<Vec<_>>()
             .join(",");
-        self.set(Object::new(crate::objects::names::BLOCK_LIST, value))
-            .await
+        self.set(Object::new(
+            crate::protocol::objects::names::BLOCK_LIST,
+            value,
+        ))
+        .await
     }
 
     /// Sets this peer's VISIBILITY (DESIGN 5.5): with `contacts`, only the peers on its
@@ -532,7 +539,7 @@ impl Peer {
     /// As [`Peer::set`].
     pub async fn set_visibility(&self, visibility: Visibility) -> Result<(), PeerError> {
         self.set(Object::new(
-            crate::objects::names::VISIBILITY,
+            crate::protocol::objects::names::VISIBILITY,
             visibility.as_str(),
         ))
         .await

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::wire::Object;
+use crate::protocol::wire::Object;
 
 /// The file name in the data directory.
 pub const FILE_NAME: &str = "objects.json";

@@ -7,7 +7,7 @@ use common::bin::{run, stderr};
 use common::hub_process::{sample, HubProcess};
 use common::{expect_event, next_notify, series};
 use p2ppi_hub::peer::{self, PeerEvent};
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::wire::Object;
 use serde_json::{json, Value};
 
 fn o(n: &str, v: &str) -> Object {
@@ -463,13 +463,19 @@ async fn peer_watch_peers_sets_a_watch_list_the_session_route_shows() {
     let config = peer::PeerConfig::from_data_dir(&hub.p2ppi, dir.path(), "alice").unwrap();
     let (alice, _a) = peer::connect(config).await.unwrap();
     alice
-        .set(o(p2ppi_hub::objects::names::RICH_PRESENCE, "here"))
+        .set(o(
+            p2ppi_hub::protocol::objects::names::RICH_PRESENCE,
+            "here",
+        ))
         .await
         .unwrap();
     let (bob, _b) = hub.peer("bob").await;
-    bob.set(o(p2ppi_hub::objects::names::RICH_PRESENCE, "also here"))
-        .await
-        .unwrap();
+    bob.set(o(
+        p2ppi_hub::protocol::objects::names::RICH_PRESENCE,
+        "also here",
+    ))
+    .await
+    .unwrap();
     let carol = p2ppi_hub::certs::peer_cert(dir.path(), "carol")
         .unwrap()
         .peer_name

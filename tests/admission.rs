@@ -200,6 +200,10 @@ async fn a_source_held_at_its_limit_is_logged_once_not_at_every_handshake_that_e
         &[
             ("P2PPI_LIMITS__MAX_HANDSHAKES_PER_IP", "2"),
             ("P2PPI_LIMITS__HANDSHAKE_TIMEOUT", "\"120s\""),
+            // The held handshake below is drained like a session: without these the hub
+            // would wait for it until shutdown.grace (30 s), as long as the test's deadline.
+            ("P2PPI_SHUTDOWN__LAME_DUCK", "\"0s\""),
+            ("P2PPI_SHUTDOWN__GRACE", "\"1s\""),
         ],
     );
     let hello = client_hello(&hub.peer_config("probe", None));

@@ -16,10 +16,10 @@ use common::external::require;
 use common::hub_process::HubProcess;
 use common::DEADLINE;
 use fantoccini::{Client, ClientBuilder, Locator};
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, Peer, PeerEvent, PeerEvents};
-use p2ppi_hub::wire::Object;
-use p2ppi_hub::xml::ContactData;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::Object;
+use p2ppi_hub::protocol::xml::ContactData;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "s3cret-token";

@@ -18,12 +18,12 @@ use common::hub_process::{sample, HubProcess};
 use common::redis::RedisServer;
 use common::*;
 use p2ppi_hub::config::{ClusterSection, Config};
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::hub::{Hub, HubHandle};
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, Peer, PeerEvent, PeerEvents};
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::Object;
 use uuid::Uuid;
 
 const MESH: &str = "blue";

@@ -11,8 +11,8 @@ use p2ppi_hub::cluster::{
     ClusterError, ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore, InboxMessage,
     PeerChange, ResyncCause, RouteOutcome, SetHubObjects,
 };
+use p2ppi_hub::protocol::wire::Object;
 use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::Object;
 
 use common::expect_event;
 use common::redis::RedisServer;

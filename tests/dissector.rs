@@ -11,8 +11,8 @@ use std::process::Command;
 use common::bin::stderr;
 use common::external;
 use common::wireshark::{script, tshark, Flow};
-use p2ppi_hub::objects::names;
-use p2ppi_hub::wire::{Message, Object};
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::{Message, Object};
 use serde_json::Value;
 
 /// What the dissector or the codec concluded about one packet of P2PPI bytes: each
@@ -25,9 +25,9 @@ struct Verdicts {
     values: Vec<String>,
 }
 
-/// The codec's account of `bytes`, through [`p2ppi_hub::wire::inspect`].
+/// The codec's account of `bytes`, through [`p2ppi_hub::protocol::wire::inspect`].
 fn codec_verdicts(bytes: &[u8]) -> Verdicts {
-    use p2ppi_hub::wire::{inspect, Outcome};
+    use p2ppi_hub::protocol::wire::{inspect, Outcome};
     let mut v = Verdicts {
         messages: Vec::new(),
         verdicts: BTreeSet::new(),

@@ -266,7 +266,9 @@ async fn a_handshake_that_finishes_during_the_drain_is_served_then_drained_clean
     })
     .await
     .expect("the drain closes it");
-    let subscribe = p2ppi_hub::wire::Message::Subscribe.to_bytes(1).unwrap();
+    let subscribe = p2ppi_hub::protocol::wire::Message::Subscribe
+        .to_bytes(1)
+        .unwrap();
     assert_eq!(received, subscribe.to_vec(), "one SUBSCRIBE, then the end");
     // ... and it ends with close_notify (a clean end of stream), not a dropped connection.
     assert!(end.is_ok(), "no close_notify: {end:?}");

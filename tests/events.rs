@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::hub_process::{sample, HubProcess};
 use common::DEADLINE;
-use p2ppi_hub::objects::names;
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::Object;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

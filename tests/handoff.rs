@@ -17,12 +17,12 @@ use std::time::Duration;
 use common::cluster::Processes;
 use common::hub_process::HubProcess;
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, Peer, PeerEvent, PeerEvents, ReconnectPolicy};
-use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::Object;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 

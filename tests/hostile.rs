@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use p2ppi_hub::objects::names;
-use p2ppi_hub::wire::{Frame, Message, Object};
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::{Frame, Message, Object};
 
 /// What a case must lead to.
 #[derive(Debug, Clone, Copy)]

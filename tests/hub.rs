@@ -6,10 +6,10 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::PeerEvent;
-use p2ppi_hub::session::ObjectsSource;
-use p2ppi_hub::wire::{Frame, Message, Object};
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::{Frame, Message, Object};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

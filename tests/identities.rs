@@ -14,7 +14,7 @@ use common::hub_process::HubProcess;
 use common::{expect_event, series, DEADLINE};
 use p2ppi_hub::certs::{CertAuthority, IssuedCert, PeerCertOptions};
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
-use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::protocol::machine::ObjectsSource;
 use p2ppi_hub::tls::PeerName;
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use p2ppi_hub::peer::{self, PeerEvent};
-use p2ppi_hub::wire::{Message, Object};
+use p2ppi_hub::protocol::wire::{Message, Object};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,10 +3,10 @@
 mod common;
 
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::peer::PeerError;
-use p2ppi_hub::session::StateError;
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::machine::StateError;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_that_would_overflow_one_message_is_refused_and_the_connection_goes_on() {

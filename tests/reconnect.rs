@@ -10,12 +10,12 @@ use std::time::Duration;
 use common::bin::{certs_for, run, stdout, Running};
 use common::hub_process::HubProcess;
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, PeerEvent, PeerEvents, ReconnectPolicy};
-use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::Object;
 use tokio::time::Instant;
 
 /// Short delays, so a test waits little; a session never counts as settled, so every end

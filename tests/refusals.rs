@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::hub_process::{sample, HubProcess};
 use p2ppi_hub::certs::{CertAuthority, PeerCertOptions};
-use p2ppi_hub::wire::Message;
+use p2ppi_hub::protocol::wire::Message;
 use rcgen::ExtendedKeyUsagePurpose;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

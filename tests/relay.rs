@@ -4,13 +4,13 @@
 mod common;
 
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::PeerEvent;
-use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::{Message, Object};
+use p2ppi_hub::protocol::xml::ContactData;
 use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::{Message, Object};
-use p2ppi_hub::xml::ContactData;
 use uuid::Uuid;
 
 fn o(n: &str, v: &str) -> Object {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::*;
 use p2ppi_hub::hub::HubHandle;
 use p2ppi_hub::peer::PeerEvent;
-use p2ppi_hub::session::ObjectsSource;
-use p2ppi_hub::wire::{Message, Object};
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::wire::{Message, Object};
 
 /// Publishes `n` updates of a `size`-byte object while a good subscriber reads them all;
 /// returns when the good subscriber has the last one.

@@ -4,13 +4,13 @@
 mod common;
 
 use common::*;
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::hub::{HubHandle, SessionDetail};
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
-use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::Object;
 
 fn presence(peer: &PeerName, text: &str) -> Object {
     Object::new(relayed_name(peer, names::RICH_PRESENCE), text)

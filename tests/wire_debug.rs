@@ -24,10 +24,10 @@ use common::bin::{certs_for, run, stderr, BIN};
 use common::hub_process::HubProcess;
 use common::wireshark::{decode_stdin, script, tshark, Flow};
 use common::*;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::{Frame, Message, Object};
 use p2ppi_hub::tls::{self, KeyLogTo};
-use p2ppi_hub::wire::{Frame, Message, Object};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use p2ppi_hub::wire::{decode_message, Inbound, P2ppiCodec};
+use p2ppi_hub::protocol::wire::{decode_message, Inbound, P2ppiCodec};
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {

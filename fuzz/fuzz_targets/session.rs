@@ -4,9 +4,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2ppi_hub::hub::relay::PeerCopy;
-use p2ppi_hub::session::{LocalNode, Received, StateError};
-use p2ppi_hub::wire::{decode_message, Frame, Inbound, Message, Object};
+use p2ppi_hub::protocol::machine::{LocalNode, Received, StateError};
+use p2ppi_hub::protocol::peer_copy::PeerCopy;
+use p2ppi_hub::protocol::wire::{decode_message, Frame, Inbound, Message, Object};
 
 #[derive(Arbitrary, Debug)]
 enum Kind {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2ppi_hub::xml::{AppInvite, ContactData};
+use p2ppi_hub::protocol::xml::{AppInvite, ContactData};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

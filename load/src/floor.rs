@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
+use p2ppi_hub::protocol::wire::{set_message_id, whole_message_len, Message, Object};
 use p2ppi_hub::tls;
-use p2ppi_hub::wire::{set_message_id, whole_message_len, Message, Object};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use p2ppi_hub::wire::{object_field_len, Object};
+use p2ppi_hub::protocol::wire::{object_field_len, Object};
 use serde::Serialize;
 
 use crate::watch::view_difference;
@@ -273,7 +273,7 @@ fn capacity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use p2ppi_hub::wire::VIEW_OVERHEAD;
+    use p2ppi_hub::protocol::wire::VIEW_OVERHEAD;
 
     /// Peer `p`'s one relayed object, `len` bytes of value.
     fn presence(p: usize, len: usize) -> Vec<Object> {

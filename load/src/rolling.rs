@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::wire::Object;
 
 /// One watcher's view of the peers it watches, and how long it saw each offline.
 #[derive(Debug, Clone)]

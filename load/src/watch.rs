@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use sha1::{Digest, Sha1};
 
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::wire::Object;
 
 use crate::stamp::read_stamp;
 use crate::tally::Changes;

@@ -2,8 +2,8 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `GET /` | the presence page ([`page`]; served without the token, it holds no data) |
-//! | `GET /v1/events` | the page's live feed, server-sent events ([`events`]) |
+//! | `GET /` | the presence page (`page.rs`; served without the token, it holds no data) |
+//! | `GET /v1/events` | the page's live feed, server-sent events (`sse.rs`) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 once shutdown began (the lame duck included) or, in a cluster, while Redis does not answer |
 //! | `GET /metrics` | Prometheus text exposition |
@@ -41,10 +41,10 @@
 //! token, the token is the protection. The checks run before the token's (so a refused
 //! request gets 403/415 whatever its token).
 
-pub mod events;
 mod guard;
 mod identities;
-pub mod page;
+mod page;
+mod sse;
 
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
@@ -60,8 +60,8 @@ use serde_json::json;
 
 use crate::hub::{HubError, HubHandle, SendError};
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// What the admin server serves from.
 #[derive(Clone)]
@@ -436,7 +436,7 @@ pub fn server(
     let listener = std::net::TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let policy = web::Data::new(guard::Policy::new(state.token.is_some(), addr));
-    let streams = web::Data::new(events::EventStreams::new(
+    let streams = web::Data::new(sse::EventStreams::new(
         state.hub.config().admin.max_event_streams,
     ));
     let data = web::Data::new(state);
@@ -456,7 +456,7 @@ pub fn server(
             )
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .route("/", web::get().to(page::page))
-            .route("/v1/events", web::get().to(events::events))
+            .route("/v1/events", web::get().to(sse::events))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use p2ppi_hub::certs::{self, InitOutcome, PeerCertInfo, PeerCertOptions};
+use p2ppi_hub::certs::{self, InitOutcome, PeerCertInfo, PeerCertOptions, RevokedCert};
 use p2ppi_hub::config;
 use p2ppi_hub::tls::{self, CertExpiry, ExpiryRole};
 
@@ -113,30 +113,7 @@ pub(crate) fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
         CertsCommand::RenewHub {
             data_dir,
             hub_names,
-        } => {
-            certs::renew_hub(&data_dir, &hub_names)?;
-            let dir = certs::DataDir(data_dir);
-            let expiry = tls::load_certs(&dir.hub_cert())
-                .ok()
-                .and_then(|c| CertExpiry::from_der(ExpiryRole::Hub, &c[0]).ok());
-            println!(
-                "new hub certificate: {} (key {})",
-                dir.hub_cert().display(),
-                dir.hub_key().display()
-            );
-            if let Some(expiry) = expiry {
-                println!(
-                    "valid until {} (fingerprint {})",
-                    humantime::format_rfc3339_seconds(expiry.not_after),
-                    expiry.fingerprint
-                );
-            }
-            println!(
-                "reload the hub to serve it (live sessions stay): systemctl reload p2ppi-hub, \
-                 kill -HUP <pid>, or POST /v1/reload"
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => renew_hub(&data_dir, &hub_names),
         CertsCommand::Revoke { who, data_dir } => {
             let done = certs::revoke(&data_dir, &who)?;
             let what = format!("{} ({})", done.cert.name, done.cert.peer_name);
@@ -158,6 +135,32 @@ pub(crate) fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
         }
         CertsCommand::List { data_dir, json } => list(&data_dir, json),
     }
+}
+
+/// `certs renew-hub`: a new hub certificate from the CA, and how to serve it.
+fn renew_hub(data_dir: &Path, hub_names: &[String]) -> anyhow::Result<ExitCode> {
+    certs::renew_hub(data_dir, hub_names)?;
+    let dir = certs::DataDir(data_dir.to_owned());
+    let expiry = tls::load_certs(&dir.hub_cert())
+        .ok()
+        .and_then(|c| CertExpiry::from_der(ExpiryRole::Hub, &c[0]).ok());
+    println!(
+        "new hub certificate: {} (key {})",
+        dir.hub_cert().display(),
+        dir.hub_key().display()
+    );
+    if let Some(expiry) = expiry {
+        println!(
+            "valid until {} (fingerprint {})",
+            humantime::format_rfc3339_seconds(expiry.not_after),
+            expiry.fingerprint
+        );
+    }
+    println!(
+        "reload the hub to serve it (live sessions stay): systemctl reload p2ppi-hub, \
+         kill -HUP <pid>, or POST /v1/reload"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the readable certificates and reports each unreadable one on stderr; like `ls`,
@@ -184,75 +187,9 @@ fn list(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let own = own_certs(data_dir, &mut problems);
     let now = OffsetDateTime::now_utc();
     if json {
-        let mut rows: Vec<_> = certs
-            .iter()
-            .map(|c| {
-                json!({
-                    "role": "peer",
-                    "name": c.name,
-                    "peer_name": c.peer_name,
-                    "mesh": c.mesh,
-                    "common_name": c.common_name,
-                    "not_after": rfc3339(c.not_after),
-                    "expired": c.not_after <= now,
-                    "revoked": c.is_revoked(&revoked),
-                })
-            })
-            .collect();
-        for (file, expiry) in &own {
-            rows.push(json!({
-                "role": expiry.role,
-                "name": file,
-                "common_name": expiry.subject,
-                "not_after": rfc3339(expiry.not_after.into()),
-                "expired": OffsetDateTime::from(expiry.not_after) <= now,
-            }));
-        }
-        println!("{}", serde_json::Value::Array(rows));
+        print_json(&certs, &own, &revoked, now);
     } else {
-        if certs.is_empty() {
-            eprintln!(
-                "no peer certificates in {} (issue one with `p2ppi-hub certs issue NAME`)",
-                data_dir.display()
-            );
-        } else {
-            let rows: Vec<Vec<String>> = certs
-                .iter()
-                .map(|c| {
-                    let mut expires = when(c.not_after, now);
-                    if c.is_revoked(&revoked) {
-                        expires.push_str(" (revoked)");
-                    }
-                    vec![
-                        c.name.clone(),
-                        c.peer_name.to_string(),
-                        c.mesh.clone(),
-                        expires,
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["NAME", "PEER NAME", "MESH", "EXPIRES"], &rows)
-            );
-        }
-        if !own.is_empty() {
-            let rows: Vec<Vec<String>> = own
-                .iter()
-                .map(|(file, e)| {
-                    vec![
-                        file.clone(),
-                        e.role.label().to_owned(),
-                        e.subject.clone(),
-                        when(e.not_after.into(), now),
-                    ]
-                })
-                .collect();
-            if !certs.is_empty() {
-                println!();
-            }
-            print!("{}", table(&["FILE", "ROLE", "SUBJECT", "EXPIRES"], &rows));
-        }
+        print_tables(data_dir, &certs, &own, &revoked, now);
     }
     for problem in &problems {
         eprintln!("p2ppi-hub: {problem}");
@@ -262,6 +199,93 @@ fn list(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `certs list --json`: one row per certificate, the peers' then the data directory's own.
+fn print_json(
+    certs: &[PeerCertInfo],
+    own: &[(String, CertExpiry)],
+    revoked: &[RevokedCert],
+    now: OffsetDateTime,
+) {
+    let mut rows: Vec<_> = certs
+        .iter()
+        .map(|c| {
+            json!({
+                "role": "peer",
+                "name": c.name,
+                "peer_name": c.peer_name,
+                "mesh": c.mesh,
+                "common_name": c.common_name,
+                "not_after": rfc3339(c.not_after),
+                "expired": c.not_after <= now,
+                "revoked": c.is_revoked(revoked),
+            })
+        })
+        .collect();
+    for (file, expiry) in own {
+        rows.push(json!({
+            "role": expiry.role,
+            "name": file,
+            "common_name": expiry.subject,
+            "not_after": rfc3339(expiry.not_after.into()),
+            "expired": OffsetDateTime::from(expiry.not_after) <= now,
+        }));
+    }
+    println!("{}", serde_json::Value::Array(rows));
+}
+
+/// `certs list`: a table of the peers' certificates, then one of the data directory's own.
+fn print_tables(
+    data_dir: &Path,
+    certs: &[PeerCertInfo],
+    own: &[(String, CertExpiry)],
+    revoked: &[RevokedCert],
+    now: OffsetDateTime,
+) {
+    if certs.is_empty() {
+        eprintln!(
+            "no peer certificates in {} (issue one with `p2ppi-hub certs issue NAME`)",
+            data_dir.display()
+        );
+    } else {
+        let rows: Vec<Vec<String>> = certs
+            .iter()
+            .map(|c| {
+                let mut expires = when(c.not_after, now);
+                if c.is_revoked(revoked) {
+                    expires.push_str(" (revoked)");
+                }
+                vec![
+                    c.name.clone(),
+                    c.peer_name.to_string(),
+                    c.mesh.clone(),
+                    expires,
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["NAME", "PEER NAME", "MESH", "EXPIRES"], &rows)
+        );
+    }
+    if !own.is_empty() {
+        let rows: Vec<Vec<String>> = own
+            .iter()
+            .map(|(file, e)| {
+                vec![
+                    file.clone(),
+                    e.role.label().to_owned(),
+                    e.subject.clone(),
+                    when(e.not_after.into(), now),
+                ]
+            })
+            .collect();
+        if !certs.is_empty() {
+            println!();
+        }
+        print!("{}", table(&["FILE", "ROLE", "SUBJECT", "EXPIRES"], &rows));
+    }
 }
 
 /// The data directory's hub certificate and CA certificates with their expiries (those that

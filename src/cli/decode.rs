@@ -2,7 +2,7 @@
 //!
 //! The bytes come from FILE or standard input: raw, or with `--hex` as hexadecimal text
 //! (whitespace and line breaks ignored, as `xxd -p` and `tshark -z follow,tls,raw` print it).
-//! The account itself is [`p2ppi_hub::wire::inspect`]: the hub's own codec, so what this
+//! The account itself is [`p2ppi_hub::protocol::wire::inspect`]: the hub's own codec, so what this
 //! prints is what the hub would do with the bytes, and the Wireshark dissector can be checked
 //! against it. Exit status: 0 when every message is well-formed, 2 when one was dropped,
 //! closed the connection or was cut short, 1 when the input could not be read.
@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use clap::Args;
 use data_encoding::{Encoding, HEXLOWER_PERMISSIVE};
 
-use p2ppi_hub::wire::{inspect, Outcome};
+use p2ppi_hub::protocol::wire::{inspect, Outcome};
 
 /// Exit status when some message was malformed or cut short.
 const EXIT_MALFORMED: u8 = 2;

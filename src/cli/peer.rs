@@ -16,12 +16,12 @@ use serde_json::json;
 
 use p2ppi_hub::certs;
 use p2ppi_hub::config;
-use p2ppi_hub::objects::{names, Visibility};
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents, ReconnectPolicy};
-use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::{names, Visibility};
+use p2ppi_hub::protocol::wire::Object;
+use p2ppi_hub::protocol::xml::parse_guid;
 use p2ppi_hub::tls::PeerName;
-use p2ppi_hub::wire::Object;
-use p2ppi_hub::xml::parse_guid;
 
 #[derive(Debug, Args)]
 pub(crate) struct PeerArgs {

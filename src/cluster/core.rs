@@ -19,13 +19,13 @@ use super::replica::{MeshSnapshot, RemoteIndex};
 use super::scripts;
 use super::ClusterError;
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Most peers one removal script handles.
 const REAP_BATCH: usize = 256;
 
-/// Whose peers [`Inner::remove_peers`] removes.
+/// Whose peers [`StoreCore::remove_peers`] removes.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Removal<'a> {
     /// An expired hub's (the script re-checks the expiry).
@@ -35,7 +35,7 @@ pub(super) enum Removal<'a> {
 }
 
 /// State shared by the handles and the driver.
-pub(super) struct Inner {
+pub(super) struct StoreCore {
     pub(super) node: String,
     pub(super) lease: Duration,
     pub(super) conn: ConnectionManager,
@@ -66,7 +66,7 @@ pub(super) struct Inner {
     pub(super) remote: RemoteIndex,
 }
 
-impl Inner {
+impl StoreCore {
     /// Records a failed round trip: counted by kind, logged once per change of state, and
     /// the local state marked for re-assertion.
     pub(super) fn failed(&self, op: &'static str, source: redis::RedisError) -> ClusterError {
@@ -198,7 +198,7 @@ impl Inner {
 
     /// Routes `peer` to this hub cluster-wide (a newer session supersedes any other hub's)
     /// and makes it a member of `mesh` with no objects; the hub that held it before, if
-    /// another did (`recover`: see [`Inner::with_lease`]).
+    /// another did (`recover`: see [`StoreCore::with_lease`]).
     pub(super) async fn claim(
         &self,
         peer: &PeerName,
@@ -233,7 +233,7 @@ impl Inner {
         }
     }
 
-    /// Writes a local peer's remembered state (`recover`: see [`Inner::with_lease`]); a
+    /// Writes a local peer's remembered state (`recover`: see [`StoreCore::with_lease`]); a
     /// peer whose claim has not reached Redis is claimed first.
     pub(super) async fn write_state(
         &self,

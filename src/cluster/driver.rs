@@ -11,11 +11,11 @@ use std::sync::Arc;
 use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 
-use super::core::{parse_snapshot, Inner};
+use super::core::{parse_snapshot, StoreCore};
 use super::event::{ClusterEvent, Command, ResyncCause};
 use super::keys;
 use super::message::{HubObjectsNotice, InboxMessage, MeshMessage};
-use super::replica::{Applied, MeshReplica, PeerChange};
+use super::replica::{MeshReplica, PeerChange, ReplicaOutcome};
 use super::scripts;
 use crate::metrics;
 use crate::tls::PeerName;
@@ -35,12 +35,12 @@ struct Mesh {
 
 /// The driver task: owns the replicas.
 pub(super) struct Driver {
-    inner: Arc<Inner>,
+    inner: Arc<StoreCore>,
     meshes: HashMap<String, Mesh>,
 }
 
 impl Driver {
-    pub(super) fn new(inner: Arc<Inner>) -> Self {
+    pub(super) fn new(inner: Arc<StoreCore>) -> Self {
         Self {
             inner,
             meshes: HashMap::new(),
@@ -298,16 +298,16 @@ impl Driver {
                 return;
             };
             match m.replica.apply(&message) {
-                Applied::Change(change) => {
+                ReplicaOutcome::Change(change) => {
                     let (name, seq) = (m.name.clone(), m.replica.seq());
                     self.announce(&name, seq, None, vec![change]).await;
                 }
-                Applied::Gap { expected, got } => {
+                ReplicaOutcome::Gap { expected, got } => {
                     tracing::info!(%mesh, expected, got, "cluster: message lost, reloading the mesh");
                     self.reload(mesh, ResyncCause::Gap).await;
                 }
-                Applied::NewEpoch => self.reload(mesh, ResyncCause::Epoch).await,
-                Applied::Nothing | Applied::Stale | Applied::Unsynced => {}
+                ReplicaOutcome::NewEpoch => self.reload(mesh, ResyncCause::Epoch).await,
+                ReplicaOutcome::Nothing | ReplicaOutcome::Stale | ReplicaOutcome::Unsynced => {}
             }
         } else if channel == keys::inbox_channel(&self.inner.node) {
             match InboxMessage::decode(payload) {

@@ -4,8 +4,8 @@
 
 use super::message::InboxMessage;
 use super::replica::PeerChange;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Why a mesh replica was reloaded (the metric's `cause` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

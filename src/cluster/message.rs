@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// One change on a mesh channel: a peer's whole relayed state, or its departure.
 #[derive(Debug, Clone, PartialEq, Eq)]

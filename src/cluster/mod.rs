@@ -10,7 +10,7 @@
 //! # Data flow
 //! A hub writes through [`ClusterStore`]: every change is one Lua script (state + sequence +
 //! PUBLISH), so Redis never holds a state that no message announced. A driver task reads the
-//! pub/sub pushes, applies them to [`MeshReplica`]s and hands [`ClusterEvent`]s to the hub.
+//! pub/sub pushes, applies them to mesh replicas and hands [`ClusterEvent`]s to the hub.
 //! Pub/sub is at-most-once, so correctness never rests on it alone: a sequence gap, a new
 //! epoch, a reconnect or a Redis restart reloads the mesh from one consistent snapshot and
 //! hands over only the differences.
@@ -58,11 +58,14 @@ mod replica;
 mod scripts;
 mod store;
 
-pub use message::{InboxMessage, MeshMessage};
-pub use replica::{Applied, MeshReplica, MeshSnapshot, PeerChange, RemoteIndex};
+// What the store's API takes and returns; the replicas, the channel messages' JSON and the
+// driver stay inside.
+pub use event::{ClusterEvent, ResyncCause};
+pub use message::InboxMessage;
+pub use replica::PeerChange;
 pub use store::{
-    BlockOutcome, BlockedList, ClusterEvent, ClusterEvents, ClusterSettings, ClusterStore,
-    HubLease, ResyncCause, RouteOutcome, SetHubObjects,
+    BlockOutcome, BlockedList, ClusterEvents, ClusterSettings, ClusterStore, HubLease,
+    RouteOutcome, SetHubObjects,
 };
 
 use thiserror::Error;

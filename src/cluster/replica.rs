@@ -24,8 +24,8 @@ use dashmap::DashMap;
 use indexmap::IndexMap;
 
 use super::message::MeshMessage;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// A change of the remote part of a mesh, as the hub applies a local peer's change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub enum PeerChange {
 
 /// What applying one channel message did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
+pub enum ReplicaOutcome {
     /// The remote part of the mesh changed.
     Change(PeerChange),
     /// The sequence advanced without a remote change (this hub's own peer, or no difference).
@@ -107,20 +107,20 @@ impl MeshReplica {
     }
 
     /// Applies one message of the mesh's channel.
-    pub fn apply(&mut self, message: &MeshMessage) -> Applied {
+    pub fn apply(&mut self, message: &MeshMessage) -> ReplicaOutcome {
         if !self.synced {
-            return Applied::Unsynced;
+            return ReplicaOutcome::Unsynced;
         }
         if message.epoch != self.epoch {
             self.synced = false;
-            return Applied::NewEpoch;
+            return ReplicaOutcome::NewEpoch;
         }
         if message.seq <= self.seq {
-            return Applied::Stale;
+            return ReplicaOutcome::Stale;
         }
         if message.seq != self.seq + 1 {
             self.synced = false;
-            return Applied::Gap {
+            return ReplicaOutcome::Gap {
                 expected: self.seq + 1,
                 got: message.seq,
             };
@@ -131,18 +131,18 @@ impl MeshReplica {
         match &message.objects {
             Some(objects) if message.hub != self.me => {
                 if self.peers.get(&peer) == Some(objects) {
-                    return Applied::Nothing;
+                    return ReplicaOutcome::Nothing;
                 }
                 self.peers.insert(peer.clone(), objects.clone());
-                Applied::Change(PeerChange::Upsert {
+                ReplicaOutcome::Change(PeerChange::Upsert {
                     peer,
                     objects: objects.clone(),
                 })
             }
             // Gone, or this hub's own peer (which may have moved here from another hub).
             _ => match self.peers.shift_remove(&peer) {
-                Some(_) => Applied::Change(PeerChange::Gone { peer }),
-                None => Applied::Nothing,
+                Some(_) => ReplicaOutcome::Change(PeerChange::Gone { peer }),
+                None => ReplicaOutcome::Nothing,
             },
         }
     }
@@ -232,16 +232,19 @@ impl MeshReplica {
     }
 
     /// The remote peers and their relayed objects, in join order.
+    #[cfg(test)]
     pub fn peers(&self) -> impl Iterator<Item = (&PeerName, &[Object])> {
         self.peers.iter().map(|(p, o)| (p, o.as_slice()))
     }
 
     /// How many remote peers the replica holds.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.peers.len()
     }
 
     /// Whether the replica holds no remote peer.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }
@@ -279,6 +282,7 @@ impl RemoteIndex {
     }
 
     /// Whether the replicas hold no remote peer.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -348,23 +352,23 @@ mod tests {
         let mut r = synced(3, &[]);
         assert_eq!(
             r.apply(&message("b", 4, 1, Some(objects("x")))),
-            Applied::Change(PeerChange::Upsert {
+            ReplicaOutcome::Change(PeerChange::Upsert {
                 peer: peer(1),
                 objects: objects("x")
             })
         );
         assert_eq!(
             r.apply(&message("me", 5, 2, Some(objects("y")))),
-            Applied::Nothing
+            ReplicaOutcome::Nothing
         );
         assert_eq!(
             r.apply(&message("b", 6, 1, Some(objects("x")))),
-            Applied::Nothing,
+            ReplicaOutcome::Nothing,
             "the same state again is no change"
         );
         assert_eq!(
             r.apply(&message("b", 7, 1, None)),
-            Applied::Change(PeerChange::Gone { peer: peer(1) })
+            ReplicaOutcome::Change(PeerChange::Gone { peer: peer(1) })
         );
         assert_eq!(r.seq(), 7);
         assert!(r.is_empty());
@@ -375,18 +379,18 @@ mod tests {
         let mut r = synced(1, &[(1, "b", "x")]);
         assert_eq!(
             r.apply(&message("me", 2, 1, None)),
-            Applied::Change(PeerChange::Gone { peer: peer(1) })
+            ReplicaOutcome::Change(PeerChange::Gone { peer: peer(1) })
         );
     }
 
     #[test]
     fn stale_gaps_and_new_epochs_are_told_apart() {
         let mut r = synced(5, &[(1, "b", "x")]);
-        assert_eq!(r.apply(&message("b", 5, 1, None)), Applied::Stale);
+        assert_eq!(r.apply(&message("b", 5, 1, None)), ReplicaOutcome::Stale);
         assert_eq!(r.len(), 1, "a stale message changes nothing");
         assert_eq!(
             r.apply(&message("b", 8, 1, None)),
-            Applied::Gap {
+            ReplicaOutcome::Gap {
                 expected: 6,
                 got: 8
             }
@@ -394,13 +398,13 @@ mod tests {
         assert!(!r.is_synced());
         assert_eq!(
             r.apply(&message("b", 6, 1, None)),
-            Applied::Unsynced,
+            ReplicaOutcome::Unsynced,
             "nothing applies until the reload"
         );
         let mut r = synced(5, &[]);
         let mut restarted = message("b", 1, 1, None);
         restarted.epoch = "e2".into();
-        assert_eq!(r.apply(&restarted), Applied::NewEpoch);
+        assert_eq!(r.apply(&restarted), ReplicaOutcome::NewEpoch);
         assert!(!r.is_synced());
     }
 
@@ -416,7 +420,7 @@ mod tests {
         // Peer 2's hub writes it again, unchanged: nothing to tell.
         let mut again = message("c", 2, 2, Some(objects("y")));
         again.epoch = "e2".into();
-        assert_eq!(r.apply(&again), Applied::Nothing);
+        assert_eq!(r.apply(&again), ReplicaOutcome::Nothing);
         assert!(!r.is_awaiting());
         assert_eq!(r.settle(), vec![]);
         // One that never comes back is gone when the wait ends.
@@ -551,10 +555,10 @@ mod tests {
         r.apply(&message("b", 5, 1, None));
         assert!(!r.is_synced());
         r.reload(snapshot(6, &[(1, "b", "x")]));
-        assert_eq!(r.apply(&message("b", 6, 1, None)), Applied::Stale);
+        assert_eq!(r.apply(&message("b", 6, 1, None)), ReplicaOutcome::Stale);
         assert_eq!(
             r.apply(&message("b", 7, 1, Some(objects("y")))),
-            Applied::Change(PeerChange::Upsert {
+            ReplicaOutcome::Change(PeerChange::Upsert {
                 peer: peer(1),
                 objects: objects("y")
             })

@@ -20,10 +20,10 @@ use redis::aio::ConnectionManagerConfig;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
 use tokio::sync::mpsc;
 
-use super::core::Inner;
+use super::core::StoreCore;
 use super::driver::Driver;
+use super::event::ClusterEvent;
 use super::event::Command;
-pub use super::event::{ClusterEvent, ResyncCause};
 use super::keys;
 use super::message::InboxMessage;
 use super::replica::RemoteIndex;
@@ -31,8 +31,8 @@ use super::scripts;
 use super::ClusterError;
 use crate::config::ClusterSection;
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Events buffered for the hub before the driver waits for it.
 const EVENT_QUEUE: usize = 4096;
@@ -172,7 +172,7 @@ pub struct HubLease {
 /// last handle is dropped (a dropped store stops renewing its lease, like a dead hub).
 #[derive(Clone)]
 pub struct ClusterStore {
-    inner: Arc<Inner>,
+    inner: Arc<StoreCore>,
     _driver: Arc<DriverGuard>,
 }
 
@@ -228,7 +228,7 @@ impl ClusterStore {
             })?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::channel(EVENT_QUEUE);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(StoreCore {
             node: settings.node.clone(),
             lease: settings.lease,
             conn,
@@ -413,7 +413,8 @@ impl ClusterStore {
     }
 
     /// A local session in `mesh` started: the first one subscribes to the mesh and loads its
-    /// replica (announced as a [`ClusterEvent::Mesh`] with [`ResyncCause::Subscribed`]).
+    /// replica (announced as a [`ClusterEvent::Mesh`] with
+    /// [`ResyncCause::Subscribed`](super::ResyncCause::Subscribed)).
     pub fn watch_mesh(&self, mesh: &str) {
         let _ = self.inner.commands.send(Command::Watch(mesh.to_owned()));
     }

@@ -11,7 +11,7 @@
 //! slot here and goes to a shard as it is, which reads the header, then admits it by the
 //! client's address ([`proxy`]).
 
-mod admission;
+pub(super) mod admission;
 mod proxy;
 mod sources;
 
@@ -24,8 +24,7 @@ use actix::prelude::*;
 use socket2::{SockRef, TcpKeepalive};
 use tracing::warn;
 
-use admission::Admission;
-pub use admission::{HandshakeSlot, SourceHold};
+use admission::{Admission, HandshakeSlot};
 use proxy::{Proxied, ProxyTrust};
 
 use super::handshake::Accept;

@@ -22,10 +22,12 @@ use tracing::{debug, info, warn};
 use super::messages::Close;
 use super::shared::HubShared;
 use super::HubHandle;
-use crate::blocklist::{decode_entries, encode_entry, BlockEntry, BlockError, BlockedPeer};
+use crate::blocklist::{
+    decode_entries, encode_entry, BlockDiff, BlockEntry, BlockError, BlockedPeer,
+};
 use crate::cluster::{BlockOutcome, ClusterError};
 use crate::metrics;
-use crate::tls::{PeerName, Refusal};
+use crate::tls::{CertRefusal, PeerName};
 
 /// What blocking a peer did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -170,7 +172,7 @@ fn close_blocked(shared: &HubShared, peer: &PeerName) -> bool {
     match shared.lookup(peer) {
         Some(entry) => {
             entry.close.do_send(Close {
-                reason: Refusal::Blocked.close_reason(),
+                reason: CertRefusal::Blocked.close_reason(),
             });
             true
         }
@@ -216,53 +218,68 @@ pub(crate) async fn sync_from_cluster(shared: &Arc<HubShared>) -> Result<(), Clu
         metrics::counter_add_reason(metrics::CLUSTER_BAD_MESSAGES, "blocked", bad as u64);
         debug!(bad, "cluster: block list entries that do not decode");
     }
-    let left_out = read.left_out;
-    let shared = shared.clone();
-    let diff = tokio::task::spawn_blocking(move || {
-        let identities = &shared.identities;
-        let _one = identities
-            .list_writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let (diff, dropped) = identities.blocked.replace(entries);
-        let left_out = left_out + dropped;
-        if left_out > 0 {
-            metrics::counter_add_reason(
-                metrics::CLUSTER_BAD_MESSAGES,
-                "blocked_over_limit",
-                left_out as u64,
-            );
-        }
-        // Logged once per change of how many are left out, not at every read.
-        if identities.cluster_left_out.swap(left_out, Ordering::Relaxed) != left_out {
-            if left_out > 0 {
-                warn!(
-                    left_out,
-                    max = most,
-                    "the cluster's block list holds more PeerNames than blocklist.max_entries: those beyond it are not applied here"
-                );
-            } else {
-                info!("the cluster's block list is within blocklist.max_entries again");
-            }
-        }
-        metrics::gauge_set(metrics::BLOCKED_PEERS, identities.blocked.len() as f64);
-        if !diff.added.is_empty() || !diff.removed.is_empty() {
-            if let Err(e) = identities.block_store.save(&identities.blocked.entries()) {
-                warn!(error = %e, "the copy of the cluster's block list was not written");
-            }
-        }
-        for peer in &diff.added {
-            info!(%peer, "peer blocked (cluster)");
-            close_blocked(&shared, peer);
-        }
-        for peer in &diff.removed {
-            info!(%peer, "peer unblocked (cluster)");
-        }
-        diff
-    })
-    .await;
+    let (left_out, shared) = (read.left_out, shared.clone());
+    let diff =
+        tokio::task::spawn_blocking(move || apply_cluster_list(&shared, entries, left_out, most))
+            .await;
     if diff.is_err() {
         debug!("the hub stopped while applying the cluster's block list");
     }
     Ok(())
+}
+
+/// Makes the cluster's list (as read within this hub's bounds) the one in force here, under
+/// the lock of the list's writers: counts and logs (once per change) what was left out,
+/// keeps the local copy, and closes the sessions of peers blocked since. Blocking: it
+/// writes the copy and closes sessions.
+fn apply_cluster_list(
+    shared: &Arc<HubShared>,
+    entries: Vec<(PeerName, BlockEntry)>,
+    left_out: usize,
+    most: usize,
+) -> BlockDiff {
+    let identities = &shared.identities;
+    let _one = identities
+        .list_writes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (diff, dropped) = identities.blocked.replace(entries);
+    let left_out = left_out + dropped;
+    if left_out > 0 {
+        metrics::counter_add_reason(
+            metrics::CLUSTER_BAD_MESSAGES,
+            "blocked_over_limit",
+            left_out as u64,
+        );
+    }
+    // Logged once per change of how many are left out, not at every read.
+    if identities
+        .cluster_left_out
+        .swap(left_out, Ordering::Relaxed)
+        != left_out
+    {
+        if left_out > 0 {
+            warn!(
+                left_out,
+                max = most,
+                "the cluster's block list holds more PeerNames than blocklist.max_entries: those beyond it are not applied here"
+            );
+        } else {
+            info!("the cluster's block list is within blocklist.max_entries again");
+        }
+    }
+    metrics::gauge_set(metrics::BLOCKED_PEERS, identities.blocked.len() as f64);
+    if !diff.added.is_empty() || !diff.removed.is_empty() {
+        if let Err(e) = identities.block_store.save(&identities.blocked.entries()) {
+            warn!(error = %e, "the copy of the cluster's block list was not written");
+        }
+    }
+    for peer in &diff.added {
+        info!(%peer, "peer blocked (cluster)");
+        close_blocked(shared, peer);
+    }
+    for peer in &diff.removed {
+        info!(%peer, "peer unblocked (cluster)");
+    }
+    diff
 }

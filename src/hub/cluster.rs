@@ -34,16 +34,16 @@ use super::registry::Registry;
 use super::relay::{check_budget, HubError, ObjectOp, OpOutcome, ViewLimits};
 use super::route::{refusal, Undelivered};
 use super::shared::HubShared;
-use crate::addressing;
 use crate::cluster::{
     ClusterError, ClusterEvent, ClusterEvents, ClusterStore, InboxMessage, PeerChange, ResyncCause,
     RouteOutcome, SetHubObjects,
 };
 use crate::metrics;
-use crate::objects::{Change, PublishedObjects};
+use crate::protocol::addressing;
+use crate::protocol::objects::{Change, PublishedObjects};
+use crate::protocol::wire::{Message, Object};
+use crate::protocol::xml::AppInvite;
 use crate::tls::PeerName;
-use crate::wire::{Message, Object};
-use crate::xml::AppInvite;
 
 /// Attempts of a hub object change against concurrent changes through other hubs.
 const CAS_ATTEMPTS: usize = 8;
@@ -149,7 +149,7 @@ fn undelivered(
     invitation: Option<Uuid>,
     reason: Undelivered,
 ) {
-    shared.events.undelivered(from, invitation, reason.label());
+    shared.feed.undelivered(from, invitation, reason.label());
     let Some(id) = invitation else {
         metrics::count_reason(metrics::MESSAGES_DROPPED, "unroutable");
         return;
@@ -359,12 +359,12 @@ fn deliver_here(
         let Some(mesh) = link.mesh_of(from) else {
             return;
         };
-        let ack = crate::xml::InvitationAck::new(id, false, reason.explanation());
+        let ack = crate::protocol::xml::InvitationAck::new(id, false, reason.explanation());
         link.send(
             to,
             mesh,
             from,
-            crate::xml::APPINVITE.to_owned(),
+            crate::protocol::xml::APPINVITE.to_owned(),
             ack.to_xml(),
             None,
         );
@@ -384,7 +384,7 @@ fn deliver_here(
         Some(AppInvite::Ack(ack)) => {
             let inviter = shared.invitations.take(&ack.invitation_id, from);
             if inviter.is_some() {
-                shared.events.answered(from, to, ack);
+                shared.feed.answered(from, to, ack);
             }
         }
         None => {}

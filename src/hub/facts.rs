@@ -11,8 +11,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::relay::visibility::{Visibility, VisibilityError};
-use super::relay::watch_list::WatchError;
-use crate::session::SessionMachine;
+use super::relay::WatchError;
+use crate::protocol::machine::SessionMachine;
 use crate::tls::PeerName;
 
 /// The three flags and the facts of a session, mirrored for the admin API. The session

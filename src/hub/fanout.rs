@@ -29,8 +29,9 @@ use super::outbound::Outbound;
 use super::relay::{Delivery, View, ViewChange};
 use crate::metrics;
 
+/// What one shard fans out: the views it serves and the sessions subscribed to each.
 #[derive(Default)]
-struct Inner {
+struct FanoutState {
     base: Option<Arc<View>>,
     views: HashMap<Arc<str>, Arc<View>>,
     /// The own views of sessions whose WATCH_LIST is in force (DESIGN 5.4).
@@ -44,7 +45,7 @@ struct Inner {
 /// The per-thread state shared by a shard and its sessions.
 #[derive(Default)]
 pub struct FanoutCore {
-    inner: RefCell<Inner>,
+    inner: RefCell<FanoutState>,
     /// `relay.view_interval`; zero sends every entire view at once.
     interval: Duration,
 }
@@ -212,7 +213,12 @@ impl FanoutCore {
     /// Queues the change on the mesh subscribers it reaches (those without a WATCH_LIST):
     /// every mesh for a change of the base view, else the meshes it changed. An entire view
     /// inside a mesh's burst window is held for the window's end. Returns the recipients.
-    fn notify_meshes(&self, inner: &Inner, change: &ViewChange, windows: &mut Windows) -> usize {
+    fn notify_meshes(
+        &self,
+        inner: &FanoutState,
+        change: &ViewChange,
+        windows: &mut Windows,
+    ) -> usize {
         if matches!(change.delivery, Delivery::Silent) {
             return 0;
         }
@@ -253,7 +259,7 @@ impl Windows {
     /// Whether `delivery` goes out to `mesh`'s subscribers now (DESIGN 5.2 bursts): the
     /// first entire view goes at once and opens a window; later ones inside it are held;
     /// an append while one is held is carried by it.
-    fn admit(&mut self, mesh: &Arc<str>, inner: &Inner, delivery: &Delivery) -> bool {
+    fn admit(&mut self, mesh: &Arc<str>, inner: &FanoutState, delivery: &Delivery) -> bool {
         match (inner.windows.get(mesh), delivery) {
             (Some(true), _) => false, // the held view will carry it
             (Some(false), Delivery::Complete) => {
@@ -270,7 +276,7 @@ impl Windows {
 }
 
 /// Queues each changed own view's delivery on its subscriber. Returns the recipients.
-fn notify_personal(inner: &Inner, change: &ViewChange) -> usize {
+fn notify_personal(inner: &FanoutState, change: &ViewChange) -> usize {
     let mut recipients = 0;
     for personal in &change.personal {
         let out = inner
@@ -315,7 +321,7 @@ fn deliver(out: &Outbound, delivery: &Delivery, view: Option<&Arc<View>>) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Object;
+    use crate::protocol::wire::Object;
 
     fn view(objects: &[Object]) -> Arc<View> {
         Arc::new(View::new(objects).unwrap())

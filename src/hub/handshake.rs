@@ -16,14 +16,14 @@ use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use super::accept::HandshakeSlot;
+use super::accept::admission::HandshakeSlot;
 use super::fanout::FanoutCore;
 use super::identities::SessionCert;
 use super::messages::RegistryLink;
 use super::session;
 use super::shared::{ConnectionGuard, HubShared};
 use crate::metrics;
-use crate::tls::{handshake_failure_reason, Refusal};
+use crate::tls::{handshake_failure_reason, CertRefusal};
 
 /// How long a connection refused after its handshake gets to take its close_notify.
 const REFUSAL_CLOSE: Duration = Duration::from_secs(1);
@@ -93,9 +93,9 @@ pub(crate) async fn run(
         return;
     };
     let refusal = if shared.identities.blocked.contains(&cert.identity.peer_name) {
-        Some(Refusal::Blocked)
+        Some(CertRefusal::Blocked)
     } else if SystemTime::now() > cert.identity.not_after {
-        Some(Refusal::Expired)
+        Some(CertRefusal::Expired)
     } else {
         None
     };

@@ -77,16 +77,6 @@ impl Invitations {
         let now = Instant::now();
         self.routes.retain(|_, route| route.expires > now);
     }
-
-    /// Routes remembered now.
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    /// Whether none is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::messages::SessionId;
 use crate::cluster::{ClusterStore, InboxMessage};
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// A write of this hub's sessions to the cluster, in the order they happened.
 #[derive(Debug, Clone, PartialEq, Eq)]

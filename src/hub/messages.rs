@@ -15,11 +15,11 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::outbound::PushError;
-pub use super::relay::SessionId;
+pub(super) use super::relay::SessionId;
 use super::relay::{Departure, HubError, ObjectOp, OpOutcome, RelayedSet, ViewChange, ViewReport};
 use crate::cluster::PeerChange;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Ends a session with a reason (admin, shutdown, superseded).
 #[derive(Debug, Message)]
@@ -86,12 +86,12 @@ pub struct RegistryLink {
 /// Counts shards that have applied a change, so its originator can answer only once every
 /// shard serves the new view (read-your-writes: a REQUEST after a 2xx sees the change).
 #[derive(Debug)]
-pub struct Applied {
+pub struct ShardsApplied {
     remaining: AtomicUsize,
     done: tokio::sync::Notify,
 }
 
-impl Applied {
+impl ShardsApplied {
     /// A counter awaiting `shards` shards.
     pub fn new(shards: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -125,7 +125,7 @@ pub struct Fanout {
     /// The views and what their subscribers are sent.
     pub change: ViewChange,
     /// Counted down by each shard once applied.
-    pub applied: Option<Arc<Applied>>,
+    pub applied: Option<Arc<ShardsApplied>>,
 }
 
 /// Applies an [`ObjectOp`] to the hub's objects.

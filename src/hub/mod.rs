@@ -1,40 +1,82 @@
-//! The hub server (DESIGN 4) behind a plain [`HubHandle`]. The modules follow a
-//! connection's data flow:
+//! The hub server (DESIGN 4) behind a plain [`HubHandle`].
 //!
-//! [`accept`] → [`handshake`] → [`session`] (with [`throttle`] and [`route`]) → [`relay`]
-//! (the relay logic, sans I/O, driven by the session and by the [`registry`] actor) →
-//! [`fanout`] → [`outbound`]; [`messages`] are what the actors exchange, [`shared`] is what
-//! every thread reads, [`shard`] is the actor of one worker thread; [`cluster`] and
-//! [`link`] connect the hub to the other hubs of a cluster; [`drain`] is its shutdown.
+//! # Rooms
+//! Every module is private; the files read in the order a peer's objects travel:
 //!
-//! Threads: the hub runs its own actix `System` on a dedicated thread (the accept loop and
-//! the [`registry::Registry`] live there) plus one worker arbiter per core, each with one
-//! [`shard::Shard`], which handshakes the connections the accept loop hands it and runs
-//! their sessions and fan-out on its thread.
+//! | step | file | what it does |
+//! |---|---|---|
+//! | 1 | `accept.rs` (+ `accept/`) | the accept loop: admission by source, the PROXY protocol, a connection handed to a shard |
+//! | 2 | `handshake.rs` | the TLS handshake on the shard's thread, under a timeout |
+//! | 3 | `session.rs` | the session actor: reads frames, runs the spec's state machine ([`crate::protocol::machine`]), with `throttle.rs` (inbound rate) and `route.rs` (application messages, invitations) |
+//! | 4 | `relay/` | the relay logic, sans I/O: per session the policy over the peer's objects (`PeerRelay`), for the hub one `Relay` (hub objects, mesh views, watchers) taking inputs and returning effects |
+//! | 4' | `registry.rs` | the relay logic's actor shell: applies each input to the `Relay`, carries out its effects |
+//! | 5 | `fanout.rs` | per shard, the views its sessions read and the change applied to every subscriber |
+//! | 6 | `outbound.rs` | one session's bounded outbound queue and the writer that drains it to TLS |
+//!
+//! Beside the flow: `messages.rs` holds the messages the actors exchange (but for the
+//! accept loop's hand-off of a connection to a shard, which stays beside it); `shared.rs` is
+//! what every thread reads (configuration, the PeerName index, the feed) with `facts.rs`
+//! (a session's facts as the admin API shows them), `invitations.rs` and `feed.rs` (the
+//! presence page's feed); `shard.rs` is the actor of one worker thread; `identities.rs`
+//! (what is in force), `reload.rs` (reading the files again, re-checking live sessions)
+//! and `blocked.rs` are certificates and the block list over time (DESIGN 10);
+//! `cluster.rs` and `link.rs` connect the hub to the other hubs of a cluster (DESIGN 8).
+//! `drain/` is its shutdown (DESIGN 11): `control.rs` what every thread reads of it (the
+//! request, the phase, the pace), `drain.rs` the lame duck, the paced drain and the
+//! hand-off's wait before leaving a cluster.
+//!
+//! # The door
+//! Outside code (the admin API, the CLI, the tests, the load harness) sees [`Hub`],
+//! [`HubHandle`] and the types their methods take and return, re-exported here: each has
+//! one public path, `p2ppi_hub::hub::X`. The hub depends only on the floors below it
+//! (`protocol`, `tls`, `config`, `cluster`, `metrics`, `persist`, `certs`, `blocklist`);
+//! nothing below imports it. Inside it no two files import each other, directly or around a
+//! circle: what every thread reads (`shared.rs`, and the state it holds: `identities.rs`,
+//! `drain/control.rs`, `accept/admission.rs`'s holds) sits below what acts on it (the
+//! session, the reload, the drain, the accept loop). Only the files that add methods to
+//! [`HubHandle`] (`blocked.rs`, `reload.rs`) name this door from inside.
+//!
+//! # Threads
+//! The hub runs its own actix `System` on a dedicated thread (the accept loop and the
+//! registry live there) plus one worker arbiter per core, each with one shard, which
+//! handshakes the connections the accept loop hands it and runs their sessions and fan-out
+//! on its thread.
 //!
 //! Nothing of actix leaks out: [`Hub::start`] returns once the listener is bound, and the
 //! handle's methods are plain async functions usable from any runtime.
 
-pub mod accept;
-pub mod blocked;
-pub mod cluster;
-pub mod drain;
-pub mod events;
-pub mod facts;
-pub mod fanout;
-pub mod handshake;
-pub mod identities;
-pub mod invitations;
-pub mod link;
-pub mod messages;
-pub mod outbound;
-pub mod registry;
-pub mod relay;
-pub mod route;
-pub mod session;
-pub mod shard;
-pub mod shared;
-pub mod throttle;
+mod accept;
+mod blocked;
+mod cluster;
+mod drain;
+mod facts;
+mod fanout;
+mod feed;
+mod handshake;
+mod identities;
+mod invitations;
+mod link;
+mod messages;
+mod outbound;
+mod registry;
+mod relay;
+mod reload;
+mod route;
+mod session;
+mod shard;
+mod shared;
+mod throttle;
+
+// The hub's one door: what its API takes and returns, and nothing else. Every module above
+// is private, so each of these types has exactly one public path, `p2ppi_hub::hub::X`.
+pub use blocked::Blocked;
+pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus};
+pub use feed::{FeedEvent, FeedSnapshot, FeedSubscription, HubStatus};
+pub use relay::{HubError, ObjectOp, OpOutcome, RejectReason, ViewReport};
+pub use reload::{ReloadError, ReloadReport};
+// The admin's SSE tests feed a page without a hub.
+#[cfg(test)]
+pub(crate) use feed::PresenceFeed;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -51,16 +93,11 @@ pub use drain::{Phase, SKIP_FLUSH};
 use crate::config::Config;
 use crate::metrics;
 use crate::persist::ObjectStore;
+use crate::protocol::wire::{Message, Object};
 use crate::tls::{PeerName, TlsError};
-use crate::wire::{Message, Object};
-pub use blocked::Blocked;
-use drain::Request;
-pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus, HUB_MESSAGES_KEPT};
-pub use identities::{ReloadError, ReloadReport};
+use drain::control::Request;
 use messages::{ApplyOp, Close, Deliver, Fanout, ListObjects, QueryView, RegistryLink};
-pub use registry::PersistHook;
-use registry::Registry;
-pub use relay::{HubError, ObjectOp, OpOutcome, ViewReport};
+use registry::{PersistHook, Registry};
 use relay::{Relay, ViewChange, ViewLimits};
 use shard::Shard;
 use shared::HubShared;
@@ -186,15 +223,14 @@ impl HubHandle {
         self.shared.hub_messages.to_vec()
     }
 
-    /// Subscribes to the hub's live events and takes a snapshot to start from (the
-    /// presence page's feed).
-    pub fn events(&self) -> events::Subscription {
-        self.shared.events.subscribe()
+    /// Subscribes to the presence page's feed and takes a snapshot to start from.
+    pub fn feed(&self) -> FeedSubscription {
+        self.shared.feed.subscribe()
     }
 
     /// The hub's version, uptime and session count.
-    pub fn status(&self) -> events::HubStatus {
-        self.shared.events.status()
+    pub fn status(&self) -> feed::HubStatus {
+        self.shared.feed.status()
     }
 
     /// The session of a peer, if connected.
@@ -367,7 +403,7 @@ impl Hub {
         };
         let hub_certificate = identities.active().expiries[0].not_after;
         let shared = Arc::new(HubShared::new(config, identities));
-        shared.events.hub_certificate(Some(hub_certificate));
+        shared.feed.hub_certificate(Some(hub_certificate));
         let (init_tx, init_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let thread_shared = shared.clone();
@@ -579,7 +615,7 @@ fn start_registry(
     let persist: PersistHook = Box::new(move |objects: &[Object]| {
         store.save(objects).map_err(|e| e.to_string())?;
         // Persisting is the last step that may refuse a change: from here it is applied.
-        events.events.hub_objects_changed(objects);
+        events.feed.hub_objects_changed(objects);
         Ok(())
     });
     let limits = view_limits(&shared.config);
@@ -593,7 +629,7 @@ fn start_registry(
         change: ViewChange::initial(relay.base_view()),
         applied: None,
     });
-    shared.events.hub_objects_changed(&hub_objects);
+    shared.feed.hub_objects_changed(&hub_objects);
     for shard in shards {
         shard.do_send(initial.clone());
     }

@@ -22,7 +22,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::metrics;
-use crate::wire::{set_message_id, MessageIds, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN};
+use crate::protocol::wire::{set_message_id, MessageIds, MESSAGE_TYPE_OFFSET, MIN_MESSAGE_LEN};
 
 /// Most bytes handed to TLS in one write.
 pub const BATCH_BYTES: usize = 64 * 1024;
@@ -146,6 +146,7 @@ impl Outbound {
     }
 
     /// Messages and bytes queued now.
+    #[cfg(test)]
     pub fn queued(&self) -> (usize, usize) {
         let state = self.state.borrow();
         (state.queue.len(), state.bytes)
@@ -242,7 +243,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Inbound, Message, P2ppiCodec};
+    use crate::protocol::wire::{Inbound, Message, P2ppiCodec};
     use tokio_util::codec::Decoder;
 
     #[test]
@@ -264,7 +265,7 @@ mod tests {
     fn views_coalesce_only_under_pressure() {
         // A view of n value bytes encodes to 43 + n bytes.
         let view = |n: usize| {
-            Message::Notify(vec![crate::wire::Object::new("v", "x".repeat(n))])
+            Message::Notify(vec![crate::protocol::wire::Object::new("v", "x".repeat(n))])
                 .to_bytes(0)
                 .unwrap()
         };

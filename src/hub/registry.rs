@@ -17,13 +17,13 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::messages::{
-    Applied, ApplyOp, Fanout, ListObjects, QueryView, RelayRemove, RelaySet, RelayStart,
-    RemoteChanges, SessionId,
+    ApplyOp, Fanout, ListObjects, QueryView, RelayRemove, RelaySet, RelayStart, RemoteChanges,
+    SessionId, ShardsApplied,
 };
 use super::relay::{Departure, Effects, HubError, ObjectOp, OpOutcome, Relay, ViewChange};
 use super::shared::HubShared;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Called with the new list before a change is applied; an error refuses the change.
 pub type PersistHook = Box<dyn FnMut(&[Object]) -> Result<(), String>>;
@@ -57,8 +57,8 @@ impl Registry {
     }
 
     /// Sends a change to every shard; the result completes once all applied it.
-    fn broadcast(&self, change: ViewChange) -> Arc<Applied> {
-        let applied = Applied::new(self.shards.len());
+    fn broadcast(&self, change: ViewChange) -> Arc<ShardsApplied> {
+        let applied = ShardsApplied::new(self.shards.len());
         let fanout = Arc::new(Fanout {
             change,
             applied: Some(applied.clone()),
@@ -70,7 +70,7 @@ impl Registry {
     }
 
     /// Carries out what the relay logic asked for; returns the broadcasts' completions.
-    fn carry_out(&self, effects: Effects) -> Vec<Arc<Applied>> {
+    fn carry_out(&self, effects: Effects) -> Vec<Arc<ShardsApplied>> {
         for count in effects.counts {
             self.tell_count(&count.peer, count.session, count.count);
         }
@@ -98,7 +98,7 @@ impl Registry {
     }
 
     /// Applies an operation to the hub's objects, persisted before it is committed.
-    fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Vec<Arc<Applied>>), HubError> {
+    fn apply(&mut self, op: ObjectOp) -> Result<(OpOutcome, Vec<Arc<ShardsApplied>>), HubError> {
         let Some(change) = self.relay.prepare_hub_op(op)? else {
             return Ok((OpOutcome { changed: false }, Vec::new()));
         };
@@ -115,7 +115,7 @@ impl Actor for Registry {
 }
 
 /// Completes once every shard applied every change.
-async fn all_applied(applied: Vec<Arc<Applied>>) {
+async fn all_applied(applied: Vec<Arc<ShardsApplied>>) {
     for applied in applied {
         applied.wait(APPLIED_WAIT).await;
     }
@@ -228,10 +228,11 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::hub::facts::SessionFlags;
     use crate::hub::messages::{Close, Deliver};
     use crate::hub::outbound::PushError;
     use crate::hub::relay::{RelayedSet, ViewLimits};
-    use crate::hub::shared::{SessionEntry, SessionFlags};
+    use crate::hub::shared::SessionEntry;
 
     /// Stands in for a shard: records the changes it is sent.
     struct Shard(Arc<Mutex<Vec<Arc<Fanout>>>>);

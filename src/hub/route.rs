@@ -10,11 +10,11 @@ use uuid::Uuid;
 use super::messages::Deliver;
 use super::relay::visibility::Hidden;
 use super::shared::{HubShared, SessionEntry};
-use crate::addressing::{self, Target};
 use crate::metrics;
+use crate::protocol::addressing::{self, Target};
+use crate::protocol::wire::Message;
+use crate::protocol::xml::{AppInvite, InvitationAck, APPINVITE};
 use crate::tls::PeerName;
-use crate::wire::Message;
-use crate::xml::{AppInvite, InvitationAck, APPINVITE};
 
 /// The hub's own refusal of invitation `id` (RESPONSE 2 with the reason, DESIGN 5.3).
 pub fn refusal(id: Uuid, reason: Undelivered) -> Message {
@@ -144,7 +144,7 @@ impl Sender<'_> {
                 self.may_see(&inviter).map_err(fail)?;
                 self.deliver(&inviter, to, mime_type, value, None)
                     .map_err(fail)?;
-                self.shared.events.answered(self.peer, &inviter, ack);
+                self.shared.feed.answered(self.peer, &inviter, ack);
                 return Ok(Routed::Returned);
             }
         }
@@ -180,8 +180,9 @@ impl Sender<'_> {
             }
             return Err(fail(reason));
         }
-        let events = &self.shared.events;
-        events.routed(self.peer, &target, mime_type, invitation);
+        self.shared
+            .feed
+            .routed(self.peer, &target, mime_type, invitation);
         Ok(Routed::Forwarded {
             invitation: request.is_some(),
         })

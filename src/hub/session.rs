@@ -49,18 +49,19 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
+use super::facts::{HubMessage, SessionFlags};
 use super::fanout::FanoutCore;
 use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayStart, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
 use super::relay::visibility::Visibility;
 use super::relay::{Departure, Note, PeerRelay, Reaction, RejectReason, RelayedSet};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
-use super::shared::{Claim, ConnectionGuard, HubMessage, HubShared, SessionEntry, SessionFlags};
+use super::shared::{Claim, ConnectionGuard, HubShared, SessionEntry};
 use super::throttle::Throttled;
 use crate::metrics;
-use crate::session::{Received, Report, SessionMachine};
+use crate::protocol::machine::{Received, Report, SessionMachine};
+use crate::protocol::wire::{FrameError, Inbound, Message, MessageType};
 use crate::tls::PeerName;
-use crate::wire::{FrameError, Inbound, Message, MessageType};
 
 /// The writer task ended.
 #[derive(Message)]
@@ -132,7 +133,7 @@ pub(crate) fn start(
         ctx.set_mailbox_capacity(256);
         let frames = FramedRead::with_capacity(
             CountingReader(read_half),
-            crate::wire::P2ppiCodec::new(),
+            crate::protocol::wire::P2ppiCodec::new(),
             READ_BUFFER_BYTES,
         );
         ctx.add_stream(Throttled::new(
@@ -233,7 +234,7 @@ impl Session {
             }
         }
         self.flags.store(&self.machine);
-        self.shared.events.flags_changed(self.id);
+        self.shared.feed.flags_changed(self.id);
     }
 
     /// Carries out what the relay policy decided about the peer's objects.
@@ -258,7 +259,7 @@ impl Session {
             let blocking = !block.is_empty();
             self.gauge_sight((blocking, visibility == Visibility::Contacts));
             self.shared
-                .events
+                .feed
                 .objects_changed(self.id, self.relay.relayed());
             self.send_relay(ctx);
         }
@@ -365,7 +366,7 @@ impl Session {
             }
             Err(Unroutable { reason, invitation }) => {
                 self.shared
-                    .events
+                    .feed
                     .undelivered(&self.peer, invitation, reason.label());
                 self.unroutable(reason, invitation);
             }
@@ -418,7 +419,7 @@ impl Session {
             .cluster
             .as_ref()
             .is_some_and(|c| !c.handoff.is_zero());
-        if self.clustered && handoff && super::drain::closed_by_drain(self.close_reason) {
+        if self.clustered && handoff && super::drain::control::closed_by_drain(self.close_reason) {
             Departure::Moving
         } else {
             Departure::Gone
@@ -513,7 +514,7 @@ impl Actor for Session {
         let subscribe = self.machine.subscribe();
         self.send(&subscribe);
         self.flags.store(&self.machine);
-        self.shared.events.session_started(self.id, &self.flags);
+        self.shared.feed.session_started(self.id, &self.flags);
         info!(parent: &self.span, "session started");
     }
 
@@ -540,7 +541,7 @@ impl Actor for Session {
         self.out.close();
         self.machine.disconnected();
         metrics::count_reason(metrics::SESSIONS_CLOSED, self.close_reason);
-        self.shared.events.session_ended(self.id, self.close_reason);
+        self.shared.feed.session_ended(self.id, self.close_reason);
         info!(parent: &self.span, reason = self.close_reason, "session ended");
     }
 }

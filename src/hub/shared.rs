@@ -9,8 +9,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use dashmap::DashMap;
 
-use super::events::{Events, Recent};
-pub use super::facts::{HubMessage, SessionFlags, SessionInfo, HUB_MESSAGES_KEPT};
+use super::facts::{HubMessage, SessionFlags, SessionInfo, HUB_MESSAGES_KEPT};
+use super::feed::{PresenceFeed, Recent};
 use super::invitations::Invitations;
 use super::messages::{Close, Deliver, SessionId};
 use crate::config::Config;
@@ -46,12 +46,12 @@ pub struct HubShared {
     pub(crate) index: DashMap<PeerName, SessionEntry>,
     pub(crate) invitations: Invitations,
     pub(crate) hub_messages: Recent<HubMessage>,
-    pub(crate) events: Events,
+    pub(crate) feed: PresenceFeed,
     pub(crate) sessions: AtomicUsize,
     pub(crate) connections: AtomicUsize,
     pub(crate) next_session_id: AtomicU64,
     /// The shutdown: asked for, and how far it is (DESIGN 11).
-    pub(crate) drain: super::drain::DrainControl,
+    pub(crate) drain: super::drain::control::DrainControl,
     /// The hub's link to its cluster (DESIGN 8); set once at start, before any session.
     pub(crate) cluster: std::sync::OnceLock<super::link::ClusterLink>,
     /// The TLS config in force and the block list (DESIGN 10).
@@ -71,11 +71,11 @@ impl HubShared {
             index: DashMap::new(),
             invitations,
             hub_messages: Recent::new(HUB_MESSAGES_KEPT),
-            events: Events::new(event_queue, HUB_MESSAGES_KEPT),
+            feed: PresenceFeed::new(event_queue, HUB_MESSAGES_KEPT),
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             next_session_id: AtomicU64::new(1),
-            drain: super::drain::DrainControl::default(),
+            drain: super::drain::control::DrainControl::default(),
             cluster: std::sync::OnceLock::new(),
             identities,
             sight: super::relay::visibility::SharedRules::default(),
@@ -83,7 +83,7 @@ impl HubShared {
     }
 
     pub(crate) fn record_hub_message(&self, message: HubMessage) {
-        self.events.hub_message(&message);
+        self.feed.hub_message(&message);
         self.hub_messages.push(message);
     }
 
@@ -129,7 +129,7 @@ impl HubShared {
 
 /// Counts one open connection until dropped, and its count against its source address
 /// (DESIGN 7) once admitted.
-pub struct ConnectionGuard(Arc<HubShared>, Option<super::accept::SourceHold>);
+pub struct ConnectionGuard(Arc<HubShared>, Option<super::accept::admission::SourceHold>);
 
 impl ConnectionGuard {
     pub(crate) fn new(shared: Arc<HubShared>) -> Self {
@@ -138,7 +138,7 @@ impl ConnectionGuard {
     }
 
     /// Holds the connection's count against its source address as long as the connection.
-    pub(crate) fn hold_source(&mut self, source: super::accept::SourceHold) {
+    pub(crate) fn hold_source(&mut self, source: super::accept::admission::SourceHold) {
         self.1 = Some(source);
     }
 }

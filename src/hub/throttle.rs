@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::{info, warn};
 
 use crate::metrics;
-use crate::wire::{FrameError, Inbound, MessageType};
+use crate::protocol::wire::{FrameError, Inbound, MessageType};
 
 /// A token bucket: `rate` tokens per second, at most `burst` held.
 #[derive(Debug, Clone)]
@@ -143,7 +143,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Frame, Message};
+    use crate::protocol::wire::{Frame, Message};
     use futures_util::StreamExt;
 
     fn frame(message: Message) -> Result<Inbound, FrameError> {

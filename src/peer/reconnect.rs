@@ -36,9 +36,9 @@ use super::{
     apply, channels, connect_with, serve, Command, Peer, PeerConfig, PeerError, PeerEvent,
     PeerEvents, Reply, SessionEnd, TaskEnds,
 };
-use crate::session::LocalNode;
+use crate::protocol::machine::LocalNode;
+use crate::protocol::wire::P2ppiCodec;
 use crate::tls;
-use crate::wire::P2ppiCodec;
 
 /// Starts a peer that connects to the hub now and again whenever its connection ends,
 /// paced by `policy`, replaying its objects and subscription on each new session. It
@@ -193,7 +193,7 @@ fn apply_offline(node: &mut LocalNode, command: Command) -> Result<(), PeerError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Frame, Inbound, Message, Object};
+    use crate::protocol::wire::{Frame, Inbound, Message, Object};
 
     #[test]
     fn between_sessions_objects_change_the_subscription_is_kept_and_the_hub_is_not_asked() {

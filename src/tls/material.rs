@@ -162,14 +162,14 @@ impl LoadedCrl {
 }
 
 /// A serial number without the leading zero bytes DER adds to keep it positive.
-pub fn trim_serial(serial: &[u8]) -> &[u8] {
+pub(crate) fn trim_serial(serial: &[u8]) -> &[u8] {
     let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
     &serial[start..]
 }
 
 /// The serial numbers of a chain's certificates (trimmed); a certificate that does not
 /// parse has none.
-pub fn chain_serials(chain: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
+pub(crate) fn chain_serials(chain: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
     chain
         .iter()
         .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
@@ -182,7 +182,7 @@ pub fn chain_serials(chain: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
 /// # Errors
 /// [`TlsError::File`] when the file is missing, unreadable, holds no CRL, or a CRL does not
 /// parse.
-pub fn load_crls(path: &Path) -> Result<Vec<LoadedCrl>, TlsError> {
+pub(crate) fn load_crls(path: &Path) -> Result<Vec<LoadedCrl>, TlsError> {
     let ders: Vec<CertificateRevocationListDer<'static>> =
         load_pem_items(path, "certificate revocation list")?;
     ders.into_iter()

@@ -10,20 +10,19 @@
 //! - TLS secrets (NSS key log format, for Wireshark; DESIGN 6 "Wire debugging"): a peer's
 //!   client config honours `SSLKEYLOGFILE` as curl and browsers do. The hub's server config
 //!   never reads the environment: it writes secrets only to the file its configuration names
-//!   (`tls.keylog`, applied with [`with_key_log`] or given to [`hub_server_config`]).
+//!   (`tls.keylog`, opened as a [`KeyLogTo`] and given to the hub's server config).
 //! - Identities over time (DESIGN 10): [`TlsMaterial`] loads and checks the hub's files (CA
 //!   bundle, certificate and key, CRLs) in one place, for the start, every reload and
-//!   `check-config`; [`hub_server_config`] builds the hub's config from them with a
+//!   `check-config`; the hub builds its server config from them with a
 //!   [`PeerVerifier`] (webpki, then the block list by PeerName).
 
 mod material;
 mod verifier;
 
-pub use material::{
-    chain_serials, fingerprint, load_crls, trim_serial, CertExpiry, ExpiryRole, LoadedCrl,
-    TlsFiles, TlsMaterial,
-};
-pub use verifier::{PeerFilter, PeerVerifier, Refusal, RefuseNobody};
+pub use material::{fingerprint, CertExpiry, ExpiryRole, LoadedCrl, TlsFiles, TlsMaterial};
+// For the certificate tools and the hub's reload, not the crate's users.
+pub(crate) use material::{chain_serials, load_crls, trim_serial};
+pub use verifier::{CertRefusal, PeerFilter, PeerVerifier, RefuseNobody};
 
 use std::fmt;
 use std::fs::File;
@@ -210,7 +209,7 @@ pub(crate) fn load_pem_items<T: PemObject>(path: &Path, what: &str) -> Result<Ve
 ///
 /// # Errors
 /// [`TlsError::File`] when the file is missing, unreadable or holds no key.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
         path: path.to_owned(),
         reason: pem_reason(&e),
@@ -251,7 +250,7 @@ impl Identity {
     /// Loads a chain and key from PEM files.
     ///
     /// # Errors
-    /// As [`load_certs`] and [`load_key`].
+    /// [`TlsError`] when a file cannot be read or holds no certificate or key.
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         Ok(Self {
             chain: load_certs(cert)?,
@@ -285,7 +284,7 @@ const VERSIONS: &[&rustls::SupportedProtocolVersion] =
 
 /// A bare server config: TLS 1.2/1.3, client certificate required and verified against
 /// every certificate of `ca`, no CRLs and no refusals by PeerName (the bench harness's
-/// floor; the hub itself uses [`hub_server_config`]).
+/// floor; the hub's own adds CRLs and its block list).
 ///
 /// # Errors
 /// [`TlsError`] when the CA bundle is empty or the key does not match.
@@ -299,7 +298,7 @@ pub fn server_config(
 
 /// The hub's server config and the verifier it uses.
 #[derive(Debug, Clone)]
-pub struct HubServerConfig {
+pub(crate) struct HubServerConfig {
     /// The config new handshakes use.
     pub config: Arc<ServerConfig>,
     /// Its client certificate verifier (webpki, then the filter): re-checks live sessions.
@@ -317,7 +316,7 @@ pub struct HubServerConfig {
 /// # Errors
 /// [`TlsError::Config`] if rustls refuses the protocol versions (never with the built-in
 /// provider).
-pub fn hub_server_config(
+pub(crate) fn hub_server_config(
     material: &TlsMaterial,
     filter: Arc<dyn PeerFilter>,
     key_log: Option<Arc<dyn KeyLog>>,
@@ -362,19 +361,6 @@ pub fn client_config(
         .with_client_auth_cert(identity.chain, identity.key)?;
     // Reads SSLKEYLOGFILE; without it, logs nothing.
     config.key_log = Arc::new(KeyLogFile::new());
-    Ok(Arc::new(config))
-}
-
-/// `config` with every session's TLS secrets appended to `path` (the hub's `tls.keylog`).
-///
-/// Only the configuration names this file: unlike [`client_config`], the hub never looks at
-/// `SSLKEYLOGFILE`. The file is created owner-only (0600) and appended to.
-///
-/// # Errors
-/// [`TlsError::KeyLog`] when the file cannot be opened for appending.
-pub fn with_key_log(config: Arc<ServerConfig>, path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = Arc::unwrap_or_clone(config);
-    config.key_log = Arc::new(KeyLogTo::open(path)?);
     Ok(Arc::new(config))
 }
 
@@ -440,7 +426,7 @@ impl KeyLog for KeyLogTo {
 }
 
 /// A short label for why a TLS handshake failed (metrics `reason` label values).
-pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+pub(crate) fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
     use rustls::Error as E;
     let Some(tls) = err
         .get_ref()
@@ -455,7 +441,7 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
     };
     match tls {
         E::NoCertificatesPresented => "no_client_cert",
-        E::InvalidCertificate(c) => Refusal::of(c).handshake_reason(),
+        E::InvalidCertificate(c) => CertRefusal::of(c).handshake_reason(),
         E::PeerIncompatible(
             rustls::PeerIncompatible::Tls12NotOffered
             | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled

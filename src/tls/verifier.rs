@@ -40,7 +40,7 @@ impl PeerFilter for RefuseNobody {
 /// (`p2ppi_handshake_failures_total{reason}`) or of a session closed for it
 /// (`p2ppi_sessions_closed_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum CertRefusal {
     /// No trust anchor of the bundle issued it (or the signature does not verify).
     UnknownCa,
     /// Past its `notAfter`.
@@ -57,7 +57,7 @@ pub enum Refusal {
     Other,
 }
 
-impl Refusal {
+impl CertRefusal {
     /// What a certificate error means.
     pub fn of(error: &CertificateError) -> Self {
         use CertificateError as C;
@@ -73,7 +73,7 @@ impl Refusal {
     }
 
     /// What a verification error means (anything but a certificate error is
-    /// [`Refusal::Other`]).
+    /// [`CertRefusal::Other`]).
     pub fn of_error(error: &rustls::Error) -> Self {
         match error {
             rustls::Error::InvalidCertificate(c) => Self::of(c),
@@ -133,7 +133,7 @@ impl PeerVerifier {
     /// handshake would now.
     ///
     /// # Errors
-    /// The rustls error a handshake would fail with; [`Refusal::of_error`] names it.
+    /// The rustls error a handshake would fail with; [`CertRefusal::of_error`] names it.
     pub fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
         let (leaf, intermediates) = chain
             .split_first()
@@ -239,19 +239,19 @@ mod tests {
             verifier
                 .verify_chain(&[der(&cert.cert_pem)])
                 .err()
-                .map(|e| Refusal::of_error(&e))
+                .map(|e| CertRefusal::of_error(&e))
         };
         assert_eq!(refusal(&alice), None);
-        assert_eq!(refusal(&bob), Some(Refusal::Revoked));
+        assert_eq!(refusal(&bob), Some(CertRefusal::Revoked));
         listed.0.lock().unwrap().insert(alice.peer_name.clone());
-        assert_eq!(refusal(&alice), Some(Refusal::Blocked));
+        assert_eq!(refusal(&alice), Some(CertRefusal::Blocked));
         let stranger = CertAuthority::generate("other")
             .unwrap()
             .issue_peer("eve", &PeerCertOptions::default())
             .unwrap();
-        assert_eq!(refusal(&stranger), Some(Refusal::UnknownCa));
-        assert_eq!(Refusal::UnknownCa.close_reason(), "untrusted");
-        assert_eq!(Refusal::Blocked.handshake_reason(), "blocked");
+        assert_eq!(refusal(&stranger), Some(CertRefusal::UnknownCa));
+        assert_eq!(CertRefusal::UnknownCa.close_reason(), "untrusted");
+        assert_eq!(CertRefusal::Blocked.handshake_reason(), "blocked");
         assert_eq!(
             verifier.verify_chain(&[]),
             Err(rustls::Error::NoCertificatesPresented)

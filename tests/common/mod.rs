@@ -18,8 +18,8 @@ use p2ppi_hub::certs::{self, CertAuthority, IssuedCert, PeerCertOptions};
 use p2ppi_hub::config::Config;
 use p2ppi_hub::hub::{Hub, HubHandle};
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents};
-use p2ppi_hub::session::ObjectsSource;
-use p2ppi_hub::wire::{Frame, Inbound, Message, P2ppiCodec};
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::wire::{Frame, Inbound, Message, P2ppiCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -122,19 +122,19 @@ pub async fn expect_event<S: futures_util::Stream + Unpin>(
 }
 
 /// The next NOTIFY's objects (RESPONSEs and other events are skipped).
-pub async fn next_notify(events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object> {
+pub async fn next_notify(events: &mut PeerEvents) -> Vec<p2ppi_hub::protocol::wire::Object> {
     next_objects(events, ObjectsSource::Notify).await
 }
 
 /// The next RESPONSE's objects (NOTIFYs and other events are skipped).
-pub async fn next_response(events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object> {
+pub async fn next_response(events: &mut PeerEvents) -> Vec<p2ppi_hub::protocol::wire::Object> {
     next_objects(events, ObjectsSource::Response).await
 }
 
 async fn next_objects(
     events: &mut PeerEvents,
     wanted: ObjectsSource,
-) -> Vec<p2ppi_hub::wire::Object> {
+) -> Vec<p2ppi_hub::protocol::wire::Object> {
     let what = format!("a {}", wanted.as_str().to_uppercase());
     let event = expect_event(
         events,
@@ -149,7 +149,10 @@ async fn next_objects(
 }
 
 /// The RESPONSE to a fresh REQUEST: the view as the hub serves it now.
-pub async fn current_view(peer: &Peer, events: &mut PeerEvents) -> Vec<p2ppi_hub::wire::Object> {
+pub async fn current_view(
+    peer: &Peer,
+    events: &mut PeerEvents,
+) -> Vec<p2ppi_hub::protocol::wire::Object> {
     peer.retrieve().await.unwrap();
     next_response(events).await
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use p2ppi_hub::wire::Message;
+use p2ppi_hub::protocol::wire::Message;
 use serde_json::Value;
 
 use super::bin::{stderr, BIN};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use p2ppi_hub::wire::{whole_message_len, Message, MessageType, MESSAGE_TYPE_OFFSET};
+use p2ppi_hub::protocol::wire::{whole_message_len, Message, MessageType, MESSAGE_TYPE_OFFSET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;

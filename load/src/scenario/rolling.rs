@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use p2ppi_hub::config::{DEFAULT_CLUSTER_HANDOFF, DEFAULT_SHUTDOWN_GRACE};
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::metrics::HANDSHAKES;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{self, Peer, PeerEvent, PeerEvents, ReconnectPolicy};
-use p2ppi_hub::session::ObjectsSource;
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 

@@ -7,7 +7,7 @@
 //! [`Proxied`]; the shard reads the header there, under `limits.proxy_header_timeout`, so a
 //! silent balancer connection never stalls accepting. Then the connection is admitted by the
 //! client's address like any other ([`Admission::admit`]) and handshaken as an
-//! [`Accept`](crate::hub::handshake::Accept).
+//! [`Accept`].
 //!
 //! Reading takes exactly the header from the socket and leaves the TLS bytes behind it
 //! there for the handshake: bytes are peeked, and only those that belong to the header are

@@ -12,7 +12,7 @@
 //! and that a hub-object change displace the last-entered relayed objects: that changes
 //! [`ViewLimits::relay_room`] and nothing else here.)
 
-use crate::wire::{object_field_len, Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
+use crate::protocol::wire::{object_field_len, Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
 
 /// The sizes a view is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

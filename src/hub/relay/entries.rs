@@ -13,8 +13,8 @@ use bytes::Bytes;
 
 use super::effects::Delivery;
 use super::view::{notify_only, View};
+use crate::protocol::wire::{EncodeError, Object};
 use crate::tls::PeerName;
-use crate::wire::{EncodeError, Object};
 
 /// One object of a view and who owns it (`None`: the hub).
 #[derive(Debug, Clone, PartialEq, Eq)]

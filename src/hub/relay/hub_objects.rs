@@ -15,8 +15,8 @@ use thiserror::Error;
 use super::budget::{objects_len, ViewLimits};
 use super::view::{notify_only, View};
 use crate::metrics;
-use crate::objects::{Change, ObjectError, PublishedObjects};
-use crate::wire::{EncodeError, Object};
+use crate::protocol::objects::{Change, ObjectError, PublishedObjects};
+use crate::protocol::wire::{EncodeError, Object};
 
 /// Errors of hub object operations.
 #[derive(Debug, Clone, Error)]

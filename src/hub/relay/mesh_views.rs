@@ -34,8 +34,8 @@ use super::entries::{self, hub_entries, view_of, Encoded, Entry};
 use super::relayable::RejectReason;
 use super::view::View;
 use crate::metrics;
+use crate::protocol::wire::{object_field_len, EncodeError, Object, VIEW_OVERHEAD};
 use crate::tls::PeerName;
-use crate::wire::{object_field_len, EncodeError, Object, VIEW_OVERHEAD};
 
 /// Who holds a peer whose objects are placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

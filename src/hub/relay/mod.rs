@@ -1,9 +1,11 @@
 //! The relay (DESIGN 4, 5): how a peer's published objects become what the peers of its mesh
 //! see, as logic without I/O. Actors drive it; it never sends.
 //!
-//! **Session side** (one per session, driven by the session actor): [`PeerCopy`] keeps the
-//! hub's exact copy of the peer's objects, [`relayable`] decides what of it may be relayed,
-//! [`watch_list`] reads its WATCH_LIST, and [`PeerRelay`] composes them into the session's
+//! **Session side** (one per session, driven by the session actor): a
+//! [`PeerCopy`](crate::protocol::peer_copy::PeerCopy) (a subscriber's exact copy of its
+//! neighbour's list, which the protocol defines) keeps the hub's copy of the peer's objects,
+//! [`relayable`] decides what of it may be relayed, [`watch_list`] reads its WATCH_LIST,
+//! and [`PeerRelay`] composes them into the session's
 //! relay policy: what to ask the peer, what to hand the registry, what to count and log.
 //! (The session actor itself is I/O and wiring only.)
 //!
@@ -58,7 +60,6 @@ mod effects;
 mod entries;
 mod hub_objects;
 mod mesh_views;
-mod peer_copy;
 mod peer_relay;
 mod relayable;
 #[cfg(test)]
@@ -67,24 +68,25 @@ mod view;
 pub mod visibility;
 #[cfg(test)]
 mod visibility_tests;
-pub mod watch_list;
+mod watch_list;
 mod watchers;
 
 use std::sync::Arc;
 
 pub use budget::ViewLimits;
-pub use effects::{
-    Count, Delivery, Effects, Personal, Released, SessionId, ViewChange, ViewReport,
-};
+pub use effects::{Count, Delivery, Effects, Released, SessionId, ViewChange, ViewReport};
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
-pub use peer_copy::PeerCopy;
 pub use peer_relay::{Note, PeerRelay, Reaction};
-pub use relayable::{relayable, relayed_name, RejectReason, RelayCaps};
-pub use view::{notify_only, View};
+pub use relayable::RejectReason;
+#[cfg(test)]
+pub use view::notify_only;
+pub use view::View;
+pub use watch_list::WatchError;
 
 use crate::cluster::PeerChange;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
+use effects::Personal;
 use entries::{Encoded, Entry};
 use hub_objects::{too_large, HubObjects, NextObjects};
 use mesh_views::{Holder, MeshViews, Placement, Rebuilt};
@@ -555,8 +557,8 @@ pub(crate) mod test_support {
     use bytes::BytesMut;
     use tokio_util::codec::Decoder;
 
+    use crate::protocol::wire::{Inbound, Message, Object, P2ppiCodec};
     use crate::tls::PeerName;
-    use crate::wire::{Inbound, Message, Object, P2ppiCodec};
 
     pub(crate) fn o(n: &str, v: &str) -> Object {
         Object::new(n, v)

@@ -14,17 +14,17 @@
 
 use std::collections::HashMap;
 
-use super::peer_copy::PeerCopy;
 use super::relayable::{relayable, RejectReason, RelayCaps};
 use super::visibility::{
     read_block_list, read_visibility, Directives, Read, Visibility, VisibilityError,
 };
-use super::watch_list::{watch_directive, WatchDirective, WatchError, WATCH_LIST};
+use super::watch_list::{watch_directive, WatchDirective, WatchError};
 use crate::config::RelaySection;
-use crate::objects::names::{BLOCK_LIST, VISIBILITY};
-use crate::session::ObjectsSource;
+use crate::protocol::machine::ObjectsSource;
+use crate::protocol::objects::names::{BLOCK_LIST, VISIBILITY, WATCH_LIST};
+use crate::protocol::peer_copy::PeerCopy;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// Something to count and log, once per change of state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,7 +306,7 @@ fn apply<T: Default, E: Clone + PartialEq>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::relay::relayed_name;
+    use crate::protocol::objects::relayed_name;
 
     fn o(n: &str, v: &str) -> Object {
         Object::new(n, v)

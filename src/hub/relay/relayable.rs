@@ -4,10 +4,10 @@
 //! objects renamed `<peer-name>/<object-name>`, and each refused one with its
 //! [`RejectReason`] (the label of `p2ppi_relay_rejected_total`).
 
-use crate::objects::names;
+use crate::protocol::objects::{names, relayed_name};
+use crate::protocol::wire::{object_field_len, Object};
+use crate::protocol::xml::{decode_base64, parse_guid, ContactData};
 use crate::tls::PeerName;
-use crate::wire::{object_field_len, Object};
-use crate::xml::{decode_base64, parse_guid, ContactData};
 
 /// Why a peer's object is not relayed (`p2ppi_relay_rejected_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,11 +53,6 @@ pub struct RelayCaps {
     pub max_object_bytes: usize,
     /// Most objects relayed per peer.
     pub max_objects_per_peer: usize,
-}
-
-/// The name a relayed object gets: `<peer-name>/<object-name>`.
-pub fn relayed_name(peer: &PeerName, name: &str) -> String {
-    format!("{peer}/{name}")
 }
 
 fn check_value(peer: &PeerName, object: &Object) -> Result<(), RejectReason> {
@@ -116,7 +111,7 @@ pub fn relayable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::ContactData;
+    use crate::protocol::xml::ContactData;
 
     fn o(n: &str, v: &str) -> Object {
         Object::new(n, v)

@@ -3,7 +3,7 @@
 
 use super::test_support::{decode, o, peer};
 use super::*;
-use crate::wire::object_field_len;
+use crate::protocol::wire::object_field_len;
 
 const LIMITS: ViewLimits = ViewLimits {
     max_view_bytes: 2000,

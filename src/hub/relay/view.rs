@@ -8,7 +8,9 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::wire::{encode_list_message, EncodeError, MessageType, Object, MESSAGE_TYPE_OFFSET};
+use crate::protocol::wire::{
+    encode_list_message, EncodeError, MessageType, Object, MESSAGE_TYPE_OFFSET,
+};
 
 /// The two encodings of a complete objects list (the relay logic keeps the objects).
 #[derive(Debug)]

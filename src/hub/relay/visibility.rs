@@ -2,7 +2,7 @@
 //! one rule that decides whether a peer sees another, and the state that applies it
 //! ([`Rules`]).
 //!
-//! **The rule** ([`sees`]): B sees A iff they are in the same mesh (the caller's part:
+//! **The rule** ([`Rules::sees`]): B sees A iff they are in the same mesh (the caller's part:
 //! placements are per mesh), neither lists the other in its BLOCK_LIST, and A's visibility
 //! is `mesh` or B is on A's WATCH_LIST. A peer always sees itself (its echo, DESIGN 5.2).
 //! It decides mesh views, watch-list views, RESPONSEs (through `watchers::Sources`, the one
@@ -28,11 +28,11 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use thiserror::Error;
 
 use super::watch_list::{parse_peer_names, WatchError};
-use crate::objects::names::{BLOCK_LIST, VISIBILITY, WATCH_LIST};
+use crate::protocol::objects::names::{BLOCK_LIST, VISIBILITY, WATCH_LIST};
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
-pub use crate::objects::Visibility;
+pub use crate::protocol::objects::Visibility;
 
 /// Why a VISIBILITY value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -184,11 +184,14 @@ impl Hidden {
     }
 }
 
-/// The rule (DESIGN 5.5), for two peers of one mesh: whether `viewer` sees `target`, given
-/// each one's directives (`None`: none). Symmetric for blocks; a peer sees itself.
+/// The rule (DESIGN 5.5) written plainly, for two peers of one mesh: whether `viewer` sees
+/// `target`, given each one's directives (`None`: none). Symmetric for blocks; a peer sees
+/// itself. The tests' oracle: [`Rules::sees`], the hub's one implementation, is checked
+/// against it, and so is every view the relay builds.
 ///
 /// # Errors
 /// [`Hidden`] saying why `viewer` may not see `target`.
+#[cfg(test)]
 pub fn sees(
     viewer: &PeerName,
     of_viewer: Option<&Directives>,
@@ -260,11 +263,6 @@ impl Rules {
     /// The directives in force for `peer` (defaults when it has none that hide).
     pub fn directives(&self, peer: &PeerName) -> Option<&Directives> {
         self.by_peer.get(peer).map(|s| &s.directives)
-    }
-
-    /// Whether `peer` is `contacts` (absent from the shared mesh view).
-    pub fn is_contacts(&self, peer: &PeerName) -> bool {
-        self.by_peer.get(peer).is_some_and(|s| s.contacts.is_some())
     }
 
     /// Whether a subscriber `s` without a WATCH_LIST needs its own view: a directive
@@ -346,21 +344,6 @@ impl Rules {
         touched.sort();
         touched.dedup();
         touched
-    }
-
-    /// How many known peers have a BLOCK_LIST in force, and how many are `contacts`.
-    pub fn counts(&self) -> (usize, usize) {
-        let blocking = self
-            .by_peer
-            .values()
-            .filter(|s| !s.block.is_empty())
-            .count();
-        let contacts = self
-            .by_peer
-            .values()
-            .filter(|s| s.contacts.is_some())
-            .count();
-        (blocking, contacts)
     }
 }
 

@@ -8,10 +8,10 @@
 
 use thiserror::Error;
 
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
-pub use crate::objects::names::WATCH_LIST;
+use crate::protocol::objects::names::WATCH_LIST;
 
 /// Why a WATCH_LIST value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -33,8 +33,8 @@ use super::relayable::RejectReason;
 use super::view::View;
 use super::visibility::Rules;
 use crate::metrics;
+use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use crate::wire::Object;
 
 /// What own views are built from: the hub's objects, the placed peers, and who may see
 /// whom.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::wire::Object;
 
 use crate::cli::Args;
 use crate::peers::fleet::Fleet;

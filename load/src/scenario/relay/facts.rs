@@ -8,9 +8,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Context;
-use p2ppi_hub::hub::relay::RejectReason;
+use p2ppi_hub::hub::RejectReason;
 use p2ppi_hub::metrics::RELAY_REJECTED;
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::wire::Object;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 

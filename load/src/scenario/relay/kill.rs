@@ -7,11 +7,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p2ppi_hub::hub::relay::relayed_name;
 use p2ppi_hub::metrics::{CLUSTER_PEERS, CLUSTER_REAPED_PEERS};
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{PeerEvent, PeerEvents};
-use p2ppi_hub::session::ObjectsSource;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
 
 use super::Run;
 use crate::peers::connect::Errors;

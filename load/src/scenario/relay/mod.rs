@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::bail;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{Peer, PeerEvents};
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::Object;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 

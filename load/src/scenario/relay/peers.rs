@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use indicatif::ProgressBar;
 use p2ppi_hub::metrics::CLUSTER_PEERS;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
-use p2ppi_hub::session::ObjectsSource;
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::wire::Object;
 use tokio::sync::{watch, Semaphore};
 
 use super::audience::Audience;

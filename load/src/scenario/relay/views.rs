@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use p2ppi_hub::hub::relay::relayed_name;
-use p2ppi_hub::objects::names;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
-use p2ppi_hub::session::ObjectsSource;
-use p2ppi_hub::wire::Object;
+use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::relayed_name;
+use p2ppi_hub::protocol::wire::Object;
 
 use crate::mesh::{judge, HubMesh, Judgement, Mesh};
 use crate::peers::connect::Errors;

@@ -1,5 +1,5 @@
-//! What the hub tells the presence page (DESIGN 6): a live feed of typed [`HubEvent`]s
-//! and a [`Snapshot`] to start from.
+//! What the hub tells the presence page (DESIGN 6): a live feed of typed [`FeedEvent`]s
+//! and a [`FeedSnapshot`] to start from.
 //!
 //! Sessions, the relay and the registry report here with one call each; this module keeps
 //! what a page needs to draw the hub from scratch (the open sessions with their relayed
@@ -27,10 +27,10 @@ use tokio::sync::{broadcast, watch};
 
 use super::facts::{HubMessage, SessionFlags, SessionInfo};
 use super::messages::SessionId;
-use crate::objects::names;
+use crate::protocol::objects::names;
+use crate::protocol::wire::Object;
+use crate::protocol::xml::{ContactData, Invitation, InvitationAck};
 use crate::tls::PeerName;
-use crate::wire::Object;
-use crate::xml::{ContactData, Invitation, InvitationAck};
 
 /// How many characters of a peer-supplied text (an invitation's message, a message to the
 /// hub) a [`Seen`] keeps.
@@ -71,7 +71,7 @@ impl<T: Clone> Recent<T> {
 
 /// One object as the page shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ObjectView {
+pub struct ObjectRow {
     /// Its name (a GUID).
     pub name: String,
     /// The spec's name of a well-known GUID (`RICH_PRESENCE`, …).
@@ -80,7 +80,7 @@ pub struct ObjectView {
     pub value: String,
 }
 
-impl ObjectView {
+impl ObjectRow {
     fn new(object: &Object) -> Self {
         Self {
             name: object.name.clone(),
@@ -101,7 +101,7 @@ pub struct Capability {
 
 /// One row of the page: a session and what its peer publishes through the relay.
 #[derive(Debug, Clone, Serialize)]
-pub struct PeerView {
+pub struct PeerRow {
     /// The session's id (a newer session of the same peer has a larger one).
     pub session_id: SessionId,
     /// The session (PeerName, mesh, address, CN, flags, since).
@@ -116,12 +116,12 @@ pub struct PeerView {
     /// The CAPABILITY objects.
     pub capabilities: Vec<Capability>,
     /// Every relayed object, under its original name.
-    pub objects: Vec<ObjectView>,
+    pub objects: Vec<ObjectRow>,
     /// Size of the peer's watch list; `None` while the hub has no watch lists (DESIGN 5.4).
     pub watch_list: Option<usize>,
 }
 
-impl PeerView {
+impl PeerRow {
     fn new(session_id: SessionId, mut session: SessionInfo, objects: &[Object]) -> Self {
         // The registry stores its count after it applied the objects; the row is built
         // from the objects themselves, so say the same.
@@ -151,7 +151,7 @@ impl PeerView {
                     name: names::label(&o.value),
                 })
                 .collect(),
-            objects: objects.iter().map(ObjectView::new).collect(),
+            objects: objects.iter().map(ObjectRow::new).collect(),
             watch_list: None,
         }
     }
@@ -231,22 +231,22 @@ fn now_rfc3339() -> String {
 
 /// One change, as broadcast to every page.
 #[derive(Debug, Clone)]
-pub enum HubEvent {
+pub enum FeedEvent {
     /// A session started (its row).
-    SessionStarted(PeerView),
+    SessionStarted(PeerRow),
     /// A peer's relayed objects changed (its entire row).
-    ObjectsChanged(PeerView),
+    ObjectsChanged(PeerRow),
     /// A session's flags changed (its entire row).
-    FlagsChanged(PeerView),
+    FlagsChanged(PeerRow),
     /// A session ended.
     SessionEnded(Ended),
     /// The hub's objects changed (the entire list).
-    HubObjectsChanged(Vec<ObjectView>),
+    HubObjectsChanged(Vec<ObjectRow>),
     /// A message or invitation was seen.
     Seen(Seen),
 }
 
-impl HubEvent {
+impl FeedEvent {
     /// The event's name on the stream (SSE `event:`).
     pub fn name(&self) -> &'static str {
         match self {
@@ -293,23 +293,23 @@ pub struct HubStatus {
 
 /// Everything a page needs to draw the hub from scratch.
 #[derive(Debug, Clone, Serialize)]
-pub struct Snapshot {
+pub struct FeedSnapshot {
     /// Version, uptime, session count.
     pub hub: HubStatus,
     /// The hub's objects.
-    pub hub_objects: Vec<ObjectView>,
+    pub hub_objects: Vec<ObjectRow>,
     /// One row per open session, sorted by mesh then PeerName.
-    pub peers: Vec<PeerView>,
+    pub peers: Vec<PeerRow>,
     /// The last messages and invitations seen, oldest first.
     pub recent: Vec<Seen>,
 }
 
 /// A reader of the feed: the events after `snapshot`, and a signal that the hub stopped.
-pub struct Subscription {
+pub struct FeedSubscription {
     /// The state when the subscription began.
-    pub snapshot: Snapshot,
+    pub snapshot: FeedSnapshot,
     /// Every change after it (bounded: see the module docs).
-    pub events: broadcast::Receiver<Arc<HubEvent>>,
+    pub events: broadcast::Receiver<Arc<FeedEvent>>,
     /// Turns true when the hub shuts down; readers end then.
     pub closed: watch::Receiver<bool>,
 }
@@ -331,14 +331,15 @@ impl PeerState {
         )
     }
 
-    fn view(&self, id: SessionId) -> PeerView {
-        PeerView::new(id, self.flags.info(), &self.objects)
+    fn view(&self, id: SessionId) -> PeerRow {
+        PeerRow::new(id, self.flags.info(), &self.objects)
     }
 }
 
-/// The hub's event source.
-pub struct Events {
-    tx: broadcast::Sender<Arc<HubEvent>>,
+/// The presence page's feed: what every page is told, and the state a new page starts
+/// from. Sessions, the relay and the registry report to it; [`FeedSubscription`]s read it.
+pub struct PresenceFeed {
+    tx: broadcast::Sender<Arc<FeedEvent>>,
     peers: DashMap<SessionId, PeerState>,
     hub_objects: Mutex<Vec<Object>>,
     recent: Recent<Seen>,
@@ -348,8 +349,8 @@ pub struct Events {
     hub_certificate: Mutex<Option<SystemTime>>,
 }
 
-impl Events {
-    /// A source whose readers may fall `queue` events behind, keeping the last `recent`
+impl PresenceFeed {
+    /// A feed whose readers may fall `queue` events behind, keeping the last `recent`
     /// messages and invitations.
     pub fn new(queue: usize, recent: usize) -> Self {
         Self {
@@ -373,10 +374,10 @@ impl Events {
     }
 
     /// Subscribes, then takes the snapshot (in that order: see the module docs).
-    pub fn subscribe(&self) -> Subscription {
+    pub fn subscribe(&self) -> FeedSubscription {
         let events = self.tx.subscribe();
         let closed = self.closed.subscribe();
-        Subscription {
+        FeedSubscription {
             snapshot: self.snapshot(),
             events,
             closed,
@@ -399,8 +400,8 @@ impl Events {
     }
 
     /// The current state.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut peers: Vec<PeerView> = self
+    pub fn snapshot(&self) -> FeedSnapshot {
+        let mut peers: Vec<PeerRow> = self
             .peers
             .iter()
             .map(|entry| entry.value().view(*entry.key()))
@@ -417,9 +418,9 @@ impl Events {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(ObjectView::new)
+            .map(ObjectRow::new)
             .collect();
-        Snapshot {
+        FeedSnapshot {
             hub: self.status(),
             hub_objects,
             peers,
@@ -431,12 +432,12 @@ impl Events {
         self.tx.receiver_count() > 0
     }
 
-    fn emit(&self, event: HubEvent) {
+    fn emit(&self, event: FeedEvent) {
         // No reader is not an error: the next page starts from a snapshot.
         let _ = self.tx.send(Arc::new(event));
     }
 
-    fn emit_row(&self, id: SessionId, event: fn(PeerView) -> HubEvent) {
+    fn emit_row(&self, id: SessionId, event: fn(PeerRow) -> FeedEvent) {
         if !self.listening() {
             return;
         }
@@ -446,7 +447,7 @@ impl Events {
             .get(&id)
             .map(|state| (state.flags.info(), state.objects.clone()));
         if let Some((info, objects)) = parts {
-            self.emit(event(PeerView::new(id, info, &objects)));
+            self.emit(event(PeerRow::new(id, info, &objects)));
         }
     }
 
@@ -459,7 +460,7 @@ impl Events {
         };
         state.reported = state.current_flags();
         self.peers.insert(id, state);
-        self.emit_row(id, HubEvent::SessionStarted);
+        self.emit_row(id, FeedEvent::SessionStarted);
     }
 
     /// A session's flags may have changed; reported only when they did.
@@ -483,7 +484,7 @@ impl Events {
             None => false,
         };
         if changed {
-            self.emit_row(id, HubEvent::FlagsChanged);
+            self.emit_row(id, FeedEvent::FlagsChanged);
         }
     }
 
@@ -506,7 +507,7 @@ impl Events {
             None => false,
         };
         if changed {
-            self.emit_row(id, HubEvent::ObjectsChanged);
+            self.emit_row(id, FeedEvent::ObjectsChanged);
         }
     }
 
@@ -514,7 +515,7 @@ impl Events {
     pub fn session_ended(&self, id: SessionId, reason: &'static str) {
         if let Some((_, state)) = self.peers.remove(&id) {
             if self.listening() {
-                self.emit(HubEvent::SessionEnded(Ended {
+                self.emit(FeedEvent::SessionEnded(Ended {
                     session_id: id,
                     peer_name: state.flags.peer_name.clone(),
                     mesh: state.flags.mesh.to_string(),
@@ -528,8 +529,8 @@ impl Events {
     pub fn hub_objects_changed(&self, objects: &[Object]) {
         *self.hub_objects.lock().unwrap_or_else(|e| e.into_inner()) = objects.to_vec();
         if self.listening() {
-            self.emit(HubEvent::HubObjectsChanged(
-                objects.iter().map(ObjectView::new).collect(),
+            self.emit(FeedEvent::HubObjectsChanged(
+                objects.iter().map(ObjectRow::new).collect(),
             ));
         }
     }
@@ -537,7 +538,7 @@ impl Events {
     fn seen(&self, seen: Seen) {
         self.recent.push(seen.clone());
         if self.listening() {
-            self.emit(HubEvent::Seen(seen));
+            self.emit(FeedEvent::Seen(seen));
         }
     }
 
@@ -571,7 +572,7 @@ impl Events {
             kind: SeenKind::InvitationAnswered,
             from: from.clone(),
             to: Some(to.to_string()),
-            mime_type: crate::xml::APPINVITE.into(),
+            mime_type: crate::protocol::xml::APPINVITE.into(),
             outcome: if ack.accepted { "accepted" } else { "refused" }.into(),
             text: Some(capped(&ack.extended_info)).filter(|t| !t.is_empty()),
         });
@@ -590,7 +591,7 @@ impl Events {
             from: from.clone(),
             to: None,
             mime_type: if invitation.is_some() {
-                crate::xml::APPINVITE.into()
+                crate::protocol::xml::APPINVITE.into()
             } else {
                 String::new()
             },
@@ -633,7 +634,7 @@ mod tests {
 
     #[test]
     fn a_reader_that_falls_behind_the_queue_lags() {
-        let events = Events::new(2, 10);
+        let events = PresenceFeed::new(2, 10);
         let mut sub = events.subscribe();
         for _ in 0..3 {
             events.hub_objects_changed(&[Object::new("a", "b")]);
@@ -644,7 +645,7 @@ mod tests {
         ));
     }
 
-    fn session(events: &Events, id: SessionId, peer: &PeerName) -> Arc<SessionFlags> {
+    fn session(events: &PresenceFeed, id: SessionId, peer: &PeerName) -> Arc<SessionFlags> {
         let flags = Arc::new(SessionFlags::new(
             peer.clone(),
             "blue".into(),
@@ -658,7 +659,7 @@ mod tests {
 
     #[test]
     fn a_row_takes_names_from_contact_data_and_names_known_capabilities() {
-        let events = Events::new(8, 10);
+        let events = PresenceFeed::new(8, 10);
         let peer = PeerName::parse(&"b".repeat(40)).unwrap();
         session(&events, 7, &peer);
         let contact = ContactData {
@@ -698,7 +699,7 @@ mod tests {
 
     #[test]
     fn the_end_of_a_superseded_session_leaves_the_newer_row() {
-        let events = Events::new(8, 10);
+        let events = PresenceFeed::new(8, 10);
         let peer = PeerName::parse(&"c".repeat(40)).unwrap();
         session(&events, 1, &peer);
         session(&events, 2, &peer);
@@ -707,7 +708,7 @@ mod tests {
         let Ok(event) = sub.events.try_recv() else {
             panic!("an event")
         };
-        assert!(matches!(&*event, HubEvent::SessionEnded(e) if e.session_id == 1));
+        assert!(matches!(&*event, FeedEvent::SessionEnded(e) if e.session_id == 1));
         let peers = events.snapshot().peers;
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].session_id, 2);
@@ -716,7 +717,7 @@ mod tests {
     #[test]
     fn flags_are_reported_only_when_they_change() {
         use std::sync::atomic::Ordering;
-        let events = Events::new(8, 10);
+        let events = PresenceFeed::new(8, 10);
         let mut sub = events.subscribe();
         let flags = session(&events, 3, &PeerName::parse(&"d".repeat(40)).unwrap());
         assert_eq!(sub.events.try_recv().unwrap().name(), "session_started");
@@ -731,7 +732,7 @@ mod tests {
 
     #[test]
     fn seen_texts_are_capped() {
-        let events = Events::new(2, 10);
+        let events = PresenceFeed::new(2, 10);
         let from = PeerName::parse(&"a".repeat(40)).unwrap();
         events.hub_message(&HubMessage {
             from,

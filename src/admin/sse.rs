@@ -1,7 +1,7 @@
 //! `GET /v1/events`: the presence page's live feed as server-sent events (`text/event-stream`).
 //!
 //! A stream starts with one `snapshot` event (the whole hub, see
-//! [`crate::hub::events::Snapshot`]), then carries every [`HubEvent`] as `event: <name>`
+//! [`crate::hub::FeedSnapshot`]), then carries every [`FeedEvent`] as `event: <name>`
 //! and one `data: <json>` line, and a `heartbeat` every `admin.event_heartbeat` (so a page
 //! notices a dead stream and a proxy does not time it out).
 //!
@@ -33,7 +33,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use super::{AdminError, AdminState, Authorized};
-use crate::hub::events::{HubEvent, HubStatus, Snapshot, Subscription};
+use crate::hub::{FeedEvent, FeedSnapshot, FeedSubscription, HubStatus};
 use crate::metrics;
 
 /// Encodes one server-sent event: `event: <name>`, one `data:` line per line of `data`,
@@ -100,25 +100,25 @@ impl Drop for StreamSlot {
 #[derive(Serialize)]
 struct SnapshotData<'a> {
     #[serde(flatten)]
-    snapshot: &'a Snapshot,
+    snapshot: &'a FeedSnapshot,
     heartbeat_secs: u64,
 }
 
 /// One client's feed: the snapshot, then events and heartbeats, until the client lags,
 /// the hub stops, or the client goes.
-pub struct Feed {
+pub struct PageStream {
     first: Option<Bytes>,
-    subscription: Subscription,
+    subscription: FeedSubscription,
     heartbeat: Interval,
     status: Box<dyn Fn() -> HubStatus + Send>,
     ended: bool,
     _slot: Option<StreamSlot>,
 }
 
-impl Feed {
+impl PageStream {
     /// A feed of `subscription` with a heartbeat every `heartbeat` carrying `status()`.
     pub fn new(
-        subscription: Subscription,
+        subscription: FeedSubscription,
         heartbeat: Duration,
         status: Box<dyn Fn() -> HubStatus + Send>,
         slot: Option<StreamSlot>,
@@ -178,7 +178,7 @@ impl Feed {
     }
 }
 
-fn event_frame(event: &HubEvent) -> Bytes {
+fn event_frame(event: &FeedEvent) -> Bytes {
     frame(event.name(), &event.to_json())
 }
 
@@ -201,8 +201,8 @@ pub(super) async fn events(
     let hub = state.hub.clone();
     let heartbeat = hub.config().admin.event_heartbeat;
     let status_hub = hub.clone();
-    let feed = Feed::new(
-        hub.events(),
+    let feed = PageStream::new(
+        hub.feed(),
         heartbeat,
         Box::new(move || status_hub.status()),
         Some(slot),
@@ -217,8 +217,8 @@ pub(super) async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::events::Events;
-    use crate::wire::Object;
+    use crate::hub::PresenceFeed;
+    use crate::protocol::wire::Object;
 
     #[test]
     fn a_frame_is_event_data_and_a_blank_line() {
@@ -249,9 +249,9 @@ mod tests {
         assert!(streams.acquire().is_some());
     }
 
-    fn feed(events: &Arc<Events>, heartbeat: Duration) -> Feed {
+    fn feed(events: &Arc<PresenceFeed>, heartbeat: Duration) -> PageStream {
         let status = events.clone();
-        Feed::new(
+        PageStream::new(
             events.subscribe(),
             heartbeat,
             Box::new(move || status.status()),
@@ -270,7 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_snapshot_comes_first_then_events_in_order() {
-        let events = Arc::new(Events::new(16, 10));
+        let events = Arc::new(PresenceFeed::new(16, 10));
         events.hub_objects_changed(&[Object::new("a", "1")]);
         let mut feed = feed(&events, Duration::from_secs(3600));
         events.hub_objects_changed(&[Object::new("a", "2")]);
@@ -288,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_falls_behind_the_queue_is_dropped_not_buffered() {
-        let events = Arc::new(Events::new(4, 10));
+        let events = Arc::new(PresenceFeed::new(4, 10));
         let mut feed = feed(&events, Duration::from_secs(3600));
         assert_eq!(event_name(&feed.next_frame().await.unwrap()), "snapshot");
         // The client reads nothing while the hub changes more than the queue holds.
@@ -305,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_come_while_nothing_happens() {
-        let events = Arc::new(Events::new(4, 10));
+        let events = Arc::new(PresenceFeed::new(4, 10));
         let mut feed = feed(&events, Duration::from_millis(20));
         feed.next_frame().await.unwrap();
         let beat = tokio::time::timeout(Duration::from_secs(20), feed.next_frame())
@@ -318,7 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_stream_ends_when_the_hub_shuts_down() {
-        let events = Arc::new(Events::new(4, 10));
+        let events = Arc::new(PresenceFeed::new(4, 10));
         let mut feed = feed(&events, Duration::from_secs(3600));
         feed.next_frame().await.unwrap();
         events.close();

@@ -12,9 +12,10 @@
 //! authoritative list, coalesced to one REQUEST outstanding: NOTIFYs that arrive while it
 //! is outstanding were sent before the RESPONSE and are therefore already in it.
 //!
-//! What of the copy may be republished is [`super::relayable`]'s to say.
+//! What of the copy the hub may republish is its relay's to say (`hub/relay/relayable.rs`);
+//! this module knows only what the peer publishes.
 
-use crate::wire::Object;
+use crate::protocol::wire::Object;
 
 /// How a NOTIFY from a peer reads against the hub's exact copy.
 #[derive(Debug, Clone, PartialEq, Eq)]

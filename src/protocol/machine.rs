@@ -11,8 +11,8 @@
 //! hub's session actors and the peer library run these rules; P2PPI is symmetric.
 //!
 //! ```
-//! use p2ppi_hub::session::LocalNode;
-//! use p2ppi_hub::wire::{Frame, Inbound, Message, Object};
+//! use p2ppi_hub::protocol::machine::LocalNode;
+//! use p2ppi_hub::protocol::wire::{Frame, Inbound, Message, Object};
 //!
 //! let mut node = LocalNode::new();
 //! // Spec 4.4: publishing without a subscriber sends nothing.
@@ -25,8 +25,8 @@
 
 use thiserror::Error;
 
-use crate::objects::{Change, ObjectError, PublishedObjects};
-use crate::wire::{
+use crate::protocol::objects::{Change, ObjectError, PublishedObjects};
+use crate::protocol::wire::{
     list_message_len, DropReason, Frame, Inbound, Message, MessageType, Object, MESSAGE_SIZE_LIMIT,
 };
 

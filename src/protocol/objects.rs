@@ -8,7 +8,8 @@
 
 use thiserror::Error;
 
-use crate::wire::Object;
+use crate::protocol::wire::Object;
+use crate::tls::PeerName;
 
 /// Well-known object names (spec 2.2.3, DESIGN 3.2).
 pub mod names {
@@ -70,6 +71,14 @@ impl Visibility {
             Self::Contacts => "contacts",
         }
     }
+}
+
+/// The name under which a hub republishes a peer's object in the peer's mesh (DESIGN 5.2):
+/// `<peer-name>/<object-name>`, the peer's 40-hex PeerName, a slash, the original name.
+/// Subscribers see these names on the wire, so the rule is the protocol's: the hub's relay
+/// applies it, and peers, tests and the load harness use it to know what a view holds.
+pub fn relayed_name(peer: &PeerName, name: &str) -> String {
+    format!("{peer}/{name}")
 }
 
 /// What an operation on the list means for a subscribed peer.
@@ -280,6 +289,15 @@ mod tests {
             Err(ObjectError::NoSuchName { name: "zz".into() })
         );
         assert_eq!(l, list(&[("b", "2")]));
+    }
+
+    #[test]
+    fn a_relayed_name_is_the_peer_name_a_slash_and_the_name() {
+        let peer = PeerName::parse(&"Ab".repeat(20)).unwrap();
+        assert_eq!(
+            relayed_name(&peer, names::RICH_PRESENCE),
+            format!("{}/{}", "ab".repeat(20), names::RICH_PRESENCE)
+        );
     }
 
     #[test]

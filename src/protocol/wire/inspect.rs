@@ -213,7 +213,7 @@ pub fn inspect(stream: &[u8]) -> Vec<Inspected> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Object;
+    use crate::protocol::wire::Object;
     use proptest::prelude::*;
 
     fn json(entries: &[Inspected]) -> Vec<serde_json::Value> {

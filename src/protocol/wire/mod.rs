@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use p2ppi_hub::wire::{Frame, Inbound, Message, Object, P2ppiCodec};
+//! use p2ppi_hub::protocol::wire::{Frame, Inbound, Message, Object, P2ppiCodec};
 //! use tokio_util::codec::{Decoder, Encoder};
 //!
 //! let mut codec = P2ppiCodec::new();

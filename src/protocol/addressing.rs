@@ -7,8 +7,8 @@
 
 use std::fmt::Write as _;
 
+use crate::protocol::xml::{AppInvite, APPINVITE};
 use crate::tls::PeerName;
-use crate::xml::{AppInvite, APPINVITE};
 
 /// Where a message is addressed.
 #[derive(Debug, Clone, PartialEq, Eq)]

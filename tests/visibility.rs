@@ -357,3 +357,123 @@ async fn a_contacts_peer_is_seen_only_by_the_peers_on_its_watch_list() {
     );
     assert_eq!(settle(&dave, &mut de).await, dave_list);
 }
+
+/// Applies NOTIFYs as a subscriber following the spec does, when every entire view starts
+/// with the hub's object `first` (appends never hold it).
+fn follow(list: &mut Vec<Object>, notifies: Vec<Vec<Object>>, first: &Object) {
+    for objects in notifies {
+        if objects.first() == Some(first) {
+            *list = objects;
+        } else {
+            list.extend(objects);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directives_changed_under_load_leave_every_view_as_the_rule_says() {
+    let pki = Pki::new();
+    let mut config = pki.config();
+    let hub_object = Object::new("hub", "1");
+    config.objects = vec![hub_object.clone()];
+    let hub = start_hub(config);
+    let h = hub.handle();
+    let mut peers = Vec::new();
+    let mut lists = Vec::new();
+    for i in 0..6 {
+        let (peer, mut events) = present(&pki, &h, &format!("p{i}")).await;
+        lists.push(settle(&peer, &mut events).await);
+        peers.push((peer, events));
+    }
+    let names: Vec<PeerName> = peers.iter().map(|(p, _)| p.peer_name().clone()).collect();
+    // Every peer changes its presence each round while p0 blocks and unblocks p1, p2
+    // switches between contacts (seen by p3 alone) and mesh, and p4 watches and stops.
+    let rounds = 20;
+    for r in 0..rounds {
+        for (i, (peer, _)) in peers.iter().enumerate() {
+            let text = format!("p{i} round {r}");
+            peer.update(Object::new(names::RICH_PRESENCE, text))
+                .await
+                .unwrap();
+        }
+        let (p0, p2, p4) = (&peers[0].0, &peers[2].0, &peers[4].0);
+        let block = if r % 2 == 0 {
+            vec![names[1].clone()]
+        } else {
+            vec![]
+        };
+        p0.set_block_list(&block).await.unwrap();
+        if r == 0 {
+            p2.set_watch_list(std::slice::from_ref(&names[3]))
+                .await
+                .unwrap();
+        }
+        let vis = if r % 3 == 0 {
+            Visibility::Contacts
+        } else {
+            Visibility::Mesh
+        };
+        p2.set_visibility(vis).await.unwrap();
+        if r % 4 == 0 {
+            p4.set_watch_list(&[names[0].clone(), names[2].clone(), names[5].clone()])
+                .await
+                .unwrap();
+        } else if r % 4 == 2 {
+            p4.clear_watch_list().await.unwrap();
+        }
+    }
+    // The last round left: p0 blocks nobody (19 is odd), p2 mesh (19 % 3 != 0), p4
+    // without a list (set at 16, cleared at 18). Make it interesting: the final state.
+    peers[0]
+        .0
+        .set_block_list(std::slice::from_ref(&names[1]))
+        .await
+        .unwrap();
+    peers[2]
+        .0
+        .set_visibility(Visibility::Contacts)
+        .await
+        .unwrap();
+    peers[4]
+        .0
+        .set_watch_list(&[names[0].clone(), names[2].clone(), names[5].clone()])
+        .await
+        .unwrap();
+    let last = rounds - 1;
+    let presence_of = |j: usize| presence(&names[j], &format!("p{j} round {last}"));
+    let sees = |i: usize, j: usize| {
+        let blocked = (i == 0 && j == 1) || (i == 1 && j == 0);
+        let hidden = j == 2 && i != 2 && i != 3;
+        // p2's WATCH_LIST (its contacts) is also what it watches.
+        let listed = match i {
+            2 => [2, 3].contains(&j),
+            4 => [0, 2, 4, 5].contains(&j),
+            _ => true,
+        };
+        i == j || (!blocked && !hidden && listed)
+    };
+    for (i, (peer, events)) in peers.iter_mut().enumerate() {
+        let mut want: Vec<Object> = (0..6).filter(|&j| sees(i, j)).map(presence_of).collect();
+        want.push(hub_object.clone());
+        want.sort_by(|x, y| x.name.cmp(&y.name));
+        let start = tokio::time::Instant::now();
+        loop {
+            let (notifies, response) = view_now(peer, events).await;
+            follow(&mut lists[i], notifies, &hub_object);
+            assert_eq!(lists[i], response, "p{i} follows the spec to its RESPONSE");
+            let mut got = response.clone();
+            got.sort_by(|x, y| x.name.cmp(&y.name));
+            if got == want {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "p{i} never saw what the rule says:\n got {got:?}\nwant {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    // Nobody whom no directive affects has an own view: p3 sees contacts p2, p5 is
+    // watched only.
+    assert!(!detail(&h, &names[5]).await.view.watching);
+}

@@ -1,5 +1,5 @@
 //! Who each `relay` receiver may see: with `--watch`, its own objects, its watched peers'
-//! and the hub's; any other peer's object reaching it is counted (`unwatched_seen`) and
+//! that DESIGN 5.5 lets it see (`--block-fraction`, `--contacts-fraction`) and the hub's; any other peer's object reaching it is counted (`unwatched_seen`) and
 //! its stamps are not recorded. Without watch lists every receiver may see everyone.
 
 use std::collections::HashMap;
@@ -31,7 +31,13 @@ impl Audience {
     /// others drawn from `--seed`.
     pub fn new(args: &Args, n: usize, fleet: &Fleet) -> Self {
         Self {
-            plan: args.watch.map(|k| WatchPlan::random(n, k, args.seed)),
+            plan: args.watch.map(|k| {
+                WatchPlan::random(n, k, args.seed).with_sight(
+                    args.block_fraction,
+                    args.contacts_fraction,
+                    args.seed,
+                )
+            }),
             slot_of: fleet
                 .members
                 .iter()

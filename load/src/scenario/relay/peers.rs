@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use p2ppi_hub::metrics::CLUSTER_PEERS;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
 use p2ppi_hub::protocol::machine::ObjectsSource;
-use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::{names, Visibility};
 use p2ppi_hub::protocol::wire::Object;
 use tokio::sync::{watch, Semaphore};
 
@@ -124,11 +124,26 @@ pub async fn subscribe_peers(
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await.expect("open semaphore");
             if let Some(plan) = &audience.plan {
-                let list: Vec<_> = plan
-                    .list(slot)
-                    .iter()
-                    .map(|&p| fleet.members[p].peer_name.clone())
-                    .collect();
+                let names = |peers: &[usize]| -> Vec<_> {
+                    peers
+                        .iter()
+                        .map(|&p| fleet.members[p].peer_name.clone())
+                        .collect()
+                };
+                // The directives first (DESIGN 5.5): a `contacts` peer is then seen by
+                // nobody until its list is applied, never by a peer it does not list.
+                let block = names(plan.block_list(slot));
+                if !block.is_empty() {
+                    peer.set_block_list(&block)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                if plan.is_contacts(slot) {
+                    peer.set_visibility(Visibility::Contacts)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let list = names(plan.list(slot));
                 peer.set_watch_list(&list)
                     .await
                     .map_err(|e| e.to_string())?;

@@ -64,6 +64,14 @@ impl Audience {
             .all(|o| self.sender(o).is_none_or(|s| self.shows(slot, s)))
     }
 
+    /// Whether `objects` are an entire view of `slot`: they hold its own (the echo, in
+    /// every view since its presence is published before it subscribes). An object
+    /// notified alone is not: a peer gaining sight of a `contacts` peer (DESIGN 5.5) is
+    /// sent its objects alone before its own WATCH_LIST applies.
+    pub fn is_entire_view(&self, slot: usize, objects: &[Object]) -> bool {
+        objects.iter().any(|o| self.sender(o) == Some(Some(slot)))
+    }
+
     /// The sender of a relayed object: `Some(None)` for a peer outside the fleet, `None`
     /// for a hub object.
     fn sender(&self, object: &Object) -> Option<Option<usize>> {

@@ -150,8 +150,8 @@ pub async fn subscribe_peers(
             }
             peer.subscribe().await.map_err(|e| e.to_string())?;
             // The hub applies the list once it has the peer's objects, which may be after
-            // the first (mesh) view: from the first view that shows only what the list
-            // allows, every object is checked.
+            // the first (mesh) view: from the first entire view that shows only what the
+            // list allows, every object is checked.
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let event = tokio::time::timeout_at(deadline.into(), events.next())
@@ -162,7 +162,9 @@ pub async fn subscribe_peers(
                         source: ObjectsSource::Notify,
                         objects,
                     }) => {
-                        if audience.allows(slot, &objects) {
+                        if audience.is_entire_view(slot, &objects)
+                            && audience.allows(slot, &objects)
+                        {
                             audience.receive(slot, &objects, &receivers);
                             break;
                         }

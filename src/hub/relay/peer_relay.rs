@@ -380,6 +380,46 @@ mod tests {
     }
 
     #[test]
+    fn invalid_block_lists_and_visibilities_keep_the_previous_and_are_noted_once() {
+        let mut p = policy();
+        let block = |value: &str| o(BLOCK_LIST, value);
+        let vis = |value: &str| o(VISIBILITY, value);
+        let r = notify(&mut p, &[block(peer('b').as_str()), vis("contacts")]);
+        assert!(r.notes.is_empty());
+        assert_eq!(p.sight(), (&[peer('b')][..], Visibility::Contacts));
+        assert!(p.relayed().is_empty(), "directives are never relayed");
+        let three = format!("{} {} {}", peer('c'), peer('d'), peer('e'));
+        let r = p.on_objects(ObjectsSource::Response, vec![block(&three), vis("all")]);
+        assert!(matches!(
+            &r.notes[..],
+            [
+                Note::BlockRefused(WatchError::TooMany { .. }),
+                Note::VisibilityRefused(_)
+            ]
+        ));
+        assert_eq!(
+            p.sight(),
+            (&[peer('b')][..], Visibility::Contacts),
+            "the previous stay"
+        );
+        assert!(p.block_refused().is_some() && p.visibility_refused().is_some());
+        let r = p.on_objects(
+            ObjectsSource::Response,
+            vec![block(&three), vis("all"), o("x", "1")],
+        );
+        assert!(r.notes.is_empty(), "the same refusals are not noted again");
+        let r = p.on_objects(ObjectsSource::Response, vec![]);
+        assert_eq!(r.notes, vec![Note::BlockApplied, Note::VisibilityApplied]);
+        assert_eq!(
+            p.sight(),
+            (&[][..], Visibility::Mesh),
+            "none: as without them"
+        );
+        let (_, directives) = p.next_set().unwrap();
+        assert_eq!(directives, Directives::default());
+    }
+
+    #[test]
     fn the_first_report_is_handed_over_even_when_empty() {
         let mut p = policy();
         let r = notify(&mut p, &[]);

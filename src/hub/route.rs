@@ -2,6 +2,11 @@
 //! peer of its mesh (`to=`), an acknowledgement returned to its inviter, or kept for the
 //! hub itself; or not delivered, with the reason ([`Undelivered`]) the session counts and,
 //! for an invitation, answers with a refusal.
+//!
+//! Who may see whom (DESIGN 5.5) decides too: a message, invitation or acknowledgement
+//! goes only to a peer its sender sees (the relay's rules, shared through
+//! `HubShared::sight`), and is otherwise refused exactly as for an absent peer; only the
+//! operator's counters tell the reason (`blocked`, `not_visible`).
 
 use std::sync::Arc;
 

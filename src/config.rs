@@ -175,9 +175,12 @@ pub struct HubSection {
     pub data_dir: PathBuf,
     /// Session worker threads; 0 means one per CPU core.
     pub workers: usize,
-    /// The hub's own objects' budget, bytes of encoded objects, reserved in every view:
-    /// peers' relayed objects fill the rest of relay.max_view_bytes, so they never lock out
-    /// the operator.
+    /// The hub's own objects' budget, bytes of encoded objects: a change that would take
+    /// them above it is refused. It is a cap, not a reservation: peers' relayed objects fill
+    /// what the hub's current objects leave of relay.max_view_bytes, and a change of the
+    /// hub's objects that needs room displaces the relayed objects that entered a view
+    /// last (they wait, counted as view_full, and return when room frees up), so peers never
+    /// lock the operator out below this budget.
     pub max_objects_bytes: usize,
     /// Balancers (CIDR, e.g. "10.0.0.2/32") that open every connection with a PROXY
     /// protocol header, v1 or v2 (HAProxy's send-proxy-v2): from these addresses the header
@@ -484,8 +487,6 @@ pub const DEFAULT_RELAY_MAX_INVITATIONS: usize = 65_536;
 pub const DEFAULT_RELAY_MAX_WATCH: usize = 256;
 /// Default of `relay.max_block`.
 pub const DEFAULT_RELAY_MAX_BLOCK: usize = 256;
-/// Default of `relay.view_interval`.
-pub const DEFAULT_RELAY_VIEW_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `[relay]`: DESIGN 5.2 and 5.3.
 #[derive(Debug, Clone, Serialize, Deserialize, DocumentedFields)]
@@ -511,11 +512,6 @@ pub struct RelaySection {
     /// Most PeerNames one BLOCK_LIST may name (DESIGN 5.5); a longer list is rejected and
     /// the previous one stays.
     pub max_block: usize,
-    /// At most one entire mesh view per subscriber per this interval: the changes within it
-    /// go out together at its end, in the latest view (adds at most this much latency;
-    /// "0s": every change at once).
-    #[serde(with = "humantime_serde")]
-    pub view_interval: Duration,
 }
 
 impl Default for RelaySection {
@@ -529,7 +525,6 @@ impl Default for RelaySection {
             max_invitations: DEFAULT_RELAY_MAX_INVITATIONS,
             max_watch: DEFAULT_RELAY_MAX_WATCH,
             max_block: DEFAULT_RELAY_MAX_BLOCK,
-            view_interval: DEFAULT_RELAY_VIEW_INTERVAL,
         }
     }
 }

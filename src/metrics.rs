@@ -45,10 +45,15 @@ pub const SENT_BYTES: &str = "p2ppi_sent_bytes_total";
 pub const HUB_OBJECTS: &str = "p2ppi_hub_objects";
 /// Relayed peer objects in all meshes (gauge).
 pub const RELAYED_OBJECTS: &str = "p2ppi_relayed_objects";
+/// Peers with objects waiting for room in a full mesh view, all meshes (gauge).
+pub const RELAY_PEERS_WAITING: &str = "p2ppi_relay_peers_waiting";
 /// Time to hand one change to every subscribed session of a shard (histogram, seconds).
 pub const FANOUT_DURATION: &str = "p2ppi_notify_fanout_duration_seconds";
 /// Sessions one change was queued for, per shard (histogram).
 pub const FANOUT_RECIPIENTS: &str = "p2ppi_notify_fanout_recipients";
+/// NOTIFYs not sent because a newer entire view took their place in a subscriber's
+/// outbound queue before they were written (coalescing under backpressure, DESIGN 5.2).
+pub const NOTIFY_SUPERSEDED: &str = "p2ppi_notify_superseded_total";
 /// Sessions whose WATCH_LIST is in force (gauge, DESIGN 5.4).
 pub const WATCH_SESSIONS: &str = "p2ppi_watch_list_sessions";
 /// Sessions whose BLOCK_LIST is in force (gauge, DESIGN 5.5).
@@ -237,6 +242,11 @@ fn describe() {
         Unit::Count,
         "Peer objects relayed, all meshes."
     );
+    describe_gauge!(
+        RELAY_PEERS_WAITING,
+        Unit::Count,
+        "Peers with objects waiting for room in a full mesh view (relay.max_view_bytes), all meshes."
+    );
     describe_histogram!(
         FANOUT_DURATION,
         Unit::Seconds,
@@ -246,6 +256,11 @@ fn describe() {
         FANOUT_RECIPIENTS,
         Unit::Count,
         "Sessions one change was queued for, per shard."
+    );
+    describe_counter!(
+        NOTIFY_SUPERSEDED,
+        Unit::Count,
+        "NOTIFYs not sent because a newer entire view replaced them, unsent, in a subscriber's outbound queue (the subscriber was behind)."
     );
     describe_gauge!(
         WATCH_SESSIONS,
@@ -410,6 +425,8 @@ pub struct HubMetrics {
     pub fanout_duration: Histogram,
     /// Fan-out recipients per shard.
     pub fanout_recipients: Histogram,
+    /// NOTIFYs superseded in outbound queues.
+    pub notify_superseded: Counter,
 }
 
 impl HubMetrics {
@@ -440,6 +457,7 @@ pub fn hub() -> &'static HubMetrics {
             sessions_subscribed: metrics::gauge!(SESSIONS_SUBSCRIBED),
             fanout_duration: metrics::histogram!(FANOUT_DURATION),
             fanout_recipients: metrics::histogram!(FANOUT_RECIPIENTS),
+            notify_superseded: metrics::counter!(NOTIFY_SUPERSEDED),
         }
     })
 }
@@ -521,6 +539,11 @@ pub fn watch_view_bytes(len: usize) {
 /// Sets the relayed objects gauge.
 pub fn relayed_objects(count: usize) {
     metrics::gauge!(RELAYED_OBJECTS).set(count as f64);
+}
+
+/// Sets the gauge of peers waiting for room in a full mesh view.
+pub fn relay_peers_waiting(count: usize) {
+    metrics::gauge!(RELAY_PEERS_WAITING).set(count as f64);
 }
 
 /// Counts one event of a counter labelled by `kind`.

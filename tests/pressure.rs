@@ -77,8 +77,9 @@ async fn peers_filling_a_mesh_never_lock_the_operator_out() {
     let (carol_peer, mut carol) = watcher(&pki, &h, "carol", None).await;
     let (alice, mut alice_events) = watcher(&pki, &h, "alice", None).await;
     let a = alice.peer_name().clone();
-    // Relayed objects fill what the hub's budget leaves of one message.
-    let room = 6000 - MIN_MESSAGE_LEN - 6 - 1000;
+    // Relayed objects fill what the hub's current objects (none) leave of one message:
+    // the hub's budget is not reserved.
+    let room = 6000 - MIN_MESSAGE_LEN - 6;
     let object = |i: usize| o(&format!("{i:03}"), &"x".repeat(200));
     let size = object_field_len(&r(&a, "000", &"x".repeat(200)));
     let fits = room / size;
@@ -89,45 +90,71 @@ async fn peers_filling_a_mesh_never_lock_the_operator_out() {
         h.session(&a).is_some_and(|s| s.relayed_objects == fits)
     })
     .await;
-    // The mesh is full: alice's further objects are refused. The operator is not.
+    // The mesh is full: alice's further objects wait. The operator is not refused: its
+    // object displaces alice's last-entered ones, which wait too, and she is told.
     let hub_object = o("hub-notice", &"n".repeat(500));
     let outcome = h.publish(hub_object.clone()).await;
     assert!(
         outcome.is_ok(),
         "the operator's change is refused: {outcome:?}"
     );
-    // Every subscriber of the mesh (alice sees her own echo too) gets it, notified alone.
+    let displaced = (fits * size + object_field_len(&hub_object) - room).div_ceil(size);
+    assert!(displaced > 0);
+    wait_until("alice is told her displaced objects wait", || {
+        h.session(&a).unwrap().relayed_objects == fits - displaced
+    })
+    .await;
+    // Every subscriber of the mesh (alice sees her own echo too) gets it last in its list.
     for events in [&mut carol, &mut alice_events] {
-        expect_event(events, "the hub object notified alone", |e| {
-            matches!(e, PeerEvent::Objects { source: ObjectsSource::Notify, objects } if objects == &vec![hub_object.clone()])
+        expect_event(events, "the hub object, last", |e| {
+            matches!(e, PeerEvent::Objects { source: ObjectsSource::Notify, objects } if objects.last() == Some(&hub_object))
         })
         .await;
     }
     // Beyond its own budget the hub refuses.
     assert!(h.publish(o("too-much", &"m".repeat(600))).await.is_err());
+    // The notice goes: alice's displaced objects come back, and she is told; it returns:
+    // they make room again.
+    h.delete("hub-notice", None).await.unwrap();
+    wait_until("alice's displaced objects come back", || {
+        h.session(&a).unwrap().relayed_objects == fits
+    })
+    .await;
+    let view = current_view(&carol_peer, &mut carol).await;
+    let alices: Vec<Object> = (0..fits)
+        .map(|i| r(&a, &format!("{i:03}"), &"x".repeat(200)))
+        .collect();
+    assert_eq!(view, alices, "in the order they entered first");
+    h.publish(hub_object.clone()).await.unwrap();
+    wait_until("alice's objects are displaced again", || {
+        h.session(&a).unwrap().relayed_objects == fits - displaced
+    })
+    .await;
     // Bob's object waits for room, and is relayed when alice leaves.
     let (bob, _b) = connect(&pki, &h, "bob", None).await;
     let b = bob.peer_name().clone();
     let hello = "b".repeat(200);
     bob.publish(o("hello", &hello)).await.unwrap();
-    // Each refused object is counted once, however often its peer's list was resent.
-    wait_until("alice's 3 and bob's object are refused", || {
-        view_full() == 4.0
-    })
+    // Each refused or displaced object is counted once each time it starts waiting, however
+    // often its peer's list was resent.
+    let refused = (3 + 2 * displaced + 1) as f64;
+    wait_until(
+        "alice's 3, her displaced ones twice, and bob's are refused",
+        || view_full() == refused,
+    )
     .await;
     alice.close().await.unwrap();
     let expected = vec![hub_object, r(&b, "hello", &hello)];
-    let got = expect_event(&mut carol, "bob's object in the view", |e| {
+    expect_event(&mut carol, "bob's object in the view", |e| {
         matches!(e, PeerEvent::Objects { source: ObjectsSource::Notify, objects } if objects.contains(&expected[1]))
     })
     .await;
-    assert!(matches!(got, PeerEvent::Objects { .. }));
     assert_eq!(current_view(&carol_peer, &mut carol).await, expected);
     wait_until("bob's count is recorded", || {
         h.session(&b).is_some_and(|s| s.relayed_objects == 1)
     })
     .await;
-    assert_eq!(view_full(), 4.0);
+    assert_eq!(view_full(), refused);
 }
 
 /// A racer: it answers the hub's SUBSCRIBE and REQUESTs with its one object and writes

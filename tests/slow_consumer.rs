@@ -85,8 +85,6 @@ async fn slow_consumers_are_bounded_and_disconnected_while_others_go_on() {
     config.limits.outbound_queue_bytes = 64 * 1024 * 1024;
     config.limits.outbound_queue_messages = 100_000;
     config.limits.write_timeout = Duration::from_secs(1);
-    // Every entire view sent, not one per relay.view_interval: the volume must block.
-    config.relay.view_interval = Duration::ZERO;
     // Hub objects of 40 KB: within their budget.
     config.hub.max_objects_bytes = 48 * 1024;
     let hub = start_hub(config);

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::relay::visibility::{Visibility, VisibilityError};
-use super::relay::WatchError;
+use super::relay::{WatchError, WatchList};
 use crate::protocol::machine::SessionMachine;
 use crate::tls::PeerName;
 
@@ -27,7 +27,8 @@ pub struct SessionFlags {
     pub(super) local_subscribed: AtomicBool,
     pub(super) response_pending: AtomicBool,
     pub(super) relayed_objects: AtomicUsize,
-    pub(super) watch: Mutex<WatchStatus>,
+    /// The WATCH_LIST state; the list shared with the session's relay policy (one copy).
+    pub(super) watch: Mutex<(Option<WatchList>, WatchStatus)>,
     pub(super) sight: Mutex<SightStatus>,
     /// The `notAfter` and issuer of the peer's certificate (set once, when the session
     /// starts).
@@ -79,10 +80,13 @@ impl SessionFlags {
             local_subscribed: AtomicBool::new(false),
             response_pending: AtomicBool::new(false),
             relayed_objects: AtomicUsize::new(0),
-            watch: Mutex::new(WatchStatus {
-                state: "none",
-                ..WatchStatus::default()
-            }),
+            watch: Mutex::new((
+                None,
+                WatchStatus {
+                    state: "none",
+                    ..WatchStatus::default()
+                },
+            )),
             sight: Mutex::new(SightStatus::default()),
             certificate: std::sync::OnceLock::new(),
         }
@@ -114,22 +118,30 @@ impl SessionFlags {
         let _ = self.certificate.set((not_after, issuer));
     }
 
-    pub(crate) fn set_watch(&self, list: Option<Vec<PeerName>>, refused: Option<&WatchError>) {
+    pub(crate) fn set_watch(&self, list: Option<WatchList>, refused: Option<&WatchError>) {
         let state = match (refused, &list) {
             (Some(_), _) => "rejected",
             (None, Some(_)) => "applied",
             (None, None) => "none",
         };
-        *self.watch.lock().unwrap_or_else(|e| e.into_inner()) = WatchStatus {
+        // The list is kept shared; the status a query shows gets its own copy then.
+        *self.watch.lock().unwrap_or_else(|e| e.into_inner()) = (
             list,
-            state,
-            rejected_because: refused.map(ToString::to_string),
-        };
+            WatchStatus {
+                list: None,
+                state,
+                rejected_because: refused.map(ToString::to_string),
+            },
+        );
     }
 
     /// The session's WATCH_LIST state.
     pub(crate) fn watch(&self) -> WatchStatus {
-        self.watch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        WatchStatus {
+            list: watch.0.as_deref().map(<[PeerName]>::to_vec),
+            ..watch.1.clone()
+        }
     }
 
     pub(crate) fn store(&self, machine: &SessionMachine) {

@@ -5,11 +5,12 @@
 //! each worker's shard one [`Fanout`] holding bytes encoded once, and [`FanoutCore::apply`]
 //! pushes those same bytes onto each subscribed session's outbound queue on this thread.
 //!
-//! Bursts (DESIGN 5.2): an entire mesh view goes out at once, then opens a window of
-//! `relay.view_interval`; further entire views of that mesh within the window are held and
-//! sent once at its end, in the view current then (never a stale one), and an append
-//! notified alone while one is held is carried by it. A burst of changes thus costs each
-//! subscriber at most one entire view per interval, at most one interval late.
+//! Nothing is held back (DESIGN 5.2): every change is queued on its subscribers at once,
+//! each with the subscriber's current entire view beside it, so that a queue whose
+//! subscriber has fallen behind can replace an entire view it has not sent yet by that
+//! newer one, or fold an object notified alone into it ([`Outbound::push_view`],
+//! [`Outbound::push_append`]). A subscriber that keeps up gets every change as it happens;
+//! one that does not costs one entire view, not one per change.
 //!
 //! Consistency: sessions read the current view from [`FanoutCore`] and register as
 //! subscribers on the same thread that applies fan-outs, so a SUBSCRIBE's complete list and
@@ -19,10 +20,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 use std::time::Instant;
 
 use actix::prelude::*;
+use bytes::Bytes;
 
 use super::messages::{Close, Fanout, SessionId};
 use super::outbound::Outbound;
@@ -38,59 +39,15 @@ struct FanoutState {
     personal: HashMap<SessionId, Arc<View>>,
     subscribers: HashMap<Arc<str>, HashMap<SessionId, Rc<Outbound>>>,
     sessions: HashMap<SessionId, Recipient<Close>>,
-    /// Meshes whose burst window is open, and whether an entire view is held.
-    windows: HashMap<Arc<str>, bool>,
 }
 
 /// The per-thread state shared by a shard and its sessions.
 #[derive(Default)]
 pub struct FanoutCore {
     inner: RefCell<FanoutState>,
-    /// `relay.view_interval`; zero sends every entire view at once.
-    interval: Duration,
 }
 
 impl FanoutCore {
-    /// A core holding entire mesh views to one per `interval` per subscriber.
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            inner: RefCell::default(),
-            interval,
-        }
-    }
-
-    /// The burst window.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    /// Ends `mesh`'s burst window: sends the held entire view, if any (and opens a new
-    /// window: returns true), else closes it.
-    pub fn end_window(&self, mesh: &Arc<str>) -> bool {
-        let mut inner = self.inner.borrow_mut();
-        match inner.windows.get(mesh) {
-            Some(true) => {
-                inner.windows.insert(mesh.clone(), false);
-                let inner = &*inner;
-                let view = inner.views.get(mesh).or(inner.base.as_ref());
-                let mut recipients = 0;
-                if let Some(subs) = inner.subscribers.get(mesh) {
-                    for (id, out) in subs {
-                        if !inner.personal.contains_key(id) {
-                            recipients += deliver(out, &Delivery::Complete, view);
-                        }
-                    }
-                }
-                metrics::hub().fanout_recipients.record(recipients as f64);
-                true
-            }
-            Some(false) => {
-                inner.windows.remove(mesh);
-                false
-            }
-            None => false,
-        }
-    }
     /// The complete view a session of `mesh` without a WATCH_LIST sees now.
     pub fn view(&self, mesh: &str) -> Arc<View> {
         let inner = self.inner.borrow();
@@ -159,8 +116,7 @@ impl FanoutCore {
 
     /// Applies a change: the new views first, then the NOTIFYs to the subscribers it
     /// reaches (mesh subscribers without a WATCH_LIST, then each own view that changed).
-    /// Returns the meshes whose burst window opened: end each after the interval.
-    pub fn apply(&self, fanout: &Fanout) -> Vec<Arc<str>> {
+    pub fn apply(&self, fanout: &Fanout) {
         let started = Instant::now();
         let change = &fanout.change;
         self.install(change);
@@ -168,22 +124,11 @@ impl FanoutCore {
             // The views are in place: a REQUEST from now on sees the change.
             applied.arrive();
         }
-        let mut windows = Windows::default();
         let inner = self.inner.borrow();
-        let mut recipients = self.notify_meshes(&inner, change, &mut windows);
-        recipients += notify_personal(&inner, change);
+        let recipients = notify_meshes(&inner, change) + notify_personal(&inner, change);
         let m = metrics::hub();
         m.fanout_recipients.record(recipients as f64);
         m.fanout_duration.record(started.elapsed().as_secs_f64());
-        drop(inner);
-        let mut inner = self.inner.borrow_mut();
-        for mesh in windows.held {
-            inner.windows.insert(mesh, true);
-        }
-        for mesh in &windows.opened {
-            inner.windows.insert(mesh.clone(), false);
-        }
-        windows.opened
     }
 
     /// Puts a change's views in place: the base, the meshes', and the own views of this
@@ -209,70 +154,33 @@ impl FanoutCore {
             };
         }
     }
+}
 
-    /// Queues the change on the mesh subscribers it reaches (those without a WATCH_LIST):
-    /// every mesh for a change of the base view, else the meshes it changed. An entire view
-    /// inside a mesh's burst window is held for the window's end. Returns the recipients.
-    fn notify_meshes(
-        &self,
-        inner: &FanoutState,
-        change: &ViewChange,
-        windows: &mut Windows,
-    ) -> usize {
-        if matches!(change.delivery, Delivery::Silent) {
-            return 0;
-        }
-        let meshes: Vec<&Arc<str>> = if change.base.is_some() {
-            inner.subscribers.keys().collect()
-        } else {
-            change.meshes.iter().map(|(mesh, _)| mesh).collect()
+/// Queues the change on the mesh subscribers it reaches (those without a WATCH_LIST):
+/// every mesh for a change of the base view, else the meshes it changed. Returns the
+/// recipients.
+fn notify_meshes(inner: &FanoutState, change: &ViewChange) -> usize {
+    if matches!(change.delivery, Delivery::Silent) {
+        return 0;
+    }
+    let meshes: Vec<&Arc<str>> = if change.base.is_some() {
+        inner.subscribers.keys().collect()
+    } else {
+        change.meshes.iter().map(|(mesh, _)| mesh).collect()
+    };
+    let mut recipients = 0;
+    for mesh in meshes {
+        let Some(subs) = inner.subscribers.get(mesh) else {
+            continue;
         };
-        let mut recipients = 0;
-        for mesh in meshes {
-            let Some(subs) = inner.subscribers.get(mesh) else {
-                continue;
-            };
-            if !self.interval.is_zero() && !windows.admit(mesh, inner, &change.delivery) {
-                continue;
-            }
-            let view = inner.views.get(mesh).or(inner.base.as_ref());
-            for (id, out) in subs {
-                if !inner.personal.contains_key(id) {
-                    recipients += deliver(out, &change.delivery, view);
-                }
+        let view = inner.views.get(mesh).or(inner.base.as_ref());
+        for (id, out) in subs {
+            if !inner.personal.contains_key(id) {
+                recipients += deliver(out, &change.delivery, view);
             }
         }
-        recipients
     }
-}
-
-/// The burst windows one change opens or fills.
-#[derive(Default)]
-struct Windows {
-    /// Meshes whose window opens with this change.
-    opened: Vec<Arc<str>>,
-    /// Meshes whose open window now holds an entire view.
-    held: Vec<Arc<str>>,
-}
-
-impl Windows {
-    /// Whether `delivery` goes out to `mesh`'s subscribers now (DESIGN 5.2 bursts): the
-    /// first entire view goes at once and opens a window; later ones inside it are held;
-    /// an append while one is held is carried by it.
-    fn admit(&mut self, mesh: &Arc<str>, inner: &FanoutState, delivery: &Delivery) -> bool {
-        match (inner.windows.get(mesh), delivery) {
-            (Some(true), _) => false, // the held view will carry it
-            (Some(false), Delivery::Complete) => {
-                self.held.push(mesh.clone());
-                false
-            }
-            (None, Delivery::Complete) => {
-                self.opened.push(mesh.clone());
-                true
-            }
-            _ => true,
-        }
-    }
+    recipients
 }
 
 /// Queues each changed own view's delivery on its subscriber. Returns the recipients.
@@ -295,16 +203,21 @@ fn notify_personal(inner: &FanoutState, change: &ViewChange) -> usize {
     recipients
 }
 
-/// Queues what `delivery` sends on one subscriber's queue (`view`: its complete view);
-/// returns 1 if something was queued. An overflow ends that session through its writer.
+/// Queues what `delivery` sends on one subscriber's queue (`view`: its complete view
+/// after the change, which an entire view still unsent in the queue becomes); returns 1
+/// if something was queued. An overflow ends that session through its writer.
 fn deliver(out: &Outbound, delivery: &Delivery, view: Option<&Arc<View>>) -> usize {
+    let append = |bytes: &Bytes| match view {
+        Some(view) => out.push_append(bytes.clone(), &view.notify),
+        None => out.push(bytes.clone()),
+    };
     match delivery {
         Delivery::Only(bytes) => {
-            let _ = out.push(bytes.clone());
+            let _ = append(bytes);
         }
         Delivery::Each(each) => {
             for bytes in each {
-                let _ = out.push(bytes.clone());
+                let _ = append(bytes);
             }
         }
         Delivery::Complete => match view {
@@ -321,7 +234,13 @@ fn deliver(out: &Outbound, delivery: &Delivery, view: Option<&Arc<View>>) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::wire::Object;
+    use crate::hub::relay::{notify_only, Personal};
+    use crate::protocol::wire::{Inbound, Message, MessageIds, Object, P2ppiCodec};
+    use tokio_util::codec::Decoder;
+
+    fn o(name: &str, value: &str) -> Object {
+        Object::new(name, value)
+    }
 
     fn view(objects: &[Object]) -> Arc<View> {
         Arc::new(View::new(objects).unwrap())
@@ -343,98 +262,198 @@ mod tests {
         }
     }
 
+    /// One subscriber's queue and what it has received so far.
+    struct Subscriber {
+        out: Rc<Outbound>,
+        ids: MessageIds,
+        received: Vec<Message>,
+    }
+
+    impl Subscriber {
+        fn new() -> Self {
+            Self {
+                out: Rc::new(Outbound::new(100, 1 << 20)),
+                ids: MessageIds::default(),
+                received: Vec::new(),
+            }
+        }
+
+        /// Reads what its writer sends now (a subscriber that keeps up).
+        fn read(&mut self) -> usize {
+            let mut wire = self.out.take_all(&mut self.ids);
+            let mut codec = P2ppiCodec::new();
+            let before = self.received.len();
+            while let Some(Inbound::Message(frame)) = codec.decode(&mut wire).unwrap() {
+                self.received.push(frame.message);
+            }
+            self.received.len() - before
+        }
+
+        /// The list a subscriber following the spec holds: every entire view in these
+        /// tests starts with the hub's object `hub`, and no object notified alone does.
+        fn list(&self) -> Vec<Object> {
+            let mut list = Vec::new();
+            for message in &self.received {
+                match message {
+                    Message::Notify(objects) if objects[0].name == "hub" => list = objects.clone(),
+                    Message::Notify(objects) => list.extend(objects.iter().cloned()),
+                    _ => {}
+                }
+            }
+            list
+        }
+    }
+
+    fn decode(bytes: &Bytes) -> Vec<Object> {
+        crate::hub::relay::test_support::decode(bytes)
+    }
+
     #[test]
     fn a_change_reaches_the_subscribers_of_the_views_it_changed() {
         let core = FanoutCore::default();
-        let base = view(&[Object::new("hub", "1")]);
+        let base = view(&[o("hub", "1")]);
         core.apply(&fanout(Some(base.clone()), Vec::new(), Delivery::Silent));
         let (m, n): (Arc<str>, Arc<str>) = ("m".into(), "n".into());
-        let queue = || Rc::new(Outbound::new(100, 1 << 20));
-        let (in_m, in_n) = (queue(), queue());
-        core.subscribe(&m, 1, in_m.clone());
-        core.subscribe(&n, 2, in_n.clone());
+        let (mut in_m, mut in_n) = (Subscriber::new(), Subscriber::new());
+        core.subscribe(&m, 1, in_m.out.clone());
+        core.subscribe(&n, 2, in_n.out.clone());
         // A relayed object in mesh m: only m's subscriber hears of it; n still sees the base.
-        let mesh_view = view(&[Object::new("hub", "1"), Object::new("p/x", "2")]);
-        let only = crate::hub::relay::notify_only(&Object::new("p/x", "2")).unwrap();
+        let mesh_view = view(&[o("hub", "1"), o("p/x", "2")]);
+        let only = notify_only(&o("p/x", "2")).unwrap();
         core.apply(&fanout(
             None,
             vec![(m.clone(), Some(mesh_view.clone()))],
             Delivery::Only(only),
         ));
-        assert_eq!(in_m.queued().0, 1);
-        assert_eq!(in_n.queued().0, 0);
-        assert_eq!(core.view("m").response, mesh_view.response);
-        assert_eq!(core.view("n").response, base.response);
+        assert_eq!((in_m.read(), in_n.read()), (1, 0));
+        assert_eq!(in_m.received[0], Message::Notify(vec![o("p/x", "2")]));
+        assert_eq!(core.view("m").notify, mesh_view.notify);
+        assert_eq!(core.view("n").notify, base.notify);
         // A change of the hub's objects reaches everyone, each with its own view.
         core.apply(&fanout(
-            Some(view(&[])),
-            vec![(m.clone(), Some(view(&[Object::new("p/x", "2")])))],
+            Some(view(&[o("hub", "2")])),
+            vec![(m.clone(), Some(view(&[o("hub", "2"), o("p/x", "2")])))],
             Delivery::Complete,
         ));
-        assert_eq!(in_m.queued().0, 2);
-        assert_eq!(in_n.queued().0, 1);
+        assert_eq!((in_m.read(), in_n.read()), (1, 1));
+        assert_eq!(in_m.list(), [o("hub", "2"), o("p/x", "2")]);
+        assert_eq!(in_n.list(), [o("hub", "2")]);
         // The mesh empties: it falls back to the base view; an unsubscribed session hears
         // nothing.
         assert!(core.unsubscribe("n", 2));
         core.apply(&fanout(None, vec![(m.clone(), None)], Delivery::Complete));
-        assert_eq!(core.view("m").response, core.view("n").response);
-        assert_eq!(in_m.queued().0, 3);
-        assert_eq!(in_n.queued().0, 1);
+        assert_eq!(core.view("m").notify, core.view("n").notify);
+        assert_eq!((in_m.read(), in_n.read()), (1, 0));
+        assert_eq!(in_m.list(), [o("hub", "2")]);
     }
 
     #[test]
-    fn a_burst_costs_one_entire_view_per_window_and_it_is_the_latest() {
-        let core = FanoutCore::new(Duration::from_millis(25));
-        core.apply(&fanout(Some(view(&[])), Vec::new(), Delivery::Silent));
-        let m: Arc<str> = "m".into();
-        let out = Rc::new(Outbound::new(100, 1 << 20));
-        core.subscribe(&m, 1, out.clone());
-        let v = |value: &str| view(&[Object::new("p/x", value)]);
-        // The first entire view goes at once and opens the window.
-        let opened = core.apply(&fanout(
-            None,
-            vec![(m.clone(), Some(v("1")))],
-            Delivery::Complete,
+    fn nothing_waits_for_a_subscriber_that_keeps_up_and_one_behind_gets_the_latest_view() {
+        let core = FanoutCore::default();
+        core.apply(&fanout(
+            Some(view(&[o("hub", "0")])),
+            Vec::new(),
+            Delivery::Silent,
         ));
-        assert_eq!(opened, vec![m.clone()]);
-        assert_eq!(out.queued().0, 1);
-        // Within the window: held; an append is carried by the held view.
-        for value in ["2", "3"] {
-            let opened = core.apply(&fanout(
-                None,
-                vec![(m.clone(), Some(v(value)))],
-                Delivery::Complete,
-            ));
-            assert!(opened.is_empty());
+        let m: Arc<str> = "m".into();
+        let (mut fast, mut slow) = (Subscriber::new(), Subscriber::new());
+        core.subscribe(&m, 1, fast.out.clone());
+        core.subscribe(&m, 2, slow.out.clone());
+        // The slow one received the view once, then stops reading.
+        slow.out.push_view(core.view("m").notify.clone()).unwrap();
+        slow.read();
+        let mut list = vec![o("hub", "0")];
+        let mut changes = 0;
+        for i in 1..=20 {
+            if i % 4 == 0 {
+                // An object goes last: notified alone.
+                let object = o(&format!("p/{i}"), "x");
+                list.push(object.clone());
+                let only = notify_only(&object).unwrap();
+                core.apply(&fanout(
+                    None,
+                    vec![(m.clone(), Some(view(&list)))],
+                    Delivery::Only(only),
+                ));
+            } else {
+                list[0] = o("hub", &i.to_string());
+                core.apply(&fanout(
+                    None,
+                    vec![(m.clone(), Some(view(&list)))],
+                    Delivery::Complete,
+                ));
+            }
+            changes += 1;
+            assert_eq!(fast.read(), 1, "change {i} reached the reader at once");
+            assert_eq!(fast.list(), list);
+            assert_eq!(
+                slow.out.queued().0,
+                1,
+                "the one behind has one entire view queued"
+            );
         }
-        let only = crate::hub::relay::notify_only(&Object::new("p/y", "4")).unwrap();
+        assert_eq!(fast.received.len(), changes);
+        // The one behind reads again: one entire view, the latest, equal to what a
+        // REQUEST would return now.
+        assert_eq!(slow.read(), 1);
+        assert_eq!(slow.received.last(), Some(&Message::Notify(list.clone())));
+        assert_eq!(decode(&core.view("m").notify), list);
+        assert_eq!(slow.list(), list);
+        assert_eq!(slow.out.superseded(), changes as u64 - 1);
+    }
+
+    /// Stands in for a session of this thread (fan-out installs own views only for them).
+    struct Quiet;
+
+    impl Actor for Quiet {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Close> for Quiet {
+        type Result = ();
+        fn handle(&mut self, _: Close, _: &mut Self::Context) {}
+    }
+
+    #[actix_rt::test]
+    async fn an_own_view_behind_is_replaced_by_its_own_latest_not_the_meshs() {
+        let core = FanoutCore::default();
+        core.apply(&fanout(
+            Some(view(&[o("hub", "0")])),
+            Vec::new(),
+            Delivery::Silent,
+        ));
+        let m: Arc<str> = "m".into();
+        let mut w = Subscriber::new();
+        core.add_session(7, Quiet.start().recipient());
+        core.subscribe(&m, 7, w.out.clone());
+        let own = |list: &[Object], delivery| Fanout {
+            change: ViewChange {
+                base: None,
+                meshes: Vec::new(),
+                delivery: Delivery::Silent,
+                personal: vec![Personal {
+                    mesh: m.clone(),
+                    session: 7,
+                    view: Some(view(list)),
+                    delivery,
+                }],
+            },
+            applied: None,
+        };
+        // Its own view applied (entire), then one watched peer's object alone, unread.
+        let mut list = vec![o("hub", "0"), o("w/echo", "1")];
+        core.apply(&own(&list, Delivery::Complete));
+        list.push(o("a/x", "1"));
+        core.apply(&own(&list, Delivery::Only(notify_only(&list[2]).unwrap())));
+        // A mesh change it does not see.
         core.apply(&fanout(
             None,
-            vec![(
-                m.clone(),
-                Some(view(&[Object::new("p/x", "3"), Object::new("p/y", "4")])),
-            )],
-            Delivery::Only(only),
-        ));
-        assert_eq!(out.queued().0, 1, "nothing more until the window ends");
-        // The window ends: one entire view, the latest; the next window has nothing held.
-        assert!(core.end_window(&m));
-        assert_eq!(out.queued().0, 2);
-        assert_eq!(
-            core.view("m").notify.len(),
-            view(&[Object::new("p/x", "3"), Object::new("p/y", "4")])
-                .notify
-                .len()
-        );
-        assert!(!core.end_window(&m));
-        assert_eq!(out.queued().0, 2);
-        // Closed: the next entire view goes at once again.
-        let opened = core.apply(&fanout(
-            None,
-            vec![(m.clone(), Some(v("5")))],
+            vec![(m.clone(), Some(view(&[o("hub", "0"), o("b/y", "1")])))],
             Delivery::Complete,
         ));
-        assert_eq!(opened, vec![m]);
-        assert_eq!(out.queued().0, 3);
+        assert_eq!(w.out.queued().0, 1, "the append folded into its own view");
+        assert_eq!(w.read(), 1);
+        assert_eq!(w.list(), list);
+        assert_eq!(decode(&core.view_for("m", 7).notify), list);
     }
 }

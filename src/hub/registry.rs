@@ -2,8 +2,9 @@
 //! each input (a session's relayed set or departure, an operation on the hub's objects,
 //! changes of other hubs' peers, a query) and carries out the [`Effects`] it returns:
 //! broadcasts each view change once to every shard as a [`Fanout`] (the bytes encoded once,
-//! shared by `Arc`), tells sessions their relayed counts, and asks the cluster to hand over
-//! again the state of a peer a session here let go of. It decides nothing itself; it only
+//! shared by `Arc`), tells sessions their relayed counts, asks the cluster to hand over
+//! again the state of a peer a session here let go of, and logs a mesh view that became
+//! full or has room again (once per change of state). It decides nothing itself; it only
 //! times the wait of a hand-off (`cluster.handoff`, DESIGN 8), whose end it hands the logic
 //! and the cluster.
 //!
@@ -15,12 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tracing::{info, warn};
 
 use super::messages::{
     ApplyOp, Fanout, ListObjects, QueryView, RelayRemove, RelaySet, RelayStart, RemoteChanges,
     SessionId, ShardsApplied,
 };
-use super::relay::{Departure, Effects, HubError, ObjectOp, OpOutcome, Relay, ViewChange};
+use super::relay::{
+    Departure, Effects, Fullness, HubError, ObjectOp, OpOutcome, Relay, ViewChange,
+};
 use super::shared::HubShared;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
@@ -79,6 +83,9 @@ impl Registry {
                 link.store().restate(&released.peer, &released.mesh);
             }
         }
+        for fullness in effects.fullness {
+            log_fullness(&fullness);
+        }
         effects
             .views
             .into_iter()
@@ -112,6 +119,24 @@ impl Registry {
 
 impl Actor for Registry {
     type Context = Context<Self>;
+}
+
+/// Logs a mesh view that became full or has room again: one line per change of state,
+/// however many objects wait (each is counted, and logged at debug level).
+fn log_fullness(fullness: &Fullness) {
+    match fullness {
+        Fullness::Full { mesh, waiting } => warn!(
+            %mesh,
+            waiting,
+            "mesh view full: objects of {waiting} peer(s) wait for room (relay.max_view_bytes); \
+             watch lists let a mesh hold more peers"
+        ),
+        Fullness::Room { mesh, waited } => info!(
+            %mesh,
+            waited,
+            "mesh view has room again: every waiting object is relayed (at most {waited} peer(s) waited)"
+        ),
+    }
 }
 
 /// Completes once every shard applied every change.
@@ -323,7 +348,8 @@ mod tests {
                 directives: Default::default(),
             })
         };
-        assert_eq!(registry.send(set(&a, 1, 5)).await.unwrap(), 5);
+        // Seven of 262 bytes fill the 1,954 bytes the hub's one object leaves.
+        assert_eq!(registry.send(set(&a, 1, 7)).await.unwrap(), 7);
         assert_eq!(
             registry.send(set(&b, 2, 2)).await.unwrap(),
             0,

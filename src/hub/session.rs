@@ -42,11 +42,11 @@ use std::time::SystemTime;
 use super::identities::{expiry_check, ExpiryCheck, SessionCert};
 
 use actix::prelude::*;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
 use super::facts::{HubMessage, SessionFlags};
@@ -72,6 +72,10 @@ struct WriterDone(Result<(), WriterFailure>);
 /// small buffer (it grows for a large message) keeps idle sessions cheap; the codec's
 /// default of 8 KiB was most of an idle session's memory.
 const READ_BUFFER_BYTES: usize = 512;
+/// A session that decoded a message longer than this (its read buffer grew for it) gets a
+/// buffer of [`READ_BUFFER_BYTES`] again once everything buffered is decoded
+/// ([`SessionCodec`]).
+const READ_BUFFER_KEPT_BYTES: usize = 4 * READ_BUFFER_BYTES;
 /// Longest a mesh's first session here waits for the mesh's peers on other hubs.
 const MESH_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -133,7 +137,7 @@ pub(crate) fn start(
         ctx.set_mailbox_capacity(256);
         let frames = FramedRead::with_capacity(
             CountingReader(read_half),
-            crate::protocol::wire::P2ppiCodec::new(),
+            SessionCodec::default(),
             READ_BUFFER_BYTES,
         );
         ctx.add_stream(Throttled::new(
@@ -203,14 +207,16 @@ impl Session {
         match self.machine.on_receive(inbound) {
             Received::SendCompleteList(MessageType::Notify) => {
                 let view = self.fanout.view_for(&self.mesh, self.id);
-                self.push(view.notify.clone());
+                // An entire view: a newer one replaces it while it is unsent.
+                let _ = self.out.push_view(view.notify.clone());
                 if !was_subscribed {
                     self.fanout.subscribe(&self.mesh, self.id, self.out.clone());
                 }
             }
             Received::SendCompleteList(_) => {
                 let view = self.fanout.view_for(&self.mesh, self.id);
-                self.push(view.response.clone());
+                // The view's one encoding, written as a RESPONSE.
+                let _ = self.out.push_response(view.notify.clone());
             }
             Received::Nothing => {
                 if was_subscribed && !self.machine.neighbor_subscribed() {
@@ -604,6 +610,37 @@ impl Handler<WriterDone> for Session {
     }
 }
 
+/// The protocol's decoder with a read buffer that shrinks back: a peer's one large message
+/// (a WATCH_LIST of 50 PeerNames is 2.3 KB) grew its session's buffer for good, and a
+/// watcher then held that much while idle (issue 20: 2.3 KB of each watcher's memory). Once
+/// a message longer than [`READ_BUFFER_KEPT_BYTES`] was decoded and every buffered byte is,
+/// the buffer is replaced by a small one; a message split across reads keeps its buffer
+/// until it is whole. (The buffer's own `capacity()` cannot tell: it counts only what is
+/// left after the decoded bytes, not the allocation.)
+#[derive(Default)]
+struct SessionCodec {
+    codec: crate::protocol::wire::P2ppiCodec,
+    /// Whether a message longer than [`READ_BUFFER_KEPT_BYTES`] was decoded since the
+    /// buffer was last replaced.
+    grown: bool,
+}
+
+impl Decoder for SessionCodec {
+    type Item = Inbound;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, FrameError> {
+        let buffered = src.len();
+        let item = self.codec.decode(src)?;
+        self.grown |= buffered - src.len() > READ_BUFFER_KEPT_BYTES;
+        if self.grown && src.is_empty() {
+            *src = BytesMut::with_capacity(READ_BUFFER_BYTES);
+            self.grown = false;
+        }
+        Ok(item)
+    }
+}
+
 /// Counts bytes read from the connection.
 struct CountingReader<R>(R);
 
@@ -621,5 +658,54 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
                 .increment((buf.filled().len() - before) as u64);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::wire::Object;
+
+    fn encoded(message: &Message) -> Bytes {
+        message.to_bytes(1).unwrap()
+    }
+
+    #[test]
+    fn the_read_buffer_shrinks_back_once_a_large_message_is_decoded() {
+        let large = Message::Notify(vec![Object::new("WATCH_LIST", "a".repeat(2_500))]);
+        let small = Message::Subscribe;
+        let mut codec = SessionCodec::default();
+        let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+        // A small message changes nothing.
+        buf.extend_from_slice(&encoded(&small));
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(!codec.grown);
+        // The large message arrives in two reads: the buffer grows for it.
+        let bytes = encoded(&large);
+        let (first, rest) = bytes.split_at(1_000);
+        buf.extend_from_slice(first);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(
+            buf.capacity() >= bytes.len(),
+            "room reserved for the whole message"
+        );
+        buf.extend_from_slice(rest);
+        // Another message behind it: the buffer is kept until that one is decoded too.
+        buf.extend_from_slice(&encoded(&small));
+        let Some(Inbound::Message(frame)) = codec.decode(&mut buf).unwrap() else {
+            panic!("the large message");
+        };
+        assert_eq!(frame.message, large);
+        assert!(codec.grown && !buf.is_empty());
+        let Some(Inbound::Message(frame)) = codec.decode(&mut buf).unwrap() else {
+            panic!("the small message");
+        };
+        assert_eq!(frame.message, small);
+        assert!(buf.is_empty() && !codec.grown);
+        assert_eq!(
+            buf.capacity(),
+            READ_BUFFER_BYTES,
+            "an idle session holds a small buffer again"
+        );
     }
 }

@@ -24,7 +24,7 @@ impl Shard {
     /// A shard serving connections with the TLS config in force at each handshake.
     pub fn new(shared: Arc<HubShared>, registry: RegistryLink) -> Self {
         Self {
-            core: Rc::new(FanoutCore::new(shared.config.relay.view_interval)),
+            core: Rc::new(FanoutCore::default()),
             shared,
             registry,
         }
@@ -41,20 +41,9 @@ impl Actor for Shard {
 impl Handler<Arc<Fanout>> for Shard {
     type Result = ();
 
-    fn handle(&mut self, msg: Arc<Fanout>, ctx: &mut Self::Context) {
-        for mesh in self.core.apply(&msg) {
-            end_window_later(self.core.interval(), mesh, ctx);
-        }
+    fn handle(&mut self, msg: Arc<Fanout>, _: &mut Self::Context) {
+        self.core.apply(&msg);
     }
-}
-
-/// Ends a mesh's burst window after `interval`, again as long as views are held.
-fn end_window_later(interval: std::time::Duration, mesh: Arc<str>, ctx: &mut Context<Shard>) {
-    ctx.run_later(interval, move |shard, ctx| {
-        if shard.core.end_window(&mesh) {
-            end_window_later(interval, mesh, ctx);
-        }
-    });
 }
 
 impl Handler<CloseAll> for Shard {

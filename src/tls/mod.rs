@@ -44,17 +44,26 @@ use thiserror::Error;
 pub const DEFAULT_MESH: &str = "default";
 
 /// A node's PeerName: 40 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub struct PeerName(String);
+///
+/// Held inline, not as a `String`: the hub keeps many of them (every session, every entry
+/// of every watch list, the indexes of the relay), and an inline name costs 40 bytes where
+/// a `String` cost 24 plus a 40-byte allocation and its allocator overhead; a copy is a
+/// memcpy. Ordered and compared as its text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerName([u8; PEER_NAME_LEN]);
+
+/// Hex digits in a PeerName.
+const PEER_NAME_LEN: usize = 40;
 
 impl PeerName {
     /// The PeerName of a DER SubjectPublicKeyInfo.
     pub fn from_spki_der(spki: &[u8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha1::digest(spki);
-        let mut hex = String::with_capacity(40);
-        for byte in digest.iter() {
-            hex.push_str(&format!("{byte:02x}"));
+        let mut hex = [0u8; PEER_NAME_LEN];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(digest.iter()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
         Self(hex)
     }
@@ -71,19 +80,34 @@ impl PeerName {
 
     /// Parses a PeerName written as 40 hex digits (either case).
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| Self(s.to_ascii_lowercase()))
+        let hex: [u8; PEER_NAME_LEN] = s.as_bytes().try_into().ok()?;
+        hex.iter()
+            .all(u8::is_ascii_hexdigit)
+            .then(|| Self(hex.map(|b| b.to_ascii_lowercase())))
     }
 
     /// The 40 hex digits.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Every constructor writes ASCII hex digits only.
+        std::str::from_utf8(&self.0).expect("a PeerName is ASCII hex digits")
     }
 }
 
 impl fmt::Display for PeerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for PeerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PeerName").field(&self.as_str()).finish()
+    }
+}
+
+impl serde::Serialize for PeerName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -455,5 +479,53 @@ pub(crate) fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
         | E::InappropriateHandshakeMessage { .. }
         | E::InappropriateMessage { .. } => "bad_handshake",
         _ => "tls_other",
+    }
+}
+
+#[cfg(test)]
+mod peer_name_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_name_is_the_lowercase_hex_of_the_sha1_of_the_key() {
+        // SHA-1 of the empty string.
+        let empty = PeerName::from_spki_der(b"");
+        assert_eq!(empty.as_str(), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+        assert_eq!(empty.to_string(), empty.as_str());
+        assert_eq!(
+            format!("{empty:?}"),
+            "PeerName(\"da39a3ee5e6b4b0d3255bfef95601890afd80709\")"
+        );
+        assert_eq!(
+            serde_json::to_string(&empty).unwrap(),
+            "\"da39a3ee5e6b4b0d3255bfef95601890afd80709\""
+        );
+    }
+
+    #[test]
+    fn parse_takes_40_hex_digits_of_either_case_and_nothing_else() {
+        let upper = PeerName::parse(&"AB".repeat(20)).unwrap();
+        assert_eq!(upper.as_str(), "ab".repeat(20));
+        assert_eq!(PeerName::parse(&"ab".repeat(20)), Some(upper));
+        for bad in [
+            "ab".repeat(19),
+            "ab".repeat(21),
+            format!("{}g", "a".repeat(39)),
+            // 40 bytes, not 40 digits.
+            format!("{}é", "a".repeat(38)),
+        ] {
+            assert_eq!(PeerName::parse(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn peer_names_are_ordered_as_their_text() {
+        let mut names: Vec<PeerName> = ["f", "0", "a", "9"]
+            .iter()
+            .map(|c| PeerName::parse(&c.repeat(40)).unwrap())
+            .collect();
+        names.sort();
+        let text: Vec<&str> = names.iter().map(|n| &n.as_str()[..1]).collect();
+        assert_eq!(text, ["0", "9", "a", "f"]);
     }
 }

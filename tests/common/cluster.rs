@@ -39,7 +39,7 @@ impl Processes {
         std::fs::write(
             &config,
             format!(
-                "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n[relay]\nview_interval = \"0s\"\n\n\
+                "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n\
                  [cluster]\nredis = {:?}\nnode = {node:?}\nlease = {lease:?}\n{more}\n",
                 ca.join("ca.pem"),
                 ca.join("hub.pem"),

@@ -53,10 +53,6 @@ impl Pki {
         config.hub.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.hub.workers = 2;
-        // Integration tests check the spec's NOTIFY for each change (an append alone, an
-        // entire view after an update), so mesh views are not paced here; the pacing of
-        // bursts is unit-tested in the registry and measured by the harness.
-        config.relay.view_interval = Duration::ZERO;
         config
     }
 

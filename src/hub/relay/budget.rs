@@ -3,14 +3,12 @@
 //! Every view is one NOTIFY or RESPONSE, so its encoded objects fit what one message leaves
 //! after its headers and the empty list ([`VIEW_OVERHEAD`]), capped by
 //! `relay.max_view_bytes`. The hub's own objects have their own budget
-//! (`hub.max_objects_bytes`). Relayed objects of a mesh fill what is left beside that
-//! budget, so peers can never fill a view so far that the operator's change is refused. A
-//! watcher's own view holds the hub's current objects, then whole listed peers while they
-//! fit the view.
-//!
-//! (DESIGN 5.2 now asks that relayed objects fill what the hub's *current* objects leave,
-//! and that a hub-object change displace the last-entered relayed objects: that changes
-//! [`ViewLimits::relay_room`] and nothing else here.)
+//! (`hub.max_objects_bytes`), which is a cap, not a reservation: relayed objects of a mesh
+//! fill what the hub's *current* objects leave ([`ViewLimits::relay_room`]), and a change of
+//! the hub's objects that needs room displaces the last-entered relayed objects
+//! (`mesh_views`), so peers can never fill a view so far that the operator's change within
+//! its budget is refused. A watcher's own view holds the hub's current objects, then whole
+//! listed peers while they fit the view.
 
 use crate::protocol::wire::{object_field_len, Object, MESSAGE_SIZE_LIMIT, VIEW_OVERHEAD};
 
@@ -33,16 +31,21 @@ impl ViewLimits {
             .saturating_sub(VIEW_OVERHEAD)
     }
 
-    /// Bytes of encoded objects the relayed objects of one mesh may take: what the view
-    /// leaves beside the hub's budget.
-    pub fn relay_room(&self) -> usize {
-        self.view_room().saturating_sub(self.max_objects_bytes)
+    /// Bytes of encoded objects the relayed objects of one mesh may take beside hub
+    /// objects of `hub_len` encoded bytes: what the view leaves (nothing is reserved).
+    pub fn relay_room(&self, hub_len: usize) -> usize {
+        self.view_room().saturating_sub(hub_len)
     }
 }
 
 /// Encoded bytes of these objects inside a list.
 pub fn objects_len<'a>(objects: impl IntoIterator<Item = &'a Object>) -> usize {
     objects.into_iter().map(object_field_len).sum()
+}
+
+/// Encoded bytes of these shared objects inside a list.
+pub(super) fn shared_len(objects: &[std::sync::Arc<Object>]) -> usize {
+    objects_len(objects.iter().map(|o| &**o))
 }
 
 #[cfg(test)]
@@ -56,13 +59,17 @@ mod tests {
     }
 
     #[test]
-    fn relayed_objects_get_what_the_hub_budget_leaves_of_one_message() {
+    fn relayed_objects_get_what_the_hubs_current_objects_leave_of_one_message() {
         let limits = ViewLimits {
             max_view_bytes: 2000,
             max_objects_bytes: 500,
         };
         assert_eq!(limits.view_room(), 2000 - 22);
-        assert_eq!(limits.relay_room(), 2000 - 22 - 500);
+        assert_eq!(
+            limits.relay_room(24),
+            2000 - 22 - 24,
+            "the budget is not reserved"
+        );
         // A view cap beyond one message is held to one message.
         let huge = ViewLimits {
             max_view_bytes: 70_000,

@@ -1,6 +1,7 @@
 //! What the relay logic returns instead of sending (DESIGN 4, STYLE "Logic returns
 //! effects"): changes of views for every shard to apply and deliver, relayed counts for
-//! sessions, and peers a session here let go of. The registry actor carries them out; tests
+//! sessions, peers a session here let go of, and meshes whose view became full or has room
+//! again (to log once per change of state). The registry actor carries them out; tests
 //! read them. Also what a query of a view answers ([`ViewReport`]), and how sessions are
 //! named ([`SessionId`]).
 
@@ -91,7 +92,7 @@ impl ViewChange {
 }
 
 /// A local session's relayed count changed without a relay set of its own (its objects
-/// waited for room and entered the view).
+/// waited for room and entered the view, or a change of the hub's objects displaced some).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Count {
     /// The peer.
@@ -113,6 +114,26 @@ pub struct Released {
     pub mesh: Arc<str>,
 }
 
+/// A mesh view became full, or has room for every waiting object again (DESIGN 5.2): the
+/// registry logs each once per change of state, not once per refused object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fullness {
+    /// Objects of `waiting` peers wait for room in the mesh's view.
+    Full {
+        /// The mesh.
+        mesh: Arc<str>,
+        /// Peers with objects waiting.
+        waiting: usize,
+    },
+    /// Every waiting object is relayed again.
+    Room {
+        /// The mesh.
+        mesh: Arc<str>,
+        /// The most peers that waited at once while it was full.
+        waited: usize,
+    },
+}
+
 /// What one input to the relay logic asks of the actors.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -122,6 +143,8 @@ pub struct Effects {
     pub counts: Vec<Count>,
     /// Peers let go of by a session here.
     pub released: Vec<Released>,
+    /// Meshes whose view became full or has room again.
+    pub fullness: Vec<Fullness>,
 }
 
 /// What `GET /v1/sessions/{peer-name}` shows of a peer's view.

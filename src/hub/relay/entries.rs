@@ -1,57 +1,77 @@
-//! The list behind a view: each object and who owns it (the hub, or one peer), in the order
-//! the objects entered the view (DESIGN 5.2, "Order"), and what the subscribers of a list
-//! are sent when it changes. Mesh views and watchers' own views are both such lists.
+//! The list behind a view: each object and who owns it (the hub, or one placed peer), in
+//! the order the objects entered the view (DESIGN 5.2, "Order"), and what the subscribers
+//! of a list are sent when it changes. Mesh views and watchers' own views are both such
+//! lists.
 //!
 //! **Order.** A change of one owner's objects fills that owner's places in the list in
 //! order; objects beyond them go last. So an append by anyone (notified alone) lands last
 //! in every view it reaches, exactly where a subscriber following the spec appends it, and
 //! the same list is what a RESPONSE returns.
+//!
+//! **One copy of each object.** An entry holds its object by `Arc`, shared with the placed
+//! peer's objects (or the hub's) and with every other view it is in, and its owner as a
+//! number: a watcher's view of 50 peers costs 16 bytes per object, not a copy of each.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::effects::Delivery;
 use super::view::{notify_only, View};
 use crate::protocol::wire::{EncodeError, Object};
-use crate::tls::PeerName;
 
-/// One object of a view and who owns it (`None`: the hub).
+/// Who owns an entry of a view: the hub ([`Owner::HUB`]), or one placed peer, by the
+/// number of its placement (`mesh_views`), never reused while the hub runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct Owner(pub(super) u64);
+
+impl Owner {
+    /// The hub's own objects.
+    pub(super) const HUB: Self = Self(0);
+}
+
+/// One object of a view and who owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Entry {
-    pub(super) owner: Option<PeerName>,
-    pub(super) object: Object,
+    pub(super) owner: Owner,
+    pub(super) object: Arc<Object>,
 }
 
 /// The entries of a view holding only the hub's objects.
-pub(super) fn hub_entries(hub: &[Object]) -> Vec<Entry> {
+pub(super) fn hub_entries(hub: &[Arc<Object>]) -> Vec<Entry> {
     hub.iter()
         .map(|object| Entry {
-            owner: None,
+            owner: Owner::HUB,
             object: object.clone(),
         })
         .collect()
 }
 
+/// The objects of these entries, in order.
+pub(super) fn objects_of(entries: &[Entry]) -> impl Iterator<Item = &Object> + Clone {
+    entries.iter().map(|e| &*e.object)
+}
+
 /// Encodes the view of these entries.
 pub(super) fn view_of(entries: &[Entry]) -> Result<View, EncodeError> {
-    View::new(entries.iter().map(|e| &e.object))
+    View::new(objects_of(entries))
 }
 
 /// Replaces `owner`'s objects in `entries` by `objects`, in place: they fill the owner's
 /// places in order, places beyond them are freed, and objects beyond them go last. Returns
-/// what the list's subscribers are sent (`None`: nothing changed). Only the owner's changed
-/// objects are cloned, so a change in a large view costs a pass over it, not a copy.
+/// what the list's subscribers are sent (`None`: nothing changed). A change in a large view
+/// costs a pass over it, not a copy.
 pub(super) fn set_owned(
     entries: &mut Vec<Entry>,
-    owner: Option<&PeerName>,
-    objects: &[Object],
+    owner: Owner,
+    objects: &[Arc<Object>],
     encoded: &mut Encoded,
 ) -> Option<Delivery> {
     let mut next = objects.iter();
     let mut places = 0;
     let mut changed = false;
-    for entry in entries.iter_mut().filter(|e| e.owner.as_ref() == owner) {
+    for entry in entries.iter_mut().filter(|e| e.owner == owner) {
         places += 1;
         if let Some(object) = next.next() {
             if entry.object != *object {
@@ -63,7 +83,7 @@ pub(super) fn set_owned(
     if places > objects.len() {
         let mut kept = 0;
         entries.retain(|e| {
-            if e.owner.as_ref() != owner {
+            if e.owner != owner {
                 return true;
             }
             kept += 1;
@@ -73,13 +93,13 @@ pub(super) fn set_owned(
     }
     let added = next.as_slice();
     entries.extend(added.iter().map(|object| Entry {
-        owner: owner.cloned(),
+        owner,
         object: object.clone(),
     }));
     if changed {
         return Some(Delivery::Complete);
     }
-    appended(added.iter(), encoded)
+    appended(added.iter().map(|o| &**o), encoded)
 }
 
 /// What subscribers are sent when `added` went last and nothing else changed: each object
@@ -102,16 +122,16 @@ fn appended<'a>(
 /// Fills the places of each owner in `wanted` with its objects in order; owners not in
 /// `wanted` leave; objects beyond an owner's places go last, in `wanted` order (DESIGN
 /// 5.2 "Order", 5.4).
-pub(super) fn refill(old: &[Entry], wanted: &[(Option<&PeerName>, &[Object])]) -> Vec<Entry> {
-    let mut rest: HashMap<Option<&PeerName>, std::slice::Iter<'_, Object>> = wanted
+pub(super) fn refill(old: &[Entry], wanted: &[(Owner, &[Arc<Object>])]) -> Vec<Entry> {
+    let mut rest: HashMap<Owner, std::slice::Iter<'_, Arc<Object>>> = wanted
         .iter()
         .map(|(o, objects)| (*o, objects.iter()))
         .collect();
-    let mut out = Vec::with_capacity(old.len());
+    let mut out = Vec::with_capacity(wanted.iter().map(|(_, objects)| objects.len()).sum());
     for entry in old {
-        if let Some(object) = rest.get_mut(&entry.owner.as_ref()).and_then(Iterator::next) {
+        if let Some(object) = rest.get_mut(&entry.owner).and_then(Iterator::next) {
             out.push(Entry {
-                owner: entry.owner.clone(),
+                owner: entry.owner,
                 object: object.clone(),
             });
         }
@@ -119,7 +139,7 @@ pub(super) fn refill(old: &[Entry], wanted: &[(Option<&PeerName>, &[Object])]) -
     for (owner, _) in wanted {
         if let Some(objects) = rest.remove(owner) {
             out.extend(objects.map(|object| Entry {
-                owner: owner.cloned(),
+                owner: *owner,
                 object: object.clone(),
             }));
         }
@@ -138,7 +158,7 @@ pub(super) fn delivery_between(
         return None;
     }
     if new.len() > old.len() && new[..old.len()] == *old {
-        return appended(new[old.len()..].iter().map(|e| &e.object), encoded);
+        return appended(new[old.len()..].iter().map(|e| &*e.object), encoded);
     }
     Some(Delivery::Complete)
 }
@@ -162,12 +182,12 @@ impl Encoded {
 mod tests {
     use super::*;
 
-    fn o(n: &str) -> Object {
-        Object::new(n, "v")
+    fn o(n: &str) -> Arc<Object> {
+        Arc::new(Object::new(n, "v"))
     }
 
-    fn peer(c: &str) -> PeerName {
-        PeerName::parse(&c.repeat(40)).unwrap()
+    fn peer(c: &str) -> Owner {
+        Owner(u64::from(c.as_bytes()[0]))
     }
 
     fn names(entries: &[Entry]) -> Vec<&str> {
@@ -180,28 +200,28 @@ mod tests {
         let mut entries = hub_entries(&[o("hub")]);
         let enc = &mut Encoded::default();
         assert!(matches!(
-            set_owned(&mut entries, Some(&a), &[o("a1")], enc),
+            set_owned(&mut entries, a, &[o("a1")], enc),
             Some(Delivery::Only(_))
         ));
-        set_owned(&mut entries, Some(&b), &[o("b1")], enc);
+        set_owned(&mut entries, b, &[o("b1")], enc);
         // Two more of a's: an append of two, each alone.
-        let d = set_owned(&mut entries, Some(&a), &[o("a1"), o("a2"), o("a3")], enc);
+        let d = set_owned(&mut entries, a, &[o("a1"), o("a2"), o("a3")], enc);
         assert!(matches!(d, Some(Delivery::Each(each)) if each.len() == 2));
         assert_eq!(names(&entries), ["hub", "a1", "b1", "a2", "a3"]);
         // The same objects again: nothing to send.
         assert_eq!(
-            set_owned(&mut entries, Some(&a), &[o("a1"), o("a2"), o("a3")], enc),
+            set_owned(&mut entries, a, &[o("a1"), o("a2"), o("a3")], enc),
             None
         );
         // A change in place and a freed place: the entire list.
-        let d = set_owned(&mut entries, Some(&a), &[o("a9"), o("a2")], enc);
+        let d = set_owned(&mut entries, a, &[o("a9"), o("a2")], enc);
         assert_eq!(d, Some(Delivery::Complete));
         assert_eq!(names(&entries), ["hub", "a9", "b1", "a2"]);
         // The hub's objects follow the same rule.
-        set_owned(&mut entries, None, &[o("hub"), o("hub2")], enc);
+        set_owned(&mut entries, Owner::HUB, &[o("hub"), o("hub2")], enc);
         assert_eq!(names(&entries), ["hub", "a9", "b1", "a2", "hub2"]);
         assert_eq!(
-            set_owned(&mut entries, Some(&a), &[], enc),
+            set_owned(&mut entries, a, &[], enc),
             Some(Delivery::Complete)
         );
         assert_eq!(names(&entries), ["hub", "b1", "hub2"]);
@@ -216,19 +236,9 @@ mod tests {
             for to in cases {
                 let objects = |names: &[&str]| names.iter().map(|n| o(n)).collect::<Vec<_>>();
                 let mut entries = hub_entries(&[o("hub")]);
-                set_owned(
-                    &mut entries,
-                    Some(&a),
-                    &objects(from),
-                    &mut Encoded::default(),
-                );
+                set_owned(&mut entries, a, &objects(from), &mut Encoded::default());
                 let old = entries.clone();
-                let d = set_owned(
-                    &mut entries,
-                    Some(&a),
-                    &objects(to),
-                    &mut Encoded::default(),
-                );
+                let d = set_owned(&mut entries, a, &objects(to), &mut Encoded::default());
                 let want = delivery_between(&old, &entries, &mut Encoded::default());
                 assert_eq!(d, want, "{from:?} → {to:?}");
             }
@@ -240,10 +250,10 @@ mod tests {
         let (a, b, c) = (peer("a"), peer("b"), peer("c"));
         let mut old = hub_entries(&[o("hub")]);
         let enc = &mut Encoded::default();
-        set_owned(&mut old, Some(&a), &[o("a1")], enc);
-        set_owned(&mut old, Some(&b), &[o("b1")], enc);
+        set_owned(&mut old, a, &[o("a1")], enc);
+        set_owned(&mut old, b, &[o("b1")], enc);
         let (hub, of_b, of_c) = ([o("hub")], [o("b1"), o("b2")], [o("c1")]);
-        let new = refill(&old, &[(None, &hub), (Some(&c), &of_c), (Some(&b), &of_b)]);
+        let new = refill(&old, &[(Owner::HUB, &hub), (c, &of_c), (b, &of_b)]);
         assert_eq!(names(&new), ["hub", "b1", "c1", "b2"]);
     }
 }

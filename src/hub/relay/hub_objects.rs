@@ -109,7 +109,7 @@ pub fn check_budget(objects: &[Object], limits: ViewLimits) -> Result<(), HubErr
 }
 
 /// The error a change gets when a view it makes does not encode.
-pub(super) fn too_large(e: EncodeError) -> HubError {
+fn too_large(e: EncodeError) -> HubError {
     match e {
         EncodeError::TooLarge { len, limit } => HubError::TooLarge {
             len,
@@ -132,8 +132,15 @@ pub(super) struct NextObjects {
 /// The hub's objects and their base view.
 pub(super) struct HubObjects {
     list: PublishedObjects,
+    /// The same objects, shared with the views that hold them.
+    shared: Vec<Arc<Object>>,
     base: Arc<View>,
     limits: ViewLimits,
+}
+
+/// The objects of `list`, each shared.
+fn shared(list: &PublishedObjects) -> Vec<Arc<Object>> {
+    list.as_slice().iter().cloned().map(Arc::new).collect()
 }
 
 impl HubObjects {
@@ -146,12 +153,22 @@ impl HubObjects {
         check_budget(list.as_slice(), limits)?;
         let base = Arc::new(View::new(list.as_slice()).map_err(too_large)?);
         metrics::hub_objects(list.len());
-        Ok(Self { list, base, limits })
+        Ok(Self {
+            shared: shared(&list),
+            list,
+            base,
+            limits,
+        })
     }
 
     /// The objects, in order.
     pub(super) fn as_slice(&self) -> &[Object] {
         self.list.as_slice()
+    }
+
+    /// The objects, in order, as the views share them.
+    pub(super) fn shared(&self) -> &[Arc<Object>] {
+        &self.shared
     }
 
     /// The view of the hub's objects alone.
@@ -182,6 +199,7 @@ impl HubObjects {
 
     /// Applies a prepared change.
     pub(super) fn commit(&mut self, next: NextObjects) {
+        self.shared = shared(&next.list);
         self.list = next.list;
         self.base = next.base;
         metrics::hub_objects(self.list.len());

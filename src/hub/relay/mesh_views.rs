@@ -1,6 +1,6 @@
 //! Mesh views (DESIGN 5.2), sans I/O: per mesh, the one ordered list of the hub's objects
-//! and the relayed objects of its peers (the only copy of what is relayed), and where each
-//! peer's objects are placed.
+//! and the relayed objects of its peers, and where each peer's objects are placed. A placed
+//! peer's objects are held once, by `Arc`, and shared with every view that shows them.
 //!
 //! **One placement model.** A peer's accepted objects are *placed* in its mesh: as many as
 //! fit, from the first, are in the view, and the rest wait for room. [`MeshViews::place`]
@@ -10,14 +10,22 @@
 //! fill its places in the view in order and the rest go last (DESIGN 5.2 "Order", see
 //! [`super::entries`]).
 //!
-//! **Room.** Relayed objects of a mesh fill [`ViewLimits::relay_room`]. An object that
-//! does not fit is refused whole (a peer's last objects first). Each hub refuses for its own
-//! views; the peer's own hub counts and logs each object once when it starts waiting and
-//! once when it is relayed again (DESIGN 6), the others only note it, so a full mesh is not
-//! logged once per hub.
+//! **Room.** Relayed objects of a mesh fill what the hub's current objects leave of one
+//! view ([`ViewLimits::relay_room`]); nothing is reserved for the hub. An object that does
+//! not fit is refused whole (a peer's last objects first) and waits. A change of the hub's
+//! objects that needs room displaces the last-entered relayed objects of every mesh that
+//! lacks it ([`MeshViews::set_room`]): they wait like any other, and come back, appended,
+//! when room frees up. Each hub refuses for its own views; the peer's own hub counts each
+//! object once when it starts waiting (DESIGN 6), the others only note it.
 //!
-//! **Cost.** A placement changes the view in place (a pass over it, cloning only the
-//! peer's changed objects) and encodes it once. Each mesh keeps a floor no waiting peer's
+//! **Full meshes** are logged once per change of state, not once per object: the relay
+//! reports a mesh whose view became full (peers wait) and one that has room for every
+//! waiting object again ([`Fullness`], logged by the registry); the per-object detail is
+//! at debug level. A 3,000-peer mesh is one line, not 3,000. How many peers wait, all
+//! meshes together, is a gauge (`p2ppi_relay_peers_waiting`).
+//!
+//! **Cost.** A placement changes the view in place (a pass over it, sharing the peer's
+//! changed objects) and encodes it once. Each mesh keeps a floor no waiting peer's
 //! next object is below, so a burst of departures from a full mesh costs each departure a
 //! few lookups, not a pass over every waiting peer.
 
@@ -26,15 +34,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::budget::{objects_len, ViewLimits};
-use super::effects::{Delivery, SessionId, ViewChange};
-use super::entries::{self, hub_entries, view_of, Encoded, Entry};
+use super::budget::{objects_len, shared_len, ViewLimits};
+use super::effects::{Delivery, Fullness, SessionId, ViewChange};
+use super::entries::{self, hub_entries, objects_of, view_of, Encoded, Entry, Owner};
 use super::relayable::RejectReason;
 use super::view::View;
 use crate::metrics;
-use crate::protocol::wire::{object_field_len, EncodeError, Object, VIEW_OVERHEAD};
+use crate::protocol::wire::{object_field_len, Object, VIEW_OVERHEAD};
 use crate::tls::PeerName;
 
 /// Who holds a peer whose objects are placed.
@@ -63,13 +71,16 @@ impl Holder {
 /// A peer whose objects are placed.
 #[derive(Debug)]
 pub(super) struct Placed {
+    /// Who owns its entries in views: the number of its placement, kept while it stays
+    /// placed (in whichever mesh), never reused.
+    pub(super) owner: Owner,
     /// Its mesh.
     pub(super) mesh: Arc<str>,
     /// Who holds it.
     pub(super) holder: Holder,
     /// Every object accepted for relay, in the peer's order (its watchers see them all,
     /// DESIGN 5.4).
-    accepted: Vec<Object>,
+    accepted: Vec<Arc<Object>>,
     /// How many of them, from the first, the mesh view holds; the others wait.
     relayed: usize,
     /// Encoded bytes of those.
@@ -78,7 +89,7 @@ pub(super) struct Placed {
 
 impl Placed {
     /// Its objects waiting for room, in its order.
-    pub(super) fn waiting(&self) -> &[Object] {
+    pub(super) fn waiting(&self) -> &[Arc<Object>] {
         &self.accepted[self.relayed..]
     }
 }
@@ -100,51 +111,73 @@ struct Mesh {
     floor: Option<usize>,
 }
 
-/// A waiting peer placed again whose relayed count changed.
+/// A peer whose relayed count changed without a placement of its own: its waiting objects
+/// entered the view, or the hub's objects displaced some.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Refilled {
+pub(super) struct Recount {
     pub(super) peer: PeerName,
     pub(super) holder: Holder,
     pub(super) count: usize,
 }
 
-/// A mesh view built anew, not applied yet.
-pub(super) struct Rebuilt {
-    pub(super) mesh: Arc<str>,
-    entries: Vec<Entry>,
-    pub(super) view: Arc<View>,
-}
-
-/// What placements did: views changed, and waiting peers relayed now.
+/// What placements did: views changed, peers relayed now or displaced, and meshes that
+/// became full or have room again.
 #[derive(Debug, Default)]
 pub(super) struct Placement {
     pub(super) views: Vec<ViewChange>,
-    pub(super) refilled: Vec<Refilled>,
+    pub(super) recounts: Vec<Recount>,
+    pub(super) fullness: Vec<Fullness>,
 }
 
 /// The mesh views and where each peer's objects are placed.
 pub(super) struct MeshViews {
-    /// Bytes of relayed objects one mesh view may hold.
+    /// Bytes of relayed objects one mesh view may hold beside the hub's current objects.
     room: usize,
     meshes: HashMap<Arc<str>, Mesh>,
     placed: HashMap<PeerName, Placed>,
+    /// Whose each placement is (the owner of entries in views).
+    owners: HashMap<Owner, PeerName>,
+    /// The number of the last placement.
+    last_owner: u64,
     /// Relayed objects in every mesh (`p2ppi_relayed_objects`).
     relayed_total: usize,
+    /// Meshes reported full, and the most peers that waited at once since.
+    full: HashMap<Arc<str>, usize>,
+    /// Peers waiting for room, all meshes (`p2ppi_relay_peers_waiting`).
+    waiting_total: usize,
     /// Peers whose VISIBILITY is `contacts` (DESIGN 5.5): placed as any other (their
     /// objects take room, so every view built from the placements fits), but absent from
     /// the shared mesh view; the subscribers that see them have their own views.
     hidden: HashSet<PeerName>,
+    /// Meshes whose waiting peers changed since fullness was last reported.
+    touched: Vec<Arc<str>>,
 }
 
 impl MeshViews {
-    pub(super) fn new(limits: ViewLimits) -> Self {
+    /// Mesh views beside `hub`, the hub's current objects.
+    pub(super) fn new(limits: ViewLimits, hub: &[Arc<Object>]) -> Self {
         Self {
-            room: limits.relay_room(),
+            room: limits.relay_room(shared_len(hub)),
             meshes: HashMap::new(),
             placed: HashMap::new(),
+            owners: HashMap::new(),
+            last_owner: 0,
             relayed_total: 0,
+            full: HashMap::new(),
+            waiting_total: 0,
             hidden: HashSet::new(),
+            touched: Vec::new(),
         }
+    }
+
+    /// Bytes of relayed objects one mesh view may hold now.
+    pub(super) fn room(&self) -> usize {
+        self.room
+    }
+
+    /// The peer whose placement owns entries as `owner`, if it is placed.
+    pub(super) fn peer_of(&self, owner: Owner) -> Option<&PeerName> {
+        self.owners.get(&owner)
     }
 
     /// Where `peer`'s objects are placed, if they are.
@@ -152,21 +185,27 @@ impl MeshViews {
         self.placed.get(peer)
     }
 
-    /// What `peer` shows in `mesh`: every object accepted for it, if it is online there.
-    pub(super) fn shown(&self, peer: &PeerName, mesh: &str) -> Option<&[Object]> {
+    /// What `peer` shows in `mesh`: every object accepted for it, if it is online there,
+    /// and the owner of its entries.
+    pub(super) fn shown(&self, peer: &PeerName, mesh: &str) -> Option<(Owner, &[Arc<Object>])> {
         self.placed
             .get(peer)
             .filter(|p| &*p.mesh == mesh)
-            .map(|p| p.accepted.as_slice())
+            .map(|p| (p.owner, p.accepted.as_slice()))
     }
 
     /// What the mesh view would hold of `peer` in `mesh` were it not hidden: the objects
-    /// relayed for it (those waiting for room aside), if it is online there.
-    pub(super) fn relayed_of(&self, peer: &PeerName, mesh: &str) -> Option<&[Object]> {
+    /// relayed for it (those waiting for room aside), if it is online there, and the owner
+    /// of its entries.
+    pub(super) fn relayed_of(
+        &self,
+        peer: &PeerName,
+        mesh: &str,
+    ) -> Option<(Owner, &[Arc<Object>])> {
         self.placed
             .get(peer)
             .filter(|p| &*p.mesh == mesh)
-            .map(|p| &p.accepted[..p.relayed])
+            .map(|p| (p.owner, &p.accepted[..p.relayed]))
     }
 
     /// Hides `peer` from the shared view of its mesh, or shows it again (DESIGN 5.5: its
@@ -176,7 +215,7 @@ impl MeshViews {
         &mut self,
         peer: &PeerName,
         hidden: bool,
-        hub: &[Object],
+        hub: &[Arc<Object>],
         out: &mut Placement,
     ) {
         let changed = if hidden {
@@ -192,13 +231,13 @@ impl MeshViews {
         };
         let own = (placed.relayed, placed.relayed_len);
         let objects = &placed.accepted[..placed.relayed];
-        self.set_relayed(peer, &placed.mesh, objects, own, own, hub, out);
+        self.set_relayed(placed.owner, &placed.mesh, objects, own, own, hub, out);
         self.placed.insert(peer.clone(), placed);
     }
 
     /// The entries of `mesh`'s view (`hub`: the hub's objects, for a mesh without relayed
     /// objects).
-    pub(super) fn entries<'a>(&'a self, mesh: &str, hub: &[Object]) -> Cow<'a, [Entry]> {
+    pub(super) fn entries<'a>(&'a self, mesh: &str, hub: &[Arc<Object>]) -> Cow<'a, [Entry]> {
         match self.meshes.get(mesh) {
             Some(m) if m.relayed > 0 => Cow::Borrowed(&m.entries),
             _ => Cow::Owned(hub_entries(hub)),
@@ -213,11 +252,20 @@ impl MeshViews {
         peer: &PeerName,
         mesh: &Arc<str>,
         holder: Holder,
-        accepted: Vec<Object>,
-        hub: &[Object],
+        accepted: Vec<Arc<Object>>,
+        hub: &[Arc<Object>],
         out: &mut Placement,
     ) -> usize {
         let previous = self.placed.remove(peer);
+        let owner = match &previous {
+            Some(p) => p.owner,
+            None => {
+                self.last_owner += 1;
+                let owner = Owner(self.last_owner);
+                self.owners.insert(owner, peer.clone());
+                owner
+            }
+        };
         let moved = previous.as_ref().filter(|p| p.mesh != *mesh);
         if let Some(previous) = moved {
             self.leave(peer, previous, hub, out);
@@ -229,6 +277,7 @@ impl MeshViews {
         let before = self.meshes.get(mesh).map_or(0, |m| m.relayed_len);
         let (count, len) = self.fit(before - own.1, &accepted);
         let placed = Placed {
+            owner,
             mesh: mesh.clone(),
             holder,
             accepted,
@@ -238,7 +287,7 @@ impl MeshViews {
         let waited = previous.as_ref().map_or(&[][..], Placed::waiting);
         note_waiting(peer, &placed, waited);
         let objects = &placed.accepted[..count];
-        self.set_relayed(peer, mesh, objects, own, (count, len), hub, out);
+        self.set_relayed(owner, mesh, objects, own, (count, len), hub, out);
         match placed.waiting().first() {
             Some(next) => self.wait(peer, mesh, object_field_len(next)),
             None => self.unwait(peer, mesh),
@@ -267,26 +316,33 @@ impl MeshViews {
     pub(super) fn remove(
         &mut self,
         peer: &PeerName,
-        hub: &[Object],
+        hub: &[Arc<Object>],
         out: &mut Placement,
     ) -> Option<Placed> {
         let placed = self.placed.remove(peer)?;
+        self.owners.remove(&placed.owner);
         self.leave(peer, &placed, hub, out);
         Some(placed)
     }
 
     /// Takes `peer`'s objects out of `placed.mesh` and places that mesh's waiting peers.
-    fn leave(&mut self, peer: &PeerName, placed: &Placed, hub: &[Object], out: &mut Placement) {
+    fn leave(
+        &mut self,
+        peer: &PeerName,
+        placed: &Placed,
+        hub: &[Arc<Object>],
+        out: &mut Placement,
+    ) {
         self.unwait(peer, &placed.mesh);
         let own = (placed.relayed, placed.relayed_len);
-        self.set_relayed(peer, &placed.mesh, &[], own, (0, 0), hub, out);
+        self.set_relayed(placed.owner, &placed.mesh, &[], own, (0, 0), hub, out);
         self.refill(&placed.mesh, hub, out);
     }
 
     /// How many of `accepted`, from the first, fit beside `others` bytes of other peers'
     /// objects, and their encoded bytes.
-    fn fit(&self, others: usize, accepted: &[Object]) -> (usize, usize) {
-        let mut len = objects_len(accepted);
+    fn fit(&self, others: usize, accepted: &[Arc<Object>]) -> (usize, usize) {
+        let mut len = shared_len(accepted);
         let mut count = accepted.len();
         while others + len > self.room && count > 0 {
             count -= 1;
@@ -295,17 +351,17 @@ impl MeshViews {
         (count, len)
     }
 
-    /// Makes `objects` what `peer` relays in `mesh`, in place (it relayed `own`, count and
+    /// Makes `objects` what `owner` relays in `mesh`, in place (it relayed `own`, count and
     /// bytes; it relays `new` now), and reports the view's change, if any.
     #[allow(clippy::too_many_arguments)] // one call per placement; the pairs are (count, bytes)
     fn set_relayed(
         &mut self,
-        peer: &PeerName,
+        owner: Owner,
         mesh: &Arc<str>,
-        objects: &[Object],
+        objects: &[Arc<Object>],
         own: (usize, usize),
         new: (usize, usize),
-        hub: &[Object],
+        hub: &[Arc<Object>],
         out: &mut Placement,
     ) {
         if objects.is_empty() && self.meshes.get(mesh).is_none_or(|m| m.relayed == 0) {
@@ -317,12 +373,12 @@ impl MeshViews {
         }
         let encoded = &mut Encoded::default();
         // A hidden peer's objects take room but stay out of the shared entries.
-        let shown = if self.hidden.contains(peer) {
-            &[]
-        } else {
-            objects
-        };
-        let delivery = entries::set_owned(&mut m.entries, Some(peer), shown, encoded);
+        let hidden = self
+            .owners
+            .get(&owner)
+            .is_some_and(|p| self.hidden.contains(p));
+        let shown = if hidden { &[] } else { objects };
+        let delivery = entries::set_owned(&mut m.entries, owner, shown, encoded);
         m.relayed = m.relayed + new.0 - own.0;
         m.relayed_len = m.relayed_len + new.1 - own.1;
         self.relayed_total = self.relayed_total + new.0 - own.0;
@@ -352,7 +408,7 @@ impl MeshViews {
 
     /// Places again what now fits of the objects waiting for room in `mesh`, peer by peer
     /// in PeerName order.
-    fn refill(&mut self, mesh: &Arc<str>, hub: &[Object], out: &mut Placement) {
+    fn refill(&mut self, mesh: &Arc<str>, hub: &[Arc<Object>], out: &mut Placement) {
         let (mut free, floor) = match self.meshes.get(mesh) {
             Some(m) if !m.waiting.is_empty() => (
                 self.room.saturating_sub(m.relayed_len),
@@ -378,7 +434,7 @@ impl MeshViews {
             };
             // A peer's waiting objects enter in its order: when the first does not fit,
             // nothing of it does.
-            let Some(next) = placed.waiting().first().map(object_field_len) else {
+            let Some(next) = placed.waiting().first().map(|o| object_field_len(o)) else {
                 continue;
             };
             if next > free {
@@ -388,7 +444,7 @@ impl MeshViews {
             let (holder, was, accepted) = (placed.holder, placed.relayed, placed.accepted.clone());
             let count = self.place(&peer, mesh, holder, accepted, hub, out);
             if count != was {
-                out.refilled.push(Refilled {
+                out.recounts.push(Recount {
                     peer: peer.clone(),
                     holder,
                     count,
@@ -422,17 +478,25 @@ impl MeshViews {
     /// Records that `peer` has objects waiting for room in `mesh`, the next of `next` bytes.
     fn wait(&mut self, peer: &PeerName, mesh: &Arc<str>, next: usize) {
         let m = self.meshes.entry(mesh.clone()).or_default();
-        m.waiting.insert(peer.clone());
+        if m.waiting.insert(peer.clone()) {
+            self.waiting_total += 1;
+            self.touched.push(mesh.clone());
+        }
         // Its next object may be smaller than any other's.
         m.floor = m.floor.map(|floor| floor.min(next));
     }
 
     /// Records that `peer` has nothing waiting in `mesh`.
-    fn unwait(&mut self, peer: &PeerName, mesh: &str) {
+    fn unwait(&mut self, peer: &PeerName, mesh: &Arc<str>) {
         let Some(m) = self.meshes.get_mut(mesh) else {
             return;
         };
-        if m.waiting.remove(peer) && m.waiting.is_empty() {
+        if !m.waiting.remove(peer) {
+            return;
+        }
+        self.waiting_total -= 1;
+        self.touched.push(mesh.clone());
+        if m.waiting.is_empty() {
             m.floor = None;
             if m.relayed == 0 {
                 self.meshes.remove(mesh);
@@ -440,33 +504,126 @@ impl MeshViews {
         }
     }
 
-    /// The views every mesh with relayed objects would have with `hub` as the hub's
-    /// objects (the hub's objects fill their places, new ones go last); nothing changes yet.
-    ///
-    /// # Errors
-    /// [`EncodeError`] when a view would not fit one message: the change is refused whole.
-    pub(super) fn with_hub_objects(&self, hub: &[Object]) -> Result<Vec<Rebuilt>, EncodeError> {
-        let mut views = Vec::with_capacity(self.meshes.len());
-        for (mesh, m) in self.meshes.iter().filter(|(_, m)| m.relayed > 0) {
-            let mut entries = m.entries.clone();
-            entries::set_owned(&mut entries, None, hub, &mut Encoded::default());
-            let view = Arc::new(view_of(&entries)?);
-            views.push(Rebuilt {
-                mesh: mesh.clone(),
-                entries,
-                view,
-            });
+    /// Reports each mesh whose view became full (peers wait for room) or has room for
+    /// every waiting object again since the last report: once per change of state. Sets
+    /// the gauge of peers waiting (`p2ppi_relay_peers_waiting`) when any started or
+    /// stopped waiting.
+    pub(super) fn note_fullness(&mut self, out: &mut Placement) {
+        if self.touched.is_empty() {
+            return;
         }
-        Ok(views)
-    }
-
-    /// Applies views from [`Self::with_hub_objects`].
-    pub(super) fn set_hub_objects(&mut self, views: Vec<Rebuilt>) {
-        for rebuilt in views {
-            if let Some(m) = self.meshes.get_mut(&rebuilt.mesh) {
-                m.entries = rebuilt.entries;
+        metrics::relay_peers_waiting(self.waiting_total);
+        for mesh in std::mem::take(&mut self.touched) {
+            let waiting = self.meshes.get(&mesh).map_or(0, |m| m.waiting.len());
+            match (self.full.get_mut(&mesh), waiting) {
+                (None, 0) => {}
+                (None, waiting) => {
+                    self.full.insert(mesh.clone(), waiting);
+                    out.fullness.push(Fullness::Full { mesh, waiting });
+                }
+                (Some(most), 0) => {
+                    let waited = *most;
+                    self.full.remove(&mesh);
+                    out.fullness.push(Fullness::Room { mesh, waited });
+                }
+                (Some(most), waiting) => *most = (*most).max(waiting),
             }
         }
+    }
+
+    /// Makes `room` the bytes relayed objects may take beside the hub's objects (`hub`,
+    /// those in the views now): the last-entered relayed objects of each mesh above it are
+    /// displaced and wait (its subscribers get the entire view; their sessions, their new
+    /// counts); where room grew, waiting objects enter.
+    pub(super) fn set_room(&mut self, room: usize, hub: &[Arc<Object>], out: &mut Placement) {
+        self.room = room;
+        let meshes: Vec<Arc<str>> = self.meshes.keys().cloned().collect();
+        for mesh in &meshes {
+            self.displace(mesh, out);
+            self.refill(mesh, hub, out);
+        }
+    }
+
+    /// Takes the last-entered relayed objects out of `mesh`'s view until the rest fit the
+    /// room; they wait for room like any refused object.
+    fn displace(&mut self, mesh: &Arc<str>, out: &mut Placement) {
+        let Some(m) = self.meshes.get_mut(mesh) else {
+            return;
+        };
+        // The peers displaced, with the count each relayed before.
+        let mut displaced: Vec<(PeerName, usize)> = Vec::new();
+        while m.relayed_len > self.room {
+            let Some(at) = m.entries.iter().rposition(|e| e.owner != Owner::HUB) else {
+                break;
+            };
+            let entry = m.entries.remove(at);
+            let Some(peer) = self.owners.get(&entry.owner).cloned() else {
+                break;
+            };
+            let len = object_field_len(&entry.object);
+            m.relayed -= 1;
+            m.relayed_len -= len;
+            self.relayed_total -= 1;
+            // A peer's entries are in its order, so its last in the view is its last
+            // relayed: what stays relayed is still a prefix of what it offers.
+            if let Some(placed) = self.placed.get_mut(&peer) {
+                if !displaced.iter().any(|(p, _)| *p == peer) {
+                    displaced.push((peer.clone(), placed.relayed));
+                }
+                placed.relayed -= 1;
+                placed.relayed_len -= len;
+            }
+        }
+        if displaced.is_empty() {
+            return;
+        }
+        metrics::relayed_objects(self.relayed_total);
+        let view = if m.relayed > 0 {
+            view_of(&m.entries).map(|view| Some(Arc::new(view)))
+        } else {
+            m.entries = Vec::new();
+            Ok(None)
+        };
+        match view {
+            Ok(view) => out
+                .views
+                .push(ViewChange::mesh(mesh.clone(), view, Delivery::Complete)),
+            // Fewer objects than a view that encoded: cannot happen.
+            Err(e) => warn!(%mesh, error = %e, "mesh view not rebuilt"),
+        }
+        for (peer, was) in displaced {
+            let Some(placed) = self.placed.get(&peer) else {
+                continue;
+            };
+            note_waiting(&peer, placed, &placed.accepted[was..]);
+            let (holder, count) = (placed.holder, placed.relayed);
+            let next = placed.waiting().first().map_or(0, |o| object_field_len(o));
+            self.wait(&peer, mesh, next);
+            out.recounts.push(Recount {
+                peer,
+                holder,
+                count,
+            });
+        }
+    }
+
+    /// Puts `hub`, the hub's new objects, in every mesh view with relayed objects (they
+    /// fill the hub's places, new ones go last; the room was made first). Returns the new
+    /// views.
+    pub(super) fn set_hub_objects(
+        &mut self,
+        hub: &[Arc<Object>],
+    ) -> Vec<(Arc<str>, Option<Arc<View>>)> {
+        let mut views = Vec::with_capacity(self.meshes.len());
+        for (mesh, m) in self.meshes.iter_mut().filter(|(_, m)| m.relayed > 0) {
+            entries::set_owned(&mut m.entries, Owner::HUB, hub, &mut Encoded::default());
+            match view_of(&m.entries) {
+                Ok(view) => views.push((mesh.clone(), Some(Arc::new(view)))),
+                // The room keeps every view within one message (budget.rs).
+                Err(e) => warn!(%mesh, error = %e, "mesh view not rebuilt"),
+            }
+        }
+        views
     }
 
     /// Whether `mesh`'s view holds relayed objects.
@@ -476,45 +633,42 @@ impl MeshViews {
     }
 
     /// Objects and encoded bytes of `mesh`'s view (admin API).
-    pub(super) fn size(&self, mesh: &str, hub: &[Object]) -> (usize, usize) {
+    pub(super) fn size(&self, mesh: &str, hub: &[Arc<Object>]) -> (usize, usize) {
         let entries = self.entries(mesh, hub);
-        let len = VIEW_OVERHEAD + objects_len(entries.iter().map(|e| &e.object));
+        let len = VIEW_OVERHEAD + objects_len(objects_of(&entries));
         (entries.len(), len)
     }
 }
 
-/// Counts and logs the objects of `placed` that start waiting, and notes those relayed
-/// again (`waited`: those that waited before), once per change of state (DESIGN 6).
-fn note_waiting(peer: &PeerName, placed: &Placed, waited: &[Object]) {
+/// Counts the objects of `placed` that start waiting (`waited`: those that waited
+/// before), once each (DESIGN 6), and notes each object's change at debug level: the mesh
+/// as a whole is logged when it becomes full and when it has room again (`Fullness`).
+fn note_waiting(peer: &PeerName, placed: &Placed, waited: &[Arc<Object>]) {
     let (mesh, local) = (&placed.mesh, placed.holder.session().is_some());
     for object in placed.waiting().iter().filter(|o| !waited.contains(o)) {
         if local {
             metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::ViewFull.label());
-            warn!(%peer, %mesh, name = %object.name, "not relayed: the mesh view is full (relay.max_view_bytes)");
-        } else {
-            debug!(%peer, %mesh, name = %object.name, "a remote peer's object not relayed: the mesh view is full");
         }
+        debug!(%peer, %mesh, name = %object.name, local, "not relayed: the mesh view is full (relay.max_view_bytes)");
     }
-    if local {
-        let relayed = &placed.accepted[..placed.relayed];
-        for object in waited.iter().filter(|o| relayed.contains(o)) {
-            info!(%peer, %mesh, name = %object.name, "relayed now that the mesh view has room");
-        }
+    let relayed = &placed.accepted[..placed.relayed];
+    for object in waited.iter().filter(|o| relayed.contains(o)) {
+        debug!(%peer, %mesh, name = %object.name, local, "relayed now that the mesh view has room");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::relay::test_support::{decode, o, peer};
+    use crate::hub::relay::test_support::{arcs, decode, o, peer};
 
     const LIMITS: ViewLimits = ViewLimits {
         max_view_bytes: 2000,
         max_objects_bytes: 500,
     };
 
-    fn hub() -> Vec<Object> {
-        vec![o("hub", "1")]
+    fn hub() -> Vec<Arc<Object>> {
+        arcs(&[o("hub", "1")])
     }
 
     fn place(views: &mut MeshViews, who: &PeerName, mesh: &str, objects: &[Object]) -> Placement {
@@ -523,7 +677,7 @@ mod tests {
             who,
             &mesh.into(),
             Holder::Session(1),
-            objects.to_vec(),
+            arcs(objects),
             &hub(),
             &mut out,
         );
@@ -541,9 +695,16 @@ mod tests {
             .collect()
     }
 
+    fn new() -> MeshViews {
+        MeshViews::new(LIMITS, &hub())
+    }
+
+    /// What fits beside the hub's object: 2000 - 22 - 24 = 1954 bytes, 7 of `big`.
+    const FITS: usize = 7;
+
     #[test]
     fn a_placement_changes_the_view_in_place_and_reports_what_to_send() {
-        let mut views = MeshViews::new(LIMITS);
+        let mut views = new();
         let (a, b) = (peer("a"), peer("b"));
         let out = place(&mut views, &a, "m", &[o("a1", "x")]);
         assert!(matches!(out.views[0].delivery, Delivery::Only(_)));
@@ -572,20 +733,20 @@ mod tests {
 
     #[test]
     fn the_tail_that_does_not_fit_waits_and_enters_in_peer_name_order() {
-        let mut views = MeshViews::new(LIMITS);
+        let mut views = new();
         let (a, b, c) = (peer("a"), peer("b"), peer("c"));
-        let fits = LIMITS.relay_room() / object_field_len(&big(&a, 1)[0]);
-        assert_eq!(fits, 5);
-        place(&mut views, &a, "m", &big(&a, 3));
-        place(&mut views, &c, "m", &big(&c, 2));
+        let fits = views.room() / object_field_len(&big(&a, 1)[0]);
+        assert_eq!(fits, FITS, "the hub's budget is not reserved");
+        place(&mut views, &a, "m", &big(&a, 4));
+        place(&mut views, &c, "m", &big(&c, 3));
         place(&mut views, &b, "m", &big(&b, 2));
         assert_eq!(views.placed(&b).unwrap().relayed, 0, "nothing of b fits");
         let out = &mut Placement::default();
         views.remove(&a, &hub(), out);
         // b first (PeerName order), then nothing is left waiting.
         assert_eq!(
-            out.refilled,
-            vec![Refilled {
+            out.recounts,
+            vec![Recount {
                 peer: b.clone(),
                 holder: Holder::Session(1),
                 count: 2
@@ -593,21 +754,21 @@ mod tests {
         );
         assert!(matches!(out.views[1].delivery, Delivery::Each(ref e) if e.len() == 2));
         assert!(views.meshes["m"].waiting.is_empty());
-        assert_eq!(views.relayed_total, 4);
+        assert_eq!(views.relayed_total, 5);
     }
 
     #[test]
     fn room_smaller_than_every_waiting_object_looks_at_nobody() {
-        let mut views = MeshViews::new(LIMITS);
+        let mut views = new();
         let (a, b, c) = (peer("a"), peer("b"), peer("c"));
-        place(&mut views, &a, "m", &big(&a, 5));
+        place(&mut views, &a, "m", &big(&a, FITS));
         place(&mut views, &b, "m", &big(&b, 1));
         assert!(views.meshes["m"].waiting.contains(&b));
         // A small object's departure frees less than b's next object needs.
         place(&mut views, &c, "m", &[o("c", "1")]);
         let out = &mut Placement::default();
         views.remove(&c, &hub(), out);
-        assert!(out.refilled.is_empty());
+        assert!(out.recounts.is_empty());
         assert_eq!(
             views.meshes["m"].floor,
             Some(object_field_len(&big(&b, 1)[0]))
@@ -616,7 +777,7 @@ mod tests {
 
     #[test]
     fn moving_to_another_mesh_leaves_the_first() {
-        let mut views = MeshViews::new(LIMITS);
+        let mut views = new();
         let a = peer("a");
         place(&mut views, &a, "m", &[o("x", "1")]);
         let out = place(&mut views, &a, "other", &[o("x", "1")]);
@@ -624,21 +785,126 @@ mod tests {
         assert!(!views.meshes.contains_key("m"));
         assert_eq!(view(&views, "other"), [o("hub", "1"), o("x", "1")]);
         assert_eq!(views.shown(&a, "m"), None);
-        assert_eq!(views.shown(&a, "other"), Some(&[o("x", "1")][..]));
+        let owner = views.placed(&a).unwrap().owner;
+        assert_eq!(
+            views.shown(&a, "other"),
+            Some((owner, &arcs(&[o("x", "1")])[..]))
+        );
     }
 
     #[test]
     fn hub_objects_fill_their_places_in_every_mesh_view() {
-        let mut views = MeshViews::new(LIMITS);
+        let mut views = new();
         let a = peer("a");
         place(&mut views, &a, "m", &[o("a1", "x")]);
-        let next = [o("hub", "2"), o("hub2", "3")];
-        let changed = views.with_hub_objects(&next).unwrap();
-        assert_eq!(view(&views, "m")[0], o("hub", "1"), "not applied yet");
-        views.set_hub_objects(changed);
+        let next = arcs(&[o("hub", "2"), o("hub2", "3")]);
+        let changed = views.set_hub_objects(&next);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            decode(&changed[0].1.as_ref().unwrap().notify),
+            [o("hub", "2"), o("a1", "x"), o("hub2", "3")]
+        );
         assert_eq!(
             decode(&view_of(&views.entries("m", &next)).unwrap().notify),
             [o("hub", "2"), o("a1", "x"), o("hub2", "3")]
+        );
+    }
+
+    fn names(views: &MeshViews, mesh: &str) -> Vec<String> {
+        view(views, mesh).into_iter().map(|o| o.name).collect()
+    }
+
+    #[test]
+    fn less_room_displaces_the_last_entered_objects_and_more_brings_them_back() {
+        let mut views = new();
+        let (a, c) = (peer("a"), peer("c"));
+        place(&mut views, &a, "m", &big(&a, 4));
+        place(&mut views, &c, "m", &big(&c, 3));
+        let full = names(&views, "m");
+        let size = object_field_len(&big(&a, 1)[0]);
+        // Room for one object less: c's last object, the last to enter, waits.
+        let out = &mut Placement::default();
+        views.set_room(views.room() - size, &hub(), out);
+        assert_eq!(names(&views, "m"), full[..full.len() - 1]);
+        assert_eq!(out.views.len(), 1);
+        assert_eq!(out.views[0].delivery, Delivery::Complete);
+        let count = |peer: &PeerName, count| Recount {
+            peer: peer.clone(),
+            holder: Holder::Session(1),
+            count,
+        };
+        assert_eq!(out.recounts, [count(&c, 2)]);
+        assert_eq!(views.placed(&c).unwrap().waiting(), &arcs(&big(&c, 3))[2..]);
+        // Room for three: c's others, then a's last, in the reverse of their entering.
+        let out = &mut Placement::default();
+        views.set_room(3 * size, &hub(), out);
+        assert_eq!(names(&views, "m"), full[..4]);
+        assert_eq!(out.recounts, [count(&c, 0), count(&a, 3)]);
+        assert_eq!(views.relayed_total, 3);
+        // Room again: they come back in the waiting order (PeerName), appended.
+        let out = &mut Placement::default();
+        views.set_room(FITS * size, &hub(), out);
+        assert_eq!(out.recounts, [count(&a, 4), count(&c, 3)]);
+        assert!(out.views.iter().all(|v| v.delivery != Delivery::Complete));
+        assert_eq!(
+            names(&views, "m"),
+            full,
+            "the same order: a's last went last then"
+        );
+        assert!(views.meshes["m"].waiting.is_empty());
+    }
+
+    #[test]
+    fn a_full_mesh_is_reported_once_per_change_of_state() {
+        let mut views = new();
+        let peers: Vec<PeerName> = ["1", "2", "3", "4", "5"].iter().map(|c| peer(c)).collect();
+        let mut fullness = Vec::new();
+        let place_noted = |views: &mut MeshViews, who: &PeerName, n| {
+            let mut out = place(views, who, "m", &big(who, n));
+            views.note_fullness(&mut out);
+            out.fullness
+        };
+        fullness.extend(place_noted(&mut views, &peers[0], FITS));
+        assert!(fullness.is_empty(), "full to the byte, nobody waits");
+        // Three peers wait, one after the other: one report.
+        for who in &peers[1..4] {
+            fullness.extend(place_noted(&mut views, who, 2));
+        }
+        let m: Arc<str> = "m".into();
+        assert_eq!(
+            fullness,
+            [Fullness::Full {
+                mesh: m.clone(),
+                waiting: 1
+            }]
+        );
+        assert_eq!(
+            views.waiting_total, 3,
+            "the gauge counts every peer waiting"
+        );
+        // A waiting peer's retry, another waiting: still full, nothing reported.
+        assert!(place_noted(&mut views, &peers[1], 2).is_empty());
+        assert!(place_noted(&mut views, &peers[4], 1).is_empty());
+        // The first peer leaves: everyone waiting enters; one report, with the most that
+        // waited.
+        let mut out = Placement::default();
+        views.remove(&peers[0], &hub(), &mut out);
+        views.note_fullness(&mut out);
+        assert_eq!(
+            out.fullness,
+            [Fullness::Room {
+                mesh: m.clone(),
+                waited: 4
+            }]
+        );
+        assert_eq!(views.waiting_total, 0);
+        // Full again: reported again.
+        assert_eq!(
+            place_noted(&mut views, &peers[0], FITS),
+            [Fullness::Full {
+                mesh: m,
+                waiting: 1
+            }]
         );
     }
 }

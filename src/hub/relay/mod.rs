@@ -25,9 +25,6 @@
 //! `budget` computes every size a view is held to; `entries` is the list behind a view and
 //! what its subscribers are sent when it changes; `view` encodes a list once.
 //!
-//! Room to grow: hub objects displacing relayed ones (DESIGN 5.2) changes the room in
-//! `budget` and the placements in `mesh_views`, nothing else.
-//!
 //! [`Relay`] takes inputs through `handle_*` methods (a session's start, a peer's relayed
 //! set with its watch list, a departure, changes of a mesh's peers on other hubs) and
 //! `prepare_hub_op` /
@@ -74,22 +71,25 @@ mod watchers;
 use std::sync::Arc;
 
 pub use budget::ViewLimits;
-pub use effects::{Count, Delivery, Effects, Released, SessionId, ViewChange, ViewReport};
+pub use effects::{
+    Count, Delivery, Effects, Fullness, Released, SessionId, ViewChange, ViewReport,
+};
 pub use hub_objects::{check_budget, HubError, ObjectOp, OpOutcome};
 pub use peer_relay::{Note, PeerRelay, Reaction};
 pub use relayable::RejectReason;
 #[cfg(test)]
 pub use view::notify_only;
 pub use view::View;
-pub use watch_list::WatchError;
+pub use watch_list::{WatchError, WatchList};
 
 use crate::cluster::PeerChange;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
-use effects::Personal;
+use budget::objects_len;
+pub use effects::Personal;
 use entries::{Encoded, Entry};
-use hub_objects::{too_large, HubObjects, NextObjects};
-use mesh_views::{Holder, MeshViews, Placement, Rebuilt};
+use hub_objects::{HubObjects, NextObjects};
+use mesh_views::{Holder, MeshViews, Placement};
 use visibility::{Directives, SharedRules, Visibility};
 use watchers::{Sources, Watchers};
 
@@ -112,7 +112,6 @@ pub struct RelayedSet {
 /// A change of the hub's objects, checked and encoded, to persist before it is committed.
 pub struct HubChange {
     next: NextObjects,
-    meshes: Vec<Rebuilt>,
 }
 
 impl HubChange {
@@ -138,6 +137,7 @@ pub struct Relay {
     hub: HubObjects,
     meshes: MeshViews,
     watchers: Watchers,
+    limits: ViewLimits,
     /// Peers a session here holds while a replica announced them held by another hub too
     /// (a newer session elsewhere; its state was not placed). Not a copy of that state,
     /// only the fact: when the session here ends, its objects stay placed until the
@@ -154,10 +154,12 @@ impl Relay {
     /// # Errors
     /// [`HubError::TooLarge`] when the objects exceed the hub's budget.
     pub fn new(objects: Vec<Object>, limits: ViewLimits) -> Result<Self, HubError> {
+        let hub = HubObjects::new(objects, limits)?;
         Ok(Self {
-            hub: HubObjects::new(objects, limits)?,
-            meshes: MeshViews::new(limits),
+            meshes: MeshViews::new(limits, hub.shared()),
+            hub,
             watchers: Watchers::new(limits),
+            limits,
             elsewhere: std::collections::HashSet::new(),
             rules: SharedRules::default(),
         })
@@ -180,54 +182,59 @@ impl Relay {
         self.hub.base().clone()
     }
 
-    /// Applies an operation to a copy of the hub's objects and builds every view it
-    /// changes, without applying anything; `None` when it changes nothing.
+    /// Applies an operation to a copy of the hub's objects, checks it against their budget
+    /// and encodes it, without applying anything; `None` when it changes nothing. Within
+    /// the budget nothing else can refuse it: relayed objects make room (DESIGN 5.2).
     ///
     /// # Errors
-    /// [`HubError`] when nothing matched or a view would not fit: refused whole.
+    /// [`HubError`] when nothing matched or the hub's objects would exceed their budget:
+    /// refused whole.
     pub fn prepare_hub_op(&self, op: ObjectOp) -> Result<Option<HubChange>, HubError> {
-        let Some(next) = self.hub.prepare(op)? else {
-            return Ok(None);
-        };
-        let meshes = self
-            .meshes
-            .with_hub_objects(next.list.as_slice())
-            .map_err(too_large)?;
-        Ok(Some(HubChange { next, meshes }))
+        Ok(self.hub.prepare(op)?.map(|next| HubChange { next }))
     }
 
-    /// Applies a prepared change of the hub's objects: it reaches every subscriber.
+    /// Applies a prepared change of the hub's objects: it reaches every subscriber. Where
+    /// the hub's objects take more room, the last-entered relayed objects of a mesh that
+    /// lacks it are displaced first (its subscribers get the entire view, the sessions
+    /// their new counts); where they take less, waiting objects enter after it.
     pub fn commit_hub_op(&mut self, change: HubChange) -> Effects {
-        let HubChange { next, meshes } = change;
+        let HubChange { next } = change;
+        let room = self.limits.relay_room(objects_len(next.list.as_slice()));
+        let shrinks = room < self.meshes.room();
+        let mut placement = Placement::default();
+        if shrinks {
+            self.meshes
+                .set_room(room, self.hub.shared(), &mut placement);
+        }
         let base = next.base.clone();
         let delivery = next
             .appended
             .clone()
             .map_or(Delivery::Complete, Delivery::Only);
-        let changed = meshes
-            .iter()
-            .map(|rebuilt| (rebuilt.mesh.clone(), Some(rebuilt.view.clone())))
-            .collect();
         self.hub.commit(next);
-        self.meshes.set_hub_objects(meshes);
+        let changed = self.meshes.set_hub_objects(self.hub.shared());
+        placement.views.push(ViewChange {
+            base: Some(base),
+            meshes: changed,
+            delivery,
+            personal: Vec::new(),
+        });
+        if !shrinks && room != self.meshes.room() {
+            self.meshes
+                .set_room(room, self.hub.shared(), &mut placement);
+        }
+        let mut effects = self.effects_of(placement);
         let rules = self.rules.clone();
         let rules = rules.read();
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
             rules: &rules,
             before: None,
         };
         let personal = self.watchers.refresh_all(&src, &mut Encoded::default());
-        Effects {
-            views: vec![ViewChange {
-                base: Some(base),
-                meshes: changed,
-                delivery,
-                personal,
-            }],
-            ..Effects::default()
-        }
+        effects.views.extend(ViewChange::personal(personal));
+        effects
     }
 
     /// A peer's session hands over its relayed set and directives. Returns how many of its
@@ -261,17 +268,17 @@ impl Relay {
             &peer,
             &mesh,
             holder,
-            objects,
-            self.hub.as_slice(),
+            shared(objects),
+            self.hub.shared(),
             &mut placement,
         );
         let watch = directives.watch.clone();
         let touched = self.set_directives(&peer, directives, &mut placement);
-        let mut effects = effects_of(placement);
+        let mut effects = self.effects_of(placement);
         let rules = self.rules.clone();
         let rules = rules.read();
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
             rules: &rules,
             before: before.as_deref().map(|e| (&*mesh, e)),
@@ -310,7 +317,7 @@ impl Relay {
             Some(old) => old == directives,
             None => !directives.hides(),
         };
-        (!unchanged).then(|| self.meshes.entries(mesh, self.hub.as_slice()).into_owned())
+        (!unchanged).then(|| self.meshes.entries(mesh, self.hub.shared()).into_owned())
     }
 
     /// Puts `peer`'s directives in force (DESIGN 5.5): the rules, and whether it is hidden
@@ -325,7 +332,7 @@ impl Relay {
         let hidden = directives.visibility == Visibility::Contacts;
         let touched = self.rules.write().set(peer, directives);
         self.meshes
-            .set_hidden(peer, hidden, self.hub.as_slice(), placement);
+            .set_hidden(peer, hidden, self.hub.shared(), placement);
         touched
     }
 
@@ -401,11 +408,9 @@ impl Relay {
     /// Takes a peer's objects and directives out of the views, and its watchers' views.
     fn withdraw(&mut self, peer: &PeerName) -> Effects {
         let mut placement = Placement::default();
-        let removed = self
-            .meshes
-            .remove(peer, self.hub.as_slice(), &mut placement);
+        let removed = self.meshes.remove(peer, self.hub.shared(), &mut placement);
         let touched = self.set_directives(peer, Directives::default(), &mut placement);
-        let mut effects = effects_of(placement);
+        let mut effects = self.effects_of(placement);
         let meshes: Vec<Arc<str>> = removed.map(|p| p.mesh).into_iter().collect();
         let peers = std::slice::from_ref(peer);
         self.refresh_own_views(peers, &meshes, &touched, None, &mut effects);
@@ -436,10 +441,10 @@ impl Relay {
                     if before.is_none() {
                         before = self.before_directives(&peer, mesh, &directives);
                     }
-                    let hub = self.hub.as_slice();
+                    let hub = self.hub.shared();
                     let holder = Holder::OtherHub;
                     self.meshes
-                        .place(&peer, mesh, holder, objects, hub, &mut placement);
+                        .place(&peer, mesh, holder, shared(objects), hub, &mut placement);
                     touched.extend(self.set_directives(&peer, directives, &mut placement));
                     changed.push(peer);
                 }
@@ -447,8 +452,7 @@ impl Relay {
                     let here = self.meshes.placed(&peer).filter(|p| p.mesh == *mesh);
                     match here.map(|p| p.holder) {
                         Some(Holder::OtherHub | Holder::Leaving(_)) => {
-                            self.meshes
-                                .remove(&peer, self.hub.as_slice(), &mut placement);
+                            self.meshes.remove(&peer, self.hub.shared(), &mut placement);
                             let gone = Directives::default();
                             touched.extend(self.set_directives(&peer, gone, &mut placement));
                             changed.push(peer);
@@ -461,13 +465,36 @@ impl Relay {
                 }
             }
         }
-        let mut effects = effects_of(placement);
+        let mut effects = self.effects_of(placement);
         touched.sort();
         touched.dedup();
         let meshes = std::slice::from_ref(mesh);
         let before = before.as_deref().map(|e| (&**mesh, e));
         self.refresh_own_views(&changed, meshes, &touched, before, &mut effects);
         effects
+    }
+
+    /// The effects of placements: their view changes, the counts of sessions here whose
+    /// objects entered a view or were displaced, and meshes that became full or have room.
+    fn effects_of(&mut self, mut placement: Placement) -> Effects {
+        self.meshes.note_fullness(&mut placement);
+        let counts = placement
+            .recounts
+            .into_iter()
+            .filter_map(|r| {
+                Some(Count {
+                    session: r.holder.session()?,
+                    peer: r.peer,
+                    count: r.count,
+                })
+            })
+            .collect();
+        Effects {
+            views: placement.views,
+            counts,
+            released: Vec::new(),
+            fullness: placement.fullness,
+        }
     }
 
     /// Rebuilds, once each, the own views `peers` appear in (their watchers', and the
@@ -484,7 +511,7 @@ impl Relay {
         let rules = self.rules.clone();
         let rules = rules.read();
         let src = Sources {
-            hub: self.hub.as_slice(),
+            hub: self.hub.shared(),
             meshes: &self.meshes,
             rules: &rules,
             before,
@@ -503,10 +530,10 @@ impl Relay {
 
     /// What a peer's view holds now (admin API).
     pub fn view_report(&self, peer: &PeerName, mesh: &str) -> ViewReport {
-        if let Some(report) = self.watchers.report(peer) {
+        if let Some(report) = self.watchers.report(peer, &self.meshes) {
             return report;
         }
-        let (objects, bytes) = self.meshes.size(mesh, self.hub.as_slice());
+        let (objects, bytes) = self.meshes.size(mesh, self.hub.shared());
         ViewReport {
             objects,
             bytes,
@@ -530,25 +557,9 @@ fn push_personal(effects: &mut Effects, personal: Vec<Personal>) {
     effects.views.extend(ViewChange::personal(back));
 }
 
-/// The effects of placements: their view changes, and the counts of sessions here whose
-/// waiting objects entered a view.
-fn effects_of(placement: Placement) -> Effects {
-    let counts = placement
-        .refilled
-        .into_iter()
-        .filter_map(|r| {
-            Some(Count {
-                session: r.holder.session()?,
-                peer: r.peer,
-                count: r.count,
-            })
-        })
-        .collect();
-    Effects {
-        views: placement.views,
-        counts,
-        released: Vec::new(),
-    }
+/// Objects as the views share them: each moved into an `Arc` once, when placed.
+fn shared(objects: Vec<Object>) -> Vec<Arc<Object>> {
+    objects.into_iter().map(Arc::new).collect()
 }
 
 /// Helpers shared by the relay's tests.
@@ -566,6 +577,11 @@ pub(crate) mod test_support {
 
     pub(crate) fn peer(c: &str) -> PeerName {
         PeerName::parse(&c.repeat(40)).unwrap()
+    }
+
+    /// Objects as the views share them.
+    pub(crate) fn arcs(objects: &[Object]) -> Vec<std::sync::Arc<Object>> {
+        objects.iter().cloned().map(std::sync::Arc::new).collect()
     }
 
     /// The objects of an encoded NOTIFY or RESPONSE.

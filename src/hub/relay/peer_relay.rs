@@ -18,7 +18,7 @@ use super::relayable::{relayable, RejectReason, RelayCaps};
 use super::visibility::{
     read_block_list, read_visibility, Directives, Read, Visibility, VisibilityError,
 };
-use super::watch_list::{watch_directive, WatchDirective, WatchError};
+use super::watch_list::{watch_directive, WatchDirective, WatchError, WatchList};
 use crate::config::RelaySection;
 use crate::protocol::machine::ObjectsSource;
 use crate::protocol::objects::names::{BLOCK_LIST, VISIBILITY, WATCH_LIST};
@@ -78,8 +78,9 @@ pub struct PeerRelay {
     rejected: HashMap<Object, RejectReason>,
     /// The relayed set, renamed `<peer-name>/<object-name>`.
     relayed: Vec<Object>,
-    /// The WATCH_LIST in force (DESIGN 5.4); `None`: the mesh view.
-    watch: Option<Vec<PeerName>>,
+    /// The WATCH_LIST in force (DESIGN 5.4); `None`: the mesh view. Shared with the
+    /// session's facts and the registry: one copy per peer.
+    watch: Option<WatchList>,
     /// Why the peer's latest WATCH_LIST is refused.
     watch_refused: Option<WatchError>,
     /// The BLOCK_LIST in force (DESIGN 5.5).
@@ -138,7 +139,7 @@ impl PeerRelay {
     }
 
     /// The WATCH_LIST in force; `None`: the mesh view.
-    pub fn watch(&self) -> Option<&Vec<PeerName>> {
+    pub fn watch(&self) -> Option<&WatchList> {
         self.watch.as_ref()
     }
 
@@ -202,7 +203,10 @@ impl PeerRelay {
                 None
             }
             WatchDirective::List(list) => {
-                self.watch = Some(list);
+                // The same list keeps its one copy (the registry compares it cheaply).
+                if self.watch.as_deref() != Some(&list[..]) {
+                    self.watch = Some(list.into());
+                }
                 None
             }
             WatchDirective::Invalid(e) => {
@@ -360,7 +364,7 @@ mod tests {
         let list = |value: &str| o(WATCH_LIST, value);
         let r = notify(&mut p, &[list(peer('b').as_str())]);
         assert!(r.notes.is_empty());
-        assert_eq!(p.watch(), Some(&vec![peer('b')]));
+        assert_eq!(p.watch().map(|l| &l[..]), Some(&[peer('b')][..]));
         assert!(p.relayed().is_empty(), "a WATCH_LIST is never relayed");
         let bad = format!("{} {} {}", peer('c'), peer('d'), peer('e'));
         let r = p.on_objects(ObjectsSource::Response, vec![list(&bad)]);
@@ -368,13 +372,17 @@ mod tests {
             &r.notes[..],
             [Note::WatchRefused(WatchError::TooMany { .. })]
         ));
-        assert_eq!(p.watch(), Some(&vec![peer('b')]), "the previous list stays");
+        assert_eq!(
+            p.watch().map(|l| &l[..]),
+            Some(&[peer('b')][..]),
+            "the previous list stays"
+        );
         assert!(p.watch_refused().is_some());
         let r = p.on_objects(ObjectsSource::Response, vec![list(&bad), o("x", "1")]);
         assert!(r.notes.is_empty(), "the same refusal is not noted again");
         let r = p.on_objects(ObjectsSource::Response, vec![list(peer('c').as_str())]);
         assert_eq!(r.notes, vec![Note::WatchApplied]);
-        assert_eq!(p.watch(), Some(&vec![peer('c')]));
+        assert_eq!(p.watch().map(|l| &l[..]), Some(&[peer('c')][..]));
         p.on_objects(ObjectsSource::Response, vec![]);
         assert_eq!(p.watch(), None, "no WATCH_LIST: the mesh view");
     }

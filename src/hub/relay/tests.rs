@@ -1,7 +1,7 @@
 //! The composed relay: inputs in, effects out, followed the way a subscriber following the
 //! spec follows them (no actors, no sockets).
 
-use super::test_support::{decode, o, peer};
+use super::test_support::{arcs, decode, o, peer};
 use super::*;
 use crate::protocol::wire::object_field_len;
 
@@ -110,16 +110,16 @@ fn names(list: &[Object]) -> Vec<&str> {
 }
 
 fn mesh_view(relay: &Relay) -> Vec<Object> {
-    let entries = relay.meshes.entries("m", relay.hub_objects());
-    decode(&entries::view_of(&entries).unwrap().response)
+    let entries = relay.meshes.entries("m", relay.hub.shared());
+    decode(&entries::view_of(&entries).unwrap().notify)
 }
 
 fn relayed_in(relay: &Relay, mesh: &str) -> Vec<Object> {
-    let entries = relay.meshes.entries(mesh, relay.hub_objects());
+    let entries = relay.meshes.entries(mesh, relay.hub.shared());
     entries
         .iter()
-        .filter(|e| e.owner.is_some())
-        .map(|e| e.object.clone())
+        .filter(|e| e.owner != entries::Owner::HUB)
+        .map(|e| (*e.object).clone())
         .collect()
 }
 
@@ -174,27 +174,91 @@ fn appends_go_last_so_notifies_build_the_response() {
     assert_eq!(list, mesh_view(&relay));
 }
 
+/// Every effect of a hub-object operation.
+fn apply_all(relay: &mut Relay, op: ObjectOp) -> Result<Effects, HubError> {
+    let change = relay.prepare_hub_op(op)?.expect("a change");
+    Ok(relay.commit_hub_op(change))
+}
+
 #[test]
-fn relayed_objects_fill_only_what_the_hub_budget_leaves() {
+fn a_hub_change_displaces_the_last_entered_relayed_objects_and_they_come_back() {
     let mut relay = relay();
-    let a = peer("a");
-    // Relay room: 2000 - 22 - 500 = 1478 bytes; each object below is 4+(8+42)+(8+200).
-    let big = |i: usize| o(&format!("{i}"), &"x".repeat(200));
-    let objects: Vec<Object> = (0..10).map(big).collect();
-    let relayed_objects: Vec<Object> = objects
-        .iter()
-        .map(|x| Object::new(format!("{a}/{}", x.name), x.value.clone()))
-        .collect();
-    let size = object_field_len(&relayed_objects[0]);
-    let (count, _) = set(&mut relay, &a, 1, &relayed_objects);
-    assert_eq!(count, LIMITS.relay_room() / size);
-    // The operator still has the whole budget.
-    let (outcome, _) = apply(&mut relay, ObjectOp::Publish(o("notice", &"n".repeat(400)))).unwrap();
-    assert!(outcome.changed);
+    let (a, b) = (peer("a"), peer("b"));
+    // Each object below is 4 + (8 + 42) + (8 + 200) = 262 bytes.
+    let big = |who: &PeerName, i: usize| o(&format!("{who}/{i}"), &"x".repeat(200));
+    let of_a: Vec<Object> = (0..4).map(|i| big(&a, i)).collect();
+    let of_b: Vec<Object> = (0..3).map(|i| big(&b, i)).collect();
+    let mut list = decode(&relay.base_view().notify);
+    for (who, session, objects) in [(&a, 1, &of_a), (&b, 2, &of_b)] {
+        let (count, changes) = set(&mut relay, who, session, objects);
+        assert_eq!(count, objects.len());
+        changes.iter().for_each(|f| follow(&mut list, f));
+    }
+    // 7 × 262 = 1,834 bytes: more than the 1,478 the hub's 500-byte budget would leave,
+    // within the 1,954 its one small object leaves. Nothing is reserved.
+    assert_eq!(relayed_in(&relay, "m").len(), 7);
+    // The operator publishes 406 bytes, within its budget: the last two objects to enter
+    // (b's last two) wait; b's session is told its count; the mesh is full.
+    let notice = o("notice", &"n".repeat(380));
+    let effects = apply_all(&mut relay, ObjectOp::Publish(notice.clone())).unwrap();
+    assert_eq!(
+        effects.counts,
+        [Count {
+            peer: b.clone(),
+            session: 2,
+            count: 1
+        }]
+    );
+    assert_eq!(
+        effects.fullness,
+        [Fullness::Full {
+            mesh: "m".into(),
+            waiting: 1
+        }]
+    );
+    effects.views.iter().for_each(|f| follow(&mut list, f));
+    assert_eq!(
+        list,
+        mesh_view(&relay),
+        "the entire view, then the notice alone"
+    );
+    assert_eq!(*list.last().unwrap(), notice);
+    let expected: Vec<Object> = of_a.iter().chain(&of_b[..1]).cloned().collect();
+    assert_eq!(relayed_in(&relay, "m"), expected);
+    assert_eq!(relay.meshes.placed(&b).unwrap().waiting(), arcs(&of_b[1..]));
+    // Beyond its budget the operator is refused, however much room peers leave.
     assert!(matches!(
         apply(&mut relay, ObjectOp::Publish(o("more", &"n".repeat(100)))),
         Err(HubError::TooLarge { max: 500, .. })
     ));
+    // The notice goes: b's objects come back (appended after the entire view), b is told.
+    let effects = apply_all(
+        &mut relay,
+        ObjectOp::Delete {
+            name: "notice".into(),
+            value: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        effects.counts,
+        [Count {
+            peer: b.clone(),
+            session: 2,
+            count: 3
+        }]
+    );
+    assert_eq!(
+        effects.fullness,
+        [Fullness::Room {
+            mesh: "m".into(),
+            waited: 1
+        }]
+    );
+    effects.views.iter().for_each(|f| follow(&mut list, f));
+    assert_eq!(list, mesh_view(&relay));
+    let all: Vec<Object> = of_a.iter().chain(&of_b).cloned().collect();
+    assert_eq!(relayed_in(&relay, "m"), all);
 }
 
 #[test]
@@ -204,13 +268,13 @@ fn refused_objects_wait_for_room_and_are_counted_once() {
     let big = |who: &PeerName, i: usize| o(&format!("{who}/{i}"), &"x".repeat(200));
     let of_a: Vec<Object> = (0..5).map(|i| big(&a, i)).collect();
     let of_b: Vec<Object> = (0..5).map(|i| big(&b, i)).collect();
-    let fits = LIMITS.relay_room() / object_field_len(&of_a[0]);
+    let fits = relay.meshes.room() / object_field_len(&of_a[0]);
     assert_eq!(set(&mut relay, &a, 1, &of_a).0, 5.min(fits));
     let (relayed_b, _) = set(&mut relay, &b, 2, &of_b);
     assert_eq!(relayed_b, fits - 5);
     let waiting = |relay: &Relay| relay.meshes.placed(&b).unwrap().waiting().to_vec();
     let refused = waiting(&relay);
-    assert_eq!(refused, of_b[relayed_b..].to_vec(), "the tail, in order");
+    assert_eq!(refused, arcs(&of_b[relayed_b..]), "the tail, in order");
     // A retry refuses the same objects: the state did not change (nothing to count).
     set(&mut relay, &b, 2, &of_b);
     assert_eq!(waiting(&relay), refused);
@@ -254,8 +318,8 @@ fn moving_to_another_mesh_withdraws_from_the_first() {
     let (_, changes) = set_in(&mut relay, &a, "other", 2, &[o("x", "1")]);
     assert_eq!(changes.len(), 2);
     assert!(!relay.meshes.has_relayed("m"));
-    let other = relay.meshes.entries("other", relay.hub_objects());
-    assert_eq!(decode(&entries::view_of(&other).unwrap().response).len(), 2);
+    let other = relay.meshes.entries("other", relay.hub.shared());
+    assert_eq!(decode(&entries::view_of(&other).unwrap().notify).len(), 2);
 }
 
 #[test]

@@ -2,27 +2,25 @@
 //!
 //! The relay logic builds a [`View`] per change (the hub's objects, plus in a mesh the
 //! relayed objects of that mesh, or a watcher's own list) and the registry shares it by
-//! `Arc` with every shard: a SUBSCRIBE is answered
-//! with `view.notify`, a REQUEST with `view.response`, both already encoded with message
-//! ID 0, which each session's writer patches (DESIGN 2.3).
+//! `Arc` with every shard. It is encoded once, as a NOTIFY with message ID 0: a SUBSCRIBE
+//! is answered with it and a REQUEST with the same bytes queued as a RESPONSE; each
+//! session's writer patches the message ID (DESIGN 2.3) and, for a RESPONSE, the type byte
+//! as it copies the message out ([`crate::hub::outbound`]). One encoding, not two: a
+//! watcher's own view is held once per watcher, and REQUESTs are rare.
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::wire::{
-    encode_list_message, EncodeError, MessageType, Object, MESSAGE_TYPE_OFFSET,
-};
+use crate::protocol::wire::{encode_list_message, EncodeError, MessageType, Object};
 
-/// The two encodings of a complete objects list (the relay logic keeps the objects).
+/// A complete objects list, encoded once (the relay logic keeps the objects).
 #[derive(Debug)]
 pub struct View {
     /// NOTIFY_MESSAGE holding every object, message ID 0.
     pub notify: Bytes,
-    /// RESPONSE_MESSAGE holding every object, message ID 0.
-    pub response: Bytes,
 }
 
 impl View {
-    /// Encodes `objects` once as a NOTIFY and derives the RESPONSE from it.
+    /// Encodes `objects` once as a NOTIFY.
     ///
     /// # Errors
     /// [`EncodeError::TooLarge`] when the list does not fit one message.
@@ -33,11 +31,8 @@ impl View {
     {
         let mut notify = BytesMut::new();
         encode_list_message(MessageType::Notify, objects, 0, &mut notify)?;
-        let mut response = notify.clone();
-        response[MESSAGE_TYPE_OFFSET] = MessageType::Response as u8;
         Ok(Self {
             notify: notify.freeze(),
-            response: response.freeze(),
         })
     }
 

@@ -27,7 +27,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use thiserror::Error;
 
-use super::watch_list::{parse_peer_names, WatchError};
+use super::watch_list::{parse_peer_names, WatchError, WatchList};
 use crate::protocol::objects::names::{BLOCK_LIST, VISIBILITY, WATCH_LIST};
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
@@ -95,7 +95,7 @@ pub fn read_visibility(objects: &[Object]) -> Read<Visibility, VisibilityError> 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directives {
     /// Its WATCH_LIST (DESIGN 5.4), in list order; `None`: it sees its mesh's view.
-    pub watch: Option<Vec<PeerName>>,
+    pub watch: Option<WatchList>,
     /// Its BLOCK_LIST, in list order.
     pub block: Vec<PeerName>,
     /// Its VISIBILITY.
@@ -144,7 +144,7 @@ impl Directives {
         let (directives, relayed): (Vec<Object>, Vec<Object>) =
             objects.into_iter().partition(is_directive);
         let watch = match super::watch_list::watch_directive(&directives, peer, usize::MAX) {
-            super::watch_list::WatchDirective::List(list) => Some(list),
+            super::watch_list::WatchDirective::List(list) => Some(list.into()),
             _ => None,
         };
         let block = match read_block_list(&directives, peer, usize::MAX) {
@@ -313,7 +313,7 @@ impl Rules {
                 directives
                     .watch
                     .iter()
-                    .flatten()
+                    .flat_map(|w| w.iter())
                     .filter(|p| *p != peer)
                     .cloned()
                     .collect::<HashSet<PeerName>>()
@@ -419,7 +419,7 @@ mod tests {
     fn directives_travel_as_objects_and_come_back() {
         let me = peer('f');
         let d = Directives {
-            watch: Some(vec![peer('b'), peer('a')]),
+            watch: Some(vec![peer('b'), peer('a')].into()),
             block: vec![peer('c')],
             visibility: Visibility::Contacts,
         };
@@ -439,7 +439,7 @@ mod tests {
             ..Directives::default()
         };
         let contacts_c = Directives {
-            watch: Some(vec![c.clone()]),
+            watch: Some(vec![c.clone()].into()),
             visibility: Visibility::Contacts,
             ..Directives::default()
         };
@@ -472,7 +472,7 @@ mod tests {
                     out
                 };
                 Directives {
-                    watch: watch.map(to_peers),
+                    watch: watch.map(|w| to_peers(w).into()),
                     block: to_peers(block),
                     visibility: if contacts {
                         Visibility::Contacts
@@ -500,7 +500,9 @@ mod tests {
                 // As a session hands them over: a peer's own name is never in its lists.
                 let mut d = d.clone();
                 d.block.retain(|x| x != p);
-                if let Some(w) = &mut d.watch { w.retain(|x| x != p); }
+                if let Some(w) = &mut d.watch {
+                    *w = w.iter().filter(|x| *x != p).cloned().collect();
+                }
                 rules.set(p, d);
             }
             let of = |p: &PeerName, rules: &Rules| rules.directives(p).cloned();

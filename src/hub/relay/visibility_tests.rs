@@ -289,7 +289,7 @@ fn directives(n: usize) -> impl Strategy<Value = Directives> {
                 out
             };
             Directives {
-                watch: watch.map(to),
+                watch: watch.map(|w| to(w).into()),
                 block: to(block),
                 visibility,
             }
@@ -331,7 +331,7 @@ proptest! {
                     let me = world.peers[peer].clone();
                     directives.block.retain(|p| *p != me);
                     if let Some(w) = &mut directives.watch {
-                        w.retain(|p| *p != me);
+                        *w = w.iter().filter(|p| **p != me).cloned().collect();
                     }
                     let objects = world.objects(peer, version, count);
                     world.publish(peer, objects, directives);
@@ -352,7 +352,7 @@ fn blocks(list: &[&PeerName]) -> Directives {
 
 fn contacts(list: &[&PeerName]) -> Directives {
     Directives {
-        watch: Some(list.iter().map(|p| (*p).clone()).collect()),
+        watch: Some(list.iter().map(|p| (*p).clone()).collect::<Vec<_>>().into()),
         visibility: Visibility::Contacts,
         ..Directives::default()
     }

@@ -13,6 +13,10 @@ use crate::tls::PeerName;
 
 use crate::protocol::objects::names::WATCH_LIST;
 
+/// A watch list in force, in list order, shared by the session that read it, its facts
+/// and the registry: one copy per peer.
+pub type WatchList = std::sync::Arc<[PeerName]>;
+
 /// Why a WATCH_LIST value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum WatchError {

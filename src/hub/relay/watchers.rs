@@ -25,13 +25,14 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::budget::{objects_len, ViewLimits};
+use super::budget::{shared_len, ViewLimits};
 use super::effects::{Delivery, Personal, SessionId, ViewReport};
-use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, Entry};
+use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, Entry, Owner};
 use super::mesh_views::MeshViews;
 use super::relayable::RejectReason;
 use super::view::View;
 use super::visibility::Rules;
+use super::watch_list::WatchList;
 use crate::metrics;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
@@ -39,7 +40,7 @@ use crate::tls::PeerName;
 /// What own views are built from: the hub's objects, the placed peers, and who may see
 /// whom.
 pub(super) struct Sources<'a> {
-    pub(super) hub: &'a [Object],
+    pub(super) hub: &'a [Arc<Object>],
     pub(super) meshes: &'a MeshViews,
     pub(super) rules: &'a Rules,
     /// A mesh's shared entries before the input being applied changed who sees whom:
@@ -56,10 +57,17 @@ impl Sources<'_> {
         Some((placed.mesh.clone(), placed.holder.session()?))
     }
 
-    /// What `peer` shows subscriber `w` of `mesh`: for a watcher (`listed`), every object
-    /// accepted for it, else what the mesh view holds of it; `None`: absent, as if
-    /// offline, when it is not online in `mesh` or `w` may not see it (DESIGN 5.5).
-    fn shown(&self, w: &PeerName, peer: &PeerName, mesh: &str, listed: bool) -> Option<&[Object]> {
+    /// What `peer` shows subscriber `w` of `mesh`, with the owner of its entries: for a
+    /// watcher (`listed`), every object accepted for it, else what the mesh view holds of
+    /// it; `None`: absent, as if offline, when it is not online in `mesh` or `w` may not
+    /// see it (DESIGN 5.5).
+    fn shown(
+        &self,
+        w: &PeerName,
+        peer: &PeerName,
+        mesh: &str,
+        listed: bool,
+    ) -> Option<(Owner, &[Arc<Object>])> {
         if self.rules.sees(w, peer).is_err() {
             return None;
         }
@@ -73,24 +81,28 @@ impl Sources<'_> {
 
 /// A subscriber with its own view: a watcher, or one a visibility directive affects.
 struct Watcher {
-    /// The WATCH_LIST in force; `None`: its mesh's view, filtered by the rule.
-    list: Option<Vec<PeerName>>,
+    /// The WATCH_LIST, shared with the session that read it (one copy per peer); `None`:
+    /// its mesh's view, filtered by the rule.
+    list: Option<WatchList>,
+    /// The owner of the watcher's own entries: how the index names it.
+    owner: Owner,
     entries: Vec<Entry>,
     view: Arc<View>,
     /// Listed peers left out because the view would not fit one message.
     left_out: Vec<PeerName>,
 }
 
-/// The subscribers with own views, the index watched → watchers, and the filtered ones by
-/// mesh.
+/// The watchers and the index watched → watchers.
 pub(super) struct Watchers {
     /// Bytes of encoded objects a view may hold.
     room: usize,
     by_peer: HashMap<PeerName, Watcher>,
-    watched_by: HashMap<PeerName, HashSet<PeerName>>,
+    /// Watched peer → its watchers, named by their placements' owners (8 bytes each: with
+    /// 10,000 peers watching 50 each, the index holds half a million of them).
+    watched_by: HashMap<PeerName, HashSet<Owner>>,
     /// Mesh → its subscribers with a filtered mesh view (rebuilt when the mesh view is).
     filtered: HashMap<Arc<str>, BTreeSet<PeerName>>,
-    /// How many have a WATCH_LIST in force (`p2ppi_watch_sessions`).
+    /// How many have a WATCH_LIST in force (`p2ppi_watch_list_sessions`).
     lists: usize,
 }
 
@@ -106,7 +118,7 @@ impl Watchers {
     }
 
     /// The list in force for `w`, if any.
-    pub(super) fn list(&self, w: &PeerName) -> Option<&Vec<PeerName>> {
+    pub(super) fn list(&self, w: &PeerName) -> Option<&WatchList> {
         self.by_peer
             .get(w)
             .and_then(|watcher| watcher.list.as_ref())
@@ -126,39 +138,42 @@ impl Watchers {
         old: &[Entry],
         src: &Sources<'_>,
     ) -> (Vec<Entry>, Vec<PeerName>) {
-        let mut size = objects_len(src.hub);
-        let mut wanted: Vec<(Option<&PeerName>, &[Object])> = vec![(None, src.hub)];
+        let mut size = shared_len(src.hub);
+        let mut wanted: Vec<(Owner, &[Arc<Object>])> = vec![(Owner::HUB, src.hub)];
         let mut left_out = Vec::new();
         let Some(list) = list else {
             let shared = src.meshes.entries(mesh, src.hub);
             let mut owners: Vec<&PeerName> = vec![w];
             let mut seen: HashSet<&PeerName> = HashSet::from([w]);
-            for owner in shared.iter().filter_map(|e| e.owner.as_ref()) {
-                if seen.insert(owner) {
-                    owners.push(owner);
+            let mut last = Owner::HUB;
+            for e in shared.iter().filter(|e| e.owner != Owner::HUB) {
+                if e.owner == last {
+                    continue;
+                }
+                last = e.owner;
+                if let Some(peer) = src.meshes.peer_of(e.owner) {
+                    if seen.insert(peer) {
+                        owners.push(peer);
+                    }
                 }
             }
-            owners.extend(
-                src.rules
-                    .contacts_listing(w)
-                    .into_iter()
-                    .filter(|p| seen.insert(p)),
-            );
+            let contacts = src.rules.contacts_listing(w);
+            owners.extend(contacts.into_iter().filter(|p| seen.insert(p)));
             for peer in owners {
-                if let Some(objects) = src.shown(w, peer, mesh, false) {
-                    wanted.push((Some(peer), objects));
+                if let Some(shown) = src.shown(w, peer, mesh, false) {
+                    wanted.push(shown);
                 }
             }
             return (refill(old, &wanted), left_out);
         };
         for peer in std::iter::once(w).chain(list) {
-            let Some(objects) = src.shown(w, peer, mesh, true) else {
+            let Some((owner, objects)) = src.shown(w, peer, mesh, true) else {
                 continue;
             };
-            let len = objects_len(objects);
+            let len = shared_len(objects);
             if left_out.is_empty() && size + len <= self.room {
                 size += len;
-                wanted.push((Some(peer), objects));
+                wanted.push((owner, objects));
             } else {
                 left_out.push(peer.clone());
             }
@@ -171,26 +186,27 @@ impl Watchers {
     pub(super) fn set_list(
         &mut self,
         w: &PeerName,
-        list: Option<Vec<PeerName>>,
+        list: Option<WatchList>,
         src: &Sources<'_>,
         encoded: &mut Encoded,
     ) -> Option<Personal> {
         let (mesh, session) = src.seat(w)?;
-        let Some(old) = self.by_peer.get(w).map(|x| x.list.clone()) else {
+        let owner = src.meshes.placed(w)?.owner;
+        let Some((old_owner, old)) = self.by_peer.get(w).map(|x| (x.owner, x.list.clone())) else {
             let Some(list) = list else {
                 // No list before or now: a filtered view if a directive affects it.
                 return self.reconsider(w, src, encoded);
             };
-            // Newly applied: the listed peers enter in list order, sent as the entire view
-            // (the subscriber's mesh view may be one held for its burst window, so no delta
-            // from it is safe).
-            self.index(w, &list);
+            // Newly applied: the listed peers enter in list order, not the mesh view's, so
+            // the subscriber is sent its entire own view.
+            self.index(owner, &list);
             let (entries, left_out) =
                 self.entries(w, &mesh, Some(&list), &hub_entries(src.hub), src);
             let view = Arc::new(view_of(&entries).ok()?);
             metrics::watch_view_bytes(view.encoded_len());
             let mut watcher = Watcher {
                 list: Some(list),
+                owner,
                 entries,
                 view: view.clone(),
                 left_out: Vec::new(),
@@ -206,16 +222,17 @@ impl Watchers {
             });
         };
         match &old {
-            Some(old) => self.unindex(w, old),
+            Some(old) => self.unindex(old_owner, old),
             None => self.unfilter(w, &mesh),
         }
         match &list {
-            Some(list) => self.index(w, list),
+            Some(list) => self.index(owner, list),
             None => self.filter(w, &mesh),
         }
         if let Some(watcher) = self.by_peer.get_mut(w) {
             // Dropped peers leave (the entire view), added ones go last (only them).
             watcher.list = list;
+            watcher.owner = owner;
         }
         self.count_lists();
         // A subscriber left without a list and unaffected goes back to the mesh view.
@@ -254,7 +271,8 @@ impl Watchers {
             }
             None if affected => {
                 // From the shared view to its own: sent whole, as a newly applied watch
-                // list is (the shared view may be held for its burst window).
+                // list is, its places kept (the shared entries before the change).
+                let owner = src.meshes.placed(w)?.owner;
                 let shared = match src.before {
                     Some((m, entries)) if m == &*mesh => std::borrow::Cow::Borrowed(entries),
                     _ => src.meshes.entries(&mesh, src.hub),
@@ -265,6 +283,7 @@ impl Watchers {
                     w.clone(),
                     Watcher {
                         list: None,
+                        owner,
                         entries,
                         view: view.clone(),
                         left_out: Vec::new(),
@@ -327,6 +346,7 @@ impl Watchers {
             .iter()
             .filter_map(|p| self.watched_by.get(p))
             .flatten()
+            .filter_map(|owner| src.meshes.peer_of(*owner))
             .cloned()
             .collect();
         for mesh in meshes {
@@ -340,7 +360,7 @@ impl Watchers {
             .collect()
     }
 
-    /// Rebuilds every own view (the hub's objects changed).
+    /// Rebuilds every watcher's view (the hub's objects changed).
     pub(super) fn refresh_all(
         &mut self,
         src: &Sources<'_>,
@@ -357,7 +377,7 @@ impl Watchers {
     pub(super) fn forget(&mut self, w: &PeerName) {
         if let Some(watcher) = self.by_peer.remove(w) {
             match &watcher.list {
-                Some(list) => self.unindex(w, list),
+                Some(list) => self.unindex(watcher.owner, list),
                 None => self.filtered.retain(|_, set| {
                     set.remove(w);
                     !set.is_empty()
@@ -367,21 +387,21 @@ impl Watchers {
         }
     }
 
-    /// Adds `w` to the index entries of the peers it lists.
-    fn index(&mut self, w: &PeerName, list: &[PeerName]) {
+    /// Adds the watcher `owner` to the index entries of the peers it lists.
+    fn index(&mut self, owner: Owner, list: &[PeerName]) {
         for peer in list {
             self.watched_by
                 .entry(peer.clone())
                 .or_default()
-                .insert(w.clone());
+                .insert(owner);
         }
     }
 
-    /// Removes `w` from the index entries of the peers it listed.
-    fn unindex(&mut self, w: &PeerName, list: &[PeerName]) {
+    /// Removes the watcher `owner` from the index entries of the peers it listed.
+    fn unindex(&mut self, owner: Owner, list: &[PeerName]) {
         for peer in list {
             if let Some(watchers) = self.watched_by.get_mut(peer) {
-                watchers.remove(w);
+                watchers.remove(&owner);
                 if watchers.is_empty() {
                     self.watched_by.remove(peer);
                 }
@@ -407,23 +427,27 @@ impl Watchers {
         }
     }
 
-    /// Recounts the watch lists in force (`p2ppi_watch_sessions`).
+    /// Recounts the watch lists in force and the filtered views (their gauges).
     fn count_lists(&mut self) {
-        let lists = self.by_peer.len() - self.filtered.values().map(BTreeSet::len).sum::<usize>();
+        let filtered: usize = self.filtered.values().map(BTreeSet::len).sum();
+        let lists = self.by_peer.len() - filtered;
         if lists != self.lists {
             self.lists = lists;
             metrics::watch_sessions(lists);
         }
-        metrics::filtered_view_sessions(self.by_peer.len() - lists);
+        metrics::filtered_view_sessions(filtered);
     }
 
     /// What `w`'s own view holds (admin API); `None`: it has none (it sees its mesh's).
-    pub(super) fn report(&self, w: &PeerName) -> Option<ViewReport> {
+    pub(super) fn report(&self, w: &PeerName, meshes: &MeshViews) -> Option<ViewReport> {
         let watcher = self.by_peer.get(w)?;
         let list = watcher.list.as_deref().unwrap_or_default();
         let present = list
             .iter()
-            .filter(|p| watcher.entries.iter().any(|e| e.owner.as_ref() == Some(p)))
+            .filter(|p| {
+                let owner = meshes.placed(p).map(|placed| placed.owner);
+                watcher.entries.iter().any(|e| Some(e.owner) == owner)
+            })
             .cloned()
             .collect();
         Some(ViewReport {
@@ -468,7 +492,7 @@ fn note_left_out(w: &PeerName, mesh: &str, watcher: &mut Watcher, left_out: Vec<
 mod tests {
     use super::*;
     use crate::hub::relay::mesh_views::{Holder, Placement};
-    use crate::hub::relay::test_support::{decode, o, peer};
+    use crate::hub::relay::test_support::{arcs, decode, o, peer};
 
     const LIMITS: ViewLimits = ViewLimits {
         max_view_bytes: 2000,
@@ -476,7 +500,7 @@ mod tests {
     };
 
     struct World {
-        hub: Vec<Object>,
+        hub: Vec<Arc<Object>>,
         meshes: MeshViews,
         watchers: Watchers,
         rules: Rules,
@@ -484,9 +508,10 @@ mod tests {
 
     impl World {
         fn new() -> Self {
+            let hub = arcs(&[o("hub", "1")]);
             Self {
-                hub: vec![o("hub", "1")],
-                meshes: MeshViews::new(LIMITS),
+                meshes: MeshViews::new(LIMITS, &hub),
+                hub,
                 watchers: Watchers::new(LIMITS),
                 rules: Rules::default(),
             }
@@ -497,7 +522,7 @@ mod tests {
                 who,
                 &mesh.into(),
                 Holder::Session(session),
-                objects.to_vec(),
+                arcs(objects),
                 &self.hub,
                 &mut Placement::default(),
             );
@@ -572,7 +597,7 @@ mod tests {
         assert!(p.view.is_none());
         assert!(world.watchers.is_empty());
         let src = world.src();
-        assert!(world.watchers.report(&w).is_none());
+        assert!(world.watchers.report(&w, &world.meshes).is_none());
         assert_eq!(src.meshes.size("m", src.hub).0, 5, "hub, a1, b1, w1, a2");
     }
 
@@ -588,7 +613,7 @@ mod tests {
         world.online(&p2, "m", 2, &[o("2/x", &"v".repeat(1300))]);
         world.online(&p0, "m", 3, &[o("0/x", "v")]);
         world.set_list(&w, Some(&[&p1, &p2, &p0]));
-        let report = world.watchers.report(&w).unwrap();
+        let report = world.watchers.report(&w, &world.meshes).unwrap();
         assert_eq!(report.present, vec![p1.clone()]);
         assert_eq!(report.left_out, vec![p2, p0], "small, but listed after");
         assert_eq!(world.names(&w), ["hub", "1/x"]);

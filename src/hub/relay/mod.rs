@@ -264,6 +264,9 @@ impl Relay {
         let before = self.before_directives(&peer, &mesh, &directives);
         let holder = Holder::Session(session);
         let mut placement = Placement::default();
+        // The directives first: a peer turning `contacts` is never shown to its mesh.
+        let watch = directives.watch.clone();
+        let touched = self.set_directives(&peer, directives, &mut placement);
         let count = self.meshes.place(
             &peer,
             &mesh,
@@ -272,16 +275,15 @@ impl Relay {
             self.hub.shared(),
             &mut placement,
         );
-        let watch = directives.watch.clone();
-        let touched = self.set_directives(&peer, directives, &mut placement);
         let mut effects = self.effects_of(placement);
+        let quiet = quiet(&effects, &mesh);
         let rules = self.rules.clone();
         let rules = rules.read();
         let src = Sources {
             hub: self.hub.shared(),
             meshes: &self.meshes,
             rules: &rules,
-            before: before.as_deref().map(|e| (&*mesh, e)),
+            before: before.as_deref().map(|e| (&*mesh, e, quiet)),
         };
         let encoded = &mut Encoded::default();
         let mut personal = Vec::new();
@@ -441,11 +443,11 @@ impl Relay {
                     if before.is_none() {
                         before = self.before_directives(&peer, mesh, &directives);
                     }
+                    touched.extend(self.set_directives(&peer, directives, &mut placement));
                     let hub = self.hub.shared();
                     let holder = Holder::OtherHub;
                     self.meshes
                         .place(&peer, mesh, holder, shared(objects), hub, &mut placement);
-                    touched.extend(self.set_directives(&peer, directives, &mut placement));
                     changed.push(peer);
                 }
                 PeerChange::Gone { peer } => {
@@ -469,7 +471,8 @@ impl Relay {
         touched.sort();
         touched.dedup();
         let meshes = std::slice::from_ref(mesh);
-        let before = before.as_deref().map(|e| (&**mesh, e));
+        let quiet = quiet(&effects, mesh);
+        let before = before.as_deref().map(|e| (&**mesh, e, quiet));
         self.refresh_own_views(&changed, meshes, &touched, before, &mut effects);
         effects
     }
@@ -505,7 +508,7 @@ impl Relay {
         peers: &[PeerName],
         meshes: &[Arc<str>],
         touched: &[PeerName],
-        before: Option<(&str, &[Entry])>,
+        before: Option<(&str, &[Entry], bool)>,
         effects: &mut Effects,
     ) {
         let rules = self.rules.clone();
@@ -540,6 +543,15 @@ impl Relay {
             ..ViewReport::default()
         }
     }
+}
+
+/// Whether `effects` leave `mesh`'s shared view as it was: none of their changes reach its
+/// subscribers before the own views they carry are installed.
+fn quiet(effects: &Effects, mesh: &str) -> bool {
+    !effects
+        .views
+        .iter()
+        .any(|v| v.base.is_some() || v.meshes.iter().any(|(m, _)| &**m == mesh))
 }
 
 /// Adds changes of own views to `effects`. Those that give or change a subscriber's own

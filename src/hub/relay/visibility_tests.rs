@@ -419,10 +419,17 @@ fn switching_to_contacts_is_leaving_for_the_unlisted_and_nothing_for_the_listed(
     let before = world.fan.list(b_id).len();
     world.publish(a, world.objects(a, 0, 2), contacts(&[&cn, &bn]));
     world.check().unwrap();
-    let after = world.fan.list(b_id);
+    let after = world.fan.list(b_id).to_vec();
     assert_eq!(after.len(), before + 2);
-    // Gaining sight from the shared view is one NOTIFY (the entire view, see watchers.rs).
+    // Gaining sight from the shared view: A's objects alone, one NOTIFY, appended.
     assert_eq!(sent(&world, b_id), b_sent + 1);
+    let held: Vec<Object> = after[..before].to_vec();
+    assert!(held
+        .iter()
+        .all(|x| !x.name.starts_with(world.peers[a].as_str())));
+    assert!(after[before..]
+        .iter()
+        .all(|x| x.name.starts_with(world.peers[a].as_str())));
     // A drops C: C sees A go (entire view without A); B, already with its own view, then
     // gets A's new object alone.
     world.publish(a, world.objects(a, 0, 2), contacts(&[&bn]));

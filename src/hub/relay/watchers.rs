@@ -45,8 +45,9 @@ pub(super) struct Sources<'a> {
     pub(super) rules: &'a Rules,
     /// A mesh's shared entries before the input being applied changed who sees whom:
     /// what its subscribers held, so one given its own view by that change keeps every
-    /// place it had.
-    pub(super) before: Option<(&'a str, &'a [Entry])>,
+    /// place it had; and whether the input's changes of views leave that mesh's alone
+    /// (then the subscriber holds exactly those entries when its own view is installed).
+    pub(super) before: Option<(&'a str, &'a [Entry], bool)>,
 }
 
 impl Sources<'_> {
@@ -270,14 +271,25 @@ impl Watchers {
                 })
             }
             None if affected => {
-                // From the shared view to its own: sent whole, as a newly applied watch
-                // list is, its places kept (the shared entries before the change).
+                // From the shared view to its own, its places kept: built from the shared
+                // entries it held (those before the change). When this input left the
+                // shared view as it was, the subscriber holds exactly those: it is sent
+                // the difference (a peer it gains sight of, alone, as coming online).
+                // Otherwise the mesh's change rides in the same fan-out, skipped for it,
+                // and it is sent its entire view.
                 let owner = src.meshes.placed(w)?.owner;
-                let shared = match src.before {
-                    Some((m, entries)) if m == &*mesh => std::borrow::Cow::Borrowed(entries),
-                    _ => src.meshes.entries(&mesh, src.hub),
+                let (held, unchanged) = match src.before {
+                    Some((m, entries, quiet)) if m == &*mesh => {
+                        (std::borrow::Cow::Borrowed(entries), quiet)
+                    }
+                    _ => (src.meshes.entries(&mesh, src.hub), false),
                 };
-                let (entries, _) = self.entries(w, &mesh, None, &shared, src);
+                let (entries, _) = self.entries(w, &mesh, None, &held, src);
+                let delivery = if unchanged {
+                    delivery_between(&held, &entries, encoded).unwrap_or(Delivery::Silent)
+                } else {
+                    Delivery::Complete
+                };
                 let view = Arc::new(view_of(&entries).ok()?);
                 self.by_peer.insert(
                     w.clone(),
@@ -295,7 +307,7 @@ impl Watchers {
                     mesh,
                     session,
                     view: Some(view),
-                    delivery: Delivery::Complete,
+                    delivery,
                 })
             }
             None => None,

@@ -495,6 +495,8 @@ pub const DEFAULT_RELAY_INVITATION_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_RELAY_MAX_INVITATIONS: usize = 65_536;
 /// Default of `relay.max_watch`.
 pub const DEFAULT_RELAY_MAX_WATCH: usize = 256;
+/// Default of `relay.max_block`.
+pub const DEFAULT_RELAY_MAX_BLOCK: usize = 256;
 
 /// Keys that are accepted and ignored (see [`Config::retired_keys`]), never printed.
 pub(crate) const RETIRED_KEYS: [&str; 1] = ["relay.view_interval"];
@@ -525,6 +527,9 @@ pub struct RelaySection {
     /// that a hub upgraded with its old configuration still starts; never printed.
     #[serde(default, skip_serializing)]
     pub view_interval: Option<toml::Value>,
+    /// Most PeerNames one BLOCK_LIST may name (DESIGN 5.5); a longer list is rejected and
+    /// the previous one stays.
+    pub max_block: usize,
 }
 
 impl Default for RelaySection {
@@ -538,6 +543,7 @@ impl Default for RelaySection {
             max_invitations: DEFAULT_RELAY_MAX_INVITATIONS,
             max_watch: DEFAULT_RELAY_MAX_WATCH,
             view_interval: None,
+            max_block: DEFAULT_RELAY_MAX_BLOCK,
         }
     }
 }

@@ -56,6 +56,16 @@ pub const FANOUT_RECIPIENTS: &str = "p2ppi_notify_fanout_recipients";
 pub const NOTIFY_SUPERSEDED: &str = "p2ppi_notify_superseded_total";
 /// Sessions whose WATCH_LIST is in force (gauge, DESIGN 5.4).
 pub const WATCH_SESSIONS: &str = "p2ppi_watch_list_sessions";
+/// Sessions whose BLOCK_LIST is in force (gauge, DESIGN 5.5).
+pub const BLOCK_LIST_SESSIONS: &str = "p2ppi_block_list_sessions";
+/// Sessions whose VISIBILITY is `contacts` (gauge, DESIGN 5.5).
+pub const CONTACTS_SESSIONS: &str = "p2ppi_contacts_sessions";
+/// Subscribers without a WATCH_LIST given their own view by a visibility directive
+/// (gauge, DESIGN 5.5): the cost of the directives beyond the shared mesh views.
+pub const FILTERED_VIEW_SESSIONS: &str = "p2ppi_filtered_view_sessions";
+/// Messages, invitations and acknowledgements refused because the sender may not see the
+/// addressee (DESIGN 5.5), by `reason` (`blocked`, `not_visible`).
+pub const VISIBILITY_REFUSALS: &str = "p2ppi_visibility_refusals_total";
 /// Encoded size of a subscriber's own view each time it is rebuilt (histogram, bytes).
 pub const WATCH_VIEW_BYTES: &str = "p2ppi_watch_view_bytes";
 /// Slow consumers disconnected, by `reason`.
@@ -267,6 +277,26 @@ fn describe() {
         WATCH_SESSIONS,
         Unit::Count,
         "Sessions whose WATCH_LIST is in force (their own view instead of the mesh's)."
+    );
+    describe_gauge!(
+        BLOCK_LIST_SESSIONS,
+        Unit::Count,
+        "Sessions whose BLOCK_LIST is in force."
+    );
+    describe_gauge!(
+        CONTACTS_SESSIONS,
+        Unit::Count,
+        "Sessions whose VISIBILITY is contacts (seen only by the peers on their WATCH_LIST)."
+    );
+    describe_gauge!(
+        FILTERED_VIEW_SESSIONS,
+        Unit::Count,
+        "Subscribers without a WATCH_LIST given their own view because a BLOCK_LIST or VISIBILITY affects them."
+    );
+    describe_counter!(
+        VISIBILITY_REFUSALS,
+        Unit::Count,
+        "Messages, invitations and acknowledgements refused because the sender may not see the addressee, by reason."
     );
     describe_histogram!(
         WATCH_VIEW_BYTES,
@@ -522,6 +552,11 @@ pub fn watch_sessions(count: usize) {
     metrics::gauge!(WATCH_SESSIONS).set(count as f64);
 }
 
+/// Sets the filtered-view sessions gauge.
+pub fn filtered_view_sessions(count: usize) {
+    metrics::gauge!(FILTERED_VIEW_SESSIONS).set(count as f64);
+}
+
 /// Records the size of a rebuilt watch-list view.
 pub fn watch_view_bytes(len: usize) {
     metrics::histogram!(WATCH_VIEW_BYTES).record(len as f64);
@@ -555,4 +590,9 @@ pub fn counter_add(name: &'static str, n: u64) {
 /// Sets an unlabelled gauge.
 pub fn gauge_set(name: &'static str, value: f64) {
     metrics::gauge!(name).set(value);
+}
+
+/// Adds `value` (negative: subtracts) to an unlabelled gauge.
+pub fn gauge_add(name: &'static str, value: f64) {
+    metrics::gauge!(name).increment(value);
 }

@@ -35,6 +35,7 @@ use tokio_util::codec::Framed;
 use crate::certs::DataDir;
 use crate::protocol::addressing;
 use crate::protocol::machine::{LocalNode, ObjectsSource, Received, Report, StateError};
+use crate::protocol::objects::Visibility;
 use crate::protocol::wire::{EncodeError, FrameError, Message, Object, P2ppiCodec};
 use crate::protocol::xml::{AppInvite, Invitation, InvitationAck, APPINVITE};
 use crate::tls::{self, Identity, PeerName, TlsError};
@@ -509,6 +510,39 @@ impl Peer {
     pub async fn clear_watch_list(&self) -> Result<(), PeerError> {
         self.delete(crate::protocol::objects::names::WATCH_LIST, None)
             .await
+    }
+
+    /// Sets this peer's BLOCK_LIST (DESIGN 5.5): the listed peers and this one no longer
+    /// see each other, watch each other, or message or invite each other (an empty list
+    /// blocks nobody).
+    ///
+    /// # Errors
+    /// As [`Peer::set`].
+    pub async fn set_block_list(&self, peers: &[PeerName]) -> Result<(), PeerError> {
+        let value = peers
+            .iter()
+            .map(PeerName::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.set(Object::new(
+            crate::protocol::objects::names::BLOCK_LIST,
+            value,
+        ))
+        .await
+    }
+
+    /// Sets this peer's VISIBILITY (DESIGN 5.5): with `contacts`, only the peers on its
+    /// WATCH_LIST see it, watch it, and may message or invite it; `mesh` (the default) is
+    /// as without the directive.
+    ///
+    /// # Errors
+    /// As [`Peer::set`].
+    pub async fn set_visibility(&self, visibility: Visibility) -> Result<(), PeerError> {
+        self.set(Object::new(
+            crate::protocol::objects::names::VISIBILITY,
+            visibility.as_str(),
+        ))
+        .await
     }
 
     /// Subscribes to the hub's objects (spec 3.1.4.3): the lists arrive as events.

@@ -3,7 +3,7 @@
 mod common;
 
 use common::bin::*;
-use common::hub_process::HubProcess;
+use common::hub_process::{sample, HubProcess};
 
 #[test]
 fn certs_init_and_issue_write_files_and_print_the_peer_name_last() {
@@ -467,5 +467,127 @@ fn peer_invites_are_accepted_declined_or_refused_by_the_hub() {
         ack["from"],
         serde_json::Value::Null,
         "refused by the hub itself"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_block_and_visibility_reach_the_admin_api_metrics_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(run(&["certs", "init", "--data-dir", d], dir.path())
+        .status
+        .success());
+    let name_of = |name: &str| {
+        let out = run(&["certs", "issue", name, "--data-dir", d], dir.path());
+        assert!(out.status.success());
+        stdout(&out).lines().last().unwrap().to_owned()
+    };
+    let (alice, _bob, _carol) = (name_of("alice"), name_of("bob"), name_of("carol"));
+    let bad = run(
+        &[
+            "peer",
+            "--name",
+            "alice",
+            "--data-dir",
+            d,
+            "--visibility",
+            "friends",
+        ],
+        dir.path(),
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("neither \"mesh\" nor \"contacts\""),
+        "{}",
+        stderr(&bad)
+    );
+    let hub = HubProcess::start(dir.path(), &[], &[]);
+    let addr = hub.p2ppi.clone();
+    // Alice blocks bob (by name) and is seen by carol alone.
+    let alice_run = Running::spawn(
+        &[
+            "peer",
+            "--name",
+            "alice",
+            "--data-dir",
+            d,
+            "--hub",
+            &addr,
+            "--watch",
+            "--accept-invites",
+            "--block",
+            "bob",
+            "--visibility",
+            "contacts",
+            "--watch-peers",
+            "carol",
+        ],
+        dir.path(),
+    );
+    alice_run.line("alice's initial NOTIFY");
+    let start = std::time::Instant::now();
+    loop {
+        let (status, session) = hub.get(&format!("/v1/sessions/{alice}")).await;
+        assert_eq!(status, 200, "{session}");
+        if session["sight"]["visibility"] == "contacts" && session["block_count"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "never in force: {session}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let scrape = hub.metrics().await;
+    assert_eq!(
+        sample(&scrape, "p2ppi_block_list_sessions"),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(sample(&scrape, "p2ppi_contacts_sessions"), 1.0);
+    let app = "422d4780-5b0e-4355-b1f6-388abdd8d74b";
+    let invite = |from: &str| {
+        run(
+            &[
+                "peer",
+                "--name",
+                from,
+                "--data-dir",
+                d,
+                "--hub",
+                &addr,
+                "--invite",
+                "alice",
+                "--app",
+                app,
+                "--message",
+                "chess?",
+            ],
+            dir.path(),
+        )
+    };
+    // Bob is refused by the hub itself, as for an absent peer; carol is answered by alice.
+    let refused = invite("bob");
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let ack: serde_json::Value = serde_json::from_str(stdout(&refused).trim()).unwrap();
+    assert_eq!(ack["from"], serde_json::Value::Null);
+    assert_eq!(ack["extended_info"], "the invited peer is not connected");
+    let accepted = invite("carol");
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    let scrape = hub.metrics().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "p2ppi_visibility_refusals_total{reason=\"blocked\"}"
+        ),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "p2ppi_invitations_refused_total{reason=\"blocked\"}"
+        ),
+        1.0
     );
 }

@@ -866,3 +866,182 @@ async fn hub_objects_a_hub_could_not_apply_are_applied_once_it_can() {
     )
     .await;
 }
+
+/// Waits until `peer`'s view (a fresh RESPONSE), in any order, is `want`.
+async fn view_holds(peer: &Peer, events: &mut PeerEvents, want: &[Object], what: &str) {
+    let mut want = want.to_vec();
+    want.sort_by(|x, y| x.name.cmp(&y.name));
+    let start = Instant::now();
+    loop {
+        let mut view = current_view(peer, events).await;
+        view.sort_by(|x, y| x.name.cmp(&y.name));
+        if view == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: the view stayed {view:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The hub's answer to an invitation from `inviter` to `to`: (accepted, why).
+async fn invitation_answer(
+    inviter: &Peer,
+    events: &mut PeerEvents,
+    to: &PeerName,
+) -> (bool, String) {
+    let id = inviter
+        .invite(to, Uuid::new_v4(), "play?", "me")
+        .await
+        .unwrap();
+    match expect_event(events, "the answer", |e| {
+        matches!(e, PeerEvent::InvitationAck { .. })
+    })
+    .await
+    {
+        PeerEvent::InvitationAck { ack, .. } => {
+            assert_eq!(ack.invitation_id, id);
+            (ack.accepted, ack.extended_info)
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[actix_rt::test]
+async fn block_lists_and_contacts_rule_across_hubs_as_on_one() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let pki = &cluster.pki;
+    let (a, b) = (cluster.hub(0), cluster.hub(1));
+    // Hub A: alice (blocks bob), carol (contacts: dave alone). Hub B: bob, dave, erin.
+    let (alice, mut ae) = subscriber(pki, &a, "alice").await;
+    let (carol, mut ce) = subscriber(pki, &a, "carol").await;
+    let (bob, mut be) = subscriber(pki, &b, "bob").await;
+    let (dave, mut de) = subscriber(pki, &b, "dave").await;
+    let (erin, mut ee) = subscriber(pki, &b, "erin").await;
+    let name = |p: &Peer| p.peer_name().clone();
+    let (an, bn, cn, dn, en) = (
+        name(&alice),
+        name(&bob),
+        name(&carol),
+        name(&dave),
+        name(&erin),
+    );
+    for (p, text) in [
+        (&alice, "a"),
+        (&bob, "b"),
+        (&carol, "c"),
+        (&dave, "d"),
+        (&erin, "e"),
+    ] {
+        p.set(Object::new(names::RICH_PRESENCE, text))
+            .await
+            .unwrap();
+    }
+    alice
+        .set_block_list(std::slice::from_ref(&bn))
+        .await
+        .unwrap();
+    carol
+        .set_watch_list(std::slice::from_ref(&dn))
+        .await
+        .unwrap();
+    carol
+        .set_visibility(p2ppi_hub::protocol::objects::Visibility::Contacts)
+        .await
+        .unwrap();
+    let (pa, pb, pc, pd, pe) = (
+        presence_of(&an, "a"),
+        presence_of(&bn, "b"),
+        presence_of(&cn, "c"),
+        presence_of(&dn, "d"),
+        presence_of(&en, "e"),
+    );
+    let w = welcome();
+    view_holds(
+        &bob,
+        &mut be,
+        &[w.clone(), pb.clone(), pd.clone(), pe.clone()],
+        "bob: no alice, no carol",
+    )
+    .await;
+    view_holds(
+        &alice,
+        &mut ae,
+        &[w.clone(), pa.clone(), pd.clone(), pe.clone()],
+        "alice: no bob, no carol",
+    )
+    .await;
+    view_holds(
+        &dave,
+        &mut de,
+        &[
+            w.clone(),
+            pa.clone(),
+            pb.clone(),
+            pc.clone(),
+            pd.clone(),
+            pe.clone(),
+        ],
+        "dave sees carol",
+    )
+    .await;
+    view_holds(
+        &erin,
+        &mut ee,
+        &[w.clone(), pa.clone(), pb.clone(), pd.clone(), pe.clone()],
+        "erin: no carol",
+    )
+    .await;
+    view_holds(
+        &carol,
+        &mut ce,
+        &[w.clone(), pc.clone(), pd.clone()],
+        "carol watches dave",
+    )
+    .await;
+    // The directives never reach a peer: no view holds them (checked above: every object
+    // is a presence or the hub's), and refusals across hubs read like an absent peer's.
+    let ghost = PeerName::parse(&"0".repeat(40)).unwrap();
+    let absent = invitation_answer(&bob, &mut be, &ghost).await;
+    assert!(!absent.0);
+    assert_eq!(
+        invitation_answer(&bob, &mut be, &an).await,
+        absent,
+        "bob → alice (hub A)"
+    );
+    assert_eq!(
+        invitation_answer(&alice, &mut ae, &bn).await,
+        absent,
+        "alice → bob (hub B)"
+    );
+    assert_eq!(
+        invitation_answer(&erin, &mut ee, &cn).await,
+        absent,
+        "erin → contacts carol"
+    );
+    dave.send_to(&cn, "text/plain", "hi carol").await.unwrap();
+    let got = expect_event(&mut ce, "dave's message", |e| {
+        matches!(e, PeerEvent::Message { .. })
+    })
+    .await;
+    assert!(matches!(got, PeerEvent::Message { value, .. } if value == "hi carol"));
+    // Lifting the block on hub A: bob on hub B sees alice again.
+    alice.set_block_list(&[]).await.unwrap();
+    view_holds(
+        &bob,
+        &mut be,
+        &[w.clone(), pa.clone(), pb.clone(), pd.clone(), pe.clone()],
+        "bob sees alice",
+    )
+    .await;
+    // Carol switching to mesh: erin sees her.
+    carol
+        .set_visibility(p2ppi_hub::protocol::objects::Visibility::Mesh)
+        .await
+        .unwrap();
+    view_holds(&erin, &mut ee, &[w, pa, pb, pc, pd, pe], "erin sees carol").await;
+}

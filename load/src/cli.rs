@@ -184,6 +184,14 @@ pub struct Args {
     /// `--watch`: the seed the lists are drawn from (the same seed gives the same lists).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// `relay --watch K`: this fraction of the peers each blocks the first peer of its
+    /// WATCH_LIST (a BLOCK_LIST, DESIGN 5.5); drawn from `--seed`.
+    #[arg(long, default_value_t = 0.0)]
+    pub block_fraction: f64,
+    /// `relay --watch K`: this fraction of the peers publish VISIBILITY `contacts` (seen
+    /// only by the peers on their WATCH_LIST, DESIGN 5.5); drawn from `--seed`.
+    #[arg(long, default_value_t = 0.0)]
+    pub contacts_fraction: f64,
     /// Bytes of each changed value.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,

@@ -1,7 +1,8 @@
-//! `relay` and its watch lists (`--watch K`, DESIGN 5.4): which peer publishes each
-//! change, who watches whom ([`WatchPlan`], drawn from a seed so a run repeats), what each
-//! receiver must get ([`RelayChanges`]) and the final view it must end with, and how a
-//! view differs from it.
+//! `relay` and its watch lists (`--watch K`, DESIGN 5.4), block lists and contacts-only
+//! peers (`--block-fraction F`, `--contacts-fraction F`, DESIGN 5.5): which peer publishes
+//! each change, who watches, blocks and may see whom ([`WatchPlan`], drawn from a seed so a
+//! run repeats), what each receiver must get ([`RelayChanges`]) and the final view it must
+//! end with, and how a view differs from it.
 
 use std::collections::BTreeSet;
 
@@ -24,6 +25,10 @@ pub struct WatchPlan {
     lists: Vec<Vec<usize>>,
     /// Each list sorted, for lookups.
     sorted: Vec<Vec<usize>>,
+    /// Each peer's BLOCK_LIST (DESIGN 5.5); empty: none.
+    blocks: Vec<Vec<usize>>,
+    /// Whether each peer's VISIBILITY is `contacts` (its WATCH_LIST alone sees it).
+    contacts: Vec<bool>,
 }
 
 impl WatchPlan {
@@ -56,7 +61,61 @@ impl WatchPlan {
                 l
             })
             .collect();
-        Self { lists, sorted }
+        let peers = lists.len();
+        Self {
+            lists,
+            sorted,
+            blocks: vec![Vec::new(); peers],
+            contacts: vec![false; peers],
+        }
+    }
+
+    /// The plan with directives (DESIGN 5.5): a `block_fraction` of the peers each blocks
+    /// the first peer of its list (so the block hides someone it would see), and a
+    /// `contacts_fraction` are `contacts`, seen only by the peers they list; drawn from
+    /// `seed` as the lists are.
+    pub fn with_sight(mut self, block_fraction: f64, contacts_fraction: f64, seed: u64) -> Self {
+        let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
+        for me in 0..self.peers() {
+            if let Some(&first) = self.lists[me].first() {
+                if unit(draw(seed ^ 0xb10c, me, 0)) < block_fraction {
+                    self.blocks[me] = vec![first];
+                }
+            }
+            self.contacts[me] = unit(draw(seed ^ 0xc0a7, me, 0)) < contacts_fraction;
+        }
+        self
+    }
+
+    /// The peers `peer` blocks.
+    pub fn block_list(&self, peer: usize) -> &[usize] {
+        self.blocks.get(peer).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `peer` is `contacts`.
+    pub fn is_contacts(&self, peer: usize) -> bool {
+        self.contacts.get(peer).copied().unwrap_or(false)
+    }
+
+    /// Peers blocking someone, and `contacts` peers.
+    pub fn sight_counts(&self) -> (usize, usize) {
+        let blocking = self.blocks.iter().filter(|b| !b.is_empty()).count();
+        (blocking, self.contacts.iter().filter(|c| **c).count())
+    }
+
+    /// Whether final views are in list order: without directives every listed peer was
+    /// online, and seen, when the lists were applied. With them, a peer may become visible
+    /// to a watcher after its list was applied and go last (DESIGN 5.5, as coming online),
+    /// so views are compared as sets.
+    pub fn ordered(&self) -> bool {
+        self.sight_counts() == (0, 0)
+    }
+
+    /// Whether `receiver` lists `sender`.
+    fn lists(&self, receiver: usize, sender: usize) -> bool {
+        self.sorted
+            .get(receiver)
+            .is_some_and(|l| l.binary_search(&sender).is_ok())
     }
 
     /// Peers in the plan.
@@ -69,24 +128,28 @@ impl WatchPlan {
         self.lists.get(receiver).map_or(&[], Vec::as_slice)
     }
 
-    /// Whether `receiver` is shown `sender`'s objects: its own (the echo) or a watched
-    /// peer's.
+    /// Whether `receiver` is shown `sender`'s objects: its own (the echo), or a watched
+    /// peer's that it may see (DESIGN 5.5: neither blocks the other, and the sender is
+    /// `mesh` or lists the receiver).
     pub fn shows(&self, receiver: usize, sender: usize) -> bool {
+        let blocks = |a: usize, b: usize| self.block_list(a).contains(&b);
         receiver == sender
-            || self
-                .sorted
-                .get(receiver)
-                .is_some_and(|l| l.binary_search(&sender).is_ok())
+            || (self.lists(receiver, sender)
+                && !blocks(receiver, sender)
+                && !blocks(sender, receiver)
+                && (!self.is_contacts(sender) || self.lists(sender, receiver)))
     }
 
     /// Receivers per change on average (each peer's watchers and itself): what a change
     /// offers, where the mesh view offers it to every peer.
     pub fn audience(&self) -> f64 {
-        let shown: usize = self.lists.iter().map(|l| l.len() + 1).sum();
+        let shown: usize = (0..self.peers())
+            .map(|r| 1 + self.list(r).iter().filter(|&&s| self.shows(r, s)).count())
+            .sum();
         shown as f64 / self.peers().max(1) as f64
     }
 
-    /// The view DESIGN 5.4 says `receiver` must hold when every peer was online before
+    /// The view DESIGN 5.4 and 5.5 say `receiver` must hold when every peer was online before
     /// the lists were applied: the hub's objects, its own relayed objects (the echo), then
     /// each watched peer's in list order; `relayed[p]` is peer `p`'s (empty when offline).
     pub fn expected_view(
@@ -99,7 +162,9 @@ impl WatchPlan {
         let mut view = hub.to_vec();
         view.extend_from_slice(of(receiver));
         for &p in self.list(receiver) {
-            view.extend_from_slice(of(p));
+            if self.shows(receiver, p) {
+                view.extend_from_slice(of(p));
+            }
         }
         view
     }
@@ -384,5 +449,41 @@ mod tests {
             ["p1/a", "p1/b", "p0/a"]
         );
         assert_eq!(names(plan.expected_view(2, &hub, &relayed)), ["hub"]);
+    }
+
+    #[test]
+    fn directives_hide_by_the_rule_and_are_drawn_from_the_seed() {
+        // 0 lists 1, 2; 1 lists 0, 2; 2 lists 0.
+        let mut plan = WatchPlan::from_lists(vec![vec![1, 2], vec![0, 2], vec![0]]);
+        assert!(plan.ordered());
+        plan.blocks[0] = vec![1];
+        plan.contacts[2] = true;
+        assert!(!plan.ordered());
+        assert!(
+            !plan.shows(0, 1) && !plan.shows(1, 0),
+            "a block hides both ways"
+        );
+        assert!(plan.shows(0, 2), "contacts 2 lists 0");
+        assert!(
+            !plan.shows(1, 2) || plan.lists(2, 1),
+            "contacts 2 is seen by its list"
+        );
+        assert!(plan.shows(2, 0) && plan.shows(2, 2) && !plan.shows(2, 1));
+        let relayed = vec![
+            vec![Object::new("p0/a", "0")],
+            vec![Object::new("p1/a", "1")],
+            vec![],
+        ];
+        let names = |v: Vec<Object>| v.into_iter().map(|o| o.name).collect::<Vec<_>>();
+        assert_eq!(names(plan.expected_view(0, &[], &relayed)), ["p0/a"]);
+        assert_eq!(names(plan.expected_view(1, &[], &relayed)), ["p1/a"]);
+        let drawn = |s| {
+            WatchPlan::random(200, 5, 7)
+                .with_sight(0.1, 0.2, s)
+                .sight_counts()
+        };
+        assert_eq!(drawn(7), drawn(7), "one seed, one plan");
+        let (blocking, contacts) = drawn(7);
+        assert!((5..=40).contains(&blocking) && (15..=70).contains(&contacts));
     }
 }

@@ -18,7 +18,7 @@ use p2ppi_hub::certs;
 use p2ppi_hub::config;
 use p2ppi_hub::peer::{self, Peer, PeerConfig, PeerEvent, PeerEvents, ReconnectPolicy};
 use p2ppi_hub::protocol::machine::ObjectsSource;
-use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::{names, Visibility};
 use p2ppi_hub::protocol::wire::Object;
 use p2ppi_hub::protocol::xml::parse_guid;
 use p2ppi_hub::tls::PeerName;
@@ -50,6 +50,15 @@ pub(crate) struct PeerArgs {
     /// certificates issued in the data directory, comma-separated.
     #[arg(long, value_name = "PEER-NAME", value_delimiter = ',')]
     watch_peers: Vec<String>,
+    /// Neither see nor be seen by these peers, nor message or invite each other (a
+    /// BLOCK_LIST, DESIGN 5.5): PeerNames or names of certificates issued in the data
+    /// directory, comma-separated.
+    #[arg(long, value_name = "PEER-NAME", value_delimiter = ',')]
+    block: Vec<String>,
+    /// Who may see this peer (a VISIBILITY, DESIGN 5.5): `mesh` (every peer of its mesh,
+    /// the default) or `contacts` (only the peers given to --watch-peers).
+    #[arg(long, value_name = "WHO", value_parser = parse_visibility)]
+    visibility: Option<Visibility>,
     /// Keep this RICH_PRESENCE text set while connected.
     #[arg(long)]
     presence: Option<String>,
@@ -110,6 +119,15 @@ fn reconnect_help() -> String {
 const EXIT_REFUSED: u8 = 3;
 /// Exit code of `--invite` when no answer came in time.
 const EXIT_TIMEOUT: u8 = 4;
+
+/// Parses `--visibility`.
+fn parse_visibility(value: &str) -> Result<Visibility, String> {
+    match value {
+        "mesh" => Ok(Visibility::Mesh),
+        "contacts" => Ok(Visibility::Contacts),
+        other => Err(format!("{other:?} is neither \"mesh\" nor \"contacts\"")),
+    }
+}
 
 fn parse_object(s: &str) -> Result<Object, String> {
     match s.split_once('=') {
@@ -260,6 +278,12 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
         .filter(|t| !t.trim().is_empty())
         .map(|target| named_peer("--watch-peers", target.trim(), &args.data_dir))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let block = args
+        .block
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|target| named_peer("--block", target.trim(), &args.data_dir))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let nickname = config
         .identity
         .cert_identity()
@@ -284,6 +308,12 @@ pub(crate) fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
         }
         if !args.watch_peers.is_empty() {
             peer.set_watch_list(&watch_peers).await?;
+        }
+        if !block.is_empty() {
+            peer.set_block_list(&block).await?;
+        }
+        if let Some(visibility) = args.visibility {
+            peer.set_visibility(visibility).await?;
         }
         let timeout = Duration::from_secs(args.timeout);
         if args.get {

@@ -395,7 +395,10 @@ fn remote_label(reason: RejectReason) -> &'static str {
         RejectReason::InvalidValue => "remote_invalid_value",
         RejectReason::SpoofedContact => "remote_spoofed_contact",
         RejectReason::ForeignName => "remote_foreign_name",
-        RejectReason::ViewFull | RejectReason::BadWatchList => "remote_object",
+        RejectReason::ViewFull
+        | RejectReason::BadWatchList
+        | RejectReason::BadBlockList
+        | RejectReason::BadVisibility => "remote_object",
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::relay::visibility::{Visibility, VisibilityError};
 use super::relay::{WatchError, WatchList};
 use crate::protocol::machine::SessionMachine;
 use crate::tls::PeerName;
@@ -28,6 +29,7 @@ pub struct SessionFlags {
     pub(super) relayed_objects: AtomicUsize,
     /// The WATCH_LIST state; the list shared with the session's relay policy (one copy).
     pub(super) watch: Mutex<(Option<WatchList>, WatchStatus)>,
+    pub(super) sight: Mutex<SightStatus>,
     /// The `notAfter` and issuer of the peer's certificate (set once, when the session
     /// starts).
     pub(super) certificate: std::sync::OnceLock<(SystemTime, String)>,
@@ -43,6 +45,21 @@ pub struct WatchStatus {
     pub state: &'static str,
     /// Why the latest WATCH_LIST was refused.
     pub rejected_because: Option<String>,
+}
+
+/// A session's BLOCK_LIST and VISIBILITY as the admin API shows them (DESIGN 5.5). The
+/// blocked PeerNames themselves are not shown: only the operator reads this, but it needs
+/// the count, not the list.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SightStatus {
+    /// PeerNames in the BLOCK_LIST in force.
+    pub block_count: usize,
+    /// The VISIBILITY in force.
+    pub visibility: Visibility,
+    /// Why the peer's latest BLOCK_LIST was refused (the previous stays in force).
+    pub block_rejected_because: Option<String>,
+    /// Why the peer's latest VISIBILITY was refused (the previous stays in force).
+    pub visibility_rejected_because: Option<String>,
 }
 
 impl SessionFlags {
@@ -70,8 +87,30 @@ impl SessionFlags {
                     ..WatchStatus::default()
                 },
             )),
+            sight: Mutex::new(SightStatus::default()),
             certificate: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the BLOCK_LIST and VISIBILITY in force, and why the latest were refused.
+    pub(crate) fn set_sight(
+        &self,
+        block_count: usize,
+        visibility: Visibility,
+        block_refused: Option<&WatchError>,
+        visibility_refused: Option<&VisibilityError>,
+    ) {
+        *self.sight.lock().unwrap_or_else(|e| e.into_inner()) = SightStatus {
+            block_count,
+            visibility,
+            block_rejected_because: block_refused.map(ToString::to_string),
+            visibility_rejected_because: visibility_refused.map(ToString::to_string),
+        };
+    }
+
+    /// The session's BLOCK_LIST and VISIBILITY state.
+    pub(crate) fn sight(&self) -> SightStatus {
+        self.sight.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records the `notAfter` and the issuer of the peer's certificate (DESIGN 10).
@@ -124,7 +163,10 @@ impl SessionFlags {
     }
 
     pub(crate) fn info(&self) -> SessionInfo {
+        let sight = self.sight();
         SessionInfo {
+            block_count: sight.block_count,
+            visibility: sight.visibility,
             peer_name: self.peer_name.clone(),
             mesh: self.mesh.to_string(),
             remote_address: self.remote,
@@ -168,6 +210,10 @@ pub struct SessionInfo {
     pub certificate_expires: Option<String>,
     /// Its certificate's issuer (CN): the CA it depends on.
     pub certificate_issuer: Option<String>,
+    /// PeerNames in its BLOCK_LIST in force (DESIGN 5.5).
+    pub block_count: usize,
+    /// Its VISIBILITY in force (DESIGN 5.5).
+    pub visibility: Visibility,
 }
 
 /// One session in detail (admin API `GET /v1/sessions/{peer-name}`).
@@ -178,6 +224,8 @@ pub struct SessionDetail {
     pub session: SessionInfo,
     /// Its WATCH_LIST (DESIGN 5.4).
     pub watch: WatchStatus,
+    /// Its BLOCK_LIST and VISIBILITY (DESIGN 5.5).
+    pub sight: SightStatus,
     /// What its view holds now.
     pub view: super::relay::ViewReport,
 }

@@ -8,7 +8,7 @@
 //! | 1 | `accept.rs` (+ `accept/`) | the accept loop: admission by source, the PROXY protocol, a connection handed to a shard |
 //! | 2 | `handshake.rs` | the TLS handshake on the shard's thread, under a timeout |
 //! | 3 | `session.rs` | the session actor: reads frames, runs the spec's state machine ([`crate::protocol::machine`]), with `throttle.rs` (inbound rate) and `route.rs` (application messages, invitations) |
-//! | 4 | `relay/` | the relay logic, sans I/O: per session the policy over the peer's objects (`PeerRelay`), for the hub one `Relay` (hub objects, mesh views, watchers) taking inputs and returning effects |
+//! | 4 | `relay/` | the relay logic, sans I/O: per session the policy over the peer's objects (`PeerRelay`), for the hub one `Relay` (hub objects, mesh views, own views, who may see whom) taking inputs and returning effects; its rules of who may see whom are shared with routing (`route.rs`) |
 //! | 4' | `registry.rs` | the relay logic's actor shell: applies each input to the `Relay`, carries out its effects |
 //! | 5 | `fanout.rs` | per shard, the views its sessions read and the change applied to every subscriber |
 //! | 6 | `outbound.rs` | one session's bounded outbound queue and the writer that drains it to TLS |
@@ -70,7 +70,7 @@ mod throttle;
 // The hub's one door: what its API takes and returns, and nothing else. Every module above
 // is private, so each of these types has exactly one public path, `p2ppi_hub::hub::X`.
 pub use blocked::Blocked;
-pub use facts::{HubMessage, SessionDetail, SessionInfo, WatchStatus};
+pub use facts::{HubMessage, SessionDetail, SessionInfo, SightStatus, WatchStatus};
 pub use feed::{FeedEvent, FeedSnapshot, FeedSubscription, HubStatus};
 pub use relay::{HubError, ObjectOp, OpOutcome, RejectReason, ViewReport};
 pub use reload::{ReloadError, ReloadReport};
@@ -258,6 +258,7 @@ impl HubHandle {
         Ok(Some(SessionDetail {
             session: entry.flags.info(),
             watch: entry.flags.watch(),
+            sight: entry.flags.sight(),
             view,
         }))
     }
@@ -621,7 +622,9 @@ fn start_registry(
     let recipients = shards.iter().map(|s| s.clone().recipient()).collect();
     // The page's feed starts from the objects the registry accepts below.
     let hub_objects = objects.clone();
-    let relay = Relay::new(objects, limits).map_err(StartError::Objects)?;
+    let relay = Relay::new(objects, limits)
+        .map_err(StartError::Objects)?
+        .with_rules(shared.sight.clone());
     let initial = Arc::new(Fanout {
         change: ViewChange::initial(relay.base_view()),
         applied: None,

@@ -345,7 +345,7 @@ mod tests {
                 mesh: "m".into(),
                 session,
                 objects: (0..n).map(|i| big(who, i)).collect(),
-                watch: None,
+                directives: Default::default(),
             })
         };
         // Seven of 262 bytes fill the 1,954 bytes the hub's one object leaves.

@@ -2,13 +2,20 @@
 //! peer of its mesh (`to=`), an acknowledgement returned to its inviter, or kept for the
 //! hub itself; or not delivered, with the reason ([`Undelivered`]) the session counts and,
 //! for an invitation, answers with a refusal.
+//!
+//! Who may see whom (DESIGN 5.5) decides too: a message, invitation or acknowledgement
+//! goes only to a peer its sender sees (the relay's rules, shared through
+//! `HubShared::sight`), and is otherwise refused exactly as for an absent peer; only the
+//! operator's counters tell the reason (`blocked`, `not_visible`).
 
 use std::sync::Arc;
 
 use uuid::Uuid;
 
 use super::messages::Deliver;
+use super::relay::visibility::Hidden;
 use super::shared::{HubShared, SessionEntry};
+use crate::metrics;
 use crate::protocol::addressing::{self, Target};
 use crate::protocol::wire::Message;
 use crate::protocol::xml::{AppInvite, InvitationAck, APPINVITE};
@@ -67,6 +74,12 @@ pub enum Undelivered {
     TargetBusy,
     /// The stamped message does not fit one P2PPI message.
     TooLarge,
+    /// A BLOCK_LIST of either peer names the other (DESIGN 5.5; reported like an absent
+    /// peer).
+    Blocked,
+    /// The addressee is `contacts` and does not list the sender (DESIGN 5.5; reported like
+    /// an absent peer).
+    NotVisible,
 }
 
 impl Undelivered {
@@ -79,15 +92,20 @@ impl Undelivered {
             Self::TableFull => "table_full",
             Self::TargetBusy => "target_busy",
             Self::TooLarge => "too_large",
+            Self::Blocked => Hidden::Blocked.label(),
+            Self::NotVisible => Hidden::NotVisible.label(),
         }
     }
 
-    /// What the hub's refusal of an invitation says (EXTENDEDINFO). Another mesh reads
-    /// like an absent peer: meshes do not learn of each other.
+    /// What the hub's refusal of an invitation says (EXTENDEDINFO). Another mesh, and a
+    /// peer the sender may not see (DESIGN 5.5), read like an absent peer: meshes do not
+    /// learn of each other, and a blocked peer learns nothing from being blocked.
     pub fn explanation(self) -> &'static str {
         match self {
             Self::Unknown => "the invited peer name is not a PeerName",
-            Self::NotConnected | Self::OtherMesh => "the invited peer is not connected",
+            Self::NotConnected | Self::OtherMesh | Self::Blocked | Self::NotVisible => {
+                "the invited peer is not connected"
+            }
             Self::TableFull => "the hub is busy; try again later",
             Self::TargetBusy | Self::TooLarge => "the invited peer is busy",
         }
@@ -128,6 +146,7 @@ impl Sender<'_> {
                     invitation: None,
                 };
                 let to = self.find(&inviter).ok_or(fail(Undelivered::NotConnected))?;
+                self.may_see(&inviter).map_err(fail)?;
                 self.deliver(&inviter, to, mime_type, value, None)
                     .map_err(fail)?;
                 self.shared.feed.answered(self.peer, &inviter, ack);
@@ -152,6 +171,7 @@ impl Sender<'_> {
         if to.mesh() != &**self.mesh {
             return Err(fail(Undelivered::OtherMesh));
         }
+        self.may_see(&target).map_err(fail)?;
         if let Some(id) = request {
             self.shared
                 .invitations
@@ -170,6 +190,19 @@ impl Sender<'_> {
             .routed(self.peer, &target, mime_type, invitation);
         Ok(Routed::Forwarded {
             invitation: request.is_some(),
+        })
+    }
+
+    /// Whether the sender may send to `peer` (DESIGN 5.5: it must see it); a refusal is
+    /// counted by reason for the operator, and told to the sender as an absent peer.
+    fn may_see(&self, peer: &PeerName) -> Result<(), Undelivered> {
+        let seen = self.shared.sight.read().sees(self.peer, peer);
+        seen.map_err(|hidden| {
+            metrics::count_reason(metrics::VISIBILITY_REFUSALS, hidden.label());
+            match hidden {
+                Hidden::Blocked => Undelivered::Blocked,
+                Hidden::NotVisible => Undelivered::NotVisible,
+            }
         })
     }
 

@@ -53,6 +53,7 @@ use super::facts::{HubMessage, SessionFlags};
 use super::fanout::FanoutCore;
 use super::messages::{Close, Deliver, RegistryLink, RelayRemove, RelaySet, RelayStart, SessionId};
 use super::outbound::{run_writer, Outbound, PushError, WriterFailure};
+use super::relay::visibility::Visibility;
 use super::relay::{Departure, Note, PeerRelay, Reaction, RejectReason, RelayedSet};
 use super::route::{refusal, Routed, Sender, Undelivered, Unroutable};
 use super::shared::{Claim, ConnectionGuard, HubShared, SessionEntry};
@@ -101,6 +102,9 @@ pub struct Session {
     cluster_retry: bool,
     /// Whether this session is in the session count (from holding its PeerName on).
     counted: bool,
+    /// Whether this session is in the gauges of sessions with a BLOCK_LIST in force, and
+    /// with VISIBILITY `contacts` (DESIGN 5.5).
+    sight_gauged: (bool, bool),
     /// What its handshake established (DESIGN 10).
     cert: Arc<SessionCert>,
     span: tracing::Span,
@@ -176,6 +180,7 @@ pub(crate) fn start(
             clustered: false,
             cluster_retry: false,
             counted: false,
+            sight_gauged: (false, false),
             cert,
             span,
         }
@@ -257,11 +262,32 @@ impl Session {
         if reaction.changed {
             self.flags
                 .set_watch(self.relay.watch().cloned(), self.relay.watch_refused());
+            let (block, visibility) = self.relay.sight();
+            self.flags.set_sight(
+                block.len(),
+                visibility,
+                self.relay.block_refused(),
+                self.relay.visibility_refused(),
+            );
+            let blocking = !block.is_empty();
+            self.gauge_sight((blocking, visibility == Visibility::Contacts));
             self.shared
                 .feed
                 .objects_changed(self.id, self.relay.relayed());
             self.send_relay(ctx);
         }
+    }
+
+    /// Keeps this session's place in the gauges of sessions using each directive.
+    fn gauge_sight(&mut self, now: (bool, bool)) {
+        let gauge = |name, was: bool, is: bool| {
+            if was != is {
+                metrics::gauge_add(name, if is { 1.0 } else { -1.0 });
+            }
+        };
+        gauge(metrics::BLOCK_LIST_SESSIONS, self.sight_gauged.0, now.0);
+        gauge(metrics::CONTACTS_SESSIONS, self.sight_gauged.1, now.1);
+        self.sight_gauged = now;
     }
 
     /// Counts and logs what the relay policy noted (once per change of state).
@@ -278,12 +304,26 @@ impl Session {
             Note::WatchApplied => {
                 info!(parent: &self.span, "WATCH_LIST valid again and applied");
             }
+            Note::BlockRefused(e) => {
+                metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::BadBlockList.label());
+                warn!(parent: &self.span, error = %e, "BLOCK_LIST not applied; the previous list stays in force");
+            }
+            Note::BlockApplied => {
+                info!(parent: &self.span, "BLOCK_LIST valid again and applied");
+            }
+            Note::VisibilityRefused(e) => {
+                metrics::count_reason(metrics::RELAY_REJECTED, RejectReason::BadVisibility.label());
+                warn!(parent: &self.span, error = %e, "VISIBILITY not applied; the previous value stays in force");
+            }
+            Note::VisibilityApplied => {
+                info!(parent: &self.span, "VISIBILITY valid again and applied");
+            }
         }
     }
 
     /// Hands the registry the relayed set the policy has due (one in flight per session).
     fn send_relay(&mut self, ctx: &mut Context<Self>) {
-        let Some((objects, watch)) = self.relay.next_set() else {
+        let Some((objects, directives)) = self.relay.next_set() else {
             return;
         };
         // Only the session that holds the PeerName writes its state to the cluster (a
@@ -294,8 +334,10 @@ impl Session {
                 .is_some_and(|e| e.id == self.id)
         };
         if let (Some(cluster), true) = (self.shared.cluster.get(), holds()) {
+            // The directives travel with the state (DESIGN 5.5), never to peers: the other
+            // hubs split them off (`Directives::split`).
             if cluster
-                .relayed(&self.peer, &self.mesh, self.id, objects.clone())
+                .relayed(&self.peer, &self.mesh, self.id, self.relay.cluster_state())
                 .is_err()
             {
                 self.retry_cluster_state(ctx);
@@ -306,7 +348,7 @@ impl Session {
             mesh: self.mesh.clone(),
             session: self.id,
             objects,
-            watch,
+            directives,
         });
         self.registry
             .set
@@ -338,10 +380,10 @@ impl Session {
                 .shared
                 .lookup(&session.peer)
                 .is_some_and(|e| e.id == session.id);
-            let objects = session.relay.relayed().to_vec();
+            let state = session.relay.cluster_state();
             if holds
                 && cluster
-                    .relayed(&session.peer, &session.mesh, session.id, objects)
+                    .relayed(&session.peer, &session.mesh, session.id, state)
                     .is_err()
             {
                 session.retry_cluster_state(ctx);
@@ -521,6 +563,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.gauge_sight((false, false));
         self.fanout.unsubscribe(&self.mesh, self.id);
         self.fanout.remove_session(self.id);
         self.shared.release(&self.peer, self.id);

@@ -56,6 +56,8 @@ pub struct HubShared {
     pub(crate) cluster: std::sync::OnceLock<super::link::ClusterLink>,
     /// The TLS config in force and the block list (DESIGN 10).
     pub(crate) identities: super::identities::Identities,
+    /// Who may see whom (DESIGN 5.5): written by the registry's relay, read by routing.
+    pub(crate) sight: super::relay::visibility::SharedRules,
 }
 
 impl HubShared {
@@ -76,6 +78,7 @@ impl HubShared {
             drain: super::drain::control::DrainControl::default(),
             cluster: std::sync::OnceLock::new(),
             identities,
+            sight: super::relay::visibility::SharedRules::default(),
         }
     }
 

@@ -28,6 +28,18 @@ pub mod names {
     /// WATCH_LIST (this project's extension, DESIGN 5.4): the PeerNames whose presence a
     /// peer wants from the hub.
     pub const WATCH_LIST: &str = "5cba6328-81c2-48fe-b86b-7b4c2970eebd";
+    /// BLOCK_LIST (this project's extension, DESIGN 5.5): the PeerNames that may neither
+    /// see this peer nor be seen by it.
+    pub const BLOCK_LIST: &str = "b0fe11b5-b9a1-4837-8060-8b6550da4e7b";
+    /// VISIBILITY (this project's extension, DESIGN 5.5): `mesh` (the default) or
+    /// `contacts` (only the peers on this peer's WATCH_LIST see it).
+    pub const VISIBILITY: &str = "e1282ccb-1144-405a-9b49-dbfa2aba9286";
+
+    /// Whether `name` is one of this hub's directives (WATCH_LIST, BLOCK_LIST, VISIBILITY):
+    /// objects a peer publishes to the hub, never relayed to other peers.
+    pub fn is_directive(name: &str) -> bool {
+        name == WATCH_LIST || name == BLOCK_LIST || name == VISIBILITY
+    }
 
     /// The spec's name of a well-known GUID (case-insensitive), for people to read.
     pub fn label(guid: &str) -> Option<&'static str> {
@@ -42,6 +54,28 @@ pub mod names {
         .into_iter()
         .find(|(known, _)| known.eq_ignore_ascii_case(guid))
         .map(|(_, label)| label)
+    }
+}
+
+/// Who may see a peer: the value of its VISIBILITY object (this project's extension,
+/// DESIGN 5.5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Every peer of its mesh (the default, as without the directive).
+    #[default]
+    Mesh,
+    /// Only the peers on its own WATCH_LIST.
+    Contacts,
+}
+
+impl Visibility {
+    /// The directive's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mesh => "mesh",
+            Self::Contacts => "contacts",
+        }
     }
 }
 

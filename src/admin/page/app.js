@@ -315,6 +315,8 @@
         flag(row.local_subscribed, 'L', 'local subscribed (the hub is subscribed to the peer)'),
         flag(row.response_pending, 'R', 'response pending (the hub awaits a RESPONSE)')),
       el('td', { class: 'watch', text: row.watch_list == null ? '—' : String(row.watch_list) }),
+      el('td', { class: 'sight nowrap', title: 'VISIBILITY, and PeerNames in the BLOCK_LIST (DESIGN 5.5)',
+        text: (row.visibility ?? 'mesh') + (row.block_count ? ' · ' + row.block_count + ' blocked' : '') }),
       el('td', null, el('button', { class: 'disconnect', type: 'button', onclick: () => disconnect(row) }, 'disconnect')));
   }
 
@@ -333,7 +335,7 @@
             (shown.length !== rows.length ? ', ' + shown.length + ' shown' : '') })),
         el('table', { class: 'grid' },
           el('thead', null, el('tr', null, ...['Name', 'PeerName', 'Presence', 'Capabilities', 'Address',
-            'Connected', 'Certificate', 'Flags', 'Watch', ''].map((h) => el('th', { text: h })))),
+            'Connected', 'Certificate', 'Flags', 'Watch', 'Sight', ''].map((h) => el('th', { text: h })))),
           body)));
     }
     $('meshes').replaceChildren(...chips);

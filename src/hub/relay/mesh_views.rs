@@ -30,7 +30,7 @@
 //! few lookups, not a pass over every waiting peer.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -145,6 +145,10 @@ pub(super) struct MeshViews {
     full: HashMap<Arc<str>, usize>,
     /// Peers waiting for room, all meshes (`p2ppi_relay_peers_waiting`).
     waiting_total: usize,
+    /// Peers whose VISIBILITY is `contacts` (DESIGN 5.5): placed as any other (their
+    /// objects take room, so every view built from the placements fits), but absent from
+    /// the shared mesh view; the subscribers that see them have their own views.
+    hidden: HashSet<PeerName>,
     /// Meshes whose waiting peers changed since fullness was last reported.
     touched: Vec<Arc<str>>,
 }
@@ -161,6 +165,7 @@ impl MeshViews {
             relayed_total: 0,
             full: HashMap::new(),
             waiting_total: 0,
+            hidden: HashSet::new(),
             touched: Vec::new(),
         }
     }
@@ -187,6 +192,47 @@ impl MeshViews {
             .get(peer)
             .filter(|p| &*p.mesh == mesh)
             .map(|p| (p.owner, p.accepted.as_slice()))
+    }
+
+    /// What the mesh view would hold of `peer` in `mesh` were it not hidden: the objects
+    /// relayed for it (those waiting for room aside), if it is online there, and the owner
+    /// of its entries.
+    pub(super) fn relayed_of(
+        &self,
+        peer: &PeerName,
+        mesh: &str,
+    ) -> Option<(Owner, &[Arc<Object>])> {
+        self.placed
+            .get(peer)
+            .filter(|p| &*p.mesh == mesh)
+            .map(|p| (p.owner, &p.accepted[..p.relayed]))
+    }
+
+    /// Hides `peer` from the shared view of its mesh, or shows it again (DESIGN 5.5: its
+    /// VISIBILITY became `contacts`, or `mesh`): its mesh's subscribers see it leave (the
+    /// entire view) or arrive (its objects alone), as if it went offline or came online.
+    pub(super) fn set_hidden(
+        &mut self,
+        peer: &PeerName,
+        hidden: bool,
+        hub: &[Arc<Object>],
+        out: &mut Placement,
+    ) {
+        let changed = if hidden {
+            self.hidden.insert(peer.clone())
+        } else {
+            self.hidden.remove(peer)
+        };
+        if !changed {
+            return;
+        }
+        let Some(placed) = self.placed.remove(peer) else {
+            return;
+        };
+        let own = (placed.relayed, placed.relayed_len);
+        let objects = &placed.accepted[..placed.relayed];
+        self.set_relayed(placed.owner, &placed.mesh, objects, own, own, hub, out);
+        self.placed.insert(peer.clone(), placed);
     }
 
     /// The entries of `mesh`'s view (`hub`: the hub's objects, for a mesh without relayed
@@ -326,13 +372,23 @@ impl MeshViews {
             m.entries = hub_entries(hub);
         }
         let encoded = &mut Encoded::default();
-        let Some(delivery) = entries::set_owned(&mut m.entries, owner, objects, encoded) else {
-            return;
-        };
+        // A hidden peer's objects take room but stay out of the shared entries.
+        let hidden = self
+            .owners
+            .get(&owner)
+            .is_some_and(|p| self.hidden.contains(p));
+        let shown = if hidden { &[] } else { objects };
+        let delivery = entries::set_owned(&mut m.entries, owner, shown, encoded);
         m.relayed = m.relayed + new.0 - own.0;
         m.relayed_len = m.relayed_len + new.1 - own.1;
         self.relayed_total = self.relayed_total + new.0 - own.0;
         metrics::relayed_objects(self.relayed_total);
+        let delivery = match delivery {
+            Some(delivery) => delivery,
+            // The shared entries are unchanged (a hidden peer changed, or nothing did).
+            None if m.relayed > 0 => return,
+            None => Delivery::Silent,
+        };
         let view = if m.relayed > 0 {
             match view_of(&m.entries) {
                 Ok(view) => Some(Arc::new(view)),

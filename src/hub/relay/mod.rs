@@ -14,16 +14,16 @@
 //! - `hub_objects`: the hub's own objects, their base view and their budget;
 //! - `mesh_views`: per mesh, the one ordered list of the hub's and the relayed objects, and
 //!   where each peer's objects are placed (relayed, or waiting for room);
-//! - `watchers`: the peers whose WATCH_LIST is in force, their own views, and the index
-//!   watched → watchers.
+//! - `watchers`: the subscribers with their own views (a WATCH_LIST in force, or a
+//!   visibility directive that affects them) and the index watched → watchers;
+//! - [`visibility`]: the BLOCK_LIST and VISIBILITY directives in force and the one rule
+//!   of who sees whom (DESIGN 5.5), shared with the sessions' routing. `contacts` peers are
+//!   placed as any other but hidden from the shared mesh view (`mesh_views`); only the
+//!   subscribers a directive affects get their own view (`watchers`), the others keep
+//!   sharing the one encoded mesh view.
 //!
 //! `budget` computes every size a view is held to; `entries` is the list behind a view and
 //! what its subscribers are sent when it changes; `view` encodes a list once.
-//!
-//! Room to grow: who-may-see-whom (DESIGN 5.5) is to be one more sub-state beside these,
-//! deciding through `watchers::Sources::shown` (the one place a watcher's view asks what a
-//! peer shows it) and giving only the subscribers it affects their own view, as watchers
-//! have.
 //!
 //! [`Relay`] takes inputs through `handle_*` methods (a session's start, a peer's relayed
 //! set with its watch list, a departure, changes of a mesh's peers on other hubs) and
@@ -62,14 +62,15 @@ mod relayable;
 #[cfg(test)]
 mod tests;
 mod view;
+pub mod visibility;
+#[cfg(test)]
+mod visibility_tests;
 mod watch_list;
 mod watchers;
 
 use std::sync::Arc;
 
 pub use budget::ViewLimits;
-#[cfg(test)]
-pub use effects::Personal;
 pub use effects::{
     Count, Delivery, Effects, Fullness, Released, SessionId, ViewChange, ViewReport,
 };
@@ -85,13 +86,15 @@ use crate::cluster::PeerChange;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
 use budget::objects_len;
-use entries::Encoded;
+pub use effects::Personal;
+use entries::{Encoded, Entry};
 use hub_objects::{HubObjects, NextObjects};
 use mesh_views::{Holder, MeshViews, Placement};
+use visibility::{Directives, SharedRules, Visibility};
 use watchers::{Sources, Watchers};
 
 /// A peer's relayed set as its session hands it over (already filtered and renamed
-/// `<peer-name>/<object-name>`), with its watch list.
+/// `<peer-name>/<object-name>`), with its directives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayedSet {
     /// The peer.
@@ -102,8 +105,8 @@ pub struct RelayedSet {
     pub session: SessionId,
     /// The objects to relay, in the peer's order.
     pub objects: Vec<Object>,
-    /// The watch list in force (DESIGN 5.4), in list order; `None`: the mesh view.
-    pub watch: Option<watch_list::WatchList>,
+    /// Its directives in force: WATCH_LIST (DESIGN 5.4), BLOCK_LIST and VISIBILITY (5.5).
+    pub directives: Directives,
 }
 
 /// A change of the hub's objects, checked and encoded, to persist before it is committed.
@@ -141,6 +144,8 @@ pub struct Relay {
     /// replica's answer (the state again, or the peer gone) replaces them in one placement,
     /// so the peer's watchers here never see it leave and come back.
     elsewhere: std::collections::HashSet<PeerName>,
+    /// Who may see whom (DESIGN 5.5); the sessions read it to route messages.
+    rules: SharedRules,
 }
 
 impl Relay {
@@ -156,7 +161,15 @@ impl Relay {
             watchers: Watchers::new(limits),
             limits,
             elsewhere: std::collections::HashSet::new(),
+            rules: SharedRules::default(),
         })
+    }
+
+    /// The relay, deciding who sees whom with `rules` (shared with the sessions' routing).
+    #[must_use]
+    pub fn with_rules(mut self, rules: SharedRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// The hub's objects.
@@ -211,16 +224,20 @@ impl Relay {
                 .set_room(room, self.hub.shared(), &mut placement);
         }
         let mut effects = self.effects_of(placement);
+        let rules = self.rules.clone();
+        let rules = rules.read();
         let src = Sources {
             hub: self.hub.shared(),
             meshes: &self.meshes,
+            rules: &rules,
+            before: None,
         };
         let personal = self.watchers.refresh_all(&src, &mut Encoded::default());
         effects.views.extend(ViewChange::personal(personal));
         effects
     }
 
-    /// A peer's session hands over its relayed set and watch list. Returns how many of its
+    /// A peer's session hands over its relayed set and directives. Returns how many of its
     /// objects are relayed (0 for a stale session of a peer that has reconnected).
     pub fn handle_relayed_set(&mut self, set: RelayedSet) -> (usize, Effects) {
         let RelayedSet {
@@ -228,9 +245,13 @@ impl Relay {
             mesh,
             session,
             objects,
-            watch,
+            directives,
         } = set;
-        match self.meshes.placed(&peer).map(|p| p.holder) {
+        let placed = self
+            .meshes
+            .placed(&peer)
+            .map(|p| (p.holder, p.mesh.clone()));
+        match placed.as_ref().map(|(holder, _)| *holder) {
             Some(Holder::Session(held) | Holder::Leaving(held)) if held > session => {
                 return (0, Effects::default())
             }
@@ -240,8 +261,12 @@ impl Relay {
             // ended (its own view went with it).
             _ => {}
         }
+        let before = self.before_directives(&peer, &mesh, &directives);
         let holder = Holder::Session(session);
         let mut placement = Placement::default();
+        // The directives first: a peer turning `contacts` is never shown to its mesh.
+        let watch = directives.watch.clone();
+        let touched = self.set_directives(&peer, directives, &mut placement);
         let count = self.meshes.place(
             &peer,
             &mesh,
@@ -251,21 +276,66 @@ impl Relay {
             &mut placement,
         );
         let mut effects = self.effects_of(placement);
+        let quiet = quiet(&effects, &mesh);
+        let rules = self.rules.clone();
+        let rules = rules.read();
         let src = Sources {
             hub: self.hub.shared(),
             meshes: &self.meshes,
+            rules: &rules,
+            before: before.as_deref().map(|e| (&*mesh, e, quiet)),
         };
         let encoded = &mut Encoded::default();
         let mut personal = Vec::new();
         if self.watchers.list(&peer) == watch.as_ref() {
-            personal.extend(self.watchers.refresh(&peer, &src, encoded));
+            personal.extend(self.watchers.reconsider(&peer, &src, encoded));
         } else {
             personal.extend(self.watchers.set_list(&peer, watch, &src, encoded));
         }
+        for other in touched.iter().filter(|t| **t != peer) {
+            personal.extend(self.watchers.reconsider(other, &src, encoded));
+        }
+        let mut meshes = vec![mesh.clone()];
+        meshes.extend(placed.map(|(_, m)| m).filter(|m| *m != meshes[0]));
         let peers = std::slice::from_ref(&peer);
-        personal.extend(self.watchers.refresh_watchers_of(peers, &src, encoded));
-        effects.views.extend(ViewChange::personal(personal));
+        personal.extend(
+            self.watchers
+                .refresh_watchers_of(peers, &meshes, &src, encoded),
+        );
+        push_personal(&mut effects, personal);
         (count, effects)
+    }
+
+    /// The shared entries of `mesh` before `peer`'s `directives` change who sees whom
+    /// (`None` when they do not: a copy only when directives change, which is rare).
+    fn before_directives(
+        &self,
+        peer: &PeerName,
+        mesh: &str,
+        directives: &Directives,
+    ) -> Option<Vec<Entry>> {
+        let rules = self.rules.read();
+        let unchanged = match rules.directives(peer) {
+            Some(old) => old == directives,
+            None => !directives.hides(),
+        };
+        (!unchanged).then(|| self.meshes.entries(mesh, self.hub.shared()).into_owned())
+    }
+
+    /// Puts `peer`'s directives in force (DESIGN 5.5): the rules, and whether it is hidden
+    /// from its mesh's shared view. Returns the peers whose sight of it, or its of them,
+    /// may have changed.
+    fn set_directives(
+        &mut self,
+        peer: &PeerName,
+        directives: Directives,
+        placement: &mut Placement,
+    ) -> Vec<PeerName> {
+        let hidden = directives.visibility == Visibility::Contacts;
+        let touched = self.rules.write().set(peer, directives);
+        self.meshes
+            .set_hidden(peer, hidden, self.hub.shared(), placement);
+        touched
     }
 
     /// A session of `peer` started here (`mesh`, `session`), before it hands over its first
@@ -337,24 +407,30 @@ impl Relay {
         self.withdraw(peer)
     }
 
-    /// Takes a peer's objects out of the views, and its watchers' views.
+    /// Takes a peer's objects and directives out of the views, and its watchers' views.
     fn withdraw(&mut self, peer: &PeerName) -> Effects {
         let mut placement = Placement::default();
-        self.meshes.remove(peer, self.hub.shared(), &mut placement);
+        let removed = self.meshes.remove(peer, self.hub.shared(), &mut placement);
+        let touched = self.set_directives(peer, Directives::default(), &mut placement);
         let mut effects = self.effects_of(placement);
-        self.refresh_watchers_of(std::slice::from_ref(peer), &mut effects);
+        let meshes: Vec<Arc<str>> = removed.map(|p| p.mesh).into_iter().collect();
+        let peers = std::slice::from_ref(peer);
+        self.refresh_own_views(peers, &meshes, &touched, None, &mut effects);
         effects
     }
 
     /// Changes of `mesh`'s peers held by other hubs of the cluster (DESIGN 8), applied as
     /// the same changes of local peers would be: a remote peer is indistinguishable from a
-    /// local one in mesh views and watch lists. A peer a session here holds is left to it
+    /// local one in mesh views, watch lists and who sees whom (its directives travel with
+    /// its state, [`Directives::split`]). A peer a session here holds is left to it
     /// (noted as held elsewhere too: when the session ends, the replica hands that state
     /// over again, [`Released`]). A moving peer's objects are replaced by its remote state
     /// in one placement: equal objects change nothing, and nobody is sent anything.
     pub fn handle_remote_changes(&mut self, mesh: &Arc<str>, changes: Vec<PeerChange>) -> Effects {
         let mut placement = Placement::default();
         let mut changed = Vec::with_capacity(changes.len());
+        let mut touched = Vec::new();
+        let mut before: Option<Vec<Entry>> = None;
         for change in changes {
             let holder = |meshes: &MeshViews, peer| meshes.placed(peer).map(|p| p.holder);
             match change {
@@ -363,6 +439,11 @@ impl Relay {
                         self.elsewhere.insert(peer);
                         continue;
                     }
+                    let (objects, directives) = Directives::split(&peer, objects);
+                    if before.is_none() {
+                        before = self.before_directives(&peer, mesh, &directives);
+                    }
+                    touched.extend(self.set_directives(&peer, directives, &mut placement));
                     let hub = self.hub.shared();
                     let holder = Holder::OtherHub;
                     self.meshes
@@ -374,6 +455,8 @@ impl Relay {
                     match here.map(|p| p.holder) {
                         Some(Holder::OtherHub | Holder::Leaving(_)) => {
                             self.meshes.remove(&peer, self.hub.shared(), &mut placement);
+                            let gone = Directives::default();
+                            touched.extend(self.set_directives(&peer, gone, &mut placement));
                             changed.push(peer);
                         }
                         Some(Holder::Session(_)) => {
@@ -385,7 +468,12 @@ impl Relay {
             }
         }
         let mut effects = self.effects_of(placement);
-        self.refresh_watchers_of(&changed, &mut effects);
+        touched.sort();
+        touched.dedup();
+        let meshes = std::slice::from_ref(mesh);
+        let quiet = quiet(&effects, mesh);
+        let before = before.as_deref().map(|e| (&**mesh, e, quiet));
+        self.refresh_own_views(&changed, meshes, &touched, before, &mut effects);
         effects
     }
 
@@ -412,16 +500,35 @@ impl Relay {
         }
     }
 
-    /// Rebuilds, once each, the views of the watchers of any of `peers`.
-    fn refresh_watchers_of(&mut self, peers: &[PeerName], effects: &mut Effects) {
+    /// Rebuilds, once each, the own views `peers` appear in (their watchers', and the
+    /// filtered views of `meshes`), after giving or taking own views as the directives
+    /// now require of the `touched` peers.
+    fn refresh_own_views(
+        &mut self,
+        peers: &[PeerName],
+        meshes: &[Arc<str>],
+        touched: &[PeerName],
+        before: Option<(&str, &[Entry], bool)>,
+        effects: &mut Effects,
+    ) {
+        let rules = self.rules.clone();
+        let rules = rules.read();
         let src = Sources {
             hub: self.hub.shared(),
             meshes: &self.meshes,
+            rules: &rules,
+            before,
         };
-        let personal = self
-            .watchers
-            .refresh_watchers_of(peers, &src, &mut Encoded::default());
-        effects.views.extend(ViewChange::personal(personal));
+        let encoded = &mut Encoded::default();
+        let mut personal: Vec<Personal> = touched
+            .iter()
+            .filter_map(|t| self.watchers.reconsider(t, &src, encoded))
+            .collect();
+        personal.extend(
+            self.watchers
+                .refresh_watchers_of(peers, meshes, &src, encoded),
+        );
+        push_personal(effects, personal);
     }
 
     /// What a peer's view holds now (admin API).
@@ -436,6 +543,30 @@ impl Relay {
             ..ViewReport::default()
         }
     }
+}
+
+/// Whether `effects` leave `mesh`'s shared view as it was: none of their changes reach its
+/// subscribers before the own views they carry are installed.
+fn quiet(effects: &Effects, mesh: &str) -> bool {
+    !effects
+        .views
+        .iter()
+        .any(|v| v.base.is_some() || v.meshes.iter().any(|(m, _)| &**m == mesh))
+}
+
+/// Adds changes of own views to `effects`. Those that give or change a subscriber's own
+/// view ride with the last change of the mesh views (shards install them first, so a
+/// subscriber moving to its own view is sent it alone, not the mesh's change too); those
+/// that give a subscriber back its mesh's view follow, as their delivery is relative to
+/// the mesh view after the change.
+fn push_personal(effects: &mut Effects, personal: Vec<Personal>) {
+    let (own, back): (Vec<Personal>, Vec<Personal>) =
+        personal.into_iter().partition(|p| p.view.is_some());
+    match effects.views.last_mut() {
+        Some(last) => last.personal.extend(own),
+        None => effects.views.extend(ViewChange::personal(own)),
+    }
+    effects.views.extend(ViewChange::personal(back));
 }
 
 /// Objects as the views share them: each moved into an `Arc` once, when placed.

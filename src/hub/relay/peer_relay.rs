@@ -2,9 +2,9 @@
 //! objects its peer reports. The session actor drives it and carries out what it returns.
 //!
 //! In: each list of objects the session's state machine reports (a NOTIFY or the RESPONSE to
-//! the hub's REQUEST). It keeps the exact copy ([`PeerCopy`]), reads the WATCH_LIST (never
-//! relayed; an invalid one leaves the previous in force), and filters the rest through the
-//! relay caps ([`relayable`]).
+//! the hub's REQUEST). It keeps the exact copy ([`PeerCopy`]), reads the directives
+//! (WATCH_LIST, BLOCK_LIST, VISIBILITY: never relayed; an invalid one leaves the previous
+//! in force), and filters the rest through the relay caps ([`relayable`]).
 //!
 //! Out: a [`Reaction`]: whether to send a REQUEST (reconciling), whether the relayed set
 //! changed, and [`Note`]s to count and log, each once per change of state (DESIGN 6). The
@@ -15,10 +15,13 @@
 use std::collections::HashMap;
 
 use super::relayable::{relayable, RejectReason, RelayCaps};
+use super::visibility::{
+    read_block_list, read_visibility, Directives, Read, Visibility, VisibilityError,
+};
 use super::watch_list::{watch_directive, WatchDirective, WatchError, WatchList};
 use crate::config::RelaySection;
 use crate::protocol::machine::ObjectsSource;
-use crate::protocol::objects::names::WATCH_LIST;
+use crate::protocol::objects::names::{BLOCK_LIST, VISIBILITY, WATCH_LIST};
 use crate::protocol::peer_copy::PeerCopy;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
@@ -38,6 +41,16 @@ pub enum Note {
     WatchRefused(WatchError),
     /// The peer's WATCH_LIST is valid again and applied.
     WatchApplied,
+    /// The peer's BLOCK_LIST is refused (newly, or for another reason); the previous list
+    /// stays in force.
+    BlockRefused(WatchError),
+    /// The peer's BLOCK_LIST is valid again and applied.
+    BlockApplied,
+    /// The peer's VISIBILITY is refused (newly, or for another reason); the previous value
+    /// stays in force.
+    VisibilityRefused(VisibilityError),
+    /// The peer's VISIBILITY is valid again and applied.
+    VisibilityApplied,
 }
 
 /// What the session does after a report of its peer's objects.
@@ -58,6 +71,8 @@ pub struct PeerRelay {
     caps: RelayCaps,
     /// `relay.max_watch`.
     max_watch: usize,
+    /// `relay.max_block`.
+    max_block: usize,
     copy: PeerCopy,
     /// The peer's objects refused by a relay cap now, and why.
     rejected: HashMap<Object, RejectReason>,
@@ -68,6 +83,14 @@ pub struct PeerRelay {
     watch: Option<WatchList>,
     /// Why the peer's latest WATCH_LIST is refused.
     watch_refused: Option<WatchError>,
+    /// The BLOCK_LIST in force (DESIGN 5.5).
+    block: Vec<PeerName>,
+    /// Why the peer's latest BLOCK_LIST is refused.
+    block_refused: Option<WatchError>,
+    /// The VISIBILITY in force (DESIGN 5.5).
+    visibility: Visibility,
+    /// Why the peer's latest VISIBILITY is refused.
+    visibility_refused: Option<VisibilityError>,
     /// Whether the registry has not heard of the latest set yet.
     dirty: bool,
     /// Whether a set handed to the registry is unanswered.
@@ -80,11 +103,16 @@ pub struct PeerRelay {
 
 impl PeerRelay {
     /// The policy of a session of `peer`, awaiting the peer's complete list.
-    pub fn new(peer: PeerName, caps: RelayCaps, max_watch: usize) -> Self {
+    pub fn new(peer: PeerName, caps: RelayCaps, max_watch: usize, max_block: usize) -> Self {
         Self {
             peer,
             caps,
             max_watch,
+            max_block,
+            block: Vec::new(),
+            block_refused: None,
+            visibility: Visibility::Mesh,
+            visibility_refused: None,
             copy: PeerCopy::new(),
             rejected: HashMap::new(),
             relayed: Vec::new(),
@@ -102,7 +130,7 @@ impl PeerRelay {
             max_object_bytes: relay.max_object_bytes,
             max_objects_per_peer: relay.max_objects_per_peer,
         };
-        Self::new(peer, caps, relay.max_watch)
+        Self::new(peer, caps, relay.max_watch, relay.max_block)
     }
 
     /// The objects relayed for the peer (latest state).
@@ -120,6 +148,30 @@ impl PeerRelay {
         self.watch_refused.as_ref()
     }
 
+    /// The BLOCK_LIST and VISIBILITY in force.
+    pub fn sight(&self) -> (&[PeerName], Visibility) {
+        (&self.block, self.visibility)
+    }
+
+    /// Why the peer's latest BLOCK_LIST is refused, if it is.
+    pub fn block_refused(&self) -> Option<&WatchError> {
+        self.block_refused.as_ref()
+    }
+
+    /// Why the peer's latest VISIBILITY is refused, if it is.
+    pub fn visibility_refused(&self) -> Option<&VisibilityError> {
+        self.visibility_refused.as_ref()
+    }
+
+    /// The directives in force, as the registry is handed them.
+    fn directives(&self) -> Directives {
+        Directives {
+            watch: self.watch.clone(),
+            block: self.block.clone(),
+            visibility: self.visibility,
+        }
+    }
+
     /// The peer reported its objects (only while the hub is subscribed to it).
     pub fn on_objects(&mut self, source: ObjectsSource, objects: Vec<Object>) -> Reaction {
         let step = match source {
@@ -135,6 +187,7 @@ impl PeerRelay {
             return reaction;
         }
         self.read_watch_list(&mut reaction.notes);
+        self.read_sight(&mut reaction.notes);
         self.filter(&mut reaction.notes);
         self.dirty = true;
         reaction.changed = true;
@@ -169,13 +222,30 @@ impl PeerRelay {
         self.watch_refused = refused;
     }
 
-    /// Filters the copy's objects (the WATCH_LIST aside) through the relay caps.
+    /// Reads the BLOCK_LIST and the VISIBILITY among the copy's objects: a valid one is put
+    /// in force, an absent one is the default, an invalid one leaves the previous in force.
+    fn read_sight(&mut self, notes: &mut Vec<Note>) {
+        let objects = self.copy.objects();
+        let read = read_block_list(objects, &self.peer, self.max_block);
+        let (block, refused) = (&mut self.block, &mut self.block_refused);
+        if let Some(note) = apply(read, block, refused, Note::BlockRefused, Note::BlockApplied) {
+            notes.push(note);
+        }
+        let read = read_visibility(objects);
+        let (vis, refused) = (&mut self.visibility, &mut self.visibility_refused);
+        let (bad, good) = (Note::VisibilityRefused, Note::VisibilityApplied);
+        if let Some(note) = apply(read, vis, refused, bad, good) {
+            notes.push(note);
+        }
+    }
+
+    /// Filters the copy's objects (the directives aside) through the relay caps.
     fn filter(&mut self, notes: &mut Vec<Note>) {
         let objects: Vec<Object> = self
             .copy
             .objects()
             .iter()
-            .filter(|o| o.name != WATCH_LIST)
+            .filter(|o| o.name != WATCH_LIST && o.name != BLOCK_LIST && o.name != VISIBILITY)
             .cloned()
             .collect();
         let (accepted, rejected) = relayable(&self.peer, &objects, self.caps);
@@ -193,20 +263,55 @@ impl PeerRelay {
         self.relayed = accepted;
     }
 
-    /// The set to hand the registry now, with the watch list: the latest, if the registry
+    /// The set to hand the registry now, with the directives: the latest, if the registry
     /// has not heard of it and no set is in flight.
-    pub fn next_set(&mut self) -> Option<(Vec<Object>, Option<WatchList>)> {
+    pub fn next_set(&mut self) -> Option<(Vec<Object>, Directives)> {
         if self.in_flight || !self.dirty {
             return None;
         }
         self.dirty = false;
         self.in_flight = true;
-        Some((self.relayed.clone(), self.watch.clone()))
+        Some((self.relayed.clone(), self.directives()))
+    }
+
+    /// What the cluster keeps of this peer (DESIGN 8, 5.5): its relayed objects and its
+    /// directives, which the other hubs split off before placing it.
+    pub fn cluster_state(&self) -> Vec<Object> {
+        let mut state = self.relayed.clone();
+        state.extend(self.directives().to_objects());
+        state
     }
 
     /// The registry answered the set in flight.
     pub fn answered(&mut self) {
         self.in_flight = false;
+    }
+}
+
+/// Applies one directive as read: a valid value is put in force, an absent one is the
+/// default, an invalid one leaves `current` as it is. Returns what to note: a refusal new
+/// or for another reason (`refused_note`), or the value valid again (`applied`).
+fn apply<T: Default, E: Clone + PartialEq>(
+    read: Read<T, E>,
+    current: &mut T,
+    refused: &mut Option<E>,
+    refused_note: impl FnOnce(E) -> Note,
+    applied: Note,
+) -> Option<Note> {
+    match read {
+        Read::Invalid(e) => {
+            let note = (refused.as_ref() != Some(&e)).then(|| refused_note(e.clone()));
+            *refused = Some(e);
+            note
+        }
+        Read::Valid(value) => {
+            *current = value;
+            refused.take().map(|_| applied)
+        }
+        Read::Absent => {
+            *current = T::default();
+            refused.take().map(|_| applied)
+        }
     }
 }
 
@@ -228,7 +333,7 @@ mod tests {
             max_object_bytes: 200,
             max_objects_per_peer: 8,
         };
-        PeerRelay::new(peer('a'), caps, 2)
+        PeerRelay::new(peer('a'), caps, 2, 2)
     }
 
     fn notify(p: &mut PeerRelay, objects: &[Object]) -> Reaction {
@@ -291,11 +396,51 @@ mod tests {
     }
 
     #[test]
+    fn invalid_block_lists_and_visibilities_keep_the_previous_and_are_noted_once() {
+        let mut p = policy();
+        let block = |value: &str| o(BLOCK_LIST, value);
+        let vis = |value: &str| o(VISIBILITY, value);
+        let r = notify(&mut p, &[block(peer('b').as_str()), vis("contacts")]);
+        assert!(r.notes.is_empty());
+        assert_eq!(p.sight(), (&[peer('b')][..], Visibility::Contacts));
+        assert!(p.relayed().is_empty(), "directives are never relayed");
+        let three = format!("{} {} {}", peer('c'), peer('d'), peer('e'));
+        let r = p.on_objects(ObjectsSource::Response, vec![block(&three), vis("all")]);
+        assert!(matches!(
+            &r.notes[..],
+            [
+                Note::BlockRefused(WatchError::TooMany { .. }),
+                Note::VisibilityRefused(_)
+            ]
+        ));
+        assert_eq!(
+            p.sight(),
+            (&[peer('b')][..], Visibility::Contacts),
+            "the previous stay"
+        );
+        assert!(p.block_refused().is_some() && p.visibility_refused().is_some());
+        let r = p.on_objects(
+            ObjectsSource::Response,
+            vec![block(&three), vis("all"), o("x", "1")],
+        );
+        assert!(r.notes.is_empty(), "the same refusals are not noted again");
+        let r = p.on_objects(ObjectsSource::Response, vec![]);
+        assert_eq!(r.notes, vec![Note::BlockApplied, Note::VisibilityApplied]);
+        assert_eq!(
+            p.sight(),
+            (&[][..], Visibility::Mesh),
+            "none: as without them"
+        );
+        let (_, directives) = p.next_set().unwrap();
+        assert_eq!(directives, Directives::default());
+    }
+
+    #[test]
     fn the_first_report_is_handed_over_even_when_empty() {
         let mut p = policy();
         let r = notify(&mut p, &[]);
         assert!(r.changed, "the peer's first list, empty");
-        assert_eq!(p.next_set(), Some((vec![], None)));
+        assert_eq!(p.next_set(), Some((vec![], Directives::default())));
         p.answered();
         let r = notify(&mut p, &[]);
         assert!(!r.changed, "an empty list again changes nothing");
@@ -307,8 +452,8 @@ mod tests {
         let mut p = policy();
         assert_eq!(p.next_set(), None, "nothing to tell yet");
         notify(&mut p, &[o("p", "1")]);
-        let (first, watch) = p.next_set().unwrap();
-        assert_eq!((first.len(), watch), (1, None));
+        let (first, directives) = p.next_set().unwrap();
+        assert_eq!((first.len(), directives), (1, Directives::default()));
         // Two more changes while the first is in flight: held, then only the latest.
         p.on_objects(ObjectsSource::Response, vec![o("p", "2")]);
         p.on_objects(ObjectsSource::Response, vec![o("p", "3")]);

@@ -27,6 +27,10 @@ pub enum RejectReason {
     /// From another hub: an object not named `<peer-name>/…` after its own peer
     /// ([`remote_relayable`]).
     ForeignName,
+    /// A BLOCK_LIST that is not applied (DESIGN 5.5).
+    BadBlockList,
+    /// A VISIBILITY that is not applied (DESIGN 5.5).
+    BadVisibility,
 }
 
 impl RejectReason {
@@ -40,6 +44,8 @@ impl RejectReason {
             Self::ViewFull => "view_full",
             Self::BadWatchList => "bad_watch_list",
             Self::ForeignName => "foreign_name",
+            Self::BadBlockList => "bad_block_list",
+            Self::BadVisibility => "bad_visibility",
         }
     }
 }
@@ -109,8 +115,9 @@ pub fn relayable(
 /// Checks a remote peer's relayed objects (as another hub relayed them, named
 /// `<peer-name>/<object-name>`) against this hub's caps and checks, as if `peer` were a
 /// local peer: an object not named after `peer` is refused too, so no hub can place
-/// objects under another peer's name. Returns the accepted objects and why each other
-/// was refused.
+/// objects under another peer's name. The peer's directives (bare names, never relayed:
+/// DESIGN 5.5) pass unchanged, for the relay to split off. Returns the accepted objects
+/// and why each other was refused.
 pub fn remote_relayable(
     peer: &PeerName,
     objects: &[Object],
@@ -118,8 +125,10 @@ pub fn remote_relayable(
 ) -> (Vec<Object>, Vec<RejectReason>) {
     let prefix = relayed_name(peer, "");
     let mut foreign = Vec::new();
+    let (directives, objects): (Vec<&Object>, Vec<&Object>) =
+        objects.iter().partition(|o| names::is_directive(&o.name));
     let own: Vec<Object> = objects
-        .iter()
+        .into_iter()
         .filter_map(|o| match o.name.strip_prefix(&prefix) {
             Some(name) => Some(Object::new(name, o.value.clone())),
             None => {
@@ -128,8 +137,9 @@ pub fn remote_relayable(
             }
         })
         .collect();
-    let (accepted, rejected) = relayable(peer, &own, caps);
+    let (mut accepted, rejected) = relayable(peer, &own, caps);
     foreign.extend(rejected.into_iter().map(|(_, reason)| reason));
+    accepted.extend(directives.into_iter().cloned());
     (accepted, foreign)
 }
 
@@ -199,13 +209,16 @@ mod tests {
             o(&relayed_name(&me, "big"), &"x".repeat(300)),
             o(&relayed_name(&me, "c"), "4"),
             o(&relayed_name(&me, "d"), "5"),
+            // The peer's directives travel with its state under their bare names.
+            o(names::VISIBILITY, "contacts"),
         ];
         let (ok, rejected) = remote_relayable(&me, &objects, caps);
         assert_eq!(
             ok,
             vec![
                 o(&relayed_name(&me, "a"), "1"),
-                o(&relayed_name(&me, "c"), "4")
+                o(&relayed_name(&me, "c"), "4"),
+                o(names::VISIBILITY, "contacts"),
             ]
         );
         assert_eq!(

@@ -26,7 +26,7 @@ fn set_in(
         mesh: mesh.into(),
         session,
         objects: objects.to_vec(),
-        watch: None,
+        directives: Directives::default(),
     });
     (count, effects.views)
 }
@@ -53,7 +53,10 @@ fn watch(
             mesh: "m".into(),
             session,
             objects: objects.to_vec(),
-            watch: list.map(|l| l.iter().map(|p| (*p).clone()).collect()),
+            directives: Directives {
+                watch: list.map(|l| l.iter().map(|p| (*p).clone()).collect()),
+                ..Directives::default()
+            },
         })
         .1
         .views

@@ -28,17 +28,24 @@ pub enum WatchError {
         /// The entry, cut to 48 characters.
         entry: String,
     },
-    /// More entries than `relay.max_watch`.
-    #[error("{count} PeerNames, more than relay.max_watch ({max})")]
+    /// More entries than the limit (`relay.max_watch`, `relay.max_block`).
+    #[error("{count} PeerNames, more than {setting} ({max})")]
     TooMany {
         /// Distinct PeerNames listed.
         count: usize,
         /// The limit.
         max: usize,
+        /// The setting that holds it.
+        setting: &'static str,
     },
-    /// The peer published more than one WATCH_LIST object.
-    #[error("{0} WATCH_LIST objects; publish one")]
-    Several(usize),
+    /// The peer published more than one such object.
+    #[error("{count} {object} objects; publish one")]
+    Several {
+        /// The directive (`WATCH_LIST`, `BLOCK_LIST`, `VISIBILITY`).
+        object: &'static str,
+        /// How many the peer published.
+        count: usize,
+    },
 }
 
 /// Parses a WATCH_LIST value for the peer `own`: the watched PeerNames in list order.
@@ -49,6 +56,20 @@ pub fn parse_watch_list(
     value: &str,
     own: &PeerName,
     max: usize,
+) -> Result<Vec<PeerName>, WatchError> {
+    parse_peer_names(value, own, max, "relay.max_watch")
+}
+
+/// Parses a list of PeerNames (WATCH_LIST, BLOCK_LIST) for the peer `own`: in list order,
+/// each once, `own` left out, at most `max` (the config key `setting`).
+///
+/// # Errors
+/// [`WatchError`] saying why the list is refused.
+pub fn parse_peer_names(
+    value: &str,
+    own: &PeerName,
+    max: usize,
+    setting: &'static str,
 ) -> Result<Vec<PeerName>, WatchError> {
     let mut list: Vec<PeerName> = Vec::new();
     let entries = value
@@ -69,6 +90,7 @@ pub fn parse_watch_list(
         return Err(WatchError::TooMany {
             count: list.len(),
             max,
+            setting,
         });
     }
     Ok(list)
@@ -94,7 +116,10 @@ pub fn watch_directive(objects: &[Object], own: &PeerName, max: usize) -> WatchD
             Ok(list) => WatchDirective::List(list),
             Err(e) => WatchDirective::Invalid(e),
         },
-        (Some(_), more) => WatchDirective::Invalid(WatchError::Several(more + 1)),
+        (Some(_), more) => WatchDirective::Invalid(WatchError::Several {
+            object: "WATCH_LIST",
+            count: more + 1,
+        }),
     }
 }
 
@@ -128,7 +153,11 @@ mod tests {
         );
         assert_eq!(
             parse_watch_list(&format!("{a} {b}"), &peer('f'), 1),
-            Err(WatchError::TooMany { count: 2, max: 1 })
+            Err(WatchError::TooMany {
+                count: 2,
+                max: 1,
+                setting: "relay.max_watch"
+            })
         );
         assert!(matches!(
             parse_watch_list(&format!("{a} xyz"), &peer('f'), 5),
@@ -151,7 +180,10 @@ mod tests {
         );
         assert_eq!(
             watch_directive(&[list.clone(), list], &me, 4),
-            WatchDirective::Invalid(WatchError::Several(2))
+            WatchDirective::Invalid(WatchError::Several {
+                object: "WATCH_LIST",
+                count: 2
+            })
         );
     }
 

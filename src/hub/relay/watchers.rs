@@ -1,16 +1,24 @@
-//! Watchers (DESIGN 5.4), sans I/O: the peers whose WATCH_LIST is in force, each with its
-//! own view, and the index watched → watchers, so a change by P costs the views of P's
-//! watchers, not of the whole mesh.
+//! Own views (DESIGN 5.4, 5.5), sans I/O: the subscribers that do not share their mesh's
+//! view, each with its own, and the index watched → watchers, so a change by P costs the
+//! views of P's watchers, not of the whole mesh.
 //!
-//! A watcher's view is the hub's objects, its own relayed objects (the echo), then the
-//! listed peers online in its mesh. It is built from [`Sources`], in one function
-//! ([`Watchers::entries`]), which asks [`Sources::shown`] what each listed peer shows the
-//! watcher: the one place a visibility rule (DESIGN 5.5) decides who a watcher sees.
-//! Peers new to the view go last, in list order; once one does not fit the view, it and
-//! every later-listed peer are left out whole, counted and logged once per change.
+//! Two kinds of subscribers have their own view. A *watcher* (its WATCH_LIST in force)
+//! sees the hub's objects, its own relayed objects (the echo), then the listed peers online
+//! in its mesh that it may see. A subscriber without a WATCH_LIST whom a visibility
+//! directive affects ([`Rules::affected`]) sees its mesh's view as the rule filters it: the
+//! hub's objects, its echo, the mesh view's peers it may see, then the `contacts` peers
+//! that list it (absent from the shared view). Both are built in one function
+//! ([`Watchers::entries`]) from [`Sources`], which asks [`Sources::shown`] what each peer
+//! shows a subscriber: the one place the visibility rule (DESIGN 5.5) decides a view.
+//! Everyone else shares the one encoded mesh view.
 //!
-//! Changes follow 3.1 per watcher: objects appended are sent alone (encoded once for every
-//! watcher, [`Encoded`]); anything else is the watcher's entire view.
+//! Peers new to a view go last; for a watcher, in list order, and once one does not fit
+//! the view, it and every later-listed peer are left out whole, counted and logged once per
+//! change. (A filtered mesh view always fits: it holds no more than the placements, which
+//! the mesh's room bounds.)
+//!
+//! Changes follow 3.1 per subscriber: objects appended are sent alone (encoded once for
+//! every subscriber, [`Encoded`]); anything else is the subscriber's entire view.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,15 +31,23 @@ use super::entries::{delivery_between, hub_entries, refill, view_of, Encoded, En
 use super::mesh_views::MeshViews;
 use super::relayable::RejectReason;
 use super::view::View;
+use super::visibility::Rules;
 use super::watch_list::WatchList;
 use crate::metrics;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
 
-/// What watchers' views are built from: the hub's objects and the placed peers.
+/// What own views are built from: the hub's objects, the placed peers, and who may see
+/// whom.
 pub(super) struct Sources<'a> {
     pub(super) hub: &'a [Arc<Object>],
     pub(super) meshes: &'a MeshViews,
+    pub(super) rules: &'a Rules,
+    /// A mesh's shared entries before the input being applied changed who sees whom:
+    /// what its subscribers held, so one given its own view by that change keeps every
+    /// place it had; and whether the input's changes of views leave that mesh's alone
+    /// (then the subscriber holds exactly those entries when its own view is installed).
+    pub(super) before: Option<(&'a str, &'a [Entry], bool)>,
 }
 
 impl Sources<'_> {
@@ -42,17 +58,33 @@ impl Sources<'_> {
         Some((placed.mesh.clone(), placed.holder.session()?))
     }
 
-    /// What `peer` shows watcher `w` of `mesh`: every object accepted for it, if it is
-    /// online in `mesh`, with the owner of its entries; `None`: absent, as if offline.
-    fn shown(&self, _w: &PeerName, peer: &PeerName, mesh: &str) -> Option<(Owner, &[Arc<Object>])> {
-        self.meshes.shown(peer, mesh)
+    /// What `peer` shows subscriber `w` of `mesh`, with the owner of its entries: for a
+    /// watcher (`listed`), every object accepted for it, else what the mesh view holds of
+    /// it; `None`: absent, as if offline, when it is not online in `mesh` or `w` may not
+    /// see it (DESIGN 5.5).
+    fn shown(
+        &self,
+        w: &PeerName,
+        peer: &PeerName,
+        mesh: &str,
+        listed: bool,
+    ) -> Option<(Owner, &[Arc<Object>])> {
+        if self.rules.sees(w, peer).is_err() {
+            return None;
+        }
+        if listed {
+            self.meshes.shown(peer, mesh)
+        } else {
+            self.meshes.relayed_of(peer, mesh)
+        }
     }
 }
 
-/// A peer whose WATCH_LIST is in force, and its own view.
+/// A subscriber with its own view: a watcher, or one a visibility directive affects.
 struct Watcher {
-    /// The list, shared with the session that read it (one copy per peer).
-    list: WatchList,
+    /// The WATCH_LIST, shared with the session that read it (one copy per peer); `None`:
+    /// its mesh's view, filtered by the rule.
+    list: Option<WatchList>,
     /// The owner of the watcher's own entries: how the index names it.
     owner: Owner,
     entries: Vec<Entry>,
@@ -69,6 +101,10 @@ pub(super) struct Watchers {
     /// Watched peer → its watchers, named by their placements' owners (8 bytes each: with
     /// 10,000 peers watching 50 each, the index holds half a million of them).
     watched_by: HashMap<PeerName, HashSet<Owner>>,
+    /// Mesh → its subscribers with a filtered mesh view (rebuilt when the mesh view is).
+    filtered: HashMap<Arc<str>, BTreeSet<PeerName>>,
+    /// How many have a WATCH_LIST in force (`p2ppi_watch_list_sessions`).
+    lists: usize,
 }
 
 impl Watchers {
@@ -77,30 +113,62 @@ impl Watchers {
             room: limits.view_room(),
             by_peer: HashMap::new(),
             watched_by: HashMap::new(),
+            filtered: HashMap::new(),
+            lists: 0,
         }
     }
 
     /// The list in force for `w`, if any.
     pub(super) fn list(&self, w: &PeerName) -> Option<&WatchList> {
-        self.by_peer.get(w).map(|watcher| &watcher.list)
+        self.by_peer
+            .get(w)
+            .and_then(|watcher| watcher.list.as_ref())
     }
 
-    /// Watcher `w`'s view built from `old`: the hub's objects, its echo, the listed peers
-    /// online in its mesh; peers new to the view go last, in list order, and once one does
-    /// not fit, it and every later-listed peer are left out whole.
+    /// Subscriber `w`'s view built from `old`. A watcher's: the hub's objects, its echo,
+    /// the listed peers online in its mesh that it may see; peers new to the view go last,
+    /// in list order, and once one does not fit, it and every later-listed peer are left
+    /// out whole. A filtered mesh view (`list` is `None`): the hub's objects, its echo, the
+    /// mesh view's peers it may see in the mesh view's order, then the `contacts` peers that
+    /// list it.
     fn entries(
         &self,
         w: &PeerName,
         mesh: &str,
-        list: &[PeerName],
+        list: Option<&[PeerName]>,
         old: &[Entry],
         src: &Sources<'_>,
     ) -> (Vec<Entry>, Vec<PeerName>) {
         let mut size = shared_len(src.hub);
         let mut wanted: Vec<(Owner, &[Arc<Object>])> = vec![(Owner::HUB, src.hub)];
         let mut left_out = Vec::new();
+        let Some(list) = list else {
+            let shared = src.meshes.entries(mesh, src.hub);
+            let mut owners: Vec<&PeerName> = vec![w];
+            let mut seen: HashSet<&PeerName> = HashSet::from([w]);
+            let mut last = Owner::HUB;
+            for e in shared.iter().filter(|e| e.owner != Owner::HUB) {
+                if e.owner == last {
+                    continue;
+                }
+                last = e.owner;
+                if let Some(peer) = src.meshes.peer_of(e.owner) {
+                    if seen.insert(peer) {
+                        owners.push(peer);
+                    }
+                }
+            }
+            let contacts = src.rules.contacts_listing(w);
+            owners.extend(contacts.into_iter().filter(|p| seen.insert(p)));
+            for peer in owners {
+                if let Some(shown) = src.shown(w, peer, mesh, false) {
+                    wanted.push(shown);
+                }
+            }
+            return (refill(old, &wanted), left_out);
+        };
         for peer in std::iter::once(w).chain(list) {
-            let Some((owner, objects)) = src.shown(w, peer, mesh) else {
+            let Some((owner, objects)) = src.shown(w, peer, mesh, true) else {
                 continue;
             };
             let len = shared_len(objects);
@@ -114,7 +182,8 @@ impl Watchers {
         (refill(old, &wanted), left_out)
     }
 
-    /// Puts a new watch list (or none) in force for `w`; what its session is sent.
+    /// Puts a new watch list (or none) in force for `w`; what its session is sent. Without
+    /// one, `w` sees its mesh's view again, filtered if a visibility directive affects it.
     pub(super) fn set_list(
         &mut self,
         w: &PeerName,
@@ -124,59 +193,128 @@ impl Watchers {
     ) -> Option<Personal> {
         let (mesh, session) = src.seat(w)?;
         let owner = src.meshes.placed(w)?.owner;
-        if let Some(old) = self.by_peer.get(w).map(|x| (x.owner, x.list.clone())) {
-            self.unindex(old.0, &old.1);
-        }
-        let Some(list) = list else {
-            // Back to the mesh view.
-            let watcher = self.by_peer.remove(w)?;
-            metrics::watch_sessions(self.by_peer.len());
-            let mesh_entries = src.meshes.entries(&mesh, src.hub);
-            let delivery = delivery_between(&watcher.entries, &mesh_entries, encoded)
-                .unwrap_or(Delivery::Silent);
+        let Some((old_owner, old)) = self.by_peer.get(w).map(|x| (x.owner, x.list.clone())) else {
+            let Some(list) = list else {
+                // No list before or now: a filtered view if a directive affects it.
+                return self.reconsider(w, src, encoded);
+            };
+            // Newly applied: the listed peers enter in list order, not the mesh view's, so
+            // the subscriber is sent its entire own view.
+            self.index(owner, &list);
+            let (entries, left_out) =
+                self.entries(w, &mesh, Some(&list), &hub_entries(src.hub), src);
+            let view = Arc::new(view_of(&entries).ok()?);
+            metrics::watch_view_bytes(view.encoded_len());
+            let mut watcher = Watcher {
+                list: Some(list),
+                owner,
+                entries,
+                view: view.clone(),
+                left_out: Vec::new(),
+            };
+            note_left_out(w, &mesh, &mut watcher, left_out);
+            self.by_peer.insert(w.clone(), watcher);
+            self.count_lists();
             return Some(Personal {
                 mesh,
                 session,
-                view: None,
-                delivery,
+                view: Some(view),
+                delivery: Delivery::Complete,
             });
         };
-        for peer in list.iter() {
-            self.watched_by
-                .entry(peer.clone())
-                .or_default()
-                .insert(owner);
+        match &old {
+            Some(old) => self.unindex(old_owner, old),
+            None => self.unfilter(w, &mesh),
+        }
+        match &list {
+            Some(list) => self.index(owner, list),
+            None => self.filter(w, &mesh),
         }
         if let Some(watcher) = self.by_peer.get_mut(w) {
             // Dropped peers leave (the entire view), added ones go last (only them).
             watcher.list = list;
             watcher.owner = owner;
-            return self.refresh(w, src, encoded);
         }
-        // Newly applied: the listed peers enter in list order, not the mesh view's, so the
-        // subscriber is sent its entire own view.
-        let (entries, left_out) = self.entries(w, &mesh, &list, &hub_entries(src.hub), src);
-        let view = Arc::new(view_of(&entries).ok()?);
-        metrics::watch_view_bytes(view.encoded_len());
-        let mut watcher = Watcher {
-            list,
-            owner,
-            entries,
-            view: view.clone(),
-            left_out: Vec::new(),
-        };
-        note_left_out(w, &mesh, &mut watcher, left_out);
-        self.by_peer.insert(w.clone(), watcher);
-        metrics::watch_sessions(self.by_peer.len());
-        Some(Personal {
-            mesh,
-            session,
-            view: Some(view),
-            delivery: Delivery::Complete,
-        })
+        self.count_lists();
+        // A subscriber left without a list and unaffected goes back to the mesh view.
+        self.reconsider(w, src, encoded)
     }
 
-    /// Rebuilds watcher `w`'s view; what its session is sent, if the view changed.
+    /// Rebuilds `w`'s own view, gives it one, or takes it away, as its WATCH_LIST and the
+    /// visibility directives now require (DESIGN 5.5: a directive that affects a
+    /// subscriber gives it its own view; one that no longer does, the shared one again).
+    /// What its session is sent, if anything changed.
+    pub(super) fn reconsider(
+        &mut self,
+        w: &PeerName,
+        src: &Sources<'_>,
+        encoded: &mut Encoded,
+    ) -> Option<Personal> {
+        let (mesh, session) = src.seat(w)?;
+        let affected = src.rules.affected(w);
+        match self.by_peer.get(w).map(|x| x.list.is_some()) {
+            Some(true) => self.refresh(w, src, encoded),
+            Some(false) if affected => self.refresh(w, src, encoded),
+            Some(false) => {
+                // Back to the shared mesh view.
+                let watcher = self.by_peer.remove(w)?;
+                self.unfilter(w, &mesh);
+                self.count_lists();
+                let mesh_entries = src.meshes.entries(&mesh, src.hub);
+                let delivery = delivery_between(&watcher.entries, &mesh_entries, encoded)
+                    .unwrap_or(Delivery::Silent);
+                Some(Personal {
+                    mesh,
+                    session,
+                    view: None,
+                    delivery,
+                })
+            }
+            None if affected => {
+                // From the shared view to its own, its places kept: built from the shared
+                // entries it held (those before the change). When this input left the
+                // shared view as it was, the subscriber holds exactly those: it is sent
+                // the difference (a peer it gains sight of, alone, as coming online).
+                // Otherwise the mesh's change rides in the same fan-out, skipped for it,
+                // and it is sent its entire view.
+                let owner = src.meshes.placed(w)?.owner;
+                let (held, unchanged) = match src.before {
+                    Some((m, entries, quiet)) if m == &*mesh => {
+                        (std::borrow::Cow::Borrowed(entries), quiet)
+                    }
+                    _ => (src.meshes.entries(&mesh, src.hub), false),
+                };
+                let (entries, _) = self.entries(w, &mesh, None, &held, src);
+                let delivery = if unchanged {
+                    delivery_between(&held, &entries, encoded).unwrap_or(Delivery::Silent)
+                } else {
+                    Delivery::Complete
+                };
+                let view = Arc::new(view_of(&entries).ok()?);
+                self.by_peer.insert(
+                    w.clone(),
+                    Watcher {
+                        list: None,
+                        owner,
+                        entries,
+                        view: view.clone(),
+                        left_out: Vec::new(),
+                    },
+                );
+                self.filter(w, &mesh);
+                self.count_lists();
+                Some(Personal {
+                    mesh,
+                    session,
+                    view: Some(view),
+                    delivery,
+                })
+            }
+            None => None,
+        }
+    }
+
+    /// Rebuilds `w`'s own view; what its session is sent, if the view changed.
     pub(super) fn refresh(
         &mut self,
         w: &PeerName,
@@ -185,13 +323,16 @@ impl Watchers {
     ) -> Option<Personal> {
         let (mesh, session) = src.seat(w)?;
         let watcher = self.by_peer.get(w)?;
-        let (entries, left_out) = self.entries(w, &mesh, &watcher.list, &watcher.entries, src);
+        let list = watcher.list.as_deref();
+        let (entries, left_out) = self.entries(w, &mesh, list, &watcher.entries, src);
         let delivery = delivery_between(&watcher.entries, &entries, encoded);
         let watcher = self.by_peer.get_mut(w)?;
         note_left_out(w, &mesh, watcher, left_out);
         let delivery = delivery?;
         let view = Arc::new(view_of(&entries).ok()?);
-        metrics::watch_view_bytes(view.encoded_len());
+        if watcher.list.is_some() {
+            metrics::watch_view_bytes(view.encoded_len());
+        }
         watcher.entries = entries;
         watcher.view = view.clone();
         Some(Personal {
@@ -202,22 +343,29 @@ impl Watchers {
         })
     }
 
-    /// Rebuilds, once each, the views of the watchers of any of `peers` (the index watched
-    /// → watchers): a burst of changes (a dead hub's peers leaving) costs each watcher one
-    /// rebuild, not one per change.
+    /// Rebuilds, once each, the own views that `peers` may appear in: their watchers' (the
+    /// index watched → watchers) and the filtered views of `meshes` (those of the changed
+    /// mesh views). A burst of changes (a dead hub's peers leaving) costs each one rebuild,
+    /// not one per change.
     pub(super) fn refresh_watchers_of(
         &mut self,
         peers: &[PeerName],
+        meshes: &[Arc<str>],
         src: &Sources<'_>,
         encoded: &mut Encoded,
     ) -> Vec<Personal> {
-        let watchers: BTreeSet<PeerName> = peers
+        let mut watchers: BTreeSet<PeerName> = peers
             .iter()
             .filter_map(|p| self.watched_by.get(p))
             .flatten()
             .filter_map(|owner| src.meshes.peer_of(*owner))
             .cloned()
             .collect();
+        for mesh in meshes {
+            if let Some(filtered) = self.filtered.get(mesh) {
+                watchers.extend(filtered.iter().cloned());
+            }
+        }
         watchers
             .iter()
             .filter_map(|w| self.refresh(w, src, encoded))
@@ -237,11 +385,27 @@ impl Watchers {
             .collect()
     }
 
-    /// Forgets `w`'s watch list (its session ended, or a newer one started).
+    /// Forgets `w`'s own view (its session ended, or a newer one started).
     pub(super) fn forget(&mut self, w: &PeerName) {
         if let Some(watcher) = self.by_peer.remove(w) {
-            self.unindex(watcher.owner, &watcher.list);
-            metrics::watch_sessions(self.by_peer.len());
+            match &watcher.list {
+                Some(list) => self.unindex(watcher.owner, list),
+                None => self.filtered.retain(|_, set| {
+                    set.remove(w);
+                    !set.is_empty()
+                }),
+            }
+            self.count_lists();
+        }
+    }
+
+    /// Adds the watcher `owner` to the index entries of the peers it lists.
+    fn index(&mut self, owner: Owner, list: &[PeerName]) {
+        for peer in list {
+            self.watched_by
+                .entry(peer.clone())
+                .or_default()
+                .insert(owner);
         }
     }
 
@@ -257,11 +421,40 @@ impl Watchers {
         }
     }
 
+    /// Notes `w` as having a filtered view of `mesh`.
+    fn filter(&mut self, w: &PeerName, mesh: &Arc<str>) {
+        self.filtered
+            .entry(mesh.clone())
+            .or_default()
+            .insert(w.clone());
+    }
+
+    /// Notes `w` as no longer having a filtered view of `mesh`.
+    fn unfilter(&mut self, w: &PeerName, mesh: &str) {
+        if let Some(set) = self.filtered.get_mut(mesh) {
+            set.remove(w);
+            if set.is_empty() {
+                self.filtered.remove(mesh);
+            }
+        }
+    }
+
+    /// Recounts the watch lists in force and the filtered views (their gauges).
+    fn count_lists(&mut self) {
+        let filtered: usize = self.filtered.values().map(BTreeSet::len).sum();
+        let lists = self.by_peer.len() - filtered;
+        if lists != self.lists {
+            self.lists = lists;
+            metrics::watch_sessions(lists);
+        }
+        metrics::filtered_view_sessions(filtered);
+    }
+
     /// What `w`'s own view holds (admin API); `None`: it has none (it sees its mesh's).
     pub(super) fn report(&self, w: &PeerName, meshes: &MeshViews) -> Option<ViewReport> {
         let watcher = self.by_peer.get(w)?;
-        let present = watcher
-            .list
+        let list = watcher.list.as_deref().unwrap_or_default();
+        let present = list
             .iter()
             .filter(|p| {
                 let owner = meshes.placed(p).map(|placed| placed.owner);
@@ -272,7 +465,7 @@ impl Watchers {
         Some(ViewReport {
             objects: watcher.entries.len(),
             bytes: watcher.view.encoded_len(),
-            watching: true,
+            watching: watcher.list.is_some(),
             present,
             left_out: watcher.left_out.clone(),
         })
@@ -322,6 +515,7 @@ mod tests {
         hub: Vec<Arc<Object>>,
         meshes: MeshViews,
         watchers: Watchers,
+        rules: Rules,
     }
 
     impl World {
@@ -331,6 +525,7 @@ mod tests {
                 meshes: MeshViews::new(LIMITS, &hub),
                 hub,
                 watchers: Watchers::new(LIMITS),
+                rules: Rules::default(),
             }
         }
 
@@ -349,6 +544,8 @@ mod tests {
             Sources {
                 hub: &self.hub,
                 meshes: &self.meshes,
+                rules: &self.rules,
+                before: None,
             }
         }
 
@@ -356,6 +553,8 @@ mod tests {
             let src = Sources {
                 hub: &self.hub,
                 meshes: &self.meshes,
+                rules: &self.rules,
+                before: None,
             };
             let list = list.map(|l| l.iter().map(|p| (*p).clone()).collect());
             self.watchers
@@ -366,9 +565,12 @@ mod tests {
             let src = Sources {
                 hub: &self.hub,
                 meshes: &self.meshes,
+                rules: &self.rules,
+                before: None,
             };
             self.watchers.refresh_watchers_of(
                 std::slice::from_ref(who),
+                &[],
                 &src,
                 &mut Encoded::default(),
             )

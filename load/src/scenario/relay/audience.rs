@@ -1,5 +1,5 @@
 //! Who each `relay` receiver may see: with `--watch`, its own objects, its watched peers'
-//! and the hub's; any other peer's object reaching it is counted (`unwatched_seen`) and
+//! that DESIGN 5.5 lets it see (`--block-fraction`, `--contacts-fraction`) and the hub's; any other peer's object reaching it is counted (`unwatched_seen`) and
 //! its stamps are not recorded. Without watch lists every receiver may see everyone.
 
 use std::collections::HashMap;
@@ -31,7 +31,13 @@ impl Audience {
     /// others drawn from `--seed`.
     pub fn new(args: &Args, n: usize, fleet: &Fleet) -> Self {
         Self {
-            plan: args.watch.map(|k| WatchPlan::random(n, k, args.seed)),
+            plan: args.watch.map(|k| {
+                WatchPlan::random(n, k, args.seed).with_sight(
+                    args.block_fraction,
+                    args.contacts_fraction,
+                    args.seed,
+                )
+            }),
             slot_of: fleet
                 .members
                 .iter()
@@ -56,6 +62,14 @@ impl Audience {
         objects
             .iter()
             .all(|o| self.sender(o).is_none_or(|s| self.shows(slot, s)))
+    }
+
+    /// Whether `objects` are an entire view of `slot`: they hold its own (the echo, in
+    /// every view since its presence is published before it subscribes). An object
+    /// notified alone is not: a peer gaining sight of a `contacts` peer (DESIGN 5.5) is
+    /// sent its objects alone before its own WATCH_LIST applies.
+    pub fn is_entire_view(&self, slot: usize, objects: &[Object]) -> bool {
+        objects.iter().any(|o| self.sender(o) == Some(Some(slot)))
     }
 
     /// The sender of a relayed object: `Some(None)` for a peer outside the fleet, `None`

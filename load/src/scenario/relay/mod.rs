@@ -52,6 +52,13 @@ struct Consumers {
 
 /// `relay` on `servers` with the peers of `fleet`.
 pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::Result<Run> {
+    let fractions = [args.block_fraction, args.contacts_fraction];
+    if fractions.iter().any(|f| !(0.0..=1.0).contains(f)) {
+        bail!("--block-fraction and --contacts-fraction are fractions, from 0 to 1");
+    }
+    if fractions.iter().any(|&f| f > 0.0) && args.watch.is_none() {
+        bail!("--block-fraction and --contacts-fraction need --watch K (the lists they act on)");
+    }
     let initial = stamp(
         Stamp {
             phase: 0,
@@ -249,4 +256,10 @@ fn note_watch_lists(args: &Args, audience: &Audience, run: &mut Run, errors: &mu
         args.seed,
         plan.audience()
     ));
+    let (blocking, contacts) = plan.sight_counts();
+    if (blocking, contacts) != (0, 0) {
+        run.notes.push(format!(
+            "who may see whom (DESIGN 5.5): {blocking} peers block one, {contacts} are contacts; objects a receiver may not see count as unwatched; final views compared as sets"
+        ));
+    }
 }

@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use p2ppi_hub::metrics::CLUSTER_PEERS;
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
 use p2ppi_hub::protocol::machine::ObjectsSource;
-use p2ppi_hub::protocol::objects::names;
+use p2ppi_hub::protocol::objects::{names, Visibility};
 use p2ppi_hub::protocol::wire::Object;
 use tokio::sync::{watch, Semaphore};
 
@@ -124,19 +124,34 @@ pub async fn subscribe_peers(
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await.expect("open semaphore");
             if let Some(plan) = &audience.plan {
-                let list: Vec<_> = plan
-                    .list(slot)
-                    .iter()
-                    .map(|&p| fleet.members[p].peer_name.clone())
-                    .collect();
+                let names = |peers: &[usize]| -> Vec<_> {
+                    peers
+                        .iter()
+                        .map(|&p| fleet.members[p].peer_name.clone())
+                        .collect()
+                };
+                // The directives first (DESIGN 5.5): a `contacts` peer is then seen by
+                // nobody until its list is applied, never by a peer it does not list.
+                let block = names(plan.block_list(slot));
+                if !block.is_empty() {
+                    peer.set_block_list(&block)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                if plan.is_contacts(slot) {
+                    peer.set_visibility(Visibility::Contacts)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let list = names(plan.list(slot));
                 peer.set_watch_list(&list)
                     .await
                     .map_err(|e| e.to_string())?;
             }
             peer.subscribe().await.map_err(|e| e.to_string())?;
             // The hub applies the list once it has the peer's objects, which may be after
-            // the first (mesh) view: from the first view that shows only what the list
-            // allows, every object is checked.
+            // the first (mesh) view: from the first entire view that shows only what the
+            // list allows, every object is checked.
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let event = tokio::time::timeout_at(deadline.into(), events.next())
@@ -147,7 +162,9 @@ pub async fn subscribe_peers(
                         source: ObjectsSource::Notify,
                         objects,
                     }) => {
-                        if audience.allows(slot, &objects) {
+                        if audience.is_entire_view(slot, &objects)
+                            && audience.allows(slot, &objects)
+                        {
                             audience.receive(slot, &objects, &receivers);
                             break;
                         }

@@ -71,8 +71,19 @@ pub async fn check(
                         .get(hub_of[*slot])
                         .map(|h| h.objects.as_slice());
                     let must = plan.expected_view(*slot, hub.unwrap_or_default(), &relayed);
-                    view.as_ref()
-                        .map_or_else(|| Some(no_view()), |view| view_difference(&must, view))
+                    let compare = |view: &Vec<Object>| {
+                        if plan.ordered() {
+                            return view_difference(&must, view);
+                        }
+                        // With directives the order depends on when each applied.
+                        let sorted = |v: &[Object]| {
+                            let mut v = v.to_vec();
+                            v.sort_by(|a, b| a.name.cmp(&b.name));
+                            v
+                        };
+                        view_difference(&sorted(&must), &sorted(view))
+                    };
+                    view.as_ref().map_or_else(|| Some(no_view()), compare)
                 })
                 .collect();
             (differences, None)

@@ -491,16 +491,19 @@ impl Peer {
     /// # Errors
     /// As [`Peer::set`].
     pub async fn set_watch_list(&self, peers: &[PeerName]) -> Result<(), PeerError> {
+        self.set_peer_list(crate::protocol::objects::names::WATCH_LIST, peers)
+            .await
+    }
+
+    /// Publishes a list of PeerNames (a WATCH_LIST or BLOCK_LIST) as the hub parses it:
+    /// comma-separated.
+    async fn set_peer_list(&self, name: &str, peers: &[PeerName]) -> Result<(), PeerError> {
         let value = peers
             .iter()
             .map(PeerName::as_str)
             .collect::<Vec<_>>()
             .join(",");
-        self.set(Object::new(
-            crate::protocol::objects::names::WATCH_LIST,
-            value,
-        ))
-        .await
+        self.set(Object::new(name, value)).await
     }
 
     /// Removes this peer's WATCH_LIST: the hub shows it its whole mesh again.
@@ -519,16 +522,8 @@ impl Peer {
     /// # Errors
     /// As [`Peer::set`].
     pub async fn set_block_list(&self, peers: &[PeerName]) -> Result<(), PeerError> {
-        let value = peers
-            .iter()
-            .map(PeerName::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
-        self.set(Object::new(
-            crate::protocol::objects::names::BLOCK_LIST,
-            value,
-        ))
-        .await
+        self.set_peer_list(crate::protocol::objects::names::BLOCK_LIST, peers)
+            .await
     }
 
     /// Sets this peer's VISIBILITY (DESIGN 5.5): with `contacts`, only the peers on its

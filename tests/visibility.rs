@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use p2ppi_hub::hub::{HubHandle, SessionDetail};
 use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
-use p2ppi_hub::protocol::machine::ObjectsSource;
 use p2ppi_hub::protocol::objects::relayed_name;
 use p2ppi_hub::protocol::objects::{names, Visibility};
 use p2ppi_hub::protocol::wire::Object;
@@ -39,27 +38,6 @@ async fn present(pki: &Pki, h: &HubHandle, name: &str) -> (Peer, PeerEvents) {
     .await;
     settle(&peer, &mut events).await;
     (peer, events)
-}
-
-/// Consumes every NOTIFY up to the RESPONSE to a fresh REQUEST; returns them and the
-/// RESPONSE (the view as the hub serves it now).
-async fn view_now(peer: &Peer, events: &mut PeerEvents) -> (Vec<Vec<Object>>, Vec<Object>) {
-    peer.retrieve().await.unwrap();
-    let mut notifies = Vec::new();
-    loop {
-        let event = expect_event(events, "objects", |e| {
-            matches!(e, PeerEvent::Objects { .. })
-        })
-        .await;
-        match event {
-            PeerEvent::Objects {
-                source: ObjectsSource::Notify,
-                objects,
-            } => notifies.push(objects),
-            PeerEvent::Objects { objects, .. } => return (notifies, objects),
-            _ => unreachable!(),
-        }
-    }
 }
 
 /// Follows `events`' NOTIFYs as a subscriber following the spec does (an entire list

@@ -5,8 +5,7 @@ mod common;
 
 use common::*;
 use p2ppi_hub::hub::{HubHandle, SessionDetail};
-use p2ppi_hub::peer::{Peer, PeerEvent, PeerEvents};
-use p2ppi_hub::protocol::machine::ObjectsSource;
+use p2ppi_hub::peer::{Peer, PeerEvents};
 use p2ppi_hub::protocol::objects::names;
 use p2ppi_hub::protocol::objects::relayed_name;
 use p2ppi_hub::protocol::wire::Object;
@@ -37,27 +36,6 @@ async fn present(pki: &Pki, h: &HubHandle, name: &str, mesh: Option<&str>) -> (P
         .unwrap();
     relayed(h, &peer, 1).await;
     (peer, events)
-}
-
-/// The NOTIFYs received before the RESPONSE to a fresh REQUEST, and that RESPONSE (the
-/// view as the hub serves it now).
-async fn view_now(peer: &Peer, events: &mut PeerEvents) -> (Vec<Vec<Object>>, Vec<Object>) {
-    peer.retrieve().await.unwrap();
-    let mut notifies = Vec::new();
-    loop {
-        let event = expect_event(events, "objects", |e| {
-            matches!(e, PeerEvent::Objects { .. })
-        })
-        .await;
-        match event {
-            PeerEvent::Objects {
-                source: ObjectsSource::Notify,
-                objects,
-            } => notifies.push(objects),
-            PeerEvent::Objects { objects, .. } => return (notifies, objects),
-            _ => unreachable!(),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

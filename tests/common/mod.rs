@@ -153,6 +153,33 @@ pub async fn current_view(
     next_response(events).await
 }
 
+/// The NOTIFYs received before the RESPONSE to a fresh REQUEST, and that RESPONSE (the
+/// view as the hub serves it now).
+pub async fn view_now(
+    peer: &Peer,
+    events: &mut PeerEvents,
+) -> (
+    Vec<Vec<p2ppi_hub::protocol::wire::Object>>,
+    Vec<p2ppi_hub::protocol::wire::Object>,
+) {
+    peer.retrieve().await.unwrap();
+    let mut notifies = Vec::new();
+    loop {
+        let event = expect_event(events, "objects", |e| {
+            matches!(e, PeerEvent::Objects { .. })
+        })
+        .await;
+        match event {
+            PeerEvent::Objects {
+                source: ObjectsSource::Notify,
+                objects,
+            } => notifies.push(objects),
+            PeerEvent::Objects { objects, .. } => return (notifies, objects),
+            _ => unreachable!(),
+        }
+    }
+}
+
 /// A series' value in a Prometheus scrape (0 when absent), e.g.
 /// `p2ppi_connections_rejected_total{reason="max_sessions"}`.
 pub fn series(scrape: &str, series: &str) -> f64 {

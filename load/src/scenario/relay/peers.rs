@@ -1,6 +1,7 @@
 //! The peers of `relay`, through the peer library: connected, each one's presence
-//! published, every hub waited for until it knows them all; then subscribed (after its
-//! WATCH_LIST, with `--watch`) and read until the run ends, every stamp recorded.
+//! published, every hub waited for until it knows them all; with `--watch`, every peer's
+//! directives published; then subscribed and read until the run ends, every stamp
+//! recorded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,27 +101,27 @@ pub async fn wait_relayed(admins: &[String], peers: usize, cluster: bool) -> any
     }
 }
 
-/// Subscribes every peer, `concurrency` at a time, after publishing its WATCH_LIST when
-/// there is a plan, and consumes views until the first that the list allows; returns the
-/// events of those that made it, by slot.
-pub async fn subscribe_peers(
+/// Publishes every peer's directives (`--watch`: its BLOCK_LIST, VISIBILITY and
+/// WATCH_LIST), `concurrency` at a time, before any peer subscribes; returns the peers
+/// that made it, by slot.
+///
+/// All of them first, because the first view a subscriber may accept depends on the
+/// *other* peers' directives too: one watching a peer that is to become `contacts` without
+/// listing it sees that peer (rightly, it is still `mesh`, DESIGN 5.5) until that peer's
+/// VISIBILITY is in force. Published one peer at a time beside the waits, a subscriber
+/// waiting for it held one of the `concurrency` slots the other peer needed to publish:
+/// past `concurrency` peers the waits blocked each other until their 30 s ran out.
+async fn publish_directives(
     peers: Vec<(Peer, PeerEvents)>,
     fleet: &Arc<Fleet>,
     audience: &Arc<Audience>,
-    receivers: &Arc<Receivers>,
     concurrency: usize,
-    bar: &ProgressBar,
     errors: &mut Errors,
-) -> Vec<(usize, PeerEvents)> {
+) -> Vec<(usize, Peer, PeerEvents)> {
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    for (slot, (peer, mut events)) in peers.into_iter().enumerate() {
-        let (gate, audience, receivers, fleet) = (
-            gate.clone(),
-            audience.clone(),
-            receivers.clone(),
-            fleet.clone(),
-        );
+    for (slot, (peer, events)) in peers.into_iter().enumerate() {
+        let (gate, audience, fleet) = (gate.clone(), audience.clone(), fleet.clone());
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await.expect("open semaphore");
             if let Some(plan) = &audience.plan {
@@ -148,10 +149,36 @@ pub async fn subscribe_peers(
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            Ok::<_, String>((slot, peer, events))
+        });
+    }
+    gather(tasks, &ProgressBar::hidden(), errors).await
+}
+
+/// Subscribes every peer, `concurrency` at a time, after every peer's directives are
+/// published ([`publish_directives`]), and consumes views until the first that the lists
+/// allow; returns the events of those that made it, by slot.
+pub async fn subscribe_peers(
+    peers: Vec<(Peer, PeerEvents)>,
+    fleet: &Arc<Fleet>,
+    audience: &Arc<Audience>,
+    receivers: &Arc<Receivers>,
+    concurrency: usize,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<(usize, PeerEvents)> {
+    let peers = publish_directives(peers, fleet, audience, concurrency, errors).await;
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (slot, peer, mut events) in peers {
+        let (gate, audience, receivers) = (gate.clone(), audience.clone(), receivers.clone());
+        tasks.spawn(async move {
+            let _slot = gate.acquire_owned().await.expect("open semaphore");
             peer.subscribe().await.map_err(|e| e.to_string())?;
-            // The hub applies the list once it has the peer's objects, which may be after
+            // The hub applies the lists once it has the peers' objects, which may be after
             // the first (mesh) view: from the first entire view that shows only what the
-            // list allows, every object is checked.
+            // lists allow, every object is checked. Every peer's directives are published
+            // by now, so this wait depends on the hub alone, never on another peer's turn.
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let event = tokio::time::timeout_at(deadline.into(), events.next())

@@ -239,3 +239,87 @@ pub async fn consume(
     }
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Args;
+    use crate::servers::Server;
+    use clap::Parser;
+
+    /// Every peer `contacts`, each watching one other: a plan where no peer's watched peer
+    /// lists it back, so whichever subscribes first needs that peer's VISIBILITY in force
+    /// for its first acceptable view (until then the hub rightly shows it, DESIGN 5.5).
+    fn args_with_a_waiting_first_peer() -> Args {
+        (1..)
+            .map(|seed: u64| {
+                let seed = seed.to_string();
+                Args::try_parse_from([
+                    "load",
+                    "--scenario",
+                    "relay",
+                    "--peers",
+                    "3",
+                    "--watch",
+                    "1",
+                    "--contacts-fraction",
+                    "1",
+                    "--concurrency",
+                    "1",
+                    "--seed",
+                    &seed,
+                ])
+                .expect("valid arguments")
+            })
+            .find(|args| {
+                let plan = crate::watch::WatchPlan::random(3, 1, args.seed);
+                (0..3).all(|p| plan.list(plan.list(p)[0]) != [p])
+            })
+            .expect("some seed")
+    }
+
+    /// With one subscription at a time (`--concurrency 1`), a subscriber whose first view
+    /// waits for another peer's directives must not hold the only slot that peer needs to
+    /// publish them: every peer subscribes and sees a view its list allows. (Before the
+    /// directives were published first, the first peer waited its 30 s and failed.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_for_another_peers_directives_never_holds_its_turn() {
+        let args = args_with_a_waiting_first_peer();
+        let exe = std::env::current_exe().expect("test binary");
+        // target/<profile>/deps/<test> → target/<profile>/p2ppi-hub: `cargo test` at the
+        // top of the workspace builds it (the hub's CLI tests run it); alone, `cargo build`
+        // first (start_hub says so when it is missing).
+        let bin = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("target directory")
+            .join("p2ppi-hub");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let hub = Server::start_hub(&bin, dir.path(), None, None, false).expect("hub");
+        let fleet =
+            Arc::new(Fleet::issue(dir.path(), &[hub.addr.clone()], 3, None).expect("fleet"));
+        let mut errors = Errors::default();
+        let bar = ProgressBar::hidden();
+        let peers = connect_peers(&fleet, args.concurrency, "here", &bar, &mut errors).await;
+        assert_eq!((peers.len(), errors.count), (3, 0), "{:?}", errors.messages);
+        let admin = hub.admin.clone().expect("the hub's admin address");
+        wait_relayed(&[admin], 3, false)
+            .await
+            .expect("presence relayed");
+        let audience = Arc::new(Audience::new(&args, 3, &fleet));
+        let receivers = Receivers::new(Instant::now());
+        let subscribed = subscribe_peers(
+            peers,
+            &fleet,
+            &audience,
+            &receivers,
+            args.concurrency,
+            &bar,
+            &mut errors,
+        )
+        .await;
+        assert_eq!(errors.count, 0, "{:?}", errors.messages);
+        assert_eq!(subscribed.len(), 3);
+        assert_eq!(audience.take_unwatched().0, 0);
+    }
+}

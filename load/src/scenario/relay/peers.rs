@@ -296,8 +296,9 @@ mod tests {
             .join("p2ppi-hub");
         let dir = tempfile::tempdir().expect("temporary directory");
         let hub = Server::start_hub(&bin, dir.path(), None, None, false).expect("hub");
-        let fleet =
-            Arc::new(Fleet::issue(dir.path(), &[hub.addr.clone()], 3, None).expect("fleet"));
+        let fleet = Arc::new(
+            Fleet::issue(dir.path(), std::slice::from_ref(&hub.addr), 3, None).expect("fleet"),
+        );
         let mut errors = Errors::default();
         let bar = ProgressBar::hidden();
         let peers = connect_peers(&fleet, args.concurrency, "here", &bar, &mut errors).await;

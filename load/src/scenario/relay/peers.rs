@@ -1,6 +1,7 @@
 //! The peers of `relay`, through the peer library: connected, each one's presence
-//! published, every hub waited for until it knows them all; then subscribed (after its
-//! WATCH_LIST, with `--watch`) and read until the run ends, every stamp recorded.
+//! published, every hub waited for until it knows them all; with `--watch`, every peer's
+//! directives published; then subscribed and read until the run ends, every stamp
+//! recorded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,27 +101,27 @@ pub async fn wait_relayed(admins: &[String], peers: usize, cluster: bool) -> any
     }
 }
 
-/// Subscribes every peer, `concurrency` at a time, after publishing its WATCH_LIST when
-/// there is a plan, and consumes views until the first that the list allows; returns the
-/// events of those that made it, by slot.
-pub async fn subscribe_peers(
+/// Publishes every peer's directives (`--watch`: its BLOCK_LIST, VISIBILITY and
+/// WATCH_LIST), `concurrency` at a time, before any peer subscribes; returns the peers
+/// that made it, by slot.
+///
+/// All of them first, because the first view a subscriber may accept depends on the
+/// *other* peers' directives too: one watching a peer that is to become `contacts` without
+/// listing it sees that peer (rightly, it is still `mesh`, DESIGN 5.5) until that peer's
+/// VISIBILITY is in force. Published one peer at a time beside the waits, a subscriber
+/// waiting for it held one of the `concurrency` slots the other peer needed to publish:
+/// past `concurrency` peers the waits blocked each other until their 30 s ran out.
+async fn publish_directives(
     peers: Vec<(Peer, PeerEvents)>,
     fleet: &Arc<Fleet>,
     audience: &Arc<Audience>,
-    receivers: &Arc<Receivers>,
     concurrency: usize,
-    bar: &ProgressBar,
     errors: &mut Errors,
-) -> Vec<(usize, PeerEvents)> {
+) -> Vec<(usize, Peer, PeerEvents)> {
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    for (slot, (peer, mut events)) in peers.into_iter().enumerate() {
-        let (gate, audience, receivers, fleet) = (
-            gate.clone(),
-            audience.clone(),
-            receivers.clone(),
-            fleet.clone(),
-        );
+    for (slot, (peer, events)) in peers.into_iter().enumerate() {
+        let (gate, audience, fleet) = (gate.clone(), audience.clone(), fleet.clone());
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await.expect("open semaphore");
             if let Some(plan) = &audience.plan {
@@ -148,10 +149,36 @@ pub async fn subscribe_peers(
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            Ok::<_, String>((slot, peer, events))
+        });
+    }
+    gather(tasks, &ProgressBar::hidden(), errors).await
+}
+
+/// Subscribes every peer, `concurrency` at a time, after every peer's directives are
+/// published ([`publish_directives`]), and consumes views until the first that the lists
+/// allow; returns the events of those that made it, by slot.
+pub async fn subscribe_peers(
+    peers: Vec<(Peer, PeerEvents)>,
+    fleet: &Arc<Fleet>,
+    audience: &Arc<Audience>,
+    receivers: &Arc<Receivers>,
+    concurrency: usize,
+    bar: &ProgressBar,
+    errors: &mut Errors,
+) -> Vec<(usize, PeerEvents)> {
+    let peers = publish_directives(peers, fleet, audience, concurrency, errors).await;
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (slot, peer, mut events) in peers {
+        let (gate, audience, receivers) = (gate.clone(), audience.clone(), receivers.clone());
+        tasks.spawn(async move {
+            let _slot = gate.acquire_owned().await.expect("open semaphore");
             peer.subscribe().await.map_err(|e| e.to_string())?;
-            // The hub applies the list once it has the peer's objects, which may be after
+            // The hub applies the lists once it has the peers' objects, which may be after
             // the first (mesh) view: from the first entire view that shows only what the
-            // list allows, every object is checked.
+            // lists allow, every object is checked. Every peer's directives are published
+            // by now, so this wait depends on the hub alone, never on another peer's turn.
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let event = tokio::time::timeout_at(deadline.into(), events.next())
@@ -211,4 +238,89 @@ pub async fn consume(
         }
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Args;
+    use crate::servers::Server;
+    use clap::Parser;
+
+    /// Every peer `contacts`, each watching one other: a plan where no peer's watched peer
+    /// lists it back, so whichever subscribes first needs that peer's VISIBILITY in force
+    /// for its first acceptable view (until then the hub rightly shows it, DESIGN 5.5).
+    fn args_with_a_waiting_first_peer() -> Args {
+        (1..)
+            .map(|seed: u64| {
+                let seed = seed.to_string();
+                Args::try_parse_from([
+                    "load",
+                    "--scenario",
+                    "relay",
+                    "--peers",
+                    "3",
+                    "--watch",
+                    "1",
+                    "--contacts-fraction",
+                    "1",
+                    "--concurrency",
+                    "1",
+                    "--seed",
+                    &seed,
+                ])
+                .expect("valid arguments")
+            })
+            .find(|args| {
+                let plan = crate::watch::WatchPlan::random(3, 1, args.seed);
+                (0..3).all(|p| plan.list(plan.list(p)[0]) != [p])
+            })
+            .expect("some seed")
+    }
+
+    /// With one subscription at a time (`--concurrency 1`), a subscriber whose first view
+    /// waits for another peer's directives must not hold the only slot that peer needs to
+    /// publish them: every peer subscribes and sees a view its list allows. (Before the
+    /// directives were published first, the first peer waited its 30 s and failed.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_for_another_peers_directives_never_holds_its_turn() {
+        let args = args_with_a_waiting_first_peer();
+        let exe = std::env::current_exe().expect("test binary");
+        // target/<profile>/deps/<test> → target/<profile>/p2ppi-hub: `cargo test` at the
+        // top of the workspace builds it (the hub's CLI tests run it); alone, `cargo build`
+        // first (start_hub says so when it is missing).
+        let bin = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("target directory")
+            .join("p2ppi-hub");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let hub = Server::start_hub(&bin, dir.path(), None, None, false).expect("hub");
+        let fleet = Arc::new(
+            Fleet::issue(dir.path(), std::slice::from_ref(&hub.addr), 3, None).expect("fleet"),
+        );
+        let mut errors = Errors::default();
+        let bar = ProgressBar::hidden();
+        let peers = connect_peers(&fleet, args.concurrency, "here", &bar, &mut errors).await;
+        assert_eq!((peers.len(), errors.count), (3, 0), "{:?}", errors.messages);
+        let admin = hub.admin.clone().expect("the hub's admin address");
+        wait_relayed(&[admin], 3, false)
+            .await
+            .expect("presence relayed");
+        let audience = Arc::new(Audience::new(&args, 3, &fleet));
+        let receivers = Receivers::new(Instant::now());
+        let subscribed = subscribe_peers(
+            peers,
+            &fleet,
+            &audience,
+            &receivers,
+            args.concurrency,
+            &bar,
+            &mut errors,
+        )
+        .await;
+        assert_eq!(errors.count, 0, "{:?}", errors.messages);
+        assert_eq!(subscribed.len(), 3);
+        assert_eq!(audience.take_unwatched().0, 0);
+    }
 }

@@ -1,7 +1,7 @@
 //! The hub's shutdown (DESIGN 11): a lame duck, then a paced drain, then whatever is left,
 //! all within `shutdown.grace`.
 //!
-//! **Asked for** through [`DrainControl`], which every thread reads: SIGTERM, SIGINT or
+//! **Asked for** through [`DrainControl`](control::DrainControl), which every thread reads: SIGTERM, SIGINT or
 //! `POST /v1/drain` ask for a [`Request::Drain`]; a second signal, [`Hub::shutdown`] and
 //! dropping the hub ask for [`Request::Now`]. A request only ever moves forward (serve →
 //! drain → now), so a second drain request changes nothing and a stop overtakes a drain

@@ -25,7 +25,7 @@ pub enum RejectReason {
     /// A WATCH_LIST that is not applied (DESIGN 5.4).
     BadWatchList,
     /// From another hub: an object not named `<peer-name>/…` after its own peer
-    /// ([`remote_relayable`]).
+    /// (`remote_relayable`).
     ForeignName,
     /// A BLOCK_LIST that is not applied (DESIGN 5.5).
     BadBlockList,

@@ -32,7 +32,7 @@ mod load;
 mod redact;
 mod template;
 
-pub use checks::keylog_warning;
+pub use checks::{keylog_warning, sentinel_address};
 pub use load::{Origin, Override};
 pub use redact::{redact_url, REDACTED};
 pub use template::default_config_toml;
@@ -645,6 +645,15 @@ pub const DEFAULT_CLUSTER_HANDOFF: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLUSTER_MAX_QUEUE_BYTES: usize = 16 << 20;
 /// Longest accepted node name, bytes (it is part of Redis keys and channel names).
 pub const MAX_NODE_NAME_BYTES: usize = 200;
+/// Default of `cluster.min_replicas` with Sentinels: a hub-object change is acknowledged
+/// once one replica holds it, so a failover cannot lose it.
+pub const DEFAULT_CLUSTER_MIN_REPLICAS_WITH_SENTINELS: u32 = 1;
+/// Most replicas `cluster.min_replicas` may ask for.
+pub const MAX_CLUSTER_MIN_REPLICAS: u32 = 16;
+/// Most entries of `cluster.sentinels`.
+pub const MAX_CLUSTER_SENTINELS: usize = 16;
+/// Longest accepted `cluster.master_name`, bytes.
+pub const MAX_MASTER_NAME_BYTES: usize = 200;
 
 /// `[cluster]`: DESIGN 8. Present only when the hub is one of several sharing one Redis.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, DocumentedFields)]
@@ -692,6 +701,32 @@ pub struct ClusterSection {
     /// another hub is refused as if the peer were absent. At least 65520 (one message).
     #[serde(default = "default_cluster_max_queue_bytes")]
     pub max_queue_bytes: usize,
+    /// Redis Sentinel (DESIGN 8, High availability): the Sentinels' addresses,
+    /// "host:port" each; empty: no Sentinel, `redis` names the server. With Sentinels the
+    /// hub asks them for the master of `master_name` (at start and whenever the master
+    /// fails) and follows a promoted replica; `redis` then gives the scheme (rediss: the
+    /// Sentinels and the master are both reached over TLS with tls_ca, tls_cert and
+    /// tls_key), the user, the password and the db of the master, and its host:port is not
+    /// used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sentinels: Vec<String>,
+    /// The name the Sentinels monitor the cluster's master under (`sentinel monitor
+    /// <name> ...`). Required with `sentinels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// The user this hub authenticates as to the Sentinels (with sentinel_password_file).
+    /// Default: the password alone (a Sentinel's requirepass), or no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_user: Option<String>,
+    /// A file (readable by its owner only) whose first line is the password the
+    /// Sentinels ask for. Default: the Sentinels ask for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_file: Option<PathBuf>,
+    /// Replicas that must hold a hub-object change before the admin API acknowledges it
+    /// (Redis `WAIT`, at most lease/3): fewer, and the call fails with 503 saying the
+    /// change may be lost on a failover. Default: 1 with sentinels, 0 without. At most 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<u32>,
 }
 
 fn default_cluster_max_queue_bytes() -> usize {
@@ -720,6 +755,11 @@ impl std::fmt::Debug for ClusterSection {
             tls_key,
             secret_file,
             max_queue_bytes,
+            sentinels,
+            master_name,
+            sentinel_user,
+            sentinel_password_file,
+            min_replicas,
         } = self;
         f.debug_struct("ClusterSection")
             .field("redis", &redact_url(redis))
@@ -731,6 +771,11 @@ impl std::fmt::Debug for ClusterSection {
             .field("tls_key", tls_key)
             .field("secret_file", secret_file)
             .field("max_queue_bytes", max_queue_bytes)
+            .field("sentinels", sentinels)
+            .field("master_name", master_name)
+            .field("sentinel_user", sentinel_user)
+            .field("sentinel_password_file", sentinel_password_file)
+            .field("min_replicas", min_replicas)
             .finish()
     }
 }
@@ -748,7 +793,26 @@ impl ClusterSection {
             tls_key: Some("/etc/p2ppi-hub/redis-client.key".into()),
             secret_file: Some("/etc/p2ppi-hub/cluster-secret".into()),
             max_queue_bytes: DEFAULT_CLUSTER_MAX_QUEUE_BYTES,
+            sentinels: vec![
+                "10.0.0.5:26379".into(),
+                "10.0.0.6:26379".into(),
+                "10.0.0.7:26379".into(),
+            ],
+            master_name: Some("p2ppi".into()),
+            sentinel_user: Some("hub-a".into()),
+            sentinel_password_file: Some("/etc/p2ppi-hub/sentinel-password".into()),
+            min_replicas: Some(DEFAULT_CLUSTER_MIN_REPLICAS_WITH_SENTINELS),
         }
+    }
+
+    /// Replicas a hub-object change must reach before it is acknowledged
+    /// (`min_replicas`, else 1 with Sentinels and 0 without).
+    pub fn min_replicas(&self) -> u32 {
+        self.min_replicas.unwrap_or(if self.sentinels.is_empty() {
+            0
+        } else {
+            DEFAULT_CLUSTER_MIN_REPLICAS_WITH_SENTINELS
+        })
     }
 
     /// Whether Redis is on this machine: a unix socket, `localhost` or a loopback address.

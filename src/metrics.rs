@@ -137,6 +137,12 @@ pub const DRAINED_SESSIONS: &str = "p2ppi_drained_sessions_total";
 /// Peers a drain of this hub left moving (DESIGN 8, Hand-off), by `outcome`: `moved`
 /// (another hub holds them now), `left` (not back within `cluster.handoff`: gone).
 pub const CLUSTER_HANDOFFS: &str = "p2ppi_cluster_handoffs_total";
+/// Redis failovers this hub followed (DESIGN 8, High availability): the Sentinels named
+/// another master and the hub moved to it.
+pub const CLUSTER_FAILOVERS: &str = "p2ppi_cluster_failovers_total";
+/// Hub-object changes written to the Redis master but not acknowledged by
+/// `cluster.min_replicas` replicas in time (the admin call failed with 503).
+pub const CLUSTER_UNREPLICATED: &str = "p2ppi_cluster_unreplicated_changes_total";
 /// Build information (gauge, always 1), with `version`.
 pub const BUILD_INFO: &str = "p2ppi_build_info";
 
@@ -427,6 +433,16 @@ fn describe() {
         CLUSTER_HANDOFFS,
         Unit::Count,
         "Peers a drain of this hub left moving, by outcome (moved: another hub holds them; left: gone)."
+    );
+    describe_counter!(
+        CLUSTER_FAILOVERS,
+        Unit::Count,
+        "Redis failovers this hub followed: the Sentinels named another master and the hub moved to it."
+    );
+    describe_counter!(
+        CLUSTER_UNREPLICATED,
+        Unit::Count,
+        "Hub-object changes written to the Redis master but not acknowledged by cluster.min_replicas replicas in time (answered 503)."
     );
     describe_gauge!(
         BUILD_INFO,

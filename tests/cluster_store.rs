@@ -92,6 +92,8 @@ impl Hub {
             lease,
             tls: Default::default(),
             secret_file: None,
+            sentinels: None,
+            min_replicas: 0,
         };
         let (store, events) = ClusterStore::connect(&settings)
             .await

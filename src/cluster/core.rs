@@ -42,7 +42,15 @@ pub(super) enum Removal<'a> {
 pub(super) struct StoreCore {
     pub(super) node: String,
     pub(super) lease: Duration,
-    pub(super) conn: ConnectionManager,
+    /// The connection to the master in force (swapped when a failover is followed).
+    pub(super) connection: super::connection::Connection,
+    /// Set by a `READONLY` answer (the connection reached a replica: a failover is under
+    /// way or was missed): the Sentinels are asked until they name another master.
+    pub(super) readonly: AtomicBool,
+    /// Wakes the failover task (`connection::failover_loop`): the master may have changed.
+    pub(super) failover: tokio::sync::Notify,
+    /// Replicas a hub-object change must reach before it is acknowledged.
+    pub(super) min_replicas: u32,
     /// This registration's lease token.
     pub(super) token: Mutex<String>,
     /// The objects JSON last written for each local peer, and its mesh.
@@ -145,12 +153,29 @@ impl StoreCore {
         }
     }
 
+    /// The connection to the master in force.
+    pub(super) fn conn(&self) -> ConnectionManager {
+        self.connection.get()
+    }
+
     /// Records a failed round trip: counted by kind, logged once per change of state, and
-    /// the local state marked for re-assertion.
+    /// the local state marked for re-assertion. With Sentinels, a lost master or a
+    /// `READONLY` answer (a replica) has them asked which master is in force.
     pub(super) fn failed(&self, op: &'static str, source: redis::RedisError) -> ClusterError {
         metrics::counter_inc(metrics::CLUSTER_REDIS_ROUND_TRIPS);
         metrics::count_kind(metrics::CLUSTER_REDIS_ERRORS, error_kind(&source));
-        if source.is_io_error() || source.is_timeout() || source.is_connection_dropped() {
+        let unreachable =
+            source.is_io_error() || source.is_timeout() || source.is_connection_dropped();
+        if self.connection.follows_sentinels() {
+            if source.code() == Some("READONLY") {
+                self.needs_recovery.store(true, Ordering::Release);
+                self.readonly.store(true, Ordering::Release);
+                self.failover.notify_one();
+            } else if unreachable {
+                self.failover.notify_one();
+            }
+        }
+        if unreachable {
             self.needs_recovery.store(true, Ordering::Release);
             if self.redis_up.swap(false, Ordering::AcqRel) {
                 metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 0.0);
@@ -163,6 +188,9 @@ impl StoreCore {
     /// The connection dropped (the client reconnects by itself): writes may have been lost.
     pub(super) fn disconnected(&self) {
         self.needs_recovery.store(true, Ordering::Release);
+        if self.connection.follows_sentinels() {
+            self.failover.notify_one();
+        }
         if self.redis_up.swap(false, Ordering::AcqRel) {
             metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 0.0);
             tracing::warn!("cluster: connection to Redis lost, reconnecting");
@@ -202,7 +230,7 @@ impl StoreCore {
         for arg in args {
             invocation.arg(arg);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         match invocation.invoke_async::<Vec<String>>(&mut conn).await {
             Ok(reply) => {
                 self.succeeded();
@@ -218,7 +246,7 @@ impl StoreCore {
         op: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T, ClusterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         match cmd.query_async::<T>(&mut conn).await {
             Ok(reply) => {
                 self.succeeded();

@@ -80,6 +80,11 @@ impl Driver {
                     Some(Command::Watch(mesh)) => self.watch(mesh).await,
                     Some(Command::Unwatch(mesh)) => self.unwatch(mesh).await,
                     Some(Command::Restate(peer, mesh)) => self.restate(&peer, &mesh).await,
+                    Some(Command::Failover) => {
+                        // A probe sent to the old master says nothing of the new one.
+                        self.probe_seen = self.probe_sent;
+                        self.resubscribe_all(ResyncCause::Failover).await;
+                    }
                     None => return,
                 },
                 _ = tick.tick() => self.on_tick().await,
@@ -141,7 +146,7 @@ impl Driver {
                      it delivers"
                 );
             }
-            self.resubscribe_all().await;
+            self.resubscribe_all(ResyncCause::Silent).await;
         } else if !self.inner.pubsub_up.swap(true, Ordering::AcqRel) {
             // Ready again only once a whole tick's probe came back.
             tracing::info!("cluster: pub/sub delivers again");
@@ -163,25 +168,33 @@ impl Driver {
             .await;
     }
 
-    /// Subscribes again to every channel and reloads every replica (pub/sub was silent).
-    async fn resubscribe_all(&mut self) {
+    /// Subscribes again to every channel and reloads every replica (pub/sub was silent, or
+    /// a failover was followed: `cause`). A failed subscription marks the meshes
+    /// unsubscribed, so the tick tries again.
+    async fn resubscribe_all(&mut self, cause: ResyncCause) {
         let mut channels = vec![
             keys::inbox_channel(&self.inner.node),
             keys::hub_objects_channel(),
             keys::blocked_channel(),
         ];
         channels.extend(self.meshes.keys().map(|m| keys::mesh_channel(m)));
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
+        for m in self.meshes.values_mut() {
+            m.replica.mark_unsynced();
+        }
         if let Err(source) = conn.subscribe(&channels).await {
             drop(self.inner.failed("subscribe", source));
+            for m in self.meshes.values_mut() {
+                m.subscribed = false;
+            }
             return;
         }
         let meshes: Vec<String> = self.meshes.keys().cloned().collect();
         for mesh in meshes {
             if let Some(m) = self.meshes.get_mut(&mesh) {
-                m.replica.mark_unsynced();
+                m.subscribed = true;
             }
-            self.reload(&mesh, ResyncCause::Silent).await;
+            self.reload(&mesh, cause).await;
         }
         // Block list notices may have been lost too.
         self.inner.emit(ClusterEvent::BlockedChanged).await;
@@ -208,7 +221,7 @@ impl Driver {
                 .arg("epoch")
                 .arg("seq");
         }
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         let replies: Vec<(Option<String>, Option<u64>)> = match pipe.query_async(&mut conn).await {
             Ok(replies) => {
                 self.inner.succeeded();
@@ -245,7 +258,7 @@ impl Driver {
             if cause == ResyncCause::Gap {
                 // The mesh's subscription may be what went silent: subscribing again to a
                 // channel already subscribed changes nothing.
-                let mut conn = self.inner.conn.clone();
+                let mut conn = self.inner.conn();
                 if let Err(source) = conn.subscribe(keys::mesh_channel(&name)).await {
                     drop(self.inner.failed("subscribe", source));
                 }
@@ -276,7 +289,7 @@ impl Driver {
     /// Subscribes to a mesh's channel, then loads its replica (the snapshot follows the
     /// subscription, so no change falls between them).
     async fn subscribe(&mut self, mesh: &str) {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         match conn.subscribe(keys::mesh_channel(mesh)).await {
             Ok(()) => {
                 self.inner.succeeded();
@@ -308,7 +321,7 @@ impl Driver {
         let Some(mut m) = self.meshes.remove(&mesh) else {
             return;
         };
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         if let Err(source) = conn.unsubscribe(keys::mesh_channel(&mesh)).await {
             drop(self.inner.failed("unsubscribe", source));
         }

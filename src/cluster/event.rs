@@ -20,6 +20,9 @@ pub enum ResyncCause {
     Epoch,
     /// Pub/sub went silent (the liveness probe did not come back): resubscribed.
     Silent,
+    /// The Redis master failed over and the hub follows the promoted replica, which may
+    /// lack the last writes.
+    Failover,
 }
 
 impl ResyncCause {
@@ -31,6 +34,7 @@ impl ResyncCause {
             Self::Gap => "gap",
             Self::Epoch => "epoch",
             Self::Silent => "silent",
+            Self::Failover => "failover",
         }
     }
 }
@@ -83,4 +87,7 @@ pub(super) enum Command {
     /// Announce a remote peer's state again (the hub set it aside while a local session
     /// held the peer), or its departure from the mesh when no replica holds it.
     Restate(PeerName, std::sync::Arc<str>),
+    /// A failover was followed: subscribe every channel again on the new master and
+    /// reload every replica.
+    Failover,
 }

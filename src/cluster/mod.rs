@@ -58,6 +58,7 @@
 //! | `p2ppi:chan:hub-objects` | `{"version", "hub"}`: the hub objects changed |
 //! | `p2ppi:chan:blocked` | `{"peer", "blocked", "hub"}` or `{"seeded", "hub"}`: the block list changed; every hub reads it whole again (as after a reconnect, when a notice may have been lost) |
 
+mod connection;
 mod core;
 mod driver;
 mod event;
@@ -66,17 +67,19 @@ mod message;
 mod replica;
 mod scripts;
 mod seal;
+mod settings;
 mod store;
 
 // What the store's API takes and returns; the replicas, the channel messages' JSON and the
 // driver stay inside.
+pub use connection::Replicas;
 pub use event::{ClusterEvent, ResyncCause};
 pub use message::InboxMessage;
 pub use replica::PeerChange;
 pub use seal::{objects_json, ClusterSecrets, SecretError, Tagged, MAX_SECRETS, MIN_SECRET_BYTES};
 pub use store::{
     BlockOutcome, BlockedList, ClusterEvents, ClusterSettings, ClusterStore, HubLease, RedisTls,
-    RouteOutcome, SetHubObjects,
+    RouteOutcome, SentinelSettings, SetHubObjects,
 };
 
 use thiserror::Error;
@@ -103,6 +106,16 @@ pub enum ClusterError {
         path: std::path::PathBuf,
         /// The reason.
         source: std::io::Error,
+    },
+    /// No Sentinel of `cluster.sentinels` names a reachable master of `cluster.master_name`
+    /// (none answers, none knows the name, or the master it names does not answer `ROLE`
+    /// master).
+    #[error("cluster.sentinels: no Sentinel names a reachable master {master_name:?} (is it the name of their `sentinel monitor` line, and do they and the master answer?): {source}")]
+    Sentinel {
+        /// `cluster.master_name`.
+        master_name: String,
+        /// The client's reason.
+        source: redis::RedisError,
     },
     /// Redis refused this hub's user: a wrong password, a user that is off, or one whose
     /// ACL rules lack what a hub needs (`deploy/redis/p2ppi-users.acl`).

@@ -12,15 +12,14 @@
 //! peer costs a round trip but publishes nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
+use redis::PushInfo;
 use tokio::sync::mpsc;
 
+use super::connection::{Connection, Replicas};
 use super::core::StoreCore;
 use super::driver::Driver;
 use super::event::ClusterEvent;
@@ -29,162 +28,15 @@ use super::keys;
 use super::message::InboxMessage;
 use super::replica::RemoteIndex;
 use super::scripts;
-use super::seal::{objects_json, ClusterSecrets, Seal};
+use super::seal::{objects_json, Seal};
+pub use super::settings::{ClusterSettings, RedisTls, SentinelSettings};
 use super::ClusterError;
-use crate::config::ClusterSection;
 use crate::metrics;
 use crate::protocol::wire::Object;
 use crate::tls::PeerName;
 
 /// Events buffered for the hub before the driver waits for it.
 const EVENT_QUEUE: usize = 4096;
-/// Reconnect attempts per reconnect round. Calls made meanwhile wait for the round, so it
-/// is kept short (a few lease/3 periods at most); the lease ticks start new rounds.
-const RECONNECT_RETRIES: usize = 2;
-
-/// What the store needs to connect: the `[cluster]` section resolved for this hub.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterSettings {
-    /// The Redis address.
-    pub redis: String,
-    /// This hub's node name.
-    pub node: String,
-    /// This hub's lease.
-    pub lease: Duration,
-    /// The files of a `rediss://` connection.
-    pub tls: RedisTls,
-    /// The cluster secret file (`cluster.secret_file`); `None`: nothing is signed or
-    /// checked (allowed for a Redis on this machine only).
-    pub secret_file: Option<PathBuf>,
-}
-
-/// The files of a `rediss://` connection (`cluster.tls_*`): read at each connect, so a
-/// renewed client certificate is used from the next reconnect on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RedisTls {
-    /// CA certificates (PEM) that sign the server's certificate; `None`: the system's roots.
-    pub ca: Option<PathBuf>,
-    /// This hub's certificate chain and key (PEM), for a server that asks for one.
-    pub client: Option<(PathBuf, PathBuf)>,
-}
-
-impl RedisTls {
-    /// The certificates for the `redis` client.
-    ///
-    /// # Errors
-    /// [`ClusterError::File`] naming a file that cannot be read.
-    fn certificates(&self) -> Result<redis::TlsCertificates, ClusterError> {
-        let read = |what: &'static str, path: &PathBuf| {
-            std::fs::read(path).map_err(|source| ClusterError::File {
-                what,
-                path: path.clone(),
-                source,
-            })
-        };
-        let client_tls = match &self.client {
-            Some((cert, key)) => Some(redis::ClientTlsConfig {
-                client_cert: read("cluster.tls_cert", cert)?,
-                client_key: read("cluster.tls_key", key)?,
-            }),
-            None => None,
-        };
-        let root_cert = match &self.ca {
-            Some(ca) => Some(read("cluster.tls_ca", ca)?),
-            None => None,
-        };
-        Ok(redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        })
-    }
-}
-
-impl std::fmt::Debug for ClusterSettings {
-    /// The Redis password stays out of `{:?}` too.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured, so a new field cannot be forgotten here.
-        let Self {
-            redis,
-            node,
-            lease,
-            tls,
-            secret_file,
-        } = self;
-        f.debug_struct("ClusterSettings")
-            .field("redis", &crate::config::redact_url(redis))
-            .field("node", node)
-            .field("lease", lease)
-            .field("tls", tls)
-            .field("secret_file", secret_file)
-            .finish()
-    }
-}
-
-impl ClusterSettings {
-    /// The settings of a validated `[cluster]` section for a hub listening on `listen`.
-    pub fn from_config(section: &ClusterSection, listen: std::net::SocketAddr) -> Self {
-        Self {
-            redis: section.redis.clone(),
-            node: section.node_name(listen),
-            lease: section.lease,
-            tls: RedisTls {
-                ca: section.tls_ca.clone(),
-                client: section.tls_cert.clone().zip(section.tls_key.clone()),
-            },
-            secret_file: section.secret_file.clone(),
-        }
-    }
-
-    /// The cluster secret, read from its file (`None` without one).
-    ///
-    /// # Errors
-    /// [`ClusterError::Secret`] when the file is refused.
-    fn secrets(&self) -> Result<Option<ClusterSecrets>, ClusterError> {
-        match &self.secret_file {
-            Some(file) => Ok(Some(ClusterSecrets::load(file)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Reads the files the connection needs, as connecting does, without connecting
-    /// (`check-config`).
-    ///
-    /// # Errors
-    /// As [`ClusterStore::connect`] before it reaches Redis.
-    pub fn check_files(&self) -> Result<(), ClusterError> {
-        self.secrets()?;
-        self.client().map(drop)
-    }
-
-    /// A client for the configured address: over TLS for `rediss://`, with the configured
-    /// CA and client certificate, speaking RESP3 (pub/sub pushes share the command
-    /// connection).
-    ///
-    /// # Errors
-    /// [`ClusterError::Address`] for a bad address; [`ClusterError::File`] when a TLS file
-    /// cannot be read.
-    pub(super) fn client(&self) -> Result<redis::Client, ClusterError> {
-        let address = |source| ClusterError::Address {
-            url: crate::config::redact_url(&self.redis),
-            source,
-        };
-        let info = self
-            .redis
-            .as_str()
-            .into_connection_info()
-            .map_err(address)?;
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(resp3);
-        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-            redis::Client::build_with_tls(info, self.tls.certificates()?).map_err(address)
-        } else {
-            redis::Client::open(info).map_err(address)
-        }
-    }
-}
 
 /// The hub's end of the event channel.
 #[derive(Debug)]
@@ -319,40 +171,17 @@ impl ClusterStore {
                  a Redis on this machine only)"
             );
         }
-        let client = settings.client()?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let round_trip = settings.lease / 3;
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(push_tx)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(round_trip))
-            .set_response_timeout(Some(round_trip))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_max_delay(round_trip);
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|source| match source.code() {
-                Some("WRONGPASS" | "NOPERM") => ClusterError::Refused {
-                    user: client
-                        .get_connection_info()
-                        .redis_settings()
-                        .username()
-                        .unwrap_or("default")
-                        .to_owned(),
-                    source,
-                },
-                _ => ClusterError::Redis {
-                    op: "connect",
-                    source,
-                },
-            })?;
+        let connection = Connection::open(settings, push_tx).await?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::channel(EVENT_QUEUE);
         let inner = Arc::new(StoreCore {
             node: settings.node.clone(),
             lease: settings.lease,
-            conn,
+            connection,
+            readonly: AtomicBool::new(false),
+            failover: tokio::sync::Notify::new(),
+            min_replicas: settings.min_replicas,
             token: Mutex::new(String::new()),
             local: Mutex::new(HashMap::new()),
             pending_gone: Mutex::new(HashSet::new()),
@@ -372,7 +201,7 @@ impl ClusterStore {
             bad: Mutex::new(HashMap::new()),
         });
         inner.register().await?;
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn();
         conn.subscribe(&[
             keys::inbox_channel(&inner.node),
             keys::hub_objects_channel(),
@@ -388,6 +217,7 @@ impl ClusterStore {
             // event queue, a long re-assertion) can delay a renewal into a lost lease.
             tokio::spawn(super::core::lease_loop(inner.clone())),
             tokio::spawn(super::core::recovery_loop(inner.clone())),
+            tokio::spawn(super::connection::failover_loop(inner.clone())),
         ];
         Ok((
             ClusterStore {
@@ -401,6 +231,12 @@ impl ClusterStore {
     /// This hub's node name.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// The address (`host:port`) of the Redis master in force: with Sentinels, the one
+    /// they named last.
+    pub fn master(&self) -> String {
+        self.inner.connection.master()
     }
 
     /// Reads `cluster.secret_file` again (SIGHUP). When the signing secret changed, every
@@ -661,28 +497,38 @@ impl ClusterStore {
         expected: u64,
         objects: &[Object],
     ) -> Result<SetHubObjects, ClusterError> {
-        let json = objects_json(objects);
-        let tag = self.inner.hub_objects_tag(expected + 1, &json);
+        let args = self.hub_objects_args(expected, objects);
         let reply = self
             .inner
-            .script(
-                "set hub objects",
-                &scripts::SET_HUB_OBJECTS,
-                &[expected.to_string(), json, self.inner.node.clone(), tag],
-            )
+            .script("set hub objects", &scripts::SET_HUB_OBJECTS, &args)
             .await?;
-        let version = |v: &str| v.parse::<u64>().ok();
-        match reply.as_slice() {
-            [ok, v] if ok == "ok" => version(v).map(|version| SetHubObjects::Set { version }),
-            [c, v] if c == "conflict" => {
-                version(v).map(|current| SetHubObjects::Conflict { current })
-            }
-            _ => None,
-        }
-        .ok_or(ClusterError::Reply {
-            op: "set hub objects",
-            reply,
-        })
+        set_reply(reply)
+    }
+
+    /// [`ClusterStore::set_hub_objects`] for an operator's change: once written, waits (at
+    /// most lease/3) for `cluster.min_replicas` replicas to hold it, so that a failover
+    /// cannot lose it; says how many did.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] if Redis cannot be reached.
+    pub async fn set_hub_objects_replicated(
+        &self,
+        expected: u64,
+        objects: &[Object],
+    ) -> Result<(SetHubObjects, Replicas), ClusterError> {
+        let args = self.hub_objects_args(expected, objects);
+        let (reply, replicas) = self
+            .inner
+            .script_replicated("set hub objects", &scripts::SET_HUB_OBJECTS, &args)
+            .await?;
+        Ok((set_reply(reply)?, replicas))
+    }
+
+    /// The arguments of `SET_HUB_OBJECTS` replacing version `expected` by `objects`.
+    fn hub_objects_args(&self, expected: u64, objects: &[Object]) -> Vec<String> {
+        let json = objects_json(objects);
+        let tag = self.inner.hub_objects_tag(expected + 1, &json);
+        vec![expected.to_string(), json, self.inner.node.clone(), tag]
     }
 
     /// Offers this hub's copy of the hub objects at `version` (at least 1) to seed a Redis
@@ -871,7 +717,7 @@ impl ClusterStore {
     /// them); [`ClusterStore::resubscribe_mesh_channel`] restores it.
     #[doc(hidden)]
     pub async fn unsubscribe_mesh_channel(&self, mesh: &str) -> Result<(), ClusterError> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         conn.unsubscribe(keys::mesh_channel(mesh))
             .await
             .map_err(|source| self.inner.failed("unsubscribe", source))
@@ -881,7 +727,7 @@ impl ClusterStore {
     /// supersede notices for its peers are lost to it.
     #[doc(hidden)]
     pub async fn unsubscribe_inbox_channel(&self) -> Result<(), ClusterError> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         conn.unsubscribe(keys::inbox_channel(&self.inner.node))
             .await
             .map_err(|source| self.inner.failed("unsubscribe", source))
@@ -890,9 +736,26 @@ impl ClusterStore {
     /// Test support: see [`ClusterStore::unsubscribe_mesh_channel`].
     #[doc(hidden)]
     pub async fn resubscribe_mesh_channel(&self, mesh: &str) -> Result<(), ClusterError> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn();
         conn.subscribe(keys::mesh_channel(mesh))
             .await
             .map_err(|source| self.inner.failed("subscribe", source))
     }
+}
+
+/// The reply of `SET_HUB_OBJECTS`.
+///
+/// # Errors
+/// [`ClusterError::Reply`] when it is not one.
+fn set_reply(reply: Vec<String>) -> Result<SetHubObjects, ClusterError> {
+    let version = |v: &str| v.parse::<u64>().ok();
+    match reply.as_slice() {
+        [ok, v] if ok == "ok" => version(v).map(|version| SetHubObjects::Set { version }),
+        [c, v] if c == "conflict" => version(v).map(|current| SetHubObjects::Conflict { current }),
+        _ => None,
+    }
+    .ok_or(ClusterError::Reply {
+        op: "set hub objects",
+        reply,
+    })
 }

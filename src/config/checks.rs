@@ -105,8 +105,112 @@ impl ClusterSection {
                 format!("{} is above 1h", humantime::format_duration(self.handoff)),
             );
         }
+        self.validate_sentinels()
+    }
+
+    /// Checks the Sentinel keys: addresses, the master name they go with, and what only
+    /// applies with them.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the key.
+    fn validate_sentinels(&self) -> Result<(), InvalidSetting> {
+        let invalid = |key: &str, reason: String| {
+            Err(InvalidSetting {
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        if let Some(min) = self.min_replicas.filter(|m| *m > MAX_CLUSTER_MIN_REPLICAS) {
+            return invalid(
+                "cluster.min_replicas",
+                format!("{min} is above {MAX_CLUSTER_MIN_REPLICAS}"),
+            );
+        }
+        if self.sentinels.is_empty() {
+            let only_with = [
+                ("cluster.master_name", self.master_name.is_some()),
+                ("cluster.sentinel_user", self.sentinel_user.is_some()),
+                (
+                    "cluster.sentinel_password_file",
+                    self.sentinel_password_file.is_some(),
+                ),
+            ];
+            if let Some((key, _)) = only_with.iter().find(|(_, set)| *set) {
+                return invalid(key, "applies only with cluster.sentinels".into());
+            }
+            return Ok(());
+        }
+        if self.sentinels.len() > MAX_CLUSTER_SENTINELS {
+            return invalid(
+                "cluster.sentinels",
+                format!(
+                    "{} entries: at most {MAX_CLUSTER_SENTINELS}",
+                    self.sentinels.len()
+                ),
+            );
+        }
+        if let Some(bad) = self
+            .sentinels
+            .iter()
+            .find(|s| sentinel_address(s).is_none())
+        {
+            return invalid("cluster.sentinels", format!("{bad:?} is not host:port"));
+        }
+        match self.master_name.as_deref() {
+            None => {
+                return invalid(
+                    "cluster.master_name",
+                    "is required with cluster.sentinels: the name the Sentinels monitor the \
+                     master under"
+                        .into(),
+                )
+            }
+            Some(name)
+                if name.is_empty()
+                    || name.len() > MAX_MASTER_NAME_BYTES
+                    || name.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                return invalid(
+                    "cluster.master_name",
+                    format!(
+                        "{name:?}: must be 1 to {MAX_MASTER_NAME_BYTES} bytes without spaces \
+                         or control characters"
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
+        if self.redis.starts_with("unix") || self.redis.starts_with("redis+unix") {
+            return invalid(
+                "cluster.redis",
+                "a unix socket cannot be followed through Sentinels: use redis:// or \
+                 rediss://"
+                    .into(),
+            );
+        }
+        if let Some(user) = &self.sentinel_user {
+            if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return invalid(
+                    "cluster.sentinel_user",
+                    format!("{user:?}: must be a name without spaces or control characters"),
+                );
+            }
+        }
         Ok(())
     }
+}
+
+/// A Sentinel's "host:port" (`cluster.sentinels`) as host and port; `None` when it is not
+/// one (a bracketed IPv6 host is accepted: `[::1]:26379`).
+pub fn sentinel_address(entry: &str) -> Option<(String, u16)> {
+    let (host, port) = entry.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    if let Some(v6) = host.strip_prefix('[') {
+        let ip = v6.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok()?;
+        return Some((ip.to_string(), port));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    (!host.is_empty() && host.chars().all(plain)).then(|| (host.to_owned(), port))
 }
 
 impl Config {

@@ -355,7 +355,12 @@ async fn on_mesh(
     }
     if matches!(
         resync,
-        Some(ResyncCause::Reconnect | ResyncCause::Epoch | ResyncCause::Silent)
+        Some(
+            ResyncCause::Reconnect
+                | ResyncCause::Epoch
+                | ResyncCause::Silent
+                | ResyncCause::Failover
+        )
     ) {
         tokio::spawn(sync_hub_objects(shared.clone(), registry.clone()));
     }
@@ -506,7 +511,15 @@ async fn apply_hub_objects(
     };
     let previous = link.hub_objects_version();
     if reset {
-        if previous == version {
+        // The same version with other objects: a change that never reached a replica was
+        // lost in a failover and its version written again since; Redis's copy is the
+        // cluster's.
+        if previous == version
+            && registry
+                .send(ListObjects)
+                .await
+                .map_or(true, |local| local == objects)
+        {
             return;
         }
         link.reset_hub_objects(version);
@@ -680,11 +693,11 @@ pub(crate) async fn apply_hub_op(
         }
         let objects = next.as_slice().to_vec();
         check_budget(&objects, limits)?;
-        match store
-            .set_hub_objects(version, &objects)
+        let (set, replicas) = store
+            .set_hub_objects_replicated(version, &objects)
             .await
-            .map_err(unavailable)?
-        {
+            .map_err(unavailable)?;
+        match set {
             SetHubObjects::Set { version } => {
                 // Applied here before answering (the announcement then changes nothing),
                 // unless a newer change through another hub is here already. If it cannot
@@ -701,6 +714,27 @@ pub(crate) async fn apply_hub_op(
                         link.hub_objects_retry.notify_one();
                     }
                     applied?;
+                }
+                if !replicas.enough() {
+                    // Applied all the same: the master has it and announced it, so every
+                    // hub shows it; a failover may take it back, and no 2xx promised it.
+                    metrics::counter_inc(metrics::CLUSTER_UNREPLICATED);
+                    warn!(
+                        version,
+                        acknowledged = replicas.acknowledged,
+                        wanted = replicas.wanted,
+                        "cluster: a hub-object change reached the Redis master but too few \
+                         replicas"
+                    );
+                    return Err(HubError::Cluster(format!(
+                        "the change (version {version}) reached the Redis master but only \
+                         {} of the {} replicas cluster.min_replicas asks for within {}: it \
+                         is in force now, but may be lost if the master fails over; check \
+                         the replicas, then make the change again",
+                        replicas.acknowledged,
+                        replicas.wanted,
+                        humantime::format_duration(store.lease() / 3),
+                    )));
                 }
                 return Ok(OpOutcome { changed: true });
             }

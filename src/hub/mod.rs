@@ -711,7 +711,8 @@ async fn join_cluster(
         .ok_or_else(|| StartError::Thread(std::io::Error::other("the cluster thread exited")))?;
     let (link, joined, objects) = joined?;
     let redis = crate::config::redact_url(&settings.redis);
-    info!(node = %settings.node, %redis, "joined the cluster");
+    let master = link.store().master();
+    info!(node = %settings.node, %redis, %master, "joined the cluster");
     let _ = shared.cluster.set(link);
     // The cluster's block list is in force before the first handshake (DESIGN 10).
     let syncing = shared.clone();

@@ -24,6 +24,9 @@ pub struct InProcess {
     pub secret_file: Option<std::path::PathBuf>,
     /// The `cluster.max_queue_bytes` of hubs added from now on.
     pub max_queue_bytes: usize,
+    /// The `cluster.sentinels` of hubs added from now on (with `cluster.master_name`
+    /// `sentinel::MASTER_NAME`); empty: none.
+    pub sentinels: Vec<String>,
 }
 
 impl InProcess {
@@ -34,6 +37,17 @@ impl InProcess {
 
     /// `n` hubs on `redis`; on a secured one hub i connects as `users[i]`.
     pub fn on(redis: RedisServer, users: &[(&str, &str)], n: usize) -> Self {
+        Self::on_sentinels(redis, users, Vec::new(), n)
+    }
+
+    /// `n` hubs on the master `sentinels` name (`redis` is the master at first), or on
+    /// `redis` without them.
+    pub fn on_sentinels(
+        redis: RedisServer,
+        users: &[(&str, &str)],
+        sentinels: Vec<String>,
+        n: usize,
+    ) -> Self {
         let mut cluster = Self {
             redis,
             pki: Pki::new(),
@@ -45,6 +59,7 @@ impl InProcess {
                 .collect(),
             secret_file: None,
             max_queue_bytes: p2ppi_hub::config::DEFAULT_CLUSTER_MAX_QUEUE_BYTES,
+            sentinels,
         };
         for _ in 0..n {
             cluster.add_hub(vec![Object::new("welcome", "hello")]);
@@ -68,6 +83,12 @@ impl InProcess {
             tls_key: tls.client.map(|(_, key)| key),
             secret_file: self.secret_file.clone(),
             max_queue_bytes: self.max_queue_bytes,
+            sentinels: self.sentinels.clone(),
+            master_name: (!self.sentinels.is_empty())
+                .then(|| super::sentinel::MASTER_NAME.to_owned()),
+            sentinel_user: None,
+            sentinel_password_file: None,
+            min_replicas: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     secured: Option<Secured>,
+    /// More flags (a replica's `--replicaof`).
+    extra: Vec<String>,
 }
 
 /// The TLS files and ACL users of a server started by [`RedisServer::start_secured`].
@@ -70,9 +72,39 @@ impl RedisServer {
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             secured: None,
+            extra: Vec::new(),
         };
         server.spawn();
         Some(server)
+    }
+
+    /// Starts a replica of `master` on a free loopback port (plain, as `start`), or
+    /// returns `None` (skipped) when `redis-server` is not installed.
+    pub fn start_replica_of(master: &RedisServer) -> Option<Self> {
+        let program = external::require("redis-server", "redis-server")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut server = Self {
+            program,
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            secured: None,
+            extra: vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// Its loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Starts one with the shipped `deploy/redis/redis.conf` (TLS only, client certificates
@@ -139,6 +171,7 @@ impl RedisServer {
             child: None,
             dir,
             secured: Some(secured),
+            extra: Vec::new(),
         };
         server.spawn();
         Some(server)
@@ -280,6 +313,7 @@ impl RedisServer {
                 "--dir",
             ])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod external;
 pub mod hub_process;
 pub mod redis;
+pub mod sentinel;
 pub mod sources;
 pub mod wireshark;
 

@@ -815,9 +815,19 @@ impl ClusterSection {
         })
     }
 
-    /// Whether Redis is on this machine: a unix socket, `localhost` or a loopback address.
-    /// Only then may `secret_file` be left out.
+    /// Whether Redis is on this machine: a unix socket, `localhost` or a loopback address
+    /// (with Sentinels: every Sentinel is). Only then may `secret_file` be left out.
     pub fn redis_is_local(&self) -> bool {
+        if !self.sentinels.is_empty() {
+            return self.sentinels.iter().all(|s| {
+                sentinel_address(s).is_some_and(|(host, _)| {
+                    host.eq_ignore_ascii_case("localhost")
+                        || host
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                })
+            });
+        }
         let Ok(info) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) else {
             return false;
         };

@@ -322,6 +322,31 @@ fn check_config_never_prints_the_token_or_the_redis_password() {
 }
 
 #[test]
+fn check_config_refuses_sentinels_without_a_master_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hub.toml");
+    let f = file.to_str().unwrap();
+    let cluster = "[cluster]\nredis = \"redis://hub:pw@127.0.0.1/0\"\n\
+                   sentinels = [\"127.0.0.1:26379\", \"127.0.0.1:26380\"]\n";
+    std::fs::write(&file, cluster).unwrap();
+    let bad = run(&["check-config", f], dir.path());
+    assert!(!bad.status.success());
+    let err = stderr(&bad);
+    assert!(
+        err.contains("cluster.master_name") && err.contains("required with cluster.sentinels"),
+        "{err}"
+    );
+    std::fs::write(&file, format!("{cluster}master_name = \"p2ppi\"\n")).unwrap();
+    let check = run(&["check-config", f], dir.path());
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("master_name = \"p2ppi\""),
+        "{}",
+        stdout(&check)
+    );
+}
+
+#[test]
 fn config_errors_name_the_key_path_and_the_line_or_variable() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hub.toml");

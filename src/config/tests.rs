@@ -142,6 +142,80 @@ fn cluster_section_is_parsed_and_validated() {
 }
 
 #[test]
+fn sentinel_keys_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let base = "redis = \"redis://hub-a:pw@redis.example/0\"\nsecret_file = \"/s\"";
+    let sentinels = "sentinels = [\"10.0.0.5:26379\", \"[fd00::6]:26379\", \"s3.example:26379\"]";
+    std::fs::write(
+        &path,
+        format!("[cluster]\n{base}\n{sentinels}\nmaster_name = \"p2ppi\"\n"),
+    )
+    .unwrap();
+    let c = Config::load(Some(&path), []).unwrap().cluster.unwrap();
+    assert_eq!(
+        c.min_replicas(),
+        DEFAULT_CLUSTER_MIN_REPLICAS_WITH_SENTINELS
+    );
+    assert_eq!(c.sentinels.len(), 3);
+    for (text, key) in [
+        // Sentinels without the name they monitor the master under.
+        (sentinels.to_owned(), "cluster.master_name"),
+        ("master_name = \"p2ppi\"".to_owned(), "cluster.master_name"),
+        (
+            "sentinel_password_file = \"/p\"".to_owned(),
+            "cluster.sentinel_password_file",
+        ),
+        (
+            "sentinels = [\"10.0.0.5\"]\nmaster_name = \"p\"".to_owned(),
+            "cluster.sentinels",
+        ),
+        (
+            "sentinels = [\"::1:26379\"]\nmaster_name = \"p\"".to_owned(),
+            "cluster.sentinels",
+        ),
+        (
+            "sentinels = [\"h:0\"]\nmaster_name = \"p\"".to_owned(),
+            "cluster.sentinels",
+        ),
+        (
+            format!("{sentinels}\nmaster_name = \"two words\""),
+            "cluster.master_name",
+        ),
+        ("min_replicas = 99".to_owned(), "cluster.min_replicas"),
+    ] {
+        std::fs::write(&path, format!("[cluster]\n{base}\n{text}\n")).unwrap();
+        let err = Config::load(Some(&path), []).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+    // A unix socket cannot be followed through Sentinels.
+    std::fs::write(
+        &path,
+        format!("[cluster]\nredis = \"unix:///r.sock\"\n{sentinels}\nmaster_name = \"p\"\nsecret_file = \"/s\"\n"),
+    )
+    .unwrap();
+    let err = Config::load(Some(&path), []).unwrap_err().to_string();
+    assert!(err.contains("cluster.redis"), "{err}");
+    // With Sentinels, the secret may be left out only when every Sentinel is local (the
+    // host of `redis` is not used).
+    for (list, local) in [
+        ("[\"127.0.0.1:26379\", \"localhost:26380\"]", true),
+        ("[\"127.0.0.1:26379\", \"10.0.0.6:26379\"]", false),
+    ] {
+        std::fs::write(
+            &path,
+            format!("[cluster]\nredis = \"redis://10.0.0.5/0\"\nsentinels = {list}\nmaster_name = \"p\"\n"),
+        )
+        .unwrap();
+        assert_eq!(Config::load(Some(&path), []).is_ok(), local, "{list}");
+    }
+    // Without Sentinels nothing waits for a replica unless asked.
+    std::fs::write(&path, format!("[cluster]\n{base}\n")).unwrap();
+    let c = Config::load(Some(&path), []).unwrap().cluster.unwrap();
+    assert_eq!(c.min_replicas(), 0);
+}
+
+#[test]
 fn ranges_are_checked() {
     let mut c = Config::default();
     c.relay.max_view_bytes = 70_000;

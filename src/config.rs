@@ -819,14 +819,10 @@ impl ClusterSection {
     /// (with Sentinels: every Sentinel is). Only then may `secret_file` be left out.
     pub fn redis_is_local(&self) -> bool {
         if !self.sentinels.is_empty() {
-            return self.sentinels.iter().all(|s| {
-                sentinel_address(s).is_some_and(|(host, _)| {
-                    host.eq_ignore_ascii_case("localhost")
-                        || host
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback())
-                })
-            });
+            return self
+                .sentinels
+                .iter()
+                .all(|s| sentinel_address(s).is_some_and(|(host, _)| is_local_host(&host)));
         }
         let Ok(info) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) else {
             return false;
@@ -836,11 +832,7 @@ impl ClusterSection {
             redis::ConnectionAddr::TcpTls { host, .. } => host,
             _ => return true, // a unix socket
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        is_local_host(host.trim_start_matches('[').trim_end_matches(']'))
     }
 
     /// This hub's node name: the configured one, else `<host name>:<P2PPI port>`.
@@ -854,6 +846,14 @@ impl ClusterSection {
             ),
         }
     }
+}
+
+/// Whether `host` is this machine: `localhost` or a loopback address.
+fn is_local_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Config {

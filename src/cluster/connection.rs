@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
+use redis::{ProtocolVersion, PushInfo};
 use tokio::sync::mpsc;
 
 use super::core::StoreCore;
@@ -268,15 +268,8 @@ fn sentinel_client(
     settings: &ClusterSettings,
     config: &SentinelSettings,
 ) -> Result<SentinelClient, ClusterError> {
-    let address = |source| ClusterError::Address {
-        url: crate::config::redact_url(&settings.redis),
-        source,
-    };
-    let info = settings
-        .redis
-        .as_str()
-        .into_connection_info()
-        .map_err(address)?;
+    let address = |source| settings.address_error(source);
+    let info = settings.connection_info()?;
     let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
     let nodes = config.addresses.iter().map(|(host, port)| match tls {
         true => redis::ConnectionAddr::TcpTls {

@@ -185,6 +185,25 @@ impl ClusterSettings {
         self.client().map(drop)
     }
 
+    /// The configured address, parsed.
+    ///
+    /// # Errors
+    /// [`ClusterError::Address`] for a bad address.
+    pub(super) fn connection_info(&self) -> Result<redis::ConnectionInfo, ClusterError> {
+        self.redis
+            .as_str()
+            .into_connection_info()
+            .map_err(|source| self.address_error(source))
+    }
+
+    /// The client refused the configured address (its password hidden).
+    pub(super) fn address_error(&self, source: redis::RedisError) -> ClusterError {
+        ClusterError::Address {
+            url: crate::config::redact_url(&self.redis),
+            source,
+        }
+    }
+
     /// A client for the configured address: over TLS for `rediss://`, with the configured
     /// CA and client certificate, speaking RESP3 (pub/sub pushes share the command
     /// connection).
@@ -193,15 +212,8 @@ impl ClusterSettings {
     /// [`ClusterError::Address`] for a bad address; [`ClusterError::File`] when a TLS file
     /// cannot be read.
     pub(super) fn client(&self) -> Result<redis::Client, ClusterError> {
-        let address = |source| ClusterError::Address {
-            url: crate::config::redact_url(&self.redis),
-            source,
-        };
-        let info = self
-            .redis
-            .as_str()
-            .into_connection_info()
-            .map_err(address)?;
+        let info = self.connection_info()?;
+        let address = |source| self.address_error(source);
         let resp3 = info
             .redis_settings()
             .clone()

@@ -45,6 +45,15 @@ pub struct Secured {
 /// The operator's user of a secured server (every key, channel and command).
 const ADMIN: (&str, &str) = ("admin", "admin-pw-for-tests");
 
+/// A free loopback port: the kernel picks it, and a server binds it (with SO_REUSEADDR)
+/// right after.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// The shipped files of a cluster's Redis.
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,47 +65,30 @@ impl RedisServer {
     /// Starts one on a free loopback port, or returns `None` (skipped) when `redis-server`
     /// is not installed.
     pub fn start() -> Option<Self> {
-        // Another server of the same protocol (a Valkey 8 build, say) can stand in for it.
-        let program = match std::env::var_os(SERVER_VAR) {
-            Some(path) => external::require(&path.to_string_lossy(), "redis-server")?,
-            None => external::require("redis-server", "redis-server")?,
-        };
-        // The kernel picks a free port; Redis binds it with SO_REUSEADDR right after.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let mut server = Self {
-            program,
-            port,
-            child: None,
-            dir: tempfile::tempdir().expect("tempdir"),
-            secured: None,
-            extra: Vec::new(),
-        };
-        server.spawn();
-        Some(server)
+        Self::start_with(Vec::new())
     }
 
     /// Starts a replica of `master` on a free loopback port (plain, as `start`), or
     /// returns `None` (skipped) when `redis-server` is not installed.
     pub fn start_replica_of(master: &RedisServer) -> Option<Self> {
-        let program = external::require("redis-server", "redis-server")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let replicaof = ["--replicaof", "127.0.0.1", &master.port.to_string()].map(String::from);
+        Self::start_with(replicaof.to_vec())
+    }
+
+    /// Starts one with `extra` flags on a free loopback port.
+    fn start_with(extra: Vec<String>) -> Option<Self> {
+        // Another server of the same protocol (a Valkey 8 build, say) can stand in for it.
+        let program = match std::env::var_os(SERVER_VAR) {
+            Some(path) => external::require(&path.to_string_lossy(), "redis-server")?,
+            None => external::require("redis-server", "redis-server")?,
+        };
         let mut server = Self {
             program,
-            port,
+            port: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             secured: None,
-            extra: vec![
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                master.port.to_string(),
-            ],
+            extra,
         };
         server.spawn();
         Some(server)
@@ -112,10 +104,7 @@ impl RedisServer {
     /// or `None` (skipped) when `redis-server` is not installed.
     pub fn start_secured(users: &[(&str, &str)]) -> Option<Self> {
         let program = external::require("redis-server", "redis-server")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = |name: &str| dir.path().join(name);
         let ca = p2ppi_hub::certs::CertAuthority::generate("redis test CA").unwrap();

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::external;
-use super::redis::RedisServer;
+use super::redis::{free_port, RedisServer};
 use super::DEADLINE;
 
 /// The name the Sentinels monitor the master under.
@@ -33,13 +33,6 @@ impl Drop for Sentinel {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 impl FailingRedis {

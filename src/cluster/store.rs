@@ -211,14 +211,19 @@ impl ClusterStore {
         .map_err(|source| inner.failed("subscribe", source))?;
         metrics::gauge_set(metrics::CLUSTER_REDIS_UP, 1.0);
         let driver = Driver::new(inner.clone());
-        let tasks = vec![
+        let follows_sentinels = inner.connection.follows_sentinels();
+        let mut tasks = vec![
             tokio::spawn(driver.run(push_rx, command_rx)),
             // The lease on a timer of its own: nothing the driver or the hub awaits (a full
             // event queue, a long re-assertion) can delay a renewal into a lost lease.
             tokio::spawn(super::core::lease_loop(inner.clone())),
             tokio::spawn(super::core::recovery_loop(inner.clone())),
-            tokio::spawn(super::connection::failover_loop(inner.clone())),
         ];
+        if follows_sentinels {
+            tasks.push(tokio::spawn(super::connection::failover_loop(
+                inner.clone(),
+            )));
+        }
         Ok((
             ClusterStore {
                 inner,

@@ -682,17 +682,37 @@ async fn a_silent_subscription_is_noticed_by_the_probe_and_resubscribed() {
     let mut a = Hub::join(&server, "a", lease).await;
     let b = Hub::join(&server, "b", LONG).await;
     a.online(1, "on a").await;
-    // Pub/sub to a goes silent (its inbox unsubscribed behind its back) while its commands
-    // keep working: the probe it publishes every tick no longer comes back.
+    b.online(2, "before").await;
+    a.until("a sees b's peer", &[(2, "before")]).await;
+    // Pub/sub to a goes silent (its inbox and the mesh unsubscribed behind its back) while
+    // its commands keep working: the probe it publishes every tick no longer comes back, and
+    // a change on b does not reach it.
     a.store.unsubscribe_inbox_channel().await.unwrap();
+    a.store.unsubscribe_mesh_channel(MESH).await.unwrap();
+    let silenced = std::time::Instant::now();
+    b.set(2, "while silent").await;
     until_true("a finds pub/sub silent (/readyz 503)", || {
         !a.store.redis_available()
     })
     .await;
+    let noticed = silenced.elapsed();
     until_true("a subscribed again and its probe came back", || {
         a.store.redis_available()
     })
     .await;
+    // The figure (issue 23: noticed within 3 ticks), printed, not asserted: by design the
+    // probe of the tick after the silence is missed at the tick after that.
+    let tick = lease / 3;
+    println!(
+        "silent pub/sub: noticed after {:.2} s ({:.2} ticks of {tick:?}), ready again after \
+         {:.2} s",
+        noticed.as_secs_f64(),
+        noticed.as_secs_f64() / tick.as_secs_f64(),
+        silenced.elapsed().as_secs_f64()
+    );
+    // Its view is exact again: the change it missed came with the reload.
+    a.until("a's view after the silence", &[(2, "while silent")])
+        .await;
     // Its inbox delivers again.
     let message = InboxMessage::Deliver {
         to: peer(1).as_str().into(),

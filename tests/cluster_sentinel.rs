@@ -13,7 +13,8 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::cluster::InProcess as Cluster;
+use common::cluster::{InProcess as Cluster, Processes};
+use common::hub_process::sample;
 use common::sentinel::{FailingRedis, MASTER_NAME};
 use common::*;
 use p2ppi_hub::cluster::{ClusterError, ClusterSettings, ClusterStore, SentinelSettings};
@@ -413,4 +414,40 @@ async fn a_sync_takes_redis_hub_objects_of_the_same_version_but_other_objects() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The real binary's admin API: a hub-object change that no replica acknowledged is
+/// answered 503 with the sentence saying so (`cluster.min_replicas = 1` on a Redis with
+/// no replica), and is in force all the same (the master announced it).
+#[actix_rt::test]
+async fn an_unreplicated_change_is_a_503_saying_it_may_be_lost() {
+    let Some(mut cluster) = Processes::new() else {
+        return;
+    };
+    let hub = cluster.hub_with("hub-a", "3s", "min_replicas = 1");
+    let started = Instant::now();
+    let (status, body) = hub
+        .http(
+            "POST",
+            "/v1/objects",
+            Some(r#"{"name":"notice","value":"1"}"#),
+            None,
+        )
+        .await;
+    let error = body["error"].as_str().unwrap_or_default();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        error.contains("reached the Redis master but only 0 of the 1 replicas")
+            && error.contains("may be lost if the master fails over"),
+        "{error}"
+    );
+    // The wait is bounded by lease/3 (1 s here), not by the replica's absence.
+    assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
+    let (_, objects) = hub.get("/v1/objects").await;
+    assert!(objects.to_string().contains(r#""notice""#), "{objects}");
+    let unreplicated = sample(
+        &hub.metrics().await,
+        "p2ppi_cluster_unreplicated_changes_total",
+    );
+    assert_eq!(unreplicated, 1.0);
 }

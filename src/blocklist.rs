@@ -63,7 +63,9 @@ pub enum BlockError {
     /// The change could not be made durable (nothing changed).
     #[error("not saved: {0}")]
     Persist(String),
-    /// The cluster's Redis did not take the change (nothing changed).
+    /// The cluster's Redis did not take the change (nothing changed), or too few of its
+    /// replicas acknowledged it (`cluster.min_replicas`: in force, but a failover may take
+    /// it back).
     #[error("the cluster's Redis: {0}")]
     Cluster(String),
 }

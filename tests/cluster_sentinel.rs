@@ -416,9 +416,9 @@ async fn a_sync_takes_redis_hub_objects_of_the_same_version_but_other_objects() 
     }
 }
 
-/// The real binary's admin API: a hub-object change that no replica acknowledged is
-/// answered 503 with the sentence saying so (`cluster.min_replicas = 1` on a Redis with
-/// no replica), and is in force all the same (the master announced it).
+/// The real binary's admin API: a hub-object change or a block that no replica
+/// acknowledged is answered 503 with the sentence saying so (`cluster.min_replicas = 1` on
+/// a Redis with no replica), and is in force all the same (the master announced it).
 #[actix_rt::test]
 async fn an_unreplicated_change_is_a_503_saying_it_may_be_lost() {
     let Some(mut cluster) = Processes::new() else {
@@ -445,9 +445,22 @@ async fn an_unreplicated_change_is_a_503_saying_it_may_be_lost() {
     assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
     let (_, objects) = hub.get("/v1/objects").await;
     assert!(objects.to_string().contains(r#""notice""#), "{objects}");
+    // A block is refused the same way, and in force all the same.
+    let peer = "ab".repeat(20);
+    let (status, body) = hub
+        .http("PUT", &format!("/v1/blocked/{peer}"), Some("{}"), None)
+        .await;
+    let error = body["error"].as_str().unwrap_or_default();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        error.contains("the block reached the Redis master but only 0 of the 1 replicas"),
+        "{error}"
+    );
+    let (_, blocked) = hub.get("/v1/blocked").await;
+    assert!(blocked.to_string().contains(&peer), "{blocked}");
     let unreplicated = sample(
         &hub.metrics().await,
         "p2ppi_cluster_unreplicated_changes_total",
     );
-    assert_eq!(unreplicated, 1.0);
+    assert_eq!(unreplicated, 2.0);
 }

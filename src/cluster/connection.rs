@@ -400,6 +400,26 @@ impl Replicas {
     pub fn enough(&self) -> bool {
         self.acknowledged >= self.wanted
     }
+
+    /// What the operator is told when too few replicas acknowledged `change` within
+    /// `within` (counted in `p2ppi_cluster_unreplicated_changes_total` and logged here).
+    pub fn shortfall(&self, change: &str, within: Duration) -> String {
+        metrics::counter_inc(metrics::CLUSTER_UNREPLICATED);
+        tracing::warn!(
+            change,
+            acknowledged = self.acknowledged,
+            wanted = self.wanted,
+            "cluster: a change reached the Redis master but too few replicas"
+        );
+        format!(
+            "{change} reached the Redis master but only {} of the {} replicas \
+             cluster.min_replicas asks for within {}: it is in force now, but may be lost if \
+             the master fails over; check the replicas, then make the change again",
+            self.acknowledged,
+            self.wanted,
+            humantime::format_duration(within),
+        )
+    }
 }
 
 impl StoreCore {

@@ -616,7 +616,8 @@ impl ClusterStore {
     }
 
     /// Blocks `peer` cluster-wide with `entry` (JSON), unless the list holds `max` PeerNames
-    /// already; every hub is told.
+    /// already; every hub is told. Then waits (at most lease/3) for `cluster.min_replicas`
+    /// replicas to hold it, and says how many did.
     ///
     /// # Errors
     /// [`ClusterError::Redis`] if Redis cannot be reached.
@@ -625,44 +626,40 @@ impl ClusterStore {
         peer: &PeerName,
         entry: &str,
         max: usize,
-    ) -> Result<BlockOutcome, ClusterError> {
-        let reply = self
+    ) -> Result<(BlockOutcome, Replicas), ClusterError> {
+        let args = [
+            peer.as_str().to_owned(),
+            entry.to_owned(),
+            max.to_string(),
+            self.inner.node.clone(),
+        ];
+        let (reply, replicas) = self
             .inner
-            .script(
-                "block",
-                &scripts::BLOCK,
-                &[
-                    peer.as_str().to_owned(),
-                    entry.to_owned(),
-                    max.to_string(),
-                    self.inner.node.clone(),
-                ],
-            )
+            .script_replicated("block", &scripts::BLOCK, &args)
             .await?;
-        match reply.first().map(String::as_str) {
-            Some("added") => Ok(BlockOutcome::Added),
-            Some("updated") => Ok(BlockOutcome::Updated),
-            Some("full") => Ok(BlockOutcome::Full),
-            _ => Err(ClusterError::Reply { op: "block", reply }),
-        }
+        let outcome = match reply.first().map(String::as_str) {
+            Some("added") => BlockOutcome::Added,
+            Some("updated") => BlockOutcome::Updated,
+            Some("full") => BlockOutcome::Full,
+            _ => return Err(ClusterError::Reply { op: "block", reply }),
+        };
+        Ok((outcome, replicas))
     }
 
-    /// Lifts `peer`'s block cluster-wide; whether it was blocked. Every hub is told.
+    /// Lifts `peer`'s block cluster-wide; whether it was blocked. Every hub is told. Then
+    /// waits for replicas as [`ClusterStore::block`] does.
     ///
     /// # Errors
     /// [`ClusterError::Redis`] if Redis cannot be reached.
-    pub async fn unblock(&self, peer: &PeerName) -> Result<bool, ClusterError> {
-        let reply = self
+    pub async fn unblock(&self, peer: &PeerName) -> Result<(bool, Replicas), ClusterError> {
+        let args = [peer.as_str().to_owned(), self.inner.node.clone()];
+        let (reply, replicas) = self
             .inner
-            .script(
-                "unblock",
-                &scripts::UNBLOCK,
-                &[peer.as_str().to_owned(), self.inner.node.clone()],
-            )
+            .script_replicated("unblock", &scripts::UNBLOCK, &args)
             .await?;
         match reply.first().map(String::as_str) {
-            Some("removed") => Ok(true),
-            Some("absent") => Ok(false),
+            Some("removed") => Ok((true, replicas)),
+            Some("absent") => Ok((false, replicas)),
             _ => Err(ClusterError::Reply {
                 op: "unblock",
                 reply,

@@ -49,7 +49,9 @@ impl HubHandle {
     ///
     /// # Errors
     /// [`BlockError`]: a reason too long or with control characters, a full list, a file that
-    /// could not be written or a Redis that did not answer (nothing changed then).
+    /// could not be written or a Redis that did not answer (nothing changed then); or
+    /// [`BlockError::Cluster`] when too few replicas acknowledged the block (in force, but
+    /// a failover may take it back).
     pub async fn block(
         &self,
         peer: PeerName,
@@ -64,9 +66,10 @@ impl HubHandle {
         // In a cluster Redis says whether it is new (this hub may have applied the
         // announcement of this very change already).
         let mut cluster_added = None;
+        let mut replicas = None;
         if let Some(link) = shared.cluster.get() {
             let json = encode_entry(&entry);
-            let outcome = link
+            let (outcome, acknowledged) = link
                 .store()
                 .block(&peer, &json, list.limits().max_entries)
                 .await
@@ -77,6 +80,7 @@ impl HubHandle {
                 });
             }
             cluster_added = Some(outcome == BlockOutcome::Added);
+            replicas = Some((acknowledged, link.store().lease() / 3));
         }
         let shared2 = shared.clone();
         let (peer2, entry2) = (peer.clone(), entry.clone());
@@ -84,6 +88,8 @@ impl HubHandle {
         let added = cluster_added.unwrap_or(added);
         info!(%peer, reason = entry.reason.as_deref().unwrap_or(""), "peer blocked");
         let disconnected = close_blocked(shared, &peer);
+        // In force here and announced to every hub, but a failover may take it back.
+        unreplicated(replicas, "the block")?;
         Ok(Blocked {
             added,
             disconnected,
@@ -93,12 +99,16 @@ impl HubHandle {
     /// Lifts `peer`'s block (in a cluster, on every hub); whether it was blocked.
     ///
     /// # Errors
-    /// [`BlockError::Persist`] or [`BlockError::Cluster`]: nothing changed then.
+    /// [`BlockError::Persist`] or [`BlockError::Cluster`]: nothing changed then, except
+    /// when too few replicas acknowledged the change (as for [`HubHandle::block`]).
     pub async fn unblock(&self, peer: &PeerName) -> Result<bool, BlockError> {
         let shared = &self.shared;
         let mut was = false;
+        let mut replicas = None;
         if let Some(link) = shared.cluster.get() {
-            was = link.store().unblock(peer).await.map_err(cluster_error)?;
+            let acknowledged;
+            (was, acknowledged) = link.store().unblock(peer).await.map_err(cluster_error)?;
+            replicas = Some((acknowledged, link.store().lease() / 3));
         }
         let shared2 = shared.clone();
         let peer2 = peer.clone();
@@ -106,7 +116,22 @@ impl HubHandle {
         if was {
             info!(%peer, "peer unblocked");
         }
+        unreplicated(replicas, "the unblock")?;
         Ok(was)
+    }
+}
+
+/// A block-list change that too few replicas acknowledged (`cluster.min_replicas`) is
+/// refused after the fact: it is in force, but the operator is not told it is safe.
+fn unreplicated(
+    replicas: Option<(crate::cluster::Replicas, std::time::Duration)>,
+    change: &str,
+) -> Result<(), BlockError> {
+    match replicas {
+        Some((replicas, within)) if !replicas.enough() => {
+            Err(BlockError::Cluster(replicas.shortfall(change, within)))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -718,23 +718,10 @@ pub(crate) async fn apply_hub_op(
                 if !replicas.enough() {
                     // Applied all the same: the master has it and announced it, so every
                     // hub shows it; a failover may take it back, and no 2xx promised it.
-                    metrics::counter_inc(metrics::CLUSTER_UNREPLICATED);
-                    warn!(
-                        version,
-                        acknowledged = replicas.acknowledged,
-                        wanted = replicas.wanted,
-                        "cluster: a hub-object change reached the Redis master but too few \
-                         replicas"
-                    );
-                    return Err(HubError::Cluster(format!(
-                        "the change (version {version}) reached the Redis master but only \
-                         {} of the {} replicas cluster.min_replicas asks for within {}: it \
-                         is in force now, but may be lost if the master fails over; check \
-                         the replicas, then make the change again",
-                        replicas.acknowledged,
-                        replicas.wanted,
-                        humantime::format_duration(store.lease() / 3),
-                    )));
+                    let change = format!("the change (version {version})");
+                    return Err(HubError::Cluster(
+                        replicas.shortfall(&change, store.lease() / 3),
+                    ));
                 }
                 return Ok(OpOutcome { changed: true });
             }

@@ -13,7 +13,9 @@
 //! pub/sub pushes, applies them to mesh replicas and hands [`ClusterEvent`]s to the hub.
 //! Pub/sub is at-most-once, so correctness never rests on it alone: a sequence gap, a new
 //! epoch, a reconnect or a Redis restart reloads the mesh from one consistent snapshot and
-//! hands over only the differences.
+//! hands over only the differences. With Sentinels (`connection`), a failover is followed
+//! the same way: a new connection to the promoted replica, every channel subscribed again,
+//! every replica reloaded, every local peer re-asserted.
 //!
 //! # Key layout (standalone Redis or Valkey; the scripts compute key names, so Redis Cluster
 //! is not supported)

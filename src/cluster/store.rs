@@ -2,7 +2,8 @@
 //!
 //! One RESP3 connection (the `redis` crate's `ConnectionManager`, which reconnects by itself
 //! and re-subscribes every channel after a reconnect) carries the scripts, the plain reads
-//! and the pub/sub pushes; the driver task (`driver`) reads the pushes and owns the
+//! and the pub/sub pushes; with Sentinels, `connection` replaces it by one to the promoted
+//! replica after a failover. The driver task (`driver`) reads the pushes and owns the
 //! replicas; the shared core (`core`) makes every round trip.
 //!
 //! The store remembers the state it wrote for its own peers, so that after anything that may

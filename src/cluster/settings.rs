@@ -176,7 +176,7 @@ impl ClusterSettings {
     /// (`check-config`).
     ///
     /// # Errors
-    /// As [`ClusterStore::connect`] before it reaches Redis.
+    /// As [`ClusterStore::connect`](super::ClusterStore::connect) before it reaches Redis.
     pub fn check_files(&self) -> Result<(), ClusterError> {
         self.secrets()?;
         if let Some(sentinels) = &self.sentinels {

@@ -72,6 +72,10 @@ pub enum Compare {
     /// `cluster.handoff = "0s"`): every hub closes all its sessions at once.
     #[value(name = "no-lame-duck")]
     NoLameDuck,
+    /// With `--cluster N`: the cluster with Redis over TLS and the cluster secret
+    /// (`--redis-tls --cluster-secret`), then the same run with neither: the ratios are
+    /// the cost of trust (hub CPU per delivery; Redis's CPU apart).
+    Untrusted,
 }
 
 impl Compare {
@@ -83,6 +87,7 @@ impl Compare {
             Self::All => "all",
             Self::Single => "single",
             Self::NoLameDuck => "no-lame-duck",
+            Self::Untrusted => "untrusted",
         }
     }
 }
@@ -98,8 +103,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "p2ppi-hub")]
     pub target: Target,
     /// Run p2ppi-hub, then this (floor, mosquitto, or both: all), back to back with the
-    /// same options, and print the hub's ratios to each. With --cluster only `single`: the
-    /// cluster, then one hub alone, and the cluster's ratios to it.
+    /// same options, and print the hub's ratios to each. With --cluster: `single` (the
+    /// cluster, then one hub alone, and the cluster's ratios to it), `untrusted` (the
+    /// cluster with Redis TLS and the secret, then without, and the ratios trusted /
+    /// untrusted), and with --rolling-restart `no-lame-duck`.
     #[arg(long, value_enum)]
     pub compare: Option<Compare>,
     /// Start a Redis (Debian's redis-server, on a free loopback port, no persistence) and
@@ -118,6 +125,17 @@ pub struct Args {
     /// `valkey-server` to run the cluster on Valkey; it gets the same flags.
     #[arg(long, value_name = "PROGRAM", default_value = "redis-server")]
     pub redis_server: String,
+    /// `--cluster`: Redis listens with TLS only (`port 0`, `tls-port`, `tls-auth-clients
+    /// yes`) with certificates the harness makes from a CA of its own, and the hubs connect
+    /// with `cluster.redis = "rediss://…"`, `cluster.tls_ca`, `cluster.tls_cert` and
+    /// `cluster.tls_key` (DESIGN 8, Trust).
+    #[arg(long)]
+    pub redis_tls: bool,
+    /// `--cluster`: the harness writes a cluster secret (32 random bytes, hex, mode 600)
+    /// and the hubs sign and check every message, delivery and state in Redis with it
+    /// (`cluster.secret_file`).
+    #[arg(long)]
+    pub cluster_secret: bool,
     /// `--cluster`: the hubs' `[cluster] lease` (e.g. 3s; their default, 10s, without).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lease: Option<std::time::Duration>,
@@ -260,11 +278,15 @@ mod tests {
 
     #[test]
     fn every_command_the_readme_shows_parses() {
-        // The README's command blocks, run as `cargo bench` runs the bench: `--bench` first.
+        // The README's command blocks (those inside a list item indented), run as `cargo
+        // bench` runs the bench: `--bench` first.
         let readme = include_str!("../../README.md");
         let mut parsed = 0;
         for line in readme.lines() {
-            let Some(options) = line.strip_prefix("cargo bench --bench load -- ") else {
+            let Some(options) = line
+                .trim_start()
+                .strip_prefix("cargo bench --bench load -- ")
+            else {
                 continue;
             };
             let options = options.split('#').next().unwrap_or_default();

@@ -15,7 +15,9 @@
 //! ratios; `--pin` puts the server on core 0 and the harness on the other cores.
 //! `--cluster N` starts a Redis and N hubs on it (DESIGN 8), spreads the peers over them
 //! round robin, and reports each hub's CPU and RSS, Redis's, and cross-hub latency apart
-//! from same-hub; `--compare single` then runs one hub alone after it. `--cluster N
+//! from same-hub; `--compare single` then runs one hub alone after it. `--redis-tls` and
+//! `--cluster-secret` run its Redis with TLS only and the cluster secret; `--compare
+//! untrusted` runs it with both, then with neither. `--cluster N
 //! --rolling-restart` restarts each hub in turn under load with reconnecting peers behind
 //! a stand-in balancer (DESIGN 11); `--compare no-lame-duck` runs it again with the lame
 //! duck, the drain's pacing and the hand-off off.

@@ -20,6 +20,8 @@ pub struct Request<'a> {
     pub lease: bool,
     /// `--rolling-restart`.
     pub rolling: bool,
+    /// `--redis-tls` or `--cluster-secret`.
+    pub trust: bool,
 }
 
 /// Why the harness refuses `request`, or `None` when it makes sense. A cluster is hubs
@@ -33,6 +35,18 @@ pub fn refusal(request: Request<'_>) -> Option<String> {
     let Some(hubs) = request.cluster else {
         return if request.compare == Some("single") {
             Some("--compare single compares a cluster with one hub: it needs --cluster N".into())
+        } else if request.compare == Some("untrusted") {
+            Some(
+                "--compare untrusted compares a cluster's Redis traffic with and without TLS and \
+                 the secret: it needs --cluster N"
+                    .into(),
+            )
+        } else if request.trust {
+            Some(
+                "--redis-tls and --cluster-secret secure the Redis of a cluster: they need \
+                 --cluster N"
+                    .into(),
+            )
         } else if request.kill_hub.is_some() || request.lease {
             Some("--kill-hub and --lease need --cluster N".into())
         } else {
@@ -70,11 +84,19 @@ pub fn refusal(request: Request<'_>) -> Option<String> {
         );
     }
     match request.compare {
-        None | Some("single") | Some("no-lame-duck") => None,
+        None | Some("no-lame-duck") => None,
+        Some("single") if request.trust => Some(
+            "--compare single runs one hub alone, without Redis: --redis-tls and \
+             --cluster-secret would apply to the cluster's run only; compare them with \
+             --compare untrusted"
+                .into(),
+        ),
+        Some("single") | Some("untrusted") => None,
         Some(other) => Some(format!(
             "--cluster with --compare {other}: a cluster against a single-process server \
              measures nothing about the cluster; use --compare single (the cluster, then one \
-             hub alone) or run --compare {other} without --cluster"
+             hub alone), --compare untrusted (with and without TLS and the secret) or run \
+             --compare {other} without --cluster"
         )),
     }
 }
@@ -91,20 +113,23 @@ fn rolling_refusal(request: Request<'_>) -> Option<String> {
     }
     if request.cluster.is_none_or(|hubs| hubs < 2) {
         return Some(
-            "--rolling-restart restarts the hubs of a cluster one at a time while the others              take their peers: it needs --cluster N with N at least 2"
+            "--rolling-restart restarts the hubs of a cluster one at a time while the others \
+             take their peers: it needs --cluster N with N at least 2"
                 .into(),
         );
     }
     if !request.relay || request.kill_hub.is_some() {
         return Some(
-            "--rolling-restart runs with --scenario relay (peers publishing presence,              watching each other with --watch K), without --kill-hub"
+            "--rolling-restart runs with --scenario relay (peers publishing presence, \
+             watching each other with --watch K), without --kill-hub"
                 .into(),
         );
     }
     match request.compare {
         None | Some("no-lame-duck") => None,
         Some(other) => Some(format!(
-            "--rolling-restart compares only with itself without the lame duck, the drain's              pacing and the hand-off (--compare no-lame-duck), not --compare {other}"
+            "--rolling-restart compares only with itself without the lame duck, the drain's \
+             pacing and the hand-off (--compare no-lame-duck), not --compare {other}"
         )),
     }
 }
@@ -219,6 +244,73 @@ mod tests {
             "need --cluster",
         );
         refused(Request { lease: true, ..hub }, "need --cluster");
+    }
+
+    #[test]
+    fn trust_and_its_comparison_need_a_cluster() {
+        let cluster = Request {
+            target_is_hub: true,
+            cluster: Some(3),
+            relay: true,
+            ..Default::default()
+        };
+        let refused = |r: Request<'_>, words: &str| {
+            let why = refusal(r).expect("refused");
+            assert!(why.contains(words), "{why}");
+        };
+        let trusted = Request {
+            trust: true,
+            ..cluster
+        };
+        assert_eq!(refusal(trusted), None);
+        let untrusted = Request {
+            compare: Some("untrusted"),
+            ..cluster
+        };
+        assert_eq!(refusal(untrusted), None);
+        assert_eq!(
+            refusal(Request {
+                trust: true,
+                ..untrusted
+            }),
+            None,
+            "the comparison turns both on for its first run anyway"
+        );
+        refused(
+            Request {
+                cluster: None,
+                ..trusted
+            },
+            "need --cluster N",
+        );
+        refused(
+            Request {
+                cluster: None,
+                ..untrusted
+            },
+            "needs --cluster N",
+        );
+        refused(
+            Request {
+                compare: Some("single"),
+                ..trusted
+            },
+            "--compare untrusted",
+        );
+        refused(
+            Request {
+                rolling: true,
+                ..untrusted
+            },
+            "not --compare untrusted",
+        );
+        refused(
+            Request {
+                compare: Some("floor"),
+                ..cluster
+            },
+            "--compare untrusted",
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! part. Each process is a [`Server`] ([`process`]).
 
 mod process;
+pub mod trust;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use p2ppi_hub::config::DEFAULT_CLUSTER_LEASE;
 use p2ppi_hub::metrics::SESSIONS;
 
 pub use self::process::{Listen, Server};
+use self::trust::{RedisTlsFiles, Trust};
 use crate::placement::Placement;
 use crate::report::cluster::{target_name, ClusterReport, HubCost, ProcessCost};
 
@@ -31,6 +33,8 @@ pub struct Servers {
     /// `--rolling-restart`: how to start each hub again (its binary, directory,
     /// configuration and addresses), and the balancer in front of them.
     restart: Option<Restart>,
+    /// How the hubs reach Redis and sign what they write (none for one server).
+    trust: Trust,
 }
 
 /// What `--rolling-restart` needs to start a hub again on the same ports.
@@ -68,6 +72,21 @@ impl Shutdown {
     }
 }
 
+/// What a cluster is made of, beside its hubs' binary and directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// How many hubs.
+    pub hubs: usize,
+    /// `--lease`: the hubs' `cluster.lease` (their default without).
+    pub lease: Option<Duration>,
+    /// `--rolling-restart`: fixed ports, the shutdown it says, and a balancer in front.
+    pub rolling: Option<Shutdown>,
+    /// `--redis-tls`, `--cluster-secret` (`--compare untrusted`: both, then neither).
+    pub trust: Trust,
+    /// `--max-queue-bytes`: the hubs' `cluster.max_queue_bytes` (their default without).
+    pub max_queue_bytes: Option<usize>,
+}
+
 /// CPU seconds each process used: the hubs in order, then Redis (0 without one).
 #[derive(Debug, Clone, Default)]
 pub struct CpuSpent {
@@ -102,48 +121,69 @@ impl Servers {
             redis: None,
             lease: DEFAULT_CLUSTER_LEASE,
             restart: None,
+            trust: Trust::default(),
         }
     }
 
-    /// Starts a Redis (the server program `redis`) and `hubs` hubs (the binary `hub`) on it
-    /// with `lease` (the hubs' default without), and waits until hub 0 lists them all as
-    /// live. Each hub's state directory is `data_dir/bench-I`; its configuration (written
-    /// there) names the CA and hub certificate in `data_dir`. With `rolling`
+    /// Starts a Redis (the server program `redis`) and `spec.hubs` hubs (the binary
+    /// `hub`) on it, and waits until hub 0 lists them all as live. Each hub's state
+    /// directory is `data_dir/bench-I`; its configuration (written there) names the CA and
+    /// hub certificate in `data_dir`, and what `spec` asks: the lease, Redis's TLS files and
+    /// the cluster secret (made in `data_dir`), the queue's bound. With `spec.rolling`
     /// (`--rolling-restart`) the hubs get fixed ports and the shutdown it says, and a
     /// balancer in front of them.
     pub fn start_cluster(
         hub: &Path,
         data_dir: &Path,
         redis: &str,
-        hubs: usize,
-        lease: Option<Duration>,
-        rolling: Option<Shutdown>,
+        spec: ClusterSpec,
         pin: bool,
     ) -> anyhow::Result<Self> {
         let program = redis;
-        let redis = Server::start_redis(program, data_dir, pin)?;
-        let url = format!("redis://{}/0", redis.addr);
+        let tls = spec
+            .trust
+            .redis_tls
+            .then(|| RedisTlsFiles::make(&data_dir.join("redis-tls")))
+            .transpose()?;
+        let secret = spec.trust.secret.then(|| data_dir.join("cluster-secret"));
+        if let Some(path) = &secret {
+            trust::write_secret(path)?;
+        }
+        let redis = Server::start_redis(program, data_dir, pin, tls.as_ref())?;
+        let url = redis.redis_url(tls.is_some());
         eprintln!(
-            "{program} (pid {}) on {}",
+            "{program} (pid {}) on {}{}",
             redis.pid().unwrap_or_default(),
-            redis.addr
+            redis.addr,
+            if tls.is_some() {
+                " (TLS only, client certificates required)"
+            } else {
+                ""
+            }
         );
         let mut servers = Self {
-            hubs: Vec::with_capacity(hubs),
-            nodes: Vec::with_capacity(hubs),
+            hubs: Vec::with_capacity(spec.hubs),
+            nodes: Vec::with_capacity(spec.hubs),
             redis: Some(redis),
-            lease: lease.unwrap_or(DEFAULT_CLUSTER_LEASE),
+            lease: spec.lease.unwrap_or(DEFAULT_CLUSTER_LEASE),
             restart: None,
+            trust: spec.trust,
+        };
+        let shared = Shared {
+            data_dir,
+            redis: &url,
+            tls: tls.as_ref(),
+            secret: secret.as_deref(),
         };
         let mut restart = Vec::new();
-        for i in 0..hubs {
+        for i in 0..spec.hubs {
             let node = format!("bench-{i}");
             let dir = data_dir.join(&node);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let config = dir.join("hub.toml");
-            std::fs::write(&config, hub_config(data_dir, &url, &node, lease, rolling)?)
+            std::fs::write(&config, hub_config(&shared, &node, &spec)?)
                 .with_context(|| format!("writing {}", config.display()))?;
-            let listen = rolling.map(|_| Listen::free()).transpose()?;
+            let listen = spec.rolling.map(|_| Listen::free()).transpose()?;
             let started = Server::start_hub(hub, &dir, Some(&config), listen.as_ref(), pin)
                 .with_context(|| format!("starting hub {node}"))?;
             if let Some(listen) = listen {
@@ -160,7 +200,7 @@ impl Servers {
             servers.nodes.push(node);
         }
         servers.wait_formed()?;
-        if rolling.is_some() {
+        if spec.rolling.is_some() {
             let backends: Vec<crate::balancer::Backend> = restart
                 .iter()
                 .map(|(_, _, l)| crate::balancer::Backend {
@@ -296,10 +336,10 @@ impl Servers {
     }
 
     /// The report's target name: `name` for one server, `p2ppi-hub-cluster-N` for a
-    /// cluster.
+    /// cluster (with the suffix of its [`Trust`], `-tls-hmac` say).
     pub fn target_name(&self, name: &str) -> String {
         if self.is_cluster() {
-            target_name(self.hubs.len())
+            target_name(self.hubs.len()) + self.trust.suffix()
         } else {
             name.to_owned()
         }
@@ -375,6 +415,8 @@ impl Servers {
                 cpu_s: cpu.redis,
                 rss_bytes: redis.rss(),
             },
+            redis_tls: self.trust.redis_tls,
+            secret: self.trust.secret,
             ..Default::default()
         })
     }
@@ -386,16 +428,10 @@ impl Servers {
 
     /// Kills hub `i` with SIGKILL (no goodbye to Redis: its lease must run out).
     pub fn kill_hub(&self, i: usize) -> anyhow::Result<()> {
-        let pid = self
-            .hubs
+        self.hubs
             .get(i)
-            .and_then(Server::pid)
-            .context("no such hub")?;
-        // SAFETY: kill(2) with a pid of a child of ours that has not been reaped yet.
-        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
-            bail!("kill -KILL {pid}: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
+            .context("no such hub")?
+            .signal(libc::SIGKILL)
     }
 
     /// Stops the balancer, the hubs, then Redis.
@@ -412,39 +448,54 @@ impl Servers {
     }
 }
 
+/// What every hub of a cluster shares: the data directory (CA, hub certificate), Redis's
+/// address, its TLS files and the cluster secret.
+struct Shared<'a> {
+    data_dir: &'a Path,
+    redis: &'a str,
+    tls: Option<&'a RedisTlsFiles>,
+    secret: Option<&'a Path>,
+}
+
 /// A hub's configuration in a cluster: the shared CA and hub certificate, the shared
-/// Redis, its node name, the lease if given; with `rolling`, the shutdown it says and no
-/// per-source limits for the balancer (it sends no PROXY header: every peer comes from
-/// its address).
-fn hub_config(
-    data_dir: &Path,
-    redis: &str,
-    node: &str,
-    lease: Option<Duration>,
-    rolling: Option<Shutdown>,
-) -> anyhow::Result<String> {
-    let path = |file: &str| -> anyhow::Result<String> {
-        data_dir
-            .join(file)
-            .to_str()
-            .map(str::to_owned)
+/// Redis (with its TLS files: `cluster.tls_ca`, `tls_cert`, `tls_key`), the cluster
+/// secret if any, its node name, the lease and the queue's bound if given; with
+/// `spec.rolling`, the shutdown it says and no per-source limits for the balancer (it
+/// sends no PROXY header: every peer comes from its address).
+fn hub_config(shared: &Shared<'_>, node: &str, spec: &ClusterSpec) -> anyhow::Result<String> {
+    let path = |path: &Path| -> anyhow::Result<toml::Value> {
+        path.to_str()
+            .map(|p| p.into())
             .context("the data directory's path is not UTF-8")
     };
+    let data_dir = shared.data_dir;
     let mut tls = toml::Table::new();
-    tls.insert("ca".into(), path("ca.pem")?.into());
-    tls.insert("cert".into(), path("hub.pem")?.into());
-    tls.insert("key".into(), path("hub.key")?.into());
+    tls.insert("ca".into(), path(&data_dir.join("ca.pem"))?);
+    tls.insert("cert".into(), path(&data_dir.join("hub.pem"))?);
+    tls.insert("key".into(), path(&data_dir.join("hub.key"))?);
     let mut cluster = toml::Table::new();
-    cluster.insert("redis".into(), redis.into());
+    cluster.insert("redis".into(), shared.redis.into());
     cluster.insert("node".into(), node.into());
-    if let Some(lease) = lease {
+    if let Some(lease) = spec.lease {
         cluster.insert(
             "lease".into(),
             humantime::format_duration(lease).to_string().into(),
         );
     }
+    if let Some(files) = shared.tls {
+        cluster.insert("tls_ca".into(), path(&files.ca)?);
+        cluster.insert("tls_cert".into(), path(&files.client_cert)?);
+        cluster.insert("tls_key".into(), path(&files.client_key)?);
+    }
+    if let Some(secret) = shared.secret {
+        cluster.insert("secret_file".into(), path(secret)?);
+    }
+    if let Some(bytes) = spec.max_queue_bytes {
+        let bytes = i64::try_from(bytes).context("--max-queue-bytes is too large")?;
+        cluster.insert("max_queue_bytes".into(), bytes.into());
+    }
     let mut config = toml::Table::new();
-    if let Some(shutdown) = rolling {
+    if let Some(shutdown) = spec.rolling {
         let mut limits = toml::Table::new();
         limits.insert(
             "exempt_sources".into(),
@@ -506,6 +557,97 @@ pub fn sample(text: &str, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A trusted cluster's configuration, as `start_cluster` writes it, passes the hub's own
+    /// checks: loaded as the hub loads it, `rediss://` with the three TLS files, the secret
+    /// file (its mode and length checked by the hub's loader), the queue's bound.
+    #[test]
+    fn a_trusted_hub_config_passes_the_hubs_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = RedisTlsFiles::make(&dir.path().join("redis-tls")).unwrap();
+        let secret = dir.path().join("cluster-secret");
+        trust::write_secret(&secret).unwrap();
+        let shared = Shared {
+            data_dir: dir.path(),
+            redis: "rediss://127.0.0.1:6390/0",
+            tls: Some(&tls),
+            secret: Some(&secret),
+        };
+        let spec = ClusterSpec {
+            hubs: 3,
+            trust: Trust::FULL,
+            max_queue_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        let file = dir.path().join("hub.toml");
+        std::fs::write(&file, hub_config(&shared, "bench-1", &spec).unwrap()).unwrap();
+        let config = p2ppi_hub::config::Config::load(Some(&file), []).expect("valid");
+        let cluster = config.cluster.expect("[cluster]");
+        assert_eq!(cluster.redis, "rediss://127.0.0.1:6390/0");
+        assert_eq!(cluster.node.as_deref(), Some("bench-1"));
+        assert_eq!(cluster.tls_ca.as_ref(), Some(&tls.ca));
+        assert_eq!(cluster.tls_cert.as_ref(), Some(&tls.client_cert));
+        assert_eq!(cluster.tls_key.as_ref(), Some(&tls.client_key));
+        assert_eq!(cluster.secret_file.as_ref(), Some(&secret));
+        assert_eq!(cluster.max_queue_bytes, 1 << 20);
+        let listen = "127.0.0.1:7350".parse().unwrap();
+        p2ppi_hub::cluster::ClusterSettings::from_config(&cluster, listen)
+            .check_files()
+            .expect("the hub reads the secret and the TLS files");
+        // Without trust: plain redis://, none of those keys, the hub's default bound.
+        let plain = Shared {
+            data_dir: dir.path(),
+            redis: "redis://127.0.0.1:6390/0",
+            tls: None,
+            secret: None,
+        };
+        let text = hub_config(&plain, "bench-1", &ClusterSpec::default()).unwrap();
+        for key in [
+            "tls_ca",
+            "tls_cert",
+            "tls_key",
+            "secret_file",
+            "max_queue_bytes",
+        ] {
+            assert!(!text.contains(key), "{key} in {text}");
+        }
+    }
+
+    /// `--redis-tls`: the harness's Redis answers over TLS with the hubs' client
+    /// certificate, and not at all in plain text on that port.
+    #[test]
+    fn a_tls_redis_answers_only_over_tls() {
+        if find_redis_server().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tls = RedisTlsFiles::make(&dir.path().join("redis-tls")).unwrap();
+        let mut redis = Server::start_redis("redis-server", dir.path(), false, Some(&tls))
+            .expect("started and answered PING over TLS");
+        assert!(redis.redis_url(true).starts_with("rediss://127.0.0.1:"));
+        let plain = redis::Client::open(redis.redis_url(false))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        assert!(plain.is_err(), "{plain:?}");
+        redis.stop();
+    }
+
+    /// `redis-server`, or `None` (the test is skipped, saying so) unless
+    /// `P2PPI_REQUIRE_SERVICES` is set, as the hub's tests treat external programs.
+    fn find_redis_server() -> Option<std::path::PathBuf> {
+        let found = process::find_program("redis-server");
+        let required =
+            std::env::var_os("P2PPI_REQUIRE_SERVICES").is_some_and(|v| !v.is_empty() && v != "0");
+        assert!(
+            found.is_some() || !required,
+            "redis-server is required (P2PPI_REQUIRE_SERVICES) but not installed"
+        );
+        if found.is_none() {
+            eprintln!("skipped: redis-server not found (apt-get install redis-server)");
+        }
+        found
+    }
 
     #[test]
     fn samples_are_found_by_name_and_labels() {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::trust::RedisTlsFiles;
 use crate::procfs;
 
 /// A server process (or none, for `--hub ADDR`).
@@ -147,15 +148,13 @@ impl Server {
         // The hub inherits this process's environment (a `P2PPI_RELAY__MAX_VIEW_BYTES`
         // given to the harness reaches it), so loading the same layers gives its figures.
         let env = std::env::vars().chain(HUB_ENV.map(|(k, v)| (k.to_owned(), v.to_owned())));
-        let max_view_bytes = p2ppi_hub::config::Config::load(config, env)
-            .ok()
-            .map(|c| c.relay.max_view_bytes);
+        let loaded = p2ppi_hub::config::Config::load(config, env).ok();
         Ok(Self {
             child: Some(child),
             addr: addr.unwrap_or_default(),
             admin,
             control: None,
-            max_view_bytes,
+            max_view_bytes: loaded.map(|c| c.relay.max_view_bytes),
         })
     }
 
@@ -244,8 +243,14 @@ impl Server {
 
     /// Starts `program` (Debian's `redis-server`, or a `valkey-server`) on a free loopback
     /// port without persistence (its working directory `dir`), and waits (at most 10 s)
-    /// until it answers PING.
-    pub fn start_redis(program: &str, dir: &Path, pin: bool) -> anyhow::Result<Self> {
+    /// until it answers PING. With `tls` it listens with TLS only (`port 0`, the port as
+    /// `tls-port`) and requires the client certificate of `tls` (`tls-auth-clients yes`).
+    pub fn start_redis(
+        program: &str,
+        dir: &Path,
+        pin: bool,
+        tls: Option<&RedisTlsFiles>,
+    ) -> anyhow::Result<Self> {
         let bin = find_program(program).with_context(|| {
             if program == "redis-server" {
                 "--cluster needs Redis, and redis-server is not installed (apt-get install redis-server)"
@@ -256,19 +261,37 @@ impl Server {
         })?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
-            .port();
-        let child = command(
+            .port()
+            .to_string();
+        let mut command = command(
             bin.to_str()
                 .context("the Redis server's path is not UTF-8")?,
             pin,
-        )
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
+        );
+        match tls {
+            None => {
+                command.args(["--port", &port]);
+            }
+            Some(files) => {
+                command.args(["--port", "0", "--tls-port", &port]);
+                for (flag, path) in [
+                    ("--tls-cert-file", &files.server_cert),
+                    ("--tls-key-file", &files.server_key),
+                    ("--tls-ca-cert-file", &files.ca),
+                ] {
+                    command.arg(flag).arg(path);
+                }
+                command.args(["--tls-auth-clients", "yes"]);
+            }
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
         let server = Self {
             child: Some(child),
             addr: format!("127.0.0.1:{port}"),
@@ -276,11 +299,15 @@ impl Server {
             control: None,
             max_view_bytes: None,
         };
-        let url = format!("redis://{}/0", server.addr);
+        let url = server.redis_url(tls.is_some());
+        let client = match tls {
+            Some(files) => files.client(&url)?,
+            None => redis::Client::open(url.as_str())?,
+        };
         let start = Instant::now();
         loop {
-            let pong = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            let pong = client
+                .get_connection_with_timeout(Duration::from_millis(200))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
             match pong {
                 Ok(p) if p == "PONG" => return Ok(server),
@@ -293,6 +320,25 @@ impl Server {
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+    }
+
+    /// A Redis server's address for its clients: `rediss://` when it runs `tls`.
+    pub fn redis_url(&self, tls: bool) -> String {
+        let scheme = if tls { "rediss" } else { "redis" };
+        format!("{scheme}://{}/0", self.addr)
+    }
+
+    /// Sends the process `signal` (SIGSTOP and SIGCONT freeze and resume a Redis).
+    ///
+    /// # Errors
+    /// When there is no process, or kill(2) fails.
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = self.pid().context("no process")?;
+        // SAFETY: kill(2) with the pid of a child of ours that has not been reaped yet.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            bail!("kill -{signal} {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The process id (`None` for an external hub), printed so it can be frozen by hand.
@@ -389,7 +435,7 @@ impl Server {
 }
 
 /// `program` on `PATH`, or in `/usr/sbin` or `/usr/bin`.
-fn find_program(program: &str) -> Option<std::path::PathBuf> {
+pub(super) fn find_program(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/usr/bin".into()])

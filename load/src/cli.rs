@@ -145,6 +145,22 @@ pub struct Args {
     /// or a peer of another hub disconnected, is an error.
     #[arg(long, value_name = "I")]
     pub kill_hub: Option<usize>,
+    /// `--cluster`, `relay --watch K`: freeze the cluster's Redis (SIGSTOP) for this long
+    /// in the middle of the window (as much of the window before as after), then resume
+    /// it (SIGCONT), while the peers keep changing. Every hub's `/metrics` is sampled every
+    /// ~250 ms: its largest `p2ppi_cluster_queue_bytes` against `cluster.max_queue_bytes`,
+    /// and what `p2ppi_cluster_queue_refused_total` counted. Reported: the time from the
+    /// resume until every view is exact again (each watched peer at its value when Redis
+    /// resumed, or newer), and the stale replays, by peer: a watcher shown an older value
+    /// of a peer after a newer one (Redis executes what the hubs sent it while frozen once
+    /// it resumes). A queue past its bound, a stale replay or views not exact by the end
+    /// of the drain are errors. E.g. `60s`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub redis_away: Option<std::time::Duration>,
+    /// `--cluster`: the hubs' `cluster.max_queue_bytes` (the bound of what they hold for
+    /// Redis while it is away; their default, 16 MiB, without; at least 65520).
+    #[arg(long, value_name = "BYTES")]
+    pub max_queue_bytes: Option<usize>,
     /// `--cluster`, `relay`: restart every hub in turn under load (DESIGN 11) instead of the
     /// measured phase. The peers reconnect by themselves (the peer library's
     /// `connect_reconnecting`, default policy) through a stand-in balancer, which sends

@@ -17,8 +17,9 @@
 //! round robin, and reports each hub's CPU and RSS, Redis's, and cross-hub latency apart
 //! from same-hub; `--compare single` then runs one hub alone after it. `--redis-tls` and
 //! `--cluster-secret` run its Redis with TLS only and the cluster secret; `--compare
-//! untrusted` runs it with both, then with neither. `--cluster N
-//! --rolling-restart` restarts each hub in turn under load with reconnecting peers behind
+//! untrusted` runs it with both, then with neither. `--redis-away D` freezes its Redis in
+//! the middle of `relay`'s window: the hubs' write queues, the time until every view is
+//! exact again, and stale replays ([`replay`]). `--cluster N --rolling-restart` restarts each hub in turn under load with reconnecting peers behind
 //! a stand-in balancer (DESIGN 11); `--compare no-lame-duck` runs it again with the lame
 //! duck, the drain's pacing and the hand-off off.
 //!
@@ -30,7 +31,8 @@
 //!   (`--find-max`), [`rolling`] (`--rolling-restart`: seen offline, peak handshake rates,
 //!   the balancer's choice), [`procfs`]; the plans [`watch`] (`relay` and its watch lists),
 //!   [`mesh`] (a mesh view's cap: refused peers against inexact views) and [`placement`]
-//!   (`--cluster`); [`cli`] and [`refusal`] (the options and the combinations refused);
+//!   (`--cluster`), [`replay`] (`--redis-away`: stale replays, views exact again); [`cli`]
+//!   and [`refusal`] (the options and the combinations refused);
 //!   [`report`] (the JSON, the table, the plot);
 //! - the processes: `servers` (the hub, a cluster and its Redis, the floor, Mosquitto,
 //!   the stand-in balancer), `floor` (the floor's serving mode) and `balancer` (the
@@ -51,6 +53,7 @@ pub mod mesh;
 pub mod placement;
 pub mod procfs;
 pub mod refusal;
+pub mod replay;
 pub mod report;
 pub mod rolling;
 pub mod schedule;

@@ -22,6 +22,14 @@ pub struct Request<'a> {
     pub rolling: bool,
     /// `--redis-tls` or `--cluster-secret`.
     pub trust: bool,
+    /// `--watch K` was given.
+    pub watch: bool,
+    /// `--redis-away D`, milliseconds.
+    pub redis_away_ms: Option<u64>,
+    /// `--duration`, milliseconds.
+    pub duration_ms: u64,
+    /// `--max-queue-bytes` was given.
+    pub max_queue_bytes: bool,
 }
 
 /// Why the harness refuses `request`, or `None` when it makes sense. A cluster is hubs
@@ -29,7 +37,7 @@ pub struct Request<'a> {
 /// so comparing a cluster with them says nothing about clustering: `--compare single`
 /// compares it with one hub instead.
 pub fn refusal(request: Request<'_>) -> Option<String> {
-    if let Some(why) = rolling_refusal(request) {
+    if let Some(why) = rolling_refusal(request).or_else(|| away_refusal(request)) {
         return Some(why);
     }
     let Some(hubs) = request.cluster else {
@@ -99,6 +107,43 @@ pub fn refusal(request: Request<'_>) -> Option<String> {
              --compare {other} without --cluster"
         )),
     }
+}
+
+/// What `--redis-away` and `--max-queue-bytes` refuse: Redis frozen under `relay`'s
+/// watchers (they tell a view exact again and an old value replayed), alone in the run,
+/// with some of the window before the freeze and after it.
+fn away_refusal(request: Request<'_>) -> Option<String> {
+    if request.cluster.is_none() && (request.redis_away_ms.is_some() || request.max_queue_bytes) {
+        return Some(
+            "--redis-away and --max-queue-bytes act on the Redis and the hubs of a cluster: \
+             they need --cluster N"
+                .into(),
+        );
+    }
+    let away = request.redis_away_ms?;
+    if !request.relay || !request.watch {
+        return Some(
+            "--redis-away runs with --scenario relay --watch K: its watchers are what tells a \
+             view exact again and an old value replayed"
+                .into(),
+        );
+    }
+    if request.kill_hub.is_some() || request.rolling || request.compare.is_some() {
+        return Some(
+            "--redis-away is a run of its own: without --kill-hub, --rolling-restart or \
+             --compare"
+                .into(),
+        );
+    }
+    if away == 0 || away + 2_000 > request.duration_ms {
+        return Some(format!(
+            "--redis-away {} s freezes Redis inside the window, with at least a second of it \
+             before and after: give --duration at least {} s (and a freeze longer than 0)",
+            away as f64 / 1e3,
+            (away + 2_000) as f64 / 1e3
+        ));
+    }
+    None
 }
 
 /// What `--rolling-restart` and `--compare no-lame-duck` refuse: a restart of one hub of
@@ -244,6 +289,98 @@ mod tests {
             "need --cluster",
         );
         refused(Request { lease: true, ..hub }, "need --cluster");
+    }
+
+    #[test]
+    fn redis_away_needs_a_cluster_relay_watchers_and_room_in_the_window() {
+        let away = Request {
+            target_is_hub: true,
+            cluster: Some(3),
+            relay: true,
+            watch: true,
+            redis_away_ms: Some(60_000),
+            duration_ms: 90_000,
+            max_queue_bytes: true,
+            ..Default::default()
+        };
+        assert_eq!(refusal(away), None);
+        assert_eq!(
+            refusal(Request {
+                duration_ms: 62_000,
+                ..away
+            }),
+            None,
+            "a second before and after"
+        );
+        let refused = |r: Request<'_>, words: &str| {
+            let why = refusal(r).expect("refused");
+            assert!(why.contains(words), "{why}");
+        };
+        refused(
+            Request {
+                duration_ms: 61_999,
+                ..away
+            },
+            "at least 62 s",
+        );
+        refused(
+            Request {
+                redis_away_ms: Some(0),
+                ..away
+            },
+            "longer than 0",
+        );
+        refused(
+            Request {
+                cluster: None,
+                ..away
+            },
+            "need --cluster N",
+        );
+        refused(
+            Request {
+                cluster: None,
+                redis_away_ms: None,
+                ..away
+            },
+            "need --cluster N",
+        );
+        refused(
+            Request {
+                watch: false,
+                ..away
+            },
+            "--watch K",
+        );
+        refused(
+            Request {
+                relay: false,
+                ..away
+            },
+            "--scenario relay",
+        );
+        for other in [
+            Request {
+                kill_hub: Some(1),
+                ..away
+            },
+            Request {
+                compare: Some("single"),
+                ..away
+            },
+        ] {
+            refused(other, "a run of its own");
+        }
+        // The bound alone is any cluster run's.
+        assert_eq!(
+            refusal(Request {
+                redis_away_ms: None,
+                relay: false,
+                watch: false,
+                ..away
+            }),
+            None
+        );
     }
 
     #[test]

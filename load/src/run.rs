@@ -93,6 +93,10 @@ fn check(args: &Args) -> anyhow::Result<()> {
         lease: args.lease.is_some(),
         rolling: args.rolling_restart,
         trust: args.redis_tls || args.cluster_secret,
+        watch: args.watch.is_some(),
+        redis_away_ms: args.redis_away.map(|d| d.as_millis() as u64),
+        duration_ms: (args.duration * 1e3) as u64,
+        max_queue_bytes: args.max_queue_bytes.is_some(),
     }) {
         bail!(why);
     }
@@ -215,7 +219,7 @@ fn start_servers(args: &Args, spec: Spec, data_dir: &Path) -> anyhow::Result<Ser
                 lease: args.lease,
                 rolling: spec.shutdown,
                 trust: spec.trust,
-                max_queue_bytes: None,
+                max_queue_bytes: args.max_queue_bytes,
             },
             args.pin,
         )?,
@@ -289,6 +293,7 @@ fn finish_run(args: &Args, target: Target, servers: &mut Servers, run: &mut Run)
         .map(|c| ClusterReport {
             kill: run.kill.take(),
             rolling: run.rolling.take(),
+            redis_away: run.away.take(),
             ..c.with_latencies(&run.split)
         });
     servers.stop();

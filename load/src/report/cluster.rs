@@ -127,6 +127,9 @@ pub struct ClusterReport {
     /// `--rolling-restart`: each hub's restart, and what the peers saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolling: Option<super::rolling::RollingReport>,
+    /// `--redis-away`: Redis frozen, each hub's write queue, the recovery, stale replays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_away: Option<super::away::AwayReport>,
 }
 
 impl ClusterReport {

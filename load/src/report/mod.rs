@@ -3,6 +3,7 @@
 //! with `--cluster` its [`cluster`] part. Field names are the JSON's: a new figure is a
 //! new field here, printed by [`table`].
 
+pub mod away;
 pub mod cluster;
 mod plot;
 pub mod rolling;

@@ -214,6 +214,9 @@ fn cluster_rows(cluster: &ClusterReport) -> Vec<Row> {
     if let Some(rolling) = &cluster.rolling {
         rows.extend(rolling.rows());
     }
+    if let Some(away) = &cluster.redis_away {
+        rows.extend(away.rows());
+    }
     rows
 }
 

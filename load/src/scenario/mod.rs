@@ -18,6 +18,7 @@ pub use self::connect::Holding;
 use crate::fit::{harness_bound, micros_per};
 use crate::latency::{Latencies, SplitLatencies};
 use crate::peers::connect::Errors;
+use crate::report::away::AwayReport;
 use crate::report::cluster::KillReport;
 use crate::report::rolling::RollingReport;
 use crate::report::Report;
@@ -44,6 +45,8 @@ pub struct Run {
     pub kill: Option<KillReport>,
     /// `--rolling-restart`: each hub's restart and what the peers saw.
     pub rolling: Option<RollingReport>,
+    /// `--redis-away`: the write queues, the recovery, the stale replays.
+    pub away: Option<AwayReport>,
 }
 
 /// A progress bar of `len` steps, labelled `what`.

@@ -421,6 +421,21 @@ impl Servers {
         })
     }
 
+    /// The hubs' `cluster.max_queue_bytes` (hub 0's; the harness starts them all with the
+    /// same), `None` for one server.
+    pub fn max_queue_bytes(&self) -> Option<usize> {
+        self.primary().max_queue_bytes
+    }
+
+    /// `--redis-away`: freezes (SIGSTOP) or resumes (SIGCONT) the cluster's Redis.
+    ///
+    /// # Errors
+    /// Without a Redis, or when the signal cannot be sent.
+    pub fn freeze_redis(&self, frozen: bool) -> anyhow::Result<()> {
+        let redis = self.redis.as_ref().context("no Redis: not a cluster")?;
+        redis.signal(if frozen { libc::SIGSTOP } else { libc::SIGCONT })
+    }
+
     /// The hubs' lease.
     pub fn lease(&self) -> Duration {
         self.lease
@@ -554,9 +569,41 @@ pub fn sample(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// Each series of the metric `name` in the Prometheus text `text`, by the value of its
+/// label `label` (`p2ppi_cluster_queue_refused_total{kind="state"} 3` → `state` → 3).
+pub fn by_label(text: &str, name: &str, label: &str) -> std::collections::BTreeMap<String, u64> {
+    let key = format!("{label}=\"");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            let start = labels.find(&key)? + key.len();
+            let end = labels[start..].find('"')? + start;
+            let value = value.trim().parse::<f64>().ok()?;
+            Some((labels[start..end].to_owned(), value as u64))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_are_read_by_one_label() {
+        let text = "# TYPE p2ppi_cluster_queue_refused_total counter\n\
+                    p2ppi_cluster_queue_refused_total{kind=\"message\"} 2\n\
+                    p2ppi_cluster_queue_refused_total{hub=\"a\",kind=\"state\"} 45\n\
+                    p2ppi_cluster_queue_refused_total_other{kind=\"x\"} 1\n\
+                    p2ppi_cluster_queue_bytes 300\n";
+        let refused = by_label(text, "p2ppi_cluster_queue_refused_total", "kind");
+        assert_eq!(
+            refused,
+            std::collections::BTreeMap::from([("message".into(), 2), ("state".into(), 45)])
+        );
+        assert!(by_label(text, "p2ppi_cluster_queue_bytes", "kind").is_empty());
+        assert_eq!(sample(text, "p2ppi_cluster_queue_bytes"), Some(300));
+    }
 
     /// A trusted cluster's configuration, as `start_cluster` writes it, passes the hub's own
     /// checks: loaded as the hub loads it, `rediss://` with the three TLS files, the secret

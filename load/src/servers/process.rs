@@ -26,6 +26,10 @@ pub struct Server {
     /// the configuration it was started with, loaded as the hub loads it; `None` for a hub
     /// given by address, and for other servers.
     pub max_view_bytes: Option<usize>,
+    /// A hub's `cluster.max_queue_bytes` (the bound of its writes to Redis, DESIGN 8), from
+    /// the configuration it was started with; `None` for a hub alone or given by address,
+    /// and for other servers.
+    pub max_queue_bytes: Option<usize>,
 }
 
 /// A hub's fixed addresses (`--rolling-restart` starts it again on the same ones).
@@ -154,7 +158,8 @@ impl Server {
             addr: addr.unwrap_or_default(),
             admin,
             control: None,
-            max_view_bytes: loaded.map(|c| c.relay.max_view_bytes),
+            max_view_bytes: loaded.as_ref().map(|c| c.relay.max_view_bytes),
+            max_queue_bytes: loaded.and_then(|c| c.cluster).map(|c| c.max_queue_bytes),
         })
     }
 
@@ -181,6 +186,7 @@ impl Server {
             admin: None,
             control: Some(control),
             max_view_bytes: None,
+            max_queue_bytes: None,
         })
     }
 
@@ -192,6 +198,7 @@ impl Server {
             admin,
             control: None,
             max_view_bytes: None,
+            max_queue_bytes: None,
         }
     }
 
@@ -238,6 +245,7 @@ impl Server {
             admin: None,
             control: None,
             max_view_bytes: None,
+            max_queue_bytes: None,
         })
     }
 
@@ -298,6 +306,7 @@ impl Server {
             admin: None,
             control: None,
             max_view_bytes: None,
+            max_queue_bytes: None,
         };
         let url = server.redis_url(tls.is_some());
         let client = match tls {
@@ -378,6 +387,7 @@ impl Server {
             admin: None,
             control: None,
             max_view_bytes: None,
+            max_queue_bytes: None,
         })
     }
 

@@ -11,6 +11,8 @@ use p2ppi_hub::protocol::wire::Object;
 use crate::cli::Args;
 use crate::peers::fleet::Fleet;
 use crate::peers::receive::Receivers;
+use crate::replay::{version, ViewLog};
+use crate::stamp::read_stamp;
 use crate::watch::WatchPlan;
 
 /// Who each receiver may see: with `--watch`, its own objects, its watched peers' and the
@@ -24,6 +26,9 @@ pub struct Audience {
     unwatched: AtomicU64,
     /// The first of them, as an error message.
     first: Mutex<Option<String>>,
+    /// `--redis-away`: every receiver's entire views (the versions of each peer shown),
+    /// for stale replays and the time until every view is exact again.
+    pub views: Option<ViewLog>,
 }
 
 impl Audience {
@@ -46,6 +51,7 @@ impl Audience {
                 .collect(),
             unwatched: AtomicU64::new(0),
             first: Mutex::default(),
+            views: args.redis_away.map(|_| ViewLog::new(n)),
         }
     }
 
@@ -89,8 +95,19 @@ impl Audience {
         }
     }
 
-    /// Records the stamps of the objects `slot` may see; counts those it may not.
+    /// Records the stamps of the objects `slot` may see; counts those it may not. With
+    /// `--redis-away`, an entire view also goes into the view log (each peer's stamped
+    /// presence: its version).
     pub fn receive(&self, slot: usize, objects: &[Object], receivers: &Receivers) {
+        if let Some(log) = &self.views {
+            if self.is_entire_view(slot, objects) {
+                let shown = objects.iter().filter_map(|o| {
+                    let sender = self.sender(o)??;
+                    Some((sender, version(read_stamp(&o.value)?)))
+                });
+                log.observe(slot, shown, receivers.now_ns());
+            }
+        }
         for object in objects {
             if let Some(sender) = self.sender(object) {
                 if !self.shows(slot, sender) {

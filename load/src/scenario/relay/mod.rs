@@ -10,9 +10,11 @@
 //! 5.2): a peer a hub refused for a full mesh is due to none of its receivers and reported
 //! as refused, with the mesh's capacity. The steps: the peers ([`peers`]), who may see
 //! what ([`audience`]), what the hubs say of their views ([`facts`]), the measured phase,
-//! the final views ([`views`]), and with `--kill-hub` a hub killed afterwards ([`kill`]).
+//! the final views ([`views`]), and with `--kill-hub` a hub killed afterwards ([`kill`]);
+//! with `--redis-away` Redis is frozen in the middle of the window ([`away`]).
 
 mod audience;
+mod away;
 mod facts;
 mod kill;
 mod peers;
@@ -20,7 +22,7 @@ mod views;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use p2ppi_hub::peer::{Peer, PeerEvents};
@@ -98,7 +100,29 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
     setup.plan = plan;
     setup.changes = &due;
     let send = publish(handles.clone(), last.clone(), send_errors.clone());
-    let mut measured = measure_phase(&setup, 1, args.rate, send, "relay").await;
+    let phase = measure_phase(&setup, 1, args.rate, send, "relay");
+    let (mut measured, away) = match (args.redis_away, plan, &audience.views) {
+        (Some(away), Some(plan), Some(log)) => {
+            // The phase's window starts 200 ms after it is called (`measure_phase`).
+            let window_start = Instant::now() + Duration::from_millis(200);
+            let window = Duration::from_secs_f64(args.duration);
+            let until = window_start + window + Duration::from_secs_f64(args.drain);
+            let beside = away::Beside {
+                servers,
+                fleet,
+                plan,
+                log,
+                last: &last,
+            };
+            let freeze = away::Freeze::centred(away, window);
+            let (measured, away) = tokio::join!(
+                phase,
+                away::beside_phase(beside, freeze, window_start, until)
+            );
+            (measured, Some(away?))
+        }
+        _ => (phase.await, None),
+    };
     let mut returned = stop(consumers, &mut errors).await;
     let last = last.lock().expect("last").clone();
     let hubs = facts::read(servers, fleet).await?;
@@ -136,6 +160,12 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
         "final views exact: {}/{n}{refused}",
         n as u64 - inexact
     ));
+    if let Some(away) = away {
+        for problem in away.problems() {
+            errors.add(format!("--redis-away: {problem}"));
+        }
+        run.away = Some(away);
+    }
     if let Some(hub) = args.kill_hub {
         kill::run(servers, hub, fleet, plan, returned, &mut run, &mut errors).await?;
     }

@@ -1,0 +1,213 @@
+//! `--redis-away D` beside `relay`'s measured phase: Redis frozen (SIGSTOP) in the middle
+//! of the window for D, then resumed (SIGCONT), while the timeline goes on changing every
+//! peer's presence. Meanwhile every hub's `/metrics` is sampled about every 250 ms (its
+//! write queue and its refusals); after the resume, the receivers' views ([`ViewLog`]) are
+//! checked every 50 ms until each shows exactly its peers at their values of the moment
+//! Redis resumed, or newer. The stale replays are read from the same log.
+//!
+//! Redis is resumed whatever happens (a guard sends SIGCONT when this is left early), so
+//! the run's end can stop it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use p2ppi_hub::metrics::{CLUSTER_QUEUE_BYTES, CLUSTER_QUEUE_REFUSED};
+
+use crate::peers::fleet::Fleet;
+use crate::replay::{by_peer, version, Version, ViewLog};
+use crate::report::away::{AwayReport, HubQueue};
+use crate::servers::{by_label, sample, Servers};
+use crate::stamp::read_stamp;
+use crate::watch::WatchPlan;
+
+/// How often each hub's `/metrics` is read.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// How long one read may take before it counts as missed.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the views are checked after the resume.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// When Redis is frozen and for how long, from the window's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freeze {
+    /// From the window's start to the SIGSTOP: as much of the window before the freeze as
+    /// after it.
+    pub at: Duration,
+    /// From the SIGSTOP to the SIGCONT.
+    pub away: Duration,
+}
+
+impl Freeze {
+    /// The freeze of `away` in the middle of a window of `window` (the options were
+    /// checked: `away` leaves room on both sides).
+    pub fn centred(away: Duration, window: Duration) -> Self {
+        Self {
+            at: window.saturating_sub(away) / 2,
+            away,
+        }
+    }
+}
+
+/// What the freeze needs to know of the run.
+pub struct Beside<'a> {
+    /// The cluster.
+    pub servers: &'a Servers,
+    /// The peers (their names, for the stale replays by peer).
+    pub fleet: &'a Fleet,
+    /// Who is shown whom.
+    pub plan: &'a WatchPlan,
+    /// Every receiver's views.
+    pub log: &'a ViewLog,
+    /// Each peer's latest value sent.
+    pub last: &'a Mutex<Vec<String>>,
+}
+
+/// Resumes Redis when dropped, so nothing leaves it frozen.
+struct Frozen<'a>(&'a Servers);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.freeze_redis(false) {
+            eprintln!("resuming Redis: {e:#}");
+        }
+    }
+}
+
+/// Freezes Redis `freeze.at` after `window_start` for `freeze.away`, samples the hubs'
+/// queues meanwhile, and after the resume waits until `until` for every view to be exact;
+/// returns what it saw.
+///
+/// # Errors
+/// When Redis cannot be signalled or the sampler fails.
+pub async fn beside_phase(
+    run: Beside<'_>,
+    freeze: Freeze,
+    window_start: Instant,
+    until: Instant,
+) -> anyhow::Result<AwayReport> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let admins = run.servers.admins();
+    let sampler = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || sample_queues(&admins, &stop))
+    };
+    tokio::time::sleep_until((window_start + freeze.at).into()).await;
+    eprintln!(
+        "freezing Redis (SIGSTOP) for {:.1} s…",
+        freeze.away.as_secs_f64()
+    );
+    run.servers.freeze_redis(true)?;
+    let frozen = Frozen(run.servers);
+    tokio::time::sleep(freeze.away).await;
+    // The peers' values when Redis resumes: every view must come to show them, or newer.
+    let at_least: Vec<Version> = run
+        .last
+        .lock()
+        .expect("last")
+        .iter()
+        .map(|v| read_stamp(v).map_or((0, 0), version))
+        .collect();
+    drop(frozen);
+    let resumed = Instant::now();
+    eprintln!("Redis resumed (SIGCONT); waiting for every view to be exact…");
+    let shown = |r: usize| -> Vec<usize> {
+        std::iter::once(r)
+            .chain(
+                run.plan
+                    .list(r)
+                    .iter()
+                    .copied()
+                    .filter(|&s| run.plan.shows(r, s)),
+            )
+            .collect()
+    };
+    let mut exact_after = None;
+    while Instant::now() < until {
+        if run.log.exact(shown, &at_least) {
+            exact_after = Some(resumed.elapsed());
+            break;
+        }
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+    let waited = resumed.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let hubs = sampler.await.context("the queue sampler")?;
+    let stale = run.log.stale();
+    Ok(AwayReport {
+        away_s: freeze.away.as_secs_f64(),
+        frozen_at_s: freeze.at.as_secs_f64(),
+        max_queue_bytes: run.servers.max_queue_bytes().map(|b| b as u64),
+        hubs,
+        exact_after_ms: exact_after.map(|d| d.as_secs_f64() * 1e3),
+        waited_s: waited.as_secs_f64(),
+        stale_replays: stale.len() as u64,
+        stale_by_peer: by_peer(&stale, |s| {
+            run.fleet
+                .members
+                .get(s)
+                .map_or(format!("peer {s}"), |m| m.peer_name.to_string())
+        }),
+    })
+}
+
+/// Reads every hub's write queue and refusals about every [`SAMPLE_EVERY`] until `stop`;
+/// each hub's largest queue, its last, and what its refusals grew by.
+fn sample_queues(admins: &[String], stop: &AtomicBool) -> Vec<HubQueue> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(SAMPLE_TIMEOUT))
+        .build()
+        .into();
+    let mut queues = vec![HubQueue::default(); admins.len()];
+    let mut first_refused: Vec<Option<BTreeMap<String, u64>>> = vec![None; admins.len()];
+    loop {
+        let started = Instant::now();
+        for (i, admin) in admins.iter().enumerate() {
+            let text = agent
+                .get(&format!("http://{admin}/metrics"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok());
+            let queue = &mut queues[i];
+            let Some(text) = text else {
+                queue.missed_samples += 1;
+                continue;
+            };
+            queue.samples += 1;
+            let bytes = sample(&text, CLUSTER_QUEUE_BYTES).unwrap_or(0);
+            queue.queue_bytes_max = queue.queue_bytes_max.max(bytes);
+            queue.queue_bytes_end = bytes;
+            let refused = by_label(&text, CLUSTER_QUEUE_REFUSED, "kind");
+            let first = first_refused[i].get_or_insert_with(|| refused.clone());
+            queue.refused = refused
+                .iter()
+                .map(|(kind, n)| {
+                    let before = first.get(kind).copied().unwrap_or(0);
+                    (kind.clone(), n.saturating_sub(before))
+                })
+                .collect();
+        }
+        if stop.load(Ordering::Relaxed) {
+            return queues;
+        }
+        std::thread::sleep(SAMPLE_EVERY.saturating_sub(started.elapsed()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_freeze_is_centred_in_the_window() {
+        let f = Freeze::centred(Duration::from_secs(60), Duration::from_secs(90));
+        assert_eq!(
+            (f.at, f.away),
+            (Duration::from_secs(15), Duration::from_secs(60))
+        );
+        let f = Freeze::centred(Duration::from_secs(3), Duration::from_secs(5));
+        assert_eq!(f.at, Duration::from_secs(1));
+    }
+}

@@ -157,6 +157,23 @@ pub struct Args {
     /// of the drain are errors. E.g. `60s`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub redis_away: Option<std::time::Duration>,
+    /// `--cluster`: Redis is a master, one replica and three Sentinels (Debian's
+    /// `redis-sentinel`; quorum 2, down after 1 s, failover timeout 3 s), and the hubs get
+    /// `cluster.redis = "redis://127.0.0.1/0"`, `cluster.sentinels` (their addresses) and
+    /// `cluster.master_name = "p2ppi"`: they find the master through the Sentinels (DESIGN 8,
+    /// High availability). Without TLS.
+    #[arg(long)]
+    pub sentinel: bool,
+    /// `--sentinel`, `relay --watch K`: kill the master (SIGKILL) this many seconds into the
+    /// window. Meanwhile an admin writer changes a hub object twice a second through the
+    /// hubs in turn and records every change acknowledged with a 2xx. Reported: when the
+    /// Sentinels named the new master, the time from the kill until every view is exact
+    /// again (each watched peer at its value at the kill, or newer), stale replays, and the
+    /// acknowledged hub-object changes lost (the last acknowledged change must be what
+    /// every hub serves at the end, unless a later one got through); views not exact by the
+    /// end of the drain, or a change lost, are errors.
+    #[arg(long, value_name = "AT")]
+    pub kill_master: Option<f64>,
     /// `--cluster`: the hubs' `cluster.max_queue_bytes` (the bound of what they hold for
     /// Redis while it is away; their default, 16 MiB, without; at least 65520).
     #[arg(long, value_name = "BYTES")]

@@ -19,7 +19,8 @@
 //! `--cluster-secret` run its Redis with TLS only and the cluster secret; `--compare
 //! untrusted` runs it with both, then with neither. `--redis-away D` freezes its Redis in
 //! the middle of `relay`'s window: the hubs' write queues, the time until every view is
-//! exact again, and stale replays ([`replay`]). `--cluster N --rolling-restart` restarts each hub in turn under load with reconnecting peers behind
+//! exact again, and stale replays ([`replay`]). `--sentinel` runs its Redis as a master, a
+//! replica and three Sentinels; `--kill-master AT` kills the master under load. `--cluster N --rolling-restart` restarts each hub in turn under load with reconnecting peers behind
 //! a stand-in balancer (DESIGN 11); `--compare no-lame-duck` runs it again with the lame
 //! duck, the drain's pacing and the hand-off off.
 //!

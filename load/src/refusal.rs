@@ -30,6 +30,12 @@ pub struct Request<'a> {
     pub duration_ms: u64,
     /// `--max-queue-bytes` was given.
     pub max_queue_bytes: bool,
+    /// `--redis-tls` (alone; `trust` counts `--cluster-secret` too).
+    pub redis_tls: bool,
+    /// `--sentinel`.
+    pub sentinel: bool,
+    /// `--kill-master AT`, milliseconds.
+    pub kill_master_ms: Option<u64>,
 }
 
 /// Why the harness refuses `request`, or `None` when it makes sense. A cluster is hubs
@@ -37,7 +43,10 @@ pub struct Request<'a> {
 /// so comparing a cluster with them says nothing about clustering: `--compare single`
 /// compares it with one hub instead.
 pub fn refusal(request: Request<'_>) -> Option<String> {
-    if let Some(why) = rolling_refusal(request).or_else(|| away_refusal(request)) {
+    if let Some(why) = rolling_refusal(request)
+        .or_else(|| away_refusal(request))
+        .or_else(|| sentinel_refusal(request))
+    {
         return Some(why);
     }
     let Some(hubs) = request.cluster else {
@@ -141,6 +150,53 @@ fn away_refusal(request: Request<'_>) -> Option<String> {
              before and after: give --duration at least {} s (and a freeze longer than 0)",
             away as f64 / 1e3,
             (away + 2_000) as f64 / 1e3
+        ));
+    }
+    None
+}
+
+/// What `--sentinel` and `--kill-master` refuse: Sentinels beside a cluster's Redis,
+/// without TLS (the harness does not run TLS Sentinels), and a master killed under
+/// `relay`'s watchers, alone in the run, inside the window.
+fn sentinel_refusal(request: Request<'_>) -> Option<String> {
+    if request.kill_master_ms.is_some() && !request.sentinel {
+        return Some(
+            "--kill-master kills the master of a Sentinel set: it needs --sentinel".into(),
+        );
+    }
+    if !request.sentinel {
+        return None;
+    }
+    if request.cluster.is_none() {
+        return Some("--sentinel runs the Redis of a cluster: it needs --cluster N".into());
+    }
+    if request.redis_tls || request.compare == Some("untrusted") {
+        return Some(
+            "--sentinel runs Redis and its Sentinels without TLS: drop --redis-tls and \
+             --compare untrusted (--cluster-secret is fine)"
+                .into(),
+        );
+    }
+    if request.rolling || request.redis_away_ms.is_some() {
+        return Some("--sentinel is not run with --rolling-restart or --redis-away".into());
+    }
+    let at = request.kill_master_ms?;
+    if !request.relay || !request.watch {
+        return Some(
+            "--kill-master runs with --scenario relay --watch K: its watchers are what tells \
+             a view exact again"
+                .into(),
+        );
+    }
+    if request.kill_hub.is_some() || request.compare.is_some() {
+        return Some("--kill-master is a run of its own: without --kill-hub or --compare".into());
+    }
+    if at == 0 || at + 1_000 > request.duration_ms {
+        return Some(format!(
+            "--kill-master {} kills the master inside the window, at least a second before \
+             its end: give --duration at least {} s (and a time above 0)",
+            at as f64 / 1e3,
+            (at + 1_000) as f64 / 1e3
         ));
     }
     None
@@ -378,6 +434,105 @@ mod tests {
                 relay: false,
                 watch: false,
                 ..away
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn a_killed_master_needs_sentinels_a_cluster_relay_watchers_and_room_in_the_window() {
+        let kill = Request {
+            target_is_hub: true,
+            cluster: Some(3),
+            relay: true,
+            watch: true,
+            sentinel: true,
+            kill_master_ms: Some(15_000),
+            duration_ms: 40_000,
+            trust: true,
+            ..Default::default()
+        };
+        assert_eq!(refusal(kill), None, "the secret goes with Sentinels");
+        let sentinels = Request {
+            kill_master_ms: None,
+            relay: false,
+            watch: false,
+            ..kill
+        };
+        assert_eq!(refusal(sentinels), None, "Sentinels alone: any scenario");
+        let refused = |r: Request<'_>, words: &str| {
+            let why = refusal(r).expect("refused");
+            assert!(why.contains(words), "{why}");
+        };
+        refused(
+            Request {
+                sentinel: false,
+                ..kill
+            },
+            "needs --sentinel",
+        );
+        refused(
+            Request {
+                cluster: None,
+                ..sentinels
+            },
+            "needs --cluster N",
+        );
+        refused(
+            Request {
+                redis_tls: true,
+                ..sentinels
+            },
+            "without TLS",
+        );
+        refused(
+            Request {
+                compare: Some("untrusted"),
+                ..sentinels
+            },
+            "without TLS",
+        );
+        refused(
+            Request {
+                redis_away_ms: Some(1_000),
+                watch: true,
+                relay: true,
+                ..sentinels
+            },
+            "--redis-away",
+        );
+        refused(
+            Request {
+                watch: false,
+                ..kill
+            },
+            "--watch K",
+        );
+        refused(
+            Request {
+                kill_hub: Some(0),
+                ..kill
+            },
+            "a run of its own",
+        );
+        refused(
+            Request {
+                duration_ms: 15_999,
+                ..kill
+            },
+            "at least 16 s",
+        );
+        refused(
+            Request {
+                kill_master_ms: Some(0),
+                ..kill
+            },
+            "above 0",
+        );
+        assert_eq!(
+            refusal(Request {
+                duration_ms: 16_000,
+                ..kill
             }),
             None
         );

@@ -97,6 +97,9 @@ fn check(args: &Args) -> anyhow::Result<()> {
         redis_away_ms: args.redis_away.map(|d| d.as_millis() as u64),
         duration_ms: (args.duration * 1e3) as u64,
         max_queue_bytes: args.max_queue_bytes.is_some(),
+        redis_tls: args.redis_tls,
+        sentinel: args.sentinel,
+        kill_master_ms: args.kill_master.map(|s| (s.max(0.0) * 1e3) as u64),
     }) {
         bail!(why);
     }
@@ -220,6 +223,7 @@ fn start_servers(args: &Args, spec: Spec, data_dir: &Path) -> anyhow::Result<Ser
                 rolling: spec.shutdown,
                 trust: spec.trust,
                 max_queue_bytes: args.max_queue_bytes,
+                sentinel: args.sentinel,
             },
             args.pin,
         )?,
@@ -294,6 +298,7 @@ fn finish_run(args: &Args, target: Target, servers: &mut Servers, run: &mut Run)
             kill: run.kill.take(),
             rolling: run.rolling.take(),
             redis_away: run.away.take(),
+            failover: run.failover.take(),
             ..c.with_latencies(&run.split)
         });
     servers.stop();

@@ -35,10 +35,19 @@ pub struct AwayReport {
     pub max_queue_bytes: Option<u64>,
     /// Each hub's queue, in order.
     pub hubs: Vec<HubQueue>,
-    /// From the resume (SIGCONT) until every receiver's view showed exactly its peers,
-    /// each at its value when Redis resumed or newer; `None`: not within the wait.
+    /// The views after the resume (SIGCONT).
+    #[serde(flatten)]
+    pub recovery: Recovery,
+}
+
+/// The receivers' views after a fault ended (Redis resumed, a master killed): when they
+/// were all exact again, and the stale replays ([`crate::replay`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Recovery {
+    /// From the fault until every receiver's view showed exactly its peers, each at its
+    /// value at that moment or newer; `None`: not within the wait.
     pub exact_after_ms: Option<f64>,
-    /// How long the harness waited for that after the resume, seconds.
+    /// How long the harness waited for that, seconds.
     pub waited_s: f64,
     /// Times a receiver was shown an older value of a peer than one it had already been
     /// shown (each (receiver, peer, value) once).
@@ -47,21 +56,11 @@ pub struct AwayReport {
     pub stale_by_peer: BTreeMap<String, u64>,
 }
 
-impl AwayReport {
-    /// What failed DESIGN 8's promise, one sentence each: a queue past its bound, a stale
-    /// replay, views not exact within the wait.
-    pub fn problems(&self) -> Vec<String> {
+impl Recovery {
+    /// Stale replays, and views not exact within the wait (`after`: what the wait ran
+    /// from), one sentence each.
+    pub fn problems(&self, after: &str) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Some(bound) = self.max_queue_bytes {
-            for (i, hub) in self.hubs.iter().enumerate() {
-                if hub.queue_bytes_max > bound {
-                    problems.push(format!(
-                        "hub {i}'s write queue reached {} bytes, past cluster.max_queue_bytes = {bound}",
-                        hub.queue_bytes_max
-                    ));
-                }
-            }
-        }
         if self.stale_replays > 0 {
             let peers: Vec<String> = self
                 .stale_by_peer
@@ -79,10 +78,50 @@ impl AwayReport {
         }
         if self.exact_after_ms.is_none() {
             problems.push(format!(
-                "the views were not all exact {:.1} s after Redis resumed",
+                "the views were not all exact {:.1} s after {after}",
                 self.waited_s
             ));
         }
+        problems
+    }
+
+    /// How long until the views were exact, for the table.
+    pub fn exact(&self) -> String {
+        self.exact_after_ms.map_or_else(
+            || format!("not within {:.1} s", self.waited_s),
+            |ms| format!("{ms:.0} ms"),
+        )
+    }
+
+    /// The table's row of stale replays.
+    pub fn stale_row(&self) -> (&'static str, String) {
+        (
+            "stale replays",
+            format!(
+                "{} (of {} peers)",
+                self.stale_replays,
+                self.stale_by_peer.len()
+            ),
+        )
+    }
+}
+
+impl AwayReport {
+    /// What failed DESIGN 8's promise, one sentence each: a queue past its bound, a stale
+    /// replay, views not exact within the wait.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(bound) = self.max_queue_bytes {
+            for (i, hub) in self.hubs.iter().enumerate() {
+                if hub.queue_bytes_max > bound {
+                    problems.push(format!(
+                        "hub {i}'s write queue reached {} bytes, past cluster.max_queue_bytes = {bound}",
+                        hub.queue_bytes_max
+                    ));
+                }
+            }
+        }
+        problems.extend(self.recovery.problems("Redis resumed"));
         problems
     }
 
@@ -94,10 +133,7 @@ impl AwayReport {
                 "frozen (SIGSTOP) {:.1} s into the window for {:.1} s; views exact {} after it resumed",
                 self.frozen_at_s,
                 self.away_s,
-                self.exact_after_ms.map_or_else(
-                    || format!("not within {:.1} s", self.waited_s),
-                    |ms| format!("{ms:.0} ms")
-                )
+                self.recovery.exact()
             ),
         )];
         let bound = self
@@ -130,14 +166,7 @@ impl AwayReport {
                 ),
             ));
         }
-        rows.push((
-            "stale replays",
-            format!(
-                "{} (of {} peers)",
-                self.stale_replays,
-                self.stale_by_peer.len()
-            ),
-        ));
+        rows.push(self.recovery.stale_row());
         rows
     }
 }
@@ -165,9 +194,11 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            exact_after_ms: Some(1234.0),
-            waited_s: 25.0,
-            ..Default::default()
+            recovery: Recovery {
+                exact_after_ms: Some(1234.0),
+                waited_s: 25.0,
+                ..Default::default()
+            },
         }
     }
 
@@ -212,9 +243,9 @@ mod tests {
     fn a_queue_past_its_bound_a_replay_or_inexact_views_are_each_a_problem() {
         let mut report = report();
         report.hubs[1].queue_bytes_max = 1001;
-        report.stale_replays = 3;
-        report.stale_by_peer = BTreeMap::from([("a".into(), 2), ("b".into(), 1)]);
-        report.exact_after_ms = None;
+        report.recovery.stale_replays = 3;
+        report.recovery.stale_by_peer = BTreeMap::from([("a".into(), 2), ("b".into(), 1)]);
+        report.recovery.exact_after_ms = None;
         let problems = report.problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("hub 1") && problems[0].contains("1001"));

@@ -130,6 +130,9 @@ pub struct ClusterReport {
     /// `--redis-away`: Redis frozen, each hub's write queue, the recovery, stale replays.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_away: Option<super::away::AwayReport>,
+    /// `--sentinel --kill-master`: the master killed, the failover, the hub-object changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<super::failover::FailoverReport>,
 }
 
 impl ClusterReport {

@@ -5,6 +5,7 @@
 
 pub mod away;
 pub mod cluster;
+pub mod failover;
 mod plot;
 pub mod rolling;
 pub mod table;

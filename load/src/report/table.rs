@@ -217,6 +217,9 @@ fn cluster_rows(cluster: &ClusterReport) -> Vec<Row> {
     if let Some(away) = &cluster.redis_away {
         rows.extend(away.rows());
     }
+    if let Some(failover) = &cluster.failover {
+        rows.extend(failover.rows());
+    }
     rows
 }
 

@@ -20,6 +20,7 @@ use crate::latency::{Latencies, SplitLatencies};
 use crate::peers::connect::Errors;
 use crate::report::away::AwayReport;
 use crate::report::cluster::KillReport;
+use crate::report::failover::FailoverReport;
 use crate::report::rolling::RollingReport;
 use crate::report::Report;
 use crate::servers::CpuSpent;
@@ -47,6 +48,8 @@ pub struct Run {
     pub rolling: Option<RollingReport>,
     /// `--redis-away`: the write queues, the recovery, the stale replays.
     pub away: Option<AwayReport>,
+    /// `--kill-master`: the failover, the recovery, the hub-object changes.
+    pub failover: Option<FailoverReport>,
 }
 
 /// A progress bar of `len` steps, labelled `what`.

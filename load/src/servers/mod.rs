@@ -7,6 +7,7 @@
 //! part. Each process is a [`Server`] ([`process`]).
 
 mod process;
+pub mod sentinel;
 pub mod trust;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ use p2ppi_hub::config::DEFAULT_CLUSTER_LEASE;
 use p2ppi_hub::metrics::SESSIONS;
 
 pub use self::process::{Listen, Server};
+use self::sentinel::Sentinels;
 use self::trust::{RedisTlsFiles, Trust};
 use crate::placement::Placement;
 use crate::report::cluster::{target_name, ClusterReport, HubCost, ProcessCost};
@@ -35,6 +37,8 @@ pub struct Servers {
     restart: Option<Restart>,
     /// How the hubs reach Redis and sign what they write (none for one server).
     trust: Trust,
+    /// `--sentinel`: the master's replica and the Sentinels (the master is `redis`).
+    sentinels: Option<Sentinels>,
 }
 
 /// What `--rolling-restart` needs to start a hub again on the same ports.
@@ -85,6 +89,9 @@ pub struct ClusterSpec {
     pub trust: Trust,
     /// `--max-queue-bytes`: the hubs' `cluster.max_queue_bytes` (their default without).
     pub max_queue_bytes: Option<usize>,
+    /// `--sentinel`: Redis is a master, a replica and three Sentinels, and the hubs find
+    /// the master through the Sentinels.
+    pub sentinel: bool,
 }
 
 /// CPU seconds each process used: the hubs in order, then Redis (0 without one).
@@ -122,6 +129,7 @@ impl Servers {
             lease: DEFAULT_CLUSTER_LEASE,
             restart: None,
             trust: Trust::default(),
+            sentinels: None,
         }
     }
 
@@ -149,8 +157,8 @@ impl Servers {
         if let Some(path) = &secret {
             trust::write_secret(path)?;
         }
-        let redis = Server::start_redis(program, data_dir, pin, tls.as_ref())?;
-        let url = redis.redis_url(tls.is_some());
+        let redis = Server::start_redis(program, data_dir, pin, tls.as_ref(), None)?;
+        let mut url = redis.redis_url(tls.is_some());
         eprintln!(
             "{program} (pid {}) on {}{}",
             redis.pid().unwrap_or_default(),
@@ -161,6 +169,21 @@ impl Servers {
                 ""
             }
         );
+        let sentinels = if spec.sentinel {
+            let set = Sentinels::start(program, &redis, data_dir, pin)?;
+            eprintln!(
+                "its replica (pid {}) on {}, Sentinels on {} (master name {})",
+                set.replica.pid().unwrap_or_default(),
+                set.replica.addr,
+                set.addrs().join(", "),
+                sentinel::MASTER_NAME
+            );
+            // The master's address comes from the Sentinels; the URL keeps the rest.
+            url = "redis://127.0.0.1/0".into();
+            Some(set)
+        } else {
+            None
+        };
         let mut servers = Self {
             hubs: Vec::with_capacity(spec.hubs),
             nodes: Vec::with_capacity(spec.hubs),
@@ -168,13 +191,16 @@ impl Servers {
             lease: spec.lease.unwrap_or(DEFAULT_CLUSTER_LEASE),
             restart: None,
             trust: spec.trust,
+            sentinels: None,
         };
         let shared = Shared {
             data_dir,
             redis: &url,
             tls: tls.as_ref(),
             secret: secret.as_deref(),
+            sentinels: sentinels.as_ref().map(Sentinels::addrs),
         };
+        servers.sentinels = sentinels;
         let mut restart = Vec::new();
         for i in 0..spec.hubs {
             let node = format!("bench-{i}");
@@ -349,7 +375,8 @@ impl Servers {
     pub fn cpu(&self) -> CpuSpent {
         CpuSpent {
             hubs: self.hubs.iter().map(Server::cpu_seconds).collect(),
-            redis: self.redis.as_ref().map_or(0.0, Server::cpu_seconds),
+            redis: self.redis.as_ref().map_or(0.0, Server::cpu_seconds)
+                + self.sentinels.as_ref().map_or(0.0, Sentinels::cpu_seconds),
         }
     }
 
@@ -449,13 +476,35 @@ impl Servers {
             .signal(libc::SIGKILL)
     }
 
-    /// Stops the balancer, the hubs, then Redis.
+    /// `--kill-master`: kills the master with SIGKILL; its address.
+    ///
+    /// # Errors
+    /// Without Sentinels, or when the signal cannot be sent.
+    pub fn kill_master(&self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.sentinels.is_some(),
+            "no Sentinels: --kill-master needs --sentinel"
+        );
+        let master = self.redis.as_ref().context("no Redis")?;
+        master.signal(libc::SIGKILL)?;
+        Ok(master.addr.clone())
+    }
+
+    /// `--sentinel`: the Sentinels' addresses (none without).
+    pub fn sentinel_addrs(&self) -> Vec<String> {
+        self.sentinels.as_ref().map_or(Vec::new(), Sentinels::addrs)
+    }
+
+    /// Stops the balancer, the hubs, the Sentinels and the replica, then Redis.
     pub fn stop(&mut self) {
         if let Some(restart) = &mut self.restart {
             restart.balancer.stop();
         }
         for hub in &mut self.hubs {
             hub.stop();
+        }
+        if let Some(sentinels) = &mut self.sentinels {
+            sentinels.stop();
         }
         if let Some(redis) = &mut self.redis {
             redis.stop();
@@ -470,11 +519,14 @@ struct Shared<'a> {
     redis: &'a str,
     tls: Option<&'a RedisTlsFiles>,
     secret: Option<&'a Path>,
+    /// `--sentinel`: the Sentinels' addresses.
+    sentinels: Option<Vec<String>>,
 }
 
 /// A hub's configuration in a cluster: the shared CA and hub certificate, the shared
 /// Redis (with its TLS files: `cluster.tls_ca`, `tls_cert`, `tls_key`), the cluster
-/// secret if any, its node name, the lease and the queue's bound if given; with
+/// secret if any, the Sentinels (`cluster.sentinels`, `cluster.master_name`) if any, its
+/// node name, the lease and the queue's bound if given; with
 /// `spec.rolling`, the shutdown it says and no per-source limits for the balancer (it
 /// sends no PROXY header: every peer comes from its address).
 fn hub_config(shared: &Shared<'_>, node: &str, spec: &ClusterSpec) -> anyhow::Result<String> {
@@ -504,6 +556,11 @@ fn hub_config(shared: &Shared<'_>, node: &str, spec: &ClusterSpec) -> anyhow::Re
     }
     if let Some(secret) = shared.secret {
         cluster.insert("secret_file".into(), path(secret)?);
+    }
+    if let Some(sentinels) = &shared.sentinels {
+        let addrs = sentinels.iter().map(|a| a.as_str().into()).collect();
+        cluster.insert("sentinels".into(), toml::Value::Array(addrs));
+        cluster.insert("master_name".into(), sentinel::MASTER_NAME.into());
     }
     if let Some(bytes) = spec.max_queue_bytes {
         let bytes = i64::try_from(bytes).context("--max-queue-bytes is too large")?;
@@ -619,6 +676,7 @@ mod tests {
             redis: "rediss://127.0.0.1:6390/0",
             tls: Some(&tls),
             secret: Some(&secret),
+            sentinels: None,
         };
         let spec = ClusterSpec {
             hubs: 3,
@@ -647,6 +705,7 @@ mod tests {
             redis: "redis://127.0.0.1:6390/0",
             tls: None,
             secret: None,
+            sentinels: Some(vec!["127.0.0.1:26379".into(), "127.0.0.1:26380".into()]),
         };
         let text = hub_config(&plain, "bench-1", &ClusterSpec::default()).unwrap();
         for key in [
@@ -658,6 +717,14 @@ mod tests {
         ] {
             assert!(!text.contains(key), "{key} in {text}");
         }
+        // With Sentinels (the keys the hub reads from its `sentinel` work on): their
+        // addresses and the master's name.
+        let table: toml::Table = text.parse().unwrap();
+        assert_eq!(
+            table["cluster"]["sentinels"],
+            toml::Value::Array(vec!["127.0.0.1:26379".into(), "127.0.0.1:26380".into()])
+        );
+        assert_eq!(table["cluster"]["master_name"].as_str(), Some("p2ppi"));
     }
 
     /// `--redis-tls`: the harness's Redis answers over TLS with the hubs' client
@@ -669,7 +736,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let tls = RedisTlsFiles::make(&dir.path().join("redis-tls")).unwrap();
-        let mut redis = Server::start_redis("redis-server", dir.path(), false, Some(&tls))
+        let mut redis = Server::start_redis("redis-server", dir.path(), false, Some(&tls), None)
             .expect("started and answered PING over TLS");
         assert!(redis.redis_url(true).starts_with("rediss://127.0.0.1:"));
         let plain = redis::Client::open(redis.redis_url(false))
@@ -683,15 +750,21 @@ mod tests {
     /// `redis-server`, or `None` (the test is skipped, saying so) unless
     /// `P2PPI_REQUIRE_SERVICES` is set, as the hub's tests treat external programs.
     fn find_redis_server() -> Option<std::path::PathBuf> {
-        let found = process::find_program("redis-server");
+        find_required("redis-server")
+    }
+
+    /// `program`, or `None` (the test is skipped, saying so) unless
+    /// `P2PPI_REQUIRE_SERVICES` is set.
+    pub(super) fn find_required(program: &str) -> Option<std::path::PathBuf> {
+        let found = process::find_program(program);
         let required =
             std::env::var_os("P2PPI_REQUIRE_SERVICES").is_some_and(|v| !v.is_empty() && v != "0");
         assert!(
             found.is_some() || !required,
-            "redis-server is required (P2PPI_REQUIRE_SERVICES) but not installed"
+            "{program} is required (P2PPI_REQUIRE_SERVICES) but not installed"
         );
         if found.is_none() {
-            eprintln!("skipped: redis-server not found (apt-get install redis-server)");
+            eprintln!("skipped: {program} not found (apt-get install {program})");
         }
         found
     }

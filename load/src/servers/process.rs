@@ -253,11 +253,13 @@ impl Server {
     /// port without persistence (its working directory `dir`), and waits (at most 10 s)
     /// until it answers PING. With `tls` it listens with TLS only (`port 0`, the port as
     /// `tls-port`) and requires the client certificate of `tls` (`tls-auth-clients yes`).
+    /// With `replica_of` (`HOST:PORT`) it is a replica of that server (`--sentinel`).
     pub fn start_redis(
         program: &str,
         dir: &Path,
         pin: bool,
         tls: Option<&RedisTlsFiles>,
+        replica_of: Option<&str>,
     ) -> anyhow::Result<Self> {
         let bin = find_program(program).with_context(|| {
             if program == "redis-server" {
@@ -292,6 +294,9 @@ impl Server {
                 command.args(["--tls-auth-clients", "yes"]);
             }
         }
+        if let Some((host, port)) = replica_of.and_then(|m| m.rsplit_once(':')) {
+            command.args(["--replicaof", host, port]);
+        }
         let child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
@@ -313,22 +318,36 @@ impl Server {
             Some(files) => files.client(&url)?,
             None => redis::Client::open(url.as_str())?,
         };
-        let start = Instant::now();
-        loop {
-            let pong = client
-                .get_connection_with_timeout(Duration::from_millis(200))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            match pong {
-                Ok(p) if p == "PONG" => return Ok(server),
-                _ if start.elapsed() > Duration::from_secs(10) => {
-                    bail!(
-                        "{program} on {} did not answer PING within 10 s: {pong:?}",
-                        server.addr
-                    )
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        wait_for_pong(&client, program, &server.addr)?;
+        Ok(server)
+    }
+
+    /// Starts Debian's `redis-sentinel` with the configuration `conf` (its own file: a
+    /// Sentinel rewrites it) on the port that configuration names, and waits (at most
+    /// 10 s) until it answers PING.
+    pub fn start_sentinel(conf: &Path, addr: &str, pin: bool) -> anyhow::Result<Self> {
+        let bin = find_program("redis-sentinel")
+            .context("--sentinel needs redis-sentinel (apt-get install redis-sentinel)")?;
+        let child = command(
+            bin.to_str().context("redis-sentinel's path is not UTF-8")?,
+            pin,
+        )
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting redis-sentinel")?;
+        let server = Self {
+            child: Some(child),
+            addr: addr.to_owned(),
+            admin: None,
+            control: None,
+            max_view_bytes: None,
+            max_queue_bytes: None,
+        };
+        let client = redis::Client::open(server.redis_url(false))?;
+        wait_for_pong(&client, "redis-sentinel", addr)?;
+        Ok(server)
     }
 
     /// A Redis server's address for its clients: `rediss://` when it runs `tls`.
@@ -440,6 +459,23 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+}
+
+/// Waits (at most 10 s) until `program` at `addr` answers PING through `client`.
+fn wait_for_pong(client: &redis::Client, program: &str, addr: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let pong = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        match pong {
+            Ok(p) if p == "PONG" => return Ok(()),
+            _ if start.elapsed() > Duration::from_secs(10) => {
+                bail!("{program} on {addr} did not answer PING within 10 s: {pong:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }

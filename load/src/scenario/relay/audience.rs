@@ -26,7 +26,7 @@ pub struct Audience {
     unwatched: AtomicU64,
     /// The first of them, as an error message.
     first: Mutex<Option<String>>,
-    /// `--redis-away`: every receiver's entire views (the versions of each peer shown),
+    /// `--redis-away`, `--kill-master`: every receiver's entire views (the versions of each peer shown),
     /// for stale replays and the time until every view is exact again.
     pub views: Option<ViewLog>,
 }
@@ -51,7 +51,8 @@ impl Audience {
                 .collect(),
             unwatched: AtomicU64::new(0),
             first: Mutex::default(),
-            views: args.redis_away.map(|_| ViewLog::new(n)),
+            views: (args.redis_away.is_some() || args.kill_master.is_some())
+                .then(|| ViewLog::new(n)),
         }
     }
 

@@ -18,7 +18,7 @@ use p2ppi_hub::metrics::{CLUSTER_QUEUE_BYTES, CLUSTER_QUEUE_REFUSED};
 
 use crate::peers::fleet::Fleet;
 use crate::replay::{by_peer, version, Version, ViewLog};
-use crate::report::away::{AwayReport, HubQueue};
+use crate::report::away::{AwayReport, HubQueue, Recovery};
 use crate::servers::{by_label, sample, Servers};
 use crate::stamp::read_stamp;
 use crate::watch::WatchPlan;
@@ -103,54 +103,77 @@ pub async fn beside_phase(
     let frozen = Frozen(run.servers);
     tokio::time::sleep(freeze.away).await;
     // The peers' values when Redis resumes: every view must come to show them, or newer.
-    let at_least: Vec<Version> = run
-        .last
-        .lock()
-        .expect("last")
-        .iter()
-        .map(|v| read_stamp(v).map_or((0, 0), version))
-        .collect();
+    let at_least = versions_now(run.last);
     drop(frozen);
     let resumed = Instant::now();
     eprintln!("Redis resumed (SIGCONT); waiting for every view to be exact…");
-    let shown = |r: usize| -> Vec<usize> {
-        std::iter::once(r)
-            .chain(
-                run.plan
-                    .list(r)
-                    .iter()
-                    .copied()
-                    .filter(|&s| run.plan.shows(r, s)),
-            )
-            .collect()
-    };
-    let mut exact_after = None;
-    while Instant::now() < until {
-        if run.log.exact(shown, &at_least) {
-            exact_after = Some(resumed.elapsed());
-            break;
-        }
-        tokio::time::sleep(CHECK_EVERY).await;
-    }
-    let waited = resumed.elapsed();
+    let exact_after = until_exact(run.log, run.plan, &at_least, until).await;
+    let recovery = recovery(run.log, run.fleet, exact_after, resumed.elapsed());
     stop.store(true, Ordering::Relaxed);
     let hubs = sampler.await.context("the queue sampler")?;
-    let stale = run.log.stale();
     Ok(AwayReport {
         away_s: freeze.away.as_secs_f64(),
         frozen_at_s: freeze.at.as_secs_f64(),
         max_queue_bytes: run.servers.max_queue_bytes().map(|b| b as u64),
         hubs,
+        recovery,
+    })
+}
+
+/// The peers' values now, from what the timeline sent last (`last`): the views must come
+/// to show them, or newer.
+pub(super) fn versions_now(last: &Mutex<Vec<String>>) -> Vec<Version> {
+    last.lock()
+        .expect("last")
+        .iter()
+        .map(|v| read_stamp(v).map_or((0, 0), version))
+        .collect()
+}
+
+/// Checks every [`CHECK_EVERY`] until `until` whether every receiver's view shows
+/// exactly the peers `plan` shows it (itself included), each at `at_least` or newer; how
+/// long that took from now.
+pub(super) async fn until_exact(
+    log: &ViewLog,
+    plan: &WatchPlan,
+    at_least: &[Version],
+    until: Instant,
+) -> Option<Duration> {
+    let from = Instant::now();
+    let shown = |r: usize| -> Vec<usize> {
+        std::iter::once(r)
+            .chain(plan.list(r).iter().copied().filter(|&s| plan.shows(r, s)))
+            .collect()
+    };
+    while Instant::now() < until {
+        if log.exact(shown, at_least) {
+            return Some(from.elapsed());
+        }
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+    None
+}
+
+/// The recovery's report: `exact_after` (of a wait of `waited`) and the stale replays in
+/// `log`, by the peers' names in `fleet`.
+pub(super) fn recovery(
+    log: &ViewLog,
+    fleet: &Fleet,
+    exact_after: Option<Duration>,
+    waited: Duration,
+) -> Recovery {
+    let stale = log.stale();
+    Recovery {
         exact_after_ms: exact_after.map(|d| d.as_secs_f64() * 1e3),
         waited_s: waited.as_secs_f64(),
         stale_replays: stale.len() as u64,
         stale_by_peer: by_peer(&stale, |s| {
-            run.fleet
+            fleet
                 .members
                 .get(s)
                 .map_or(format!("peer {s}"), |m| m.peer_name.to_string())
         }),
-    })
+    }
 }
 
 /// Reads every hub's write queue and refusals about every [`SAMPLE_EVERY`] until `stop`;

@@ -11,11 +11,13 @@
 //! as refused, with the mesh's capacity. The steps: the peers ([`peers`]), who may see
 //! what ([`audience`]), what the hubs say of their views ([`facts`]), the measured phase,
 //! the final views ([`views`]), and with `--kill-hub` a hub killed afterwards ([`kill`]);
-//! with `--redis-away` Redis is frozen in the middle of the window ([`away`]).
+//! with `--redis-away` Redis is frozen in the middle of the window ([`away`]), with
+//! `--sentinel --kill-master` its master is killed in it ([`failover`]).
 
 mod audience;
 mod away;
 mod facts;
+mod failover;
 mod kill;
 mod peers;
 mod views;
@@ -101,12 +103,12 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
     setup.changes = &due;
     let send = publish(handles.clone(), last.clone(), send_errors.clone());
     let phase = measure_phase(&setup, 1, args.rate, send, "relay");
-    let (mut measured, away) = match (args.redis_away, plan, &audience.views) {
-        (Some(away), Some(plan), Some(log)) => {
-            // The phase's window starts 200 ms after it is called (`measure_phase`).
-            let window_start = Instant::now() + Duration::from_millis(200);
-            let window = Duration::from_secs_f64(args.duration);
-            let until = window_start + window + Duration::from_secs_f64(args.drain);
+    // The phase's window starts 200 ms after it is called (`measure_phase`).
+    let window_start = Instant::now() + Duration::from_millis(200);
+    let window = Duration::from_secs_f64(args.duration);
+    let until = window_start + window + Duration::from_secs_f64(args.drain);
+    let (mut measured, away, failover) = match (plan, &audience.views) {
+        (Some(plan), Some(log)) => {
             let beside = away::Beside {
                 servers,
                 fleet,
@@ -114,14 +116,23 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
                 log,
                 last: &last,
             };
-            let freeze = away::Freeze::centred(away, window);
-            let (measured, away) = tokio::join!(
-                phase,
-                away::beside_phase(beside, freeze, window_start, until)
-            );
-            (measured, Some(away?))
+            if let Some(away) = args.redis_away {
+                let freeze = away::Freeze::centred(away, window);
+                let (measured, away) = tokio::join!(
+                    phase,
+                    away::beside_phase(beside, freeze, window_start, until)
+                );
+                (measured, Some(away?), None)
+            } else {
+                let at = Duration::from_secs_f64(args.kill_master.unwrap_or_default());
+                let (measured, failover) = tokio::join!(
+                    phase,
+                    failover::beside_phase(beside, at, window_start, window_start + window, until)
+                );
+                (measured, None, Some(failover?))
+            }
         }
-        _ => (phase.await, None),
+        _ => (phase.await, None, None),
     };
     let mut returned = stop(consumers, &mut errors).await;
     let last = last.lock().expect("last").clone();
@@ -165,6 +176,12 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
             errors.add(format!("--redis-away: {problem}"));
         }
         run.away = Some(away);
+    }
+    if let Some(failover) = failover {
+        for problem in failover.problems() {
+            errors.add(format!("--kill-master: {problem}"));
+        }
+        run.failover = Some(failover);
     }
     if let Some(hub) = args.kill_hub {
         kill::run(servers, hub, fleet, plan, returned, &mut run, &mut errors).await?;

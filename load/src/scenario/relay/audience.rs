@@ -123,3 +123,98 @@ impl Audience {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use p2ppi_hub::protocol::objects::{names, relayed_name};
+
+    use super::*;
+    use crate::stamp::{stamp, Stamp};
+
+    /// `--redis-away`: the entire views a receiver is shown reach the view log, each peer
+    /// at the version its presence's stamp carries; a view without the receiver's own
+    /// objects (not entire) and the hub's objects do not.
+    #[test]
+    fn entire_views_reach_the_view_log_by_peer_and_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        p2ppi_hub::certs::init(dir.path(), &[]).unwrap();
+        let fleet = Fleet::issue(dir.path(), &["127.0.0.1:1".into()], 3, None).unwrap();
+        let args = Args::try_parse_from([
+            "load",
+            "--scenario",
+            "relay",
+            "--cluster",
+            "1",
+            "--peers",
+            "3",
+            "--watch",
+            "2",
+            "--duration",
+            "5",
+            "--redis-away",
+            "1s",
+        ])
+        .unwrap();
+        let audience = Audience::new(&args, 3, &fleet);
+        let receivers = Receivers::new(std::time::Instant::now());
+        let presence = |peer: usize, seq: u64| {
+            let value = stamp(
+                Stamp {
+                    phase: 1,
+                    seq,
+                    scheduled_ns: 0,
+                },
+                16,
+            );
+            Object::new(
+                relayed_name(&fleet.members[peer].peer_name, names::RICH_PRESENCE),
+                value,
+            )
+        };
+        let hub = Object::new("hub-object", "failover-3");
+        let view = |own: bool, other: u64| {
+            let mut objects = vec![hub.clone(), presence(1, other)];
+            if own {
+                objects.push(presence(0, 3));
+            }
+            objects
+        };
+        audience.receive(0, &view(true, 4), &receivers);
+        audience.receive(0, &view(false, 1), &receivers);
+        let log = audience
+            .views
+            .as_ref()
+            .expect("a view log with --redis-away");
+        assert!(
+            log.stale().is_empty(),
+            "a view without the echo is not entire"
+        );
+        audience.receive(0, &view(true, 1), &receivers);
+        let stale = log.stale();
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert_eq!(
+            (
+                stale[0].receiver,
+                stale[0].sender,
+                stale[0].shown,
+                stale[0].newest
+            ),
+            (0, 1, (1, 1), (1, 4))
+        );
+        // Exact: receiver 0 is shown itself and peer 1, the others themselves only.
+        let shown = |r: usize| if r == 0 { vec![0, 1] } else { vec![r] };
+        assert!(
+            !log.exact(shown, &[(1, 3), (1, 1), (0, 0)]),
+            "1 and 2 saw nothing"
+        );
+        for r in [1, 2] {
+            audience.receive(r, &[hub.clone(), presence(r, 2)], &receivers);
+        }
+        assert!(log.exact(shown, &[(1, 3), (1, 1), (1, 2)]));
+        assert!(
+            !log.exact(shown, &[(1, 3), (1, 5), (1, 2)]),
+            "receiver 0 shows peer 1 older than asked"
+        );
+    }
+}

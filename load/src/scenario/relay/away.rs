@@ -65,6 +65,16 @@ pub struct Beside<'a> {
     pub last: &'a Mutex<Vec<String>>,
 }
 
+/// Tells the sampler to stop when dropped, so an early return leaves no thread sampling
+/// for ever (the runtime would wait for it at the end).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Resumes Redis when dropped, so nothing leaves it frozen.
 struct Frozen<'a>(&'a Servers);
 
@@ -88,10 +98,10 @@ pub async fn beside_phase(
     window_start: Instant,
     until: Instant,
 ) -> anyhow::Result<AwayReport> {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let admins = run.servers.admins();
     let sampler = {
-        let stop = stop.clone();
+        let stop = stop.0.clone();
         tokio::task::spawn_blocking(move || sample_queues(&admins, &stop))
     };
     tokio::time::sleep_until((window_start + freeze.at).into()).await;
@@ -109,7 +119,7 @@ pub async fn beside_phase(
     eprintln!("Redis resumed (SIGCONT); waiting for every view to be exact…");
     let exact_after = until_exact(run.log, run.plan, &at_least, until).await;
     let recovery = recovery(run.log, run.fleet, exact_after, resumed.elapsed());
-    stop.store(true, Ordering::Relaxed);
+    drop(stop);
     let hubs = sampler.await.context("the queue sampler")?;
     Ok(AwayReport {
         away_s: freeze.away.as_secs_f64(),

@@ -157,6 +157,11 @@ pub struct Args {
     /// of the drain are errors. E.g. `60s`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub redis_away: Option<std::time::Duration>,
+    /// `--redis-away D`: kill Redis (SIGKILL) instead of freezing it, and after D start a
+    /// new one, empty, on the same port: what the hubs write meanwhile is refused at once
+    /// rather than timing out, and they must put back every peer and the hub objects.
+    #[arg(long)]
+    pub redis_away_kill: bool,
     /// `--cluster`: Redis is a master, one replica and three Sentinels (Debian's
     /// `redis-sentinel`; quorum 2, down after 1 s, failover timeout 3 s), and the hubs get
     /// `cluster.redis = "redis://127.0.0.1/0"`, `cluster.sentinels` (their addresses) and

@@ -26,6 +26,8 @@ pub struct Request<'a> {
     pub watch: bool,
     /// `--redis-away D`, milliseconds.
     pub redis_away_ms: Option<u64>,
+    /// `--redis-away-kill`.
+    pub redis_away_kill: bool,
     /// `--duration`, milliseconds.
     pub duration_ms: u64,
     /// `--max-queue-bytes` was given.
@@ -129,7 +131,11 @@ fn away_refusal(request: Request<'_>) -> Option<String> {
                 .into(),
         );
     }
-    let away = request.redis_away_ms?;
+    let Some(away) = request.redis_away_ms else {
+        return request
+            .redis_away_kill
+            .then(|| "--redis-away-kill says how Redis goes away: it needs --redis-away D".into());
+    };
     if !request.relay || !request.watch {
         return Some(
             "--redis-away runs with --scenario relay --watch K: its watchers are what tells a \
@@ -427,6 +433,21 @@ mod tests {
         ] {
             refused(other, "a run of its own");
         }
+        assert_eq!(
+            refusal(Request {
+                redis_away_kill: true,
+                ..away
+            }),
+            None
+        );
+        refused(
+            Request {
+                redis_away_kill: true,
+                redis_away_ms: None,
+                ..away
+            },
+            "needs --redis-away D",
+        );
         // The bound alone is any cluster run's.
         assert_eq!(
             refusal(Request {

@@ -95,6 +95,7 @@ fn check(args: &Args) -> anyhow::Result<()> {
         trust: args.redis_tls || args.cluster_secret,
         watch: args.watch.is_some(),
         redis_away_ms: args.redis_away.map(|d| d.as_millis() as u64),
+        redis_away_kill: args.redis_away_kill,
         duration_ms: (args.duration * 1e3) as u64,
         max_queue_bytes: args.max_queue_bytes.is_some(),
         redis_tls: args.redis_tls,

@@ -27,7 +27,10 @@ pub struct HubQueue {
 /// What `--redis-away` saw.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AwayReport {
-    /// How long Redis was frozen, seconds.
+    /// `--redis-away-kill`: Redis was killed (SIGKILL) and a new one, empty, started after
+    /// `away_s`, instead of frozen and resumed.
+    pub killed: bool,
+    /// How long Redis was frozen (or gone), seconds.
     pub away_s: f64,
     /// When in the window it was frozen, seconds from the window's start.
     pub frozen_at_s: f64,
@@ -121,16 +124,25 @@ impl AwayReport {
                 }
             }
         }
-        problems.extend(self.recovery.problems("Redis resumed"));
+        problems.extend(self.recovery.problems(if self.killed {
+            "Redis started again"
+        } else {
+            "Redis resumed"
+        }));
         problems
     }
 
     /// The table's rows: the freeze, each hub's queue, the recovery.
     pub fn rows(&self) -> Vec<(&'static str, String)> {
+        let (gone, back) = if self.killed {
+            ("killed (SIGKILL)", "a new one started, empty")
+        } else {
+            ("frozen (SIGSTOP)", "it resumed")
+        };
         let mut rows = vec![(
             "redis away",
             format!(
-                "frozen (SIGSTOP) {:.1} s into the window for {:.1} s; views exact {} after it resumed",
+                "{gone} {:.1} s into the window for {:.1} s; views exact {} after {back}",
                 self.frozen_at_s,
                 self.away_s,
                 self.recovery.exact()
@@ -177,6 +189,7 @@ mod tests {
 
     fn report() -> AwayReport {
         AwayReport {
+            killed: false,
             away_s: 60.0,
             frozen_at_s: 15.0,
             max_queue_bytes: Some(1000),
@@ -224,6 +237,7 @@ mod tests {
         assert_eq!(rows[3], ("stale replays", "0 (of 0 peers)".into()));
         let v = serde_json::to_value(&report).unwrap();
         for key in [
+            "killed",
             "away_s",
             "frozen_at_s",
             "max_queue_bytes",
@@ -252,6 +266,13 @@ mod tests {
         assert!(problems[1].starts_with("3 stale replays") && problems[1].contains("a (2), b (1)"));
         assert!(problems[2].contains("25.0 s"));
         assert!(report.rows()[0].1.contains("not within 25.0 s"));
+        report.killed = true;
+        assert!(report.rows()[0].1.starts_with("killed (SIGKILL) 15.0 s"));
+        assert!(report
+            .problems()
+            .last()
+            .unwrap()
+            .ends_with("after Redis started again"));
         // An unknown bound is no verdict on the queue.
         report.max_queue_bytes = None;
         assert_eq!(report.problems().len(), 2);

@@ -11,6 +11,7 @@ pub mod sentinel;
 pub mod trust;
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -30,7 +31,7 @@ const FORMING: Duration = Duration::from_secs(30);
 pub struct Servers {
     hubs: Vec<Server>,
     nodes: Vec<String>,
-    redis: Option<Server>,
+    redis: Option<RedisProcess>,
     lease: Duration,
     /// `--rolling-restart`: how to start each hub again (its binary, directory,
     /// configuration and addresses), and the balancer in front of them.
@@ -39,6 +40,72 @@ pub struct Servers {
     trust: Trust,
     /// `--sentinel`: the master's replica and the Sentinels (the master is `redis`).
     sentinels: Option<Sentinels>,
+}
+
+/// The cluster's Redis (the master with `--sentinel`): the process now, how to start it
+/// again (`--redis-away-kill` kills it and starts a new one, empty, on its port), and
+/// the CPU of the processes killed before it (the report counts them all).
+struct RedisProcess {
+    now: Mutex<Server>,
+    program: String,
+    dir: std::path::PathBuf,
+    pin: bool,
+    tls: Option<RedisTlsFiles>,
+    killed_cpu: Mutex<f64>,
+}
+
+impl RedisProcess {
+    /// CPU seconds of this Redis and those killed before it.
+    fn cpu_seconds(&self) -> f64 {
+        self.now.lock().expect("redis").cpu_seconds() + *self.killed_cpu.lock().expect("cpu")
+    }
+
+    /// Resident memory of the process now.
+    fn rss(&self) -> u64 {
+        self.now.lock().expect("redis").rss()
+    }
+
+    /// Its address.
+    fn addr(&self) -> String {
+        self.now.lock().expect("redis").addr.clone()
+    }
+
+    /// Sends the process now `signal`.
+    fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        self.now.lock().expect("redis").signal(signal)
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to exit, its CPU kept.
+    fn kill(&self) -> anyhow::Result<()> {
+        let mut now = self.now.lock().expect("redis");
+        let spent = now.cpu_seconds();
+        now.signal(libc::SIGKILL)?;
+        anyhow::ensure!(
+            now.wait_exit(Duration::from_secs(10)),
+            "Redis did not exit after SIGKILL"
+        );
+        *self.killed_cpu.lock().expect("cpu") += spent;
+        Ok(())
+    }
+
+    /// Starts a new Redis, empty, on the port of the one killed, as it was started.
+    fn start_again(&self) -> anyhow::Result<()> {
+        let mut now = self.now.lock().expect("redis");
+        let port = now
+            .addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .context("Redis's address has no port")?;
+        *now = Server::start_redis(
+            &self.program,
+            &self.dir,
+            self.pin,
+            self.tls.as_ref(),
+            None,
+            Some(port),
+        )?;
+        Ok(())
+    }
 }
 
 /// What `--rolling-restart` needs to start a hub again on the same ports.
@@ -157,7 +224,7 @@ impl Servers {
         if let Some(path) = &secret {
             trust::write_secret(path)?;
         }
-        let redis = Server::start_redis(program, data_dir, pin, tls.as_ref(), None)?;
+        let redis = Server::start_redis(program, data_dir, pin, tls.as_ref(), None, None)?;
         let mut url = redis.redis_url(tls.is_some());
         eprintln!(
             "{program} (pid {}) on {}{}",
@@ -187,7 +254,14 @@ impl Servers {
         let mut servers = Self {
             hubs: Vec::with_capacity(spec.hubs),
             nodes: Vec::with_capacity(spec.hubs),
-            redis: Some(redis),
+            redis: Some(RedisProcess {
+                now: Mutex::new(redis),
+                program: program.to_owned(),
+                dir: data_dir.to_owned(),
+                pin,
+                tls: tls.clone(),
+                killed_cpu: Mutex::new(0.0),
+            }),
             lease: spec.lease.unwrap_or(DEFAULT_CLUSTER_LEASE),
             restart: None,
             trust: spec.trust,
@@ -375,7 +449,7 @@ impl Servers {
     pub fn cpu(&self) -> CpuSpent {
         CpuSpent {
             hubs: self.hubs.iter().map(Server::cpu_seconds).collect(),
-            redis: self.redis.as_ref().map_or(0.0, Server::cpu_seconds)
+            redis: self.redis.as_ref().map_or(0.0, RedisProcess::cpu_seconds)
                 + self.sentinels.as_ref().map_or(0.0, Sentinels::cpu_seconds),
         }
     }
@@ -463,6 +537,28 @@ impl Servers {
         redis.signal(if frozen { libc::SIGSTOP } else { libc::SIGCONT })
     }
 
+    /// `--redis-away-kill`: kills the cluster's Redis (SIGKILL: its state is lost).
+    ///
+    /// # Errors
+    /// Without a Redis, or when it cannot be killed.
+    pub fn kill_redis(&self) -> anyhow::Result<()> {
+        self.redis
+            .as_ref()
+            .context("no Redis: not a cluster")?
+            .kill()
+    }
+
+    /// `--redis-away-kill`: starts the cluster's Redis again, empty, on its port.
+    ///
+    /// # Errors
+    /// Without a Redis, or when it does not start.
+    pub fn start_redis_again(&self) -> anyhow::Result<()> {
+        self.redis
+            .as_ref()
+            .context("no Redis: not a cluster")?
+            .start_again()
+    }
+
     /// The hubs' lease.
     pub fn lease(&self) -> Duration {
         self.lease
@@ -487,7 +583,7 @@ impl Servers {
         );
         let master = self.redis.as_ref().context("no Redis")?;
         master.signal(libc::SIGKILL)?;
-        Ok(master.addr.clone())
+        Ok(master.addr())
     }
 
     /// `--sentinel`: the Sentinels' addresses (none without).
@@ -507,7 +603,7 @@ impl Servers {
             sentinels.stop();
         }
         if let Some(redis) = &mut self.redis {
-            redis.stop();
+            redis.now.get_mut().expect("redis").stop();
         }
     }
 }
@@ -736,8 +832,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let tls = RedisTlsFiles::make(&dir.path().join("redis-tls")).unwrap();
-        let mut redis = Server::start_redis("redis-server", dir.path(), false, Some(&tls), None)
-            .expect("started and answered PING over TLS");
+        let mut redis =
+            Server::start_redis("redis-server", dir.path(), false, Some(&tls), None, None)
+                .expect("started and answered PING over TLS");
         assert!(redis.redis_url(true).starts_with("rediss://127.0.0.1:"));
         let plain = redis::Client::open(redis.redis_url(false))
             .unwrap()

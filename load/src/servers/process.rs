@@ -253,13 +253,15 @@ impl Server {
     /// port without persistence (its working directory `dir`), and waits (at most 10 s)
     /// until it answers PING. With `tls` it listens with TLS only (`port 0`, the port as
     /// `tls-port`) and requires the client certificate of `tls` (`tls-auth-clients yes`).
-    /// With `replica_of` (`HOST:PORT`) it is a replica of that server (`--sentinel`).
+    /// With `replica_of` (`HOST:PORT`) it is a replica of that server (`--sentinel`). With
+    /// `port` it listens there (`--redis-away-kill` starts it again on its port).
     pub fn start_redis(
         program: &str,
         dir: &Path,
         pin: bool,
         tls: Option<&RedisTlsFiles>,
         replica_of: Option<&str>,
+        port: Option<u16>,
     ) -> anyhow::Result<Self> {
         let bin = find_program(program).with_context(|| {
             if program == "redis-server" {
@@ -269,10 +271,13 @@ impl Server {
                 format!("--redis-server {program}: not found")
             }
         })?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port()
-            .to_string();
+        let port = match port {
+            Some(port) => port,
+            None => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        }
+        .to_string();
         let mut command = command(
             bin.to_str()
                 .context("the Redis server's path is not UTF-8")?,

@@ -67,7 +67,8 @@ impl Sentinels {
     pub fn start(program: &str, master: &Server, dir: &Path, pin: bool) -> anyhow::Result<Self> {
         let replica_dir = dir.join("redis-replica");
         std::fs::create_dir_all(&replica_dir)?;
-        let replica = Server::start_redis(program, &replica_dir, pin, None, Some(&master.addr))?;
+        let replica =
+            Server::start_redis(program, &replica_dir, pin, None, Some(&master.addr), None)?;
         let mut sentinels = Vec::with_capacity(SENTINELS);
         for i in 0..SENTINELS {
             let home = dir.join(format!("sentinel-{i}"));
@@ -203,8 +204,8 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let mut master =
-            Server::start_redis("redis-server", dir.path(), false, None, None).expect("master");
+        let mut master = Server::start_redis("redis-server", dir.path(), false, None, None, None)
+            .expect("master");
         let mut set = Sentinels::start("redis-server", &master, dir.path(), false).expect("set");
         for s in &set.sentinels {
             assert_eq!(master_of(&s.addr).unwrap(), master.addr);

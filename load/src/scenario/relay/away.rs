@@ -30,7 +30,7 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the views are checked after the resume.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 
-/// When Redis is frozen and for how long, from the window's start.
+/// When Redis goes away, for how long, and how, from the window's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freeze {
     /// From the window's start to the SIGSTOP: as much of the window before the freeze as
@@ -38,6 +38,9 @@ pub struct Freeze {
     pub at: Duration,
     /// From the SIGSTOP to the SIGCONT.
     pub away: Duration,
+    /// `--redis-away-kill`: SIGKILL, then a new Redis, empty, instead of SIGSTOP and
+    /// SIGCONT.
+    pub kill: bool,
 }
 
 impl Freeze {
@@ -47,6 +50,7 @@ impl Freeze {
         Self {
             at: window.saturating_sub(away) / 2,
             away,
+            kill: false,
         }
     }
 }
@@ -105,23 +109,33 @@ pub async fn beside_phase(
         tokio::task::spawn_blocking(move || sample_queues(&admins, &stop))
     };
     tokio::time::sleep_until((window_start + freeze.at).into()).await;
-    eprintln!(
-        "freezing Redis (SIGSTOP) for {:.1} s…",
-        freeze.away.as_secs_f64()
-    );
-    run.servers.freeze_redis(true)?;
-    let frozen = Frozen(run.servers);
-    tokio::time::sleep(freeze.away).await;
-    // The peers' values when Redis resumes: every view must come to show them, or newer.
-    let at_least = versions_now(run.last);
-    drop(frozen);
-    let resumed = Instant::now();
-    eprintln!("Redis resumed (SIGCONT); waiting for every view to be exact…");
+    let away = freeze.away.as_secs_f64();
+    let resumed = if freeze.kill {
+        eprintln!("killing Redis (SIGKILL) for {away:.1} s…");
+        run.servers.kill_redis()?;
+        tokio::time::sleep(freeze.away).await;
+        let at_least = versions_now(run.last);
+        run.servers.start_redis_again()?;
+        eprintln!("Redis started again, empty; waiting for every view to be exact…");
+        (Instant::now(), at_least)
+    } else {
+        eprintln!("freezing Redis (SIGSTOP) for {away:.1} s…");
+        run.servers.freeze_redis(true)?;
+        let frozen = Frozen(run.servers);
+        tokio::time::sleep(freeze.away).await;
+        // The peers' values when Redis resumes: every view must come to show them, or newer.
+        let at_least = versions_now(run.last);
+        drop(frozen);
+        eprintln!("Redis resumed (SIGCONT); waiting for every view to be exact…");
+        (Instant::now(), at_least)
+    };
+    let (resumed, at_least) = resumed;
     let exact_after = until_exact(run.log, run.plan, &at_least, until).await;
     let recovery = recovery(run.log, run.fleet, exact_after, resumed.elapsed());
     drop(stop);
     let hubs = sampler.await.context("the queue sampler")?;
     Ok(AwayReport {
+        killed: freeze.kill,
         away_s: freeze.away.as_secs_f64(),
         frozen_at_s: freeze.at.as_secs_f64(),
         max_queue_bytes: run.servers.max_queue_bytes().map(|b| b as u64),

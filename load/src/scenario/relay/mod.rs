@@ -117,7 +117,10 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
                 last: &last,
             };
             if let Some(away) = args.redis_away {
-                let freeze = away::Freeze::centred(away, window);
+                let freeze = away::Freeze {
+                    kill: args.redis_away_kill,
+                    ..away::Freeze::centred(away, window)
+                };
                 let (measured, away) = tokio::join!(
                     phase,
                     away::beside_phase(beside, freeze, window_start, until)

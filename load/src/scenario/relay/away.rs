@@ -5,6 +5,9 @@
 //! checked every 50 ms until each shows exactly its peers at their values of the moment
 //! Redis resumed, or newer. The stale replays are read from the same log.
 //!
+//! With `--redis-away-kill` Redis is killed (SIGKILL) instead, and a new one, empty, is
+//! started on its port after D; the figures are the same, from the new one's start.
+//!
 //! Redis is resumed whatever happens (a guard sends SIGCONT when this is left early), so
 //! the run's end can stop it.
 
@@ -90,9 +93,9 @@ impl Drop for Frozen<'_> {
     }
 }
 
-/// Freezes Redis `freeze.at` after `window_start` for `freeze.away`, samples the hubs'
-/// queues meanwhile, and after the resume waits until `until` for every view to be exact;
-/// returns what it saw.
+/// Freezes Redis `freeze.at` after `window_start` for `freeze.away` (with `freeze.kill`
+/// kills it, and starts a new one after), samples the hubs' queues meanwhile, and after
+/// the resume waits until `until` for every view to be exact; returns what it saw.
 ///
 /// # Errors
 /// When Redis cannot be signalled or the sampler fails.
@@ -110,7 +113,7 @@ pub async fn beside_phase(
     };
     tokio::time::sleep_until((window_start + freeze.at).into()).await;
     let away = freeze.away.as_secs_f64();
-    let resumed = if freeze.kill {
+    let (resumed, at_least) = if freeze.kill {
         eprintln!("killing Redis (SIGKILL) for {away:.1} s…");
         run.servers.kill_redis()?;
         tokio::time::sleep(freeze.away).await;
@@ -129,7 +132,6 @@ pub async fn beside_phase(
         eprintln!("Redis resumed (SIGCONT); waiting for every view to be exact…");
         (Instant::now(), at_least)
     };
-    let (resumed, at_least) = resumed;
     let exact_after = until_exact(run.log, run.plan, &at_least, until).await;
     let recovery = recovery(run.log, run.fleet, exact_after, resumed.elapsed());
     drop(stop);

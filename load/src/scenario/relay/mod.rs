@@ -103,7 +103,8 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
     setup.changes = &due;
     let send = publish(handles.clone(), last.clone(), send_errors.clone());
     let phase = measure_phase(&setup, 1, args.rate, send, "relay");
-    // The phase's window starts 200 ms after it is called (`measure_phase`).
+    // The phase's window starts 200 ms after it first runs (`measure_phase`): at once,
+    // joined with what goes on beside it.
     let window_start = Instant::now() + Duration::from_millis(200);
     let window = Duration::from_secs_f64(args.duration);
     let until = window_start + window + Duration::from_secs_f64(args.drain);

@@ -722,6 +722,20 @@ pub fn sample(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// The `p2ppi-hub` binary beside the test binary, for the tests that start a real hub:
+/// target/<profile>/deps/<test> → target/<profile>/p2ppi-hub. `cargo test` at the top of
+/// the workspace builds it (the hub's CLI tests run it); alone, `cargo build` first
+/// ([`Server::start_hub`] says so when it is missing).
+#[cfg(test)]
+pub fn built_hub() -> std::path::PathBuf {
+    std::env::current_exe()
+        .expect("test binary")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("p2ppi-hub")
+}
+
 /// Each series of the metric `name` in the Prometheus text `text`, by the value of its
 /// label `label` (`p2ppi_cluster_queue_refused_total{kind="state"} 3` → `state` → 3).
 pub fn by_label(text: &str, name: &str, label: &str) -> std::collections::BTreeMap<String, u64> {

@@ -181,6 +181,38 @@ fn served_change(admin: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Against a real hub's admin API: the object is created, changed in turn (one hub
+    /// here), every change acknowledged, and the hub serves the last one.
+    #[test]
+    fn the_writer_creates_changes_and_reads_back_the_hub_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = crate::servers::built_hub();
+        let hub =
+            crate::servers::Server::start_hub(&bin, dir.path(), None, None, false).expect("hub");
+        let admin = hub.admin.clone().expect("admin address");
+        assert_eq!(served_change(&admin), None, "no such object yet");
+        create_object(&admin).unwrap();
+        assert_eq!(served_change(&admin), Some(0));
+        create_object(&admin).expect("reset when it exists");
+        let end = Instant::now() + Duration::from_millis(1200);
+        let (attempted, acknowledged, errors) = write_in_turn(std::slice::from_ref(&admin), end);
+        assert!(attempted >= 2, "{attempted}");
+        assert_eq!(
+            acknowledged,
+            (1..=attempted).collect::<Vec<_>>(),
+            "{errors:?}"
+        );
+        assert_eq!(served_change(&admin), Some(attempted));
+        let writes = Writes::of(
+            FAILOVER_OBJECT,
+            attempted,
+            &acknowledged,
+            errors,
+            vec![served_change(&admin)],
+        );
+        assert_eq!((writes.lost, writes.failed), (0, 0));
+    }
+
     #[test]
     fn changes_are_read_back_from_their_values() {
         assert_eq!(change_of(&value(42)), Some(42));

@@ -40,6 +40,9 @@ pub struct Servers {
     trust: Trust,
     /// `--sentinel`: the master's replica and the Sentinels (the master is `redis`).
     sentinels: Option<Sentinels>,
+    /// `--rolling-restart`: how the hubs shut down (the report's target name says the
+    /// second run of `--compare no-lame-duck`, so the JSON keeps both runs).
+    shutdown: Option<Shutdown>,
 }
 
 /// The cluster's Redis (the master with `--sentinel`): the process now, how to start it
@@ -197,6 +200,7 @@ impl Servers {
             restart: None,
             trust: Trust::default(),
             sentinels: None,
+            shutdown: None,
         }
     }
 
@@ -266,6 +270,7 @@ impl Servers {
             restart: None,
             trust: spec.trust,
             sentinels: None,
+            shutdown: spec.rolling,
         };
         let shared = Shared {
             data_dir,
@@ -436,10 +441,11 @@ impl Servers {
     }
 
     /// The report's target name: `name` for one server, `p2ppi-hub-cluster-N` for a
-    /// cluster (with the suffix of its [`Trust`], `-tls-hmac` say).
+    /// cluster (with the suffix of its [`Trust`], `-tls-hmac` say, and `-no-lame-duck` for
+    /// hubs that shut down at once).
     pub fn target_name(&self, name: &str) -> String {
         if self.is_cluster() {
-            target_name(self.hubs.len()) + self.trust.suffix()
+            cluster_target_name(self.hubs.len(), self.trust, self.shutdown)
         } else {
             name.to_owned()
         }
@@ -683,6 +689,16 @@ fn hub_config(shared: &Shared<'_>, node: &str, spec: &ClusterSpec) -> anyhow::Re
     Ok(toml::to_string(&config)?)
 }
 
+/// A cluster's target name in the report: `p2ppi-hub-cluster-N`, the suffix of its
+/// [`Trust`], and `-no-lame-duck` for hubs that shut down at once.
+fn cluster_target_name(hubs: usize, trust: Trust, shutdown: Option<Shutdown>) -> String {
+    let at_once = match shutdown {
+        Some(Shutdown::AtOnce) => "-no-lame-duck",
+        Some(Shutdown::Paced) | None => "",
+    };
+    target_name(hubs) + trust.suffix() + at_once
+}
+
 /// The node names `GET /v1/cluster` at `url` lists.
 fn live_nodes(url: &str) -> anyhow::Result<Vec<String>> {
     let body: serde_json::Value = ureq::get(url).call()?.body_mut().read_json()?;
@@ -775,6 +791,26 @@ mod tests {
     /// A trusted cluster's configuration, as `start_cluster` writes it, passes the hub's own
     /// checks: loaded as the hub loads it, `rediss://` with the three TLS files, the secret
     /// file (its mode and length checked by the hub's loader), the queue's bound.
+    /// Each run of a comparison has a name of its own, so the JSON keeps both.
+    #[test]
+    fn the_runs_of_a_comparison_have_target_names_of_their_own() {
+        let names = [
+            cluster_target_name(3, Trust::default(), Some(Shutdown::Paced)),
+            cluster_target_name(3, Trust::default(), Some(Shutdown::AtOnce)),
+            cluster_target_name(3, Trust::FULL, None),
+            cluster_target_name(3, Trust::default(), None),
+        ];
+        assert_eq!(
+            names,
+            [
+                "p2ppi-hub-cluster-3",
+                "p2ppi-hub-cluster-3-no-lame-duck",
+                "p2ppi-hub-cluster-3-tls-hmac",
+                "p2ppi-hub-cluster-3",
+            ]
+        );
+    }
+
     #[test]
     fn a_trusted_hub_config_passes_the_hubs_checks() {
         let dir = tempfile::tempdir().unwrap();

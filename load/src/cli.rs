@@ -72,6 +72,10 @@ pub enum Compare {
     /// `cluster.handoff = "0s"`): every hub closes all its sessions at once.
     #[value(name = "no-lame-duck")]
     NoLameDuck,
+    /// With `--cluster N`: the cluster with Redis over TLS and the cluster secret
+    /// (`--redis-tls --cluster-secret`), then the same run with neither: the ratios are
+    /// the cost of trust (hub CPU per delivery; Redis's CPU apart).
+    Untrusted,
 }
 
 impl Compare {
@@ -83,6 +87,7 @@ impl Compare {
             Self::All => "all",
             Self::Single => "single",
             Self::NoLameDuck => "no-lame-duck",
+            Self::Untrusted => "untrusted",
         }
     }
 }
@@ -98,8 +103,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "p2ppi-hub")]
     pub target: Target,
     /// Run p2ppi-hub, then this (floor, mosquitto, or both: all), back to back with the
-    /// same options, and print the hub's ratios to each. With --cluster only `single`: the
-    /// cluster, then one hub alone, and the cluster's ratios to it.
+    /// same options, and print the hub's ratios to each. With --cluster: `single` (the
+    /// cluster, then one hub alone, and the cluster's ratios to it), `untrusted` (the
+    /// cluster with Redis TLS and the secret, then without, and the ratios trusted /
+    /// untrusted), and with --rolling-restart `no-lame-duck`.
     #[arg(long, value_enum)]
     pub compare: Option<Compare>,
     /// Start a Redis (Debian's redis-server, on a free loopback port, no persistence) and
@@ -118,6 +125,17 @@ pub struct Args {
     /// `valkey-server` to run the cluster on Valkey; it gets the same flags.
     #[arg(long, value_name = "PROGRAM", default_value = "redis-server")]
     pub redis_server: String,
+    /// `--cluster`: Redis listens with TLS only (`port 0`, `tls-port`, `tls-auth-clients
+    /// yes`) with certificates the harness makes from a CA of its own, and the hubs connect
+    /// with `cluster.redis = "rediss://…"`, `cluster.tls_ca`, `cluster.tls_cert` and
+    /// `cluster.tls_key` (DESIGN 8, Trust).
+    #[arg(long)]
+    pub redis_tls: bool,
+    /// `--cluster`: the harness writes a cluster secret (32 random bytes, hex, mode 600)
+    /// and the hubs sign and check every message, delivery and state in Redis with it
+    /// (`cluster.secret_file`).
+    #[arg(long)]
+    pub cluster_secret: bool,
     /// `--cluster`: the hubs' `[cluster] lease` (e.g. 3s; their default, 10s, without).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lease: Option<std::time::Duration>,
@@ -127,6 +145,44 @@ pub struct Args {
     /// or a peer of another hub disconnected, is an error.
     #[arg(long, value_name = "I")]
     pub kill_hub: Option<usize>,
+    /// `--cluster`, `relay --watch K`: freeze the cluster's Redis (SIGSTOP) for this long
+    /// in the middle of the window (as much of the window before as after), then resume
+    /// it (SIGCONT), while the peers keep changing. Every hub's `/metrics` is sampled every
+    /// ~250 ms: its largest `p2ppi_cluster_queue_bytes` against `cluster.max_queue_bytes`,
+    /// and what `p2ppi_cluster_queue_refused_total` counted. Reported: the time from the
+    /// resume until every view is exact again (each watched peer at its value when Redis
+    /// resumed, or newer), and the stale replays, by peer: a watcher shown an older value
+    /// of a peer after a newer one (Redis executes what the hubs sent it while frozen once
+    /// it resumes). A queue past its bound, a stale replay or views not exact by the end
+    /// of the drain are errors. E.g. `60s`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub redis_away: Option<std::time::Duration>,
+    /// `--redis-away D`: kill Redis (SIGKILL) instead of freezing it, and after D start a
+    /// new one, empty, on the same port: what the hubs write meanwhile is refused at once
+    /// rather than timing out, and they must put back every peer and the hub objects.
+    #[arg(long)]
+    pub redis_away_kill: bool,
+    /// `--cluster`: Redis is a master, one replica and three Sentinels (Debian's
+    /// `redis-sentinel`; quorum 2, down after 1 s, failover timeout 3 s), and the hubs get
+    /// `cluster.redis = "redis://127.0.0.1/0"`, `cluster.sentinels` (their addresses) and
+    /// `cluster.master_name = "p2ppi"`: they find the master through the Sentinels (DESIGN 8,
+    /// High availability). Without TLS.
+    #[arg(long)]
+    pub sentinel: bool,
+    /// `--sentinel`, `relay --watch K`: kill the master (SIGKILL) this many seconds into the
+    /// window. Meanwhile an admin writer changes a hub object twice a second through the
+    /// hubs in turn and records every change acknowledged with a 2xx. Reported: when the
+    /// Sentinels named the new master, the time from the kill until every view is exact
+    /// again (each watched peer at its value at the kill, or newer), stale replays, and the
+    /// acknowledged hub-object changes lost (the last acknowledged change must be what
+    /// every hub serves at the end, unless a later one got through); views not exact by the
+    /// end of the drain, or a change lost, are errors.
+    #[arg(long, value_name = "AT")]
+    pub kill_master: Option<f64>,
+    /// `--cluster`: the hubs' `cluster.max_queue_bytes` (the bound of what they hold for
+    /// Redis while it is away; their default, 16 MiB, without; at least 65520).
+    #[arg(long, value_name = "BYTES")]
+    pub max_queue_bytes: Option<usize>,
     /// `--cluster`, `relay`: restart every hub in turn under load (DESIGN 11) instead of the
     /// measured phase. The peers reconnect by themselves (the peer library's
     /// `connect_reconnecting`, default policy) through a stand-in balancer, which sends
@@ -260,11 +316,15 @@ mod tests {
 
     #[test]
     fn every_command_the_readme_shows_parses() {
-        // The README's command blocks, run as `cargo bench` runs the bench: `--bench` first.
+        // The README's command blocks (those inside a list item indented), run as `cargo
+        // bench` runs the bench: `--bench` first.
         let readme = include_str!("../../README.md");
         let mut parsed = 0;
         for line in readme.lines() {
-            let Some(options) = line.strip_prefix("cargo bench --bench load -- ") else {
+            let Some(options) = line
+                .trim_start()
+                .strip_prefix("cargo bench --bench load -- ")
+            else {
                 continue;
             };
             let options = options.split('#').next().unwrap_or_default();

@@ -15,8 +15,12 @@
 //! ratios; `--pin` puts the server on core 0 and the harness on the other cores.
 //! `--cluster N` starts a Redis and N hubs on it (DESIGN 8), spreads the peers over them
 //! round robin, and reports each hub's CPU and RSS, Redis's, and cross-hub latency apart
-//! from same-hub; `--compare single` then runs one hub alone after it. `--cluster N
-//! --rolling-restart` restarts each hub in turn under load with reconnecting peers behind
+//! from same-hub; `--compare single` then runs one hub alone after it. `--redis-tls` and
+//! `--cluster-secret` run its Redis with TLS only and the cluster secret; `--compare
+//! untrusted` runs it with both, then with neither. `--redis-away D` freezes its Redis in
+//! the middle of `relay`'s window: the hubs' write queues, the time until every view is
+//! exact again, and stale replays ([`replay`]). `--sentinel` runs its Redis as a master, a
+//! replica and three Sentinels; `--kill-master AT` kills the master under load. `--cluster N --rolling-restart` restarts each hub in turn under load with reconnecting peers behind
 //! a stand-in balancer (DESIGN 11); `--compare no-lame-duck` runs it again with the lame
 //! duck, the drain's pacing and the hand-off off.
 //!
@@ -28,7 +32,8 @@
 //!   (`--find-max`), [`rolling`] (`--rolling-restart`: seen offline, peak handshake rates,
 //!   the balancer's choice), [`procfs`]; the plans [`watch`] (`relay` and its watch lists),
 //!   [`mesh`] (a mesh view's cap: refused peers against inexact views) and [`placement`]
-//!   (`--cluster`); [`cli`] and [`refusal`] (the options and the combinations refused);
+//!   (`--cluster`), [`replay`] (`--redis-away`: stale replays, views exact again); [`cli`]
+//!   and [`refusal`] (the options and the combinations refused);
 //!   [`report`] (the JSON, the table, the plot);
 //! - the processes: `servers` (the hub, a cluster and its Redis, the floor, Mosquitto,
 //!   the stand-in balancer), `floor` (the floor's serving mode) and `balancer` (the
@@ -49,6 +54,7 @@ pub mod mesh;
 pub mod placement;
 pub mod procfs;
 pub mod refusal;
+pub mod replay;
 pub mod report;
 pub mod rolling;
 pub mod schedule;

@@ -16,7 +16,8 @@ use crate::refusal::{refusal, Request};
 use crate::report::cluster::ClusterReport;
 use crate::report::{self, table};
 use crate::scenario::{self, Holding, Run};
-use crate::servers::{Server, Servers, Shutdown};
+use crate::servers::trust::Trust;
+use crate::servers::{ClusterSpec, Server, Servers, Shutdown};
 
 /// Runs what `args` ask for, each target after the other.
 ///
@@ -34,7 +35,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     check(&args)?;
     p2ppi_hub::certs::init(&data_dir, &[])?;
     let mut runs = Vec::new();
-    for (target, cluster, shutdown) in targets(&args) {
+    for spec in targets(&args) {
+        let target = spec.target;
         if !target.runs(args.scenario) {
             if args.compare.is_some() {
                 eprintln!(
@@ -50,7 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.scenario
             );
         }
-        let run = one_run(&args, (target, cluster, shutdown), &data_dir).await?;
+        let run = one_run(&args, spec, &data_dir).await?;
         table::print(&run.report, &run.notes);
         runs.push(run);
     }
@@ -90,34 +92,93 @@ fn check(args: &Args) -> anyhow::Result<()> {
         kill_hub: args.kill_hub,
         lease: args.lease.is_some(),
         rolling: args.rolling_restart,
+        trust: args.redis_tls || args.cluster_secret,
+        watch: args.watch.is_some(),
+        redis_away_ms: args.redis_away.map(|d| d.as_millis() as u64),
+        redis_away_kill: args.redis_away_kill,
+        duration_ms: (args.duration * 1e3) as u64,
+        max_queue_bytes: args.max_queue_bytes.is_some(),
+        redis_tls: args.redis_tls,
+        sentinel: args.sentinel,
+        kill_master_ms: args.kill_master.map(|s| (s.max(0.0) * 1e3) as u64),
     }) {
         bail!(why);
     }
     Ok(())
 }
 
-/// One run: its target, its cluster size (`None`: one process) and, for
-/// `--rolling-restart`, how its hubs shut down.
-type Spec = (Target, Option<usize>, Option<Shutdown>);
+/// One run: its target, its cluster size (`None`: one process), for `--rolling-restart`
+/// how its hubs shut down, and how its hubs reach Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spec {
+    target: Target,
+    cluster: Option<usize>,
+    shutdown: Option<Shutdown>,
+    trust: Trust,
+}
+
+impl Spec {
+    /// `target` alone (one process).
+    fn alone(target: Target) -> Self {
+        Self {
+            target,
+            cluster: None,
+            shutdown: None,
+            trust: Trust::default(),
+        }
+    }
+}
 
 /// Each target to run, in order.
 fn targets(args: &Args) -> Vec<Spec> {
-    let rolling = args.rolling_restart.then_some(Shutdown::Paced);
+    let asked = Spec {
+        target: args.target,
+        cluster: args.cluster,
+        shutdown: args.rolling_restart.then_some(Shutdown::Paced),
+        trust: Trust {
+            redis_tls: args.redis_tls,
+            secret: args.cluster_secret,
+        },
+    };
+    let hub = Spec::alone(Target::Hub);
     match args.compare {
-        None => vec![(args.target, args.cluster, rolling)],
-        Some(Compare::Floor) => vec![(Target::Hub, None, None), (Target::Floor, None, None)],
-        Some(Compare::Mosquitto) => {
-            vec![(Target::Hub, None, None), (Target::Mosquitto, None, None)]
-        }
+        None => vec![asked],
+        Some(Compare::Floor) => vec![hub, Spec::alone(Target::Floor)],
+        Some(Compare::Mosquitto) => vec![hub, Spec::alone(Target::Mosquitto)],
         Some(Compare::All) => vec![
-            (Target::Hub, None, None),
-            (Target::Floor, None, None),
-            (Target::Mosquitto, None, None),
+            hub,
+            Spec::alone(Target::Floor),
+            Spec::alone(Target::Mosquitto),
         ],
-        Some(Compare::Single) => vec![(Target::Hub, args.cluster, None), (Target::Hub, None, None)],
+        Some(Compare::Single) => vec![
+            Spec {
+                target: Target::Hub,
+                ..asked
+            },
+            hub,
+        ],
         Some(Compare::NoLameDuck) => vec![
-            (Target::Hub, args.cluster, rolling),
-            (Target::Hub, args.cluster, Some(Shutdown::AtOnce)),
+            Spec {
+                target: Target::Hub,
+                ..asked
+            },
+            Spec {
+                target: Target::Hub,
+                shutdown: Some(Shutdown::AtOnce),
+                ..asked
+            },
+        ],
+        Some(Compare::Untrusted) => vec![
+            Spec {
+                target: Target::Hub,
+                trust: Trust::FULL,
+                ..asked
+            },
+            Spec {
+                target: Target::Hub,
+                trust: Trust::default(),
+                ..asked
+            },
         ],
     }
 }
@@ -127,7 +188,9 @@ fn targets(args: &Args) -> Vec<Spec> {
 pub fn uses_holders(args: &Args) -> bool {
     args.scenario == Scenario::Connect
         && args.target != Target::Mosquitto
-        && args.compare.is_none_or(|c| c == Compare::Single)
+        && args
+            .compare
+            .is_none_or(|c| matches!(c, Compare::Single | Compare::Untrusted))
         && (args.peers as u64) + RESERVED_DESCRIPTORS > fd_limit()
 }
 
@@ -150,15 +213,19 @@ pub fn warn_of_fd_limit(args: &Args, limit: u64) {
 /// Starts the servers of `spec`'s target (a cluster of its hubs, if given).
 fn start_servers(args: &Args, spec: Spec, data_dir: &Path) -> anyhow::Result<Servers> {
     let hub = &args.hub_binary;
-    let (target, cluster, rolling) = spec;
-    Ok(match (target, &args.hub, cluster) {
+    Ok(match (spec.target, &args.hub, spec.cluster) {
         (Target::Hub, None, Some(hubs)) => Servers::start_cluster(
             hub,
             data_dir,
             &args.redis_server,
-            hubs,
-            args.lease,
-            rolling,
+            ClusterSpec {
+                hubs,
+                lease: args.lease,
+                rolling: spec.shutdown,
+                trust: spec.trust,
+                max_queue_bytes: args.max_queue_bytes,
+                sentinel: args.sentinel,
+            },
             args.pin,
         )?,
         (Target::Mosquitto, _, _) => Servers::one(Server::start_mosquitto(data_dir, args.pin)?),
@@ -172,7 +239,7 @@ fn start_servers(args: &Args, spec: Spec, data_dir: &Path) -> anyhow::Result<Ser
 
 /// Runs the scenario against `spec`'s target (a cluster of its hubs, if given).
 async fn one_run(args: &Args, spec: Spec, data_dir: &Path) -> anyhow::Result<Run> {
-    let target = spec.0;
+    let target = spec.target;
     let mut servers = start_servers(args, spec, data_dir)?;
     eprintln!(
         "{}; issuing {} peer certificates…",
@@ -198,7 +265,7 @@ async fn one_run(args: &Args, spec: Spec, data_dir: &Path) -> anyhow::Result<Run
         scenario::connect::run(args, &servers, Holding::Holders(holders), target).await?
     } else {
         let fleet = Arc::new(Fleet::issue(data_dir, &servers.addrs(), args.peers, None)?);
-        if let Some(shutdown) = spec.2 {
+        if let Some(shutdown) = spec.shutdown {
             let mut run = scenario::rolling::run(args, &mut servers, &fleet, shutdown).await?;
             finish_run(args, target, &mut servers, &mut run);
             return Ok(run);
@@ -231,6 +298,8 @@ fn finish_run(args: &Args, target: Target, servers: &mut Servers, run: &mut Run)
         .map(|c| ClusterReport {
             kill: run.kill.take(),
             rolling: run.rolling.take(),
+            redis_away: run.away.take(),
+            failover: run.failover.take(),
             ..c.with_latencies(&run.split)
         });
     servers.stop();

@@ -109,6 +109,12 @@ pub struct ClusterReport {
     pub hubs: Vec<HubCost>,
     /// The Redis the hubs share.
     pub redis: ProcessCost,
+    /// `--redis-tls`: Redis ran TLS only and the hubs connected with `rediss://` and a
+    /// client certificate.
+    pub redis_tls: bool,
+    /// `--cluster-secret`: the hubs signed and checked every message, delivery and state
+    /// under a cluster secret (HMAC-SHA256).
+    pub secret: bool,
     /// Deliveries whose receiver is on the hub the change entered through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub same_hub: Option<PathReport>,
@@ -121,6 +127,12 @@ pub struct ClusterReport {
     /// `--rolling-restart`: each hub's restart, and what the peers saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolling: Option<super::rolling::RollingReport>,
+    /// `--redis-away`: Redis frozen, each hub's write queue, the recovery, stale replays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_away: Option<super::away::AwayReport>,
+    /// `--sentinel --kill-master`: the master killed, the failover, the hub-object changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<super::failover::FailoverReport>,
 }
 
 impl ClusterReport {
@@ -194,6 +206,10 @@ mod tests {
         assert_eq!(v["hubs"][0]["sessions"], 10);
         assert!(v["hubs"][1].get("sessions").is_none());
         assert_eq!(v["redis"]["rss_bytes"], 1 << 22);
+        assert_eq!(
+            (v["redis_tls"].clone(), v["secret"].clone()),
+            (false.into(), false.into())
+        );
         for path in ["same_hub", "cross_hub"] {
             assert_eq!(v[path]["deliveries"], 1);
             assert!(v[path]["latency_ms"].get("p99").is_some());

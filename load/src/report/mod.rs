@@ -3,7 +3,9 @@
 //! with `--cluster` its [`cluster`] part. Field names are the JSON's: a new figure is a
 //! new field here, printed by [`table`].
 
+pub mod away;
 pub mod cluster;
+pub mod failover;
 mod plot;
 pub mod rolling;
 pub mod table;
@@ -110,6 +112,10 @@ pub struct Ratios {
     pub rss_per_session: Option<f64>,
     /// `--find-max` capacity, hub over other.
     pub max_rate: Option<f64>,
+    /// Two clusters (`--compare untrusted`): Redis's CPU per delivery, hub over other
+    /// (Redis is not in the server figures, so not in `cpu_per_delivery`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_per_delivery: Option<f64>,
 }
 
 impl Ratios {
@@ -133,8 +139,19 @@ impl Ratios {
                 other.hub_rss_per_session_bytes,
             ),
             max_rate: ratio(hub.max_rate, other.max_rate),
+            redis_cpu_per_delivery: ratio(
+                redis_cpu_per_delivery(hub),
+                redis_cpu_per_delivery(other),
+            ),
         }
     }
+}
+
+/// A cluster's Redis CPU per delivery in the window, microseconds (`None`: not a
+/// cluster, or nothing delivered).
+fn redis_cpu_per_delivery(report: &Report) -> Option<f64> {
+    let cluster = report.cluster.as_ref()?;
+    crate::fit::micros_per(cluster.redis.cpu_s, report.deliveries)
 }
 
 /// The JSON of `--compare`: one report per target under `targets`, and the hub's ratios
@@ -310,5 +327,45 @@ mod tests {
             v["ratios"]["mosquitto"]["p99"].is_null(),
             "no latency measured"
         );
+        assert!(
+            v["ratios"]["floor"].get("redis_cpu_per_delivery").is_none(),
+            "only between clusters"
+        );
+    }
+
+    #[test]
+    fn trusted_and_untrusted_clusters_keep_apart_with_hub_and_redis_ratios() {
+        let cluster = |target: &str, hub_us: f64, redis_cpu_s: f64| Report {
+            scenario: "relay".into(),
+            target: target.into(),
+            deliveries: 10_000,
+            hub_cpu_us_per_delivery: Some(hub_us),
+            cluster: Some(cluster::ClusterReport {
+                redis: cluster::ProcessCost {
+                    cpu_s: redis_cpu_s,
+                    rss_bytes: 0,
+                },
+                redis_tls: target.ends_with("-tls-hmac"),
+                secret: target.ends_with("-tls-hmac"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = Comparison::new(
+            "p2ppi-hub-cluster-3-tls-hmac",
+            &[
+                cluster("p2ppi-hub-cluster-3-tls-hmac", 120.0, 0.3),
+                cluster("p2ppi-hub-cluster-3", 100.0, 0.2),
+            ],
+        );
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["targets"].as_object().unwrap().len(), 2, "both runs kept");
+        assert_eq!(
+            v["targets"]["p2ppi-hub-cluster-3-tls-hmac"]["cluster"]["redis_tls"],
+            true
+        );
+        let ratios = &v["ratios"]["p2ppi-hub-cluster-3"];
+        assert!((ratios["cpu_per_delivery"].as_f64().unwrap() - 1.2).abs() < 1e-9);
+        assert!((ratios["redis_cpu_per_delivery"].as_f64().unwrap() - 1.5).abs() < 1e-9);
     }
 }

@@ -201,6 +201,9 @@ fn cluster_rows(cluster: &ClusterReport) -> Vec<Row> {
             mib(cluster.redis.rss_bytes)
         ),
     ));
+    if cluster.redis_tls || cluster.secret {
+        rows.push(("trust", trust(cluster)));
+    }
     if cluster.same_hub.is_some() || cluster.cross_hub.is_some() {
         rows.push(("same-hub", path(&cluster.same_hub)));
         rows.push(("cross-hub", path(&cluster.cross_hub)));
@@ -211,7 +214,25 @@ fn cluster_rows(cluster: &ClusterReport) -> Vec<Row> {
     if let Some(rolling) = &cluster.rolling {
         rows.extend(rolling.rows());
     }
+    if let Some(away) = &cluster.redis_away {
+        rows.extend(away.rows());
+    }
+    if let Some(failover) = &cluster.failover {
+        rows.extend(failover.rows());
+    }
     rows
+}
+
+/// `--redis-tls`, `--cluster-secret`: what the hubs' Redis traffic went through.
+fn trust(cluster: &ClusterReport) -> String {
+    let mut parts = Vec::new();
+    if cluster.redis_tls {
+        parts.push("Redis over TLS (rediss://, client certificates)");
+    }
+    if cluster.secret {
+        parts.push("cluster secret (HMAC-SHA256 on every message, delivery and state)");
+    }
+    parts.join("; ")
 }
 
 /// One latency path (same-hub or cross-hub), or `none`.
@@ -281,6 +302,7 @@ pub fn print_ratios(hub: &Report, other: &Report) {
         ("CPU/handshake", ratios.cpu_per_handshake),
         ("RSS/session", ratios.rss_per_session),
         ("max rate", ratios.max_rate),
+        ("Redis CPU/del.", ratios.redis_cpu_per_delivery),
     ];
     for (name, value) in rows {
         if let Some(v) = value {

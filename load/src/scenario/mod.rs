@@ -18,7 +18,9 @@ pub use self::connect::Holding;
 use crate::fit::{harness_bound, micros_per};
 use crate::latency::{Latencies, SplitLatencies};
 use crate::peers::connect::Errors;
+use crate::report::away::AwayReport;
 use crate::report::cluster::KillReport;
+use crate::report::failover::FailoverReport;
 use crate::report::rolling::RollingReport;
 use crate::report::Report;
 use crate::servers::CpuSpent;
@@ -44,6 +46,10 @@ pub struct Run {
     pub kill: Option<KillReport>,
     /// `--rolling-restart`: each hub's restart and what the peers saw.
     pub rolling: Option<RollingReport>,
+    /// `--redis-away`: the write queues, the recovery, the stale replays.
+    pub away: Option<AwayReport>,
+    /// `--kill-master`: the failover, the recovery, the hub-object changes.
+    pub failover: Option<FailoverReport>,
 }
 
 /// A progress bar of `len` steps, labelled `what`.

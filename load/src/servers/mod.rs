@@ -7,8 +7,11 @@
 //! part. Each process is a [`Server`] ([`process`]).
 
 mod process;
+pub mod sentinel;
+pub mod trust;
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,6 +19,8 @@ use p2ppi_hub::config::DEFAULT_CLUSTER_LEASE;
 use p2ppi_hub::metrics::SESSIONS;
 
 pub use self::process::{Listen, Server};
+use self::sentinel::Sentinels;
+use self::trust::{RedisTlsFiles, Trust};
 use crate::placement::Placement;
 use crate::report::cluster::{target_name, ClusterReport, HubCost, ProcessCost};
 
@@ -26,11 +31,84 @@ const FORMING: Duration = Duration::from_secs(30);
 pub struct Servers {
     hubs: Vec<Server>,
     nodes: Vec<String>,
-    redis: Option<Server>,
+    redis: Option<RedisProcess>,
     lease: Duration,
     /// `--rolling-restart`: how to start each hub again (its binary, directory,
     /// configuration and addresses), and the balancer in front of them.
     restart: Option<Restart>,
+    /// How the hubs reach Redis and sign what they write (none for one server).
+    trust: Trust,
+    /// `--sentinel`: the master's replica and the Sentinels (the master is `redis`).
+    sentinels: Option<Sentinels>,
+    /// `--rolling-restart`: how the hubs shut down (the report's target name says the
+    /// second run of `--compare no-lame-duck`, so the JSON keeps both runs).
+    shutdown: Option<Shutdown>,
+}
+
+/// The cluster's Redis (the master with `--sentinel`): the process now, how to start it
+/// again (`--redis-away-kill` kills it and starts a new one, empty, on its port), and
+/// the CPU of the processes killed before it (the report counts them all).
+struct RedisProcess {
+    now: Mutex<Server>,
+    program: String,
+    dir: std::path::PathBuf,
+    pin: bool,
+    tls: Option<RedisTlsFiles>,
+    killed_cpu: Mutex<f64>,
+}
+
+impl RedisProcess {
+    /// CPU seconds of this Redis and those killed before it.
+    fn cpu_seconds(&self) -> f64 {
+        self.now.lock().expect("redis").cpu_seconds() + *self.killed_cpu.lock().expect("cpu")
+    }
+
+    /// Resident memory of the process now.
+    fn rss(&self) -> u64 {
+        self.now.lock().expect("redis").rss()
+    }
+
+    /// Its address.
+    fn addr(&self) -> String {
+        self.now.lock().expect("redis").addr.clone()
+    }
+
+    /// Sends the process now `signal`.
+    fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        self.now.lock().expect("redis").signal(signal)
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to exit, its CPU kept.
+    fn kill(&self) -> anyhow::Result<()> {
+        let mut now = self.now.lock().expect("redis");
+        let spent = now.cpu_seconds();
+        now.signal(libc::SIGKILL)?;
+        anyhow::ensure!(
+            now.wait_exit(Duration::from_secs(10)),
+            "Redis did not exit after SIGKILL"
+        );
+        *self.killed_cpu.lock().expect("cpu") += spent;
+        Ok(())
+    }
+
+    /// Starts a new Redis, empty, on the port of the one killed, as it was started.
+    fn start_again(&self) -> anyhow::Result<()> {
+        let mut now = self.now.lock().expect("redis");
+        let port = now
+            .addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .context("Redis's address has no port")?;
+        *now = Server::start_redis(
+            &self.program,
+            &self.dir,
+            self.pin,
+            self.tls.as_ref(),
+            None,
+            Some(port),
+        )?;
+        Ok(())
+    }
 }
 
 /// What `--rolling-restart` needs to start a hub again on the same ports.
@@ -68,6 +146,24 @@ impl Shutdown {
     }
 }
 
+/// What a cluster is made of, beside its hubs' binary and directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// How many hubs.
+    pub hubs: usize,
+    /// `--lease`: the hubs' `cluster.lease` (their default without).
+    pub lease: Option<Duration>,
+    /// `--rolling-restart`: fixed ports, the shutdown it says, and a balancer in front.
+    pub rolling: Option<Shutdown>,
+    /// `--redis-tls`, `--cluster-secret` (`--compare untrusted`: both, then neither).
+    pub trust: Trust,
+    /// `--max-queue-bytes`: the hubs' `cluster.max_queue_bytes` (their default without).
+    pub max_queue_bytes: Option<usize>,
+    /// `--sentinel`: Redis is a master, a replica and three Sentinels, and the hubs find
+    /// the master through the Sentinels.
+    pub sentinel: bool,
+}
+
 /// CPU seconds each process used: the hubs in order, then Redis (0 without one).
 #[derive(Debug, Clone, Default)]
 pub struct CpuSpent {
@@ -102,48 +198,97 @@ impl Servers {
             redis: None,
             lease: DEFAULT_CLUSTER_LEASE,
             restart: None,
+            trust: Trust::default(),
+            sentinels: None,
+            shutdown: None,
         }
     }
 
-    /// Starts a Redis (the server program `redis`) and `hubs` hubs (the binary `hub`) on it
-    /// with `lease` (the hubs' default without), and waits until hub 0 lists them all as
-    /// live. Each hub's state directory is `data_dir/bench-I`; its configuration (written
-    /// there) names the CA and hub certificate in `data_dir`. With `rolling`
+    /// Starts a Redis (the server program `redis`) and `spec.hubs` hubs (the binary
+    /// `hub`) on it, and waits until hub 0 lists them all as live. Each hub's state
+    /// directory is `data_dir/bench-I`; its configuration (written there) names the CA and
+    /// hub certificate in `data_dir`, and what `spec` asks: the lease, Redis's TLS files and
+    /// the cluster secret (made in `data_dir`), the queue's bound. With `spec.rolling`
     /// (`--rolling-restart`) the hubs get fixed ports and the shutdown it says, and a
     /// balancer in front of them.
     pub fn start_cluster(
         hub: &Path,
         data_dir: &Path,
         redis: &str,
-        hubs: usize,
-        lease: Option<Duration>,
-        rolling: Option<Shutdown>,
+        spec: ClusterSpec,
         pin: bool,
     ) -> anyhow::Result<Self> {
         let program = redis;
-        let redis = Server::start_redis(program, data_dir, pin)?;
-        let url = format!("redis://{}/0", redis.addr);
+        let tls = spec
+            .trust
+            .redis_tls
+            .then(|| RedisTlsFiles::make(&data_dir.join("redis-tls")))
+            .transpose()?;
+        let secret = spec.trust.secret.then(|| data_dir.join("cluster-secret"));
+        if let Some(path) = &secret {
+            trust::write_secret(path)?;
+        }
+        let redis = Server::start_redis(program, data_dir, pin, tls.as_ref(), None, None)?;
+        let mut url = redis.redis_url(tls.is_some());
         eprintln!(
-            "{program} (pid {}) on {}",
+            "{program} (pid {}) on {}{}",
             redis.pid().unwrap_or_default(),
-            redis.addr
+            redis.addr,
+            if tls.is_some() {
+                " (TLS only, client certificates required)"
+            } else {
+                ""
+            }
         );
-        let mut servers = Self {
-            hubs: Vec::with_capacity(hubs),
-            nodes: Vec::with_capacity(hubs),
-            redis: Some(redis),
-            lease: lease.unwrap_or(DEFAULT_CLUSTER_LEASE),
-            restart: None,
+        let sentinels = if spec.sentinel {
+            let set = Sentinels::start(program, &redis, data_dir, pin)?;
+            eprintln!(
+                "its replica (pid {}) on {}, Sentinels on {} (master name {})",
+                set.replica.pid().unwrap_or_default(),
+                set.replica.addr,
+                set.addrs().join(", "),
+                sentinel::MASTER_NAME
+            );
+            // The master's address comes from the Sentinels; the URL keeps the rest.
+            url = "redis://127.0.0.1/0".into();
+            Some(set)
+        } else {
+            None
         };
+        let mut servers = Self {
+            hubs: Vec::with_capacity(spec.hubs),
+            nodes: Vec::with_capacity(spec.hubs),
+            redis: Some(RedisProcess {
+                now: Mutex::new(redis),
+                program: program.to_owned(),
+                dir: data_dir.to_owned(),
+                pin,
+                tls: tls.clone(),
+                killed_cpu: Mutex::new(0.0),
+            }),
+            lease: spec.lease.unwrap_or(DEFAULT_CLUSTER_LEASE),
+            restart: None,
+            trust: spec.trust,
+            sentinels: None,
+            shutdown: spec.rolling,
+        };
+        let shared = Shared {
+            data_dir,
+            redis: &url,
+            tls: tls.as_ref(),
+            secret: secret.as_deref(),
+            sentinels: sentinels.as_ref().map(Sentinels::addrs),
+        };
+        servers.sentinels = sentinels;
         let mut restart = Vec::new();
-        for i in 0..hubs {
+        for i in 0..spec.hubs {
             let node = format!("bench-{i}");
             let dir = data_dir.join(&node);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let config = dir.join("hub.toml");
-            std::fs::write(&config, hub_config(data_dir, &url, &node, lease, rolling)?)
+            std::fs::write(&config, hub_config(&shared, &node, &spec)?)
                 .with_context(|| format!("writing {}", config.display()))?;
-            let listen = rolling.map(|_| Listen::free()).transpose()?;
+            let listen = spec.rolling.map(|_| Listen::free()).transpose()?;
             let started = Server::start_hub(hub, &dir, Some(&config), listen.as_ref(), pin)
                 .with_context(|| format!("starting hub {node}"))?;
             if let Some(listen) = listen {
@@ -160,7 +305,7 @@ impl Servers {
             servers.nodes.push(node);
         }
         servers.wait_formed()?;
-        if rolling.is_some() {
+        if spec.rolling.is_some() {
             let backends: Vec<crate::balancer::Backend> = restart
                 .iter()
                 .map(|(_, _, l)| crate::balancer::Backend {
@@ -296,10 +441,11 @@ impl Servers {
     }
 
     /// The report's target name: `name` for one server, `p2ppi-hub-cluster-N` for a
-    /// cluster.
+    /// cluster (with the suffix of its [`Trust`], `-tls-hmac` say, and `-no-lame-duck` for
+    /// hubs that shut down at once).
     pub fn target_name(&self, name: &str) -> String {
         if self.is_cluster() {
-            target_name(self.hubs.len())
+            cluster_target_name(self.hubs.len(), self.trust, self.shutdown)
         } else {
             name.to_owned()
         }
@@ -309,7 +455,8 @@ impl Servers {
     pub fn cpu(&self) -> CpuSpent {
         CpuSpent {
             hubs: self.hubs.iter().map(Server::cpu_seconds).collect(),
-            redis: self.redis.as_ref().map_or(0.0, Server::cpu_seconds),
+            redis: self.redis.as_ref().map_or(0.0, RedisProcess::cpu_seconds)
+                + self.sentinels.as_ref().map_or(0.0, Sentinels::cpu_seconds),
         }
     }
 
@@ -375,8 +522,47 @@ impl Servers {
                 cpu_s: cpu.redis,
                 rss_bytes: redis.rss(),
             },
+            redis_tls: self.trust.redis_tls,
+            secret: self.trust.secret,
             ..Default::default()
         })
+    }
+
+    /// The hubs' `cluster.max_queue_bytes` (hub 0's; the harness starts them all with the
+    /// same), `None` for one server.
+    pub fn max_queue_bytes(&self) -> Option<usize> {
+        self.primary().max_queue_bytes
+    }
+
+    /// `--redis-away`: freezes (SIGSTOP) or resumes (SIGCONT) the cluster's Redis.
+    ///
+    /// # Errors
+    /// Without a Redis, or when the signal cannot be sent.
+    pub fn freeze_redis(&self, frozen: bool) -> anyhow::Result<()> {
+        let redis = self.redis.as_ref().context("no Redis: not a cluster")?;
+        redis.signal(if frozen { libc::SIGSTOP } else { libc::SIGCONT })
+    }
+
+    /// `--redis-away-kill`: kills the cluster's Redis (SIGKILL: its state is lost).
+    ///
+    /// # Errors
+    /// Without a Redis, or when it cannot be killed.
+    pub fn kill_redis(&self) -> anyhow::Result<()> {
+        self.redis
+            .as_ref()
+            .context("no Redis: not a cluster")?
+            .kill()
+    }
+
+    /// `--redis-away-kill`: starts the cluster's Redis again, empty, on its port.
+    ///
+    /// # Errors
+    /// Without a Redis, or when it does not start.
+    pub fn start_redis_again(&self) -> anyhow::Result<()> {
+        self.redis
+            .as_ref()
+            .context("no Redis: not a cluster")?
+            .start_again()
     }
 
     /// The hubs' lease.
@@ -386,19 +572,32 @@ impl Servers {
 
     /// Kills hub `i` with SIGKILL (no goodbye to Redis: its lease must run out).
     pub fn kill_hub(&self, i: usize) -> anyhow::Result<()> {
-        let pid = self
-            .hubs
+        self.hubs
             .get(i)
-            .and_then(Server::pid)
-            .context("no such hub")?;
-        // SAFETY: kill(2) with a pid of a child of ours that has not been reaped yet.
-        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
-            bail!("kill -KILL {pid}: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
+            .context("no such hub")?
+            .signal(libc::SIGKILL)
     }
 
-    /// Stops the balancer, the hubs, then Redis.
+    /// `--kill-master`: kills the master with SIGKILL; its address.
+    ///
+    /// # Errors
+    /// Without Sentinels, or when the signal cannot be sent.
+    pub fn kill_master(&self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.sentinels.is_some(),
+            "no Sentinels: --kill-master needs --sentinel"
+        );
+        let master = self.redis.as_ref().context("no Redis")?;
+        master.signal(libc::SIGKILL)?;
+        Ok(master.addr())
+    }
+
+    /// `--sentinel`: the Sentinels' addresses (none without).
+    pub fn sentinel_addrs(&self) -> Vec<String> {
+        self.sentinels.as_ref().map_or(Vec::new(), Sentinels::addrs)
+    }
+
+    /// Stops the balancer, the hubs, the Sentinels and the replica, then Redis.
     pub fn stop(&mut self) {
         if let Some(restart) = &mut self.restart {
             restart.balancer.stop();
@@ -406,45 +605,71 @@ impl Servers {
         for hub in &mut self.hubs {
             hub.stop();
         }
+        if let Some(sentinels) = &mut self.sentinels {
+            sentinels.stop();
+        }
         if let Some(redis) = &mut self.redis {
-            redis.stop();
+            redis.now.get_mut().expect("redis").stop();
         }
     }
 }
 
+/// What every hub of a cluster shares: the data directory (CA, hub certificate), Redis's
+/// address, its TLS files and the cluster secret.
+struct Shared<'a> {
+    data_dir: &'a Path,
+    redis: &'a str,
+    tls: Option<&'a RedisTlsFiles>,
+    secret: Option<&'a Path>,
+    /// `--sentinel`: the Sentinels' addresses.
+    sentinels: Option<Vec<String>>,
+}
+
 /// A hub's configuration in a cluster: the shared CA and hub certificate, the shared
-/// Redis, its node name, the lease if given; with `rolling`, the shutdown it says and no
-/// per-source limits for the balancer (it sends no PROXY header: every peer comes from
-/// its address).
-fn hub_config(
-    data_dir: &Path,
-    redis: &str,
-    node: &str,
-    lease: Option<Duration>,
-    rolling: Option<Shutdown>,
-) -> anyhow::Result<String> {
-    let path = |file: &str| -> anyhow::Result<String> {
-        data_dir
-            .join(file)
-            .to_str()
-            .map(str::to_owned)
+/// Redis (with its TLS files: `cluster.tls_ca`, `tls_cert`, `tls_key`), the cluster
+/// secret if any, the Sentinels (`cluster.sentinels`, `cluster.master_name`) if any, its
+/// node name, the lease and the queue's bound if given; with
+/// `spec.rolling`, the shutdown it says and no per-source limits for the balancer (it
+/// sends no PROXY header: every peer comes from its address).
+fn hub_config(shared: &Shared<'_>, node: &str, spec: &ClusterSpec) -> anyhow::Result<String> {
+    let path = |path: &Path| -> anyhow::Result<toml::Value> {
+        path.to_str()
+            .map(|p| p.into())
             .context("the data directory's path is not UTF-8")
     };
+    let data_dir = shared.data_dir;
     let mut tls = toml::Table::new();
-    tls.insert("ca".into(), path("ca.pem")?.into());
-    tls.insert("cert".into(), path("hub.pem")?.into());
-    tls.insert("key".into(), path("hub.key")?.into());
+    tls.insert("ca".into(), path(&data_dir.join("ca.pem"))?);
+    tls.insert("cert".into(), path(&data_dir.join("hub.pem"))?);
+    tls.insert("key".into(), path(&data_dir.join("hub.key"))?);
     let mut cluster = toml::Table::new();
-    cluster.insert("redis".into(), redis.into());
+    cluster.insert("redis".into(), shared.redis.into());
     cluster.insert("node".into(), node.into());
-    if let Some(lease) = lease {
+    if let Some(lease) = spec.lease {
         cluster.insert(
             "lease".into(),
             humantime::format_duration(lease).to_string().into(),
         );
     }
+    if let Some(files) = shared.tls {
+        cluster.insert("tls_ca".into(), path(&files.ca)?);
+        cluster.insert("tls_cert".into(), path(&files.client_cert)?);
+        cluster.insert("tls_key".into(), path(&files.client_key)?);
+    }
+    if let Some(secret) = shared.secret {
+        cluster.insert("secret_file".into(), path(secret)?);
+    }
+    if let Some(sentinels) = &shared.sentinels {
+        let addrs = sentinels.iter().map(|a| a.as_str().into()).collect();
+        cluster.insert("sentinels".into(), toml::Value::Array(addrs));
+        cluster.insert("master_name".into(), sentinel::MASTER_NAME.into());
+    }
+    if let Some(bytes) = spec.max_queue_bytes {
+        let bytes = i64::try_from(bytes).context("--max-queue-bytes is too large")?;
+        cluster.insert("max_queue_bytes".into(), bytes.into());
+    }
     let mut config = toml::Table::new();
-    if let Some(shutdown) = rolling {
+    if let Some(shutdown) = spec.rolling {
         let mut limits = toml::Table::new();
         limits.insert(
             "exempt_sources".into(),
@@ -462,6 +687,16 @@ fn hub_config(
     config.insert("tls".into(), tls.into());
     config.insert("cluster".into(), cluster.into());
     Ok(toml::to_string(&config)?)
+}
+
+/// A cluster's target name in the report: `p2ppi-hub-cluster-N`, the suffix of its
+/// [`Trust`], and `-no-lame-duck` for hubs that shut down at once.
+fn cluster_target_name(hubs: usize, trust: Trust, shutdown: Option<Shutdown>) -> String {
+    let at_once = match shutdown {
+        Some(Shutdown::AtOnce) => "-no-lame-duck",
+        Some(Shutdown::Paced) | None => "",
+    };
+    target_name(hubs) + trust.suffix() + at_once
 }
 
 /// The node names `GET /v1/cluster` at `url` lists.
@@ -503,9 +738,183 @@ pub fn sample(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// The `p2ppi-hub` binary beside the test binary, for the tests that start a real hub:
+/// target/<profile>/deps/<test> → target/<profile>/p2ppi-hub. `cargo test` at the top of
+/// the workspace builds it (the hub's CLI tests run it); alone, `cargo build` first
+/// ([`Server::start_hub`] says so when it is missing).
+#[cfg(test)]
+pub fn built_hub() -> std::path::PathBuf {
+    std::env::current_exe()
+        .expect("test binary")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("p2ppi-hub")
+}
+
+/// Each series of the metric `name` in the Prometheus text `text`, by the value of its
+/// label `label` (`p2ppi_cluster_queue_refused_total{kind="state"} 3` → `state` → 3).
+pub fn by_label(text: &str, name: &str, label: &str) -> std::collections::BTreeMap<String, u64> {
+    let key = format!("{label}=\"");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            let start = labels.find(&key)? + key.len();
+            let end = labels[start..].find('"')? + start;
+            let value = value.trim().parse::<f64>().ok()?;
+            Some((labels[start..end].to_owned(), value as u64))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_are_read_by_one_label() {
+        let text = "# TYPE p2ppi_cluster_queue_refused_total counter\n\
+                    p2ppi_cluster_queue_refused_total{kind=\"message\"} 2\n\
+                    p2ppi_cluster_queue_refused_total{hub=\"a\",kind=\"state\"} 45\n\
+                    p2ppi_cluster_queue_refused_total_other{kind=\"x\"} 1\n\
+                    p2ppi_cluster_queue_bytes 300\n";
+        let refused = by_label(text, "p2ppi_cluster_queue_refused_total", "kind");
+        assert_eq!(
+            refused,
+            std::collections::BTreeMap::from([("message".into(), 2), ("state".into(), 45)])
+        );
+        assert!(by_label(text, "p2ppi_cluster_queue_bytes", "kind").is_empty());
+        assert_eq!(sample(text, "p2ppi_cluster_queue_bytes"), Some(300));
+    }
+
+    /// A trusted cluster's configuration, as `start_cluster` writes it, passes the hub's own
+    /// checks: loaded as the hub loads it, `rediss://` with the three TLS files, the secret
+    /// file (its mode and length checked by the hub's loader), the queue's bound.
+    /// Each run of a comparison has a name of its own, so the JSON keeps both.
+    #[test]
+    fn the_runs_of_a_comparison_have_target_names_of_their_own() {
+        let names = [
+            cluster_target_name(3, Trust::default(), Some(Shutdown::Paced)),
+            cluster_target_name(3, Trust::default(), Some(Shutdown::AtOnce)),
+            cluster_target_name(3, Trust::FULL, None),
+            cluster_target_name(3, Trust::default(), None),
+        ];
+        assert_eq!(
+            names,
+            [
+                "p2ppi-hub-cluster-3",
+                "p2ppi-hub-cluster-3-no-lame-duck",
+                "p2ppi-hub-cluster-3-tls-hmac",
+                "p2ppi-hub-cluster-3",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_trusted_hub_config_passes_the_hubs_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = RedisTlsFiles::make(&dir.path().join("redis-tls")).unwrap();
+        let secret = dir.path().join("cluster-secret");
+        trust::write_secret(&secret).unwrap();
+        let shared = Shared {
+            data_dir: dir.path(),
+            redis: "rediss://127.0.0.1:6390/0",
+            tls: Some(&tls),
+            secret: Some(&secret),
+            sentinels: None,
+        };
+        let spec = ClusterSpec {
+            hubs: 3,
+            trust: Trust::FULL,
+            max_queue_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        let file = dir.path().join("hub.toml");
+        std::fs::write(&file, hub_config(&shared, "bench-1", &spec).unwrap()).unwrap();
+        let config = p2ppi_hub::config::Config::load(Some(&file), []).expect("valid");
+        let cluster = config.cluster.expect("[cluster]");
+        assert_eq!(cluster.redis, "rediss://127.0.0.1:6390/0");
+        assert_eq!(cluster.node.as_deref(), Some("bench-1"));
+        assert_eq!(cluster.tls_ca.as_ref(), Some(&tls.ca));
+        assert_eq!(cluster.tls_cert.as_ref(), Some(&tls.client_cert));
+        assert_eq!(cluster.tls_key.as_ref(), Some(&tls.client_key));
+        assert_eq!(cluster.secret_file.as_ref(), Some(&secret));
+        assert_eq!(cluster.max_queue_bytes, 1 << 20);
+        let listen = "127.0.0.1:7350".parse().unwrap();
+        p2ppi_hub::cluster::ClusterSettings::from_config(&cluster, listen)
+            .check_files()
+            .expect("the hub reads the secret and the TLS files");
+        // Without trust: plain redis://, none of those keys, the hub's default bound.
+        let plain = Shared {
+            data_dir: dir.path(),
+            redis: "redis://127.0.0.1:6390/0",
+            tls: None,
+            secret: None,
+            sentinels: Some(vec!["127.0.0.1:26379".into(), "127.0.0.1:26380".into()]),
+        };
+        let text = hub_config(&plain, "bench-1", &ClusterSpec::default()).unwrap();
+        for key in [
+            "tls_ca",
+            "tls_cert",
+            "tls_key",
+            "secret_file",
+            "max_queue_bytes",
+        ] {
+            assert!(!text.contains(key), "{key} in {text}");
+        }
+        // With Sentinels (the keys the hub reads from its `sentinel` work on): their
+        // addresses and the master's name.
+        let table: toml::Table = text.parse().unwrap();
+        assert_eq!(
+            table["cluster"]["sentinels"],
+            toml::Value::Array(vec!["127.0.0.1:26379".into(), "127.0.0.1:26380".into()])
+        );
+        assert_eq!(table["cluster"]["master_name"].as_str(), Some("p2ppi"));
+    }
+
+    /// `--redis-tls`: the harness's Redis answers over TLS with the hubs' client
+    /// certificate, and not at all in plain text on that port.
+    #[test]
+    fn a_tls_redis_answers_only_over_tls() {
+        if find_redis_server().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tls = RedisTlsFiles::make(&dir.path().join("redis-tls")).unwrap();
+        let mut redis =
+            Server::start_redis("redis-server", dir.path(), false, Some(&tls), None, None)
+                .expect("started and answered PING over TLS");
+        assert!(redis.redis_url(true).starts_with("rediss://127.0.0.1:"));
+        let plain = redis::Client::open(redis.redis_url(false))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        assert!(plain.is_err(), "{plain:?}");
+        redis.stop();
+    }
+
+    /// `redis-server`, or `None` (the test is skipped, saying so) unless
+    /// `P2PPI_REQUIRE_SERVICES` is set, as the hub's tests treat external programs.
+    fn find_redis_server() -> Option<std::path::PathBuf> {
+        find_required("redis-server")
+    }
+
+    /// `program`, or `None` (the test is skipped, saying so) unless
+    /// `P2PPI_REQUIRE_SERVICES` is set.
+    pub(super) fn find_required(program: &str) -> Option<std::path::PathBuf> {
+        let found = process::find_program(program);
+        let required =
+            std::env::var_os("P2PPI_REQUIRE_SERVICES").is_some_and(|v| !v.is_empty() && v != "0");
+        assert!(
+            found.is_some() || !required,
+            "{program} is required (P2PPI_REQUIRE_SERVICES) but not installed"
+        );
+        if found.is_none() {
+            eprintln!("skipped: {program} not found (apt-get install {program})");
+        }
+        found
+    }
 
     #[test]
     fn samples_are_found_by_name_and_labels() {

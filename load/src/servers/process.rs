@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::trust::RedisTlsFiles;
 use crate::procfs;
 
 /// A server process (or none, for `--hub ADDR`).
@@ -25,6 +26,10 @@ pub struct Server {
     /// the configuration it was started with, loaded as the hub loads it; `None` for a hub
     /// given by address, and for other servers.
     pub max_view_bytes: Option<usize>,
+    /// A hub's `cluster.max_queue_bytes` (the bound of its writes to Redis, DESIGN 8), from
+    /// the configuration it was started with; `None` for a hub alone or given by address,
+    /// and for other servers.
+    pub max_queue_bytes: Option<usize>,
 }
 
 /// A hub's fixed addresses (`--rolling-restart` starts it again on the same ones).
@@ -147,15 +152,14 @@ impl Server {
         // The hub inherits this process's environment (a `P2PPI_RELAY__MAX_VIEW_BYTES`
         // given to the harness reaches it), so loading the same layers gives its figures.
         let env = std::env::vars().chain(HUB_ENV.map(|(k, v)| (k.to_owned(), v.to_owned())));
-        let max_view_bytes = p2ppi_hub::config::Config::load(config, env)
-            .ok()
-            .map(|c| c.relay.max_view_bytes);
+        let loaded = p2ppi_hub::config::Config::load(config, env).ok();
         Ok(Self {
             child: Some(child),
             addr: addr.unwrap_or_default(),
             admin,
             control: None,
-            max_view_bytes,
+            max_view_bytes: loaded.as_ref().map(|c| c.relay.max_view_bytes),
+            max_queue_bytes: loaded.and_then(|c| c.cluster).map(|c| c.max_queue_bytes),
         })
     }
 
@@ -182,6 +186,7 @@ impl Server {
             admin: None,
             control: Some(control),
             max_view_bytes: None,
+            max_queue_bytes: None,
         })
     }
 
@@ -193,6 +198,7 @@ impl Server {
             admin,
             control: None,
             max_view_bytes: None,
+            max_queue_bytes: None,
         }
     }
 
@@ -239,13 +245,24 @@ impl Server {
             admin: None,
             control: None,
             max_view_bytes: None,
+            max_queue_bytes: None,
         })
     }
 
     /// Starts `program` (Debian's `redis-server`, or a `valkey-server`) on a free loopback
     /// port without persistence (its working directory `dir`), and waits (at most 10 s)
-    /// until it answers PING.
-    pub fn start_redis(program: &str, dir: &Path, pin: bool) -> anyhow::Result<Self> {
+    /// until it answers PING. With `tls` it listens with TLS only (`port 0`, the port as
+    /// `tls-port`) and requires the client certificate of `tls` (`tls-auth-clients yes`).
+    /// With `replica_of` (`HOST:PORT`) it is a replica of that server (`--sentinel`). With
+    /// `port` it listens there (`--redis-away-kill` starts it again on its port).
+    pub fn start_redis(
+        program: &str,
+        dir: &Path,
+        pin: bool,
+        tls: Option<&RedisTlsFiles>,
+        replica_of: Option<&str>,
+        port: Option<u16>,
+    ) -> anyhow::Result<Self> {
         let bin = find_program(program).with_context(|| {
             if program == "redis-server" {
                 "--cluster needs Redis, and redis-server is not installed (apt-get install redis-server)"
@@ -254,45 +271,107 @@ impl Server {
                 format!("--redis-server {program}: not found")
             }
         })?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = command(
+        let port = match port {
+            Some(port) => port,
+            None => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        }
+        .to_string();
+        let mut command = command(
             bin.to_str()
                 .context("the Redis server's path is not UTF-8")?,
             pin,
-        )
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
+        );
+        match tls {
+            None => {
+                command.args(["--port", &port]);
+            }
+            Some(files) => {
+                command.args(["--port", "0", "--tls-port", &port]);
+                for (flag, path) in [
+                    ("--tls-cert-file", &files.server_cert),
+                    ("--tls-key-file", &files.server_key),
+                    ("--tls-ca-cert-file", &files.ca),
+                ] {
+                    command.arg(flag).arg(path);
+                }
+                command.args(["--tls-auth-clients", "yes"]);
+            }
+        }
+        if let Some((host, port)) = replica_of.and_then(|m| m.rsplit_once(':')) {
+            command.args(["--replicaof", host, port]);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
         let server = Self {
             child: Some(child),
             addr: format!("127.0.0.1:{port}"),
             admin: None,
             control: None,
             max_view_bytes: None,
+            max_queue_bytes: None,
         };
-        let url = format!("redis://{}/0", server.addr);
-        let start = Instant::now();
-        loop {
-            let pong = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            match pong {
-                Ok(p) if p == "PONG" => return Ok(server),
-                _ if start.elapsed() > Duration::from_secs(10) => {
-                    bail!(
-                        "{program} on {} did not answer PING within 10 s: {pong:?}",
-                        server.addr
-                    )
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
+        let url = server.redis_url(tls.is_some());
+        let client = match tls {
+            Some(files) => files.client(&url)?,
+            None => redis::Client::open(url.as_str())?,
+        };
+        wait_for_pong(&client, program, &server.addr)?;
+        Ok(server)
+    }
+
+    /// Starts Debian's `redis-sentinel` with the configuration `conf` (its own file: a
+    /// Sentinel rewrites it) on the port that configuration names, and waits (at most
+    /// 10 s) until it answers PING.
+    pub fn start_sentinel(conf: &Path, addr: &str, pin: bool) -> anyhow::Result<Self> {
+        let bin = find_program("redis-sentinel")
+            .context("--sentinel needs redis-sentinel (apt-get install redis-sentinel)")?;
+        let child = command(
+            bin.to_str().context("redis-sentinel's path is not UTF-8")?,
+            pin,
+        )
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting redis-sentinel")?;
+        let server = Self {
+            child: Some(child),
+            addr: addr.to_owned(),
+            admin: None,
+            control: None,
+            max_view_bytes: None,
+            max_queue_bytes: None,
+        };
+        let client = redis::Client::open(server.redis_url(false))?;
+        wait_for_pong(&client, "redis-sentinel", addr)?;
+        Ok(server)
+    }
+
+    /// A Redis server's address for its clients: `rediss://` when it runs `tls`.
+    pub fn redis_url(&self, tls: bool) -> String {
+        let scheme = if tls { "rediss" } else { "redis" };
+        format!("{scheme}://{}/0", self.addr)
+    }
+
+    /// Sends the process `signal` (SIGSTOP and SIGCONT freeze and resume a Redis).
+    ///
+    /// # Errors
+    /// When there is no process, or kill(2) fails.
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = self.pid().context("no process")?;
+        // SAFETY: kill(2) with the pid of a child of ours that has not been reaped yet.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            bail!("kill -{signal} {pid}: {}", std::io::Error::last_os_error());
         }
+        Ok(())
     }
 
     /// The process id (`None` for an external hub), printed so it can be frozen by hand.
@@ -332,6 +411,7 @@ impl Server {
             admin: None,
             control: None,
             max_view_bytes: None,
+            max_queue_bytes: None,
         })
     }
 
@@ -388,8 +468,25 @@ impl Server {
     }
 }
 
+/// Waits (at most 10 s) until `program` at `addr` answers PING through `client`.
+fn wait_for_pong(client: &redis::Client, program: &str, addr: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let pong = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        match pong {
+            Ok(p) if p == "PONG" => return Ok(()),
+            _ if start.elapsed() > Duration::from_secs(10) => {
+                bail!("{program} on {addr} did not answer PING within 10 s: {pong:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// `program` on `PATH`, or in `/usr/sbin` or `/usr/bin`.
-fn find_program(program: &str) -> Option<std::path::PathBuf> {
+pub(super) fn find_program(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/usr/bin".into()])

@@ -11,6 +11,8 @@ use p2ppi_hub::protocol::wire::Object;
 use crate::cli::Args;
 use crate::peers::fleet::Fleet;
 use crate::peers::receive::Receivers;
+use crate::replay::{version, ViewLog};
+use crate::stamp::read_stamp;
 use crate::watch::WatchPlan;
 
 /// Who each receiver may see: with `--watch`, its own objects, its watched peers' and the
@@ -24,6 +26,9 @@ pub struct Audience {
     unwatched: AtomicU64,
     /// The first of them, as an error message.
     first: Mutex<Option<String>>,
+    /// `--redis-away`, `--kill-master`: every receiver's entire views (the versions of each peer shown),
+    /// for stale replays and the time until every view is exact again.
+    pub views: Option<ViewLog>,
 }
 
 impl Audience {
@@ -46,6 +51,8 @@ impl Audience {
                 .collect(),
             unwatched: AtomicU64::new(0),
             first: Mutex::default(),
+            views: (args.redis_away.is_some() || args.kill_master.is_some())
+                .then(|| ViewLog::new(n)),
         }
     }
 
@@ -89,8 +96,19 @@ impl Audience {
         }
     }
 
-    /// Records the stamps of the objects `slot` may see; counts those it may not.
+    /// Records the stamps of the objects `slot` may see; counts those it may not. With
+    /// `--redis-away`, an entire view also goes into the view log (each peer's stamped
+    /// presence: its version).
     pub fn receive(&self, slot: usize, objects: &[Object], receivers: &Receivers) {
+        if let Some(log) = &self.views {
+            if self.is_entire_view(slot, objects) {
+                let shown = objects.iter().filter_map(|o| {
+                    let sender = self.sender(o)??;
+                    Some((sender, version(read_stamp(&o.value)?)))
+                });
+                log.observe(slot, shown, receivers.now_ns());
+            }
+        }
         for object in objects {
             if let Some(sender) = self.sender(object) {
                 if !self.shows(slot, sender) {
@@ -103,5 +121,100 @@ impl Audience {
             }
             receivers.record_bytes(slot, object.value.as_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use p2ppi_hub::protocol::objects::{names, relayed_name};
+
+    use super::*;
+    use crate::stamp::{stamp, Stamp};
+
+    /// `--redis-away`: the entire views a receiver is shown reach the view log, each peer
+    /// at the version its presence's stamp carries; a view without the receiver's own
+    /// objects (not entire) and the hub's objects do not.
+    #[test]
+    fn entire_views_reach_the_view_log_by_peer_and_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        p2ppi_hub::certs::init(dir.path(), &[]).unwrap();
+        let fleet = Fleet::issue(dir.path(), &["127.0.0.1:1".into()], 3, None).unwrap();
+        let args = Args::try_parse_from([
+            "load",
+            "--scenario",
+            "relay",
+            "--cluster",
+            "1",
+            "--peers",
+            "3",
+            "--watch",
+            "2",
+            "--duration",
+            "5",
+            "--redis-away",
+            "1s",
+        ])
+        .unwrap();
+        let audience = Audience::new(&args, 3, &fleet);
+        let receivers = Receivers::new(std::time::Instant::now());
+        let presence = |peer: usize, seq: u64| {
+            let value = stamp(
+                Stamp {
+                    phase: 1,
+                    seq,
+                    scheduled_ns: 0,
+                },
+                16,
+            );
+            Object::new(
+                relayed_name(&fleet.members[peer].peer_name, names::RICH_PRESENCE),
+                value,
+            )
+        };
+        let hub = Object::new("hub-object", "failover-3");
+        let view = |own: bool, other: u64| {
+            let mut objects = vec![hub.clone(), presence(1, other)];
+            if own {
+                objects.push(presence(0, 3));
+            }
+            objects
+        };
+        audience.receive(0, &view(true, 4), &receivers);
+        audience.receive(0, &view(false, 1), &receivers);
+        let log = audience
+            .views
+            .as_ref()
+            .expect("a view log with --redis-away");
+        assert!(
+            log.stale().is_empty(),
+            "a view without the echo is not entire"
+        );
+        audience.receive(0, &view(true, 1), &receivers);
+        let stale = log.stale();
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert_eq!(
+            (
+                stale[0].receiver,
+                stale[0].sender,
+                stale[0].shown,
+                stale[0].newest
+            ),
+            (0, 1, (1, 1), (1, 4))
+        );
+        // Exact: receiver 0 is shown itself and peer 1, the others themselves only.
+        let shown = |r: usize| if r == 0 { vec![0, 1] } else { vec![r] };
+        assert!(
+            !log.exact(shown, &[(1, 3), (1, 1), (0, 0)]),
+            "1 and 2 saw nothing"
+        );
+        for r in [1, 2] {
+            audience.receive(r, &[hub.clone(), presence(r, 2)], &receivers);
+        }
+        assert!(log.exact(shown, &[(1, 3), (1, 1), (1, 2)]));
+        assert!(
+            !log.exact(shown, &[(1, 3), (1, 5), (1, 2)]),
+            "receiver 0 shows peer 1 older than asked"
+        );
     }
 }

@@ -10,17 +10,21 @@
 //! 5.2): a peer a hub refused for a full mesh is due to none of its receivers and reported
 //! as refused, with the mesh's capacity. The steps: the peers ([`peers`]), who may see
 //! what ([`audience`]), what the hubs say of their views ([`facts`]), the measured phase,
-//! the final views ([`views`]), and with `--kill-hub` a hub killed afterwards ([`kill`]).
+//! the final views ([`views`]), and with `--kill-hub` a hub killed afterwards ([`kill`]);
+//! with `--redis-away` Redis is frozen in the middle of the window ([`away`]), with
+//! `--sentinel --kill-master` its master is killed in it ([`failover`]).
 
 mod audience;
+mod away;
 mod facts;
+mod failover;
 mod kill;
 mod peers;
 mod views;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use p2ppi_hub::peer::{Peer, PeerEvents};
@@ -98,7 +102,42 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
     setup.plan = plan;
     setup.changes = &due;
     let send = publish(handles.clone(), last.clone(), send_errors.clone());
-    let mut measured = measure_phase(&setup, 1, args.rate, send, "relay").await;
+    let phase = measure_phase(&setup, 1, args.rate, send, "relay");
+    // The phase's window starts 200 ms after it first runs (`measure_phase`): at once,
+    // joined with what goes on beside it.
+    let window_start = Instant::now() + Duration::from_millis(200);
+    let window = Duration::from_secs_f64(args.duration);
+    let until = window_start + window + Duration::from_secs_f64(args.drain);
+    let (mut measured, away, failover) = match (plan, &audience.views) {
+        (Some(plan), Some(log)) => {
+            let beside = away::Beside {
+                servers,
+                fleet,
+                plan,
+                log,
+                last: &last,
+            };
+            if let Some(away) = args.redis_away {
+                let freeze = away::Freeze {
+                    kill: args.redis_away_kill,
+                    ..away::Freeze::centred(away, window)
+                };
+                let (measured, away) = tokio::join!(
+                    phase,
+                    away::beside_phase(beside, freeze, window_start, until)
+                );
+                (measured, Some(away?), None)
+            } else {
+                let at = Duration::from_secs_f64(args.kill_master.unwrap_or_default());
+                let (measured, failover) = tokio::join!(
+                    phase,
+                    failover::beside_phase(beside, at, window_start, window_start + window, until)
+                );
+                (measured, None, Some(failover?))
+            }
+        }
+        _ => (phase.await, None, None),
+    };
     let mut returned = stop(consumers, &mut errors).await;
     let last = last.lock().expect("last").clone();
     let hubs = facts::read(servers, fleet).await?;
@@ -136,6 +175,18 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
         "final views exact: {}/{n}{refused}",
         n as u64 - inexact
     ));
+    if let Some(away) = away {
+        for problem in away.problems() {
+            errors.add(format!("--redis-away: {problem}"));
+        }
+        run.away = Some(away);
+    }
+    if let Some(failover) = failover {
+        for problem in failover.problems() {
+            errors.add(format!("--kill-master: {problem}"));
+        }
+        run.failover = Some(failover);
+    }
     if let Some(hub) = args.kill_hub {
         kill::run(servers, hub, fleet, plan, returned, &mut run, &mut errors).await?;
     }

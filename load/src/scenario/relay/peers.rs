@@ -285,15 +285,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wait_for_another_peers_directives_never_holds_its_turn() {
         let args = args_with_a_waiting_first_peer();
-        let exe = std::env::current_exe().expect("test binary");
-        // target/<profile>/deps/<test> → target/<profile>/p2ppi-hub: `cargo test` at the
-        // top of the workspace builds it (the hub's CLI tests run it); alone, `cargo build`
-        // first (start_hub says so when it is missing).
-        let bin = exe
-            .parent()
-            .and_then(std::path::Path::parent)
-            .expect("target directory")
-            .join("p2ppi-hub");
+        let bin = crate::servers::built_hub();
         let dir = tempfile::tempdir().expect("temporary directory");
         let hub = Server::start_hub(&bin, dir.path(), None, None, false).expect("hub");
         let fleet = Arc::new(

@@ -37,8 +37,9 @@ fn notice_of(objects: &[Object]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sorted: views are compared as sets (a failover may reorder the peers a promoted
-/// replica lost and their hubs claimed again).
+/// Sorted: views are compared as sets. A view's order is the order its objects entered
+/// it (DESIGN 5.2, Order: the notice, created after the peers joined, comes last), and a
+/// failover may reorder the peers a promoted replica lost and their hubs claimed again.
 fn sorted(mut objects: Vec<Object>) -> Vec<Object> {
     objects.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
     objects

@@ -520,7 +520,10 @@ impl Driver {
         let Some(m) = self.meshes.get_mut(mesh) else {
             return;
         };
-        let changes = m.replica.reload(snapshot);
+        let changes = match cause {
+            ResyncCause::Failover => m.replica.reload_after_failover(snapshot),
+            _ => m.replica.reload(snapshot),
+        };
         if m.replica.is_awaiting() && m.settle_at.is_none() {
             // Their hubs re-assert them within a lease of reaching Redis again.
             m.settle_at = Some(tokio::time::Instant::now() + self.inner.lease);

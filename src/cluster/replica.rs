@@ -180,6 +180,29 @@ impl MeshReplica {
         changes
     }
 
+    /// [`MeshReplica::reload`] after a failover: the promoted replica may lack the last
+    /// writes, which their hubs re-assert, so a peer missing from the snapshot is awaited
+    /// as after Redis lost its state (a peer that did leave meanwhile leaves when the wait
+    /// ends), and live peers are not shown leaving and coming back.
+    pub fn reload_after_failover(&mut self, snapshot: MeshSnapshot) -> Vec<PeerChange> {
+        if self.loaded {
+            let me = &self.me;
+            let missing: Vec<PeerName> = self
+                .peers
+                .keys()
+                .filter(|p| {
+                    !snapshot
+                        .peers
+                        .iter()
+                        .any(|(q, hub, _)| q == *p && hub != me)
+                })
+                .cloned()
+                .collect();
+            self.awaiting.extend(missing);
+        }
+        self.reload(snapshot)
+    }
+
     /// The replica is dropped (the mesh has no local session left): its peers leave this
     /// hub's view, announced gone in order, so that a later first load is exact.
     pub fn clear(&mut self) -> Vec<PeerChange> {
@@ -442,6 +465,32 @@ mod tests {
             r.reload(snapshot(6, &[])),
             vec![PeerChange::Gone { peer: peer(1) }]
         );
+    }
+
+    #[test]
+    fn after_a_failover_missing_peers_are_awaited_then_settled() {
+        // The promoted replica lacks peer 2's last writes (same epoch).
+        let mut r = synced(5, &[(1, "b", "x"), (2, "c", "y")]);
+        assert_eq!(
+            r.reload_after_failover(snapshot(4, &[(1, "b", "x")])),
+            vec![],
+            "nobody leaves yet"
+        );
+        assert!(r.is_awaiting());
+        // Its hub re-asserts it: nothing to tell.
+        assert_eq!(
+            r.apply(&message("c", 5, 2, Some(objects("y")))),
+            ReplicaOutcome::Nothing
+        );
+        assert!(!r.is_awaiting());
+        assert_eq!(r.settle(), vec![]);
+        // One that never comes back is gone when the wait ends.
+        let mut r = synced(5, &[(1, "b", "x"), (2, "c", "y")]);
+        assert_eq!(
+            r.reload_after_failover(snapshot(4, &[(2, "c", "y")])),
+            vec![]
+        );
+        assert_eq!(r.settle(), vec![PeerChange::Gone { peer: peer(1) }]);
     }
 
     #[test]

@@ -173,7 +173,8 @@ pub struct Args {
     /// window. Meanwhile an admin writer changes a hub object twice a second through the
     /// hubs in turn and records every change acknowledged with a 2xx. Reported: when the
     /// Sentinels named the new master, the time from the kill until every view is exact
-    /// again (each watched peer at its value at the kill, or newer), stale replays, and the
+    /// again (each watched peer at its value when the new master was named, or newer:
+    /// the changes made during the outage have arrived), stale replays, and the
     /// acknowledged hub-object changes lost (the last acknowledged change must be what
     /// every hub serves at the end, unless a later one got through); views not exact by the
     /// end of the drain, or a change lost, are errors.

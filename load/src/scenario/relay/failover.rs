@@ -13,6 +13,7 @@ use p2ppi_hub::protocol::wire::Object;
 use super::away::{recovery, until_exact, versions_now, Beside};
 use crate::report::failover::{FailoverReport, Writes};
 use crate::servers::sentinel::master_of;
+use crate::servers::Servers;
 
 /// The hub object the admin writer changes.
 pub const FAILOVER_OBJECT: &str = "p2ppi-load-failover";
@@ -23,7 +24,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many failures are kept as text.
 const KEPT_ERRORS: usize = 5;
 
-/// Kills the master `at` after `window_start`, writes the hub object until `window_end`,
+/// Kills the master `at` after `window_start`, writes the hub object ([`prepare`]d) until
+/// `window_end`,
 /// and after the kill waits until `until` for the new master and for every view to be
 /// exact; returns what it saw.
 ///
@@ -37,26 +39,28 @@ pub async fn beside_phase(
     until: Instant,
 ) -> anyhow::Result<FailoverReport> {
     let admins = run.servers.admins();
-    let first = admins.first().context("no hub with an admin API")?.clone();
-    tokio::task::spawn_blocking(move || create_object(&first)).await??;
     let writer = {
         let admins = admins.clone();
         tokio::task::spawn_blocking(move || write_in_turn(&admins, window_end))
     };
     let sentinels: Vec<String> = run.servers.sentinel_addrs();
     tokio::time::sleep_until((window_start + at).into()).await;
-    // The peers' values at the kill: every view must come to show them, or newer.
-    let at_least = versions_now(run.last);
     let old_master = run.servers.kill_master()?;
     let killed = Instant::now();
     eprintln!("killed the Redis master {old_master} (SIGKILL); waiting for a new one and for every view to be exact…");
-    let promoted = {
+    let new_master = {
         let old = old_master.clone();
-        tokio::task::spawn_blocking(move || wait_promoted(&sentinels, &old, until))
+        tokio::task::spawn_blocking(move || wait_promoted(&sentinels, &old, until)).await?
     };
-    let exact_after = until_exact(run.log, run.plan, &at_least, until).await;
+    // The peers' values when the Sentinels named the new master (the end of Redis's
+    // outage, as a resume is for `--redis-away`): every view must come to show them, or
+    // newer. The values at the kill would not do: the views hold them already, so they
+    // would be "exact" at once while the changes made during the outage are still due.
+    let at_least = versions_now(run.last);
+    let exact_after = until_exact(run.log, run.plan, &at_least, until)
+        .await
+        .map(|_| killed.elapsed());
     let recovery = recovery(run.log, run.fleet, exact_after, killed.elapsed());
-    let new_master = promoted.await?;
     let (attempted, acknowledged, errors) = writer.await?;
     let served = tokio::task::spawn_blocking(move || {
         admins.iter().map(|a| served_change(a)).collect::<Vec<_>>()
@@ -91,6 +95,22 @@ fn agent() -> ureq::Agent {
         .timeout_global(Some(REQUEST_TIMEOUT))
         .build()
         .into()
+}
+
+/// Creates (or resets) the hub object the writer changes, before the peers connect: the
+/// object then enters every view before the peers' objects, where the final views expect
+/// the hub's objects (DESIGN 5.2, Order: an object created during the window would enter
+/// each view last).
+///
+/// # Errors
+/// When no hub has an admin API, or the hub refuses the object.
+pub async fn prepare(servers: &Servers) -> anyhow::Result<()> {
+    let first = servers
+        .admins()
+        .first()
+        .context("no hub with an admin API")?
+        .clone();
+    tokio::task::spawn_blocking(move || create_object(&first)).await?
 }
 
 /// Creates (or resets) the hub object with change 0 through the hub at `admin`.

@@ -72,6 +72,9 @@ pub async fn run(args: &Args, servers: &Servers, fleet: &Arc<Fleet>) -> anyhow::
         args.payload,
     );
     let mut errors = Errors::default();
+    if args.kill_master.is_some() {
+        failover::prepare(servers).await?;
+    }
     let peers = connect(args, servers, fleet, &initial, &mut errors).await?;
     let n = peers.len();
     let handles: Arc<Vec<Peer>> = Arc::new(peers.iter().map(|(p, _)| p.clone()).collect());

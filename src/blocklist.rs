@@ -63,11 +63,13 @@ pub enum BlockError {
     /// The change could not be made durable (nothing changed).
     #[error("not saved: {0}")]
     Persist(String),
-    /// The cluster's Redis did not take the change (nothing changed), or too few of its
-    /// replicas acknowledged it (`cluster.min_replicas`: in force, but a failover may take
-    /// it back).
+    /// The cluster's Redis did not take the change (nothing changed).
     #[error("the cluster's Redis: {0}")]
     Cluster(String),
+    /// Fewer replicas acknowledged the change than `cluster.min_replicas` asks: it is in
+    /// force, but a failover may take it back, so it is not acknowledged.
+    #[error("{0}")]
+    Unreplicated(String),
 }
 
 /// One entry: why and since when.

@@ -438,7 +438,8 @@ async fn an_unreplicated_change_is_a_503_saying_it_may_be_lost() {
     let error = body["error"].as_str().unwrap_or_default();
     assert_eq!(status, 503, "{body}");
     assert!(
-        error.contains("reached the Redis master but only 0 of the 1 replicas")
+        error.starts_with("the change (version ")
+            && error.contains("reached the Redis master but only 0 of the 1 replicas")
             && error.contains("may be lost if the master fails over"),
         "{error}"
     );
@@ -454,7 +455,7 @@ async fn an_unreplicated_change_is_a_503_saying_it_may_be_lost() {
     let error = body["error"].as_str().unwrap_or_default();
     assert_eq!(status, 503, "{body}");
     assert!(
-        error.contains("the block reached the Redis master but only 0 of the 1 replicas"),
+        error.starts_with("the block reached the Redis master but only 0 of the 1 replicas"),
         "{error}"
     );
     let (_, blocked) = hub.get("/v1/blocked").await;

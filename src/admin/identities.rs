@@ -32,7 +32,9 @@ impl From<BlockError> for AdminError {
             }
             BlockError::Full { .. } => (StatusCode::CONFLICT, Some("blocklist_full")),
             BlockError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
-            BlockError::Cluster(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            BlockError::Cluster(_) | BlockError::Unreplicated(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, None)
+            }
         };
         if let Some(reason) = counted {
             metrics::count_reason(metrics::ADMIN_REJECTED, reason);

@@ -116,7 +116,9 @@ impl From<HubError> for AdminError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             HubError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            HubError::Stopped | HubError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::Stopped | HubError::Cluster(_) | HubError::Unreplicated(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         Self::new(status, e.to_string())
     }

@@ -50,8 +50,8 @@ impl HubHandle {
     /// # Errors
     /// [`BlockError`]: a reason too long or with control characters, a full list, a file that
     /// could not be written or a Redis that did not answer (nothing changed then); or
-    /// [`BlockError::Cluster`] when too few replicas acknowledged the block (in force, but
-    /// a failover may take it back).
+    /// [`BlockError::Unreplicated`] when too few replicas acknowledged the block (in force,
+    /// but a failover may take it back).
     pub async fn block(
         &self,
         peer: PeerName,
@@ -99,8 +99,8 @@ impl HubHandle {
     /// Lifts `peer`'s block (in a cluster, on every hub); whether it was blocked.
     ///
     /// # Errors
-    /// [`BlockError::Persist`] or [`BlockError::Cluster`]: nothing changed then, except
-    /// when too few replicas acknowledged the change (as for [`HubHandle::block`]).
+    /// [`BlockError::Persist`] or [`BlockError::Cluster`]: nothing changed then;
+    /// [`BlockError::Unreplicated`] as for [`HubHandle::block`].
     pub async fn unblock(&self, peer: &PeerName) -> Result<bool, BlockError> {
         let shared = &self.shared;
         let mut was = false;
@@ -129,7 +129,7 @@ fn unreplicated(
 ) -> Result<(), BlockError> {
     match replicas {
         Some((replicas, within)) if !replicas.enough() => {
-            Err(BlockError::Cluster(replicas.shortfall(change, within)))
+            Err(BlockError::Unreplicated(replicas.shortfall(change, within)))
         }
         _ => Ok(()),
     }

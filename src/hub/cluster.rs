@@ -664,7 +664,8 @@ pub(crate) async fn initial_hub_objects(
 /// when another hub changed them first), then to this hub's registry.
 ///
 /// # Errors
-/// [`HubError`] as the operation says; [`HubError::Cluster`] when Redis cannot be reached.
+/// [`HubError`] as the operation says; [`HubError::Cluster`] when Redis cannot be reached;
+/// [`HubError::Unreplicated`] when too few replicas acknowledged the change (applied).
 pub(crate) async fn apply_hub_op(
     link: &ClusterLink,
     registry: &Addr<Registry>,
@@ -719,7 +720,7 @@ pub(crate) async fn apply_hub_op(
                     // Applied all the same: the master has it and announced it, so every
                     // hub shows it; a failover may take it back, and no 2xx promised it.
                     let change = format!("the change (version {version})");
-                    return Err(HubError::Cluster(
+                    return Err(HubError::Unreplicated(
                         replicas.shortfall(&change, store.lease() / 3),
                     ));
                 }

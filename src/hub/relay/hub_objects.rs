@@ -41,6 +41,11 @@ pub enum HubError {
     /// The cluster's Redis could not be reached (admin API: 503); nothing changed.
     #[error("the cluster is unavailable: {0}")]
     Cluster(String),
+    /// The change reached the Redis master but fewer replicas acknowledged it than
+    /// `cluster.min_replicas` asks (admin API: 503): it is in force, but a failover may
+    /// take it back, so it is not acknowledged.
+    #[error("{0}")]
+    Unreplicated(String),
 }
 
 /// An operation on the hub's objects (DESIGN 3.1).

@@ -5,7 +5,7 @@
 //! reconnects by itself. With Sentinels (`cluster.sentinels`), the master's address is
 //! asked of them at connect (the `redis` crate checks that the node it names answers
 //! `ROLE` master), and again whenever the master may have changed: a failed or refused
-//! call, a lost connection, a `READONLY` answer (the failover task, [`failover_loop`]).
+//! call, a lost connection, a `READONLY` answer (the failover task, `failover::failover_loop`).
 //! A `ConnectionManager` alone would reconnect to the old address forever, so once the
 //! Sentinels name another master a new one is built and swapped in; the store's recovery
 //! then subscribes every channel again, re-registers, re-asserts the local peers and
@@ -32,8 +32,6 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{ProtocolVersion, PushInfo};
 use tokio::sync::mpsc;
 
-use super::core::StoreCore;
-use super::event::Command;
 use super::settings::{ClusterSettings, SentinelSettings};
 use super::ClusterError;
 use crate::metrics;
@@ -44,7 +42,7 @@ const RECONNECT_RETRIES: usize = 2;
 /// How often the Sentinels are asked again while the master does not answer: a failover
 /// takes the Sentinels' `down-after-milliseconds` plus an election, and the hub follows
 /// within this of its end.
-const SENTINEL_POLL: Duration = Duration::from_millis(250);
+pub(super) const SENTINEL_POLL: Duration = Duration::from_millis(250);
 
 /// The master in force: its connection and address.
 struct Current {
@@ -333,59 +331,6 @@ async fn ask(
     }
 }
 
-/// Follows failovers (with Sentinels only): waits for a reason to ask the Sentinels (a
-/// failed call, a lost connection, a `READONLY` answer), asks again every
-/// [`SENTINEL_POLL`] while the master does not answer, and once they name another master,
-/// puts it in force and starts the recovery (`StoreCore::followed`).
-pub(super) async fn failover_loop(core: Arc<StoreCore>) {
-    loop {
-        let down = !core.redis_up.load(Ordering::Acquire) || core.readonly.load(Ordering::Acquire);
-        if down {
-            tokio::select! {
-                () = core.failover.notified() => {}
-                () = tokio::time::sleep(SENTINEL_POLL) => {}
-            }
-        } else {
-            core.failover.notified().await;
-        }
-        if core.left.load(Ordering::Acquire) {
-            return;
-        }
-        match core.connection.follow().await {
-            Ok(Some(switch)) => core.followed(&switch).await,
-            Ok(None) => {
-                // The Sentinels name the master in force: a READONLY answer was one of a
-                // failover's last moments, or a replica's that is master again.
-                core.readonly.store(false, Ordering::Release);
-            }
-            // Logged once per episode by the calls that fail meanwhile; asked again.
-            Err(e) => tracing::debug!(error = %e, "cluster: asking the Sentinels failed"),
-        }
-    }
-}
-
-impl StoreCore {
-    /// A failover was followed: counted, logged (old → new master), and everything a
-    /// promoted replica may lack is written again: every channel subscribed again and
-    /// every replica reloaded (the driver), the lease re-registered if lost and every local
-    /// peer re-asserted (the recovery). Other hubs' leases ran on while the master was
-    /// away, so none is reaped for a lease.
-    pub(super) async fn followed(&self, switch: &Switch) {
-        metrics::counter_inc(metrics::CLUSTER_FAILOVERS);
-        tracing::warn!(
-            old = %switch.old,
-            new = %switch.new,
-            "cluster: the Redis master failed over: following the promoted replica, \
-             subscribing again and re-asserting this hub's peers"
-        );
-        self.readonly.store(false, Ordering::Release);
-        self.hold_reaping();
-        self.needs_recovery.store(true, Ordering::Release);
-        let _ = self.commands.send(Command::Failover);
-        self.recovery.notify_one();
-    }
-}
-
 /// How many replicas acknowledged a write that waited for them (`WAIT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replicas {
@@ -419,62 +364,5 @@ impl Replicas {
             self.wanted,
             humantime::format_duration(within),
         )
-    }
-}
-
-impl StoreCore {
-    /// Runs a script, then waits up to lease/3 for `min_replicas` replicas to acknowledge
-    /// it (`WAIT`): on a connection of its own, as `WAIT` blocks the connection it runs on
-    /// and counts only that connection's writes (the script and the `WAIT` go in one
-    /// pipeline, so a reconnect between them cannot make `WAIT` answer for nothing). With
-    /// `min_replicas` 0 it is [`StoreCore::script`].
-    ///
-    /// # Errors
-    /// [`ClusterError::Redis`] if the master cannot be reached.
-    pub(super) async fn script_replicated(
-        &self,
-        op: &'static str,
-        script: &redis::Script,
-        args: &[String],
-    ) -> Result<(Vec<String>, Replicas), ClusterError> {
-        let wanted = self.min_replicas;
-        if wanted == 0 {
-            let reply = self.script(op, script, args).await?;
-            return Ok((
-                reply,
-                Replicas {
-                    acknowledged: 0,
-                    wanted,
-                },
-            ));
-        }
-        let wait = self.lease / 3;
-        let result = async {
-            let mut conn = self.connection.dedicated(wait).await?;
-            script.load_async(&mut conn).await?;
-            let mut pipe = redis::pipe();
-            let evalsha = pipe.cmd("EVALSHA").arg(script.get_hash()).arg(0);
-            for arg in args {
-                evalsha.arg(arg);
-            }
-            pipe.cmd("WAIT")
-                .arg(wanted)
-                .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
-            pipe.query_async::<(Vec<String>, u32)>(&mut conn).await
-        }
-        .await;
-        match result {
-            Ok((reply, acknowledged)) => {
-                self.succeeded();
-                Ok((
-                    reply,
-                    Replicas {
-                        acknowledged,
-                        wanted,
-                    },
-                ))
-            }
-            Err(source) => Err(self.failed(op, source)),
-        }
     }
 }

@@ -47,7 +47,7 @@ pub(super) struct StoreCore {
     /// Set by a `READONLY` answer (the connection reached a replica: a failover is under
     /// way or was missed): the Sentinels are asked until they name another master.
     pub(super) readonly: AtomicBool,
-    /// Wakes the failover task (`connection::failover_loop`): the master may have changed.
+    /// Wakes the failover task (`failover::failover_loop`): the master may have changed.
     pub(super) failover: tokio::sync::Notify,
     /// Replicas a hub-object change must reach before it is acknowledged.
     pub(super) min_replicas: u32,

@@ -64,6 +64,7 @@ mod connection;
 mod core;
 mod driver;
 mod event;
+mod failover;
 mod keys;
 mod message;
 mod replica;

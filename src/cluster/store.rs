@@ -221,9 +221,7 @@ impl ClusterStore {
             tokio::spawn(super::core::recovery_loop(inner.clone())),
         ];
         if follows_sentinels {
-            tasks.push(tokio::spawn(super::connection::failover_loop(
-                inner.clone(),
-            )));
+            tasks.push(tokio::spawn(super::failover::failover_loop(inner.clone())));
         }
         Ok((
             ClusterStore {

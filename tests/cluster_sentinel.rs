@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{InProcess as Cluster, Processes};
 use common::hub_process::sample;
-use common::sentinel::{FailingRedis, MASTER_NAME};
+use common::sentinel::{FailingRedis, MASTER_NAME, SENTINEL_PASSWORD};
 use common::*;
 use p2ppi_hub::cluster::{ClusterError, ClusterSettings, ClusterStore, SentinelSettings};
 use p2ppi_hub::hub::HubHandle;
@@ -289,6 +289,100 @@ async fn hubs_follow_a_promoted_replica_under_load_and_lose_no_acknowledged_chan
         record.refused.len(),
         record.refused.first(),
     );
+}
+
+/// The deployment `deploy/redis/` describes, failing over: master and replica TLS only
+/// with the shipped ACL users (replicating over TLS as `p2ppi-replica`), three Sentinels
+/// TLS only with a password, watching as `p2ppi-sentinel`; two hubs reaching all of them
+/// over TLS as their own users, with a cluster secret. A change waits for the replica
+/// (WAIT under the hubs' ACL), the master is killed, the hubs follow the promoted replica
+/// and a peer's state and a hub-object change written after it reach the other hub.
+#[actix_rt::test]
+async fn hubs_follow_a_failover_over_tls_with_the_shipped_acl_users() {
+    const USERS: [(&str, &str); 2] = [("hub-a", "hub-a-pw"), ("hub-b", "hub-b-pw")];
+    let Some((master, failing)) = FailingRedis::start_secured(&USERS) else {
+        return;
+    };
+    let master_address = format!("127.0.0.1:{}", master.port());
+    let replica_address = format!("127.0.0.1:{}", failing.replica.port());
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("cluster-secret");
+    let password = dir.path().join("sentinel-password");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for (file, text) in [
+            (&secret, "5a".repeat(32)),
+            (&password, SENTINEL_PASSWORD.into()),
+        ] {
+            std::fs::write(file, format!("{text}\n")).unwrap();
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let mut cluster = Cluster::on_sentinels(master, &USERS, failing.sentinel_addresses(), 0);
+    cluster.secret_file = Some(secret);
+    cluster.sentinel_password_file = Some(password);
+    let hubs = [
+        cluster.add_hub(vec![Object::new("welcome", "hello")]),
+        cluster.add_hub(vec![Object::new("welcome", "hello")]),
+    ];
+    // Through the Sentinels, to the master they name.
+    for hub in &hubs {
+        assert_eq!(hub.cluster().unwrap().master(), master_address);
+    }
+    let pki = &cluster.pki;
+    let (alice, _alice_events) = watcher(pki, &hubs[0], "alice", Some(MESH)).await;
+    let (bob, mut bob_events) = watcher(pki, &hubs[1], "bob", Some(MESH)).await;
+    // Acknowledged: the replica holds it (WAIT, allowed to the hubs' users).
+    hubs[0]
+        .set(Object::new(NOTICE, "1"))
+        .await
+        .expect("a change the replica acknowledges");
+    let failovers_before = series(
+        &p2ppi_hub::metrics::install().render(),
+        "p2ppi_cluster_failovers_total",
+    );
+
+    cluster.redis.kill();
+    wait_until_async("both hubs follow the promoted replica", || {
+        hubs.iter()
+            .all(|h| h.cluster().unwrap().master() == replica_address)
+    })
+    .await;
+    let failovers = series(
+        &p2ppi_hub::metrics::install().render(),
+        "p2ppi_cluster_failovers_total",
+    );
+    assert!(
+        failovers >= failovers_before + 2.0,
+        "each hub counts its failover: {failovers_before} then {failovers}"
+    );
+    // The acknowledged change survived; one written now reaches the other hub (no
+    // replica is left to wait for, so it may be refused as unreplicated: it is in force
+    // on the promoted master all the same).
+    assert_eq!(notice_of(&hubs[1].list().await.unwrap()), 1);
+    let _ = hubs[1].set(Object::new(NOTICE, "2")).await;
+    // A peer's state written on one hub after the failover, seen through the other.
+    alice
+        .set(Object::new(names::RICH_PRESENCE, "after the failover"))
+        .await
+        .unwrap();
+    let wanted = Object::new(
+        relayed_name(alice.peer_name(), names::RICH_PRESENCE),
+        "after the failover",
+    );
+    let start = Instant::now();
+    loop {
+        let view = current_view(&bob, &mut bob_events).await;
+        let notice = notice_of(&hubs[0].list().await.unwrap());
+        if view.contains(&wanted) && notice == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "after the failover bob sees {view:?} and hub 0 notice {notice}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[actix_rt::test]

@@ -22,6 +22,8 @@ pub struct InProcess {
     users: Vec<(String, String)>,
     /// The `cluster.secret_file` of hubs added from now on.
     pub secret_file: Option<std::path::PathBuf>,
+    /// The `cluster.sentinel_password_file` of hubs added from now on.
+    pub sentinel_password_file: Option<std::path::PathBuf>,
     /// The `cluster.max_queue_bytes` of hubs added from now on.
     pub max_queue_bytes: usize,
     /// The `cluster.sentinels` of hubs added from now on (with `cluster.master_name`
@@ -58,6 +60,7 @@ impl InProcess {
                 .map(|(u, p)| (u.to_string(), p.to_string()))
                 .collect(),
             secret_file: None,
+            sentinel_password_file: None,
             max_queue_bytes: p2ppi_hub::config::DEFAULT_CLUSTER_MAX_QUEUE_BYTES,
             sentinels,
         };
@@ -87,7 +90,7 @@ impl InProcess {
             master_name: (!self.sentinels.is_empty())
                 .then(|| super::sentinel::MASTER_NAME.to_owned()),
             sentinel_user: None,
-            sentinel_password_file: None,
+            sentinel_password_file: self.sentinel_password_file.clone(),
             min_replicas: None,
         }
     }

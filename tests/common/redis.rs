@@ -30,6 +30,7 @@ pub struct RedisServer {
 }
 
 /// The TLS files and ACL users of a server started by [`RedisServer::start_secured`].
+#[derive(Clone)]
 pub struct Secured {
     /// The CA that signs the server's and the clients' certificates.
     pub ca: PathBuf,
@@ -37,13 +38,22 @@ pub struct Secured {
     pub client_cert: PathBuf,
     /// The key of `client_cert`.
     pub client_key: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+    /// The server's certificate (names: localhost, 127.0.0.1, ::1) and key, which a
+    /// replica and the Sentinels of the same test serve too.
+    pub server_cert: PathBuf,
+    /// The key of `server_cert`.
+    pub server_key: PathBuf,
     acl: PathBuf,
 }
 
 /// The operator's user of a secured server (every key, channel and command).
 const ADMIN: (&str, &str) = ("admin", "admin-pw-for-tests");
+
+/// The shipped replication user of a secured server and its password.
+pub const REPLICA_USER: (&str, &str) = ("p2ppi-replica", "replica-pw-for-tests");
+
+/// The shipped Sentinels' user of a secured server and its password.
+pub const SENTINEL_USER: (&str, &str) = ("p2ppi-sentinel", "sentinel-pw-for-tests");
 
 /// A free loopback port: the kernel picks it, and a server binds it (with SO_REUSEADDR)
 /// right after.
@@ -145,6 +155,14 @@ impl RedisServer {
             };
             acl.push(line);
         }
+        // The shipped replication and Sentinel users, as shipped but for the password.
+        for (user, password) in [REPLICA_USER, SENTINEL_USER] {
+            let line = shipped
+                .lines()
+                .find(|l| l.starts_with(&format!("user {user} ")))
+                .unwrap_or_else(|| panic!("the shipped ACL has {user}'s rules"));
+            acl.push(line.replace(&placeholder, &format!(">{password}")));
+        }
         std::fs::write(path("users.acl"), acl.join("\n") + "\n").unwrap();
         let secured = Secured {
             ca: path("ca.pem"),
@@ -164,6 +182,44 @@ impl RedisServer {
         };
         server.spawn();
         Some(server)
+    }
+
+    /// Starts a replica of the secured `master` on a free loopback port, with the same
+    /// files and users (the shipped `redis.conf`, TLS replication as the shipped
+    /// replication user, presenting the client certificate), and waits until it is in
+    /// sync.
+    pub fn start_secured_replica_of(master: &RedisServer) -> Self {
+        let secured = master.secured().clone();
+        let mut extra: Vec<String> = [
+            "--replicaof",
+            "127.0.0.1",
+            &master.port.to_string(),
+            "--masteruser",
+            REPLICA_USER.0,
+            "--masterauth",
+            REPLICA_USER.1,
+        ]
+        .map(String::from)
+        .to_vec();
+        // The server's certificate is for servers only (serverAuth): the replica's
+        // connection to the master presents the client's.
+        for (flag, path) in [
+            ("--tls-client-cert-file", &secured.client_cert),
+            ("--tls-client-key-file", &secured.client_key),
+        ] {
+            extra.push(flag.into());
+            extra.push(path.to_string_lossy().into_owned());
+        }
+        let mut server = Self {
+            program: master.program.clone(),
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            secured: Some(secured),
+            extra,
+        };
+        server.spawn();
+        server
     }
 
     /// `redis://127.0.0.1:PORT/0` (`rediss://` for a secured server, with no user: see
@@ -275,8 +331,12 @@ impl RedisServer {
             // The shipped file, then the test's addresses, ports and paths (later
             // arguments win over the file's lines).
             Some(s) => {
+                // A copy in the server's directory: a Sentinel's CONFIG REWRITE (on a
+                // failover) rewrites the file the server was started with.
+                let conf = self.dir.path().join("redis.conf");
+                std::fs::copy(deploy("redis.conf"), &conf).unwrap();
                 command
-                    .arg(deploy("redis.conf"))
+                    .arg(&conf)
                     .args(["--port", "0", "--tls-port", &port]);
                 for (flag, path) in [
                     ("--tls-cert-file", &s.server_cert),

@@ -186,30 +186,12 @@ impl RedisServer {
 
     /// Starts a replica of the secured `master` on a free loopback port, with the same
     /// files and users (the shipped `redis.conf`, TLS replication as the shipped
-    /// replication user, presenting the client certificate), and waits until it is in
-    /// sync.
+    /// replication user, presenting the client certificate).
     pub fn start_secured_replica_of(master: &RedisServer) -> Self {
         let secured = master.secured().clone();
-        let mut extra: Vec<String> = [
-            "--replicaof",
-            "127.0.0.1",
-            &master.port.to_string(),
-            "--masteruser",
-            REPLICA_USER.0,
-            "--masterauth",
-            REPLICA_USER.1,
-        ]
-        .map(String::from)
-        .to_vec();
-        // The server's certificate is for servers only (serverAuth): the replica's
-        // connection to the master presents the client's.
-        for (flag, path) in [
-            ("--tls-client-cert-file", &secured.client_cert),
-            ("--tls-client-key-file", &secured.client_key),
-        ] {
-            extra.push(flag.into());
-            extra.push(path.to_string_lossy().into_owned());
-        }
+        let extra = ["--replicaof", "127.0.0.1", &master.port.to_string()]
+            .map(String::from)
+            .to_vec();
         let mut server = Self {
             program: master.program.clone(),
             port: free_port(),
@@ -343,9 +325,21 @@ impl RedisServer {
                     ("--tls-key-file", &s.server_key),
                     ("--tls-ca-cert-file", &s.ca),
                     ("--aclfile", &s.acl),
+                    // Whenever it is a replica (a master is one after a failover): the
+                    // server's certificate is for servers only (serverAuth), the
+                    // connection to the master presents the client's.
+                    ("--tls-client-cert-file", &s.client_cert),
+                    ("--tls-client-key-file", &s.client_key),
                 ] {
                     command.arg(flag).arg(path);
                 }
+                // As deploy/redis/redis.conf says both servers of a Sentinel setup run.
+                command.args([
+                    "--masteruser",
+                    REPLICA_USER.0,
+                    "--masterauth",
+                    REPLICA_USER.1,
+                ]);
             }
             None => {
                 command.args(["--port", &port]);

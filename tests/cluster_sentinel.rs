@@ -226,17 +226,22 @@ async fn hubs_follow_a_promoted_replica_under_load_and_lose_no_acknowledged_chan
     })
     .await;
     // The old master comes back (empty) and the Sentinels make it a replica of the new
-    // one: changes are acknowledged again.
+    // one: changes are acknowledged again. Twice the usual deadline: a Sentinel turns a
+    // rebooted master into a replica only after its next INFO (every 10 s) and 8 s more.
     cluster.redis.start_again();
-    wait_until_async("hub-object changes are acknowledged again", || {
-        record
-            .borrow()
-            .acked
-            .iter()
-            .filter(|(_, at)| *at > followed)
-            .count()
-            >= 3
-    })
+    wait_until_within(
+        "hub-object changes are acknowledged again",
+        2 * DEADLINE,
+        || {
+            record
+                .borrow()
+                .acked
+                .iter()
+                .filter(|(_, at)| *at > followed)
+                .count()
+                >= 3
+        },
+    )
     .await;
     stop_writer.set(true);
     writer.await.unwrap();
@@ -449,10 +454,15 @@ async fn a_master_name_the_sentinels_do_not_know_fails_the_start_with_a_clear_se
 }
 
 /// Waits until `cond` holds, polling every 20 ms and yielding to the load meanwhile.
-async fn wait_until_async(what: &str, mut cond: impl FnMut() -> bool) {
+async fn wait_until_async(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_within(what, DEADLINE, cond).await;
+}
+
+/// [`wait_until_async`] with a deadline of its own.
+async fn wait_until_within(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

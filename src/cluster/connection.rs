@@ -34,7 +34,6 @@ use tokio::sync::mpsc;
 
 use super::settings::{ClusterSettings, SentinelSettings};
 use super::ClusterError;
-use crate::metrics;
 
 /// Reconnect attempts per reconnect round. Calls made meanwhile wait for the round, so it
 /// is kept short (a few lease/3 periods at most); the lease ticks start new rounds.
@@ -347,15 +346,8 @@ impl Replicas {
     }
 
     /// What the operator is told when too few replicas acknowledged `change` within
-    /// `within` (counted in `p2ppi_cluster_unreplicated_changes_total` and logged here).
+    /// `within` (counted and logged where the wait ended: `StoreCore::script_replicated`).
     pub fn shortfall(&self, change: &str, within: Duration) -> String {
-        metrics::counter_inc(metrics::CLUSTER_UNREPLICATED);
-        tracing::warn!(
-            change,
-            acknowledged = self.acknowledged,
-            wanted = self.wanted,
-            "cluster: a change reached the Redis master but too few replicas"
-        );
         format!(
             "{change} reached the Redis master but only {} of the {} replicas \
              cluster.min_replicas asks for within {}: it is in force now, but may be lost if \

@@ -51,6 +51,9 @@ pub(super) struct StoreCore {
     pub(super) failover: tokio::sync::Notify,
     /// Replicas a hub-object change must reach before it is acknowledged.
     pub(super) min_replicas: u32,
+    /// Whether the last change that waited for replicas fell short (logged once per
+    /// change of state).
+    pub(super) short_of_replicas: AtomicBool,
     /// This registration's lease token.
     pub(super) token: Mutex<String>,
     /// The objects JSON last written for each local peer, and its mesh.

@@ -67,6 +67,37 @@ impl StoreCore {
 }
 
 impl StoreCore {
+    /// Counts a change too few replicas acknowledged, and logs once when changes start
+    /// to fall short and once when replicas acknowledge them again (a replica away makes
+    /// every change fall short: one line, not one per change).
+    fn replicas_answered(&self, op: &'static str, replicas: Replicas) {
+        if replicas.enough() {
+            if self.short_of_replicas.swap(false, Ordering::AcqRel) {
+                tracing::info!(
+                    acknowledged = replicas.acknowledged,
+                    "cluster: replicas acknowledge changes again"
+                );
+            }
+            return;
+        }
+        metrics::counter_inc(metrics::CLUSTER_UNREPLICATED);
+        if !self.short_of_replicas.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                acknowledged = replicas.acknowledged,
+                wanted = replicas.wanted,
+                "cluster: changes reach the Redis master but too few replicas \
+                 (cluster.min_replicas): they are answered 503 until enough replicas \
+                 acknowledge them again"
+            );
+        } else {
+            tracing::debug!(
+                op,
+                acknowledged = replicas.acknowledged,
+                "cluster: change unreplicated"
+            );
+        }
+    }
+
     /// Runs a script, then waits up to lease/3 for `min_replicas` replicas to acknowledge
     /// it (`WAIT`): on a connection of its own, as `WAIT` blocks the connection it runs on
     /// and counts only that connection's writes (the script and the `WAIT` go in one
@@ -110,13 +141,12 @@ impl StoreCore {
         match result {
             Ok((reply, acknowledged)) => {
                 self.succeeded();
-                Ok((
-                    reply,
-                    Replicas {
-                        acknowledged,
-                        wanted,
-                    },
-                ))
+                let replicas = Replicas {
+                    acknowledged,
+                    wanted,
+                };
+                self.replicas_answered(op, replicas);
+                Ok((reply, replicas))
             }
             Err(source) => Err(self.failed(op, source)),
         }

@@ -183,6 +183,7 @@ impl ClusterStore {
             readonly: AtomicBool::new(false),
             failover: tokio::sync::Notify::new(),
             min_replicas: settings.min_replicas,
+            short_of_replicas: AtomicBool::new(false),
             token: Mutex::new(String::new()),
             local: Mutex::new(HashMap::new()),
             pending_gone: Mutex::new(HashSet::new()),

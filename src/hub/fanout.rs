@@ -234,6 +234,7 @@ fn deliver(out: &Outbound, delivery: &Delivery, view: Option<&Arc<View>>) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::messages::Quiet;
     use crate::hub::relay::{notify_only, Personal};
     use crate::protocol::wire::{Inbound, Message, MessageIds, Object, P2ppiCodec};
     use tokio_util::codec::Decoder;
@@ -400,18 +401,6 @@ mod tests {
         assert_eq!(decode(&core.view("m").notify), list);
         assert_eq!(slow.list(), list);
         assert_eq!(slow.out.superseded(), changes as u64 - 1);
-    }
-
-    /// Stands in for a session of this thread (fan-out installs own views only for them).
-    struct Quiet;
-
-    impl Actor for Quiet {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Close> for Quiet {
-        type Result = ();
-        fn handle(&mut self, _: Close, _: &mut Self::Context) {}
     }
 
     #[actix_rt::test]

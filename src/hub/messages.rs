@@ -157,3 +157,27 @@ pub struct RemoteChanges {
     /// The changes, in order.
     pub changes: Vec<PeerChange>,
 }
+
+/// A session stand-in for unit tests: an actor that takes a session's messages and does
+/// nothing (a session's index entry, or a session of the fan-out's thread).
+#[cfg(test)]
+pub(crate) struct Quiet;
+
+#[cfg(test)]
+impl Actor for Quiet {
+    type Context = Context<Self>;
+}
+
+#[cfg(test)]
+impl Handler<Close> for Quiet {
+    type Result = ();
+    fn handle(&mut self, _: Close, _: &mut Self::Context) {}
+}
+
+#[cfg(test)]
+impl Handler<Deliver> for Quiet {
+    type Result = Result<(), PushError>;
+    fn handle(&mut self, _: Deliver, _: &mut Self::Context) -> Self::Result {
+        Ok(())
+    }
+}

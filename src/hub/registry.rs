@@ -254,8 +254,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::hub::facts::SessionFlags;
-    use crate::hub::messages::{Close, Deliver};
-    use crate::hub::outbound::PushError;
+    use crate::hub::messages::Quiet;
     use crate::hub::relay::{RelayedSet, ViewLimits};
     use crate::hub::shared::SessionEntry;
 
@@ -274,25 +273,6 @@ mod tests {
                 applied.arrive();
             }
             self.0.lock().unwrap().push(msg);
-        }
-    }
-
-    /// A session's index entry (nothing reaches it but its flags).
-    struct Quiet;
-
-    impl Actor for Quiet {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Close> for Quiet {
-        type Result = ();
-        fn handle(&mut self, _: Close, _: &mut Self::Context) {}
-    }
-
-    impl Handler<Deliver> for Quiet {
-        type Result = Result<(), PushError>;
-        fn handle(&mut self, _: Deliver, _: &mut Self::Context) -> Self::Result {
-            Ok(())
         }
     }
 
